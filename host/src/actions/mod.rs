@@ -1,0 +1,75 @@
+//! The guarded primitives that carry out what plugins propose. Each primitive
+//! checks its grant (and the guards) before touching anything.
+
+pub mod guards;
+mod files;
+mod process;
+mod sql;
+mod system;
+
+use crate::capabilities::EffectiveGrants;
+use crate::facts::containers::Engine;
+use crate::plan::{Action, Outcome};
+use crate::policy::Policy;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the primitives need to know about the run and the plugin.
+pub struct ActionContext {
+    pub plugin: String,
+    pub grants: EffectiveGrants,
+    pub policy: Arc<Policy>,
+    /// The doctor and its ancestors: never signalled.
+    pub protected_pids: Vec<u32>,
+    pub engine: Option<Arc<Engine>>,
+}
+
+/// The result of one primitive.
+#[derive(Debug, Clone)]
+pub struct Executed {
+    pub outcome: Outcome,
+    pub detail: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+impl Executed {
+    fn new(outcome: Outcome, detail: String) -> Self {
+        Executed { outcome, detail, before: None, after: None }
+    }
+    pub fn applied(detail: String) -> Self {
+        Self::new(Outcome::Applied, detail)
+    }
+    pub fn failed(detail: String) -> Self {
+        Self::new(Outcome::Failed, detail)
+    }
+    pub fn skipped(detail: String) -> Self {
+        Self::new(Outcome::Skipped, detail)
+    }
+    pub fn refused(detail: String) -> Self {
+        Self::new(Outcome::Refused, detail)
+    }
+    pub fn with(mut self, before: Option<String>, after: Option<String>) -> Self {
+        self.before = before;
+        self.after = after;
+        self
+    }
+}
+
+pub fn execute(ctx: &ActionContext, action: &Action) -> Executed {
+    match action {
+        Action::StopProcess { pid, start_time, grace_ms } => {
+            process::stop(ctx, *pid, *start_time, Duration::from_millis(u64::from(*grace_ms)))
+        }
+        Action::SignalProcess { pid, start_time, signal } => process::signal(ctx, *pid, *start_time, *signal),
+        Action::RemoveFile { path } => files::remove(ctx, path),
+        Action::SqlExec { db, statement, params, max_rows } => sql::exec(ctx, db, statement, params, *max_rows),
+        Action::ContainerStart { id } => system::container(ctx, id, system::ContainerOp::Start),
+        Action::ContainerStop { id } => system::container(ctx, id, system::ContainerOp::Stop),
+        Action::ContainerRestart { id } => system::container(ctx, id, system::ContainerOp::Restart),
+        Action::RunCommand { name } => system::run_command(ctx, name),
+        Action::WaitPortFree { port, deadline_ms } => {
+            system::wait_port_free(*port, Duration::from_millis(u64::from(*deadline_ms)))
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Stopping and signalling processes by identity.
+//!
+//! The pidfd is opened first and the identity verified after: once the pidfd
+//! is open it names that one process forever, so a pid reused between the
+//! check and the signal can never receive it. Kernels without pidfd fall back
+//! to verify-then-kill.
+
+use super::guards::{check_target, Verdict};
+use super::{ActionContext, Executed};
+use crate::facts::processes;
+use crate::plan::Signal;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// After KILL, how long to wait for the kernel to reap.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+pub fn stop(ctx: &ActionContext, pid: u32, start_time: u64, grace: Duration) -> Executed {
+    let handle = match Handle::acquire(ctx, pid, start_time) {
+        Ok(h) => h,
+        Err(done) => return done,
+    };
+    let before = Some(format!("running: pid {pid} {}", handle.command));
+    if let Err(e) = handle.send(Signal::Term) {
+        return Executed::failed(format!("TERM to pid {pid}: {e}")).with(before, None);
+    }
+    if handle.wait_exit(grace) {
+        return Executed::applied(format!("pid {pid} exited after TERM")).with(before, Some("stopped".into()));
+    }
+    if let Err(e) = handle.send(Signal::Kill) {
+        return Executed::failed(format!("KILL to pid {pid} after {grace:?} grace: {e}")).with(before, None);
+    }
+    if handle.wait_exit(KILL_WAIT) {
+        Executed::applied(format!("pid {pid} ignored TERM for {grace:?}; killed")).with(before, Some("killed".into()))
+    } else {
+        Executed::failed(format!("pid {pid} still running {KILL_WAIT:?} after KILL")).with(before, Some("running".into()))
+    }
+}
+
+pub fn signal(ctx: &ActionContext, pid: u32, start_time: u64, signal: Signal) -> Executed {
+    let handle = match Handle::acquire(ctx, pid, start_time) {
+        Ok(h) => h,
+        Err(done) => return done,
+    };
+    match handle.send(signal) {
+        Ok(()) => Executed::applied(format!("sent {signal:?} to pid {pid}")),
+        Err(e) => Executed::failed(format!("{signal:?} to pid {pid}: {e}")),
+    }
+}
+
+/// A verified, pinned process.
+struct Handle {
+    pid: u32,
+    start_time: u64,
+    pidfd: Option<OwnedFd>,
+    command: String,
+}
+
+impl Handle {
+    /// Guards, then grant, then pin and re-verify identity.
+    fn acquire(ctx: &ActionContext, pid: u32, start_time: u64) -> Result<Handle, Executed> {
+        let info = match check_target(pid, start_time, &ctx.protected_pids) {
+            Verdict::Same(info) => info,
+            Verdict::Gone(why) => return Err(Executed::skipped(why)),
+            Verdict::Forbidden(why) => return Err(Executed::refused(format!("guard: {why}"))),
+        };
+        ctx.grants.signal(&info).map_err(|d| Executed::refused(d.0))?;
+        let pidfd = pidfd_open(pid);
+        // Re-verify after pinning: the pidfd now holds whatever process has this pid.
+        if processes::start_time(pid) != Some(start_time) {
+            return Err(Executed::skipped(format!("pid {pid} exited or was reused just before the signal; not signalled")));
+        }
+        Ok(Handle { pid, start_time, pidfd, command: info.command_line() })
+    }
+
+    fn send(&self, signal: Signal) -> std::io::Result<()> {
+        let signo = signal.to_nix() as i32;
+        match &self.pidfd {
+            Some(fd) => {
+                // SAFETY: pidfd_send_signal with a valid pidfd, a signal number and no siginfo.
+                let rc = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signo, std::ptr::null::<()>(), 0) };
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    let e = std::io::Error::last_os_error();
+                    // ESRCH: it exited between our check and the signal; that is success for a stop.
+                    if e.raw_os_error() == Some(libc::ESRCH) { Ok(()) } else { Err(e) }
+                }
+            }
+            None => {
+                if processes::start_time(self.pid) != Some(self.start_time) {
+                    return Ok(());
+                }
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), signal.to_nix())
+                    .or_else(|e| if e == nix::errno::Errno::ESRCH { Ok(()) } else { Err(e) })
+                    .map_err(std::io::Error::from)
+            }
+        }
+    }
+
+    /// True once the process has exited (a zombie counts: it runs no more).
+    fn wait_exit(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        if let Some(fd) = &self.pidfd {
+            let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // SAFETY: one valid pollfd.
+                let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+                if rc > 0 {
+                    return true;
+                }
+                if rc == 0 || Instant::now() >= deadline {
+                    return false;
+                }
+            }
+        }
+        let id = processes::ProcessId { pid: self.pid, start_time: self.start_time };
+        while Instant::now() < deadline {
+            if !processes::is_alive(id) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        !processes::is_alive(id)
+    }
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open(pid, 0) returns a new fd we own, or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        None
+    } else {
+        // SAFETY: fd is a freshly opened descriptor owned by nobody else.
+        Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+}

@@ -1,0 +1,69 @@
+//! `sqlite`: read-only queries against databases named by policy labels.
+
+use super::process_api::file_stat;
+use super::CapabilityContext;
+use crate::facts::sqlite::{self as db, SqlError, Value};
+use crate::runtime::bindings::doctor::plugin::sqlite::{DbFile, Host, Rows};
+use crate::runtime::bindings::doctor::plugin::types::{Error, SqlValue};
+use std::path::PathBuf;
+
+impl Host for CapabilityContext {
+    fn query(&mut self, label: String, sql: String, params: Vec<SqlValue>) -> Result<Rows, Error> {
+        self.grants.sqlite(&label)?;
+        let path = self.database(&label)?;
+        let params: Vec<Value> = params.into_iter().map(from_wit).collect();
+        let rows = db::query(&path, &sql, &params).map_err(|e| sql_error(&label, e))?;
+        Ok(Rows {
+            columns: rows.columns,
+            rows: rows.rows.into_iter().map(|r| r.into_iter().map(to_wit).collect()).collect(),
+        })
+    }
+
+    fn file_info(&mut self, label: String) -> Result<DbFile, Error> {
+        self.grants.sqlite(&label)?;
+        let path = self.database(&label)?;
+        let file = std::fs::metadata(&path).ok().map(|m| file_stat(&m));
+        let directory = path.parent().and_then(|d| std::fs::metadata(d).ok()).map(|m| file_stat(&m));
+        Ok(DbFile { file, directory })
+    }
+}
+
+impl CapabilityContext {
+    fn database(&self, label: &str) -> Result<PathBuf, Error> {
+        self.facts
+            .policy
+            .database_path(label)
+            .map(PathBuf::from)
+            .ok_or_else(|| Error::NotFound(format!("database label {label:?} is not defined in the policy")))
+    }
+}
+
+fn sql_error(label: &str, e: SqlError) -> Error {
+    let text = format!("database {label:?}: {e}");
+    match e {
+        SqlError::Missing(_) => Error::NotFound(text),
+        SqlError::Invalid(_) => Error::Invalid(text),
+        SqlError::Locked(_) | SqlError::Io(_) => Error::Io(text),
+        SqlError::TooManyRows(_) => Error::Limit(text),
+    }
+}
+
+pub(crate) fn from_wit(v: SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => Value::Integer(i),
+        SqlValue::Real(f) => Value::Real(f),
+        SqlValue::Text(t) => Value::Text(t),
+        SqlValue::Blob(b) => Value::Blob(b),
+    }
+}
+
+fn to_wit(v: Value) -> SqlValue {
+    match v {
+        Value::Null => SqlValue::Null,
+        Value::Integer(i) => SqlValue::Integer(i),
+        Value::Real(f) => SqlValue::Real(f),
+        Value::Text(t) => SqlValue::Text(t),
+        Value::Blob(b) => SqlValue::Blob(b),
+    }
+}

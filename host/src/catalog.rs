@@ -1,0 +1,87 @@
+//! Which plugins exist: the built-ins embedded in the binary, and the `.wasm`
+//! components in the policy's plugin directories (named by file stem).
+
+use std::path::{Path, PathBuf};
+
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
+}
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    Builtin,
+    File(PathBuf),
+}
+
+impl Source {
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Builtin => "built-in".into(),
+            Source::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub source: Source,
+}
+
+pub struct Catalog {
+    pub entries: Vec<Entry>,
+}
+
+impl Catalog {
+    /// Built-ins first; a plugin file with a built-in's name is refused, so a
+    /// dropped-in file can never shadow a built-in.
+    pub fn discover(plugin_dirs: &[PathBuf]) -> (Catalog, Vec<String>) {
+        let mut entries: Vec<Entry> = builtin::BUILTIN
+            .iter()
+            .map(|(name, _)| Entry { name: name.to_string(), source: Source::Builtin })
+            .collect();
+        let mut warnings = Vec::new();
+        for dir in plugin_dirs {
+            let Ok(read) = std::fs::read_dir(dir) else {
+                warnings.push(format!("plugin directory {} cannot be read", dir.display()));
+                continue;
+            };
+            let mut files: Vec<PathBuf> = read.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "wasm")).collect();
+            files.sort();
+            for path in files {
+                let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                if entries.iter().any(|e| e.name == name) {
+                    warnings.push(format!("{} ignored: a plugin named {name} is already known", path.display()));
+                    continue;
+                }
+                entries.push(Entry { name, source: Source::File(path) });
+            }
+        }
+        (Catalog { entries }, warnings)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.iter().map(|e| e.name.as_str()).collect()
+    }
+}
+
+impl Entry {
+    pub fn bytes(&self) -> std::io::Result<std::borrow::Cow<'static, [u8]>> {
+        match &self.source {
+            Source::Builtin => builtin::BUILTIN
+                .iter()
+                .find(|(n, _)| *n == self.name)
+                .map(|(_, b)| std::borrow::Cow::Borrowed(*b))
+                .ok_or_else(|| std::io::Error::other("built-in missing")),
+            Source::File(path) => read(path).map(std::borrow::Cow::Owned),
+        }
+    }
+}
+
+fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
+}

@@ -1,0 +1,395 @@
+//! Container-engine client: the Docker Engine API over a Unix socket.
+//!
+//! Speaks to Docker (`/var/run/docker.sock`) and to Podman's Docker-compatible
+//! API (`podman system service`) alike. Only endpoints and fields both engines
+//! implement are used.
+//!
+//! The public API is blocking: every call builds a small current-thread tokio
+//! runtime, opens one HTTP/1.1 connection, sends one request and reads the whole
+//! answer, all bounded by the engine's timeout. A connection per request keeps
+//! the client stateless (no pool to go stale when the engine restarts) and costs
+//! next to nothing on a local socket. Do not call these methods from inside an
+//! async task: `block_on` would panic there; use `spawn_blocking`.
+//!
+//! Paths carry no `/v1.xx` prefix on purpose: an unversioned path is served at
+//! the engine's own current version by both engines, whereas any pinned version
+//! is wrong for one of them (Podman 4.3 speaks at most 1.41, and recent Docker
+//! releases refuse versions below their minimum, 1.44 as of Docker 29).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Deserialize;
+
+/// Largest answer we read. An inspect document is a few KiB; this only keeps a
+/// confused or hostile peer on the socket from making us allocate without end.
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Everything but RFC 3986 "unreserved" characters is escaped, both in query
+/// values (a path like `/a b?c` must reach the engine intact) and in the
+/// container id segment (an id is caller input and must not be able to add path
+/// segments or a query of its own).
+const ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The socket is missing, refuses connections, or the connection broke.
+    #[error("engine socket {path}: {message}")]
+    Unreachable { path: String, message: String },
+    /// The engine answered with an error status; `message` is its JSON "message".
+    #[error("engine answered {status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("no such container: {0}")]
+    NotFound(String),
+    /// Bad input from the caller, or an answer we cannot make sense of.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("engine request timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// One row of `GET /containers/json`.
+#[derive(Debug, Clone)]
+pub struct ContainerSummary {
+    pub id: String,
+    /// Names without Docker's leading "/".
+    pub names: Vec<String>,
+    pub image: String,
+    /// Machine-readable state: "created", "running", "exited", "paused", ...
+    pub state: String,
+    /// Human-readable status, e.g. "Up 3 minutes".
+    pub status: String,
+}
+
+/// The subset of a `/containers/json` row we use. Missing fields default to
+/// empty rather than failing the whole listing: engines differ in what they
+/// fill in for containers in odd states.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawSummary {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    names: Option<Vec<String>>,
+    #[serde(default)]
+    image: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    status: String,
+}
+
+impl From<RawSummary> for ContainerSummary {
+    fn from(raw: RawSummary) -> Self {
+        let names = raw
+            .names
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| n.strip_prefix('/').map(str::to_owned).unwrap_or(n))
+            .collect();
+        ContainerSummary {
+            id: raw.id,
+            names,
+            image: raw.image,
+            state: raw.state,
+            status: raw.status,
+        }
+    }
+}
+
+/// A status and the full body of one answer.
+struct Reply {
+    status: StatusCode,
+    body: Bytes,
+}
+
+pub struct Engine {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl Engine {
+    /// No I/O happens here; an absent socket shows up as `Unreachable` on the
+    /// first call, so a host without an engine can still build an `Engine`.
+    pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Engine {
+        Engine {
+            socket: socket.into(),
+            timeout,
+        }
+    }
+
+    pub fn list(&self, include_stopped: bool) -> Result<Vec<ContainerSummary>, EngineError> {
+        let uri = format!("/containers/json?all={include_stopped}");
+        let reply = self.request(Method::GET, &uri, self.timeout)?;
+        let body = expect_success(reply, None)?;
+        let rows: Vec<RawSummary> = serde_json::from_slice(&body).map_err(|e| {
+            EngineError::Invalid(format!("container list is not the expected JSON: {e}"))
+        })?;
+        Ok(rows.into_iter().map(ContainerSummary::from).collect())
+    }
+
+    /// The inspect document as the engine sent it. Callers parse it: Docker and
+    /// Podman differ in details (e.g. Podman's CapDrop spells out every
+    /// capability), so no typed view here would fit both without loss.
+    pub fn inspect(&self, id: &str) -> Result<String, EngineError> {
+        let uri = format!("/containers/{}/json", segment(id)?);
+        let reply = self.request(Method::GET, &uri, self.timeout)?;
+        let body = expect_success(reply, Some(id))?;
+        String::from_utf8(body.to_vec())
+            .map_err(|_| EngineError::Invalid(format!("inspect of {id} is not UTF-8")))
+    }
+
+    /// Whether `path` exists in the container's filesystem, without running it.
+    ///
+    /// `HEAD /containers/{id}/archive?path=` only stats the path (the answer is
+    /// in the X-Docker-Container-Path-Stat header, no tar is sent). Podman 4.3.1
+    /// answers it for a created, never-started container too: it mounts the
+    /// container's storage for the stat (checked: 200 for /bin/busybox, 404 for
+    /// /usr/bin/curl on a `podman create`d container). A symlink that resolves
+    /// counts as existing (checked: /bin/sh -> busybox); dangling links are
+    /// engine-defined and untested.
+    ///
+    /// Both engines answer 404 both for a missing path and for a missing
+    /// container, and HEAD carries no body to tell them apart; so a 404 is
+    /// followed by an inspect, which turns an unknown container into NotFound.
+    pub fn path_exists(&self, id: &str, path: &str) -> Result<bool, EngineError> {
+        // A relative path would resolve against the container's WorkingDir,
+        // which is never what a fact about "path P in container C" means.
+        if !path.starts_with('/') {
+            return Err(EngineError::Invalid(format!(
+                "container path must be absolute: {path:?}"
+            )));
+        }
+        let uri = format!(
+            "/containers/{}/archive?path={}",
+            segment(id)?,
+            query_value(path)
+        );
+        let reply = self.request(Method::HEAD, &uri, self.timeout)?;
+        match reply.status {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => {
+                // Errors (NotFound above all) from the inspect are the answer.
+                self.inspect(id)?;
+                Ok(false)
+            }
+            _ => Err(api_error(reply)),
+        }
+    }
+
+    /// 304 ("already started") counts as success: the goal state holds.
+    pub fn start(&self, id: &str) -> Result<(), EngineError> {
+        let uri = format!("/containers/{}/start", segment(id)?);
+        let reply = self.request(Method::POST, &uri, self.timeout)?;
+        expect_success(reply, Some(id)).map(drop)
+    }
+
+    /// 304 ("already stopped") counts as success.
+    pub fn stop(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
+        let uri = format!("/containers/{}/stop?t={}", segment(id)?, grace_secs(grace));
+        let reply = self.request(Method::POST, &uri, self.timeout_with_grace(grace))?;
+        expect_success(reply, Some(id)).map(drop)
+    }
+
+    pub fn restart(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
+        let uri = format!(
+            "/containers/{}/restart?t={}",
+            segment(id)?,
+            grace_secs(grace)
+        );
+        let reply = self.request(Method::POST, &uri, self.timeout_with_grace(grace))?;
+        expect_success(reply, Some(id)).map(drop)
+    }
+
+    /// The engine holds a stop/restart answer until the container has exited,
+    /// which may take the whole grace period before it kills; the bound has to
+    /// cover that wait or a slow but healthy stop would read as a timeout.
+    fn timeout_with_grace(&self, grace: Duration) -> Duration {
+        self.timeout
+            .saturating_add(Duration::from_secs(grace_secs(grace)))
+    }
+
+    /// One request, bounded by `limit` from connect to the last body byte.
+    fn request(&self, method: Method, uri: &str, limit: Duration) -> Result<Reply, EngineError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| EngineError::Invalid(format!("cannot start I/O runtime: {e}")))?;
+        runtime.block_on(async {
+            match tokio::time::timeout(limit, self.exchange(method, uri)).await {
+                Ok(result) => result,
+                Err(_elapsed) => Err(EngineError::Timeout(limit)),
+            }
+        })
+    }
+
+    async fn exchange(&self, method: Method, uri: &str) -> Result<Reply, EngineError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| self.unreachable(format!("cannot connect: {e}")))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.unreachable(format!("HTTP handshake failed: {e}")))?;
+        // The connection future does the actual I/O; it ends when the answer is
+        // read and `sender` is dropped, or with the runtime.
+        tokio::spawn(connection);
+
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            // HTTP/1.1 requires a Host; over a Unix socket any name will do.
+            .header(hyper::header::HOST, "localhost")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| EngineError::Invalid(format!("cannot build request for {uri}: {e}")))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.unreachable(format!("request {uri} failed: {e}")))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_BODY_BYTES)
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(format!("reading answer to {uri} failed: {e}")))?
+            .to_bytes();
+        Ok(Reply { status, body })
+    }
+
+    fn unreachable(&self, message: String) -> EngineError {
+        EngineError::Unreachable {
+            path: self.socket.display().to_string(),
+            message,
+        }
+    }
+}
+
+/// 2xx and 304 ("nothing to do") give the body; 404 on a container endpoint
+/// (`container` is Some) means the container is unknown; anything else is Api.
+fn expect_success(reply: Reply, container: Option<&str>) -> Result<Bytes, EngineError> {
+    if reply.status.is_success() || reply.status == StatusCode::NOT_MODIFIED {
+        return Ok(reply.body);
+    }
+    match container {
+        Some(id) if reply.status == StatusCode::NOT_FOUND => {
+            Err(EngineError::NotFound(id.to_owned()))
+        }
+        _ => Err(api_error(reply)),
+    }
+}
+
+/// Both engines put the reason in a JSON `{"message": ...}`; fall back to the
+/// raw body, then to the status text, so the error never reads empty.
+fn api_error(reply: Reply) -> EngineError {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        message: String,
+    }
+    let message = match serde_json::from_slice::<ErrorBody>(&reply.body) {
+        Ok(parsed) => parsed.message,
+        Err(_) if !reply.body.is_empty() => String::from_utf8_lossy(&reply.body).trim().to_owned(),
+        Err(_) => reply
+            .status
+            .canonical_reason()
+            .unwrap_or("no reason given")
+            .to_owned(),
+    };
+    EngineError::Api {
+        status: reply.status.as_u16(),
+        message,
+    }
+}
+
+/// A container id or name as one escaped path segment.
+fn segment(id: &str) -> Result<String, EngineError> {
+    if id.is_empty() {
+        return Err(EngineError::Invalid("empty container id".to_owned()));
+    }
+    Ok(utf8_percent_encode(id, ESCAPE).to_string())
+}
+
+fn query_value(value: &str) -> String {
+    utf8_percent_encode(value, ESCAPE).to_string()
+}
+
+/// The API takes whole seconds; round up so a sub-second grace is not zero,
+/// which would mean "kill at once".
+fn grace_secs(grace: Duration) -> u64 {
+    grace.as_secs() + u64::from(grace.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_lose_leading_slash() {
+        let raw: RawSummary = serde_json::from_str(
+            r#"{"Id":"abc","Names":["/web","db"],"Image":"x","State":"running","Status":"Up"}"#,
+        )
+        .expect("valid row");
+        let summary = ContainerSummary::from(raw);
+        assert_eq!(summary.names, vec!["web", "db"]);
+    }
+
+    #[test]
+    fn null_names_are_empty() {
+        let raw: RawSummary =
+            serde_json::from_str(r#"{"Id":"abc","Names":null}"#).expect("valid row");
+        assert!(ContainerSummary::from(raw).names.is_empty());
+    }
+
+    #[test]
+    fn ids_and_paths_are_escaped() {
+        assert_eq!(segment("a/b?c").expect("non-empty"), "a%2Fb%3Fc");
+        assert_eq!(query_value("/a b/ü&x=1"), "%2Fa%20b%2F%C3%BC%26x%3D1");
+        assert!(matches!(segment(""), Err(EngineError::Invalid(_))));
+    }
+
+    #[test]
+    fn grace_rounds_up() {
+        assert_eq!(grace_secs(Duration::from_millis(0)), 0);
+        assert_eq!(grace_secs(Duration::from_millis(1)), 1);
+        assert_eq!(grace_secs(Duration::from_secs(10)), 10);
+    }
+
+    #[test]
+    fn api_error_takes_message() {
+        let reply = Reply {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            body: Bytes::from_static(br#"{"cause":"x","message":"crun: boom","response":500}"#),
+        };
+        match api_error(reply) {
+            EngineError::Api { status, message } => {
+                assert_eq!((status, message.as_str()), (500, "crun: boom"))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_socket_is_unreachable() {
+        let engine = Engine::new("/nonexistent/doctor-test.sock", Duration::from_secs(1));
+        assert!(matches!(
+            engine.list(true),
+            Err(EngineError::Unreachable { .. })
+        ));
+    }
+
+    #[test]
+    fn relative_path_is_invalid() {
+        let engine = Engine::new("/nonexistent/doctor-test.sock", Duration::from_secs(1));
+        assert!(matches!(
+            engine.path_exists("c", "bin/sh"),
+            Err(EngineError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,309 @@
+//! The journal: a SQLite file (WAL) of every run, plugin result, finding and
+//! action, plus per-plugin state. One run at a time holds its lock; one
+//! transaction per plugin result keeps it consistent if a run is killed.
+
+mod lock;
+mod schema;
+pub mod query;
+
+pub use lock::JournalLock;
+
+use crate::plan::{ActionResult, Finding};
+use anyhow::Context as _;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {message}")]
+    Unusable { path: String, message: String },
+    #[error("{0}")]
+    Busy(String),
+}
+
+pub struct Journal {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Where a finding stands compared with the journal's memory of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    New,
+    Persisting,
+    Resolved,
+    Fixed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::New => "new",
+            Status::Persisting => "persisting",
+            Status::Resolved => "resolved",
+            Status::Fixed => "fixed",
+        }
+    }
+}
+
+/// One plugin's outcome in a run, as the journal records it.
+pub struct PluginRecord<'a> {
+    pub plugin: &'a str,
+    pub version: &'a str,
+    pub sha256: &'a str,
+    pub started_at_ms: u64,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    pub cache: &'a str,
+    pub log: String,
+    /// The findings of the check that produced the plan.
+    pub findings: &'a [Finding],
+    /// Per finding (same order): what happened to its actions.
+    pub actions: &'a [Vec<ActionResult>],
+    /// After fix: the findings of the re-check.
+    pub recheck: Option<&'a [Finding]>,
+    pub state: Option<&'a BTreeMap<String, String>>,
+}
+
+/// A finding with its status, for the report.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub finding: Finding,
+    pub status: Status,
+    pub actions: Vec<ActionResult>,
+}
+
+impl Journal {
+    /// Open (creating and migrating as needed). The caller holds the lock.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let unusable = |message: String| JournalError::Unusable { path: path.display().to_string(), message };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| unusable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path).map_err(|e| unusable(e.to_string()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| unusable(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| unusable(e.to_string()))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| unusable(e.to_string()))?;
+        conn.pragma_update(None, "foreign_keys", true).map_err(|e| unusable(e.to_string()))?;
+        schema::migrate(&conn).map_err(|e| unusable(format!("{e:#}")))?;
+        Ok(Journal { conn, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Runs left `running` by a process that died: only possible when we hold
+    /// the lock and they do not. Marked interrupted and returned.
+    pub fn mark_interrupted(&self) -> anyhow::Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare("UPDATE runs SET status = 'interrupted' WHERE status = 'running' RETURNING id")?;
+        let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?;
+        Ok(ids)
+    }
+
+    pub fn begin_run(&self, mode: &str, policy: &Path, started_at_ms: u64) -> anyhow::Result<i64> {
+        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        self.conn.execute(
+            "INSERT INTO runs (started_at, mode, status, pid, hostname, doctor_version, policy) VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6)",
+            params![started_at_ms as i64, mode, std::process::id(), host, env!("CARGO_PKG_VERSION"), policy.display().to_string()],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn finish_run(&self, run_id: i64, exit_code: i32, finished_at_ms: u64) -> anyhow::Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET status = 'complete', exit_code = ?2, finished_at = ?3 WHERE id = ?1",
+            params![run_id, exit_code, finished_at_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn load_state(&self, plugin: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut stmt = self.conn.prepare("SELECT key, value FROM plugin_state WHERE plugin = ?1")?;
+        let rows = stmt.query_map([plugin], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// When each plugin last ran (unix ms), whatever its outcome.
+    pub fn last_runs(&self) -> anyhow::Result<HashMap<String, u64>> {
+        let mut stmt = self.conn.prepare("SELECT plugin, MAX(started_at) FROM plugin_runs GROUP BY plugin")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Record one plugin's result in one transaction; return its findings
+    /// with their statuses (including findings resolved since the last run).
+    pub fn record(&mut self, run_id: i64, rec: &PluginRecord<'_>) -> anyhow::Result<Vec<Observed>> {
+        let tx = self.conn.transaction()?;
+        let plugin_run_id = insert_plugin_run(&tx, run_id, rec)?;
+        let observed = if rec.error.is_some() && rec.findings.is_empty() {
+            // A plugin that failed to check says nothing about its findings:
+            // they stay as they were.
+            Vec::new()
+        } else {
+            let observed = classify(&tx, rec)?;
+            for o in &observed {
+                write_observation(&tx, run_id, plugin_run_id, rec, o)?;
+            }
+            observed
+        };
+        if let (None, Some(state)) = (&rec.error, rec.state) {
+            save_state(&tx, rec.plugin, state, rec.started_at_ms)?;
+        }
+        tx.commit().context("committing the plugin result")?;
+        Ok(observed)
+    }
+}
+
+fn insert_plugin_run(tx: &rusqlite::Transaction<'_>, run_id: i64, rec: &PluginRecord<'_>) -> anyhow::Result<i64> {
+    tx.execute(
+        "INSERT INTO plugin_runs (run_id, plugin, version, sha256, started_at, duration_ms, outcome, error, cache, log)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            run_id,
+            rec.plugin,
+            rec.version,
+            rec.sha256,
+            rec.started_at_ms as i64,
+            rec.duration_ms as i64,
+            if rec.error.is_some() { "error" } else { "ok" },
+            rec.error,
+            rec.cache,
+            rec.log,
+        ],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Compare this run's findings with the open findings the journal holds.
+fn classify(tx: &rusqlite::Transaction<'_>, rec: &PluginRecord<'_>) -> anyhow::Result<Vec<Observed>> {
+    let open = open_findings(tx, rec.plugin)?;
+    let final_keys: Option<Vec<&str>> = rec.recheck.map(|r| r.iter().map(|f| f.key.as_str()).collect());
+    let mut observed = Vec::new();
+    for (i, finding) in rec.findings.iter().enumerate() {
+        let actions = rec.actions.get(i).cloned().unwrap_or_default();
+        let was_open = open.contains_key(&finding.key);
+        let status = match &final_keys {
+            Some(keys) if !keys.contains(&finding.key.as_str()) => {
+                if actions.is_empty() { Status::Resolved } else { Status::Fixed }
+            }
+            _ if was_open => Status::Persisting,
+            _ => Status::New,
+        };
+        observed.push(Observed { finding: finding.clone(), status, actions });
+    }
+    // Findings the re-check sees that the first check did not.
+    for finding in rec.recheck.unwrap_or_default() {
+        if !rec.findings.iter().any(|f| f.key == finding.key) {
+            let status = if open.contains_key(&finding.key) { Status::Persisting } else { Status::New };
+            observed.push(Observed { finding: finding.clone(), status, actions: Vec::new() });
+        }
+    }
+    // Open findings nobody reported this time are resolved.
+    for (key, finding) in open {
+        if !observed.iter().any(|o| o.finding.key == key) {
+            observed.push(Observed { finding, status: Status::Resolved, actions: Vec::new() });
+        }
+    }
+    Ok(observed)
+}
+
+fn open_findings(tx: &rusqlite::Transaction<'_>, plugin: &str) -> anyhow::Result<BTreeMap<String, Finding>> {
+    let mut stmt = tx.prepare(
+        "SELECT key, severity, subject, message, evidence FROM findings WHERE plugin = ?1 AND status IN ('new', 'persisting')",
+    )?;
+    let rows = stmt.query_map([plugin], |r| {
+        let evidence: String = r.get(4)?;
+        Ok(Finding {
+            key: r.get(0)?,
+            severity: crate::plan::Severity::parse(&r.get::<_, String>(1)?).unwrap_or(crate::plan::Severity::Info),
+            subject: r.get(2)?,
+            message: r.get(3)?,
+            evidence: serde_json::from_str(&evidence).unwrap_or_default(),
+            actions: Vec::new(),
+        })
+    })?;
+    let mut open = BTreeMap::new();
+    for f in rows {
+        let f = f?;
+        open.insert(f.key.clone(), f);
+    }
+    Ok(open)
+}
+
+fn write_observation(tx: &rusqlite::Transaction<'_>, run_id: i64, plugin_run_id: i64, rec: &PluginRecord<'_>, o: &Observed) -> anyhow::Result<()> {
+    let f = &o.finding;
+    let evidence = serde_json::to_string(&f.evidence)?;
+    let now = rec.started_at_ms as i64;
+    tx.execute(
+        "INSERT INTO observations (run_id, plugin_run_id, plugin, key, severity, subject, message, evidence, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![run_id, plugin_run_id, rec.plugin, f.key, f.severity.as_str(), f.subject, f.message, evidence, o.status.as_str()],
+    )?;
+    let open = matches!(o.status, Status::New | Status::Persisting);
+    let row_status = if open { o.status.as_str() } else { "resolved" };
+    let existing: Option<String> = tx
+        .query_row("SELECT status FROM findings WHERE plugin = ?1 AND key = ?2", params![rec.plugin, f.key], |r| r.get(0))
+        .optional()?;
+    match existing {
+        Some(_) if !open => {
+            tx.execute(
+                "UPDATE findings SET status = 'resolved', resolved_at = ?3, last_run_id = ?4 WHERE plugin = ?1 AND key = ?2",
+                params![rec.plugin, f.key, now, run_id],
+            )?;
+        }
+        Some(prev) => {
+            // A finding that comes back after being resolved starts a new life.
+            let restart = prev == "resolved";
+            tx.execute(
+                "UPDATE findings SET severity = ?3, subject = ?4, message = ?5, evidence = ?6, status = ?7, last_seen = ?8,
+                   first_seen = CASE WHEN ?9 THEN ?8 ELSE first_seen END, resolved_at = NULL, last_run_id = ?10
+                 WHERE plugin = ?1 AND key = ?2",
+                params![rec.plugin, f.key, f.severity.as_str(), f.subject, f.message, evidence, row_status, now, restart, run_id],
+            )?;
+        }
+        None if open => {
+            tx.execute(
+                "INSERT INTO findings (plugin, key, severity, subject, message, evidence, status, first_seen, last_seen, last_run_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
+                params![rec.plugin, f.key, f.severity.as_str(), f.subject, f.message, evidence, row_status, now, run_id],
+            )?;
+        }
+        None => {
+            // Seen and fixed within this one run: remembered as resolved.
+            tx.execute(
+                "INSERT INTO findings (plugin, key, severity, subject, message, evidence, status, first_seen, last_seen, resolved_at, last_run_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'resolved', ?7, ?7, ?7, ?8)",
+                params![rec.plugin, f.key, f.severity.as_str(), f.subject, f.message, evidence, now, run_id],
+            )?;
+        }
+    }
+    for (seq, a) in o.actions.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO actions (run_id, plugin_run_id, plugin, finding_key, seq, kind, params, description, outcome, detail, before, after, duration_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                run_id, plugin_run_id, rec.plugin, f.key, seq as i64, a.kind, a.params, a.description,
+                a.outcome.as_str(), a.detail, a.before, a.after, a.duration_ms as i64
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn save_state(tx: &rusqlite::Transaction<'_>, plugin: &str, state: &BTreeMap<String, String>, now: u64) -> anyhow::Result<()> {
+    tx.execute("DELETE FROM plugin_state WHERE plugin = ?1", [plugin])?;
+    for (k, v) in state {
+        tx.execute(
+            "INSERT INTO plugin_state (plugin, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)",
+            params![plugin, k, v, now as i64],
+        )?;
+    }
+    Ok(())
+}

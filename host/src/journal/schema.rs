@@ -1,0 +1,105 @@
+//! The journal's schema, versioned with `PRAGMA user_version`. Each migration
+//! runs once, in order, inside a transaction.
+
+use anyhow::{bail, Context as _};
+use rusqlite::Connection;
+
+/// Migration N takes the schema from version N to N + 1.
+const MIGRATIONS: &[&str] = &[
+    // v1: runs, plugin runs, findings (current state), observations (per run),
+    // actions, plugin key/value state.
+    r#"
+    CREATE TABLE runs (
+        id             INTEGER PRIMARY KEY,
+        started_at     INTEGER NOT NULL,
+        finished_at    INTEGER,
+        mode           TEXT NOT NULL,
+        status         TEXT NOT NULL CHECK (status IN ('running', 'complete', 'interrupted')),
+        exit_code      INTEGER,
+        pid            INTEGER NOT NULL,
+        hostname       TEXT NOT NULL,
+        doctor_version TEXT NOT NULL,
+        policy         TEXT NOT NULL
+    );
+    CREATE TABLE plugin_runs (
+        id          INTEGER PRIMARY KEY,
+        run_id      INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        plugin      TEXT NOT NULL,
+        version     TEXT NOT NULL,
+        sha256      TEXT NOT NULL,
+        started_at  INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        outcome     TEXT NOT NULL CHECK (outcome IN ('ok', 'error')),
+        error       TEXT,
+        cache       TEXT NOT NULL,
+        log         TEXT NOT NULL
+    );
+    CREATE INDEX plugin_runs_by_plugin ON plugin_runs (plugin, started_at);
+    CREATE TABLE findings (
+        plugin      TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        severity    TEXT NOT NULL,
+        subject     TEXT NOT NULL,
+        message     TEXT NOT NULL,
+        evidence    TEXT NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('new', 'persisting', 'resolved')),
+        first_seen  INTEGER NOT NULL,
+        last_seen   INTEGER NOT NULL,
+        resolved_at INTEGER,
+        last_run_id INTEGER,
+        PRIMARY KEY (plugin, key)
+    );
+    CREATE TABLE observations (
+        id            INTEGER PRIMARY KEY,
+        run_id        INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        plugin_run_id INTEGER NOT NULL REFERENCES plugin_runs(id) ON DELETE CASCADE,
+        plugin        TEXT NOT NULL,
+        key           TEXT NOT NULL,
+        severity      TEXT NOT NULL,
+        subject       TEXT NOT NULL,
+        message       TEXT NOT NULL,
+        evidence      TEXT NOT NULL,
+        status        TEXT NOT NULL CHECK (status IN ('new', 'persisting', 'resolved', 'fixed'))
+    );
+    CREATE INDEX observations_by_run ON observations (run_id);
+    CREATE TABLE actions (
+        id            INTEGER PRIMARY KEY,
+        run_id        INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        plugin_run_id INTEGER NOT NULL REFERENCES plugin_runs(id) ON DELETE CASCADE,
+        plugin        TEXT NOT NULL,
+        finding_key   TEXT NOT NULL,
+        seq           INTEGER NOT NULL,
+        kind          TEXT NOT NULL,
+        params        TEXT NOT NULL,
+        description   TEXT NOT NULL,
+        outcome       TEXT NOT NULL CHECK (outcome IN ('planned', 'applied', 'failed', 'skipped', 'refused')),
+        detail        TEXT NOT NULL,
+        before        TEXT,
+        after         TEXT,
+        duration_ms   INTEGER NOT NULL
+    );
+    CREATE INDEX actions_by_run ON actions (run_id);
+    CREATE TABLE plugin_state (
+        plugin     TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (plugin, key)
+    );
+    "#,
+];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub fn migrate(conn: &Connection) -> anyhow::Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        bail!("schema version {current} is newer than this doctor understands ({SCHEMA_VERSION}); upgrade doctor");
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let next = version + 1;
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {next}; COMMIT;"))
+            .with_context(|| format!("migrating the journal schema to version {next}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! `doctor`: sandboxed WebAssembly checks that find and safely fix drift on
+//! Linux hosts. Data flows one way: policy → plugins → findings → plan →
+//! actions → journal → report.
+
+pub mod actions;
+pub mod capabilities;
+pub mod catalog;
+pub mod cli;
+pub mod clock;
+pub mod facts;
+pub mod journal;
+pub mod paths;
+pub mod pipeline;
+pub mod plan;
+pub mod policy;
+pub mod report;
+pub mod runtime;

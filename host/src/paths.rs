@@ -1,0 +1,25 @@
+//! Default locations: system paths for root, XDG directories for others.
+
+use std::path::PathBuf;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub fn default_policy() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/etc/doctor/policy.toml");
+    }
+    directories::ProjectDirs::from("", "", "doctor")
+        .map(|d| d.config_dir().join("policy.toml"))
+        .unwrap_or_else(|| PathBuf::from("/etc/doctor/policy.toml"))
+}
+
+pub fn default_journal() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/lib/doctor/journal.db");
+    }
+    directories::ProjectDirs::from("", "", "doctor")
+        .and_then(|d| d.state_dir().map(|s| s.join("journal.db")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/doctor/journal.db"))
+}

@@ -1,0 +1,384 @@
+//! One run, start to end: policy → plugins → findings → plan → actions →
+//! journal → report. Everything that can make the run impossible (policy,
+//! plugin selection, config keys, the journal lock) is settled before the
+//! journal is written; after that, a plugin's failure is only a result.
+
+use crate::actions::ActionContext;
+use crate::capabilities::{CapabilityContext, EffectiveGrants, RunFacts, KNOWN_CAPABILITIES};
+use crate::catalog::{Catalog, Entry};
+use crate::clock::now_unix_ms;
+use crate::journal::{Journal, JournalError, JournalLock, PluginRecord};
+use crate::plan::apply::{self, Budget};
+use crate::plan::{ActionResult, Finding};
+use crate::policy::{FixMode, Policy, PolicyError, PluginPolicy};
+use crate::report::{PluginSummary, RunReport};
+use crate::runtime::{Limits, LoadedComponent, PluginFailure, PluginInfo, Runtime};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Check,
+    Fix { dry_run: bool },
+    /// The timer's entry point: due plugins only, fixes where `fix = "auto"`.
+    Scheduled,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Check => "check",
+            Mode::Fix { dry_run: false } => "fix",
+            Mode::Fix { dry_run: true } => "dry-run",
+            Mode::Scheduled => "run",
+        }
+    }
+}
+
+pub struct RunOptions {
+    pub policy: PathBuf,
+    pub journal: Option<PathBuf>,
+    pub plugins: Vec<String>,
+    pub mode: Mode,
+}
+
+/// Why the doctor could not do its job (exit 3).
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Journal(#[from] JournalError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// A plugin chosen for this run, loaded and described.
+struct Prepared {
+    entry: Entry,
+    policy: PluginPolicy,
+    loaded: Result<(LoadedComponent, PluginInfo), PluginFailure>,
+    config_json: String,
+    apply_fixes: bool,
+}
+
+pub fn journal_path(policy: &Policy, cli: Option<&PathBuf>) -> PathBuf {
+    cli.cloned().or_else(|| policy.doctor.journal.clone()).unwrap_or_else(crate::paths::default_journal)
+}
+
+pub fn cache_dir(policy: &Policy, journal: &std::path::Path) -> PathBuf {
+    policy.doctor.cache_dir.clone().unwrap_or_else(|| journal.with_file_name("cache"))
+}
+
+pub fn execute(opts: &RunOptions) -> Result<RunReport, Fatal> {
+    let started = Instant::now();
+    let started_ms = now_unix_ms();
+    let policy = Arc::new(Policy::load(&opts.policy)?);
+    let journal_file = journal_path(&policy, opts.journal.as_ref());
+    let runtime = Runtime::new(Some(cache_dir(&policy, &journal_file)))?;
+    let (catalog, warnings) = Catalog::discover(&policy.doctor.plugin_dirs);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let selected = select(&policy, &catalog, &opts.plugins)?;
+
+    let _lock = JournalLock::acquire(&journal_file, policy.doctor.lock_wait)?;
+    let mut journal = Journal::open(&journal_file)?;
+    let due = due_plugins(&journal, &policy, selected, opts.mode, started_ms)?;
+    let prepared = prepare(&runtime, &policy, due, opts.mode)?;
+    let interrupted = journal.mark_interrupted()?;
+    let run_id = journal.begin_run(opts.mode.name(), &policy.file, started_ms)?;
+
+    let facts = RunFacts::new(policy.clone());
+    let budget = Budget::new(policy.doctor.max_actions_per_run);
+    let protected = crate::facts::processes::self_and_ancestors();
+    let mut report = RunReport::new(run_id, opts.mode.name(), interrupted);
+
+    let (tx, rx) = mpsc::channel::<Outcome>();
+    std::thread::scope(|scope| -> Result<(), Fatal> {
+        for p in &prepared {
+            let tx = tx.clone();
+            let state = journal.load_state(&p.entry.name)?;
+            let (runtime, policy, facts, budget, protected) = (&runtime, &policy, &facts, &budget, &protected);
+            scope.spawn(move || {
+                let outcome = run_plugin(runtime, policy, facts, budget, protected, p, state);
+                let _ = tx.send(outcome);
+            });
+        }
+        drop(tx);
+        for outcome in rx {
+            record(&mut journal, run_id, &outcome, &mut report)?;
+        }
+        Ok(())
+    })?;
+
+    report.finish(started.elapsed().as_millis() as u64);
+    journal.finish_run(run_id, report.exit_code, now_unix_ms())?;
+    Ok(report)
+}
+
+/// Plugins named in the policy (or the subset on the command line), each
+/// known to the catalog; otherwise a policy or usage error.
+fn select(policy: &Policy, catalog: &Catalog, only: &[String]) -> Result<Vec<(Entry, PluginPolicy)>, Fatal> {
+    for name in policy.plugins.keys() {
+        if catalog.get(name).is_none() {
+            return Err(policy
+                .error_at_key(
+                    &format!("plugins.{name}"),
+                    format!("no plugin named {name:?} (known: {})", catalog.names().join(", ")),
+                )
+                .into());
+        }
+    }
+    for name in only {
+        if !policy.plugins.contains_key(name) {
+            return Err(Fatal::Usage(format!("--plugin {name}: the policy {} does not configure it", policy.file.display())));
+        }
+    }
+    Ok(policy
+        .plugins
+        .iter()
+        .filter(|(name, _)| only.is_empty() || only.contains(name))
+        .filter_map(|(name, p)| catalog.get(name).map(|e| (e.clone(), p.clone())))
+        .collect())
+}
+
+fn due_plugins(
+    journal: &Journal,
+    _policy: &Policy,
+    selected: Vec<(Entry, PluginPolicy)>,
+    mode: Mode,
+    now_ms: u64,
+) -> Result<Vec<(Entry, PluginPolicy)>, Fatal> {
+    if mode != Mode::Scheduled {
+        return Ok(selected);
+    }
+    let last = journal.last_runs()?;
+    Ok(selected
+        .into_iter()
+        .filter(|(e, p)| last.get(&e.name).is_none_or(|t| now_ms.saturating_sub(*t) >= p.every.as_millis() as u64))
+        .collect())
+}
+
+/// Load, describe, and check each plugin's config against what it declares.
+fn prepare(runtime: &Runtime, policy: &Arc<Policy>, chosen: Vec<(Entry, PluginPolicy)>, mode: Mode) -> Result<Vec<Prepared>, Fatal> {
+    let limits = limits(policy);
+    let facts = RunFacts::new(policy.clone());
+    let mut out = Vec::new();
+    for (entry, plugin_policy) in chosen {
+        let loaded = load(runtime, &entry, &plugin_policy, policy, &facts, limits)?;
+        let config_json = match &loaded {
+            Ok((_, info)) => config_json(policy, &entry.name, &plugin_policy, info)?,
+            Err(_) => "{}".into(),
+        };
+        let apply_fixes = match mode {
+            Mode::Check | Mode::Fix { dry_run: true } => false,
+            Mode::Fix { dry_run: false } => true,
+            Mode::Scheduled => plugin_policy.fix == FixMode::Auto,
+        };
+        out.push(Prepared { entry, policy: plugin_policy, loaded, config_json, apply_fixes });
+    }
+    Ok(out)
+}
+
+fn limits(policy: &Policy) -> Limits {
+    Limits { memory_bytes: policy.doctor.plugin_memory, timeout: policy.doctor.plugin_timeout }
+}
+
+fn load(
+    runtime: &Runtime,
+    entry: &Entry,
+    plugin_policy: &PluginPolicy,
+    policy: &Policy,
+    facts: &Arc<RunFacts>,
+    limits: Limits,
+) -> Result<Result<(LoadedComponent, PluginInfo), PluginFailure>, Fatal> {
+    let bytes = match entry.bytes() {
+        Ok(b) => b,
+        Err(e) => return Ok(Err(PluginFailure::Load(format!("{}: {e}", entry.source.describe())))),
+    };
+    let loaded = match runtime.load(&bytes) {
+        Ok(l) => l,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let Some(pin) = &plugin_policy.sha256 {
+        if !pin.eq_ignore_ascii_case(&loaded.sha256) {
+            return Err(policy
+                .error_at_plugin(&entry.name, "sha256", format!("{} has sha256 {}, the policy pins {pin}", entry.source.describe(), loaded.sha256))
+                .into());
+        }
+    }
+    let caps = context(&entry.name, EffectiveGrants::none(&entry.name), facts.clone(), BTreeMap::new());
+    let info = match runtime.describe(&loaded.component, caps, limits) {
+        Ok(info) => info,
+        Err(e) => return Ok(Err(e)),
+    };
+    if info.name != entry.name {
+        return Ok(Err(PluginFailure::InvalidOutput(format!("describe() says its name is {:?}, not {:?}", info.name, entry.name))));
+    }
+    if let Some(unknown) = info.capabilities.iter().find(|c| !KNOWN_CAPABILITIES.contains(&c.as_str())) {
+        return Ok(Err(PluginFailure::InvalidOutput(format!("describe() requests unknown capability {unknown:?}"))));
+    }
+    Ok(Ok((loaded, info)))
+}
+
+/// The plugin's `config` table as JSON, defaults filled in from `describe()`;
+/// unknown and missing required keys are policy errors.
+fn config_json(policy: &Policy, name: &str, plugin: &PluginPolicy, info: &PluginInfo) -> Result<String, Fatal> {
+    let table = &plugin.config_table();
+    let declared: Vec<&str> = info.config.iter().map(|k| k.name.as_str()).collect();
+    for key in table.keys() {
+        if !declared.contains(&key.as_str()) {
+            return Err(policy
+                .error_at_plugin(name, &format!("config.{key}"), format!("unknown config key (plugin {name} declares: {})", declared.join(", ")))
+                .into());
+        }
+    }
+    let mut json = serde_json::to_value(table).map_err(|e| Fatal::Internal(e.into()))?;
+    let object = json.as_object_mut().ok_or_else(|| Fatal::Usage("config must be a table".into()))?;
+    for key in &info.config {
+        if object.contains_key(&key.name) {
+            continue;
+        }
+        if key.default.is_empty() {
+            return Err(policy
+                .error_at_plugin(name, "config", format!("missing required key `{}`: {}", key.name, key.description))
+                .into());
+        }
+        let value = serde_json::from_str(&key.default).unwrap_or(serde_json::Value::String(key.default.clone()));
+        object.insert(key.name.clone(), value);
+    }
+    Ok(json.to_string())
+}
+
+fn context(plugin: &str, grants: EffectiveGrants, facts: Arc<RunFacts>, state: BTreeMap<String, String>) -> CapabilityContext {
+    CapabilityContext { plugin: plugin.to_string(), grants, facts, kv: Arc::new(Mutex::new(state)), logs: Vec::new() }
+}
+
+/// What one plugin's thread sends back to be journalled.
+struct Outcome {
+    summary: PluginSummary,
+    findings: Vec<Finding>,
+    actions: Vec<Vec<ActionResult>>,
+    recheck: Option<Vec<Finding>>,
+    state: Option<BTreeMap<String, String>>,
+    log: String,
+}
+
+fn run_plugin(
+    runtime: &Runtime,
+    policy: &Arc<Policy>,
+    facts: &Arc<RunFacts>,
+    budget: &Budget,
+    protected: &[u32],
+    p: &Prepared,
+    state: BTreeMap<String, String>,
+) -> Outcome {
+    let started = Instant::now();
+    let started_ms = now_unix_ms();
+    let mut summary = PluginSummary::new(&p.entry.name, started_ms);
+    let (loaded, info) = match &p.loaded {
+        Ok(ok) => ok,
+        Err(failure) => {
+            summary.fail(failure.to_string(), started.elapsed());
+            return Outcome { summary, findings: vec![], actions: vec![], recheck: None, state: None, log: String::new() };
+        }
+    };
+    summary.loaded(&info.version, &loaded.sha256, loaded.cache.as_str());
+    let grants = EffectiveGrants::new(&p.entry.name, &info.capabilities, &p.policy.grants);
+    let kv = Arc::new(Mutex::new(state));
+    let mut caps = context(&p.entry.name, grants.clone(), facts.clone(), BTreeMap::new());
+    caps.kv = kv.clone();
+    let (result, caps) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
+    let mut log = logs_text(caps.as_ref());
+    let findings = match result {
+        Ok(findings) => findings,
+        Err(failure) => {
+            summary.fail(failure.to_string(), started.elapsed());
+            return Outcome { summary, findings: vec![], actions: vec![], recheck: None, state: None, log };
+        }
+    };
+    let (actions, recheck) = if p.apply_fixes && findings.iter().any(|f| !f.actions.is_empty()) {
+        let ctx = ActionContext {
+            plugin: p.entry.name.clone(),
+            grants: grants.clone(),
+            policy: policy.clone(),
+            protected_pids: protected.to_vec(),
+            engine: facts.engine_handle(),
+        };
+        let actions = apply::apply(&ctx, &findings, budget, |_| Ok(()));
+        // Re-check against a fresh view of the host.
+        let fresh = RunFacts::new(policy.clone());
+        let mut caps = context(&p.entry.name, grants, fresh, BTreeMap::new());
+        caps.kv = kv.clone();
+        let (again, caps) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
+        log.push_str(&logs_text(caps.as_ref()));
+        match again {
+            Ok(f) => (actions, Some(f)),
+            Err(failure) => {
+                summary.fail(format!("re-check after fix: {failure}"), started.elapsed());
+                (actions, None)
+            }
+        }
+    } else {
+        (apply::dry_run(&findings), None)
+    };
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    let state = kv.lock().ok().map(|m| m.clone());
+    Outcome { summary, findings, actions, recheck, state, log }
+}
+
+fn logs_text(caps: Option<&CapabilityContext>) -> String {
+    caps.map(|c| c.logs.iter().map(|l| format!("{}: {}\n", l.level, l.message)).collect()).unwrap_or_default()
+}
+
+fn record(journal: &mut Journal, run_id: i64, o: &Outcome, report: &mut RunReport) -> Result<(), Fatal> {
+    let s = &o.summary;
+    let observed = journal.record(
+        run_id,
+        &PluginRecord {
+            plugin: &s.name,
+            version: &s.version,
+            sha256: &s.sha256,
+            started_at_ms: s.started_at_ms,
+            duration_ms: s.duration_ms,
+            error: s.error.clone(),
+            cache: &s.cache,
+            log: o.log.clone(),
+            findings: &o.findings,
+            actions: &o.actions,
+            recheck: o.recheck.as_deref(),
+            state: o.state.as_ref(),
+        },
+    )?;
+    report.add(o.summary.clone(), observed);
+    Ok(())
+}
+
+/// `describe()` of one catalog entry, with no grants and default limits.
+pub fn describe_entry(runtime: &Runtime, entry: &Entry) -> Result<PluginInfo, PluginFailure> {
+    let bytes = entry.bytes().map_err(|e| PluginFailure::Load(e.to_string()))?;
+    let loaded = runtime.load(&bytes)?;
+    let policy = Arc::new(Policy::parse(std::path::Path::new("(none)"), "").map_err(|e| PluginFailure::Load(e.to_string()))?);
+    let caps = context(&entry.name, EffectiveGrants::none(&entry.name), RunFacts::new(policy.clone()), BTreeMap::new());
+    runtime.describe(&loaded.component, caps, limits(&policy))
+}
+
+/// Everything `check` would settle before touching the journal: the policy,
+/// the plugins it names, their describe() and config keys.
+pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
+    let policy = Arc::new(Policy::load(path)?);
+    let (catalog, _) = Catalog::discover(&policy.doctor.plugin_dirs);
+    let selected = select(&policy, &catalog, &[])?;
+    let runtime = Runtime::new(None)?;
+    let prepared = prepare(&runtime, &policy, selected, Mode::Check)?;
+    if let Some(p) = prepared.iter().find(|p| p.loaded.is_err()) {
+        let why = p.loaded.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+        return Err(policy.error_at_key(&format!("plugins.{}", p.entry.name), format!("plugin {why}")).into());
+    }
+    Ok(format!("{} plugin(s) configured", prepared.len()))
+}

@@ -1,0 +1,416 @@
+//! The operator's policy: parsed strictly, every error naming file, line and key.
+
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {key}{sep}{message}", sep = if key.is_empty() { "" } else { ": " })]
+pub struct PolicyError {
+    pub file: String,
+    pub line: usize,
+    /// The dotted key the error is about, empty when the file itself is at fault.
+    pub key: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub file: PathBuf,
+    pub source: String,
+    pub doctor: DoctorSection,
+    pub databases: BTreeMap<String, Database>,
+    pub commands: BTreeMap<String, CommandSpec>,
+    pub container_engine: Option<ContainerEngine>,
+    pub plugins: BTreeMap<String, PluginPolicy>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    doctor: DoctorSection,
+    #[serde(default)]
+    databases: BTreeMap<String, Database>,
+    #[serde(default)]
+    commands: BTreeMap<String, CommandSpec>,
+    container_engine: Option<ContainerEngine>,
+    #[serde(default)]
+    plugins: BTreeMap<Spanned<String>, Spanned<PluginPolicy>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoctorSection {
+    pub journal: Option<PathBuf>,
+    #[serde(default)]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Compiled plugins are cached here; defaults to `cache/` beside the journal.
+    pub cache_dir: Option<PathBuf>,
+    #[serde(default = "default_max_actions")]
+    pub max_actions_per_run: u32,
+    /// How long a run waits for another run holding the journal lock.
+    #[serde(default = "default_lock_wait", deserialize_with = "duration")]
+    pub lock_wait: Duration,
+    /// Wall-clock deadline of one plugin call (describe or check).
+    #[serde(default = "default_plugin_timeout", deserialize_with = "duration")]
+    pub plugin_timeout: Duration,
+    #[serde(default = "default_plugin_memory", deserialize_with = "byte_size")]
+    pub plugin_memory: u64,
+}
+
+impl Default for DoctorSection {
+    fn default() -> Self {
+        DoctorSection {
+            journal: None,
+            plugin_dirs: Vec::new(),
+            cache_dir: None,
+            max_actions_per_run: default_max_actions(),
+            lock_wait: default_lock_wait(),
+            plugin_timeout: default_plugin_timeout(),
+            plugin_memory: default_plugin_memory(),
+        }
+    }
+}
+
+fn default_max_actions() -> u32 {
+    20
+}
+fn default_lock_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_plugin_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_plugin_memory() -> u64 {
+    64 << 20
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    pub path: PathBuf,
+}
+
+/// A command plugins may ask for by name: argv only, never a shell.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSpec {
+    pub argv: Vec<String>,
+    #[serde(default = "default_command_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerEngine {
+    /// The Docker-compatible API socket (Docker or `podman system service`).
+    pub socket: PathBuf,
+    #[serde(default = "default_engine_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_engine_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FixMode {
+    /// Scheduled runs apply fixes.
+    Auto,
+    /// Only `doctor fix` applies fixes.
+    #[default]
+    Manual,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginPolicy {
+    #[serde(default = "default_every", deserialize_with = "duration")]
+    pub every: Duration,
+    #[serde(default)]
+    pub fix: FixMode,
+    /// Pin a third-party plugin to the exact bytes the operator reviewed.
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub grants: Grants,
+    /// The plugin's own settings, checked against the keys its describe() declares.
+    pub config: Option<Spanned<toml::Table>>,
+}
+
+impl PluginPolicy {
+    pub fn config_table(&self) -> toml::Table {
+        self.config.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default()
+    }
+}
+
+fn default_every() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// What the policy grants a plugin. Deny by default: every field empty.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    #[serde(default)]
+    pub processes: bool,
+    /// Glob patterns of paths the plugin may stat and read.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// Database labels the plugin may query.
+    #[serde(default)]
+    pub sqlite: Vec<String>,
+    #[serde(default)]
+    pub sockets: bool,
+    /// Loopback endpoints the plugin may probe, as `host:port` (port may be `*`).
+    #[serde(default)]
+    pub probe: Vec<String>,
+    #[serde(default)]
+    pub containers: bool,
+    pub signal: Option<SignalGrant>,
+    /// Glob patterns of paths the host may remove for the plugin.
+    #[serde(default)]
+    pub files_remove: Vec<String>,
+    #[serde(default)]
+    pub sqlite_write: Vec<String>,
+    /// Name patterns (globs) of containers the host may start, stop or restart.
+    #[serde(default)]
+    pub containers_write: Vec<String>,
+    /// Names of `[commands]` the plugin may ask to run.
+    #[serde(default)]
+    pub commands: Vec<String>,
+}
+
+/// Which processes the host may signal for a plugin: the command line must
+/// match one pattern and, when `uids` is given, the owner must be one of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalGrant {
+    #[serde(rename = "match")]
+    pub patterns: Vec<String>,
+    #[serde(default)]
+    pub uids: Vec<u32>,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}); write e.g. \"30s\", \"5m\", \"1h\""))
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_byte_size(&text).map_err(serde::de::Error::custom)
+}
+
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("invalid size {text:?}; write e.g. \"64MiB\""))?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("invalid size unit in {text:?}; use B, KiB, MiB or GiB")),
+    };
+    Ok(n * factor)
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let source = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            file: path.display().to_string(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read policy: {e}"),
+        })?;
+        Self::parse(path, &source)
+    }
+
+    pub fn parse(path: &Path, source: &str) -> Result<Policy, PolicyError> {
+        let parsed: PolicyFile = toml::from_str(source).map_err(|e| toml_error(path, source, &e))?;
+        let mut plugins = BTreeMap::new();
+        for (name, plugin) in parsed.plugins {
+            plugins.insert(name.into_inner(), plugin.into_inner());
+        }
+        let policy = Policy {
+            file: path.to_path_buf(),
+            source: source.to_string(),
+            doctor: parsed.doctor,
+            databases: parsed.databases,
+            commands: parsed.commands,
+            container_engine: parsed.container_engine,
+            plugins,
+        };
+        policy.check_references()?;
+        Ok(policy)
+    }
+
+    /// Grants must name databases and commands that the policy defines, and
+    /// patterns must compile.
+    fn check_references(&self) -> Result<(), PolicyError> {
+        for (name, plugin) in &self.plugins {
+            let g = &plugin.grants;
+            for label in g.sqlite.iter().chain(&g.sqlite_write) {
+                if !self.databases.contains_key(label) {
+                    return Err(self.error_at_plugin(name, "grants", format!("database {label:?} is not defined under [databases]")));
+                }
+            }
+            for command in &g.commands {
+                if !self.commands.contains_key(command) {
+                    return Err(self.error_at_plugin(name, "grants.commands", format!("command {command:?} is not defined under [commands]")));
+                }
+            }
+            if let Some(signal) = &g.signal {
+                for pattern in &signal.patterns {
+                    regex::Regex::new(pattern).map_err(|e| {
+                        self.error_at_plugin(name, "grants.signal.match", format!("bad pattern {pattern:?}: {e}"))
+                    })?;
+                }
+            }
+            if g.containers && self.container_engine.is_none() {
+                return Err(self.error_at_plugin(name, "grants.containers", "needs a [container_engine] socket".into()));
+            }
+            for pattern in g.files.iter().chain(&g.files_remove).chain(&g.containers_write) {
+                glob::Pattern::new(pattern).map_err(|e| {
+                    self.error_at_plugin(name, "grants", format!("bad glob pattern {pattern:?}: {e}"))
+                })?;
+            }
+        }
+        for (name, command) in &self.commands {
+            if command.argv.is_empty() {
+                return Err(self.error_at_key(&format!("commands.{name}.argv"), "argv must name a program".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// An error about `plugins.NAME.KEY`, at the line where that plugin's table starts.
+    pub fn error_at_plugin(&self, plugin: &str, key: &str, message: String) -> PolicyError {
+        self.error_at_key(&format!("plugins.{plugin}.{key}"), message)
+    }
+
+    /// An error about a dotted key, at the first line that mentions its last parts.
+    pub fn error_at_key(&self, key: &str, message: String) -> PolicyError {
+        PolicyError {
+            file: self.file.display().to_string(),
+            line: self.line_of(key),
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    /// Best line for a dotted key: the line where its table header or the
+    /// deepest mentioned part appears.
+    fn line_of(&self, key: &str) -> usize {
+        let parts: Vec<&str> = key.split('.').collect();
+        let mut best = 1;
+        let mut start = 0;
+        let lines: Vec<&str> = self.source.lines().collect();
+        for part in parts {
+            let found = lines.iter().enumerate().skip(start).find(|(_, l)| mentions(l, part));
+            if let Some((i, _)) = found {
+                best = i + 1;
+                start = i;
+            }
+        }
+        best
+    }
+
+    pub fn database_path(&self, label: &str) -> Option<&Path> {
+        self.databases.get(label).map(|d| d.path.as_path())
+    }
+}
+
+fn mentions(line: &str, part: &str) -> bool {
+    let code = line.split('#').next().unwrap_or("");
+    code.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-')).any(|w| w == part)
+}
+
+fn toml_error(path: &Path, source: &str, e: &toml::de::Error) -> PolicyError {
+    let line = e.span().map(|s| source[..s.start.min(source.len())].lines().count().max(1)).unwrap_or(0);
+    let line = match e.span() {
+        // A span starting right after a newline belongs to the next line.
+        Some(s) if source[..s.start.min(source.len())].ends_with('\n') => line + 1,
+        _ => line,
+    };
+    PolicyError {
+        file: path.display().to_string(),
+        line,
+        key: key_at(source, e).unwrap_or_default(),
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// The key written on the line the error points at, if any.
+fn key_at(source: &str, e: &toml::de::Error) -> Option<String> {
+    let span = e.span()?;
+    let line_start = source[..span.start.min(source.len())].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = source[line_start..].lines().next()?;
+    let header = line.trim().strip_prefix('[').map(|h| h.trim_end_matches(']').trim_matches('[').trim_end_matches(']'));
+    if let Some(h) = header {
+        return Some(h.trim().to_string());
+    }
+    let (key, _) = line.split_once('=')?;
+    Some(key.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, PolicyError> {
+        Policy::parse(Path::new("policy.toml"), text)
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = parse("[doctor]\nmax_actions_per_run = 3\nfrobnicate = true\n").unwrap_err();
+        assert_eq!(err.line, 3, "{err}");
+        assert_eq!(err.key, "frobnicate");
+        assert!(err.message.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_line_and_key() {
+        let err = parse("[plugins.pid-file-stop]\nevery = \"soon\"\n").unwrap_err();
+        assert_eq!(err.line, 2, "{err}");
+        assert_eq!(err.key, "every");
+        assert!(err.message.contains("invalid duration"), "{err}");
+    }
+
+    #[test]
+    fn grant_of_undefined_database_is_an_error() {
+        let err = parse("[plugins.x]\ngrants.sqlite = [\"jobs\"]\n").unwrap_err();
+        assert_eq!(err.key, "plugins.x.grants");
+        assert!(err.message.contains("\"jobs\""), "{err}");
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let p = parse("[plugins.x]\n").unwrap();
+        assert_eq!(p.doctor.max_actions_per_run, 20);
+        assert_eq!(p.plugins["x"].every, Duration::from_secs(300));
+        assert_eq!(p.plugins["x"].fix, FixMode::Manual);
+        assert!(!p.plugins["x"].grants.processes);
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_byte_size("64MiB"), Ok(64 << 20));
+        assert!(parse_byte_size("lots").is_err());
+    }
+}

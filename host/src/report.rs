@@ -1,0 +1,188 @@
+//! What a run tells its reader: human text, or one JSON document; and the
+//! exit status as Nagios/Icinga read it.
+
+use crate::journal::{Observed, Status};
+use crate::plan::{Outcome, Severity};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_WARNING: i32 = 1;
+pub const EXIT_CRITICAL: i32 = 2;
+pub const EXIT_UNKNOWN: i32 = 3;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginSummary {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    /// `ok` or `error`.
+    pub outcome: String,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    /// Compiled-component cache: `hit`, `miss` or `off`.
+    pub cache: String,
+    #[serde(skip)]
+    pub started_at_ms: u64,
+}
+
+impl PluginSummary {
+    pub fn new(name: &str, started_at_ms: u64) -> Self {
+        PluginSummary {
+            name: name.to_string(),
+            version: String::new(),
+            sha256: String::new(),
+            outcome: "ok".into(),
+            error: None,
+            duration_ms: 0,
+            cache: "off".into(),
+            started_at_ms,
+        }
+    }
+
+    pub fn loaded(&mut self, version: &str, sha256: &str, cache: &str) {
+        self.version = version.to_string();
+        self.sha256 = sha256.to_string();
+        self.cache = cache.to_string();
+    }
+
+    pub fn fail(&mut self, error: String, elapsed: std::time::Duration) {
+        tracing::warn!(plugin = %self.name, "plugin failed: {error}");
+        self.outcome = "error".into();
+        self.error = Some(error);
+        self.duration_ms = elapsed.as_millis() as u64;
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionOut {
+    pub kind: String,
+    pub description: String,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FindingOut {
+    pub plugin: String,
+    pub key: String,
+    pub severity: Severity,
+    pub subject: String,
+    pub message: String,
+    pub status: Status,
+    pub evidence: BTreeMap<String, String>,
+    pub actions: Vec<ActionOut>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: i64,
+    pub mode: String,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    pub plugins: Vec<PluginSummary>,
+    pub findings: Vec<FindingOut>,
+    /// Earlier runs found unfinished (killed mid-way) and marked interrupted.
+    pub interrupted_runs: Vec<i64>,
+}
+
+impl RunReport {
+    pub fn new(run_id: i64, mode: &str, interrupted_runs: Vec<i64>) -> Self {
+        RunReport {
+            run_id,
+            mode: mode.to_string(),
+            exit_code: EXIT_OK,
+            duration_ms: 0,
+            plugins: Vec::new(),
+            findings: Vec::new(),
+            interrupted_runs,
+        }
+    }
+
+    pub fn add(&mut self, summary: PluginSummary, observed: Vec<Observed>) {
+        for o in observed {
+            self.findings.push(FindingOut {
+                plugin: summary.name.clone(),
+                key: o.finding.key,
+                severity: o.finding.severity,
+                subject: o.finding.subject,
+                message: o.finding.message,
+                status: o.status,
+                evidence: o.finding.evidence.into_iter().collect(),
+                actions: o
+                    .actions
+                    .into_iter()
+                    .map(|a| ActionOut { kind: a.kind.to_string(), description: a.description, outcome: a.outcome, detail: a.detail })
+                    .collect(),
+            });
+        }
+        self.plugins.push(summary);
+    }
+
+    /// Sort for stable output and settle the exit code.
+    pub fn finish(&mut self, duration_ms: u64) {
+        self.duration_ms = duration_ms;
+        self.plugins.sort_by(|a, b| a.name.cmp(&b.name));
+        self.findings.sort_by(|a, b| (b.severity, &a.plugin, &a.key).cmp(&(a.severity, &b.plugin, &b.key)));
+        self.exit_code = self.compute_exit_code();
+    }
+
+    /// 2 for anything critical, a failed fix or a finding that outlived its
+    /// fix; 3 when a plugin could not run; 1 for warnings; else 0.
+    fn compute_exit_code(&self) -> i32 {
+        let open = || self.findings.iter().filter(|f| matches!(f.status, Status::New | Status::Persisting));
+        let failed_fix = self.findings.iter().flat_map(|f| &f.actions).any(|a| matches!(a.outcome, Outcome::Failed | Outcome::Refused));
+        let outlived_fix = open().any(|f| f.actions.iter().any(|a| a.outcome != Outcome::Planned));
+        if failed_fix || outlived_fix || open().any(|f| f.severity == Severity::Critical) {
+            EXIT_CRITICAL
+        } else if self.plugins.iter().any(|p| p.error.is_some()) {
+            EXIT_UNKNOWN
+        } else if open().any(|f| f.severity == Severity::Warning) {
+            EXIT_WARNING
+        } else {
+            EXIT_OK
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    pub fn to_human(&self) -> String {
+        let mut out = String::new();
+        let open = self.findings.iter().filter(|f| matches!(f.status, Status::New | Status::Persisting)).count();
+        let _ = writeln!(
+            out,
+            "doctor {} (run {}): {} plugin(s), {} open finding(s), exit {}",
+            self.mode,
+            self.run_id,
+            self.plugins.len(),
+            open,
+            self.exit_code
+        );
+        for run in &self.interrupted_runs {
+            let _ = writeln!(out, "note: run {run} was interrupted before it finished (its journal entries are kept)");
+        }
+        for p in self.plugins.iter().filter(|p| p.error.is_some()) {
+            let _ = writeln!(out, "ERROR    {}: {}", p.name, p.error.as_deref().unwrap_or_default());
+        }
+        for f in &self.findings {
+            let _ = writeln!(out, "{:<8} {} {} [{}]: {}", f.severity.as_str().to_uppercase(), f.plugin, f.key, f.status.as_str(), f.message);
+            for a in &f.actions {
+                let detail = if a.detail.is_empty() { String::new() } else { format!(" — {}", a.detail) };
+                let _ = writeln!(out, "    {} {}: {}{}", arrow(a.outcome), a.outcome.as_str(), a.description, detail);
+            }
+        }
+        out
+    }
+}
+
+fn arrow(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Planned => "→",
+        Outcome::Applied => "✓",
+        Outcome::Failed | Outcome::Refused => "✗",
+        Outcome::Skipped => "·",
+    }
+}

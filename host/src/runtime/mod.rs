@@ -1,0 +1,220 @@
+//! The sandbox: wasmtime's component model with WASI p2 linked to an empty
+//! context (no preopens, no environment, no sockets). Every plugin call gets a
+//! fresh store with a memory cap and a wall-clock deadline, so a plugin that
+//! loops, allocates without bound, panics or traps fails alone.
+
+pub mod bindings;
+mod cache;
+mod convert;
+
+pub use cache::CacheOutcome;
+
+use crate::capabilities::CapabilityContext;
+use crate::plan::Finding;
+use anyhow::Context as _;
+use std::path::PathBuf;
+use std::time::Duration;
+use wasmtime::component::{Component, HasData, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// A panic message is worth keeping; a flood on stderr is not.
+const STDERR_CAPACITY: usize = 16 * 1024;
+
+/// What `describe()` says about a plugin, in the host's terms.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub summary: String,
+    pub capabilities: Vec<String>,
+    pub config: Vec<ConfigKey>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConfigKey {
+    pub name: String,
+    /// JSON text, empty when the key is required.
+    pub default: String,
+    pub description: String,
+}
+
+/// The limits of one plugin call.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+}
+
+/// Why a plugin call produced no result. Recorded, never fatal to the run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PluginFailure {
+    #[error("did not finish within its deadline of {0:?}")]
+    Timeout(Duration),
+    #[error("exceeded its memory limit of {0} bytes")]
+    Memory(u64),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("returned an error: {0}")]
+    Returned(String),
+    #[error("returned an invalid report: {0}")]
+    InvalidOutput(String),
+    #[error("could not be loaded: {0}")]
+    Load(String),
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    cache_dir: Option<PathBuf>,
+}
+
+/// A compiled plugin ready to instantiate.
+#[derive(Clone)]
+pub struct LoadedComponent {
+    pub component: Component,
+    pub sha256: String,
+    pub cache: CacheOutcome,
+}
+
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    caps: CapabilityContext,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Routes the generated import traits to the capability context.
+struct Capabilities;
+impl HasData for Capabilities {
+    type Data<'a> = &'a mut CapabilityContext;
+}
+
+impl Runtime {
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(wasm_err).context("creating the wasmtime engine")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wasm_err).context("linking WASI")?;
+        bindings::Plugin::add_to_linker::<PluginState, Capabilities>(&mut linker, |s| &mut s.caps)
+            .map_err(wasm_err)
+            .context("linking the doctor imports")?;
+        start_epoch_ticker(&engine);
+        Ok(Runtime { engine, linker, cache_dir })
+    }
+
+    /// Compile `bytes` (or load them from the cache) into a component.
+    pub fn load(&self, bytes: &[u8]) -> Result<LoadedComponent, PluginFailure> {
+        let sha256 = cache::sha256_hex(bytes);
+        let (component, cache) = cache::load_or_compile(&self.engine, self.cache_dir.as_deref(), bytes, &sha256)
+            .map_err(|e| PluginFailure::Load(format!("{e:#}")))?;
+        Ok(LoadedComponent { component, sha256, cache })
+    }
+
+    pub fn describe(&self, component: &Component, caps: CapabilityContext, limits: Limits) -> Result<PluginInfo, PluginFailure> {
+        let (result, _) = self.call(component, caps, limits, |plugin, store| plugin.call_describe(store))?;
+        Ok(convert::plugin_info(result?))
+    }
+
+    /// Run `check`; the context comes back with the plugin's logs and state.
+    pub fn check(
+        &self,
+        component: &Component,
+        caps: CapabilityContext,
+        config_json: &str,
+        limits: Limits,
+    ) -> (Result<Vec<Finding>, PluginFailure>, Option<CapabilityContext>) {
+        let called = self.call(component, caps, limits, |plugin, store| plugin.call_check(store, config_json));
+        match called {
+            Ok((Ok(Ok(report)), caps)) => (convert::report(report), Some(caps)),
+            Ok((Ok(Err(error)), caps)) => (Err(PluginFailure::Returned(convert::error_text(&error))), Some(caps)),
+            Ok((Err(failure), caps)) => (Err(failure), Some(caps)),
+            Err(failure) => (Err(failure), None),
+        }
+    }
+
+    /// Instantiate in a fresh store and make one call under the limits.
+    #[allow(clippy::type_complexity)]
+    fn call<R>(
+        &self,
+        component: &Component,
+        caps: CapabilityContext,
+        limits: Limits,
+        f: impl FnOnce(&bindings::Plugin, &mut Store<PluginState>) -> wasmtime::Result<R>,
+    ) -> Result<(Result<R, PluginFailure>, CapabilityContext), PluginFailure> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let memory = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
+        let state = PluginState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new().memory_size(memory).trap_on_grow_failure(true).instances(64).build(),
+            caps,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        store.epoch_deadline_trap();
+
+        let outcome = bindings::Plugin::instantiate(&mut store, component, &self.linker)
+            .and_then(|plugin| f(&plugin, &mut store))
+            .map_err(|e| classify(e, limits, &stderr));
+        let caps = store.into_data().caps;
+        Ok((outcome, caps))
+    }
+}
+
+/// wasmtime 48 has its own error type; the host speaks anyhow.
+pub(crate) fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
+fn classify(e: wasmtime::Error, limits: Limits, stderr: &MemoryOutputPipe) -> PluginFailure {
+    if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+        return PluginFailure::Timeout(limits.timeout);
+    }
+    let text = format!("{e:#}");
+    if text.contains("growing memory") || text.contains("memory.grow") {
+        return PluginFailure::Memory(limits.memory_bytes);
+    }
+    let said = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
+    let first_line = text.lines().next().unwrap_or_default().to_string();
+    if said.is_empty() {
+        PluginFailure::Trap(first_line)
+    } else {
+        PluginFailure::Trap(format!("{first_line}; stderr: {}", crate::capabilities::truncate(&said, 2048)))
+    }
+}
+
+/// One ticker per engine for the life of the process: the engine's epoch is
+/// what turns a runaway plugin into a trap.
+fn start_epoch_ticker(engine: &Engine) {
+    let engine = engine.clone();
+    std::thread::Builder::new()
+        .name("doctor-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            engine.increment_epoch();
+        })
+        .ok();
+}

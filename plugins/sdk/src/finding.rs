@@ -1,0 +1,152 @@
+//! Builders for what a plugin returns: its description and its findings.
+
+use crate::bindings::doctor::plugin::types as wit;
+use crate::{Action, Evidence, ProcessRef, Severity, Signal, SqlValue};
+
+/// What `describe()` returns: name, summary, requested capabilities, config keys.
+pub struct Info {
+    name: String,
+    version: String,
+    summary: String,
+    capabilities: Vec<String>,
+    config: Vec<wit::ConfigKey>,
+}
+
+impl Info {
+    pub fn new(name: &str, summary: &str) -> Self {
+        Info {
+            name: name.to_string(),
+            version: "0.1.0".to_string(),
+            summary: summary.to_string(),
+            capabilities: Vec::new(),
+            config: Vec::new(),
+        }
+    }
+
+    pub fn version(mut self, version: &str) -> Self {
+        self.version = version.to_string();
+        self
+    }
+
+    pub fn capability(mut self, name: &str) -> Self {
+        self.capabilities.push(name.to_string());
+        self
+    }
+
+    /// Declare a config key; `default` is JSON text, `None` when required.
+    pub fn config_key(mut self, name: &str, default: Option<&str>, description: &str) -> Self {
+        self.config.push(wit::ConfigKey {
+            name: name.to_string(),
+            default: default.unwrap_or_default().to_string(),
+            description: description.to_string(),
+        });
+        self
+    }
+
+    pub(crate) fn into_wit(self) -> wit::PluginInfo {
+        wit::PluginInfo {
+            name: self.name,
+            version: self.version,
+            summary: self.summary,
+            capabilities: self.capabilities,
+            config: self.config,
+        }
+    }
+}
+
+/// One thing the plugin found, with the ordered actions that would fix it.
+pub struct Finding {
+    inner: wit::Finding,
+}
+
+impl Finding {
+    /// `key` must be stable across runs and unique within the plugin.
+    pub fn new(key: impl Into<String>, severity: Severity, subject: impl Into<String>, message: impl Into<String>) -> Self {
+        Finding {
+            inner: wit::Finding {
+                key: key.into(),
+                severity,
+                subject: subject.into(),
+                message: message.into(),
+                evidence: Vec::new(),
+                actions: Vec::new(),
+            },
+        }
+    }
+
+    pub fn info(key: impl Into<String>, subject: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(key, Severity::Info, subject, message)
+    }
+
+    pub fn warning(key: impl Into<String>, subject: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(key, Severity::Warning, subject, message)
+    }
+
+    pub fn critical(key: impl Into<String>, subject: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(key, Severity::Critical, subject, message)
+    }
+
+    pub fn evidence(mut self, key: &str, value: impl ToString) -> Self {
+        self.inner.evidence.push(Evidence { key: key.to_string(), value: value.to_string() });
+        self
+    }
+
+    /// Append an action that runs whatever happened to the one before it.
+    pub fn action(self, action: Action, description: impl Into<String>) -> Self {
+        self.push_action(action, description.into(), false)
+    }
+
+    /// Append an action that runs only if every earlier action of this finding succeeded.
+    pub fn then(self, action: Action, description: impl Into<String>) -> Self {
+        self.push_action(action, description.into(), true)
+    }
+
+    fn push_action(mut self, action: Action, description: String, needs_previous: bool) -> Self {
+        self.inner.actions.push(wit::PlannedAction { action, description, needs_previous });
+        self
+    }
+
+    pub fn key(&self) -> &str {
+        &self.inner.key
+    }
+
+    pub fn severity(&self) -> Severity {
+        self.inner.severity
+    }
+
+    pub(crate) fn into_wit(self) -> wit::Finding {
+        self.inner
+    }
+}
+
+/// Constructors that read like the plan they make.
+impl Action {
+    pub fn stop_process(process: ProcessRef, grace_ms: u32) -> Action {
+        Action::StopProcess(wit::StopProcess { process, grace_ms })
+    }
+
+    pub fn signal_process(process: ProcessRef, signal: Signal) -> Action {
+        Action::SignalProcess(wit::SignalProcess { process, signal })
+    }
+
+    pub fn sql_exec(db: &str, statement: &str, params: Vec<SqlValue>, max_rows: u32) -> Action {
+        Action::SqlExec(wit::SqlExec {
+            db: db.to_string(),
+            statement: statement.to_string(),
+            params,
+            max_rows,
+        })
+    }
+
+    pub fn remove_file(path: &str) -> Action {
+        Action::RemoveFile(path.to_string())
+    }
+
+    pub fn wait_port_free(port: u16, deadline_ms: u32) -> Action {
+        Action::WaitPortFree(wit::WaitPortFree { port, deadline_ms })
+    }
+
+    pub fn run_command(name: &str) -> Action {
+        Action::RunCommand(name.to_string())
+    }
+}

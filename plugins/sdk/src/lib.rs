@@ -1,0 +1,124 @@
+//! The doctor plugin SDK.
+//!
+//! A plugin implements [`Plugin`] and calls [`register_plugin!`]. It reads
+//! facts through the modules re-exported here ([`processes`], [`files`],
+//! [`sqlite`], [`sockets`], [`probe`], [`containers`], [`host`]), each gated
+//! by a grant in the operator's policy, and proposes [`Action`]s that the host
+//! carries out in `doctor fix`. `wit-bindgen` stays inside this crate.
+//!
+//! ```ignore
+//! use doctor_sdk::prelude::*;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Config { pattern: String }
+//!
+//! struct Strays;
+//! impl Plugin for Strays {
+//!     type Config = Config;
+//!     fn info() -> Info {
+//!         Info::new("strays", "report strays")
+//!             .capability(caps::PROCESSES)
+//!             .config_key("pattern", None, "command-line pattern of a stray")
+//!     }
+//!     fn check(config: Config) -> Result<Vec<Finding>, Error> { Ok(vec![]) }
+//! }
+//! register_plugin!(Strays);
+//! ```
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin",
+        default_bindings_module: "doctor_sdk::bindings",
+    });
+}
+
+mod finding;
+
+pub use bindings::doctor::plugin::{containers, files, host, probe, processes, sockets, sqlite};
+pub use bindings::doctor::plugin::types::{
+    Action, Error, Evidence, ProcessRef, Severity, Signal, SqlExec, SqlValue, StopProcess,
+    SignalProcess, WaitPortFree,
+};
+pub use finding::{Finding, Info};
+pub use serde;
+pub use serde_json;
+
+/// Capability names, as spelled under `grants` in the policy.
+pub mod caps {
+    pub const PROCESSES: &str = "processes";
+    pub const FILES: &str = "files";
+    pub const SQLITE: &str = "sqlite";
+    pub const SOCKETS: &str = "sockets";
+    pub const PROBE: &str = "probe";
+    pub const CONTAINERS: &str = "containers";
+    pub const SIGNAL: &str = "signal";
+    pub const FILES_REMOVE: &str = "files_remove";
+    pub const SQLITE_WRITE: &str = "sqlite_write";
+    pub const CONTAINERS_WRITE: &str = "containers_write";
+    pub const COMMANDS: &str = "commands";
+}
+
+/// What a plugin author writes.
+pub trait Plugin {
+    /// The plugin's `config` table from the policy. Missing keys take the
+    /// serde defaults; unknown keys are rejected by the host before `check`.
+    type Config: serde::de::DeserializeOwned;
+
+    fn info() -> Info;
+    fn check(config: Self::Config) -> Result<Vec<Finding>, Error>;
+}
+
+/// Log a line into the journal and the host's log.
+pub fn log(level: host::LogLevel, message: impl AsRef<str>) {
+    host::log(level, message.as_ref());
+}
+
+pub mod prelude {
+    pub use crate::{
+        caps, containers, files, host, probe, processes, register_plugin, sockets, sqlite, Action,
+        Error, Finding, Info, Plugin, ProcessRef, Severity, Signal, SqlValue,
+    };
+}
+
+#[doc(hidden)]
+pub fn __describe<P: Plugin>() -> bindings::doctor::plugin::types::PluginInfo {
+    P::info().into_wit()
+}
+
+#[doc(hidden)]
+pub fn __check<P: Plugin>(
+    config_json: &str,
+) -> Result<bindings::doctor::plugin::types::Report, Error> {
+    let config: P::Config = serde_json::from_str(config_json)
+        .map_err(|e| Error::Invalid(format!("config: {e}")))?;
+    let findings = P::check(config)?;
+    Ok(bindings::doctor::plugin::types::Report {
+        findings: findings.into_iter().map(Finding::into_wit).collect(),
+    })
+}
+
+/// Export a [`Plugin`] as the component's `describe` and `check`.
+#[macro_export]
+macro_rules! register_plugin {
+    ($plugin:ty) => {
+        struct __DoctorPluginExport;
+        impl $crate::bindings::Guest for __DoctorPluginExport {
+            fn describe() -> $crate::bindings::doctor::plugin::types::PluginInfo {
+                $crate::__describe::<$plugin>()
+            }
+            fn check(
+                config: ::std::string::String,
+            ) -> ::std::result::Result<
+                $crate::bindings::doctor::plugin::types::Report,
+                $crate::Error,
+            > {
+                $crate::__check::<$plugin>(&config)
+            }
+        }
+        $crate::bindings::__export_plugin!(__DoctorPluginExport with_types_in $crate::bindings);
+    };
+}
