@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Built-in plugins: (name, crate file stem).
-const BUILTINS: &[(&str, &str)] = &[("pid-file-stop", "pid_file_stop")];
+const BUILTINS: &[(&str, &str)] = &[
+    ("pid-file-stop", "pid_file_stop"),
+    ("port-9403-freer", "port_9403_freer"),
+    ("container-caps-checker", "container_caps_checker"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
