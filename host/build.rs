@@ -9,6 +9,8 @@ const BUILTINS: &[(&str, &str)] = &[
     ("pid-file-stop", "pid_file_stop"),
     ("port-9403-freer", "port_9403_freer"),
     ("container-caps-checker", "container_caps_checker"),
+    ("sqlite-chunk-reset", "sqlite_chunk_reset"),
+    ("job-health", "job_health"),
 ];
 
 fn main() {

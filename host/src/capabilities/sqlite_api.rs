@@ -26,6 +26,11 @@ impl Host for CapabilityContext {
         let directory = path.parent().and_then(|d| std::fs::metadata(d).ok()).map(|m| file_stat(&m));
         Ok(DbFile { file, directory })
     }
+
+    fn location(&mut self, label: String) -> Result<String, Error> {
+        self.grants.sqlite(&label)?;
+        Ok(self.database(&label)?.display().to_string())
+    }
 }
 
 impl CapabilityContext {

@@ -1,0 +1,302 @@
+//! Parts shared by the two database plugins (`sqlite-chunk-reset` and
+//! `job-health`, which includes this file by path): quoting configured
+//! identifiers, checking configured columns against the real table, deciding
+//! whether a recorded worker is still alive, and diagnosing whether the
+//! service's user could write the database at all.
+
+#![allow(dead_code)]
+
+use doctor_sdk::files::FileStat;
+use doctor_sdk::prelude::*;
+use doctor_sdk::processes::Process;
+use regex_lite::Regex;
+use serde::{Deserialize, Deserializer};
+
+/// A configured table or column name, quoted as an SQL identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The table's columns; an error naming the tables there are when it is missing.
+pub fn table_columns(db: &str, table: &str) -> Result<Vec<String>, Error> {
+    let rows = sqlite::query(db, "SELECT name FROM pragma_table_info(?1)", &[SqlValue::Text(table.into())])?;
+    let columns: Vec<String> = rows.rows.iter().filter_map(|r| text(r.first()?)).collect();
+    if columns.is_empty() {
+        let tables = sqlite::query(db, "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name", &[])?;
+        let names: Vec<String> = tables.rows.iter().filter_map(|r| text(r.first()?)).collect();
+        return Err(Error::Invalid(format!(
+            "config `table`: database {db:?} has no table {table:?} (tables: {})",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        )));
+    }
+    Ok(columns)
+}
+
+/// Every configured column must exist: `(config key, column name)`.
+pub fn require_columns(db: &str, table: &str, wanted: &[(&str, &str)]) -> Result<(), Error> {
+    let columns = table_columns(db, table)?;
+    for (key, column) in wanted {
+        if !columns.iter().any(|c| c.eq_ignore_ascii_case(column)) {
+            return Err(Error::Invalid(format!(
+                "config `{key}`: table {table:?} in database {db:?} has no column {column:?} (columns: {})",
+                columns.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub fn text(v: &SqlValue) -> Option<String> {
+    match v {
+        SqlValue::Text(t) => Some(t.clone()),
+        SqlValue::Integer(i) => Some(i.to_string()),
+        SqlValue::Real(f) => Some(f.to_string()),
+        SqlValue::Null | SqlValue::Blob(_) => None,
+    }
+}
+
+pub fn integer(v: &SqlValue) -> Option<i64> {
+    match v {
+        SqlValue::Integer(i) => Some(*i),
+        SqlValue::Real(f) => Some(*f as i64),
+        SqlValue::Text(t) => t.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A value as an operator reads it in a message.
+pub fn shown(v: &SqlValue) -> String {
+    match v {
+        SqlValue::Null => "NULL".into(),
+        SqlValue::Blob(b) => format!("<{} bytes>", b.len()),
+        other => text(other).unwrap_or_default(),
+    }
+}
+
+/// How the worker column names a worker.
+#[derive(Deserialize, Clone, Copy, PartialEq, Debug, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerKind {
+    /// A pid, or `pid:start-time` (clock ticks after boot, /proc/PID/stat field 22).
+    #[default]
+    Pid,
+    /// A worker name, searched as a whole word in process command lines.
+    Name,
+}
+
+pub enum Liveness {
+    /// The very worker: these processes.
+    Alive(Vec<Process>),
+    /// Certainly not running; the reason, for the message.
+    Dead(String),
+    /// Cannot tell (no worker recorded, or a value that names nothing we can check).
+    Unknown(String),
+}
+
+/// Is the worker recorded in `value` alive in the process table?
+/// `worker_match`, when set, must match a live process's command line too,
+/// so a pid reused by an unrelated process counts as dead, never as the worker.
+pub fn liveness(value: &SqlValue, kind: WorkerKind, table: &[Process], worker_match: Option<&Regex>) -> Liveness {
+    let live = |p: &&Process| p.state != "Z" && p.state != "X" && !p.kernel_thread;
+    let is_worker = |p: &Process| worker_match.is_none_or(|r| r.is_match(&p.argv.join(" ")));
+    let Some(raw) = text(value).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) else {
+        return Liveness::Unknown("no worker recorded".into());
+    };
+    match kind {
+        WorkerKind::Pid => {
+            let (pid, start) = match raw.split_once(':') {
+                Some((p, s)) => (p.trim().parse::<u32>().ok(), s.trim().parse::<u64>().ok()),
+                None => (raw.parse::<u32>().ok(), None),
+            };
+            let Some(pid) = pid.filter(|p| *p > 0) else {
+                return Liveness::Unknown(format!("worker {raw:?} is not a pid"));
+            };
+            let Some(p) = table.iter().filter(live).find(|p| p.id.pid == pid) else {
+                return Liveness::Dead(format!("pid {pid} is not running"));
+            };
+            if let Some(start) = start {
+                if p.id.start_time != start {
+                    return Liveness::Dead(format!(
+                        "pid {pid} now belongs to another process ({}, started at tick {} not {start})",
+                        p.argv.join(" "),
+                        p.id.start_time
+                    ));
+                }
+            }
+            if !is_worker(p) {
+                return Liveness::Dead(format!("pid {pid} is now `{}`, not a worker (the pid was reused)", p.argv.join(" ")));
+            }
+            Liveness::Alive(vec![p.clone()])
+        }
+        WorkerKind::Name => {
+            let word = match Regex::new(&format!("(^|[^A-Za-z0-9_.-]){}($|[^A-Za-z0-9_.-])", regex_lite::escape(&raw))) {
+                Ok(r) => r,
+                Err(e) => return Liveness::Unknown(format!("worker {raw:?}: {e}")),
+            };
+            let found: Vec<Process> =
+                table.iter().filter(live).filter(|p| word.is_match(&p.argv.join(" ")) && is_worker(p)).cloned().collect();
+            if found.is_empty() {
+                Liveness::Dead(format!("no running process has {raw:?} in its command line"))
+            } else {
+                Liveness::Alive(found)
+            }
+        }
+    }
+}
+
+pub fn regex(key: &str, pattern: Option<&str>) -> Result<Option<Regex>, Error> {
+    pattern
+        .filter(|p| !p.is_empty())
+        .map(|p| Regex::new(p).map_err(|e| Error::Invalid(format!("config `{key}`: bad pattern {p:?}: {e}"))))
+        .transpose()
+}
+
+/// Why the service's user could not write the database, with the exact fix.
+pub struct WriteProblem {
+    pub what: &'static str,
+    pub path: String,
+    pub owner: u32,
+    pub group: u32,
+    pub mode: u32,
+    pub fix: String,
+}
+
+/// The database file must exist (else an error naming its path). Then: can
+/// `user` write the file, and the directory (write + search), which SQLite
+/// needs for its rollback journal or WAL files? Never changes anything.
+pub fn write_problems(db: &str, user_name: Option<&str>) -> Result<Vec<WriteProblem>, Error> {
+    let info = sqlite::file_info(db)?;
+    let path = sqlite::location(db)?;
+    let Some(file) = info.file else {
+        return Err(Error::NotFound(format!("database {db:?}: the file {path} does not exist")));
+    };
+    let Some(user_name) = user_name.filter(|u| !u.is_empty()) else { return Ok(Vec::new()) };
+    let Some(user) = host::lookup_user(user_name) else {
+        return Err(Error::Invalid(format!("config `service_user`: no user {user_name:?} on this host")));
+    };
+    let dir_path = match path.rsplit_once('/') {
+        Some(("", _)) => "/".to_string(),
+        Some((dir, _)) => dir.to_string(),
+        None => ".".to_string(),
+    };
+    let mut problems = Vec::new();
+    if !can(&file, &user, 0o2) {
+        problems.push(problem("file", &path, &file, &user, "w"));
+    }
+    if let Some(dir) = info.directory {
+        if !can(&dir, &user, 0o3) {
+            problems.push(problem("directory", &dir_path, &dir, &user, "wx"));
+        }
+    }
+    Ok(problems)
+}
+
+fn class_shift(stat: &FileStat, user: &host::User) -> u32 {
+    if stat.uid == user.uid {
+        6
+    } else if stat.gid == user.gid || user.groups.contains(&stat.gid) {
+        3
+    } else {
+        0
+    }
+}
+
+fn can(stat: &FileStat, user: &host::User, need: u32) -> bool {
+    user.uid == 0 || (stat.mode >> class_shift(stat, user)) & need == need
+}
+
+fn problem(what: &'static str, path: &str, stat: &FileStat, user: &host::User, bits: &str) -> WriteProblem {
+    let quoted = shell_quote(path);
+    let fix = match class_shift(stat, user) {
+        6 => format!("chmod u+{bits} {quoted}"),
+        3 => format!("chmod g+{bits} {quoted}"),
+        _ => {
+            let owner_bits = if what == "file" { 0o200 } else { 0o300 };
+            if stat.mode & owner_bits == owner_bits {
+                format!("chown {} {quoted}", user.name)
+            } else {
+                format!("chown {} {quoted} && chmod u+{bits} {quoted}", user.name)
+            }
+        }
+    };
+    WriteProblem { what, path: path.to_string(), owner: stat.uid, group: stat.gid, mode: stat.mode, fix }
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// One critical finding for the unwritable database, if any problem was found.
+pub fn unwritable_finding(db: &str, user: &str, problems: &[WriteProblem]) -> Option<Finding> {
+    if problems.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = problems
+        .iter()
+        .map(|p| format!("its {} {} (owner uid {}, group gid {}, mode {:04o})", p.what, p.path, p.owner, p.group, p.mode))
+        .collect();
+    let fixes: Vec<&str> = problems.iter().map(|p| p.fix.as_str()).collect();
+    let mut finding = Finding::critical(
+        format!("db:{db}:unwritable"),
+        format!("database {db}"),
+        format!(
+            "user {user} cannot write {}; SQLite needs write access to both the file and the directory that holds it (for its journal). Fix: {}",
+            parts.join(" and "),
+            fixes.join("; ")
+        ),
+    )
+    .evidence("service_user", user)
+    .evidence("fix", fixes.join("; "));
+    for p in problems {
+        finding = finding
+            .evidence(&format!("{}_path", p.what), &p.path)
+            .evidence(&format!("{}_owner", p.what), format!("uid {} gid {}", p.owner, p.group))
+            .evidence(&format!("{}_mode", p.what), format!("{:04o}", p.mode));
+    }
+    Some(finding)
+}
+
+/// A duration from the policy: a number of seconds, or text like "90s", "10m", "2h", "1d", "500ms".
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1000.0,
+        "ms" => 1.0,
+        "m" | "min" | "mins" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        other => return Err(format!("bad duration unit {other:?} in {text:?} (use ms, s, m, h, d)")),
+    };
+    Ok((n * scale) as u64)
+}
+
+/// serde: a duration as seconds (number) or text, into milliseconds.
+pub fn duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => Ok((n.as_f64().unwrap_or(0.0) * 1000.0) as u64),
+        serde_json::Value::String(s) => parse_duration_ms(&s).map_err(serde::de::Error::custom),
+        other => Err(serde::de::Error::custom(format!("expected a duration, got {other}"))),
+    }
+}
+
+pub fn opt_duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(s) if s.is_empty() => Ok(None),
+        serde_json::Value::Number(n) => Ok(Some((n.as_f64().unwrap_or(0.0) * 1000.0) as u64)),
+        serde_json::Value::String(s) => parse_duration_ms(&s).map(Some).map_err(serde::de::Error::custom),
+        other => Err(serde::de::Error::custom(format!("expected a duration, got {other}"))),
+    }
+}
+
+/// An optional column: absent, null or "" means "this table has none".
+pub fn opt_column(c: &Option<String>) -> Option<&str> {
+    c.as_deref().filter(|c| !c.is_empty())
+}

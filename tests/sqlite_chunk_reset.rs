@@ -1,0 +1,423 @@
+//! The incident: a coordinator crashed; its SQLite `chunks` table still says
+//! work is `running` for workers that are gone. Real SQLite files, real worker
+//! processes (python3 writing to the file), the real `doctor` binary.
+
+mod support;
+
+use rusqlite::Connection;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use support::{finding, findings, plugin_summary, Proc, Scenario};
+
+const PLUGIN: &str = "sqlite-chunk-reset";
+
+fn worker_script() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workers/db_worker.py").display().to_string()
+}
+
+/// A chunk table like the coordinator's: 3 pending, 2 complete (ids 1..=5).
+fn chunks_db(path: &Path, wal: bool) {
+    let c = Connection::open(path).unwrap();
+    if wal {
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    }
+    c.execute_batch(
+        "CREATE TABLE chunks (id INTEGER PRIMARY KEY, status TEXT NOT NULL, assigned_worker TEXT, started_at INTEGER, payload TEXT);
+         INSERT INTO chunks (id, status, payload) VALUES (1, 'pending', 'a'), (2, 'pending', 'b'), (3, 'pending', 'c'),
+                                                         (4, 'complete', 'd'), (5, 'complete', 'e');",
+    )
+    .unwrap();
+}
+
+fn rows(path: &Path) -> Vec<(i64, String, Option<String>, Option<i64>)> {
+    let c = Connection::open(path).unwrap();
+    let mut stmt = c.prepare("SELECT id, status, assigned_worker, started_at FROM chunks ORDER BY id").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect()
+}
+
+/// Workers of this scenario only: tests run in parallel, and a pattern that
+/// matched every test's workers would let one scenario stop another's.
+fn worker_pattern(s: &Scenario) -> String {
+    format!("db_worker\\\\.py .*{}", s.root().file_name().unwrap().to_str().unwrap())
+}
+
+fn signal_grant(s: &Scenario) -> String {
+    format!("grants.signal = {{ match = [\"{}\"] }}", worker_pattern(s))
+}
+
+fn policy(s: &Scenario, db: &Path, extra_grants: &str, extra_config: &str) {
+    let worker_match = worker_pattern(s);
+    s.policy(&format!(
+        r#"
+[databases.cluster]
+path = {db:?}
+
+[plugins.sqlite-chunk-reset]
+grants.processes = true
+grants.sqlite = ["cluster"]
+grants.sqlite_write = ["cluster"]
+{extra_grants}
+config = {{ db = "cluster", table = "chunks", worker_column = "assigned_worker", worker_match = "{worker_match}" {extra_config} }}
+"#,
+        db = db.display().to_string()
+    ));
+}
+
+/// A python worker that runs `sql` (with {pid}) against the database, says it
+/// is ready, and stays alive.
+fn worker(s: &Scenario, db: &Path, name: &str, sql: &[&str], extra: &[&str]) -> Proc {
+    let ready = s.path(&format!("{name}.ready"));
+    let script = worker_script();
+    let db = db.display().to_string();
+    let ready_s = ready.display().to_string();
+    let mut argv: Vec<&str> = vec!["python3", &script, &db, "--ready", &ready_s];
+    for q in sql {
+        argv.extend(["--exec", q]);
+    }
+    argv.extend(extra);
+    let p = Proc::spawn(&argv);
+    wait_for(&ready, Duration::from_secs(10));
+    p
+}
+
+fn wait_for(path: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn kill(mut p: Proc) -> u32 {
+    let pid = p.pid();
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    assert!(!p.running());
+    pid
+}
+
+fn orphan_keys(doc: &serde_json::Value) -> Vec<String> {
+    findings(doc, PLUGIN)
+        .into_iter()
+        .filter(|f| f["key"].as_str().unwrap().ends_with(":orphaned"))
+        .map(|f| f["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn action_outcomes(doc: &serde_json::Value, key: &str) -> Vec<(String, String)> {
+    finding(doc, PLUGIN, key).unwrap_or_else(|| panic!("no finding {key} in {doc:#}"))["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["kind"].as_str().unwrap().to_string(), a["outcome"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_killed_workers_three_chunks_are_reported_reset_and_then_resolved() {
+    let s = Scenario::new();
+    let db = s.path("cluster.db");
+    chunks_db(&db, false);
+    let w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 1700000000 WHERE id IN (1, 2, 3)"], &[]);
+    let dead = kill(w);
+    policy(&s, &db, "", "");
+
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2, "orphaned work is critical: {doc:#}");
+    assert_eq!(orphan_keys(&doc), vec!["chunk:chunks:1:orphaned", "chunk:chunks:2:orphaned", "chunk:chunks:3:orphaned"]);
+    let f = finding(&doc, PLUGIN, "chunk:chunks:2:orphaned").unwrap();
+    assert_eq!(f["severity"], "critical");
+    assert_eq!(f["status"], "new");
+    assert_eq!(f["evidence"]["worker"], dead.to_string());
+    assert!(f["message"].as_str().unwrap().contains(&format!("pid {dead} is not running")), "{f:#}");
+    assert_eq!(action_outcomes(&doc, "chunk:chunks:2:orphaned"), vec![("sql-exec".into(), "planned".into())]);
+    let state = finding(&doc, PLUGIN, "table:chunks:state").unwrap();
+    assert_eq!(state["severity"], "info");
+    assert_eq!(state["evidence"]["state"], "Pending");
+    assert_eq!(state["evidence"]["orphaned"], "3");
+    assert_eq!(state["evidence"]["progress"], "40.0%");
+    assert!(rows(&db).iter().filter(|r| r.1 == "running").count() == 3, "check changed nothing");
+
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 0, "every orphan fixed: {doc:#}");
+    for id in 1..=3 {
+        let key = format!("chunk:chunks:{id}:orphaned");
+        assert_eq!(action_outcomes(&doc, &key), vec![("sql-exec".into(), "applied".into())]);
+        assert_eq!(finding(&doc, PLUGIN, &key).unwrap()["status"], "fixed");
+    }
+    let after = rows(&db);
+    for r in &after[..3] {
+        assert_eq!((r.1.as_str(), r.2.as_deref(), r.3), ("pending", None, None), "{after:?}");
+    }
+    assert_eq!(after[3].1, "complete");
+    // The journal has each write with its row counts.
+    let journal = s.journal();
+    let recorded: Vec<(String, Option<String>, Option<String>)> = journal
+        .prepare("SELECT outcome, before, after FROM actions WHERE plugin = ?1 AND kind = 'sql-exec' AND outcome != 'planned' ORDER BY id")
+        .unwrap()
+        .query_map([PLUGIN], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(recorded.len(), 3);
+    for (outcome, before, after) in &recorded {
+        assert_eq!(outcome, "applied");
+        assert!(before.as_deref().unwrap().contains("1 row"), "{before:?}");
+        assert!(after.as_deref().unwrap().contains("1 row"), "{after:?}");
+    }
+
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 0, "{doc:#}");
+    assert!(orphan_keys(&doc).is_empty(), "{doc:#}");
+    assert_eq!(finding(&doc, PLUGIN, "table:chunks:state").unwrap()["evidence"]["state"], "Pending");
+    let statuses: Vec<String> = journal
+        .prepare("SELECT status FROM findings WHERE plugin = ?1 AND key LIKE 'chunk:%:orphaned' ORDER BY key")
+        .unwrap()
+        .query_map([PLUGIN], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(statuses, vec!["resolved"; 3]);
+}
+
+#[test]
+fn only_the_dead_workers_chunk_is_reset_and_the_live_worker_is_untouched() {
+    let s = Scenario::new();
+    let db = s.path("cluster.db");
+    chunks_db(&db, false);
+    let mut live = worker(&s, &db, "live", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}:{start}', started_at = 1 WHERE id = 1"], &[]);
+    let dead = worker(&s, &db, "dead", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}:{start}', started_at = 2 WHERE id = 2"], &[]);
+    let dead_value = rows(&db)[1].2.clone().unwrap();
+    kill(dead);
+    policy(&s, &db, &signal_grant(&s), "");
+
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 0, "{doc:#}");
+    assert_eq!(orphan_keys(&doc), vec!["chunk:chunks:2:orphaned"]);
+    let after = rows(&db);
+    assert_eq!(after[0], (1, "running".into(), Some(format!("{}:{}", live.pid(), start_ticks(live.pid()))), Some(1)));
+    assert_eq!(after[1], (2, "pending".into(), None, None), "dead worker {dead_value}");
+    assert!(live.running(), "the live worker is never signalled");
+    let state = finding(&doc, PLUGIN, "table:chunks:state").unwrap();
+    assert_eq!(state["evidence"]["state"], "Processing", "{state:#}");
+}
+
+#[test]
+fn the_race_a_live_worker_takes_the_row_between_check_and_write_and_keeps_it() {
+    let s = Scenario::new();
+    let db = s.path("cluster.db");
+    chunks_db(&db, true);
+    let dead = worker(&s, &db, "dead", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 5 WHERE id = 1"], &[]);
+    let dead_pid = kill(dead);
+    policy(&s, &db, "", "");
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2);
+    assert_eq!(orphan_keys(&doc), vec!["chunk:chunks:1:orphaned"]);
+
+    // The new worker claims chunk 1 in a transaction it holds open while the
+    // doctor reads (WAL: the doctor sees the orphan), and commits before the
+    // doctor's write gets the lock (it waits up to its busy timeout).
+    let taker = worker(
+        &s,
+        &db,
+        "taker",
+        &["BEGIN IMMEDIATE", "UPDATE chunks SET assigned_worker = '{pid}', started_at = 9 WHERE id = 1 AND status = 'running'"],
+        &["--wal", "--hold", "1.2", "--exec-after", "COMMIT"],
+    );
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(action_outcomes(&doc, "chunk:chunks:1:orphaned"), vec![("sql-exec".into(), "skipped".into())], "{doc:#}");
+    let action = &finding(&doc, PLUGIN, "chunk:chunks:1:orphaned").unwrap()["actions"][0];
+    assert!(action["detail"].as_str().unwrap().contains("compare-and-swap"), "{action:#}");
+    assert_eq!(code, 0, "a lost race is not a failure: {doc:#}");
+    let after = rows(&db);
+    assert_eq!(after[0], (1, "running".into(), Some(taker.pid().to_string()), Some(9)), "the live worker's row is left alone (dead was {dead_pid})");
+    let journal = s.journal();
+    let outcome: String = journal
+        .query_row("SELECT outcome FROM actions WHERE plugin = ?1 AND kind = 'sql-exec' ORDER BY id DESC LIMIT 1", [PLUGIN], |r| r.get(0))
+        .unwrap();
+    assert_eq!(outcome, "skipped");
+}
+
+#[test]
+fn coordinator_absent_the_reset_comes_first_and_the_leftover_worker_is_stopped_second() {
+    let s = Scenario::new();
+    let db = s.path("cluster.db");
+    chunks_db(&db, false);
+    let dump = s.path("seen-at-term.txt");
+    let dump_s = dump.display().to_string();
+    let mut w = worker(
+        &s,
+        &db,
+        "w",
+        &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 7 WHERE id IN (1, 2)"],
+        &["--on-term-dump", "SELECT id, status, assigned_worker FROM chunks WHERE id IN (1, 2) ORDER BY id", "--dump", &dump_s],
+    );
+    policy(
+        &s,
+        &db,
+        &signal_grant(&s),
+        ", coordinator_match = \"no-such-coordinator-\\\\d{6}\", grace_ms = 3000",
+    );
+
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2);
+    assert_eq!(orphan_keys(&doc), vec!["chunk:chunks:1:orphaned", "chunk:chunks:2:orphaned"]);
+    let leftover = format!("worker:{}:leftover", w.pid());
+    assert!(finding(&doc, PLUGIN, &leftover).is_some(), "{doc:#}");
+    assert!(w.running());
+
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 0, "{doc:#}");
+    assert_eq!(action_outcomes(&doc, &leftover), vec![("stop-process".into(), "applied".into())]);
+    assert!(w.reap(Duration::from_secs(5)).is_some(), "the leftover worker was stopped");
+    // What the worker itself saw when the TERM arrived: the reset had already happened.
+    assert_eq!(std::fs::read_to_string(&dump).unwrap(), "1|pending|\n2|pending|\n");
+    assert_eq!(&rows(&db)[..2], &[(1, "pending".into(), None, None), (2, "pending".into(), None, None)]);
+    // And the journal's order of execution says the same.
+    let kinds: Vec<String> = s
+        .journal()
+        .prepare("SELECT kind FROM actions WHERE plugin = ?1 AND outcome = 'applied' ORDER BY id")
+        .unwrap()
+        .query_map([PLUGIN], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(kinds, vec!["sql-exec", "sql-exec", "stop-process"]);
+}
+
+#[test]
+fn coordinator_absent_with_signal_denied_the_reset_still_happens_and_the_stop_is_refused() {
+    let s = Scenario::new();
+    let db = s.path("cluster.db");
+    chunks_db(&db, false);
+    let mut w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 7 WHERE id = 3"], &[]);
+    policy(&s, &db, "", ", coordinator_match = \"no-such-coordinator-\\\\d{6}\"");
+
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 2, "a refused stop is a failed fix: {doc:#}");
+    assert_eq!(action_outcomes(&doc, "chunk:chunks:3:orphaned"), vec![("sql-exec".into(), "applied".into())]);
+    let leftover = format!("worker:{}:leftover", w.pid());
+    assert_eq!(action_outcomes(&doc, &leftover), vec![("stop-process".into(), "refused".into())]);
+    let detail = finding(&doc, PLUGIN, &leftover).unwrap()["actions"][0]["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("signal"), "the refusal names the grant: {detail}");
+    assert_eq!(rows(&db)[2], (3, "pending".into(), None, None));
+    assert!(w.running(), "nothing was signalled");
+}
+
+/// A file owned by someone else: chown to an unused uid.
+const OTHER_UID: u32 = 23456;
+
+fn chown(path: &Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn unwritable_setup(file_mode: u32, dir_mode: u32) -> (Scenario, PathBuf, PathBuf, Vec<u8>) {
+    let s = Scenario::new();
+    let dir = s.path("srv");
+    std::fs::create_dir(&dir).unwrap();
+    let db = dir.join("cluster.db");
+    chunks_db(&db, false);
+    let w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}' WHERE id = 1"], &[]);
+    kill(w);
+    chown(&db, OTHER_UID);
+    chown(&dir, OTHER_UID);
+    chmod(&db, file_mode);
+    chmod(&dir, dir_mode);
+    policy(&s, &db, "", ", service_user = \"nobody\"");
+    let bytes = std::fs::read(&db).unwrap();
+    (s, db, dir, bytes)
+}
+
+#[test]
+fn a_read_only_database_file_is_diagnosed_with_owner_mode_and_fix_and_nothing_is_written() {
+    let (s, db, dir, bytes) = unwritable_setup(0o444, 0o777);
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 2, "{doc:#}");
+    let f = finding(&doc, PLUGIN, "db:cluster:unwritable").unwrap_or_else(|| panic!("{doc:#}"));
+    assert_eq!(f["severity"], "critical");
+    let msg = f["message"].as_str().unwrap();
+    assert!(msg.contains("user nobody cannot write its file"), "{msg}");
+    assert!(msg.contains(&format!("owner uid {OTHER_UID}")) && msg.contains("mode 0444"), "{msg}");
+    assert!(!msg.contains("its directory"), "the directory is fine: {msg}");
+    let fix = format!("chown nobody {p} && chmod u+w {p}", p = db.display());
+    assert_eq!(f["evidence"]["fix"], fix);
+    assert!(f["actions"].as_array().unwrap().is_empty(), "permissions are never changed by the doctor");
+    let orphan = finding(&doc, PLUGIN, "chunk:chunks:1:orphaned").unwrap();
+    assert!(orphan["actions"].as_array().unwrap().is_empty(), "the reset is withheld: {orphan:#}");
+    assert_eq!(std::fs::read(&db).unwrap(), bytes, "nothing written");
+    assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o7777, 0o444);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no journal file left behind");
+}
+
+#[test]
+fn a_database_directory_the_user_cannot_write_is_diagnosed_and_nothing_is_written() {
+    let (s, db, dir, bytes) = unwritable_setup(0o666, 0o555);
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 2, "{doc:#}");
+    let f = finding(&doc, PLUGIN, "db:cluster:unwritable").unwrap_or_else(|| panic!("{doc:#}"));
+    let msg = f["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("its directory {}", dir.display())), "{msg}");
+    assert!(msg.contains("mode 0555") && msg.contains(&format!("owner uid {OTHER_UID}")), "{msg}");
+    assert!(msg.contains("journal"), "says why the directory matters: {msg}");
+    assert_eq!(f["evidence"]["fix"], format!("chown nobody {p} && chmod u+wx {p}", p = dir.display()));
+    assert_eq!(std::fs::read(&db).unwrap(), bytes, "nothing written");
+    assert_eq!(rows(&db)[0].1, "running");
+}
+
+#[test]
+fn a_write_that_would_change_more_rows_than_max_rows_is_rolled_back() {
+    // A table whose configured id column is not unique: the per-chunk reset
+    // would change two rows, more than its max-rows of 1.
+    let s = Scenario::new();
+    let db = s.path("cluster.db");
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE chunks (rowid_ INTEGER PRIMARY KEY, batch INTEGER, status TEXT, assigned_worker TEXT, started_at INTEGER);
+         INSERT INTO chunks (batch, status) VALUES (1, 'pending'), (1, 'pending'), (2, 'pending');",
+    )
+    .unwrap();
+    drop(c);
+    let w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}' WHERE batch = 1"], &[]);
+    kill(w);
+    policy(&s, &db, "", ", id_column = \"batch\"");
+    let before = std::fs::read(&db).unwrap();
+
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 2, "{doc:#}");
+    let f = finding(&doc, PLUGIN, "chunk:chunks:1:orphaned").unwrap();
+    assert_eq!(f["actions"][0]["outcome"], "failed");
+    let detail = f["actions"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("max-rows 1") && detail.contains("rolled back"), "{detail}");
+    assert_eq!(std::fs::read(&db).unwrap(), before, "nothing changed");
+    let after: String = s
+        .journal()
+        .query_row("SELECT after FROM actions WHERE plugin = ?1 AND outcome = 'failed'", [PLUGIN], |r| r.get(0))
+        .unwrap();
+    assert!(after.contains("0 rows changed"), "{after}");
+}
+
+#[test]
+fn a_wrong_column_name_is_a_clear_error_and_nothing_changes() {
+    let s = Scenario::new();
+    let db = s.path("cluster.db");
+    chunks_db(&db, false);
+    let w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}' WHERE id = 1"], &[]);
+    kill(w);
+    policy(&s, &db, "", ", status_column = \"state\"");
+    let before = std::fs::read(&db).unwrap();
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 3, "the doctor could not do its job: {doc:#}");
+    let error = plugin_summary(&doc, PLUGIN)["error"].as_str().unwrap().to_string();
+    assert!(error.contains("status_column") && error.contains("\"state\"") && error.contains("assigned_worker"), "{error}");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+}
+
+fn start_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit(')').next().unwrap().split_whitespace().nth(19).unwrap().parse().unwrap()
+}
