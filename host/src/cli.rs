@@ -1,7 +1,8 @@
 //! The command line, with the spellings DESIGN §6 fixes.
 
 use crate::catalog::Catalog;
-use crate::journal::{query, Journal};
+use crate::journal::{query, Journal, JournalLock};
+use anyhow::Context as _;
 use crate::pipeline::{self, Mode, RunOptions};
 use crate::policy::Policy;
 use crate::report::{EXIT_OK, EXIT_UNKNOWN};
@@ -19,6 +20,26 @@ struct Cli {
 enum Format {
     Human,
     Json,
+}
+
+/// Formats of a run's report.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum RunFormat {
+    Human,
+    Json,
+    /// node_exporter textfile collector (use with --output).
+    Prometheus,
+    /// One Nagios/Icinga status line with perfdata.
+    Nagios,
+}
+
+#[derive(Args)]
+struct Output {
+    #[arg(long, value_enum, default_value = "human")]
+    format: RunFormat,
+    /// Write the report to FILE atomically instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -40,8 +61,8 @@ enum Command {
         /// Only these plugins (repeatable).
         #[arg(long = "plugin")]
         plugins: Vec<String>,
-        #[arg(long, value_enum, default_value = "human")]
-        format: Format,
+        #[command(flatten)]
+        output: Output,
     },
     /// Run the checks and apply their fixes, then re-check.
     Fix {
@@ -52,15 +73,23 @@ enum Command {
         /// Print the exact plan and touch nothing.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long, value_enum, default_value = "human")]
-        format: Format,
+        /// Fix findings even where the flap breaker has suspended auto-fix.
+        #[arg(long)]
+        override_flap_breaker: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// The scheduled entry point: only due plugins; fixes where `fix = "auto"`.
     Run {
         #[command(flatten)]
         common: Common,
-        #[arg(long, value_enum, default_value = "human")]
-        format: Format,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Run the schedule in the foreground (for hosts without systemd).
+    Daemon {
+        #[command(flatten)]
+        common: Common,
     },
     /// Plugins known to this doctor.
     Plugins {
@@ -72,18 +101,67 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Read the journal: recent runs and open findings.
+    /// Read and maintain the journal (default: recent runs and open findings).
     Journal {
         #[command(flatten)]
         common: Common,
-        /// Include resolved findings.
-        #[arg(long)]
-        all: bool,
-        /// How many runs to list.
-        #[arg(long, default_value = "20")]
-        runs: u32,
+        #[command(subcommand)]
+        command: Option<JournalCommand>,
+        #[command(flatten)]
+        filter: JournalFilter,
         #[arg(long, value_enum, default_value = "human")]
         format: Format,
+    },
+    /// systemd units for the scheduled run.
+    Systemd {
+        #[command(subcommand)]
+        command: SystemdCommand,
+    },
+}
+
+#[derive(Args)]
+struct JournalFilter {
+    /// Only runs and findings seen within this long (e.g. 1h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long)]
+    plugin: Option<String>,
+    #[arg(long, value_parser = ["info", "warning", "critical"])]
+    severity: Option<String>,
+    /// Findings with this status (default: the open ones, new and persisting).
+    #[arg(long, value_parser = ["new", "persisting", "resolved"])]
+    status: Option<String>,
+    /// How many runs to list.
+    #[arg(long, default_value = "20")]
+    runs: u32,
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Everything one run recorded: plugins, findings, actions.
+    Show { run: i64 },
+    /// Delete runs older than a duration, and findings resolved before it.
+    Prune {
+        #[arg(long, value_name = "DURATION")]
+        older_than: String,
+    },
+    /// Close the flap breaker of one finding (its earlier fixes stop counting).
+    ResetFlap { plugin: String, key: String },
+}
+
+#[derive(Subcommand)]
+enum SystemdCommand {
+    /// Print doctor.service and doctor.timer for this policy.
+    Print {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Write doctor.service and doctor.timer into DIR, then say how to enable them.
+    Install {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value = "/etc/systemd/system")]
+        dir: PathBuf,
     },
 }
 
@@ -133,35 +211,46 @@ fn init_logging() {
 
 fn dispatch(command: Command) -> anyhow::Result<i32> {
     match command {
-        Command::Check { common, plugins, format } => run(common, plugins, Mode::Check, format),
-        Command::Fix { common, plugins, dry_run, format } => run(common, plugins, Mode::Fix { dry_run }, format),
-        Command::Run { common, format } => run(common, Vec::new(), Mode::Scheduled, format),
+        Command::Check { common, plugins, output } => run(common, plugins, Mode::Check, false, output),
+        Command::Fix { common, plugins, dry_run, override_flap_breaker, output } => {
+            run(common, plugins, Mode::Fix { dry_run }, override_flap_breaker, output)
+        }
+        Command::Run { common, output } => run(common, Vec::new(), Mode::Scheduled, false, output),
+        Command::Daemon { common } => crate::daemon::run(policy_path(&common), common.journal),
         Command::Plugins { command: PluginsCommand::List { policy, format } } => plugins_list(policy, format),
         Command::Policy { command: PolicyCommand::Validate { policy } } => validate(policy),
-        Command::Journal { common, all, runs, format } => journal(common, all, runs, format),
+        Command::Journal { common, command, filter, format } => journal(common, command, filter, format),
+        Command::Systemd { command } => systemd(command),
     }
 }
 
-fn run(common: Common, plugins: Vec<String>, mode: Mode, format: Format) -> anyhow::Result<i32> {
-    let opts = RunOptions {
-        policy: common.policy.unwrap_or_else(crate::paths::default_policy),
-        journal: common.journal,
-        plugins,
-        mode,
-    };
-    match pipeline::execute(&opts) {
-        Ok(report) => {
-            match format {
-                Format::Json => println!("{}", report.to_json()),
-                Format::Human => print!("{}", report.to_human()),
-            }
-            Ok(report.exit_code)
-        }
+fn policy_path(common: &Common) -> PathBuf {
+    common.policy.clone().unwrap_or_else(crate::paths::default_policy)
+}
+
+fn run(common: Common, plugins: Vec<String>, mode: Mode, override_flap_breaker: bool, output: Output) -> anyhow::Result<i32> {
+    let opts = RunOptions { policy: policy_path(&common), journal: common.journal, plugins, mode, override_flap_breaker };
+    let report = match pipeline::execute(&opts) {
+        Ok(report) => report,
         Err(fatal) => {
             eprintln!("doctor: {fatal}");
-            Ok(EXIT_UNKNOWN)
+            if output.format == RunFormat::Nagios {
+                println!("DOCTOR UNKNOWN - {}", fatal.to_string().lines().next().unwrap_or_default());
+            }
+            return Ok(EXIT_UNKNOWN);
         }
+    };
+    let text = match output.format {
+        RunFormat::Json => report.to_json() + "\n",
+        RunFormat::Human => report.to_human(),
+        RunFormat::Prometheus => report.to_prometheus(crate::clock::now_unix_ms()),
+        RunFormat::Nagios => report.to_nagios() + "\n",
+    };
+    match &output.output {
+        Some(path) => crate::report::write_atomically(path, &text).with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{text}"),
     }
+    Ok(report.exit_code)
 }
 
 fn plugins_list(policy: Option<PathBuf>, format: Format) -> anyhow::Result<i32> {
@@ -215,31 +304,128 @@ fn validate(policy: Option<PathBuf>) -> anyhow::Result<i32> {
     }
 }
 
-fn journal(common: Common, all: bool, runs: u32, format: Format) -> anyhow::Result<i32> {
-    let path = match common.journal {
-        Some(j) => j,
-        None => {
-            let policy = Policy::load(&common.policy.unwrap_or_else(crate::paths::default_policy))?;
-            pipeline::journal_path(&policy, None)
-        }
+fn journal(common: Common, command: Option<JournalCommand>, filter: JournalFilter, format: Format) -> anyhow::Result<i32> {
+    let path = match &common.journal {
+        Some(j) => j.clone(),
+        None => pipeline::journal_path(&Policy::load(&policy_path(&common))?, None),
     };
     if !path.exists() {
         anyhow::bail!("journal {} does not exist (no run has written it yet)", path.display());
     }
-    let journal = Journal::open(&path)?;
-    let run_rows = query::runs(journal.connection(), runs)?;
-    let finding_rows = query::findings(journal.connection(), all)?;
+    let wait = std::time::Duration::from_secs(30);
+    match command {
+        None => journal_list(&Journal::open(&path)?, &filter, format),
+        Some(JournalCommand::Show { run }) => {
+            let journal = Journal::open(&path)?;
+            let Some(detail) = query::show_run(journal.connection(), run)? else {
+                anyhow::bail!("journal {} has no run {run}", path.display());
+            };
+            print_show(&detail, format)?;
+            Ok(EXIT_OK)
+        }
+        Some(JournalCommand::Prune { older_than }) => {
+            let age = crate::policy::parse_duration(&older_than).map_err(|e| anyhow::anyhow!("--older-than: {e}"))?;
+            let _lock = JournalLock::acquire(&path, wait)?;
+            let mut journal = Journal::open(&path)?;
+            let before = crate::clock::now_unix_ms().saturating_sub(age.as_millis() as u64);
+            let (runs, findings) = journal.prune(before)?;
+            println!("pruned {runs} run(s) and {findings} resolved finding(s) older than {older_than}");
+            Ok(EXIT_OK)
+        }
+        Some(JournalCommand::ResetFlap { plugin, key }) => {
+            let _lock = JournalLock::acquire(&path, wait)?;
+            let journal = Journal::open(&path)?;
+            if !journal.reset_flap(&plugin, &key, crate::clock::now_unix_ms())? {
+                anyhow::bail!("the journal has no finding {plugin} {key}");
+            }
+            println!("flap breaker of {plugin} {key} reset: earlier fixes no longer count");
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn journal_list(journal: &Journal, filter: &JournalFilter, format: Format) -> anyhow::Result<i32> {
+    let since_ms = match &filter.since {
+        Some(s) => {
+            let age = crate::policy::parse_duration(s).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+            Some(crate::clock::now_unix_ms().saturating_sub(age.as_millis() as u64))
+        }
+        None => None,
+    };
+    let wanted = query::Filter { since_ms, plugin: filter.plugin.clone(), severity: filter.severity.clone(), status: filter.status.clone() };
+    let run_rows = query::runs(journal.connection(), filter.runs, since_ms)?;
+    let finding_rows = query::findings(journal.connection(), &wanted)?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "runs": run_rows, "findings": finding_rows }))?),
         Format::Human => {
             println!("runs ({}):", journal.path().display());
             for r in &run_rows {
-                println!("  #{:<5} {:<8} {:<12} exit {}", r.id, r.mode, r.status, r.exit_code.map(|c| c.to_string()).unwrap_or("-".into()));
+                let code = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+                println!("  #{:<5} {} {:<8} {:<12} exit {code}", r.id, when(r.started_at), r.mode, r.status);
             }
             println!("findings:");
             for f in &finding_rows {
                 println!("  {:<8} {:<11} {} {}: {}", f.severity.to_uppercase(), f.status, f.plugin, f.key, f.message);
             }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn print_show(detail: &query::RunDetail, format: Format) -> anyhow::Result<()> {
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(detail)?);
+        return Ok(());
+    }
+    let r = &detail.run;
+    println!("run #{} {} {} {} exit {}", r.id, when(r.started_at), r.mode, r.status, r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()));
+    for p in &detail.plugins {
+        let error = p["error"].as_str().map(|e| format!(" — {e}")).unwrap_or_default();
+        println!("  plugin {} {} {} ms{error}", p["plugin"].as_str().unwrap_or(""), p["outcome"].as_str().unwrap_or(""), p["duration_ms"]);
+    }
+    for o in &detail.observations {
+        println!(
+            "  {:<8} {:<10} {} {}: {}",
+            o["severity"].as_str().unwrap_or("").to_uppercase(),
+            o["status"].as_str().unwrap_or(""),
+            o["plugin"].as_str().unwrap_or(""),
+            o["key"].as_str().unwrap_or(""),
+            o["message"].as_str().unwrap_or("")
+        );
+        for a in detail.actions.iter().filter(|a| a["plugin"] == o["plugin"] && a["finding_key"] == o["key"]) {
+            println!("      {} {}: {} {}", a["kind"].as_str().unwrap_or(""), a["outcome"].as_str().unwrap_or(""), a["description"].as_str().unwrap_or(""), a["detail"].as_str().unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
+/// Journal times (unix ms) as UTC text.
+fn when(unix_ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+fn systemd(command: SystemdCommand) -> anyhow::Result<i32> {
+    let (common, dir) = match command {
+        SystemdCommand::Print { common } => (common, None),
+        SystemdCommand::Install { common, dir } => (common, Some(dir)),
+    };
+    let policy_file = std::path::absolute(policy_path(&common))?;
+    let policy = Policy::load(&policy_file)?;
+    let journal = std::path::absolute(pipeline::journal_path(&policy, common.journal.as_ref()))?;
+    let cache = std::path::absolute(pipeline::cache_dir(&policy, &journal))?;
+    let binary = std::env::current_exe().context("locating the doctor binary")?;
+    let units = crate::systemd::units(&binary, &policy, &journal, &cache);
+    match dir {
+        None => {
+            println!("# {}\n{}", crate::systemd::SERVICE_NAME, units.service);
+            println!("# {}\n{}", crate::systemd::TIMER_NAME, units.timer);
+        }
+        Some(dir) => {
+            for path in crate::systemd::install(&dir, &units)? {
+                println!("wrote {}", path.display());
+            }
+            println!("now: systemctl daemon-reload && systemctl enable --now {}", crate::systemd::TIMER_NAME);
         }
     }
     Ok(EXIT_OK)

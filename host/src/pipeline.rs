@@ -9,6 +9,7 @@ use crate::catalog::{Catalog, Entry};
 use crate::clock::now_unix_ms;
 use crate::journal::{Journal, JournalError, JournalLock, PluginRecord};
 use crate::plan::apply::{self, Budget};
+use crate::plan::gate::FixGate;
 use crate::plan::{ActionResult, Finding};
 use crate::policy::{FixMode, Policy, PolicyError, PluginPolicy};
 use crate::report::{PluginSummary, RunReport};
@@ -42,6 +43,8 @@ pub struct RunOptions {
     pub journal: Option<PathBuf>,
     pub plugins: Vec<String>,
     pub mode: Mode,
+    /// Apply fixes even where the flap breaker is open (`doctor fix` only).
+    pub override_flap_breaker: bool,
 }
 
 /// Why the doctor could not do its job (exit 3).
@@ -75,9 +78,14 @@ pub fn cache_dir(policy: &Policy, journal: &std::path::Path) -> PathBuf {
 }
 
 pub fn execute(opts: &RunOptions) -> Result<RunReport, Fatal> {
+    let policy = Arc::new(Policy::load(&opts.policy)?);
+    execute_policy(policy, opts)
+}
+
+/// A run with an already loaded policy (the daemon keeps the last valid one).
+pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunReport, Fatal> {
     let started = Instant::now();
     let started_ms = now_unix_ms();
-    let policy = Arc::new(Policy::load(&opts.policy)?);
     let journal_file = journal_path(&policy, opts.journal.as_ref());
     let runtime = Runtime::new(Some(cache_dir(&policy, &journal_file)))?;
     let (catalog, warnings) = Catalog::discover(&policy.doctor.plugin_dirs);
@@ -85,13 +93,21 @@ pub fn execute(opts: &RunOptions) -> Result<RunReport, Fatal> {
         tracing::warn!("{w}");
     }
     let selected = select(&policy, &catalog, &opts.plugins)?;
+    let due = due_plugins(&journal_file, selected, opts.mode, started_ms)?;
+    let prepared = prepare(&runtime, &policy, due, opts.mode)?;
 
     let _lock = JournalLock::acquire(&journal_file, policy.doctor.lock_wait)?;
     let mut journal = Journal::open(&journal_file)?;
-    let due = due_plugins(&journal, &policy, selected, opts.mode, started_ms)?;
-    let prepared = prepare(&runtime, &policy, due, opts.mode)?;
     let interrupted = journal.mark_interrupted()?;
     let run_id = journal.begin_run(opts.mode.name(), &policy.file, started_ms)?;
+    let gate = FixGate {
+        history: journal.fix_history(started_ms.saturating_sub(policy.doctor.flap_window.as_millis() as u64))?,
+        max_fixes: policy.doctor.flap_max_fixes,
+        window: policy.doctor.flap_window,
+        min_interval: policy.doctor.fix_min_interval,
+        now_ms: started_ms,
+        override_breaker: opts.override_flap_breaker && matches!(opts.mode, Mode::Fix { .. }),
+    };
 
     let facts = RunFacts::new(policy.clone());
     let budget = Budget::new(policy.doctor.max_actions_per_run);
@@ -103,9 +119,9 @@ pub fn execute(opts: &RunOptions) -> Result<RunReport, Fatal> {
         for p in &prepared {
             let tx = tx.clone();
             let state = journal.load_state(&p.entry.name)?;
-            let (runtime, policy, facts, budget, protected) = (&runtime, &policy, &facts, &budget, &protected);
+            let shared = Shared { runtime: &runtime, policy: &policy, facts: &facts, budget: &budget, protected: &protected, gate: &gate };
             scope.spawn(move || {
-                let outcome = run_plugin(runtime, policy, facts, budget, protected, p, state);
+                let outcome = run_plugin(&shared, p, state);
                 let _ = tx.send(outcome);
             });
         }
@@ -147,9 +163,10 @@ fn select(policy: &Policy, catalog: &Catalog, only: &[String]) -> Result<Vec<(En
         .collect())
 }
 
+/// In scheduled mode, only plugins whose `every` has passed since they last
+/// ran (read from the journal without taking its lock).
 fn due_plugins(
-    journal: &Journal,
-    _policy: &Policy,
+    journal_file: &std::path::Path,
     selected: Vec<(Entry, PluginPolicy)>,
     mode: Mode,
     now_ms: u64,
@@ -157,7 +174,7 @@ fn due_plugins(
     if mode != Mode::Scheduled {
         return Ok(selected);
     }
-    let last = journal.last_runs()?;
+    let last = crate::journal::last_runs(journal_file)?;
     Ok(selected
         .into_iter()
         .filter(|(e, p)| last.get(&e.name).is_none_or(|t| now_ms.saturating_sub(*t) >= p.every.as_millis() as u64))
@@ -269,15 +286,18 @@ struct Outcome {
     log: String,
 }
 
-fn run_plugin(
-    runtime: &Runtime,
-    policy: &Arc<Policy>,
-    facts: &Arc<RunFacts>,
-    budget: &Budget,
-    protected: &[u32],
-    p: &Prepared,
-    state: BTreeMap<String, String>,
-) -> Outcome {
+/// What every plugin thread of a run shares.
+struct Shared<'a> {
+    runtime: &'a Runtime,
+    policy: &'a Arc<Policy>,
+    facts: &'a Arc<RunFacts>,
+    budget: &'a Budget,
+    protected: &'a [u32],
+    gate: &'a FixGate,
+}
+
+fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>) -> Outcome {
+    let Shared { runtime, policy, facts, budget, protected, gate } = *shared;
     let started = Instant::now();
     let started_ms = now_unix_ms();
     let mut summary = PluginSummary::new(&p.entry.name, started_ms);
@@ -295,13 +315,14 @@ fn run_plugin(
     caps.kv = kv.clone();
     let (result, caps) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
     let mut log = logs_text(caps.as_ref());
-    let findings = match result {
+    let mut findings = match result {
         Ok(findings) => findings,
         Err(failure) => {
             summary.fail(failure.to_string(), started.elapsed());
             return Outcome { summary, findings: vec![], actions: vec![], recheck: None, state: None, log };
         }
     };
+    gate.escalate(&p.entry.name, &mut findings);
     let (actions, recheck) = if p.apply_fixes && findings.iter().any(|f| !f.actions.is_empty()) {
         let ctx = ActionContext {
             plugin: p.entry.name.clone(),
@@ -310,7 +331,7 @@ fn run_plugin(
             protected_pids: protected.to_vec(),
             engine: facts.engine_handle(),
         };
-        let actions = apply::apply(&ctx, &findings, budget, |_| Ok(()));
+        let actions = apply::apply(&ctx, &findings, budget, |f| gate.may_fix(&p.entry.name, f));
         // Re-check against a fresh view of the host.
         let fresh = RunFacts::new(policy.clone());
         let mut caps = context(&p.entry.name, grants, fresh, BTreeMap::new());

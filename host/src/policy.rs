@@ -59,6 +59,15 @@ pub struct DoctorSection {
     pub plugin_timeout: Duration,
     #[serde(default = "default_plugin_memory", deserialize_with = "byte_size")]
     pub plugin_memory: u64,
+    /// Flap breaker: a finding fixed this many times within `flap_window`
+    /// is no longer auto-fixed and is escalated to critical.
+    #[serde(default = "default_flap_max_fixes")]
+    pub flap_max_fixes: u32,
+    #[serde(default = "default_flap_window", deserialize_with = "duration")]
+    pub flap_window: Duration,
+    /// Rate limit: the same finding is fixed at most once per this interval.
+    #[serde(default, deserialize_with = "duration")]
+    pub fix_min_interval: Duration,
 }
 
 impl Default for DoctorSection {
@@ -71,10 +80,19 @@ impl Default for DoctorSection {
             lock_wait: default_lock_wait(),
             plugin_timeout: default_plugin_timeout(),
             plugin_memory: default_plugin_memory(),
+            flap_max_fixes: default_flap_max_fixes(),
+            flap_window: default_flap_window(),
+            fix_min_interval: Duration::ZERO,
         }
     }
 }
 
+fn default_flap_max_fixes() -> u32 {
+    5
+}
+fn default_flap_window() -> Duration {
+    Duration::from_secs(3600)
+}
 fn default_max_actions() -> u32 {
     20
 }

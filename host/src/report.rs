@@ -178,6 +178,91 @@ impl RunReport {
     }
 }
 
+impl RunReport {
+    fn open_findings(&self) -> impl Iterator<Item = &FindingOut> {
+        self.findings.iter().filter(|f| matches!(f.status, Status::New | Status::Persisting))
+    }
+
+    /// node_exporter textfile-collector format.
+    pub fn to_prometheus(&self, now_unix_ms: u64) -> String {
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let mut findings = Vec::new();
+        for p in &self.plugins {
+            for severity in [Severity::Info, Severity::Warning, Severity::Critical] {
+                let n = self.open_findings().filter(|f| f.plugin == p.name && f.severity == severity).count();
+                findings.push((labels(&[("plugin", &p.name), ("severity", severity.as_str())]), n.to_string()));
+            }
+        }
+        family("doctor_findings", "gauge", "Open findings by plugin and severity after the last run.", findings);
+        family(
+            "doctor_plugin_duration_seconds",
+            "gauge",
+            "Wall-clock time of each plugin in the last run.",
+            self.plugins.iter().map(|p| (labels(&[("plugin", &p.name)]), format!("{:.3}", p.duration_ms as f64 / 1000.0))).collect(),
+        );
+        family(
+            "doctor_plugin_up",
+            "gauge",
+            "1 if the plugin ran without error in the last run, else 0.",
+            self.plugins.iter().map(|p| (labels(&[("plugin", &p.name)]), u8::from(p.error.is_none()).to_string())).collect(),
+        );
+        let mut actions = Vec::new();
+        for p in &self.plugins {
+            for outcome in [Outcome::Planned, Outcome::Applied, Outcome::Failed, Outcome::Skipped, Outcome::Refused] {
+                let n = self.findings.iter().filter(|f| f.plugin == p.name).flat_map(|f| &f.actions).filter(|a| a.outcome == outcome).count();
+                actions.push((labels(&[("plugin", &p.name), ("outcome", outcome.as_str())]), n.to_string()));
+            }
+        }
+        family("doctor_actions", "gauge", "Actions of the last run by plugin and outcome.", actions);
+        family("doctor_exit_code", "gauge", "Exit status of the last run (0 ok, 1 warning, 2 critical, 3 unknown).", vec![(String::new(), self.exit_code.to_string())]);
+        family(
+            "doctor_last_run_timestamp_seconds",
+            "gauge",
+            "Unix time at which the last run finished.",
+            vec![(String::new(), format!("{:.3}", now_unix_ms as f64 / 1000.0))],
+        );
+        out
+    }
+
+    /// One Nagios/Icinga status line with performance data.
+    pub fn to_nagios(&self) -> String {
+        let state = match self.exit_code {
+            EXIT_OK => "OK",
+            EXIT_WARNING => "WARNING",
+            EXIT_CRITICAL => "CRITICAL",
+            _ => "UNKNOWN",
+        };
+        let count = |s: Severity| self.open_findings().filter(|f| f.severity == s).count();
+        let errors = self.plugins.iter().filter(|p| p.error.is_some()).count();
+        let worst = self.open_findings().find(|f| f.severity != Severity::Info).map(|f| format!("; {}: {}", f.plugin, f.message)).unwrap_or_default();
+        format!(
+            "DOCTOR {state} - {} critical, {} warning, {errors} plugin error(s){worst} | critical={};;;0 warning={};;;0 info={};;;0 plugin_errors={errors};;;0 duration={:.3}s",
+            count(Severity::Critical),
+            count(Severity::Warning),
+            count(Severity::Critical),
+            count(Severity::Warning),
+            count(Severity::Info),
+            self.duration_ms as f64 / 1000.0
+        )
+    }
+}
+
+/// `{a="x",b="y"}` with Prometheus label escaping.
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
 fn arrow(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Planned => "→",
@@ -185,4 +270,18 @@ fn arrow(outcome: Outcome) -> &'static str {
         Outcome::Failed | Outcome::Refused => "✗",
         Outcome::Skipped => "·",
     }
+}
+
+/// Write `text` to `path` through a temp file and a rename, so a reader
+/// (node_exporter, systemd) never sees half a file.
+pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    let file = tmp.persist(path).map_err(|e| e.error)?;
+    // NamedTempFile creates 0600; outputs are meant to be read by others.
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    Ok(())
 }

@@ -130,13 +130,6 @@ impl Journal {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// When each plugin last ran (unix ms), whatever its outcome.
-    pub fn last_runs(&self) -> anyhow::Result<HashMap<String, u64>> {
-        let mut stmt = self.conn.prepare("SELECT plugin, MAX(started_at) FROM plugin_runs GROUP BY plugin")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     /// Record one plugin's result in one transaction; return its findings
     /// with their statuses (including findings resolved since the last run).
     pub fn record(&mut self, run_id: i64, rec: &PluginRecord<'_>) -> anyhow::Result<Vec<Observed>> {
@@ -159,6 +152,79 @@ impl Journal {
         tx.commit().context("committing the plugin result")?;
         Ok(observed)
     }
+}
+
+/// How often a finding was fixed recently: the runs in which one of its
+/// actions was applied, since the window start or the operator's last reset.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FixHistory {
+    pub fixes: u32,
+    pub last_fix_ms: u64,
+}
+
+impl Journal {
+    pub fn fix_history(&self, window_start_ms: u64) -> anyhow::Result<HashMap<(String, String), FixHistory>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT a.plugin, a.finding_key, count(DISTINCT a.run_id), max(r.started_at)
+             FROM actions a JOIN runs r ON r.id = a.run_id
+             LEFT JOIN flap_resets f ON f.plugin = a.plugin AND f.key = a.finding_key
+             WHERE a.outcome = 'applied' AND r.started_at >= max(?1, coalesce(f.reset_at, 0))
+             GROUP BY a.plugin, a.finding_key",
+        )?;
+        let rows = stmt.query_map([window_start_ms as i64], |r| {
+            Ok(((r.get(0)?, r.get(1)?), FixHistory { fixes: r.get::<_, i64>(2)? as u32, last_fix_ms: r.get::<_, i64>(3)? as u64 }))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Close the flap breaker of one finding: earlier fixes stop counting.
+    /// Returns false when the journal has never seen that finding.
+    pub fn reset_flap(&self, plugin: &str, key: &str, now_ms: u64) -> anyhow::Result<bool> {
+        let known: bool = self.conn.query_row(
+            "SELECT count(*) > 0 FROM findings WHERE plugin = ?1 AND key = ?2",
+            params![plugin, key],
+            |r| r.get(0),
+        )?;
+        if known {
+            self.conn.execute(
+                "INSERT INTO flap_resets (plugin, key, reset_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (plugin, key) DO UPDATE SET reset_at = excluded.reset_at",
+                params![plugin, key, now_ms as i64],
+            )?;
+        }
+        Ok(known)
+    }
+
+    /// Delete runs (with their plugin runs, observations and actions) that
+    /// started before `before_ms`, and findings resolved before it.
+    pub fn prune(&mut self, before_ms: u64) -> anyhow::Result<(usize, usize)> {
+        let tx = self.conn.transaction()?;
+        let runs = tx.execute("DELETE FROM runs WHERE started_at < ?1 AND status != 'running'", [before_ms as i64])?;
+        let findings = tx.execute("DELETE FROM findings WHERE status = 'resolved' AND resolved_at < ?1", [before_ms as i64])?;
+        tx.commit()?;
+        self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        Ok((runs, findings))
+    }
+}
+
+/// When each plugin last ran (unix ms), whatever its outcome, read without
+/// the lock; a journal that does not exist yet has no runs.
+pub fn last_runs(path: &Path) -> Result<HashMap<String, u64>, JournalError> {
+    if !path.exists() {
+        return Ok(HashMap::new());
+    }
+    let unusable = |e: rusqlite::Error| JournalError::Unusable { path: path.display().to_string(), message: e.to_string() };
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(unusable)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(unusable)?;
+    let has_table: bool = conn
+        .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE name = 'plugin_runs'", [], |r| r.get(0))
+        .map_err(unusable)?;
+    if !has_table {
+        return Ok(HashMap::new());
+    }
+    let mut stmt = conn.prepare("SELECT plugin, MAX(started_at) FROM plugin_runs GROUP BY plugin").map_err(unusable)?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))).map_err(unusable)?;
+    rows.collect::<Result<_, _>>().map_err(unusable)
 }
 
 fn insert_plugin_run(tx: &rusqlite::Transaction<'_>, run_id: i64, rec: &PluginRecord<'_>) -> anyhow::Result<i64> {

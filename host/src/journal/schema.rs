@@ -87,6 +87,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (plugin, key)
     );
     "#,
+    // v2: operator resets of the flap breaker (`doctor journal reset-flap`).
+    r#"
+    CREATE TABLE flap_resets (
+        plugin   TEXT NOT NULL,
+        key      TEXT NOT NULL,
+        reset_at INTEGER NOT NULL,
+        PRIMARY KEY (plugin, key)
+    );
+    CREATE INDEX actions_by_finding ON actions (plugin, finding_key, outcome);
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -2,6 +2,7 @@
 //! the WIT version a plugin was built against), and how a plan is applied.
 
 pub mod apply;
+pub mod gate;
 
 use crate::facts::sqlite::Value;
 use serde::Serialize;

@@ -1,0 +1,85 @@
+//! `doctor daemon`: the schedule of `doctor run` for hosts without systemd.
+//! SIGHUP reloads the policy (keeping the old one if the new one is invalid);
+//! SIGTERM and SIGINT stop it after the run in progress has been journalled.
+
+use crate::pipeline::{self, Mode, RunOptions};
+use crate::policy::Policy;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Upper bound between two looks at the schedule.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+const MIN_SLEEP: Duration = Duration::from_secs(1);
+
+pub fn run(policy_path: PathBuf, journal: Option<PathBuf>) -> anyhow::Result<i32> {
+    let policy = Arc::new(load_valid(&policy_path).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(schedule(policy_path, journal, policy))
+}
+
+/// The policy, parsed and checked like `doctor policy validate`.
+fn load_valid(path: &std::path::Path) -> Result<Policy, pipeline::Fatal> {
+    pipeline::validate(path)?;
+    Ok(Policy::load(path)?)
+}
+
+async fn schedule(policy_path: PathBuf, journal: Option<PathBuf>, mut policy: Arc<Policy>) -> anyhow::Result<i32> {
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tracing::warn!(policy = %policy_path.display(), "doctor daemon started");
+    loop {
+        let run = tokio::task::spawn_blocking({
+            let policy = policy.clone();
+            let opts = RunOptions { policy: policy_path.clone(), journal: journal.clone(), plugins: Vec::new(), mode: Mode::Scheduled, override_flap_breaker: false };
+            move || pipeline::execute_policy(policy, &opts)
+        });
+        tokio::pin!(run);
+        let mut stopping = false;
+        let finished = loop {
+            tokio::select! {
+                done = &mut run => break done,
+                _ = terminate.recv() => { stopping = true; tracing::warn!("SIGTERM: finishing the run in progress, then stopping"); }
+                _ = interrupt.recv() => { stopping = true; tracing::warn!("SIGINT: finishing the run in progress, then stopping"); }
+                _ = hangup.recv() => policy = reload(&policy_path, policy),
+            }
+        };
+        match finished {
+            Ok(Ok(report)) if !report.plugins.is_empty() => {
+                tracing::warn!(run = report.run_id, exit = report.exit_code, plugins = report.plugins.len(), "scheduled run finished");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(fatal)) => tracing::error!("scheduled run failed: {fatal}"),
+            Err(e) => tracing::error!("scheduled run panicked: {e}"),
+        }
+        if stopping {
+            return Ok(0);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(next_wake(&policy)) => {}
+            _ = terminate.recv() => return Ok(0),
+            _ = interrupt.recv() => return Ok(0),
+            _ = hangup.recv() => policy = reload(&policy_path, policy),
+        }
+    }
+}
+
+fn reload(path: &std::path::Path, current: Arc<Policy>) -> Arc<Policy> {
+    match load_valid(path) {
+        Ok(new) => {
+            tracing::warn!(policy = %path.display(), "SIGHUP: policy reloaded");
+            Arc::new(new)
+        }
+        Err(e) => {
+            tracing::error!("SIGHUP: the new policy is invalid, keeping the previous one: {e}");
+            current
+        }
+    }
+}
+
+/// Sleep until the soonest plugin could be due (the run itself decides).
+fn next_wake(policy: &Policy) -> Duration {
+    policy.plugins.values().map(|p| p.every).min().unwrap_or(MAX_SLEEP).clamp(MIN_SLEEP, MAX_SLEEP)
+}

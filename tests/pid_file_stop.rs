@@ -1,0 +1,211 @@
+//! The incident: a Stop button said "stopped" while the process kept running.
+//! pid-file-stop against real processes and real PID files.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+
+/// A policy with one target; `pattern` is matched against the command line
+/// and also limits what may be signalled.
+fn policy(s: &Scenario, name: &str, pid_file: &str, pattern: &str, grace_ms: u32, desired: &str) {
+    let root = s.root().display().to_string();
+    s.policy(&format!(
+        r#"
+[plugins.pid-file-stop]
+grants.processes = true
+grants.files = ["{root}/*.pid"]
+grants.files_remove = ["{root}/*.pid"]
+grants.signal = {{ match = [{pattern:?}] }}
+
+[[plugins.pid-file-stop.config.targets]]
+name = "{name}"
+pid_file = "{root}/{pid_file}"
+pattern = {pattern:?}
+desired = "{desired}"
+grace_ms = {grace_ms}
+"#
+    ));
+}
+
+fn actions(doc: &serde_json::Value, key: &str) -> Vec<(String, String)> {
+    finding(doc, "pid-file-stop", key)
+        .map(|f| {
+            f["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| (a["kind"].as_str().unwrap().to_string(), a["outcome"].as_str().unwrap().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_running_process_with_its_pid_file_is_stopped_and_the_file_removed() {
+    let s = Scenario::new();
+    let mut worker = Proc::spawn(&["sleep", "301"]);
+    std::fs::write(s.path("worker.pid"), format!("{}\n", worker.pid())).unwrap();
+    policy(&s, "worker", "worker.pid", "^sleep 301$", 2000, "stopped");
+
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2, "a target that should be stopped but runs is critical: {doc}");
+    assert_eq!(actions(&doc, "worker:running"), [("stop-process".into(), "planned".into()), ("remove-file".into(), "planned".into())]);
+    assert!(worker.running(), "check changes nothing");
+    assert!(s.path("worker.pid").exists(), "check changes nothing");
+
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(finding(&doc, "pid-file-stop", "worker:running").unwrap()["status"], "fixed");
+    assert_eq!(actions(&doc, "worker:running"), [("stop-process".into(), "applied".into()), ("remove-file".into(), "applied".into())]);
+    assert!(worker.reap(Duration::from_secs(5)).is_some(), "the worker is gone");
+    assert!(!s.path("worker.pid").exists(), "the PID file is removed");
+
+    let recorded: Vec<(String, String)> = s
+        .journal()
+        .prepare("SELECT kind, outcome FROM actions ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|(_, o): &(String, String)| o != "planned")
+        .collect();
+    assert_eq!(recorded, [("stop-process".into(), "applied".into()), ("remove-file".into(), "applied".into())]);
+}
+
+#[test]
+fn a_process_that_ignores_term_is_killed_after_the_grace_period() {
+    let s = Scenario::new();
+    let mut stubborn = Proc::ignoring_term("stubborn-worker");
+    std::fs::write(s.path("stubborn.pid"), stubborn.pid().to_string()).unwrap();
+    policy(&s, "stubborn", "stubborn.pid", "stubborn-worker", 500, "stopped");
+
+    let started = std::time::Instant::now();
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 0, "{doc}");
+    let detail = finding(&doc, "pid-file-stop", "stubborn:running").unwrap()["actions"][0]["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("killed"), "TERM was ignored, so KILL: {detail}");
+    assert!(started.elapsed() >= Duration::from_millis(500), "the grace period was honoured");
+    let status = stubborn.reap(Duration::from_secs(5)).expect("killed");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "ended by SIGKILL");
+}
+
+#[test]
+fn a_stale_pid_file_is_reported_by_check_and_removed_by_fix() {
+    let s = Scenario::new();
+    // A pid that is certainly not running: a child we started and reaped.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    std::fs::write(s.path("old.pid"), pid.to_string()).unwrap();
+    policy(&s, "old", "old.pid", "^never-running-xyz$", 1000, "stopped");
+
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 1, "{doc}");
+    let f = finding(&doc, "pid-file-stop", "old:stale-pid-file").expect("stale PID file reported");
+    assert_eq!(f["status"], "new");
+    assert!(s.path("old.pid").exists());
+
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(finding(&doc, "pid-file-stop", "old:stale-pid-file").unwrap()["status"], "fixed");
+    assert!(!s.path("old.pid").exists());
+}
+
+#[test]
+fn a_pid_file_naming_a_live_unrelated_process_is_reported_and_that_process_survives() {
+    let s = Scenario::new();
+    // The PID file points at a live process that is not the target: a reused pid.
+    let mut bystander = Proc::spawn(&["sleep", "302"]);
+    std::fs::write(s.path("trainer.pid"), bystander.pid().to_string()).unwrap();
+    // Even a signal grant that would match the bystander must not get it signalled.
+    let root = s.root().display().to_string();
+    s.policy(&format!(
+        r#"
+[plugins.pid-file-stop]
+grants.processes = true
+grants.files = ["{root}/*.pid"]
+grants.files_remove = ["{root}/*.pid"]
+grants.signal = {{ match = [".*"] }}
+config = {{ targets = [{{ name = "trainer", pid_file = "{root}/trainer.pid", pattern = "train\\.py" }}] }}
+"#
+    ));
+
+    let (code, doc) = s.doctor_json(&["check"]);
+    let f = finding(&doc, "pid-file-stop", "trainer:pid-reused").expect("reused pid reported");
+    assert!(f["message"].as_str().unwrap().contains(&bystander.pid().to_string()));
+    assert_eq!(code, 1, "{doc}");
+
+    let (_, doc) = s.doctor_json(&["fix"]);
+    assert!(finding(&doc, "pid-file-stop", "trainer:running").is_none(), "no instance of the target runs");
+    assert!(bystander.running(), "the unrelated process survives fix");
+    assert!(s.path("trainer.pid").exists(), "the PID file is left for the operator");
+}
+
+#[test]
+fn every_matching_instance_is_stopped() {
+    let s = Scenario::new();
+    let mut a = Proc::spawn(&["sleep", "303"]);
+    let mut b = Proc::spawn(&["sleep", "303"]);
+    policy(&s, "dupes", "dupes.pid", "^sleep 303$", 2000, "stopped");
+
+    let (_, doc) = s.doctor_json(&["check"]);
+    let f = finding(&doc, "pid-file-stop", "dupes:running").unwrap();
+    assert_eq!(f["evidence"]["instances"], "2");
+    assert!(a.running() && b.running());
+
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 0, "{doc}");
+    assert!(a.reap(Duration::from_secs(5)).is_some() && b.reap(Duration::from_secs(5)).is_some(), "both stopped");
+}
+
+#[test]
+fn report_only_targets_report_duplicates_and_touch_nothing() {
+    let s = Scenario::new();
+    let mut a = Proc::spawn(&["sleep", "304"]);
+    let mut b = Proc::spawn(&["sleep", "304"]);
+    policy(&s, "dupes", "dupes.pid", "^sleep 304$", 2000, "report-only");
+
+    let (code, doc) = s.doctor_json(&["fix"]);
+    let f = finding(&doc, "pid-file-stop", "dupes:duplicates").expect("duplicates reported");
+    assert!(f["actions"].as_array().unwrap().is_empty());
+    assert_eq!(code, 1);
+    assert!(a.running() && b.running());
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_touches_nothing() {
+    let s = Scenario::new();
+    let mut worker = Proc::spawn(&["sleep", "305"]);
+    std::fs::write(s.path("w.pid"), worker.pid().to_string()).unwrap();
+    policy(&s, "w", "w.pid", "^sleep 305$", 1000, "stopped");
+
+    let out = s.doctor(&["fix", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("stop pid {}", worker.pid())), "{text}");
+    assert!(text.contains("planned"), "{text}");
+    assert!(worker.running());
+    assert!(s.path("w.pid").exists());
+}
+
+#[test]
+fn without_a_signal_grant_the_stop_is_refused_and_the_run_is_critical() {
+    let s = Scenario::new();
+    let mut worker = Proc::spawn(&["sleep", "306"]);
+    let root = s.root().display().to_string();
+    s.policy(&format!(
+        r#"
+[plugins.pid-file-stop]
+grants.processes = true
+grants.files = ["{root}/*.pid"]
+config = {{ targets = [{{ name = "w", pattern = "^sleep 306$" }}] }}
+"#
+    ));
+    let (code, doc) = s.doctor_json(&["fix"]);
+    let action = &finding(&doc, "pid-file-stop", "w:running").unwrap()["actions"][0];
+    assert_eq!(action["outcome"], "refused");
+    assert!(action["detail"].as_str().unwrap().contains("grants.signal"), "{action}");
+    assert_eq!(code, 2);
+    assert!(worker.running());
+}
