@@ -421,3 +421,24 @@ fn start_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     stat.rsplit(')').next().unwrap().split_whitespace().nth(19).unwrap().parse().unwrap()
 }
+
+#[test]
+fn orphans_beyond_max_chunk_findings_are_reset_in_batched_compare_and_swaps() {
+    let s = Scenario::new();
+    let db = s.path("cluster.db");
+    chunks_db(&db, false);
+    let w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 3"], &[]);
+    kill(w);
+    policy(&s, &db, "", ", max_chunk_findings = 2");
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2);
+    assert_eq!(orphan_keys(&doc), vec!["chunk:chunks:1:orphaned", "chunk:chunks:2:orphaned"]);
+    let overflow = finding(&doc, PLUGIN, "chunks:chunks:orphaned-overflow").unwrap_or_else(|| panic!("{doc:#}"));
+    assert_eq!(overflow["evidence"]["count"], "3");
+    assert_eq!(overflow["actions"].as_array().unwrap().len(), 1, "one batch for the one dead worker");
+
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 0, "{doc:#}");
+    assert_eq!(action_outcomes(&doc, "chunks:chunks:orphaned-overflow"), vec![("sql-exec".into(), "applied".into())]);
+    assert!(rows(&db).iter().all(|r| r.1 == "pending" && r.2.is_none() && r.3.is_none()), "{:?}", rows(&db));
+}

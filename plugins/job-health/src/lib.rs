@@ -68,6 +68,8 @@ struct Config {
 
 struct JobHealth;
 
+const MAX_JOB_FINDINGS: usize = 900;
+
 impl Plugin for JobHealth {
     type Config = Config;
 
@@ -185,7 +187,14 @@ impl Plugin for JobHealth {
                 }
             }
         }
-        findings.push(summary(&c)?);
+        // The host takes at most 1000 findings per report: the oldest ids first,
+        // the rest on the next run (the summary says how many waited).
+        let mut summary = summary(&c)?;
+        if findings.len() > MAX_JOB_FINDINGS {
+            summary = summary.evidence("deferred", format!("{} job finding(s) beyond the first {MAX_JOB_FINDINGS} wait for the next run", findings.len() - MAX_JOB_FINDINGS));
+            findings.truncate(MAX_JOB_FINDINGS);
+        }
+        findings.push(summary);
         Ok(findings)
     }
 }

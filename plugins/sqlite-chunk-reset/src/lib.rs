@@ -38,6 +38,20 @@ struct Config {
     service_user: Option<String>,
     stop_workers: bool,
     grace_ms: u32,
+    max_chunk_findings: usize,
+}
+
+const WITHHELD: &str = "withheld until the database is writable by the service user (see the unwritable finding)";
+/// Ids per batched compare-and-swap in the overflow finding.
+const BATCH: usize = 500;
+/// The host takes at most 64 actions per finding.
+const MAX_BATCHES: usize = 64;
+
+struct Orphan {
+    id: SqlValue,
+    worker: SqlValue,
+    started: SqlValue,
+    why: String,
 }
 
 struct ChunkReset;
@@ -66,6 +80,7 @@ impl Plugin for ChunkReset {
             .config_key("service_user", Some("\"\""), "the user the coordinator runs as: diagnose whether it can write the database file and directory")
             .config_key("stop_workers", Some("true"), "when the coordinator is absent, stop leftover workers after the reset (needs grants.signal)")
             .config_key("grace_ms", Some("5000"), "time between TERM and KILL when stopping a leftover worker")
+            .config_key("max_chunk_findings", Some("200"), "orphaned chunks reported one finding each (by id); beyond this, one overflow finding resets the rest in batches")
     }
 
     fn check(c: Config) -> Result<Vec<Finding>, Error> {
@@ -108,6 +123,7 @@ impl Plugin for ChunkReset {
         let mut live_running = 0usize;
         let mut leftovers: BTreeMap<u32, Process> = BTreeMap::new();
         let mut seen = std::collections::BTreeSet::new();
+        let mut orphans: Vec<Orphan> = Vec::new();
         for row in &running.rows {
             let (chunk_id, worker_value, started) = (&row[0], &row[1], &row[2]);
             // A non-unique id column: one finding per id (its reset then trips max-rows).
@@ -142,40 +158,51 @@ impl Plugin for ChunkReset {
                 }
             };
             orphaned += 1;
+            orphans.push(Orphan { id: chunk_id.clone(), worker: worker_value.clone(), started: started.clone(), why });
+        }
+
+        // One finding per orphaned chunk, up to the host's per-report limits;
+        // the rest go into one overflow finding with batched compare-and-swaps.
+        let (single, rest) = orphans.split_at(orphans.len().min(c.max_chunk_findings));
+        for o in single {
             let mut f = Finding::critical(
-                format!("chunk:{}:{}:orphaned", c.table, shown(chunk_id)),
-                format!("{} chunk {}", c.table, shown(chunk_id)),
+                format!("chunk:{}:{}:orphaned", c.table, shown(&o.id)),
+                format!("{} chunk {}", c.table, shown(&o.id)),
                 format!(
-                    "chunk {} is {} for worker {} but {why}; nothing will finish it and it blocks a restart",
-                    shown(chunk_id),
+                    "chunk {} is {} for worker {} but {}; nothing will finish it and it blocks a restart",
+                    shown(&o.id),
                     c.running_status,
-                    shown(worker_value)
+                    shown(&o.worker),
+                    o.why
                 ),
             )
-            .evidence("id", shown(chunk_id))
-            .evidence("worker", shown(worker_value))
-            .evidence("started_at", shown(started))
-            .evidence("reason", &why);
+            .evidence("id", shown(&o.id))
+            .evidence("worker", shown(&o.worker))
+            .evidence("started_at", shown(&o.started))
+            .evidence("reason", &o.why);
             if withheld {
-                f = f.evidence("reset", "withheld until the database is writable by the service user (see the unwritable finding)");
+                f = f.evidence("reset", WITHHELD);
             } else {
                 f = f.action(
                     Action::sql_exec(
                         &c.db,
                         &reset_sql,
-                        vec![SqlValue::Text(c.pending_status.clone()), chunk_id.clone(), SqlValue::Text(c.running_status.clone()), worker_value.clone()],
+                        vec![SqlValue::Text(c.pending_status.clone()), o.id.clone(), SqlValue::Text(c.running_status.clone()), o.worker.clone()],
                         1,
                     ),
                     format!(
                         "reset chunk {} to {} (worker and start time cleared) if it is still {} for worker {}",
-                        shown(chunk_id),
+                        shown(&o.id),
                         c.pending_status,
                         c.running_status,
-                        shown(worker_value)
+                        shown(&o.worker)
                     ),
                 );
             }
             findings.push(f);
+        }
+        if !rest.is_empty() {
+            findings.push(overflow_finding(&c, rest, withheld, &set_started));
         }
 
         // A dead coordinator's workers are leftovers whether or not they hold a chunk.
@@ -208,6 +235,60 @@ impl Plugin for ChunkReset {
         findings.push(state_finding(&c, orphaned, live_running, coordinator_absent)?);
         Ok(findings)
     }
+}
+
+/// Orphans beyond `max_chunk_findings`: one finding, batched compare-and-swaps
+/// per worker (`... WHERE status = 'running' AND worker IS ? AND id IN (...)`),
+/// so every row still changes only if it is still running for that worker.
+fn overflow_finding(c: &Config, rest: &[Orphan], withheld: bool, set_started: &str) -> Finding {
+    let first: Vec<String> = rest.iter().take(20).map(|o| shown(&o.id)).collect();
+    let mut f = Finding::critical(
+        format!("chunks:{}:orphaned-overflow", c.table),
+        format!("table {}", c.table),
+        format!(
+            "{} more {} chunks are orphaned (ids {}{})",
+            rest.len(),
+            c.running_status,
+            first.join(", "),
+            if rest.len() > first.len() { ", ..." } else { "" }
+        ),
+    )
+    .evidence("count", rest.len());
+    if withheld {
+        return f.evidence("reset", WITHHELD);
+    }
+    let mut by_worker: Vec<(SqlValue, Vec<SqlValue>)> = Vec::new();
+    let mut open: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for o in rest {
+        let key = format!("{:?}", o.worker);
+        match open.get(&key).copied().filter(|i| by_worker[*i].1.len() < BATCH) {
+            Some(i) => by_worker[i].1.push(o.id.clone()),
+            None => {
+                open.insert(key, by_worker.len());
+                by_worker.push((o.worker.clone(), vec![o.id.clone()]));
+            }
+        }
+    }
+    if by_worker.len() > MAX_BATCHES {
+        f = f.evidence("deferred", format!("{} batch(es) wait for the next run", by_worker.len() - MAX_BATCHES));
+    }
+    let (t, id, status, worker) = (ident(&c.table), ident(&c.id_column), ident(&c.status_column), ident(&c.worker_column));
+    for (w, ids) in by_worker.into_iter().take(MAX_BATCHES) {
+        let marks: Vec<String> = (4..4 + ids.len()).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "UPDATE {t} SET {status} = ?1, {worker} = NULL{set_started} WHERE {status} = ?2 AND {worker} IS ?3 AND {id} IN ({})",
+            marks.join(", ")
+        );
+        let n = ids.len();
+        let shown_worker = shown(&w);
+        let mut params = vec![SqlValue::Text(c.pending_status.clone()), SqlValue::Text(c.running_status.clone()), w];
+        params.extend(ids);
+        f = f.action(
+            Action::sql_exec(&c.db, &sql, params, n as u32),
+            format!("reset {n} chunk(s) of worker {shown_worker} to {} if still {} for it", c.pending_status, c.running_status),
+        );
+    }
+    f
 }
 
 /// The table as a dashboard should show it: Processing / Pending / Complete / Idle.
