@@ -34,9 +34,9 @@ fn check_bad(policy_text: &str) -> (Scenario, i32, String) {
 fn bad_policies_exit_3_name_file_line_and_key_and_write_no_journal() {
     let cases: &[(&str, &str, &str)] = &[
         ("[doctor]\njournal = \"JOURNAL\"\n\n[plugins.pid-file-stop\n", ":4:", "malformed"),
-        ("[doctor]\njournal = \"JOURNAL\"\nmax_actions = 5\n", ":3: max_actions:", "unknown field"),
+        ("[doctor]\njournal = \"JOURNAL\"\nmax_actions = 5\n", ":3: doctor.max_actions:", "unknown field"),
         ("[doctor]\njournal = \"JOURNAL\"\n\n[plugins.no-such-plugin]\nevery = \"1m\"\n", ":4: plugins.no-such-plugin:", "no plugin named"),
-        ("[doctor]\njournal = \"JOURNAL\"\n\n[plugins.pid-file-stop]\nevery = \"every tuesday\"\n", ":5: every:", "invalid duration"),
+        ("[doctor]\njournal = \"JOURNAL\"\n\n[plugins.pid-file-stop]\nevery = \"every tuesday\"\n", ":5: plugins.pid-file-stop.every:", "invalid duration"),
         (
             "[doctor]\njournal = \"JOURNAL\"\n\n[plugins.pid-file-stop]\ngrants.processes = true\nconfig = { targets = [], colour = \"red\" }\n",
             "plugins.pid-file-stop.config.colour",

@@ -45,10 +45,10 @@ struct Output {
 #[derive(Args)]
 struct Common {
     /// Policy file [default: /etc/doctor/policy.toml, or the XDG config dir]
-    #[arg(long)]
+    #[arg(long, global = true)]
     policy: Option<PathBuf>,
     /// Journal file [default: the policy's, else /var/lib/doctor/journal.db or the XDG state dir]
-    #[arg(long)]
+    #[arg(long, global = true)]
     journal: Option<PathBuf>,
 }
 
@@ -109,7 +109,7 @@ enum Command {
         command: Option<JournalCommand>,
         #[command(flatten)]
         filter: JournalFilter,
-        #[arg(long, value_enum, default_value = "human")]
+        #[arg(long, value_enum, default_value = "human", global = true)]
         format: Format,
     },
     /// systemd units for the scheduled run.
@@ -314,9 +314,9 @@ fn journal(common: Common, command: Option<JournalCommand>, filter: JournalFilte
     }
     let wait = std::time::Duration::from_secs(30);
     match command {
-        None => journal_list(&Journal::open(&path)?, &filter, format),
+        None => journal_list(&Journal::open_read_only(&path)?, &filter, format),
         Some(JournalCommand::Show { run }) => {
-            let journal = Journal::open(&path)?;
+            let journal = Journal::open_read_only(&path)?;
             let Some(detail) = query::show_run(journal.connection(), run)? else {
                 anyhow::bail!("journal {} has no run {run}", path.display());
             };

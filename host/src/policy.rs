@@ -299,6 +299,9 @@ impl Policy {
                     })?;
                 }
             }
+            for endpoint in &g.probe {
+                check_probe_grant(endpoint).map_err(|m| self.error_at_plugin(name, "grants.probe", m))?;
+            }
             if g.containers && self.container_engine.is_none() {
                 return Err(self.error_at_plugin(name, "grants.containers", "needs a [container_engine] socket".into()));
             }
@@ -353,6 +356,18 @@ impl Policy {
     }
 }
 
+/// `HOST:PORT` with a loopback HOST (IP literal or localhost) and a port or `*`.
+fn check_probe_grant(endpoint: &str) -> Result<(), String> {
+    let bad = || format!("{endpoint:?} is not HOST:PORT with a loopback host (127.0.0.1, [::1], localhost) and a port or *");
+    let (host, port) = endpoint.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false);
+    if !loopback || (port != "*" && port.parse::<u16>().is_err()) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 fn mentions(line: &str, part: &str) -> bool {
     let code = line.split('#').next().unwrap_or("");
     code.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-')).any(|w| w == part)
@@ -373,17 +388,31 @@ fn toml_error(path: &Path, source: &str, e: &toml::de::Error) -> PolicyError {
     }
 }
 
-/// The key written on the line the error points at, if any.
+/// The dotted key the error points at: the table header above the line
+/// plus the key written on it (e.g. `plugins.x.every`).
 fn key_at(source: &str, e: &toml::de::Error) -> Option<String> {
     let span = e.span()?;
     let line_start = source[..span.start.min(source.len())].rfind('\n').map(|i| i + 1).unwrap_or(0);
     let line = source[line_start..].lines().next()?;
-    let header = line.trim().strip_prefix('[').map(|h| h.trim_end_matches(']').trim_matches('[').trim_end_matches(']'));
-    if let Some(h) = header {
-        return Some(h.trim().to_string());
+    if let Some(header) = header_of(line) {
+        return Some(header);
     }
-    let (key, _) = line.split_once('=')?;
-    Some(key.trim().to_string())
+    let key = line.split_once('=').map(|(k, _)| k.trim().to_string());
+    let table = source[..line_start].lines().rev().find_map(header_of);
+    match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (None, Some(k)) => Some(k),
+        (Some(t), None) => Some(t),
+        (None, None) => None,
+    }
+}
+
+/// `[a.b]` or `[[a.b]]` → `a.b`.
+fn header_of(line: &str) -> Option<String> {
+    let code = line.split('#').next()?.trim();
+    let inner = code.strip_prefix('[')?.strip_suffix(']')?;
+    let inner = inner.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(inner);
+    Some(inner.trim().to_string())
 }
 
 #[cfg(test)]
@@ -398,7 +427,7 @@ mod tests {
     fn unknown_key_names_line_and_key() {
         let err = parse("[doctor]\nmax_actions_per_run = 3\nfrobnicate = true\n").unwrap_err();
         assert_eq!(err.line, 3, "{err}");
-        assert_eq!(err.key, "frobnicate");
+        assert_eq!(err.key, "doctor.frobnicate");
         assert!(err.message.contains("unknown field"), "{err}");
     }
 
@@ -406,7 +435,7 @@ mod tests {
     fn bad_duration_names_line_and_key() {
         let err = parse("[plugins.pid-file-stop]\nevery = \"soon\"\n").unwrap_err();
         assert_eq!(err.line, 2, "{err}");
-        assert_eq!(err.key, "every");
+        assert_eq!(err.key, "plugins.pid-file-stop.every");
         assert!(err.message.contains("invalid duration"), "{err}");
     }
 
@@ -415,6 +444,14 @@ mod tests {
         let err = parse("[plugins.x]\ngrants.sqlite = [\"jobs\"]\n").unwrap_err();
         assert_eq!(err.key, "plugins.x.grants");
         assert!(err.message.contains("\"jobs\""), "{err}");
+    }
+
+    #[test]
+    fn probe_grants_must_be_loopback_endpoints() {
+        assert!(parse("[plugins.x]\ngrants.probe = [\"127.0.0.1:9403\", \"[::1]:*\", \"localhost:80\"]\n").is_ok());
+        let err = parse("[plugins.x]\ngrants.probe = [\"10.0.0.1:80\"]\n").unwrap_err();
+        assert_eq!(err.key, "plugins.x.grants.probe");
+        assert!(parse("[plugins.x]\ngrants.probe = [\"garbage\"]\n").is_err());
     }
 
     #[test]

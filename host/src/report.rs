@@ -120,6 +120,22 @@ impl RunReport {
         self.plugins.push(summary);
     }
 
+    /// Open findings remembered by the journal, when no plugin ran now.
+    pub fn add_remembered(&mut self, rows: Vec<crate::journal::query::FindingRow>) {
+        for row in rows {
+            self.findings.push(FindingOut {
+                plugin: row.plugin,
+                key: row.key,
+                severity: Severity::parse(&row.severity).unwrap_or(Severity::Info),
+                subject: row.subject,
+                message: row.message,
+                status: Status::Persisting,
+                evidence: BTreeMap::new(),
+                actions: Vec::new(),
+            });
+        }
+    }
+
     /// Sort for stable output and settle the exit code.
     pub fn finish(&mut self, duration_ms: u64) {
         self.duration_ms = duration_ms;
@@ -152,6 +168,9 @@ impl RunReport {
     pub fn to_human(&self) -> String {
         let mut out = String::new();
         let open = self.findings.iter().filter(|f| matches!(f.status, Status::New | Status::Persisting)).count();
+        if self.run_id == 0 {
+            let _ = writeln!(out, "doctor {}: no plugin is due; {open} open finding(s) from earlier runs, exit {}", self.mode, self.exit_code);
+        } else {
         let _ = writeln!(
             out,
             "doctor {} (run {}): {} plugin(s), {} open finding(s), exit {}",
@@ -161,6 +180,7 @@ impl RunReport {
             open,
             self.exit_code
         );
+        }
         for run in &self.interrupted_runs {
             let _ = writeln!(out, "note: run {run} was interrupted before it finished (its journal entries are kept)");
         }

@@ -37,7 +37,8 @@ impl Host for CapabilityContext {
     fn kv_set(&mut self, key: String, value: String) {
         let Ok(mut kv) = self.kv.lock() else { return };
         if value.len() > MAX_KV_VALUE_BYTES || (kv.len() >= MAX_KV_ENTRIES && !kv.contains_key(&key)) {
-            self.logs.push(LogLine { level: "warn", message: format!("kv-set {key:?} refused: state limit reached") });
+            drop(kv);
+            self.log(LogLevel::Warn, format!("kv-set {key:?} refused: state limit reached"));
             return;
         }
         kv.insert(key, value);

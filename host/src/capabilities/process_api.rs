@@ -6,6 +6,7 @@ use crate::runtime::bindings::doctor::plugin::files::{self, FileKind, FileStat};
 use crate::runtime::bindings::doctor::plugin::processes::{self, Process};
 use crate::runtime::bindings::doctor::plugin::types::{Error, ProcessRef};
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::time::UNIX_EPOCH;
 
@@ -54,6 +55,11 @@ impl files::Host for CapabilityContext {
             std::io::ErrorKind::NotFound => Error::NotFound(path.clone()),
             _ => Error::Io(format!("{path}: {e}")),
         })?;
+        // Check what was actually opened: a symlink swapped in after the
+        // first check must not lead outside the grant.
+        let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|e| Error::Io(format!("{path}: {e}")))?;
+        self.grants.file(&opened.to_string_lossy())?;
         let mut bytes = Vec::new();
         file.take(u64::from(max_bytes) + 1).read_to_end(&mut bytes).map_err(|e| Error::Io(format!("{path}: {e}")))?;
         if bytes.len() > max_bytes as usize {

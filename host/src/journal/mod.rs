@@ -91,6 +91,19 @@ impl Journal {
         Ok(Journal { conn, path: path.to_path_buf() })
     }
 
+    /// Open for reading only (`doctor journal`): no migration, no WAL
+    /// switch, so a user who may only read the file can still list it.
+    pub fn open_read_only(path: &Path) -> Result<Journal, JournalError> {
+        let unusable = |message: String| JournalError::Unusable { path: path.display().to_string(), message };
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| unusable(e.to_string()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| unusable(e.to_string()))?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| unusable(e.to_string()))?;
+        if version == 0 || version > schema::SCHEMA_VERSION {
+            return Err(unusable(format!("schema version {version} is not one this doctor reads (1..={})", schema::SCHEMA_VERSION)));
+        }
+        Ok(Journal { conn, path: path.to_path_buf() })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -255,10 +268,13 @@ fn classify(tx: &rusqlite::Transaction<'_>, rec: &PluginRecord<'_>) -> anyhow::R
     for (i, finding) in rec.findings.iter().enumerate() {
         let actions = rec.actions.get(i).cloned().unwrap_or_default();
         let was_open = open.contains_key(&finding.key);
+        let attempted = actions.iter().any(|a| a.outcome != crate::plan::Outcome::Planned);
         let status = match &final_keys {
             Some(keys) if !keys.contains(&finding.key.as_str()) => {
-                if actions.is_empty() { Status::Resolved } else { Status::Fixed }
+                if attempted { Status::Fixed } else { Status::Resolved }
             }
+            // After a fix attempt, a finding is fixed or persisting, never new.
+            Some(_) if attempted => Status::Persisting,
             _ if was_open => Status::Persisting,
             _ => Status::New,
         };

@@ -198,7 +198,11 @@ fn classify(e: wasmtime::Error, limits: Limits, stderr: &MemoryOutputPipe) -> Pl
         return PluginFailure::Memory(limits.memory_bytes);
     }
     let said = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
-    let first_line = text.lines().next().unwrap_or_default().to_string();
+    // The first line of a trap's error is a backtrace header; the trap kind is what says why.
+    let first_line = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => text.lines().find(|l| !l.trim().is_empty() && !l.contains("wasm backtrace")).unwrap_or_default().to_string(),
+    };
     if said.is_empty() {
         PluginFailure::Trap(first_line)
     } else {
