@@ -51,5 +51,52 @@ fn run(path: &std::path::Path, statement: &str, params: &[Value], max_rows: u32)
             .with(before, Some("0 rows changed".into())));
     }
     tx.commit().map_err(|e| sqlite::classify(e, path))?;
+    drop(conn);
+    match_sidecar_owners(path);
     Ok(Executed::applied(format!("changed {changed} row(s)")).with(before, Some(format!("{changed} row(s) changed"))))
+}
+
+/// The doctor usually runs as root: a write may create `-wal`, `-shm` or
+/// `-journal` files owned by root that the service's own user can then not
+/// open. Give them the database file's owner.
+fn match_sidecar_owners(path: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(db) = std::fs::metadata(path) else { return };
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(suffix);
+        let sidecar = std::path::PathBuf::from(name);
+        if let Ok(meta) = std::fs::symlink_metadata(&sidecar) {
+            if meta.is_file() && (meta.uid() != db.uid() || meta.gid() != db.gid()) {
+                if let Err(e) = std::os::unix::fs::lchown(&sidecar, Some(db.uid()), Some(db.gid())) {
+                    tracing::warn!("could not give {} the owner of {}: {e}", sidecar.display(), path.display());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::match_sidecar_owners;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn sidecars_take_the_database_owner() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // only root can create files for another owner
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("jobs.db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+        std::os::unix::fs::chown(&db, Some(65534), Some(65534)).unwrap();
+        let wal = dir.path().join("jobs.db-wal");
+        assert_eq!(std::fs::metadata(&wal).unwrap().uid(), 0, "root's write made a root-owned WAL");
+        match_sidecar_owners(&db);
+        assert_eq!(std::fs::metadata(&wal).unwrap().uid(), 65534);
+        assert_eq!(std::fs::metadata(dir.path().join("jobs.db-shm")).unwrap().uid(), 65534);
+        drop(conn);
+    }
 }
