@@ -63,6 +63,32 @@ fn run_runs_a_plugin_only_when_it_is_due_across_restarts() {
 }
 
 #[test]
+fn a_tick_reports_the_open_findings_of_plugins_that_were_not_due() {
+    let s = Scenario::new();
+    s.install_plugin("hostile-shadow", &test_plugins().join("hostile_shadow.wasm"));
+    std::fs::write(s.path("a.pid"), "999999999\n").unwrap();
+    let root = s.root().display().to_string();
+    s.policy(&format!(
+        "[plugins.pid-file-stop]\nevery = \"1h\"\ngrants.processes = true\ngrants.files = [\"{root}/*.pid\"]\nconfig = {{ targets = [{{ name = \"a\", pid_file = \"{root}/a.pid\", pattern = \"^never$\" }}] }}\n\n[plugins.hostile-shadow]\nevery = \"1s\"\n"
+    ));
+    s.doctor_json(&["run"]);
+    // Later: only hostile-shadow is due; pid-file-stop's warning is still open.
+    let (code, doc) = doctor_env(&s, &["run"], &[("DOCTOR_TEST_CLOCK_SKEW", "5s")]);
+    let ran: Vec<&str> = doc["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(ran, ["hostile-shadow"]);
+    assert_eq!(finding(&doc, "pid-file-stop", "a:stale-pid-file").unwrap()["status"], "persisting", "{doc}");
+    assert_eq!(code, 1);
+
+    // Nothing due at all: the Prometheus file still carries every open finding.
+    let prom = s.path("doctor.prom");
+    let out = s.doctor(&["run", "--format", "prometheus", "--output", prom.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(text.contains("doctor_findings{plugin=\"pid-file-stop\",severity=\"warning\"} 1"), "{text}");
+    assert!(text.contains("doctor_findings{plugin=\"hostile-shadow\",severity=\"warning\"} 1"), "{text}");
+}
+
+#[test]
 fn run_applies_fixes_only_where_the_policy_says_auto() {
     let manual = Scenario::new();
     stale_pid_policy(&manual, "", "fix = \"manual\"", &["a"]);
@@ -270,11 +296,14 @@ fn systemd_units_pass_systemd_analyze_verify() {
     let s = Scenario::new();
     stale_pid_policy(&s, "", "every = \"2m\"", &["u"]);
     let units = s.path("units");
-    let out = s.doctor(&["systemd", "install", "--dir", units.to_str().unwrap()]);
+    let prom = s.path("textfile/doctor.prom");
+    let out = s.doctor(&["systemd", "install", "--dir", units.to_str().unwrap(), "--prometheus", prom.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let service = std::fs::read_to_string(units.join("doctor.service")).unwrap();
     let timer = std::fs::read_to_string(units.join("doctor.timer")).unwrap();
     assert!(service.contains(&format!("ExecStart={DOCTOR} run --policy {}", s.policy_path().display())), "{service}");
+    assert!(service.contains(&format!("--format prometheus --output {}", prom.display())), "{service}");
+    assert!(service.contains(&format!("-{}", s.path("textfile").display())), "the textfile dir is writable: {service}");
     assert!(service.contains("ProtectSystem=strict"));
     assert!(service.contains(&format!("-{}", s.root().display())) || service.contains(&format!("-{}", s.dir.path().display())), "the journal dir is writable: {service}");
     assert!(timer.contains("OnUnitActiveSec=120s") && timer.contains("RandomizedDelaySec="), "{timer}");

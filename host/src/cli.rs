@@ -155,11 +155,16 @@ enum SystemdCommand {
     Print {
         #[command(flatten)]
         common: Common,
+        /// Also write node_exporter's textfile here on every run.
+        #[arg(long, value_name = "FILE")]
+        prometheus: Option<PathBuf>,
     },
     /// Write doctor.service and doctor.timer into DIR, then say how to enable them.
     Install {
         #[command(flatten)]
         common: Common,
+        #[arg(long, value_name = "FILE")]
+        prometheus: Option<PathBuf>,
         #[arg(long, default_value = "/etc/systemd/system")]
         dir: PathBuf,
     },
@@ -406,16 +411,18 @@ fn when(unix_ms: i64) -> String {
 }
 
 fn systemd(command: SystemdCommand) -> anyhow::Result<i32> {
-    let (common, dir) = match command {
-        SystemdCommand::Print { common } => (common, None),
-        SystemdCommand::Install { common, dir } => (common, Some(dir)),
+    let (common, prometheus, dir) = match command {
+        SystemdCommand::Print { common, prometheus } => (common, prometheus, None),
+        SystemdCommand::Install { common, prometheus, dir } => (common, prometheus, Some(dir)),
     };
+    let prometheus = prometheus.map(std::path::absolute).transpose()?;
     let policy_file = std::path::absolute(policy_path(&common))?;
     let policy = Policy::load(&policy_file)?;
     let journal = std::path::absolute(pipeline::journal_path(&policy, common.journal.as_ref()))?;
     let cache = std::path::absolute(pipeline::cache_dir(&policy, &journal))?;
     let binary = std::env::current_exe().context("locating the doctor binary")?;
-    let units = crate::systemd::units(&binary, &policy, &journal, &cache);
+    let paths = crate::systemd::Paths { binary: &binary, journal: &journal, cache: &cache, prometheus: prometheus.as_deref() };
+    let units = crate::systemd::units(&policy, &paths);
     match dir {
         None => {
             println!("# {}\n{}", crate::systemd::SERVICE_NAME, units.service);

@@ -104,7 +104,8 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
     let interrupted = journal.mark_interrupted()?;
     let run_id = journal.begin_run(opts.mode.name(), &policy.file, started_ms)?;
     let gate = FixGate {
-        history: journal.fix_history(started_ms.saturating_sub(policy.doctor.flap_window.as_millis() as u64))?,
+        // Look back far enough for both the flap window and the rate limit.
+        history: journal.fix_history(started_ms.saturating_sub(policy.doctor.flap_window.max(policy.doctor.fix_min_interval).as_millis() as u64))?,
         max_fixes: policy.doctor.flap_max_fixes,
         window: policy.doctor.flap_window,
         min_interval: policy.doctor.fix_min_interval,
@@ -135,6 +136,13 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
         Ok(())
     })?;
 
+    if opts.mode == Mode::Scheduled {
+        // A tick reports the whole host: plugins not due this time still
+        // have their open findings, and monitoring must keep seeing them.
+        let ran: Vec<&str> = prepared.iter().map(|p| p.entry.name.as_str()).collect();
+        let open = crate::journal::query::findings(journal.connection(), &Default::default()).map_err(anyhow::Error::from)?;
+        report.add_remembered(open.into_iter().filter(|f| !ran.contains(&f.plugin.as_str())).collect());
+    }
     report.finish(started.elapsed().as_millis() as u64);
     journal.finish_run(run_id, report.exit_code, now_unix_ms())?;
     Ok(report)

@@ -282,9 +282,9 @@ impl Policy {
     fn check_references(&self) -> Result<(), PolicyError> {
         for (name, plugin) in &self.plugins {
             let g = &plugin.grants;
-            for label in g.sqlite.iter().chain(&g.sqlite_write) {
-                if !self.databases.contains_key(label) {
-                    return Err(self.error_at_plugin(name, "grants", format!("database {label:?} is not defined under [databases]")));
+            for (grant, labels) in [("grants.sqlite", &g.sqlite), ("grants.sqlite_write", &g.sqlite_write)] {
+                if let Some(label) = labels.iter().find(|l| !self.databases.contains_key(*l)) {
+                    return Err(self.error_at_plugin(name, grant, format!("database {label:?} is not defined under [databases]")));
                 }
             }
             for command in &g.commands {
@@ -442,7 +442,7 @@ mod tests {
     #[test]
     fn grant_of_undefined_database_is_an_error() {
         let err = parse("[plugins.x]\ngrants.sqlite = [\"jobs\"]\n").unwrap_err();
-        assert_eq!(err.key, "plugins.x.grants");
+        assert_eq!(err.key, "plugins.x.grants.sqlite");
         assert!(err.message.contains("\"jobs\""), "{err}");
     }
 

@@ -213,11 +213,14 @@ impl RunReport {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
+        // Every plugin with a result or an open finding, whether or not it ran now.
+        let names: std::collections::BTreeSet<&str> =
+            self.plugins.iter().map(|p| p.name.as_str()).chain(self.findings.iter().map(|f| f.plugin.as_str())).collect();
         let mut findings = Vec::new();
-        for p in &self.plugins {
+        for name in &names {
             for severity in [Severity::Info, Severity::Warning, Severity::Critical] {
-                let n = self.open_findings().filter(|f| f.plugin == p.name && f.severity == severity).count();
-                findings.push((labels(&[("plugin", &p.name), ("severity", severity.as_str())]), n.to_string()));
+                let n = self.open_findings().filter(|f| f.plugin == *name && f.severity == severity).count();
+                findings.push((labels(&[("plugin", name), ("severity", severity.as_str())]), n.to_string()));
             }
         }
         family("doctor_findings", "gauge", "Open findings by plugin and severity after the last run.", findings);

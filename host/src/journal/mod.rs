@@ -167,27 +167,39 @@ impl Journal {
     }
 }
 
-/// How often a finding was fixed recently: the runs in which one of its
-/// actions was applied, since the window start or the operator's last reset.
-#[derive(Debug, Clone, Copy, Default)]
+/// When a finding was fixed recently: the start times of the runs in which
+/// one of its actions was applied, since the look-back start or the
+/// operator's last reset.
+#[derive(Debug, Clone, Default)]
 pub struct FixHistory {
-    pub fixes: u32,
-    pub last_fix_ms: u64,
+    pub fix_times_ms: Vec<u64>,
+}
+
+impl FixHistory {
+    pub fn fixes_since(&self, start_ms: u64) -> u32 {
+        self.fix_times_ms.iter().filter(|t| **t >= start_ms).count() as u32
+    }
+
+    pub fn last_fix_ms(&self) -> Option<u64> {
+        self.fix_times_ms.iter().max().copied()
+    }
 }
 
 impl Journal {
-    pub fn fix_history(&self, window_start_ms: u64) -> anyhow::Result<HashMap<(String, String), FixHistory>> {
+    pub fn fix_history(&self, since_ms: u64) -> anyhow::Result<HashMap<(String, String), FixHistory>> {
         let mut stmt = self.conn.prepare(
-            "SELECT a.plugin, a.finding_key, count(DISTINCT a.run_id), max(r.started_at)
+            "SELECT DISTINCT a.plugin, a.finding_key, r.id, r.started_at
              FROM actions a JOIN runs r ON r.id = a.run_id
              LEFT JOIN flap_resets f ON f.plugin = a.plugin AND f.key = a.finding_key
-             WHERE a.outcome = 'applied' AND r.started_at >= max(?1, coalesce(f.reset_at, 0))
-             GROUP BY a.plugin, a.finding_key",
+             WHERE a.outcome = 'applied' AND r.started_at >= max(?1, coalesce(f.reset_at, 0))",
         )?;
-        let rows = stmt.query_map([window_start_ms as i64], |r| {
-            Ok(((r.get(0)?, r.get(1)?), FixHistory { fixes: r.get::<_, i64>(2)? as u32, last_fix_ms: r.get::<_, i64>(3)? as u64 }))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = stmt.query_map([since_ms as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(3)? as u64)))?;
+        let mut history: HashMap<(String, String), FixHistory> = HashMap::new();
+        for row in rows {
+            let (plugin, key, at) = row?;
+            history.entry((plugin, key)).or_default().fix_times_ms.push(at);
+        }
+        Ok(history)
     }
 
     /// Close the flap breaker of one finding: earlier fixes stop counting.

@@ -20,42 +20,44 @@ pub struct FixGate {
 }
 
 impl FixGate {
-    fn history(&self, plugin: &str, key: &str) -> FixHistory {
-        self.history.get(&(plugin.to_string(), key.to_string())).copied().unwrap_or_default()
+    fn history(&self, plugin: &str, key: &str) -> Option<&FixHistory> {
+        self.history.get(&(plugin.to_string(), key.to_string()))
     }
 
-    fn tripped(&self, plugin: &str, key: &str) -> Option<FixHistory> {
-        let h = self.history(plugin, key);
-        (self.max_fixes > 0 && h.fixes >= self.max_fixes).then_some(h)
+    /// The number of fixes within the window, when it reaches the limit.
+    fn tripped(&self, plugin: &str, key: &str) -> Option<u32> {
+        let window_start = self.now_ms.saturating_sub(self.window.as_millis() as u64);
+        let fixes = self.history(plugin, key)?.fixes_since(window_start);
+        (self.max_fixes > 0 && fixes >= self.max_fixes).then_some(fixes)
     }
 
     /// Escalate findings whose breaker is open, saying why and how to reset it.
     pub fn escalate(&self, plugin: &str, findings: &mut [Finding]) {
+        let window = humantime::format_duration(self.window);
         for f in findings.iter_mut().filter(|f| !f.actions.is_empty()) {
-            if let Some(h) = self.tripped(plugin, &f.key) {
+            if let Some(fixes) = self.tripped(plugin, &f.key) {
                 f.severity = Severity::Critical;
                 f.message = format!(
-                    "{} — flapping: fixed {} times in the last {}; auto-fix is suspended. Find the cause, then `doctor journal reset-flap {plugin} {}` (or `doctor fix --override-flap-breaker` once)",
-                    f.message,
-                    h.fixes,
-                    humantime::format_duration(self.window),
-                    f.key
+                    "{} — flapping: fixed {fixes} times in the last {window}; auto-fix is suspended. Find the cause, then `doctor journal reset-flap {plugin} {}` (or `doctor fix --override-flap-breaker` once)",
+                    f.message, f.key
                 );
-                f.evidence.push(("flap_breaker".into(), format!("{} fixes within {}", h.fixes, humantime::format_duration(self.window))));
+                f.evidence.push(("flap_breaker".into(), format!("{fixes} fixes within {window}")));
             }
         }
     }
 
     /// May this finding's actions run now?
     pub fn may_fix(&self, plugin: &str, finding: &Finding) -> Result<(), String> {
-        if let Some(h) = self.tripped(plugin, &finding.key) {
+        if let Some(fixes) = self.tripped(plugin, &finding.key) {
             if !self.override_breaker {
-                return Err(format!("flap breaker open: fixed {} times within {}", h.fixes, humantime::format_duration(self.window)));
+                return Err(format!("flap breaker open: fixed {fixes} times within {}", humantime::format_duration(self.window)));
             }
         }
-        let h = self.history(plugin, &finding.key);
-        let since = self.now_ms.saturating_sub(h.last_fix_ms);
-        if h.fixes > 0 && since < self.min_interval.as_millis() as u64 {
+        let Some(last) = self.history(plugin, &finding.key).and_then(FixHistory::last_fix_ms) else {
+            return Ok(());
+        };
+        let since = self.now_ms.saturating_sub(last);
+        if since < self.min_interval.as_millis() as u64 {
             return Err(format!(
                 "rate limit: fixed {} ago; fix_min_interval is {}",
                 humantime::format_duration(Duration::from_millis(since)),
