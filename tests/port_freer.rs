@@ -17,7 +17,7 @@ const PLUGIN: &str = "port-9403-freer";
 fn listener(port: u16, host: &str, tag: &str) -> Proc {
     let family = if host.contains(':') { "socket.AF_INET6" } else { "socket.AF_INET" };
     let script = format!(
-        "import socket,time\ns=socket.socket({family})\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{host}',{port}))\ns.listen()\nwhile True: time.sleep(1)\n# {tag}"
+        "# {tag}\nimport socket,time\ns=socket.socket({family})\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{host}',{port}))\ns.listen()\nwhile True: time.sleep(1)\n"
     );
     let p = Proc::spawn(&["python3", "-c", &script]);
     wait_listening(port);

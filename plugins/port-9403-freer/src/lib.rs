@@ -195,7 +195,7 @@ enum Holder {
 impl Holder {
     fn describe(&self) -> String {
         match self {
-            Holder::Process(p) => format!("pid {} (uid {}): {}", p.id.pid, p.uid, command_line(p)),
+            Holder::Process(p) => format!("pid {} (uid {}: {})", p.id.pid, p.uid, one_line(&command_line(p), 160)),
             Holder::Container { name, image, id, via, .. } => {
                 format!("container {name} ({image}, id {}) found by {via}", short(id))
             }
@@ -209,6 +209,17 @@ fn command_line(p: &Process) -> String {
         format!("[{}]", p.name)
     } else {
         p.argv.join(" ")
+    }
+}
+
+/// A command line on one line, at most `max` characters, for messages
+/// (the evidence keeps it whole).
+fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        format!("{}…", flat.chars().take(max).collect::<String>())
     }
 }
 
@@ -230,7 +241,7 @@ fn check_port(ctx: &PortCtx, listeners: &[&Listener], engine: &mut EngineView) -
         let key = if all_containers { "unexpected-container" } else { "unexpected-owner" };
         let who: Vec<String> = unexpected.iter().map(Holder::describe).collect();
         let message = format!(
-            "port {port} ({}) is held by {} which is not {}",
+            "port {port} ({}) is held by {}; {}",
             addresses.join(", "),
             who.join("; "),
             expectation_text(ctx.watch)
@@ -441,7 +452,7 @@ fn ordered<'a>(ctx: &PortCtx, holders: &'a [Holder]) -> Vec<&'a Holder> {
 
 fn expectation_text(w: &Watch) -> String {
     let Some(e) = &w.expect else {
-        return "expected here (the port should be free)".into();
+        return "nothing is expected on this port: it should be free".into();
     };
     let mut parts = Vec::new();
     if let Some(c) = &e.command {
@@ -457,9 +468,9 @@ fn expectation_text(w: &Watch) -> String {
         parts.push(format!("image {i}"));
     }
     if parts.is_empty() {
-        "expected here (the expectation is empty: the port should be free)".into()
+        "nothing is expected on this port: it should be free".into()
     } else {
-        format!("the expected owner ({})", parts.join(", "))
+        format!("the expected owner is a {}", parts.join(", "))
     }
 }
 
