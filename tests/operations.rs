@@ -8,24 +8,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
-/// pid-file-stop watching stale PID files `names` in the scenario dir.
-fn stale_pid_policy(s: &Scenario, doctor_extra: &str, plugin_extra: &str, names: &[&str]) {
-    let root = s.root().display().to_string();
-    let mut targets = String::new();
-    for name in names {
-        std::fs::write(s.path(&format!("{name}.pid")), "999999999\n").unwrap();
-        targets.push_str(&format!(
-            "\n[[plugins.pid-file-stop.config.targets]]\nname = \"{name}\"\npid_file = \"{root}/{name}.pid\"\npattern = \"^never$\"\n"
-        ));
-    }
-    s.policy_with(
-        doctor_extra,
-        &format!(
-            "[plugins.pid-file-stop]\n{plugin_extra}\ngrants.processes = true\ngrants.files = [\"{root}/*.pid\"]\ngrants.files_remove = [\"{root}/*.pid\"]\n{targets}"
-        ),
-    );
-}
-
 fn count(s: &Scenario, sql: &str) -> i64 {
     s.journal().query_row(sql, [], |r| r.get(0)).unwrap()
 }
@@ -45,7 +27,7 @@ fn doctor_env(s: &Scenario, args: &[&str], env: &[(&str, &str)]) -> (i32, serde_
 #[test]
 fn run_runs_a_plugin_only_when_it_is_due_across_restarts() {
     let s = Scenario::new();
-    stale_pid_policy(&s, "", "every = \"1h\"", &["a"]);
+    s.stale_pid_policy("", "every = \"1h\"", &["a"]);
     let (code, first) = s.doctor_json(&["run"]);
     assert_eq!(first["plugins"].as_array().unwrap().len(), 1, "{first}");
     assert_eq!(code, 1);
@@ -91,12 +73,12 @@ fn a_tick_reports_the_open_findings_of_plugins_that_were_not_due() {
 #[test]
 fn run_applies_fixes_only_where_the_policy_says_auto() {
     let manual = Scenario::new();
-    stale_pid_policy(&manual, "", "fix = \"manual\"", &["a"]);
+    manual.stale_pid_policy("", "fix = \"manual\"", &["a"]);
     manual.doctor_json(&["run"]);
     assert!(manual.path("a.pid").exists(), "manual: the scheduled run only reports");
 
     let auto = Scenario::new();
-    stale_pid_policy(&auto, "", "fix = \"auto\"", &["a"]);
+    auto.stale_pid_policy("", "fix = \"auto\"", &["a"]);
     let (code, doc) = auto.doctor_json(&["run"]);
     assert!(!auto.path("a.pid").exists(), "auto: the scheduled run fixes");
     assert_eq!(finding(&doc, "pid-file-stop", "a:stale-pid-file").unwrap()["status"], "fixed");
@@ -106,7 +88,7 @@ fn run_applies_fixes_only_where_the_policy_says_auto() {
 #[test]
 fn the_flap_breaker_counts_across_processes_escalates_and_yields_only_to_the_flag() {
     let s = Scenario::new();
-    stale_pid_policy(&s, "flap_max_fixes = 3\nflap_window = \"1h\"", "", &["flappy"]);
+    s.stale_pid_policy("flap_max_fixes = 3\nflap_window = \"1h\"", "", &["flappy"]);
     for round in 1..=3 {
         std::fs::write(s.path("flappy.pid"), "999999999\n").unwrap();
         let (code, doc) = s.doctor_json(&["fix"]);
@@ -141,7 +123,7 @@ fn the_flap_breaker_counts_across_processes_escalates_and_yields_only_to_the_fla
 #[test]
 fn the_rate_limit_holds_a_second_fix_back() {
     let s = Scenario::new();
-    stale_pid_policy(&s, "fix_min_interval = \"1h\"", "", &["r"]);
+    s.stale_pid_policy("fix_min_interval = \"1h\"", "", &["r"]);
     s.doctor_json(&["fix"]);
     std::fs::write(s.path("r.pid"), "999999999\n").unwrap();
     let (_, doc) = s.doctor_json(&["fix"]);
@@ -154,7 +136,7 @@ fn the_rate_limit_holds_a_second_fix_back() {
 #[test]
 fn the_action_budget_stops_a_run_and_records_the_rest_as_skipped() {
     let s = Scenario::new();
-    stale_pid_policy(&s, "max_actions_per_run = 2", "", &["a", "b", "c"]);
+    s.stale_pid_policy("max_actions_per_run = 2", "", &["a", "b", "c"]);
     let (code, doc) = s.doctor_json(&["fix"]);
     let outcomes: Vec<String> = ["a", "b", "c"]
         .iter()
@@ -217,7 +199,7 @@ config = {{ targets = [{{ name = "t", pattern = "kill9-target", grace_ms = 20000
 #[test]
 fn prometheus_output_is_well_formed_and_written_atomically() {
     let s = Scenario::new();
-    stale_pid_policy(&s, "", "", &["p"]);
+    s.stale_pid_policy("", "", &["p"]);
     let prom = s.path("doctor.prom");
     let out = s.doctor(&["check", "--format", "prometheus", "--output", prom.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
@@ -244,7 +226,7 @@ fn prometheus_output_is_well_formed_and_written_atomically() {
 #[test]
 fn nagios_output_is_one_status_line_with_perfdata() {
     let s = Scenario::new();
-    stale_pid_policy(&s, "", "", &["n"]);
+    s.stale_pid_policy("", "", &["n"]);
     let out = s.doctor(&["check", "--format", "nagios"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 1, "{text}");
@@ -256,7 +238,7 @@ fn nagios_output_is_one_status_line_with_perfdata() {
 #[test]
 fn journal_show_filters_and_prune() {
     let s = Scenario::new();
-    stale_pid_policy(&s, "", "", &["j"]);
+    s.stale_pid_policy("", "", &["j"]);
     s.doctor_json(&["check"]);
     s.doctor_json(&["fix"]);
 
@@ -294,7 +276,7 @@ fn journal_show_filters_and_prune() {
 #[test]
 fn systemd_units_pass_systemd_analyze_verify() {
     let s = Scenario::new();
-    stale_pid_policy(&s, "", "every = \"2m\"", &["u"]);
+    s.stale_pid_policy("", "every = \"2m\"", &["u"]);
     let units = s.path("units");
     let prom = s.path("textfile/doctor.prom");
     let out = s.doctor(&["systemd", "install", "--dir", units.to_str().unwrap(), "--prometheus", prom.to_str().unwrap()]);

@@ -8,19 +8,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
-fn stale_pid_policy(s: &Scenario) {
-    std::fs::write(s.path("stale.pid"), "999999999\n").unwrap();
-    let root = s.root().display().to_string();
-    s.policy(&format!(
-        r#"
-[plugins.pid-file-stop]
-grants.processes = true
-grants.files = ["{root}/*.pid"]
-config = {{ targets = [{{ name = "w", pid_file = "{root}/stale.pid", pattern = "^never$" }}] }}
-"#
-    ));
-}
-
 /// Run `doctor check` on `policy_text`; return (exit code, stderr).
 fn check_bad(policy_text: &str) -> (Scenario, i32, String) {
     let s = Scenario::new();
@@ -68,14 +55,14 @@ fn policy_validate_accepts_the_shipped_examples() {
 #[test]
 fn a_finding_goes_new_then_persisting_then_resolved() {
     let s = Scenario::new();
-    stale_pid_policy(&s);
+    s.stale_pid_policy("", "", &["w"]);
     let status = |doc: &serde_json::Value| finding(doc, "pid-file-stop", "w:stale-pid-file").map(|f| f["status"].as_str().unwrap().to_string());
 
     let (_, first) = s.doctor_json(&["check"]);
     assert_eq!(status(&first).as_deref(), Some("new"));
     let (_, second) = s.doctor_json(&["check"]);
     assert_eq!(status(&second).as_deref(), Some("persisting"));
-    std::fs::remove_file(s.path("stale.pid")).unwrap();
+    std::fs::remove_file(s.path("w.pid")).unwrap();
     let (code, third) = s.doctor_json(&["check"]);
     assert_eq!(status(&third).as_deref(), Some("resolved"));
     assert_eq!(code, 0, "a resolved finding is not a problem");
@@ -127,7 +114,7 @@ fn a_second_concurrent_run_waits_then_fails_clearly() {
 #[test]
 fn the_second_run_loads_from_the_cache_and_a_corrupt_entry_is_a_miss() {
     let s = Scenario::new();
-    stale_pid_policy(&s);
+    s.stale_pid_policy("", "", &["w"]);
     // A cache of this scenario's own, so the first run must compile.
     let text = std::fs::read_to_string(s.policy_path()).unwrap();
     let own_cache = s.path("cache");
@@ -171,7 +158,7 @@ fn the_second_run_loads_from_the_cache_and_a_corrupt_entry_is_a_miss() {
 #[test]
 fn unknown_plugin_on_the_command_line_is_a_usage_error() {
     let s = Scenario::new();
-    stale_pid_policy(&s);
+    s.stale_pid_policy("", "", &["w"]);
     let out = s.doctor(&["check", "--plugin", "nope"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--plugin nope"));

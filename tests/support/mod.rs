@@ -95,6 +95,25 @@ impl Scenario {
         rusqlite::Connection::open(self.journal_path()).expect("open journal")
     }
 
+    /// pid-file-stop watching one stale PID file `NAME.pid` per name (each
+    /// finding keyed `NAME:stale-pid-file`), allowed to remove them.
+    pub fn stale_pid_policy(&self, doctor_extra: &str, plugin_extra: &str, names: &[&str]) {
+        let root = self.root().display().to_string();
+        let mut targets = String::new();
+        for name in names {
+            std::fs::write(self.path(&format!("{name}.pid")), "999999999\n").expect("write PID file");
+            targets.push_str(&format!(
+                "\n[[plugins.pid-file-stop.config.targets]]\nname = \"{name}\"\npid_file = \"{root}/{name}.pid\"\npattern = \"^never$\"\n"
+            ));
+        }
+        self.policy_with(
+            doctor_extra,
+            &format!(
+                "[plugins.pid-file-stop]\n{plugin_extra}\ngrants.processes = true\ngrants.files = [\"{root}/*.pid\"]\ngrants.files_remove = [\"{root}/*.pid\"]\n{targets}"
+            ),
+        );
+    }
+
     /// Copy a test plugin component into this scenario's plugin directory.
     pub fn install_plugin(&self, name: &str, wasm: &Path) {
         std::fs::create_dir_all(self.path("plugins")).expect("plugins dir");
