@@ -283,3 +283,43 @@ fn expected_owner_with_an_unexpected_neighbour_keeps_the_port() {
     assert!(bad.reap(Duration::from_secs(5)).is_some());
     assert!(good.running(), "the expected owner is never touched");
 }
+
+/// A container (host network, so its socket is in our namespace) holds the
+/// port: it is mapped to the container through its owner's cgroup, named by
+/// the engine, and stopped through the engine — not by signalling its process.
+#[test]
+fn container_holding_the_port_is_stopped_through_the_engine() {
+    let podman = support::podman::Podman::start();
+    podman.import_busybox("localhost/busybox:1.36");
+    let port = support::free_port();
+    let id = podman.create(&[
+        "--name", "web-old", "--network", "host", "localhost/busybox:1.36",
+        "/bin/busybox", "httpd", "-f", "-p", &format!("127.0.0.1:{port}"),
+    ]);
+    let started = podman.podman(&["start", &id]);
+    if !started.status.success() {
+        eprintln!("skipping: containers cannot start here: {}", String::from_utf8_lossy(&started.stderr));
+        return;
+    }
+    wait_listening(port);
+    let s = Scenario::new();
+    s.policy(&format!(
+        "[container_engine]\nsocket = {:?}\ntimeout = \"30s\"\n\n[plugins.port-9403-freer]\ngrants.sockets = true\ngrants.processes = true\ngrants.containers = true\ngrants.containers_write = [\"web-*\"]\nconfig = {{ ports = [{{ port = {port}, expect = {{ container = \"web-new\" }} }}], deadline_ms = 20000 }}\n",
+        podman.socket().display().to_string()
+    ));
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2, "{doc:#}");
+    let key = format!("port:{port}:unexpected-container");
+    let f = finding(&doc, PLUGIN, &key).unwrap_or_else(|| panic!("no {key} in {doc:#}"));
+    let message = f["message"].as_str().unwrap();
+    assert!(message.contains("container web-old") && message.contains("cgroup"), "{message}");
+    assert_eq!(actions(f), vec![("container-stop".into(), "planned".into()), ("wait-port-free".into(), "planned".into())]);
+
+    let (code, doc) = s.doctor_json(&["fix"]);
+    let f = finding(&doc, PLUGIN, &key).unwrap();
+    assert_eq!(actions(f), vec![("container-stop".into(), "applied".into()), ("wait-port-free".into(), "applied".into())], "{f:#}");
+    assert_eq!(code, 0, "{doc:#}");
+    let state = podman.podman(&["inspect", "--format", "{{.State.Status}}", &id]);
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "exited");
+    assert!(bindable(port));
+}
