@@ -10,7 +10,7 @@ pub fn remove(ctx: &ActionContext, path: &str) -> Executed {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Executed::skipped(format!("{path} is already gone"));
+            return Executed::already_done(format!("{path} is already gone"));
         }
         Err(e) => return Executed::failed(format!("{path}: {e}")),
     };

@@ -31,11 +31,19 @@ pub struct Executed {
     pub detail: String,
     pub before: Option<String>,
     pub after: Option<String>,
+    /// The state the action aims at holds afterwards (applied, or nothing to
+    /// do: the process to stop or the file to remove was already gone).
+    /// Actions that need their predecessors go on only if this is true.
+    pub goal_met: bool,
 }
 
 impl Executed {
     fn new(outcome: Outcome, detail: String) -> Self {
-        Executed { outcome, detail, before: None, after: None }
+        Executed { outcome, detail, before: None, after: None, goal_met: outcome == Outcome::Applied }
+    }
+    /// Skipped because there was nothing left to do.
+    pub fn already_done(detail: String) -> Self {
+        Executed { goal_met: true, ..Self::new(Outcome::Skipped, detail) }
     }
     pub fn applied(detail: String) -> Self {
         Self::new(Outcome::Applied, detail)

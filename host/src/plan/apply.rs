@@ -2,7 +2,7 @@
 //! order. A failed action is recorded and the rest still run, unless an
 //! action says it needs its predecessors; the run-wide budget caps the total.
 
-use super::{ActionResult, Finding, Outcome};
+use super::{ActionResult, Finding};
 use crate::actions::{self, ActionContext, Executed};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
@@ -56,7 +56,7 @@ fn apply_finding(
             } else {
                 actions::execute(ctx, &planned.action)
             };
-            all_succeeded &= executed.outcome == Outcome::Applied;
+            all_succeeded &= executed.goal_met;
             result.outcome = executed.outcome;
             result.detail = executed.detail;
             result.before = executed.before;
@@ -66,4 +66,77 @@ fn apply_finding(
             result
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::EffectiveGrants;
+    use crate::plan::{Action, Outcome, PlannedAction, Severity};
+    use crate::policy::{Grants, Policy, SignalGrant};
+    use std::sync::Arc;
+
+    fn context(dir: &std::path::Path) -> ActionContext {
+        let grants = Grants {
+            files_remove: vec![format!("{}/*", dir.display())],
+            signal: Some(SignalGrant { patterns: vec!["^true$".into()], uids: vec![] }),
+            ..Default::default()
+        };
+        ActionContext {
+            plugin: "p".into(),
+            grants: EffectiveGrants::new("p", &["signal".into(), "files_remove".into()], &grants),
+            policy: Arc::new(Policy::parse(std::path::Path::new("t.toml"), "").unwrap()),
+            protected_pids: vec![std::process::id()],
+            engine: None,
+        }
+    }
+
+    fn finding(actions: Vec<(Action, bool)>) -> Finding {
+        Finding {
+            key: "k".into(),
+            severity: Severity::Warning,
+            subject: String::new(),
+            message: String::new(),
+            evidence: vec![],
+            actions: actions.into_iter().map(|(action, needs_previous)| PlannedAction { action, description: String::new(), needs_previous }).collect(),
+        }
+    }
+
+    #[test]
+    fn a_stop_whose_process_is_already_gone_does_not_block_what_needs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        let file = dir.join("w.pid");
+        std::fs::write(&file, "1").unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let f = finding(vec![
+            (Action::StopProcess { pid, start_time: 1, grace_ms: 100 }, false),
+            (Action::RemoveFile { path: file.display().to_string() }, true),
+        ]);
+        let results = apply(&context(&dir), &[f], &Budget::new(10), |_| Ok(()));
+        assert_eq!(results[0][0].outcome, Outcome::Skipped, "{:?}", results[0][0]);
+        assert_eq!(results[0][1].outcome, Outcome::Applied, "{:?}", results[0][1]);
+        assert!(!file.exists());
+    }
+
+    #[test]
+    fn a_refused_action_blocks_what_needs_it_but_not_what_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::write(&a, "").unwrap();
+        std::fs::write(&b, "").unwrap();
+        let f = finding(vec![
+            (Action::RemoveFile { path: "/etc/hostname".into() }, false),
+            (Action::RemoveFile { path: a.display().to_string() }, true),
+            (Action::RemoveFile { path: b.display().to_string() }, false),
+        ]);
+        let results = apply(&context(&dir), &[f], &Budget::new(10), |_| Ok(()));
+        let outcomes: Vec<Outcome> = results[0].iter().map(|r| r.outcome).collect();
+        assert_eq!(outcomes, [Outcome::Refused, Outcome::Skipped, Outcome::Applied]);
+        assert!(a.exists() && !b.exists());
+        assert!(std::path::Path::new("/etc/hostname").exists());
+    }
 }
