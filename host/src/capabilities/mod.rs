@@ -12,6 +12,7 @@ pub(crate) use sqlite_api::from_wit as sqlite_value;
 
 use crate::facts::containers::Engine;
 use crate::facts::processes::{self, ProcessInfo};
+use crate::facts::sockets::{self, Listener};
 use crate::policy::Policy;
 use crate::runtime::bindings::doctor::plugin::types::Error as WitError;
 use std::collections::BTreeMap;
@@ -27,13 +28,14 @@ impl From<Denied> for WitError {
 pub struct RunFacts {
     pub policy: Arc<Policy>,
     processes: OnceLock<Result<Arc<Vec<ProcessInfo>>, String>>,
+    listeners: OnceLock<Result<Arc<Vec<Listener>>, String>>,
     engine: Option<Arc<Engine>>,
 }
 
 impl RunFacts {
     pub fn new(policy: Arc<Policy>) -> Arc<Self> {
         let engine = policy.container_engine.as_ref().map(|c| Arc::new(Engine::new(c.socket.clone(), c.timeout)));
-        Arc::new(RunFacts { policy, processes: OnceLock::new(), engine })
+        Arc::new(RunFacts { policy, processes: OnceLock::new(), listeners: OnceLock::new(), engine })
     }
 
     pub fn engine(&self) -> Option<&Engine> {
@@ -42,6 +44,12 @@ impl RunFacts {
 
     pub fn engine_handle(&self) -> Option<Arc<Engine>> {
         self.engine.clone()
+    }
+
+    pub fn listeners(&self) -> Result<Arc<Vec<Listener>>, String> {
+        self.listeners
+            .get_or_init(|| sockets::listeners().map(Arc::new).map_err(|e| format!("reading /proc/net: {e}")))
+            .clone()
     }
 
     pub fn processes(&self) -> Result<Arc<Vec<ProcessInfo>>, String> {

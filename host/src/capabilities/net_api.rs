@@ -16,9 +16,9 @@ const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 impl sockets::Host for CapabilityContext {
     fn listeners(&mut self) -> Result<Vec<Listener>, Error> {
         self.grants.sockets()?;
-        let found = socket_facts::listeners().map_err(|e| Error::Io(format!("reading /proc/net: {e}")))?;
+        let found = self.facts.listeners().map_err(Error::Io)?;
         Ok(found
-            .into_iter()
+            .iter()
             .map(|l| Listener {
                 protocol: match l.protocol {
                     socket_facts::Protocol::Tcp => Protocol::Tcp,
