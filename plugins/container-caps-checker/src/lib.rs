@@ -72,7 +72,7 @@ impl Plugin for CapsChecker {
         let mut findings = Vec::new();
         for c in list {
             let name = c.names.first().cloned().unwrap_or_else(|| c.id.chars().take(12).collect());
-            if !config.names.iter().any(|g| glob(g, &name)) {
+            if !config.names.iter().any(|g| doctor_sdk::glob_match(g, &name)) {
                 continue;
             }
             let doc = match containers::inspect(&c.id) {
@@ -86,7 +86,7 @@ impl Plugin for CapsChecker {
                 // Removed between the list and the inspect: nothing to check.
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => {
-                    findings.push(inspect_failed(&name, &error_text(&e)));
+                    findings.push(inspect_failed(&name, &doctor_sdk::error_text(&e)));
                     continue;
                 }
             };
@@ -97,7 +97,7 @@ impl Plugin for CapsChecker {
 }
 
 fn engine_finding(e: &Error) -> Finding {
-    let why = error_text(e);
+    let why = doctor_sdk::error_text(e);
     Finding::critical(
         "engine:unavailable",
         "container engine",
@@ -113,16 +113,6 @@ fn inspect_failed(name: &str, why: &str) -> Finding {
         format!("the engine could not inspect container {name}: {why}"),
     )
     .evidence("error", why)
-}
-
-fn error_text(e: &Error) -> String {
-    match e {
-        Error::Denied(m) => format!("denied: {m}"),
-        Error::NotFound(m) => format!("not found: {m}"),
-        Error::Invalid(m) => format!("invalid: {m}"),
-        Error::Io(m) => format!("i/o: {m}"),
-        Error::Limit(m) => format!("limit: {m}"),
-    }
 }
 
 struct Subject<'a> {
@@ -366,7 +356,7 @@ fn healthcheck_finding(s: &Subject, doc: &Value) -> Option<Finding> {
             Ok(true) => return None,
             Ok(false) => {}
             Err(e) => {
-                doctor_sdk::log(host::LogLevel::Warn, format!("container {}: cannot check {path}: {}", s.name, error_text(&e)));
+                doctor_sdk::log(host::LogLevel::Warn, format!("container {}: cannot check {path}: {}", s.name, doctor_sdk::error_text(&e)));
                 return None; // unproven: say nothing rather than guess
             }
         }
@@ -477,20 +467,6 @@ fn state_findings(config: &Config, s: &Subject, doc: &Value, restart: &str) -> V
         );
     }
     out
-}
-
-/// `*` and `?` glob, whole string.
-fn glob(pattern: &str, text: &str) -> bool {
-    fn go(p: &[u8], t: &[u8]) -> bool {
-        match (p.first(), t.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &t[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), text.as_bytes())
 }
 
 register_plugin!(CapsChecker);

@@ -345,24 +345,14 @@ fn probe_health(url: &str, timeout_ms: u32) -> Health {
             Ok(true) => Health::Healthy,
             Ok(false) => Health::Unhealthy(format!("{url} does not accept connections within {timeout_ms} ms")),
             Err(Error::Io(e)) => Health::Unhealthy(format!("{url}: {e}")),
-            Err(e) => Health::Unknown(error_text(&e)),
+            Err(e) => Health::Unknown(doctor_sdk::error_text(&e)),
         };
     }
     match probe::http_get(url, timeout_ms) {
         Ok(r) if r.status < 400 => Health::Healthy,
         Ok(r) => Health::Unhealthy(format!("GET {url} answered HTTP {}", r.status)),
         Err(Error::Io(e)) | Err(Error::Limit(e)) => Health::Unhealthy(format!("GET {url} failed: {e}")),
-        Err(e) => Health::Unknown(error_text(&e)),
-    }
-}
-
-fn error_text(e: &Error) -> String {
-    match e {
-        Error::Denied(m) => format!("denied: {m}"),
-        Error::NotFound(m) => format!("not found: {m}"),
-        Error::Invalid(m) => format!("invalid: {m}"),
-        Error::Io(m) => format!("i/o: {m}"),
-        Error::Limit(m) => format!("limit: {m}"),
+        Err(e) => Health::Unknown(doctor_sdk::error_text(&e)),
     }
 }
 
@@ -602,7 +592,7 @@ impl EngineView {
         match containers::all(false) {
             Ok(list) => self.containers = list,
             Err(e) => {
-                doctor_sdk::log(host::LogLevel::Debug, format!("containers not available: {}", error_text(&e)));
+                doctor_sdk::log(host::LogLevel::Debug, format!("containers not available: {}", doctor_sdk::error_text(&e)));
                 return;
             }
         }
@@ -647,18 +637,9 @@ fn published_ports(doc: &serde_json::Value) -> Vec<u16> {
     out
 }
 
-/// `*` and `?` glob, whole string.
+/// `*` and `?` glob over the whole name; Docker's leading `/` is ignored.
 fn glob(pattern: &str, text: &str) -> bool {
-    fn go(p: &[u8], t: &[u8]) -> bool {
-        match (p.first(), t.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &t[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), text.trim_start_matches('/').as_bytes())
+    doctor_sdk::glob_match(pattern, text.trim_start_matches('/'))
 }
 
 register_plugin!(PortFreer);

@@ -72,6 +72,48 @@ pub trait Plugin {
     fn check(config: Self::Config) -> Result<Vec<Finding>, Error>;
 }
 
+/// `denied: …`, `not found: …`: an error as an operator reads it in a
+/// finding or log (wit-bindgen's own `Display` prints the Rust form).
+pub fn error_text(e: &Error) -> String {
+    match e {
+        Error::Denied(m) => format!("denied: {m}"),
+        Error::NotFound(m) => format!("not found: {m}"),
+        Error::Invalid(m) => format!("invalid: {m}"),
+        Error::Io(m) => format!("i/o: {m}"),
+        Error::Limit(m) => format!("limit: {m}"),
+    }
+}
+
+/// Shell-style match of `*` (any run of characters) and `?` (one character),
+/// for container names and image references. Linear in practice: a `*`
+/// remembers one backtrack point instead of recursing.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(c) if *c == '?' || *c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
 /// Log a line into the journal and the host's log.
 pub fn log(level: host::LogLevel, message: impl AsRef<str>) {
     host::log(level, message.as_ref());
@@ -121,4 +163,26 @@ macro_rules! register_plugin {
         }
         $crate::bindings::__export_plugin!(__DoctorPluginExport with_types_in $crate::bindings);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs_match_whole_names() {
+        assert!(glob_match("web-*", "web-1"));
+        assert!(glob_match("*busybox*", "localhost/busybox:latest"));
+        assert!(glob_match("w?b", "web"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("web-*", "db"));
+        assert!(!glob_match("web", "web-1"));
+        assert!(!glob_match("a*b*c", "abca-b"));
+    }
+
+    #[test]
+    fn many_stars_do_not_backtrack_exponentially() {
+        let text = "a".repeat(64);
+        assert!(!glob_match(&format!("{}b", "*a".repeat(30)), &text));
+    }
 }
