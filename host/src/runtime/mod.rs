@@ -13,6 +13,8 @@ use crate::capabilities::CapabilityContext;
 use crate::plan::Finding;
 use anyhow::Context as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, HasData, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -70,6 +72,14 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<PluginState>,
     cache_dir: Option<PathBuf>,
+    /// Ends the epoch ticker when the runtime is dropped (the daemon makes one per run).
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A compiled plugin ready to instantiate.
@@ -110,8 +120,9 @@ impl Runtime {
         bindings::Plugin::add_to_linker::<PluginState, Capabilities>(&mut linker, |s| &mut s.caps)
             .map_err(wasm_err)
             .context("linking the doctor imports")?;
-        start_epoch_ticker(&engine);
-        Ok(Runtime { engine, linker, cache_dir })
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        start_epoch_ticker(&engine, ticker_stop.clone());
+        Ok(Runtime { engine, linker, cache_dir, ticker_stop })
     }
 
     /// Compile `bytes` (or load them from the cache) into a component.
@@ -210,15 +221,49 @@ fn classify(e: wasmtime::Error, limits: Limits, stderr: &MemoryOutputPipe) -> Pl
     }
 }
 
-/// One ticker per engine for the life of the process: the engine's epoch is
+/// One ticker per engine, for the life of its runtime: the engine's epoch is
 /// what turns a runaway plugin into a trap.
-fn start_epoch_ticker(engine: &Engine) {
+fn start_epoch_ticker(engine: &Engine, stop: Arc<AtomicBool>) {
     let engine = engine.clone();
     std::thread::Builder::new()
         .name("doctor-epoch".into())
-        .spawn(move || loop {
-            std::thread::sleep(EPOCH_TICK);
-            engine.increment_epoch();
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
         })
         .ok();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Runtime;
+
+    fn epoch_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "doctor-epoch")
+            .count()
+    }
+
+    #[test]
+    fn a_dropped_runtime_stops_its_epoch_ticker() {
+        let before = epoch_threads();
+        let settle = |want: &dyn Fn(usize) -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while !want(epoch_threads()) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            epoch_threads()
+        };
+        for _ in 0..3 {
+            let runtime = Runtime::new(None).unwrap();
+            // A new thread names itself, so give it a moment.
+            assert!(settle(&|n| n > before) > before, "the ticker runs");
+            drop(runtime);
+        }
+        assert_eq!(settle(&|n| n == before), before, "every ticker ended with its runtime");
+    }
 }
