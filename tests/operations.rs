@@ -147,6 +147,13 @@ fn the_action_budget_stops_a_run_and_records_the_rest_as_skipped() {
     let remaining = ["a", "b", "c"].iter().filter(|n| s.path(&format!("{n}.pid")).exists()).count();
     assert_eq!(remaining, 1, "exactly the skipped one is left");
     assert_eq!(count(&s, "SELECT count(*) FROM actions WHERE outcome = 'skipped' AND detail LIKE '%budget%'"), 1);
+    // First seen in this run and not fixed by it: persisting, not new.
+    let statuses: Vec<&str> = ["a", "b", "c"]
+        .iter()
+        .map(|n| finding(&doc, "pid-file-stop", &format!("{n}:stale-pid-file")).unwrap()["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == "fixed").count(), 2, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == "persisting").count(), 1, "{statuses:?}");
     assert_eq!(code, 2, "a finding that outlived its fix run is critical");
 }
 
