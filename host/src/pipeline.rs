@@ -253,7 +253,7 @@ fn load(
                 .into());
         }
     }
-    let caps = context(&entry.name, EffectiveGrants::none(&entry.name), facts.clone(), BTreeMap::new());
+    let caps = context(&entry.name, EffectiveGrants::none(&entry.name), facts.clone(), Default::default());
     let info = match runtime.describe(&loaded.component, caps, limits) {
         Ok(info) => info,
         Err(e) => return Ok(Err(e)),
@@ -296,8 +296,9 @@ fn config_json(policy: &Policy, name: &str, plugin: &PluginPolicy, info: &Plugin
     Ok(json.to_string())
 }
 
-fn context(plugin: &str, grants: EffectiveGrants, facts: Arc<RunFacts>, state: BTreeMap<String, String>) -> CapabilityContext {
-    CapabilityContext { plugin: plugin.to_string(), grants, facts, kv: Arc::new(Mutex::new(state)), logs: Vec::new() }
+/// `kv` is the plugin's state, shared by its check and its re-check.
+fn context(plugin: &str, grants: EffectiveGrants, facts: Arc<RunFacts>, kv: Arc<Mutex<BTreeMap<String, String>>>) -> CapabilityContext {
+    CapabilityContext { plugin: plugin.to_string(), grants, facts, kv, logs: Vec::new() }
 }
 
 /// What one plugin's thread sends back to be journalled.
@@ -335,8 +336,7 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
     summary.loaded(&info.version, &loaded.sha256, loaded.cache.as_str());
     let grants = EffectiveGrants::new(&p.entry.name, &info.capabilities, &p.policy.grants);
     let kv = Arc::new(Mutex::new(state));
-    let mut caps = context(&p.entry.name, grants.clone(), facts.clone(), BTreeMap::new());
-    caps.kv = kv.clone();
+    let caps = context(&p.entry.name, grants.clone(), facts.clone(), kv.clone());
     let (result, caps) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
     let mut log = logs_text(caps.as_ref());
     let mut findings = match result {
@@ -358,8 +358,7 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
         let actions = apply::apply(&ctx, &findings, budget, |f| gate.may_fix(&p.entry.name, f));
         // Re-check against a fresh view of the host.
         let fresh = RunFacts::new(policy.clone());
-        let mut caps = context(&p.entry.name, grants, fresh, BTreeMap::new());
-        caps.kv = kv.clone();
+        let caps = context(&p.entry.name, grants, fresh, kv.clone());
         let (again, caps) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
         log.push_str(&logs_text(caps.as_ref()));
         match again {
@@ -409,7 +408,7 @@ pub fn describe_entry(runtime: &Runtime, entry: &Entry) -> Result<PluginInfo, Pl
     let bytes = entry.bytes().map_err(|e| PluginFailure::Load(e.to_string()))?;
     let loaded = runtime.load(&bytes)?;
     let policy = Arc::new(Policy::parse(std::path::Path::new("(none)"), "").map_err(|e| PluginFailure::Load(e.to_string()))?);
-    let caps = context(&entry.name, EffectiveGrants::none(&entry.name), RunFacts::new(policy.clone()), BTreeMap::new());
+    let caps = context(&entry.name, EffectiveGrants::none(&entry.name), RunFacts::new(policy.clone()), Default::default());
     runtime.describe(&loaded.component, caps, limits(&policy))
 }
 

@@ -147,7 +147,7 @@ impl RunReport {
     /// 2 for anything critical, a failed fix or a finding that outlived its
     /// fix; 3 when a plugin could not run; 1 for warnings; else 0.
     fn compute_exit_code(&self) -> i32 {
-        let open = || self.findings.iter().filter(|f| matches!(f.status, Status::New | Status::Persisting));
+        let open = || self.open_findings();
         let failed_fix = self.findings.iter().flat_map(|f| &f.actions).any(|a| matches!(a.outcome, Outcome::Failed | Outcome::Refused));
         let outlived_fix = open().any(|f| f.actions.iter().any(|a| a.outcome != Outcome::Planned));
         if failed_fix || outlived_fix || open().any(|f| f.severity == Severity::Critical) {
@@ -167,7 +167,7 @@ impl RunReport {
 
     pub fn to_human(&self) -> String {
         let mut out = String::new();
-        let open = self.findings.iter().filter(|f| matches!(f.status, Status::New | Status::Persisting)).count();
+        let open = self.open_findings().count();
         if self.run_id == 0 {
             let _ = writeln!(out, "doctor {}: no plugin is due; {open} open finding(s) from earlier runs, exit {}", self.mode, self.exit_code);
         } else {
@@ -200,7 +200,7 @@ impl RunReport {
 
 impl RunReport {
     fn open_findings(&self) -> impl Iterator<Item = &FindingOut> {
-        self.findings.iter().filter(|f| matches!(f.status, Status::New | Status::Persisting))
+        self.findings.iter().filter(|f| f.status.is_open())
     }
 
     /// node_exporter textfile-collector format.

@@ -38,6 +38,11 @@ pub enum Status {
 }
 
 impl Status {
+    /// New and persisting findings are open; resolved and fixed ones are not.
+    pub fn is_open(self) -> bool {
+        matches!(self, Status::New | Status::Persisting)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::New => "new",
@@ -340,7 +345,7 @@ fn write_observation(tx: &rusqlite::Transaction<'_>, run_id: i64, plugin_run_id:
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![run_id, plugin_run_id, rec.plugin, f.key, f.severity.as_str(), f.subject, f.message, evidence, o.status.as_str()],
     )?;
-    let open = matches!(o.status, Status::New | Status::Persisting);
+    let open = o.status.is_open();
     let row_status = if open { o.status.as_str() } else { "resolved" };
     let existing: Option<String> = tx
         .query_row("SELECT status FROM findings WHERE plugin = ?1 AND key = ?2", params![rec.plugin, f.key], |r| r.get(0))
