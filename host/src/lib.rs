@@ -16,4 +16,5 @@ pub mod plan;
 pub mod policy;
 pub mod report;
 pub mod runtime;
+pub mod safe_fs;
 pub mod systemd;

@@ -23,3 +23,14 @@ pub fn default_journal() -> PathBuf {
         .and_then(|d| d.state_dir().map(|s| s.join("journal.db")))
         .unwrap_or_else(|| PathBuf::from("/var/lib/doctor/journal.db"))
 }
+
+/// Compiled components are code: never beside a journal that may live in a
+/// shared directory, always somewhere only the doctor's user can write.
+pub fn default_cache() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/cache/doctor");
+    }
+    directories::ProjectDirs::from("", "", "doctor")
+        .map(|d| d.cache_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("/var/cache/doctor"))
+}

@@ -73,8 +73,10 @@ pub fn journal_path(policy: &Policy, cli: Option<&PathBuf>) -> PathBuf {
     cli.cloned().or_else(|| policy.doctor.journal.clone()).unwrap_or_else(crate::paths::default_journal)
 }
 
-pub fn cache_dir(policy: &Policy, journal: &std::path::Path) -> PathBuf {
-    policy.doctor.cache_dir.clone().unwrap_or_else(|| journal.with_file_name("cache"))
+/// `cache_dir` from the policy, else `/var/cache/doctor` (root) or the XDG
+/// cache dir. The journal argument is kept for callers that print both.
+pub fn cache_dir(policy: &Policy, _journal: &std::path::Path) -> PathBuf {
+    policy.doctor.cache_dir.clone().unwrap_or_else(crate::paths::default_cache)
 }
 
 pub fn execute(opts: &RunOptions) -> Result<RunReport, Fatal> {
@@ -116,6 +118,7 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
     let facts = RunFacts::new(policy.clone());
     let budget = Budget::new(policy.doctor.max_actions_per_run);
     let protected = crate::facts::processes::self_and_ancestors();
+    let protected_files = crate::journal::own_files(&journal_file);
     let mut report = RunReport::new(run_id, opts.mode.name(), interrupted);
 
     let (tx, rx) = mpsc::channel::<Outcome>();
@@ -123,7 +126,15 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
         for p in &prepared {
             let tx = tx.clone();
             let state = journal.load_state(&p.entry.name)?;
-            let shared = Shared { runtime: &runtime, policy: &policy, facts: &facts, budget: &budget, protected: &protected, gate: &gate };
+            let shared = Shared {
+                runtime: &runtime,
+                policy: &policy,
+                facts: &facts,
+                budget: &budget,
+                protected: &protected,
+                protected_files: &protected_files,
+                gate: &gate,
+            };
             scope.spawn(move || {
                 let outcome = run_plugin(&shared, p, state);
                 let _ = tx.send(outcome);
@@ -206,12 +217,21 @@ fn due_plugins(
 }
 
 /// Load, describe, and check each plugin's config against what it declares.
+/// Plugins load side by side: compiling is the slow part, and N plugins
+/// that loop in `describe()` then cost one deadline, not N.
 fn prepare(runtime: &Runtime, policy: &Arc<Policy>, chosen: Vec<(Entry, PluginPolicy)>, mode: Mode) -> Result<Vec<Prepared>, Fatal> {
     let limits = limits(policy);
     let facts = RunFacts::new(policy.clone());
+    let loaded: Vec<_> = std::thread::scope(|scope| {
+        let workers: Vec<_> = chosen
+            .iter()
+            .map(|(entry, plugin_policy)| scope.spawn(|| load(runtime, entry, plugin_policy, policy, &facts, limits)))
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(Fatal::Usage("a plugin loader thread panicked".into())))).collect()
+    });
     let mut out = Vec::new();
-    for (entry, plugin_policy) in chosen {
-        let loaded = load(runtime, &entry, &plugin_policy, policy, &facts, limits)?;
+    for ((entry, plugin_policy), loaded) in chosen.into_iter().zip(loaded) {
+        let loaded = loaded?;
         let config_json = match &loaded {
             Ok((_, info)) => config_json(policy, &entry.name, &plugin_policy, info)?,
             Err(_) => "{}".into(),
@@ -242,17 +262,19 @@ fn load(
         Ok(b) => b,
         Err(e) => return Ok(Err(PluginFailure::Load(format!("{}: {e}", entry.source.describe())))),
     };
-    let loaded = match runtime.load(&bytes) {
-        Ok(l) => l,
-        Err(e) => return Ok(Err(e)),
-    };
+    // The pin is checked on the bytes, before anything compiles them.
+    let sha256 = crate::runtime::sha256_hex(&bytes);
     if let Some(pin) = &plugin_policy.sha256 {
-        if !pin.eq_ignore_ascii_case(&loaded.sha256) {
+        if !pin.eq_ignore_ascii_case(&sha256) {
             return Err(policy
-                .error_at_plugin(&entry.name, "sha256", format!("{} has sha256 {}, the policy pins {pin}", entry.source.describe(), loaded.sha256))
+                .error_at_plugin(&entry.name, "sha256", format!("{} has sha256 {sha256}, the policy pins {pin}", entry.source.describe()))
                 .into());
         }
     }
+    let loaded = match runtime.load_hashed(&bytes, sha256) {
+        Ok(l) => l,
+        Err(e) => return Ok(Err(e)),
+    };
     let caps = context(&entry.name, EffectiveGrants::none(&entry.name), facts.clone(), Default::default());
     let info = match runtime.describe(&loaded.component, caps, limits) {
         Ok(info) => info,
@@ -298,7 +320,7 @@ fn config_json(policy: &Policy, name: &str, plugin: &PluginPolicy, info: &Plugin
 
 /// `kv` is the plugin's state, shared by its check and its re-check.
 fn context(plugin: &str, grants: EffectiveGrants, facts: Arc<RunFacts>, kv: Arc<Mutex<BTreeMap<String, String>>>) -> CapabilityContext {
-    CapabilityContext { plugin: plugin.to_string(), grants, facts, kv, logs: Vec::new() }
+    CapabilityContext::new(plugin, grants, facts, kv)
 }
 
 /// What one plugin's thread sends back to be journalled.
@@ -318,11 +340,12 @@ struct Shared<'a> {
     facts: &'a Arc<RunFacts>,
     budget: &'a Budget,
     protected: &'a [u32],
+    protected_files: &'a [PathBuf],
     gate: &'a FixGate,
 }
 
 fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>) -> Outcome {
-    let Shared { runtime, policy, facts, budget, protected, gate } = *shared;
+    let Shared { runtime, policy, facts, budget, protected, protected_files, gate } = *shared;
     let started = Instant::now();
     let started_ms = now_unix_ms();
     let mut summary = PluginSummary::new(&p.entry.name, started_ms);
@@ -353,6 +376,7 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
             grants: grants.clone(),
             policy: policy.clone(),
             protected_pids: protected.to_vec(),
+            protected_files: protected_files.to_vec(),
             engine: facts.engine_handle(),
         };
         let actions = apply::apply(&ctx, &findings, budget, |f| gate.may_fix(&p.entry.name, f));

@@ -68,6 +68,22 @@ pub struct DoctorSection {
     /// Rate limit: the same finding is fixed at most once per this interval.
     #[serde(default, deserialize_with = "duration")]
     pub fix_min_interval: Duration,
+    /// Most bytes one `files.read` returns, whatever `max-bytes` the plugin asks.
+    #[serde(default = "default_file_read_max", deserialize_with = "byte_size")]
+    pub file_read_max: u64,
+    /// Most bytes of values one `sqlite.query` returns.
+    #[serde(default = "default_sql_result_max", deserialize_with = "byte_size")]
+    pub sql_result_max: u64,
+    /// Per plugin: most keys in its key/value state, and the size of each key and value.
+    #[serde(default = "default_kv_max_keys")]
+    pub kv_max_keys: u32,
+    #[serde(default = "default_kv_max_key_bytes", deserialize_with = "byte_size")]
+    pub kv_max_key_bytes: u64,
+    #[serde(default = "default_kv_max_value_bytes", deserialize_with = "byte_size")]
+    pub kv_max_value_bytes: u64,
+    /// Longest a `wait-port-free` action may wait, whatever deadline it asks.
+    #[serde(default = "default_action_wait_max", deserialize_with = "duration")]
+    pub action_wait_max: Duration,
 }
 
 impl Default for DoctorSection {
@@ -83,8 +99,33 @@ impl Default for DoctorSection {
             flap_max_fixes: default_flap_max_fixes(),
             flap_window: default_flap_window(),
             fix_min_interval: Duration::ZERO,
+            file_read_max: default_file_read_max(),
+            sql_result_max: default_sql_result_max(),
+            kv_max_keys: default_kv_max_keys(),
+            kv_max_key_bytes: default_kv_max_key_bytes(),
+            kv_max_value_bytes: default_kv_max_value_bytes(),
+            action_wait_max: default_action_wait_max(),
         }
     }
+}
+
+fn default_file_read_max() -> u64 {
+    1 << 20
+}
+fn default_sql_result_max() -> u64 {
+    16 << 20
+}
+fn default_kv_max_keys() -> u32 {
+    1000
+}
+fn default_kv_max_key_bytes() -> u64 {
+    256
+}
+fn default_kv_max_value_bytes() -> u64 {
+    64 << 10
+}
+fn default_action_wait_max() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_flap_max_fixes() -> u32 {
@@ -244,7 +285,7 @@ fn parse_byte_size(text: &str) -> Result<u64, String> {
         "GiB" => 1 << 30,
         _ => return Err(format!("invalid size unit in {text:?}; use B, KiB, MiB or GiB")),
     };
-    Ok(n * factor)
+    n.checked_mul(factor).ok_or_else(|| format!("size {text:?} is too large (at most {} bytes)", u64::MAX))
 }
 
 impl Policy {

@@ -21,7 +21,7 @@ pub struct PluginSummary {
     pub outcome: String,
     pub error: Option<String>,
     pub duration_ms: u64,
-    /// Compiled-component cache: `hit`, `miss` or `off`.
+    /// Compiled-component cache: `hit`, `miss`, `off` or `untrusted`.
     pub cache: String,
     #[serde(skip)]
     pub started_at_ms: u64,

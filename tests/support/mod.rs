@@ -213,7 +213,7 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-/// Build the hostile/test plugins in tests/plugins (once per test binary run;
+/// Build the hostile plugins in tests/hostile (once per test binary run;
 /// cargo's own lock serialises concurrent builds) and return the wasm dir.
 pub fn test_plugins() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -223,13 +223,13 @@ pub fn test_plugins() -> PathBuf {
             let target = root.join("target").join("plugins");
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-                .arg(root.join("tests/plugins/Cargo.toml"))
+                .arg(root.join("tests/hostile/Cargo.toml"))
                 .env("CARGO_TARGET_DIR", &target)
                 .env_remove("RUSTFLAGS")
                 .env_remove("CARGO_ENCODED_RUSTFLAGS")
                 .status()
                 .expect("run cargo for the test plugins");
-            assert!(status.success(), "building tests/plugins failed");
+            assert!(status.success(), "building tests/hostile failed");
             target.join("wasm32-wasip2").join("release")
         })
         .clone()

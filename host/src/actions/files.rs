@@ -1,41 +1,69 @@
-//! `remove-file`: only regular files (or symlinks, which are removed, not
-//! followed) that match a `files_remove` grant.
+//! `remove-file`: a regular file (or a symlink, removed, never followed)
+//! that matches a `files_remove` grant.
+//!
+//! The directory holding it is opened once with no symlinks on the way, the
+//! entry is judged by `fstatat` in that directory, and `unlinkat` removes it
+//! from that same directory: swapping a parent for a symlink after the check
+//! reaches nothing. Doctor's own journal, its WAL/SHM and its lock file are
+//! never removed, however a glob matches them (compared by device and inode).
 
 use super::{ActionContext, Executed};
+use crate::safe_fs::{self, FileId, PathError};
+use nix::fcntl::OFlag;
+use nix::sys::stat::SFlag;
+use nix::unistd::UnlinkatFlags;
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::Path;
 
 pub fn remove(ctx: &ActionContext, path: &str) -> Executed {
     if let Err(denied) = ctx.grants.file_remove(path) {
         return Executed::refused(denied.0);
     }
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Executed::already_done(format!("{path} is already gone"));
-        }
-        Err(e) => return Executed::failed(format!("{path}: {e}")),
+    let (dir, name) = match safe_fs::open_parent(Path::new(path)) {
+        Ok(found) => found,
+        Err(PathError::NotFound(_)) => return Executed::already_done(format!("{path} is already gone")),
+        Err(e @ PathError::Refused { .. }) => return Executed::refused(e.to_string()),
+        Err(e) => return Executed::failed(e.to_string()),
     };
-    if meta.is_dir() {
-        return Executed::refused(format!("{path} is a directory; only files are removed"));
+    let stat = match safe_fs::lstat_at(&dir, &name) {
+        Ok(stat) => stat,
+        Err(nix::errno::Errno::ENOENT) => return Executed::already_done(format!("{path} is already gone")),
+        Err(errno) => return Executed::failed(format!("{path}: {errno}")),
+    };
+    let kind = safe_fs::kind(&stat);
+    if kind != SFlag::S_IFREG && kind != SFlag::S_IFLNK {
+        return Executed::refused(format!("{path} is a {}; only regular files (and symlinks) are removed", safe_fs::kind_name(&stat)));
     }
-    // Record what the file said, but never read through a symlink: its
-    // target may lie outside the grant.
-    let before = if meta.file_type().is_symlink() {
-        std::fs::read_link(path).ok().map(|t| format!("symlink to {}", t.display()))
-    } else {
-        read_small(path)
-    };
-    match std::fs::remove_file(path) {
+    if is_protected(ctx, FileId::of(&stat)) {
+        return Executed::refused(format!("guard: {path} is doctor's own journal, its WAL/SHM or its lock file; never a target"));
+    }
+    let before = describe_before(&dir, &name, kind, FileId::of(&stat));
+    match nix::unistd::unlinkat(&dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
         Ok(()) => Executed::applied(format!("removed {path}")).with(before, Some("absent".into())),
-        Err(e) => Executed::failed(format!("removing {path}: {e}")).with(before, None),
+        Err(nix::errno::Errno::ENOENT) => Executed::already_done(format!("{path} is already gone")),
+        Err(errno) => Executed::failed(format!("removing {path}: {errno}")).with(before, None),
     }
 }
 
-/// The first bytes of a regular file, opened without following symlinks.
-fn read_small(path: &str) -> Option<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+fn is_protected(ctx: &ActionContext, target: FileId) -> bool {
+    ctx.protected_files.iter().any(|p| FileId::of_own_file(p) == Some(target))
+}
+
+/// What the file said (its first bytes) or where the symlink pointed, read
+/// through the directory that was checked and never through the link.
+fn describe_before(dir: &OwnedFd, name: &OsStr, kind: SFlag, judged: FileId) -> Option<String> {
+    if kind == SFlag::S_IFLNK {
+        let target = nix::fcntl::readlinkat(dir, name).ok()?;
+        return Some(format!("symlink to {}", Path::new(&target).display()));
+    }
+    let fd = safe_fs::open_at(dir, name, OFlag::O_RDONLY).ok()?;
+    // Only the file that was judged: a swap in between is not read.
+    if FileId::of(&safe_fs::stat_fd(&fd).ok()?) != judged {
+        return None;
+    }
     let mut bytes = Vec::new();
-    file.take(256).read_to_end(&mut bytes).ok()?;
+    std::fs::File::from(fd).take(256).read_to_end(&mut bytes).ok()?;
     Some(String::from_utf8_lossy(&bytes).trim().to_string())
 }

@@ -1,5 +1,6 @@
 //! Guards that no policy can switch off: never pid 0 or 1, never a kernel
-//! thread, never the doctor itself or one of its ancestors, never a process
+//! thread, never the doctor itself or one of its ancestors, never a thread
+//! (a signal to a thread id reaches its whole process), never a process
 //! whose identity (pid + start time) is not the one the plugin saw.
 
 use crate::facts::processes::{self, ProcessInfo};
@@ -19,8 +20,20 @@ pub fn check_target(pid: u32, start_time: u64, protected: &[u32]) -> Verdict {
     if pid <= 1 {
         return Verdict::Forbidden(format!("pid {pid} is never signalled"));
     }
-    if protected.contains(&pid) {
-        return Verdict::Forbidden(format!("pid {pid} is the doctor itself or one of its ancestors"));
+    // Any id is judged as the process it belongs to: /proc/TID answers for
+    // a thread, and kill(TID) would signal the thread's whole group.
+    let leader = thread_group_leader(pid);
+    if protected.contains(&pid) || leader.is_some_and(|l| protected.contains(&l)) {
+        return Verdict::Forbidden(format!("pid {pid} is the doctor itself or one of its ancestors (or one of their threads)"));
+    }
+    match leader {
+        None => return Verdict::Gone(format!("pid {pid} is no longer running")),
+        Some(leader) if leader != pid => {
+            return Verdict::Forbidden(format!(
+                "pid {pid} is a thread of process {leader}, not a process; threads are never signalled (name the process)"
+            ));
+        }
+        Some(_) => {}
     }
     let Some(info) = processes::get(pid) else {
         return Verdict::Gone(format!("pid {pid} is no longer running"));
@@ -39,6 +52,13 @@ pub fn check_target(pid: u32, start_time: u64, protected: &[u32]) -> Verdict {
         return Verdict::Gone(format!("pid {pid} has already exited (zombie)"));
     }
     Verdict::Same(Box::new(info))
+}
+
+/// The thread-group id (`Tgid:` of /proc/ID/status): the process an id
+/// belongs to. None when there is no such task.
+pub fn thread_group_leader(id: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{id}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -69,5 +89,25 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(matches!(check_target(info.id.pid, info.id.start_time, &[]), Verdict::Gone(_)));
+    }
+
+    #[test]
+    fn a_thread_id_is_judged_as_its_process_and_never_signalled() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let me = std::process::id();
+        assert_eq!(thread_group_leader(tid), Some(me));
+        let start = processes::start_time(tid).unwrap();
+        // Protected through its leader, even though the tid itself is not listed.
+        assert!(matches!(check_target(tid, start, &[me]), Verdict::Forbidden(why) if why.contains("ancestors")));
+        // Not protected: still never a target, and the reason names the process.
+        assert!(matches!(check_target(tid, start, &[]), Verdict::Forbidden(why) if why.contains(&format!("thread of process {me}"))));
+        stop_tx.send(()).unwrap();
+        worker.join().unwrap();
     }
 }

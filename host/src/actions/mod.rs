@@ -21,6 +21,8 @@ pub struct ActionContext {
     pub policy: Arc<Policy>,
     /// The doctor and its ancestors: never signalled.
     pub protected_pids: Vec<u32>,
+    /// Doctor's own journal, its WAL/SHM and lock file: never a target.
+    pub protected_files: Vec<std::path::PathBuf>,
     pub engine: Option<Arc<Engine>>,
 }
 
@@ -76,8 +78,6 @@ pub fn execute(ctx: &ActionContext, action: &Action) -> Executed {
         Action::ContainerStop { id } => system::container(ctx, id, system::ContainerOp::Stop),
         Action::ContainerRestart { id } => system::container(ctx, id, system::ContainerOp::Restart),
         Action::RunCommand { name } => system::run_command(ctx, name),
-        Action::WaitPortFree { port, deadline_ms } => {
-            system::wait_port_free(*port, Duration::from_millis(u64::from(*deadline_ms)))
-        }
+        Action::WaitPortFree { port, deadline_ms } => system::wait_port_free(ctx, *port, Duration::from_millis(u64::from(*deadline_ms))),
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! The pidfd is opened first and the identity verified after: once the pidfd
 //! is open it names that one process forever, so a pid reused between the
-//! check and the signal can never receive it. Kernels without pidfd fall back
-//! to verify-then-kill.
+//! check and the signal can never receive it. No pidfd, no signal: a plain
+//! `kill()` could reach a reused pid, or a whole thread group.
 
 use super::guards::{check_target, Verdict};
 use super::{ActionContext, Executed};
@@ -52,9 +52,7 @@ pub fn signal(ctx: &ActionContext, pid: u32, start_time: u64, signal: Signal) ->
 
 /// A verified, pinned process.
 struct Handle {
-    pid: u32,
-    start_time: u64,
-    pidfd: Option<OwnedFd>,
+    pidfd: OwnedFd,
     command: String,
 }
 
@@ -67,74 +65,53 @@ impl Handle {
             Verdict::Forbidden(why) => return Err(Executed::refused(format!("guard: {why}"))),
         };
         ctx.grants.signal(&info).map_err(|d| Executed::refused(d.0))?;
-        let pidfd = pidfd_open(pid);
+        let pidfd = pidfd_open(pid).map_err(|e| Executed::refused(format!("guard: no pidfd for pid {pid} ({e}); without one doctor does not signal")))?;
         // Re-verify after pinning: the pidfd now holds whatever process has this pid.
         if processes::start_time(pid) != Some(start_time) {
             return Err(Executed::skipped(format!("pid {pid} exited or was reused just before the signal; not signalled")));
         }
-        Ok(Handle { pid, start_time, pidfd, command: info.command_line() })
+        Ok(Handle { pidfd, command: info.command_line() })
     }
 
     fn send(&self, signal: Signal) -> std::io::Result<()> {
         let signo = signal.to_nix() as i32;
-        match &self.pidfd {
-            Some(fd) => {
-                // SAFETY: pidfd_send_signal with a valid pidfd, a signal number and no siginfo.
-                let rc = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signo, std::ptr::null::<()>(), 0) };
-                if rc == 0 {
-                    Ok(())
-                } else {
-                    let e = std::io::Error::last_os_error();
-                    // ESRCH: it exited between our check and the signal; that is success for a stop.
-                    if e.raw_os_error() == Some(libc::ESRCH) { Ok(()) } else { Err(e) }
-                }
-            }
-            None => {
-                if processes::start_time(self.pid) != Some(self.start_time) {
-                    return Ok(());
-                }
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), signal.to_nix())
-                    .or_else(|e| if e == nix::errno::Errno::ESRCH { Ok(()) } else { Err(e) })
-                    .map_err(std::io::Error::from)
-            }
+        // SAFETY: pidfd_send_signal with a pidfd we own, a signal number and no siginfo.
+        let rc = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), signo, std::ptr::null::<()>(), 0) };
+        if rc == 0 {
+            return Ok(());
         }
+        let e = std::io::Error::last_os_error();
+        // ESRCH: it exited between our check and the signal; that is success for a stop.
+        if e.raw_os_error() == Some(libc::ESRCH) { Ok(()) } else { Err(e) }
     }
 
     /// True once the process has exited (a zombie counts: it runs no more).
     fn wait_exit(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
-        if let Some(fd) = &self.pidfd {
-            let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                // SAFETY: one valid pollfd.
-                let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
-                if rc > 0 {
-                    return true;
-                }
-                if rc == 0 || Instant::now() >= deadline {
-                    return false;
-                }
-            }
-        }
-        let id = processes::ProcessId { pid: self.pid, start_time: self.start_time };
-        while Instant::now() < deadline {
-            if !processes::is_alive(id) {
+        let mut pfd = libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // SAFETY: one valid pollfd on a descriptor we own.
+            let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+            if rc > 0 {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // rc < 0 is EINTR (or worse): poll again with the time left.
+            if rc == 0 || Instant::now() >= deadline {
+                return false;
+            }
         }
-        !processes::is_alive(id)
     }
 }
 
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+/// A pidfd for a thread-group leader (the kernel refuses one for a thread id).
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open(pid, 0) returns a new fd we own, or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
-        None
+        Err(std::io::Error::last_os_error())
     } else {
         // SAFETY: fd is a freshly opened descriptor owned by nobody else.
-        Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 }

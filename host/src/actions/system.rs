@@ -87,7 +87,13 @@ pub fn run_command(ctx: &ActionContext, name: &str) -> Executed {
 }
 
 /// Wait until nothing listens on TCP `port`, then prove it by binding it.
-pub fn wait_port_free(port: u16, deadline: Duration) -> Executed {
+/// Needs the `sockets` grant (it reads the listeners), and never waits
+/// longer than the policy's `action_wait_max`, whatever the plugin asks.
+pub fn wait_port_free(ctx: &ActionContext, port: u16, asked: Duration) -> Executed {
+    if let Err(denied) = ctx.grants.sockets() {
+        return Executed::refused(denied.0);
+    }
+    let deadline = asked.min(ctx.policy.doctor.action_wait_max);
     let until = Instant::now() + deadline;
     loop {
         let holders = tcp_listeners_on(port);

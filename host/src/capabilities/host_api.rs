@@ -1,6 +1,6 @@
 //! `host`: clock, hostname, logging, per-plugin key/value state. Always granted.
 
-use super::{truncate, CapabilityContext, LogLine, MAX_KV_ENTRIES, MAX_KV_VALUE_BYTES, MAX_LOG_LINES, MAX_LOG_LINE_BYTES};
+use super::{truncate, CapabilityContext, LogLine, MAX_LOG_LINES, MAX_LOG_LINE_BYTES};
 use crate::runtime::bindings::doctor::plugin::host::{Host, LogLevel, User};
 use crate::runtime::bindings::doctor::plugin::types;
 
@@ -34,14 +34,26 @@ impl Host for CapabilityContext {
         self.kv.lock().ok()?.get(&key).cloned()
     }
 
+    /// Bounded by the policy's kv_max_* keys; a refused write is logged
+    /// (the WIT call has no result to carry it).
     fn kv_set(&mut self, key: String, value: String) {
-        let Ok(mut kv) = self.kv.lock() else { return };
-        if value.len() > MAX_KV_VALUE_BYTES || (kv.len() >= MAX_KV_ENTRIES && !kv.contains_key(&key)) {
-            drop(kv);
-            self.log(LogLevel::Warn, format!("kv-set {key:?} refused: state limit reached"));
-            return;
+        let refusal = {
+            let Ok(mut kv) = self.kv.lock() else { return };
+            let limits = &self.facts.policy.doctor;
+            if key.len() as u64 > limits.kv_max_key_bytes {
+                Some(format!("key is {} bytes, more than kv_max_key_bytes {}", key.len(), limits.kv_max_key_bytes))
+            } else if value.len() as u64 > limits.kv_max_value_bytes {
+                Some(format!("value is {} bytes, more than kv_max_value_bytes {}", value.len(), limits.kv_max_value_bytes))
+            } else if kv.len() as u64 >= u64::from(limits.kv_max_keys) && !kv.contains_key(&key) {
+                Some(format!("the plugin already has kv_max_keys {} keys", limits.kv_max_keys))
+            } else {
+                kv.insert(key.clone(), value);
+                None
+            }
+        };
+        if let Some(why) = refusal {
+            self.log(LogLevel::Warn, format!("kv-set {:?} refused: {why}", truncate(&key, 64)));
         }
-        kv.insert(key, value);
     }
 
     fn kv_delete(&mut self, key: String) {

@@ -3,7 +3,8 @@
 
 pub mod grants;
 mod host_api;
-mod process_api;
+mod files;
+mod process_table;
 mod sqlite_api;
 mod net_api;
 
@@ -75,13 +76,26 @@ pub struct CapabilityContext {
     /// and written back with the plugin's result.
     pub kv: Arc<Mutex<BTreeMap<String, String>>>,
     pub logs: Vec<LogLine>,
+    /// When the plugin's current call must end; set by the runtime at the
+    /// start of each call. Host calls that wait take the minimum of their
+    /// own timeout and what is left of this.
+    pub deadline: std::time::Instant,
+}
+
+impl CapabilityContext {
+    pub fn new(plugin: &str, grants: EffectiveGrants, facts: Arc<RunFacts>, kv: Arc<Mutex<BTreeMap<String, String>>>) -> Self {
+        CapabilityContext { plugin: plugin.to_string(), grants, facts, kv, logs: Vec::new(), deadline: std::time::Instant::now() }
+    }
+
+    /// What is left of the plugin's time, capped by `own`.
+    pub fn time_left(&self, own: std::time::Duration) -> std::time::Duration {
+        self.deadline.saturating_duration_since(std::time::Instant::now()).min(own)
+    }
 }
 
 /// Bounds on what a plugin can make the host hold.
 pub const MAX_LOG_LINES: usize = 200;
 pub const MAX_LOG_LINE_BYTES: usize = 4096;
-pub const MAX_KV_ENTRIES: usize = 1000;
-pub const MAX_KV_VALUE_BYTES: usize = 64 * 1024;
 
 pub fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {

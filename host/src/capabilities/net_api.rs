@@ -37,13 +37,13 @@ impl sockets::Host for CapabilityContext {
 impl probe::Host for CapabilityContext {
     fn tcp_connect(&mut self, host: String, port: u16, timeout_ms: u32) -> Result<bool, Error> {
         self.grants.probe(&host, port)?;
-        probe_facts::tcp_connect(&host, port, probe_timeout(timeout_ms)).map_err(probe_error)
+        probe_facts::tcp_connect(&host, port, self.time_left(probe_timeout(timeout_ms))).map_err(probe_error)
     }
 
     fn http_get(&mut self, url: String, timeout_ms: u32) -> Result<HttpResponse, Error> {
         let (host, port) = url_endpoint(&url).ok_or_else(|| Error::Invalid(format!("not an http:// URL: {url}")))?;
         self.grants.probe(&host, port)?;
-        let response = probe_facts::http_get(&url, probe_timeout(timeout_ms)).map_err(probe_error)?;
+        let response = probe_facts::http_get(&url, self.time_left(probe_timeout(timeout_ms))).map_err(probe_error)?;
         Ok(HttpResponse { status: response.status, body: response.body })
     }
 }

@@ -1,8 +1,8 @@
 //! `sqlite`: read-only queries against databases named by policy labels.
 
-use super::process_api::file_stat;
+use super::files::file_stat;
 use super::CapabilityContext;
-use crate::facts::sqlite::{self as db, SqlError, Value};
+use crate::facts::sqlite::{self as db, QueryBounds, SqlError, Value};
 use crate::runtime::bindings::doctor::plugin::sqlite::{DbFile, Host, Rows};
 use crate::runtime::bindings::doctor::plugin::types::{Error, SqlValue};
 use std::path::PathBuf;
@@ -12,7 +12,8 @@ impl Host for CapabilityContext {
         self.grants.sqlite(&label)?;
         let path = self.database(&label)?;
         let params: Vec<Value> = params.into_iter().map(from_wit).collect();
-        let rows = db::query(&path, &sql, &params).map_err(|e| sql_error(&label, e))?;
+        let bounds = QueryBounds { deadline: self.deadline, max_bytes: self.facts.policy.doctor.sql_result_max };
+        let rows = db::query(&path, &sql, &params, bounds).map_err(|e| sql_error(&label, e))?;
         Ok(Rows {
             columns: rows.columns,
             rows: rows.rows.into_iter().map(|r| r.into_iter().map(to_wit).collect()).collect(),
@@ -22,8 +23,14 @@ impl Host for CapabilityContext {
     fn file_info(&mut self, label: String) -> Result<DbFile, Error> {
         self.grants.sqlite(&label)?;
         let path = self.database(&label)?;
-        let file = std::fs::metadata(&path).ok().map(|m| file_stat(&m));
-        let directory = path.parent().and_then(|d| std::fs::metadata(d).ok()).map(|m| file_stat(&m));
+        // Ownership of what the label names, following nothing: a symlink
+        // is reported as what it is, not as the file it points at.
+        let stat_of = |p: &std::path::Path| {
+            let (dir, name) = crate::safe_fs::open_parent(p).ok()?;
+            crate::safe_fs::lstat_at(&dir, &name).ok().map(|s| file_stat(&s))
+        };
+        let file = stat_of(&path);
+        let directory = path.parent().filter(|d| d.parent().is_some()).and_then(stat_of);
         Ok(DbFile { file, directory })
     }
 
@@ -49,7 +56,8 @@ fn sql_error(label: &str, e: SqlError) -> Error {
         SqlError::Missing(_) => Error::NotFound(text),
         SqlError::Invalid(_) => Error::Invalid(text),
         SqlError::Locked(_) | SqlError::Io(_) => Error::Io(text),
-        SqlError::TooManyRows(_) => Error::Limit(text),
+        SqlError::TooManyRows(_) | SqlError::TooManyBytes(_) | SqlError::ValueTooBig | SqlError::Interrupted => Error::Limit(text),
+        SqlError::Refused(_) => Error::Denied(text),
     }
 }
 

@@ -1,11 +1,14 @@
 //! Read-only SQL against an operator's database. The connection is opened
 //! read-only with `query_only`, cannot ATTACH other files, and gives up on a
-//! lock after a bounded wait, so a read can never become a write.
+//! lock after a bounded wait, so a read can never become a write. The
+//! database path is resolved with no symlink at any component, and every
+//! query is bounded in rows, bytes and time (interrupted at the deadline).
 
+use crate::safe_fs::{self, FileId, PathError};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most rows one query may return to a plugin.
 pub const MAX_ROWS: usize = 200_000;
@@ -33,6 +36,52 @@ pub enum SqlError {
     Io(String),
     #[error("query returned more than {0} rows")]
     TooManyRows(usize),
+    #[error("query returned more than {0} bytes (sql_result_max)")]
+    TooManyBytes(u64),
+    #[error("a value in the query is larger than sql_result_max allows")]
+    ValueTooBig,
+    #[error("query interrupted at the plugin's deadline")]
+    Interrupted,
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// How much one query may cost: the caller's deadline and a byte budget.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryBounds {
+    pub deadline: Instant,
+    pub max_bytes: u64,
+}
+
+/// SQLite VM steps between deadline checks: frequent enough to stop a
+/// runaway recursive query within milliseconds, rare enough to cost nothing.
+const PROGRESS_STEPS: i32 = 10_000;
+
+/// The database file's identity, resolved with no symlinks; it must be a
+/// regular file.
+pub fn database_file(path: &Path) -> Result<FileId, SqlError> {
+    let fd = safe_fs::open(path, nix::fcntl::OFlag::O_PATH).map_err(|e| match e {
+        PathError::NotFound(p) => SqlError::Missing(p),
+        other => SqlError::Refused(other.to_string()),
+    })?;
+    let stat = safe_fs::stat_fd(&fd).map_err(|e| SqlError::Io(format!("{}: {e}", path.display())))?;
+    if safe_fs::kind(&stat) != nix::sys::stat::SFlag::S_IFREG {
+        return Err(SqlError::Refused(format!("{} is a {}, not a database file", path.display(), safe_fs::kind_name(&stat))));
+    }
+    Ok(FileId::of(&stat))
+}
+
+/// Open `path` with `flags` only if it is the symlink-free regular file it
+/// was a moment ago (SQLite opens by name, so the name is checked on both
+/// sides of the open).
+pub fn open_checked(path: &Path, flags: OpenFlags) -> Result<Connection, SqlError> {
+    let before = database_file(path)?;
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NOFOLLOW).map_err(|e| classify(e, path))?;
+    if database_file(path)? != before {
+        return Err(SqlError::Refused(format!("{} was replaced while it was being opened", path.display())));
+    }
+    harden(&conn, path)?;
+    Ok(conn)
 }
 
 pub struct Rows {
@@ -41,12 +90,7 @@ pub struct Rows {
 }
 
 pub fn open_read_only(path: &Path) -> Result<Connection, SqlError> {
-    if !path.exists() {
-        return Err(SqlError::Missing(path.display().to_string()));
-    }
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| classify(e, path))?;
-    harden(&conn, path)?;
+    let conn = open_checked(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.pragma_update(None, "query_only", true).map_err(|e| classify(e, path))?;
     Ok(conn)
 }
@@ -58,20 +102,42 @@ pub fn harden(conn: &Connection, path: &Path) -> Result<(), SqlError> {
     Ok(())
 }
 
-pub fn query(path: &Path, sql: &str, params: &[Value]) -> Result<Rows, SqlError> {
+pub fn query(path: &Path, sql: &str, params: &[Value], bounds: QueryBounds) -> Result<Rows, SqlError> {
     let conn = open_read_only(path)?;
+    // One value can be no larger than the whole answer may be.
+    let length = i32::try_from(bounds.max_bytes).unwrap_or(i32::MAX).max(1);
+    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, length).map_err(|e| classify(e, path))?;
+    let deadline = bounds.deadline;
+    conn.progress_handler(PROGRESS_STEPS, Some(move || Instant::now() >= deadline));
     let mut stmt = conn.prepare(sql).map_err(|e| classify(e, path))?;
     let columns: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
     let mut rows = stmt.query(rusqlite::params_from_iter(params.iter().map(to_sql))).map_err(|e| classify(e, path))?;
     let mut out = Vec::new();
+    let mut bytes: u64 = 0;
     while let Some(row) = rows.next().map_err(|e| classify(e, path))? {
         if out.len() == MAX_ROWS {
             return Err(SqlError::TooManyRows(MAX_ROWS));
         }
-        let values = (0..columns.len()).map(|i| row.get_ref(i).map(from_ref)).collect::<Result<_, _>>();
-        out.push(values.map_err(|e| classify(e, path))?);
+        let values: Vec<Value> = (0..columns.len()).map(|i| row.get_ref(i).map(from_ref)).collect::<Result<_, _>>().map_err(|e| classify(e, path))?;
+        bytes = bytes.saturating_add(values.iter().map(Value::size).sum::<u64>());
+        if bytes > bounds.max_bytes {
+            return Err(SqlError::TooManyBytes(bounds.max_bytes));
+        }
+        out.push(values);
     }
     Ok(Rows { columns, rows: out })
+}
+
+impl Value {
+    /// What holding this value costs, roughly: its bytes, or 8 for a number.
+    fn size(&self) -> u64 {
+        match self {
+            Value::Null => 1,
+            Value::Integer(_) | Value::Real(_) => 8,
+            Value::Text(t) => t.len() as u64,
+            Value::Blob(b) => b.len() as u64,
+        }
+    }
 }
 
 pub fn to_sql(v: &Value) -> rusqlite::types::Value {
@@ -101,6 +167,8 @@ pub fn classify(e: rusqlite::Error, path: &Path) -> SqlError {
     match &e {
         rusqlite::Error::SqliteFailure(f, _) => match f.code {
             ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => SqlError::Locked(BUSY_TIMEOUT),
+            ErrorCode::OperationInterrupted => SqlError::Interrupted,
+            ErrorCode::TooBig => SqlError::ValueTooBig,
             ErrorCode::NotADatabase => SqlError::Invalid(format!("{shown} is not a SQLite database")),
             ErrorCode::CannotOpen => SqlError::Io(format!("cannot open {shown}: {e}")),
             ErrorCode::ReadOnly => SqlError::Io(format!("{shown} is read-only: {e}")),
@@ -114,9 +182,17 @@ pub fn classify(e: rusqlite::Error, path: &Path) -> SqlError {
 mod tests {
     use super::*;
 
+    fn bounds() -> QueryBounds {
+        QueryBounds { deadline: Instant::now() + Duration::from_secs(5), max_bytes: 1 << 20 }
+    }
+
+    fn query(path: &Path, sql: &str, params: &[Value]) -> Result<Rows, SqlError> {
+        super::query(path, sql, params, bounds())
+    }
+
     fn db() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
+        let path = std::fs::canonicalize(dir.path()).unwrap().join("t.db");
         let c = Connection::open(&path).unwrap();
         c.execute_batch("CREATE TABLE t(id INTEGER, name TEXT); INSERT INTO t VALUES (1, 'a'), (2, NULL);").unwrap();
         (dir, path)
@@ -144,9 +220,36 @@ mod tests {
     #[test]
     fn a_file_that_is_not_a_database_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notes.txt");
+        let path = std::fs::canonicalize(dir.path()).unwrap().join("notes.txt");
         std::fs::write(&path, "this is not sqlite, just some text that is long enough to have a header").unwrap();
         let err = query(&path, "SELECT 1 FROM sqlite_master", &[]).err().unwrap();
         assert!(err.to_string().contains("not a SQLite database"), "{err}");
+    }
+
+    #[test]
+    fn a_runaway_query_is_interrupted_at_the_deadline() {
+        let (_d, path) = db();
+        let endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
+        let bounds = QueryBounds { deadline: Instant::now() + Duration::from_millis(200), max_bytes: 1 << 20 };
+        assert!(matches!(super::query(&path, endless, &[], bounds), Err(SqlError::Interrupted)));
+    }
+
+    #[test]
+    fn results_are_capped_in_bytes_and_no_value_may_exceed_the_cap() {
+        let (_d, path) = db();
+        let small = QueryBounds { deadline: Instant::now() + Duration::from_secs(5), max_bytes: 1000 };
+        let many = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 100) SELECT hex(randomblob(50)) FROM n";
+        assert!(matches!(super::query(&path, many, &[], small), Err(SqlError::TooManyBytes(1000))));
+        assert!(matches!(super::query(&path, "SELECT randomblob(100000000)", &[], small), Err(SqlError::ValueTooBig)));
+    }
+
+    #[test]
+    fn a_database_behind_a_symlink_is_refused() {
+        let (d, path) = db();
+        let link = std::fs::canonicalize(d.path()).unwrap().join("link.db");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let err = query(&link, "SELECT 1", &[]).err().unwrap();
+        assert!(matches!(err, SqlError::Refused(_)), "{err}");
+        assert!(err.to_string().contains("symlink"), "{err}");
     }
 }

@@ -1,6 +1,8 @@
 //! One run at a time per journal: an exclusive `flock` on `<journal>.lock`,
 //! waited for a bounded time. The holder writes its pid there for the message
-//! a waiting run prints.
+//! a waiting run prints. A lock counts only while the file locked is still
+//! the one at the path (same inode): a lock file removed or replaced under a
+//! holder is not a free lock.
 
 use super::JournalError;
 use nix::fcntl::{Flock, FlockArg};
@@ -24,6 +26,11 @@ impl JournalLock {
         loop {
             let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| unusable(e.to_string()))?;
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) if !still_at(&lock, &path) => {
+                    // Someone replaced the file between our open and our
+                    // lock: this lock guards nothing. Try the new file.
+                    drop(lock);
+                }
                 Ok(mut lock) => {
                     let _ = lock.set_len(0);
                     let _ = lock.rewind();
@@ -47,10 +54,19 @@ impl JournalLock {
     }
 }
 
-fn lock_path(journal: &Path) -> PathBuf {
+pub(super) fn lock_path(journal: &Path) -> PathBuf {
     let mut name = journal.file_name().unwrap_or_default().to_os_string();
     name.push(".lock");
     journal.with_file_name(name)
+}
+
+/// The locked file is the one the path names now.
+fn still_at(lock: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (lock.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(locked), Ok(named)) => locked.dev() == named.dev() && locked.ino() == named.ino(),
+        _ => false,
+    }
 }
 
 fn holder(path: &Path) -> Option<u32> {

@@ -237,6 +237,19 @@ impl Journal {
     }
 }
 
+/// The files that make up the journal at `path`: the database, its WAL and
+/// SHM, and the lock file. No action may ever touch them.
+pub fn own_files(path: &Path) -> Vec<PathBuf> {
+    // Compared by identity through no-symlink resolution: spell it absolute.
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let with_suffix = |suffix: &str| {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    vec![path.clone(), with_suffix("-wal"), with_suffix("-shm"), with_suffix("-journal"), lock::lock_path(&path)]
+}
+
 /// When each plugin last ran (unix ms), whatever its outcome, read without
 /// the lock; a journal that does not exist yet has no runs.
 pub fn last_runs(path: &Path) -> Result<HashMap<String, u64>, JournalError> {

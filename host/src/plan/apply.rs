@@ -87,6 +87,7 @@ mod tests {
             grants: EffectiveGrants::new("p", &["signal".into(), "files_remove".into()], &grants),
             policy: Arc::new(Policy::parse(std::path::Path::new("t.toml"), "").unwrap()),
             protected_pids: vec![std::process::id()],
+            protected_files: vec![],
             engine: None,
         }
     }

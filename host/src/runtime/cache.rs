@@ -2,6 +2,12 @@
 //! the engine's compatibility hash. Each entry carries a checksum of itself:
 //! a stale, truncated or corrupt entry is a miss and is rewritten, never a
 //! failure and never handed to wasmtime unchecked.
+//!
+//! A cache entry is native code that doctor runs (often as root), and the
+//! checksum only proves it was not damaged, not who wrote it. So an entry
+//! is read only when it and every directory from it up to the cache root
+//! belong to doctor's user (or root) and nobody else may write them;
+//! otherwise the plugin is compiled in memory and nothing is written.
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
@@ -19,6 +25,9 @@ pub enum CacheOutcome {
     Miss,
     /// Compiled now; no cache directory is configured or it is not writable.
     Off,
+    /// Compiled now; the cache directory could be written by someone other
+    /// than doctor's user, so it is neither read nor written.
+    Untrusted,
 }
 
 impl CacheOutcome {
@@ -27,6 +36,7 @@ impl CacheOutcome {
             CacheOutcome::Hit => "hit",
             CacheOutcome::Miss => "miss",
             CacheOutcome::Off => "off",
+            CacheOutcome::Untrusted => "untrusted",
         }
     }
 }
@@ -44,8 +54,12 @@ pub fn load_or_compile(
     let Some(dir) = dir else {
         return Ok((compile(engine, bytes)?, CacheOutcome::Off));
     };
+    if let Err(why) = prepare_dir(dir) {
+        tracing::warn!("component cache {} is not used: {why}; compiling in memory", dir.display());
+        return Ok((compile(engine, bytes)?, CacheOutcome::Untrusted));
+    }
     let entry = entry_path(engine, dir, sha256);
-    if let Some(component) = read_entry(engine, &entry) {
+    if let Some(component) = read_entry(engine, dir, &entry) {
         return Ok((component, CacheOutcome::Hit));
     }
     let component = compile(engine, bytes)?;
@@ -69,8 +83,46 @@ fn entry_path(engine: &Engine, dir: &Path, sha256: &str) -> PathBuf {
     dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()))
 }
 
+/// Create the cache root if needed (mode 0700) and check that only doctor's
+/// user (or root) can write it.
+fn prepare_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| format!("cannot create it: {e}"))?;
+    }
+    trusted(dir)
+}
+
+/// Owned by doctor's uid or root, and writable by neither group nor others.
+fn trusted(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.file_type().is_symlink() {
+        return Err(format!("{} is a symlink", path.display()));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!("{} belongs to uid {}, not doctor's uid {me} or root", path.display(), meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!("{} is writable by group or others (mode {:o})", path.display(), meta.mode() & 0o7777));
+    }
+    Ok(())
+}
+
 /// A valid entry's last 32 bytes are the sha256 of everything before them.
-fn read_entry(engine: &Engine, path: &Path) -> Option<Component> {
+/// Read only if the file and every directory up to `root` are trusted.
+fn read_entry(engine: &Engine, root: &Path, path: &Path) -> Option<Component> {
+    let mut step = Some(path);
+    while let Some(p) = step {
+        if let Err(why) = trusted(p) {
+            if p.exists() {
+                tracing::warn!("component cache entry {} is not loaded: {why}; recompiling", path.display());
+            }
+            return None;
+        }
+        step = if p == root { None } else { p.parent() };
+    }
     let data = std::fs::read(path).ok()?;
     if data.len() < 32 {
         return None;
@@ -82,7 +134,8 @@ fn read_entry(engine: &Engine, path: &Path) -> Option<Component> {
     }
     // SAFETY: the bytes are ours: written by `write_entry` from
     // `Component::serialize` of this engine configuration (the file name
-    // carries its compatibility hash) and verified by checksum just above.
+    // carries its compatibility hash), in a directory tree only doctor's
+    // user or root can write (checked above), and verified by checksum.
     unsafe { Component::deserialize(engine, body) }.ok()
 }
 
@@ -92,7 +145,12 @@ fn write_entry(component: &Component, dir: &Path, path: &Path) -> anyhow::Result
     let sum = Sha256::digest(&data);
     data.extend_from_slice(&sum);
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, &data)?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        file.write_all(&data)?;
+    }
     std::fs::rename(&tmp, path)?;
     Ok(())
 }

@@ -6,8 +6,9 @@
 pub mod bindings;
 mod cache;
 mod convert;
+pub mod limits;
 
-pub use cache::CacheOutcome;
+pub use cache::{sha256_hex, CacheOutcome};
 
 use crate::capabilities::CapabilityContext;
 use crate::plan::Finding;
@@ -17,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, HasData, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, Store};
+use limits::{InstanceBudget, Tripped};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -56,8 +58,8 @@ pub struct Limits {
 pub enum PluginFailure {
     #[error("did not finish within its deadline of {0:?}")]
     Timeout(Duration),
-    #[error("exceeded its memory limit of {0} bytes")]
-    Memory(u64),
+    #[error("exceeded its memory limit: {0} (plugin_memory counts every memory and table of the plugin together)")]
+    Memory(Tripped),
     #[error("trapped: {0}")]
     Trap(String),
     #[error("returned an error: {0}")]
@@ -93,7 +95,7 @@ pub struct LoadedComponent {
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: InstanceBudget,
     caps: CapabilityContext,
 }
 
@@ -127,7 +129,12 @@ impl Runtime {
 
     /// Compile `bytes` (or load them from the cache) into a component.
     pub fn load(&self, bytes: &[u8]) -> Result<LoadedComponent, PluginFailure> {
-        let sha256 = cache::sha256_hex(bytes);
+        self.load_hashed(bytes, cache::sha256_hex(bytes))
+    }
+
+    /// As [`Runtime::load`], for bytes whose sha256 the caller has already
+    /// computed (and checked against a pin) before anything compiles them.
+    pub fn load_hashed(&self, bytes: &[u8], sha256: String) -> Result<LoadedComponent, PluginFailure> {
         let (component, cache) = cache::load_or_compile(&self.engine, self.cache_dir.as_deref(), bytes, &sha256)
             .map_err(|e| PluginFailure::Load(format!("{e:#}")))?;
         Ok(LoadedComponent { component, sha256, cache })
@@ -171,22 +178,19 @@ impl Runtime {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let memory = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
-        let state = PluginState {
-            wasi,
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new().memory_size(memory).trap_on_grow_failure(true).instances(64).build(),
-            caps,
-        };
+        let mut caps = caps;
+        // Host calls bound their own waits by what is left of this.
+        caps.deadline = std::time::Instant::now() + limits.timeout;
+        let state = PluginState { wasi, table: ResourceTable::new(), limits: InstanceBudget::new(limits.memory_bytes), caps };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(deadline_ticks(limits.timeout));
         store.epoch_deadline_trap();
 
-        let outcome = bindings::Plugin::instantiate(&mut store, component, &self.linker)
-            .and_then(|plugin| f(&plugin, &mut store))
-            .map_err(|e| classify(e, limits, &stderr));
-        let caps = store.into_data().caps;
+        let outcome = bindings::Plugin::instantiate(&mut store, component, &self.linker).and_then(|plugin| f(&plugin, &mut store));
+        let state = store.into_data();
+        let outcome = outcome.map_err(|e| classify(e, limits, state.limits.tripped, &stderr));
+        let caps = state.caps;
         Ok((outcome, caps))
     }
 }
@@ -200,14 +204,14 @@ fn deadline_ticks(timeout: Duration) -> u64 {
     (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
 }
 
-fn classify(e: wasmtime::Error, limits: Limits, stderr: &MemoryOutputPipe) -> PluginFailure {
+fn classify(e: wasmtime::Error, limits: Limits, tripped: Option<Tripped>, stderr: &MemoryOutputPipe) -> PluginFailure {
     if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
         return PluginFailure::Timeout(limits.timeout);
     }
-    let text = format!("{e:#}");
-    if text.contains("growing memory") || text.contains("memory.grow") {
-        return PluginFailure::Memory(limits.memory_bytes);
+    if let Some(tripped) = tripped {
+        return PluginFailure::Memory(tripped);
     }
+    let text = format!("{e:#}");
     let said = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
     // The first line of a trap's error is a backtrace header; the trap kind is what says why.
     let first_line = match e.downcast_ref::<wasmtime::Trap>() {

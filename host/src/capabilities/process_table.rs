@@ -1,0 +1,35 @@
+//! `processes`: the process table, read-only.
+
+use super::CapabilityContext;
+use crate::facts::processes::ProcessInfo;
+use crate::runtime::bindings::doctor::plugin::processes::{self, Process};
+use crate::runtime::bindings::doctor::plugin::types::{Error, ProcessRef};
+
+impl processes::Host for CapabilityContext {
+    fn all(&mut self) -> Result<Vec<Process>, Error> {
+        self.grants.processes()?;
+        let table = self.facts.processes().map_err(Error::Io)?;
+        Ok(table.iter().map(to_wit).collect())
+    }
+
+    fn get(&mut self, pid: u32) -> Result<Option<Process>, Error> {
+        self.grants.processes()?;
+        let table = self.facts.processes().map_err(Error::Io)?;
+        Ok(table.iter().find(|p| p.id.pid == pid).map(to_wit))
+    }
+}
+
+fn to_wit(p: &ProcessInfo) -> Process {
+    Process {
+        id: ProcessRef { pid: p.id.pid, start_time: p.id.start_time },
+        ppid: p.ppid,
+        uid: p.uid,
+        state: p.state.to_string(),
+        name: p.name.clone(),
+        exe: p.exe.clone(),
+        argv: p.argv.clone(),
+        cgroup: p.cgroup.clone(),
+        started_unix_ms: p.started_unix_ms,
+        kernel_thread: p.kernel_thread,
+    }
+}

@@ -1,0 +1,92 @@
+//! One hostile plugin, many attacks: the policy's `config.attack` picks which
+//! host call to abuse and the other keys aim it. Each attack reports what the
+//! host answered as a finding (`key` = the attack), so a test can read it.
+use doctor_sdk::prelude::*;
+
+#[derive(serde::Deserialize)]
+struct Config {
+    attack: String,
+    pid: u32,
+    start_time: u64,
+    path: String,
+    paths: Vec<String>,
+    db: String,
+    sql: String,
+    max_rows: u32,
+    max_bytes: u32,
+    port: u16,
+    deadline_ms: u32,
+    timeout_ms: u32,
+    count: u32,
+    size: u32,
+}
+
+struct Hostile;
+
+impl Plugin for Hostile {
+    type Config = Config;
+    fn info() -> Info {
+        let mut info = Info::new("hostile-attacks", "Abuses one host call, chosen by config.attack.");
+        for cap in [
+            caps::PROCESSES, caps::FILES, caps::SQLITE, caps::SOCKETS, caps::PROBE, caps::SIGNAL,
+            caps::FILES_REMOVE, caps::SQLITE_WRITE,
+        ] {
+            info = info.capability(cap);
+        }
+        info.config_key("attack", None, "which attack")
+            .config_key("pid", Some("0"), "target pid")
+            .config_key("start_time", Some("0"), "target start time")
+            .config_key("path", Some("\"\""), "target path")
+            .config_key("paths", Some("[]"), "target paths")
+            .config_key("db", Some("\"\""), "database label")
+            .config_key("sql", Some("\"\""), "SQL text")
+            .config_key("max_rows", Some("1"), "max rows of a write")
+            .config_key("max_bytes", Some("4096"), "bytes to ask for")
+            .config_key("port", Some("0"), "port")
+            .config_key("deadline_ms", Some("1000"), "wait deadline")
+            .config_key("timeout_ms", Some("1000"), "probe timeout")
+            .config_key("count", Some("1"), "how many times")
+            .config_key("size", Some("16"), "bytes per item")
+    }
+
+    fn check(c: Config) -> Result<Vec<Finding>, Error> {
+        let said = |what: String| Ok(vec![Finding::warning(c.attack.clone(), c.attack.clone(), what)]);
+        let plan = |actions: Vec<Action>| {
+            let mut f = Finding::warning(c.attack.clone(), c.attack.clone(), "planned");
+            for a in actions {
+                f = f.action(a, c.attack.clone());
+            }
+            Ok(vec![f])
+        };
+        match c.attack.as_str() {
+            "stop" => plan(vec![Action::stop_process(ProcessRef { pid: c.pid, start_time: c.start_time }, 500)]),
+            "signal" => plan(vec![Action::signal_process(ProcessRef { pid: c.pid, start_time: c.start_time }, Signal::Term)]),
+            "remove" => plan(c.paths.iter().map(|p| Action::remove_file(p)).collect()),
+            "sql-exec" => plan(vec![Action::sql_exec(&c.db, &c.sql, vec![], c.max_rows)]),
+            "wait-port" => plan(vec![Action::wait_port_free(c.port, c.deadline_ms)]),
+            "read" => said(answer(files::read(&c.path, c.max_bytes).map(|t| format!("READ {} BYTES", t.len())))),
+            "stat" => said(answer(files::stat(&c.path).map(|s| format!("STAT {:?}", s.map(|s| s.size))))),
+            "query" => said(answer(sqlite::query(&c.db, &c.sql, &[]).map(|r| format!("ROWS {}", r.rows.len())))),
+            "probe" => said(answer(probe::http_get(&format!("http://127.0.0.1:{}/", c.port), c.timeout_ms).map(|r| format!("HTTP {}", r.status)))),
+            "kv-flood" => said(kv_flood(c.count, c.size)),
+            other => Err(Error::Invalid(format!("unknown attack {other:?}"))),
+        }
+    }
+}
+
+fn answer(result: Result<String, Error>) -> String {
+    result.unwrap_or_else(|e| doctor_sdk::error_text(&e))
+}
+
+/// Write `count` keys whose key and value are each `size` bytes long, then
+/// count how many the host kept.
+fn kv_flood(count: u32, size: u32) -> String {
+    let filler = "x".repeat(size as usize);
+    for i in 0..count {
+        host::kv_set(&format!("{i}-{filler}"), &filler);
+    }
+    let kept = (0..count).filter(|i| host::kv_get(&format!("{i}-{filler}")).is_some()).count();
+    format!("KEPT {kept} OF {count}")
+}
+
+register_plugin!(Hostile);

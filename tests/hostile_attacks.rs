@@ -1,0 +1,477 @@
+//! Attacks on the host's own calls by a hostile plugin (tests/hostile/
+//! hostile-attacks, aimed by its config), run beside a well-behaved plugin.
+//! Each test checks what an operator would: doctor finished with its
+//! documented exit code, the attack was refused or bounded with a plain
+//! reason in the journal, the other plugin still reported, and nothing
+//! outside the grants changed.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// A scenario with hostile-attacks installed, aimed by `config` with
+/// `grants`, beside pid-file-stop reporting one stale PID file.
+fn attack(doctor_extra: &str, grants: &str, config: &str) -> Scenario {
+    let s = Scenario::new();
+    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    aim(&s, doctor_extra, grants, config);
+    s
+}
+
+fn aim(s: &Scenario, doctor_extra: &str, grants: &str, config: &str) {
+    std::fs::write(s.path("stale.pid"), "999999999\n").unwrap();
+    let root = s.root().display().to_string();
+    s.policy_with(
+        doctor_extra,
+        &format!(
+            r#"
+[plugins.pid-file-stop]
+grants.processes = true
+grants.files = ["{root}/stale.pid"]
+config = {{ targets = [{{ name = "w", pid_file = "{root}/stale.pid", pattern = "^never-matches$" }}] }}
+
+[plugins.hostile-attacks]
+{grants}
+config = {{ {config} }}
+"#
+        ),
+    );
+}
+
+/// The well-behaved plugin's finding survived whatever the attack did.
+fn bystander_intact(doc: &serde_json::Value) {
+    assert!(finding(doc, "pid-file-stop", "w:stale-pid-file").is_some(), "pid-file-stop still reports: {doc}");
+    assert_eq!(plugin_summary(doc, "pid-file-stop")["outcome"], "ok");
+}
+
+/// What the attack's finding says (read attacks report the host's answer).
+fn said(doc: &serde_json::Value, attack: &str) -> String {
+    finding(doc, "hostile-attacks", attack).map(|f| f["message"].as_str().unwrap_or_default().to_string()).unwrap_or_default()
+}
+
+/// The outcome and detail of each action of the attack's finding, from the journal.
+fn journaled_actions(s: &Scenario, attack: &str) -> Vec<(String, String)> {
+    let conn = s.journal();
+    let mut stmt = conn
+        .prepare("SELECT outcome, detail FROM actions WHERE plugin = 'hostile-attacks' AND finding_key = ?1 ORDER BY id")
+        .unwrap();
+    stmt.query_map([attack], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+fn plugin_error(s: &Scenario, plugin: &str) -> String {
+    s.journal()
+        .query_row("SELECT coalesce(error, '') FROM plugin_runs WHERE plugin = ?1 ORDER BY id DESC LIMIT 1", [plugin], |r| r.get(0))
+        .unwrap()
+}
+
+fn task_start_time(pid: u32, tid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    stat.rsplit(')').next().unwrap().split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+// ---------------------------------------------------------------- signals
+
+#[test]
+fn a_thread_of_doctors_multithreaded_parent_is_never_signalled() {
+    // This test process is doctor's parent and has threads; aim at one of them.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        tid_tx.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+        let _ = stop_rx.recv();
+    });
+    let tid = tid_rx.recv().unwrap();
+    let start = task_start_time(std::process::id(), tid);
+    let s = attack(
+        "",
+        "grants.processes = true\ngrants.signal = { match = [\".*\"] }",
+        &format!("attack = \"stop\", pid = {tid}, start_time = {start}"),
+    );
+    let (code, doc) = s.doctor_json(&["fix"]);
+    // Still here: the whole thread group (this test) was not killed.
+    assert_eq!(code, 2, "a refused fix is critical: {doc}");
+    let actions = journaled_actions(&s, "stop");
+    assert_eq!(actions[0].0, "refused", "{actions:?}");
+    assert!(actions[0].1.contains("ancestors"), "the refusal says why: {actions:?}");
+    bystander_intact(&doc);
+    stop_tx.send(()).unwrap();
+    worker.join().unwrap();
+}
+
+#[test]
+fn a_thread_of_an_unrelated_process_is_refused_and_its_process_lives() {
+    let mut victim = Proc::spawn(&["python3", "-c", "import threading,time\nt=threading.Thread(target=time.sleep,args=(60,));t.start();time.sleep(60)"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let tid = loop {
+        let tasks: Vec<u32> = std::fs::read_dir(format!("/proc/{}/task", victim.pid()))
+            .unwrap()
+            .filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|t| *t != victim.pid())
+            .collect();
+        if let Some(t) = tasks.first() {
+            break *t;
+        }
+        assert!(Instant::now() < deadline, "python never started its thread");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let start = task_start_time(victim.pid(), tid);
+    let s = attack("", "grants.processes = true\ngrants.signal = { match = [\"python3\"] }", &format!("attack = \"stop\", pid = {tid}, start_time = {start}"));
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 2, "{doc}");
+    let actions = journaled_actions(&s, "stop");
+    assert_eq!(actions[0].0, "refused", "{actions:?}");
+    assert!(actions[0].1.contains(&format!("thread of process {}", victim.pid())), "{actions:?}");
+    assert!(victim.running(), "the thread's process was not signalled");
+    bystander_intact(&doc);
+}
+
+// ------------------------------------------------------------------ files
+
+#[test]
+fn a_fifo_that_blocks_the_host_cannot_buy_time_to_swap_a_parent_for_a_symlink() {
+    let s = Scenario::new();
+    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    let root = s.root();
+    std::fs::create_dir_all(root.join("run/a")).unwrap();
+    std::fs::create_dir_all(root.join("outside")).unwrap();
+    nix::unistd::mkfifo(&root.join("run/a/x.pid"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::fs::write(root.join("outside/x.pid"), "outside the grant\n").unwrap();
+    aim(
+        &s,
+        "",
+        &format!("grants.files_remove = [\"{}/run/*/x.pid\"]", root.display()),
+        &format!("attack = \"remove\", paths = [\"{}/run/a/x.pid\"]", root.display()),
+    );
+    // While doctor runs: swap run/a for a symlink to outside/, then open the
+    // FIFO for writing (through its new name) to release a blocked reader.
+    let swapper = {
+        let root = root.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(800));
+            std::fs::rename(root.join("run/a"), root.join("run/a-moved")).unwrap();
+            std::os::unix::fs::symlink(root.join("outside"), root.join("run/a")).unwrap();
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags_nonblock()
+                .open(root.join("run/a-moved/x.pid"));
+        })
+    };
+    let (code, doc) = s.doctor_json(&["fix"]);
+    swapper.join().unwrap();
+    assert!(root.join("outside/x.pid").exists(), "the file outside the grant is still there");
+    let actions = journaled_actions(&s, "remove");
+    assert_eq!(actions[0].0, "refused", "{actions:?}");
+    assert!(actions[0].1.contains("FIFO"), "{actions:?}");
+    assert_eq!(code, 2, "{doc}");
+    bystander_intact(&doc);
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK)
+    }
+}
+
+#[test]
+fn a_symlinked_directory_inside_a_removal_grant_is_not_followed() {
+    let s = Scenario::new();
+    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    let root = s.root();
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    std::fs::create_dir_all(root.join("outside")).unwrap();
+    std::fs::write(root.join("outside/x.pid"), "1\n").unwrap();
+    std::os::unix::fs::symlink(root.join("outside"), root.join("run/b")).unwrap();
+    aim(
+        &s,
+        "",
+        &format!("grants.files_remove = [\"{}/run/*/x.pid\"]", root.display()),
+        &format!("attack = \"remove\", paths = [\"{}/run/b/x.pid\"]", root.display()),
+    );
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert!(root.join("outside/x.pid").exists());
+    let actions = journaled_actions(&s, "remove");
+    assert_eq!(actions[0].0, "refused", "{actions:?}");
+    assert!(actions[0].1.contains("is a symlink"), "{actions:?}");
+    assert_eq!(code, 2, "{doc}");
+}
+
+#[test]
+fn doctors_own_journal_and_lock_are_never_removed_even_through_a_hard_link() {
+    let s = Scenario::new();
+    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    let root = s.root();
+    // A first run creates the journal; then plant a hard link to it.
+    aim(&s, "", "", "attack = \"read\"");
+    s.doctor(&["check"]);
+    std::fs::create_dir_all(root.join("granted")).unwrap();
+    std::fs::hard_link(root.join("journal.db"), root.join("granted/copy.db")).unwrap();
+    let targets: Vec<String> = ["journal.db", "journal.db-wal", "journal.db-shm", "journal.db.lock", "granted/copy.db"]
+        .iter()
+        .map(|n| format!("\"{}/{n}\"", root.display()))
+        .collect();
+    aim(
+        &s,
+        "",
+        &format!("grants.files_remove = [\"{0}/*\", \"{0}/granted/*\"]", root.display()),
+        &format!("attack = \"remove\", paths = [{}]", targets.join(", ")),
+    );
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 2, "{doc}");
+    let actions = journaled_actions(&s, "remove");
+    // The journal and lock exist during the run: each removal refused by the guard.
+    for (i, name) in ["journal.db", "journal.db.lock", "granted/copy.db"].iter().enumerate() {
+        let seq = if i == 0 { 0 } else if i == 1 { 3 } else { 4 };
+        assert_eq!(actions[seq].0, "refused", "{name}: {actions:?}");
+        assert!(actions[seq].1.contains("doctor's own journal"), "{name}: {actions:?}");
+    }
+    assert!(root.join("journal.db").exists() && root.join("journal.db.lock").exists() && root.join("granted/copy.db").exists());
+    let ok: String = s.journal().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok");
+}
+
+#[test]
+fn fifos_and_devices_inside_a_read_grant_are_refused_not_waited_on() {
+    let s = attack("", "", "attack = \"read\"");
+    let root = s.root();
+    nix::unistd::mkfifo(&root.join("f.fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for (path, kind) in [(root.join("f.fifo").display().to_string(), "FIFO"), ("/dev/zero".to_string(), "character device")] {
+        aim(&s, "", &format!("grants.files = [\"{path}\"]"), &format!("attack = \"read\", path = \"{path}\""));
+        let (code, doc) = s.doctor_json(&["check"]);
+        let answer = said(&doc, "read");
+        assert!(answer.starts_with("invalid:") && answer.contains(&format!("is a {kind}, not a regular file")), "{path}: {answer}");
+        assert_eq!(code, 1, "the attack's finding is a warning, nothing hung: {doc}");
+        bystander_intact(&doc);
+    }
+}
+
+#[test]
+fn reads_are_capped_by_the_policy_whatever_max_bytes_asks() {
+    let s = attack("", "", "attack = \"read\"");
+    let big = s.path("big.log");
+    std::fs::write(&big, vec![b'x'; 2 << 20]).unwrap();
+    let path = s.root().join("big.log").display().to_string();
+    let grants = format!("grants.files = [\"{path}\"]");
+    let config = format!("attack = \"read\", path = \"{path}\", max_bytes = 4294967295");
+    aim(&s, "", &grants, &config);
+    let (_, doc) = s.doctor_json(&["check"]);
+    let answer = said(&doc, "read");
+    assert!(answer.starts_with("limit:") && answer.contains("file_read_max 1048576"), "{answer}");
+    aim(&s, "file_read_max = \"4MiB\"", &grants, &config);
+    let (_, doc) = s.doctor_json(&["check"]);
+    assert_eq!(said(&doc, "read"), format!("READ {} BYTES", 2 << 20));
+}
+
+// -------------------------------------------------------------- databases
+
+fn database(s: &Scenario, name: &str, sql: &str) -> std::path::PathBuf {
+    let path = s.root().join(name);
+    rusqlite::Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+    path
+}
+
+#[test]
+fn a_database_label_behind_a_symlink_is_neither_read_nor_written() {
+    let s = Scenario::new();
+    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    let secret = database(&s, "secret.db", "CREATE TABLE s(v); INSERT INTO s VALUES ('root only');");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = s.root().join("app.db");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let write = |attack: &str, sql: &str| {
+        db_policy(&s, "", &link, &format!("attack = \"{attack}\", db = \"app\", sql = \"{sql}\""));
+        s.doctor_json(&["fix"])
+    };
+    let (_, doc) = write("query", "SELECT v FROM s");
+    let answer = said(&doc, "query");
+    assert!(answer.starts_with("denied:") && answer.contains("is a symlink"), "{answer}");
+    let (code, doc) = write("sql-exec", "DELETE FROM s");
+    assert_eq!(code, 2, "{doc}");
+    let actions = journaled_actions(&s, "sql-exec");
+    assert_eq!(actions[0].0, "refused", "{actions:?}");
+    let rows: i64 = rusqlite::Connection::open(&secret).unwrap().query_row("SELECT count(*) FROM s", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 1, "nothing deleted through the link");
+    bystander_intact(&doc);
+}
+
+fn db_policy(s: &Scenario, doctor_extra: &str, path: &Path, config: &str) {
+    aim(s, doctor_extra, "grants.sqlite = [\"app\"]\ngrants.sqlite_write = [\"app\"]", config);
+    let text = std::fs::read_to_string(s.policy_path()).unwrap();
+    std::fs::write(s.policy_path(), format!("{text}\n[databases.app]\npath = \"{}\"\n", path.display())).unwrap();
+}
+
+#[test]
+fn max_rows_counts_the_rows_a_trigger_changes() {
+    let s = Scenario::new();
+    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    let path = database(
+        &s,
+        "app.db",
+        "CREATE TABLE jobs(id INTEGER PRIMARY KEY, status TEXT); INSERT INTO jobs VALUES (1, 'running');
+         CREATE TABLE audit(n); WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k LIMIT 50) INSERT INTO audit SELECT i FROM k;
+         CREATE TRIGGER wipe AFTER UPDATE ON jobs BEGIN DELETE FROM audit; END;",
+    );
+    db_policy(&s, "", &path, "attack = \"sql-exec\", db = \"app\", sql = \"UPDATE jobs SET status = 'pending' WHERE id = 1\", max_rows = 1");
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 2, "{doc}");
+    let actions = journaled_actions(&s, "sql-exec");
+    assert_eq!(actions[0].0, "failed", "{actions:?}");
+    assert!(actions[0].1.contains("would change 51 rows, more than max-rows 1"), "{actions:?}");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let audit: i64 = conn.query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap();
+    let status: String = conn.query_row("SELECT status FROM jobs", [], |r| r.get(0)).unwrap();
+    assert_eq!((audit, status.as_str()), (50, "running"), "rolled back whole");
+}
+
+#[test]
+fn queries_are_bounded_in_bytes_and_interrupted_at_the_deadline() {
+    let s = Scenario::new();
+    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    let path = database(&s, "app.db", "CREATE TABLE t(x);");
+    db_policy(&s, "", &path, "attack = \"query\", db = \"app\", sql = \"SELECT randomblob(1000000000)\"");
+    let (_, doc) = s.doctor_json(&["check"]);
+    assert!(said(&doc, "query").starts_with("limit:") && said(&doc, "query").contains("sql_result_max"), "{}", said(&doc, "query"));
+    bystander_intact(&doc);
+
+    let endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
+    db_policy(&s, "plugin_timeout = \"1s\"", &path, &format!("attack = \"query\", db = \"app\", sql = \"{endless}\""));
+    let started = Instant::now();
+    let (code, doc) = s.doctor_json(&["check"]);
+    // Not a speed goal: a hang bound. Without the interrupt this never returns.
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    // The query stops at the deadline; the plugin then has no time left either.
+    let error = plugin_error(&s, "hostile-attacks");
+    let answer = said(&doc, "query");
+    assert!(answer.contains("interrupted at the plugin's deadline") || error.contains("deadline"), "{answer} / {error}");
+    assert!(code == 1 || code == 3, "{doc}");
+    bystander_intact(&doc);
+}
+
+// ------------------------------------------------------------ other bounds
+
+#[test]
+fn key_value_state_is_capped_in_key_size_value_size_and_count() {
+    let s = attack("", "", "attack = \"kv-flood\", count = 200, size = 300");
+    let (_, doc) = s.doctor_json(&["check"]);
+    assert_eq!(said(&doc, "kv-flood"), "KEPT 0 OF 200", "keys over kv_max_key_bytes are refused");
+    aim(&s, "kv_max_keys = 50", "", "attack = \"kv-flood\", count = 200, size = 100");
+    let (_, doc) = s.doctor_json(&["check"]);
+    assert_eq!(said(&doc, "kv-flood"), "KEPT 50 OF 200");
+    let stored: i64 = s.journal().query_row("SELECT count(*) FROM plugin_state WHERE plugin = 'hostile-attacks'", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored, 50);
+    let log = s.journal().query_row("SELECT log FROM plugin_runs WHERE plugin = 'hostile-attacks' ORDER BY id DESC", [], |r| r.get::<_, String>(0)).unwrap();
+    assert!(log.contains("kv_max_keys 50"), "refusals are logged: {log}");
+}
+
+#[test]
+fn waiting_for_a_port_needs_the_sockets_grant_and_is_capped() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let config = format!("attack = \"wait-port\", port = {port}, deadline_ms = 4294967295");
+    let s = attack("", "", &config);
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 2, "{doc}");
+    let actions = journaled_actions(&s, "wait-port");
+    assert_eq!(actions[0].0, "refused");
+    assert!(actions[0].1.contains("grants.sockets"), "{actions:?}");
+
+    aim(&s, "action_wait_max = \"1s\"", "grants.sockets = true", &config);
+    let started = Instant::now();
+    let (code, _) = s.doctor_json(&["fix"]);
+    assert!(started.elapsed() < Duration::from_secs(30), "the wait ended: {:?}", started.elapsed());
+    assert_eq!(code, 2);
+    let actions = journaled_actions(&s, "wait-port");
+    assert_eq!(actions.last().unwrap().0, "failed", "{actions:?}");
+    assert!(actions.last().unwrap().1.contains("still held after 1s"), "{actions:?}");
+}
+
+#[test]
+fn a_probe_never_outlives_the_plugins_deadline() {
+    // Accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let s = attack(
+        "plugin_timeout = \"1s\"",
+        &format!("grants.probe = [\"127.0.0.1:{port}\"]"),
+        &format!("attack = \"probe\", port = {port}, timeout_ms = 30000"),
+    );
+    let started = Instant::now();
+    let (_, doc) = s.doctor_json(&["check"]);
+    let took = started.elapsed();
+    drop(silent);
+    // The probe asked for 30 s; it got what was left of the plugin's 1 s.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let answer = said(&doc, "probe");
+    let error = plugin_error(&s, "hostile-attacks");
+    assert!(answer.starts_with("i/o:") || error.contains("deadline"), "{answer} / {error}");
+    bystander_intact(&doc);
+}
+
+#[test]
+fn plugins_that_loop_in_describe_cost_one_deadline_together() {
+    let s = Scenario::new();
+    let wasm = test_plugins().join("hostile_describe_loop.wasm");
+    let names = ["loop-a", "loop-b", "loop-c", "loop-d"];
+    let mut body = String::new();
+    for name in names {
+        s.install_plugin(name, &wasm);
+        body.push_str(&format!("[plugins.{name}]\n"));
+    }
+    s.policy_with("plugin_timeout = \"2s\"", &body);
+    let started = Instant::now();
+    let (code, doc) = s.doctor_json(&["check"]);
+    let took = started.elapsed();
+    assert_eq!(code, 3, "{doc}");
+    for name in names {
+        assert!(plugin_summary(&doc, name)["error"].as_str().unwrap_or_default().contains("deadline"), "{name}: {doc}");
+    }
+    // One after another they would take 4 x 2 s.
+    assert!(took < Duration::from_secs(7), "took {took:?}");
+}
+
+#[test]
+fn a_wrong_sha256_pin_is_refused_before_anything_compiles() {
+    let s = Scenario::new();
+    // Not even a component: compiling it would fail with another message.
+    std::fs::create_dir_all(s.path("plugins")).unwrap();
+    std::fs::write(s.path("plugins/pinned.wasm"), b"\0asm not really").unwrap();
+    s.policy(&format!("[plugins.pinned]\nsha256 = \"{}\"\n", "0".repeat(64)));
+    let out = s.doctor(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("the policy pins 000") && stderr.contains("plugins.pinned.sha256"), "{stderr}");
+    assert!(!stderr.contains("valid WebAssembly"), "{stderr}");
+}
+
+#[test]
+fn a_cache_directory_others_can_write_is_never_loaded() {
+    let s = Scenario::new();
+    let cache = s.root().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let root = s.root().display().to_string();
+    std::fs::write(s.path("stale.pid"), "999999999\n").unwrap();
+    std::fs::write(
+        s.policy_path(),
+        format!(
+            "[doctor]\njournal = \"{root}/journal.db\"\ncache_dir = \"{root}/cache\"\n\n[plugins.pid-file-stop]\ngrants.processes = true\ngrants.files = [\"{root}/stale.pid\"]\nconfig = {{ targets = [{{ name = \"w\", pid_file = \"{root}/stale.pid\", pattern = \"^x$\" }}] }}\n"
+        ),
+    )
+    .unwrap();
+    let (_, doc) = s.doctor_json(&["check"]);
+    assert_eq!(plugin_summary(&doc, "pid-file-stop")["cache"], "untrusted", "{doc}");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0, "nothing written there either");
+    bystander_intact(&doc);
+    // Once only doctor's user can write it, it is used.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (_, doc) = s.doctor_json(&["check"]);
+    assert_eq!(plugin_summary(&doc, "pid-file-stop")["cache"], "miss");
+    let (_, doc) = s.doctor_json(&["check"]);
+    assert_eq!(plugin_summary(&doc, "pid-file-stop")["cache"], "hit");
+}
