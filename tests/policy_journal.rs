@@ -93,7 +93,8 @@ fn a_second_concurrent_run_waits_then_fails_clearly() {
         .unwrap();
     let lock = s.path("journal.db.lock");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != first.id().to_string() {
+    // The holder writes "PID START_MS" there.
+    while std::fs::read_to_string(&lock).unwrap_or_default().split_whitespace().next() != Some(first.id().to_string().as_str()) {
         assert!(Instant::now() < deadline, "the first run never took the lock");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -103,7 +104,9 @@ fn a_second_concurrent_run_waits_then_fails_clearly() {
     let waited = started.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains(&format!("another doctor run (pid {}) holds the journal lock", first.id())), "{stderr}");
+    // The live holder is named: pid, command line, since when.
+    assert!(stderr.contains(&format!("another doctor run (pid {}: ", first.id())), "{stderr}");
+    assert!(stderr.contains("doctor check --policy") && stderr.contains(", since 20") && stderr.contains(") holds the journal lock"), "{stderr}");
     assert!(waited >= Duration::from_secs(2), "it waited for lock_wait first ({waited:?})");
 
     assert_eq!(first.wait().unwrap().code(), Some(3), "the first run finishes (its plugin timed out)");

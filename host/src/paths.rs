@@ -34,3 +34,13 @@ pub fn default_cache() -> PathBuf {
         .map(|d| d.cache_dir().to_path_buf())
         .unwrap_or_else(|| PathBuf::from("/var/cache/doctor"))
 }
+
+/// One per host: every doctor that fixes takes it, whatever its journal.
+pub fn default_fix_lock() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/run/doctor/fix.lock");
+    }
+    directories::BaseDirs::new()
+        .and_then(|d| d.runtime_dir().map(|r| r.join("doctor").join("fix.lock")))
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("doctor-{}", nix::unistd::geteuid())).join("fix.lock"))
+}

@@ -104,7 +104,12 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
     let _lock = JournalLock::acquire(&journal_file, policy.doctor.lock_wait)?;
     let mut journal = Journal::open(&journal_file)?;
     let interrupted = journal.mark_interrupted()?;
+    let interrupted_actions = crate::journal::intents::recover(journal.connection(), started_ms)?;
     let run_id = journal.begin_run(opts.mode.name(), &policy.file, started_ms)?;
+    let fixes = prepared.iter().any(|p| p.apply_fixes);
+    // Two journals on one host must not fix at the same time.
+    let _fix_lock = if fixes { Some(crate::journal::FixLock::acquire(&fix_lock_path(&policy), policy.doctor.lock_wait)?) } else { None };
+    let intents = if fixes { Some(crate::journal::IntentLog::open(&journal_file, run_id)?) } else { None };
     let gate = FixGate {
         // Look back far enough for both the flap window and the rate limit.
         history: journal.fix_history(started_ms.saturating_sub(policy.doctor.flap_window.max(policy.doctor.fix_min_interval).as_millis() as u64))?,
@@ -120,6 +125,7 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
     let protected = crate::facts::processes::self_and_ancestors();
     let protected_files = crate::journal::own_files(&journal_file);
     let mut report = RunReport::new(run_id, opts.mode.name(), interrupted);
+    report.interrupted_actions = interrupted_actions;
 
     let (tx, rx) = mpsc::channel::<Outcome>();
     std::thread::scope(|scope| -> Result<(), Fatal> {
@@ -127,6 +133,7 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
             let tx = tx.clone();
             let state = journal.load_state(&p.entry.name)?;
             let shared = Shared {
+                intents: intents.as_ref(),
                 runtime: &runtime,
                 policy: &policy,
                 facts: &facts,
@@ -157,6 +164,10 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
     report.finish(started.elapsed().as_millis() as u64);
     journal.finish_run(run_id, report.exit_code, now_unix_ms())?;
     Ok(report)
+}
+
+pub fn fix_lock_path(policy: &Policy) -> PathBuf {
+    policy.doctor.fix_lock.clone().unwrap_or_else(crate::paths::default_fix_lock)
 }
 
 /// Plugins named in the policy (or the subset on the command line), each
@@ -335,6 +346,8 @@ struct Outcome {
 
 /// What every plugin thread of a run shares.
 struct Shared<'a> {
+    /// Present when this run may fix.
+    intents: Option<&'a crate::journal::IntentLog>,
     runtime: &'a Runtime,
     policy: &'a Arc<Policy>,
     facts: &'a Arc<RunFacts>,
@@ -345,7 +358,7 @@ struct Shared<'a> {
 }
 
 fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>) -> Outcome {
-    let Shared { runtime, policy, facts, budget, protected, protected_files, gate } = *shared;
+    let Shared { intents, runtime, policy, facts, budget, protected, protected_files, gate } = *shared;
     let started = Instant::now();
     let started_ms = now_unix_ms();
     let mut summary = PluginSummary::new(&p.entry.name, started_ms);
@@ -370,7 +383,7 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
         }
     };
     gate.escalate(&p.entry.name, &mut findings);
-    let (actions, recheck) = if p.apply_fixes && findings.iter().any(|f| !f.actions.is_empty()) {
+    let (actions, recheck) = if let (true, true, Some(intent_log)) = (p.apply_fixes, findings.iter().any(|f| !f.actions.is_empty()), intents) {
         let ctx = ActionContext {
             plugin: p.entry.name.clone(),
             grants: grants.clone(),
@@ -379,7 +392,8 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
             protected_files: protected_files.to_vec(),
             engine: facts.engine_handle(),
         };
-        let actions = apply::apply(&ctx, &findings, budget, |f| gate.may_fix(&p.entry.name, f));
+        let ahead = crate::journal::intents::PluginIntents { log: intent_log, plugin: &p.entry.name };
+        let actions = apply::apply(&ctx, &findings, budget, |f| gate.may_fix(&p.entry.name, f), &ahead);
         // Re-check against a fresh view of the host.
         let fresh = RunFacts::new(policy.clone());
         let caps = context(&p.entry.name, grants, fresh, kv.clone());

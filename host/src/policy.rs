@@ -47,8 +47,10 @@ pub struct DoctorSection {
     pub journal: Option<PathBuf>,
     #[serde(default)]
     pub plugin_dirs: Vec<PathBuf>,
-    /// Compiled plugins are cached here; defaults to `cache/` beside the journal.
+    /// Compiled plugins are cached here; defaults to `/var/cache/doctor` or the XDG cache dir.
     pub cache_dir: Option<PathBuf>,
+    /// The host-wide lock every fixing run takes; defaults to `/run/doctor/fix.lock`.
+    pub fix_lock: Option<PathBuf>,
     #[serde(default = "default_max_actions")]
     pub max_actions_per_run: u32,
     /// How long a run waits for another run holding the journal lock.
@@ -92,6 +94,7 @@ impl Default for DoctorSection {
             journal: None,
             plugin_dirs: Vec::new(),
             cache_dir: None,
+            fix_lock: None,
             max_actions_per_run: default_max_actions(),
             lock_wait: default_lock_wait(),
             plugin_timeout: default_plugin_timeout(),

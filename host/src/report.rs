@@ -85,6 +85,9 @@ pub struct RunReport {
     pub findings: Vec<FindingOut>,
     /// Earlier runs found unfinished (killed mid-way) and marked interrupted.
     pub interrupted_runs: Vec<i64>,
+    /// Actions of those runs that had begun (intent journaled) without an
+    /// outcome: each re-observed by this run, never redone.
+    pub interrupted_actions: Vec<crate::journal::InterruptedAction>,
 }
 
 impl RunReport {
@@ -97,6 +100,7 @@ impl RunReport {
             plugins: Vec::new(),
             findings: Vec::new(),
             interrupted_runs,
+            interrupted_actions: Vec::new(),
         }
     }
 
@@ -183,6 +187,13 @@ impl RunReport {
         }
         for run in &self.interrupted_runs {
             let _ = writeln!(out, "note: run {run} was interrupted before it finished (its journal entries are kept)");
+        }
+        for a in &self.interrupted_actions {
+            let _ = writeln!(
+                out,
+                "note: run {} {} {} ({}) was interrupted — outcome unknown; now: {}",
+                a.run_id, a.plugin, a.kind, a.description, a.found
+            );
         }
         for p in self.plugins.iter().filter(|p| p.error.is_some()) {
             let _ = writeln!(out, "ERROR    {}: {}", p.name, p.error.as_deref().unwrap_or_default());

@@ -29,6 +29,13 @@ pub fn units(policy: &Policy, paths: &Paths<'_>) -> Units {
 fn service(policy: &Policy, paths: &Paths<'_>) -> String {
     let mut writable = writable_paths(policy, paths.journal, paths.cache);
     writable.extend(paths.prometheus.and_then(Path::parent).map(Path::to_path_buf));
+    // The host-wide fix lock: under /run, systemd creates its directory.
+    let fix_lock_dir = crate::pipeline::fix_lock_path(policy).parent().map(Path::to_path_buf);
+    let runtime_directory = match fix_lock_dir.as_deref().and_then(|d| d.strip_prefix("/run").ok()) {
+        Some(name) if !name.as_os_str().is_empty() => format!("RuntimeDirectory={}\nRuntimeDirectoryPreserve=yes\n", name.display()),
+        _ => String::new(),
+    };
+    writable.extend(fix_lock_dir);
     let writable: Vec<String> = writable.into_iter().map(|p| format!("-{}", p.display())).collect();
     let output = paths.prometheus.map(|p| format!(" --format prometheus --output {}", p.display())).unwrap_or_default();
     format!(
@@ -53,7 +60,7 @@ TimeoutStartSec=15min
 # WebAssembly, so W^X memory cannot be enforced (MemoryDenyWriteExecute=no).
 NoNewPrivileges=yes
 ProtectSystem=strict
-ReadWritePaths={writable}
+{runtime_directory}ReadWritePaths={writable}
 ProtectHome=read-only
 PrivateTmp=no
 ProtectKernelTunables=yes

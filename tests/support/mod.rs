@@ -53,10 +53,12 @@ impl Scenario {
     /// journal, plus `doctor_extra` lines in that section, then `body`.
     pub fn policy_with(&self, doctor_extra: &str, body: &str) -> PathBuf {
         let text = format!(
-            "[doctor]\njournal = {:?}\ncache_dir = {:?}\nplugin_dirs = [{:?}]\nlock_wait = \"2s\"\n{doctor_extra}\n\n{body}",
+            "[doctor]\njournal = {:?}\ncache_dir = {:?}\nplugin_dirs = [{:?}]\nlock_wait = \"2s\"\nfix_lock = {:?}\n{doctor_extra}\n\n{body}",
             self.journal_path().display().to_string(),
             shared_cache().display().to_string(),
             self.path("plugins").display().to_string(),
+            // Each scenario its own host-wide lock, so parallel tests do not queue.
+            self.path("fix.lock").display().to_string(),
         );
         std::fs::create_dir_all(self.path("plugins")).expect("plugins dir");
         std::fs::write(self.policy_path(), text).expect("write policy");

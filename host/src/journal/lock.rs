@@ -17,39 +17,59 @@ pub struct JournalLock {
 
 impl JournalLock {
     pub fn acquire(journal: &Path, wait: Duration) -> Result<JournalLock, JournalError> {
-        let path = lock_path(journal);
-        let unusable = |message: String| JournalError::Unusable { path: path.display().to_string(), message };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| unusable(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let deadline = Instant::now() + wait;
-        loop {
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| unusable(e.to_string()))?;
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) if !still_at(&lock, &path) => {
-                    // Someone replaced the file between our open and our
-                    // lock: this lock guards nothing. Try the new file.
-                    drop(lock);
-                }
-                Ok(mut lock) => {
-                    let _ = lock.set_len(0);
-                    let _ = lock.rewind();
-                    let _ = write!(lock, "{}", std::process::id());
-                    return Ok(JournalLock { _lock: lock });
-                }
-                Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                    return Err(JournalError::Busy(format!(
-                        "another doctor run{} holds the journal lock {}; gave up after waiting {:?} (lock_wait)",
-                        holder(&path).map(|p| format!(" (pid {p})")).unwrap_or_default(),
-                        path.display(),
-                        wait
-                    )));
-                }
-                Err((_, e)) => return Err(unusable(format!("locking: {e}"))),
+        let lock = exclusive(&lock_path(journal), wait, "the journal lock")?;
+        Ok(JournalLock { _lock: lock })
+    }
+}
+
+/// The host-wide lock that a run takes before it may fix anything, so two
+/// doctors with different journals (two policies, a test run, a restored
+/// copy) never act on the host at the same time.
+pub struct FixLock {
+    _lock: Flock<File>,
+}
+
+impl FixLock {
+    pub fn acquire(path: &Path, wait: Duration) -> Result<FixLock, JournalError> {
+        let lock = exclusive(path, wait, "the host-wide fix lock")?;
+        Ok(FixLock { _lock: lock })
+    }
+}
+
+/// An exclusive `flock` on `path`, waited for up to `wait`. The holder
+/// writes its pid and start time there for the message a waiter prints.
+fn exclusive(path: &Path, wait: Duration, what: &str) -> Result<Flock<File>, JournalError> {
+    let unusable = |message: String| JournalError::Unusable { path: path.display().to_string(), message };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| unusable(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| unusable(e.to_string()))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) if !still_at(&lock, path) => {
+                // Someone replaced the file between our open and our
+                // lock: this lock guards nothing. Try the new file.
+                drop(lock);
             }
+            Ok(mut lock) => {
+                let _ = lock.set_len(0);
+                let _ = lock.rewind();
+                let _ = write!(lock, "{} {}", std::process::id(), crate::clock::now_unix_ms());
+                return Ok(lock);
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(JournalError::Busy(format!(
+                    "another doctor run{} holds {what} {}; gave up after waiting {:?} (lock_wait)",
+                    holder(path).map(|h| format!(" ({h})")).unwrap_or_default(),
+                    path.display(),
+                    wait
+                )));
+            }
+            Err((_, e)) => return Err(unusable(format!("locking: {e}"))),
         }
     }
 }
@@ -69,8 +89,25 @@ fn still_at(lock: &File, path: &Path) -> bool {
     }
 }
 
-fn holder(path: &Path) -> Option<u32> {
+/// "pid N: COMMAND LINE, since TIME", from what the holder wrote.
+fn holder(path: &Path) -> Option<String> {
     let mut text = String::new();
     File::open(path).ok()?.read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
+    let mut parts = text.split_whitespace();
+    let pid: u32 = parts.next()?.parse().ok()?;
+    let command = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).split('\0').filter(|a| !a.is_empty()).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let since = parts
+        .next()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(|ms| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string());
+    let mut said = format!("pid {pid}");
+    if !command.is_empty() {
+        said.push_str(&format!(": {command}"));
+    }
+    if let Some(since) = since {
+        said.push_str(&format!(", since {since}"));
+    }
+    Some(said)
 }

@@ -2,11 +2,13 @@
 //! action, plus per-plugin state. One run at a time holds its lock; one
 //! transaction per plugin result keeps it consistent if a run is killed.
 
+pub mod intents;
 mod lock;
 mod schema;
 pub mod query;
 
-pub use lock::JournalLock;
+pub use intents::{IntentLog, InterruptedAction};
+pub use lock::{FixLock, JournalLock};
 
 use crate::plan::{ActionResult, Finding};
 use anyhow::Context as _;

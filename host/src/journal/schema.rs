@@ -97,6 +97,25 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX actions_by_finding ON actions (plugin, finding_key, outcome);
     "#,
+    // v3: write-ahead action intents (`journal/intents.rs`): committed before
+    // an action touches anything, completed with its outcome after.
+    r#"
+    CREATE TABLE intents (
+        id          INTEGER PRIMARY KEY,
+        run_id      INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        plugin      TEXT NOT NULL,
+        finding_key TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        params      TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        outcome     TEXT CHECK (outcome IN ('planned', 'applied', 'failed', 'skipped', 'refused', 'interrupted')),
+        detail      TEXT,
+        finished_at INTEGER
+    );
+    CREATE INDEX intents_open ON intents (outcome) WHERE outcome IS NULL;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

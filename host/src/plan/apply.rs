@@ -2,7 +2,7 @@
 //! order. A failed action is recorded and the rest still run, unless an
 //! action says it needs its predecessors; the run-wide budget caps the total.
 
-use super::{ActionResult, Finding};
+use super::{ActionResult, Finding, Outcome};
 use crate::actions::{self, ActionContext, Executed};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
@@ -23,14 +23,40 @@ impl Budget {
     }
 }
 
+/// Where a plan's intents and outcomes are written before and after each
+/// action (the journal implements it; `plan` needs nothing else of it).
+pub trait WriteAhead {
+    /// Record every action of `findings` as intended, durably, before any
+    /// runs; ids per finding in plan order.
+    fn intend(&self, findings: &[Finding]) -> anyhow::Result<Vec<Vec<i64>>>;
+    fn finish(&self, intent: i64, result: &ActionResult) -> anyhow::Result<()>;
+}
+
 /// The plan without executing it: every action `planned`.
 pub fn dry_run(findings: &[Finding]) -> Vec<Vec<ActionResult>> {
     findings.iter().map(|f| f.actions.iter().map(ActionResult::planned).collect()).collect()
 }
 
 /// Execute the plan; one result list per finding, in the findings' order.
-pub fn apply(ctx: &ActionContext, findings: &[Finding], budget: &Budget, may_fix: impl Fn(&Finding) -> Result<(), String>) -> Vec<Vec<ActionResult>> {
-    findings.iter().map(|f| apply_finding(ctx, f, budget, &may_fix)).collect()
+/// Nothing runs unless its intent was committed first.
+pub fn apply(
+    ctx: &ActionContext,
+    findings: &[Finding],
+    budget: &Budget,
+    may_fix: impl Fn(&Finding) -> Result<(), String>,
+    ahead: &dyn WriteAhead,
+) -> Vec<Vec<ActionResult>> {
+    let intents = match ahead.intend(findings) {
+        Ok(ids) => ids,
+        Err(e) => {
+            let why = format!("not run: the journal could not record the intent first ({e:#})");
+            return findings
+                .iter()
+                .map(|f| f.actions.iter().map(|p| ActionResult { outcome: Outcome::Skipped, detail: why.clone(), ..ActionResult::planned(p) }).collect())
+                .collect();
+        }
+    };
+    findings.iter().zip(intents).map(|(f, ids)| apply_finding(ctx, f, budget, &may_fix, ahead, &ids)).collect()
 }
 
 fn apply_finding(
@@ -38,13 +64,16 @@ fn apply_finding(
     finding: &Finding,
     budget: &Budget,
     may_fix: &impl Fn(&Finding) -> Result<(), String>,
+    ahead: &dyn WriteAhead,
+    intents: &[i64],
 ) -> Vec<ActionResult> {
     let blocked = if finding.actions.is_empty() { Ok(()) } else { may_fix(finding) };
     let mut all_succeeded = true;
     finding
         .actions
         .iter()
-        .map(|planned| {
+        .zip(intents)
+        .map(|(planned, intent)| {
             let mut result = ActionResult::planned(planned);
             let started = Instant::now();
             let executed = if let Err(why) = &blocked {
@@ -62,10 +91,29 @@ fn apply_finding(
             result.before = executed.before;
             result.after = executed.after;
             result.duration_ms = started.elapsed().as_millis() as u64;
+            test_failpoint_after_action();
+            if let Err(e) = ahead.finish(*intent, &result) {
+                tracing::error!(plugin = %ctx.plugin, "the outcome of intent {intent} was not journaled: {e:#}");
+            }
             tracing::info!(plugin = %ctx.plugin, finding = %finding.key, kind = result.kind, outcome = result.outcome.as_str(), "{}", result.detail);
             result
         })
         .collect()
+}
+
+/// `DOCTOR_TEST_KILL_AFTER_ACTIONS=N`: the crash tests' failpoint. The
+/// process SIGKILLs itself right after its Nth action took effect and before
+/// that action's outcome is journaled: the worst moment to die.
+fn test_failpoint_after_action() {
+    use std::sync::atomic::AtomicU64;
+    static LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static DONE: AtomicU64 = AtomicU64::new(0);
+    let Some(limit) = *LIMIT.get_or_init(|| std::env::var("DOCTOR_TEST_KILL_AFTER_ACTIONS").ok()?.parse().ok()) else {
+        return;
+    };
+    if DONE.fetch_add(1, Ordering::SeqCst) + 1 >= limit {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 #[cfg(test)]
@@ -92,6 +140,72 @@ mod tests {
         }
     }
 
+    /// Write-ahead that keeps intents in memory and checks the order.
+    #[derive(Default)]
+    struct Recorded(std::sync::Mutex<Vec<(i64, Option<Outcome>)>>);
+
+    impl WriteAhead for Recorded {
+        fn intend(&self, findings: &[Finding]) -> anyhow::Result<Vec<Vec<i64>>> {
+            let mut log = self.0.lock().unwrap();
+            Ok(findings
+                .iter()
+                .map(|f| {
+                    f.actions
+                        .iter()
+                        .map(|_| {
+                            let id = log.len() as i64;
+                            log.push((id, None));
+                            id
+                        })
+                        .collect()
+                })
+                .collect())
+        }
+        fn finish(&self, intent: i64, result: &ActionResult) -> anyhow::Result<()> {
+            self.0.lock().unwrap()[intent as usize].1 = Some(result.outcome);
+            Ok(())
+        }
+    }
+
+    struct Unwritable;
+    impl WriteAhead for Unwritable {
+        fn intend(&self, _: &[Finding]) -> anyhow::Result<Vec<Vec<i64>>> {
+            anyhow::bail!("disk full")
+        }
+        fn finish(&self, _: i64, _: &ActionResult) -> anyhow::Result<()> {
+            anyhow::bail!("disk full")
+        }
+    }
+
+    #[test]
+    fn nothing_runs_when_its_intent_cannot_be_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        let file = dir.join("a");
+        std::fs::write(&file, "").unwrap();
+        let f = finding(vec![(Action::RemoveFile { path: file.display().to_string() }, false)]);
+        let results = apply(&context(&dir), &[f], &Budget::new(10), |_| Ok(()), &Unwritable);
+        assert_eq!(results[0][0].outcome, Outcome::Skipped);
+        assert!(results[0][0].detail.contains("could not record the intent"), "{}", results[0][0].detail);
+        assert!(file.exists());
+    }
+
+    #[test]
+    fn every_action_has_its_intent_and_then_its_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::write(&a, "").unwrap();
+        let f = finding(vec![
+            (Action::RemoveFile { path: a.display().to_string() }, false),
+            (Action::RemoveFile { path: b.display().to_string() }, false),
+        ]);
+        let ahead = Recorded::default();
+        apply(&context(&dir), &[f], &Budget::new(10), |_| Ok(()), &ahead);
+        let log = ahead.0.lock().unwrap().clone();
+        assert_eq!(log, vec![(0, Some(Outcome::Applied)), (1, Some(Outcome::Skipped))]);
+    }
+
     fn finding(actions: Vec<(Action, bool)>) -> Finding {
         Finding {
             key: "k".into(),
@@ -116,7 +230,7 @@ mod tests {
             (Action::StopProcess { pid, start_time: 1, grace_ms: 100 }, false),
             (Action::RemoveFile { path: file.display().to_string() }, true),
         ]);
-        let results = apply(&context(&dir), &[f], &Budget::new(10), |_| Ok(()));
+        let results = apply(&context(&dir), &[f], &Budget::new(10), |_| Ok(()), &Recorded::default());
         assert_eq!(results[0][0].outcome, Outcome::Skipped, "{:?}", results[0][0]);
         assert_eq!(results[0][1].outcome, Outcome::Applied, "{:?}", results[0][1]);
         assert!(!file.exists());
@@ -134,7 +248,7 @@ mod tests {
             (Action::RemoveFile { path: a.display().to_string() }, true),
             (Action::RemoveFile { path: b.display().to_string() }, false),
         ]);
-        let results = apply(&context(&dir), &[f], &Budget::new(10), |_| Ok(()));
+        let results = apply(&context(&dir), &[f], &Budget::new(10), |_| Ok(()), &Recorded::default());
         let outcomes: Vec<Outcome> = results[0].iter().map(|r| r.outcome).collect();
         assert_eq!(outcomes, [Outcome::Refused, Outcome::Skipped, Outcome::Applied]);
         assert!(a.exists() && !b.exists());
