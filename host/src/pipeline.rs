@@ -355,14 +355,18 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
             protected_pids: protected.to_vec(),
             engine: facts.engine_handle(),
         };
-        let actions = apply::apply(&ctx, &findings, budget, |f| gate.may_fix(&p.entry.name, f));
+        let own = Budget::for_plugin(&p.entry.name, p.policy.max_actions);
+        let actions = apply::apply(&ctx, &findings, &[&own, budget], |f| gate.may_fix(&p.entry.name, f));
         // Re-check against a fresh view of the host.
         let fresh = RunFacts::new(policy.clone());
         let caps = context(&p.entry.name, grants, fresh, kv.clone());
         let (again, caps) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
         log.push_str(&logs_text(caps.as_ref()));
         match again {
-            Ok(f) => (actions, Some(f)),
+            Ok(f) => {
+                show_state_after_fix(&mut findings, &f);
+                (actions, Some(f))
+            }
             Err(failure) => {
                 summary.fail(format!("re-check after fix: {failure}"), started.elapsed());
                 (actions, None)
@@ -374,6 +378,18 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
     summary.duration_ms = started.elapsed().as_millis() as u64;
     let state = kv.lock().ok().map(|m| m.clone());
     Outcome { summary, findings, actions, recheck, state, log }
+}
+
+/// A finding without actions describes a state (a table's counts, a
+/// summary), and after a fix the operator wants the state the fix left, not
+/// the one it started from: take its text and evidence from the re-check.
+fn show_state_after_fix(findings: &mut [Finding], recheck: &[Finding]) {
+    for f in findings.iter_mut().filter(|f| f.actions.is_empty()) {
+        if let Some(after) = recheck.iter().find(|r| r.key == f.key && r.actions.is_empty()) {
+            f.message = after.message.clone();
+            f.evidence = after.evidence.clone();
+        }
+    }
 }
 
 fn logs_text(caps: Option<&CapabilityContext>) -> String {
@@ -424,5 +440,51 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
         let why = p.loaded.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
         return Err(policy.error_at_key(&format!("plugins.{}", p.entry.name), format!("plugin {why}")).into());
     }
+    for warning in host_wide_scopes(&policy) {
+        eprintln!("doctor: warning: {warning}");
+    }
     Ok(format!("{} plugin(s) configured", prepared.len()))
+}
+
+/// Every `scope = "host"` in a plugin's config: a command-line pattern that
+/// may match any process on the host, including another deployment's. Legal
+/// (the operator said so explicitly), but worth a second look.
+pub fn host_wide_scopes(policy: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, plugin) in &policy.plugins {
+        let table = plugin.config_table();
+        collect_host_scopes(&toml::Value::Table(table), &format!("plugins.{name}.config"), &mut out);
+    }
+    out.into_iter()
+        .map(|key| {
+            // The line lookup knows dotted keys, not array indices.
+            let dotted: String = key.split('[').map(|part| part.split_once(']').map_or(part, |(_, rest)| rest)).collect();
+            let e = policy.error_at_key(&dotted, String::new());
+            format!(
+                "{}:{}: {key} = \"host\": its command-line pattern matches processes anywhere on this host, including another deployment's; name a scope (user, unit, cgroup, under) or a PID file instead",
+                e.file, e.line
+            )
+        })
+        .collect()
+}
+
+fn collect_host_scopes(value: &toml::Value, path: &str, out: &mut Vec<String>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let here = format!("{path}.{k}");
+                if k == "scope" && v.as_str() == Some("host") {
+                    out.push(here);
+                } else {
+                    collect_host_scopes(v, &here, out);
+                }
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                collect_host_scopes(v, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
 }

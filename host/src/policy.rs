@@ -93,8 +93,9 @@ fn default_flap_max_fixes() -> u32 {
 fn default_flap_window() -> Duration {
     Duration::from_secs(3600)
 }
+/// Room for the five incidents of `policies/` in one run.
 fn default_max_actions() -> u32 {
-    20
+    100
 }
 fn default_lock_wait() -> Duration {
     Duration::from_secs(30)
@@ -159,6 +160,10 @@ pub struct PluginPolicy {
     pub sha256: Option<String>,
     #[serde(default)]
     pub grants: Grants,
+    /// This plugin's share of the run's action budget, so one plugin cannot
+    /// spend all of `max_actions_per_run`.
+    #[serde(default = "default_plugin_max_actions")]
+    pub max_actions: u32,
     /// The plugin's own settings, checked against the keys its describe() declares.
     pub config: Option<Spanned<toml::Table>>,
 }
@@ -167,6 +172,10 @@ impl PluginPolicy {
     pub fn config_table(&self) -> toml::Table {
         self.config.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default()
     }
+}
+
+fn default_plugin_max_actions() -> u32 {
+    40
 }
 
 fn default_every() -> Duration {
@@ -457,7 +466,8 @@ mod tests {
     #[test]
     fn defaults_apply() {
         let p = parse("[plugins.x]\n").unwrap();
-        assert_eq!(p.doctor.max_actions_per_run, 20);
+        assert_eq!(p.doctor.max_actions_per_run, 100);
+        assert_eq!(p.plugins["x"].max_actions, 40);
         assert_eq!(p.plugins["x"].every, Duration::from_secs(300));
         assert_eq!(p.plugins["x"].fix, FixMode::Manual);
         assert!(!p.plugins["x"].grants.processes);
