@@ -41,6 +41,8 @@ impl TimeUnit {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stamp {
     pub unix_ms: i64,
+    /// The unit it was read in (never `Auto`): a write of "now" uses the same.
+    pub unit: TimeUnit,
     /// e.g. "epoch seconds (INTEGER, detected)", "ISO-8601 without zone, read as UTC (TEXT)".
     pub read_as: String,
 }
@@ -59,7 +61,7 @@ pub fn read_time(value: &SqlValue, unit: TimeUnit) -> Result<Stamp, String> {
         SqlValue::Text(t) => (t.trim().parse::<f64>().ok().filter(|f| f.is_finite()), "TEXT"),
     };
     let detected = if unit == TimeUnit::Auto { ", detected" } else { "" };
-    let stamp = |unix_ms: f64, what: &str| Stamp { unix_ms: unix_ms as i64, read_as: format!("{what} ({sql_type}{detected})") };
+    let stamp = |unix_ms: f64, unit: TimeUnit, what: &str| Stamp { unix_ms: unix_ms as i64, unit, read_as: format!("{what} ({sql_type}{detected})") };
     if let Some(n) = number {
         let unit = match unit {
             TimeUnit::Auto => by_magnitude(n).ok_or_else(|| format!("{} {n} is no time doctor can detect (declare time_unit)", sql_type))?,
@@ -67,9 +69,9 @@ pub fn read_time(value: &SqlValue, unit: TimeUnit) -> Result<Stamp, String> {
             declared => declared,
         };
         return Ok(match unit {
-            TimeUnit::Seconds => stamp(n * 1000.0, "epoch seconds"),
-            TimeUnit::Millis => stamp(n, "epoch milliseconds"),
-            _ => stamp((n - JULIAN_EPOCH) * 86_400_000.0, "SQLite julian day"),
+            TimeUnit::Seconds => stamp(n * 1000.0, unit, "epoch seconds"),
+            TimeUnit::Millis => stamp(n, unit, "epoch milliseconds"),
+            _ => stamp((n - JULIAN_EPOCH) * 86_400_000.0, TimeUnit::Julian, "SQLite julian day"),
         });
     }
     let SqlValue::Text(text) = value else { unreachable!("numbers were handled above") };
@@ -77,7 +79,18 @@ pub fn read_time(value: &SqlValue, unit: TimeUnit) -> Result<Stamp, String> {
         return Err(format!("text {:?} is not a number (time_unit is {unit:?})", shorten(text)));
     }
     let (ms, zoned) = parse_iso8601(text.trim()).ok_or_else(|| format!("text {:?} is neither a number nor ISO-8601", shorten(text)))?;
-    Ok(stamp(ms as f64, if zoned { "ISO-8601 with zone" } else { "ISO-8601 without zone, read as UTC" }))
+    Ok(stamp(ms as f64, TimeUnit::Iso8601, if zoned { "ISO-8601 with zone" } else { "ISO-8601 without zone, read as UTC" }))
+}
+
+/// "Now" in the unit a column already uses: a value for `?`, or (ISO-8601)
+/// None, meaning the SQL `strftime('%Y-%m-%d %H:%M:%S', 'now')`.
+pub fn now_value(unit: TimeUnit, now_ms: i64) -> Option<SqlValue> {
+    match unit {
+        TimeUnit::Millis => Some(SqlValue::Integer(now_ms)),
+        TimeUnit::Julian => Some(SqlValue::Real(JULIAN_EPOCH + now_ms as f64 / 86_400_000.0)),
+        TimeUnit::Iso8601 => None,
+        TimeUnit::Auto | TimeUnit::Seconds => Some(SqlValue::Integer(now_ms / 1000)),
+    }
 }
 
 fn by_magnitude(n: f64) -> Option<TimeUnit> {
