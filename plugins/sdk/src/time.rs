@@ -43,6 +43,9 @@ pub struct Stamp {
     pub unix_ms: i64,
     /// The unit it was read in (never `Auto`): a write of "now" uses the same.
     pub unit: TimeUnit,
+    /// False for ISO-8601 text without a zone: read as UTC, but it may have
+    /// been written in local time, so it is no proof of an order of events.
+    pub zoned: bool,
     /// e.g. "epoch seconds (INTEGER, detected)", "ISO-8601 without zone, read as UTC (TEXT)".
     pub read_as: String,
 }
@@ -61,7 +64,7 @@ pub fn read_time(value: &SqlValue, unit: TimeUnit) -> Result<Stamp, String> {
         SqlValue::Text(t) => (t.trim().parse::<f64>().ok().filter(|f| f.is_finite()), "TEXT"),
     };
     let detected = if unit == TimeUnit::Auto { ", detected" } else { "" };
-    let stamp = |unix_ms: f64, unit: TimeUnit, what: &str| Stamp { unix_ms: unix_ms as i64, unit, read_as: format!("{what} ({sql_type}{detected})") };
+    let stamp = |unix_ms: f64, unit: TimeUnit, what: &str| Stamp { unix_ms: unix_ms as i64, unit, zoned: true, read_as: format!("{what} ({sql_type}{detected})") };
     if let Some(n) = number {
         let unit = match unit {
             TimeUnit::Auto => by_magnitude(n).ok_or_else(|| format!("{} {n} is no time doctor can detect (declare time_unit)", sql_type))?,
@@ -79,7 +82,8 @@ pub fn read_time(value: &SqlValue, unit: TimeUnit) -> Result<Stamp, String> {
         return Err(format!("text {:?} is not a number (time_unit is {unit:?})", shorten(text)));
     }
     let (ms, zoned) = parse_iso8601(text.trim()).ok_or_else(|| format!("text {:?} is neither a number nor ISO-8601", shorten(text)))?;
-    Ok(stamp(ms as f64, TimeUnit::Iso8601, if zoned { "ISO-8601 with zone" } else { "ISO-8601 without zone, read as UTC" }))
+    let stamp = stamp(ms as f64, TimeUnit::Iso8601, if zoned { "ISO-8601 with zone" } else { "ISO-8601 without zone, read as UTC" });
+    Ok(Stamp { zoned, ..stamp })
 }
 
 /// "Now" in the unit a column already uses: a value for `?`, or (ISO-8601)

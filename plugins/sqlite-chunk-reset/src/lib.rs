@@ -171,7 +171,8 @@ impl Plugin for ChunkReset {
             if !seen.insert(shown(chunk_id)) {
                 continue;
             }
-            let claimed = read_time(started, unit).ok().map(|s| s.unix_ms);
+            // A claim time proves a pid reused only when its zone is certain.
+            let claimed = read_time(started, unit).ok().filter(|s| s.zoned).map(|s| s.unix_ms);
             let alive = liveness(worker_value, &chk, claimed);
             let verdict = if coordinator_absent {
                 if let Liveness::Alive(procs) = &alive {
