@@ -357,7 +357,12 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
         };
         let own = Budget::for_plugin(&p.entry.name, p.policy.max_actions);
         let actions = apply::apply(&ctx, &findings, &[&own, budget], |f| gate.may_fix(&p.entry.name, f));
-        // Re-check against a fresh view of the host.
+        // Re-check against a fresh view of the host, after a supervisor had
+        // the moment it needs to respawn what was stopped: a respawn is
+        // "persisting", never "fixed".
+        if stopped_something(&actions) {
+            std::thread::sleep(RESPAWN_SETTLE);
+        }
         let fresh = RunFacts::new(policy.clone());
         let caps = context(&p.entry.name, grants, fresh, kv.clone());
         let (again, caps) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
@@ -378,6 +383,16 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
     summary.duration_ms = started.elapsed().as_millis() as u64;
     let state = kv.lock().ok().map(|m| m.clone());
     Outcome { summary, findings, actions, recheck, state, log }
+}
+
+/// How long a re-check waits after a stop: a supervisor (a shell loop,
+/// systemd's default `RestartSec=100ms`) restarts its child within it.
+const RESPAWN_SETTLE: std::time::Duration = std::time::Duration::from_millis(1000);
+
+fn stopped_something(actions: &[Vec<ActionResult>]) -> bool {
+    actions.iter().flatten().any(|a| {
+        a.outcome == crate::plan::Outcome::Applied && matches!(a.kind, "stop-process" | "signal-process" | "container-stop")
+    })
 }
 
 /// A finding without actions describes a state (a table's counts, a
