@@ -417,3 +417,16 @@ config = {{ targets = [{{ name = "sleeper", pattern = "^sleep 3604$", scope = {s
     assert_eq!(f["status"], "persisting");
     assert_eq!(code, 2);
 }
+
+#[test]
+fn policy_validate_warns_about_a_host_wide_scope() {
+    let s = Scenario::new();
+    s.policy(
+        "[plugins.pid-file-stop]\ngrants.processes = true\n\n[[plugins.pid-file-stop.config.targets]]\nname = \"a\"\npattern = \"^sleep 1$\"\nscope = \"host\"\n\n[[plugins.pid-file-stop.config.targets]]\nname = \"b\"\npattern = \"^sleep 2$\"\nscope = { user = 0 }\n",
+    );
+    let out = s.doctor(&["policy", "validate"]);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning") && stderr.contains("plugins.pid-file-stop.config.targets[0].scope"), "{stderr}");
+    assert!(!stderr.contains("targets[1]"), "a named scope is fine: {stderr}");
+}
