@@ -17,7 +17,7 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("host/ lives in the workspace root");
     let plugins = root.join("plugins");
-    for watched in ["plugins/sdk", "plugins/Cargo.toml", "wit"] {
+    for watched in ["plugins/sdk", "plugins/db-common", "plugins/Cargo.toml", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     for (name, _) in BUILTINS {

@@ -99,6 +99,28 @@ fn each_misconfiguration_is_reported_and_a_good_container_is_not() {
 }
 
 #[test]
+fn created_never_started_containers_are_not_expected_to_run_and_are_never_started() {
+    let podman = Podman::start();
+    podman.import_busybox(PINNED);
+    let id = podman.create(&["--name", "web-idle", "--restart", "always", "--memory", "64m", PINNED, "sleep", "300"]);
+    let s = Scenario::new();
+    policy(&s, podman.socket(), "");
+    for run in ["check", "fix", "fix"] {
+        let (code, doc) = s.doctor_json(&[run]);
+        assert_eq!(code, 0, "{run}: existence is not intent: {doc:#}");
+        assert_eq!(keys_for(&doc, "web-idle"), set(&["never-started"]), "{run}: {doc:#}");
+        let f = finding(&doc, PLUGIN, "container:web-idle:never-started").unwrap();
+        assert_eq!(f["severity"], "info");
+        assert!(f["actions"].as_array().unwrap().is_empty(), "{f:#}");
+    }
+    let state = podman.podman(&["inspect", "--format", "{{.State.Status}}", &id]);
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "created", "never started by the doctor");
+    let starts: i64 = s.journal().query_row("SELECT count(*) FROM actions WHERE kind = 'container-start'", [], |r| r.get(0)).unwrap();
+    assert_eq!(starts, 0);
+}
+
+/// Declared in the policy (`should_run`): started even though it never ran.
+#[test]
 fn created_unless_stopped_container_is_started_and_the_outcome_recorded() {
     let podman = Podman::start();
     podman.import_busybox(PINNED);
@@ -110,9 +132,12 @@ fn created_unless_stopped_container_is_started_and_the_outcome_recorded() {
 
     let s = Scenario::new();
     policy(&s, podman.socket(), "");
+    let text = std::fs::read_to_string(s.policy_path()).unwrap();
+    std::fs::write(s.policy_path(), text.replace("grants.containers_write = [\"web-*\"]\n", "grants.containers_write = [\"web-*\"]\nconfig = { should_run = [\"web-*\", \"db-*\"] }\n")).unwrap();
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
     let f = finding(&doc, PLUGIN, "container:web-1:not-running").unwrap_or_else(|| panic!("{doc:#}"));
+    assert!(f["message"].as_str().unwrap().contains("should_run"), "says why it should run: {f:#}");
     assert_eq!(f["severity"], "critical");
     assert!(f["message"].as_str().unwrap().contains("created"), "{f:#}");
     assert_eq!(f["actions"][0]["kind"], "container-start");

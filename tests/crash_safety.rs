@@ -177,7 +177,8 @@ fn two_journals_on_one_host_never_fix_at_the_same_time() {
         .unwrap()
         .replace("^sleep 7900$", "two-journals")
         .replace("grace_ms = 2000", "grace_ms = 6000")
-        .replace("grants.signal = { match = [\"^sleep 7[0-9]+$\"] }", "grants.signal = { match = [\"^sleep 7[0-9]+$\", \"two-journals\"] }");
+        .replace("\"crash-[0-9]+-[0-9]+$\"]", "\"crash-[0-9]+-[0-9]+$\", \"two-journals\"]");
+    assert!(policy.contains("\"two-journals\"]"), "the signal grant covers the stubborn target");
     std::fs::write(w.s.policy_path(), &policy).unwrap();
     std::fs::write(&other, policy.replace("journal.db", "other-journal.db")).unwrap();
 
@@ -190,7 +191,7 @@ fn two_journals_on_one_host_never_fix_at_the_same_time() {
     }
     let second = Command::new(DOCTOR).args(["fix", "--policy"]).arg(&other).env("DOCTOR_LOG", "error").output().unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert_eq!(second.status.code(), Some(3), "{stderr}");
+    assert_eq!(second.status.code(), Some(3), "{stderr}\n{}", String::from_utf8_lossy(&second.stdout));
     assert!(stderr.contains("host-wide fix lock") && stderr.contains(&format!("pid {}", first.id())), "names the holder: {stderr}");
     assert!(first.wait().unwrap().code().is_some());
 }

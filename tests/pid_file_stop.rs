@@ -7,8 +7,19 @@ use std::time::Duration;
 use support::*;
 
 /// A policy with one target; `pattern` is matched against the command line
-/// and also limits what may be signalled.
+/// and also limits what may be signalled. No scope: only the PID file's process.
 fn policy(s: &Scenario, name: &str, pid_file: &str, pattern: &str, grace_ms: u32, desired: &str) {
+    scoped_policy(s, name, pid_file, pattern, grace_ms, desired, "")
+}
+
+/// The test's own user: these scenarios' processes run as it.
+fn my_uid() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
+
+/// `scope` is a TOML value (`{ user = 0 }`, `"host"`), or "" for none.
+fn scoped_policy(s: &Scenario, name: &str, pid_file: &str, pattern: &str, grace_ms: u32, desired: &str, scope: &str) {
+    let scope = if scope.is_empty() { String::new() } else { format!("scope = {scope}") };
     let root = s.root().display().to_string();
     s.policy(&format!(
         r#"
@@ -24,6 +35,7 @@ pid_file = "{root}/{pid_file}"
 pattern = {pattern:?}
 desired = "{desired}"
 grace_ms = {grace_ms}
+{scope}
 "#
     ));
 }
@@ -148,7 +160,7 @@ fn every_matching_instance_is_stopped() {
     let s = Scenario::new();
     let mut a = Proc::spawn(&["sleep", "303"]);
     let mut b = Proc::spawn(&["sleep", "303"]);
-    policy(&s, "dupes", "dupes.pid", "^sleep 303$", 2000, "stopped");
+    scoped_policy(&s, "dupes", "dupes.pid", "^sleep 303$", 2000, "stopped", &format!("{{ user = {} }}", my_uid()));
 
     let (_, doc) = s.doctor_json(&["check"]);
     let f = finding(&doc, "pid-file-stop", "dupes:running").unwrap();
@@ -165,7 +177,7 @@ fn report_only_targets_report_duplicates_and_touch_nothing() {
     let s = Scenario::new();
     let mut a = Proc::spawn(&["sleep", "304"]);
     let mut b = Proc::spawn(&["sleep", "304"]);
-    policy(&s, "dupes", "dupes.pid", "^sleep 304$", 2000, "report-only");
+    scoped_policy(&s, "dupes", "dupes.pid", "^sleep 304$", 2000, "report-only", "\"host\"");
 
     let (code, doc) = s.doctor_json(&["fix"]);
     let f = finding(&doc, "pid-file-stop", "dupes:duplicates").expect("duplicates reported");
@@ -194,12 +206,13 @@ fn without_a_signal_grant_the_stop_is_refused_and_the_run_is_critical() {
     let s = Scenario::new();
     let mut worker = Proc::spawn(&["sleep", "306"]);
     let root = s.root().display().to_string();
+    let uid = my_uid();
     s.policy(&format!(
         r#"
 [plugins.pid-file-stop]
 grants.processes = true
 grants.files = ["{root}/*.pid"]
-config = {{ targets = [{{ name = "w", pattern = "^sleep 306$" }}] }}
+config = {{ targets = [{{ name = "w", pattern = "^sleep 306$", scope = {{ user = {uid} }} }}] }}
 "#
     ));
     let (code, doc) = s.doctor_json(&["fix"]);
@@ -208,4 +221,32 @@ config = {{ targets = [{{ name = "w", pattern = "^sleep 306$" }}] }}
     assert!(action["detail"].as_str().unwrap().contains("grants.signal"), "{action}");
     assert_eq!(code, 2);
     assert!(worker.running());
+}
+
+#[test]
+fn without_a_scope_a_pattern_alone_matches_nothing() {
+    let s = Scenario::new();
+    let mut stray = Proc::spawn(&["sleep", "307"]);
+    policy(&s, "stray", "stray.pid", "^sleep 307$", 1000, "stopped");
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 0, "no PID file and no scope: nothing is an instance: {doc}");
+    assert!(finding(&doc, "pid-file-stop", "stray:running").is_none(), "{doc}");
+    assert!(stray.running());
+}
+
+#[test]
+fn a_process_started_after_its_pid_file_was_written_is_not_the_target() {
+    let s = Scenario::new();
+    // The file was written (by a process long gone) before this one started: a reused pid.
+    std::fs::write(s.path("late.pid"), "").unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let file = std::fs::File::options().write(true).open(s.path("late.pid")).unwrap();
+    let mut late = Proc::spawn(&["sleep", "308"]);
+    std::fs::write(s.path("late.pid"), late.pid().to_string()).unwrap();
+    file.set_modified(old).unwrap();
+    policy(&s, "late", "late.pid", "^sleep 308$", 1000, "stopped");
+    let (_, doc) = s.doctor_json(&["fix"]);
+    let f = finding(&doc, "pid-file-stop", "late:pid-reused").unwrap_or_else(|| panic!("{doc}"));
+    assert!(f["message"].as_str().unwrap().contains("started after the PID file was written"), "{f}");
+    assert!(late.running(), "a process younger than its PID file is not the one that wrote it");
 }

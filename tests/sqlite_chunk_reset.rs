@@ -42,6 +42,11 @@ fn worker_pattern(s: &Scenario) -> String {
     format!("db_worker\\\\.py .*{}", s.root().file_name().unwrap().to_str().unwrap())
 }
 
+/// This deployment's scope: the test's own user (its workers run as it).
+fn my_scope() -> String {
+    format!("scope = {{ user = {} }}", nix::unistd::getuid().as_raw())
+}
+
 fn signal_grant(s: &Scenario) -> String {
     format!("grants.signal = {{ match = [\"{}\"] }}", worker_pattern(s))
 }
@@ -257,7 +262,7 @@ fn coordinator_absent_the_reset_comes_first_and_the_leftover_worker_is_stopped_s
         &s,
         &db,
         &signal_grant(&s),
-        ", coordinator_match = \"no-such-coordinator-\\\\d{6}\", grace_ms = 3000",
+        &format!(", coordinator_match = \"no-such-coordinator-\\\\d{{6}}\", grace_ms = 3000, {}", my_scope()),
     );
 
     let (code, doc) = s.doctor_json(&["check"]);
@@ -292,7 +297,7 @@ fn coordinator_absent_with_signal_denied_the_reset_still_happens_and_the_stop_is
     let db = s.path("cluster.db");
     chunks_db(&db, false);
     let mut w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 7 WHERE id = 3"], &[]);
-    policy(&s, &db, "", ", coordinator_match = \"no-such-coordinator-\\\\d{6}\"");
+    policy(&s, &db, "", &format!(", coordinator_match = \"no-such-coordinator-\\\\d{{6}}\", {}", my_scope()));
 
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 2, "a refused stop is a failed fix: {doc:#}");
@@ -441,4 +446,20 @@ fn orphans_beyond_max_chunk_findings_are_reset_in_batched_compare_and_swaps() {
     assert_eq!(code, 0, "{doc:#}");
     assert_eq!(action_outcomes(&doc, "chunks:chunks:orphaned-overflow"), vec![("sql-exec".into(), "applied".into())]);
     assert!(rows(&db).iter().all(|r| r.1 == "pending" && r.2.is_none() && r.3.is_none()), "{:?}", rows(&db));
+}
+
+#[test]
+fn a_coordinator_pattern_without_a_scope_is_not_searched_and_a_live_workers_chunk_stays() {
+    let s = Scenario::new();
+    let db = s.path("cluster.db");
+    chunks_db(&db, false);
+    let mut live = worker(&s, &db, "live", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 1 WHERE id = 1"], &[]);
+    policy(&s, &db, &signal_grant(&s), ", coordinator_match = \"no-such-coordinator-\\\\d{6}\"");
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 1, "a warning, nothing critical: {doc:#}");
+    let f = finding(&doc, PLUGIN, "table:chunks:coordinator-unscoped").unwrap_or_else(|| panic!("{doc:#}"));
+    assert!(f["message"].as_str().unwrap().contains("scope"), "{f:#}");
+    assert!(orphan_keys(&doc).is_empty(), "{doc:#}");
+    assert_eq!(rows(&db)[0].1, "running");
+    assert!(live.running());
 }

@@ -1,5 +1,32 @@
 //! The command line, with the spellings DESIGN §6 fixes.
 
+/// `print!` that never panics: when stdout is closed (`doctor journal | head -1`)
+/// doctor ends quietly with 141, as a process killed by SIGPIPE would. The
+/// output is written only after a run is journaled, so nothing is lost.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if write!(stdout, $($arg)*).and_then(|()| stdout.flush()).is_err() {
+            std::process::exit(141);
+        }
+    }};
+}
+
+macro_rules! outln {
+    () => { out!("\n") };
+    ($($arg:tt)*) => {{ out!($($arg)*); out!("\n"); }};
+}
+
+/// `eprintln!` that never panics on a closed stderr.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+
 use crate::catalog::Catalog;
 use crate::journal::{query, Journal, JournalLock};
 use anyhow::Context as _;
@@ -202,7 +229,7 @@ pub fn main() -> i32 {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("doctor: {e:#}");
+            errln!("doctor: {e:#}");
             EXIT_UNKNOWN
         }
     }
@@ -238,9 +265,9 @@ fn run(common: Common, plugins: Vec<String>, mode: Mode, override_flap_breaker: 
     let report = match pipeline::execute(&opts) {
         Ok(report) => report,
         Err(fatal) => {
-            eprintln!("doctor: {fatal}");
+            errln!("doctor: {fatal}");
             if output.format == RunFormat::Nagios {
-                println!("DOCTOR UNKNOWN - {}", fatal.to_string().lines().next().unwrap_or_default());
+                outln!("DOCTOR UNKNOWN - {}", fatal.to_string().lines().next().unwrap_or_default());
             }
             return Ok(EXIT_UNKNOWN);
         }
@@ -253,7 +280,7 @@ fn run(common: Common, plugins: Vec<String>, mode: Mode, override_flap_breaker: 
     };
     match &output.output {
         Some(path) => crate::report::write_atomically(path, &text).with_context(|| format!("writing {}", path.display()))?,
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     Ok(report.exit_code)
 }
@@ -265,7 +292,7 @@ fn plugins_list(policy: Option<PathBuf>, format: Format) -> anyhow::Result<i32> 
     };
     let (catalog, warnings) = Catalog::discover(&dirs);
     for w in warnings {
-        eprintln!("doctor: {w}");
+        errln!("doctor: {w}");
     }
     let runtime = crate::runtime::Runtime::new(None)?;
     let mut rows = Vec::new();
@@ -282,12 +309,12 @@ fn plugins_list(policy: Option<PathBuf>, format: Format) -> anyhow::Result<i32> 
         }));
     }
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plugins": rows }))?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plugins": rows }))?),
         Format::Human => {
             for r in &rows {
-                println!("{:<24} {:<10} {}", r["name"].as_str().unwrap_or(""), r["version"].as_str().unwrap_or("?"), r["summary"].as_str().unwrap_or(""));
+                outln!("{:<24} {:<10} {}", r["name"].as_str().unwrap_or(""), r["version"].as_str().unwrap_or("?"), r["summary"].as_str().unwrap_or(""));
                 if let Some(e) = r["error"].as_str() {
-                    println!("    error: {e}");
+                    outln!("    error: {e}");
                 }
             }
         }
@@ -299,11 +326,11 @@ fn validate(policy: Option<PathBuf>) -> anyhow::Result<i32> {
     let path = policy.unwrap_or_else(crate::paths::default_policy);
     match pipeline::validate(&path) {
         Ok(summary) => {
-            println!("{}: ok ({summary})", path.display());
+            outln!("{}: ok ({summary})", path.display());
             Ok(EXIT_OK)
         }
         Err(e) => {
-            eprintln!("doctor: {e}");
+            errln!("doctor: {e}");
             Ok(EXIT_UNKNOWN)
         }
     }
@@ -334,7 +361,7 @@ fn journal(common: Common, command: Option<JournalCommand>, filter: JournalFilte
             let mut journal = Journal::open(&path)?;
             let before = crate::clock::now_unix_ms().saturating_sub(age.as_millis() as u64);
             let (runs, findings) = journal.prune(before)?;
-            println!("pruned {runs} run(s) and {findings} resolved finding(s) older than {older_than}");
+            outln!("pruned {runs} run(s) and {findings} resolved finding(s) older than {older_than}");
             Ok(EXIT_OK)
         }
         Some(JournalCommand::ResetFlap { plugin, key }) => {
@@ -343,7 +370,7 @@ fn journal(common: Common, command: Option<JournalCommand>, filter: JournalFilte
             if !journal.reset_flap(&plugin, &key, crate::clock::now_unix_ms())? {
                 anyhow::bail!("the journal has no finding {plugin} {key}");
             }
-            println!("flap breaker of {plugin} {key} reset: earlier fixes no longer count");
+            outln!("flap breaker of {plugin} {key} reset: earlier fixes no longer count");
             Ok(EXIT_OK)
         }
     }
@@ -361,16 +388,16 @@ fn journal_list(journal: &Journal, filter: &JournalFilter, format: Format) -> an
     let run_rows = query::runs(journal.connection(), filter.runs, since_ms)?;
     let finding_rows = query::findings(journal.connection(), &wanted)?;
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "runs": run_rows, "findings": finding_rows }))?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "runs": run_rows, "findings": finding_rows }))?),
         Format::Human => {
-            println!("runs ({}):", journal.path().display());
+            outln!("runs ({}):", journal.path().display());
             for r in &run_rows {
                 let code = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-                println!("  #{:<5} {} {:<8} {:<12} exit {code}", r.id, when(r.started_at), r.mode, r.status);
+                outln!("  #{:<5} {} {:<8} {:<12} exit {code}", r.id, when(r.started_at), r.mode, r.status);
             }
-            println!("findings:");
+            outln!("findings:");
             for f in &finding_rows {
-                println!("  {:<8} {:<11} {} {}: {}", f.severity.to_uppercase(), f.status, f.plugin, f.key, f.message);
+                outln!("  {:<8} {:<11} {} {}: {}", f.severity.to_uppercase(), f.status, f.plugin, f.key, f.message);
             }
         }
     }
@@ -379,17 +406,17 @@ fn journal_list(journal: &Journal, filter: &JournalFilter, format: Format) -> an
 
 fn print_show(detail: &query::RunDetail, format: Format) -> anyhow::Result<()> {
     if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(detail)?);
+        outln!("{}", serde_json::to_string_pretty(detail)?);
         return Ok(());
     }
     let r = &detail.run;
-    println!("run #{} {} {} {} exit {}", r.id, when(r.started_at), r.mode, r.status, r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()));
+    outln!("run #{} {} {} {} exit {}", r.id, when(r.started_at), r.mode, r.status, r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()));
     for p in &detail.plugins {
         let error = p["error"].as_str().map(|e| format!(" — {e}")).unwrap_or_default();
-        println!("  plugin {} {} {} ms{error}", p["plugin"].as_str().unwrap_or(""), p["outcome"].as_str().unwrap_or(""), p["duration_ms"]);
+        outln!("  plugin {} {} {} ms{error}", p["plugin"].as_str().unwrap_or(""), p["outcome"].as_str().unwrap_or(""), p["duration_ms"]);
     }
     for o in &detail.observations {
-        println!(
+        outln!(
             "  {:<8} {:<10} {} {}: {}",
             o["severity"].as_str().unwrap_or("").to_uppercase(),
             o["status"].as_str().unwrap_or(""),
@@ -398,7 +425,7 @@ fn print_show(detail: &query::RunDetail, format: Format) -> anyhow::Result<()> {
             o["message"].as_str().unwrap_or("")
         );
         for a in detail.actions.iter().filter(|a| a["plugin"] == o["plugin"] && a["finding_key"] == o["key"]) {
-            println!("      {} {}: {} {}", a["kind"].as_str().unwrap_or(""), a["outcome"].as_str().unwrap_or(""), a["description"].as_str().unwrap_or(""), a["detail"].as_str().unwrap_or(""));
+            outln!("      {} {}: {} {}", a["kind"].as_str().unwrap_or(""), a["outcome"].as_str().unwrap_or(""), a["description"].as_str().unwrap_or(""), a["detail"].as_str().unwrap_or(""));
         }
     }
     Ok(())
@@ -425,14 +452,14 @@ fn systemd(command: SystemdCommand) -> anyhow::Result<i32> {
     let units = crate::systemd::units(&policy, &paths);
     match dir {
         None => {
-            println!("# {}\n{}", crate::systemd::SERVICE_NAME, units.service);
-            println!("# {}\n{}", crate::systemd::TIMER_NAME, units.timer);
+            outln!("# {}\n{}", crate::systemd::SERVICE_NAME, units.service);
+            outln!("# {}\n{}", crate::systemd::TIMER_NAME, units.timer);
         }
         Some(dir) => {
             for path in crate::systemd::install(&dir, &units)? {
-                println!("wrote {}", path.display());
+                outln!("wrote {}", path.display());
             }
-            println!("now: systemctl daemon-reload && systemctl enable --now {}", crate::systemd::TIMER_NAME);
+            outln!("now: systemctl daemon-reload && systemctl enable --now {}", crate::systemd::TIMER_NAME);
         }
     }
     Ok(EXIT_OK)

@@ -392,15 +392,24 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
             protected_files: protected_files.to_vec(),
             engine: facts.engine_handle(),
         };
+        let own = Budget::for_plugin(&p.entry.name, p.policy.max_actions);
         let ahead = crate::journal::intents::PluginIntents { log: intent_log, plugin: &p.entry.name };
-        let actions = apply::apply(&ctx, &findings, budget, |f| gate.may_fix(&p.entry.name, f), &ahead);
-        // Re-check against a fresh view of the host.
+        let actions = apply::apply(&ctx, &findings, &[&own, budget], |f| gate.may_fix(&p.entry.name, f), &ahead);
+        // Re-check against a fresh view of the host, after a supervisor had
+        // the moment it needs to respawn what was stopped: a respawn is
+        // "persisting", never "fixed".
+        if stopped_something(&actions) {
+            std::thread::sleep(RESPAWN_SETTLE);
+        }
         let fresh = RunFacts::new(policy.clone());
         let caps = context(&p.entry.name, grants, fresh, kv.clone());
         let (again, caps) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
         log.push_str(&logs_text(caps.as_ref()));
         match again {
-            Ok(f) => (actions, Some(f)),
+            Ok(f) => {
+                show_state_after_fix(&mut findings, &f);
+                (actions, Some(f))
+            }
             Err(failure) => {
                 summary.fail(format!("re-check after fix: {failure}"), started.elapsed());
                 (actions, None)
@@ -412,6 +421,28 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
     summary.duration_ms = started.elapsed().as_millis() as u64;
     let state = kv.lock().ok().map(|m| m.clone());
     Outcome { summary, findings, actions, recheck, state, log }
+}
+
+/// How long a re-check waits after a stop: a supervisor (a shell loop,
+/// systemd's default `RestartSec=100ms`) restarts its child within it.
+const RESPAWN_SETTLE: std::time::Duration = std::time::Duration::from_millis(1000);
+
+fn stopped_something(actions: &[Vec<ActionResult>]) -> bool {
+    actions.iter().flatten().any(|a| {
+        a.outcome == crate::plan::Outcome::Applied && matches!(a.kind, "stop-process" | "signal-process" | "container-stop")
+    })
+}
+
+/// A finding without actions describes a state (a table's counts, a
+/// summary), and after a fix the operator wants the state the fix left, not
+/// the one it started from: take its text and evidence from the re-check.
+fn show_state_after_fix(findings: &mut [Finding], recheck: &[Finding]) {
+    for f in findings.iter_mut().filter(|f| f.actions.is_empty()) {
+        if let Some(after) = recheck.iter().find(|r| r.key == f.key && r.actions.is_empty()) {
+            f.message = after.message.clone();
+            f.evidence = after.evidence.clone();
+        }
+    }
 }
 
 fn logs_text(caps: Option<&CapabilityContext>) -> String {
@@ -462,5 +493,75 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
         let why = p.loaded.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
         return Err(policy.error_at_key(&format!("plugins.{}", p.entry.name), format!("plugin {why}")).into());
     }
+    let mut warnings = host_wide_scopes(&policy);
+    warnings.extend(ungranted_requests(&policy, &prepared));
+    for warning in warnings {
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr().lock(), format_args!("doctor: warning: {warning}\n"));
+    }
     Ok(format!("{} plugin(s) configured", prepared.len()))
+}
+
+/// Capabilities a plugin requests in `describe()` that its policy does not
+/// grant: legal (deny by default), but the calls will come back `denied`.
+fn ungranted_requests(policy: &Policy, prepared: &[Prepared]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in prepared {
+        let Ok((_, info)) = &p.loaded else { continue };
+        let missing: Vec<&str> = info.capabilities.iter().map(String::as_str).filter(|c| !p.policy.grants.grants(c)).collect();
+        if !missing.is_empty() {
+            let e = policy.error_at_key(&format!("plugins.{}", p.entry.name), String::new());
+            out.push(format!(
+                "{}:{}: plugins.{}: requests {} but the policy does not grant {}; those calls will be denied",
+                e.file,
+                e.line,
+                p.entry.name,
+                missing.join(", "),
+                if missing.len() == 1 { "it" } else { "them" }
+            ));
+        }
+    }
+    out
+}
+
+/// Every `scope = "host"` in a plugin's config: a command-line pattern that
+/// may match any process on the host, including another deployment's. Legal
+/// (the operator said so explicitly), but worth a second look.
+pub fn host_wide_scopes(policy: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, plugin) in &policy.plugins {
+        let table = plugin.config_table();
+        collect_host_scopes(&toml::Value::Table(table), &format!("plugins.{name}.config"), &mut out);
+    }
+    out.into_iter()
+        .map(|key| {
+            // The line lookup knows dotted keys, not array indices.
+            let dotted: String = key.split('[').map(|part| part.split_once(']').map_or(part, |(_, rest)| rest)).collect();
+            let e = policy.error_at_key(&dotted, String::new());
+            format!(
+                "{}:{}: {key} = \"host\": its command-line pattern matches processes anywhere on this host, including another deployment's; name a scope (user, unit, cgroup, under) or a PID file instead",
+                e.file, e.line
+            )
+        })
+        .collect()
+}
+
+fn collect_host_scopes(value: &toml::Value, path: &str, out: &mut Vec<String>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let here = format!("{path}.{k}");
+                if k == "scope" && v.as_str() == Some("host") {
+                    out.push(here);
+                } else {
+                    collect_host_scopes(v, &here, out);
+                }
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                collect_host_scopes(v, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
 }

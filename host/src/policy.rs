@@ -137,8 +137,9 @@ fn default_flap_max_fixes() -> u32 {
 fn default_flap_window() -> Duration {
     Duration::from_secs(3600)
 }
+/// Room for the five incidents of `policies/` in one run.
 fn default_max_actions() -> u32 {
-    20
+    100
 }
 fn default_lock_wait() -> Duration {
     Duration::from_secs(30)
@@ -203,6 +204,10 @@ pub struct PluginPolicy {
     pub sha256: Option<String>,
     #[serde(default)]
     pub grants: Grants,
+    /// This plugin's share of the run's action budget, so one plugin cannot
+    /// spend all of `max_actions_per_run`.
+    #[serde(default = "default_plugin_max_actions")]
+    pub max_actions: u32,
     /// The plugin's own settings, checked against the keys its describe() declares.
     pub config: Option<Spanned<toml::Table>>,
 }
@@ -211,6 +216,10 @@ impl PluginPolicy {
     pub fn config_table(&self) -> toml::Table {
         self.config.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default()
     }
+}
+
+fn default_plugin_max_actions() -> u32 {
+    40
 }
 
 fn default_every() -> Duration {
@@ -248,6 +257,26 @@ pub struct Grants {
     /// Names of `[commands]` the plugin may ask to run.
     #[serde(default)]
     pub commands: Vec<String>,
+}
+
+impl Grants {
+    /// Does this policy grant `capability` (a `describe()` name) at all?
+    pub fn grants(&self, capability: &str) -> bool {
+        match capability {
+            "processes" => self.processes,
+            "files" => !self.files.is_empty(),
+            "sqlite" => !self.sqlite.is_empty(),
+            "sockets" => self.sockets,
+            "probe" => !self.probe.is_empty(),
+            "containers" => self.containers,
+            "signal" => self.signal.as_ref().is_some_and(|s| !s.patterns.is_empty()),
+            "files_remove" => !self.files_remove.is_empty(),
+            "sqlite_write" => !self.sqlite_write.is_empty(),
+            "containers_write" => !self.containers_write.is_empty(),
+            "commands" => !self.commands.is_empty(),
+            _ => false,
+        }
+    }
 }
 
 /// Which processes the host may signal for a plugin: the command line must
@@ -318,7 +347,44 @@ impl Policy {
             plugins,
         };
         policy.check_references()?;
+        policy.check_ranges()?;
         Ok(policy)
+    }
+
+    /// Every number in the policy within the range doctor can act on: one
+    /// validator, run by `policy validate` and before every run alike, so a
+    /// value that would overflow a deadline or a size never reaches the code
+    /// that uses it.
+    fn check_ranges(&self) -> Result<(), PolicyError> {
+        use ranges::*;
+        let d = &self.doctor;
+        let checks = [
+            duration("doctor.lock_wait", d.lock_wait, ZERO, HOUR),
+            duration("doctor.plugin_timeout", d.plugin_timeout, MS, HOUR),
+            size("doctor.plugin_memory", d.plugin_memory, MIB, 4 * GIB),
+            count("doctor.max_actions_per_run", d.max_actions_per_run, 0, 100_000),
+            count("doctor.flap_max_fixes", d.flap_max_fixes, 0, 100_000),
+            duration("doctor.flap_window", d.flap_window, ZERO, YEAR),
+            duration("doctor.fix_min_interval", d.fix_min_interval, ZERO, YEAR),
+            size("doctor.file_read_max", d.file_read_max, 1, GIB),
+            size("doctor.sql_result_max", d.sql_result_max, 1, GIB),
+            count("doctor.kv_max_keys", d.kv_max_keys, 0, 1_000_000),
+            size("doctor.kv_max_key_bytes", d.kv_max_key_bytes, 1, 64 * KIB),
+            size("doctor.kv_max_value_bytes", d.kv_max_value_bytes, 0, 64 * MIB),
+            duration("doctor.action_wait_max", d.action_wait_max, ZERO, HOUR),
+        ];
+        let engine = self.container_engine.iter().map(|e| duration("container_engine.timeout", e.timeout, MS, HOUR));
+        let commands = self.commands.iter().map(|(name, c)| duration(&format!("commands.{name}.timeout"), c.timeout, MS, DAY));
+        let plugins = self.plugins.iter().flat_map(|(name, p)| {
+            [
+                duration(&format!("plugins.{name}.every"), p.every, ZERO, YEAR),
+                count(&format!("plugins.{name}.max_actions"), p.max_actions, 0, 100_000),
+            ]
+        });
+        for outcome in checks.into_iter().chain(engine).chain(commands).chain(plugins) {
+            outcome.map_err(|(key, message)| self.error_at_key(&key, message))?;
+        }
+        Ok(())
     }
 
     /// Grants must name databases and commands that the policy defines, and
@@ -397,6 +463,44 @@ impl Policy {
 
     pub fn database_path(&self, label: &str) -> Option<&Path> {
         self.databases.get(label).map(|d| d.path.as_path())
+    }
+}
+
+/// The bounds of policy numbers and the checks that say which key broke them.
+mod ranges {
+    use std::time::Duration;
+
+    pub const ZERO: Duration = Duration::ZERO;
+    pub const MS: Duration = Duration::from_millis(1);
+    pub const HOUR: Duration = Duration::from_secs(3600);
+    pub const DAY: Duration = Duration::from_secs(86_400);
+    pub const YEAR: Duration = Duration::from_secs(366 * 86_400);
+    pub const KIB: u64 = 1 << 10;
+    pub const MIB: u64 = 1 << 20;
+    pub const GIB: u64 = 1 << 30;
+
+    pub type Checked = Result<(), (String, String)>;
+
+    pub fn duration(key: &str, value: Duration, min: Duration, max: Duration) -> Checked {
+        let shown = |d: Duration| humantime::format_duration(d).to_string();
+        if value < min || value > max {
+            return Err((key.to_string(), format!("{} is out of range; allowed: {} to {}", shown(value), shown(min), shown(max))));
+        }
+        Ok(())
+    }
+
+    pub fn size(key: &str, value: u64, min: u64, max: u64) -> Checked {
+        if value < min || value > max {
+            return Err((key.to_string(), format!("{value} bytes is out of range; allowed: {min} to {max} bytes")));
+        }
+        Ok(())
+    }
+
+    pub fn count(key: &str, value: u32, min: u32, max: u32) -> Checked {
+        if value < min || value > max {
+            return Err((key.to_string(), format!("{value} is out of range; allowed: {min} to {max}")));
+        }
+        Ok(())
     }
 }
 
@@ -501,10 +605,27 @@ mod tests {
     #[test]
     fn defaults_apply() {
         let p = parse("[plugins.x]\n").unwrap();
-        assert_eq!(p.doctor.max_actions_per_run, 20);
+        assert_eq!(p.doctor.max_actions_per_run, 100);
+        assert_eq!(p.plugins["x"].max_actions, 40);
         assert_eq!(p.plugins["x"].every, Duration::from_secs(300));
         assert_eq!(p.plugins["x"].fix, FixMode::Manual);
         assert!(!p.plugins["x"].grants.processes);
+    }
+
+    #[test]
+    fn numbers_out_of_range_name_key_line_and_allowed_range() {
+        let err = parse("[doctor]\nlock_wait = \"1000000000000000000s\"\n").unwrap_err();
+        assert_eq!((err.line, err.key.as_str()), (2, "doctor.lock_wait"), "{err}");
+        assert!(err.message.contains("allowed: 0s to 1h"), "{err}");
+        let err = parse("[doctor]\nplugin_memory = \"99999999999999GiB\"\n").unwrap_err();
+        assert_eq!(err.key, "doctor.plugin_memory", "{err}");
+        assert!(err.message.contains("too large"), "{err}");
+        let err = parse("[doctor]\nplugin_memory = \"8GiB\"\n").unwrap_err();
+        assert!(err.message.contains("allowed: 1048576 to 4294967296 bytes"), "{err}");
+        let err = parse("[commands.x]\nargv = [\"true\"]\ntimeout = \"9999999999999s\"\n").unwrap_err();
+        assert_eq!((err.line, err.key.as_str()), (3, "commands.x.timeout"), "{err}");
+        let err = parse("[plugins.x]\nevery = \"500y\"\n").unwrap_err();
+        assert_eq!(err.key, "plugins.x.every", "{err}");
     }
 
     #[test]

@@ -36,11 +36,39 @@ impl ProcessInfo {
     }
 }
 
-/// Every process visible now; processes that exit while being read are skipped.
+/// Every process visible now, as plugins see it: processes that exit while
+/// being read are skipped, and so are the doctor itself, its ancestors and
+/// its descendants. They are never instances of a target (DESIGN §4 Scope):
+/// the Stop button that runs `doctor fix` may match the very pattern it
+/// stops, and a process a plugin cannot see yields no finding at all, rather
+/// than a refused action that persists forever.
 pub fn snapshot() -> std::io::Result<Vec<ProcessInfo>> {
     let clock = Clock::read();
     let all = procfs::process::all_processes().map_err(to_io)?;
-    Ok(all.filter_map(|p| p.ok()).filter_map(|p| describe(&p, &clock)).collect())
+    let table: Vec<ProcessInfo> = all.filter_map(|p| p.ok()).filter_map(|p| describe(&p, &clock)).collect();
+    let own = own_tree(&table, std::process::id());
+    Ok(table.into_iter().filter(|p| !own.contains(&p.id.pid)).collect())
+}
+
+/// `me`, its ancestors (read from /proc) and its descendants in `table`.
+fn own_tree(table: &[ProcessInfo], me: u32) -> std::collections::HashSet<u32> {
+    let mut own: std::collections::HashSet<u32> = self_and_ancestors_of(me).into_iter().collect();
+    // Descendants: every process whose parent chain reaches `me`. A fixed
+    // point over the table, bounded by its size (pids form a forest).
+    let mut descendants: std::collections::HashSet<u32> = [me].into_iter().collect();
+    loop {
+        let before = descendants.len();
+        for p in table {
+            if descendants.contains(&p.ppid) {
+                descendants.insert(p.id.pid);
+            }
+        }
+        if descendants.len() == before {
+            break;
+        }
+    }
+    own.extend(descendants);
+    own
 }
 
 /// One process by pid, or None if there is none.
@@ -106,8 +134,12 @@ fn to_io(e: procfs::ProcError) -> std::io::Error {
 
 /// The pids of this process and all its ancestors up to init.
 pub fn self_and_ancestors() -> Vec<u32> {
-    let mut pids = vec![std::process::id()];
-    let mut current = std::process::id();
+    self_and_ancestors_of(std::process::id())
+}
+
+fn self_and_ancestors_of(me: u32) -> Vec<u32> {
+    let mut pids = vec![me];
+    let mut current = me;
     while let Some(info) = get(current) {
         if info.ppid == 0 || pids.contains(&info.ppid) {
             break;
@@ -147,6 +179,19 @@ mod tests {
         let chain = self_and_ancestors();
         assert_eq!(chain[0], std::process::id());
         assert!(chain.len() >= 2);
+    }
+
+    #[test]
+    fn the_doctor_its_ancestors_and_descendants_are_not_in_the_snapshot() {
+        let mut child = std::process::Command::new("sleep").arg("31").spawn().unwrap();
+        let table = snapshot().unwrap();
+        let pids: Vec<u32> = table.iter().map(|p| p.id.pid).collect();
+        for own in self_and_ancestors().into_iter().chain([child.id()]) {
+            assert!(!pids.contains(&own), "pid {own} of the doctor's own tree is visible");
+        }
+        assert!(!pids.is_empty() || table.is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

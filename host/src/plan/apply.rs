@@ -7,20 +7,42 @@ use crate::actions::{self, ActionContext, Executed};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
-/// The run-wide action budget, shared by every plugin of the run.
+/// An action budget: the run-wide one shared by every plugin of the run, or
+/// one plugin's own share of it (`max_actions` under `[plugins.NAME]`), so a
+/// plugin with a bad night cannot leave nothing for the others.
 pub struct Budget {
     remaining: AtomicU32,
     limit: u32,
+    /// "per run (max_actions_per_run)" or "for plugin X (plugins.X.max_actions)".
+    what: String,
 }
 
 impl Budget {
     pub fn new(limit: u32) -> Self {
-        Budget { remaining: AtomicU32::new(limit), limit }
+        Budget { remaining: AtomicU32::new(limit), limit, what: "per run (max_actions_per_run)".into() }
+    }
+
+    pub fn for_plugin(plugin: &str, limit: u32) -> Self {
+        Budget { remaining: AtomicU32::new(limit), limit, what: format!("for plugin {plugin} (plugins.{plugin}.max_actions)") }
     }
 
     fn take(&self) -> bool {
         self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
     }
+
+    fn spent(&self) -> String {
+        format!("action budget of {} {} is spent", self.limit, self.what)
+    }
+}
+
+/// The plugin's own budget first, then the run's.
+fn take_budget(budgets: &[&Budget]) -> Result<(), String> {
+    for b in budgets {
+        if !b.take() {
+            return Err(b.spent());
+        }
+    }
+    Ok(())
 }
 
 /// Where a plan's intents and outcomes are written before and after each
@@ -38,11 +60,12 @@ pub fn dry_run(findings: &[Finding]) -> Vec<Vec<ActionResult>> {
 }
 
 /// Execute the plan; one result list per finding, in the findings' order.
+/// `budgets` are taken in order (the plugin's own, then the run's).
 /// Nothing runs unless its intent was committed first.
 pub fn apply(
     ctx: &ActionContext,
     findings: &[Finding],
-    budget: &Budget,
+    budgets: &[&Budget],
     may_fix: impl Fn(&Finding) -> Result<(), String>,
     ahead: &dyn WriteAhead,
 ) -> Vec<Vec<ActionResult>> {
@@ -56,13 +79,13 @@ pub fn apply(
                 .collect();
         }
     };
-    findings.iter().zip(intents).map(|(f, ids)| apply_finding(ctx, f, budget, &may_fix, ahead, &ids)).collect()
+    findings.iter().zip(intents).map(|(f, ids)| apply_finding(ctx, f, budgets, &may_fix, ahead, &ids)).collect()
 }
 
 fn apply_finding(
     ctx: &ActionContext,
     finding: &Finding,
-    budget: &Budget,
+    budgets: &[&Budget],
     may_fix: &impl Fn(&Finding) -> Result<(), String>,
     ahead: &dyn WriteAhead,
     intents: &[i64],
@@ -80,8 +103,8 @@ fn apply_finding(
                 Executed::skipped(why.clone())
             } else if planned.needs_previous && !all_succeeded {
                 Executed::skipped("an earlier action of this finding did not succeed".into())
-            } else if !budget.take() {
-                Executed::skipped(format!("action budget of {} per run is spent (max_actions_per_run)", budget.limit))
+            } else if let Err(spent) = take_budget(budgets) {
+                Executed::skipped(spent)
             } else {
                 actions::execute(ctx, &planned.action)
             };
@@ -184,7 +207,7 @@ mod tests {
         let file = dir.join("a");
         std::fs::write(&file, "").unwrap();
         let f = finding(vec![(Action::RemoveFile { path: file.display().to_string() }, false)]);
-        let results = apply(&context(&dir), &[f], &Budget::new(10), |_| Ok(()), &Unwritable);
+        let results = apply(&context(&dir), &[f], &[&Budget::new(10)], |_| Ok(()), &Unwritable);
         assert_eq!(results[0][0].outcome, Outcome::Skipped);
         assert!(results[0][0].detail.contains("could not record the intent"), "{}", results[0][0].detail);
         assert!(file.exists());
@@ -201,7 +224,7 @@ mod tests {
             (Action::RemoveFile { path: b.display().to_string() }, false),
         ]);
         let ahead = Recorded::default();
-        apply(&context(&dir), &[f], &Budget::new(10), |_| Ok(()), &ahead);
+        apply(&context(&dir), &[f], &[&Budget::new(10)], |_| Ok(()), &ahead);
         let log = ahead.0.lock().unwrap().clone();
         assert_eq!(log, vec![(0, Some(Outcome::Applied)), (1, Some(Outcome::Skipped))]);
     }
@@ -230,7 +253,7 @@ mod tests {
             (Action::StopProcess { pid, start_time: 1, grace_ms: 100 }, false),
             (Action::RemoveFile { path: file.display().to_string() }, true),
         ]);
-        let results = apply(&context(&dir), &[f], &Budget::new(10), |_| Ok(()), &Recorded::default());
+        let results = apply(&context(&dir), &[f], &[&Budget::new(10)], |_| Ok(()), &Recorded::default());
         assert_eq!(results[0][0].outcome, Outcome::Skipped, "{:?}", results[0][0]);
         assert_eq!(results[0][1].outcome, Outcome::Applied, "{:?}", results[0][1]);
         assert!(!file.exists());
@@ -248,10 +271,27 @@ mod tests {
             (Action::RemoveFile { path: a.display().to_string() }, true),
             (Action::RemoveFile { path: b.display().to_string() }, false),
         ]);
-        let results = apply(&context(&dir), &[f], &Budget::new(10), |_| Ok(()), &Recorded::default());
+        let results = apply(&context(&dir), &[f], &[&Budget::new(10)], |_| Ok(()), &Recorded::default());
         let outcomes: Vec<Outcome> = results[0].iter().map(|r| r.outcome).collect();
         assert_eq!(outcomes, [Outcome::Refused, Outcome::Skipped, Outcome::Applied]);
         assert!(a.exists() && !b.exists());
         assert!(std::path::Path::new("/etc/hostname").exists());
+    }
+
+    #[test]
+    fn a_plugins_own_budget_runs_out_before_the_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        let files: Vec<_> = (0..3).map(|i| dir.join(format!("f{i}"))).collect();
+        for f in &files {
+            std::fs::write(f, "").unwrap();
+        }
+        let f = finding(files.iter().map(|f| (Action::RemoveFile { path: f.display().to_string() }, false)).collect());
+        let (run, own) = (Budget::new(10), Budget::for_plugin("p", 2));
+        let results = apply(&context(&dir), &[f], &[&own, &run], |_| Ok(()), &Recorded::default());
+        let outcomes: Vec<Outcome> = results[0].iter().map(|r| r.outcome).collect();
+        assert_eq!(outcomes, [Outcome::Applied, Outcome::Applied, Outcome::Skipped]);
+        assert!(results[0][2].detail.contains("plugins.p.max_actions"), "{}", results[0][2].detail);
+        assert!(run.take(), "the run budget keeps what the plugin could not spend");
     }
 }

@@ -8,8 +8,12 @@
 //! Specs and states come from the engine's inspect documents (Docker, or
 //! Podman's Docker-compatible API). "Binary missing" is proved by asking the
 //! engine whether the path exists in the container, which works without
-//! running it. The only fix is starting a container whose restart policy says
-//! it should run (rootless Podman does not restart containers itself).
+//! running it. The only fix is starting a container that should be running:
+//! one the policy declares (`should_run`), or one whose engine intent says so
+//! — restart policy `always` / `unless-stopped` (or `on-failure` after a
+//! failure) *and* it ran before. A container that was only created and never
+//! started is not expected to run: existence is not intent (rootless Podman
+//! does not restart containers itself, so this is the doctor's job).
 
 use doctor_sdk::prelude::*;
 use serde::Deserialize;
@@ -27,6 +31,7 @@ struct Config {
     writable_paths: Vec<String>,
     max_restart_count: u64,
     start_stopped: bool,
+    should_run: Vec<String>,
 }
 
 struct CapsChecker;
@@ -60,7 +65,12 @@ impl Plugin for CapsChecker {
         .config_key(
             "start_stopped",
             Some("true"),
-            "propose starting containers whose restart policy says they should run",
+            "propose starting containers that should be running (declared in should_run, or restart policy always/unless-stopped and it ran before)",
+        )
+        .config_key(
+            "should_run",
+            Some("[]"),
+            "glob patterns of container names the operator declares must be running, whether or not they ever ran",
         )
     }
 
@@ -414,34 +424,72 @@ fn read_only_finding(config: &Config, s: &Subject, doc: &Value) -> Option<Findin
     )
 }
 
+/// Why a stopped container should be running, or None when nothing says so.
+/// Existence is not intent: a created, never-started container is expected
+/// to run only when the policy declares it.
+fn should_run(config: &Config, name: &str, state: &Value, restart: &str) -> Option<String> {
+    if config.should_run.iter().any(|g| doctor_sdk::glob_match(g, name)) {
+        return Some("the policy declares it (should_run)".into());
+    }
+    let started_at = state["StartedAt"].as_str().unwrap_or("");
+    // The engines write the zero time (0001-01-01...) for "never started".
+    let ran_before = !started_at.is_empty() && !started_at.starts_with("0001-01-01");
+    if !ran_before || state["StoppedByUser"].as_bool() == Some(true) {
+        return None;
+    }
+    let exit_code = state["ExitCode"].as_i64().unwrap_or(0);
+    match restart {
+        "always" | "unless-stopped" => Some(format!("its restart policy {restart:?} says it should run and it ran before (started {started_at})")),
+        "on-failure" if exit_code != 0 => Some(format!("its restart policy \"on-failure\" says it should run again after exit code {exit_code}")),
+        _ => None,
+    }
+}
+
 fn state_findings(config: &Config, s: &Subject, doc: &Value, restart: &str) -> Vec<Finding> {
     let state = &doc["State"];
     let status = state["Status"].as_str().unwrap_or("");
     let exit_code = state["ExitCode"].as_i64().unwrap_or(0);
     let mut out = Vec::new();
-    let should_run = match restart {
-        "always" | "unless-stopped" => true,
-        "on-failure" => exit_code != 0,
-        _ => false,
-    };
-    if should_run && matches!(status, "exited" | "created" | "stopped") {
-        let finding = s
-            .finding(
-                Severity::Critical,
-                "not-running",
+    let stopped = matches!(status, "exited" | "created" | "stopped");
+    match should_run(config, s.name, state, restart) {
+        Some(why) if stopped => {
+            let engine_error = state["Error"].as_str().filter(|e| !e.is_empty());
+            let mut finding = s
+                .finding(
+                    Severity::Critical,
+                    "not-running",
+                    format!(
+                        "container {} is {status} (exit code {exit_code}) but should be running: {why}{}",
+                        s.name,
+                        engine_error.map(|e| format!("; the engine's last error: {e}")).unwrap_or_default()
+                    ),
+                )
+                .evidence("state", status)
+                .evidence("exit_code", exit_code)
+                .evidence("restart_policy", restart)
+                .evidence("should_run", &why);
+            if let Some(e) = engine_error {
+                finding = finding.evidence("engine_error", e);
+            }
+            out.push(if config.start_stopped {
+                finding.action(Action::ContainerStart(s.id.to_string()), format!("start container {}", s.name))
+            } else {
+                finding
+            });
+        }
+        None if status == "created" && matches!(restart, "always" | "unless-stopped") => out.push(
+            s.finding(
+                Severity::Info,
+                "never-started",
                 format!(
-                    "container {} is {status} (exit code {exit_code}) but its restart policy {restart:?} says it should run",
+                    "container {} was created but never started; it is not expected to run until it is started once or declared in should_run",
                     s.name
                 ),
             )
             .evidence("state", status)
-            .evidence("exit_code", exit_code)
-            .evidence("restart_policy", restart);
-        out.push(if config.start_stopped {
-            finding.action(Action::ContainerStart(s.id.to_string()), format!("start container {}", s.name))
-        } else {
-            finding
-        });
+            .evidence("restart_policy", restart),
+        ),
+        _ => {}
     }
     let health = state["Health"]["Status"]
         .as_str()
@@ -494,6 +542,34 @@ mod tests {
         assert!(cap_missing(&docker, "CHOWN"));
         let plain = json!({"HostConfig": {"CapDrop": ["CAP_NET_RAW"], "CapAdd": null}});
         assert!(!cap_missing(&plain, "DAC_OVERRIDE"));
+    }
+
+    fn config(should_run: &[&str]) -> Config {
+        Config {
+            names: vec!["*".into()],
+            include_stopped: true,
+            volume_caps: vec![],
+            require_restart_policy: true,
+            require_memory_limit: true,
+            forbid_latest_tag: true,
+            writable_paths: vec![],
+            max_restart_count: 5,
+            start_stopped: true,
+            should_run: should_run.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn should_run_needs_a_declaration_or_a_container_that_ran_before() {
+        let never = json!({"Status": "created", "StartedAt": "0001-01-01T00:00:00Z", "ExitCode": 0});
+        let ran = json!({"Status": "exited", "StartedAt": "2026-11-30T05:00:00Z", "ExitCode": 137});
+        let by_user = json!({"Status": "exited", "StartedAt": "2026-11-30T05:00:00Z", "ExitCode": 0, "StoppedByUser": true});
+        assert!(should_run(&config(&[]), "web", &never, "always").is_none(), "existence is not intent");
+        assert!(should_run(&config(&["web*"]), "web", &never, "no").unwrap().contains("should_run"));
+        assert!(should_run(&config(&[]), "web", &ran, "unless-stopped").unwrap().contains("ran before"));
+        assert!(should_run(&config(&[]), "web", &ran, "on-failure").is_some());
+        assert!(should_run(&config(&[]), "web", &ran, "no").is_none());
+        assert!(should_run(&config(&[]), "web", &by_user, "always").is_none(), "stopped by its operator");
     }
 
     #[test]

@@ -1,12 +1,23 @@
 //! The incident: a Stop button said "stopped" while the process kept running,
 //! because the PID lived only in a browser session. This plugin converges each
-//! named target to `stopped`: the PID from its PID file, trusted only while the
-//! process's command line still matches; otherwise a command-line search; every
-//! matching instance; TERM, grace, KILL; then the PID file removed. A PID file
-//! pointing at an unrelated live process is reported and never signalled.
+//! named target to `stopped`: the process its PID file names (trusted only
+//! while its command line matches and it is not younger than the file), and
+//! every other process matching the pattern *inside the target's scope*;
+//! TERM, grace, KILL; then the PID file removed. A PID file pointing at an
+//! unrelated live process is reported and never signalled.
+//!
+//! Scope: two deployments run the same command lines. Without a `scope`, the
+//! pattern only confirms the PID file's process and finds nothing on its
+//! own; `scope = { user, unit, cgroup, under }` names where this
+//! deployment's other instances live, and `scope = "host"` says explicitly
+//! that any process on the host is one. A stopped process that comes back
+//! (a supervisor respawned it) is reported as persisting, with its
+//! supervisor, instead of being stopped again.
 
 use doctor_sdk::prelude::*;
 use doctor_sdk::processes::Process;
+use doctor_sdk::respawn;
+use doctor_sdk::scope::{command_line, is_live, ProcessTable, Scope};
 use regex_lite::Regex;
 use serde::Deserialize;
 
@@ -23,6 +34,9 @@ struct Target {
     pid_file: Option<String>,
     /// A regular expression searched in the command line (argv joined by spaces).
     pattern: String,
+    /// Where instances beyond the PID file's may be found; none: nowhere.
+    #[serde(default)]
+    scope: Scope,
     #[serde(default)]
     desired: Desired,
     #[serde(default = "default_grace_ms")]
@@ -41,13 +55,18 @@ fn default_grace_ms() -> u32 {
     5000
 }
 
+/// A PID file may be written a little before the process is fully up; a
+/// process that started later than this after the file cannot have written it.
+const PID_FILE_SLACK_MS: u64 = 2000;
+
 /// What the PID file says, checked against the process table.
 enum PidFile {
     Absent,
     Unreadable(String),
     Stale(u32),
     Ours(u32),
-    Unrelated(Process),
+    /// A live process that is not the target's: the pid was reused.
+    Unrelated(Process, String),
 }
 
 struct PidFileStop;
@@ -56,7 +75,7 @@ impl Plugin for PidFileStop {
     type Config = Config;
 
     fn info() -> Info {
-        Info::new("pid-file-stop", "Stops named targets for real: verified PID file, every instance, TERM, grace, KILL")
+        Info::new("pid-file-stop", "Stops named targets for real: verified PID file, every instance in scope, TERM, grace, KILL")
             .capability(caps::PROCESSES)
             .capability(caps::FILES)
             .capability(caps::SIGNAL)
@@ -64,12 +83,12 @@ impl Plugin for PidFileStop {
             .config_key(
                 "targets",
                 None,
-                "list of { name, pid_file, pattern, desired = \"stopped\" | \"report-only\", grace_ms = 5000 }",
+                "list of { name, pid_file, pattern, scope = { user, unit, cgroup, under } | \"host\" (none: only the PID file's process), desired = \"stopped\" | \"report-only\", grace_ms = 5000 }",
             )
     }
 
     fn check(config: Config) -> Result<Vec<Finding>, Error> {
-        let table = processes::all()?;
+        let table = ProcessTable::read()?;
         let mut findings = Vec::new();
         for target in &config.targets {
             findings.extend(check_target(target, &table)?);
@@ -78,29 +97,39 @@ impl Plugin for PidFileStop {
     }
 }
 
-fn check_target(target: &Target, table: &[Process]) -> Result<Vec<Finding>, Error> {
+fn check_target(target: &Target, table: &ProcessTable) -> Result<Vec<Finding>, Error> {
     let pattern = Regex::new(&target.pattern)
         .map_err(|e| Error::Invalid(format!("target {}: pattern: {e}", target.name)))?;
-    let matches = |p: &Process| !p.kernel_thread && p.state != "Z" && pattern.is_match(&p.argv.join(" "));
-    let instances: Vec<&Process> = table.iter().filter(|p| matches(p)).collect();
-    let pid_file = read_pid_file(target, table, &matches)?;
+    let scope = target.scope.compile(&format!("target {}: scope", target.name))?;
+    let pid_file = read_pid_file(target, table, &pattern)?;
+    // The PID file's process, then every other match inside the scope.
+    let mut instances: Vec<&Process> = Vec::new();
+    if let PidFile::Ours(pid) = &pid_file {
+        instances.extend(table.get(*pid));
+    }
+    for p in table.in_scope(&pattern, &scope) {
+        if !instances.iter().any(|i| i.id.pid == p.id.pid) {
+            instances.push(p);
+        }
+    }
 
     let mut findings = Vec::new();
     match &pid_file {
-        PidFile::Unrelated(other) => findings.push(
+        PidFile::Unrelated(other, why) => findings.push(
             Finding::warning(
                 format!("{}:pid-reused", target.name),
                 &target.name,
                 format!(
-                    "PID file points at pid {}, a live process that is not {} ({}); it is left alone",
+                    "PID file points at pid {}, a live process that is not {} ({}: {}); it is left alone",
                     other.id.pid,
                     target.name,
-                    other.argv.join(" ")
+                    why,
+                    command_line(other)
                 ),
             )
             .evidence("pid_file", target.pid_file.as_deref().unwrap_or_default())
             .evidence("pid", other.id.pid)
-            .evidence("command", other.argv.join(" ")),
+            .evidence("command", command_line(other)),
         ),
         PidFile::Unreadable(why) => findings.push(
             Finding::warning(format!("{}:pid-file-unreadable", target.name), &target.name, why.clone())
@@ -110,9 +139,18 @@ fn check_target(target: &Target, table: &[Process]) -> Result<Vec<Finding>, Erro
     }
 
     if target.desired == Desired::Stopped && !instances.is_empty() {
-        findings.push(stop_finding(target, &instances, &pid_file));
+        match respawn::respawned_by(&target.name, &instances, table) {
+            Some(by) => findings.push(respawned_finding(target, &instances, &by)),
+            None => {
+                respawn::remember_stopping(&target.name, &instances);
+                findings.push(stop_finding(target, &instances, &pid_file));
+            }
+        }
     } else if instances.len() > 1 {
         findings.push(duplicates_finding(target, &instances));
+    }
+    if instances.is_empty() {
+        respawn::forget(&target.name);
     }
     if let (PidFile::Stale(pid), true) = (&pid_file, instances.is_empty()) {
         findings.push(stale_finding(target, *pid));
@@ -120,20 +158,26 @@ fn check_target(target: &Target, table: &[Process]) -> Result<Vec<Finding>, Erro
     Ok(findings)
 }
 
-fn read_pid_file(target: &Target, table: &[Process], matches: &dyn Fn(&Process) -> bool) -> Result<PidFile, Error> {
+fn read_pid_file(target: &Target, table: &ProcessTable, pattern: &Regex) -> Result<PidFile, Error> {
     let Some(path) = &target.pid_file else { return Ok(PidFile::Absent) };
-    if files::stat(path)?.is_none() {
+    let Some(stat) = files::stat(path)? else {
         return Ok(PidFile::Absent);
-    }
+    };
     let text = files::read(path, 4096)?;
     let Ok(pid) = text.trim().parse::<u32>() else {
         return Ok(PidFile::Unreadable(format!("PID file {path} does not hold a pid: {:?}", text.trim())));
     };
-    Ok(match table.iter().find(|p| p.id.pid == pid) {
+    Ok(match table.get(pid) {
         None => PidFile::Stale(pid),
-        Some(p) if p.state == "Z" => PidFile::Stale(pid),
-        Some(p) if matches(p) => PidFile::Ours(pid),
-        Some(p) => PidFile::Unrelated(p.clone()),
+        Some(p) if !is_live(p) => PidFile::Stale(pid),
+        Some(p) if !pattern.is_match(&command_line(p)) => {
+            PidFile::Unrelated(p.clone(), format!("its command line does not match /{}/", target.pattern))
+        }
+        // Younger than the file that names it: it cannot have written it.
+        Some(p) if p.started_unix_ms > stat.modified_unix_ms + PID_FILE_SLACK_MS => {
+            PidFile::Unrelated(p.clone(), "it started after the PID file was written".into())
+        }
+        Some(_) => PidFile::Ours(pid),
     })
 }
 
@@ -154,9 +198,10 @@ fn stop_finding(target: &Target, instances: &[&Process], pid_file: &PidFile) -> 
         finding = finding.evidence("pid_file_pid", pid);
     }
     for p in instances {
-        finding = finding.evidence(&format!("pid {}", p.id.pid), p.argv.join(" ")).action(
+        let cmd = command_line(p);
+        finding = finding.evidence(&format!("pid {}", p.id.pid), &cmd).action(
             Action::stop_process(p.id, target.grace_ms),
-            format!("stop pid {} ({}): TERM, {} ms grace, KILL", p.id.pid, p.name, target.grace_ms),
+            format!("stop pid {} (`{cmd}`): TERM, {} ms grace, KILL", p.id.pid, target.grace_ms),
         );
     }
     match (&target.pid_file, pid_file) {
@@ -165,6 +210,26 @@ fn stop_finding(target: &Target, instances: &[&Process], pid_file: &PidFile) -> 
         }
         _ => finding,
     }
+}
+
+/// Stopped, and back again: stopping it once more would only feed the loop.
+fn respawned_finding(target: &Target, instances: &[&Process], by: &str) -> Finding {
+    let pids: Vec<String> = instances.iter().map(|p| p.id.pid.to_string()).collect();
+    let mut f = Finding::critical(
+        format!("{}:running", target.name),
+        &target.name,
+        format!(
+            "persisting — respawned by {by}: {} was stopped and is running again (pid {}). Stop or reconfigure its supervisor ({by}) first; doctor does not stop it again",
+            target.name,
+            pids.join(", ")
+        ),
+    )
+    .evidence("respawned_by", by)
+    .evidence("instances", instances.len());
+    for p in instances {
+        f = f.evidence(&format!("pid {}", p.id.pid), command_line(p));
+    }
+    f
 }
 
 fn duplicates_finding(target: &Target, instances: &[&Process]) -> Finding {

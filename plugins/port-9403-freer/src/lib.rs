@@ -387,7 +387,7 @@ fn stop_plan(ctx: &PortCtx, mut finding: Finding, holders: &[Holder], then_wait:
         finding = match h {
             Holder::Process(p) => finding.action(
                 Action::stop_process(p.id, grace),
-                format!("stop pid {} ({}) holding port {port}: TERM, {grace} ms grace, KILL", p.id.pid, p.name),
+                format!("stop pid {} (`{}`) holding port {port}: TERM, {grace} ms grace, KILL", p.id.pid, one_line(&command_line(p), 200)),
             ),
             Holder::Container { id, name, .. } => finding.action(
                 Action::ContainerStop(id.clone()),
@@ -506,6 +506,12 @@ fn holders(ctx: &PortCtx, listeners: &[&Listener], engine: &mut EngineView) -> V
             .iter()
             .filter_map(|o| ctx.by_pid.get(&o.pid).copied().filter(|p| p.id.start_time == o.start_time))
             .collect();
+        if owners.is_empty() && !l.owners.is_empty() {
+            // The host named its holders but the process table leaves them
+            // out: the doctor's own process tree (never an instance of
+            // anything), or processes that exited a moment ago.
+            continue;
+        }
         if owners.is_empty() {
             // A container publishing the port may explain a socket we cannot see.
             if let Some(c) = engine.publishing(ctx.watch.port) {

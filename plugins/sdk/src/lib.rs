@@ -37,6 +37,10 @@ pub mod bindings {
 }
 
 mod finding;
+pub mod owner;
+pub mod respawn;
+pub mod scope;
+pub mod time;
 
 pub use bindings::doctor::plugin::{containers, files, host, probe, processes, sockets, sqlite};
 pub use bindings::doctor::plugin::types::{
@@ -44,6 +48,7 @@ pub use bindings::doctor::plugin::types::{
     SignalProcess, WaitPortFree,
 };
 pub use finding::{Finding, Info};
+pub use regex_lite;
 pub use serde;
 pub use serde_json;
 

@@ -3,20 +3,24 @@
 //! dashboard shows ACTIVE at 0 %, and a restart cannot start because the work
 //! looks taken.
 //!
-//! A `running` chunk is orphaned when its worker is not alive (a pid,
-//! optionally `pid:start-time`, or a worker name searched in command lines)
-//! or when the configured coordinator process is absent. The fix resets each
-//! orphaned chunk to pending with a compare-and-swap, **then** stops leftover
-//! workers, so a refused or failed kill never blocks the cleanup. It also
-//! says why a reset would fail (the file or its directory not writable by the
-//! service's user) and reports the table's state as Processing / Pending /
-//! Complete / Idle.
+//! A `running` chunk is orphaned when its owner is not alive (a local pid,
+//! checked by start time and command line), when its owner is on another
+//! host and its heartbeat is older than the timeout (a remote pid means
+//! nothing here), or when the configured coordinator is absent from the
+//! deployment's scope. While the coordinator is alive (or none is
+//! configured), a chunk whose owner is alive is never reset. The fix resets
+//! each orphaned chunk to pending with a compare-and-swap, **then** stops
+//! leftover workers: only the workers this deployment's orphaned rows name,
+//! identity-checked and inside the scope — never every process that matches
+//! a pattern. It also says why a reset would fail (the file or its directory
+//! not writable by the service's user) and reports the table's state as
+//! Processing / Pending / Complete / Idle.
 
-mod common;
-
-use common::{ident, liveness, opt_column, regex, require_columns, shown, Liveness, WorkerKind};
+use db_common::{ident, liveness, opt_column, read_time, regex, require_columns, shown, Liveness, OwnerCheck, TimeColumn, WorkerKind};
 use doctor_sdk::prelude::*;
 use doctor_sdk::processes::Process;
+use doctor_sdk::scope::{command_line, ProcessTable, Scope, ScopeMatcher};
+use doctor_sdk::time::human_ms;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -30,8 +34,14 @@ struct Config {
     worker_column: String,
     started_at_column: Option<String>,
     worker_kind: WorkerKind,
+    owner_format: String,
     worker_match: Option<String>,
     coordinator_match: Option<String>,
+    scope: Scope,
+    heartbeat_column: Option<String>,
+    #[serde(deserialize_with = "db_common::opt_duration_ms")]
+    heartbeat_timeout: Option<u64>,
+    time_unit: String,
     running_status: String,
     pending_status: String,
     complete_statuses: Vec<String>,
@@ -54,13 +64,21 @@ struct Orphan {
     why: String,
 }
 
+/// Is the coordinator there, as far as this deployment's scope shows?
+enum Coordinator {
+    /// No `coordinator_match` (or one that cannot be searched without a scope).
+    NotConfigured,
+    Alive,
+    Absent,
+}
+
 struct ChunkReset;
 
 impl Plugin for ChunkReset {
     type Config = Config;
 
     fn info() -> Info {
-        Info::new("sqlite-chunk-reset", "Resets orphaned running chunks to pending (database first), then stops leftover workers")
+        Info::new("sqlite-chunk-reset", "Resets orphaned running chunks to pending (database first), then stops the leftover workers those rows name")
             .capability(caps::SQLITE)
             .capability(caps::SQLITE_WRITE)
             .capability(caps::PROCESSES)
@@ -69,48 +87,70 @@ impl Plugin for ChunkReset {
             .config_key("table", Some("\"chunks\""), "the chunk table")
             .config_key("id_column", Some("\"id\""), "the chunk's primary key column")
             .config_key("status_column", Some("\"status\""), "the status column")
-            .config_key("worker_column", Some("\"assigned_worker\""), "the column naming the worker that holds a running chunk")
-            .config_key("started_at_column", Some("\"started_at\""), "the start-time column cleared on reset; \"\" when the table has none")
-            .config_key("worker_kind", Some("\"pid\""), "\"pid\" (a pid or pid:start-time) or \"name\" (a word searched in command lines)")
-            .config_key("worker_match", Some("\"\""), "regex a live worker's command line must match (a pid reused by anything else counts as dead); also finds leftover workers")
-            .config_key("coordinator_match", Some("\"\""), "regex of the coordinator's command line; when none runs, every running chunk is orphaned")
+            .config_key("worker_column", Some("\"assigned_worker\""), "the column naming the owner of a running chunk")
+            .config_key("started_at_column", Some("\"started_at\""), "the claim-time column cleared on reset (a process younger than its claim has a reused pid); \"\" when the table has none")
+            .config_key("worker_kind", Some("\"pid\""), "\"pid\" (an owner in owner_format) or \"name\" (a word searched in command lines)")
+            .config_key("owner_format", Some("\"auto\""), "how owners are written: auto, pid (pid or pid:start-time), host:pid, pid@host, or a regex with named groups pid (required), host, start")
+            .config_key("worker_match", Some("\"\""), "regex a live worker's command line must match (a pid reused by anything else counts as dead)")
+            .config_key("coordinator_match", Some("\"\""), "regex of the coordinator's command line, searched inside `scope` only; when none runs there, every running chunk is orphaned")
+            .config_key("scope", Some("null"), "where this deployment's processes live: { user, unit, cgroup, under } or \"host\"; none: a pattern matches nothing and only the rows' own pids name workers")
+            .config_key("heartbeat_column", Some("\"\""), "heartbeat column: how a chunk owned by another host is judged; \"\" for none")
+            .config_key("heartbeat_timeout", Some("\"\""), "a remote owner's chunk is orphaned when its heartbeat is older than this (e.g. \"5m\")")
+            .config_key("time_unit", Some("\"auto\""), "how times are stored: auto (detected and stated), s, ms, iso8601, julian")
             .config_key("running_status", Some("\"running\""), "status value of a chunk being worked on")
             .config_key("pending_status", Some("\"pending\""), "status value an orphaned chunk is reset to")
             .config_key("complete_statuses", Some("[\"complete\", \"completed\", \"done\"]"), "status values that count as complete for progress")
             .config_key("service_user", Some("\"\""), "the user the coordinator runs as: diagnose whether it can write the database file and directory")
-            .config_key("stop_workers", Some("true"), "when the coordinator is absent, stop leftover workers after the reset (needs grants.signal)")
+            .config_key("stop_workers", Some("true"), "when the coordinator is absent, stop the workers the orphaned rows name after the reset (needs grants.signal)")
             .config_key("grace_ms", Some("5000"), "time between TERM and KILL when stopping a leftover worker")
             .config_key("max_chunk_findings", Some("200"), "orphaned chunks reported one finding each (by id); beyond this, one overflow finding resets the rest in batches")
     }
 
     fn check(c: Config) -> Result<Vec<Finding>, Error> {
         let user = opt_column(&c.service_user);
-        let problems = common::write_problems(&c.db, user)?;
+        let problems = db_common::write_problems(&c.db, user)?;
         let started_col = opt_column(&c.started_at_column);
+        let hb_col = opt_column(&c.heartbeat_column);
         let mut wanted = vec![("id_column", c.id_column.as_str()), ("status_column", c.status_column.as_str()), ("worker_column", c.worker_column.as_str())];
         if let Some(s) = started_col {
             wanted.push(("started_at_column", s));
         }
+        if let Some(h) = hb_col {
+            wanted.push(("heartbeat_column", h));
+        }
         require_columns(&c.db, &c.table, &wanted)?;
         let worker_match = regex("worker_match", c.worker_match.as_deref())?;
         let coordinator_match = regex("coordinator_match", c.coordinator_match.as_deref())?;
-        let table = processes::all()?;
+        let scope = c.scope.compile("config `scope`")?;
+        let format = db_common::owner_format(&c.owner_format)?;
+        let unit = db_common::time_unit(&c.time_unit)?;
+        let table = ProcessTable::read()?;
+        let hostname = host::hostname();
+        let now_ms = host::now_unix_ms() as i64;
 
-        let coordinator_absent = coordinator_match.as_ref().is_some_and(|r| {
-            !table.iter().any(|p| p.state != "Z" && !p.kernel_thread && r.is_match(&p.argv.join(" ")))
-        });
+        let mut findings = Vec::new();
+        let coordinator = match &coordinator_match {
+            None => Coordinator::NotConfigured,
+            Some(_) if scope.is_unscoped() => {
+                findings.push(unscoped_coordinator_finding(&c));
+                Coordinator::NotConfigured
+            }
+            Some(re) if table.in_scope(re, &scope).next().is_some() => Coordinator::Alive,
+            Some(_) => Coordinator::Absent,
+        };
+        let coordinator_absent = matches!(coordinator, Coordinator::Absent);
 
         let t = ident(&c.table);
         let (id, status, worker) = (ident(&c.id_column), ident(&c.status_column), ident(&c.worker_column));
         let started_sel = started_col.map(ident).unwrap_or_else(|| "NULL".into());
+        let hb_sel = hb_col.map(ident).unwrap_or_else(|| "NULL".into());
         let running = sqlite::query(
             &c.db,
-            &format!("SELECT {id}, {worker}, {started_sel} FROM {t} WHERE {status} = ?1 ORDER BY {id}"),
+            &format!("SELECT {id}, {worker}, {started_sel}, {hb_sel} FROM {t} WHERE {status} = ?1 ORDER BY {id}"),
             &[SqlValue::Text(c.running_status.clone())],
         )?;
 
-        let mut findings = Vec::new();
-        if let Some(f) = common::unwritable_finding(&c.db, user.unwrap_or_default(), &problems) {
+        if let Some(f) = db_common::unwritable_finding(&c.db, user.unwrap_or_default(), &problems) {
             findings.push(f);
         }
         let withheld = !problems.is_empty();
@@ -119,122 +159,255 @@ impl Plugin for ChunkReset {
             "UPDATE {t} SET {status} = ?1, {worker} = NULL{set_started} WHERE {id} = ?2 AND {status} = ?3 AND {worker} IS ?4"
         );
 
-        let mut orphaned = 0usize;
+        let chk = OwnerCheck { kind: c.worker_kind, format: &format, table: &table, worker_match: worker_match.as_ref(), hostname: &hostname };
+        let judge = Judge { c: &c, unit, now_ms, hb_col };
         let mut live_running = 0usize;
-        let mut leftovers: BTreeMap<u32, Process> = BTreeMap::new();
+        let mut leftovers: BTreeMap<u32, Leftover> = BTreeMap::new();
         let mut seen = std::collections::BTreeSet::new();
         let mut orphans: Vec<Orphan> = Vec::new();
         for row in &running.rows {
-            let (chunk_id, worker_value, started) = (&row[0], &row[1], &row[2]);
+            let (chunk_id, worker_value, started, heartbeat) = (&row[0], &row[1], &row[2], &row[3]);
             // A non-unique id column: one finding per id (its reset then trips max-rows).
             if !seen.insert(shown(chunk_id)) {
                 continue;
             }
-            let alive = liveness(worker_value, c.worker_kind, &table, worker_match.as_ref());
-            let why = match (&alive, coordinator_absent) {
-                (Liveness::Dead(why), _) => why.clone(),
-                (Liveness::Alive(procs), true) => {
+            // A claim time proves a pid reused only when its zone is certain.
+            let claimed = read_time(started, unit).ok().filter(|s| s.zoned).map(|s| s.unix_ms);
+            let alive = liveness(worker_value, &chk, claimed);
+            let verdict = if coordinator_absent {
+                if let Liveness::Alive(procs) = &alive {
                     for p in procs {
-                        leftovers.insert(p.id.pid, p.clone());
+                        let allowed = stop_allowed(&c, &scope, &table, p);
+                        leftovers.entry(p.id.pid).or_insert_with(|| Leftover { process: p.clone(), chunks: Vec::new(), allowed });
+                        if let Some(l) = leftovers.get_mut(&p.id.pid) {
+                            l.chunks.push(shown(chunk_id));
+                        }
                     }
-                    "the coordinator is not running; its worker is a leftover".to_string()
                 }
-                (Liveness::Unknown(why), true) => format!("the coordinator is not running ({why})"),
-                (Liveness::Alive(_), false) => {
-                    live_running += 1;
-                    continue;
-                }
-                (Liveness::Unknown(why), false) => {
-                    live_running += 1;
-                    findings.push(
-                        Finding::warning(
-                            format!("chunk:{}:{}:unknown-worker", c.table, shown(chunk_id)),
-                            format!("{} chunk {}", c.table, shown(chunk_id)),
-                            format!("chunk {} is {} but its worker cannot be checked: {why}", shown(chunk_id), c.running_status),
-                        )
-                        .evidence("worker", shown(worker_value)),
-                    );
-                    continue;
-                }
+                Verdict::Orphaned(coordinator_reason(&alive))
+            } else {
+                judge.row(&alive, heartbeat)
             };
-            orphaned += 1;
-            orphans.push(Orphan { id: chunk_id.clone(), worker: worker_value.clone(), started: started.clone(), why });
+            match verdict {
+                Verdict::Orphaned(why) => orphans.push(Orphan { id: chunk_id.clone(), worker: worker_value.clone(), started: started.clone(), why }),
+                Verdict::Live(extra) => {
+                    live_running += 1;
+                    if let Some(f) = extra {
+                        findings.push(f(&c, chunk_id, worker_value));
+                    }
+                }
+            }
         }
+        let orphaned = orphans.len();
 
         // One finding per orphaned chunk, up to the host's per-report limits;
         // the rest go into one overflow finding with batched compare-and-swaps.
         let (single, rest) = orphans.split_at(orphans.len().min(c.max_chunk_findings));
         for o in single {
-            let mut f = Finding::critical(
-                format!("chunk:{}:{}:orphaned", c.table, shown(&o.id)),
-                format!("{} chunk {}", c.table, shown(&o.id)),
-                format!(
-                    "chunk {} is {} for worker {} but {}; nothing will finish it and it blocks a restart",
-                    shown(&o.id),
-                    c.running_status,
-                    shown(&o.worker),
-                    o.why
-                ),
-            )
-            .evidence("id", shown(&o.id))
-            .evidence("worker", shown(&o.worker))
-            .evidence("started_at", shown(&o.started))
-            .evidence("reason", &o.why);
-            if withheld {
-                f = f.evidence("reset", WITHHELD);
-            } else {
-                f = f.action(
-                    Action::sql_exec(
-                        &c.db,
-                        &reset_sql,
-                        vec![SqlValue::Text(c.pending_status.clone()), o.id.clone(), SqlValue::Text(c.running_status.clone()), o.worker.clone()],
-                        1,
-                    ),
-                    format!(
-                        "reset chunk {} to {} (worker and start time cleared) if it is still {} for worker {}",
-                        shown(&o.id),
-                        c.pending_status,
-                        c.running_status,
-                        shown(&o.worker)
-                    ),
-                );
-            }
-            findings.push(f);
+            findings.push(orphan_finding(&c, o, withheld, &reset_sql));
         }
         if !rest.is_empty() {
             findings.push(overflow_finding(&c, rest, withheld, &set_started));
         }
-
-        // A dead coordinator's workers are leftovers whether or not they hold a chunk.
-        if coordinator_absent {
-            if let Some(r) = &worker_match {
-                for p in table.iter().filter(|p| p.state != "Z" && !p.kernel_thread && r.is_match(&p.argv.join(" "))) {
-                    leftovers.entry(p.id.pid).or_insert_with(|| p.clone());
-                }
-            }
-        }
         // After every reset: stops come last so that a refused or failed stop never blocks the cleanup.
-        for p in leftovers.values() {
-            let mut f = Finding::warning(
-                format!("worker:{}:leftover", p.id.pid),
-                format!("worker pid {}", p.id.pid),
-                format!("worker pid {} (`{}`) is still running but its coordinator is not", p.id.pid, p.argv.join(" ")),
-            )
-            .evidence("pid", p.id.pid)
-            .evidence("start_time", p.id.start_time)
-            .evidence("command", p.argv.join(" "));
-            if c.stop_workers {
-                f = f.action(
-                    Action::stop_process(p.id, c.grace_ms),
-                    format!("stop leftover worker pid {} ({}): TERM, {} ms grace, KILL", p.id.pid, p.name, c.grace_ms),
-                );
-            }
-            findings.push(f);
+        for l in leftovers.values() {
+            findings.push(leftover_finding(&c, l, &scope));
         }
-
         findings.push(state_finding(&c, orphaned, live_running, coordinator_absent)?);
         Ok(findings)
     }
+}
+
+/// A live worker named by an orphaned row of a dead coordinator.
+struct Leftover {
+    process: Process,
+    chunks: Vec<String>,
+    /// Named by pid (identity-checked) and inside the scope, if one is given.
+    allowed: bool,
+}
+
+/// A worker may be stopped only when this deployment's row names it by pid
+/// (its identity checked by liveness) and it lies inside the scope when one
+/// is named; a worker found by name needs the scope to vouch for it.
+fn stop_allowed(c: &Config, scope: &ScopeMatcher, table: &ProcessTable, p: &Process) -> bool {
+    match c.worker_kind {
+        WorkerKind::Pid => scope.is_unscoped() || scope.contains(p, table),
+        WorkerKind::Name => !scope.is_unscoped() && scope.contains(p, table),
+    }
+}
+
+fn coordinator_reason(alive: &Liveness) -> String {
+    match alive {
+        Liveness::Alive(_) => "the coordinator is not running; its worker is a leftover".into(),
+        Liveness::Dead(why) => format!("the coordinator is not running and {why}"),
+        Liveness::Remote(h) => format!("the coordinator is not running (the worker is on host {h})"),
+        Liveness::Unknown(why) => format!("the coordinator is not running ({why})"),
+    }
+}
+
+type Extra = Box<dyn Fn(&Config, &SqlValue, &SqlValue) -> Finding>;
+
+enum Verdict {
+    Orphaned(String),
+    /// Counted as running; maybe with a finding of its own (unknown worker, unreadable heartbeat).
+    Live(Option<Extra>),
+}
+
+/// Judging a row while the coordinator is alive or not configured.
+struct Judge<'a> {
+    c: &'a Config,
+    unit: db_common::TimeUnit,
+    now_ms: i64,
+    hb_col: Option<&'a str>,
+}
+
+impl Judge<'_> {
+    fn row(&self, alive: &Liveness, heartbeat: &SqlValue) -> Verdict {
+        match alive {
+            Liveness::Dead(why) => Verdict::Orphaned(why.clone()),
+            Liveness::Alive(_) => self.heartbeat_readable(heartbeat, "its owner is judged by its pid, which is alive"),
+            Liveness::Unknown(why) => Verdict::Live(Some(unknown(format!("its worker cannot be checked: {why}")))),
+            Liveness::Remote(h) => self.remote(h, heartbeat),
+        }
+    }
+
+    /// A live local owner needs no heartbeat, but an unreadable one is still said.
+    fn heartbeat_readable(&self, heartbeat: &SqlValue, consequence: &str) -> Verdict {
+        let Some(col) = self.hb_col else { return Verdict::Live(None) };
+        match read_time(heartbeat, self.unit) {
+            Ok(_) => Verdict::Live(None),
+            Err(why) => Verdict::Live(Some(unreadable(col, heartbeat, why, consequence.to_string()))),
+        }
+    }
+
+    /// Another host's owner: only its heartbeat can tell, never a local pid.
+    fn remote(&self, host: &str, heartbeat: &SqlValue) -> Verdict {
+        let Some(col) = self.hb_col else {
+            return Verdict::Live(Some(unknown(format!(
+                "its owner is on host {host}; local pids say nothing about it and no heartbeat_column is configured, so it is left alone"
+            ))));
+        };
+        let stamp = match read_time(heartbeat, self.unit) {
+            Ok(s) => s,
+            Err(why) => return Verdict::Live(Some(unreadable(col, heartbeat, why, format!("the chunk is owned by host {host} and is left alone")))),
+        };
+        let age = self.now_ms - stamp.unix_ms;
+        match self.c.heartbeat_timeout {
+            Some(limit) if age > limit as i64 => Verdict::Orphaned(format!(
+                "its owner is on host {host} and its last heartbeat is {} old (timeout {}; {col} read as {})",
+                human_ms(age),
+                human_ms(limit as i64),
+                stamp.read_as
+            )),
+            Some(_) => Verdict::Live(None),
+            None => Verdict::Live(Some(unknown(format!(
+                "its owner is on host {host} and no heartbeat_timeout is configured to judge its heartbeat ({} old)",
+                human_ms(age)
+            )))),
+        }
+    }
+}
+
+fn unknown(why: String) -> Extra {
+    Box::new(move |c: &Config, id: &SqlValue, worker: &SqlValue| {
+        Finding::warning(
+            format!("chunk:{}:{}:unknown-worker", c.table, shown(id)),
+            format!("{} chunk {}", c.table, shown(id)),
+            format!("chunk {} is {} but {why}", shown(id), c.running_status),
+        )
+        .evidence("worker", shown(worker))
+    })
+}
+
+fn unreadable(col: &str, value: &SqlValue, why: String, consequence: String) -> Extra {
+    let (col, value) = (col.to_string(), value.clone());
+    Box::new(move |c: &Config, id: &SqlValue, worker: &SqlValue| {
+        db_common::unreadable_time_finding(
+            &format!("chunk:{}:{}", c.table, shown(id)),
+            &format!("{} chunk {}", c.table, shown(id)),
+            TimeColumn::Heartbeat,
+            &col,
+            &value,
+            &why,
+            &consequence,
+        )
+        .evidence("worker", shown(worker))
+    })
+}
+
+fn unscoped_coordinator_finding(c: &Config) -> Finding {
+    Finding::warning(
+        format!("table:{}:coordinator-unscoped", c.table),
+        format!("table {}", c.table),
+        format!(
+            "coordinator_match {:?} is not searched: a command-line pattern alone matches nothing, because another deployment's coordinator would count as this one's. Name the scope (scope = {{ user, unit, cgroup, under }}) or, deliberately, scope = \"host\"",
+            c.coordinator_match.as_deref().unwrap_or_default()
+        ),
+    )
+}
+
+fn orphan_finding(c: &Config, o: &Orphan, withheld: bool, reset_sql: &str) -> Finding {
+    let f = Finding::critical(
+        format!("chunk:{}:{}:orphaned", c.table, shown(&o.id)),
+        format!("{} chunk {}", c.table, shown(&o.id)),
+        format!(
+            "chunk {} is {} for worker {} but {}; nothing will finish it and it blocks a restart",
+            shown(&o.id),
+            c.running_status,
+            shown(&o.worker),
+            o.why
+        ),
+    )
+    .evidence("id", shown(&o.id))
+    .evidence("worker", shown(&o.worker))
+    .evidence("started_at", shown(&o.started))
+    .evidence("reason", &o.why);
+    if withheld {
+        return f.evidence("reset", WITHHELD);
+    }
+    f.action(
+        Action::sql_exec(
+            &c.db,
+            reset_sql,
+            vec![SqlValue::Text(c.pending_status.clone()), o.id.clone(), SqlValue::Text(c.running_status.clone()), o.worker.clone()],
+            1,
+        ),
+        format!(
+            "reset chunk {} to {} (worker and start time cleared) if it is still {} for worker {}",
+            shown(&o.id),
+            c.pending_status,
+            c.running_status,
+            shown(&o.worker)
+        ),
+    )
+}
+
+fn leftover_finding(c: &Config, l: &Leftover, scope: &ScopeMatcher) -> Finding {
+    let p = &l.process;
+    let cmd = command_line(p);
+    let mut f = Finding::warning(
+        format!("worker:{}:leftover", p.id.pid),
+        format!("worker pid {}", p.id.pid),
+        format!("worker pid {} (`{cmd}`) still holds chunk(s) {} but its coordinator is not running", p.id.pid, l.chunks.join(", ")),
+    )
+    .evidence("pid", p.id.pid)
+    .evidence("start_time", p.id.start_time)
+    .evidence("command", &cmd)
+    .evidence("chunks", l.chunks.join(", "));
+    if !c.stop_workers {
+        return f;
+    }
+    if !l.allowed {
+        return f.evidence(
+            "stop",
+            format!("not proposed: the process lies outside this deployment's scope ({})", scope.describe()),
+        );
+    }
+    f = f.action(
+        Action::stop_process(p.id, c.grace_ms),
+        format!("stop leftover worker pid {} (`{cmd}`): TERM, {} ms grace, KILL", p.id.pid, c.grace_ms),
+    );
+    f
 }
 
 /// Orphans beyond `max_chunk_findings`: one finding, batched compare-and-swaps
@@ -300,7 +473,7 @@ fn state_finding(c: &Config, orphaned: usize, live_running: usize, coordinator_a
     )?;
     let mut by_status: Vec<(String, i64)> = Vec::new();
     for row in &counts.rows {
-        by_status.push((shown(&row[0]), common::integer(&row[1]).unwrap_or(0)));
+        by_status.push((shown(&row[0]), db_common::integer(&row[1]).unwrap_or(0)));
     }
     let count = |s: &str| by_status.iter().filter(|(k, _)| k == s).map(|(_, n)| *n).sum::<i64>();
     let total: i64 = by_status.iter().map(|(_, n)| n).sum();

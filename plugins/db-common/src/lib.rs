@@ -1,14 +1,16 @@
 //! Parts shared by the two database plugins (`sqlite-chunk-reset` and
-//! `job-health`, which includes this file by path): quoting configured
-//! identifiers, checking configured columns against the real table, deciding
-//! whether a recorded worker is still alive, and diagnosing whether the
-//! service's user could write the database at all.
-
-#![allow(dead_code)]
+//! `job-health`): quoting configured identifiers, checking configured
+//! columns against the real table, deciding whether a row's owner is still
+//! alive (owner formats and timestamps come from the SDK, so every plugin
+//! reads them alike), and diagnosing whether the service's user could write
+//! the database at all.
 
 use doctor_sdk::files::FileStat;
+pub use doctor_sdk::owner::{parse_owner, OwnerFormat};
 use doctor_sdk::prelude::*;
 use doctor_sdk::processes::Process;
+use doctor_sdk::scope::{command_line, ProcessTable};
+pub use doctor_sdk::time::{human_ms, read_time, Stamp, TimeUnit};
 use regex_lite::Regex;
 use serde::{Deserialize, Deserializer};
 
@@ -77,7 +79,7 @@ pub fn shown(v: &SqlValue) -> String {
 #[derive(Deserialize, Clone, Copy, PartialEq, Debug, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkerKind {
-    /// A pid, or `pid:start-time` (clock ticks after boot, /proc/PID/stat field 22).
+    /// An owner in `owner_format`: a pid (or `pid:start-time`), `host:pid`, `pid@host`, ...
     #[default]
     Pid,
     /// A worker name, searched as a whole word in process command lines.
@@ -89,59 +91,124 @@ pub enum Liveness {
     Alive(Vec<Process>),
     /// Certainly not running; the reason, for the message.
     Dead(String),
+    /// Owned by a process on another host: its pids mean nothing here, only
+    /// a heartbeat can tell.
+    Remote(String),
     /// Cannot tell (no worker recorded, or a value that names nothing we can check).
     Unknown(String),
 }
 
-/// Is the worker recorded in `value` alive in the process table?
-/// `worker_match`, when set, must match a live process's command line too,
-/// so a pid reused by an unrelated process counts as dead, never as the worker.
-pub fn liveness(value: &SqlValue, kind: WorkerKind, table: &[Process], worker_match: Option<&Regex>) -> Liveness {
-    let live = |p: &&Process| p.state != "Z" && p.state != "X" && !p.kernel_thread;
-    let is_worker = |p: &Process| worker_match.is_none_or(|r| r.is_match(&p.argv.join(" ")));
+/// What deciding an owner's liveness needs.
+pub struct OwnerCheck<'a> {
+    pub kind: WorkerKind,
+    pub format: &'a OwnerFormat,
+    pub table: &'a ProcessTable,
+    /// A live worker's command line must match (a pid reused by anything else is dead).
+    pub worker_match: Option<&'a Regex>,
+    /// This host's name, to tell local owners from remote ones.
+    pub hostname: &'a str,
+}
+
+/// Is the worker recorded in `value` alive? `claimed_ms`, the time the row
+/// was claimed (its start-time column) when readable, must not be before
+/// the process started: a process younger than its claim has a reused pid.
+pub fn liveness(value: &SqlValue, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Liveness {
     let Some(raw) = text(value).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) else {
         return Liveness::Unknown("no worker recorded".into());
     };
-    match kind {
-        WorkerKind::Pid => {
-            let (pid, start) = match raw.split_once(':') {
-                Some((p, s)) => (p.trim().parse::<u32>().ok(), s.trim().parse::<u64>().ok()),
-                None => (raw.parse::<u32>().ok(), None),
-            };
-            let Some(pid) = pid.filter(|p| *p > 0) else {
-                return Liveness::Unknown(format!("worker {raw:?} is not a pid"));
-            };
-            let Some(p) = table.iter().filter(live).find(|p| p.id.pid == pid) else {
-                return Liveness::Dead(format!("pid {pid} is not running"));
-            };
-            if let Some(start) = start {
-                if p.id.start_time != start {
-                    return Liveness::Dead(format!(
-                        "pid {pid} now belongs to another process ({}, started at tick {} not {start})",
-                        p.argv.join(" "),
-                        p.id.start_time
-                    ));
-                }
-            }
-            if !is_worker(p) {
-                return Liveness::Dead(format!("pid {pid} is now `{}`, not a worker (the pid was reused)", p.argv.join(" ")));
-            }
-            Liveness::Alive(vec![p.clone()])
-        }
-        WorkerKind::Name => {
-            let word = match Regex::new(&format!("(^|[^A-Za-z0-9_.-]){}($|[^A-Za-z0-9_.-])", regex_lite::escape(&raw))) {
-                Ok(r) => r,
-                Err(e) => return Liveness::Unknown(format!("worker {raw:?}: {e}")),
-            };
-            let found: Vec<Process> =
-                table.iter().filter(live).filter(|p| word.is_match(&p.argv.join(" ")) && is_worker(p)).cloned().collect();
-            if found.is_empty() {
-                Liveness::Dead(format!("no running process has {raw:?} in its command line"))
-            } else {
-                Liveness::Alive(found)
-            }
+    match chk.kind {
+        WorkerKind::Pid => pid_liveness(&raw, chk, claimed_ms),
+        WorkerKind::Name => name_liveness(&raw, chk),
+    }
+}
+
+/// Slack between a row's claim time and its process's start (clocks round).
+const CLAIM_SLACK_MS: i64 = 2000;
+
+fn pid_liveness(raw: &str, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Liveness {
+    let owner = match parse_owner(raw, chk.format) {
+        Ok(o) => o,
+        Err(why) => return Liveness::Unknown(why),
+    };
+    if !owner.is_local(chk.hostname) {
+        return Liveness::Remote(owner.host.unwrap_or_default());
+    }
+    let pid = owner.pid;
+    let Some(p) = chk.table.live().find(|p| p.id.pid == pid) else {
+        return Liveness::Dead(format!("pid {pid} is not running"));
+    };
+    if let Some(start) = owner.start_time {
+        if p.id.start_time != start {
+            return Liveness::Dead(format!(
+                "pid {pid} now belongs to another process ({}, started at tick {} not {start})",
+                command_line(p),
+                p.id.start_time
+            ));
         }
     }
+    if !chk.worker_match.is_none_or(|r| r.is_match(&command_line(p))) {
+        return Liveness::Dead(format!("pid {pid} is now `{}`, not a worker (the pid was reused)", command_line(p)));
+    }
+    if let Some(claimed) = claimed_ms {
+        if p.started_unix_ms as i64 > claimed + CLAIM_SLACK_MS {
+            return Liveness::Dead(format!(
+                "pid {pid} (`{}`) started after the row was claimed, so it is not the process that claimed it (the pid was reused)",
+                command_line(p)
+            ));
+        }
+    }
+    Liveness::Alive(vec![p.clone()])
+}
+
+fn name_liveness(raw: &str, chk: &OwnerCheck) -> Liveness {
+    let word = match Regex::new(&format!("(^|[^A-Za-z0-9_.-]){}($|[^A-Za-z0-9_.-])", regex_lite::escape(raw))) {
+        Ok(r) => r,
+        Err(e) => return Liveness::Unknown(format!("worker {raw:?}: {e}")),
+    };
+    let found: Vec<Process> = chk
+        .table
+        .live()
+        .filter(|p| word.is_match(&command_line(p)) && chk.worker_match.is_none_or(|r| r.is_match(&command_line(p))))
+        .cloned()
+        .collect();
+    if found.is_empty() {
+        Liveness::Dead(format!("no running process has {raw:?} in its command line"))
+    } else {
+        Liveness::Alive(found)
+    }
+}
+
+/// Which time column could not be read, for the finding's key and text.
+#[derive(Clone, Copy)]
+pub enum TimeColumn {
+    Heartbeat,
+    Updated,
+}
+
+/// A heartbeat (or update time) that cannot be read: its own finding, never
+/// silence. `key` is the row's key prefix (`chunk:chunks:7`).
+pub fn unreadable_time_finding(key: &str, subject: &str, which: TimeColumn, column: &str, value: &SqlValue, why: &str, consequence: &str) -> Finding {
+    let (slug, what) = match which {
+        TimeColumn::Heartbeat => ("heartbeat", "heartbeat"),
+        TimeColumn::Updated => ("updated", "update time"),
+    };
+    Finding::warning(
+        format!("{key}:{slug}-unreadable"),
+        subject,
+        format!("{what} unreadable: column {column} holds {why}; {consequence}"),
+    )
+    .evidence("column", column)
+    .evidence("value", shown(value))
+    .evidence("why", why)
+}
+
+/// Parse the policy's `owner_format` and `time_unit` (config errors name the key).
+pub fn owner_format(text: &str) -> Result<OwnerFormat, Error> {
+    OwnerFormat::parse(text).map_err(|e| Error::Invalid(format!("config `owner_format`: {e}")))
+}
+
+pub fn time_unit(text: &str) -> Result<TimeUnit, Error> {
+    TimeUnit::parse(text).map_err(|e| Error::Invalid(format!("config `time_unit`: {e}")))
 }
 
 pub fn regex(key: &str, pattern: Option<&str>) -> Result<Option<Regex>, Error> {

@@ -1,0 +1,300 @@
+//! Which processes belong to the incident a policy describes (DESIGN §4
+//! "Scope"). A process is an instance of a target only when the deployment's
+//! own data names it (a PID file, a table row: the plugin checks those), or
+//! when it lies inside the scope the policy names here. A bare command-line
+//! pattern matches nothing: two deployments on one host run the same
+//! command lines, and a policy describes one of them.
+//!
+//! ```toml
+//! scope = { user = "trader", unit = "trader-a.service" }  # every given field must hold
+//! scope = { under = "/srv/a/run\\.sh" }                   # descendants of that process
+//! scope = "host"                                          # explicitly anywhere (validate warns)
+//! ```
+//!
+//! There is no working-directory scope: the process record of the WIT
+//! contract carries no cwd, and the scope is decided inside the plugin.
+
+use crate::processes::Process;
+use crate::{host, Error};
+use regex_lite::Regex;
+use serde::{Deserialize, Deserializer};
+use std::collections::HashMap;
+
+/// The `scope` config value as written.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Scope {
+    /// Not given: only the deployment's own data (PID file, table row) names instances.
+    #[default]
+    Unscoped,
+    /// `scope = "host"`: the operator's explicit choice to match anywhere.
+    Host,
+    /// Every given field must hold.
+    Within(Within),
+}
+
+/// A scope table: each field that is given must hold.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Within {
+    /// The process's owner: a user name or a uid.
+    pub user: Option<UserRef>,
+    /// A systemd unit (`trader-a.service`, `batch.slice`): one component of
+    /// the process's cgroup path.
+    pub unit: Option<String>,
+    /// A cgroup path (`*` and `?` allowed): the process's cgroup is it or lies below it.
+    pub cgroup: Option<String>,
+    /// A regular expression searched in an ancestor's command line: the
+    /// process descends from such a process (a launcher, a supervisor).
+    pub under: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum UserRef {
+    Uid(u32),
+    Name(String),
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Scope, D::Error> {
+        use serde::de::Error as _;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Null => Ok(Scope::Unscoped),
+            serde_json::Value::String(s) if s.is_empty() => Ok(Scope::Unscoped),
+            serde_json::Value::String(s) if s == "host" => Ok(Scope::Host),
+            serde_json::Value::String(s) => Err(D::Error::custom(format!(
+                "scope {s:?}: write \"host\" or a table {{ user, unit, cgroup, under }}"
+            ))),
+            v @ serde_json::Value::Object(_) => {
+                let within: Within = serde_json::from_value(v).map_err(|e| D::Error::custom(format!("scope: {e}")))?;
+                if within == Within::default() {
+                    return Err(D::Error::custom("scope: an empty table names no scope; give user, unit, cgroup or under"));
+                }
+                Ok(Scope::Within(within))
+            }
+            other => Err(D::Error::custom(format!("scope: expected \"host\" or a table, got {other}"))),
+        }
+    }
+}
+
+impl Scope {
+    /// Resolve user names and compile patterns; `what` names the config key in errors.
+    pub fn compile(&self, what: &str) -> Result<ScopeMatcher, Error> {
+        let Scope::Within(w) = self else {
+            return Ok(ScopeMatcher { scope: self.clone(), uid: None, under: None });
+        };
+        let uid = match &w.user {
+            None => None,
+            Some(UserRef::Uid(uid)) => Some(*uid),
+            Some(UserRef::Name(name)) => match host::lookup_user(name) {
+                Some(u) => Some(u.uid),
+                None => return Err(Error::Invalid(format!("{what}.user: no user {name:?} on this host"))),
+            },
+        };
+        let under = w
+            .under
+            .as_deref()
+            .map(|p| Regex::new(p).map_err(|e| Error::Invalid(format!("{what}.under: bad pattern {p:?}: {e}"))))
+            .transpose()?;
+        Ok(ScopeMatcher { scope: self.clone(), uid, under })
+    }
+}
+
+/// A compiled scope, ready to test processes.
+pub struct ScopeMatcher {
+    scope: Scope,
+    uid: Option<u32>,
+    under: Option<Regex>,
+}
+
+impl ScopeMatcher {
+    /// True when no scope was given: command-line patterns match nothing.
+    pub fn is_unscoped(&self) -> bool {
+        self.scope == Scope::Unscoped
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.scope == Scope::Host
+    }
+
+    /// Does `p` lie inside the scope?
+    pub fn contains(&self, p: &Process, table: &ProcessTable) -> bool {
+        let w = match &self.scope {
+            Scope::Unscoped => return false,
+            Scope::Host => return true,
+            Scope::Within(w) => w,
+        };
+        let cgroup = p.cgroup.as_deref().unwrap_or("");
+        self.uid.is_none_or(|uid| p.uid == uid)
+            && w.unit.as_deref().is_none_or(|unit| cgroup.split('/').any(|part| part == unit))
+            && w.cgroup.as_deref().is_none_or(|g| cgroup_within(cgroup, g))
+            && self.under.as_ref().is_none_or(|re| table.ancestors(p).any(|a| re.is_match(&command_line(a))))
+    }
+
+    /// The scope as an operator reads it in a message.
+    pub fn describe(&self) -> String {
+        match &self.scope {
+            Scope::Unscoped => "no scope".into(),
+            Scope::Host => "the whole host (scope = \"host\")".into(),
+            Scope::Within(w) => {
+                let mut parts = Vec::new();
+                if let Some(u) = &w.user {
+                    parts.push(match u {
+                        UserRef::Uid(uid) => format!("uid {uid}"),
+                        UserRef::Name(n) => format!("user {n}"),
+                    });
+                }
+                if let Some(u) = &w.unit {
+                    parts.push(format!("unit {u}"));
+                }
+                if let Some(c) = &w.cgroup {
+                    parts.push(format!("cgroup {c}"));
+                }
+                if let Some(r) = &w.under {
+                    parts.push(format!("descendants of /{r}/"));
+                }
+                parts.join(", ")
+            }
+        }
+    }
+}
+
+/// `cgroup` is `pattern` or lies below it (`pattern` may use `*` and `?`).
+fn cgroup_within(cgroup: &str, pattern: &str) -> bool {
+    let pattern = pattern.trim_end_matches('/');
+    if crate::glob_match(pattern, cgroup) {
+        return true;
+    }
+    // Below it: some prefix of the path, cut at a '/', matches.
+    cgroup.match_indices('/').any(|(i, _)| i > 0 && crate::glob_match(pattern, &cgroup[..i]))
+}
+
+/// argv joined by spaces, or `[name]` when the kernel shows no argv.
+pub fn command_line(p: &Process) -> String {
+    if p.argv.is_empty() {
+        format!("[{}]", p.name)
+    } else {
+        p.argv.join(" ")
+    }
+}
+
+/// A process that can be an instance of anything: not a zombie, not a kernel thread.
+pub fn is_live(p: &Process) -> bool {
+    p.state != "Z" && p.state != "X" && !p.kernel_thread
+}
+
+/// The process table with lookups by pid and parent chains. The host leaves
+/// the doctor itself, its ancestors and descendants out of it.
+pub struct ProcessTable {
+    procs: Vec<Process>,
+    by_pid: HashMap<u32, usize>,
+}
+
+impl ProcessTable {
+    pub fn read() -> Result<ProcessTable, Error> {
+        Ok(Self::new(crate::processes::all()?))
+    }
+
+    pub fn new(procs: Vec<Process>) -> ProcessTable {
+        let by_pid = procs.iter().enumerate().map(|(i, p)| (p.id.pid, i)).collect();
+        ProcessTable { procs, by_pid }
+    }
+
+    pub fn all(&self) -> &[Process] {
+        &self.procs
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Process> {
+        self.by_pid.get(&pid).map(|i| &self.procs[*i])
+    }
+
+    /// Live processes only.
+    pub fn live(&self) -> impl Iterator<Item = &Process> {
+        self.procs.iter().filter(|p| is_live(p))
+    }
+
+    /// Parent, grandparent, ... as far as the table shows them (bounded).
+    pub fn ancestors<'a>(&'a self, p: &Process) -> impl Iterator<Item = &'a Process> + 'a {
+        let mut next = p.ppid;
+        let mut steps = 0;
+        std::iter::from_fn(move || {
+            if next == 0 || steps >= 128 {
+                return None;
+            }
+            steps += 1;
+            let parent = self.get(next)?;
+            next = if parent.ppid == parent.id.pid { 0 } else { parent.ppid };
+            Some(parent)
+        })
+    }
+
+    /// Live processes whose command line matches `pattern` and that lie inside `scope`.
+    pub fn in_scope<'a>(&'a self, pattern: &'a Regex, scope: &'a ScopeMatcher) -> impl Iterator<Item = &'a Process> + 'a {
+        self.live().filter(move |p| pattern.is_match(&command_line(p)) && scope.contains(p, self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ProcessRef;
+
+    fn proc(pid: u32, ppid: u32, uid: u32, argv: &str, cgroup: &str) -> Process {
+        Process {
+            id: ProcessRef { pid, start_time: 100 + pid as u64 },
+            ppid,
+            uid,
+            state: "S".into(),
+            name: argv.split(' ').next().unwrap_or("").chars().take(15).collect(),
+            exe: None,
+            argv: argv.split(' ').map(str::to_string).collect(),
+            cgroup: Some(cgroup.into()),
+            started_unix_ms: 0,
+            kernel_thread: false,
+        }
+    }
+
+    fn table() -> ProcessTable {
+        ProcessTable::new(vec![
+            proc(10, 1, 0, "sh /srv/a/run.sh", "/system.slice/trader-a.service"),
+            proc(11, 10, 1001, "python3 worker.py", "/system.slice/trader-a.service"),
+            proc(20, 1, 0, "sh /srv/b/run.sh", "/system.slice/trader-b.service"),
+            proc(21, 20, 1001, "python3 worker.py", "/system.slice/trader-b.service/sub"),
+        ])
+    }
+
+    fn scope(json: &str) -> ScopeMatcher {
+        let s: Scope = serde_json::from_str(json).unwrap();
+        s.compile("scope").unwrap()
+    }
+
+    fn matched(json: &str) -> Vec<u32> {
+        let t = table();
+        let s = scope(json);
+        let re = Regex::new("worker\\.py").unwrap();
+        t.in_scope(&re, &s).map(|p| p.id.pid).collect()
+    }
+
+    #[test]
+    fn no_scope_matches_nothing_and_host_matches_everything() {
+        assert_eq!(matched("null"), Vec::<u32>::new());
+        assert_eq!(matched("\"host\""), vec![11, 21]);
+    }
+
+    #[test]
+    fn each_field_narrows_to_one_deployment() {
+        assert_eq!(matched(r#"{"under": "/srv/a/run\\.sh"}"#), vec![11]);
+        assert_eq!(matched(r#"{"unit": "trader-b.service"}"#), vec![21]);
+        assert_eq!(matched(r#"{"cgroup": "/system.slice/trader-b.service"}"#), vec![21]);
+        assert_eq!(matched(r#"{"cgroup": "/system.slice/trader-a*"}"#), vec![11]);
+        assert_eq!(matched(r#"{"user": 1001, "unit": "trader-a.service"}"#), vec![11]);
+        assert_eq!(matched(r#"{"user": 0}"#), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn bad_scopes_are_config_errors() {
+        assert!(serde_json::from_str::<Scope>("\"everywhere\"").is_err());
+        assert!(serde_json::from_str::<Scope>("{}").is_err());
+        assert!(serde_json::from_str::<Scope>(r#"{"cwd": "/srv"}"#).is_err());
+    }
+}

@@ -1,0 +1,270 @@
+//! Timestamps as tables store them (heartbeats, update times, start times),
+//! read the same way by every plugin. Declared in the policy (`time_unit`),
+//! or detected per value, and always stated: a finding says how a time was
+//! read. A value that cannot be read is an error the plugin reports, never a
+//! silent "no heartbeat".
+//!
+//! | `time_unit` | reads                                                        |
+//! |-------------|--------------------------------------------------------------|
+//! | `auto`      | detects each value: numbers (INTEGER, REAL or numeric TEXT) by magnitude — julian day (1e6..1e7), epoch seconds (1e8..1e11), epoch milliseconds (1e11..1e14) — and ISO-8601 text |
+//! | `s`         | epoch seconds: INTEGER, REAL or numeric TEXT                  |
+//! | `ms`        | epoch milliseconds: INTEGER, REAL or numeric TEXT             |
+//! | `iso8601`   | `2026-11-30 05:00:00`, `2026-11-30T05:00:00.5Z`, `...+02:00`; no zone means UTC (SQLite's `datetime('now')`) |
+//! | `julian`    | SQLite `julianday('now')`                                     |
+
+use crate::SqlValue;
+
+/// How a table stores its times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeUnit {
+    Auto,
+    Seconds,
+    Millis,
+    Iso8601,
+    Julian,
+}
+
+impl TimeUnit {
+    pub fn parse(text: &str) -> Result<TimeUnit, String> {
+        Ok(match text.trim() {
+            "" | "auto" => TimeUnit::Auto,
+            "s" | "seconds" | "epoch-s" => TimeUnit::Seconds,
+            "ms" | "millis" | "epoch-ms" => TimeUnit::Millis,
+            "iso8601" | "iso-8601" | "text" => TimeUnit::Iso8601,
+            "julian" | "julianday" | "julian-day" => TimeUnit::Julian,
+            other => return Err(format!("time_unit {other:?}: use auto, s, ms, iso8601 or julian")),
+        })
+    }
+}
+
+/// A time read from a row, and how it was read (for the finding).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stamp {
+    pub unix_ms: i64,
+    /// The unit it was read in (never `Auto`): a write of "now" uses the same.
+    pub unit: TimeUnit,
+    /// False for ISO-8601 text without a zone: read as UTC, but it may have
+    /// been written in local time, so it is no proof of an order of events.
+    pub zoned: bool,
+    /// e.g. "epoch seconds (INTEGER, detected)", "ISO-8601 without zone, read as UTC (TEXT)".
+    pub read_as: String,
+}
+
+/// The Unix epoch as a julian day.
+const JULIAN_EPOCH: f64 = 2_440_587.5;
+
+/// Read `value` as a time. The error text says what the value was and why it
+/// is not a time; it goes into a "heartbeat unreadable" finding.
+pub fn read_time(value: &SqlValue, unit: TimeUnit) -> Result<Stamp, String> {
+    let (number, sql_type) = match value {
+        SqlValue::Null => return Err("NULL".into()),
+        SqlValue::Blob(b) => return Err(format!("a BLOB of {} bytes", b.len())),
+        SqlValue::Integer(i) => (Some(*i as f64), "INTEGER"),
+        SqlValue::Real(f) => (Some(*f), "REAL"),
+        SqlValue::Text(t) => (t.trim().parse::<f64>().ok().filter(|f| f.is_finite()), "TEXT"),
+    };
+    let detected = if unit == TimeUnit::Auto { ", detected" } else { "" };
+    let stamp = |unix_ms: f64, unit: TimeUnit, what: &str| Stamp { unix_ms: unix_ms as i64, unit, zoned: true, read_as: format!("{what} ({sql_type}{detected})") };
+    if let Some(n) = number {
+        let unit = match unit {
+            TimeUnit::Auto => by_magnitude(n).ok_or_else(|| format!("{} {n} is no time doctor can detect (declare time_unit)", sql_type))?,
+            TimeUnit::Iso8601 => return Err(format!("{sql_type} {n} is a number, not ISO-8601 text (time_unit = \"iso8601\")")),
+            declared => declared,
+        };
+        return Ok(match unit {
+            TimeUnit::Seconds => stamp(n * 1000.0, unit, "epoch seconds"),
+            TimeUnit::Millis => stamp(n, unit, "epoch milliseconds"),
+            _ => stamp((n - JULIAN_EPOCH) * 86_400_000.0, TimeUnit::Julian, "SQLite julian day"),
+        });
+    }
+    let SqlValue::Text(text) = value else { unreachable!("numbers were handled above") };
+    if !matches!(unit, TimeUnit::Auto | TimeUnit::Iso8601) {
+        return Err(format!("text {:?} is not a number (time_unit is {unit:?})", shorten(text)));
+    }
+    let (ms, zoned) = parse_iso8601(text.trim()).ok_or_else(|| format!("text {:?} is neither a number nor ISO-8601", shorten(text)))?;
+    let stamp = stamp(ms as f64, TimeUnit::Iso8601, if zoned { "ISO-8601 with zone" } else { "ISO-8601 without zone, read as UTC" });
+    Ok(Stamp { zoned, ..stamp })
+}
+
+/// "Now" in the unit a column already uses: a value for `?`, or (ISO-8601)
+/// None, meaning the SQL `strftime('%Y-%m-%d %H:%M:%S', 'now')`.
+pub fn now_value(unit: TimeUnit, now_ms: i64) -> Option<SqlValue> {
+    match unit {
+        TimeUnit::Millis => Some(SqlValue::Integer(now_ms)),
+        TimeUnit::Julian => Some(SqlValue::Real(JULIAN_EPOCH + now_ms as f64 / 86_400_000.0)),
+        TimeUnit::Iso8601 => None,
+        TimeUnit::Auto | TimeUnit::Seconds => Some(SqlValue::Integer(now_ms / 1000)),
+    }
+}
+
+fn by_magnitude(n: f64) -> Option<TimeUnit> {
+    let a = n.abs();
+    if (1e6..1e7).contains(&a) {
+        Some(TimeUnit::Julian)
+    } else if (1e8..1e11).contains(&a) {
+        Some(TimeUnit::Seconds)
+    } else if (1e11..1e14).contains(&a) {
+        Some(TimeUnit::Millis)
+    } else {
+        None
+    }
+}
+
+fn shorten(text: &str) -> String {
+    if text.chars().count() <= 40 {
+        text.to_string()
+    } else {
+        format!("{}…", text.chars().take(40).collect::<String>())
+    }
+}
+
+/// `YYYY-MM-DD[( |T)HH:MM[:SS[.frac]]][Z|±HH[:MM]]` → (unix ms, had a zone).
+pub fn parse_iso8601(text: &str) -> Option<(i64, bool)> {
+    let b = text.as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let s = text.get(from..from + len)?;
+        s.bytes().all(|c| c.is_ascii_digit()).then(|| s.parse().ok())?
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let mut ms = days_from_civil(year, month, day) * 86_400_000;
+    let mut i = 10;
+    if i == b.len() {
+        return Some((ms, false));
+    }
+    if !matches!(b[i], b'T' | b't' | b' ') {
+        return None;
+    }
+    let (hour, minute) = (num(i + 1, 2)?, num(i + 4, 2)?);
+    if b.get(i + 3) != Some(&b':') || hour > 23 || minute > 59 {
+        return None;
+    }
+    ms += (hour * 3600 + minute * 60) * 1000;
+    i += 6;
+    if b.get(i) == Some(&b':') {
+        let second = num(i + 1, 2)?;
+        if second > 60 {
+            return None;
+        }
+        ms += second * 1000;
+        i += 3;
+        if b.get(i) == Some(&b'.') {
+            let digits: String = text[i + 1..].chars().take_while(char::is_ascii_digit).collect();
+            if digits.is_empty() {
+                return None;
+            }
+            let frac: f64 = format!("0.{digits}").parse().ok()?;
+            ms += (frac * 1000.0) as i64;
+            i += 1 + digits.len();
+        }
+    }
+    let zone = &text[i..];
+    match zone {
+        "" => Some((ms, false)),
+        "Z" | "z" => Some((ms, true)),
+        _ => {
+            let sign = match zone.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let digits: String = zone[1..].chars().filter(|c| *c != ':').collect();
+            if !digits.bytes().all(|c| c.is_ascii_digit()) || !matches!(digits.len(), 2 | 4) {
+                return None;
+            }
+            let hours: i64 = digits[..2].parse().ok()?;
+            let minutes: i64 = if digits.len() == 4 { digits[2..].parse().ok()? } else { 0 };
+            Some((ms - sign * (hours * 60 + minutes) * 60_000, true))
+        }
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A duration as an operator reads it: `42.0s`, `3m5s`, `2h10m`, `1d3h`.
+pub fn human_ms(ms: i64) -> String {
+    let sign = if ms < 0 { "-" } else { "" };
+    let ms = ms.abs();
+    let s = ms / 1000;
+    let text = if s >= 86_400 {
+        format!("{}d{}h", s / 86_400, s % 86_400 / 3600)
+    } else if s >= 3600 {
+        format!("{}h{}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{}.{:01}s", s, (ms % 1000) / 100)
+    };
+    format!("{sign}{text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // 2026-11-30T05:00:00Z
+    const T: i64 = 1_796_014_800_000;
+
+    fn auto(v: SqlValue) -> Result<Stamp, String> {
+        read_time(&v, TimeUnit::Auto)
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(parse_iso8601("2026-11-30T05:00:00Z"), Some((T, true)));
+    }
+
+    #[test]
+    fn every_stored_form_is_detected() {
+        let cases = [
+            (SqlValue::Integer(T / 1000), "epoch seconds (INTEGER, detected)"),
+            (SqlValue::Real(T as f64 / 1000.0), "epoch seconds (REAL, detected)"),
+            (SqlValue::Text((T / 1000).to_string()), "epoch seconds (TEXT, detected)"),
+            (SqlValue::Integer(T), "epoch milliseconds (INTEGER, detected)"),
+            (SqlValue::Text(T.to_string()), "epoch milliseconds (TEXT, detected)"),
+            (SqlValue::Text("2026-11-30 05:00:00".into()), "ISO-8601 without zone, read as UTC (TEXT, detected)"),
+            (SqlValue::Text("2026-11-30T07:00:00+02:00".into()), "ISO-8601 with zone (TEXT, detected)"),
+            (SqlValue::Text("2026-11-30T00:00:00-0500".into()), "ISO-8601 with zone (TEXT, detected)"),
+            (SqlValue::Real(JULIAN_EPOCH + T as f64 / 86_400_000.0), "SQLite julian day (REAL, detected)"),
+        ];
+        for (value, read_as) in cases {
+            let stamp = auto(value.clone()).unwrap_or_else(|e| panic!("{value:?}: {e}"));
+            assert!((stamp.unix_ms - T).abs() < 1000, "{value:?} read as {}", stamp.unix_ms);
+            assert_eq!(stamp.read_as, read_as);
+        }
+    }
+
+    #[test]
+    fn fractions_of_seconds() {
+        assert_eq!(parse_iso8601("2026-11-30T05:00:00.250Z"), Some((T + 250, true)));
+    }
+
+    #[test]
+    fn null_and_garbage_are_errors_that_say_what_they_saw() {
+        assert_eq!(auto(SqlValue::Null), Err("NULL".into()));
+        assert!(auto(SqlValue::Text("yesterday".into())).unwrap_err().contains("\"yesterday\""));
+        assert!(auto(SqlValue::Integer(0)).is_err());
+        assert!(auto(SqlValue::Text("2026-13-01".into())).is_err());
+        assert!(auto(SqlValue::Blob(vec![1, 2])).is_err());
+        assert!(read_time(&SqlValue::Text("2026-11-30".into()), TimeUnit::Seconds).is_err());
+        assert!(read_time(&SqlValue::Integer(5), TimeUnit::Iso8601).is_err());
+    }
+
+    #[test]
+    fn a_declared_unit_is_obeyed() {
+        assert_eq!(read_time(&SqlValue::Integer(5), TimeUnit::Seconds).unwrap().unix_ms, 5000);
+        assert_eq!(read_time(&SqlValue::Text("5".into()), TimeUnit::Millis).unwrap().read_as, "epoch milliseconds (TEXT)");
+    }
+}
