@@ -103,10 +103,15 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
 
     let _lock = JournalLock::acquire(&journal_file, policy.doctor.lock_wait)?;
     let mut journal = Journal::open(&journal_file)?;
+    let fixes = prepared.iter().any(|p| p.apply_fixes);
+    // A run that fixes journals as it goes (it must be seen if it dies);
+    // one that only looks writes one transaction at its end.
+    if !fixes {
+        journal.begin_batch()?;
+    }
     let interrupted = journal.mark_interrupted()?;
     let interrupted_actions = crate::journal::intents::recover(journal.connection(), started_ms)?;
     let run_id = journal.begin_run(opts.mode.name(), &policy.file, started_ms)?;
-    let fixes = prepared.iter().any(|p| p.apply_fixes);
     // Two journals on one host must not fix at the same time.
     let _fix_lock = if fixes { Some(crate::journal::FixLock::acquire(&fix_lock_path(&policy), policy.doctor.lock_wait)?) } else { None };
     let intents = if fixes { Some(crate::journal::IntentLog::open(&journal_file, run_id)?) } else { None };
@@ -163,6 +168,9 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
     }
     report.finish(started.elapsed().as_millis() as u64);
     journal.finish_run(run_id, report.exit_code, now_unix_ms())?;
+    if !fixes {
+        journal.commit_batch()?;
+    }
     Ok(report)
 }
 
@@ -493,12 +501,56 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
         let why = p.loaded.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
         return Err(policy.error_at_key(&format!("plugins.{}", p.entry.name), format!("plugin {why}")).into());
     }
+    check_configs_through_plugins(&runtime, &policy, &prepared)?;
     let mut warnings = host_wide_scopes(&policy);
     warnings.extend(ungranted_requests(&policy, &prepared));
     for warning in warnings {
         let _ = std::io::Write::write_fmt(&mut std::io::stderr().lock(), format_args!("doctor: warning: {warning}\n"));
     }
     Ok(format!("{} plugin(s) configured", prepared.len()))
+}
+
+/// A plugin knows the shape of its own config (nested tables, allowed
+/// values) better than its declared keys say: run its read-only `check`
+/// with the policy's config and grants, and turn an `invalid: config: …`
+/// answer into a policy error at `plugins.NAME.config`. Anything else the
+/// check says is about the host, not the policy, and is not validate's
+/// business.
+fn check_configs_through_plugins(runtime: &Runtime, policy: &Arc<Policy>, prepared: &[Prepared]) -> Result<(), Fatal> {
+    let facts = RunFacts::new(policy.clone());
+    for p in prepared {
+        let Ok((loaded, info)) = &p.loaded else { continue };
+        let grants = EffectiveGrants::new(&p.entry.name, &info.capabilities, &p.policy.grants);
+        let caps = context(&p.entry.name, grants, facts.clone(), Default::default());
+        let (result, _) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
+        if let Err(PluginFailure::Returned(text)) = result {
+            if let Some(why) = text.strip_prefix("invalid: config: ") {
+                return Err(config_error(policy, &p.entry.name, why).into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The plugin's words about its config (serde's, usually), placed at the
+/// policy line that holds the offending value when the message names one.
+fn config_error(policy: &Policy, plugin: &str, why: &str) -> crate::policy::PolicyError {
+    // "… at line 1 column 31" points into the JSON doctor built, not the policy.
+    let why = why.split(" at line ").next().unwrap_or(why).to_string();
+    let mut error = policy.error_at_plugin(plugin, "config", why.clone());
+    // serde names the value as `variant` or as string "text".
+    let quoted = why.split('`').nth(1).or_else(|| why.split('"').nth(1)).filter(|v| !v.is_empty());
+    if let Some(value) = quoted {
+        let hit = policy.source.lines().enumerate().skip(error.line.saturating_sub(1)).find(|(_, l)| {
+            l.split_once('=').is_some_and(|(_, v)| v.contains(&format!("\"{value}\"")) || v.trim() == value)
+        });
+        if let Some((i, line)) = hit {
+            let key = line.split_once('=').map(|(k, _)| k.trim()).unwrap_or_default();
+            error.line = i + 1;
+            error.key = format!("plugins.{plugin}.config.{key}");
+        }
+    }
+    error
 }
 
 /// Capabilities a plugin requests in `describe()` that its policy does not

@@ -474,7 +474,8 @@ mod ranges {
     pub const MS: Duration = Duration::from_millis(1);
     pub const HOUR: Duration = Duration::from_secs(3600);
     pub const DAY: Duration = Duration::from_secs(86_400);
-    pub const YEAR: Duration = Duration::from_secs(366 * 86_400);
+    /// humantime's year: 365.25 days.
+    pub const YEAR: Duration = Duration::from_secs(31_557_600);
     pub const KIB: u64 = 1 << 10;
     pub const MIB: u64 = 1 << 20;
     pub const GIB: u64 = 1 << 30;

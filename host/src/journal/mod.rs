@@ -127,6 +127,20 @@ impl Journal {
         Ok(ids)
     }
 
+    /// A run that changes nothing in the world (check, dry run, a tick with
+    /// no fix) writes its whole record in one transaction: one commit per
+    /// run. A kill before the commit leaves the journal as it was, which is
+    /// right, since nothing was done.
+    pub fn begin_batch(&self) -> anyhow::Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    pub fn commit_batch(&self) -> anyhow::Result<()> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
     pub fn begin_run(&self, mode: &str, policy: &Path, started_at_ms: u64) -> anyhow::Result<i64> {
         let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
         self.conn.execute(
@@ -153,7 +167,8 @@ impl Journal {
     /// Record one plugin's result in one transaction; return its findings
     /// with their statuses (including findings resolved since the last run).
     pub fn record(&mut self, run_id: i64, rec: &PluginRecord<'_>) -> anyhow::Result<Vec<Observed>> {
-        let tx = self.conn.transaction()?;
+        // A savepoint: its own transaction, or part of a run-wide batch.
+        let tx = self.conn.savepoint()?;
         let plugin_run_id = insert_plugin_run(&tx, run_id, rec)?;
         let observed = if rec.error.is_some() && rec.findings.is_empty() {
             // A plugin that failed to check says nothing about its findings:
@@ -272,7 +287,7 @@ pub fn last_runs(path: &Path) -> Result<HashMap<String, u64>, JournalError> {
     rows.collect::<Result<_, _>>().map_err(unusable)
 }
 
-fn insert_plugin_run(tx: &rusqlite::Transaction<'_>, run_id: i64, rec: &PluginRecord<'_>) -> anyhow::Result<i64> {
+fn insert_plugin_run(tx: &rusqlite::Connection, run_id: i64, rec: &PluginRecord<'_>) -> anyhow::Result<i64> {
     tx.execute(
         "INSERT INTO plugin_runs (run_id, plugin, version, sha256, started_at, duration_ms, outcome, error, cache, log)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -293,7 +308,7 @@ fn insert_plugin_run(tx: &rusqlite::Transaction<'_>, run_id: i64, rec: &PluginRe
 }
 
 /// Compare this run's findings with the open findings the journal holds.
-fn classify(tx: &rusqlite::Transaction<'_>, rec: &PluginRecord<'_>) -> anyhow::Result<Vec<Observed>> {
+fn classify(tx: &rusqlite::Connection, rec: &PluginRecord<'_>) -> anyhow::Result<Vec<Observed>> {
     let open = open_findings(tx, rec.plugin)?;
     let final_keys: Option<Vec<&str>> = rec.recheck.map(|r| r.iter().map(|f| f.key.as_str()).collect());
     let mut observed = Vec::new();
@@ -328,7 +343,7 @@ fn classify(tx: &rusqlite::Transaction<'_>, rec: &PluginRecord<'_>) -> anyhow::R
     Ok(observed)
 }
 
-fn open_findings(tx: &rusqlite::Transaction<'_>, plugin: &str) -> anyhow::Result<BTreeMap<String, Finding>> {
+fn open_findings(tx: &rusqlite::Connection, plugin: &str) -> anyhow::Result<BTreeMap<String, Finding>> {
     let mut stmt = tx.prepare(
         "SELECT key, severity, subject, message, evidence FROM findings WHERE plugin = ?1 AND status IN ('new', 'persisting')",
     )?;
@@ -351,7 +366,7 @@ fn open_findings(tx: &rusqlite::Transaction<'_>, plugin: &str) -> anyhow::Result
     Ok(open)
 }
 
-fn write_observation(tx: &rusqlite::Transaction<'_>, run_id: i64, plugin_run_id: i64, rec: &PluginRecord<'_>, o: &Observed) -> anyhow::Result<()> {
+fn write_observation(tx: &rusqlite::Connection, run_id: i64, plugin_run_id: i64, rec: &PluginRecord<'_>, o: &Observed) -> anyhow::Result<()> {
     let f = &o.finding;
     let evidence = serde_json::to_string(&f.evidence)?;
     let now = rec.started_at_ms as i64;
@@ -411,7 +426,7 @@ fn write_observation(tx: &rusqlite::Transaction<'_>, run_id: i64, plugin_run_id:
     Ok(())
 }
 
-fn save_state(tx: &rusqlite::Transaction<'_>, plugin: &str, state: &BTreeMap<String, String>, now: u64) -> anyhow::Result<()> {
+fn save_state(tx: &rusqlite::Connection, plugin: &str, state: &BTreeMap<String, String>, now: u64) -> anyhow::Result<()> {
     tx.execute("DELETE FROM plugin_state WHERE plugin = ?1", [plugin])?;
     for (k, v) in state {
         tx.execute(
