@@ -475,3 +475,38 @@ fn a_cache_directory_others_can_write_is_never_loaded() {
     let (_, doc) = s.doctor_json(&["check"]);
     assert_eq!(plugin_summary(&doc, "pid-file-stop")["cache"], "hit");
 }
+
+// ----------------------------------------------------------------- memory
+
+/// A core module with two linear memories of 600 pages (37.5 MiB) each:
+/// each one fits a 64 MiB limit, together they do not.
+const TWO_MEMORIES: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // \0asm, version 1
+    0x05, 0x07, 0x02, 0x00, 0xd8, 0x04, 0x00, 0xd8, 0x04, // memory section: 2 x min 600 pages
+];
+
+/// A core module with one funcref table of 10,000,000 elements (80 MB).
+const BIG_TABLE: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // \0asm, version 1
+    0x04, 0x07, 0x01, 0x70, 0x00, 0x80, 0xad, 0xe2, 0x04, // table section: funcref, min 10,000,000
+];
+
+#[test]
+fn memories_and_tables_of_one_instance_share_the_plugin_memory_budget() {
+    use doctor::runtime::limits::InstanceBudget;
+    let engine = wasmtime::Engine::default();
+    let limit: u64 = 64 << 20;
+    for (what, bytes) in [("two memories", TWO_MEMORIES), ("a big table", BIG_TABLE)] {
+        let module = wasmtime::Module::new(&engine, bytes).unwrap();
+        // wasmtime's own per-memory limit lets each of these through…
+        let mut store = wasmtime::Store::new(&engine, wasmtime::StoreLimitsBuilder::new().memory_size(limit as usize).build());
+        store.limiter(|l| l);
+        assert!(wasmtime::Instance::new(&mut store, &module, &[]).is_ok(), "{what} fit a per-memory limit");
+        // …doctor's budget counts the instance as a whole.
+        let mut store = wasmtime::Store::new(&engine, InstanceBudget::new(limit));
+        store.limiter(|b| b);
+        assert!(wasmtime::Instance::new(&mut store, &module, &[]).is_err(), "{what} exceed the plugin's budget");
+        let tripped = store.data().tripped.clone().expect("the budget says what it refused");
+        assert!(tripped.wanted > limit, "{what}: {tripped}");
+    }
+}
