@@ -349,15 +349,18 @@ fn the_doctor_and_its_ancestors_are_never_instances() {
         r#"
 [plugins.pid-file-stop]
 grants.processes = true
+grants.files = ["{root}/*.pid"]
+grants.files_remove = ["{root}/*.pid"]
 grants.signal = {{ match = [{marker:?}] }}
-config = {{ targets = [{{ name = "app", pattern = {marker:?}, scope = "host", grace_ms = 500 }}] }}
+config = {{ targets = [{{ name = "app", pid_file = "{root}/app.pid", pattern = {marker:?}, scope = "host", grace_ms = 500 }}] }}
 "#
     ));
     // Another instance of the app, not related to the doctor: it is stopped.
     let mut other = Proc::spawn(&["sh", "-c", "while :; do sleep 1; done", &marker]);
     let run = |args: &str, out: &str| -> (i32, serde_json::Value, u32) {
+        // The button is the app: its PID file names it (not a stale file).
         let script = format!(
-            "{doctor} {args} --policy {root}/policy.toml --format json > {root}/{out}.json 2> {root}/{out}.err; echo $? > {root}/{out}.code",
+            "echo $$ > {root}/app.pid; {doctor} {args} --policy {root}/policy.toml --format json > {root}/{out}.json 2> {root}/{out}.err; echo $? > {root}/{out}.code",
             doctor = support::DOCTOR
         );
         // The button: `sh -c SCRIPT app-main-N`, the doctor's parent.
@@ -379,10 +382,15 @@ config = {{ targets = [{{ name = "app", pattern = {marker:?}, scope = "host", gr
     assert_eq!(code, 0, "fixed, nothing refused, nothing persisting: {doc:#}");
     assert!(other.reap(Duration::from_secs(5)).is_some(), "the other instance was stopped");
 
+    assert!(s.path("app.pid").exists(), "the button's PID file is not removed");
+
     // Run again from the button: no finding at all, exit 0.
-    let (code, doc, _) = run("check", "check");
-    assert!(finding(&doc, "pid-file-stop", "app:running").is_none(), "{doc:#}");
+    let (code, doc, button) = run("check", "check");
+    assert!(keys(&doc, "pid-file-stop").is_empty(), "not running, not stale: {doc:#}");
     assert_eq!(code, 0, "{doc:#}");
+    assert_eq!(std::fs::read_to_string(s.path("app.pid")).unwrap().trim(), button.to_string());
+    let reserved: i64 = s.journal().query_row("SELECT count(*) FROM plugin_state WHERE key = 'doctor:own-pids'", [], |r| r.get(0)).unwrap();
+    assert_eq!(reserved, 0, "the host's reserved state entry is never stored");
 }
 
 #[test]

@@ -134,6 +134,10 @@ fn pid_liveness(raw: &str, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Livenes
         return Liveness::Remote(owner.host.unwrap_or_default());
     }
     let pid = owner.pid;
+    if chk.table.is_doctors(pid) {
+        // The doctor runs inside this owner (its ancestor): alive, and never a leftover to stop.
+        return Liveness::Alive(Vec::new());
+    }
     let Some(p) = chk.table.live().find(|p| p.id.pid == pid) else {
         return Liveness::Dead(format!("pid {pid} is not running"));
     };
