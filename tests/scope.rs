@@ -438,3 +438,45 @@ fn policy_validate_warns_about_a_host_wide_scope() {
     assert!(stderr.contains("warning") && stderr.contains("plugins.pid-file-stop.config.targets[0].scope"), "{stderr}");
     assert!(!stderr.contains("targets[1]"), "a named scope is fine: {stderr}");
 }
+
+#[test]
+fn job_health_touches_only_its_own_deployments_rows() {
+    let s = Scenario::new();
+    let script = worker_script();
+    let (mut a, mut b) = (Deployment::new(&s, "a"), Deployment::new(&s, "b"));
+    let mut live = Vec::new();
+    for d in [&mut a, &mut b] {
+        Connection::open(d.path("jobs.db"))
+            .unwrap()
+            .execute_batch("CREATE TABLE jobs (id INTEGER PRIMARY KEY, status TEXT, pid TEXT, attempts INTEGER NOT NULL DEFAULT 0); INSERT INTO jobs (id, status) VALUES (1, 'running'), (2, 'running');")
+            .unwrap();
+        for (name, id) in [("w1", 1), ("w2", 2)] {
+            let ready = format!("{name}.ready");
+            let sql = format!("UPDATE jobs SET pid = '{{pid}}' WHERE id = {id}");
+            let w = d.start(&["python3", &script, "jobs.db", "--ready", &ready, "--exec", &sql]);
+            wait_for(&d.path(&ready));
+            live.push(w);
+        }
+    }
+    // Each deployment's job 2 loses its worker; the command lines are the same.
+    for dead in [live[1], live[3]] {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(dead.0 as i32), nix::sys::signal::Signal::SIGKILL);
+        assert!(wait_gone(dead, Duration::from_secs(5)));
+    }
+    let b_db = std::fs::read(b.path("jobs.db")).unwrap();
+    let root = s.root().display().to_string();
+    s.policy(&format!(
+        "[databases.jobs]\npath = \"{root}/a/jobs.db\"\n\n[plugins.job-health]\ngrants.processes = true\ngrants.sqlite = [\"jobs\"]\ngrants.sqlite_write = [\"jobs\"]\nconfig = {{ db = \"jobs\", worker_match = \"db_worker\\\\.py\" }}\n"
+    ));
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(keys(&doc, "job-health"), ["job:2:orphaned", "table:jobs:summary"], "{doc:#}");
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 0, "{doc:#}");
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 0, "{doc:#}");
+    let status: String = Connection::open(a.path("jobs.db")).unwrap().query_row("SELECT status FROM jobs WHERE id = 2", [], |r| r.get(0)).unwrap();
+    assert_eq!(status, "pending", "A's orphan is requeued");
+    assert!(alive(live[0]) && alive(live[2]), "both live workers are untouched");
+    assert_eq!(std::fs::read(b.path("jobs.db")).unwrap(), b_db, "B's database is byte-identical");
+}
