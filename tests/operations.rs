@@ -168,8 +168,9 @@ fn a_fix_killed_mid_way_leaves_a_consistent_journal_and_the_next_run_says_so() {
 grants.processes = true
 grants.files = ["{root}/*.pid"]
 grants.signal = {{ match = ["kill9-target"] }}
-config = {{ targets = [{{ name = "t", pattern = "kill9-target", scope = "host", grace_ms = 20000 }}] }}
-"#
+config = {{ targets = [{{ name = "t", pattern = "kill9-target", scope = {{ user = {uid} }}, grace_ms = 20000 }}] }}
+"#,
+        uid = nix::unistd::getuid().as_raw()
     ));
     let mut fix = Command::new(DOCTOR).args(["fix", "--policy"]).arg(s.policy_path()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // Wait until the run is recorded as running (it is now in its 20 s grace).

@@ -349,15 +349,18 @@ fn the_doctor_and_its_ancestors_are_never_instances() {
         r#"
 [plugins.pid-file-stop]
 grants.processes = true
+grants.files = ["{root}/*.pid"]
+grants.files_remove = ["{root}/*.pid"]
 grants.signal = {{ match = [{marker:?}] }}
-config = {{ targets = [{{ name = "app", pattern = {marker:?}, scope = "host", grace_ms = 500 }}] }}
+config = {{ targets = [{{ name = "app", pid_file = "{root}/app.pid", pattern = {marker:?}, scope = "host", grace_ms = 500 }}] }}
 "#
     ));
     // Another instance of the app, not related to the doctor: it is stopped.
     let mut other = Proc::spawn(&["sh", "-c", "while :; do sleep 1; done", &marker]);
     let run = |args: &str, out: &str| -> (i32, serde_json::Value, u32) {
+        // The button is the app: its PID file names it (not a stale file).
         let script = format!(
-            "{doctor} {args} --policy {root}/policy.toml --format json > {root}/{out}.json 2> {root}/{out}.err; echo $? > {root}/{out}.code",
+            "echo $$ > {root}/app.pid; {doctor} {args} --policy {root}/policy.toml --format json > {root}/{out}.json 2> {root}/{out}.err; echo $? > {root}/{out}.code",
             doctor = support::DOCTOR
         );
         // The button: `sh -c SCRIPT app-main-N`, the doctor's parent.
@@ -379,10 +382,15 @@ config = {{ targets = [{{ name = "app", pattern = {marker:?}, scope = "host", gr
     assert_eq!(code, 0, "fixed, nothing refused, nothing persisting: {doc:#}");
     assert!(other.reap(Duration::from_secs(5)).is_some(), "the other instance was stopped");
 
+    assert!(s.path("app.pid").exists(), "the button's PID file is not removed");
+
     // Run again from the button: no finding at all, exit 0.
-    let (code, doc, _) = run("check", "check");
-    assert!(finding(&doc, "pid-file-stop", "app:running").is_none(), "{doc:#}");
+    let (code, doc, button) = run("check", "check");
+    assert!(keys(&doc, "pid-file-stop").is_empty(), "not running, not stale: {doc:#}");
     assert_eq!(code, 0, "{doc:#}");
+    assert_eq!(std::fs::read_to_string(s.path("app.pid")).unwrap().trim(), button.to_string());
+    let reserved: i64 = s.journal().query_row("SELECT count(*) FROM plugin_state WHERE key = 'doctor:own-pids'", [], |r| r.get(0)).unwrap();
+    assert_eq!(reserved, 0, "the host's reserved state entry is never stored");
 }
 
 #[test]
@@ -429,4 +437,46 @@ fn policy_validate_warns_about_a_host_wide_scope() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("warning") && stderr.contains("plugins.pid-file-stop.config.targets[0].scope"), "{stderr}");
     assert!(!stderr.contains("targets[1]"), "a named scope is fine: {stderr}");
+}
+
+#[test]
+fn job_health_touches_only_its_own_deployments_rows() {
+    let s = Scenario::new();
+    let script = worker_script();
+    let (mut a, mut b) = (Deployment::new(&s, "a"), Deployment::new(&s, "b"));
+    let mut live = Vec::new();
+    for d in [&mut a, &mut b] {
+        Connection::open(d.path("jobs.db"))
+            .unwrap()
+            .execute_batch("CREATE TABLE jobs (id INTEGER PRIMARY KEY, status TEXT, pid TEXT, attempts INTEGER NOT NULL DEFAULT 0); INSERT INTO jobs (id, status) VALUES (1, 'running'), (2, 'running');")
+            .unwrap();
+        for (name, id) in [("w1", 1), ("w2", 2)] {
+            let ready = format!("{name}.ready");
+            let sql = format!("UPDATE jobs SET pid = '{{pid}}' WHERE id = {id}");
+            let w = d.start(&["python3", &script, "jobs.db", "--ready", &ready, "--exec", &sql]);
+            wait_for(&d.path(&ready));
+            live.push(w);
+        }
+    }
+    // Each deployment's job 2 loses its worker; the command lines are the same.
+    for dead in [live[1], live[3]] {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(dead.0 as i32), nix::sys::signal::Signal::SIGKILL);
+        assert!(wait_gone(dead, Duration::from_secs(5)));
+    }
+    let b_db = std::fs::read(b.path("jobs.db")).unwrap();
+    let root = s.root().display().to_string();
+    s.policy(&format!(
+        "[databases.jobs]\npath = \"{root}/a/jobs.db\"\n\n[plugins.job-health]\ngrants.processes = true\ngrants.sqlite = [\"jobs\"]\ngrants.sqlite_write = [\"jobs\"]\nconfig = {{ db = \"jobs\", worker_match = \"db_worker\\\\.py\" }}\n"
+    ));
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(keys(&doc, "job-health"), ["job:2:orphaned", "table:jobs:summary"], "{doc:#}");
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 0, "{doc:#}");
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 0, "{doc:#}");
+    let status: String = Connection::open(a.path("jobs.db")).unwrap().query_row("SELECT status FROM jobs WHERE id = 2", [], |r| r.get(0)).unwrap();
+    assert_eq!(status, "pending", "A's orphan is requeued");
+    assert!(alive(live[0]) && alive(live[2]), "both live workers are untouched");
+    assert_eq!(std::fs::read(b.path("jobs.db")).unwrap(), b_db, "B's database is byte-identical");
 }

@@ -379,7 +379,7 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
     };
     summary.loaded(&info.version, &loaded.sha256, loaded.cache.as_str());
     let grants = EffectiveGrants::new(&p.entry.name, &info.capabilities, &p.policy.grants);
-    let kv = Arc::new(Mutex::new(state));
+    let kv = Arc::new(Mutex::new(with_own_pids(state, protected)));
     let caps = context(&p.entry.name, grants.clone(), facts.clone(), kv.clone());
     let (result, caps) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
     let mut log = logs_text(caps.as_ref());
@@ -427,8 +427,26 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
         (apply::dry_run(&findings), None)
     };
     summary.duration_ms = started.elapsed().as_millis() as u64;
-    let state = kv.lock().ok().map(|m| m.clone());
+    let state = kv.lock().ok().map(|m| without_own_pids(m.clone()));
     Outcome { summary, findings, actions, recheck, state, log }
+}
+
+/// A reserved key of every plugin's key/value state, set by the host for the
+/// length of a call and never stored: the pids of the doctor and its
+/// ancestors, which the process table leaves out. With it a plugin can tell
+/// "not running" from "not shown": a PID file or a table row naming the
+/// Stop button that runs `doctor fix` is not stale (the WIT contract has no
+/// field for it, and its process record must not lie).
+pub const OWN_PIDS_KEY: &str = "doctor:own-pids";
+
+fn with_own_pids(mut state: BTreeMap<String, String>, own: &[u32]) -> BTreeMap<String, String> {
+    state.insert(OWN_PIDS_KEY.to_string(), serde_json::to_string(own).unwrap_or_else(|_| "[]".into()));
+    state
+}
+
+fn without_own_pids(mut state: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    state.remove(OWN_PIDS_KEY);
+    state
 }
 
 /// How long a re-check waits after a stop: a supervisor (a shell loop,

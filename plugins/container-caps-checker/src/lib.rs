@@ -454,7 +454,7 @@ fn state_findings(config: &Config, s: &Subject, doc: &Value, restart: &str) -> V
     match should_run(config, s.name, state, restart) {
         Some(why) if stopped => {
             let engine_error = state["Error"].as_str().filter(|e| !e.is_empty());
-            let mut finding = s
+            let finding = s
                 .finding(
                     Severity::Critical,
                     "not-running",
@@ -469,7 +469,15 @@ fn state_findings(config: &Config, s: &Subject, doc: &Value, restart: &str) -> V
                 .evidence("restart_policy", restart)
                 .evidence("should_run", &why);
             if let Some(e) = engine_error {
-                finding = finding.evidence("engine_error", e);
+                // A start already failed (Docker keeps its error in State.Error;
+                // Podman's compatible API does not): starting it again every
+                // run would only fail again. Said with the engine's words.
+                out.push(
+                    finding
+                        .evidence("engine_error", e)
+                        .evidence("start", "not retried: the engine's last start of this container failed; fix it (or recreate it), then start it"),
+                );
+                return finish_state_findings(out, s, doc, config);
             }
             out.push(if config.start_stopped {
                 finding.action(Action::ContainerStart(s.id.to_string()), format!("start container {}", s.name))
@@ -491,6 +499,12 @@ fn state_findings(config: &Config, s: &Subject, doc: &Value, restart: &str) -> V
         ),
         _ => {}
     }
+    finish_state_findings(out, s, doc, config)
+}
+
+/// Health and restart-loop findings, after the running-state ones.
+fn finish_state_findings(mut out: Vec<Finding>, s: &Subject, doc: &Value, config: &Config) -> Vec<Finding> {
+    let state = &doc["State"];
     let health = state["Health"]["Status"]
         .as_str()
         .filter(|h| !h.is_empty())
@@ -570,6 +584,16 @@ mod tests {
         assert!(should_run(&config(&[]), "web", &ran, "on-failure").is_some());
         assert!(should_run(&config(&[]), "web", &ran, "no").is_none());
         assert!(should_run(&config(&[]), "web", &by_user, "always").is_none(), "stopped by its operator");
+    }
+
+    #[test]
+    fn a_start_the_engine_says_failed_is_not_proposed_again() {
+        let doc = json!({"State": {"Status": "exited", "StartedAt": "0001-01-01T00:00:00Z", "ExitCode": 127, "Error": "exec: \"/bin/x\": no such file"}});
+        let s = Subject { id: "abc", name: "web", image: String::new() };
+        let out = state_findings(&config(&["web"]), &s, &doc, "always");
+        let f = out.iter().find(|f| f.key() == "container:web:not-running").unwrap();
+        assert_eq!(f.action_count(), 0);
+        assert!(f.message().contains("/bin/x"), "{}", f.message());
     }
 
     #[test]

@@ -134,6 +134,10 @@ fn pid_liveness(raw: &str, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Livenes
         return Liveness::Remote(owner.host.unwrap_or_default());
     }
     let pid = owner.pid;
+    if chk.table.is_doctors(pid) {
+        // The doctor runs inside this owner (its ancestor): alive, and never a leftover to stop.
+        return Liveness::Alive(Vec::new());
+    }
     let Some(p) = chk.table.live().find(|p| p.id.pid == pid) else {
         return Liveness::Dead(format!("pid {pid} is not running"));
     };
@@ -366,4 +370,59 @@ pub fn opt_duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D
 /// An optional column: absent, null or "" means "this table has none".
 pub fn opt_column(c: &Option<String>) -> Option<&str> {
     c.as_deref().filter(|c| !c.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use doctor_sdk::ProcessRef;
+
+    fn proc(pid: u32, start: u64, argv: &str, started_ms: u64) -> Process {
+        Process {
+            id: ProcessRef { pid, start_time: start },
+            ppid: 1,
+            uid: 0,
+            state: "S".into(),
+            name: "x".into(),
+            exe: None,
+            argv: argv.split(' ').map(str::to_string).collect(),
+            cgroup: None,
+            started_unix_ms: started_ms,
+            kernel_thread: false,
+        }
+    }
+
+    fn verdict(value: &str, claimed: Option<i64>) -> String {
+        let table = ProcessTable::new(vec![proc(10, 500, "python3 worker.py", 1_000_000), proc(11, 600, "vim notes", 1_000_000)])
+            .with_doctors(vec![12]);
+        let format = OwnerFormat::Auto;
+        let re = Regex::new("worker\\.py").unwrap();
+        let chk = OwnerCheck { kind: WorkerKind::Pid, format: &format, table: &table, worker_match: Some(&re), hostname: "node-a" };
+        match liveness(&SqlValue::Text(value.into()), &chk, claimed) {
+            Liveness::Alive(p) => format!("alive {}", p.len()),
+            Liveness::Dead(why) => format!("dead: {why}"),
+            Liveness::Remote(h) => format!("remote {h}"),
+            Liveness::Unknown(why) => format!("unknown: {why}"),
+        }
+    }
+
+    #[test]
+    fn owners_are_judged_by_identity_and_host() {
+        assert_eq!(verdict("10", None), "alive 1");
+        assert_eq!(verdict("node-a:10", None), "alive 1");
+        assert_eq!(verdict("10@node-a.example.net", None), "alive 1");
+        assert_eq!(verdict("node-b:10", None), "remote node-b");
+        assert!(verdict("10:499", None).starts_with("dead: pid 10 now belongs to another process"));
+        assert!(verdict("11", None).contains("not a worker"));
+        assert!(verdict("13", None).starts_with("dead: pid 13 is not running"));
+        assert!(verdict("worker-7", None).starts_with("unknown:"));
+        // The doctor's own ancestor runs, and is never a leftover.
+        assert_eq!(verdict("12", None), "alive 0");
+    }
+
+    #[test]
+    fn a_process_younger_than_its_claim_did_not_make_it() {
+        assert_eq!(verdict("10", Some(1_000_000)), "alive 1");
+        assert!(verdict("10", Some(900_000)).contains("started after the row was claimed"));
+    }
 }

@@ -277,6 +277,23 @@ fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>) -> Vec<Fin
         }
         Liveness::Dead(why) => why,
         Liveness::Remote(host) if hb_stale => format!("its owner is on host {host} and {}", hb_text()),
+        // Another host's job with nothing to judge it by: said, never guessed.
+        Liveness::Remote(host) if w.hb_col.is_none() || c.heartbeat_timeout.is_none() => {
+            out.push(
+                Finding::warning(
+                    format!("job:{}:unknown-worker", shown(job.id)),
+                    job.subject(c),
+                    format!(
+                        "job {} is {} for worker {} on host {host}; local pids say nothing about it, and without heartbeat_column and heartbeat_timeout it cannot be judged, so it is left alone",
+                        shown(job.id),
+                        job.status,
+                        shown(job.worker)
+                    ),
+                )
+                .evidence("worker", shown(job.worker)),
+            );
+            return out;
+        }
         Liveness::Unknown(why) if hb_stale => format!("{why} and {}", hb_text()),
         Liveness::Remote(_) | Liveness::Unknown(_) => return out,
     };

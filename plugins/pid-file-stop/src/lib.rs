@@ -168,6 +168,9 @@ fn read_pid_file(target: &Target, table: &ProcessTable, pattern: &Regex) -> Resu
         return Ok(PidFile::Unreadable(format!("PID file {path} does not hold a pid: {:?}", text.trim())));
     };
     Ok(match table.get(pid) {
+        // The doctor's own ancestor (the Stop button running `doctor fix`): it
+        // runs, it is not an instance, and its PID file is not stale.
+        None if table.is_doctors(pid) => PidFile::Absent,
         None => PidFile::Stale(pid),
         Some(p) if !is_live(p) => PidFile::Stale(pid),
         Some(p) if !pattern.is_match(&command_line(p)) => {

@@ -114,6 +114,15 @@ impl Finding {
         self.inner.severity
     }
 
+    pub fn message(&self) -> &str {
+        &self.inner.message
+    }
+
+    /// How many actions the finding proposes (for a plugin's native tests).
+    pub fn action_count(&self) -> usize {
+        self.inner.actions.len()
+    }
+
     pub(crate) fn into_wit(self) -> wit::Finding {
         self.inner
     }

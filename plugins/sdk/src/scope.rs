@@ -188,16 +188,34 @@ pub fn is_live(p: &Process) -> bool {
 pub struct ProcessTable {
     procs: Vec<Process>,
     by_pid: HashMap<u32, usize>,
+    /// The doctor and its ancestors: running, but never shown and never instances.
+    doctors: Vec<u32>,
 }
+
+/// The host's reserved key/value entry naming the doctor's own pids.
+const OWN_PIDS_KEY: &str = "doctor:own-pids";
 
 impl ProcessTable {
     pub fn read() -> Result<ProcessTable, Error> {
-        Ok(Self::new(crate::processes::all()?))
+        let doctors = host::kv_get(OWN_PIDS_KEY).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        Ok(Self::new(crate::processes::all()?).with_doctors(doctors))
     }
 
     pub fn new(procs: Vec<Process>) -> ProcessTable {
         let by_pid = procs.iter().enumerate().map(|(i, p)| (p.id.pid, i)).collect();
-        ProcessTable { procs, by_pid }
+        ProcessTable { procs, by_pid, doctors: Vec::new() }
+    }
+
+    pub fn with_doctors(mut self, pids: Vec<u32>) -> ProcessTable {
+        self.doctors = pids;
+        self
+    }
+
+    /// Is `pid` the doctor or one of its ancestors? Such a pid runs, but it
+    /// is not in the table: a PID file or row naming it is not stale, and it
+    /// is never an instance of anything.
+    pub fn is_doctors(&self, pid: u32) -> bool {
+        self.doctors.contains(&pid)
     }
 
     pub fn all(&self) -> &[Process] {

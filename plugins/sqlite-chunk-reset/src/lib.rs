@@ -21,6 +21,7 @@ use doctor_sdk::prelude::*;
 use doctor_sdk::processes::Process;
 use doctor_sdk::scope::{command_line, ProcessTable, Scope, ScopeMatcher};
 use doctor_sdk::time::human_ms;
+use regex_lite::Regex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -66,10 +67,22 @@ struct Orphan {
 
 /// Is the coordinator there, as far as this deployment's scope shows?
 enum Coordinator {
-    /// No `coordinator_match` (or one that cannot be searched without a scope).
+    /// No `coordinator_match`.
     NotConfigured,
+    /// A `coordinator_match` but no scope to search it in: treated as not
+    /// configured, because another deployment's coordinator would count.
+    Unscoped,
     Alive,
     Absent,
+}
+
+fn coordinator(pattern: Option<&Regex>, scope: &ScopeMatcher, table: &ProcessTable) -> Coordinator {
+    match pattern {
+        None => Coordinator::NotConfigured,
+        Some(_) if scope.is_unscoped() => Coordinator::Unscoped,
+        Some(re) if table.in_scope(re, scope).next().is_some() => Coordinator::Alive,
+        Some(_) => Coordinator::Absent,
+    }
 }
 
 struct ChunkReset;
@@ -129,15 +142,10 @@ impl Plugin for ChunkReset {
         let now_ms = host::now_unix_ms() as i64;
 
         let mut findings = Vec::new();
-        let coordinator = match &coordinator_match {
-            None => Coordinator::NotConfigured,
-            Some(_) if scope.is_unscoped() => {
-                findings.push(unscoped_coordinator_finding(&c));
-                Coordinator::NotConfigured
-            }
-            Some(re) if table.in_scope(re, &scope).next().is_some() => Coordinator::Alive,
-            Some(_) => Coordinator::Absent,
-        };
+        let coordinator = coordinator(coordinator_match.as_ref(), &scope, &table);
+        if let Coordinator::Unscoped = coordinator {
+            findings.push(unscoped_coordinator_finding(&c));
+        }
         let coordinator_absent = matches!(coordinator, Coordinator::Absent);
 
         let t = ident(&c.table);
@@ -177,11 +185,12 @@ impl Plugin for ChunkReset {
             let verdict = if coordinator_absent {
                 if let Liveness::Alive(procs) = &alive {
                     for p in procs {
-                        let allowed = stop_allowed(&c, &scope, &table, p);
-                        leftovers.entry(p.id.pid).or_insert_with(|| Leftover { process: p.clone(), chunks: Vec::new(), allowed });
-                        if let Some(l) = leftovers.get_mut(&p.id.pid) {
-                            l.chunks.push(shown(chunk_id));
-                        }
+                        let l = leftovers.entry(p.id.pid).or_insert_with(|| Leftover {
+                            process: p.clone(),
+                            chunks: Vec::new(),
+                            allowed: stop_allowed(&c, &scope, &table, p),
+                        });
+                        l.chunks.push(shown(chunk_id));
                     }
                 }
                 Verdict::Orphaned(coordinator_reason(&alive))
@@ -385,7 +394,7 @@ fn orphan_finding(c: &Config, o: &Orphan, withheld: bool, reset_sql: &str) -> Fi
 fn leftover_finding(c: &Config, l: &Leftover, scope: &ScopeMatcher) -> Finding {
     let p = &l.process;
     let cmd = command_line(p);
-    let mut f = Finding::warning(
+    let f = Finding::warning(
         format!("worker:{}:leftover", p.id.pid),
         format!("worker pid {}", p.id.pid),
         format!("worker pid {} (`{cmd}`) still holds chunk(s) {} but its coordinator is not running", p.id.pid, l.chunks.join(", ")),
@@ -403,11 +412,10 @@ fn leftover_finding(c: &Config, l: &Leftover, scope: &ScopeMatcher) -> Finding {
             format!("not proposed: the process lies outside this deployment's scope ({})", scope.describe()),
         );
     }
-    f = f.action(
+    f.action(
         Action::stop_process(p.id, c.grace_ms),
         format!("stop leftover worker pid {} (`{cmd}`): TERM, {} ms grace, KILL", p.id.pid, c.grace_ms),
-    );
-    f
+    )
 }
 
 /// Orphans beyond `max_chunk_findings`: one finding, batched compare-and-swaps
