@@ -14,8 +14,9 @@ use nix::sys::stat::SFlag;
 use std::io::Read;
 use std::path::Path;
 
-impl files::Host for CapabilityContext {
-    fn stat(&mut self, path: String) -> Result<Option<FileStat>, Error> {
+/// The live answers; the trait impl below records or replays them.
+impl CapabilityContext {
+    fn files_stat(&mut self, path: String) -> Result<Option<FileStat>, Error> {
         self.grants.file(&path)?;
         let (dir, name) = match safe_fs::open_parent(Path::new(&path)) {
             Ok(found) => found,
@@ -29,7 +30,7 @@ impl files::Host for CapabilityContext {
         }
     }
 
-    fn read(&mut self, path: String, max_bytes: u32) -> Result<String, Error> {
+    fn files_read(&mut self, path: String, max_bytes: u32) -> Result<String, Error> {
         self.grants.file(&path)?;
         let cap = self.facts.policy.doctor.file_read_max;
         let limit = u64::from(max_bytes).min(cap);
@@ -53,6 +54,16 @@ impl files::Host for CapabilityContext {
             return Err(too_big());
         }
         Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+impl files::Host for CapabilityContext {
+    fn stat(&mut self, path: String) -> wasmtime::Result<Result<Option<FileStat>, Error>> {
+        self.answer("files.stat", (&path,), |s| s.files_stat(path.clone()))
+    }
+
+    fn read(&mut self, path: String, max_bytes: u32) -> wasmtime::Result<Result<String, Error>> {
+        self.answer("files.read", (&path, max_bytes), |s| s.files_read(path.clone(), max_bytes))
     }
 }
 

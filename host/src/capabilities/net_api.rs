@@ -13,8 +13,8 @@ use std::time::Duration;
 /// Probes never wait longer than this, whatever the plugin asks.
 const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
-impl sockets::Host for CapabilityContext {
-    fn listeners(&mut self) -> Result<Vec<Listener>, Error> {
+impl CapabilityContext {
+    fn sockets_listeners(&mut self) -> Result<Vec<Listener>, Error> {
         self.grants.sockets()?;
         let found = self.facts.listeners().map_err(Error::Io)?;
         Ok(found
@@ -34,13 +34,13 @@ impl sockets::Host for CapabilityContext {
     }
 }
 
-impl probe::Host for CapabilityContext {
-    fn tcp_connect(&mut self, host: String, port: u16, timeout_ms: u32) -> Result<bool, Error> {
+impl CapabilityContext {
+    fn probe_tcp_connect(&mut self, host: String, port: u16, timeout_ms: u32) -> Result<bool, Error> {
         self.grants.probe(&host, port)?;
         probe_facts::tcp_connect(&host, port, self.time_left(probe_timeout(timeout_ms))).map_err(probe_error)
     }
 
-    fn http_get(&mut self, url: String, timeout_ms: u32) -> Result<HttpResponse, Error> {
+    fn probe_http_get(&mut self, url: String, timeout_ms: u32) -> Result<HttpResponse, Error> {
         let (host, port) = url_endpoint(&url).ok_or_else(|| Error::Invalid(format!("not an http:// URL: {url}")))?;
         self.grants.probe(&host, port)?;
         let response = probe_facts::http_get(&url, self.time_left(probe_timeout(timeout_ms))).map_err(probe_error)?;
@@ -75,8 +75,8 @@ pub(crate) fn url_endpoint(url: &str) -> Option<(String, u16)> {
     }
 }
 
-impl containers::Host for CapabilityContext {
-    fn all(&mut self, include_stopped: bool) -> Result<Vec<Container>, Error> {
+impl CapabilityContext {
+    fn containers_all(&mut self, include_stopped: bool) -> Result<Vec<Container>, Error> {
         self.grants.containers()?;
         let engine = self.facts.engine().ok_or_else(no_engine)?;
         let list = engine.list(include_stopped).map_err(engine_error)?;
@@ -86,16 +86,47 @@ impl containers::Host for CapabilityContext {
             .collect())
     }
 
-    fn inspect(&mut self, id: String) -> Result<String, Error> {
+    fn containers_inspect(&mut self, id: String) -> Result<String, Error> {
         self.grants.containers()?;
         let engine = self.facts.engine().ok_or_else(no_engine)?;
         engine.inspect(&id).map_err(engine_error)
     }
 
-    fn path_exists(&mut self, id: String, path: String) -> Result<bool, Error> {
+    fn containers_path_exists(&mut self, id: String, path: String) -> Result<bool, Error> {
         self.grants.containers()?;
         let engine = self.facts.engine().ok_or_else(no_engine)?;
         engine.path_exists(&id, &path).map_err(engine_error)
+    }
+}
+
+/// The imports: each answer recorded, or replayed from a recording.
+impl sockets::Host for CapabilityContext {
+    fn listeners(&mut self) -> wasmtime::Result<Result<Vec<Listener>, Error>> {
+        self.answer("sockets.listeners", (), |s| s.sockets_listeners())
+    }
+}
+
+impl probe::Host for CapabilityContext {
+    fn tcp_connect(&mut self, host: String, port: u16, timeout_ms: u32) -> wasmtime::Result<Result<bool, Error>> {
+        self.answer("probe.tcp-connect", (&host, port, timeout_ms), |s| s.probe_tcp_connect(host.clone(), port, timeout_ms))
+    }
+
+    fn http_get(&mut self, url: String, timeout_ms: u32) -> wasmtime::Result<Result<HttpResponse, Error>> {
+        self.answer("probe.http-get", (&url, timeout_ms), |s| s.probe_http_get(url.clone(), timeout_ms))
+    }
+}
+
+impl containers::Host for CapabilityContext {
+    fn all(&mut self, include_stopped: bool) -> wasmtime::Result<Result<Vec<Container>, Error>> {
+        self.answer("containers.all", (include_stopped,), |s| s.containers_all(include_stopped))
+    }
+
+    fn inspect(&mut self, id: String) -> wasmtime::Result<Result<String, Error>> {
+        self.answer("containers.inspect", (&id,), |s| s.containers_inspect(id.clone()))
+    }
+
+    fn path_exists(&mut self, id: String, path: String) -> wasmtime::Result<Result<bool, Error>> {
+        self.answer("containers.path-exists", (&id, &path), |s| s.containers_path_exists(id.clone(), path.clone()))
     }
 }
 

@@ -5,17 +5,28 @@ use crate::facts::processes::ProcessInfo;
 use crate::runtime::bindings::doctor::plugin::processes::{self, Process};
 use crate::runtime::bindings::doctor::plugin::types::{Error, ProcessRef};
 
-impl processes::Host for CapabilityContext {
-    fn all(&mut self) -> Result<Vec<Process>, Error> {
+/// The live answers; the trait impl below records or replays them.
+impl CapabilityContext {
+    fn processes_all(&mut self) -> Result<Vec<Process>, Error> {
         self.grants.processes()?;
         let table = self.facts.processes().map_err(Error::Io)?;
         Ok(table.iter().map(to_wit).collect())
     }
 
-    fn get(&mut self, pid: u32) -> Result<Option<Process>, Error> {
+    fn processes_get(&mut self, pid: u32) -> Result<Option<Process>, Error> {
         self.grants.processes()?;
         let table = self.facts.processes().map_err(Error::Io)?;
         Ok(table.iter().find(|p| p.id.pid == pid).map(to_wit))
+    }
+}
+
+impl processes::Host for CapabilityContext {
+    fn all(&mut self) -> wasmtime::Result<Result<Vec<Process>, Error>> {
+        self.answer("processes.all", (), |s| s.processes_all())
+    }
+
+    fn get(&mut self, pid: u32) -> wasmtime::Result<Result<Option<Process>, Error>> {
+        self.answer("processes.get", (pid,), |s| s.processes_get(pid))
     }
 }
 

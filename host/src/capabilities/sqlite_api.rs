@@ -7,8 +7,9 @@ use crate::runtime::bindings::doctor::plugin::sqlite::{DbFile, Host, Rows};
 use crate::runtime::bindings::doctor::plugin::types::{Error, SqlValue};
 use std::path::PathBuf;
 
-impl Host for CapabilityContext {
-    fn query(&mut self, label: String, sql: String, params: Vec<SqlValue>) -> Result<Rows, Error> {
+/// The live answers; the trait impl below records or replays them.
+impl CapabilityContext {
+    fn sqlite_query(&mut self, label: String, sql: String, params: Vec<SqlValue>) -> Result<Rows, Error> {
         self.grants.sqlite(&label)?;
         let path = self.database(&label)?;
         let params: Vec<Value> = params.into_iter().map(from_wit).collect();
@@ -20,7 +21,7 @@ impl Host for CapabilityContext {
         })
     }
 
-    fn file_info(&mut self, label: String) -> Result<DbFile, Error> {
+    fn sqlite_file_info(&mut self, label: String) -> Result<DbFile, Error> {
         self.grants.sqlite(&label)?;
         let path = self.database(&label)?;
         // Ownership of what the label names, following nothing: a symlink
@@ -34,9 +35,23 @@ impl Host for CapabilityContext {
         Ok(DbFile { file, directory })
     }
 
-    fn location(&mut self, label: String) -> Result<String, Error> {
+    fn sqlite_location(&mut self, label: String) -> Result<String, Error> {
         self.grants.sqlite(&label)?;
         Ok(self.database(&label)?.display().to_string())
+    }
+}
+
+impl Host for CapabilityContext {
+    fn query(&mut self, label: String, sql: String, params: Vec<SqlValue>) -> wasmtime::Result<Result<Rows, Error>> {
+        self.answer("sqlite.query", (&label, &sql, &params), |s| s.sqlite_query(label.clone(), sql.clone(), params.clone()))
+    }
+
+    fn file_info(&mut self, label: String) -> wasmtime::Result<Result<DbFile, Error>> {
+        self.answer("sqlite.file-info", (&label,), |s| s.sqlite_file_info(label.clone()))
+    }
+
+    fn location(&mut self, label: String) -> wasmtime::Result<Result<String, Error>> {
+        self.answer("sqlite.location", (&label,), |s| s.sqlite_location(label.clone()))
     }
 }
 
