@@ -169,6 +169,13 @@ fn pid_liveness(raw: &str, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Livenes
 }
 
 fn name_liveness(raw: &str, chk: &OwnerCheck) -> Liveness {
+    // A name that reads as another host's owner (`node-b:4242`) is not
+    // searched here: not finding it locally says nothing about it.
+    if let Ok(owner) = parse_owner(raw, &OwnerFormat::Auto) {
+        if !owner.is_local(chk.hostname) {
+            return Liveness::Remote(owner.host.unwrap_or_default());
+        }
+    }
     let word = match Regex::new(&format!("(^|[^A-Za-z0-9_.-]){}($|[^A-Za-z0-9_.-])", regex_lite::escape(raw))) {
         Ok(r) => r,
         Err(e) => return Liveness::Unknown(format!("worker {raw:?}: {e}")),
@@ -422,6 +429,15 @@ mod tests {
         assert!(verdict("worker-7", None).starts_with("unknown:"));
         // The doctor's own ancestor runs, and is never a leftover.
         assert_eq!(verdict("12", None), "alive 0");
+    }
+
+    #[test]
+    fn a_name_that_reads_as_another_hosts_owner_is_remote() {
+        let table = ProcessTable::new(vec![proc(10, 500, "python3 worker.py --name w1", 1_000_000)]);
+        let chk = OwnerCheck { kind: WorkerKind::Name, format: &OwnerFormat::Auto, table: &table, worker_match: None, hostname: "node-a" };
+        assert!(matches!(liveness(&SqlValue::Text("node-b:4242".into()), &chk, None), Liveness::Remote(h) if h == "node-b"));
+        assert!(matches!(liveness(&SqlValue::Text("w1".into()), &chk, None), Liveness::Alive(_)));
+        assert!(matches!(liveness(&SqlValue::Text("w2".into()), &chk, None), Liveness::Dead(_)));
     }
 
     #[test]
