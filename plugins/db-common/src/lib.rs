@@ -122,8 +122,12 @@ pub fn liveness(value: &SqlValue, chk: &OwnerCheck, claimed_ms: Option<i64>) -> 
     }
 }
 
-/// Slack between a row's claim time and its process's start (clocks round).
-const CLAIM_SLACK_MS: i64 = 2000;
+/// Slack between a row's claim time and its process's start. A process's
+/// start is computed in today's clock, a claim was written in the clock of
+/// its day: a clock stepped forward since would make a live claimant look
+/// younger than its claim, and that verdict resets a live worker's row. So
+/// the slack is wide; a pid reused within it is only caught once it dies.
+const CLAIM_SLACK_MS: i64 = 5 * 60 * 1000;
 
 fn pid_liveness(raw: &str, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Liveness {
     let owner = match parse_owner(raw, chk.format) {
@@ -165,6 +169,13 @@ fn pid_liveness(raw: &str, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Livenes
 }
 
 fn name_liveness(raw: &str, chk: &OwnerCheck) -> Liveness {
+    // A name that reads as another host's owner (`node-b:4242`) is not
+    // searched here: not finding it locally says nothing about it.
+    if let Ok(owner) = parse_owner(raw, &OwnerFormat::Auto) {
+        if !owner.is_local(chk.hostname) {
+            return Liveness::Remote(owner.host.unwrap_or_default());
+        }
+    }
     let word = match Regex::new(&format!("(^|[^A-Za-z0-9_.-]){}($|[^A-Za-z0-9_.-])", regex_lite::escape(raw))) {
         Ok(r) => r,
         Err(e) => return Liveness::Unknown(format!("worker {raw:?}: {e}")),
@@ -421,8 +432,18 @@ mod tests {
     }
 
     #[test]
+    fn a_name_that_reads_as_another_hosts_owner_is_remote() {
+        let table = ProcessTable::new(vec![proc(10, 500, "python3 worker.py --name w1", 1_000_000)]);
+        let chk = OwnerCheck { kind: WorkerKind::Name, format: &OwnerFormat::Auto, table: &table, worker_match: None, hostname: "node-a" };
+        assert!(matches!(liveness(&SqlValue::Text("node-b:4242".into()), &chk, None), Liveness::Remote(h) if h == "node-b"));
+        assert!(matches!(liveness(&SqlValue::Text("w1".into()), &chk, None), Liveness::Alive(_)));
+        assert!(matches!(liveness(&SqlValue::Text("w2".into()), &chk, None), Liveness::Dead(_)));
+    }
+
+    #[test]
     fn a_process_younger_than_its_claim_did_not_make_it() {
         assert_eq!(verdict("10", Some(1_000_000)), "alive 1");
-        assert!(verdict("10", Some(900_000)).contains("started after the row was claimed"));
+        assert_eq!(verdict("10", Some(900_000)), "alive 1", "within the slack");
+        assert!(verdict("10", Some(600_000)).contains("started after the row was claimed"));
     }
 }

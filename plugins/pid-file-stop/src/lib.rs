@@ -55,9 +55,10 @@ fn default_grace_ms() -> u32 {
     5000
 }
 
-/// A PID file may be written a little before the process is fully up; a
-/// process that started later than this after the file cannot have written it.
-const PID_FILE_SLACK_MS: u64 = 2000;
+/// A process that started later than this after its PID file was written
+/// cannot have written it. The slack absorbs clock rounding and small clock
+/// steps; a wrong verdict here only leaves a process running and reported.
+const PID_FILE_SLACK_MS: u64 = 60_000;
 
 /// What the PID file says, checked against the process table.
 enum PidFile {
