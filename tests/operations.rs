@@ -101,7 +101,7 @@ fn the_flap_breaker_counts_across_processes_escalates_and_yields_only_to_the_fla
     let f = finding(&doc, "pid-file-stop", "flappy:stale-pid-file").unwrap();
     assert_eq!(f["severity"], "critical", "{f}");
     let message = f["message"].as_str().unwrap();
-    assert!(message.contains("fixed 3 times") && message.contains("reset-flap"), "says why and how to reset: {message}");
+    assert!(message.contains("fixed or tried 3 times") && message.contains("reset-flap"), "says why and how to reset: {message}");
     assert_eq!(f["actions"][0]["outcome"], "skipped");
     assert!(s.path("flappy.pid").exists(), "the breaker stopped the fix");
     assert_eq!(code, 2);
@@ -381,4 +381,30 @@ fn the_daemon_reloads_on_sighup_keeps_a_good_policy_and_stops_cleanly_on_sigterm
     assert_eq!(count(&s, "SELECT count(*) FROM runs WHERE status != 'complete'"), 0, "no run left half-done");
     let integrity: String = s.journal().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(integrity, "ok");
+}
+
+#[test]
+fn a_fix_that_keeps_failing_enters_the_flap_breaker_instead_of_being_retried_every_run() {
+    let s = Scenario::new();
+    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    // A write to a database that is not there fails every time.
+    let missing = s.root().join("gone.db");
+    s.policy_with(
+        "flap_max_fixes = 2\nflap_window = \"1h\"",
+        &format!(
+            "[databases.app]\npath = {missing:?}\n\n[plugins.hostile-attacks]\ngrants.sqlite_write = [\"app\"]\nconfig = {{ attack = \"sql-exec\", db = \"app\", sql = \"DELETE FROM t\" }}\n",
+            missing = missing.display().to_string()
+        ),
+    );
+    for round in 0..2 {
+        let (code, doc) = s.doctor_json(&["fix"]);
+        assert_eq!(code, 2, "round {round}: {doc}");
+        let action = &finding(&doc, "hostile-attacks", "sql-exec").unwrap()["actions"][0];
+        assert_eq!(action["outcome"], "failed", "round {round}: {doc}");
+    }
+    let (_, doc) = s.doctor_json(&["fix"]);
+    let f = finding(&doc, "hostile-attacks", "sql-exec").unwrap();
+    assert_eq!(f["severity"], "critical", "escalated: {doc}");
+    assert!(f["message"].as_str().unwrap().contains("fixed or tried 2 times"), "{doc}");
+    assert_eq!(f["actions"][0]["outcome"], "skipped", "not tried a third time: {doc}");
 }

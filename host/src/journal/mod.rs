@@ -189,9 +189,9 @@ impl Journal {
     }
 }
 
-/// When a finding was fixed recently: the start times of the runs in which
-/// one of its actions was applied, since the look-back start or the
-/// operator's last reset.
+/// When a finding was fixed (or its fix tried and failed) recently: the
+/// start times of the runs in which one of its actions was applied or
+/// failed, since the look-back start or the operator's last reset.
 #[derive(Debug, Clone, Default)]
 pub struct FixHistory {
     pub fix_times_ms: Vec<u64>,
@@ -213,7 +213,7 @@ impl Journal {
             "SELECT DISTINCT a.plugin, a.finding_key, r.id, r.started_at
              FROM actions a JOIN runs r ON r.id = a.run_id
              LEFT JOIN flap_resets f ON f.plugin = a.plugin AND f.key = a.finding_key
-             WHERE a.outcome = 'applied' AND r.started_at >= max(?1, coalesce(f.reset_at, 0))",
+             WHERE a.outcome IN ('applied', 'failed') AND r.started_at >= max(?1, coalesce(f.reset_at, 0))",
         )?;
         let rows = stmt.query_map([since_ms as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(3)? as u64)))?;
         let mut history: HashMap<(String, String), FixHistory> = HashMap::new();

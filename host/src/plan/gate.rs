@@ -1,5 +1,6 @@
-//! Anti-flap: a finding that keeps coming back after being fixed is a sign
-//! the fix does not address the cause. After `flap_max_fixes` fixes within
+//! Anti-flap: a finding that keeps coming back after being fixed — or whose
+//! fix keeps failing (a container whose start always fails) — is a sign the
+//! fix does not address the cause. After `flap_max_fixes` fixes within
 //! `flap_window` it is no longer auto-fixed and is escalated to critical;
 //! `fix_min_interval` rate-limits fixes of one finding. The counts come from
 //! the journal, so they hold across processes and restarts.
@@ -38,7 +39,7 @@ impl FixGate {
             if let Some(fixes) = self.tripped(plugin, &f.key) {
                 f.severity = Severity::Critical;
                 f.message = format!(
-                    "{} — flapping: fixed {fixes} times in the last {window}; auto-fix is suspended. Find the cause, then `doctor journal reset-flap {plugin} {}` (or `doctor fix --override-flap-breaker` once)",
+                    "{} — flapping: fixed or tried {fixes} times in the last {window}; auto-fix is suspended. Find the cause, then `doctor journal reset-flap {plugin} {}` (or `doctor fix --override-flap-breaker` once)",
                     f.message, f.key
                 );
                 f.evidence.push(("flap_breaker".into(), format!("{fixes} fixes within {window}")));
@@ -50,7 +51,7 @@ impl FixGate {
     pub fn may_fix(&self, plugin: &str, finding: &Finding) -> Result<(), String> {
         if let Some(fixes) = self.tripped(plugin, &finding.key) {
             if !self.override_breaker {
-                return Err(format!("flap breaker open: fixed {fixes} times within {}", humantime::format_duration(self.window)));
+                return Err(format!("flap breaker open: fixed or tried {fixes} times within {}", humantime::format_duration(self.window)));
             }
         }
         let Some(last) = self.history(plugin, &finding.key).and_then(FixHistory::last_fix_ms) else {
