@@ -88,6 +88,10 @@ enum Command {
         /// Only these plugins (repeatable).
         #[arg(long = "plugin")]
         plugins: Vec<String>,
+        /// Also store every host call of each plugin's check in DIR
+        /// (one PLUGIN.json each), for `doctor plugins replay`.
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
         #[command(flatten)]
         output: Output,
     },
@@ -206,6 +210,27 @@ enum PluginsCommand {
         #[arg(long, value_enum, default_value = "human")]
         format: Format,
     },
+    /// What a plugin file is and asks for: WIT package, sha256 (to pin),
+    /// size, config keys, and each capability next to the policy's grant.
+    Inspect {
+        /// The plugin's .wasm component.
+        plugin: PathBuf,
+        /// Show the grants of this policy next to what the plugin requests.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+    },
+    /// Run a plugin against a recording made by `doctor check --record DIR`:
+    /// same clock, same answers, no host access; print its report.
+    Replay {
+        /// The plugin's .wasm component, or the name of a built-in plugin.
+        plugin: PathBuf,
+        /// The directory `check --record` wrote.
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -243,13 +268,15 @@ fn init_logging() {
 
 fn dispatch(command: Command) -> anyhow::Result<i32> {
     match command {
-        Command::Check { common, plugins, output } => run(common, plugins, Mode::Check, false, output),
+        Command::Check { common, plugins, record, output } => run(common, plugins, Mode::Check, false, record, output),
         Command::Fix { common, plugins, dry_run, override_flap_breaker, output } => {
-            run(common, plugins, Mode::Fix { dry_run }, override_flap_breaker, output)
+            run(common, plugins, Mode::Fix { dry_run }, override_flap_breaker, None, output)
         }
-        Command::Run { common, output } => run(common, Vec::new(), Mode::Scheduled, false, output),
+        Command::Run { common, output } => run(common, Vec::new(), Mode::Scheduled, false, None, output),
         Command::Daemon { common } => crate::daemon::run(policy_path(&common), common.journal),
         Command::Plugins { command: PluginsCommand::List { policy, format } } => plugins_list(policy, format),
+        Command::Plugins { command: PluginsCommand::Inspect { plugin, policy, format } } => plugins_inspect(&plugin, policy.as_deref(), format),
+        Command::Plugins { command: PluginsCommand::Replay { plugin, dir, format } } => plugins_replay(&plugin, &dir, format),
         Command::Policy { command: PolicyCommand::Validate { policy } } => validate(policy),
         Command::Journal { common, command, filter, format } => journal(common, command, filter, format),
         Command::Systemd { command } => systemd(command),
@@ -260,8 +287,8 @@ fn policy_path(common: &Common) -> PathBuf {
     common.policy.clone().unwrap_or_else(crate::paths::default_policy)
 }
 
-fn run(common: Common, plugins: Vec<String>, mode: Mode, override_flap_breaker: bool, output: Output) -> anyhow::Result<i32> {
-    let opts = RunOptions { policy: policy_path(&common), journal: common.journal, plugins, mode, override_flap_breaker };
+fn run(common: Common, plugins: Vec<String>, mode: Mode, override_flap_breaker: bool, record: Option<PathBuf>, output: Output) -> anyhow::Result<i32> {
+    let opts = RunOptions { policy: policy_path(&common), journal: common.journal, plugins, mode, override_flap_breaker, record };
     let report = match pipeline::execute(&opts) {
         Ok(report) => report,
         Err(fatal) => {
@@ -285,16 +312,38 @@ fn run(common: Common, plugins: Vec<String>, mode: Mode, override_flap_breaker: 
     Ok(report.exit_code)
 }
 
+fn plugins_inspect(plugin: &std::path::Path, policy: Option<&std::path::Path>, format: Format) -> anyhow::Result<i32> {
+    let inspection = crate::inspect::inspect(plugin, policy)?;
+    match format {
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&inspection)?),
+        Format::Human => out!("{}", inspection.to_human()),
+    }
+    Ok(EXIT_OK)
+}
+
+fn plugins_replay(plugin: &std::path::Path, dir: &std::path::Path, format: Format) -> anyhow::Result<i32> {
+    let report = crate::recording::replay(plugin, dir)?;
+    match format {
+        Format::Json => outln!("{}", report.to_json()),
+        Format::Human => out!("{}", report.to_human()),
+    }
+    Ok(report.exit_code)
+}
+
 fn plugins_list(policy: Option<PathBuf>, format: Format) -> anyhow::Result<i32> {
-    let dirs = match policy {
-        Some(p) => Policy::load(&p)?.doctor.plugin_dirs,
-        None => Vec::new(),
+    let (dirs, cache) = match policy {
+        Some(p) => {
+            let policy = Policy::load(&p)?;
+            let cache = pipeline::cache_dir(&policy, std::path::Path::new(""));
+            (policy.doctor.plugin_dirs, cache)
+        }
+        None => (Vec::new(), crate::paths::default_cache()),
     };
     let (catalog, warnings) = Catalog::discover(&dirs);
     for w in warnings {
         errln!("doctor: {w}");
     }
-    let runtime = crate::runtime::Runtime::new(None)?;
+    let runtime = crate::runtime::Runtime::new(Some(cache))?;
     let mut rows = Vec::new();
     for entry in &catalog.entries {
         let info = pipeline::describe_entry(&runtime, entry);

@@ -33,7 +33,7 @@ async fn schedule(policy_path: PathBuf, journal: Option<PathBuf>, mut policy: Ar
     loop {
         let run = tokio::task::spawn_blocking({
             let policy = policy.clone();
-            let opts = RunOptions { policy: policy_path.clone(), journal: journal.clone(), plugins: Vec::new(), mode: Mode::Scheduled, override_flap_breaker: false };
+            let opts = RunOptions { policy: policy_path.clone(), journal: journal.clone(), plugins: Vec::new(), mode: Mode::Scheduled, override_flap_breaker: false, record: None };
             move || pipeline::execute_policy(policy, &opts)
         });
         tokio::pin!(run);

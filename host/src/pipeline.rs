@@ -15,7 +15,7 @@ use crate::policy::{FixMode, Policy, PolicyError, PluginPolicy};
 use crate::report::{PluginSummary, RunReport};
 use crate::runtime::{Limits, LoadedComponent, PluginFailure, PluginInfo, Runtime};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub mode: Mode,
     /// Apply fixes even where the flap breaker is open (`doctor fix` only).
     pub override_flap_breaker: bool,
+    /// `doctor check --record DIR`: keep every host call of each plugin's check.
+    pub record: Option<PathBuf>,
 }
 
 /// Why the doctor could not do its job (exit 3).
@@ -146,6 +148,7 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
                 protected: &protected,
                 protected_files: &protected_files,
                 gate: &gate,
+                record: opts.record.as_deref(),
             };
             scope.spawn(move || {
                 let outcome = run_plugin(&shared, p, state);
@@ -363,10 +366,11 @@ struct Shared<'a> {
     protected: &'a [u32],
     protected_files: &'a [PathBuf],
     gate: &'a FixGate,
+    record: Option<&'a std::path::Path>,
 }
 
 fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>) -> Outcome {
-    let Shared { intents, runtime, policy, facts, budget, protected, protected_files, gate } = *shared;
+    let Shared { intents, runtime, policy, facts, budget, protected, protected_files, gate, record } = *shared;
     let started = Instant::now();
     let started_ms = now_unix_ms();
     let mut summary = PluginSummary::new(&p.entry.name, started_ms);
@@ -380,8 +384,23 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
     summary.loaded(&info.version, &loaded.sha256, loaded.cache.as_str());
     let grants = EffectiveGrants::new(&p.entry.name, &info.capabilities, &p.policy.grants);
     let kv = Arc::new(Mutex::new(with_own_pids(state, protected)));
-    let caps = context(&p.entry.name, grants.clone(), facts.clone(), kv.clone());
-    let (result, caps) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
+    let mut caps = context(&p.entry.name, grants.clone(), facts.clone(), kv.clone());
+    let mut recording = record.map(|_| {
+        let state = kv.lock().map(|m| m.clone()).unwrap_or_default();
+        crate::recording::Recording::new(&p.entry.name, &info.version, &loaded.sha256, &p.config_json, state)
+    });
+    if recording.is_some() {
+        caps.tape = crate::capabilities::Tape::Record(Vec::new());
+    }
+    let (result, mut caps) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
+    if let (Some(dir), Some(rec), Some(c)) = (record, recording.as_mut(), caps.as_mut()) {
+        if let crate::capabilities::Tape::Record(calls) = std::mem::take(&mut c.tape) {
+            rec.calls = calls;
+        }
+        if let Err(e) = rec.save(dir) {
+            tracing::error!("recording of {} not written: {e:#}", p.entry.name);
+        }
+    }
     let mut log = logs_text(caps.as_ref());
     let mut findings = match result {
         Ok(findings) => findings,
@@ -513,7 +532,9 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
     let policy = Arc::new(Policy::load(path)?);
     let (catalog, _) = Catalog::discover(&policy.doctor.plugin_dirs);
     let selected = select(&policy, &catalog, &[])?;
-    let runtime = Runtime::new(None)?;
+    // The same compiled cache as every run: a second validate (and every
+    // daemon reload) does not recompile.
+    let runtime = Runtime::new(Some(cache_dir(&policy, Path::new(""))))?;
     let prepared = prepare(&runtime, &policy, selected, Mode::Check)?;
     if let Some(p) = prepared.iter().find(|p| p.loaded.is_err()) {
         let why = p.loaded.as_ref().err().map(|e| e.to_string()).unwrap_or_default();

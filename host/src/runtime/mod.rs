@@ -140,6 +140,27 @@ impl Runtime {
         Ok(LoadedComponent { component, sha256, cache })
     }
 
+    /// The WIT packages (with version) whose interfaces the component
+    /// imports: the contract it was built against.
+    pub fn imported_packages(&self, component: &Component) -> Vec<String> {
+        let mut packages: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .filter_map(|(name, _)| {
+                let (package, rest) = name.split_once('/')?;
+                let version = rest.split_once('@').map(|(_, v)| v);
+                Some(match version {
+                    Some(v) => format!("{package}@{v}"),
+                    None => package.to_string(),
+                })
+            })
+            .filter(|p| p.starts_with("doctor:"))
+            .collect();
+        packages.sort();
+        packages.dedup();
+        packages
+    }
+
     pub fn describe(&self, component: &Component, caps: CapabilityContext, limits: Limits) -> Result<PluginInfo, PluginFailure> {
         let (result, _) = self.call(component, caps, limits, |plugin, store| plugin.call_describe(store))?;
         Ok(convert::plugin_info(result?))
@@ -211,12 +232,13 @@ fn classify(e: wasmtime::Error, limits: Limits, tripped: Option<Tripped>, stderr
     if let Some(tripped) = tripped {
         return PluginFailure::Memory(tripped);
     }
-    let text = format!("{e:#}");
     let said = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
     // The first line of a trap's error is a backtrace header; the trap kind is what says why.
     let first_line = match e.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => trap.to_string(),
-        None => text.lines().find(|l| !l.trim().is_empty() && !l.contains("wasm backtrace")).unwrap_or_default().to_string(),
+        // A host call's own error (a replay miss, say): its message, not the
+        // backtrace wasmtime wraps around it.
+        None => e.root_cause().to_string().lines().next().unwrap_or_default().to_string(),
     };
     if said.is_empty() {
         PluginFailure::Trap(first_line)
