@@ -213,7 +213,7 @@ enum PluginsCommand {
     /// What a plugin file is and asks for: WIT package, sha256 (to pin),
     /// size, config keys, and each capability next to the policy's grant.
     Inspect {
-        /// The plugin's .wasm component.
+        /// The plugin's .wasm component, or the name of a built-in plugin.
         plugin: PathBuf,
         /// Show the grants of this policy next to what the plugin requests.
         #[arg(long)]

@@ -5,7 +5,6 @@
 use crate::capabilities::{EffectiveGrants, RunFacts, KNOWN_CAPABILITIES};
 use crate::policy::Policy;
 use crate::runtime::{ConfigKey, Limits, Runtime};
-use anyhow::Context as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -35,7 +34,7 @@ pub struct CapabilityRow {
 }
 
 pub fn inspect(wasm: &Path, policy_file: Option<&Path>) -> anyhow::Result<Inspection> {
-    let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
+    let bytes = crate::recording::plugin_bytes(wasm)?;
     let policy = match policy_file {
         Some(p) => Arc::new(Policy::load(p)?),
         None => Arc::new(Policy::parse(Path::new("(none)"), "")?),
@@ -47,7 +46,7 @@ pub fn inspect(wasm: &Path, policy_file: Option<&Path>) -> anyhow::Result<Inspec
     let facts = RunFacts::new(policy.clone());
     let limits = Limits { memory_bytes: policy.doctor.plugin_memory, timeout: policy.doctor.plugin_timeout };
     let caps = crate::capabilities::CapabilityContext::new("(inspect)", EffectiveGrants::none("(inspect)"), facts, Default::default());
-    let info = runtime.describe(&loaded.component, caps, limits).map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+    let info = runtime.describe(&loaded, caps, limits).map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let grants = policy_file.map(|_| policy.plugins.get(&info.name).map(|p| p.grants.clone()).unwrap_or_default());
     let capabilities = KNOWN_CAPABILITIES
         .iter()

@@ -298,7 +298,7 @@ fn load(
         Err(e) => return Ok(Err(e)),
     };
     let caps = context(&entry.name, EffectiveGrants::none(&entry.name), facts.clone(), Default::default());
-    let info = match runtime.describe(&loaded.component, caps, limits) {
+    let info = match runtime.describe(&loaded, caps, limits) {
         Ok(info) => info,
         Err(e) => return Ok(Err(e)),
     };
@@ -392,7 +392,7 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
     if recording.is_some() {
         caps.tape = crate::capabilities::Tape::Record(Vec::new());
     }
-    let (result, mut caps) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
+    let (result, mut caps) = runtime.check(loaded, caps, &p.config_json, limits(policy));
     if let (Some(dir), Some(rec), Some(c)) = (record, recording.as_mut(), caps.as_mut()) {
         if let crate::capabilities::Tape::Record(calls) = std::mem::take(&mut c.tape) {
             rec.calls = calls;
@@ -430,7 +430,7 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
         }
         let fresh = RunFacts::new(policy.clone());
         let caps = context(&p.entry.name, grants, fresh, kv.clone());
-        let (again, caps) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
+        let (again, caps) = runtime.check(loaded, caps, &p.config_json, limits(policy));
         log.push_str(&logs_text(caps.as_ref()));
         match again {
             Ok(f) => {
@@ -523,7 +523,7 @@ pub fn describe_entry(runtime: &Runtime, entry: &Entry) -> Result<PluginInfo, Pl
     let loaded = runtime.load(&bytes)?;
     let policy = Arc::new(Policy::parse(std::path::Path::new("(none)"), "").map_err(|e| PluginFailure::Load(e.to_string()))?);
     let caps = context(&entry.name, EffectiveGrants::none(&entry.name), RunFacts::new(policy.clone()), Default::default());
-    runtime.describe(&loaded.component, caps, limits(&policy))
+    runtime.describe(&loaded, caps, limits(&policy))
 }
 
 /// Everything `check` would settle before touching the journal: the policy,
@@ -561,7 +561,7 @@ fn check_configs_through_plugins(runtime: &Runtime, policy: &Arc<Policy>, prepar
         let Ok((loaded, info)) = &p.loaded else { continue };
         let grants = EffectiveGrants::new(&p.entry.name, &info.capabilities, &p.policy.grants);
         let caps = context(&p.entry.name, grants, facts.clone(), Default::default());
-        let (result, _) = runtime.check(&loaded.component, caps, &p.config_json, limits(policy));
+        let (result, _) = runtime.check(loaded, caps, &p.config_json, limits(policy));
         if let Err(PluginFailure::Returned(text)) = result {
             if let Some(why) = text.strip_prefix("invalid: config: ") {
                 return Err(config_error(policy, &p.entry.name, why).into());

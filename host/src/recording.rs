@@ -70,7 +70,7 @@ impl Recording {
 }
 
 /// A `.wasm` file, or the name of a built-in plugin.
-fn plugin_bytes(wasm: &Path) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn plugin_bytes(wasm: &Path) -> anyhow::Result<Vec<u8>> {
     if !wasm.exists() {
         let name = wasm.to_string_lossy();
         let (catalog, _) = crate::catalog::Catalog::discover(&[]);
@@ -94,7 +94,7 @@ pub fn replay(wasm: &Path, dir: &Path) -> anyhow::Result<RunReport> {
     let facts = RunFacts::new(policy.clone());
     let limits = Limits { memory_bytes: policy.doctor.plugin_memory, timeout: policy.doctor.plugin_timeout };
     let describe_caps = CapabilityContext::new("(replay)", EffectiveGrants::none("(replay)"), facts.clone(), Default::default());
-    let info = runtime.describe(&loaded.component, describe_caps, limits).map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+    let info = runtime.describe(&loaded, describe_caps, limits).map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let recording = Recording::load(dir, &info.name)?;
     if recording.sha256 != loaded.sha256 {
         tracing::warn!("replaying {} (sha256 {}) against a recording of sha256 {}", info.name, loaded.sha256, recording.sha256);
@@ -102,7 +102,7 @@ pub fn replay(wasm: &Path, dir: &Path) -> anyhow::Result<RunReport> {
 
     let mut caps = CapabilityContext::new(&info.name, EffectiveGrants::none(&info.name), facts, Arc::new(Mutex::new(recording.state)));
     caps.tape = Tape::replay(recording.calls);
-    let (result, _) = runtime.check(&loaded.component, caps, &recording.config, limits);
+    let (result, _) = runtime.check(&loaded, caps, &recording.config, limits);
 
     let mut summary = PluginSummary::new(&info.name, 0);
     summary.loaded(&info.version, &loaded.sha256, loaded.cache.as_str());

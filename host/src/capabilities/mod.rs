@@ -3,6 +3,7 @@
 
 pub mod grants;
 mod host_api;
+mod contract_v0_1;
 mod files;
 mod process_table;
 mod sqlite_api;

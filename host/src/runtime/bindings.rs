@@ -1,11 +1,80 @@
-//! Host bindings generated from the WIT contract in `wit/`.
+//! Host bindings generated from the WIT contracts in `wit/`: the current
+//! one (re-exported at this module's root) and every earlier released one,
+//! which the host keeps linking so that old plugins load.
+//!
+//! Every import may trap: replaying a recording ends the plugin's call when
+//! it asks something the recording does not hold. The types serialise, so a
+//! recording can store the answers and an old contract's values convert to
+//! the current one's (the shapes are the same; only the package differs).
 
-// Every import may trap: replaying a recording ends the plugin's call when it
-// asks something the recording does not hold. The types serialise, so a
-// recording can store the answers.
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "plugin",
-    imports: { default: trappable },
-    additional_derives: [serde::Serialize, serde::Deserialize],
-});
+pub use current::*;
+
+/// `doctor:plugin@0.2.0`: 0.1.0 plus `sqlite.location`.
+pub mod current {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.2.0",
+        world: "plugin",
+        imports: { default: trappable },
+        additional_derives: [serde::Serialize, serde::Deserialize],
+    });
+}
+
+/// `doctor:plugin@0.1.0`, as released.
+pub mod v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.1.0",
+        world: "plugin",
+        imports: { default: trappable },
+        additional_derives: [serde::Serialize, serde::Deserialize],
+    });
+}
+
+/// Which contract a component was built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Contract {
+    V0_1,
+    V0_2,
+}
+
+impl Contract {
+    pub const CURRENT: Contract = Contract::V0_2;
+    /// Every contract this host links, oldest first.
+    pub const ALL: [Contract; 2] = [Contract::V0_1, Contract::V0_2];
+
+    pub fn package(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "doctor:plugin@0.1.0",
+            Contract::V0_2 => "doctor:plugin@0.2.0",
+        }
+    }
+
+    /// The contract named by a component's imported packages; a component
+    /// that imports none of ours (it uses no host call) speaks the current one.
+    pub fn of(imported: &[String]) -> Option<Contract> {
+        match imported.iter().find(|p| p.starts_with("doctor:plugin@")) {
+            None => Some(Contract::CURRENT),
+            Some(p) => Contract::ALL.into_iter().find(|c| c.package() == p),
+        }
+    }
+}
+
+/// The same value in another contract's types: the shapes are identical,
+/// so a serde round trip converts (old plugins only; the current contract
+/// needs no conversion).
+pub fn convert<A: serde::Serialize, B: serde::de::DeserializeOwned>(value: A) -> wasmtime::Result<B> {
+    let json = serde_json::to_value(value).map_err(wasmtime::Error::msg)?;
+    serde_json::from_value(json).map_err(|e| wasmtime::Error::msg(format!("converting between contract versions: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Contract;
+
+    #[test]
+    fn a_component_speaks_the_contract_it_imports() {
+        assert_eq!(Contract::of(&["doctor:plugin@0.1.0".into()]), Some(Contract::V0_1));
+        assert_eq!(Contract::of(&["doctor:plugin@0.2.0".into()]), Some(Contract::V0_2));
+        assert_eq!(Contract::of(&[]), Some(Contract::CURRENT), "no host call: any contract's shapes fit");
+        assert_eq!(Contract::of(&["doctor:plugin@9.0.0".into()]), None, "unknown: refused, never guessed");
+    }
+}

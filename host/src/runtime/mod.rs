@@ -90,6 +90,8 @@ pub struct LoadedComponent {
     pub component: Component,
     pub sha256: String,
     pub cache: CacheOutcome,
+    /// The WIT contract it was built against.
+    pub contract: bindings::Contract,
 }
 
 pub struct PluginState {
@@ -119,9 +121,13 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(wasm_err).context("creating the wasmtime engine")?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wasm_err).context("linking WASI")?;
-        bindings::Plugin::add_to_linker::<PluginState, Capabilities>(&mut linker, |s| &mut s.caps)
+        // Every released contract, so plugins built against an old one load.
+        bindings::current::Plugin::add_to_linker::<PluginState, Capabilities>(&mut linker, |s| &mut s.caps)
             .map_err(wasm_err)
             .context("linking the doctor imports")?;
+        bindings::v0_1::Plugin::add_to_linker::<PluginState, Capabilities>(&mut linker, |s| &mut s.caps)
+            .map_err(wasm_err)
+            .context("linking the doctor imports of doctor:plugin@0.1.0")?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         start_epoch_ticker(&engine, ticker_stop.clone());
         Ok(Runtime { engine, linker, cache_dir, ticker_stop })
@@ -137,7 +143,12 @@ impl Runtime {
     pub fn load_hashed(&self, bytes: &[u8], sha256: String) -> Result<LoadedComponent, PluginFailure> {
         let (component, cache) = cache::load_or_compile(&self.engine, self.cache_dir.as_deref(), bytes, &sha256)
             .map_err(|e| PluginFailure::Load(format!("{e:#}")))?;
-        Ok(LoadedComponent { component, sha256, cache })
+        let imported = self.imported_packages(&component);
+        let contract = bindings::Contract::of(&imported).ok_or_else(|| {
+            let known: Vec<&str> = bindings::Contract::ALL.iter().map(|c| c.package()).collect();
+            PluginFailure::Load(format!("built against {}, which this doctor does not link (it links {})", imported.join(", "), known.join(", ")))
+        })?;
+        Ok(LoadedComponent { component, sha256, cache, contract })
     }
 
     /// The WIT packages (with version) whose interfaces the component
@@ -161,20 +172,28 @@ impl Runtime {
         packages
     }
 
-    pub fn describe(&self, component: &Component, caps: CapabilityContext, limits: Limits) -> Result<PluginInfo, PluginFailure> {
-        let (result, _) = self.call(component, caps, limits, |plugin, store| plugin.call_describe(store))?;
+    pub fn describe(&self, loaded: &LoadedComponent, caps: CapabilityContext, limits: Limits) -> Result<PluginInfo, PluginFailure> {
+        let (result, _) = self.call(&loaded.component, caps, limits, |store, component, linker| match loaded.contract {
+            bindings::Contract::V0_2 => bindings::current::Plugin::instantiate(&mut *store, component, linker)?.call_describe(&mut *store),
+            bindings::Contract::V0_1 => bindings::convert(bindings::v0_1::Plugin::instantiate(&mut *store, component, linker)?.call_describe(&mut *store)?),
+        })?;
         Ok(convert::plugin_info(result?))
     }
 
     /// Run `check`; the context comes back with the plugin's logs and state.
     pub fn check(
         &self,
-        component: &Component,
+        loaded: &LoadedComponent,
         caps: CapabilityContext,
         config_json: &str,
         limits: Limits,
     ) -> (Result<Vec<Finding>, PluginFailure>, Option<CapabilityContext>) {
-        let called = self.call(component, caps, limits, |plugin, store| plugin.call_check(store, config_json));
+        let called = self.call(&loaded.component, caps, limits, |store, component, linker| match loaded.contract {
+            bindings::Contract::V0_2 => bindings::current::Plugin::instantiate(&mut *store, component, linker)?.call_check(&mut *store, config_json),
+            bindings::Contract::V0_1 => {
+                bindings::convert(bindings::v0_1::Plugin::instantiate(&mut *store, component, linker)?.call_check(&mut *store, config_json)?)
+            }
+        });
         match called {
             Ok((Ok(Ok(report)), caps)) => (convert::report(report), Some(caps)),
             Ok((Ok(Err(error)), caps)) => (Err(PluginFailure::Returned(convert::error_text(&error))), Some(caps)),
@@ -190,7 +209,7 @@ impl Runtime {
         component: &Component,
         caps: CapabilityContext,
         limits: Limits,
-        f: impl FnOnce(&bindings::Plugin, &mut Store<PluginState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<PluginState>, &Component, &Linker<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<(Result<R, PluginFailure>, CapabilityContext), PluginFailure> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = WasiCtxBuilder::new()
@@ -208,7 +227,7 @@ impl Runtime {
         store.set_epoch_deadline(deadline_ticks(limits.timeout));
         store.epoch_deadline_trap();
 
-        let outcome = bindings::Plugin::instantiate(&mut store, component, &self.linker).and_then(|plugin| f(&plugin, &mut store));
+        let outcome = f(&mut store, component, &self.linker);
         let state = store.into_data();
         let outcome = outcome.map_err(|e| classify(e, limits, state.limits.tripped, &stderr));
         let caps = state.caps;
