@@ -16,15 +16,25 @@ impl Info {
     pub fn new(name: &str, summary: &str) -> Self {
         Info {
             name: name.to_string(),
-            version: "0.1.0".to_string(),
+            // Empty: the plugin crate's own version (see `with_default_version`).
+            version: String::new(),
             summary: summary.to_string(),
             capabilities: Vec::new(),
             config: Vec::new(),
         }
     }
 
+    /// Override the version `describe()` reports (default: the plugin
+    /// crate's `CARGO_PKG_VERSION`).
     pub fn version(mut self, version: &str) -> Self {
         self.version = version.to_string();
+        self
+    }
+
+    pub(crate) fn with_default_version(mut self, crate_version: &str) -> Self {
+        if self.version.is_empty() {
+            self.version = crate_version.to_string();
+        }
         self
     }
 

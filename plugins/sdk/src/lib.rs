@@ -33,16 +33,25 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_plugin",
         default_bindings_module: "doctor_sdk::bindings",
+        // Recordings (`doctor check --record`) replay into native tests.
+        additional_derives: [serde::Serialize, serde::Deserialize],
     });
 }
 
 mod finding;
+mod imports;
+pub mod testing;
 pub mod owner;
 pub mod respawn;
 pub mod scope;
 pub mod time;
 
-pub use bindings::doctor::plugin::{containers, files, host, probe, processes, sockets, sqlite};
+pub use imports::{containers, files, host, probe, processes, sockets, sqlite};
+
+/// This SDK's version.
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The WIT contract this SDK speaks (`wit/` in this crate).
+pub const WIT_PACKAGE: &str = "doctor:plugin@0.2.0";
 pub use bindings::doctor::plugin::types::{
     Action, Error, Evidence, ProcessRef, Severity, Signal, SqlExec, SqlValue, StopProcess,
     SignalProcess, WaitPortFree,
@@ -131,9 +140,11 @@ pub mod prelude {
     };
 }
 
+/// `describe()`: the plugin's info, its version defaulting to the plugin
+/// crate's own `CARGO_PKG_VERSION` (passed in by [`register_plugin!`]).
 #[doc(hidden)]
-pub fn __describe<P: Plugin>() -> bindings::doctor::plugin::types::PluginInfo {
-    P::info().into_wit()
+pub fn __describe<P: Plugin>(crate_version: &str) -> bindings::doctor::plugin::types::PluginInfo {
+    P::info().with_default_version(crate_version).into_wit()
 }
 
 #[doc(hidden)]
@@ -155,7 +166,7 @@ macro_rules! register_plugin {
         struct __DoctorPluginExport;
         impl $crate::bindings::Guest for __DoctorPluginExport {
             fn describe() -> $crate::bindings::doctor::plugin::types::PluginInfo {
-                $crate::__describe::<$plugin>()
+                $crate::__describe::<$plugin>(env!("CARGO_PKG_VERSION"))
             }
             fn check(
                 config: ::std::string::String,

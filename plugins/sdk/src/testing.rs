@@ -1,0 +1,231 @@
+//! Test a plugin without the host. In a native `cargo test` the imports
+//! answer from [`Facts`] the test supplies — processes, files, query rows,
+//! listeners, containers, or a whole `doctor check --record` recording —
+//! and [`run`] returns what `check` reported, the lines it logged and the
+//! state it left:
+//!
+//! ```ignore
+//! use doctor_sdk::testing::Facts;
+//!
+//! #[test]
+//! fn a_stale_pid_file_is_reported() {
+//!     let out = Facts::new()
+//!         .file("/run/app.pid", "999999\n")
+//!         .processes(vec![])
+//!         .run::<MyPlugin>(r#"{ "pid_file": "/run/app.pid" }"#);
+//!     assert_eq!(out.keys(), ["stale-pid-file"]);
+//! }
+//! ```
+//!
+//! A call the facts do not answer panics, naming the call and how to supply
+//! it. `deny(capability)` makes that capability's calls come back `denied`.
+
+use crate::bindings::doctor::plugin::types as wit;
+use crate::files::{FileKind, FileStat};
+use crate::host::{LogLevel, User};
+use crate::processes::Process;
+use crate::sqlite::Rows;
+use crate::{Error, Plugin, SqlValue};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+
+type Handler = Box<dyn FnMut(&Value) -> Option<Value>>;
+
+/// What the host would answer, supplied by a test.
+#[derive(Default)]
+pub struct Facts {
+    handlers: Vec<(String, Handler)>,
+    recorded: Vec<(String, Value, Value, bool)>,
+    denied: BTreeSet<String>,
+    kv: BTreeMap<String, String>,
+    logs: Vec<(LogLevel, String)>,
+}
+
+/// What one `check` produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub result: Result<Vec<wit::Finding>, Error>,
+    pub logs: Vec<(LogLevel, String)>,
+    pub kv: BTreeMap<String, String>,
+}
+
+impl Outcome {
+    /// The findings; panics with the plugin's error if `check` failed.
+    pub fn findings(&self) -> &[wit::Finding] {
+        match &self.result {
+            Ok(findings) => findings,
+            Err(e) => panic!("check returned an error: {}", crate::error_text(e)),
+        }
+    }
+
+    pub fn keys(&self) -> Vec<&str> {
+        self.findings().iter().map(|f| f.key.as_str()).collect()
+    }
+
+    pub fn finding(&self, key: &str) -> Option<&wit::Finding> {
+        self.findings().iter().find(|f| f.key == key)
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Facts>> = const { RefCell::new(None) };
+}
+
+impl Facts {
+    pub fn new() -> Facts {
+        Facts::default().now(1_700_000_000_000).hostname("test-host")
+    }
+
+    /// Answer `call` (e.g. `"processes.all"`) with `handler(args)`; `None`
+    /// passes the call to the next handler.
+    pub fn on<R: Serialize>(mut self, call: &str, mut handler: impl FnMut(&Value) -> Option<R> + 'static) -> Facts {
+        let boxed: Handler = Box::new(move |args| handler(args).map(|r| serde_json::to_value(r).unwrap_or(Value::Null)));
+        self.handlers.push((call.replace('_', "-"), boxed));
+        self
+    }
+
+    /// Every call a `doctor check --record` recording holds (the
+    /// `PLUGIN.json` text), answered as `doctor plugins replay` would.
+    pub fn recording(mut self, json_text: &str) -> Facts {
+        let doc: Value = serde_json::from_str(json_text).expect("a doctor recording (PLUGIN.json)");
+        for call in doc["calls"].as_array().cloned().unwrap_or_default() {
+            let name = call["call"].as_str().unwrap_or_default().to_string();
+            self.recorded.push((name, call["args"].clone(), call["answer"].clone(), false));
+        }
+        if let Some(state) = doc["state"].as_object() {
+            for (k, v) in state {
+                self.kv.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+            }
+        }
+        self
+    }
+
+    /// Calls of this capability (`"files"`, `"processes"`, …) answer `denied`.
+    pub fn deny(mut self, capability: &str) -> Facts {
+        self.denied.insert(capability.to_string());
+        self
+    }
+
+    pub fn now(self, unix_ms: u64) -> Facts {
+        self.on("host.now_unix_ms", move |_| Some(unix_ms))
+    }
+
+    pub fn hostname(self, name: &str) -> Facts {
+        let name = name.to_string();
+        self.on("host.hostname", move |_| Some(name.clone()))
+    }
+
+    pub fn user(self, user: User) -> Facts {
+        self.on("host.lookup_user", move |args| (args[0] == user.name.as_str()).then(|| Some(user.clone())))
+    }
+
+    pub fn kv(mut self, key: &str, value: &str) -> Facts {
+        self.kv.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// The whole process table (answers `processes.all` and `processes.get`).
+    pub fn processes(self, table: Vec<Process>) -> Facts {
+        let by_pid = table.clone();
+        self.on("processes.all", move |_| Some(Ok::<_, Error>(table.clone())))
+            .on("processes.get", move |args| {
+                let pid = args[0].as_u64()?;
+                Some(Ok::<_, Error>(by_pid.iter().find(|p| u64::from(p.id.pid) == pid).cloned()))
+            })
+    }
+
+    /// A regular file with this content (answers `files.read` and `files.stat`).
+    pub fn file(self, path: &str, content: &str) -> Facts {
+        let (read_path, stat_path, text) = (path.to_string(), path.to_string(), content.to_string());
+        let size = text.len() as u64;
+        self.on("files.read", move |args| {
+            (args[0] == read_path.as_str()).then(|| {
+                let max = args[1].as_u64().unwrap_or(0);
+                if size > max {
+                    Err(Error::Limit(format!("{read_path} is larger than {max} bytes")))
+                } else {
+                    Ok(text.clone())
+                }
+            })
+        })
+        .on("files.stat", move |args| {
+            (args[0] == stat_path.as_str()).then(|| {
+                Ok::<_, Error>(Some(FileStat { kind: FileKind::File, size, uid: 0, gid: 0, mode: 0o644, modified_unix_ms: 0 }))
+            })
+        })
+    }
+
+    /// Answers to queries of database `db`: `answer(sql, params)`.
+    pub fn query(self, db: &str, mut answer: impl FnMut(&str, &[SqlValue]) -> Result<Rows, Error> + 'static) -> Facts {
+        let db = db.to_string();
+        self.on("sqlite.query", move |args| {
+            if args[0] != db.as_str() {
+                return None;
+            }
+            let params: Vec<SqlValue> = serde_json::from_value(args[2].clone()).unwrap_or_default();
+            Some(answer(args[1].as_str().unwrap_or_default(), &params))
+        })
+    }
+
+    pub fn listeners(self, listeners: Vec<crate::sockets::Listener>) -> Facts {
+        self.on("sockets.listeners", move |_| Some(Ok::<_, Error>(listeners.clone())))
+    }
+
+    pub fn containers(self, containers: Vec<crate::containers::Container>) -> Facts {
+        self.on("containers.all", move |_| Some(Ok::<_, Error>(containers.clone())))
+    }
+
+    /// Run `P::check` with `config_json` against these facts.
+    pub fn run<P: Plugin>(self, config_json: &str) -> Outcome {
+        CURRENT.with(|c| *c.borrow_mut() = Some(self));
+        let result = crate::__check::<P>(config_json).map(|report| report.findings);
+        let facts = CURRENT.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        Outcome { result, logs: facts.logs, kv: facts.kv }
+    }
+
+    fn answer(&mut self, call: &str, args: &Value) -> Option<Value> {
+        let capability = call.split('.').next().unwrap_or_default();
+        if self.denied.contains(capability) {
+            return Some(json!({ "Err": { "Denied": format!("the test denies `{capability}`") } }));
+        }
+        match call {
+            "host.log" => {
+                let level: LogLevel = serde_json::from_value(args[0].clone()).ok()?;
+                self.logs.push((level, args[1].as_str().unwrap_or_default().to_string()));
+                return Some(Value::Null);
+            }
+            "host.kv-get" => return Some(json!(self.kv.get(args[0].as_str()?))),
+            "host.kv-set" => {
+                self.kv.insert(args[0].as_str()?.to_string(), args[1].as_str()?.to_string());
+                return Some(Value::Null);
+            }
+            "host.kv-delete" => {
+                self.kv.remove(args[0].as_str()?);
+                return Some(Value::Null);
+            }
+            _ => {}
+        }
+        if let Some(found) = self.recorded.iter_mut().find(|(c, a, _, used)| !used && c == call && a == args) {
+            found.3 = true;
+            return Some(found.2.clone());
+        }
+        self.handlers.iter_mut().rev().filter(|(c, _)| c == call).find_map(|(_, handler)| handler(args))
+    }
+}
+
+/// The native side of every import (see `imports.rs`).
+#[doc(hidden)]
+pub fn answer<R: DeserializeOwned>(call: &str, args: impl Serialize) -> R {
+    let call = call.replace('_', "-");
+    let args = serde_json::to_value(args).unwrap_or(Value::Null);
+    let answered = CURRENT.with(|c| c.borrow_mut().as_mut().map(|facts| facts.answer(&call, &args)));
+    let value = match answered {
+        None => panic!("{call} called outside doctor_sdk::testing::Facts::run (imports only answer inside a test run)"),
+        Some(None) => panic!("the test's Facts do not answer {call}({args}); supply it (Facts::processes, ::file, ::query, ::on(\"{call}\", …), or ::recording)"),
+        Some(Some(value)) => value,
+    };
+    serde_json::from_value(value).unwrap_or_else(|e| panic!("the test's answer to {call} does not fit its type: {e}"))
+}
