@@ -221,6 +221,20 @@ enum PluginsCommand {
         #[arg(long, value_enum, default_value = "human")]
         format: Format,
     },
+    /// Write a new plugin project that builds as it is, with a test and a
+    /// policy snippet granting exactly what it requests.
+    New {
+        /// The plugin's name (lowercase, digits, hyphens): describe()'s name and the .wasm file stem.
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::scaffold::Lang,
+        /// Where to write it [default: ./NAME]; must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The doctor-sdk crate to depend on (Rust) [default: this doctor's source tree, when present].
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
     /// Run a plugin against a recording made by `doctor check --record DIR`:
     /// same clock, same answers, no host access; print its report.
     Replay {
@@ -277,6 +291,7 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Plugins { command: PluginsCommand::List { policy, format } } => plugins_list(policy, format),
         Command::Plugins { command: PluginsCommand::Inspect { plugin, policy, format } } => plugins_inspect(&plugin, policy.as_deref(), format),
         Command::Plugins { command: PluginsCommand::Replay { plugin, dir, format } } => plugins_replay(&plugin, &dir, format),
+        Command::Plugins { command: PluginsCommand::New { name, lang, dir, sdk } } => plugins_new(&name, lang, dir, sdk),
         Command::Policy { command: PolicyCommand::Validate { policy } } => validate(policy),
         Command::Journal { common, command, filter, format } => journal(common, command, filter, format),
         Command::Systemd { command } => systemd(command),
@@ -317,6 +332,22 @@ fn plugins_inspect(plugin: &std::path::Path, policy: Option<&std::path::Path>, f
     match format {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&inspection)?),
         Format::Human => out!("{}", inspection.to_human()),
+    }
+    Ok(EXIT_OK)
+}
+
+fn plugins_new(name: &str, lang: crate::scaffold::Lang, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Result<i32> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let sdk = match sdk {
+        Some(path) => crate::scaffold::SdkSource::Path(std::path::absolute(path)?),
+        None => crate::scaffold::SdkSource::detect(),
+    };
+    let written = crate::scaffold::create(name, lang, &dir, &sdk)?;
+    for file in written {
+        outln!("wrote {}", dir.join(file).display());
+    }
+    if let crate::scaffold::SdkSource::Unknown = sdk {
+        errln!("doctor: note: no doctor source tree here; set the doctor-sdk dependency in Cargo.toml (or pass --sdk PATH)");
     }
     Ok(EXIT_OK)
 }

@@ -19,4 +19,5 @@ pub mod recording;
 pub mod report;
 pub mod runtime;
 pub mod safe_fs;
+pub mod scaffold;
 pub mod systemd;

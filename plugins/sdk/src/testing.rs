@@ -17,8 +17,9 @@
 //! }
 //! ```
 //!
-//! A call the facts do not answer panics, naming the call and how to supply
-//! it. `deny(capability)` makes that capability's calls come back `denied`.
+//! The test's file system is the files it supplied (others are not found);
+//! any other call the facts do not answer panics, naming the call and how to
+//! supply it. `deny(capability)` makes that capability's calls `denied`.
 
 use crate::bindings::doctor::plugin::types as wit;
 use crate::files::{FileKind, FileStat};
@@ -212,7 +213,13 @@ impl Facts {
             found.3 = true;
             return Some(found.2.clone());
         }
-        self.handlers.iter_mut().rev().filter(|(c, _)| c == call).find_map(|(_, handler)| handler(args))
+        let handled = self.handlers.iter_mut().rev().filter(|(c, _)| c == call).find_map(|(_, handler)| handler(args));
+        // The test's file system is the files it supplied.
+        handled.or_else(|| match call {
+            "files.read" => Some(json!({ "Err": { "NotFound": args[0] } })),
+            "files.stat" => Some(json!({ "Ok": null })),
+            _ => None,
+        })
     }
 }
 
