@@ -106,19 +106,22 @@ fn thousands_of_broken_policies_never_panic_the_parser_or_validator() {
 #[test]
 fn a_closed_stdout_ends_doctor_quietly() {
     let s = Scenario::new();
-    s.stale_pid_policy("", "", &["a", "b", "c"]);
-    for _ in 0..3 {
-        s.doctor(&["check"]);
-    }
-    // Like `doctor journal | head -0`: the reader is gone before doctor
-    // writes its first line (doctor takes milliseconds to get there).
+    // Enough findings that the report is larger than a pipe holds (64 KiB):
+    // doctor is still writing when the reader goes away.
+    let names: Vec<String> = (0..400).map(|i| format!("target-number-{i:03}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    s.stale_pid_policy("", "", &names);
+    // Like `doctor check --format json | head -c 1`.
     let mut child = Command::new(DOCTOR)
-        .args(["journal", "--policy"])
+        .args(["check", "--format", "json", "--policy"])
         .arg(s.policy_path())
+        .env("DOCTOR_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut first = [0u8; 1];
+    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
     drop(child.stdout.take());
     let mut stderr = String::new();
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
@@ -126,6 +129,9 @@ fn a_closed_stdout_ends_doctor_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(status.code(), Some(141), "ends as a SIGPIPE'd tool would, without a word: {stderr}");
     assert!(stderr.is_empty(), "{stderr}");
+    // The run itself was journaled before the report was written.
+    let runs: i64 = s.journal().query_row("SELECT count(*) FROM runs WHERE status = 'complete'", [], |r| r.get(0)).unwrap();
+    assert_eq!(runs, 1);
 }
 
 #[test]
