@@ -405,9 +405,12 @@ fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>, identified
         }
         None => None,
     };
-    // A claim time proves a pid reused only when its zone is certain.
+    // A claim time proves a pid reused only when its zone is certain. An
+    // unreadable one (none, or a counter rather than a time) only withdraws
+    // that proof; one in the future is said (unit wrong?).
     let claimed_ms = match &job.claimed_at {
         Some(Ok(stamp)) => stamp.zoned.then_some(stamp.unix_ms),
+        Some(Err(TimeTrouble::Unreadable(_))) => None,
         Some(Err(trouble)) => {
             out.push(time_finding(
                 &job.key(),

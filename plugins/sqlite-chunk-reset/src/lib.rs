@@ -221,11 +221,13 @@ impl Plugin for ChunkReset {
             // one in the future proves nothing and is said.
             let claimed = match read_at(started, unit, now_ms, skew) {
                 Ok(s) => s.zoned.then_some(s.unix_ms),
-                Err(trouble @ TimeTrouble::Future(..)) => {
+                // An unreadable claim time (none, or a counter rather than a
+                // time) only withdraws a proof of pid reuse: not a finding.
+                Err(TimeTrouble::Unreadable(_)) => None,
+                Err(trouble) => {
                     findings.push(chunk_time_finding(&c, chunk_id, worker_value, TimeColumn::Claimed, started_col.unwrap_or_default(), started, &trouble, "a reused pid cannot be told by it"));
                     None
                 }
-                Err(TimeTrouble::Unreadable(_)) => None,
             };
             let identity = RowIdentity { worker: worker_value, pid: pid_sql.as_ref().map(|_| &row[4]), host: host_sql.as_ref().map(|_| &row[5]) };
             let alive = row_liveness(&identity, &chk, claimed);
