@@ -138,9 +138,27 @@ impl Plugin for JobHealth {
     }
 
     fn check(c: Config) -> Result<Vec<Finding>, Error> {
+        // What the config alone decides, before the database is opened (so
+        // that `policy validate` says it even where the file is not yet there).
+        let cols = Columns::of(&c);
+        let pid_sql = db_common::sql_expression("worker_pid_sql", c.worker_pid_sql.as_deref())?;
+        let host_sql = db_common::sql_expression("worker_host_sql", c.worker_host_sql.as_deref())?;
+        let sets = Sets::parse(&c, &cols)?;
+        let worker_match = regex("worker_match", c.worker_match.as_deref())?;
+        let format = db_common::owner_format(&c.owner_format)?;
+        let unit = db_common::time_unit(&c.time_unit)?;
+        let name_pattern = db_common::name_pattern(c.name_pattern.as_deref())?;
+
+        // Then what only this host and its table can tell (a missing
+        // database is the run's error, not the policy's: validate passes it).
         let user = opt_column(&c.service_user);
         let problems = db_common::write_problems(&c.db, user)?;
-        let cols = Columns::of(&c);
+        // A scope names users, which only the host the policy runs on knows.
+        let scope = c.scope.compile("config: scope")?;
+        let mut findings = Vec::new();
+        if c.worker_kind == WorkerKind::Name && pid_sql.is_none() {
+            findings.push(name_only(&c, name_pattern.is_some(), scope.is_unscoped())?);
+        }
         let mut wanted = vec![("id_column", c.id_column.as_str()), ("status_column", c.status_column.as_str())];
         for (key, col) in [
             ("worker_column", cols.worker),
@@ -155,23 +173,12 @@ impl Plugin for JobHealth {
             }
         }
         require_columns(&c.db, &c.table, &wanted)?;
-        let pid_sql = db_common::sql_expression("worker_pid_sql", c.worker_pid_sql.as_deref())?;
-        let host_sql = db_common::sql_expression("worker_host_sql", c.worker_host_sql.as_deref())?;
         for (key, expr) in [("worker_pid_sql", &pid_sql), ("worker_host_sql", &host_sql)] {
             if let Some(expr) = expr {
                 db_common::probe_expression(&c.db, &c.table, key, expr)?;
             }
         }
-        let sets = Sets::parse(&c, &cols)?;
-        let worker_match = regex("worker_match", c.worker_match.as_deref())?;
-        let format = db_common::owner_format(&c.owner_format)?;
-        let unit = db_common::time_unit(&c.time_unit)?;
-        let name_pattern = db_common::name_pattern(c.name_pattern.as_deref())?;
-        let scope = c.scope.compile("config: scope")?;
-        let mut findings = Vec::new();
-        if c.worker_kind == WorkerKind::Name && pid_sql.is_none() {
-            findings.push(name_only(&c, name_pattern.is_some(), scope.is_unscoped())?);
-        }
+        sets.check_table(&c)?;
         let finder = name_pattern.as_ref().map(|pattern| NameFinder { pattern, scope: &scope });
         let identified = cols.worker.is_some() || pid_sql.is_some();
         let table = ProcessTable::new(if identified { processes::all()? } else { Vec::new() });
@@ -523,7 +530,8 @@ struct Sets {
 }
 
 impl Sets {
-    /// Columns must exist, must not be one the remedy writes itself, and the
+    /// Each value must be a known form, and no column one the remedy writes
+    /// itself. Then (`check_table`) the columns must exist and the
     /// compare-and-swap that carries them must be single-row: the id column
     /// is the table's key. Errors are `config:` errors, so that `policy
     /// validate` places them at the policy's line.
@@ -532,12 +540,15 @@ impl Sets {
         requeue_own.extend([cols.worker, cols.att, cols.upd].into_iter().flatten());
         let mut fail_own = vec![c.id_column.as_str(), c.status_column.as_str()];
         fail_own.extend(cols.reason);
-        let sets = Sets {
+        Ok(Sets {
             requeue: db_common::parse_sets("requeue_set", &c.requeue_set, &requeue_own)?,
             fail: db_common::parse_sets("fail_set", &c.fail_set, &fail_own)?,
-        };
+        })
+    }
+
+    fn check_table(&self, c: &Config) -> Result<(), Error> {
         let columns = db_common::table_columns(&c.db, &c.table)?;
-        for (key, list) in [("requeue_set", &sets.requeue), ("fail_set", &sets.fail)] {
+        for (key, list) in [("requeue_set", &self.requeue), ("fail_set", &self.fail)] {
             for (column, _) in list {
                 if !columns.iter().any(|have| have.eq_ignore_ascii_case(column)) {
                     return Err(Error::Invalid(format!(
@@ -554,7 +565,7 @@ impl Sets {
                 )));
             }
         }
-        Ok(sets)
+        Ok(())
     }
 }
 

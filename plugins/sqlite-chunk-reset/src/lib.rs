@@ -131,8 +131,26 @@ impl Plugin for ChunkReset {
     }
 
     fn check(c: Config) -> Result<Vec<Finding>, Error> {
+        // What the config alone decides, before the database is opened.
+        let pid_sql = db_common::sql_expression("worker_pid_sql", c.worker_pid_sql.as_deref())?;
+        let host_sql = db_common::sql_expression("worker_host_sql", c.worker_host_sql.as_deref())?;
+        let worker_match = regex("worker_match", c.worker_match.as_deref())?;
+        let coordinator_match = regex("coordinator_match", c.coordinator_match.as_deref())?;
+        let name_pattern = db_common::name_pattern(c.name_pattern.as_deref())?;
+        let format = db_common::owner_format(&c.owner_format)?;
+        let unit = db_common::time_unit(&c.time_unit)?;
+
+        // Then what only this host and its table can tell (a missing
+        // database is the run's error, not the policy's: validate passes it).
         let user = opt_column(&c.service_user);
         let problems = db_common::write_problems(&c.db, user)?;
+        // A scope names users, which only the host the policy runs on knows.
+        let scope = c.scope.compile("config: scope")?;
+        let weak = match (c.worker_kind, &pid_sql) {
+            (WorkerKind::Name, None) => Some(name_only(&c, name_pattern.is_some(), scope.is_unscoped())?),
+            _ => None,
+        };
+        let finder = name_pattern.as_ref().map(|pattern| NameFinder { pattern, scope: &scope });
         let started_col = opt_column(&c.started_at_column);
         let hb_col = opt_column(&c.heartbeat_column);
         let mut wanted = vec![("id_column", c.id_column.as_str()), ("status_column", c.status_column.as_str()), ("worker_column", c.worker_column.as_str())];
@@ -143,24 +161,11 @@ impl Plugin for ChunkReset {
             wanted.push(("heartbeat_column", h));
         }
         require_columns(&c.db, &c.table, &wanted)?;
-        let pid_sql = db_common::sql_expression("worker_pid_sql", c.worker_pid_sql.as_deref())?;
-        let host_sql = db_common::sql_expression("worker_host_sql", c.worker_host_sql.as_deref())?;
         for (key, expr) in [("worker_pid_sql", &pid_sql), ("worker_host_sql", &host_sql)] {
             if let Some(expr) = expr {
                 db_common::probe_expression(&c.db, &c.table, key, expr)?;
             }
         }
-        let worker_match = regex("worker_match", c.worker_match.as_deref())?;
-        let coordinator_match = regex("coordinator_match", c.coordinator_match.as_deref())?;
-        let scope = c.scope.compile("config: scope")?;
-        let name_pattern = db_common::name_pattern(c.name_pattern.as_deref())?;
-        let weak = match (c.worker_kind, &pid_sql) {
-            (WorkerKind::Name, None) => Some(name_only(&c, name_pattern.is_some(), scope.is_unscoped())?),
-            _ => None,
-        };
-        let finder = name_pattern.as_ref().map(|pattern| NameFinder { pattern, scope: &scope });
-        let format = db_common::owner_format(&c.owner_format)?;
-        let unit = db_common::time_unit(&c.time_unit)?;
         let table = ProcessTable::read()?;
         let hostname = host::hostname();
         let now_ms = host::now_unix_ms() as i64;
@@ -231,13 +236,15 @@ impl Plugin for ChunkReset {
             };
             let identity = RowIdentity { worker: worker_value, pid: pid_sql.as_ref().map(|_| &row[4]), host: host_sql.as_ref().map(|_| &row[5]) };
             let alive = row_liveness(&identity, &chk, claimed);
+            // Named by a pid (worker_pid_sql's, or an owner), not by a name?
+            let by_pid = c.worker_kind == WorkerKind::Pid || pid_sql.is_some() && db_common::integer(&row[4]).is_some_and(|p| p > 0);
             let verdict = if coordinator_absent {
                 if let Liveness::Alive(procs) = &alive {
                     for p in procs {
                         let l = leftovers.entry(p.id.pid).or_insert_with(|| Leftover {
                             process: p.clone(),
                             chunks: Vec::new(),
-                            allowed: stop_allowed(&c, &scope, &table, p),
+                            allowed: stop_allowed(by_pid, &scope, &table, p),
                         });
                         l.chunks.push(shown(chunk_id));
                     }
@@ -315,10 +322,10 @@ fn name_only(c: &Config, has_pattern: bool, unscoped: bool) -> Result<Finding, E
 /// A worker may be stopped only when this deployment's row names it by pid
 /// (its identity checked by liveness) and it lies inside the scope when one
 /// is named; a worker found by name needs the scope to vouch for it.
-fn stop_allowed(c: &Config, scope: &ScopeMatcher, table: &ProcessTable, p: &Process) -> bool {
-    match c.worker_kind {
-        WorkerKind::Pid => scope.is_unscoped() || scope.contains(p, table),
-        WorkerKind::Name => !scope.is_unscoped() && scope.contains(p, table),
+fn stop_allowed(by_pid: bool, scope: &ScopeMatcher, table: &ProcessTable, p: &Process) -> bool {
+    match by_pid {
+        true => scope.is_unscoped() || scope.contains(p, table),
+        false => !scope.is_unscoped() && scope.contains(p, table),
     }
 }
 
