@@ -249,6 +249,14 @@ fn the_incidents_damage_a_name_searched_in_command_lines_is_refused_at_validate(
     let before = task(&db, "t-live");
     let (code, _) = s.doctor_json(&["fix"]);
     assert_eq!(code, 3);
+    // A declared pattern still needs a scope: another deployment's worker may show the name.
+    job_policy(&s, &db, "table = \"tasks\"\nid_column = \"task_id\"\nstatus_column = \"state\"\nworker_column = \"worker\"\nworker_kind = \"name\"\nname_pattern = \"--hostname (?P<name>\\\\S+)\"\nattempts_column = \"\"\nrunning_statuses = [\"STARTED\"]\n");
+    let out = s.doctor(&["policy", "validate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("with name_pattern needs a scope"), "{stderr}");
+    let (code, _) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 3);
     assert_eq!(task(&db, "t-live"), before);
     assert!(live.running());
 }

@@ -60,7 +60,7 @@ pub fn require_columns(db: &str, table: &str, wanted: &[(&str, &str)]) -> Result
 /// compare-and-swap whatever the data holds.
 pub fn is_unique(db: &str, table: &str, column: &str) -> Result<bool, Error> {
     let t = SqlValue::Text(table.into());
-    let pk = sqlite::query(db, "SELECT name FROM pragma_table_info(?1) WHERE pk > 0", &[t.clone()])?;
+    let pk = sqlite::query(db, "SELECT name FROM pragma_table_info(?1) WHERE pk > 0", std::slice::from_ref(&t))?;
     if pk.rows.len() == 1 && pk.rows[0].first().and_then(text).is_some_and(|n| n.eq_ignore_ascii_case(column)) {
         return Ok(true);
     }

@@ -180,8 +180,10 @@ impl Plugin for JobHealth {
         }
         sets.check_table(&c)?;
         let finder = name_pattern.as_ref().map(|pattern| NameFinder { pattern, scope: &scope });
-        let identified = cols.worker.is_some() || pid_sql.is_some();
-        let table = ProcessTable::new(if identified { processes::all()? } else { Vec::new() });
+        // Does the table record its workers at all? With neither a worker
+        // column nor a pid expression it has declared heartbeat-only judgement.
+        let records_worker = cols.worker.is_some() || pid_sql.is_some();
+        let table = ProcessTable::new(if records_worker { processes::all()? } else { Vec::new() });
         let hostname = host::hostname();
         let now_ms = host::now_unix_ms() as i64;
 
@@ -241,7 +243,7 @@ impl Plugin for JobHealth {
                 host: host_sql.as_ref().map(|_| &r[8]),
             };
             if c.running_statuses.contains(&job.status) {
-                findings.extend(check_running(&writes, &job, &chk, identified));
+                findings.extend(check_running(&writes, &job, &chk, records_worker));
             } else {
                 findings.extend(check_waiting(&writes, &job));
             }
@@ -392,7 +394,7 @@ fn check_waiting(w: &Writes<'_>, job: &Job<'_>) -> Option<Finding> {
     Some(w.remedy(f, job, c.on_stale, &why))
 }
 
-fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>, identified: bool) -> Vec<Finding> {
+fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>, records_worker: bool) -> Vec<Finding> {
     let c = w.c;
     let mut out = Vec::new();
     // The heartbeat as read, or its own finding when it cannot be used.
@@ -442,12 +444,13 @@ fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>, identified
             beat.map(|s| s.read_as.as_str()).unwrap_or("")
         )
     };
-    let alive = match identified {
+    // A host expression alone still tells another host's job from this host's.
+    let alive = match records_worker || job.host.is_some() {
         true => row_liveness(&RowIdentity { worker: job.worker, pid: job.pid, host: job.host }, chk, claimed_ms),
         false => Liveness::Unknown("the table records no worker".into()),
     };
     // A table that records no worker (worker_column = "") has declared heartbeat-only judgement.
-    let by_heartbeat = c.unidentified == Unidentified::Heartbeat || !identified;
+    let by_heartbeat = c.unidentified == Unidentified::Heartbeat || !records_worker;
     let why = match alive {
         Liveness::Alive(procs) => {
             // The very process is alive: never touched, at most reported.
