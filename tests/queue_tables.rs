@@ -235,6 +235,23 @@ fn pid_inside_json_name_not_in_the_command_line_live_untouched_dead_failed_with_
 }
 
 #[test]
+fn a_pid_that_started_after_the_rows_nanosecond_claim_is_a_reused_pid() {
+    let s = Scenario::new();
+    let db = s.path("queue.db");
+    task_table(&db);
+    // The row was claimed an hour ago (in nanoseconds) by a worker long gone;
+    // the pid in its JSON now belongs to a process that started just now.
+    let claim = "UPDATE tasks SET worker = '{name}', result = json_object('pid', {pid}, 'hostname', '{host}'), locked_ns = {now_ns} - 3600000000000 WHERE task_id = 't-dead'";
+    let newcomer = Worker::start(&s, "newcomer", &db, &[claim], &[]);
+    job_policy(&s, &db, &TASK_CONFIG.replace("on_orphaned = \"fail\"", "on_orphaned = \"report\""));
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2, "{doc:#}");
+    let m = message(&doc, JOBS, "job:t-dead:orphaned");
+    assert!(m.contains(&format!("pid {}", newcomer.pid)) && m.contains("started after the row was claimed"), "{m}");
+    assert!(newcomer.running());
+}
+
+#[test]
 fn the_incidents_damage_a_name_searched_in_command_lines_is_refused_at_validate() {
     let s = Scenario::new();
     let db = s.path("queue.db");
