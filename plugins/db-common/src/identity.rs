@@ -23,6 +23,11 @@ const STATEMENT_WORDS: &[&str] = &[
     "begin", "commit", "rollback", "end", "analyze", "reindex", "savepoint", "release", "explain", "values", "from",
 ];
 
+/// Functions that reach beyond the table, refused even where the host's
+/// connection would not allow them (defence in depth: the expression also
+/// runs inside the write's compare-and-swap).
+const REFUSED_FUNCTIONS: &[&str] = &["load_extension", "fts3_tokenizer", "readfile", "writefile"];
+
 /// A policy's SQL expression for a per-row value (`json_extract(result,
 /// '$.pid')`): one expression, never a statement. It is spliced into the
 /// plugin's own read-only SELECT and into the compare-and-swap of a fix, so
@@ -38,10 +43,13 @@ pub fn sql_expression(key: &str, expr: Option<&str>) -> Result<Option<String>, E
     let check_word = |word: &mut String| -> Result<(), Error> {
         let w = word.to_ascii_lowercase();
         word.clear();
-        match STATEMENT_WORDS.contains(&w.as_str()) {
-            true => Err(bad(&format!("`{w}` begins a statement or a query"))),
-            false => Ok(()),
+        if STATEMENT_WORDS.contains(&w.as_str()) {
+            return Err(bad(&format!("`{w}` begins a statement or a query")));
         }
+        if REFUSED_FUNCTIONS.contains(&w.as_str()) {
+            return Err(bad(&format!("`{w}` reaches outside the database")));
+        }
+        Ok(())
     };
     while i < chars.len() {
         let c = chars[i];
@@ -207,6 +215,7 @@ mod tests {
             "(pid",
             "'open",
             "pid) FROM jobs; DELETE FROM jobs WHERE (1",
+            "load_extension('/tmp/x.so')",
         ] {
             let e = sql_expression("worker_pid_sql", Some(bad)).expect_err(bad);
             assert!(doctor_sdk::error_text(&e).starts_with("invalid: config: worker_pid_sql = "), "{bad}: {e:?}");
