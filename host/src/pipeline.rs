@@ -540,8 +540,9 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
         let why = p.loaded.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
         return Err(policy.error_at_key(&format!("plugins.{}", p.entry.name), format!("plugin {why}")).into());
     }
-    check_configs_through_plugins(&runtime, &policy, &prepared)?;
+    let config_warnings = check_configs_through_plugins(&runtime, &policy, &prepared)?;
     let mut warnings = host_wide_scopes(&policy);
+    warnings.extend(config_warnings);
     warnings.extend(ungranted_requests(&policy, &prepared));
     for warning in warnings {
         let _ = std::io::Write::write_fmt(&mut std::io::stderr().lock(), format_args!("doctor: warning: {warning}\n"));
@@ -552,23 +553,37 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
 /// A plugin knows the shape of its own config (nested tables, allowed
 /// values) better than its declared keys say: run its read-only `check`
 /// with the policy's config and grants, and turn an `invalid: config: …`
-/// answer into a policy error at `plugins.NAME.config`. Anything else the
-/// check says is about the host, not the policy, and is not validate's
-/// business.
-fn check_configs_through_plugins(runtime: &Runtime, policy: &Arc<Policy>, prepared: &[Prepared]) -> Result<(), Fatal> {
+/// answer into a policy error at `plugins.NAME.config`. A finding keyed
+/// `config:…` is the plugin's remark on a legal but weak config: returned
+/// as a warning. Anything else the check says is about the host, not the
+/// policy, and is not validate's business.
+fn check_configs_through_plugins(runtime: &Runtime, policy: &Arc<Policy>, prepared: &[Prepared]) -> Result<Vec<String>, Fatal> {
+    let mut warnings = Vec::new();
     let facts = RunFacts::new(policy.clone());
     for p in prepared {
         let Ok((loaded, info)) = &p.loaded else { continue };
         let grants = EffectiveGrants::new(&p.entry.name, &info.capabilities, &p.policy.grants);
         let caps = context(&p.entry.name, grants, facts.clone(), Default::default());
         let (result, _) = runtime.check(loaded, caps, &p.config_json, limits(policy));
-        if let Err(PluginFailure::Returned(text)) = result {
-            if let Some(why) = text.strip_prefix("invalid: config: ") {
-                return Err(config_error(policy, &p.entry.name, why).into());
+        match result {
+            Err(PluginFailure::Returned(text)) => {
+                if let Some(why) = text.strip_prefix("invalid: config: ") {
+                    return Err(config_error(policy, &p.entry.name, why).into());
+                }
             }
+            Ok(findings) => {
+                for f in findings.iter().filter(|f| f.key.starts_with("config:")) {
+                    // Placed at the key the plugin names (evidence `config_key`), else at its config.
+                    let key = f.evidence.iter().find(|(k, _)| k == "config_key").map(|(_, v)| format!("config.{v}"));
+                    let key = key.unwrap_or_else(|| "config".into());
+                    let at = policy.error_at_plugin(&p.entry.name, &key, String::new());
+                    warnings.push(format!("{}:{}: plugins.{}.{key}: {}", at.file, at.line, p.entry.name, f.message));
+                }
+            }
+            Err(_) => {}
         }
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// The plugin's words about its config (serde's, usually), placed at the

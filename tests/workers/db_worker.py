@@ -4,9 +4,15 @@
 Runs SQL against a real SQLite file in explicit-transaction mode, with
 `{pid}` and `{start}` (this process's start time in clock ticks, as in
 /proc/PID/stat) substituted, then signals readiness and stays alive.
+Queue libraries' shapes are substituted too: `{host}` (this host's name),
+`{name}` (a worker name derived at start-up, as queue libraries do, so it
+never appears in the command line: `node-<hex pid>@<host>`, or the
+`--hostname` value when given), and `{now_s}`, `{now_ms}`, `{now_us}`,
+`{now_ns}` (the current time in that unit, read once at start-up).
 
   db_worker.py DB [--wal] [--exec SQL]... [--ready FILE] [--hold SECONDS]
                [--exec-after SQL]... [--on-term-dump SQL --dump FILE] [--exit]
+               [--hostname NAME]
 
 --exec statements run in order (use BEGIN/COMMIT yourself to hold a
 transaction open); --ready is written once they ran; after --hold seconds the
@@ -18,6 +24,7 @@ moment the worker was stopped.
 import argparse
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import time
@@ -40,9 +47,21 @@ def main():
     ap.add_argument("--on-term-dump")
     ap.add_argument("--dump")
     ap.add_argument("--exit", action="store_true")
+    ap.add_argument("--hostname")
     args = ap.parse_args()
 
-    subst = {"pid": str(os.getpid()), "start": str(start_ticks())}
+    host = socket.gethostname()
+    now_ns = time.time_ns()
+    subst = {
+        "pid": str(os.getpid()),
+        "start": str(start_ticks()),
+        "host": host,
+        "name": args.hostname or "node-%x@%s" % (os.getpid(), host),
+        "now_s": str(now_ns // 1_000_000_000),
+        "now_ms": str(now_ns // 1_000_000),
+        "now_us": str(now_ns // 1_000),
+        "now_ns": str(now_ns),
+    }
     conn = sqlite3.connect(args.db, isolation_level=None, timeout=10)
     if args.wal:
         conn.execute("PRAGMA journal_mode=WAL")

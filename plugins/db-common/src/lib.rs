@@ -14,6 +14,13 @@ pub use doctor_sdk::time::{human_ms, read_time, Stamp, TimeUnit};
 use regex_lite::Regex;
 use serde::{Deserialize, Deserializer};
 
+mod identity;
+mod set;
+mod times;
+pub use identity::{find_by_name, name_pattern, probe_expression, row_liveness, sql_expression, NameFinder, RowIdentity};
+pub use set::{parse_sets, Placeholders, SetValue};
+pub use times::{read_at, time_finding, TimeTrouble};
+
 /// A configured table or column name, quoted as an SQL identifier.
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -27,7 +34,7 @@ pub fn table_columns(db: &str, table: &str) -> Result<Vec<String>, Error> {
         let tables = sqlite::query(db, "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name", &[])?;
         let names: Vec<String> = tables.rows.iter().filter_map(|r| text(r.first()?)).collect();
         return Err(Error::Invalid(format!(
-            "config `table`: database {db:?} has no table {table:?} (tables: {})",
+            "config: table = {table:?}: database {db:?} has no such table (tables: {})",
             if names.is_empty() { "none".to_string() } else { names.join(", ") }
         )));
     }
@@ -40,12 +47,30 @@ pub fn require_columns(db: &str, table: &str, wanted: &[(&str, &str)]) -> Result
     for (key, column) in wanted {
         if !columns.iter().any(|c| c.eq_ignore_ascii_case(column)) {
             return Err(Error::Invalid(format!(
-                "config `{key}`: table {table:?} in database {db:?} has no column {column:?} (columns: {})",
+                "config: {key} = {column:?}: table {table:?} in database {db:?} has no such column (columns: {})",
                 columns.join(", ")
             )));
         }
     }
     Ok(())
+}
+
+/// Is `column` alone the table's key (its primary key, or a UNIQUE index of
+/// that one column)? Only then is `WHERE column IS ?` a single-row
+/// compare-and-swap whatever the data holds.
+pub fn is_unique(db: &str, table: &str, column: &str) -> Result<bool, Error> {
+    let t = SqlValue::Text(table.into());
+    let pk = sqlite::query(db, "SELECT name FROM pragma_table_info(?1) WHERE pk > 0", std::slice::from_ref(&t))?;
+    if pk.rows.len() == 1 && pk.rows[0].first().and_then(text).is_some_and(|n| n.eq_ignore_ascii_case(column)) {
+        return Ok(true);
+    }
+    let unique = sqlite::query(
+        db,
+        "SELECT i.name FROM pragma_index_list(?1) AS i WHERE i.\"unique\" = 1 AND (SELECT count(*) FROM pragma_index_info(i.name)) = 1 \
+         AND (SELECT name FROM pragma_index_info(i.name)) = ?2 COLLATE NOCASE",
+        &[t, SqlValue::Text(column.into())],
+    )?;
+    Ok(!unique.rows.is_empty())
 }
 
 pub fn text(v: &SqlValue) -> Option<String> {
@@ -82,7 +107,7 @@ pub enum WorkerKind {
     /// An owner in `owner_format`: a pid (or `pid:start-time`), `host:pid`, `pid@host`, ...
     #[default]
     Pid,
-    /// A worker name, searched as a whole word in process command lines.
+    /// A worker name, found only by the policy's `name_pattern` inside its scope.
     Name,
 }
 
@@ -107,6 +132,8 @@ pub struct OwnerCheck<'a> {
     pub worker_match: Option<&'a Regex>,
     /// This host's name, to tell local owners from remote ones.
     pub hostname: &'a str,
+    /// With `worker_kind = "name"`: how a name is found (pattern and scope).
+    pub names: Option<&'a NameFinder<'a>>,
 }
 
 /// Is the worker recorded in `value` alive? `claimed_ms`, the time the row
@@ -137,7 +164,12 @@ fn pid_liveness(raw: &str, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Livenes
     if !owner.is_local(chk.hostname) {
         return Liveness::Remote(owner.host.unwrap_or_default());
     }
-    let pid = owner.pid;
+    pid_alive(owner.pid, owner.start_time, chk, claimed_ms)
+}
+
+/// A local pid (with its start time when the row recorded one): alive only
+/// when it is the same process, a worker, and not younger than the claim.
+fn pid_alive(pid: u32, start_time: Option<u64>, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Liveness {
     if chk.table.is_doctors(pid) {
         // The doctor runs inside this owner (its ancestor): alive, and never a leftover to stop.
         return Liveness::Alive(Vec::new());
@@ -145,7 +177,7 @@ fn pid_liveness(raw: &str, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Livenes
     let Some(p) = chk.table.live().find(|p| p.id.pid == pid) else {
         return Liveness::Dead(format!("pid {pid} is not running"));
     };
-    if let Some(start) = owner.start_time {
+    if let Some(start) = start_time {
         if p.id.start_time != start {
             return Liveness::Dead(format!(
                 "pid {pid} now belongs to another process ({}, started at tick {} not {start})",
@@ -176,20 +208,12 @@ fn name_liveness(raw: &str, chk: &OwnerCheck) -> Liveness {
             return Liveness::Remote(owner.host.unwrap_or_default());
         }
     }
-    let word = match Regex::new(&format!("(^|[^A-Za-z0-9_.-]){}($|[^A-Za-z0-9_.-])", regex_lite::escape(raw))) {
-        Ok(r) => r,
-        Err(e) => return Liveness::Unknown(format!("worker {raw:?}: {e}")),
-    };
-    let found: Vec<Process> = chk
-        .table
-        .live()
-        .filter(|p| word.is_match(&command_line(p)) && chk.worker_match.is_none_or(|r| r.is_match(&command_line(p))))
-        .cloned()
-        .collect();
-    if found.is_empty() {
-        Liveness::Dead(format!("no running process has {raw:?} in its command line"))
-    } else {
-        Liveness::Alive(found)
+    // A name the worker's command line may never show (a library derives
+    // it at start-up) proves nothing by its absence; only a declared way
+    // of finding it does.
+    match chk.names {
+        Some(finder) => find_by_name(raw, finder, chk),
+        None => Liveness::Unknown(format!("worker {raw:?} is a name, and no name_pattern says how to find its process")),
     }
 }
 
@@ -198,6 +222,7 @@ fn name_liveness(raw: &str, chk: &OwnerCheck) -> Liveness {
 pub enum TimeColumn {
     Heartbeat,
     Updated,
+    Claimed,
 }
 
 /// A heartbeat (or update time) that cannot be read: its own finding, never
@@ -206,6 +231,7 @@ pub fn unreadable_time_finding(key: &str, subject: &str, which: TimeColumn, colu
     let (slug, what) = match which {
         TimeColumn::Heartbeat => ("heartbeat", "heartbeat"),
         TimeColumn::Updated => ("updated", "update time"),
+        TimeColumn::Claimed => ("claimed", "claim time"),
     };
     Finding::warning(
         format!("{key}:{slug}-unreadable"),
@@ -219,17 +245,17 @@ pub fn unreadable_time_finding(key: &str, subject: &str, which: TimeColumn, colu
 
 /// Parse the policy's `owner_format` and `time_unit` (config errors name the key).
 pub fn owner_format(text: &str) -> Result<OwnerFormat, Error> {
-    OwnerFormat::parse(text).map_err(|e| Error::Invalid(format!("config `owner_format`: {e}")))
+    OwnerFormat::parse(text).map_err(|e| Error::Invalid(format!("config: {e}")))
 }
 
 pub fn time_unit(text: &str) -> Result<TimeUnit, Error> {
-    TimeUnit::parse(text).map_err(|e| Error::Invalid(format!("config `time_unit`: {e}")))
+    TimeUnit::parse(text).map_err(|e| Error::Invalid(format!("config: {e}")))
 }
 
 pub fn regex(key: &str, pattern: Option<&str>) -> Result<Option<Regex>, Error> {
     pattern
         .filter(|p| !p.is_empty())
-        .map(|p| Regex::new(p).map_err(|e| Error::Invalid(format!("config `{key}`: bad pattern {p:?}: {e}"))))
+        .map(|p| Regex::new(p).map_err(|e| Error::Invalid(format!("config: {key} = {p:?} is not a regex: {e}"))))
         .transpose()
 }
 
@@ -254,7 +280,7 @@ pub fn write_problems(db: &str, user_name: Option<&str>) -> Result<Vec<WriteProb
     };
     let Some(user_name) = user_name.filter(|u| !u.is_empty()) else { return Ok(Vec::new()) };
     let Some(user) = host::lookup_user(user_name) else {
-        return Err(Error::Invalid(format!("config `service_user`: no user {user_name:?} on this host")));
+        return Err(Error::Invalid(format!("config: service_user = {user_name:?}: no such user on this host")));
     };
     let dir_path = match path.rsplit_once('/') {
         Some(("", _)) => "/".to_string(),
@@ -408,7 +434,7 @@ mod tests {
             .with_doctors(vec![12]);
         let format = OwnerFormat::Auto;
         let re = Regex::new("worker\\.py").unwrap();
-        let chk = OwnerCheck { kind: WorkerKind::Pid, format: &format, table: &table, worker_match: Some(&re), hostname: "node-a" };
+        let chk = OwnerCheck { kind: WorkerKind::Pid, format: &format, table: &table, worker_match: Some(&re), hostname: "node-a", names: None };
         match liveness(&SqlValue::Text(value.into()), &chk, claimed) {
             Liveness::Alive(p) => format!("alive {}", p.len()),
             Liveness::Dead(why) => format!("dead: {why}"),
@@ -432,12 +458,44 @@ mod tests {
     }
 
     #[test]
-    fn a_name_that_reads_as_another_hosts_owner_is_remote() {
-        let table = ProcessTable::new(vec![proc(10, 500, "python3 worker.py --name w1", 1_000_000)]);
-        let chk = OwnerCheck { kind: WorkerKind::Name, format: &OwnerFormat::Auto, table: &table, worker_match: None, hostname: "node-a" };
-        assert!(matches!(liveness(&SqlValue::Text("node-b:4242".into()), &chk, None), Liveness::Remote(h) if h == "node-b"));
-        assert!(matches!(liveness(&SqlValue::Text("w1".into()), &chk, None), Liveness::Alive(_)));
+    fn a_name_is_found_only_by_the_declared_pattern_inside_the_scope() {
+        let table = ProcessTable::new(vec![proc(10, 500, "python3 worker.py --hostname w1", 1_000_000), proc(11, 500, "python3 worker.py", 1_000_000)]);
+        let bare = OwnerCheck { kind: WorkerKind::Name, format: &OwnerFormat::Auto, table: &table, worker_match: None, hostname: "node-a", names: None };
+        assert!(matches!(liveness(&SqlValue::Text("node-b:4242".into()), &bare, None), Liveness::Remote(h) if h == "node-b"));
+        // No declared way to find it: its absence from command lines proves nothing.
+        assert!(matches!(liveness(&SqlValue::Text("w2".into()), &bare, None), Liveness::Unknown(_)));
+        let pattern = Regex::new("--hostname (?P<name>\\S+)").unwrap();
+        let scope: doctor_sdk::scope::Scope = serde_json::from_str("\"host\"").unwrap();
+        let scope = scope.compile("scope").unwrap();
+        let finder = NameFinder { pattern: &pattern, scope: &scope };
+        let chk = OwnerCheck { names: Some(&finder), ..bare };
+        assert!(matches!(liveness(&SqlValue::Text("w1".into()), &chk, None), Liveness::Alive(p) if p.len() == 1));
+        assert!(matches!(liveness(&SqlValue::Text("w".into()), &chk, None), Liveness::Dead(_)), "the capture must equal the name");
         assert!(matches!(liveness(&SqlValue::Text("w2".into()), &chk, None), Liveness::Dead(_)));
+        let unscoped = doctor_sdk::scope::Scope::Unscoped.compile("scope").unwrap();
+        let nowhere = NameFinder { pattern: &pattern, scope: &unscoped };
+        let chk = OwnerCheck { names: Some(&nowhere), ..bare };
+        assert!(matches!(liveness(&SqlValue::Text("w1".into()), &chk, None), Liveness::Dead(_)), "outside the scope nothing is found");
+    }
+
+    #[test]
+    fn a_pid_from_an_expression_is_judged_like_an_owner() {
+        let table = ProcessTable::new(vec![proc(10, 500, "python3 worker.py", 1_000_000)]);
+        let chk = OwnerCheck { kind: WorkerKind::Name, format: &OwnerFormat::Auto, table: &table, worker_match: None, hostname: "node-a", names: None };
+        let name = SqlValue::Text("celery@node-a".into());
+        let judge = |pid: SqlValue, host: Option<SqlValue>, claimed| match row_liveness(&RowIdentity { worker: &name, pid: Some(&pid), host: host.as_ref() }, &chk, claimed) {
+            Liveness::Alive(_) => "alive".to_string(),
+            Liveness::Dead(w) => format!("dead: {w}"),
+            Liveness::Remote(h) => format!("remote {h}"),
+            Liveness::Unknown(w) => format!("unknown: {w}"),
+        };
+        assert_eq!(judge(SqlValue::Integer(10), None, None), "alive");
+        assert_eq!(judge(SqlValue::Text("10".into()), Some(SqlValue::Text("node-a.example.net".into())), None), "alive");
+        assert!(judge(SqlValue::Integer(13), None, None).starts_with("dead: pid 13 is not running"));
+        assert!(judge(SqlValue::Integer(10), None, Some(100_000)).contains("started after the row was claimed"));
+        assert_eq!(judge(SqlValue::Integer(10), Some(SqlValue::Text("node-b".into())), None), "remote node-b");
+        assert!(judge(SqlValue::Null, None, None).starts_with("unknown: worker_pid_sql gives NULL"));
+        assert!(judge(SqlValue::Integer(10), Some(SqlValue::Null), None).starts_with("unknown: worker_host_sql gives no host"));
     }
 
     #[test]

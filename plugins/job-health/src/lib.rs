@@ -3,10 +3,16 @@
 //! `running` rows with no live process, `pending`/`queued` rows that nothing
 //! will ever pick up after a restart.
 //!
-//! Orphaned jobs are found by process identity (an owner in `owner_format`:
-//! pid, `pid:start-time`, `host:pid`, `pid@host`, a regex; or a worker name
-//! in command lines) and, where the process cannot be named here (no worker
-//! column, or an owner on another host), by heartbeat age; stale waiting
+//! Orphaned jobs are found by process identity — an owner in `owner_format`
+//! (pid, `pid:start-time`, `host:pid`, `pid@host`, a regex), a pid and host
+//! that SQL expressions take from the row (`json_extract(result, '$.pid')`),
+//! or a worker name found only by a declared pattern inside a scope — and,
+//! for an owner on another host (or a table that records no worker), by
+//! heartbeat age. A row whose worker cannot be identified is said to be so
+//! and is never written unless the policy opts into heartbeat-only
+//! judgement (`unidentified = "heartbeat"`): the incident behind this rule
+//! is a live worker's task marked failed because its name was not in its
+//! command line. Stale waiting
 //! jobs by the age of their update column. Times are read as declared
 //! (`time_unit`) or detected, and an unreadable one is a finding of its own. Each
 //! category gets the remedy the policy names: `requeue` (attempts + 1; once
@@ -17,11 +23,25 @@
 //! policy does not list as running or waiting (completed, failed, cancelled,
 //! paused) are never touched.
 
-use db_common::{human_ms, ident, integer, liveness, opt_column, read_time, regex, require_columns, shown, Liveness, OwnerCheck, Stamp, TimeColumn, TimeUnit, WorkerKind};
+use db_common::{
+    human_ms, ident, integer, opt_column, read_at, regex, require_columns, row_liveness, shown, time_finding, Liveness, NameFinder, OwnerCheck, Placeholders,
+    RowIdentity, SetValue, Stamp, TimeColumn, TimeTrouble, TimeUnit, WorkerKind,
+};
 use doctor_sdk::prelude::*;
-use doctor_sdk::scope::ProcessTable;
-use doctor_sdk::time::now_value;
+use doctor_sdk::scope::{ProcessTable, Scope};
+use doctor_sdk::time::{iso8601_utc, now_value};
 use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// What to do with a running job whose worker cannot be identified.
+#[derive(Deserialize, Clone, Copy, PartialEq, Debug)]
+#[serde(rename_all = "kebab-case")]
+enum Unidentified {
+    /// Say "cannot tell whether the worker is alive"; never write.
+    Report,
+    /// Judge it by its heartbeat alone (heartbeat_timeout).
+    Heartbeat,
+}
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Debug)]
 #[serde(rename_all = "kebab-case")]
@@ -41,10 +61,18 @@ struct Config {
     worker_column: Option<String>,
     worker_kind: WorkerKind,
     owner_format: String,
+    worker_pid_sql: Option<String>,
+    worker_host_sql: Option<String>,
+    name_pattern: Option<String>,
+    scope: Scope,
     worker_match: Option<String>,
+    unidentified: Unidentified,
     heartbeat_column: Option<String>,
+    claimed_column: Option<String>,
     updated_column: Option<String>,
     time_unit: String,
+    #[serde(deserialize_with = "db_common::duration_ms")]
+    clock_skew: u64,
     attempts_column: Option<String>,
     reason_column: Option<String>,
     running_statuses: Vec<String>,
@@ -58,6 +86,8 @@ struct Config {
     on_orphaned: Remedy,
     on_stale: Remedy,
     max_attempts: i64,
+    requeue_set: BTreeMap<String, serde_json::Value>,
+    fail_set: BTreeMap<String, serde_json::Value>,
     service_user: Option<String>,
 }
 
@@ -77,13 +107,20 @@ impl Plugin for JobHealth {
             .config_key("table", Some("\"jobs\""), "the job table")
             .config_key("id_column", Some("\"id\""), "the job's primary key column")
             .config_key("status_column", Some("\"status\""), "the status column")
-            .config_key("worker_column", Some("\"pid\""), "the column naming the job's owner (see owner_format, or a worker name); \"\" when there is none")
-            .config_key("worker_kind", Some("\"pid\""), "\"pid\" (an owner in owner_format) or \"name\" (a word searched in command lines)")
+            .config_key("worker_column", Some("\"pid\""), "the column naming the job's owner (see owner_format, or a worker name); \"\" when the table records none (then heartbeats alone judge)")
+            .config_key("worker_kind", Some("\"pid\""), "\"pid\" (an owner in owner_format) or \"name\" (a worker name, found only by name_pattern inside scope)")
             .config_key("owner_format", Some("\"auto\""), "how owners are written: auto, pid (pid or pid:start-time), host:pid, pid@host, or a regex with named groups pid (required), host, start; another host's owner is judged by heartbeat only")
+            .config_key("worker_pid_sql", Some("\"\""), "an SQL expression giving the worker's pid from the row, e.g. json_extract(result, '$.pid'); checked by pid, start time and claim time")
+            .config_key("worker_host_sql", Some("\"\""), "an SQL expression giving the worker's host from the row; another host's job is judged by heartbeat only")
+            .config_key("name_pattern", Some("\"\""), "with worker_kind = \"name\": regex searched in command lines inside scope whose named group `name` must equal the row's worker name")
+            .config_key("scope", Some("null"), "where name_pattern looks: { user, unit, cgroup, under } or \"host\"")
             .config_key("worker_match", Some("\"\""), "regex a live worker's command line must match (a reused pid counts as dead)")
+            .config_key("unidentified", Some("\"report\""), "a running job whose worker cannot be identified: report (\"cannot tell whether the worker is alive\", no write) or heartbeat (orphaned when its heartbeat is older than heartbeat_timeout)")
             .config_key("heartbeat_column", Some("\"\""), "the heartbeat column of running jobs; \"\" for none")
-            .config_key("updated_column", Some("\"\""), "the column whose age makes a waiting job stale (e.g. updated_at); \"\" for none")
-            .config_key("time_unit", Some("\"auto\""), "how times are stored: auto (detected per value and stated in the finding), s, ms (epoch, INTEGER/REAL/TEXT), iso8601 (no zone = UTC), julian")
+            .config_key("claimed_column", Some("\"\""), "the claim or lock time of running jobs: a live process that started after it has a reused pid; \"\" for none")
+            .config_key("updated_column", Some("\"\""), "the column whose age makes a waiting job stale (e.g. updated_at or created_at); \"\" for none")
+            .config_key("time_unit", Some("\"auto\""), "how times are stored: auto (detected per value and stated in the finding), s, ms, us, ns (epoch, INTEGER/REAL/TEXT), iso8601 (no zone = UTC), julian")
+            .config_key("clock_skew", Some("\"2m\""), "a time further ahead of this host's clock is a finding (unit wrong?), never used to judge")
             .config_key("attempts_column", Some("\"attempts\""), "attempt counter incremented on requeue; \"\" for none")
             .config_key("reason_column", Some("\"\""), "column that receives the reason when a job is marked failed; \"\" for none")
             .config_key("running_statuses", Some("[\"running\"]"), "statuses of jobs that should have a live process")
@@ -95,54 +132,96 @@ impl Plugin for JobHealth {
             .config_key("on_orphaned", Some("\"requeue\""), "remedy for orphaned running jobs: requeue, fail or report")
             .config_key("on_stale", Some("\"report\""), "remedy for stale waiting jobs: requeue, fail or report")
             .config_key("max_attempts", Some("3"), "a job that already has this many attempts is failed instead of requeued")
+            .config_key("requeue_set", Some("{}"), "further columns a requeue sets: constant, { null = true }, { now = true }, { text = \"...{reason}\" }, { json = { ... } }")
+            .config_key("fail_set", Some("{}"), "further columns marking a job failed sets (an error record the application reads), in the same forms")
             .config_key("service_user", Some("\"\""), "the user the server runs as: diagnose whether it can write the database file and directory")
     }
 
     fn check(c: Config) -> Result<Vec<Finding>, Error> {
+        // What the config alone decides, before the database is opened (so
+        // that `policy validate` says it even where the file is not yet there).
+        let cols = Columns::of(&c);
+        let pid_sql = db_common::sql_expression("worker_pid_sql", c.worker_pid_sql.as_deref())?;
+        let host_sql = db_common::sql_expression("worker_host_sql", c.worker_host_sql.as_deref())?;
+        let sets = Sets::parse(&c, &cols)?;
+        let worker_match = regex("worker_match", c.worker_match.as_deref())?;
+        let format = db_common::owner_format(&c.owner_format)?;
+        let unit = db_common::time_unit(&c.time_unit)?;
+        let name_pattern = db_common::name_pattern(c.name_pattern.as_deref())?;
+
+        // Then what only this host and its table can tell (a missing
+        // database is the run's error, not the policy's: validate passes it).
         let user = opt_column(&c.service_user);
         let problems = db_common::write_problems(&c.db, user)?;
-        let worker_col = opt_column(&c.worker_column);
-        let hb_col = opt_column(&c.heartbeat_column);
-        let upd_col = opt_column(&c.updated_column);
-        let att_col = opt_column(&c.attempts_column);
-        let reason_col = opt_column(&c.reason_column);
+        // A scope names users, which only the host the policy runs on knows.
+        let scope = c.scope.compile("config: scope")?;
+        let mut findings = Vec::new();
+        if c.worker_kind == WorkerKind::Name && pid_sql.is_none() {
+            findings.push(name_only(&c, name_pattern.is_some(), scope.is_unscoped())?);
+        }
         let mut wanted = vec![("id_column", c.id_column.as_str()), ("status_column", c.status_column.as_str())];
-        for (key, col) in [("worker_column", worker_col), ("heartbeat_column", hb_col), ("updated_column", upd_col), ("attempts_column", att_col), ("reason_column", reason_col)] {
+        for (key, col) in [
+            ("worker_column", cols.worker),
+            ("heartbeat_column", cols.hb),
+            ("claimed_column", cols.claimed),
+            ("updated_column", cols.upd),
+            ("attempts_column", cols.att),
+            ("reason_column", cols.reason),
+        ] {
             if let Some(col) = col {
                 wanted.push((key, col));
             }
         }
         require_columns(&c.db, &c.table, &wanted)?;
-        let worker_match = regex("worker_match", c.worker_match.as_deref())?;
-        let format = db_common::owner_format(&c.owner_format)?;
-        let unit = db_common::time_unit(&c.time_unit)?;
-        let table = ProcessTable::new(if worker_col.is_some() { processes::all()? } else { Vec::new() });
+        for (key, expr) in [("worker_pid_sql", &pid_sql), ("worker_host_sql", &host_sql)] {
+            if let Some(expr) = expr {
+                db_common::probe_expression(&c.db, &c.table, key, expr)?;
+            }
+        }
+        sets.check_table(&c)?;
+        let finder = name_pattern.as_ref().map(|pattern| NameFinder { pattern, scope: &scope });
+        // Does the table record its workers at all? With neither a worker
+        // column nor a pid expression it has declared heartbeat-only judgement.
+        let records_worker = cols.worker.is_some() || pid_sql.is_some();
+        let table = ProcessTable::new(if records_worker { processes::all()? } else { Vec::new() });
         let hostname = host::hostname();
         let now_ms = host::now_unix_ms() as i64;
 
         let col = |c: Option<&str>| c.map(ident).unwrap_or_else(|| "NULL".into());
+        let expr = |e: &Option<String>| e.as_ref().map(|e| format!("({e})")).unwrap_or_else(|| "NULL".into());
         let statuses: Vec<&String> = c.running_statuses.iter().chain(&c.waiting_statuses).collect();
         let marks: Vec<String> = (1..=statuses.len()).map(|i| format!("?{i}")).collect();
         let (t, id, status) = (ident(&c.table), ident(&c.id_column), ident(&c.status_column));
         let rows = sqlite::query(
             &c.db,
             &format!(
-                "SELECT {id}, {status}, {w}, {hb}, {upd}, {att} FROM {t} WHERE {status} IN ({marks}) ORDER BY {id}",
-                w = col(worker_col),
-                hb = col(hb_col),
-                upd = col(upd_col),
-                att = col(att_col),
+                "SELECT {id}, {status}, {w}, {hb}, {upd}, {att}, {claimed}, {pid}, {host} FROM {t} WHERE {status} IN ({marks}) ORDER BY {id}",
+                w = col(cols.worker),
+                hb = col(cols.hb),
+                upd = col(cols.upd),
+                att = col(cols.att),
+                claimed = col(cols.claimed),
+                pid = expr(&pid_sql),
+                host = expr(&host_sql),
                 marks = marks.join(", ")
             ),
             &statuses.iter().map(|s| SqlValue::Text((*s).clone())).collect::<Vec<_>>(),
         )?;
 
-        let mut findings = Vec::new();
         if let Some(f) = db_common::unwritable_finding(&c.db, user.unwrap_or_default(), &problems) {
             findings.push(f);
         }
-        let writes = Writes { c: &c, worker_col, hb_col, upd_col, att_col, reason_col, withheld: !problems.is_empty(), now_ms, unit };
-        let chk = OwnerCheck { kind: c.worker_kind, format: &format, table: &table, worker_match: worker_match.as_ref(), hostname: &hostname };
+        let writes = Writes { c: &c, cols: &cols, pid_sql: pid_sql.as_deref(), host_sql: host_sql.as_deref(), sets: &sets, withheld: !problems.is_empty(), now_ms, unit };
+        let chk = OwnerCheck {
+            kind: c.worker_kind,
+            format: &format,
+            table: &table,
+            worker_match: worker_match.as_ref(),
+            hostname: &hostname,
+            names: finder.as_ref(),
+        };
+        let skew = c.clock_skew as i64;
+        let time = |col: Option<&str>, v: &SqlValue| col.map(|_| read_at(v, unit, now_ms, skew));
         let mut seen = std::collections::BTreeSet::new();
         for r in &rows.rows {
             if !seen.insert(shown(&r[0])) {
@@ -154,13 +233,17 @@ impl Plugin for JobHealth {
                 status_value: &r[1],
                 worker: &r[2],
                 heartbeat: &r[3],
-                heartbeat_at: hb_col.map(|_| read_time(&r[3], unit)),
+                heartbeat_at: time(cols.hb, &r[3]),
                 updated: &r[4],
-                updated_at: upd_col.map(|_| read_time(&r[4], unit)),
+                updated_at: time(cols.upd, &r[4]),
                 attempts: &r[5],
+                claimed: &r[6],
+                claimed_at: time(cols.claimed, &r[6]),
+                pid: pid_sql.as_ref().map(|_| &r[7]),
+                host: host_sql.as_ref().map(|_| &r[8]),
             };
             if c.running_statuses.contains(&job.status) {
-                findings.extend(check_running(&writes, &job, &chk));
+                findings.extend(check_running(&writes, &job, &chk, records_worker));
             } else {
                 findings.extend(check_waiting(&writes, &job));
             }
@@ -177,6 +260,57 @@ impl Plugin for JobHealth {
     }
 }
 
+/// The configured columns ("" or absent: the table has none).
+struct Columns<'a> {
+    worker: Option<&'a str>,
+    hb: Option<&'a str>,
+    claimed: Option<&'a str>,
+    upd: Option<&'a str>,
+    att: Option<&'a str>,
+    reason: Option<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(c: &'a Config) -> Self {
+        Columns {
+            worker: opt_column(&c.worker_column),
+            hb: opt_column(&c.heartbeat_column),
+            claimed: opt_column(&c.claimed_column),
+            upd: opt_column(&c.updated_column),
+            att: opt_column(&c.attempts_column),
+            reason: opt_column(&c.reason_column),
+        }
+    }
+}
+
+/// A worker named only by a name: allowed with a declared way of finding
+/// it (name_pattern, inside a scope), and said to be weaker than a pid —
+/// a finding keyed `config:` that `doctor policy validate` prints as a
+/// warning. Without the declared way it is a config error: the incident's
+/// live worker was marked failed because its name was searched where it
+/// never appears.
+fn name_only(c: &Config, has_pattern: bool, unscoped: bool) -> Result<Finding, Error> {
+    if !has_pattern {
+        return Err(Error::Invalid(
+            "config: worker_kind = \"name\" needs name_pattern (a regex whose group `name` must equal the row's worker name, searched inside scope) or worker_pid_sql: a name missing from command lines proves nothing".into(),
+        ));
+    }
+    if unscoped {
+        return Err(Error::Invalid(
+            "config: worker_kind = \"name\" with name_pattern needs a scope ({ user, unit, cgroup, under } or \"host\"): another deployment's worker may show the same name".into(),
+        ));
+    }
+    Ok(Finding::info(
+        "config:weak-identity",
+        format!("table {}", c.table),
+        format!(
+            "worker_kind = \"name\": workers are identified by name only (name_pattern {:?}), which is weaker than a pid: a process in the scope that shows the name counts as the worker, and a worker whose name_pattern stops matching counts as dead. If the row records a pid anywhere, name it with worker_pid_sql",
+            c.name_pattern.as_deref().unwrap_or_default()
+        ),
+    )
+    .evidence("config_key", "worker_kind"))
+}
+
 struct Job<'a> {
     id: &'a SqlValue,
     status: String,
@@ -184,10 +318,15 @@ struct Job<'a> {
     worker: &'a SqlValue,
     heartbeat: &'a SqlValue,
     /// None when no heartbeat column is configured.
-    heartbeat_at: Option<Result<Stamp, String>>,
+    heartbeat_at: Option<Result<Stamp, TimeTrouble>>,
     updated: &'a SqlValue,
-    updated_at: Option<Result<Stamp, String>>,
+    updated_at: Option<Result<Stamp, TimeTrouble>>,
     attempts: &'a SqlValue,
+    claimed: &'a SqlValue,
+    claimed_at: Option<Result<Stamp, TimeTrouble>>,
+    /// `worker_pid_sql`'s and `worker_host_sql`'s values, when configured.
+    pid: Option<&'a SqlValue>,
+    host: Option<&'a SqlValue>,
 }
 
 impl Job<'_> {
@@ -198,6 +337,29 @@ impl Job<'_> {
     fn subject(&self, c: &Config) -> String {
         format!("{} job {}", c.table, shown(self.id))
     }
+
+    /// The row's own time unit: how its times were read (for a write of "now").
+    fn unit(&self) -> Option<TimeUnit> {
+        [&self.heartbeat_at, &self.claimed_at, &self.updated_at].into_iter().find_map(|t| match t {
+            Some(Ok(s)) => Some(s.unit),
+            _ => None,
+        })
+    }
+
+    /// The worker as a message names it: the column, and the pid and host the expressions found.
+    fn worker_text(&self) -> String {
+        let mut parts = vec![shown(self.worker)];
+        if let Some(pid) = self.pid {
+            parts.push(format!("pid {}", shown(pid)));
+        }
+        if let Some(host) = self.host {
+            parts.push(format!("host {}", shown(host)));
+        }
+        match parts.len() {
+            1 => parts.remove(0),
+            _ => format!("{} ({})", parts[0], parts[1..].join(", ")),
+        }
+    }
 }
 
 /// A waiting job nothing picked up for longer than `stale_after`.
@@ -206,14 +368,14 @@ fn check_waiting(w: &Writes<'_>, job: &Job<'_>) -> Option<Finding> {
     let limit = c.stale_after?;
     let stamp = match job.updated_at.as_ref()? {
         Ok(s) => s,
-        Err(why) => {
-            return Some(db_common::unreadable_time_finding(
+        Err(trouble) => {
+            return Some(time_finding(
                 &job.key(),
                 &job.subject(c),
                 TimeColumn::Updated,
-                w.upd_col.unwrap_or_default(),
+                w.cols.upd.unwrap_or_default(),
                 job.updated,
-                why,
+                trouble,
                 "whether the job is stale cannot be told",
             ))
         }
@@ -232,21 +394,41 @@ fn check_waiting(w: &Writes<'_>, job: &Job<'_>) -> Option<Finding> {
     Some(w.remedy(f, job, c.on_stale, &why))
 }
 
-fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>) -> Vec<Finding> {
+fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>, records_worker: bool) -> Vec<Finding> {
     let c = w.c;
     let mut out = Vec::new();
-    // The heartbeat as read, or its own finding when it cannot be read.
+    // The heartbeat as read, or its own finding when it cannot be used.
     let beat = match &job.heartbeat_at {
         Some(Ok(stamp)) => Some(stamp),
-        Some(Err(why)) => {
-            out.push(db_common::unreadable_time_finding(
+        Some(Err(trouble)) => {
+            out.push(time_finding(
                 &job.key(),
                 &job.subject(c),
                 TimeColumn::Heartbeat,
-                w.hb_col.unwrap_or_default(),
+                w.cols.hb.unwrap_or_default(),
                 job.heartbeat,
-                why,
+                trouble,
                 "the job cannot be judged by its heartbeat",
+            ));
+            None
+        }
+        None => None,
+    };
+    // A claim time proves a pid reused only when its zone is certain. An
+    // unreadable one (none, or a counter rather than a time) only withdraws
+    // that proof; one in the future is said (unit wrong?).
+    let claimed_ms = match &job.claimed_at {
+        Some(Ok(stamp)) => stamp.zoned.then_some(stamp.unix_ms),
+        Some(Err(TimeTrouble::Unreadable(_))) => None,
+        Some(Err(trouble)) => {
+            out.push(time_finding(
+                &job.key(),
+                &job.subject(c),
+                TimeColumn::Claimed,
+                w.cols.claimed.unwrap_or_default(),
+                job.claimed,
+                trouble,
+                "a reused pid cannot be told by it",
             ));
             None
         }
@@ -262,11 +444,13 @@ fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>) -> Vec<Fin
             beat.map(|s| s.read_as.as_str()).unwrap_or("")
         )
     };
-    // A job table records no claim time to check a pid's age against.
-    let alive = match w.worker_col {
-        Some(_) => liveness(job.worker, chk, None),
-        None => Liveness::Unknown("the table records no process".into()),
+    // A host expression alone still tells another host's job from this host's.
+    let alive = match records_worker || job.host.is_some() {
+        true => row_liveness(&RowIdentity { worker: job.worker, pid: job.pid, host: job.host }, chk, claimed_ms),
+        false => Liveness::Unknown("the table records no worker".into()),
     };
+    // A table that records no worker (worker_column = "") has declared heartbeat-only judgement.
+    let by_heartbeat = c.unidentified == Unidentified::Heartbeat || !records_worker;
     let why = match alive {
         Liveness::Alive(procs) => {
             // The very process is alive: never touched, at most reported.
@@ -278,29 +462,40 @@ fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>) -> Vec<Fin
         Liveness::Dead(why) => why,
         Liveness::Remote(host) if hb_stale => format!("its owner is on host {host} and {}", hb_text()),
         // Another host's job with nothing to judge it by: said, never guessed.
-        Liveness::Remote(host) if w.hb_col.is_none() || c.heartbeat_timeout.is_none() => {
-            out.push(
-                Finding::warning(
-                    format!("job:{}:unknown-worker", shown(job.id)),
-                    job.subject(c),
-                    format!(
-                        "job {} is {} for worker {} on host {host}; local pids say nothing about it, and without heartbeat_column and heartbeat_timeout it cannot be judged, so it is left alone",
-                        shown(job.id),
-                        job.status,
-                        shown(job.worker)
-                    ),
-                )
-                .evidence("worker", shown(job.worker)),
-            );
+        Liveness::Remote(host) if w.cols.hb.is_none() || c.heartbeat_timeout.is_none() => {
+            out.push(unknown_worker(
+                job,
+                c,
+                format!(
+                    "job {} is {} for worker {} on host {host}; local pids say nothing about it, and without heartbeat_column and heartbeat_timeout it cannot be judged, so it is left alone",
+                    shown(job.id),
+                    job.status,
+                    job.worker_text()
+                ),
+            ));
             return out;
         }
-        Liveness::Unknown(why) if hb_stale => format!("{why} and {}", hb_text()),
+        Liveness::Unknown(why) if by_heartbeat && hb_stale => format!("{why} and {}", hb_text()),
+        // No identity, and no opt-in to judge by heartbeat: a live worker's
+        // task may look exactly like this, so it is said and never written.
+        Liveness::Unknown(why) if !by_heartbeat => {
+            out.push(unknown_worker(
+                job,
+                c,
+                format!(
+                    "job {} is {} but doctor cannot tell whether the worker is alive: {why}; no write is proposed (unidentified = \"heartbeat\" would judge such jobs by heartbeat_timeout)",
+                    shown(job.id),
+                    job.status
+                ),
+            ));
+            return out;
+        }
         Liveness::Remote(_) | Liveness::Unknown(_) => return out,
     };
     let mut f = Finding::critical(
         format!("job:{}:orphaned", shown(job.id)),
         job.subject(c),
-        format!("job {} is {} for worker {} but {why}; nothing will finish it", shown(job.id), job.status, shown(job.worker)),
+        format!("job {} is {} for worker {} but {why}; nothing will finish it", shown(job.id), job.status, job.worker_text()),
     )
     .evidence("heartbeat", shown(job.heartbeat));
     if let Some(stamp) = beat {
@@ -308,6 +503,10 @@ fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>) -> Vec<Fin
     }
     out.push(w.remedy(f, job, c.on_orphaned, &why));
     out
+}
+
+fn unknown_worker(job: &Job<'_>, c: &Config, message: String) -> Finding {
+    Finding::warning(format!("job:{}:unknown-worker", shown(job.id)), job.subject(c), message).evidence("worker", job.worker_text())
 }
 
 fn hung_finding(job: &Job<'_>, c: &Config, procs: &[doctor_sdk::processes::Process], age: i64) -> Finding {
@@ -327,33 +526,109 @@ fn hung_finding(job: &Job<'_>, c: &Config, procs: &[doctor_sdk::processes::Proce
     .evidence("heartbeat", shown(job.heartbeat))
 }
 
+/// The policy's further columns for each remedy, checked against the table.
+struct Sets {
+    requeue: Vec<(String, SetValue)>,
+    fail: Vec<(String, SetValue)>,
+}
+
+impl Sets {
+    /// Each value must be a known form, and no column one the remedy writes
+    /// itself. Then (`check_table`) the columns must exist and the
+    /// compare-and-swap that carries them must be single-row: the id column
+    /// is the table's key. Errors are `config:` errors, so that `policy
+    /// validate` places them at the policy's line.
+    fn parse(c: &Config, cols: &Columns) -> Result<Sets, Error> {
+        let mut requeue_own = vec![c.id_column.as_str(), c.status_column.as_str()];
+        requeue_own.extend([cols.worker, cols.att, cols.upd].into_iter().flatten());
+        let mut fail_own = vec![c.id_column.as_str(), c.status_column.as_str()];
+        fail_own.extend(cols.reason);
+        Ok(Sets {
+            requeue: db_common::parse_sets("requeue_set", &c.requeue_set, &requeue_own)?,
+            fail: db_common::parse_sets("fail_set", &c.fail_set, &fail_own)?,
+        })
+    }
+
+    fn check_table(&self, c: &Config) -> Result<(), Error> {
+        let columns = db_common::table_columns(&c.db, &c.table)?;
+        for (key, list) in [("requeue_set", &self.requeue), ("fail_set", &self.fail)] {
+            for (column, _) in list {
+                if !columns.iter().any(|have| have.eq_ignore_ascii_case(column)) {
+                    return Err(Error::Invalid(format!(
+                        "config: {key}.{column}: table {:?} has no column {column:?} (columns: {})",
+                        c.table,
+                        columns.join(", ")
+                    )));
+                }
+            }
+            if !list.is_empty() && !db_common::is_unique(&c.db, &c.table, &c.id_column)? {
+                return Err(Error::Invalid(format!(
+                    "config: {key}: its compare-and-swap must change one row, but id_column = {:?} is neither the primary key nor UNIQUE in table {:?}",
+                    c.id_column, c.table
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Builds the compare-and-swap writes for one job.
 struct Writes<'a> {
     c: &'a Config,
-    worker_col: Option<&'a str>,
-    hb_col: Option<&'a str>,
-    upd_col: Option<&'a str>,
-    att_col: Option<&'a str>,
-    reason_col: Option<&'a str>,
+    cols: &'a Columns<'a>,
+    pid_sql: Option<&'a str>,
+    host_sql: Option<&'a str>,
+    sets: &'a Sets,
     withheld: bool,
     now_ms: i64,
     unit: TimeUnit,
 }
 
+/// An UPDATE's SET list and its numbered parameters.
+#[derive(Default)]
+struct Statement {
+    sets: Vec<String>,
+    conds: Vec<String>,
+    params: Vec<SqlValue>,
+}
+
+impl Statement {
+    fn set(&mut self, column: &str, value: SqlValue) {
+        self.params.push(value);
+        self.sets.push(format!("{} = ?{}", ident(column), self.params.len()));
+    }
+
+    fn set_sql(&mut self, sql: String) {
+        self.sets.push(sql);
+    }
+
+    /// Compare-and-swap: `what` (a quoted column or a parenthesised expression) is still `value`.
+    fn unchanged(&mut self, what: String, value: &SqlValue) {
+        self.params.push(value.clone());
+        self.conds.push(format!("{what} IS ?{}", self.params.len()));
+    }
+}
+
 impl Writes<'_> {
+    /// "Now" in `unit`, or in the table's unit: as declared, else as this row's times were read, else seconds.
+    fn now_in(&self, unit: Option<TimeUnit>, job: &Job<'_>) -> SqlValue {
+        let unit = unit.or(Some(self.unit).filter(|u| *u != TimeUnit::Auto)).or(job.unit()).unwrap_or(TimeUnit::Seconds);
+        now_value(unit, self.now_ms).unwrap_or_else(|| SqlValue::Text(iso8601_utc(self.now_ms)))
+    }
+
     fn remedy(&self, f: Finding, job: &Job<'_>, remedy: Remedy, why: &str) -> Finding {
         let c = self.c;
         let attempts = integer(job.attempts).unwrap_or(0);
-        let exhausted = self.att_col.is_some() && attempts >= c.max_attempts;
+        let exhausted = self.cols.att.is_some() && attempts >= c.max_attempts;
         // The remedy that will be applied: a requeue whose attempts ran out is a fail.
         let remedy = if remedy == Remedy::Requeue && exhausted { Remedy::Fail } else { remedy };
         let mut f = f
             .evidence("id", shown(job.id))
             .evidence("status", &job.status)
-            .evidence("worker", shown(job.worker))
+            .evidence("worker", job.worker_text())
             .evidence("reason", why)
             .evidence("remedy", format!("{remedy:?}").to_lowercase());
-        if self.att_col.is_some() {
+        if self.cols.att.is_some() {
             f = f.evidence("attempts", attempts);
         }
         if remedy == Remedy::Report {
@@ -362,71 +637,88 @@ impl Writes<'_> {
         if self.withheld {
             return f.evidence("write", "withheld until the database is writable by the service user (see the unwritable finding)");
         }
-        let (mut sets, mut params): (Vec<String>, Vec<SqlValue>) = (Vec::new(), Vec::new());
-        let mut set = |sql: String, v: Option<SqlValue>, params: &mut Vec<SqlValue>| {
-            match v {
-                Some(v) => {
-                    params.push(v);
-                    sets.push(sql.replace("?", &format!("?{}", params.len())));
-                }
-                None => sets.push(sql),
-            };
-        };
+        let mut st = Statement::default();
         let description;
-        match remedy {
+        let reason = match exhausted {
+            true => format!("doctor: {why}; gave up after {attempts} attempt(s) (max_attempts {})", c.max_attempts),
+            false => format!("doctor: {why}"),
+        };
+        let extra = match remedy {
             Remedy::Requeue => {
-                set(format!("{} = ?", ident(&c.status_column)), Some(SqlValue::Text(c.requeue_status.clone())), &mut params);
-                if let Some(w) = self.worker_col {
-                    set(format!("{} = NULL", ident(w)), None, &mut params);
+                st.set(&c.status_column, SqlValue::Text(c.requeue_status.clone()));
+                if let Some(w) = self.cols.worker {
+                    st.set_sql(format!("{} = NULL", ident(w)));
                 }
-                if let Some(a) = self.att_col {
-                    set(format!("{a} = COALESCE({a}, 0) + 1", a = ident(a)), None, &mut params);
+                if let Some(a) = self.cols.att {
+                    st.set_sql(format!("{a} = COALESCE({a}, 0) + 1", a = ident(a)));
                 }
-                if let Some(u) = self.upd_col {
+                if let Some(u) = self.cols.upd {
                     // "Now" in the unit the column already uses (as read, else as declared).
                     let unit = match &job.updated_at {
                         Some(Ok(stamp)) => stamp.unit,
                         _ => self.unit,
                     };
                     match now_value(unit, self.now_ms) {
-                        Some(v) => set(format!("{} = ?", ident(u)), Some(v), &mut params),
-                        None => set(format!("{} = strftime('%Y-%m-%d %H:%M:%S', 'now')", ident(u)), None, &mut params),
+                        Some(v) => st.set(u, v),
+                        None => st.set_sql(format!("{} = strftime('%Y-%m-%d %H:%M:%S', 'now')", ident(u))),
                     }
                 }
-                description = match self.att_col {
+                description = match self.cols.att {
                     Some(_) => format!("requeue job {} as {} (attempt {} of {})", shown(job.id), c.requeue_status, attempts + 1, c.max_attempts),
                     None => format!("requeue job {} as {}", shown(job.id), c.requeue_status),
                 };
+                &self.sets.requeue
             }
             _ => {
-                let reason = if exhausted {
-                    format!("doctor: {why}; gave up after {attempts} attempt(s) (max_attempts {})", c.max_attempts)
-                } else {
-                    format!("doctor: {why}")
-                };
-                set(format!("{} = ?", ident(&c.status_column)), Some(SqlValue::Text(c.failed_status.clone())), &mut params);
-                if let Some(r) = self.reason_col {
-                    set(format!("{} = ?", ident(r)), Some(SqlValue::Text(reason.clone())), &mut params);
+                st.set(&c.status_column, SqlValue::Text(c.failed_status.clone()));
+                if let Some(r) = self.cols.reason {
+                    st.set(r, SqlValue::Text(reason.clone()));
                 }
                 f = f.evidence("failure_reason", &reason);
                 description = format!("mark job {} {}: {reason}", shown(job.id), c.failed_status);
+                &self.sets.fail
             }
+        };
+        // The application's own columns, in the same statement.
+        let facts = self.placeholders(job, remedy, &reason);
+        for (column, value) in extra {
+            st.set(column, value.bind(&facts, &|unit| self.now_in(unit, job)));
         }
         // Compare-and-swap on the row exactly as this check saw it.
-        let mut conds = Vec::new();
-        let mut cas = |column: &str, v: &SqlValue, params: &mut Vec<SqlValue>| {
-            params.push(v.clone());
-            conds.push(format!("{} IS ?{}", ident(column), params.len()));
-        };
-        cas(&c.id_column, job.id, &mut params);
-        cas(&c.status_column, job.status_value, &mut params);
-        for (column, value) in [(self.worker_col, job.worker), (self.hb_col, job.heartbeat), (self.upd_col, job.updated), (self.att_col, job.attempts)] {
+        st.unchanged(ident(&c.id_column), job.id);
+        st.unchanged(ident(&c.status_column), job.status_value);
+        let cols = self.cols;
+        for (column, value) in [(cols.worker, job.worker), (cols.hb, job.heartbeat), (cols.upd, job.updated), (cols.att, job.attempts), (cols.claimed, job.claimed)] {
             if let Some(column) = column {
-                cas(column, value, &mut params);
+                st.unchanged(ident(column), value);
             }
         }
-        let sql = format!("UPDATE {} SET {} WHERE {}", ident(&c.table), sets.join(", "), conds.join(" AND "));
-        f.action(Action::sql_exec(&c.db, &sql, params, 1), description)
+        // The identity the verdict rests on, too: a new worker's pid in the JSON means hands off.
+        for (expr, value) in [(self.pid_sql, job.pid), (self.host_sql, job.host)] {
+            if let (Some(expr), Some(value)) = (expr, value) {
+                st.unchanged(format!("({expr})"), value);
+            }
+        }
+        let sql = format!("UPDATE {} SET {} WHERE {}", ident(&c.table), st.sets.join(", "), st.conds.join(" AND "));
+        f.action(Action::sql_exec(&c.db, &sql, st.params, 1), description)
+    }
+
+    /// What `{reason}`, `{pid}`, ... stand for in a `text` or `json` value.
+    fn placeholders(&self, job: &Job<'_>, remedy: Remedy, reason: &str) -> Placeholders {
+        let shown_opt = |v: Option<&SqlValue>| v.map(shown).unwrap_or_default();
+        [
+            ("reason", reason.to_string()),
+            ("id", shown(job.id)),
+            ("worker", shown(job.worker)),
+            ("pid", shown_opt(job.pid)),
+            ("host", shown_opt(job.host)),
+            ("status", job.status.clone()),
+            ("attempts", integer(job.attempts).unwrap_or(0).to_string()),
+            ("remedy", format!("{remedy:?}").to_lowercase()),
+            ("now", iso8601_utc(self.now_ms)),
+        ]
+        .into_iter()
+        .collect()
     }
 }
 

@@ -6,9 +6,11 @@
 //!
 //! | `time_unit` | reads                                                        |
 //! |-------------|--------------------------------------------------------------|
-//! | `auto`      | detects each value: numbers (INTEGER, REAL or numeric TEXT) by magnitude — julian day (1e6..1e7), epoch seconds (1e8..1e11), epoch milliseconds (1e11..1e14) — and ISO-8601 text |
+//! | `auto`      | detects each value: numbers (INTEGER, REAL or numeric TEXT) by magnitude — julian day (1e6..1e7), epoch seconds (1e8..1e11), milliseconds (1e11..1e14), microseconds (1e14..1e17), nanoseconds (1e17..1e20) — and ISO-8601 text |
 //! | `s`         | epoch seconds: INTEGER, REAL or numeric TEXT                  |
 //! | `ms`        | epoch milliseconds: INTEGER, REAL or numeric TEXT             |
+//! | `us`        | epoch microseconds (Python's `time.time_ns() // 1000`, PostgreSQL-style exports) |
+//! | `ns`        | epoch nanoseconds (Python's `time.time_ns()`, Go's `UnixNano`) |
 //! | `iso8601`   | `2026-11-30 05:00:00`, `2026-11-30T05:00:00.5Z`, `...+02:00`; no zone means UTC (SQLite's `datetime('now')`) |
 //! | `julian`    | SQLite `julianday('now')`                                     |
 
@@ -20,6 +22,8 @@ pub enum TimeUnit {
     Auto,
     Seconds,
     Millis,
+    Micros,
+    Nanos,
     Iso8601,
     Julian,
 }
@@ -30,9 +34,11 @@ impl TimeUnit {
             "" | "auto" => TimeUnit::Auto,
             "s" | "seconds" | "epoch-s" => TimeUnit::Seconds,
             "ms" | "millis" | "epoch-ms" => TimeUnit::Millis,
+            "us" | "micros" | "epoch-us" => TimeUnit::Micros,
+            "ns" | "nanos" | "epoch-ns" => TimeUnit::Nanos,
             "iso8601" | "iso-8601" | "text" => TimeUnit::Iso8601,
             "julian" | "julianday" | "julian-day" => TimeUnit::Julian,
-            other => return Err(format!("time_unit {other:?}: use auto, s, ms, iso8601 or julian")),
+            other => return Err(format!("time_unit {other:?}: use auto, s, ms, us, ns, iso8601 or julian")),
         })
     }
 }
@@ -74,6 +80,8 @@ pub fn read_time(value: &SqlValue, unit: TimeUnit) -> Result<Stamp, String> {
         return Ok(match unit {
             TimeUnit::Seconds => stamp(n * 1000.0, unit, "epoch seconds"),
             TimeUnit::Millis => stamp(n, unit, "epoch milliseconds"),
+            TimeUnit::Micros => stamp(n / 1000.0, unit, "epoch microseconds"),
+            TimeUnit::Nanos => stamp(n / 1_000_000.0, unit, "epoch nanoseconds"),
             _ => stamp((n - JULIAN_EPOCH) * 86_400_000.0, TimeUnit::Julian, "SQLite julian day"),
         });
     }
@@ -91,10 +99,21 @@ pub fn read_time(value: &SqlValue, unit: TimeUnit) -> Result<Stamp, String> {
 pub fn now_value(unit: TimeUnit, now_ms: i64) -> Option<SqlValue> {
     match unit {
         TimeUnit::Millis => Some(SqlValue::Integer(now_ms)),
+        TimeUnit::Micros => Some(SqlValue::Integer(now_ms.saturating_mul(1000))),
+        TimeUnit::Nanos => Some(SqlValue::Integer(now_ms.saturating_mul(1_000_000))),
         TimeUnit::Julian => Some(SqlValue::Real(JULIAN_EPOCH + now_ms as f64 / 86_400_000.0)),
         TimeUnit::Iso8601 => None,
         TimeUnit::Auto | TimeUnit::Seconds => Some(SqlValue::Integer(now_ms / 1000)),
     }
+}
+
+/// A time that lies ahead of this host's clock by more than `skew_ms` was
+/// not written by a clock like ours: most often a unit the policy got wrong
+/// (nanoseconds read as milliseconds lie centuries ahead). The text says by
+/// how much, for a finding; None when the time is plausible.
+pub fn future_by(stamp: &Stamp, now_ms: i64, skew_ms: i64) -> Option<String> {
+    let ahead = stamp.unix_ms.saturating_sub(now_ms);
+    (ahead > skew_ms).then(|| format!("{} ahead of this host's clock (allowance {})", human_ms(ahead), human_ms(skew_ms)))
 }
 
 fn by_magnitude(n: f64) -> Option<TimeUnit> {
@@ -105,6 +124,10 @@ fn by_magnitude(n: f64) -> Option<TimeUnit> {
         Some(TimeUnit::Seconds)
     } else if (1e11..1e14).contains(&a) {
         Some(TimeUnit::Millis)
+    } else if (1e14..1e17).contains(&a) {
+        Some(TimeUnit::Micros)
+    } else if (1e17..1e20).contains(&a) {
+        Some(TimeUnit::Nanos)
     } else {
         None
     }
@@ -181,6 +204,27 @@ pub fn parse_iso8601(text: &str) -> Option<(i64, bool)> {
     }
 }
 
+/// `YYYY-MM-DD HH:MM:SS` in UTC, as SQLite's `datetime('now')` writes it.
+pub fn iso8601_utc(unix_ms: i64) -> String {
+    let (days, ms) = (unix_ms.div_euclid(86_400_000), unix_ms.rem_euclid(86_400_000));
+    let (y, m, d) = civil_from_days(days);
+    let s = ms / 1000;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Hinnant).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + (m <= 2) as i64, m, d)
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -224,6 +268,9 @@ mod tests {
     fn civil_dates() {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(parse_iso8601("2026-11-30T05:00:00Z"), Some((T, true)));
+        assert_eq!(iso8601_utc(T + 999), "2026-11-30 05:00:00");
+        assert_eq!(iso8601_utc(0), "1970-01-01 00:00:00");
+        assert_eq!(iso8601_utc(951_782_400_000), "2000-02-29 00:00:00");
     }
 
     #[test]
@@ -234,6 +281,9 @@ mod tests {
             (SqlValue::Text((T / 1000).to_string()), "epoch seconds (TEXT, detected)"),
             (SqlValue::Integer(T), "epoch milliseconds (INTEGER, detected)"),
             (SqlValue::Text(T.to_string()), "epoch milliseconds (TEXT, detected)"),
+            (SqlValue::Integer(T * 1000 + 7), "epoch microseconds (INTEGER, detected)"),
+            (SqlValue::Integer(T * 1_000_000 + 123_456), "epoch nanoseconds (INTEGER, detected)"),
+            (SqlValue::Text((T * 1_000_000).to_string()), "epoch nanoseconds (TEXT, detected)"),
             (SqlValue::Text("2026-11-30 05:00:00".into()), "ISO-8601 without zone, read as UTC (TEXT, detected)"),
             (SqlValue::Text("2026-11-30T07:00:00+02:00".into()), "ISO-8601 with zone (TEXT, detected)"),
             (SqlValue::Text("2026-11-30T00:00:00-0500".into()), "ISO-8601 with zone (TEXT, detected)"),
@@ -266,5 +316,22 @@ mod tests {
     fn a_declared_unit_is_obeyed() {
         assert_eq!(read_time(&SqlValue::Integer(5), TimeUnit::Seconds).unwrap().unix_ms, 5000);
         assert_eq!(read_time(&SqlValue::Text("5".into()), TimeUnit::Millis).unwrap().read_as, "epoch milliseconds (TEXT)");
+        assert_eq!(read_time(&SqlValue::Integer(T * 1000), TimeUnit::Micros).unwrap().unix_ms, T);
+        assert_eq!(read_time(&SqlValue::Integer(T * 1_000_000), TimeUnit::Nanos).unwrap().unix_ms, T);
+    }
+
+    #[test]
+    fn a_wrong_unit_lies_in_the_future_and_says_so() {
+        // Nanoseconds declared as milliseconds: far ahead of any clock.
+        let wrong = read_time(&SqlValue::Integer(T * 1_000_000), TimeUnit::Millis).unwrap();
+        assert!(future_by(&wrong, T, 120_000).unwrap().contains("ahead of this host's clock"));
+        let right = read_time(&SqlValue::Integer(T + 60_000), TimeUnit::Millis).unwrap();
+        assert_eq!(future_by(&right, T, 120_000), None, "within the allowance");
+    }
+
+    #[test]
+    fn now_is_written_in_the_unit_read() {
+        assert!(matches!(now_value(TimeUnit::Nanos, T), Some(SqlValue::Integer(v)) if v == T * 1_000_000));
+        assert!(matches!(now_value(TimeUnit::Micros, T), Some(SqlValue::Integer(v)) if v == T * 1000));
     }
 }

@@ -16,7 +16,7 @@
 //! not writable by the service's user) and reports the table's state as
 //! Processing / Pending / Complete / Idle.
 
-use db_common::{ident, liveness, opt_column, read_time, regex, require_columns, shown, Liveness, OwnerCheck, TimeColumn, WorkerKind};
+use db_common::{ident, opt_column, read_at, regex, require_columns, row_liveness, shown, time_finding, Liveness, NameFinder, OwnerCheck, RowIdentity, TimeColumn, TimeTrouble, WorkerKind};
 use doctor_sdk::prelude::*;
 use doctor_sdk::processes::Process;
 use doctor_sdk::scope::{command_line, ProcessTable, Scope, ScopeMatcher};
@@ -36,6 +36,9 @@ struct Config {
     started_at_column: Option<String>,
     worker_kind: WorkerKind,
     owner_format: String,
+    worker_pid_sql: Option<String>,
+    worker_host_sql: Option<String>,
+    name_pattern: Option<String>,
     worker_match: Option<String>,
     coordinator_match: Option<String>,
     scope: Scope,
@@ -43,6 +46,8 @@ struct Config {
     #[serde(deserialize_with = "db_common::opt_duration_ms")]
     heartbeat_timeout: Option<u64>,
     time_unit: String,
+    #[serde(deserialize_with = "db_common::duration_ms")]
+    clock_skew: u64,
     running_status: String,
     pending_status: String,
     complete_statuses: Vec<String>,
@@ -62,6 +67,8 @@ struct Orphan {
     id: SqlValue,
     worker: SqlValue,
     started: SqlValue,
+    /// The values of worker_pid_sql / worker_host_sql the verdict rests on (compare-and-swap too).
+    identity: Vec<SqlValue>,
     why: String,
 }
 
@@ -102,14 +109,18 @@ impl Plugin for ChunkReset {
             .config_key("status_column", Some("\"status\""), "the status column")
             .config_key("worker_column", Some("\"assigned_worker\""), "the column naming the owner of a running chunk")
             .config_key("started_at_column", Some("\"started_at\""), "the claim-time column cleared on reset (a process younger than its claim has a reused pid); \"\" when the table has none")
-            .config_key("worker_kind", Some("\"pid\""), "\"pid\" (an owner in owner_format) or \"name\" (a word searched in command lines)")
+            .config_key("worker_kind", Some("\"pid\""), "\"pid\" (an owner in owner_format) or \"name\" (a worker name, found only by name_pattern inside scope)")
             .config_key("owner_format", Some("\"auto\""), "how owners are written: auto, pid (pid or pid:start-time), host:pid, pid@host, or a regex with named groups pid (required), host, start")
+            .config_key("worker_pid_sql", Some("\"\""), "an SQL expression giving the worker's pid from the row, e.g. json_extract(owner_info, '$.pid'); checked by pid, start time and claim time")
+            .config_key("worker_host_sql", Some("\"\""), "an SQL expression giving the worker's host from the row; another host's chunk is judged by heartbeat only")
+            .config_key("name_pattern", Some("\"\""), "with worker_kind = \"name\": regex searched in command lines inside scope whose named group `name` must equal the row's worker name")
             .config_key("worker_match", Some("\"\""), "regex a live worker's command line must match (a pid reused by anything else counts as dead)")
             .config_key("coordinator_match", Some("\"\""), "regex of the coordinator's command line, searched inside `scope` only; when none runs there, every running chunk is orphaned")
             .config_key("scope", Some("null"), "where this deployment's processes live: { user, unit, cgroup, under } or \"host\"; none: a pattern matches nothing and only the rows' own pids name workers")
             .config_key("heartbeat_column", Some("\"\""), "heartbeat column: how a chunk owned by another host is judged; \"\" for none")
             .config_key("heartbeat_timeout", Some("\"\""), "a remote owner's chunk is orphaned when its heartbeat is older than this (e.g. \"5m\")")
-            .config_key("time_unit", Some("\"auto\""), "how times are stored: auto (detected and stated), s, ms, iso8601, julian")
+            .config_key("time_unit", Some("\"auto\""), "how times are stored: auto (detected and stated), s, ms, us, ns, iso8601, julian")
+            .config_key("clock_skew", Some("\"2m\""), "a time further ahead of this host's clock is a finding (unit wrong?), never used to judge")
             .config_key("running_status", Some("\"running\""), "status value of a chunk being worked on")
             .config_key("pending_status", Some("\"pending\""), "status value an orphaned chunk is reset to")
             .config_key("complete_statuses", Some("[\"complete\", \"completed\", \"done\"]"), "status values that count as complete for progress")
@@ -120,8 +131,26 @@ impl Plugin for ChunkReset {
     }
 
     fn check(c: Config) -> Result<Vec<Finding>, Error> {
+        // What the config alone decides, before the database is opened.
+        let pid_sql = db_common::sql_expression("worker_pid_sql", c.worker_pid_sql.as_deref())?;
+        let host_sql = db_common::sql_expression("worker_host_sql", c.worker_host_sql.as_deref())?;
+        let worker_match = regex("worker_match", c.worker_match.as_deref())?;
+        let coordinator_match = regex("coordinator_match", c.coordinator_match.as_deref())?;
+        let name_pattern = db_common::name_pattern(c.name_pattern.as_deref())?;
+        let format = db_common::owner_format(&c.owner_format)?;
+        let unit = db_common::time_unit(&c.time_unit)?;
+
+        // Then what only this host and its table can tell (a missing
+        // database is the run's error, not the policy's: validate passes it).
         let user = opt_column(&c.service_user);
         let problems = db_common::write_problems(&c.db, user)?;
+        // A scope names users, which only the host the policy runs on knows.
+        let scope = c.scope.compile("config: scope")?;
+        let weak = match (c.worker_kind, &pid_sql) {
+            (WorkerKind::Name, None) => Some(name_only(&c, name_pattern.is_some(), scope.is_unscoped())?),
+            _ => None,
+        };
+        let finder = name_pattern.as_ref().map(|pattern| NameFinder { pattern, scope: &scope });
         let started_col = opt_column(&c.started_at_column);
         let hb_col = opt_column(&c.heartbeat_column);
         let mut wanted = vec![("id_column", c.id_column.as_str()), ("status_column", c.status_column.as_str()), ("worker_column", c.worker_column.as_str())];
@@ -132,16 +161,16 @@ impl Plugin for ChunkReset {
             wanted.push(("heartbeat_column", h));
         }
         require_columns(&c.db, &c.table, &wanted)?;
-        let worker_match = regex("worker_match", c.worker_match.as_deref())?;
-        let coordinator_match = regex("coordinator_match", c.coordinator_match.as_deref())?;
-        let scope = c.scope.compile("config `scope`")?;
-        let format = db_common::owner_format(&c.owner_format)?;
-        let unit = db_common::time_unit(&c.time_unit)?;
+        for (key, expr) in [("worker_pid_sql", &pid_sql), ("worker_host_sql", &host_sql)] {
+            if let Some(expr) = expr {
+                db_common::probe_expression(&c.db, &c.table, key, expr)?;
+            }
+        }
         let table = ProcessTable::read()?;
         let hostname = host::hostname();
         let now_ms = host::now_unix_ms() as i64;
 
-        let mut findings = Vec::new();
+        let mut findings: Vec<Finding> = weak.into_iter().collect();
         let coordinator = coordinator(coordinator_match.as_ref(), &scope, &table);
         if let Coordinator::Unscoped = coordinator {
             findings.push(unscoped_coordinator_finding(&c));
@@ -152,9 +181,11 @@ impl Plugin for ChunkReset {
         let (id, status, worker) = (ident(&c.id_column), ident(&c.status_column), ident(&c.worker_column));
         let started_sel = started_col.map(ident).unwrap_or_else(|| "NULL".into());
         let hb_sel = hb_col.map(ident).unwrap_or_else(|| "NULL".into());
+        let expr = |e: &Option<String>| e.as_ref().map(|e| format!("({e})")).unwrap_or_else(|| "NULL".into());
+        let (pid_sel, host_sel) = (expr(&pid_sql), expr(&host_sql));
         let running = sqlite::query(
             &c.db,
-            &format!("SELECT {id}, {worker}, {started_sel}, {hb_sel} FROM {t} WHERE {status} = ?1 ORDER BY {id}"),
+            &format!("SELECT {id}, {worker}, {started_sel}, {hb_sel}, {pid_sel}, {host_sel} FROM {t} WHERE {status} = ?1 ORDER BY {id}"),
             &[SqlValue::Text(c.running_status.clone())],
         )?;
 
@@ -163,12 +194,24 @@ impl Plugin for ChunkReset {
         }
         let withheld = !problems.is_empty();
         let set_started = started_col.map(|s| format!(", {} = NULL", ident(s))).unwrap_or_default();
+        // The identity the verdict rests on is part of the compare-and-swap: a
+        // new worker's pid in the row means hands off.
+        let identity_exprs: Vec<&String> = [&pid_sql, &host_sql].into_iter().flatten().collect();
+        let identity_cas: String = identity_exprs.iter().enumerate().map(|(i, e)| format!(" AND ({e}) IS ?{}", i + 5)).collect();
         let reset_sql = format!(
-            "UPDATE {t} SET {status} = ?1, {worker} = NULL{set_started} WHERE {id} = ?2 AND {status} = ?3 AND {worker} IS ?4"
+            "UPDATE {t} SET {status} = ?1, {worker} = NULL{set_started} WHERE {id} = ?2 AND {status} = ?3 AND {worker} IS ?4{identity_cas}"
         );
 
-        let chk = OwnerCheck { kind: c.worker_kind, format: &format, table: &table, worker_match: worker_match.as_ref(), hostname: &hostname };
-        let judge = Judge { c: &c, unit, now_ms, hb_col };
+        let chk = OwnerCheck {
+            kind: c.worker_kind,
+            format: &format,
+            table: &table,
+            worker_match: worker_match.as_ref(),
+            hostname: &hostname,
+            names: finder.as_ref(),
+        };
+        let skew = c.clock_skew as i64;
+        let judge = Judge { c: &c, unit, now_ms, skew, hb_col };
         let mut live_running = 0usize;
         let mut leftovers: BTreeMap<u32, Leftover> = BTreeMap::new();
         let mut seen = std::collections::BTreeSet::new();
@@ -179,16 +222,29 @@ impl Plugin for ChunkReset {
             if !seen.insert(shown(chunk_id)) {
                 continue;
             }
-            // A claim time proves a pid reused only when its zone is certain.
-            let claimed = read_time(started, unit).ok().filter(|s| s.zoned).map(|s| s.unix_ms);
-            let alive = liveness(worker_value, &chk, claimed);
+            // A claim time proves a pid reused only when its zone is certain;
+            // one in the future proves nothing and is said.
+            let claimed = match read_at(started, unit, now_ms, skew) {
+                Ok(s) => s.zoned.then_some(s.unix_ms),
+                // An unreadable claim time (none, or a counter rather than a
+                // time) only withdraws a proof of pid reuse: not a finding.
+                Err(TimeTrouble::Unreadable(_)) => None,
+                Err(trouble) => {
+                    findings.push(chunk_time_finding(&c, chunk_id, worker_value, TimeColumn::Claimed, started_col.unwrap_or_default(), started, &trouble, "a reused pid cannot be told by it"));
+                    None
+                }
+            };
+            let identity = RowIdentity { worker: worker_value, pid: pid_sql.as_ref().map(|_| &row[4]), host: host_sql.as_ref().map(|_| &row[5]) };
+            let alive = row_liveness(&identity, &chk, claimed);
+            // Named by a pid (worker_pid_sql's, or an owner), not by a name?
+            let by_pid = c.worker_kind == WorkerKind::Pid || pid_sql.is_some() && db_common::integer(&row[4]).is_some_and(|p| p > 0);
             let verdict = if coordinator_absent {
                 if let Liveness::Alive(procs) = &alive {
                     for p in procs {
                         let l = leftovers.entry(p.id.pid).or_insert_with(|| Leftover {
                             process: p.clone(),
                             chunks: Vec::new(),
-                            allowed: stop_allowed(&c, &scope, &table, p),
+                            allowed: stop_allowed(by_pid, &scope, &table, p),
                         });
                         l.chunks.push(shown(chunk_id));
                     }
@@ -198,7 +254,10 @@ impl Plugin for ChunkReset {
                 judge.row(&alive, heartbeat)
             };
             match verdict {
-                Verdict::Orphaned(why) => orphans.push(Orphan { id: chunk_id.clone(), worker: worker_value.clone(), started: started.clone(), why }),
+                Verdict::Orphaned(why) => {
+                    let identity = [pid_sql.as_ref().map(|_| row[4].clone()), host_sql.as_ref().map(|_| row[5].clone())].into_iter().flatten().collect();
+                    orphans.push(Orphan { id: chunk_id.clone(), worker: worker_value.clone(), started: started.clone(), identity, why })
+                }
                 Verdict::Live(extra) => {
                     live_running += 1;
                     if let Some(f) = extra {
@@ -235,13 +294,38 @@ struct Leftover {
     allowed: bool,
 }
 
+/// A worker named only by a name: allowed with a declared way of finding
+/// it (name_pattern, inside a scope), and said to be weaker than a pid (a
+/// `config:` finding that `doctor policy validate` prints as a warning).
+fn name_only(c: &Config, has_pattern: bool, unscoped: bool) -> Result<Finding, Error> {
+    if !has_pattern {
+        return Err(Error::Invalid(
+            "config: worker_kind = \"name\" needs name_pattern (a regex whose group `name` must equal the row's worker name, searched inside scope) or worker_pid_sql: a name missing from command lines proves nothing".into(),
+        ));
+    }
+    if unscoped {
+        return Err(Error::Invalid(
+            "config: worker_kind = \"name\" with name_pattern needs a scope ({ user, unit, cgroup, under } or \"host\"): another deployment's worker may show the same name".into(),
+        ));
+    }
+    Ok(Finding::info(
+        "config:weak-identity",
+        format!("table {}", c.table),
+        format!(
+            "worker_kind = \"name\": workers are identified by name only (name_pattern {:?}), which is weaker than a pid: a process in the scope that shows the name counts as the worker, and a worker whose name_pattern stops matching counts as dead. If the row records a pid anywhere, name it with worker_pid_sql",
+            c.name_pattern.as_deref().unwrap_or_default()
+        ),
+    )
+    .evidence("config_key", "worker_kind"))
+}
+
 /// A worker may be stopped only when this deployment's row names it by pid
 /// (its identity checked by liveness) and it lies inside the scope when one
 /// is named; a worker found by name needs the scope to vouch for it.
-fn stop_allowed(c: &Config, scope: &ScopeMatcher, table: &ProcessTable, p: &Process) -> bool {
-    match c.worker_kind {
-        WorkerKind::Pid => scope.is_unscoped() || scope.contains(p, table),
-        WorkerKind::Name => !scope.is_unscoped() && scope.contains(p, table),
+fn stop_allowed(by_pid: bool, scope: &ScopeMatcher, table: &ProcessTable, p: &Process) -> bool {
+    match by_pid {
+        true => scope.is_unscoped() || scope.contains(p, table),
+        false => !scope.is_unscoped() && scope.contains(p, table),
     }
 }
 
@@ -267,6 +351,7 @@ struct Judge<'a> {
     c: &'a Config,
     unit: db_common::TimeUnit,
     now_ms: i64,
+    skew: i64,
     hb_col: Option<&'a str>,
 }
 
@@ -283,9 +368,9 @@ impl Judge<'_> {
     /// A live local owner needs no heartbeat, but an unreadable one is still said.
     fn heartbeat_readable(&self, heartbeat: &SqlValue, consequence: &str) -> Verdict {
         let Some(col) = self.hb_col else { return Verdict::Live(None) };
-        match read_time(heartbeat, self.unit) {
+        match read_at(heartbeat, self.unit, self.now_ms, self.skew) {
             Ok(_) => Verdict::Live(None),
-            Err(why) => Verdict::Live(Some(unreadable(col, heartbeat, why, consequence.to_string()))),
+            Err(trouble) => Verdict::Live(Some(unreadable(col, heartbeat, trouble, consequence.to_string()))),
         }
     }
 
@@ -296,9 +381,9 @@ impl Judge<'_> {
                 "its owner is on host {host}; local pids say nothing about it and no heartbeat_column is configured, so it is left alone"
             ))));
         };
-        let stamp = match read_time(heartbeat, self.unit) {
+        let stamp = match read_at(heartbeat, self.unit, self.now_ms, self.skew) {
             Ok(s) => s,
-            Err(why) => return Verdict::Live(Some(unreadable(col, heartbeat, why, format!("the chunk is owned by host {host} and is left alone")))),
+            Err(trouble) => return Verdict::Live(Some(unreadable(col, heartbeat, trouble, format!("the chunk is owned by host {host} and is left alone")))),
         };
         let age = self.now_ms - stamp.unix_ms;
         match self.c.heartbeat_timeout {
@@ -328,20 +413,18 @@ fn unknown(why: String) -> Extra {
     })
 }
 
-fn unreadable(col: &str, value: &SqlValue, why: String, consequence: String) -> Extra {
+fn unreadable(col: &str, value: &SqlValue, trouble: TimeTrouble, consequence: String) -> Extra {
     let (col, value) = (col.to_string(), value.clone());
     Box::new(move |c: &Config, id: &SqlValue, worker: &SqlValue| {
-        db_common::unreadable_time_finding(
-            &format!("chunk:{}:{}", c.table, shown(id)),
-            &format!("{} chunk {}", c.table, shown(id)),
-            TimeColumn::Heartbeat,
-            &col,
-            &value,
-            &why,
-            &consequence,
-        )
-        .evidence("worker", shown(worker))
+        chunk_time_finding(c, id, worker, TimeColumn::Heartbeat, &col, &value, &trouble, &consequence)
     })
+}
+
+/// A chunk's time that cannot be used (unreadable, or in the future).
+#[allow(clippy::too_many_arguments)]
+fn chunk_time_finding(c: &Config, id: &SqlValue, worker: &SqlValue, which: TimeColumn, col: &str, value: &SqlValue, trouble: &TimeTrouble, consequence: &str) -> Finding {
+    time_finding(&format!("chunk:{}:{}", c.table, shown(id)), &format!("{} chunk {}", c.table, shown(id)), which, col, value, trouble, consequence)
+        .evidence("worker", shown(worker))
 }
 
 fn unscoped_coordinator_finding(c: &Config) -> Finding {
@@ -378,7 +461,7 @@ fn orphan_finding(c: &Config, o: &Orphan, withheld: bool, reset_sql: &str) -> Fi
         Action::sql_exec(
             &c.db,
             reset_sql,
-            vec![SqlValue::Text(c.pending_status.clone()), o.id.clone(), SqlValue::Text(c.running_status.clone()), o.worker.clone()],
+            [SqlValue::Text(c.pending_status.clone()), o.id.clone(), SqlValue::Text(c.running_status.clone()), o.worker.clone()].into_iter().chain(o.identity.iter().cloned()).collect(),
             1,
         ),
         format!(

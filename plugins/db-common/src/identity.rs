@@ -1,0 +1,231 @@
+//! Who a row's worker is, when the row says it in other ways than one owner
+//! column: a pid or host inside a JSON document or a substring of another
+//! column (an SQL expression SQLite evaluates inside the read-only query),
+//! or only a worker name that the worker's command line never shows (a
+//! name-only identity, found by a declared pattern inside the scope).
+//!
+//! The rule the incident taught: a row is judged dead only by evidence
+//! about *its* worker. A pid is checked by start time (and claim time); a
+//! name only by the declared pattern; anything else is "cannot tell", and
+//! no write follows from it.
+
+use crate::{ident, integer, text, Liveness, OwnerCheck};
+use doctor_sdk::prelude::*;
+use doctor_sdk::scope::{command_line, ScopeMatcher};
+use regex_lite::Regex;
+
+/// Words that begin statements, never part of a value expression. Checked
+/// as whole words outside quotes. (`replace` is a function as well as a
+/// statement, and `select` would only open a read-only subquery, but an
+/// expression needs neither, so `select` is refused and `replace` allowed.)
+const STATEMENT_WORDS: &[&str] = &[
+    "select", "insert", "update", "delete", "with", "pragma", "attach", "detach", "create", "drop", "alter", "vacuum",
+    "begin", "commit", "rollback", "end", "analyze", "reindex", "savepoint", "release", "explain", "values", "from",
+];
+
+/// Functions that reach beyond the table, refused even where the host's
+/// connection would not allow them (defence in depth: the expression also
+/// runs inside the write's compare-and-swap).
+const REFUSED_FUNCTIONS: &[&str] = &["load_extension", "fts3_tokenizer", "readfile", "writefile"];
+
+/// A policy's SQL expression for a per-row value (`json_extract(result,
+/// '$.pid')`): one expression, never a statement. It is spliced into the
+/// plugin's own read-only SELECT and into the compare-and-swap of a fix, so
+/// it must not be able to end the one and start another: no `;`, no
+/// comments, balanced parentheses and quotes, no top-level comma, no
+/// statement keyword. `key` names the config key in the error.
+pub fn sql_expression(key: &str, expr: Option<&str>) -> Result<Option<String>, Error> {
+    let Some(expr) = expr.map(str::trim).filter(|e| !e.is_empty()) else { return Ok(None) };
+    let bad = |why: &str| Error::Invalid(format!("config: {key} = {expr:?} is not a single SQL expression: {why}"));
+    let chars: Vec<char> = expr.chars().collect();
+    let (mut depth, mut i) = (0i32, 0usize);
+    let mut word = String::new();
+    let check_word = |word: &mut String| -> Result<(), Error> {
+        let w = word.to_ascii_lowercase();
+        word.clear();
+        if STATEMENT_WORDS.contains(&w.as_str()) {
+            return Err(bad(&format!("`{w}` begins a statement or a query")));
+        }
+        if REFUSED_FUNCTIONS.contains(&w.as_str()) {
+            return Err(bad(&format!("`{w}` reaches outside the database")));
+        }
+        Ok(())
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+            i += 1;
+            continue;
+        }
+        check_word(&mut word)?;
+        match c {
+            '\'' | '"' | '`' | '[' => {
+                let close = if c == '[' { ']' } else { c };
+                let start = i;
+                i += 1;
+                loop {
+                    match chars.get(i) {
+                        None => return Err(bad(&format!("the quote opened at character {} is never closed", start + 1))),
+                        // A doubled quote is an escaped quote inside the string.
+                        Some(&q) if q == close && close != ']' && chars.get(i + 1) == Some(&close) => i += 2,
+                        Some(&q) if q == close => break,
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            ';' => return Err(bad("`;` ends a statement")),
+            '-' if chars.get(i + 1) == Some(&'-') => return Err(bad("`--` starts a comment")),
+            '/' if chars.get(i + 1) == Some(&'*') => return Err(bad("`/*` starts a comment")),
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err(bad("a `)` closes more than was opened"));
+                }
+            }
+            ',' if depth == 0 => return Err(bad("a top-level `,` makes it more than one expression")),
+            _ => {}
+        }
+        i += 1;
+    }
+    check_word(&mut word)?;
+    if depth != 0 {
+        return Err(bad("unbalanced parentheses"));
+    }
+    Ok(Some(expr.to_string()))
+}
+
+/// Let SQLite judge what the syntax check cannot (unknown columns or
+/// functions): evaluate the expression against the table, reading no row.
+pub fn probe_expression(db: &str, table: &str, key: &str, expr: &str) -> Result<(), Error> {
+    sqlite::query(db, &format!("SELECT ({expr}) FROM {} LIMIT 0", ident(table)), &[])
+        .map(|_| ())
+        .map_err(|e| Error::Invalid(format!("config: {key} = {expr:?}: SQLite cannot evaluate it on table {table}: {}", doctor_sdk::error_text(&e))))
+}
+
+/// A name-only identity: how to find a worker that only its name names.
+/// `pattern` is searched in the command lines of live processes inside
+/// `scope`, and its `name` group must equal the row's name exactly.
+pub struct NameFinder<'a> {
+    pub pattern: &'a Regex,
+    pub scope: &'a ScopeMatcher,
+}
+
+/// The policy's `name_pattern`: a regex with a named group `name`.
+pub fn name_pattern(pattern: Option<&str>) -> Result<Option<Regex>, Error> {
+    let Some(p) = pattern.filter(|p| !p.is_empty()) else { return Ok(None) };
+    let re = Regex::new(p).map_err(|e| Error::Invalid(format!("config: name_pattern = {p:?} is not a regex: {e}")))?;
+    if !re.capture_names().any(|n| n == Some("name")) {
+        return Err(Error::Invalid(format!(
+            "config: name_pattern = {p:?} has no named group `name` (write (?P<name>...)): the group's text must equal the row's worker name"
+        )));
+    }
+    Ok(Some(re))
+}
+
+/// The values a row gives about its worker, as the query read them.
+pub struct RowIdentity<'a> {
+    /// The worker column (owner, or name).
+    pub worker: &'a SqlValue,
+    /// `worker_pid_sql`'s value, when configured.
+    pub pid: Option<&'a SqlValue>,
+    /// `worker_host_sql`'s value, when configured.
+    pub host: Option<&'a SqlValue>,
+}
+
+/// Is the row's worker alive? A pid from `worker_pid_sql` comes first (a
+/// pid is the strongest evidence), then the worker column as `worker_kind`
+/// reads it. `claimed_ms` is the row's claim time when readable with a
+/// certain zone: a process younger than its claim has a reused pid.
+pub fn row_liveness(row: &RowIdentity, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Liveness {
+    let host = match row.host {
+        None => None,
+        Some(v) => match text(v).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+            Some(h) => Some(h),
+            None => return Liveness::Unknown("worker_host_sql gives no host for this row, so whether the worker is on this host cannot be told".into()),
+        },
+    };
+    if let Some(h) = &host {
+        if !doctor_sdk::owner::same_host(h, chk.hostname) {
+            return Liveness::Remote(h.clone());
+        }
+    }
+    if let Some(v) = row.pid {
+        return match integer(v).filter(|p| *p > 0 && *p <= u32::MAX as i64) {
+            Some(pid) => crate::pid_alive(pid as u32, None, chk, claimed_ms),
+            // A JSON document without a pid (a task not yet started, a
+            // library that writes it later): the name may still tell.
+            None if chk.names.is_some() => crate::liveness(row.worker, chk, claimed_ms),
+            None => Liveness::Unknown(format!("worker_pid_sql gives {} for this row, not a pid", crate::shown(v))),
+        };
+    }
+    crate::liveness(row.worker, chk, claimed_ms)
+}
+
+/// A name-only identity: the live processes in scope whose `name` capture
+/// equals `name`. Not finding one is evidence of death only because the
+/// policy declared how the worker shows its name.
+pub fn find_by_name(name: &str, finder: &NameFinder, chk: &OwnerCheck) -> Liveness {
+    let found: Vec<_> = chk
+        .table
+        .live()
+        .filter(|p| {
+            let cmd = command_line(p);
+            finder.pattern.captures_iter(&cmd).any(|c| c.name("name").is_some_and(|m| m.as_str() == name))
+                && finder.scope.contains(p, chk.table)
+                && chk.worker_match.is_none_or(|r| r.is_match(&cmd))
+        })
+        .cloned()
+        .collect();
+    if found.is_empty() {
+        Liveness::Dead(format!(
+            "no process in scope ({}) shows the name {name:?} by name_pattern /{}/",
+            finder.scope.describe(),
+            finder.pattern.as_str()
+        ))
+    } else {
+        Liveness::Alive(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(e: &str) -> bool {
+        sql_expression("k", Some(e)).is_ok()
+    }
+
+    #[test]
+    fn expressions_are_accepted_statements_are_not() {
+        assert!(ok("json_extract(result, '$.pid')"));
+        assert!(ok("CAST(substr(owner, instr(owner, '@') + 1) AS INTEGER)"));
+        assert!(ok("replace(owner, 'w-', '')"));
+        assert!(ok("json_extract(\"meta data\", '$.a;b -- c')"), "inside quotes anything goes");
+        assert!(ok("'it''s'"));
+        assert!(sql_expression("k", Some("  ")).unwrap().is_none());
+        for bad in [
+            "1; DROP TABLE jobs",
+            "pid -- comment",
+            "pid /* c */",
+            "(SELECT pid FROM other)",
+            "pid, host",
+            "pid)",
+            "(pid",
+            "'open",
+            "pid) FROM jobs; DELETE FROM jobs WHERE (1",
+            "load_extension('/tmp/x.so')",
+        ] {
+            let e = sql_expression("worker_pid_sql", Some(bad)).expect_err(bad);
+            assert!(doctor_sdk::error_text(&e).starts_with("invalid: config: worker_pid_sql = "), "{bad}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_name_pattern_needs_its_name_group() {
+        assert!(name_pattern(Some("--hostname (\\S+)")).is_err());
+        assert!(name_pattern(Some("--hostname (?P<name>\\S+)")).unwrap().is_some());
+        assert!(name_pattern(Some("")).unwrap().is_none());
+    }
+}

@@ -1,0 +1,57 @@
+//! A row's times (heartbeat, claim or lock time, update or creation time)
+//! as a judgement may use them: readable, and not in the future. A time
+//! ahead of this host's clock by more than the skew allowance was not
+//! written by a clock like ours — nanoseconds declared as milliseconds,
+//! milliseconds as seconds — and judging by it would make a dead worker's
+//! row look fresh forever. It is a finding of its own, never silence.
+
+use crate::{shown, unreadable_time_finding, TimeColumn};
+use doctor_sdk::prelude::*;
+use doctor_sdk::time::{future_by, read_time, Stamp, TimeUnit};
+
+/// Why a time cannot be used.
+#[derive(Debug, Clone)]
+pub enum TimeTrouble {
+    /// NULL, a BLOB, text that is no time, a number of no known magnitude.
+    Unreadable(String),
+    /// Readable, but ahead of this host's clock: the stamp as read, and by how much.
+    Future(Stamp, String),
+}
+
+/// Read a time a judgement may rely on.
+pub fn read_at(value: &SqlValue, unit: TimeUnit, now_ms: i64, skew_ms: i64) -> Result<Stamp, TimeTrouble> {
+    let stamp = read_time(value, unit).map_err(TimeTrouble::Unreadable)?;
+    match future_by(&stamp, now_ms, skew_ms) {
+        Some(ahead) => Err(TimeTrouble::Future(stamp, ahead)),
+        None => Ok(stamp),
+    }
+}
+
+/// The finding for a time that cannot be used. `key` is the row's key
+/// prefix (`job:7`); the finding's key ends in `<column kind>-unreadable` or
+/// `<column kind>-future`.
+pub fn time_finding(key: &str, subject: &str, which: TimeColumn, column: &str, value: &SqlValue, trouble: &TimeTrouble, consequence: &str) -> Finding {
+    match trouble {
+        TimeTrouble::Unreadable(why) => unreadable_time_finding(key, subject, which, column, value, why, consequence),
+        TimeTrouble::Future(stamp, ahead) => {
+            let slug = match which {
+                TimeColumn::Heartbeat => "heartbeat",
+                TimeColumn::Updated => "updated",
+                TimeColumn::Claimed => "claimed",
+            };
+            Finding::warning(
+                format!("{key}:{slug}-future"),
+                subject,
+                format!(
+                    "timestamp in the future: unit wrong? column {column} holds {}, read as {}, which is {ahead}; declare time_unit (s, ms, us, ns, iso8601, julian) if it was guessed wrong; {consequence}",
+                    shown(value),
+                    stamp.read_as
+                ),
+            )
+            .evidence("column", column)
+            .evidence("value", shown(value))
+            .evidence("read_as", &stamp.read_as)
+            .evidence("ahead", ahead)
+        }
+    }
+}
