@@ -1,8 +1,10 @@
 //! One run at a time per journal: an exclusive `flock` on `<journal>.lock`,
 //! waited for a bounded time. The holder writes its pid there for the message
 //! a waiting run prints. A lock counts only while the file locked is still
-//! the one at the path (same inode): a lock file removed or replaced under a
-//! holder is not a free lock.
+//! the one at the path (same inode). And the holder also `flock`s the journal
+//! database file itself (SQLite's own locks are `fcntl` locks, which `flock`
+//! does not touch): a lock file removed or replaced under a holder lets the
+//! next run past the first lock, never past the second.
 
 use super::JournalError;
 use nix::fcntl::{Flock, FlockArg};
@@ -13,12 +15,34 @@ use std::time::{Duration, Instant};
 
 pub struct JournalLock {
     _lock: Flock<File>,
+    _journal: Flock<File>,
 }
 
 impl JournalLock {
     pub fn acquire(journal: &Path, wait: Duration) -> Result<JournalLock, JournalError> {
+        let started = Instant::now();
         let lock = exclusive(&lock_path(journal), wait, "the journal lock")?;
-        Ok(JournalLock { _lock: lock })
+        let left = wait.saturating_sub(started.elapsed());
+        let held = flock_file(journal, left, "the journal (its lock file was removed or replaced while it ran)")?;
+        Ok(JournalLock { _lock: lock, _journal: held })
+    }
+}
+
+/// An exclusive `flock` on the file at `path` (created empty if missing),
+/// without writing to it.
+fn flock_file(path: &Path, wait: Duration, what: &str) -> Result<Flock<File>, JournalError> {
+    let unusable = |message: String| JournalError::Unusable { path: path.display().to_string(), message };
+    let deadline = Instant::now() + wait;
+    loop {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| unusable(e.to_string()))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(JournalError::Busy(format!("another doctor run holds {what} {}; gave up after waiting {wait:?} (lock_wait)", path.display())));
+            }
+            Err((_, e)) => return Err(unusable(format!("locking: {e}"))),
+        }
     }
 }
 
@@ -110,4 +134,33 @@ fn holder(path: &Path) -> Option<String> {
         said.push_str(&format!(", since {since}"));
     }
     Some(said)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_lock_file_does_not_let_a_second_run_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal.db");
+        let first = JournalLock::acquire(&journal, Duration::from_millis(100)).unwrap();
+        // Someone removes the lock file and puts a new one there.
+        let lock = lock_path(&journal);
+        std::fs::remove_file(&lock).unwrap();
+        std::fs::write(&lock, "").unwrap();
+        let second = JournalLock::acquire(&journal, Duration::from_millis(300));
+        assert!(matches!(&second, Err(JournalError::Busy(why)) if why.contains("replaced")), "{:?}", second.err());
+        drop(first);
+        assert!(JournalLock::acquire(&journal, Duration::from_millis(300)).is_ok(), "free once the holder is gone");
+    }
+
+    #[test]
+    fn a_second_run_waits_then_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal.db");
+        let _first = JournalLock::acquire(&journal, Duration::from_millis(100)).unwrap();
+        let second = JournalLock::acquire(&journal, Duration::from_millis(200));
+        assert!(matches!(&second, Err(JournalError::Busy(why)) if why.contains(&format!("pid {}", std::process::id()))), "{:?}", second.err());
+    }
 }
