@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer};
 mod identity;
 mod set;
 mod times;
-pub use identity::{find_by_name, name_pattern, probe_expression, row_liveness, sql_expression, NameFinder, RowIdentity};
+pub use identity::{find_by_name, name_only, name_pattern, probe_expression, row_liveness, sql_expression, NameFinder, RowIdentity};
 pub use set::{parse_sets, Placeholders, SetValue};
 pub use times::{read_at, time_finding, TimeTrouble};
 

@@ -157,7 +157,7 @@ impl Plugin for JobHealth {
         let scope = c.scope.compile("config: scope")?;
         let mut findings = Vec::new();
         if c.worker_kind == WorkerKind::Name && pid_sql.is_none() {
-            findings.push(name_only(&c, name_pattern.is_some(), scope.is_unscoped())?);
+            findings.push(db_common::name_only(&c.table, name_pattern.as_ref().map(|p| p.as_str()), scope.is_unscoped())?);
         }
         let mut wanted = vec![("id_column", c.id_column.as_str()), ("status_column", c.status_column.as_str())];
         for (key, col) in [
@@ -281,34 +281,6 @@ impl<'a> Columns<'a> {
             reason: opt_column(&c.reason_column),
         }
     }
-}
-
-/// A worker named only by a name: allowed with a declared way of finding
-/// it (name_pattern, inside a scope), and said to be weaker than a pid —
-/// a finding keyed `config:` that `doctor policy validate` prints as a
-/// warning. Without the declared way it is a config error: the incident's
-/// live worker was marked failed because its name was searched where it
-/// never appears.
-fn name_only(c: &Config, has_pattern: bool, unscoped: bool) -> Result<Finding, Error> {
-    if !has_pattern {
-        return Err(Error::Invalid(
-            "config: worker_kind = \"name\" needs name_pattern (a regex whose group `name` must equal the row's worker name, searched inside scope) or worker_pid_sql: a name missing from command lines proves nothing".into(),
-        ));
-    }
-    if unscoped {
-        return Err(Error::Invalid(
-            "config: worker_kind = \"name\" with name_pattern needs a scope ({ user, unit, cgroup, under } or \"host\"): another deployment's worker may show the same name".into(),
-        ));
-    }
-    Ok(Finding::info(
-        "config:weak-identity",
-        format!("table {}", c.table),
-        format!(
-            "worker_kind = \"name\": workers are identified by name only (name_pattern {:?}), which is weaker than a pid: a process in the scope that shows the name counts as the worker, and a worker whose name_pattern stops matching counts as dead. If the row records a pid anywhere, name it with worker_pid_sql",
-            c.name_pattern.as_deref().unwrap_or_default()
-        ),
-    )
-    .evidence("config_key", "worker_kind"))
 }
 
 struct Job<'a> {

@@ -147,7 +147,7 @@ impl Plugin for ChunkReset {
         // A scope names users, which only the host the policy runs on knows.
         let scope = c.scope.compile("config: scope")?;
         let weak = match (c.worker_kind, &pid_sql) {
-            (WorkerKind::Name, None) => Some(name_only(&c, name_pattern.is_some(), scope.is_unscoped())?),
+            (WorkerKind::Name, None) => Some(db_common::name_only(&c.table, name_pattern.as_ref().map(|p| p.as_str()), scope.is_unscoped())?),
             _ => None,
         };
         let finder = name_pattern.as_ref().map(|pattern| NameFinder { pattern, scope: &scope });
@@ -292,31 +292,6 @@ struct Leftover {
     chunks: Vec<String>,
     /// Named by pid (identity-checked) and inside the scope, if one is given.
     allowed: bool,
-}
-
-/// A worker named only by a name: allowed with a declared way of finding
-/// it (name_pattern, inside a scope), and said to be weaker than a pid (a
-/// `config:` finding that `doctor policy validate` prints as a warning).
-fn name_only(c: &Config, has_pattern: bool, unscoped: bool) -> Result<Finding, Error> {
-    if !has_pattern {
-        return Err(Error::Invalid(
-            "config: worker_kind = \"name\" needs name_pattern (a regex whose group `name` must equal the row's worker name, searched inside scope) or worker_pid_sql: a name missing from command lines proves nothing".into(),
-        ));
-    }
-    if unscoped {
-        return Err(Error::Invalid(
-            "config: worker_kind = \"name\" with name_pattern needs a scope ({ user, unit, cgroup, under } or \"host\"): another deployment's worker may show the same name".into(),
-        ));
-    }
-    Ok(Finding::info(
-        "config:weak-identity",
-        format!("table {}", c.table),
-        format!(
-            "worker_kind = \"name\": workers are identified by name only (name_pattern {:?}), which is weaker than a pid: a process in the scope that shows the name counts as the worker, and a worker whose name_pattern stops matching counts as dead. If the row records a pid anywhere, name it with worker_pid_sql",
-            c.name_pattern.as_deref().unwrap_or_default()
-        ),
-    )
-    .evidence("config_key", "worker_kind"))
 }
 
 /// A worker may be stopped only when this deployment's row names it by pid
