@@ -10,6 +10,8 @@ pub mod clock;
 pub mod daemon;
 pub mod facts;
 pub mod journal;
+pub mod logging;
+pub mod manpage;
 pub mod paths;
 pub mod pipeline;
 pub mod plan;
