@@ -77,11 +77,11 @@ pub fn run_summary(report: &RunReport) {
         run_id = report.run_id,
         exit = report.exit_code,
         duration_ms = report.duration_ms,
-        "run {}: {} plugin(s), {errors} error(s), {new} new, {fixed} fixed, {failed} failed fix(es), {open} open; exit {} in {:.1} s",
+        "run {}: {} plugin(s), {errors} error(s), {new} new, {fixed} fixed, {failed} failed fix(es), {open} open; exit {} in {}",
         report.run_id,
         report.plugins.len(),
         report.exit_code,
-        report.duration_ms as f64 / 1000.0
+        crate::report::seconds(report.duration_ms)
     );
     for f in &report.findings {
         let what = format!("{} {} {}: {}", f.plugin, f.key, f.severity.as_str(), f.message);
