@@ -18,7 +18,7 @@ fn stdout(out: &std::process::Output) -> String {
 
 /// Every command path: ["check"], ["journal", "prune"], ...
 fn command_paths(cmd: &clap::Command, prefix: &[String], out: &mut Vec<Vec<String>>) {
-    for sub in cmd.get_subcommands() {
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
         let mut path = prefix.to_vec();
         path.push(sub.get_name().to_string());
         out.push(path.clone());

@@ -180,6 +180,18 @@ enum Command {
         #[command(subcommand)]
         command: SystemdCommand,
     },
+    /// The incidents doctor exists for, built in a private temp dir: check, plan, fix, re-check, journal
+    Demo {
+        /// Keep the temp dir (policy, journal, databases) to explore; its processes are stopped all the same
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The demo's stale listener (started by `doctor demo`)
+    #[command(hide = true)]
+    DemoListen {
+        /// The loopback port to hold
+        port: u16,
+    },
     /// Print a shell completion script on stdout
     Completions {
         /// The shell to complete for
@@ -321,7 +333,7 @@ fn set_color(when: ColorWhen) {
 }
 
 /// Styled text as the terminal (or `--color`) wants it: kept or stripped.
-fn for_stdout(text: &str) -> String {
+pub(crate) fn for_stdout(text: &str) -> String {
     match anstream::AutoStream::choice(&std::io::stdout()) {
         anstream::ColorChoice::Never => anstream::adapter::strip_str(text).to_string(),
         _ => text.to_string(),
@@ -343,6 +355,8 @@ fn dispatch(global: Global, command: Command) -> anyhow::Result<i32> {
             journal(&global, command, filter, format)
         }
         Command::Systemd { command } => systemd(&global, command),
+        Command::Demo { keep } => crate::demo::run(keep),
+        Command::DemoListen { port } => crate::demo::listen(port),
         Command::Completions { shell } => {
             let mut text = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "doctor", &mut text);

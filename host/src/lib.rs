@@ -5,9 +5,11 @@
 pub mod actions;
 pub mod capabilities;
 pub mod catalog;
+#[macro_use]
 pub mod cli;
 pub mod clock;
 pub mod daemon;
+pub mod demo;
 pub mod facts;
 pub mod journal;
 pub mod logging;

@@ -16,7 +16,7 @@ pub fn render(cmd: clap::Command) -> anyhow::Result<String> {
     man.render_options_section(&mut page)?;
     let mut roff = Roff::new();
     roff.control("SH", ["COMMANDS"]);
-    for sub in cmd.get_subcommands() {
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
         command(&mut roff, "doctor", sub);
     }
     exit_status(&mut roff);
@@ -62,7 +62,7 @@ fn command(roff: &mut Roff, parent: &str, cmd: &clap::Command) {
         }
         roff.text([roman(help)]);
     }
-    for sub in cmd.get_subcommands() {
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
         command(roff, &name, sub);
     }
 }
