@@ -23,9 +23,77 @@ fn main() {
     for (name, _) in BUILTINS {
         println!("cargo:rerun-if-changed={}", plugins.join(name).display());
     }
-    let target_dir = root.join("target").join("plugins");
+    // Beside the host's own artifacts, wherever CARGO_TARGET_DIR puts them.
+    let target_dir = cargo_target_dir(root).join("plugins");
     build_plugins(&plugins, &target_dir);
     embed(&target_dir.join("wasm32-wasip2").join("release"));
+    version_info(root);
+}
+
+/// The target directory of this build: the ancestor of OUT_DIR that cargo
+/// marked with CACHEDIR.TAG (CARGO_TARGET_DIR may be relative to a working
+/// directory the build script does not know). Else `<workspace>/target`.
+fn cargo_target_dir(root: &Path) -> PathBuf {
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    out_dir
+        .ancestors()
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// What `doctor --version` names besides the crate version: the git commit
+/// ("unknown" outside git), the wasmtime it links (from Cargo.lock) and the
+/// WIT packages in wit/ that it loads plugins against.
+fn version_info(root: &Path) {
+    let git = |args: &[&str]| {
+        Command::new("git").current_dir(root).args(args).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).filter(|c| !c.is_empty());
+    if commit.is_some() {
+        // A new commit must show in --version: watch HEAD and the ref it names.
+        for path in [git(&["rev-parse", "--git-path", "HEAD"]), git(&["symbolic-ref", "-q", "HEAD"]).and_then(|r| git(&["rev-parse", "--git-path", &r]))]
+            .into_iter()
+            .flatten()
+        {
+            println!("cargo:rerun-if-changed={}", root.join(path).display());
+        }
+    }
+    println!("cargo:rustc-env=DOCTOR_GIT_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!("cargo:rustc-env=DOCTOR_WASMTIME_VERSION={}", locked_version(&lock, "wasmtime").unwrap_or_else(|| "unknown".into()));
+    let mut packages = Vec::new();
+    wit_packages(&root.join("wit"), &mut packages);
+    packages.sort();
+    packages.dedup();
+    println!("cargo:rustc-env=DOCTOR_WIT_PACKAGES={}", if packages.is_empty() { "unknown".into() } else { packages.join(", ") });
+}
+
+/// `version = "…"` of the `[[package]]` named `name` in a Cargo.lock.
+fn locked_version(lock: &str, name: &str) -> Option<String> {
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == format!("name = \"{name}\"") {
+            let version = lines.next()?.trim().strip_prefix("version = \"")?.strip_suffix('"')?;
+            return Some(version.to_string());
+        }
+    }
+    None
+}
+
+/// The `package NS:NAME@VERSION;` line of every .wit file under `dir`.
+fn wit_packages(dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            wit_packages(&path, out);
+        } else if path.extension().is_some_and(|e| e == "wit") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            out.extend(text.lines().filter_map(|l| l.trim().strip_prefix("package ")).map(|p| p.trim_end_matches(';').trim().to_string()));
+        }
+    }
 }
 
 fn build_plugins(plugins: &Path, target_dir: &Path) {

@@ -33,290 +33,409 @@ use anyhow::Context as _;
 use crate::pipeline::{self, Mode, RunOptions};
 use crate::policy::Policy;
 use crate::report::{EXIT_OK, EXIT_UNKNOWN};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// `doctor --version`: what an operator needs in a bug report.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit: ",
+    env!("DOCTOR_GIT_COMMIT"),
+    "\nwasmtime: ",
+    env!("DOCTOR_WASMTIME_VERSION"),
+    "\nplugin WIT: ",
+    env!("DOCTOR_WIT_PACKAGES"),
+);
+
 #[derive(Parser)]
-#[command(name = "doctor", version, about = "Finds and safely fixes drift on Linux hosts, with sandboxed WebAssembly plugins")]
-struct Cli {
+#[command(
+    name = "doctor",
+    version,
+    long_version = LONG_VERSION,
+    about = "Finds and safely fixes drift on Linux hosts, with sandboxed WebAssembly plugins",
+    disable_help_subcommand = true
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Options every command takes, before or after its name (DESIGN §6).
+#[derive(Args)]
+struct Global {
+    /// Policy file [default: /etc/doctor/policy.toml as root, else the XDG config dir's doctor/policy.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Journal file [default: the policy's, else /var/lib/doctor/journal.db as root or the XDG state dir's]
+    #[arg(long, global = true, value_name = "FILE")]
+    journal: Option<PathBuf>,
+    /// Output format; prometheus and nagios are for check, fix and run
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    format: RunFormat,
+    /// Log verbosity on stderr or journald [default: $DOCTOR_LOG, else warn; info under systemd]
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    log_level: Option<String>,
+    /// Colour in the human report: auto (a terminal, and NO_COLOR unset), always or never
+    #[arg(long, global = true, value_enum, default_value = "auto", value_name = "WHEN")]
+    color: ColorWhen,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ColorWhen {
+    Auto,
+    Always,
+    Never,
+}
+
+/// The formats of everything but a run's report.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Format {
     Human,
     Json,
 }
 
 /// Formats of a run's report.
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum RunFormat {
+    /// Text for people
     Human,
+    /// One JSON document on stdout
     Json,
-    /// node_exporter textfile collector (use with --output).
+    /// node_exporter textfile collector (use with --output)
     Prometheus,
-    /// One Nagios/Icinga status line with perfdata.
+    /// One Nagios/Icinga status line with perfdata
     Nagios,
+}
+
+impl RunFormat {
+    /// Commands other than check, fix and run print human text or JSON.
+    fn simple(self, command: &str) -> anyhow::Result<Format> {
+        match self {
+            RunFormat::Human => Ok(Format::Human),
+            RunFormat::Json => Ok(Format::Json),
+            other => anyhow::bail!("--format {}: only check, fix and run print it, not {command}", format!("{other:?}").to_lowercase()),
+        }
+    }
 }
 
 #[derive(Args)]
 struct Output {
-    #[arg(long, value_enum, default_value = "human")]
-    format: RunFormat,
-    /// Write the report to FILE atomically instead of stdout.
+    /// Write the report to FILE atomically instead of stdout
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
 }
 
-#[derive(Args)]
-struct Common {
-    /// Policy file [default: /etc/doctor/policy.toml, or the XDG config dir]
-    #[arg(long, global = true)]
-    policy: Option<PathBuf>,
-    /// Journal file [default: the policy's, else /var/lib/doctor/journal.db or the XDG state dir]
-    #[arg(long, global = true)]
-    journal: Option<PathBuf>,
-}
-
 #[derive(Subcommand)]
 enum Command {
-    /// Run the checks; change nothing.
+    /// Run the checks; change nothing
     Check {
-        #[command(flatten)]
-        common: Common,
-        /// Only these plugins (repeatable).
-        #[arg(long = "plugin")]
+        /// Only this plugin (repeatable)
+        #[arg(long = "plugin", value_name = "NAME")]
         plugins: Vec<String>,
-        /// Also store every host call of each plugin's check in DIR
-        /// (one PLUGIN.json each), for `doctor plugins replay`.
+        /// Also store every host call of each plugin's check in DIR (one PLUGIN.json each), for `doctor plugins replay`
         #[arg(long, value_name = "DIR")]
         record: Option<PathBuf>,
         #[command(flatten)]
         output: Output,
     },
-    /// Run the checks and apply their fixes, then re-check.
+    /// Run the checks and apply their fixes, then re-check
     Fix {
-        #[command(flatten)]
-        common: Common,
-        #[arg(long = "plugin")]
+        /// Only this plugin (repeatable)
+        #[arg(long = "plugin", value_name = "NAME")]
         plugins: Vec<String>,
-        /// Print the exact plan and touch nothing.
+        /// Print the plan, with what the guards and grants would refuse, and touch nothing
         #[arg(long)]
         dry_run: bool,
-        /// Fix findings even where the flap breaker has suspended auto-fix.
+        /// Fix findings even where the flap breaker has suspended auto-fix
         #[arg(long)]
         override_flap_breaker: bool,
         #[command(flatten)]
         output: Output,
     },
-    /// The scheduled entry point: only due plugins; fixes where `fix = "auto"`.
+    /// The scheduled entry point: only due plugins; fixes where `fix = "auto"`
     Run {
-        #[command(flatten)]
-        common: Common,
         #[command(flatten)]
         output: Output,
     },
-    /// Run the schedule in the foreground (for hosts without systemd).
-    Daemon {
-        #[command(flatten)]
-        common: Common,
-    },
-    /// Plugins known to this doctor.
+    /// Run the schedule in the foreground (for hosts without systemd)
+    Daemon,
+    /// Plugins known to this doctor
     Plugins {
         #[command(subcommand)]
         command: PluginsCommand,
     },
-    /// Policy tools.
+    /// Policy tools
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Read and maintain the journal (default: recent runs and open findings).
+    /// Read and maintain the journal (default: recent runs and open findings)
     Journal {
-        #[command(flatten)]
-        common: Common,
         #[command(subcommand)]
         command: Option<JournalCommand>,
         #[command(flatten)]
         filter: JournalFilter,
-        #[arg(long, value_enum, default_value = "human", global = true)]
-        format: Format,
     },
-    /// systemd units for the scheduled run.
+    /// systemd units for the scheduled run
     Systemd {
         #[command(subcommand)]
         command: SystemdCommand,
     },
+    /// The incidents doctor exists for, built in a private temp dir: check, plan, fix, re-check, journal
+    Demo {
+        /// Keep the temp dir (policy, journal, databases) to explore; its processes are stopped all the same
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The demo's stale listener (started by `doctor demo`)
+    #[command(hide = true)]
+    DemoListen {
+        /// The loopback port to hold
+        port: u16,
+    },
+    /// Print a shell completion script on stdout
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout
+    Manpage,
 }
 
 #[derive(Args)]
 struct JournalFilter {
-    /// Only runs and findings seen within this long (e.g. 1h, 7d).
-    #[arg(long)]
+    /// Only runs and findings seen within this long (e.g. 1h, 7d)
+    #[arg(long, value_name = "DURATION")]
     since: Option<String>,
-    #[arg(long)]
+    /// Only findings of this plugin
+    #[arg(long, value_name = "NAME")]
     plugin: Option<String>,
+    /// Only findings of this severity
     #[arg(long, value_parser = ["info", "warning", "critical"])]
     severity: Option<String>,
-    /// Findings with this status (default: the open ones, new and persisting).
+    /// Findings with this status (default: the open ones, new and persisting)
     #[arg(long, value_parser = ["new", "persisting", "resolved"])]
     status: Option<String>,
-    /// How many runs to list.
-    #[arg(long, default_value = "20")]
+    /// How many runs to list
+    #[arg(long, default_value = "20", value_name = "N")]
     runs: u32,
 }
 
 #[derive(Subcommand)]
 enum JournalCommand {
-    /// Everything one run recorded: plugins, findings, actions.
-    Show { run: i64 },
-    /// Delete runs older than a duration, and findings resolved before it.
+    /// Everything one run recorded: plugins, findings, actions
+    Show {
+        /// The run's number, as `doctor journal` lists it
+        run: i64,
+    },
+    /// Delete runs older than a duration, and findings resolved before it
     Prune {
+        /// Age beyond which runs are deleted (e.g. 30d)
         #[arg(long, value_name = "DURATION")]
         older_than: String,
     },
-    /// Close the flap breaker of one finding (its earlier fixes stop counting).
-    ResetFlap { plugin: String, key: String },
+    /// Close the flap breaker of one finding (its earlier fixes stop counting)
+    ResetFlap {
+        /// The plugin that reported the finding
+        plugin: String,
+        /// The finding's key, as the report shows it
+        key: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum SystemdCommand {
-    /// Print doctor.service and doctor.timer for this policy.
+    /// Print doctor.service and doctor.timer for this policy
     Print {
-        #[command(flatten)]
-        common: Common,
-        /// Also write node_exporter's textfile here on every run.
+        /// Also write node_exporter's textfile here on every run
         #[arg(long, value_name = "FILE")]
         prometheus: Option<PathBuf>,
+        /// Units for the calling user's systemd manager (`systemctl --user`)
+        #[arg(long)]
+        user: bool,
     },
-    /// Write doctor.service and doctor.timer into DIR, then say how to enable them.
+    /// Write doctor.service and doctor.timer, then say how to enable them
     Install {
-        #[command(flatten)]
-        common: Common,
+        /// Also write node_exporter's textfile here on every run
         #[arg(long, value_name = "FILE")]
         prometheus: Option<PathBuf>,
-        #[arg(long, default_value = "/etc/systemd/system")]
-        dir: PathBuf,
+        /// Units for the calling user's systemd manager, in the XDG config dir's systemd/user
+        #[arg(long)]
+        user: bool,
+        /// Write the units here [default: /etc/systemd/system, or with --user the XDG config dir's systemd/user]
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
 #[derive(Subcommand)]
 enum PluginsCommand {
-    List {
-        /// Also list the plugin directories of this policy.
-        #[arg(long)]
-        policy: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "human")]
-        format: Format,
-    },
-    /// What a plugin file is and asks for: WIT package, sha256 (to pin),
-    /// size, config keys, and each capability next to the policy's grant.
+    /// The built-in plugins and those in the policy's plugin directories
+    List,
+    /// What a plugin file is and asks for: WIT package, sha256 (to pin), size, config keys, and each capability next to the policy's grant
     Inspect {
-        /// The plugin's .wasm component, or the name of a built-in plugin.
+        /// The plugin's .wasm component, or the name of a built-in plugin
         plugin: PathBuf,
-        /// Show the grants of this policy next to what the plugin requests.
-        #[arg(long)]
-        policy: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "human")]
-        format: Format,
     },
-    /// Write a new plugin project that builds as it is, with a test and a
-    /// policy snippet granting exactly what it requests.
+    /// Write a new plugin project that builds as it is, with a test and a policy snippet granting exactly what it requests
     New {
-        /// The plugin's name (lowercase, digits, hyphens): describe()'s name and the .wasm file stem.
+        /// The plugin's name (lowercase, digits, hyphens): describe()'s name and the .wasm file stem
         name: String,
+        /// The language of the project
         #[arg(long, value_enum, default_value = "rust")]
         lang: crate::scaffold::Lang,
-        /// Where to write it [default: ./NAME]; must not exist or be empty.
+        /// Where to write it [default: ./NAME]; must not exist or be empty
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// The doctor-sdk crate to depend on (Rust) [default: this doctor's source tree, when present].
+        /// The doctor-sdk crate to depend on (Rust) [default: this doctor's source tree, when present]
         #[arg(long, value_name = "PATH")]
         sdk: Option<PathBuf>,
     },
-    /// Run a plugin against a recording made by `doctor check --record DIR`:
-    /// same clock, same answers, no host access; print its report.
+    /// Run a plugin against a recording made by `doctor check --record DIR`: same clock, same answers, no host access
     Replay {
-        /// The plugin's .wasm component, or the name of a built-in plugin.
+        /// The plugin's .wasm component, or the name of a built-in plugin
         plugin: PathBuf,
-        /// The directory `check --record` wrote.
+        /// The directory `check --record` wrote
         dir: PathBuf,
-        #[arg(long, value_enum, default_value = "human")]
-        format: Format,
     },
 }
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Parse and check a policy, including each plugin's config keys.
-    Validate {
-        #[arg(long)]
-        policy: Option<PathBuf>,
-    },
+    /// Parse and check a policy, including each plugin's config keys
+    Validate,
 }
 
 pub fn main() -> i32 {
-    init_logging();
+    let nagios = wants_nagios(std::env::args_os());
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { EXIT_UNKNOWN } else { EXIT_OK };
+            if !e.use_stderr() {
+                return EXIT_OK;
+            }
+            if nagios {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                nagios_unknown(&format!("usage: {}", first.strip_prefix("error: ").unwrap_or(first)));
+            }
+            return EXIT_UNKNOWN;
         }
     };
-    match dispatch(cli.command) {
+    crate::logging::init(cli.global.log_level.as_deref());
+    set_color(cli.global.color);
+    let nagios = cli.global.format == RunFormat::Nagios;
+    match dispatch(cli.global, cli.command) {
         Ok(code) => code,
         Err(e) => {
             errln!("doctor: {e:#}");
+            if nagios {
+                nagios_unknown(&e.to_string());
+            }
             EXIT_UNKNOWN
         }
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DOCTOR_LOG").unwrap_or_else(|_| "warn".into());
-    let color = std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(color).with_writer(std::io::stderr).try_init();
+/// Nagios reads the first line of stdout; a usage error must still give it one.
+fn wants_nagios(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let args: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+    args.iter().any(|a| a == "--format=nagios") || args.windows(2).any(|w| w[0] == "--format" && w[1] == "nagios")
 }
 
-fn dispatch(command: Command) -> anyhow::Result<i32> {
-    match command {
-        Command::Check { common, plugins, record, output } => run(common, plugins, Mode::Check, false, record, output),
-        Command::Fix { common, plugins, dry_run, override_flap_breaker, output } => {
-            run(common, plugins, Mode::Fix { dry_run }, override_flap_breaker, None, output)
-        }
-        Command::Run { common, output } => run(common, Vec::new(), Mode::Scheduled, false, None, output),
-        Command::Daemon { common } => crate::daemon::run(policy_path(&common), common.journal),
-        Command::Plugins { command: PluginsCommand::List { policy, format } } => plugins_list(policy, format),
-        Command::Plugins { command: PluginsCommand::Inspect { plugin, policy, format } } => plugins_inspect(&plugin, policy.as_deref(), format),
-        Command::Plugins { command: PluginsCommand::Replay { plugin, dir, format } } => plugins_replay(&plugin, &dir, format),
-        Command::Plugins { command: PluginsCommand::New { name, lang, dir, sdk } } => plugins_new(&name, lang, dir, sdk),
-        Command::Policy { command: PolicyCommand::Validate { policy } } => validate(policy),
-        Command::Journal { common, command, filter, format } => journal(common, command, filter, format),
-        Command::Systemd { command } => systemd(command),
+fn nagios_unknown(why: &str) {
+    outln!("DOCTOR UNKNOWN - {}", why.lines().next().unwrap_or_default());
+}
+
+/// `--color` and NO_COLOR, settled once for every later write.
+fn set_color(when: ColorWhen) {
+    let choice = match when {
+        ColorWhen::Always => anstream::ColorChoice::Always,
+        ColorWhen::Never => anstream::ColorChoice::Never,
+        ColorWhen::Auto => anstream::ColorChoice::Auto,
+    };
+    choice.write_global();
+}
+
+/// Styled text as the terminal (or `--color`) wants it: kept or stripped.
+pub(crate) fn for_stdout(text: &str) -> String {
+    match anstream::AutoStream::choice(&std::io::stdout()) {
+        anstream::ColorChoice::Never => anstream::adapter::strip_str(text).to_string(),
+        _ => text.to_string(),
     }
 }
 
-fn policy_path(common: &Common) -> PathBuf {
-    common.policy.clone().unwrap_or_else(crate::paths::default_policy)
+fn dispatch(global: Global, command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Check { plugins, record, output } => run(&global, plugins, Mode::Check, false, record, output),
+        Command::Fix { plugins, dry_run, override_flap_breaker, output } => {
+            run(&global, plugins, Mode::Fix { dry_run }, override_flap_breaker, None, output)
+        }
+        Command::Run { output } => run(&global, Vec::new(), Mode::Scheduled, false, None, output),
+        Command::Daemon => crate::daemon::run(policy_path(&global), global.journal),
+        Command::Plugins { command: PluginsCommand::List } => plugins_list(global.policy, global.format.simple("plugins list")?),
+        Command::Plugins { command: PluginsCommand::Inspect { plugin } } => {
+            let format = global.format.simple("plugins inspect")?;
+            plugins_inspect(&plugin, global.policy.as_deref(), format)
+        }
+        Command::Plugins { command: PluginsCommand::Replay { plugin, dir } } => plugins_replay(&plugin, &dir, global.format.simple("plugins replay")?),
+        Command::Plugins { command: PluginsCommand::New { name, lang, dir, sdk } } => plugins_new(&name, lang, dir, sdk),
+        Command::Policy { command: PolicyCommand::Validate } => validate(global.policy),
+        Command::Journal { command, filter } => {
+            let format = global.format.simple("journal")?;
+            journal(&global, command, filter, format)
+        }
+        Command::Systemd { command } => systemd(&global, command),
+        Command::Demo { keep } => crate::demo::run(keep),
+        Command::DemoListen { port } => crate::demo::listen(port),
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "doctor", &mut text);
+            out!("{}", String::from_utf8_lossy(&text));
+            Ok(EXIT_OK)
+        }
+        Command::Manpage => {
+            out!("{}", crate::manpage::render(Cli::command())?);
+            Ok(EXIT_OK)
+        }
+    }
 }
 
-fn run(common: Common, plugins: Vec<String>, mode: Mode, override_flap_breaker: bool, record: Option<PathBuf>, output: Output) -> anyhow::Result<i32> {
-    let opts = RunOptions { policy: policy_path(&common), journal: common.journal, plugins, mode, override_flap_breaker, record };
+/// The command model, for the man page and tests.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+fn policy_path(global: &Global) -> PathBuf {
+    global.policy.clone().unwrap_or_else(crate::paths::default_policy)
+}
+
+fn run(global: &Global, plugins: Vec<String>, mode: Mode, override_flap_breaker: bool, record: Option<PathBuf>, output: Output) -> anyhow::Result<i32> {
+    let opts = RunOptions { policy: policy_path(global), journal: global.journal.clone(), plugins, mode, override_flap_breaker, record };
     let report = match pipeline::execute(&opts) {
         Ok(report) => report,
         Err(fatal) => {
             errln!("doctor: {fatal}");
-            if output.format == RunFormat::Nagios {
-                outln!("DOCTOR UNKNOWN - {}", fatal.to_string().lines().next().unwrap_or_default());
+            if global.format == RunFormat::Nagios {
+                nagios_unknown(&fatal.to_string());
             }
             return Ok(EXIT_UNKNOWN);
         }
     };
-    let text = match output.format {
+    if mode == Mode::Scheduled {
+        crate::logging::run_summary(&report);
+    }
+    let text = match global.format {
         RunFormat::Json => report.to_json() + "\n",
-        RunFormat::Human => report.to_human(),
+        // A scheduled run under systemd has logged its summary; the whole
+        // report on stdout would repeat it in the journal every tick.
+        RunFormat::Human if mode == Mode::Scheduled && output.output.is_none() && crate::logging::stdout_is_journal() => return Ok(report.exit_code),
+        RunFormat::Human if output.output.is_some() => report.to_human(false),
+        RunFormat::Human => for_stdout(&report.to_human(true)),
         RunFormat::Prometheus => report.to_prometheus(crate::clock::now_unix_ms()),
         RunFormat::Nagios => report.to_nagios() + "\n",
     };
@@ -356,7 +475,7 @@ fn plugins_replay(plugin: &std::path::Path, dir: &std::path::Path, format: Forma
     let report = crate::recording::replay(plugin, dir)?;
     match format {
         Format::Json => outln!("{}", report.to_json()),
-        Format::Human => out!("{}", report.to_human()),
+        Format::Human => out!("{}", for_stdout(&report.to_human(true))),
     }
     Ok(report.exit_code)
 }
@@ -416,10 +535,10 @@ fn validate(policy: Option<PathBuf>) -> anyhow::Result<i32> {
     }
 }
 
-fn journal(common: Common, command: Option<JournalCommand>, filter: JournalFilter, format: Format) -> anyhow::Result<i32> {
-    let path = match &common.journal {
+fn journal(global: &Global, command: Option<JournalCommand>, filter: JournalFilter, format: Format) -> anyhow::Result<i32> {
+    let path = match &global.journal {
         Some(j) => j.clone(),
-        None => pipeline::journal_path(&Policy::load(&policy_path(&common))?, None),
+        None => pipeline::journal_path(&Policy::load(&policy_path(global))?, None),
     };
     if !path.exists() {
         anyhow::bail!("journal {} does not exist (no run has written it yet)", path.display());
@@ -441,7 +560,13 @@ fn journal(common: Common, command: Option<JournalCommand>, filter: JournalFilte
             let mut journal = Journal::open(&path)?;
             let before = crate::clock::now_unix_ms().saturating_sub(age.as_millis() as u64);
             let (runs, findings) = journal.prune(before)?;
-            outln!("pruned {runs} run(s) and {findings} resolved finding(s) older than {older_than}");
+            match format {
+                Format::Json => outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "pruned_runs": runs, "pruned_findings": findings, "older_than": older_than }))?
+                ),
+                Format::Human => outln!("pruned {runs} run(s) and {findings} resolved finding(s) older than {older_than}"),
+            }
             Ok(EXIT_OK)
         }
         Some(JournalCommand::ResetFlap { plugin, key }) => {
@@ -450,7 +575,10 @@ fn journal(common: Common, command: Option<JournalCommand>, filter: JournalFilte
             if !journal.reset_flap(&plugin, &key, crate::clock::now_unix_ms())? {
                 anyhow::bail!("the journal has no finding {plugin} {key}");
             }
-            outln!("flap breaker of {plugin} {key} reset: earlier fixes no longer count");
+            match format {
+                Format::Json => outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "reset_flap": { "plugin": plugin, "key": key } }))?),
+                Format::Human => outln!("flap breaker of {plugin} {key} reset: earlier fixes no longer count"),
+            }
             Ok(EXIT_OK)
         }
     }
@@ -517,30 +645,50 @@ fn when(unix_ms: i64) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
-fn systemd(command: SystemdCommand) -> anyhow::Result<i32> {
-    let (common, prometheus, dir) = match command {
-        SystemdCommand::Print { common, prometheus } => (common, prometheus, None),
-        SystemdCommand::Install { common, prometheus, dir } => (common, prometheus, Some(dir)),
+fn systemd(global: &Global, command: SystemdCommand) -> anyhow::Result<i32> {
+    let (prometheus, user, dir) = match command {
+        SystemdCommand::Print { prometheus, user } => (prometheus, user, None),
+        SystemdCommand::Install { prometheus, user, dir } => (prometheus, user, Some(install_dir(user, dir)?)),
     };
     let prometheus = prometheus.map(std::path::absolute).transpose()?;
-    let policy_file = std::path::absolute(policy_path(&common))?;
+    let policy_file = std::path::absolute(policy_path(global))?;
     let policy = Policy::load(&policy_file)?;
-    let journal = std::path::absolute(pipeline::journal_path(&policy, common.journal.as_ref()))?;
+    let journal = std::path::absolute(pipeline::journal_path(&policy, global.journal.as_ref()))?;
     let cache = std::path::absolute(pipeline::cache_dir(&policy, &journal))?;
     let binary = std::env::current_exe().context("locating the doctor binary")?;
     let paths = crate::systemd::Paths { binary: &binary, journal: &journal, cache: &cache, prometheus: prometheus.as_deref() };
-    let units = crate::systemd::units(&policy, &paths);
+    let units = crate::systemd::units(&policy, &paths, user);
     match dir {
         None => {
             outln!("# {}\n{}", crate::systemd::SERVICE_NAME, units.service);
             outln!("# {}\n{}", crate::systemd::TIMER_NAME, units.timer);
         }
         Some(dir) => {
-            for path in crate::systemd::install(&dir, &units)? {
+            let written = crate::systemd::install(&dir, &units).with_context(|| format!("writing the units into {}", dir.display()))?;
+            for path in written {
                 outln!("wrote {}", path.display());
             }
-            outln!("now: systemctl daemon-reload && systemctl enable --now {}", crate::systemd::TIMER_NAME);
+            let systemctl = if user { "systemctl --user" } else { "systemctl" };
+            outln!("now: {systemctl} daemon-reload && {systemctl} enable --now {}", crate::systemd::TIMER_NAME);
         }
     }
     Ok(EXIT_OK)
+}
+
+/// Where `systemd install` writes. System units need root: say so before
+/// anything is written, and offer the user's own manager instead.
+fn install_dir(user: bool, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = dir {
+        return Ok(dir);
+    }
+    if user {
+        return crate::paths::user_unit_dir().context("no home directory to find the XDG config dir in (set XDG_CONFIG_HOME or HOME)");
+    }
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(
+            "installing system units into /etc/systemd/system needs root; run it as root, or `doctor systemd install --user` for units of your own systemd manager (in {})",
+            crate::paths::user_unit_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "$XDG_CONFIG_HOME/systemd/user".into())
+        );
+    }
+    Ok(PathBuf::from("/etc/systemd/system"))
 }

@@ -29,7 +29,7 @@ async fn schedule(policy_path: PathBuf, journal: Option<PathBuf>, mut policy: Ar
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    tracing::warn!(policy = %policy_path.display(), "doctor daemon started");
+    crate::logging::note(&format!("doctor daemon started with policy {}", policy_path.display()));
     loop {
         let run = tokio::task::spawn_blocking({
             let policy = policy.clone();
@@ -47,10 +47,7 @@ async fn schedule(policy_path: PathBuf, journal: Option<PathBuf>, mut policy: Ar
             }
         };
         match finished {
-            Ok(Ok(report)) if !report.plugins.is_empty() => {
-                tracing::warn!(run = report.run_id, exit = report.exit_code, plugins = report.plugins.len(), "scheduled run finished");
-            }
-            Ok(Ok(_)) => {}
+            Ok(Ok(report)) => crate::logging::run_summary(&report),
             Ok(Err(fatal)) => tracing::error!("scheduled run failed: {fatal}"),
             Err(e) => tracing::error!("scheduled run panicked: {e}"),
         }
@@ -69,7 +66,7 @@ async fn schedule(policy_path: PathBuf, journal: Option<PathBuf>, mut policy: Ar
 fn reload(path: &std::path::Path, current: Arc<Policy>) -> Arc<Policy> {
     match load_valid(path) {
         Ok(new) => {
-            tracing::warn!(policy = %path.display(), "SIGHUP: policy reloaded");
+            crate::logging::note(&format!("SIGHUP: policy {} reloaded", path.display()));
             Arc::new(new)
         }
         Err(e) => {

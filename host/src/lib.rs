@@ -5,12 +5,16 @@
 pub mod actions;
 pub mod capabilities;
 pub mod catalog;
+#[macro_use]
 pub mod cli;
 pub mod clock;
 pub mod daemon;
+pub mod demo;
 pub mod facts;
 pub mod inspect;
 pub mod journal;
+pub mod logging;
+pub mod manpage;
 pub mod paths;
 pub mod pipeline;
 pub mod plan;

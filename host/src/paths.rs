@@ -44,3 +44,8 @@ pub fn default_fix_lock() -> PathBuf {
         .and_then(|d| d.runtime_dir().map(|r| r.join("doctor").join("fix.lock")))
         .unwrap_or_else(|| std::env::temp_dir().join(format!("doctor-{}", nix::unistd::geteuid())).join("fix.lock"))
 }
+
+/// `systemctl --user` units: the XDG config dir's `systemd/user`.
+pub fn user_unit_dir() -> Option<PathBuf> {
+    directories::BaseDirs::new().map(|d| d.config_dir().join("systemd").join("user"))
+}

@@ -69,6 +69,8 @@ struct Prepared {
     loaded: Result<(LoadedComponent, PluginInfo), PluginFailure>,
     config_json: String,
     apply_fixes: bool,
+    /// `fix --dry-run`: evaluate grants and guards for the plan.
+    preview: bool,
 }
 
 pub fn journal_path(policy: &Policy, cli: Option<&PathBuf>) -> PathBuf {
@@ -263,7 +265,8 @@ fn prepare(runtime: &Runtime, policy: &Arc<Policy>, chosen: Vec<(Entry, PluginPo
             Mode::Fix { dry_run: false } => true,
             Mode::Scheduled => plugin_policy.fix == FixMode::Auto,
         };
-        out.push(Prepared { entry, policy: plugin_policy, loaded, config_json, apply_fixes });
+        let preview = mode == Mode::Fix { dry_run: true };
+        out.push(Prepared { entry, policy: plugin_policy, loaded, config_json, apply_fixes, preview });
     }
     Ok(out)
 }
@@ -410,15 +413,16 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
         }
     };
     gate.escalate(&p.entry.name, &mut findings);
+    let action_context = || ActionContext {
+        plugin: p.entry.name.clone(),
+        grants: grants.clone(),
+        policy: policy.clone(),
+        protected_pids: protected.to_vec(),
+        protected_files: protected_files.to_vec(),
+        engine: facts.engine_handle(),
+    };
     let (actions, recheck) = if let (true, true, Some(intent_log)) = (p.apply_fixes, findings.iter().any(|f| !f.actions.is_empty()), intents) {
-        let ctx = ActionContext {
-            plugin: p.entry.name.clone(),
-            grants: grants.clone(),
-            policy: policy.clone(),
-            protected_pids: protected.to_vec(),
-            protected_files: protected_files.to_vec(),
-            engine: facts.engine_handle(),
-        };
+        let ctx = action_context();
         let own = Budget::for_plugin(&p.entry.name, p.policy.max_actions);
         let ahead = crate::journal::intents::PluginIntents { log: intent_log, plugin: &p.entry.name };
         let actions = apply::apply(&ctx, &findings, &[&own, budget], |f| gate.may_fix(&p.entry.name, f), &ahead);
@@ -442,6 +446,9 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
                 (actions, None)
             }
         }
+    } else if p.preview {
+        // fix --dry-run: what fix would refuse or hold back, with the reason.
+        (apply::preview(&action_context(), &findings, |f| gate.may_fix(&p.entry.name, f)), None)
     } else {
         (apply::dry_run(&findings), None)
     };

@@ -169,21 +169,24 @@ impl RunReport {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
 
-    pub fn to_human(&self) -> String {
+    /// The report for people; `color`: with ANSI styles (the caller strips
+    /// them where colour is not wanted). It ends with the run's duration.
+    pub fn to_human(&self, color: bool) -> String {
+        let paint = |style: anstyle::Style, text: &str| if color { format!("{style}{text}{style:#}") } else { text.to_string() };
         let mut out = String::new();
         let open = self.open_findings().count();
         if self.run_id == 0 {
             let _ = writeln!(out, "doctor {}: no plugin is due; {open} open finding(s) from earlier runs, exit {}", self.mode, self.exit_code);
         } else {
-        let _ = writeln!(
-            out,
-            "doctor {} (run {}): {} plugin(s), {} open finding(s), exit {}",
-            self.mode,
-            self.run_id,
-            self.plugins.len(),
-            open,
-            self.exit_code
-        );
+            let _ = writeln!(
+                out,
+                "doctor {} (run {}): {} plugin(s), {} open finding(s), exit {}",
+                self.mode,
+                self.run_id,
+                self.plugins.len(),
+                open,
+                self.exit_code
+            );
         }
         for run in &self.interrupted_runs {
             let _ = writeln!(out, "note: run {run} was interrupted before it finished (its journal entries are kept)");
@@ -196,16 +199,70 @@ impl RunReport {
             );
         }
         for p in self.plugins.iter().filter(|p| p.error.is_some()) {
-            let _ = writeln!(out, "ERROR    {}: {}", p.name, p.error.as_deref().unwrap_or_default());
+            let _ = writeln!(out, "{} {}: {}", paint(style::ERROR, "ERROR   "), p.name, p.error.as_deref().unwrap_or_default());
         }
         for f in &self.findings {
-            let _ = writeln!(out, "{:<8} {} {} [{}]: {}", f.severity.as_str().to_uppercase(), f.plugin, f.key, f.status.as_str(), f.message);
+            let severity = format!("{:<8}", f.severity.as_str().to_uppercase());
+            let _ = writeln!(
+                out,
+                "{} {} {} [{}]: {}",
+                paint(style::severity(f.severity), &severity),
+                f.plugin,
+                f.key,
+                paint(style::status(f.status), f.status.as_str()),
+                f.message
+            );
             for a in &f.actions {
                 let detail = if a.detail.is_empty() { String::new() } else { format!(" — {}", a.detail) };
-                let _ = writeln!(out, "    {} {}: {}{}", arrow(a.outcome), a.outcome.as_str(), a.description, detail);
+                let outcome = format!("{} {}", arrow(a.outcome), a.outcome.as_str());
+                let _ = writeln!(out, "    {}: {}{}", paint(style::outcome(a.outcome), &outcome), a.description, detail);
             }
         }
+        let _ = writeln!(out, "{}", paint(style::DIM, &format!("finished in {}", seconds(self.duration_ms))));
         out
+    }
+}
+
+/// `0.42 s`, `12.3 s`.
+pub fn seconds(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{:.2} s", ms as f64 / 1000.0)
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
+/// The human report's colours: severity, status, outcome.
+mod style {
+    use super::{Outcome, Severity, Status};
+    use anstyle::{AnsiColor, Style};
+
+    pub const ERROR: Style = AnsiColor::Red.on_default().bold();
+    pub const DIM: Style = Style::new().dimmed();
+
+    pub fn severity(s: Severity) -> Style {
+        match s {
+            Severity::Critical => AnsiColor::Red.on_default().bold(),
+            Severity::Warning => AnsiColor::Yellow.on_default().bold(),
+            Severity::Info => AnsiColor::Cyan.on_default(),
+        }
+    }
+
+    pub fn status(s: Status) -> Style {
+        match s {
+            Status::New => Style::new().bold(),
+            Status::Fixed | Status::Resolved => AnsiColor::Green.on_default(),
+            Status::Persisting => Style::new(),
+        }
+    }
+
+    pub fn outcome(o: Outcome) -> Style {
+        match o {
+            Outcome::Applied => AnsiColor::Green.on_default(),
+            Outcome::Failed | Outcome::Refused => AnsiColor::Red.on_default(),
+            Outcome::Planned => AnsiColor::Blue.on_default(),
+            Outcome::Skipped => Style::new().dimmed(),
+        }
     }
 }
 

@@ -222,7 +222,8 @@ pub fn test_plugins() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-            let target = root.join("target").join("plugins");
+            // Beside the host's artifacts: CARGO_TARGET_TMPDIR is <target dir>/tmp.
+            let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("plugins");
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
                 .arg(root.join("tests/hostile/Cargo.toml"))

@@ -47,7 +47,7 @@ pub fn remove(ctx: &ActionContext, path: &str) -> Executed {
     }
 }
 
-fn is_protected(ctx: &ActionContext, target: FileId) -> bool {
+pub(super) fn is_protected(ctx: &ActionContext, target: FileId) -> bool {
     ctx.protected_files.iter().any(|p| FileId::of_own_file(p) == Some(target))
 }
 

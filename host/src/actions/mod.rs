@@ -3,6 +3,7 @@
 
 pub mod guards;
 mod files;
+pub mod preview;
 mod process;
 mod sql;
 mod system;

@@ -14,7 +14,7 @@ use crate::safe_fs::{self, FileId};
 use rusqlite::{OpenFlags, TransactionBehavior};
 
 /// Only statements that change rows; no DDL, PRAGMA or ATTACH.
-const ALLOWED_VERBS: &[&str] = &["UPDATE", "DELETE", "INSERT"];
+pub(super) const ALLOWED_VERBS: &[&str] = &["UPDATE", "DELETE", "INSERT"];
 
 pub fn exec(ctx: &ActionContext, label: &str, statement: &str, params: &[Value], max_rows: u32) -> Executed {
     if let Err(denied) = ctx.grants.sqlite_write(label) {
@@ -76,7 +76,7 @@ fn run(path: &std::path::Path, statement: &str, params: &[Value], max_rows: u32)
 }
 
 /// `INSERT OR REPLACE` / `UPDATE OR REPLACE`, outside string literals.
-fn or_replace(statement: &str) -> bool {
+pub(super) fn or_replace(statement: &str) -> bool {
     let mut code = String::new();
     let mut quoted = false;
     for c in statement.chars() {

@@ -39,7 +39,7 @@ pub fn container(ctx: &ActionContext, id: &str, op: ContainerOp) -> Executed {
     }
 }
 
-fn container_names(inspect_json: &str) -> Vec<String> {
+pub(super) fn container_names(inspect_json: &str) -> Vec<String> {
     let doc: serde_json::Value = serde_json::from_str(inspect_json).unwrap_or_default();
     doc.get("Name").and_then(|n| n.as_str()).map(|n| vec![n.trim_start_matches('/').to_string()]).unwrap_or_default()
 }

@@ -100,10 +100,20 @@ impl Journal {
 
     /// Open for reading only (`doctor journal`): no migration, no WAL
     /// switch, so a user who may only read the file can still list it.
+    /// SQLite reads a WAL database through its -shm file and creates it if
+    /// missing, which such a user cannot; when no -wal file exists no run has
+    /// the journal open, so it is read as immutable instead.
     pub fn open_read_only(path: &Path) -> Result<Journal, JournalError> {
         let unusable = |message: String| JournalError::Unusable { path: path.display().to_string(), message };
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| unusable(e.to_string()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| unusable(e.to_string()))?;
+        let conn = match read_only_connection(path, false) {
+            Ok(conn) => conn,
+            Err(_) if !sibling(path, "-wal").exists() => read_only_connection(path, true).map_err(|e| unusable(e.to_string()))?,
+            Err(e) => {
+                return Err(unusable(format!(
+                    "{e} (a run has it open, and this user cannot write its -shm file beside it: read it as the journal's owner, or once no run is active)"
+                )))
+            }
+        };
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| unusable(e.to_string()))?;
         if version == 0 || version > schema::SCHEMA_VERSION {
             return Err(unusable(format!("schema version {version} is not one this doctor reads (1..={})", schema::SCHEMA_VERSION)));
@@ -435,4 +445,38 @@ fn save_state(tx: &rusqlite::Connection, plugin: &str, state: &BTreeMap<String, 
         )?;
     }
     Ok(())
+}
+
+/// `PATH-wal`, `PATH-shm`.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// A read-only connection that has read the schema version (SQLite opens
+/// lazily: a WAL it cannot use fails at the first read, not at open).
+fn read_only_connection(path: &Path, immutable: bool) -> rusqlite::Result<Connection> {
+    use rusqlite::OpenFlags;
+    let conn = if immutable {
+        let uri = format!("file:{}?immutable=1", uri_path(path));
+        Connection::open_with_flags(uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)?
+    } else {
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?;
+    Ok(conn)
+}
+
+/// A path in a SQLite URI: `%`, `?`, `#` and non-ASCII bytes escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for byte in path.as_os_str().as_encoded_bytes() {
+        match byte {
+            b'%' | b'?' | b'#' | 0x80.. => out.push_str(&format!("%{byte:02X}")),
+            _ => out.push(char::from(*byte)),
+        }
+    }
+    out
 }

@@ -59,6 +59,37 @@ pub fn dry_run(findings: &[Finding]) -> Vec<Vec<ActionResult>> {
     findings.iter().map(|f| f.actions.iter().map(ActionResult::planned).collect()).collect()
 }
 
+/// `fix --dry-run`: the plan as `fix` would meet it, without executing it.
+/// What the flap breaker or rate limit holds back is `skipped`, what a grant
+/// or guard forbids is `refused` (both with the reason), an action that
+/// needs a refused one is `skipped`; the rest stays `planned`.
+pub fn preview(ctx: &ActionContext, findings: &[Finding], may_fix: impl Fn(&Finding) -> Result<(), String>) -> Vec<Vec<ActionResult>> {
+    findings
+        .iter()
+        .map(|finding| {
+            let blocked = if finding.actions.is_empty() { Ok(()) } else { may_fix(finding) };
+            let mut refused_before = false;
+            finding
+                .actions
+                .iter()
+                .map(|planned| {
+                    let mut result = ActionResult::planned(planned);
+                    if let Err(why) = &blocked {
+                        (result.outcome, result.detail) = (Outcome::Skipped, why.clone());
+                    } else if planned.needs_previous && refused_before {
+                        (result.outcome, result.detail) = (Outcome::Skipped, "an earlier action of this finding did not succeed".into());
+                        refused_before = true;
+                    } else if let Some(why) = actions::preview::refusal(ctx, &planned.action) {
+                        (result.outcome, result.detail) = (Outcome::Refused, why);
+                        refused_before = true;
+                    }
+                    result
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Execute the plan; one result list per finding, in the findings' order.
 /// `budgets` are taken in order (the plugin's own, then the run's).
 /// Nothing runs unless its intent was committed first.
