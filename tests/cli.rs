@@ -98,9 +98,12 @@ fn version_names_the_commit_wasmtime_and_the_wit_packages() {
     let commit = field("commit");
     assert!(commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{commit}");
     assert!(field("wasmtime").starts_with("48."), "{text}");
-    let wit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/plugin.wit")).unwrap();
-    let package = wit.lines().find_map(|l| l.strip_prefix("package ")).unwrap().trim_end_matches(';');
-    assert!(field("plugin WIT").contains(package), "{text}");
+    // Every released contract in wit/ is linked, and --version names each.
+    for version in ["0.1.0", "0.2.0"] {
+        let wit = std::fs::read_to_string(format!("{}/../wit/{version}/plugin.wit", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let package = wit.lines().find_map(|l| l.strip_prefix("package ")).unwrap().trim_end_matches(';');
+        assert!(field("plugin WIT").contains(package), "{text}");
+    }
 }
 
 #[test]
