@@ -510,3 +510,18 @@ fn memories_and_tables_of_one_instance_share_the_plugin_memory_budget() {
         assert!(tripped.wanted > limit, "{what}: {tripped}");
     }
 }
+
+// ------------------------------------------------------------------ time
+
+#[test]
+fn a_plugin_that_sleeps_forever_ends_at_its_deadline() {
+    let s = attack("plugin_timeout = \"1s\"", "", "attack = \"sleep\"");
+    let started = Instant::now();
+    let (code, doc) = s.doctor_json(&["check"]);
+    // A hang bound, not a speed goal: without the clamp this never returns.
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    let error = plugin_summary(&doc, "hostile-attacks")["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("deadline"), "{error}");
+    assert_eq!(code, 3, "a plugin that could not finish is UNKNOWN, above the warning: {doc}");
+    bystander_intact(&doc);
+}

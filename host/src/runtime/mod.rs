@@ -5,6 +5,7 @@
 
 pub mod bindings;
 mod cache;
+mod clock;
 mod convert;
 pub mod limits;
 
@@ -99,6 +100,7 @@ pub struct PluginState {
     table: ResourceTable,
     limits: InstanceBudget,
     caps: CapabilityContext,
+    clock: clock::PluginClock,
 }
 
 impl WasiView for PluginState {
@@ -121,6 +123,7 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(wasm_err).context("creating the wasmtime engine")?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wasm_err).context("linking WASI")?;
+        clock::bound_sleeps(&mut linker).map_err(wasm_err).context("bounding WASI sleeps")?;
         // Every released contract, so plugins built against an old one load.
         bindings::current::Plugin::add_to_linker::<PluginState, Capabilities>(&mut linker, |s| &mut s.caps)
             .map_err(wasm_err)
@@ -212,7 +215,9 @@ impl Runtime {
         f: impl FnOnce(&mut Store<PluginState>, &Component, &Linker<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<(Result<R, PluginFailure>, CapabilityContext), PluginFailure> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let plugin_clock = clock::PluginClock::new();
         let wasi = WasiCtxBuilder::new()
+            .monotonic_clock(plugin_clock)
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
@@ -221,7 +226,7 @@ impl Runtime {
         let mut caps = caps;
         // Host calls bound their own waits by what is left of this.
         caps.deadline = std::time::Instant::now() + limits.timeout;
-        let state = PluginState { wasi, table: ResourceTable::new(), limits: InstanceBudget::new(limits.memory_bytes), caps };
+        let state = PluginState { wasi, table: ResourceTable::new(), limits: InstanceBudget::new(limits.memory_bytes), caps, clock: plugin_clock };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(deadline_ticks(limits.timeout));

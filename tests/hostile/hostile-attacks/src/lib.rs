@@ -19,6 +19,7 @@ struct Config {
     timeout_ms: u32,
     count: u32,
     size: u32,
+    grace_ms: u32,
 }
 
 struct Hostile;
@@ -47,6 +48,7 @@ impl Plugin for Hostile {
             .config_key("timeout_ms", Some("1000"), "probe timeout")
             .config_key("count", Some("1"), "how many times")
             .config_key("size", Some("16"), "bytes per item")
+            .config_key("grace_ms", Some("500"), "grace of a stop")
     }
 
     fn check(c: Config) -> Result<Vec<Finding>, Error> {
@@ -59,7 +61,12 @@ impl Plugin for Hostile {
             Ok(vec![f])
         };
         match c.attack.as_str() {
-            "stop" => plan(vec![Action::stop_process(ProcessRef { pid: c.pid, start_time: c.start_time }, 500)]),
+            "stop" => plan(vec![Action::stop_process(ProcessRef { pid: c.pid, start_time: c.start_time }, c.grace_ms)]),
+            "sleep" => {
+                // In host code (WASI poll), where no epoch deadline reaches.
+                std::thread::sleep(std::time::Duration::MAX);
+                said("WOKE UP".into())
+            }
             "signal" => plan(vec![Action::signal_process(ProcessRef { pid: c.pid, start_time: c.start_time }, Signal::Term)]),
             "remove" => plan(c.paths.iter().map(|p| Action::remove_file(p)).collect()),
             "sql-exec" => plan(vec![Action::sql_exec(&c.db, &c.sql, vec![], c.max_rows)]),
