@@ -319,13 +319,16 @@ fn systemd_units_pass_systemd_analyze_verify() {
 fn the_daemon_reloads_on_sighup_keeps_a_good_policy_and_stops_cleanly_on_sigterm() {
     let s = Scenario::new();
     s.install_plugin("hostile-loop", &test_plugins().join("hostile_loop.wasm"));
+    // Its panic message goes to WASI stderr: validating it on SIGHUP must
+    // not happen on the daemon's async thread (that once killed the daemon).
+    s.install_plugin("hostile-panic", &test_plugins().join("hostile_panic.wasm"));
     let write_policy = |target: &str| {
         let root = s.root().display().to_string();
         std::fs::write(s.path(&format!("{target}.pid")), "999999999\n").unwrap();
         s.policy_with(
             "plugin_timeout = \"1s\"",
             &format!(
-                "[plugins.pid-file-stop]\nevery = \"1s\"\ngrants.processes = true\ngrants.files = [\"{root}/*.pid\"]\nconfig = {{ targets = [{{ name = \"{target}\", pid_file = \"{root}/{target}.pid\", pattern = \"^never$\" }}] }}\n\n[plugins.hostile-loop]\nevery = \"1s\"\n"
+                "[plugins.pid-file-stop]\nevery = \"1s\"\ngrants.processes = true\ngrants.files = [\"{root}/*.pid\"]\nconfig = {{ targets = [{{ name = \"{target}\", pid_file = \"{root}/{target}.pid\", pattern = \"^never$\" }}] }}\n\n[plugins.hostile-loop]\nevery = \"1s\"\n\n[plugins.hostile-panic]\nevery = \"1s\"\n"
             ),
         );
     };

@@ -43,7 +43,7 @@ async fn schedule(policy_path: PathBuf, journal: Option<PathBuf>, mut policy: Ar
                 done = &mut run => break done,
                 _ = terminate.recv() => { stopping = true; tracing::warn!("SIGTERM: finishing the run in progress, then stopping"); }
                 _ = interrupt.recv() => { stopping = true; tracing::warn!("SIGINT: finishing the run in progress, then stopping"); }
-                _ = hangup.recv() => policy = reload(&policy_path, policy),
+                _ = hangup.recv() => policy = reload(&policy_path, policy).await,
             }
         };
         match finished {
@@ -58,13 +58,25 @@ async fn schedule(policy_path: PathBuf, journal: Option<PathBuf>, mut policy: Ar
             _ = tokio::time::sleep(next_wake(&policy)) => {}
             _ = terminate.recv() => return Ok(0),
             _ = interrupt.recv() => return Ok(0),
-            _ = hangup.recv() => policy = reload(&policy_path, policy),
+            _ = hangup.recv() => policy = reload(&policy_path, policy).await,
         }
     }
 }
 
-fn reload(path: &std::path::Path, current: Arc<Policy>) -> Arc<Policy> {
-    match load_valid(path) {
+/// Validating runs each plugin's check, and plugin code (and the WASI and
+/// engine calls it makes, which block on tokio themselves) must never run on
+/// the runtime's own thread: on a blocking thread, as scheduled runs do.
+async fn reload(path: &std::path::Path, current: Arc<Policy>) -> Arc<Policy> {
+    let owned = path.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || load_valid(&owned)).await;
+    let loaded = match loaded {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!("SIGHUP: validating the new policy failed ({e}); keeping the previous one");
+            return current;
+        }
+    };
+    match loaded {
         Ok(new) => {
             crate::logging::note(&format!("SIGHUP: policy {} reloaded", path.display()));
             Arc::new(new)
