@@ -348,7 +348,7 @@ fn queries_are_bounded_in_bytes_and_interrupted_at_the_deadline() {
     // The query stops at the deadline; the plugin then has no time left either.
     let error = plugin_error(&s, "hostile-attacks");
     let answer = said(&doc, "query");
-    assert!(answer.contains("interrupted at the plugin's deadline") || error.contains("deadline"), "{answer} / {error}");
+    assert!(answer.contains("interrupted at its deadline") || error.contains("deadline"), "{answer} / {error}");
     assert!(code == 1 || code == 3, "{doc}");
     bystander_intact(&doc);
 }
@@ -524,4 +524,60 @@ fn a_plugin_that_sleeps_forever_ends_at_its_deadline() {
     assert!(error.contains("deadline"), "{error}");
     assert_eq!(code, 3, "a plugin that could not finish is UNKNOWN, above the warning: {doc}");
     bystander_intact(&doc);
+}
+
+#[test]
+fn a_stop_never_waits_longer_than_action_wait_max_whatever_grace_it_asks() {
+    let mut stubborn = Proc::ignoring_term("grace-attack");
+    let start = task_start_time(stubborn.pid(), stubborn.pid());
+    let s = attack(
+        "action_wait_max = \"1s\"",
+        "grants.processes = true\ngrants.signal = { match = [\"grace-attack\"] }",
+        &format!("attack = \"stop\", pid = {}, start_time = {start}, grace_ms = 4294967295", stubborn.pid()),
+    );
+    let started = Instant::now();
+    let (_, doc) = s.doctor_json(&["fix"]);
+    assert!(started.elapsed() < Duration::from_secs(30), "a hang bound: {:?}", started.elapsed());
+    let actions = journaled_actions(&s, "stop");
+    assert_eq!(actions[0].0, "applied", "{actions:?}");
+    assert!(actions[0].1.contains("killed"), "TERM ignored for the capped grace, then KILL: {actions:?}");
+    assert!(stubborn.reap(Duration::from_secs(5)).is_some(), "stopped");
+    bystander_intact(&doc);
+}
+
+#[test]
+fn dot_and_double_slash_cannot_step_out_of_a_glob() {
+    let s = Scenario::new();
+    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    let root = s.root();
+    std::fs::write(root.join("victim"), "outside the */victim grant\n").unwrap();
+    aim(
+        &s,
+        "",
+        &format!("grants.files_remove = [\"{0}/*/victim\"]", root.display()),
+        &format!("attack = \"remove\", paths = [\"{0}/./victim\", \"{0}//victim\"]", root.display()),
+    );
+    let (_, doc) = s.doctor_json(&["fix"]);
+    let actions = journaled_actions(&s, "remove");
+    assert!(actions.iter().all(|(outcome, detail)| outcome == "refused" && detail.contains("normal")), "{actions:?}");
+    assert!(root.join("victim").exists());
+    bystander_intact(&doc);
+}
+
+#[test]
+fn a_recording_goes_only_into_a_directory_of_doctors_own() {
+    let s = attack("", "", "attack = \"read\"");
+    let shared = s.root().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = s.doctor(&["check", "--record", shared.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("writable by others"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0, "nothing written there");
+    let own = s.root().join("own");
+    let out = s.doctor(&["check", "--record", own.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let mode = std::fs::metadata(own.join("pid-file-stop.json")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "what plugins saw is not for everyone to read");
 }

@@ -91,6 +91,9 @@ pub fn execute(opts: &RunOptions) -> Result<RunReport, Fatal> {
 /// A run with an already loaded policy (the daemon keeps the last valid one).
 pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunReport, Fatal> {
     let started = Instant::now();
+    if let Some(dir) = &opts.record {
+        crate::recording::private_dir(dir).map_err(|e| Fatal::Usage(format!("--record {}: {e:#}", dir.display())))?;
+    }
     let started_ms = now_unix_ms();
     let journal_file = journal_path(&policy, opts.journal.as_ref());
     let runtime = Runtime::new(Some(cache_dir(&policy, &journal_file)))?;
@@ -132,7 +135,8 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
     let facts = RunFacts::new(policy.clone());
     let budget = Budget::new(policy.doctor.max_actions_per_run);
     let protected = crate::facts::processes::self_and_ancestors();
-    let protected_files = crate::journal::own_files(&journal_file);
+    let mut protected_files = crate::journal::own_files(&journal_file);
+    protected_files.push(fix_lock_path(&policy));
     let mut report = RunReport::new(run_id, opts.mode.name(), interrupted);
     report.interrupted_actions = interrupted_actions;
 
@@ -393,12 +397,13 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
         crate::recording::Recording::new(&p.entry.name, &info.version, &loaded.sha256, &p.config_json, state)
     });
     if recording.is_some() {
-        caps.tape = crate::capabilities::Tape::Record(Vec::new());
+        caps.tape = crate::capabilities::Tape::record();
     }
     let (result, mut caps) = runtime.check(loaded, caps, &p.config_json, limits(policy));
     if let (Some(dir), Some(rec), Some(c)) = (record, recording.as_mut(), caps.as_mut()) {
-        if let crate::capabilities::Tape::Record(calls) = std::mem::take(&mut c.tape) {
+        if let crate::capabilities::Tape::Record { calls, truncated, .. } = std::mem::take(&mut c.tape) {
             rec.calls = calls;
+            rec.truncated = truncated;
         }
         if let Err(e) = rec.save(dir) {
             tracing::error!("recording of {} not written: {e:#}", p.entry.name);

@@ -30,6 +30,10 @@ pub struct Recording {
     /// The plugin's key/value state when the check began.
     pub state: BTreeMap<String, String>,
     pub calls: Vec<RecordedCall>,
+    /// The plugin asked more than a recording keeps (`MAX_RECORDED_BYTES`):
+    /// the calls after that are missing, and a replay stops where they begin.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 const FORMAT: u32 = 1;
@@ -44,21 +48,37 @@ impl Recording {
             config: config.to_string(),
             state,
             calls: Vec::new(),
+            truncated: false,
         }
     }
 
     /// Write `DIR/PLUGIN.json` (through a temporary file, so a reader never
-    /// sees half of one).
+    /// sees half of one). Doctor usually runs as root and a recording holds
+    /// what plugins saw: DIR must be doctor's own (created 0700 when
+    /// missing), and the files are created 0600, never through a symlink.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        private_dir(dir)?;
         let path = dir.join(format!("{}.json", self.plugin));
-        let tmp = dir.join(format!(".{}.json.tmp", self.plugin));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        let tmp = dir.join(format!(".{}.json.{}.tmp", self.plugin, std::process::id()));
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            file.write_all(&serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        }
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }
 
     pub fn load(dir: &Path, plugin: &str) -> anyhow::Result<Recording> {
+        // The name comes from the plugin's describe(): never a path.
+        crate::scaffold::check_name(plugin)?;
         let path = dir.join(format!("{plugin}.json"));
         let text = std::fs::read_to_string(&path).with_context(|| format!("no recording of plugin {plugin} at {}", path.display()))?;
         let recording: Recording = serde_json::from_str(&text).with_context(|| format!("{} is not a doctor recording", path.display()))?;
@@ -67,6 +87,25 @@ impl Recording {
         }
         Ok(recording)
     }
+}
+
+/// A directory only doctor's user (or root) can write: created 0700 when
+/// missing; refused when it is a symlink, someone else's, or writable by
+/// group or others (another user could plant links or read what was recorded).
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() {
+        anyhow::bail!("{} is not a directory (a symlink?); record into a directory of doctor's own", dir.display());
+    }
+    if (meta.uid() != me && meta.uid() != 0) || meta.mode() & 0o022 != 0 {
+        anyhow::bail!("{} is writable by others or not doctor's own (uid {}, mode {:o}); record into a private directory", dir.display(), meta.uid(), meta.mode() & 0o7777);
+    }
+    Ok(())
 }
 
 /// A `.wasm` file, or the name of a built-in plugin.

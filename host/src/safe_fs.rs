@@ -14,7 +14,7 @@ use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path};
+use std::path::Path;
 
 /// openat2 answers EAGAIN when a rename races the walk; try again a few times.
 const EAGAIN_RETRIES: usize = 8;
@@ -68,12 +68,21 @@ pub fn kind_name(stat: &FileStat) -> &'static str {
     }
 }
 
-/// An absolute path without `..`: the only shape a grant can speak about.
+/// An absolute, normal path — no `..`, no `.`, no `//`, no trailing `/`:
+/// the only shape a grant can speak about. (`Path::components` would hide
+/// `.` and `//`, and a glob's `*` matches them, so `/srv/*/x` must not
+/// reach `/srv/./x`.)
 pub fn check_shape(path: &Path) -> Result<(), PathError> {
-    if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(refused(path, "must be absolute and must not contain `..`"));
+    if !is_normal(&path.to_string_lossy()) {
+        return Err(refused(path, "must be absolute and normal: no `..`, `.`, `//` or trailing `/`"));
     }
     Ok(())
+}
+
+/// `/a/b` is normal; `a/b`, `/a/../b`, `/a/./b`, `/a//b`, `/a/` are not.
+pub fn is_normal(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else { return false };
+    rest.is_empty() || rest.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
 /// Open the directory that holds `path` (no symlinks on the way) and return
@@ -192,8 +201,12 @@ mod tests {
     }
 
     #[test]
-    fn relative_and_dotdot_paths_are_refused() {
+    fn only_normal_absolute_paths_are_accepted() {
         assert!(open(Path::new("run/x"), OFlag::O_RDONLY).is_err());
         assert!(open(Path::new("/run/../etc/shadow"), OFlag::O_RDONLY).is_err());
+        for bad in ["/srv/./x", "/srv//x", "/srv/x/", "/srv/x/.", "//srv/x", ""] {
+            assert!(!is_normal(bad), "{bad:?}");
+        }
+        assert!(is_normal("/") && is_normal("/srv/x.lock"));
     }
 }

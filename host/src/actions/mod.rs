@@ -70,11 +70,14 @@ impl Executed {
 pub fn execute(ctx: &ActionContext, action: &Action) -> Executed {
     match action {
         Action::StopProcess { pid, start_time, grace_ms } => {
-            process::stop(ctx, *pid, *start_time, Duration::from_millis(u64::from(*grace_ms)))
+            // A TERM-ignoring target must not hold the run (and its locks) for
+            // as long as the plugin asks: the grace is capped like every wait.
+            let grace = Duration::from_millis(u64::from(*grace_ms)).min(ctx.policy.doctor.action_wait_max);
+            process::stop(ctx, *pid, *start_time, grace)
         }
         Action::SignalProcess { pid, start_time, signal } => process::signal(ctx, *pid, *start_time, *signal),
         Action::RemoveFile { path } => files::remove(ctx, path),
-        Action::SqlExec { db, statement, params, max_rows } => sql::exec(ctx, db, statement, params, *max_rows),
+        Action::SqlExec { db, statement, params, max_rows } => sql::exec(ctx, db, statement, params, *max_rows, sql::bounds(ctx)),
         Action::ContainerStart { id } => system::container(ctx, id, system::ContainerOp::Start),
         Action::ContainerStop { id } => system::container(ctx, id, system::ContainerOp::Stop),
         Action::ContainerRestart { id } => system::container(ctx, id, system::ContainerOp::Restart),

@@ -16,7 +16,15 @@ use rusqlite::{OpenFlags, TransactionBehavior};
 /// Only statements that change rows; no DDL, PRAGMA or ATTACH.
 pub(super) const ALLOWED_VERBS: &[&str] = &["UPDATE", "DELETE", "INSERT"];
 
-pub fn exec(ctx: &ActionContext, label: &str, statement: &str, params: &[Value], max_rows: u32) -> Executed {
+/// A write is bounded like a read: in time (interrupted, and rolled back,
+/// at `action_wait_max`) and in the size of any value it builds
+/// (`sql_result_max`), so a runaway statement cannot hold the
+/// application's database locked or fill its disk.
+pub fn bounds(ctx: &ActionContext) -> sqlite::QueryBounds {
+    sqlite::QueryBounds { deadline: std::time::Instant::now() + ctx.policy.doctor.action_wait_max, max_bytes: ctx.policy.doctor.sql_result_max }
+}
+
+pub fn exec(ctx: &ActionContext, label: &str, statement: &str, params: &[Value], max_rows: u32, bounds: sqlite::QueryBounds) -> Executed {
     if let Err(denied) = ctx.grants.sqlite_write(label) {
         return Executed::refused(denied.0);
     }
@@ -38,15 +46,16 @@ pub fn exec(ctx: &ActionContext, label: &str, statement: &str, params: &[Value],
         Err(sqlite::SqlError::Refused(why)) => return Executed::refused(format!("database {label:?}: {why}")),
         Err(e) => return Executed::failed(format!("database {label:?}: {e}")),
     }
-    match run(path, statement, params, max_rows) {
+    match run(path, statement, params, max_rows, bounds) {
         Ok(executed) => executed,
         Err(e) => Executed::failed(format!("database {label:?}: {e}")),
     }
 }
 
-fn run(path: &std::path::Path, statement: &str, params: &[Value], max_rows: u32) -> Result<Executed, sqlite::SqlError> {
+fn run(path: &std::path::Path, statement: &str, params: &[Value], max_rows: u32, bounds: sqlite::QueryBounds) -> Result<Executed, sqlite::SqlError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = sqlite::open_checked(path, flags)?;
+    sqlite::bound(&conn, path, bounds)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| sqlite::classify(e, path))?;
     if let Some(table) = replacing_table(&tx).map_err(|e| sqlite::classify(e, path))? {
         return Ok(Executed::refused(format!(
@@ -152,15 +161,38 @@ mod tests {
         )
         .unwrap();
         let count = |table: &str| conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get::<_, i64>(0)).unwrap();
-        let by_trigger = run(&db, "UPDATE t SET u = 'c' WHERE id = 1", &[], 1).unwrap();
+        let by_trigger = run(&db, "UPDATE t SET u = 'c' WHERE id = 1", &[], 1, test_bounds()).unwrap();
         assert_eq!(by_trigger.outcome, crate::plan::Outcome::Failed, "{}", by_trigger.detail);
         assert_eq!(count("log"), 0, "rolled back");
-        assert_eq!(run(&db, "DELETE FROM log", &[], 1).unwrap().outcome, crate::plan::Outcome::Skipped);
+        assert_eq!(run(&db, "DELETE FROM log", &[], 1, test_bounds()).unwrap().outcome, crate::plan::Outcome::Skipped);
         // A schema that replaces on conflict makes a plain INSERT delete rows uncounted.
         conn.execute_batch("CREATE TABLE r(id INTEGER PRIMARY KEY, u TEXT UNIQUE ON CONFLICT REPLACE)").unwrap();
-        let by_schema = run(&db, "INSERT INTO t VALUES (?1, 'z', 'z')", &[Value::Integer(9)], 1).unwrap();
+        let by_schema = run(&db, "INSERT INTO t VALUES (?1, 'z', 'z')", &[Value::Integer(9)], 1, test_bounds()).unwrap();
         assert_eq!(by_schema.outcome, crate::plan::Outcome::Refused, "{}", by_schema.detail);
         assert!(by_schema.detail.contains("table r"), "{}", by_schema.detail);
+    }
+
+    fn test_bounds() -> crate::facts::sqlite::QueryBounds {
+        crate::facts::sqlite::QueryBounds { deadline: std::time::Instant::now() + std::time::Duration::from_secs(5), max_bytes: 1 << 20 }
+    }
+
+    #[test]
+    fn a_runaway_or_oversized_write_is_stopped_and_rolled_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::fs::canonicalize(dir.path()).unwrap().join("t.db");
+        rusqlite::Connection::open(&db).unwrap().execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a');").unwrap();
+        let endless = "DELETE FROM t WHERE id IN (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c)";
+        let short = crate::facts::sqlite::QueryBounds { deadline: std::time::Instant::now() + std::time::Duration::from_millis(300), max_bytes: 1 << 20 };
+        let err = run(&db, endless, &[], 1, short).err().expect("interrupted");
+        assert!(err.to_string().contains("interrupted"), "{err}");
+        let big = run(&db, "INSERT INTO t VALUES (2, zeroblob(100000000))", &[], 1, test_bounds()).err().expect("too big");
+        assert!(err_is_too_big(&big), "{big}");
+        let rows: i64 = rusqlite::Connection::open(&db).unwrap().query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 1, "nothing changed");
+    }
+
+    fn err_is_too_big(e: &crate::facts::sqlite::SqlError) -> bool {
+        matches!(e, crate::facts::sqlite::SqlError::ValueTooBig)
     }
 
     #[test]

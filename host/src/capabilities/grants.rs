@@ -5,8 +5,6 @@
 use crate::facts::processes::ProcessInfo;
 use crate::policy::Grants;
 use std::collections::BTreeSet;
-use std::path::{Component, Path};
-
 /// A capability call refused by the grants; the text names the grant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -100,9 +98,8 @@ impl EffectiveGrants {
     }
 
     fn path_in(&self, path: &str, patterns: &[String], grant: &str) -> Result<(), Denied> {
-        let p = Path::new(path);
-        if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(Denied(format!("path {path:?} must be absolute and must not contain `..`")));
+        if !crate::safe_fs::is_normal(path) {
+            return Err(Denied(format!("path {path:?} must be absolute and normal: no `..`, `.`, `//` or trailing `/`")));
         }
         if !matches_any(path, patterns) {
             return Err(self.denied(grant, &format!("for {path:?}")));
@@ -177,7 +174,9 @@ impl EffectiveGrants {
 }
 
 fn matches_any(text: &str, patterns: &[String]) -> bool {
-    let options = glob::MatchOptions { require_literal_separator: true, ..Default::default() };
+    // `*` matches neither `/` nor a leading `.`: a grant never reaches
+    // hidden files (or `.`) by accident.
+    let options = glob::MatchOptions { require_literal_separator: true, require_literal_leading_dot: true, ..Default::default() };
     patterns.iter().any(|p| glob::Pattern::new(p).map(|g| g.matches_with(text, options)).unwrap_or(false))
 }
 
@@ -198,6 +197,11 @@ mod tests {
         assert!(g.file("/run/../etc/shadow").is_err());
         assert!(g.file("run/x.pid").is_err());
         assert!(g.file("/run/sub/x.pid").is_err(), "a * does not cross directories");
+        let g = grants(&["/srv/*/x.lock"]);
+        assert!(g.file("/srv/app/x.lock").is_ok());
+        for escape in ["/srv/./x.lock", "/srv//x.lock", "/srv/.hidden/x.lock"] {
+            assert!(g.file(escape).is_err(), "{escape} escapes one level");
+        }
     }
 
     #[test]

@@ -98,13 +98,21 @@ pub enum Tape {
     /// Ask the host.
     #[default]
     Live,
-    /// Ask the host and keep every question and answer.
-    Record(Vec<RecordedCall>),
+    /// Ask the host and keep every question and answer, up to
+    /// `MAX_RECORDED_BYTES` (then `truncated`, and no more are kept).
+    Record { calls: Vec<RecordedCall>, bytes: usize, truncated: bool },
     /// Answer from a recording; a call it does not hold ends the plugin's call.
     Replay { calls: Vec<RecordedCall>, used: Vec<bool> },
 }
 
+/// What one plugin's recording may hold in memory and on disk.
+pub const MAX_RECORDED_BYTES: usize = 64 << 20;
+
 impl Tape {
+    pub fn record() -> Tape {
+        Tape::Record { calls: Vec::new(), bytes: 0, truncated: false }
+    }
+
     pub fn replay(calls: Vec<RecordedCall>) -> Tape {
         let used = vec![false; calls.len()];
         Tape::Replay { calls, used }
@@ -144,9 +152,17 @@ impl CapabilityContext {
             return serde_json::from_value(calls[i].answer.clone()).map_err(|e| wasmtime::Error::msg(format!("replay: the recorded answer to {call} does not fit: {e}")));
         }
         let answer = live(self);
-        if let Tape::Record(calls) = &mut self.tape {
-            let value = serde_json::to_value(&answer).map_err(wasmtime::Error::msg)?;
-            calls.push(RecordedCall { call: call.to_string(), args, answer: value });
+        if let Tape::Record { calls, bytes, truncated } = &mut self.tape {
+            if !*truncated {
+                let value = serde_json::to_value(&answer).map_err(wasmtime::Error::msg)?;
+                let size = call.len() + args.to_string().len() + value.to_string().len();
+                if *bytes + size > MAX_RECORDED_BYTES {
+                    *truncated = true;
+                } else {
+                    *bytes += size;
+                    calls.push(RecordedCall { call: call.to_string(), args, answer: value });
+                }
+            }
         }
         Ok(answer)
     }

@@ -40,7 +40,7 @@ pub enum SqlError {
     TooManyBytes(u64),
     #[error("a value in the query is larger than sql_result_max allows")]
     ValueTooBig,
-    #[error("query interrupted at the plugin's deadline")]
+    #[error("interrupted at its deadline (a query: the plugin's time; a write: action_wait_max)")]
     Interrupted,
     #[error("{0}")]
     Refused(String),
@@ -102,13 +102,20 @@ pub fn harden(conn: &Connection, path: &Path) -> Result<(), SqlError> {
     Ok(())
 }
 
-pub fn query(path: &Path, sql: &str, params: &[Value], bounds: QueryBounds) -> Result<Rows, SqlError> {
-    let conn = open_read_only(path)?;
-    // One value can be no larger than the whole answer may be.
+/// A connection's statements stop at `bounds.deadline` (interrupted) and
+/// never build a value larger than `bounds.max_bytes`.
+pub fn bound(conn: &Connection, path: &Path, bounds: QueryBounds) -> Result<(), SqlError> {
     let length = i32::try_from(bounds.max_bytes).unwrap_or(i32::MAX).max(1);
     conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, length).map_err(|e| classify(e, path))?;
     let deadline = bounds.deadline;
     conn.progress_handler(PROGRESS_STEPS, Some(move || Instant::now() >= deadline));
+    Ok(())
+}
+
+pub fn query(path: &Path, sql: &str, params: &[Value], bounds: QueryBounds) -> Result<Rows, SqlError> {
+    let conn = open_read_only(path)?;
+    // One value can be no larger than the whole answer may be.
+    bound(&conn, path, bounds)?;
     let mut stmt = conn.prepare(sql).map_err(|e| classify(e, path))?;
     let columns: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
     let mut rows = stmt.query(rusqlite::params_from_iter(params.iter().map(to_sql))).map_err(|e| classify(e, path))?;
