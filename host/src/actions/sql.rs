@@ -183,9 +183,9 @@ mod tests {
         rusqlite::Connection::open(&db).unwrap().execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a');").unwrap();
         let endless = "DELETE FROM t WHERE id IN (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c)";
         let short = crate::facts::sqlite::QueryBounds { deadline: std::time::Instant::now() + std::time::Duration::from_millis(300), max_bytes: 1 << 20 };
-        let err = run(&db, endless, &[], 1, short).err().expect("interrupted");
+        let err = run(&db, endless, &[], 1, short).expect_err("interrupted");
         assert!(err.to_string().contains("interrupted"), "{err}");
-        let big = run(&db, "INSERT INTO t VALUES (2, zeroblob(100000000))", &[], 1, test_bounds()).err().expect("too big");
+        let big = run(&db, "INSERT INTO t VALUES (2, zeroblob(100000000))", &[], 1, test_bounds()).expect_err("too big");
         assert!(err_is_too_big(&big), "{big}");
         let rows: i64 = rusqlite::Connection::open(&db).unwrap().query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 1, "nothing changed");
