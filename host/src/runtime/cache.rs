@@ -123,7 +123,12 @@ fn read_entry(engine: &Engine, root: &Path, path: &Path) -> Option<Component> {
         }
         step = if p == root { None } else { p.parent() };
     }
-    let data = std::fs::read(path).ok()?;
+    // Above the root: no one else may swap the root itself.
+    if let Some(why) = root.parent().and_then(|above| ancestors_fixed(above).err()) {
+        tracing::warn!("component cache {} is not used: {why}; recompiling", root.display());
+        return None;
+    }
+    let data = read_checked(path)?;
     if data.len() < 32 {
         return None;
     }
@@ -135,8 +140,45 @@ fn read_entry(engine: &Engine, root: &Path, path: &Path) -> Option<Component> {
     // SAFETY: the bytes are ours: written by `write_entry` from
     // `Component::serialize` of this engine configuration (the file name
     // carries its compatibility hash), in a directory tree only doctor's
-    // user or root can write (checked above), and verified by checksum.
+    // user or root can write, up to `/` (checked above), read through the
+    // descriptor that was judged, and verified by checksum.
     unsafe { Component::deserialize(engine, body) }.ok()
+}
+
+/// Every directory from `dir` up to `/` is root's or doctor's user's, and
+/// writable by others only with the sticky bit (as `/tmp` is), so nobody
+/// else can rename the cache root away and put theirs in its place.
+fn ancestors_fixed(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    for p in dir.ancestors() {
+        let meta = std::fs::symlink_metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(format!("{} belongs to uid {}", p.display(), meta.uid()));
+        }
+        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+            return Err(format!("{} is writable by others and not sticky", p.display()));
+        }
+    }
+    Ok(())
+}
+
+/// The entry's bytes, read through the descriptor that was judged: opened
+/// without following a symlink, a regular file with one link, doctor's own
+/// (or root's), writable by nobody else.
+fn read_checked(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_file() || meta.nlink() != 1 || (meta.uid() != me && meta.uid() != 0) || meta.mode() & 0o022 != 0 {
+        tracing::warn!("component cache entry {} is not a private regular file; recompiling", path.display());
+        return None;
+    }
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut data).ok()?;
+    Some(data)
 }
 
 fn write_entry(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
