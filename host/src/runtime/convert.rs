@@ -11,17 +11,26 @@ const MAX_ACTIONS_PER_FINDING: usize = 64;
 const MAX_EVIDENCE: usize = 64;
 const MAX_KEY: usize = 256;
 const MAX_TEXT: usize = 4096;
+/// All the text of one report together, after the per-field cuts: it is
+/// journaled every run, so a report of 1000 findings × 64 evidence values
+/// must not write a quarter gigabyte each time.
+const MAX_REPORT_BYTES: usize = 4 << 20;
+/// Action fields that cannot be cut without changing what the action does.
+const MAX_STATEMENT: usize = 64 << 10;
+const MAX_NAME: usize = 4096;
+const MAX_DESCRIBE_ENTRIES: usize = 256;
 
 pub fn plugin_info(info: wit::PluginInfo) -> PluginInfo {
     PluginInfo {
         name: truncate(&info.name, MAX_KEY),
         version: truncate(&info.version, MAX_KEY),
         summary: truncate(&info.summary, MAX_TEXT),
-        capabilities: info.capabilities,
+        capabilities: info.capabilities.into_iter().take(MAX_DESCRIBE_ENTRIES).map(|c| truncate(&c, MAX_KEY)).collect(),
         config: info
             .config
             .into_iter()
-            .map(|k| ConfigKey { name: k.name, default: k.default, description: k.description })
+            .take(MAX_DESCRIBE_ENTRIES)
+            .map(|k| ConfigKey { name: truncate(&k.name, MAX_KEY), default: truncate(&k.default, MAX_TEXT), description: truncate(&k.description, MAX_TEXT) })
             .collect(),
     }
 }
@@ -34,7 +43,7 @@ pub fn report(report: wit::Report) -> Result<Vec<Finding>, PluginFailure> {
         )));
     }
     let mut seen = HashSet::new();
-    report
+    let findings: Vec<Finding> = report
         .findings
         .into_iter()
         .map(|f| {
@@ -46,7 +55,18 @@ pub fn report(report: wit::Report) -> Result<Vec<Finding>, PluginFailure> {
             }
             finding(f)
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    let bytes: usize = findings.iter().map(text_bytes).sum();
+    if bytes > MAX_REPORT_BYTES {
+        return Err(PluginFailure::InvalidOutput(format!("the report holds {bytes} bytes of text, more than the limit of {MAX_REPORT_BYTES}")));
+    }
+    Ok(findings)
+}
+
+fn text_bytes(f: &Finding) -> usize {
+    let evidence: usize = f.evidence.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let actions: usize = f.actions.iter().map(|a| a.description.len() + a.action.params_json().len()).sum();
+    f.key.len() + f.subject.len() + f.message.len() + evidence + actions
 }
 
 fn finding(f: wit::Finding) -> Result<Finding, PluginFailure> {
@@ -58,6 +78,7 @@ fn finding(f: wit::Finding) -> Result<Finding, PluginFailure> {
             f.evidence.len()
         )));
     }
+    let actions = f.actions.into_iter().map(planned_action).collect::<Result<Vec<_>, _>>()?;
     Ok(Finding {
         key: f.key,
         severity: match f.severity {
@@ -68,16 +89,33 @@ fn finding(f: wit::Finding) -> Result<Finding, PluginFailure> {
         subject: truncate(&f.subject, MAX_TEXT),
         message: truncate(&f.message, MAX_TEXT),
         evidence: f.evidence.into_iter().map(|e| (truncate(&e.key, MAX_KEY), truncate(&e.value, MAX_TEXT))).collect(),
-        actions: f.actions.into_iter().map(planned_action).collect(),
+        actions,
     })
 }
 
-fn planned_action(p: wit::PlannedAction) -> PlannedAction {
-    PlannedAction {
-        action: action(p.action),
-        description: truncate(&p.description, MAX_TEXT),
-        needs_previous: p.needs_previous,
+fn planned_action(p: wit::PlannedAction) -> Result<PlannedAction, PluginFailure> {
+    let action = action(p.action);
+    check_action_size(&action)?;
+    Ok(PlannedAction { action, description: truncate(&p.description, MAX_TEXT), needs_previous: p.needs_previous })
+}
+
+/// Statements, paths and names cannot be cut without changing what they
+/// do: an oversized one is an invalid report.
+fn check_action_size(action: &Action) -> Result<(), PluginFailure> {
+    let (what, len, max) = match action {
+        Action::SqlExec { statement, params, .. } => {
+            let params: usize = params.iter().map(|p| serde_json::to_string(p).map(|t| t.len()).unwrap_or(0)).sum();
+            ("sql-exec statement and parameters", statement.len() + params, MAX_STATEMENT)
+        }
+        Action::RemoveFile { path } => ("remove-file path", path.len(), MAX_NAME),
+        Action::ContainerStart { id } | Action::ContainerStop { id } | Action::ContainerRestart { id } => ("container id", id.len(), MAX_KEY),
+        Action::RunCommand { name } => ("command name", name.len(), MAX_KEY),
+        _ => return Ok(()),
+    };
+    if len > max {
+        return Err(PluginFailure::InvalidOutput(format!("a {what} of {len} bytes, more than the limit of {max}")));
     }
+    Ok(())
 }
 
 fn action(a: wit::Action) -> Action {
@@ -124,5 +162,39 @@ pub fn error_text(e: &wit::Error) -> String {
         wit::Error::Invalid(m) => format!("invalid: {m}"),
         wit::Error::Io(m) => format!("io: {m}"),
         wit::Error::Limit(m) => format!("limit: {m}"),
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn wit_finding(key: String, evidence: usize, action: Option<wit::Action>) -> wit::Finding {
+        wit::Finding {
+            key,
+            severity: wit::Severity::Warning,
+            subject: String::new(),
+            message: "m".repeat(MAX_TEXT),
+            evidence: (0..evidence).map(|i| wit::Evidence { key: format!("e{i}"), value: "v".repeat(MAX_TEXT) }).collect(),
+            actions: action.into_iter().map(|action| wit::PlannedAction { action, description: String::new(), needs_previous: false }).collect(),
+        }
+    }
+
+    #[test]
+    fn a_report_within_every_per_field_limit_is_still_bounded_in_total() {
+        // 100 findings × 64 evidence values × 4 KiB: every field legal, 26 MB in all.
+        let big = wit::Report { findings: (0..100).map(|i| wit_finding(format!("k{i}"), 64, None)).collect() };
+        let err = report(big).err().expect("refused");
+        assert!(err.to_string().contains("bytes of text, more than the limit"), "{err}");
+        let fine = wit::Report { findings: (0..10).map(|i| wit_finding(format!("k{i}"), 4, None)).collect() };
+        assert_eq!(report(fine).map(|f| f.len()).ok(), Some(10));
+    }
+
+    #[test]
+    fn an_action_field_too_long_to_cut_makes_the_report_invalid() {
+        let statement = format!("DELETE FROM t WHERE x = '{}'", "y".repeat(MAX_STATEMENT));
+        let exec = wit::Action::SqlExec(wit::SqlExec { db: "d".into(), statement, params: vec![], max_rows: 1 });
+        let err = report(wit::Report { findings: vec![wit_finding("k".into(), 0, Some(exec))] }).err().expect("refused");
+        assert!(err.to_string().contains("sql-exec statement"), "{err}");
     }
 }
