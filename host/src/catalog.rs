@@ -82,6 +82,25 @@ impl Entry {
     }
 }
 
+/// The largest plugin file doctor reads: a Python component (which carries
+/// its interpreter) is about 20 MB.
+const MAX_PLUGIN_BYTES: u64 = 128 << 20;
+
+/// A plugin file: a regular file (no symlink, no FIFO to block on), of a
+/// size worth compiling.
 fn read(path: &Path) -> std::io::Result<Vec<u8>> {
-    std::fs::read(path)
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    let refuse = |why: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+    if !meta.is_file() {
+        return refuse(format!("{} is not a regular file", path.display()));
+    }
+    if meta.len() > MAX_PLUGIN_BYTES {
+        return refuse(format!("{} is {} bytes, more than a plugin may be ({MAX_PLUGIN_BYTES})", path.display(), meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.by_ref().take(MAX_PLUGIN_BYTES + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }

@@ -84,20 +84,51 @@ fn run(path: &std::path::Path, statement: &str, params: &[Value], max_rows: u32,
     Ok(Executed::applied(format!("changed {changed} row(s)")).with(before, Some(format!("{changed} row(s) changed"))))
 }
 
-/// `INSERT OR REPLACE` / `UPDATE OR REPLACE`, outside string literals.
+/// `INSERT OR REPLACE` / `UPDATE OR REPLACE` as SQL sees it: words outside
+/// string literals, quoted identifiers and comments (which separate words,
+/// as whitespace does).
 pub(super) fn or_replace(statement: &str) -> bool {
-    let mut code = String::new();
-    let mut quoted = false;
-    for c in statement.chars() {
-        if c == '\'' {
-            quoted = !quoted;
-            code.push(' ');
-        } else if !quoted {
-            code.push(c.to_ascii_uppercase());
+    let words = sql_words(statement);
+    words.windows(2).any(|w| w[0] == "OR" && w[1] == "REPLACE")
+}
+
+/// The bare words of a statement, upper-cased, in order.
+fn sql_words(statement: &str) -> Vec<String> {
+    let chars: Vec<char> = statement.chars().collect();
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut i = 0;
+    let end_word = |word: &mut String, words: &mut Vec<String>| {
+        if !word.is_empty() {
+            words.push(std::mem::take(word).to_ascii_uppercase());
+        }
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        let skip_to = |from: usize, close: &str| -> usize {
+            let rest: String = chars[from..].iter().collect();
+            rest.find(close).map(|at| from + rest[..at].chars().count() + close.chars().count()).unwrap_or(chars.len())
+        };
+        i = match (c, next) {
+            ('-', Some('-')) => skip_to(i + 2, "\n"),
+            ('/', Some('*')) => skip_to(i + 2, "*/"),
+            ('\'', _) => skip_to(i + 1, "'"),
+            ('"', _) => skip_to(i + 1, "\""),
+            ('`', _) => skip_to(i + 1, "`"),
+            ('[', _) => skip_to(i + 1, "]"),
+            (c, _) if c.is_ascii_alphanumeric() || c == '_' => {
+                word.push(c);
+                i + 1
+            }
+            _ => i + 1,
+        };
+        if !(c.is_ascii_alphanumeric() || c == '_') {
+            end_word(&mut word, &mut words);
         }
     }
-    let words: Vec<&str> = code.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').filter(|w| !w.is_empty()).collect();
-    words.windows(2).any(|w| w == ["OR", "REPLACE"])
+    end_word(&mut word, &mut words);
+    words
 }
 
 /// A table whose schema resolves conflicts by REPLACE, if any.
@@ -200,6 +231,10 @@ mod tests {
         assert!(super::or_replace("INSERT OR REPLACE INTO t VALUES (1)"));
         assert!(super::or_replace("update  or\nreplace t set x = 1"));
         assert!(!super::or_replace("UPDATE t SET x = replace(x, 'a', 'b') WHERE y = 'or replace'"));
+        // A comment or quoted name cannot hide it (nor fake one).
+        assert!(super::or_replace("INSERT /*'*/ OR REPLACE INTO t VALUES (9, 'x') --'"));
+        assert!(super::or_replace("INSERT OR/**/REPLACE INTO t VALUES (1)"));
+        assert!(!super::or_replace("UPDATE \"or replace\" SET x = 1 -- or replace"));
     }
     use std::os::unix::fs::MetadataExt;
 

@@ -136,11 +136,13 @@ pub fn query(path: &Path, sql: &str, params: &[Value], bounds: QueryBounds) -> R
 }
 
 impl Value {
-    /// What holding this value costs, roughly: its bytes, or 8 for a number.
+    /// What holding this value costs the host: its bytes plus the value's
+    /// own size (a NULL is not free: millions of them are gigabytes once
+    /// copied for the plugin).
     fn size(&self) -> u64 {
-        match self {
-            Value::Null => 1,
-            Value::Integer(_) | Value::Real(_) => 8,
+        let own = std::mem::size_of::<Value>() as u64;
+        own + match self {
+            Value::Null | Value::Integer(_) | Value::Real(_) => 0,
             Value::Text(t) => t.len() as u64,
             Value::Blob(b) => b.len() as u64,
         }

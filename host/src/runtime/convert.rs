@@ -63,6 +63,16 @@ pub fn report(report: wit::Report) -> Result<Vec<Finding>, PluginFailure> {
     Ok(findings)
 }
 
+/// Control characters (terminal escapes, carriage returns, NULs) shown as
+/// `\u{…}`: a plugin's text must not forge report lines or recolour a
+/// terminal. Newlines and tabs stay.
+fn printable(text: &str) -> String {
+    if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return text.to_string();
+    }
+    text.chars().map(|c| if c.is_control() && c != '\n' && c != '\t' { format!("\\u{{{:x}}}", c as u32) } else { c.to_string() }).collect()
+}
+
 fn text_bytes(f: &Finding) -> usize {
     let evidence: usize = f.evidence.iter().map(|(k, v)| k.len() + v.len()).sum();
     let actions: usize = f.actions.iter().map(|a| a.description.len() + a.action.params_json().len()).sum();
@@ -86,9 +96,9 @@ fn finding(f: wit::Finding) -> Result<Finding, PluginFailure> {
             wit::Severity::Warning => Severity::Warning,
             wit::Severity::Critical => Severity::Critical,
         },
-        subject: truncate(&f.subject, MAX_TEXT),
-        message: truncate(&f.message, MAX_TEXT),
-        evidence: f.evidence.into_iter().map(|e| (truncate(&e.key, MAX_KEY), truncate(&e.value, MAX_TEXT))).collect(),
+        subject: printable(&truncate(&f.subject, MAX_TEXT)),
+        message: printable(&truncate(&f.message, MAX_TEXT)),
+        evidence: f.evidence.into_iter().map(|e| (printable(&truncate(&e.key, MAX_KEY)), printable(&truncate(&e.value, MAX_TEXT)))).collect(),
         actions,
     })
 }
@@ -96,7 +106,7 @@ fn finding(f: wit::Finding) -> Result<Finding, PluginFailure> {
 fn planned_action(p: wit::PlannedAction) -> Result<PlannedAction, PluginFailure> {
     let action = action(p.action);
     check_action_size(&action)?;
-    Ok(PlannedAction { action, description: truncate(&p.description, MAX_TEXT), needs_previous: p.needs_previous })
+    Ok(PlannedAction { action, description: printable(&truncate(&p.description, MAX_TEXT)), needs_previous: p.needs_previous })
 }
 
 /// Statements, paths and names cannot be cut without changing what they
@@ -188,6 +198,12 @@ mod limit_tests {
         assert!(err.to_string().contains("bytes of text, more than the limit"), "{err}");
         let fine = wit::Report { findings: (0..10).map(|i| wit_finding(format!("k{i}"), 4, None)).collect() };
         assert_eq!(report(fine).map(|f| f.len()).ok(), Some(10));
+    }
+
+    #[test]
+    fn terminal_escapes_in_plugin_text_are_shown_not_obeyed() {
+        assert_eq!(printable("ok\x1b[31mred\r"), "ok\\u{1b}[31mred\\u{d}");
+        assert_eq!(printable("two\nlines\tand tabs"), "two\nlines\tand tabs");
     }
 
     #[test]
