@@ -64,6 +64,11 @@ fn fix_command(s: &Scenario) -> Command {
 /// (kind, params, outcome) of every intent in the journal.
 fn intents(s: &Scenario) -> Vec<(String, String, Option<String>)> {
     let conn = s.journal();
+    // Killed before the schema was made: no intents, and nothing was done.
+    let has_table: bool = conn.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE name = 'intents'", [], |r| r.get(0)).unwrap();
+    if !has_table {
+        return Vec::new();
+    }
     let mut stmt = conn.prepare("SELECT kind, params, outcome FROM intents ORDER BY id").unwrap();
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<Result<_, _>>().unwrap()
 }
