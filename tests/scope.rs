@@ -85,7 +85,7 @@ impl Deployment {
 }
 
 /// Is `cmdline` (NUL-separated) `argv`? The program may have been resolved
-/// by a shim (`python3` → `/root/.pyenv/versions/3.x/bin/python3.x`).
+/// by a shim (`python3` → a versioned interpreter such as `…/bin/python3.11`).
 fn cmdline_is(cmdline: &[u8], argv: &[&str]) -> bool {
     let parts: Vec<String> = cmdline.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned()).collect();
     let parts = parts.strip_suffix(&[String::new()]).unwrap_or(&parts);
