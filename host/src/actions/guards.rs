@@ -38,6 +38,9 @@ pub fn check_target(pid: u32, start_time: u64, protected: &[u32]) -> Verdict {
     let Some(info) = processes::get(pid) else {
         return Verdict::Gone(format!("pid {pid} is no longer running"));
     };
+    if descends_from(info.ppid, std::process::id()) {
+        return Verdict::Forbidden(format!("pid {pid} ({}) is a descendant of the doctor (a command it runs)", info.command_line()));
+    }
     if info.kernel_thread {
         return Verdict::Forbidden(format!("pid {pid} ({}) is a kernel thread", info.name));
     }
@@ -52,6 +55,24 @@ pub fn check_target(pid: u32, start_time: u64, protected: &[u32]) -> Verdict {
         return Verdict::Gone(format!("pid {pid} has already exited (zombie)"));
     }
     Verdict::Same(Box::new(info))
+}
+
+/// Does the parent chain starting at `ppid` reach `ancestor`? Bounded, in
+/// case the table changes under the walk.
+fn descends_from(mut ppid: u32, ancestor: u32) -> bool {
+    for _ in 0..4096 {
+        if ppid == ancestor {
+            return true;
+        }
+        if ppid <= 1 {
+            return false;
+        }
+        match processes::get(ppid) {
+            Some(parent) => ppid = parent.ppid,
+            None => return false,
+        }
+    }
+    false
 }
 
 /// The thread-group id (`Tgid:` of /proc/ID/status): the process an id
@@ -80,15 +101,40 @@ mod tests {
         assert!(matches!(check_target(parent.id.pid, parent.id.start_time, &protected), Verdict::Forbidden(_)));
     }
 
+    /// A sleeper that is not this process's descendant (its shell parent
+    /// exits at once), as the processes doctor acts on are not doctor's.
+    fn orphan_sleeper() -> u32 {
+        let out = std::process::Command::new("sh").args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"]).output().unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while processes::get(pid).is_some_and(|p| p.ppid == std::process::id()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        pid
+    }
+
     #[test]
     fn a_reused_pid_is_not_the_same_process() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-        let info = processes::get(child.id()).unwrap();
+        let pid = orphan_sleeper();
+        let info = processes::get(pid).unwrap();
         assert!(matches!(check_target(info.id.pid, info.id.start_time, &[]), Verdict::Same(_)));
         assert!(matches!(check_target(info.id.pid, info.id.start_time - 1, &[]), Verdict::Gone(_)));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while processes::is_alive(info.id) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(matches!(check_target(info.id.pid, info.id.start_time, &[]), Verdict::Gone(_)));
+    }
+
+    #[test]
+    fn the_doctors_own_descendants_are_never_targets() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let info = processes::get(child.id()).unwrap();
+        let verdict = check_target(info.id.pid, info.id.start_time, &[]);
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(matches!(check_target(info.id.pid, info.id.start_time, &[]), Verdict::Gone(_)));
+        assert!(matches!(verdict, Verdict::Forbidden(why) if why.contains("descendant")));
     }
 
     #[test]
