@@ -1,12 +1,15 @@
 //! The guarded primitives that carry out what plugins propose. Each primitive
 //! checks its grant (and the guards) before touching anything.
 
-pub mod guards;
+// One file per primitive, each with its guard.
+mod commands;
+mod containers;
 mod files;
+pub mod guards;
+mod ports;
 pub mod preview;
 mod process;
 mod sql;
-mod system;
 
 use crate::capabilities::EffectiveGrants;
 use crate::facts::containers::Engine;
@@ -78,10 +81,10 @@ pub fn execute(ctx: &ActionContext, action: &Action) -> Executed {
         Action::SignalProcess { pid, start_time, signal } => process::signal(ctx, *pid, *start_time, *signal),
         Action::RemoveFile { path } => files::remove(ctx, path),
         Action::SqlExec { db, statement, params, max_rows } => sql::exec(ctx, db, statement, params, *max_rows, sql::bounds(ctx)),
-        Action::ContainerStart { id } => system::container(ctx, id, system::ContainerOp::Start),
-        Action::ContainerStop { id } => system::container(ctx, id, system::ContainerOp::Stop),
-        Action::ContainerRestart { id } => system::container(ctx, id, system::ContainerOp::Restart),
-        Action::RunCommand { name } => system::run_command(ctx, name),
-        Action::WaitPortFree { port, deadline_ms } => system::wait_port_free(ctx, *port, Duration::from_millis(u64::from(*deadline_ms))),
+        Action::ContainerStart { id } => containers::container(ctx, id, containers::ContainerOp::Start),
+        Action::ContainerStop { id } => containers::container(ctx, id, containers::ContainerOp::Stop),
+        Action::ContainerRestart { id } => containers::container(ctx, id, containers::ContainerOp::Restart),
+        Action::RunCommand { name } => commands::run_command(ctx, name),
+        Action::WaitPortFree { port, deadline_ms } => ports::wait_port_free(ctx, *port, Duration::from_millis(u64::from(*deadline_ms))),
     }
 }

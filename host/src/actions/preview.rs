@@ -77,9 +77,9 @@ fn sql(ctx: &ActionContext, label: &str, statement: &str) -> Option<String> {
 }
 
 /// The write grant names containers: ask the engine for the name, as
-/// `system::container` does (an engine that does not answer is `fix`'s failure).
+/// `containers::container` does (an engine that does not answer is `fix`'s failure).
 fn container(ctx: &ActionContext, id: &str) -> Option<String> {
     let engine = ctx.engine.as_ref()?;
-    let names = super::system::container_names(&engine.inspect(id).ok()?);
+    let names = super::containers::container_names(&engine.inspect(id).ok()?);
     ctx.grants.container_write(&names).err().map(|d| d.0)
 }

@@ -2,19 +2,22 @@
 //! in its first line and answers a `denied` value naming the missing grant.
 
 pub mod grants;
-mod host_api;
+// One file per WIT interface, each host function opening with its grant check.
+mod containers;
 mod contract_v0_1;
 mod files;
-mod process_table;
-mod sqlite_api;
-mod net_api;
+mod host;
+mod probe;
+mod processes;
+mod sockets;
+mod sqlite;
 
 pub use grants::{Denied, EffectiveGrants, KNOWN_CAPABILITIES};
-pub(crate) use sqlite_api::from_wit as sqlite_value;
+pub(crate) use self::sqlite::from_wit as sqlite_value;
 
 use crate::facts::containers::Engine;
-use crate::facts::processes::{self, ProcessInfo};
-use crate::facts::sockets::{self, Listener};
+use crate::facts::processes::{self as process_facts, ProcessInfo};
+use crate::facts::sockets::{self as socket_facts, Listener};
 use crate::policy::Policy;
 use crate::runtime::bindings::doctor::plugin::types::Error as WitError;
 use std::collections::BTreeMap;
@@ -50,13 +53,13 @@ impl RunFacts {
 
     pub fn listeners(&self) -> Result<Arc<Vec<Listener>>, String> {
         self.listeners
-            .get_or_init(|| sockets::listeners().map(Arc::new).map_err(|e| format!("reading /proc/net: {e}")))
+            .get_or_init(|| socket_facts::listeners().map(Arc::new).map_err(|e| format!("reading /proc/net: {e}")))
             .clone()
     }
 
     pub fn processes(&self) -> Result<Arc<Vec<ProcessInfo>>, String> {
         self.processes
-            .get_or_init(|| processes::snapshot().map(Arc::new).map_err(|e| format!("reading /proc: {e}")))
+            .get_or_init(|| process_facts::snapshot().map(Arc::new).map_err(|e| format!("reading /proc: {e}")))
             .clone()
     }
 }
