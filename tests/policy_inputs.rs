@@ -111,15 +111,19 @@ fn a_closed_stdout_ends_doctor_quietly() {
         s.doctor(&["check"]);
     }
     // Like `doctor journal | head -0`: the reader is gone before doctor
-    // writes its first line (doctor takes milliseconds to get there).
+    // writes its first line. The read end is closed before doctor starts:
+    // closed after, a child another test thread forks meanwhile could hold a
+    // copy of it until its exec, long enough (on a loaded machine) for
+    // doctor's writes to succeed.
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
     let mut child = Command::new(DOCTOR)
         .args(["journal", "--policy"])
         .arg(s.policy_path())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::from(writer))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    drop(child.stdout.take());
     let mut stderr = String::new();
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     let status = child.wait().unwrap();
