@@ -199,23 +199,7 @@ impl Journal {
     }
 }
 
-/// When a finding was fixed (or its fix tried and failed) recently: the
-/// start times of the runs in which one of its actions was applied or
-/// failed, since the look-back start or the operator's last reset.
-#[derive(Debug, Clone, Default)]
-pub struct FixHistory {
-    pub fix_times_ms: Vec<u64>,
-}
-
-impl FixHistory {
-    pub fn fixes_since(&self, start_ms: u64) -> u32 {
-        self.fix_times_ms.iter().filter(|t| **t >= start_ms).count() as u32
-    }
-
-    pub fn last_fix_ms(&self) -> Option<u64> {
-        self.fix_times_ms.iter().max().copied()
-    }
-}
+pub use crate::plan::gate::FixHistory;
 
 impl Journal {
     pub fn fix_history(&self, since_ms: u64) -> anyhow::Result<HashMap<(String, String), FixHistory>> {

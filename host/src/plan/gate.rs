@@ -6,10 +6,29 @@
 //! the journal, so they hold across processes and restarts.
 
 use super::{Finding, Severity};
-use crate::journal::FixHistory;
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// When a finding was fixed (or its fix tried and failed) recently: the
+/// start times of the runs in which one of its actions was applied or
+/// failed, since the look-back start or the operator's last reset.
+#[derive(Debug, Clone, Default)]
+pub struct FixHistory {
+    pub fix_times_ms: Vec<u64>,
+}
+
+impl FixHistory {
+    pub fn fixes_since(&self, start_ms: u64) -> u32 {
+        self.fix_times_ms.iter().filter(|t| **t >= start_ms).count() as u32
+    }
+
+    pub fn last_fix_ms(&self) -> Option<u64> {
+        self.fix_times_ms.iter().max().copied()
+    }
+}
+
+/// The gate over one run's fixes. `history` comes from whoever remembers
+/// fixes (the journal fills it); `plan` needs nothing else of it.
 pub struct FixGate {
     pub history: HashMap<(String, String), FixHistory>,
     pub max_fixes: u32,
