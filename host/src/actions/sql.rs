@@ -56,29 +56,29 @@ fn run(path: &std::path::Path, statement: &str, params: &[Value], max_rows: u32,
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = sqlite::open_checked(path, flags)?;
     sqlite::bound(&conn, path, bounds)?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| sqlite::classify(e, path))?;
-    if let Some(table) = replacing_table(&tx).map_err(|e| sqlite::classify(e, path))? {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| sqlite::sql_error(e, path))?;
+    if let Some(table) = replacing_table(&tx).map_err(|e| sqlite::sql_error(e, path))? {
         return Ok(Executed::refused(format!(
             "table {table} declares ON CONFLICT REPLACE: rows it deletes are not counted by SQLite, so max-rows cannot be enforced"
         )));
     }
     let before_total = tx.total_changes();
-    tx.execute(statement, rusqlite::params_from_iter(params.iter().map(sqlite::to_sql))).map_err(|e| sqlite::classify(e, path))?;
+    tx.execute(statement, rusqlite::params_from_iter(params.iter().map(sqlite::to_sql))).map_err(|e| sqlite::sql_error(e, path))?;
     let changed = usize::try_from(tx.total_changes().saturating_sub(before_total)).unwrap_or(usize::MAX);
     let before = Some(format!("{changed} row(s) matched"));
     if changed > max_rows as usize {
-        tx.rollback().map_err(|e| sqlite::classify(e, path))?;
+        tx.rollback().map_err(|e| sqlite::sql_error(e, path))?;
         return Ok(Executed::failed(format!(
             "would change {changed} rows, more than max-rows {max_rows}; rolled back, nothing changed"
         ))
         .with(before, Some("0 rows changed (rolled back)".into())));
     }
     if changed == 0 {
-        tx.rollback().map_err(|e| sqlite::classify(e, path))?;
+        tx.rollback().map_err(|e| sqlite::sql_error(e, path))?;
         return Ok(Executed::skipped("no row matched any more (compare-and-swap: someone else changed it first)".into())
             .with(before, Some("0 rows changed".into())));
     }
-    tx.commit().map_err(|e| sqlite::classify(e, path))?;
+    tx.commit().map_err(|e| sqlite::sql_error(e, path))?;
     drop(conn);
     match_sidecar_owners(path);
     Ok(Executed::applied(format!("changed {changed} row(s)")).with(before, Some(format!("{changed} row(s) changed"))))

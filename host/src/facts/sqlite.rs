@@ -76,7 +76,7 @@ pub fn database_file(path: &Path) -> Result<FileId, SqlError> {
 /// sides of the open).
 pub fn open_checked(path: &Path, flags: OpenFlags) -> Result<Connection, SqlError> {
     let before = database_file(path)?;
-    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NOFOLLOW).map_err(|e| classify(e, path))?;
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NOFOLLOW).map_err(|e| sql_error(e, path))?;
     if database_file(path)? != before {
         return Err(SqlError::Refused(format!("{} was replaced while it was being opened", path.display())));
     }
@@ -91,14 +91,14 @@ pub struct Rows {
 
 pub fn open_read_only(path: &Path) -> Result<Connection, SqlError> {
     let conn = open_checked(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-    conn.pragma_update(None, "query_only", true).map_err(|e| classify(e, path))?;
+    conn.pragma_update(None, "query_only", true).map_err(|e| sql_error(e, path))?;
     Ok(conn)
 }
 
 /// No ATTACH (a plugin must not reach other files) and a bounded lock wait.
 pub fn harden(conn: &Connection, path: &Path) -> Result<(), SqlError> {
-    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 0).map_err(|e| classify(e, path))?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| classify(e, path))?;
+    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 0).map_err(|e| sql_error(e, path))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| sql_error(e, path))?;
     Ok(())
 }
 
@@ -106,7 +106,7 @@ pub fn harden(conn: &Connection, path: &Path) -> Result<(), SqlError> {
 /// never build a value larger than `bounds.max_bytes`.
 pub fn bound(conn: &Connection, path: &Path, bounds: QueryBounds) -> Result<(), SqlError> {
     let length = i32::try_from(bounds.max_bytes).unwrap_or(i32::MAX).max(1);
-    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, length).map_err(|e| classify(e, path))?;
+    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, length).map_err(|e| sql_error(e, path))?;
     let deadline = bounds.deadline;
     conn.progress_handler(PROGRESS_STEPS, Some(move || Instant::now() >= deadline));
     Ok(())
@@ -116,16 +116,16 @@ pub fn query(path: &Path, sql: &str, params: &[Value], bounds: QueryBounds) -> R
     let conn = open_read_only(path)?;
     // One value can be no larger than the whole answer may be.
     bound(&conn, path, bounds)?;
-    let mut stmt = conn.prepare(sql).map_err(|e| classify(e, path))?;
+    let mut stmt = conn.prepare(sql).map_err(|e| sql_error(e, path))?;
     let columns: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
-    let mut rows = stmt.query(rusqlite::params_from_iter(params.iter().map(to_sql))).map_err(|e| classify(e, path))?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params.iter().map(to_sql))).map_err(|e| sql_error(e, path))?;
     let mut out = Vec::new();
     let mut bytes: u64 = 0;
-    while let Some(row) = rows.next().map_err(|e| classify(e, path))? {
+    while let Some(row) = rows.next().map_err(|e| sql_error(e, path))? {
         if out.len() == MAX_ROWS {
             return Err(SqlError::TooManyRows(MAX_ROWS));
         }
-        let values: Vec<Value> = (0..columns.len()).map(|i| row.get_ref(i).map(from_ref)).collect::<Result<_, _>>().map_err(|e| classify(e, path))?;
+        let values: Vec<Value> = (0..columns.len()).map(|i| row.get_ref(i).map(from_ref)).collect::<Result<_, _>>().map_err(|e| sql_error(e, path))?;
         bytes = bytes.saturating_add(values.iter().map(Value::size).sum::<u64>());
         if bytes > bounds.max_bytes {
             return Err(SqlError::TooManyBytes(bounds.max_bytes));
@@ -170,7 +170,7 @@ fn from_ref(v: ValueRef<'_>) -> Value {
 }
 
 /// Turn SQLite's error codes into reasons an operator can act on.
-pub fn classify(e: rusqlite::Error, path: &Path) -> SqlError {
+pub fn sql_error(e: rusqlite::Error, path: &Path) -> SqlError {
     use rusqlite::ErrorCode;
     let shown = path.display();
     match &e {

@@ -3,11 +3,13 @@
 //! transaction per plugin result keeps it consistent if a run is killed.
 
 pub mod intents;
+mod status;
 mod lock;
 mod schema;
 pub mod query;
 
 pub use intents::{IntentLog, InterruptedAction};
+pub use status::{Observed, Status};
 pub use lock::{FixLock, JournalLock};
 
 use crate::plan::{ActionResult, Finding};
@@ -29,32 +31,6 @@ pub struct Journal {
     path: PathBuf,
 }
 
-/// Where a finding stands compared with the journal's memory of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    New,
-    Persisting,
-    Resolved,
-    Fixed,
-}
-
-impl Status {
-    /// New and persisting findings are open; resolved and fixed ones are not.
-    pub fn is_open(self) -> bool {
-        matches!(self, Status::New | Status::Persisting)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::New => "new",
-            Status::Persisting => "persisting",
-            Status::Resolved => "resolved",
-            Status::Fixed => "fixed",
-        }
-    }
-}
-
 /// One plugin's outcome in a run, as the journal records it.
 pub struct PluginRecord<'a> {
     pub plugin: &'a str,
@@ -74,13 +50,6 @@ pub struct PluginRecord<'a> {
     pub state: Option<&'a BTreeMap<String, String>>,
 }
 
-/// A finding with its status, for the report.
-#[derive(Debug, Clone)]
-pub struct Observed {
-    pub finding: Finding,
-    pub status: Status,
-    pub actions: Vec<ActionResult>,
-}
 
 impl Journal {
     /// Open (creating and migrating as needed). The caller holds the lock.
@@ -185,7 +154,8 @@ impl Journal {
             // they stay as they were.
             Vec::new()
         } else {
-            let observed = classify(&tx, rec)?;
+            let open = open_findings(&tx, rec.plugin)?;
+            let observed = status::observe(open, rec.findings, rec.actions, rec.recheck);
             for o in &observed {
                 write_observation(&tx, run_id, plugin_run_id, rec, o)?;
             }
@@ -299,42 +269,6 @@ fn insert_plugin_run(tx: &rusqlite::Connection, run_id: i64, rec: &PluginRecord<
         ],
     )?;
     Ok(tx.last_insert_rowid())
-}
-
-/// Compare this run's findings with the open findings the journal holds.
-fn classify(tx: &rusqlite::Connection, rec: &PluginRecord<'_>) -> anyhow::Result<Vec<Observed>> {
-    let open = open_findings(tx, rec.plugin)?;
-    let final_keys: Option<Vec<&str>> = rec.recheck.map(|r| r.iter().map(|f| f.key.as_str()).collect());
-    let mut observed = Vec::new();
-    for (i, finding) in rec.findings.iter().enumerate() {
-        let actions = rec.actions.get(i).cloned().unwrap_or_default();
-        let was_open = open.contains_key(&finding.key);
-        let attempted = actions.iter().any(|a| a.outcome != crate::plan::Outcome::Planned);
-        let status = match &final_keys {
-            Some(keys) if !keys.contains(&finding.key.as_str()) => {
-                if attempted { Status::Fixed } else { Status::Resolved }
-            }
-            // After a fix attempt, a finding is fixed or persisting, never new.
-            Some(_) if attempted => Status::Persisting,
-            _ if was_open => Status::Persisting,
-            _ => Status::New,
-        };
-        observed.push(Observed { finding: finding.clone(), status, actions });
-    }
-    // Findings the re-check sees that the first check did not.
-    for finding in rec.recheck.unwrap_or_default() {
-        if !rec.findings.iter().any(|f| f.key == finding.key) {
-            let status = if open.contains_key(&finding.key) { Status::Persisting } else { Status::New };
-            observed.push(Observed { finding: finding.clone(), status, actions: Vec::new() });
-        }
-    }
-    // Open findings nobody reported this time are resolved.
-    for (key, finding) in open {
-        if !observed.iter().any(|o| o.finding.key == key) {
-            observed.push(Observed { finding, status: Status::Resolved, actions: Vec::new() });
-        }
-    }
-    Ok(observed)
 }
 
 fn open_findings(tx: &rusqlite::Connection, plugin: &str) -> anyhow::Result<BTreeMap<String, Finding>> {

@@ -234,7 +234,7 @@ impl Runtime {
 
         let outcome = f(&mut store, component, &self.linker);
         let state = store.into_data();
-        let outcome = outcome.map_err(|e| classify(e, limits, state.limits.tripped, &stderr));
+        let outcome = outcome.map_err(|e| failure_of(e, limits, state.limits.tripped, &stderr));
         let caps = state.caps;
         Ok((outcome, caps))
     }
@@ -249,7 +249,7 @@ fn deadline_ticks(timeout: Duration) -> u64 {
     (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
 }
 
-fn classify(e: wasmtime::Error, limits: Limits, tripped: Option<Tripped>, stderr: &MemoryOutputPipe) -> PluginFailure {
+fn failure_of(e: wasmtime::Error, limits: Limits, tripped: Option<Tripped>, stderr: &MemoryOutputPipe) -> PluginFailure {
     if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
         return PluginFailure::Timeout(limits.timeout);
     }
