@@ -6,6 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod locate;
+mod ranges;
+
+use locate::toml_error;
+
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}: {key}{sep}{message}", sep = if key.is_empty() { "" } else { ": " })]
 pub struct PolicyError {
@@ -356,7 +361,7 @@ impl Policy {
     /// value that would overflow a deadline or a size never reaches the code
     /// that uses it.
     fn check_ranges(&self) -> Result<(), PolicyError> {
-        use ranges::*;
+        use self::ranges::*;
         let d = &self.doctor;
         let checks = [
             duration("doctor.lock_wait", d.lock_wait, ZERO, HOUR),
@@ -444,21 +449,8 @@ impl Policy {
         }
     }
 
-    /// Best line for a dotted key: the line where its table header or the
-    /// deepest mentioned part appears.
     fn line_of(&self, key: &str) -> usize {
-        let parts: Vec<&str> = key.split('.').collect();
-        let mut best = 1;
-        let mut start = 0;
-        let lines: Vec<&str> = self.source.lines().collect();
-        for part in parts {
-            let found = lines.iter().enumerate().skip(start).find(|(_, l)| mentions(l, part));
-            if let Some((i, _)) = found {
-                best = i + 1;
-                start = i;
-            }
-        }
-        best
+        locate::line_of(&self.source, key)
     }
 
     pub fn database_path(&self, label: &str) -> Option<&Path> {
@@ -466,44 +458,6 @@ impl Policy {
     }
 }
 
-/// The bounds of policy numbers and the checks that say which key broke them.
-mod ranges {
-    use std::time::Duration;
-
-    pub const ZERO: Duration = Duration::ZERO;
-    pub const MS: Duration = Duration::from_millis(1);
-    pub const HOUR: Duration = Duration::from_secs(3600);
-    pub const DAY: Duration = Duration::from_secs(86_400);
-    /// humantime's year: 365.25 days.
-    pub const YEAR: Duration = Duration::from_secs(31_557_600);
-    pub const KIB: u64 = 1 << 10;
-    pub const MIB: u64 = 1 << 20;
-    pub const GIB: u64 = 1 << 30;
-
-    pub type Checked = Result<(), (String, String)>;
-
-    pub fn duration(key: &str, value: Duration, min: Duration, max: Duration) -> Checked {
-        let shown = |d: Duration| humantime::format_duration(d).to_string();
-        if value < min || value > max {
-            return Err((key.to_string(), format!("{} is out of range; allowed: {} to {}", shown(value), shown(min), shown(max))));
-        }
-        Ok(())
-    }
-
-    pub fn size(key: &str, value: u64, min: u64, max: u64) -> Checked {
-        if value < min || value > max {
-            return Err((key.to_string(), format!("{value} bytes is out of range; allowed: {min} to {max} bytes")));
-        }
-        Ok(())
-    }
-
-    pub fn count(key: &str, value: u32, min: u32, max: u32) -> Checked {
-        if value < min || value > max {
-            return Err((key.to_string(), format!("{value} is out of range; allowed: {min} to {max}")));
-        }
-        Ok(())
-    }
-}
 
 /// `HOST:PORT` with a loopback HOST (IP literal or localhost) and a port or `*`.
 fn check_probe_grant(endpoint: &str) -> Result<(), String> {
@@ -515,53 +469,6 @@ fn check_probe_grant(endpoint: &str) -> Result<(), String> {
         return Err(bad());
     }
     Ok(())
-}
-
-fn mentions(line: &str, part: &str) -> bool {
-    let code = line.split('#').next().unwrap_or("");
-    code.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-')).any(|w| w == part)
-}
-
-fn toml_error(path: &Path, source: &str, e: &toml::de::Error) -> PolicyError {
-    let line = e.span().map(|s| source[..s.start.min(source.len())].lines().count().max(1)).unwrap_or(0);
-    let line = match e.span() {
-        // A span starting right after a newline belongs to the next line.
-        Some(s) if source[..s.start.min(source.len())].ends_with('\n') => line + 1,
-        _ => line,
-    };
-    PolicyError {
-        file: path.display().to_string(),
-        line,
-        key: key_at(source, e).unwrap_or_default(),
-        message: e.message().trim().to_string(),
-    }
-}
-
-/// The dotted key the error points at: the table header above the line
-/// plus the key written on it (e.g. `plugins.x.every`).
-fn key_at(source: &str, e: &toml::de::Error) -> Option<String> {
-    let span = e.span()?;
-    let line_start = source[..span.start.min(source.len())].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line = source[line_start..].lines().next()?;
-    if let Some(header) = header_of(line) {
-        return Some(header);
-    }
-    let key = line.split_once('=').map(|(k, _)| k.trim().to_string());
-    let table = source[..line_start].lines().rev().find_map(header_of);
-    match (table, key) {
-        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
-        (None, Some(k)) => Some(k),
-        (Some(t), None) => Some(t),
-        (None, None) => None,
-    }
-}
-
-/// `[a.b]` or `[[a.b]]` → `a.b`.
-fn header_of(line: &str) -> Option<String> {
-    let code = line.split('#').next()?.trim();
-    let inner = code.strip_prefix('[')?.strip_suffix(']')?;
-    let inner = inner.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(inner);
-    Some(inner.trim().to_string())
 }
 
 #[cfg(test)]
