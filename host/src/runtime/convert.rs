@@ -194,7 +194,7 @@ mod limit_tests {
     fn a_report_within_every_per_field_limit_is_still_bounded_in_total() {
         // 100 findings × 64 evidence values × 4 KiB: every field legal, 26 MB in all.
         let big = wit::Report { findings: (0..100).map(|i| wit_finding(format!("k{i}"), 64, None)).collect() };
-        let err = report(big).err().expect("refused");
+        let err = report(big).expect_err("refused");
         assert!(err.to_string().contains("bytes of text, more than the limit"), "{err}");
         let fine = wit::Report { findings: (0..10).map(|i| wit_finding(format!("k{i}"), 4, None)).collect() };
         assert_eq!(report(fine).map(|f| f.len()).ok(), Some(10));
@@ -210,7 +210,7 @@ mod limit_tests {
     fn an_action_field_too_long_to_cut_makes_the_report_invalid() {
         let statement = format!("DELETE FROM t WHERE x = '{}'", "y".repeat(MAX_STATEMENT));
         let exec = wit::Action::SqlExec(wit::SqlExec { db: "d".into(), statement, params: vec![], max_rows: 1 });
-        let err = report(wit::Report { findings: vec![wit_finding("k".into(), 0, Some(exec))] }).err().expect("refused");
+        let err = report(wit::Report { findings: vec![wit_finding("k".into(), 0, Some(exec))] }).expect_err("refused");
         assert!(err.to_string().contains("sql-exec statement"), "{err}");
     }
 }
