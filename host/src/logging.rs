@@ -2,7 +2,7 @@
 //! doctor's stderr, else text on stderr; never both. What a scheduled run
 //! logs: one summary line, and each new, fixed or failed finding once.
 
-use crate::plan::{Outcome, Severity};
+use crate::plan::{ActionOutcome, Severity};
 use crate::report::RunReport;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -68,8 +68,8 @@ pub fn run_summary(report: &RunReport) {
         tracing::debug!("no plugin is due");
         return;
     }
-    let new = report.findings.iter().filter(|f| f.status == crate::journal::Status::New).count();
-    let fixed = report.findings.iter().filter(|f| f.status == crate::journal::Status::Fixed).count();
+    let new = report.findings.iter().filter(|f| f.status == crate::journal::FindingStatus::New).count();
+    let fixed = report.findings.iter().filter(|f| f.status == crate::journal::FindingStatus::Fixed).count();
     let failed = report.findings.iter().filter(|f| failed_fix(f)).count();
     let open = report.findings.iter().filter(|f| f.status.is_open()).count();
     let errors = report.plugins.iter().filter(|p| p.error.is_some()).count();
@@ -88,9 +88,9 @@ pub fn run_summary(report: &RunReport) {
         if failed_fix(f) {
             let why: Vec<&str> = f.actions.iter().filter(|a| is_failure(a.outcome)).map(|a| a.detail.as_str()).collect();
             tracing::error!(run_id = report.run_id, plugin = %f.plugin, key = %f.key, "fix failed: {what} ({})", why.join("; "));
-        } else if f.status == crate::journal::Status::Fixed {
+        } else if f.status == crate::journal::FindingStatus::Fixed {
             tracing::info!(run_id = report.run_id, plugin = %f.plugin, key = %f.key, "fixed: {what}");
-        } else if f.status == crate::journal::Status::New {
+        } else if f.status == crate::journal::FindingStatus::New {
             match f.severity {
                 Severity::Critical => tracing::error!(run_id = report.run_id, plugin = %f.plugin, key = %f.key, "new: {what}"),
                 Severity::Warning => tracing::warn!(run_id = report.run_id, plugin = %f.plugin, key = %f.key, "new: {what}"),
@@ -100,8 +100,8 @@ pub fn run_summary(report: &RunReport) {
     }
 }
 
-fn is_failure(outcome: Outcome) -> bool {
-    matches!(outcome, Outcome::Failed | Outcome::Refused)
+fn is_failure(outcome: ActionOutcome) -> bool {
+    matches!(outcome, ActionOutcome::Failed | ActionOutcome::Refused)
 }
 
 fn failed_fix(f: &crate::report::FindingOut) -> bool {

@@ -140,7 +140,7 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
     let mut report = RunReport::new(run_id, opts.mode.name(), interrupted);
     report.interrupted_actions = interrupted_actions;
 
-    let (tx, rx) = mpsc::channel::<Outcome>();
+    let (tx, rx) = mpsc::channel::<PluginOutcome>();
     std::thread::scope(|scope| -> Result<(), Fatal> {
         for p in &prepared {
             let tx = tx.clone();
@@ -353,7 +353,7 @@ fn context(plugin: &str, grants: EffectiveGrants, facts: Arc<RunFacts>, kv: Arc<
 }
 
 /// What one plugin's thread sends back to be journalled.
-struct Outcome {
+struct PluginOutcome {
     summary: PluginSummary,
     findings: Vec<Finding>,
     actions: Vec<Vec<ActionResult>>,
@@ -376,7 +376,7 @@ struct Shared<'a> {
     record: Option<&'a std::path::Path>,
 }
 
-fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>) -> Outcome {
+fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>) -> PluginOutcome {
     let Shared { intents, runtime, policy, facts, budget, protected, protected_files, gate, record } = *shared;
     let started = Instant::now();
     let started_ms = now_unix_ms();
@@ -385,7 +385,7 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
         Ok(ok) => ok,
         Err(failure) => {
             summary.fail(failure.to_string(), started.elapsed());
-            return Outcome { summary, findings: vec![], actions: vec![], recheck: None, state: None, log: String::new() };
+            return PluginOutcome { summary, findings: vec![], actions: vec![], recheck: None, state: None, log: String::new() };
         }
     };
     summary.loaded(&info.version, &loaded.sha256, loaded.cache.as_str());
@@ -414,7 +414,7 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
         Ok(findings) => findings,
         Err(failure) => {
             summary.fail(failure.to_string(), started.elapsed());
-            return Outcome { summary, findings: vec![], actions: vec![], recheck: None, state: None, log };
+            return PluginOutcome { summary, findings: vec![], actions: vec![], recheck: None, state: None, log };
         }
     };
     gate.escalate(&p.entry.name, &mut findings);
@@ -459,7 +459,7 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
     };
     summary.duration_ms = started.elapsed().as_millis() as u64;
     let state = kv.lock().ok().map(|m| without_own_pids(m.clone()));
-    Outcome { summary, findings, actions, recheck, state, log }
+    PluginOutcome { summary, findings, actions, recheck, state, log }
 }
 
 /// A reserved key of every plugin's key/value state, set by the host for the
@@ -486,7 +486,7 @@ const RESPAWN_SETTLE: std::time::Duration = std::time::Duration::from_millis(100
 
 fn stopped_something(actions: &[Vec<ActionResult>]) -> bool {
     actions.iter().flatten().any(|a| {
-        a.outcome == crate::plan::Outcome::Applied && matches!(a.kind, "stop-process" | "signal-process" | "container-stop")
+        a.outcome == crate::plan::ActionOutcome::Applied && matches!(a.kind, "stop-process" | "signal-process" | "container-stop")
     })
 }
 
@@ -506,7 +506,7 @@ fn logs_text(caps: Option<&CapabilityContext>) -> String {
     caps.map(|c| c.logs.iter().map(|l| format!("{}: {}\n", l.level, l.message)).collect()).unwrap_or_default()
 }
 
-fn record(journal: &mut Journal, run_id: i64, o: &Outcome, report: &mut RunReport) -> Result<(), Fatal> {
+fn record(journal: &mut Journal, run_id: i64, o: &PluginOutcome, report: &mut RunReport) -> Result<(), Fatal> {
     let s = &o.summary;
     let observed = journal.record(
         run_id,

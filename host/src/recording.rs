@@ -6,7 +6,7 @@
 //! replays it and sees the same report.
 
 use crate::capabilities::{CapabilityContext, EffectiveGrants, RecordedCall, RunFacts, Tape};
-use crate::journal::{Observed, Status};
+use crate::journal::{Observed, FindingStatus};
 use crate::plan::ActionResult;
 use crate::policy::Policy;
 use crate::report::{PluginSummary, RunReport};
@@ -149,7 +149,7 @@ pub fn replay(wasm: &Path, dir: &Path) -> anyhow::Result<RunReport> {
     let observed = match result {
         Ok(findings) => findings
             .into_iter()
-            .map(|finding| Observed { actions: finding.actions.iter().map(ActionResult::planned).collect(), finding, status: Status::New })
+            .map(|finding| Observed { actions: finding.actions.iter().map(ActionResult::planned).collect(), finding, status: FindingStatus::New })
             .collect(),
         Err(failure) => {
             summary.fail(failure.to_string(), started.elapsed());

@@ -1,8 +1,8 @@
 //! What a run tells its reader: human text, or one JSON document; and the
 //! exit status as Nagios/Icinga read it.
 
-use crate::journal::{Observed, Status};
-use crate::plan::{Outcome, Severity};
+use crate::journal::{Observed, FindingStatus};
+use crate::plan::{ActionOutcome, Severity};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -59,7 +59,7 @@ impl PluginSummary {
 pub struct ActionOut {
     pub kind: String,
     pub description: String,
-    pub outcome: Outcome,
+    pub outcome: ActionOutcome,
     pub detail: String,
 }
 
@@ -70,7 +70,7 @@ pub struct FindingOut {
     pub severity: Severity,
     pub subject: String,
     pub message: String,
-    pub status: Status,
+    pub status: FindingStatus,
     pub evidence: BTreeMap<String, String>,
     pub actions: Vec<ActionOut>,
 }
@@ -133,7 +133,7 @@ impl RunReport {
                 severity: Severity::parse(&row.severity).unwrap_or(Severity::Info),
                 subject: row.subject,
                 message: row.message,
-                status: Status::Persisting,
+                status: FindingStatus::Persisting,
                 evidence: BTreeMap::new(),
                 actions: Vec::new(),
             });
@@ -152,8 +152,8 @@ impl RunReport {
     /// fix; 3 when a plugin could not run; 1 for warnings; else 0.
     fn compute_exit_code(&self) -> i32 {
         let open = || self.open_findings();
-        let failed_fix = self.findings.iter().flat_map(|f| &f.actions).any(|a| matches!(a.outcome, Outcome::Failed | Outcome::Refused));
-        let outlived_fix = open().any(|f| f.actions.iter().any(|a| a.outcome != Outcome::Planned));
+        let failed_fix = self.findings.iter().flat_map(|f| &f.actions).any(|a| matches!(a.outcome, ActionOutcome::Failed | ActionOutcome::Refused));
+        let outlived_fix = open().any(|f| f.actions.iter().any(|a| a.outcome != ActionOutcome::Planned));
         if failed_fix || outlived_fix || open().any(|f| f.severity == Severity::Critical) {
             EXIT_CRITICAL
         } else if self.plugins.iter().any(|p| p.error.is_some()) {
@@ -234,7 +234,7 @@ pub fn seconds(ms: u64) -> String {
 
 /// The human report's colours: severity, status, outcome.
 mod style {
-    use super::{Outcome, Severity, Status};
+    use super::{ActionOutcome, Severity, FindingStatus};
     use anstyle::{AnsiColor, Style};
 
     pub const ERROR: Style = AnsiColor::Red.on_default().bold();
@@ -248,20 +248,20 @@ mod style {
         }
     }
 
-    pub fn status(s: Status) -> Style {
+    pub fn status(s: FindingStatus) -> Style {
         match s {
-            Status::New => Style::new().bold(),
-            Status::Fixed | Status::Resolved => AnsiColor::Green.on_default(),
-            Status::Persisting => Style::new(),
+            FindingStatus::New => Style::new().bold(),
+            FindingStatus::Fixed | FindingStatus::Resolved => AnsiColor::Green.on_default(),
+            FindingStatus::Persisting => Style::new(),
         }
     }
 
-    pub fn outcome(o: Outcome) -> Style {
+    pub fn outcome(o: ActionOutcome) -> Style {
         match o {
-            Outcome::Applied => AnsiColor::Green.on_default(),
-            Outcome::Failed | Outcome::Refused => AnsiColor::Red.on_default(),
-            Outcome::Planned => AnsiColor::Blue.on_default(),
-            Outcome::Skipped => Style::new().dimmed(),
+            ActionOutcome::Applied => AnsiColor::Green.on_default(),
+            ActionOutcome::Failed | ActionOutcome::Refused => AnsiColor::Red.on_default(),
+            ActionOutcome::Planned => AnsiColor::Blue.on_default(),
+            ActionOutcome::Skipped => Style::new().dimmed(),
         }
     }
 }
@@ -306,7 +306,7 @@ impl RunReport {
         );
         let mut actions = Vec::new();
         for p in &self.plugins {
-            for outcome in [Outcome::Planned, Outcome::Applied, Outcome::Failed, Outcome::Skipped, Outcome::Refused] {
+            for outcome in [ActionOutcome::Planned, ActionOutcome::Applied, ActionOutcome::Failed, ActionOutcome::Skipped, ActionOutcome::Refused] {
                 let n = self.findings.iter().filter(|f| f.plugin == p.name).flat_map(|f| &f.actions).filter(|a| a.outcome == outcome).count();
                 actions.push((labels(&[("plugin", &p.name), ("outcome", outcome.as_str())]), n.to_string()));
             }
@@ -354,12 +354,12 @@ fn labels(pairs: &[(&str, &str)]) -> String {
     format!("{{{}}}", inner.join(","))
 }
 
-fn arrow(outcome: Outcome) -> &'static str {
+fn arrow(outcome: ActionOutcome) -> &'static str {
     match outcome {
-        Outcome::Planned => "→",
-        Outcome::Applied => "✓",
-        Outcome::Failed | Outcome::Refused => "✗",
-        Outcome::Skipped => "·",
+        ActionOutcome::Planned => "→",
+        ActionOutcome::Applied => "✓",
+        ActionOutcome::Failed | ActionOutcome::Refused => "✗",
+        ActionOutcome::Skipped => "·",
     }
 }
 

@@ -105,7 +105,7 @@ mod tests {
         let ctx = context("[commands.bg]\nargv = [\"sh\", \"-c\", \"sleep 30 & echo started >&2; exit 0\"]\ntimeout = \"2s\"\n");
         let started = Instant::now();
         let done = run_command(&ctx, "bg");
-        assert_eq!(done.outcome, crate::plan::Outcome::Applied, "{}", done.detail);
+        assert_eq!(done.outcome, crate::plan::ActionOutcome::Applied, "{}", done.detail);
         assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     }
 
@@ -113,10 +113,10 @@ mod tests {
     fn a_command_past_its_timeout_is_killed_with_its_group_and_its_stderr_kept() {
         let ctx = context("[commands.slow]\nargv = [\"sh\", \"-c\", \"echo oops >&2; sleep 30 & sleep 30\"]\ntimeout = \"300ms\"\n[commands.noisy]\nargv = [\"sh\", \"-c\", \"head -c 200000 /dev/zero >&2; exit 3\"]\n");
         let done = run_command(&ctx, "slow");
-        assert_eq!(done.outcome, crate::plan::Outcome::Failed);
+        assert_eq!(done.outcome, crate::plan::ActionOutcome::Failed);
         assert!(done.detail.contains("killed (with its process group)"), "{}", done.detail);
         let noisy = run_command(&ctx, "noisy");
-        assert_eq!(noisy.outcome, crate::plan::Outcome::Failed, "200 KB of stderr did not stall it: {}", noisy.detail);
+        assert_eq!(noisy.outcome, crate::plan::ActionOutcome::Failed, "200 KB of stderr did not stall it: {}", noisy.detail);
         assert!(noisy.detail.contains("exit status: 3"), "{}", noisy.detail);
     }
 }

@@ -13,7 +13,7 @@ mod sql;
 
 use crate::capabilities::EffectiveGrants;
 use crate::facts::containers::Engine;
-use crate::plan::{Action, Outcome};
+use crate::plan::{Action, ActionOutcome};
 use crate::policy::Policy;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +33,7 @@ pub struct ActionContext {
 /// The result of one primitive.
 #[derive(Debug, Clone)]
 pub struct Executed {
-    pub outcome: Outcome,
+    pub outcome: ActionOutcome,
     pub detail: String,
     pub before: Option<String>,
     pub after: Option<String>,
@@ -44,24 +44,24 @@ pub struct Executed {
 }
 
 impl Executed {
-    fn new(outcome: Outcome, detail: String) -> Self {
-        Executed { outcome, detail, before: None, after: None, goal_met: outcome == Outcome::Applied }
+    fn new(outcome: ActionOutcome, detail: String) -> Self {
+        Executed { outcome, detail, before: None, after: None, goal_met: outcome == ActionOutcome::Applied }
     }
     /// Skipped because there was nothing left to do.
     pub fn already_done(detail: String) -> Self {
-        Executed { goal_met: true, ..Self::new(Outcome::Skipped, detail) }
+        Executed { goal_met: true, ..Self::new(ActionOutcome::Skipped, detail) }
     }
     pub fn applied(detail: String) -> Self {
-        Self::new(Outcome::Applied, detail)
+        Self::new(ActionOutcome::Applied, detail)
     }
     pub fn failed(detail: String) -> Self {
-        Self::new(Outcome::Failed, detail)
+        Self::new(ActionOutcome::Failed, detail)
     }
     pub fn skipped(detail: String) -> Self {
-        Self::new(Outcome::Skipped, detail)
+        Self::new(ActionOutcome::Skipped, detail)
     }
     pub fn refused(detail: String) -> Self {
-        Self::new(Outcome::Refused, detail)
+        Self::new(ActionOutcome::Refused, detail)
     }
     pub fn with(mut self, before: Option<String>, after: Option<String>) -> Self {
         self.before = before;

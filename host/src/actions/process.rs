@@ -19,7 +19,7 @@ pub fn stop(ctx: &ActionContext, pid: u32, start_time: u64, grace: Duration) -> 
     let handle = match Handle::acquire(ctx, pid, start_time) {
         Ok(h) => h,
         // The process to stop is gone already: what the stop wanted holds.
-        Err(done) if done.outcome == crate::plan::Outcome::Skipped => return Executed::already_done(done.detail),
+        Err(done) if done.outcome == crate::plan::ActionOutcome::Skipped => return Executed::already_done(done.detail),
         Err(done) => return done,
     };
     let before = Some(format!("running: pid {pid} {}", handle.command));

@@ -193,13 +193,13 @@ mod tests {
         .unwrap();
         let count = |table: &str| conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get::<_, i64>(0)).unwrap();
         let by_trigger = run(&db, "UPDATE t SET u = 'c' WHERE id = 1", &[], 1, test_bounds()).unwrap();
-        assert_eq!(by_trigger.outcome, crate::plan::Outcome::Failed, "{}", by_trigger.detail);
+        assert_eq!(by_trigger.outcome, crate::plan::ActionOutcome::Failed, "{}", by_trigger.detail);
         assert_eq!(count("log"), 0, "rolled back");
-        assert_eq!(run(&db, "DELETE FROM log", &[], 1, test_bounds()).unwrap().outcome, crate::plan::Outcome::Skipped);
+        assert_eq!(run(&db, "DELETE FROM log", &[], 1, test_bounds()).unwrap().outcome, crate::plan::ActionOutcome::Skipped);
         // A schema that replaces on conflict makes a plain INSERT delete rows uncounted.
         conn.execute_batch("CREATE TABLE r(id INTEGER PRIMARY KEY, u TEXT UNIQUE ON CONFLICT REPLACE)").unwrap();
         let by_schema = run(&db, "INSERT INTO t VALUES (?1, 'z', 'z')", &[Value::Integer(9)], 1, test_bounds()).unwrap();
-        assert_eq!(by_schema.outcome, crate::plan::Outcome::Refused, "{}", by_schema.detail);
+        assert_eq!(by_schema.outcome, crate::plan::ActionOutcome::Refused, "{}", by_schema.detail);
         assert!(by_schema.detail.contains("table r"), "{}", by_schema.detail);
     }
 

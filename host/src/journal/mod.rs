@@ -9,7 +9,7 @@ mod schema;
 pub mod query;
 
 pub use intents::{IntentLog, InterruptedAction};
-pub use status::{Observed, Status};
+pub use status::{Observed, FindingStatus};
 pub use lock::{FixLock, JournalLock};
 
 use crate::plan::{ActionResult, Finding};

@@ -2,7 +2,7 @@
 //! order. A failed action is recorded and the rest still run, unless an
 //! action says it needs its predecessors; the run-wide budget caps the total.
 
-use super::{ActionResult, Finding, Outcome};
+use super::{ActionResult, Finding, ActionOutcome};
 use crate::actions::{self, ActionContext, Executed};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
@@ -75,12 +75,12 @@ pub fn preview(ctx: &ActionContext, findings: &[Finding], may_fix: impl Fn(&Find
                 .map(|planned| {
                     let mut result = ActionResult::planned(planned);
                     if let Err(why) = &blocked {
-                        (result.outcome, result.detail) = (Outcome::Skipped, why.clone());
+                        (result.outcome, result.detail) = (ActionOutcome::Skipped, why.clone());
                     } else if planned.needs_previous && refused_before {
-                        (result.outcome, result.detail) = (Outcome::Skipped, "an earlier action of this finding did not succeed".into());
+                        (result.outcome, result.detail) = (ActionOutcome::Skipped, "an earlier action of this finding did not succeed".into());
                         refused_before = true;
                     } else if let Some(why) = actions::preview::refusal(ctx, &planned.action) {
-                        (result.outcome, result.detail) = (Outcome::Refused, why);
+                        (result.outcome, result.detail) = (ActionOutcome::Refused, why);
                         refused_before = true;
                     }
                     result
@@ -106,7 +106,7 @@ pub fn apply(
             let why = format!("not run: the journal could not record the intent first ({e:#})");
             return findings
                 .iter()
-                .map(|f| f.actions.iter().map(|p| ActionResult { outcome: Outcome::Skipped, detail: why.clone(), ..ActionResult::planned(p) }).collect())
+                .map(|f| f.actions.iter().map(|p| ActionResult { outcome: ActionOutcome::Skipped, detail: why.clone(), ..ActionResult::planned(p) }).collect())
                 .collect();
         }
     };
@@ -174,7 +174,7 @@ fn test_failpoint_after_action() {
 mod tests {
     use super::*;
     use crate::capabilities::EffectiveGrants;
-    use crate::plan::{Action, Outcome, PlannedAction, Severity};
+    use crate::plan::{Action, ActionOutcome, PlannedAction, Severity};
     use crate::policy::{Grants, Policy, SignalGrant};
     use std::sync::Arc;
 
@@ -196,7 +196,7 @@ mod tests {
 
     /// Write-ahead that keeps intents in memory and checks the order.
     #[derive(Default)]
-    struct Recorded(std::sync::Mutex<Vec<(i64, Option<Outcome>)>>);
+    struct Recorded(std::sync::Mutex<Vec<(i64, Option<ActionOutcome>)>>);
 
     impl WriteAhead for Recorded {
         fn intend(&self, findings: &[Finding]) -> anyhow::Result<Vec<Vec<i64>>> {
@@ -239,7 +239,7 @@ mod tests {
         std::fs::write(&file, "").unwrap();
         let f = finding(vec![(Action::RemoveFile { path: file.display().to_string() }, false)]);
         let results = apply(&context(&dir), &[f], &[&Budget::new(10)], |_| Ok(()), &Unwritable);
-        assert_eq!(results[0][0].outcome, Outcome::Skipped);
+        assert_eq!(results[0][0].outcome, ActionOutcome::Skipped);
         assert!(results[0][0].detail.contains("could not record the intent"), "{}", results[0][0].detail);
         assert!(file.exists());
     }
@@ -257,7 +257,7 @@ mod tests {
         let ahead = Recorded::default();
         apply(&context(&dir), &[f], &[&Budget::new(10)], |_| Ok(()), &ahead);
         let log = ahead.0.lock().unwrap().clone();
-        assert_eq!(log, vec![(0, Some(Outcome::Applied)), (1, Some(Outcome::Skipped))]);
+        assert_eq!(log, vec![(0, Some(ActionOutcome::Applied)), (1, Some(ActionOutcome::Skipped))]);
     }
 
     fn finding(actions: Vec<(Action, bool)>) -> Finding {
@@ -285,8 +285,8 @@ mod tests {
             (Action::RemoveFile { path: file.display().to_string() }, true),
         ]);
         let results = apply(&context(&dir), &[f], &[&Budget::new(10)], |_| Ok(()), &Recorded::default());
-        assert_eq!(results[0][0].outcome, Outcome::Skipped, "{:?}", results[0][0]);
-        assert_eq!(results[0][1].outcome, Outcome::Applied, "{:?}", results[0][1]);
+        assert_eq!(results[0][0].outcome, ActionOutcome::Skipped, "{:?}", results[0][0]);
+        assert_eq!(results[0][1].outcome, ActionOutcome::Applied, "{:?}", results[0][1]);
         assert!(!file.exists());
     }
 
@@ -303,8 +303,8 @@ mod tests {
             (Action::RemoveFile { path: b.display().to_string() }, false),
         ]);
         let results = apply(&context(&dir), &[f], &[&Budget::new(10)], |_| Ok(()), &Recorded::default());
-        let outcomes: Vec<Outcome> = results[0].iter().map(|r| r.outcome).collect();
-        assert_eq!(outcomes, [Outcome::Refused, Outcome::Skipped, Outcome::Applied]);
+        let outcomes: Vec<ActionOutcome> = results[0].iter().map(|r| r.outcome).collect();
+        assert_eq!(outcomes, [ActionOutcome::Refused, ActionOutcome::Skipped, ActionOutcome::Applied]);
         assert!(a.exists() && !b.exists());
         assert!(std::path::Path::new("/etc/hostname").exists());
     }
@@ -320,8 +320,8 @@ mod tests {
         let f = finding(files.iter().map(|f| (Action::RemoveFile { path: f.display().to_string() }, false)).collect());
         let (run, own) = (Budget::new(10), Budget::for_plugin("p", 2));
         let results = apply(&context(&dir), &[f], &[&own, &run], |_| Ok(()), &Recorded::default());
-        let outcomes: Vec<Outcome> = results[0].iter().map(|r| r.outcome).collect();
-        assert_eq!(outcomes, [Outcome::Applied, Outcome::Applied, Outcome::Skipped]);
+        let outcomes: Vec<ActionOutcome> = results[0].iter().map(|r| r.outcome).collect();
+        assert_eq!(outcomes, [ActionOutcome::Applied, ActionOutcome::Applied, ActionOutcome::Skipped]);
         assert!(results[0][2].detail.contains("plugins.p.max_actions"), "{}", results[0][2].detail);
         assert!(run.take(), "the run budget keeps what the plugin could not spend");
     }

@@ -116,7 +116,7 @@ impl Action {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub enum ActionOutcome {
     /// In the plan; not executed (check, or fix --dry-run).
     Planned,
     Applied,
@@ -129,14 +129,14 @@ pub enum Outcome {
     Refused,
 }
 
-impl Outcome {
+impl ActionOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Planned => "planned",
-            Outcome::Applied => "applied",
-            Outcome::Failed => "failed",
-            Outcome::Skipped => "skipped",
-            Outcome::Refused => "refused",
+            ActionOutcome::Planned => "planned",
+            ActionOutcome::Applied => "applied",
+            ActionOutcome::Failed => "failed",
+            ActionOutcome::Skipped => "skipped",
+            ActionOutcome::Refused => "refused",
         }
     }
 }
@@ -147,7 +147,7 @@ pub struct ActionResult {
     pub kind: &'static str,
     pub description: String,
     pub params: String,
-    pub outcome: Outcome,
+    pub outcome: ActionOutcome,
     /// Why it failed, was skipped or refused; or what it did.
     pub detail: String,
     pub before: Option<String>,
@@ -161,7 +161,7 @@ impl ActionResult {
             kind: planned.action.kind(),
             description: planned.description.clone(),
             params: planned.action.params_json(),
-            outcome: Outcome::Planned,
+            outcome: ActionOutcome::Planned,
             detail: String::new(),
             before: None,
             after: None,
