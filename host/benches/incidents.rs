@@ -536,7 +536,7 @@ fn ten_thousand_rows(t: &mut Table, f: &Incidents, n: usize) {
     let cache = f.dir.join("cache");
 
     let policy = f.policy("pid10k", &["pid"], None, &cache, None);
-    let d = t.raw("doctor check pid-file-stop, 10k processes", runs(n, &[2], || f.reset_journal("pid10k"), || doctor("check", &policy)));
+    let d = t.raw("doctor check pid-file-stop, 10k processes", runs(n, &[1, 2], || f.reset_journal("pid10k"), || doctor("check", &policy)));
     let fl = t.raw("floor pid file + /proc scan, 10k processes", runs(n, &[0], || {}, || floor(&format!("pid={};scan=1", f.pid_file.display()))));
     let ps = t.raw("ps -e, 10k processes", runs(n, &[0], || {}, || {
         let mut c = Command::new("ps");
@@ -546,7 +546,7 @@ fn ten_thousand_rows(t: &mut Table, f: &Incidents, n: usize) {
     t.row("pid-file-stop at 10k processes vs floor", format!("{:.2}× ({} vs {}; `ps -e` {})", ratio(d.wall, fl.wall), ms(d.wall), ms(fl.wall), ms(ps.wall)), "≤ 1.2×", ratio(d.wall, fl.wall) <= 1.2);
 
     let policy = f.policy("port10k", &["port"], None, &cache, None);
-    let dp = t.raw("doctor check port-9403-freer, 10k processes", runs(n, &[2], || f.reset_journal("port10k"), || doctor("check", &policy)));
+    let dp = t.raw("doctor check port-9403-freer, 10k processes", runs(n, &[1, 2], || f.reset_journal("port10k"), || doctor("check", &policy)));
     let ss = t.raw("ss -ltnp, 10k processes", runs(n, &[0], || {}, || {
         let mut c = Command::new("ss");
         c.arg("-ltnp");
