@@ -364,6 +364,11 @@ fn pump(mut from: UnixStream, mut to: UnixStream, count: Option<Arc<AtomicUsize>
             Ok(n) => {
                 if let Some(c) = &count {
                     let text = String::from_utf8_lossy(&buf[..n]);
+                    if std::env::var_os("INCIDENTS_BENCH_TRACE").is_some() {
+                        for line in text.lines().filter(|l| l.ends_with(" HTTP/1.1") || l.ends_with(" HTTP/1.0")) {
+                            eprintln!("    engine request: {line}");
+                        }
+                    }
                     c.fetch_add(text.matches(" HTTP/1.1\r\n").count() + text.matches(" HTTP/1.0\r\n").count(), Ordering::Relaxed);
                 }
                 if to.write_all(&buf[..n]).is_err() {
@@ -761,7 +766,8 @@ mod floor {
             // The health check's binary, when it names one by absolute path or by a bare word.
             let test = spec["Config"]["Healthcheck"]["Test"].as_array().cloned().unwrap_or_default();
             if let Some(cmd) = test.get(1).and_then(|v| v.as_str()).and_then(|s| s.split_whitespace().next()) {
-                for dir in ["/usr/bin/", "/bin/"] {
+                // The same search as the plugin: the default PATH, in order.
+                for dir in ["/usr/local/sbin/", "/usr/local/bin/", "/usr/sbin/", "/usr/bin/", "/sbin/", "/bin/"] {
                     let path = if cmd.starts_with('/') { cmd.to_string() } else { format!("{dir}{cmd}") };
                     let (status, _) = http(sock, "HEAD", &format!("/containers/{id}/archive?path={path}"));
                     n += usize::from(status == 200);
