@@ -272,11 +272,12 @@ impl Engine {
     /// the next read). Reads are serialised by the lock: one connection.
     fn read(&self, method: Method, uri: &str, limit: Duration) -> Result<Reply, EngineError> {
         let mut guard = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
-        let reads = match guard.take() {
-            Some(reads) => guard.insert(reads),
-            None => guard.insert(Reads { runtime: io_runtime()?, kept: None }),
+        if guard.is_none() {
+            *guard = Some(Reads { runtime: io_runtime()?, kept: None });
+        }
+        let Some(Reads { runtime, kept }) = guard.as_mut() else {
+            return Err(EngineError::Invalid("no I/O runtime for engine reads".into()));
         };
-        let Reads { runtime, kept } = reads;
         runtime.block_on(async {
             let attempt = async {
                 if let Some(mut sender) = kept.take() {
