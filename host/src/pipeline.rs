@@ -96,13 +96,18 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
     }
     let started_ms = now_unix_ms();
     let journal_file = journal_path(&policy, opts.journal.as_ref());
-    let runtime = Runtime::new(Some(cache_dir(&policy, &journal_file)))?;
     let (catalog, warnings) = Catalog::discover(&policy.doctor.plugin_dirs);
     for w in &warnings {
         tracing::warn!("{w}");
     }
     let selected = select(&policy, &catalog, &opts.plugins)?;
     let due = due_plugins(&journal_file, selected, opts.mode, started_ms)?;
+    // A timer tick with nothing due is most ticks: it needs no wasmtime
+    // engine (about half its cost), only the journal's open findings.
+    if opts.mode == Mode::Scheduled && due.is_empty() {
+        return not_due_report(&journal_file, started.elapsed());
+    }
+    let runtime = Runtime::new(Some(cache_dir(&policy, &journal_file)))?;
     let prepared = prepare(&runtime, &policy, due, opts.mode)?;
     if opts.mode == Mode::Scheduled && prepared.is_empty() {
         return not_due_report(&journal_file, started.elapsed());

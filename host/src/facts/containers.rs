@@ -4,20 +4,28 @@
 //! API (`podman system service`) alike. Only endpoints and fields both engines
 //! implement are used.
 //!
-//! The public API is blocking: every call builds a small current-thread tokio
-//! runtime, opens one HTTP/1.1 connection, sends one request and reads the whole
-//! answer, all bounded by the engine's timeout. A connection per request keeps
-//! the client stateless (no pool to go stale when the engine restarts) and costs
-//! next to nothing on a local socket. Do not call these methods from inside an
-//! async task: `block_on` would panic there; use `spawn_blocking`.
+//! The public API is blocking; every call reads the whole answer, bounded by
+//! the engine's timeout. Reads (GET, HEAD) share one current-thread tokio
+//! runtime and one kept-alive HTTP/1.1 connection per `Engine`, which lives
+//! for one run: a plugin's dozens of inspects and stats then cost no runtime
+//! or connection setup each. A kept connection the engine closed meanwhile
+//! (it restarted, or timed the connection out) fails before any answer and
+//! the read is retried once on a fresh connection; reads are idempotent.
+//! Mutations (start, stop, restart) keep a connection of their own, so none
+//! is ever sent twice. Do not call these methods from inside an async task:
+//! `block_on` would panic there; use `spawn_blocking`.
 //!
 //! Paths carry no `/v1.xx` prefix on purpose: an unversioned path is served at
 //! the engine's own current version by both engines, whereas any pinned version
 //! is wrong for one of them (Podman 4.3 speaks at most 1.41, and recent Docker
 //! releases refuse versions below their minimum, 1.44 as of Docker 29).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use hyper::client::conn::http1::SendRequest;
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
@@ -115,6 +123,16 @@ struct Reply {
 pub struct Engine {
     socket: PathBuf,
     timeout: Duration,
+    /// The runtime and kept-alive connection of reads; None until the first.
+    reads: Mutex<Option<Reads>>,
+    /// Containers this engine listed or inspected successfully (by the id
+    /// or name asked for, and by full id), for `path_exists`.
+    seen: Mutex<HashSet<String>>,
+}
+
+struct Reads {
+    runtime: tokio::runtime::Runtime,
+    kept: Option<SendRequest<Empty<Bytes>>>,
 }
 
 impl Engine {
@@ -124,6 +142,8 @@ impl Engine {
         Engine {
             socket: socket.into(),
             timeout,
+            reads: Mutex::new(None),
+            seen: Mutex::new(HashSet::new()),
         }
     }
 
@@ -134,6 +154,7 @@ impl Engine {
         let rows: Vec<RawSummary> = serde_json::from_slice(&body).map_err(|e| {
             EngineError::Invalid(format!("container list is not the expected JSON: {e}"))
         })?;
+        self.saw(rows.iter().map(|r| r.id.clone()).filter(|id| !id.is_empty()));
         Ok(rows.into_iter().map(ContainerSummary::from).collect())
     }
 
@@ -144,8 +165,17 @@ impl Engine {
         let uri = format!("/containers/{}/json", segment(id)?);
         let reply = self.request(Method::GET, &uri, self.timeout)?;
         let body = expect_success(reply, Some(id))?;
+        self.saw([id.to_owned()]);
         String::from_utf8(body.to_vec())
             .map_err(|_| EngineError::Invalid(format!("inspect of {id} is not UTF-8")))
+    }
+
+    fn saw(&self, ids: impl IntoIterator<Item = String>) {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).extend(ids);
+    }
+
+    fn has_seen(&self, id: &str) -> bool {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).contains(id)
     }
 
     /// Whether `path` exists in the container's filesystem, without running it.
@@ -161,6 +191,11 @@ impl Engine {
     /// Both engines answer 404 both for a missing path and for a missing
     /// container, and HEAD carries no body to tell them apart; so a 404 is
     /// followed by an inspect, which turns an unknown container into NotFound.
+    /// That inspect is skipped for a container this engine (one per run)
+    /// already listed or inspected: a health check's binary is looked up in
+    /// every PATH directory, and one inspect per 404 doubled the requests.
+    /// A container removed since then reads as "path missing", as it would
+    /// have had it been removed right after the inspect.
     pub fn path_exists(&self, id: &str, path: &str) -> Result<bool, EngineError> {
         // A relative path would resolve against the container's WorkingDir,
         // which is never what a fact about "path P in container C" means.
@@ -177,6 +212,7 @@ impl Engine {
         let reply = self.request(Method::HEAD, &uri, self.timeout)?;
         match reply.status {
             StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND if self.has_seen(id) => Ok(false),
             StatusCode::NOT_FOUND => {
                 // Errors (NotFound above all) from the inspect are the answer.
                 self.inspect(id)?;
@@ -220,11 +256,10 @@ impl Engine {
 
     /// One request, bounded by `limit` from connect to the last body byte.
     fn request(&self, method: Method, uri: &str, limit: Duration) -> Result<Reply, EngineError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| EngineError::Invalid(format!("cannot start I/O runtime: {e}")))?;
+        if method == Method::GET || method == Method::HEAD {
+            return self.read(method, uri, limit);
+        }
+        let runtime = io_runtime()?;
         runtime.block_on(async {
             match tokio::time::timeout(limit, self.exchange(method, uri)).await {
                 Ok(result) => result,
@@ -233,17 +268,60 @@ impl Engine {
         })
     }
 
+    /// A GET or HEAD on the kept connection, else on a fresh one (kept for
+    /// the next read). Reads are serialised by the lock: one connection.
+    fn read(&self, method: Method, uri: &str, limit: Duration) -> Result<Reply, EngineError> {
+        let mut guard = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() {
+            *guard = Some(Reads { runtime: io_runtime()?, kept: None });
+        }
+        let Some(Reads { runtime, kept }) = guard.as_mut() else {
+            return Err(EngineError::Invalid("no I/O runtime for engine reads".into()));
+        };
+        runtime.block_on(async {
+            let attempt = async {
+                if let Some(mut sender) = kept.take() {
+                    // Not ready or failed: the engine closed it; nothing was answered.
+                    if sender.ready().await.is_ok() {
+                        if let Ok(reply) = self.send(&mut sender, method.clone(), uri).await {
+                            *kept = Some(sender);
+                            return Ok(reply);
+                        }
+                    }
+                }
+                let mut sender = self.connect().await?;
+                let reply = self.send(&mut sender, method, uri).await?;
+                *kept = Some(sender);
+                Ok(reply)
+            };
+            match tokio::time::timeout(limit, attempt).await {
+                Ok(result) => result,
+                Err(_elapsed) => Err(EngineError::Timeout(limit)),
+            }
+        })
+    }
+
     async fn exchange(&self, method: Method, uri: &str) -> Result<Reply, EngineError> {
+        let mut sender = self.connect().await?;
+        self.send(&mut sender, method, uri).await
+    }
+
+    /// A new HTTP/1.1 connection; its I/O task runs on the calling runtime.
+    async fn connect(&self) -> Result<SendRequest<Empty<Bytes>>, EngineError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| self.unreachable(format!("cannot connect: {e}")))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.unreachable(format!("HTTP handshake failed: {e}")))?;
-        // The connection future does the actual I/O; it ends when the answer is
-        // read and `sender` is dropped, or with the runtime.
+        // The connection future does the actual I/O; it ends when `sender` is
+        // dropped, the engine closes the connection, or with the runtime.
         tokio::spawn(connection);
+        Ok(sender)
+    }
 
+    /// One request and its whole answer on `sender`.
+    async fn send(&self, sender: &mut SendRequest<Empty<Bytes>>, method: Method, uri: &str) -> Result<Reply, EngineError> {
         let request = Request::builder()
             .method(method)
             .uri(uri)
@@ -270,6 +348,15 @@ impl Engine {
             message,
         }
     }
+}
+
+/// A current-thread runtime with I/O and timers, for blocking callers.
+fn io_runtime() -> Result<tokio::runtime::Runtime, EngineError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| EngineError::Invalid(format!("cannot start I/O runtime: {e}")))
 }
 
 /// 2xx and 304 ("nothing to do") give the body; 404 on a container endpoint
@@ -373,6 +460,70 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// A fake engine: answers each request on a connection, closing the
+    /// connection after `per_connection` answers; returns the request lines.
+    fn fake_engine(socket: &std::path::Path, per_connection: usize) -> std::sync::mpsc::Receiver<(usize, String)> {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().flatten().enumerate() {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut out = stream;
+                for _ in 0..per_connection {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let mut header = String::new();
+                    while reader.read_line(&mut header).unwrap_or(0) > 2 {
+                        header.clear();
+                    }
+                    let _ = tx.send((n, line.trim().to_owned()));
+                    let (status, body) = if line.starts_with("HEAD") {
+                        ("404 Not Found", "")
+                    } else if line.contains("/containers/json") {
+                        ("200 OK", r#"[{"Id":"c1","Names":["/web"]}]"#)
+                    } else {
+                        ("200 OK", "{}")
+                    };
+                    let _ = write!(out, "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                }
+            }
+        });
+        rx
+    }
+
+    #[test]
+    fn reads_share_one_connection_and_a_closed_one_is_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("engine.sock");
+        let requests = fake_engine(&socket, 2);
+        let engine = Engine::new(&socket, Duration::from_secs(5));
+        assert_eq!(engine.list(true).expect("list").len(), 1);
+        engine.inspect("c1").expect("inspect");
+        // The engine closed the first connection after two answers.
+        engine.inspect("c1").expect("inspect on a fresh connection");
+        let seen: Vec<(usize, String)> = requests.try_iter().collect();
+        let connections: Vec<usize> = seen.iter().map(|(n, _)| *n).collect();
+        assert_eq!(connections, vec![0, 0, 1], "{seen:?}");
+    }
+
+    #[test]
+    fn a_missing_path_in_a_listed_container_needs_no_inspect() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("engine.sock");
+        let requests = fake_engine(&socket, 100);
+        let engine = Engine::new(&socket, Duration::from_secs(5));
+        // Not seen yet: the 404 is followed by an inspect.
+        assert!(!engine.path_exists("c1", "/usr/bin/curl").expect("stat"));
+        engine.list(true).expect("list");
+        assert!(!engine.path_exists("c1", "/bin/curl").expect("stat"));
+        let lines: Vec<String> = requests.try_iter().map(|(_, line)| line).collect();
+        let kinds: Vec<&str> = lines.iter().map(|l| l.split('?').next().unwrap_or("")).collect();
+        assert_eq!(kinds, ["HEAD /containers/c1/archive", "GET /containers/c1/json HTTP/1.1", "GET /containers/json", "HEAD /containers/c1/archive"], "{lines:?}");
     }
 
     #[test]

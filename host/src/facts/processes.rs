@@ -42,12 +42,47 @@ impl ProcessInfo {
 /// the Stop button that runs `doctor fix` may match the very pattern it
 /// stops, and a process a plugin cannot see yields no finding at all, rather
 /// than a refused action that persists forever.
+///
+/// At 10,000 processes reading /proc is most of a check's time; the pids
+/// are split across the available cores (each read is independent: one
+/// directory fd per process), and a small table is read on this thread.
 pub fn snapshot() -> std::io::Result<Vec<ProcessInfo>> {
-    let clock = Clock::read();
-    let all = procfs::process::all_processes().map_err(to_io)?;
-    let table: Vec<ProcessInfo> = all.filter_map(|p| p.ok()).filter_map(|p| describe(&p, &clock)).collect();
+    let clock = Clock::get();
+    let pids = pids()?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_READERS);
+    let table: Vec<ProcessInfo> = if workers < 2 || pids.len() < PARALLEL_FROM {
+        pids.iter().filter_map(|&pid| read(pid, clock)).collect()
+    } else {
+        let chunk = pids.len().div_ceil(workers);
+        std::thread::scope(|scope| {
+            let readers: Vec<_> = pids
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().filter_map(|&pid| read(pid, clock)).collect::<Vec<_>>()))
+                .collect();
+            // Reads return Option and do not panic on input; a reader that
+            // failed anyway loses only its part of the table.
+            readers.into_iter().filter_map(|r| r.join().ok()).flatten().collect()
+        })
+    };
     let own = own_tree(&table, std::process::id());
     Ok(table.into_iter().filter(|p| !own.contains(&p.id.pid)).collect())
+}
+
+/// Below this many processes one thread reads them faster than several start.
+const PARALLEL_FROM: usize = 512;
+/// More readers than this contend on the kernel's pid lookups for no gain.
+const MAX_READERS: usize = 4;
+
+/// The numeric entries of /proc, in directory order.
+fn pids() -> std::io::Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
 }
 
 /// `me`, its ancestors (read from /proc) and its descendants in `table`.
@@ -73,8 +108,7 @@ fn own_tree(table: &[ProcessInfo], me: u32) -> std::collections::HashSet<u32> {
 
 /// One process by pid, or None if there is none.
 pub fn get(pid: u32) -> Option<ProcessInfo> {
-    let process = procfs::process::Process::new(pid as i32).ok()?;
-    describe(&process, &Clock::read())
+    read(pid, Clock::get())
 }
 
 /// The start time of `pid` now, read straight from /proc (None when gone).
@@ -91,45 +125,99 @@ pub fn is_alive(id: ProcessId) -> bool {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Clock {
     boot_unix_ms: u64,
     ticks_per_second: u64,
 }
 
 impl Clock {
-    fn read() -> Clock {
-        Clock {
+    /// Boot time and clock ticks do not change while doctor runs: read once.
+    fn get() -> &'static Clock {
+        static CLOCK: std::sync::OnceLock<Clock> = std::sync::OnceLock::new();
+        CLOCK.get_or_init(|| Clock {
             boot_unix_ms: procfs::boot_time_secs().unwrap_or(0) * 1000,
             ticks_per_second: procfs::ticks_per_second().max(1),
-        }
+        })
     }
 }
 
-fn describe(process: &procfs::process::Process, clock: &Clock) -> Option<ProcessInfo> {
-    let stat = process.stat().ok()?;
-    let uid = process.uid().ok()?;
-    let argv = process.cmdline().unwrap_or_default();
+/// One process through one directory fd: every later read goes through it,
+/// so a pid reused between two reads makes them fail (ESRCH) instead of
+/// mixing two processes. None when the process is gone or unreadable.
+fn read(pid: u32, clock: &Clock) -> Option<ProcessInfo> {
+    use nix::fcntl::{open, OFlag};
+    use nix::sys::stat::Mode;
+    let dir = open(format!("/proc/{pid}").as_str(), OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+    let stat = Stat::parse(&read_at(&dir, "stat")?)?;
+    let uid = nix::sys::stat::fstat(&dir).ok()?.st_uid;
     Some(ProcessInfo {
-        id: ProcessId { pid: stat.pid as u32, start_time: stat.starttime },
-        ppid: stat.ppid as u32,
+        id: ProcessId { pid: stat.pid, start_time: stat.start_time },
+        ppid: stat.ppid,
         uid,
         state: stat.state,
-        name: stat.comm.clone(),
-        exe: process.exe().ok().map(|p| p.display().to_string()),
-        argv,
-        cgroup: read_cgroup(&Path::new("/proc").join(stat.pid.to_string()).join("cgroup")),
-        started_unix_ms: clock.boot_unix_ms + stat.starttime * 1000 / clock.ticks_per_second,
+        name: stat.comm,
+        exe: nix::fcntl::readlinkat(&dir, "exe").ok().map(|p| Path::new(&p).display().to_string()),
+        argv: read_at(&dir, "cmdline").map(|b| argv(&b)).unwrap_or_default(),
+        cgroup: read_at(&dir, "cgroup").and_then(|b| cgroup(&b)),
+        started_unix_ms: clock.boot_unix_ms + stat.start_time * 1000 / clock.ticks_per_second,
         kernel_thread: stat.flags & PF_KTHREAD != 0,
     })
 }
 
-fn read_cgroup(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().next().map(|l| l.splitn(3, ':').nth(2).unwrap_or(l).to_string())
+fn read_at(dir: &std::os::fd::OwnedFd, name: &str) -> Option<Vec<u8>> {
+    use nix::fcntl::{openat, OFlag};
+    use std::io::Read as _;
+    let fd = openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).ok()?;
+    let mut bytes = Vec::with_capacity(512);
+    std::fs::File::from(fd).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
-fn to_io(e: procfs::ProcError) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+/// The fields of /proc/PID/stat that doctor uses.
+struct Stat {
+    pid: u32,
+    comm: String,
+    state: char,
+    ppid: u32,
+    flags: u32,
+    start_time: u64,
+}
+
+impl Stat {
+    /// `pid (comm) state ppid pgrp session tty tpgid flags ... starttime(22)`;
+    /// comm may hold spaces and parentheses, so it ends at the *last* ')'.
+    fn parse(bytes: &[u8]) -> Option<Stat> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let open = text.find('(')?;
+        let close = text.rfind(')')?;
+        let pid = text.get(..open)?.trim().parse().ok()?;
+        let comm = text.get(open + 1..close)?.to_string();
+        let rest: Vec<&str> = text.get(close + 1..)?.split_ascii_whitespace().collect();
+        Some(Stat {
+            pid,
+            comm,
+            state: rest.first()?.chars().next()?,
+            ppid: rest.get(1)?.parse().ok()?,
+            flags: rest.get(6)?.parse().ok()?,
+            start_time: rest.get(19)?.parse().ok()?,
+        })
+    }
+}
+
+/// NUL-separated arguments, empty ones dropped; an argv that is not UTF-8
+/// reads as none (as with the procfs crate before).
+fn argv(bytes: &[u8]) -> Vec<String> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.split('\0').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The first line's path (after `hierarchy-ID:controllers:`).
+fn cgroup(bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    text.lines().next().map(|l| l.splitn(3, ':').nth(2).unwrap_or(l).to_string())
 }
 
 /// The pids of this process and all its ancestors up to init.
@@ -192,6 +280,17 @@ mod tests {
         assert!(!pids.is_empty() || table.is_empty());
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn stat_comm_may_hold_spaces_and_parentheses() {
+        let line = b"4242 (a) (b c) S 7 4242 4242 0 -1 4194560 1 0 0 0 2 3 0 0 20 0 1 0 987654 1000 100 18446744073709551615\n";
+        let stat = Stat::parse(line).expect("parses");
+        assert_eq!((stat.pid, stat.comm.as_str(), stat.state, stat.ppid), (4242, "a) (b c", 'S', 7));
+        assert_eq!((stat.flags, stat.start_time), (4194560, 987654));
+        assert!(Stat::parse(b"4242 (cut").is_none());
+        assert_eq!(argv(b"sleep\0\x0030\0"), vec!["sleep", "30"]);
+        assert!(argv(b"\xff\0").is_empty());
     }
 
     #[test]

@@ -189,11 +189,48 @@ fn socket_owners(wanted: &HashSet<u64>) -> io::Result<HashMap<u64, Vec<Owner>>> 
     )
     .map_err(io::Error::from)?;
     let proc_fd = proc_dir.as_fd().try_clone_to_owned()?;
-    for entry in proc_dir.iter() {
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name().to_bytes();
+    let pids: Vec<Vec<u8>> = proc_dir
+        .iter()
+        .flatten()
+        .map(|entry| entry.file_name().to_bytes().to_vec())
+        .filter(|name| parse_pid(name).is_some())
+        .collect();
+    // At 10,000 processes this walk is most of a port check; the processes
+    // are independent, so they are split across the cores, and the parts
+    // are joined in /proc order (the same owners, in the same order).
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WALKERS);
+    let held: Vec<(u64, Owner)> = if workers < 2 || pids.len() < PARALLEL_FROM {
+        held_sockets(proc_fd.as_fd(), &pids, wanted)
+    } else {
+        let chunk = pids.len().div_ceil(workers);
+        let proc_fd = proc_fd.as_fd();
+        std::thread::scope(|scope| {
+            let walkers: Vec<_> = pids.chunks(chunk).map(|part| scope.spawn(move || held_sockets(proc_fd, part, wanted))).collect();
+            // The walk returns values for every error; a part whose thread
+            // failed anyway is skipped like a process that denied access.
+            walkers.into_iter().filter_map(|w| w.join().ok()).flatten().collect()
+        })
+    };
+    for (inode, owner) in held {
+        let list = owners.entry(inode).or_default();
+        if !list.contains(&owner) {
+            list.push(owner);
+        }
+    }
+    Ok(owners)
+}
+
+/// Below this many processes one thread walks them faster than several start.
+const PARALLEL_FROM: usize = 512;
+/// More walkers than this contend on the kernel's pid lookups for no gain.
+const MAX_WALKERS: usize = 4;
+
+/// Every (wanted inode, holder) in the processes named by `pids`.
+fn held_sockets(proc_fd: BorrowedFd<'_>, pids: &[Vec<u8>], wanted: &HashSet<u64>) -> Vec<(u64, Owner)> {
+    let mut found = Vec::new();
+    for name in pids {
         let Some(pid) = parse_pid(name) else { continue };
-        let Ok(held) = process_sockets(proc_fd.as_fd(), name, wanted) else {
+        let Ok(held) = process_sockets(proc_fd, name, wanted) else {
             continue;
         };
         if held.is_empty() {
@@ -206,14 +243,9 @@ fn socket_owners(wanted: &HashSet<u64>) -> io::Result<HashMap<u64, Vec<Owner>>> 
             continue;
         };
         let owner = Owner { pid, start_time };
-        for inode in held.inodes {
-            let list = owners.entry(inode).or_default();
-            if !list.contains(&owner) {
-                list.push(owner);
-            }
-        }
+        found.extend(held.inodes.iter().map(|&inode| (inode, owner)));
     }
-    Ok(owners)
+    found
 }
 
 fn parse_pid(name: &[u8]) -> Option<u32> {
