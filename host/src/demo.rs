@@ -101,11 +101,7 @@ fn clean_up_on_signals(cleanup: Arc<Cleanup>) -> anyhow::Result<()> {
 
 fn demo(root: &Path, procs: &Mutex<Processes>) -> anyhow::Result<i32> {
     say!("doctor demo: the incidents doctor exists for, built in {}\n", root.display());
-    let mut sections = Vec::new();
-    sections.push(chunk_table(root)?);
-    sections.push(job_table(root)?);
-    sections.push(pid_files(root, procs)?);
-    sections.push(port_holder(root, procs)?);
+    let sections = vec![chunk_table(root)?, job_table(root)?, pid_files(root, procs)?, port_holder(root, procs)?];
     let skipped = container_skipped();
     let policy = root.join("policy.toml");
     std::fs::write(&policy, policy_text(root, &sections)).with_context(|| format!("writing {}", policy.display()))?;
