@@ -4,18 +4,18 @@ mod support;
 
 use std::time::Duration;
 
-use doctor::facts::containers::{ContainerSummary, Engine, EngineError};
+use doctor::facts::containers::{ContainerEngine, ContainerSummary, EngineError};
 use serde_json::Value;
 use support::podman::Podman;
 
 const IMAGE: &str = "localhost/busybox:latest";
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-fn engine(podman: &Podman) -> Engine {
-    Engine::new(podman.socket(), TIMEOUT)
+fn engine(podman: &Podman) -> ContainerEngine {
+    ContainerEngine::new(podman.socket(), TIMEOUT)
 }
 
-fn inspect_json(engine: &Engine, id: &str) -> Value {
+fn inspect_json(engine: &ContainerEngine, id: &str) -> Value {
     let text = engine.inspect(id).expect("inspect");
     serde_json::from_str(&text).expect("inspect is JSON")
 }
@@ -208,7 +208,7 @@ fn unknown_container_is_not_found() {
 #[test]
 fn missing_socket_is_unreachable() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let engine = Engine::new(dir.path().join("absent.sock"), TIMEOUT);
+    let engine = ContainerEngine::new(dir.path().join("absent.sock"), TIMEOUT);
     match engine.list(true) {
         Err(EngineError::Unreachable { path, message }) => {
             assert!(path.ends_with("absent.sock"), "{path}");
@@ -220,7 +220,7 @@ fn missing_socket_is_unreachable() {
     let socket = dir.path().join("dead.sock");
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
     assert!(matches!(
-        Engine::new(&socket, TIMEOUT).inspect("x"),
+        ContainerEngine::new(&socket, TIMEOUT).inspect("x"),
         Err(EngineError::Unreachable { .. })
     ));
 }
@@ -239,14 +239,14 @@ fn silent_engine_times_out() {
     });
     let limit = Duration::from_millis(300);
     let started = std::time::Instant::now();
-    let result = Engine::new(&socket, limit).list(true);
+    let result = ContainerEngine::new(&socket, limit).list(true);
     assert!(
         matches!(result, Err(EngineError::Timeout(d)) if d == limit),
         "{result:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     // stop's bound is the timeout plus the grace period it asks the engine for.
-    let result = Engine::new(&socket, limit).stop("x", Duration::from_millis(200));
+    let result = ContainerEngine::new(&socket, limit).stop("x", Duration::from_millis(200));
     assert!(
         matches!(result, Err(EngineError::Timeout(d)) if d == limit + Duration::from_secs(1)),
         "{result:?}"

@@ -12,7 +12,7 @@ mod process;
 mod sql;
 
 use crate::capabilities::EffectiveGrants;
-use crate::facts::containers::Engine;
+use crate::facts::containers::ContainerEngine;
 use crate::plan::{Action, ActionOutcome};
 use crate::policy::Policy;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ pub struct ActionContext {
     pub protected_pids: Vec<u32>,
     /// Doctor's own journal, its WAL/SHM and lock file: never a target.
     pub protected_files: Vec<std::path::PathBuf>,
-    pub engine: Option<Arc<Engine>>,
+    pub engine: Option<Arc<ContainerEngine>>,
 }
 
 /// The result of one primitive.

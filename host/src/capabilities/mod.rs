@@ -15,7 +15,7 @@ mod sqlite;
 pub use grants::{Denied, EffectiveGrants, KNOWN_CAPABILITIES};
 pub(crate) use self::sqlite::from_wit as sqlite_value;
 
-use crate::facts::containers::Engine;
+use crate::facts::containers::ContainerEngine;
 use crate::facts::processes::{self as process_facts, ProcessInfo};
 use crate::facts::sockets::{self as socket_facts, Listener};
 use crate::policy::Policy;
@@ -34,20 +34,20 @@ pub struct RunFacts {
     pub policy: Arc<Policy>,
     processes: OnceLock<Result<Arc<Vec<ProcessInfo>>, String>>,
     listeners: OnceLock<Result<Arc<Vec<Listener>>, String>>,
-    engine: Option<Arc<Engine>>,
+    engine: Option<Arc<ContainerEngine>>,
 }
 
 impl RunFacts {
     pub fn new(policy: Arc<Policy>) -> Arc<Self> {
-        let engine = policy.container_engine.as_ref().map(|c| Arc::new(Engine::new(c.socket.clone(), c.timeout)));
+        let engine = policy.container_engine.as_ref().map(|c| Arc::new(ContainerEngine::new(c.socket.clone(), c.timeout)));
         Arc::new(RunFacts { policy, processes: OnceLock::new(), listeners: OnceLock::new(), engine })
     }
 
-    pub fn engine(&self) -> Option<&Engine> {
+    pub fn engine(&self) -> Option<&ContainerEngine> {
         self.engine.as_deref()
     }
 
-    pub fn engine_handle(&self) -> Option<Arc<Engine>> {
+    pub fn engine_handle(&self) -> Option<Arc<ContainerEngine>> {
         self.engine.clone()
     }
 

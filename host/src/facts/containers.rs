@@ -1,4 +1,4 @@
-//! Container-engine client: the Docker Engine API over a Unix socket.
+//! Container-engine client: the Docker ContainerEngine API over a Unix socket.
 //!
 //! Speaks to Docker (`/var/run/docker.sock`) and to Podman's Docker-compatible
 //! API (`podman system service`) alike. Only endpoints and fields both engines
@@ -6,7 +6,7 @@
 //!
 //! The public API is blocking; every call reads the whole answer, bounded by
 //! the engine's timeout. Reads (GET, HEAD) share one current-thread tokio
-//! runtime and one kept-alive HTTP/1.1 connection per `Engine`, which lives
+//! runtime and one kept-alive HTTP/1.1 connection per `ContainerEngine`, which lives
 //! for one run: a plugin's dozens of inspects and stats then cost no runtime
 //! or connection setup each. A kept connection the engine closed meanwhile
 //! (it restarted, or timed the connection out) fails before any answer and
@@ -120,7 +120,7 @@ struct Reply {
     body: Bytes,
 }
 
-pub struct Engine {
+pub struct ContainerEngine {
     socket: PathBuf,
     timeout: Duration,
     /// The runtime and kept-alive connection of reads; None until the first.
@@ -135,11 +135,11 @@ struct Reads {
     kept: Option<SendRequest<Empty<Bytes>>>,
 }
 
-impl Engine {
+impl ContainerEngine {
     /// No I/O happens here; an absent socket shows up as `Unreachable` on the
-    /// first call, so a host without an engine can still build an `Engine`.
-    pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Engine {
-        Engine {
+    /// first call, so a host without an engine can still build an `ContainerEngine`.
+    pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> ContainerEngine {
+        ContainerEngine {
             socket: socket.into(),
             timeout,
             reads: Mutex::new(None),
@@ -501,7 +501,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("engine.sock");
         let requests = fake_engine(&socket, 2);
-        let engine = Engine::new(&socket, Duration::from_secs(5));
+        let engine = ContainerEngine::new(&socket, Duration::from_secs(5));
         assert_eq!(engine.list(true).expect("list").len(), 1);
         engine.inspect("c1").expect("inspect");
         // The engine closed the first connection after two answers.
@@ -516,7 +516,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("engine.sock");
         let requests = fake_engine(&socket, 100);
-        let engine = Engine::new(&socket, Duration::from_secs(5));
+        let engine = ContainerEngine::new(&socket, Duration::from_secs(5));
         // Not seen yet: the 404 is followed by an inspect.
         assert!(!engine.path_exists("c1", "/usr/bin/curl").expect("stat"));
         engine.list(true).expect("list");
@@ -528,7 +528,7 @@ mod tests {
 
     #[test]
     fn missing_socket_is_unreachable() {
-        let engine = Engine::new("/nonexistent/doctor-test.sock", Duration::from_secs(1));
+        let engine = ContainerEngine::new("/nonexistent/doctor-test.sock", Duration::from_secs(1));
         assert!(matches!(
             engine.list(true),
             Err(EngineError::Unreachable { .. })
@@ -537,7 +537,7 @@ mod tests {
 
     #[test]
     fn relative_path_is_invalid() {
-        let engine = Engine::new("/nonexistent/doctor-test.sock", Duration::from_secs(1));
+        let engine = ContainerEngine::new("/nonexistent/doctor-test.sock", Duration::from_secs(1));
         assert!(matches!(
             engine.path_exists("c", "bin/sh"),
             Err(EngineError::Invalid(_))

@@ -28,7 +28,7 @@ pub struct Policy {
     pub doctor: DoctorSection,
     pub databases: BTreeMap<String, Database>,
     pub commands: BTreeMap<String, CommandSpec>,
-    pub container_engine: Option<ContainerEngine>,
+    pub container_engine: Option<EngineSection>,
     pub plugins: BTreeMap<String, PluginPolicy>,
 }
 
@@ -41,7 +41,7 @@ struct PolicyFile {
     databases: BTreeMap<String, Database>,
     #[serde(default)]
     commands: BTreeMap<String, CommandSpec>,
-    container_engine: Option<ContainerEngine>,
+    container_engine: Option<EngineSection>,
     #[serde(default)]
     plugins: BTreeMap<Spanned<String>, Spanned<PluginPolicy>>,
 }
@@ -177,7 +177,7 @@ fn default_command_timeout() -> Duration {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ContainerEngine {
+pub struct EngineSection {
     /// The Docker-compatible API socket (Docker or `podman system service`).
     pub socket: PathBuf,
     #[serde(default = "default_engine_timeout", deserialize_with = "duration")]
