@@ -17,6 +17,8 @@
 #[path = "../../tests/support/podman.rs"]
 mod podman;
 
+#[path = "common/chunks.rs"]
+mod chunks;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -721,23 +723,7 @@ fn million_rows(t: &mut Table, root: &Path, n: usize) {
 }
 
 fn build_million(path: &Path) {
-    let _ = std::fs::remove_file(path);
-    let c = Connection::open(path).expect("open");
-    c.execute_batch(&format!(
-        "PRAGMA journal_mode = DELETE;
-         CREATE TABLE chunks (id INTEGER PRIMARY KEY, status TEXT NOT NULL, assigned_worker TEXT, started_at INTEGER, payload TEXT);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {ROWS})
-         INSERT INTO chunks (id, status, assigned_worker, started_at, payload)
-           SELECT i,
-                  CASE WHEN i % {step} = 0 THEN 'running' WHEN i <= {ROWS} * 6 / 10 THEN 'complete' ELSE 'pending' END,
-                  CASE WHEN i % {step} = 0 THEN '4000000' || (i % 7) END,
-                  CASE WHEN i % {step} = 0 THEN 1700000000 + i END,
-                  'chunk-' || i
-           FROM n;
-         CREATE INDEX chunks_by_status ON chunks (status);",
-        step = ROWS / ORPHANS
-    ))
-    .expect("build table");
+    chunks::build_chunk_table(path, ROWS, ORPHANS);
 }
 
 fn binary_rows(t: &mut Table, root: &Path) {

@@ -6,6 +6,8 @@
 //! side by side with the sqlite3 command line doing the bare SELECT and
 //! UPDATE. Iterations: `SQLITE_BENCH_ITERS` (default 3); median reported.
 
+#[path = "common/chunks.rs"]
+mod chunks;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -64,22 +66,7 @@ fn main() {
 }
 
 fn build(path: &Path) {
-    let c = Connection::open(path).expect("open");
-    c.execute_batch(&format!(
-        "PRAGMA journal_mode = DELETE;
-         CREATE TABLE chunks (id INTEGER PRIMARY KEY, status TEXT NOT NULL, assigned_worker TEXT, started_at INTEGER, payload TEXT);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {ROWS})
-         INSERT INTO chunks (id, status, assigned_worker, started_at, payload)
-           SELECT i,
-                  CASE WHEN i % {step} = 0 THEN 'running' WHEN i <= {ROWS} * 6 / 10 THEN 'complete' ELSE 'pending' END,
-                  CASE WHEN i % {step} = 0 THEN '4000000' || (i % 7) END,
-                  CASE WHEN i % {step} = 0 THEN 1700000000 + i END,
-                  'chunk-' || i
-           FROM n;
-         CREATE INDEX chunks_by_status ON chunks (status);",
-        step = ROWS / ORPHANS
-    ))
-    .expect("build table");
+    chunks::build_chunk_table(path, ROWS, ORPHANS);
 }
 
 /// One UPDATE per orphan, each its own transaction: what the doctor's writes amount to.
