@@ -93,19 +93,8 @@ impl Recording {
 /// missing; refused when it is a symlink, someone else's, or writable by
 /// group or others (another user could plant links or read what was recorded).
 pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if !meta.is_dir() {
-        anyhow::bail!("{} is not a directory (a symlink?); record into a directory of doctor's own", dir.display());
-    }
-    if (meta.uid() != me && meta.uid() != 0) || meta.mode() & 0o022 != 0 {
-        anyhow::bail!("{} is writable by others or not doctor's own (uid {}, mode {:o}); record into a private directory", dir.display(), meta.uid(), meta.mode() & 0o7777);
-    }
-    Ok(())
+    crate::safe_fs::own_directory(dir, crate::safe_fs::Writers::OWNER_ONLY)
+        .map_err(|why| anyhow::anyhow!("{why}; record into a directory of doctor's own"))
 }
 
 /// A `.wasm` file, or the name of a built-in plugin.

@@ -151,6 +151,54 @@ fn first_symlink(path: &Path) -> Option<std::path::PathBuf> {
     None
 }
 
+/// Who besides its owner may write a directory or file doctor relies on
+/// (its cache, locks, recordings): the mode bits refused, and whether the
+/// sticky bit makes them harmless (no one can then replace another's entry).
+#[derive(Debug, Clone, Copy)]
+pub struct Writers {
+    pub refused_bits: u32,
+    pub unless_sticky: bool,
+}
+
+impl Writers {
+    /// Writable by neither group nor others.
+    pub const OWNER_ONLY: Writers = Writers { refused_bits: 0o022, unless_sticky: false };
+    /// Group or others may write only a sticky directory (as `/tmp`).
+    pub const OWNER_OR_STICKY: Writers = Writers { refused_bits: 0o022, unless_sticky: true };
+    /// Others may write only a sticky directory; the group may.
+    pub const NOT_OTHERS_UNLESS_STICKY: Writers = Writers { refused_bits: 0o002, unless_sticky: true };
+}
+
+/// `meta` (of `path`) belongs to doctor's user or root and no one else
+/// `writers` refuses may write it.
+pub fn owned_by_doctor(path: &Path, meta: &std::fs::Metadata, writers: Writers) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!("{} belongs to uid {}, not doctor's uid {me} or root", path.display(), meta.uid()));
+    }
+    let sticky = meta.mode() & 0o1000 != 0;
+    if meta.mode() & writers.refused_bits != 0 && !(writers.unless_sticky && sticky) {
+        let sticky_note = if writers.unless_sticky { " and not sticky" } else { "" };
+        return Err(format!("{} is writable by others (mode {:o}){sticky_note}", path.display(), meta.mode() & 0o7777));
+    }
+    Ok(())
+}
+
+/// A directory of doctor's own: created 0700 when missing; one that exists
+/// must be a real directory (not a symlink) that [`owned_by_doctor`] accepts.
+pub fn own_directory(dir: &Path, writers: Writers) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory (a symlink?)", dir.display()));
+    }
+    owned_by_doctor(dir, &meta, writers)
+}
+
 fn refused(path: &Path, why: &str) -> PathError {
     PathError::Refused { path: path.display().to_string(), why: why.to_string() }
 }

@@ -66,7 +66,9 @@ impl FixLock {
 fn exclusive(path: &Path, wait: Duration, what: &str) -> Result<Flock<File>, JournalError> {
     let unusable = |message: String| JournalError::Unusable { path: path.display().to_string(), message };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        create_private_dir(dir).map_err(|e| unusable(format!("cannot create {}: {e}", dir.display())))?;
+        // Doctor's own: a shared `/tmp` fallback must not let another user
+        // pre-create it and hold doctor's lock forever.
+        crate::safe_fs::own_directory(dir, crate::safe_fs::Writers::NOT_OTHERS_UNLESS_STICKY).map_err(unusable)?;
     }
     let deadline = Instant::now() + wait;
     loop {
@@ -117,30 +119,6 @@ pub(super) fn lock_path(journal: &Path) -> PathBuf {
     let mut name = journal.file_name().unwrap_or_default().to_os_string();
     name.push(".lock");
     journal.with_file_name(name)
-}
-
-/// A directory for a lock: created 0700 if missing; one that exists must be
-/// a real directory, owned by doctor's user (or root), not writable by
-/// others — a shared `/tmp` fallback must not let another user pre-create it
-/// and hold doctor's lock forever.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    }
-    let meta = std::fs::symlink_metadata(dir)?;
-    let me = nix::unistd::geteuid().as_raw();
-    let bad = |why: String| Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, why));
-    if !meta.is_dir() {
-        return bad(format!("{} is not a directory", dir.display()));
-    }
-    if meta.uid() != me && meta.uid() != 0 {
-        return bad(format!("{} belongs to uid {}, not doctor's uid {me} or root", dir.display(), meta.uid()));
-    }
-    if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
-        return bad(format!("{} is writable by anyone (and not sticky)", dir.display()));
-    }
-    Ok(())
 }
 
 /// The locked file is the one the path names now.

@@ -9,6 +9,7 @@
 //! belong to doctor's user (or root) and nobody else may write them;
 //! otherwise the plugin is compiled in memory and nothing is written.
 
+use crate::safe_fs::{self, Writers};
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
@@ -86,28 +87,17 @@ fn entry_path(engine: &Engine, dir: &Path, sha256: &str) -> PathBuf {
 /// Create the cache root if needed (mode 0700) and check that only doctor's
 /// user (or root) can write it.
 fn prepare_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::DirBuilderExt;
-    if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| format!("cannot create it: {e}"))?;
-    }
-    trusted(dir)
+    safe_fs::own_directory(dir, Writers::OWNER_ONLY)
 }
 
-/// Owned by doctor's uid or root, and writable by neither group nor others.
+/// Not a symlink, owned by doctor's uid or root, and writable by neither
+/// group nor others.
 fn trusted(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let me = nix::unistd::geteuid().as_raw();
     if meta.file_type().is_symlink() {
         return Err(format!("{} is a symlink", path.display()));
     }
-    if meta.uid() != me && meta.uid() != 0 {
-        return Err(format!("{} belongs to uid {}, not doctor's uid {me} or root", path.display(), meta.uid()));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(format!("{} is writable by group or others (mode {:o})", path.display(), meta.mode() & 0o7777));
-    }
-    Ok(())
+    safe_fs::owned_by_doctor(path, &meta, Writers::OWNER_ONLY)
 }
 
 /// A valid entry's last 32 bytes are the sha256 of everything before them.
@@ -149,16 +139,9 @@ fn read_entry(engine: &Engine, root: &Path, path: &Path) -> Option<Component> {
 /// writable by others only with the sticky bit (as `/tmp` is), so nobody
 /// else can rename the cache root away and put theirs in its place.
 fn ancestors_fixed(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let me = nix::unistd::geteuid().as_raw();
     for p in dir.ancestors() {
         let meta = std::fs::symlink_metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        if meta.uid() != me && meta.uid() != 0 {
-            return Err(format!("{} belongs to uid {}", p.display(), meta.uid()));
-        }
-        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
-            return Err(format!("{} is writable by others and not sticky", p.display()));
-        }
+        safe_fs::owned_by_doctor(p, &meta, Writers::OWNER_OR_STICKY)?;
     }
     Ok(())
 }
