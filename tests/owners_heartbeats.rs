@@ -44,25 +44,9 @@ fn keys_ending(doc: &serde_json::Value, plugin: &str, suffix: &str) -> Vec<Strin
     k
 }
 
+/// sqlite-chunk-reset with a ten-minute heartbeat on `heartbeat_at`.
 fn chunk_policy(s: &Scenario, db: &Path, extra: &str) {
-    s.policy(&format!(
-        r#"
-[databases.cluster]
-path = {db:?}
-
-[plugins.sqlite-chunk-reset]
-grants.processes = true
-grants.sqlite = ["cluster"]
-grants.sqlite_write = ["cluster"]
-
-[plugins.sqlite-chunk-reset.config]
-db = "cluster"
-heartbeat_column = "heartbeat_at"
-heartbeat_timeout = "10m"
-{extra}
-"#,
-        db = db.display().to_string()
-    ));
+    s.chunk_reset_policy(db, &format!("heartbeat_column = \"heartbeat_at\"\nheartbeat_timeout = \"10m\"\n{extra}"));
 }
 
 /// `rows`: (id, owner, heartbeat as an SQL expression); all `running`.

@@ -462,25 +462,6 @@ fn validate_rejects_statements_posing_as_expressions_and_writes_it_cannot_make()
     assert!(stderr.contains("neither the primary key nor UNIQUE"), "{stderr}");
 }
 
-fn chunk_policy(s: &Scenario, db: &Path, config: &str) {
-    s.policy(&format!(
-        r#"
-[databases.cluster]
-path = {db:?}
-
-[plugins.sqlite-chunk-reset]
-grants.processes = true
-grants.sqlite = ["cluster"]
-grants.sqlite_write = ["cluster"]
-
-[plugins.sqlite-chunk-reset.config]
-db = "cluster"
-{config}
-"#,
-        db = db.display().to_string()
-    ));
-}
-
 fn chunk_rows(db: &Path) -> Vec<(i64, String, Option<String>)> {
     let c = Connection::open(db).unwrap();
     let mut st = c.prepare("SELECT id, status, assigned_worker FROM chunks ORDER BY id").unwrap();
@@ -519,8 +500,7 @@ fn chunk_reset_reads_the_same_shapes_pid_in_json_name_not_in_the_command_line_na
     )
     .unwrap();
     drop(c);
-    chunk_policy(
-        &s,
+    s.chunk_reset_policy(
         &db,
         "worker_kind = \"name\"\nworker_pid_sql = \"json_extract(owner_info, '$.pid')\"\nworker_host_sql = \"json_extract(owner_info, '$.hostname')\"\nstarted_at_column = \"claimed_ns\"\nheartbeat_column = \"beat_us\"\nheartbeat_timeout = \"10m\"\n",
     );

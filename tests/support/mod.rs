@@ -116,6 +116,27 @@ impl Scenario {
         );
     }
 
+    /// sqlite-chunk-reset over the SQLite file `db` (named `cluster`),
+    /// allowed to write it; `config` is more of the plugin's config lines.
+    pub fn chunk_reset_policy(&self, db: &Path, config: &str) {
+        self.policy(&format!(
+            r#"
+[databases.cluster]
+path = {db:?}
+
+[plugins.sqlite-chunk-reset]
+grants.processes = true
+grants.sqlite = ["cluster"]
+grants.sqlite_write = ["cluster"]
+
+[plugins.sqlite-chunk-reset.config]
+db = "cluster"
+{config}
+"#,
+            db = db.display().to_string()
+        ));
+    }
+
     /// Copy a test plugin component into this scenario's plugin directory.
     pub fn install_plugin(&self, name: &str, wasm: &Path) {
         std::fs::create_dir_all(self.path("plugins")).expect("plugins dir");
