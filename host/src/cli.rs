@@ -1,38 +1,11 @@
 //! The command line, with the spellings DESIGN §6 fixes.
 
-/// `print!` that never panics: when stdout is closed (`doctor journal | head -1`)
-/// doctor ends quietly with 141, as a process killed by SIGPIPE would. The
-/// output is written only after a run is journaled, so nothing is lost.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let mut stdout = std::io::stdout().lock();
-        if write!(stdout, $($arg)*).and_then(|()| stdout.flush()).is_err() {
-            std::process::exit(141);
-        }
-    }};
-}
-
-macro_rules! outln {
-    () => { out!("\n") };
-    ($($arg:tt)*) => {{ out!($($arg)*); out!("\n"); }};
-}
-
-/// `eprintln!` that never panics on a closed stderr.
-macro_rules! errln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
-}
-
-
 use crate::catalog::Catalog;
 use crate::journal::{query, Journal, JournalLock};
 use anyhow::Context as _;
 use crate::pipeline::{self, Mode, RunOptions};
 use crate::policy::Policy;
-use crate::report::{EXIT_OK, EXIT_UNKNOWN};
+use crate::report::{journal_views, EXIT_OK, EXIT_UNKNOWN};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -361,14 +334,6 @@ fn set_color(when: ColorWhen) {
     choice.write_global();
 }
 
-/// Styled text as the terminal (or `--color`) wants it: kept or stripped.
-pub(crate) fn for_stdout(text: &str) -> String {
-    match anstream::AutoStream::choice(&std::io::stdout()) {
-        anstream::ColorChoice::Never => anstream::adapter::strip_str(text).to_string(),
-        _ => text.to_string(),
-    }
-}
-
 fn dispatch(global: Global, command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Check { plugins, record, output } => run(&global, plugins, Mode::Check, false, record, output),
@@ -435,7 +400,7 @@ fn run(global: &Global, plugins: Vec<String>, mode: Mode, override_flap_breaker:
         // report on stdout would repeat it in the journal every tick.
         RunFormat::Human if mode == Mode::Scheduled && output.output.is_none() && crate::logging::stdout_is_journal() => return Ok(report.exit_code),
         RunFormat::Human if output.output.is_some() => report.to_human(false),
-        RunFormat::Human => for_stdout(&report.to_human(true)),
+        RunFormat::Human => crate::report::for_stdout(&report.to_human(true)),
         RunFormat::Prometheus => report.to_prometheus(crate::clock::now_unix_ms()),
         RunFormat::Nagios => report.to_nagios() + "\n",
     };
@@ -475,7 +440,7 @@ fn plugins_replay(plugin: &std::path::Path, dir: &std::path::Path, format: Forma
     let report = crate::recording::replay(plugin, dir)?;
     match format {
         Format::Json => outln!("{}", report.to_json()),
-        Format::Human => out!("{}", for_stdout(&report.to_human(true))),
+        Format::Human => out!("{}", crate::report::for_stdout(&report.to_human(true))),
     }
     Ok(report.exit_code)
 }
@@ -493,7 +458,7 @@ fn plugins_list(policy: Option<PathBuf>, format: Format) -> anyhow::Result<i32> 
     for w in warnings {
         errln!("doctor: {w}");
     }
-    let runtime = crate::runtime::Runtime::new(Some(cache))?;
+    let runtime = crate::capabilities::PluginRuntime::new(Some(cache))?;
     let mut rows = Vec::new();
     for entry in &catalog.entries {
         let info = pipeline::describe_entry(&runtime, entry);
@@ -596,53 +561,18 @@ fn journal_list(journal: &Journal, filter: &JournalFilter, format: Format) -> an
     let run_rows = query::runs(journal.connection(), filter.runs, since_ms)?;
     let finding_rows = query::findings(journal.connection(), &wanted)?;
     match format {
-        Format::Json => outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "runs": run_rows, "findings": finding_rows }))?),
-        Format::Human => {
-            outln!("runs ({}):", journal.path().display());
-            for r in &run_rows {
-                let code = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-                outln!("  #{:<5} {} {:<8} {:<12} exit {code}", r.id, when(r.started_at), r.mode, r.status);
-            }
-            outln!("findings:");
-            for f in &finding_rows {
-                outln!("  {:<8} {:<11} {} {}: {}", f.severity.to_uppercase(), f.status, f.plugin, f.key, f.message);
-            }
-        }
+        Format::Json => outln!("{}", journal_views::journal_json(&run_rows, &finding_rows)?),
+        Format::Human => out!("{}", journal_views::journal_human(journal.path(), &run_rows, &finding_rows)),
     }
     Ok(EXIT_OK)
 }
 
 fn print_show(detail: &query::RunDetail, format: Format) -> anyhow::Result<()> {
-    if format == Format::Json {
-        outln!("{}", serde_json::to_string_pretty(detail)?);
-        return Ok(());
-    }
-    let r = &detail.run;
-    outln!("run #{} {} {} {} exit {}", r.id, when(r.started_at), r.mode, r.status, r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()));
-    for p in &detail.plugins {
-        let error = p["error"].as_str().map(|e| format!(" — {e}")).unwrap_or_default();
-        outln!("  plugin {} {} {} ms{error}", p["plugin"].as_str().unwrap_or(""), p["outcome"].as_str().unwrap_or(""), p["duration_ms"]);
-    }
-    for o in &detail.observations {
-        outln!(
-            "  {:<8} {:<10} {} {}: {}",
-            o["severity"].as_str().unwrap_or("").to_uppercase(),
-            o["status"].as_str().unwrap_or(""),
-            o["plugin"].as_str().unwrap_or(""),
-            o["key"].as_str().unwrap_or(""),
-            o["message"].as_str().unwrap_or("")
-        );
-        for a in detail.actions.iter().filter(|a| a["plugin"] == o["plugin"] && a["finding_key"] == o["key"]) {
-            outln!("      {} {}: {} {}", a["kind"].as_str().unwrap_or(""), a["outcome"].as_str().unwrap_or(""), a["description"].as_str().unwrap_or(""), a["detail"].as_str().unwrap_or(""));
-        }
+    match format {
+        Format::Json => outln!("{}", journal_views::run_json(detail)?),
+        Format::Human => out!("{}", journal_views::run_human(detail)),
     }
     Ok(())
-}
-
-/// Journal times (unix ms) as UTC text.
-fn when(unix_ms: i64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 fn systemd(global: &Global, command: SystemdCommand) -> anyhow::Result<i32> {

@@ -125,7 +125,7 @@ fn demo(root: &Path, procs: &Mutex<Processes>) -> anyhow::Result<i32> {
     let left: Vec<String> = after
         .findings
         .iter()
-        .filter(|f| f.status.is_open() && f.severity != crate::plan::Severity::Info && !UNFIXABLE_PLUGINS.contains(&f.plugin.as_str()))
+        .filter(|f| f.status.is_open() && f.severity != crate::findings::Severity::Info && !UNFIXABLE_PLUGINS.contains(&f.plugin.as_str()))
         .map(|f| format!("{} {}", f.plugin, f.key))
         .collect();
     if left.is_empty() {
@@ -147,7 +147,7 @@ fn execute(policy: &Path, mode: Mode) -> anyhow::Result<RunReport> {
 }
 
 fn show(report: &RunReport) {
-    say!("{}", crate::cli::for_stdout(&report.to_human(true)).trim_end());
+    say!("{}", crate::report::for_stdout(&report.to_human(true)).trim_end());
 }
 
 /// Each run, what it found and what its actions did, from the journal.

@@ -4,7 +4,8 @@
 
 use crate::capabilities::{EffectiveGrants, RunFacts, KNOWN_CAPABILITIES};
 use crate::policy::Policy;
-use crate::runtime::{ConfigKey, Limits, Runtime};
+use crate::capabilities::PluginRuntime;
+use crate::runtime::{ConfigKey, Limits};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -40,7 +41,7 @@ pub fn inspect(wasm: &Path, policy_file: Option<&Path>) -> anyhow::Result<Inspec
         None => Arc::new(Policy::parse(Path::new("(none)"), "")?),
     };
     let cache = policy_file.map(|_| crate::pipeline::cache_dir(&policy, Path::new("")));
-    let runtime = Runtime::new(cache)?;
+    let runtime = PluginRuntime::new(cache)?;
     let loaded = runtime.load(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let wit = runtime.imported_packages(&loaded.component);
     let facts = RunFacts::new(policy.clone());

@@ -2,7 +2,8 @@
 //! doctor's stderr, else text on stderr; never both. What a scheduled run
 //! logs: one summary line, and each new, fixed or failed finding once.
 
-use crate::plan::{ActionOutcome, Severity};
+use crate::findings::Severity;
+use crate::plan::ActionOutcome;
 use crate::report::RunReport;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;

@@ -10,10 +10,12 @@ use crate::clock::now_unix_ms;
 use crate::journal::{Journal, JournalError, JournalLock, PluginRecord};
 use crate::plan::apply::{self, Budget};
 use crate::plan::gate::FixGate;
-use crate::plan::{ActionResult, Finding};
+use crate::plan::ActionResult;
+use crate::findings::Finding;
 use crate::policy::{FixMode, Policy, PolicyError, PluginPolicy};
 use crate::report::{PluginSummary, RunReport};
-use crate::runtime::{Limits, LoadedComponent, PluginFailure, PluginInfo, Runtime};
+use crate::capabilities::PluginRuntime;
+use crate::runtime::{Limits, LoadedComponent, PluginFailure, PluginInfo};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -107,7 +109,7 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
     if opts.mode == Mode::Scheduled && due.is_empty() {
         return not_due_report(&journal_file, started.elapsed());
     }
-    let runtime = Runtime::new(Some(cache_dir(&policy, &journal_file)))?;
+    let runtime = PluginRuntime::new(Some(cache_dir(&policy, &journal_file)))?;
     let prepared = prepare(&runtime, &policy, due, opts.mode)?;
     if opts.mode == Mode::Scheduled && prepared.is_empty() {
         return not_due_report(&journal_file, started.elapsed());
@@ -252,7 +254,7 @@ fn due_plugins(
 /// Load, describe, and check each plugin's config against what it declares.
 /// Plugins load side by side: compiling is the slow part, and N plugins
 /// that loop in `describe()` then cost one deadline, not N.
-fn prepare(runtime: &Runtime, policy: &Arc<Policy>, chosen: Vec<(Entry, PluginPolicy)>, mode: Mode) -> Result<Vec<Prepared>, Fatal> {
+fn prepare(runtime: &PluginRuntime, policy: &Arc<Policy>, chosen: Vec<(Entry, PluginPolicy)>, mode: Mode) -> Result<Vec<Prepared>, Fatal> {
     let limits = limits(policy);
     let facts = RunFacts::new(policy.clone());
     let loaded: Vec<_> = std::thread::scope(|scope| {
@@ -285,7 +287,7 @@ fn limits(policy: &Policy) -> Limits {
 }
 
 fn load(
-    runtime: &Runtime,
+    runtime: &PluginRuntime,
     entry: &Entry,
     plugin_policy: &PluginPolicy,
     policy: &Policy,
@@ -371,7 +373,7 @@ struct PluginOutcome {
 struct Shared<'a> {
     /// Present when this run may fix.
     intents: Option<&'a crate::journal::IntentLog>,
-    runtime: &'a Runtime,
+    runtime: &'a PluginRuntime,
     policy: &'a Arc<Policy>,
     facts: &'a Arc<RunFacts>,
     budget: &'a Budget,
@@ -405,6 +407,7 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
         caps.tape = crate::capabilities::Tape::record();
     }
     let (result, mut caps) = runtime.check(loaded, caps, &p.config_json, limits(policy));
+    let result = result.and_then(crate::findings::from_report);
     if let (Some(dir), Some(rec), Some(c)) = (record, recording.as_mut(), caps.as_mut()) {
         if let crate::capabilities::Tape::Record { calls, truncated, .. } = std::mem::take(&mut c.tape) {
             rec.calls = calls;
@@ -445,6 +448,7 @@ fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>
         let fresh = RunFacts::new(policy.clone());
         let caps = context(&p.entry.name, grants, fresh, kv.clone());
         let (again, caps) = runtime.check(loaded, caps, &p.config_json, limits(policy));
+        let again = again.and_then(crate::findings::from_report);
         log.push_str(&logs_text(caps.as_ref()));
         match again {
             Ok(f) => {
@@ -535,7 +539,7 @@ fn record(journal: &mut Journal, run_id: i64, o: &PluginOutcome, report: &mut Ru
 }
 
 /// `describe()` of one catalog entry, with no grants and default limits.
-pub fn describe_entry(runtime: &Runtime, entry: &Entry) -> Result<PluginInfo, PluginFailure> {
+pub fn describe_entry(runtime: &PluginRuntime, entry: &Entry) -> Result<PluginInfo, PluginFailure> {
     let bytes = entry.bytes().map_err(|e| PluginFailure::Load(e.to_string()))?;
     let loaded = runtime.load(&bytes)?;
     let policy = Arc::new(Policy::parse(std::path::Path::new("(none)"), "").map_err(|e| PluginFailure::Load(e.to_string()))?);
@@ -551,7 +555,7 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
     let selected = select(&policy, &catalog, &[])?;
     // The same compiled cache as every run: a second validate (and every
     // daemon reload) does not recompile.
-    let runtime = Runtime::new(Some(cache_dir(&policy, Path::new(""))))?;
+    let runtime = PluginRuntime::new(Some(cache_dir(&policy, Path::new(""))))?;
     let prepared = prepare(&runtime, &policy, selected, Mode::Check)?;
     if let Some(p) = prepared.iter().find(|p| p.loaded.is_err()) {
         let why = p.loaded.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
@@ -574,7 +578,7 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
 /// `config:…` is the plugin's remark on a legal but weak config: returned
 /// as a warning. Anything else the check says is about the host, not the
 /// policy, and is not validate's business.
-fn check_configs_through_plugins(runtime: &Runtime, policy: &Arc<Policy>, prepared: &[Prepared]) -> Result<Vec<String>, Fatal> {
+fn check_configs_through_plugins(runtime: &PluginRuntime, policy: &Arc<Policy>, prepared: &[Prepared]) -> Result<Vec<String>, Fatal> {
     let mut warnings = Vec::new();
     let facts = RunFacts::new(policy.clone());
     for p in prepared {
@@ -582,6 +586,7 @@ fn check_configs_through_plugins(runtime: &Runtime, policy: &Arc<Policy>, prepar
         let grants = EffectiveGrants::new(&p.entry.name, &info.capabilities, &p.policy.grants);
         let caps = context(&p.entry.name, grants, facts.clone(), Default::default());
         let (result, _) = runtime.check(loaded, caps, &p.config_json, limits(policy));
+        let result = result.and_then(crate::findings::from_report);
         match result {
             Err(PluginFailure::Returned(text)) => {
                 if let Some(why) = text.strip_prefix("invalid: config: ") {

@@ -10,7 +10,8 @@ use crate::journal::{Observed, FindingStatus};
 use crate::plan::ActionResult;
 use crate::policy::Policy;
 use crate::report::{PluginSummary, RunReport};
-use crate::runtime::{Limits, Runtime};
+use crate::capabilities::PluginRuntime;
+use crate::runtime::{Limits};
 use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -116,7 +117,7 @@ pub fn replay(wasm: &Path, dir: &Path) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     let bytes = plugin_bytes(wasm)?;
     // No cache: a replay reads and writes nothing but its report.
-    let runtime = Runtime::new(None)?;
+    let runtime = PluginRuntime::new(None)?;
     let loaded = runtime.load(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let policy = Arc::new(Policy::parse(Path::new("(replay)"), "")?);
     let facts = RunFacts::new(policy.clone());
@@ -131,6 +132,7 @@ pub fn replay(wasm: &Path, dir: &Path) -> anyhow::Result<RunReport> {
     let mut caps = CapabilityContext::new(&info.name, EffectiveGrants::none(&info.name), facts, Arc::new(Mutex::new(recording.state)));
     caps.tape = Tape::replay(recording.calls);
     let (result, _) = runtime.check(&loaded, caps, &recording.config, limits);
+    let result = result.and_then(crate::findings::from_report);
 
     let mut summary = PluginSummary::new(&info.name, 0);
     summary.loaded(&info.version, &loaded.sha256, loaded.cache.as_str());

@@ -36,7 +36,7 @@ pub fn run_command(ctx: &ActionContext, name: &str) -> Executed {
         match child.try_wait() {
             Ok(Some(status)) => {
                 let said = stderr.recv_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100))).unwrap_or_default();
-                let tail = crate::capabilities::truncate(said.trim(), 1024);
+                let tail = crate::text::truncate(said.trim(), 1024);
                 return if status.success() {
                     Executed::applied(format!("{name}: exited 0"))
                 } else {

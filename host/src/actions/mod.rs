@@ -13,7 +13,9 @@ mod sql;
 
 use crate::capabilities::EffectiveGrants;
 use crate::facts::containers::ContainerEngine;
-use crate::plan::{Action, ActionOutcome};
+use crate::findings::Action;
+use crate::plan::apply::Executor;
+use crate::plan::Executed;
 use crate::policy::Policy;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,47 +32,21 @@ pub struct ActionContext {
     pub engine: Option<Arc<ContainerEngine>>,
 }
 
-/// The result of one primitive.
-#[derive(Debug, Clone)]
-pub struct Executed {
-    pub outcome: ActionOutcome,
-    pub detail: String,
-    pub before: Option<String>,
-    pub after: Option<String>,
-    /// The state the action aims at holds afterwards (applied, or nothing to
-    /// do: the process to stop or the file to remove was already gone).
-    /// Actions that need their predecessors go on only if this is true.
-    pub goal_met: bool,
-}
+impl Executor for ActionContext {
+    fn plugin(&self) -> &str {
+        &self.plugin
+    }
 
-impl Executed {
-    fn new(outcome: ActionOutcome, detail: String) -> Self {
-        Executed { outcome, detail, before: None, after: None, goal_met: outcome == ActionOutcome::Applied }
+    fn execute(&self, action: &Action) -> Executed {
+        execute(self, action)
     }
-    /// Skipped because there was nothing left to do.
-    pub fn already_done(detail: String) -> Self {
-        Executed { goal_met: true, ..Self::new(ActionOutcome::Skipped, detail) }
-    }
-    pub fn applied(detail: String) -> Self {
-        Self::new(ActionOutcome::Applied, detail)
-    }
-    pub fn failed(detail: String) -> Self {
-        Self::new(ActionOutcome::Failed, detail)
-    }
-    pub fn skipped(detail: String) -> Self {
-        Self::new(ActionOutcome::Skipped, detail)
-    }
-    pub fn refused(detail: String) -> Self {
-        Self::new(ActionOutcome::Refused, detail)
-    }
-    pub fn with(mut self, before: Option<String>, after: Option<String>) -> Self {
-        self.before = before;
-        self.after = after;
-        self
+
+    fn refusal(&self, action: &Action) -> Option<String> {
+        preview::refusal(self, action)
     }
 }
 
-pub fn execute(ctx: &ActionContext, action: &Action) -> Executed {
+fn execute(ctx: &ActionContext, action: &Action) -> Executed {
     match action {
         Action::StopProcess { pid, start_time, grace_ms } => {
             // A TERM-ignoring target must not hold the run (and its locks) for

@@ -7,7 +7,7 @@
 use super::guards::{check_target, Verdict};
 use super::ActionContext;
 use crate::facts::sqlite;
-use crate::plan::Action;
+use crate::findings::Action;
 use crate::safe_fs::{self, FileId, PathError};
 use nix::sys::stat::SFlag;
 use std::path::Path;

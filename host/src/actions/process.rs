@@ -8,7 +8,7 @@
 use super::guards::{check_target, Verdict};
 use super::{ActionContext, Executed};
 use crate::facts::processes;
-use crate::plan::Signal;
+use crate::findings::Signal;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,7 @@
 //! `host`: clock, hostname, logging, per-plugin key/value state. Always granted.
 
-use super::{truncate, CapabilityContext, LogLine, MAX_LOG_LINES, MAX_LOG_LINE_BYTES};
+use super::{CapabilityContext, LogLine, MAX_LOG_LINES, MAX_LOG_LINE_BYTES};
+use crate::text::truncate;
 use crate::runtime::bindings::doctor::plugin::host::{Host, LogLevel, User};
 use crate::runtime::bindings::doctor::plugin::types;
 

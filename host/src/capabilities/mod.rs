@@ -20,6 +20,8 @@ use crate::facts::processes::{self as process_facts, ProcessInfo};
 use crate::facts::sockets::{self as socket_facts, Listener};
 use crate::policy::Policy;
 use crate::runtime::bindings::doctor::plugin::types::Error as WitError;
+use crate::runtime::{bindings, PluginHost, PluginState, Runtime};
+use wasmtime::component::{HasData, Linker};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -86,6 +88,27 @@ pub struct CapabilityContext {
     pub deadline: std::time::Instant,
     /// Live calls, recorded calls, or answers replayed from a recording.
     pub tape: Tape,
+}
+
+/// The sandbox with the capabilities answering its plugins' imports.
+pub type PluginRuntime = Runtime<CapabilityContext>;
+
+/// Routes the generated import traits to the capability context.
+struct Imports;
+impl HasData for Imports {
+    type Data<'a> = &'a mut CapabilityContext;
+}
+
+impl PluginHost for CapabilityContext {
+    fn link(linker: &mut Linker<PluginState<Self>>) -> wasmtime::Result<()> {
+        // Every released contract, so plugins built against an old one load.
+        bindings::current::Plugin::add_to_linker::<PluginState<Self>, Imports>(linker, PluginState::host)?;
+        bindings::v0_1::Plugin::add_to_linker::<PluginState<Self>, Imports>(linker, PluginState::host)
+    }
+
+    fn set_deadline(&mut self, deadline: std::time::Instant) {
+        self.deadline = deadline;
+    }
 }
 
 /// One host call as `doctor check --record` stores it.
@@ -179,14 +202,3 @@ impl CapabilityContext {
 /// Bounds on what a plugin can make the host hold.
 pub const MAX_LOG_LINES: usize = 200;
 pub const MAX_LOG_LINE_BYTES: usize = 4096;
-
-pub fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}

@@ -8,7 +8,8 @@
 //! plan is a no-op where the first one took effect.
 
 use crate::facts::processes::{self, ProcessId};
-use crate::plan::{ActionResult, Finding};
+use crate::plan::ActionResult;
+use crate::findings::Finding;
 use rusqlite::{params, Connection};
 use std::path::Path;
 use std::sync::Mutex;

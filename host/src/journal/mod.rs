@@ -12,7 +12,8 @@ pub use intents::{IntentLog, InterruptedAction};
 pub use status::{Observed, FindingStatus};
 pub use lock::{FixLock, JournalLock};
 
-use crate::plan::{ActionResult, Finding};
+use crate::plan::ActionResult;
+use crate::findings::Finding;
 use anyhow::Context as _;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeMap, HashMap};
@@ -287,7 +288,7 @@ fn open_findings(tx: &rusqlite::Connection, plugin: &str) -> anyhow::Result<BTre
         let evidence: String = r.get(4)?;
         Ok(Finding {
             key: r.get(0)?,
-            severity: crate::plan::Severity::parse(&r.get::<_, String>(1)?).unwrap_or(crate::plan::Severity::Info),
+            severity: crate::findings::Severity::parse(&r.get::<_, String>(1)?).unwrap_or(crate::findings::Severity::Info),
             subject: r.get(2)?,
             message: r.get(3)?,
             evidence: serde_json::from_str(&evidence).unwrap_or_default(),

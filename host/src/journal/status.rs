@@ -3,7 +3,8 @@
 //! function of what the run saw and what was open, so every transition is
 //! tested without SQLite.
 
-use crate::plan::{ActionResult, Finding, ActionOutcome};
+use crate::plan::{ActionOutcome, ActionResult};
+use crate::findings::Finding;
 use std::collections::BTreeMap;
 
 /// Where a finding stands compared with the journal's memory of it.
@@ -79,7 +80,7 @@ pub fn observe(open: BTreeMap<String, Finding>, findings: &[Finding], actions: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Action, PlannedAction, Severity};
+    use crate::findings::{Action, PlannedAction, Severity};
 
     fn finding(key: &str) -> Finding {
         let action = PlannedAction { action: Action::RemoveFile { path: format!("/run/{key}") }, description: String::new(), needs_previous: false };

@@ -2,8 +2,8 @@
 //! order. A failed action is recorded and the rest still run, unless an
 //! action says it needs its predecessors; the run-wide budget caps the total.
 
-use super::{ActionResult, Finding, ActionOutcome};
-use crate::actions::{self, ActionContext, Executed};
+use super::{ActionOutcome, ActionResult, Executed};
+use crate::findings::{Action, Finding};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
@@ -54,6 +54,17 @@ pub trait WriteAhead {
     fn finish(&self, intent: i64, result: &ActionResult) -> anyhow::Result<()>;
 }
 
+/// What carries out one action: the guarded primitives (`actions`)
+/// implement it; `plan` needs nothing else of them.
+pub trait Executor {
+    /// The plugin whose plan this is, for the log.
+    fn plugin(&self) -> &str;
+    /// Carry out one action behind its grant and guards.
+    fn execute(&self, action: &Action) -> Executed;
+    /// Why a grant or guard would refuse `action`, without doing anything.
+    fn refusal(&self, action: &Action) -> Option<String>;
+}
+
 /// The plan without executing it: every action `planned`.
 pub fn dry_run(findings: &[Finding]) -> Vec<Vec<ActionResult>> {
     findings.iter().map(|f| f.actions.iter().map(ActionResult::planned).collect()).collect()
@@ -63,7 +74,7 @@ pub fn dry_run(findings: &[Finding]) -> Vec<Vec<ActionResult>> {
 /// What the flap breaker or rate limit holds back is `skipped`, what a grant
 /// or guard forbids is `refused` (both with the reason), an action that
 /// needs a refused one is `skipped`; the rest stays `planned`.
-pub fn preview(ctx: &ActionContext, findings: &[Finding], may_fix: impl Fn(&Finding) -> Result<(), String>) -> Vec<Vec<ActionResult>> {
+pub fn preview(ctx: &impl Executor, findings: &[Finding], may_fix: impl Fn(&Finding) -> Result<(), String>) -> Vec<Vec<ActionResult>> {
     findings
         .iter()
         .map(|finding| {
@@ -79,7 +90,7 @@ pub fn preview(ctx: &ActionContext, findings: &[Finding], may_fix: impl Fn(&Find
                     } else if planned.needs_previous && refused_before {
                         (result.outcome, result.detail) = (ActionOutcome::Skipped, "an earlier action of this finding did not succeed".into());
                         refused_before = true;
-                    } else if let Some(why) = actions::preview::refusal(ctx, &planned.action) {
+                    } else if let Some(why) = ctx.refusal(&planned.action) {
                         (result.outcome, result.detail) = (ActionOutcome::Refused, why);
                         refused_before = true;
                     }
@@ -94,7 +105,7 @@ pub fn preview(ctx: &ActionContext, findings: &[Finding], may_fix: impl Fn(&Find
 /// `budgets` are taken in order (the plugin's own, then the run's).
 /// Nothing runs unless its intent was committed first.
 pub fn apply(
-    ctx: &ActionContext,
+    ctx: &impl Executor,
     findings: &[Finding],
     budgets: &[&Budget],
     may_fix: impl Fn(&Finding) -> Result<(), String>,
@@ -114,7 +125,7 @@ pub fn apply(
 }
 
 fn apply_finding(
-    ctx: &ActionContext,
+    ctx: &impl Executor,
     finding: &Finding,
     budgets: &[&Budget],
     may_fix: &impl Fn(&Finding) -> Result<(), String>,
@@ -137,7 +148,7 @@ fn apply_finding(
             } else if let Err(spent) = take_budget(budgets) {
                 Executed::skipped(spent)
             } else {
-                actions::execute(ctx, &planned.action)
+                ctx.execute(&planned.action)
             };
             all_succeeded &= executed.goal_met;
             result.outcome = executed.outcome;
@@ -147,9 +158,9 @@ fn apply_finding(
             result.duration_ms = started.elapsed().as_millis() as u64;
             test_failpoint_after_action();
             if let Err(e) = ahead.finish(*intent, &result) {
-                tracing::error!(plugin = %ctx.plugin, "the outcome of intent {intent} was not journaled: {e:#}");
+                tracing::error!(plugin = %ctx.plugin(), "the outcome of intent {intent} was not journaled: {e:#}");
             }
-            tracing::info!(plugin = %ctx.plugin, finding = %finding.key, kind = result.kind, outcome = result.outcome.as_str(), "{}", result.detail);
+            tracing::info!(plugin = %ctx.plugin(), finding = %finding.key, kind = result.kind, outcome = result.outcome.as_str(), "{}", result.detail);
             result
         })
         .collect()
@@ -173,8 +184,10 @@ fn test_failpoint_after_action() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actions::ActionContext;
     use crate::capabilities::EffectiveGrants;
-    use crate::plan::{Action, ActionOutcome, PlannedAction, Severity};
+    use crate::findings::{Action, PlannedAction, Severity};
+    use crate::plan::ActionOutcome;
     use crate::policy::{Grants, Policy, SignalGrant};
     use std::sync::Arc;
 
@@ -324,5 +337,41 @@ mod tests {
         assert_eq!(outcomes, [ActionOutcome::Applied, ActionOutcome::Applied, ActionOutcome::Skipped]);
         assert!(results[0][2].detail.contains("plugins.p.max_actions"), "{}", results[0][2].detail);
         assert!(run.take(), "the run budget keeps what the plugin could not spend");
+    }
+
+    /// An executor that touches nothing: `plan` is testable without the
+    /// primitives, the journal or the host.
+    struct Scripted(Vec<ActionOutcome>, std::sync::Mutex<usize>);
+    impl Executor for Scripted {
+        fn plugin(&self) -> &str {
+            "scripted"
+        }
+        fn execute(&self, _: &Action) -> Executed {
+            let mut next = self.1.lock().unwrap();
+            *next += 1;
+            Executed::new(self.0[*next - 1], format!("step {next}"))
+        }
+        fn refusal(&self, _: &Action) -> Option<String> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_failed_action_skips_only_the_ones_that_need_it() {
+        let wait = || Action::WaitPortFree { port: 1, deadline_ms: 1 };
+        let f = finding(vec![(wait(), false), (wait(), true), (wait(), false)]);
+        let ctx = Scripted(vec![ActionOutcome::Failed, ActionOutcome::Applied], Default::default());
+        let results = apply(&ctx, &[f], &[&Budget::new(10)], |_| Ok(()), &Recorded::default());
+        let outcomes: Vec<ActionOutcome> = results[0].iter().map(|r| r.outcome).collect();
+        assert_eq!(outcomes, [ActionOutcome::Failed, ActionOutcome::Skipped, ActionOutcome::Applied]);
+        assert_eq!(results[0][2].detail, "step 2", "the skipped one never reached the executor");
+    }
+
+    #[test]
+    fn a_held_back_finding_runs_nothing() {
+        let f = finding(vec![(Action::WaitPortFree { port: 1, deadline_ms: 1 }, false)]);
+        let ctx = Scripted(vec![], Default::default());
+        let results = apply(&ctx, &[f], &[&Budget::new(10)], |_| Err("flap breaker open".into()), &Recorded::default());
+        assert_eq!((results[0][0].outcome, results[0][0].detail.as_str()), (ActionOutcome::Skipped, "flap breaker open"));
     }
 }

@@ -5,7 +5,7 @@
 //! `fix_min_interval` rate-limits fixes of one finding. The counts come from
 //! the journal, so they hold across processes and restarts.
 
-use super::{Finding, Severity};
+use crate::findings::{Finding, Severity};
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -1,118 +1,12 @@
-//! Findings and the plan they carry, in the host's own terms (independent of
-//! the WIT version a plugin was built against), and how a plan is applied.
+//! What became of the actions findings propose: outcomes, how a plan is
+//! applied in order under budgets (`apply`), and when fixing is allowed at
+//! all (`gate`: the flap breaker and the rate limit).
 
 pub mod apply;
 pub mod gate;
 
-use crate::facts::sqlite::Value;
+use crate::findings::PlannedAction;
 use serde::Serialize;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Warning,
-    Critical,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Severity> {
-        match text {
-            "info" => Some(Severity::Info),
-            "warning" => Some(Severity::Warning),
-            "critical" => Some(Severity::Critical),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Finding {
-    pub key: String,
-    pub severity: Severity,
-    pub subject: String,
-    pub message: String,
-    pub evidence: Vec<(String, String)>,
-    pub actions: Vec<PlannedAction>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PlannedAction {
-    pub action: Action,
-    pub description: String,
-    /// Run only if every earlier action of the same finding succeeded.
-    pub needs_previous: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Signal {
-    Term,
-    Kill,
-    Hup,
-    Int,
-    Quit,
-    Usr1,
-    Usr2,
-}
-
-impl Signal {
-    pub fn to_nix(self) -> nix::sys::signal::Signal {
-        use nix::sys::signal::Signal as S;
-        match self {
-            Signal::Term => S::SIGTERM,
-            Signal::Kill => S::SIGKILL,
-            Signal::Hup => S::SIGHUP,
-            Signal::Int => S::SIGINT,
-            Signal::Quit => S::SIGQUIT,
-            Signal::Usr1 => S::SIGUSR1,
-            Signal::Usr2 => S::SIGUSR2,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Action {
-    StopProcess { pid: u32, start_time: u64, grace_ms: u32 },
-    SignalProcess { pid: u32, start_time: u64, signal: Signal },
-    SqlExec { db: String, statement: String, params: Vec<Value>, max_rows: u32 },
-    RemoveFile { path: String },
-    ContainerStart { id: String },
-    ContainerStop { id: String },
-    ContainerRestart { id: String },
-    RunCommand { name: String },
-    WaitPortFree { port: u16, deadline_ms: u32 },
-}
-
-impl Action {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Action::StopProcess { .. } => "stop-process",
-            Action::SignalProcess { .. } => "signal-process",
-            Action::SqlExec { .. } => "sql-exec",
-            Action::RemoveFile { .. } => "remove-file",
-            Action::ContainerStart { .. } => "container-start",
-            Action::ContainerStop { .. } => "container-stop",
-            Action::ContainerRestart { .. } => "container-restart",
-            Action::RunCommand { .. } => "run-command",
-            Action::WaitPortFree { .. } => "wait-port-free",
-        }
-    }
-
-    /// The action's parameters as JSON, for the journal.
-    pub fn params_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -167,5 +61,45 @@ impl ActionResult {
             after: None,
             duration_ms: 0,
         }
+    }
+}
+
+/// The result of one primitive.
+#[derive(Debug, Clone)]
+pub struct Executed {
+    pub outcome: ActionOutcome,
+    pub detail: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    /// The state the action aims at holds afterwards (applied, or nothing to
+    /// do: the process to stop or the file to remove was already gone).
+    /// Actions that need their predecessors go on only if this is true.
+    pub goal_met: bool,
+}
+
+impl Executed {
+    pub fn new(outcome: ActionOutcome, detail: String) -> Self {
+        Executed { outcome, detail, before: None, after: None, goal_met: outcome == ActionOutcome::Applied }
+    }
+    /// Skipped because there was nothing left to do.
+    pub fn already_done(detail: String) -> Self {
+        Executed { goal_met: true, ..Self::new(ActionOutcome::Skipped, detail) }
+    }
+    pub fn applied(detail: String) -> Self {
+        Self::new(ActionOutcome::Applied, detail)
+    }
+    pub fn failed(detail: String) -> Self {
+        Self::new(ActionOutcome::Failed, detail)
+    }
+    pub fn skipped(detail: String) -> Self {
+        Self::new(ActionOutcome::Skipped, detail)
+    }
+    pub fn refused(detail: String) -> Self {
+        Self::new(ActionOutcome::Refused, detail)
+    }
+    pub fn with(mut self, before: Option<String>, after: Option<String>) -> Self {
+        self.before = before;
+        self.after = after;
+        self
     }
 }

@@ -54,7 +54,7 @@ impl Pollable for Sleep {
 }
 
 /// Replace `subscribe-duration` and `subscribe-instant` of the WASI clock.
-pub fn bound_sleeps(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+pub fn bound_sleeps<H: Send + 'static>(linker: &mut Linker<PluginState<H>>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let mut clock = linker.instance(MONOTONIC_CLOCK)?;
     clock.func_wrap("subscribe-duration", |mut store, (nanos,): (u64,)| {
@@ -71,8 +71,8 @@ pub fn bound_sleeps(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-fn sleep(state: &mut PluginState, asked: Duration) -> wasmtime::Result<Resource<DynPollable>> {
-    let left = state.caps.deadline.saturating_duration_since(Instant::now()) + SLACK;
+fn sleep<H>(state: &mut PluginState<H>, asked: Duration) -> wasmtime::Result<Resource<DynPollable>> {
+    let left = state.deadline.saturating_duration_since(Instant::now()) + SLACK;
     let until = tokio::time::Instant::now() + asked.min(left);
     let sleep = state.table.push(Sleep(until))?;
     subscribe(&mut state.table, sleep)

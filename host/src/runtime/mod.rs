@@ -11,14 +11,12 @@ pub mod limits;
 
 pub use cache::{sha256_hex, CacheOutcome};
 
-use crate::capabilities::CapabilityContext;
-use crate::plan::Finding;
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use wasmtime::component::{Component, HasData, Linker, ResourceTable};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use limits::{InstanceBudget, Tripped};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -71,15 +69,29 @@ pub enum PluginFailure {
     Load(String),
 }
 
-pub struct Runtime {
+/// What the sandbox needs from whoever answers a plugin's imports (the
+/// capabilities): the sandbox links it and gives it each call's deadline,
+/// and knows nothing else about it.
+pub trait PluginHost: Send + Sized + 'static {
+    /// Add the imports of every linked contract, each routed to the host
+    /// through [`PluginState::host`].
+    fn link(linker: &mut Linker<PluginState<Self>>) -> wasmtime::Result<()>;
+    /// Host calls bound their own waits by this instant.
+    fn set_deadline(&mut self, deadline: Instant);
+}
+
+/// The contract a plugin's report comes in.
+pub type PluginReport = bindings::doctor::plugin::types::Report;
+
+pub struct Runtime<H: PluginHost> {
     engine: Engine,
-    linker: Linker<PluginState>,
+    linker: Linker<PluginState<H>>,
     cache_dir: Option<PathBuf>,
     /// Ends the epoch ticker when the runtime is dropped (the daemon makes one per run).
     ticker_stop: Arc<AtomicBool>,
 }
 
-impl Drop for Runtime {
+impl<H: PluginHost> Drop for Runtime<H> {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
@@ -95,28 +107,31 @@ pub struct LoadedComponent {
     pub contract: bindings::Contract,
 }
 
-pub struct PluginState {
+pub struct PluginState<H> {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: InstanceBudget,
-    caps: CapabilityContext,
+    host: H,
     clock: clock::PluginClock,
+    /// When this call's time is up: WASI sleeps end by then.
+    deadline: Instant,
 }
 
-impl WasiView for PluginState {
+impl<H> PluginState<H> {
+    /// The host answering this store's imports (for [`PluginHost::link`]).
+    pub fn host(&mut self) -> &mut H {
+        &mut self.host
+    }
+}
+
+impl<H: Send + 'static> WasiView for PluginState<H> {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
-/// Routes the generated import traits to the capability context.
-struct Capabilities;
-impl HasData for Capabilities {
-    type Data<'a> = &'a mut CapabilityContext;
-}
-
-impl Runtime {
-    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+impl<H: PluginHost> Runtime<H> {
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -124,13 +139,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wasm_err).context("linking WASI")?;
         clock::bound_sleeps(&mut linker).map_err(wasm_err).context("bounding WASI sleeps")?;
-        // Every released contract, so plugins built against an old one load.
-        bindings::current::Plugin::add_to_linker::<PluginState, Capabilities>(&mut linker, |s| &mut s.caps)
-            .map_err(wasm_err)
-            .context("linking the doctor imports")?;
-        bindings::v0_1::Plugin::add_to_linker::<PluginState, Capabilities>(&mut linker, |s| &mut s.caps)
-            .map_err(wasm_err)
-            .context("linking the doctor imports of doctor:plugin@0.1.0")?;
+        H::link(&mut linker).map_err(wasm_err).context("linking the doctor imports")?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         start_epoch_ticker(&engine, ticker_stop.clone());
         Ok(Runtime { engine, linker, cache_dir, ticker_stop })
@@ -175,32 +184,26 @@ impl Runtime {
         packages
     }
 
-    pub fn describe(&self, loaded: &LoadedComponent, caps: CapabilityContext, limits: Limits) -> Result<PluginInfo, PluginFailure> {
-        let (result, _) = self.call(&loaded.component, caps, limits, |store, component, linker| match loaded.contract {
+    pub fn describe(&self, loaded: &LoadedComponent, host: H, limits: Limits) -> Result<PluginInfo, PluginFailure> {
+        let (result, _) = self.call(&loaded.component, host, limits, |store, component, linker| match loaded.contract {
             bindings::Contract::V0_2 => bindings::current::Plugin::instantiate(&mut *store, component, linker)?.call_describe(&mut *store),
             bindings::Contract::V0_1 => bindings::convert(bindings::v0_1::Plugin::instantiate(&mut *store, component, linker)?.call_describe(&mut *store)?),
         })?;
         Ok(convert::plugin_info(result?))
     }
 
-    /// Run `check`; the context comes back with the plugin's logs and state.
-    pub fn check(
-        &self,
-        loaded: &LoadedComponent,
-        caps: CapabilityContext,
-        config_json: &str,
-        limits: Limits,
-    ) -> (Result<Vec<Finding>, PluginFailure>, Option<CapabilityContext>) {
-        let called = self.call(&loaded.component, caps, limits, |store, component, linker| match loaded.contract {
+    /// Run `check`; the host comes back with the plugin's logs and state.
+    pub fn check(&self, loaded: &LoadedComponent, host: H, config_json: &str, limits: Limits) -> (Result<PluginReport, PluginFailure>, Option<H>) {
+        let called = self.call(&loaded.component, host, limits, |store, component, linker| match loaded.contract {
             bindings::Contract::V0_2 => bindings::current::Plugin::instantiate(&mut *store, component, linker)?.call_check(&mut *store, config_json),
             bindings::Contract::V0_1 => {
                 bindings::convert(bindings::v0_1::Plugin::instantiate(&mut *store, component, linker)?.call_check(&mut *store, config_json)?)
             }
         });
         match called {
-            Ok((Ok(Ok(report)), caps)) => (convert::report(report), Some(caps)),
-            Ok((Ok(Err(error)), caps)) => (Err(PluginFailure::Returned(convert::error_text(&error))), Some(caps)),
-            Ok((Err(failure), caps)) => (Err(failure), Some(caps)),
+            Ok((Ok(Ok(report)), host)) => (Ok(report), Some(host)),
+            Ok((Ok(Err(error)), host)) => (Err(PluginFailure::Returned(convert::error_text(&error))), Some(host)),
+            Ok((Err(failure), host)) => (Err(failure), Some(host)),
             Err(failure) => (Err(failure), None),
         }
     }
@@ -210,10 +213,10 @@ impl Runtime {
     fn call<R>(
         &self,
         component: &Component,
-        caps: CapabilityContext,
+        host: H,
         limits: Limits,
-        f: impl FnOnce(&mut Store<PluginState>, &Component, &Linker<PluginState>) -> wasmtime::Result<R>,
-    ) -> Result<(Result<R, PluginFailure>, CapabilityContext), PluginFailure> {
+        f: impl FnOnce(&mut Store<PluginState<H>>, &Component, &Linker<PluginState<H>>) -> wasmtime::Result<R>,
+    ) -> Result<(Result<R, PluginFailure>, H), PluginFailure> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let plugin_clock = clock::PluginClock::new();
         let wasi = WasiCtxBuilder::new()
@@ -223,10 +226,10 @@ impl Runtime {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let mut caps = caps;
-        // Host calls bound their own waits by what is left of this.
-        caps.deadline = std::time::Instant::now() + limits.timeout;
-        let state = PluginState { wasi, table: ResourceTable::new(), limits: InstanceBudget::new(limits.memory_bytes), caps, clock: plugin_clock };
+        let deadline = Instant::now() + limits.timeout;
+        let mut host = host;
+        host.set_deadline(deadline);
+        let state = PluginState { wasi, table: ResourceTable::new(), limits: InstanceBudget::new(limits.memory_bytes), host, clock: plugin_clock, deadline };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(deadline_ticks(limits.timeout));
@@ -235,8 +238,7 @@ impl Runtime {
         let outcome = f(&mut store, component, &self.linker);
         let state = store.into_data();
         let outcome = outcome.map_err(|e| failure_of(e, limits, state.limits.tripped, &stderr));
-        let caps = state.caps;
-        Ok((outcome, caps))
+        Ok((outcome, state.host))
     }
 }
 
@@ -267,7 +269,7 @@ fn failure_of(e: wasmtime::Error, limits: Limits, tripped: Option<Tripped>, stde
     if said.is_empty() {
         PluginFailure::Trap(first_line)
     } else {
-        PluginFailure::Trap(format!("{first_line}; stderr: {}", crate::capabilities::truncate(&said, 2048)))
+        PluginFailure::Trap(format!("{first_line}; stderr: {}", crate::text::truncate(&said, 2048)))
     }
 }
 
@@ -288,7 +290,18 @@ fn start_epoch_ticker(engine: &Engine, stop: Arc<AtomicBool>) {
 
 #[cfg(test)]
 mod tests {
-    use super::Runtime;
+    use super::{PluginHost, PluginState, Runtime};
+    use std::time::Instant;
+    use wasmtime::component::Linker;
+
+    /// A host with no imports: the ticker does not depend on what is linked.
+    struct NoImports;
+    impl PluginHost for NoImports {
+        fn link(_: &mut Linker<PluginState<Self>>) -> wasmtime::Result<()> {
+            Ok(())
+        }
+        fn set_deadline(&mut self, _: Instant) {}
+    }
 
     fn epoch_threads() -> usize {
         std::fs::read_dir("/proc/self/task")
@@ -309,7 +322,7 @@ mod tests {
             epoch_threads()
         };
         for _ in 0..3 {
-            let runtime = Runtime::new(None).unwrap();
+            let runtime = Runtime::<NoImports>::new(None).unwrap();
             // A new thread names itself, so give it a moment.
             assert!(settle(&|n| n > before) > before, "the ticker runs");
             drop(runtime);

@@ -1,0 +1,126 @@
+//! The import direction, enforced: data flows policy → runtime → facts →
+//! capabilities → findings → plan → actions → journal → report, and a module
+//! may use only modules of an earlier stage (or the foundation every stage
+//! shares). The commands at the edges (pipeline, cli, …) come last. A new
+//! module must be placed in `STAGES` before this test passes; tests inside
+//! a module (`#[cfg(test)]` and below) may use anything.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Each top-level module with its stage; a module may import stages below
+/// its own only.
+const STAGES: &[(&str, u8)] = &[
+    // Foundation: no stage of its own, used by all.
+    ("text", 0),
+    ("clock", 0),
+    ("paths", 0),
+    ("safe_fs", 0),
+    // The stages of a run, in the order data flows.
+    ("policy", 1),
+    ("catalog", 1),
+    ("runtime", 2),
+    ("facts", 3),
+    ("capabilities", 4),
+    ("findings", 5),
+    ("plan", 6),
+    ("actions", 7),
+    ("journal", 8),
+    ("report", 9),
+    // The edges: commands that drive the stages.
+    ("scaffold", 10),
+    ("logging", 10),
+    ("recording", 11),
+    ("pipeline", 12),
+    ("inspect", 13),
+    ("systemd", 13),
+    ("daemon", 13),
+    ("demo", 14),
+    ("manpage", 14),
+    ("cli", 15),
+];
+
+/// `crate::x` paths used by the non-test code of `text`.
+fn imported_modules(text: &str) -> Vec<String> {
+    let code = match text.find("#[cfg(test)]") {
+        Some(at) => &text[..at],
+        None => text,
+    };
+    let mut found = Vec::new();
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + "crate::".len()..];
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        if !name.is_empty() {
+            found.push(name);
+        }
+    }
+    found
+}
+
+/// Every source file under `src/`, by the top-level module it belongs to.
+fn sources() -> BTreeMap<String, Vec<(String, String)>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut by_module: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("src is readable").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let relative = path.strip_prefix(&src).expect("under src").to_string_lossy().to_string();
+            let module = relative.split(['/', '.']).next().unwrap_or_default().to_string();
+            if matches!(module.as_str(), "lib" | "main" | "layers") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("source is readable");
+            by_module.entry(module).or_default().push((relative, text));
+        }
+    }
+    by_module
+}
+
+#[test]
+fn every_module_imports_only_from_earlier_stages() {
+    let stage: BTreeMap<&str, u8> = STAGES.iter().copied().collect();
+    let mut wrong = Vec::new();
+    for (module, files) in sources() {
+        let Some(&own) = stage.get(module.as_str()) else {
+            wrong.push(format!("{module}: not placed in a stage (add it to STAGES in layers.rs)"));
+            continue;
+        };
+        for (file, text) in files {
+            for used in imported_modules(&text) {
+                if used == module {
+                    continue;
+                }
+                match stage.get(used.as_str()) {
+                    Some(&theirs) if theirs < own => {}
+                    Some(&theirs) => wrong.push(format!("{file} (stage {own}) uses crate::{used} (stage {theirs})")),
+                    None => wrong.push(format!("{file} uses crate::{used}, which has no stage")),
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "imports against the flow:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_module_says_its_one_job_first() {
+    let mut silent = Vec::new();
+    for (_, files) in sources() {
+        for (file, text) in files {
+            if !text.trim_start().starts_with("//!") {
+                silent.push(file);
+            }
+        }
+    }
+    assert!(silent.is_empty(), "files without a `//!` header saying their job: {silent:?}");
+}
+
+#[test]
+fn the_scanner_sees_imports_and_ignores_tests() {
+    let text = "use crate::plan::X;\nfn f() { crate::journal::open(); }\n#[cfg(test)]\nmod t { use crate::cli; }";
+    assert_eq!(imported_modules(text), ["plan", "journal"]);
+}
