@@ -1,0 +1,160 @@
+//! `policy validate`: everything a run would settle before touching the
+//! journal (the policy, its plugins, their config keys), each plugin's own
+//! read-only check of its config, and warnings about legal but risky
+//! policies (host-wide scopes, requested but ungranted capabilities).
+
+use super::prepare::{context, limits, prepare, Prepared};
+use super::{cache_dir, select, Fatal, Mode};
+use crate::capabilities::{EffectiveGrants, PluginRuntime, RunFacts};
+use crate::catalog::Catalog;
+use crate::policy::Policy;
+use crate::runtime::PluginFailure;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Everything `check` would settle before touching the journal: the policy,
+/// the plugins it names, their describe() and config keys.
+pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
+    let policy = Arc::new(Policy::load(path)?);
+    let (catalog, _) = Catalog::discover(&policy.doctor.plugin_dirs);
+    let selected = select(&policy, &catalog, &[])?;
+    // The same compiled cache as every run: a second validate (and every
+    // daemon reload) does not recompile.
+    let runtime = PluginRuntime::new(Some(cache_dir(&policy, Path::new(""))))?;
+    let prepared = prepare(&runtime, &policy, selected, Mode::Check)?;
+    if let Some(p) = prepared.iter().find(|p| p.loaded.is_err()) {
+        let why = p.loaded.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+        return Err(policy.error_at_key(&format!("plugins.{}", p.entry.name), format!("plugin {why}")).into());
+    }
+    let config_warnings = check_configs_through_plugins(&runtime, &policy, &prepared)?;
+    let mut warnings = host_wide_scopes(&policy);
+    warnings.extend(config_warnings);
+    warnings.extend(ungranted_requests(&policy, &prepared));
+    for warning in warnings {
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr().lock(), format_args!("doctor: warning: {warning}\n"));
+    }
+    Ok(format!("{} plugin(s) configured", prepared.len()))
+}
+
+/// A plugin knows the shape of its own config (nested tables, allowed
+/// values) better than its declared keys say: run its read-only `check`
+/// with the policy's config and grants, and turn an `invalid: config: …`
+/// answer into a policy error at `plugins.NAME.config`. A finding keyed
+/// `config:…` is the plugin's remark on a legal but weak config: returned
+/// as a warning. Anything else the check says is about the host, not the
+/// policy, and is not validate's business.
+fn check_configs_through_plugins(runtime: &PluginRuntime, policy: &Arc<Policy>, prepared: &[Prepared]) -> Result<Vec<String>, Fatal> {
+    let mut warnings = Vec::new();
+    let facts = RunFacts::new(policy.clone());
+    for p in prepared {
+        let Ok((loaded, info)) = &p.loaded else { continue };
+        let grants = EffectiveGrants::new(&p.entry.name, &info.capabilities, &p.policy.grants);
+        let caps = context(&p.entry.name, grants, facts.clone(), Default::default());
+        let (result, _) = runtime.check(loaded, caps, &p.config_json, limits(policy));
+        let result = result.and_then(crate::findings::from_report);
+        match result {
+            Err(PluginFailure::Returned(text)) => {
+                if let Some(why) = text.strip_prefix("invalid: config: ") {
+                    return Err(config_error(policy, &p.entry.name, why).into());
+                }
+            }
+            Ok(findings) => {
+                for f in findings.iter().filter(|f| f.key.starts_with("config:")) {
+                    // Placed at the key the plugin names (evidence `config_key`), else at its config.
+                    let key = f.evidence.iter().find(|(k, _)| k == "config_key").map(|(_, v)| format!("config.{v}"));
+                    let key = key.unwrap_or_else(|| "config".into());
+                    let at = policy.error_at_plugin(&p.entry.name, &key, String::new());
+                    warnings.push(format!("{}:{}: plugins.{}.{key}: {}", at.file, at.line, p.entry.name, f.message));
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(warnings)
+}
+
+/// The plugin's words about its config (serde's, usually), placed at the
+/// policy line that holds the offending value when the message names one.
+fn config_error(policy: &Policy, plugin: &str, why: &str) -> crate::policy::PolicyError {
+    // "… at line 1 column 31" points into the JSON doctor built, not the policy.
+    let why = why.split(" at line ").next().unwrap_or(why).to_string();
+    let mut error = policy.error_at_plugin(plugin, "config", why.clone());
+    // serde names the value as `variant` or as string "text".
+    let quoted = why.split('`').nth(1).or_else(|| why.split('"').nth(1)).filter(|v| !v.is_empty());
+    if let Some(value) = quoted {
+        let hit = policy.source.lines().enumerate().skip(error.line.saturating_sub(1)).find(|(_, l)| {
+            l.split_once('=').is_some_and(|(_, v)| v.contains(&format!("\"{value}\"")) || v.trim() == value)
+        });
+        if let Some((i, line)) = hit {
+            let key = line.split_once('=').map(|(k, _)| k.trim()).unwrap_or_default();
+            error.line = i + 1;
+            error.key = format!("plugins.{plugin}.config.{key}");
+        }
+    }
+    error
+}
+
+/// Capabilities a plugin requests in `describe()` that its policy does not
+/// grant: legal (deny by default), but the calls will come back `denied`.
+fn ungranted_requests(policy: &Policy, prepared: &[Prepared]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in prepared {
+        let Ok((_, info)) = &p.loaded else { continue };
+        let missing: Vec<&str> = info.capabilities.iter().map(String::as_str).filter(|c| !p.policy.grants.grants(c)).collect();
+        if !missing.is_empty() {
+            let e = policy.error_at_key(&format!("plugins.{}", p.entry.name), String::new());
+            out.push(format!(
+                "{}:{}: plugins.{}: requests {} but the policy does not grant {}; those calls will be denied",
+                e.file,
+                e.line,
+                p.entry.name,
+                missing.join(", "),
+                if missing.len() == 1 { "it" } else { "them" }
+            ));
+        }
+    }
+    out
+}
+
+/// Every `scope = "host"` in a plugin's config: a command-line pattern that
+/// may match any process on the host, including another deployment's. Legal
+/// (the operator said so explicitly), but worth a second look.
+pub fn host_wide_scopes(policy: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, plugin) in &policy.plugins {
+        let table = plugin.config_table();
+        collect_host_scopes(&toml::Value::Table(table), &format!("plugins.{name}.config"), &mut out);
+    }
+    out.into_iter()
+        .map(|key| {
+            // The line lookup knows dotted keys, not array indices.
+            let dotted: String = key.split('[').map(|part| part.split_once(']').map_or(part, |(_, rest)| rest)).collect();
+            let e = policy.error_at_key(&dotted, String::new());
+            format!(
+                "{}:{}: {key} = \"host\": its command-line pattern matches processes anywhere on this host, including another deployment's; name a scope (user, unit, cgroup, under) or a PID file instead",
+                e.file, e.line
+            )
+        })
+        .collect()
+}
+
+fn collect_host_scopes(value: &toml::Value, path: &str, out: &mut Vec<String>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let here = format!("{path}.{k}");
+                if k == "scope" && v.as_str() == Some("host") {
+                    out.push(here);
+                } else {
+                    collect_host_scopes(v, &here, out);
+                }
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                collect_host_scopes(v, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
