@@ -67,3 +67,65 @@ fn describe_before(dir: &OwnedFd, name: &OsStr, kind: SFlag, judged: FileId) -> 
     std::fs::File::from(fd).take(256).read_to_end(&mut bytes).ok()?;
     Some(String::from_utf8_lossy(&bytes).trim().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::remove;
+    use crate::actions::test_context;
+    use crate::plan::ActionOutcome;
+    use crate::policy::Grants;
+
+    fn granted(dir: &std::path::Path) -> crate::actions::ActionContext {
+        test_context(Grants { files_remove: vec![format!("{}/*", dir.display())], ..Default::default() })
+    }
+
+    #[test]
+    fn removes_a_granted_file_and_says_what_it_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        let file = dir.join("w.pid");
+        std::fs::write(&file, "4242\n").unwrap();
+        let done = remove(&granted(&dir), &file.display().to_string());
+        assert_eq!((done.outcome, done.before.as_deref()), (ActionOutcome::Applied, Some("4242")), "{}", done.detail);
+        assert!(!file.exists());
+        let again = remove(&granted(&dir), &file.display().to_string());
+        assert!(again.outcome == ActionOutcome::Skipped && again.goal_met, "gone already is the goal met: {}", again.detail);
+    }
+
+    #[test]
+    fn refuses_outside_the_grant_a_directory_and_doctors_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        let denied = remove(&granted(&dir), &outside.path().display().to_string());
+        assert_eq!(denied.outcome, ActionOutcome::Refused);
+        assert!(denied.detail.contains("files_remove"), "names the grant: {}", denied.detail);
+        assert!(outside.path().exists());
+
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        let not_a_file = remove(&granted(&dir), &dir.join("sub").display().to_string());
+        assert_eq!(not_a_file.outcome, ActionOutcome::Refused, "{}", not_a_file.detail);
+        assert!(dir.join("sub").is_dir());
+
+        let journal = dir.join("journal.db");
+        std::fs::write(&journal, "").unwrap();
+        let mut ctx = granted(&dir);
+        ctx.protected_files = vec![journal.clone()];
+        let own = remove(&ctx, &journal.display().to_string());
+        assert!(own.outcome == ActionOutcome::Refused && own.detail.contains("guard"), "{}", own.detail);
+        assert!(journal.exists());
+    }
+
+    #[test]
+    fn a_symlink_is_removed_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        let target = tempfile::NamedTempFile::new().unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(target.path(), &link).unwrap();
+        let done = remove(&granted(&dir), &link.display().to_string());
+        assert_eq!(done.outcome, ActionOutcome::Applied, "{}", done.detail);
+        assert!(done.before.as_deref().is_some_and(|b| b.starts_with("symlink to ")), "{:?}", done.before);
+        assert!(!link.exists() && target.path().exists());
+    }
+}

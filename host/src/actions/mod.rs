@@ -64,3 +64,18 @@ fn execute(ctx: &ActionContext, action: &Action) -> Executed {
         Action::WaitPortFree { port, deadline_ms } => ports::wait_port_free(ctx, *port, Duration::from_millis(u64::from(*deadline_ms))),
     }
 }
+
+/// A context for the primitives' own tests: plugin `p`, requesting every
+/// mutation capability, with exactly `grants` granted.
+#[cfg(test)]
+pub(crate) fn test_context(grants: crate::policy::Grants) -> ActionContext {
+    let requested: Vec<String> = ["signal", "files_remove", "sockets", "containers_write", "sqlite_write", "commands"].map(String::from).to_vec();
+    ActionContext {
+        plugin: "p".into(),
+        grants: EffectiveGrants::new("p", &requested, &grants),
+        policy: Arc::new(Policy::parse(std::path::Path::new("t.toml"), "").expect("an empty policy parses")),
+        protected_pids: vec![std::process::id()],
+        protected_files: vec![],
+        engine: None,
+    }
+}

@@ -42,3 +42,32 @@ fn tcp_listeners_on(port: u16) -> Vec<String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::wait_port_free;
+    use crate::actions::test_context;
+    use crate::plan::ActionOutcome;
+    use crate::policy::Grants;
+    use std::time::Duration;
+
+    #[test]
+    fn needs_the_sockets_grant() {
+        let done = wait_port_free(&test_context(Grants::default()), 1, Duration::from_millis(10));
+        assert_eq!(done.outcome, ActionOutcome::Refused);
+        assert!(done.detail.contains("sockets"), "names the grant: {}", done.detail);
+    }
+
+    #[test]
+    fn fails_naming_the_holder_until_the_port_is_free() {
+        let ctx = test_context(Grants { sockets: true, ..Default::default() });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = wait_port_free(&ctx, port, Duration::from_millis(200));
+        assert_eq!(held.outcome, ActionOutcome::Failed);
+        assert!(held.detail.contains(&format!("pid {}", std::process::id())), "names the holder: {}", held.detail);
+        drop(listener);
+        let free = wait_port_free(&ctx, port, Duration::from_secs(5));
+        assert_eq!(free.outcome, ActionOutcome::Applied, "{}", free.detail);
+    }
+}

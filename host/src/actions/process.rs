@@ -115,3 +115,59 @@ fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
         Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::stop;
+    use crate::actions::test_context;
+    use crate::facts::processes;
+    use crate::plan::ActionOutcome;
+    use crate::policy::{Grants, SignalGrant};
+    use std::time::Duration;
+
+    fn may_signal(pattern: &str) -> Grants {
+        Grants { signal: Some(SignalGrant { patterns: vec![pattern.into()], uids: vec![] }), ..Default::default() }
+    }
+
+    /// A `sleep` that is not the test's descendant (its shell parent exits
+    /// at once): doctor never signals its own descendants.
+    fn orphan_sleeper() -> (u32, u64) {
+        let out = std::process::Command::new("sh").args(["-c", "sleep 307 >/dev/null 2>&1 & echo $!"]).output().unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let start = processes::start_time(pid).expect("a live process has a start time");
+        (pid, start)
+    }
+
+    fn still_running(pid: u32, start: u64) -> bool {
+        processes::start_time(pid) == Some(start) && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+    }
+
+    #[test]
+    fn stops_a_granted_process_by_identity() {
+        let (pid, start) = orphan_sleeper();
+        let done = stop(&test_context(may_signal("^sleep 307$")), pid, start, Duration::from_secs(5));
+        assert_eq!(done.outcome, ActionOutcome::Applied, "{}", done.detail);
+        assert!(!still_running(pid, start), "it exited");
+    }
+
+    #[test]
+    fn a_process_outside_the_grant_or_not_the_one_named_keeps_running() {
+        let (pid, start) = orphan_sleeper();
+        let denied = stop(&test_context(may_signal("^other$")), pid, start, Duration::from_secs(1));
+        assert_eq!(denied.outcome, ActionOutcome::Refused);
+        assert!(denied.detail.contains("signal"), "names the grant: {}", denied.detail);
+        // The same pid with another start time is another process: never signalled.
+        let reused = stop(&test_context(may_signal("^sleep 307$")), pid, start + 1, Duration::from_secs(1));
+        assert_ne!(reused.outcome, ActionOutcome::Applied, "{}", reused.detail);
+        assert!(still_running(pid, start), "still running");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+
+    #[test]
+    fn never_the_doctor_itself() {
+        let me = std::process::id();
+        let start = processes::start_time(me).unwrap();
+        let done = stop(&test_context(may_signal(".")), me, start, Duration::from_secs(1));
+        assert!(done.outcome == ActionOutcome::Refused && done.detail.contains("guard"), "{}", done.detail);
+    }
+}

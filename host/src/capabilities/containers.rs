@@ -58,3 +58,20 @@ pub(crate) fn engine_error(e: EngineError) -> Error {
         EngineError::Unreachable { .. } | EngineError::Api { .. } => Error::Io(text),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::capabilities::{denial, test_context};
+    use crate::policy::Grants;
+    use crate::runtime::bindings::doctor::plugin::containers::Host;
+    use crate::runtime::bindings::doctor::plugin::types::Error;
+
+    /// With a real engine: tests/container_caps.rs and tests/engine_podman.rs.
+    #[test]
+    fn denied_without_the_grant_and_an_error_without_an_engine() {
+        let why = denial(test_context(Grants::default()).all(false));
+        assert!(why.contains("containers"), "names the grant: {why}");
+        let answer = test_context(Grants { containers: true, ..Default::default() }).all(false).unwrap();
+        assert!(matches!(answer, Err(Error::Io(_)) | Err(Error::NotFound(_)) | Err(Error::Invalid(_))), "{answer:?}");
+    }
+}

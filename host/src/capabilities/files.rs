@@ -85,3 +85,25 @@ pub(crate) fn file_stat(stat: &nix::sys::stat::FileStat) -> FileStat {
     let modified_unix_ms = (stat.st_mtime.max(0) as u64).saturating_mul(1000) + (stat.st_mtime_nsec.max(0) as u64) / 1_000_000;
     FileStat { kind, size: stat.st_size.max(0) as u64, uid: stat.st_uid, gid: stat.st_gid, mode: stat.st_mode & 0o7777, modified_unix_ms }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::capabilities::{denial, test_context};
+    use crate::policy::Grants;
+    use crate::runtime::bindings::doctor::plugin::files::Host;
+
+    #[test]
+    fn reads_only_what_the_grant_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        let file = dir.join("w.pid");
+        std::fs::write(&file, "4242").unwrap();
+        let path = file.display().to_string();
+        let why = denial(test_context(Grants::default()).read(path.clone(), 64));
+        assert!(why.contains("files"), "names the grant: {why}");
+        let mut granted = test_context(Grants { files: vec![format!("{}/*", dir.display())], ..Default::default() });
+        assert_eq!(granted.read(path, 64).unwrap().expect("granted"), "4242");
+        let why = denial(granted.read("/etc/hostname".into(), 64));
+        assert!(why.contains("/etc/hostname"), "names the path: {why}");
+    }
+}

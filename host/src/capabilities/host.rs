@@ -122,3 +122,24 @@ fn lookup_user(name: String) -> Option<User> {
         .unwrap_or_default();
     Some(User { name, uid: user.uid.as_raw(), gid: user.gid.as_raw(), groups })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::capabilities::{test_context, MAX_LOG_LINES};
+    use crate::policy::Grants;
+    use crate::runtime::bindings::doctor::plugin::host::{Host, LogLevel};
+
+    #[test]
+    fn the_hosts_keys_cannot_be_written_and_logs_are_capped() {
+        let mut ctx = test_context(Grants::default());
+        ctx.kv_set("doctor:own-pids".into(), "[]".into()).unwrap();
+        assert_eq!(ctx.kv_get("doctor:own-pids".into()).unwrap(), None, "a reserved key is not the plugin's to set");
+        ctx.kv_set("seen".into(), "1".into()).unwrap();
+        assert_eq!(ctx.kv_get("seen".into()).unwrap().as_deref(), Some("1"));
+        for i in 0..MAX_LOG_LINES + 50 {
+            ctx.log(LogLevel::Info, format!("line {i}")).unwrap();
+        }
+        assert_eq!(ctx.logs.len(), MAX_LOG_LINES);
+        assert!(ctx.logs.iter().any(|l| l.message.contains("doctor:own-pids") && l.message.contains("refused")), "the refusal was logged");
+    }
+}

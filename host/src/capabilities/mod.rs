@@ -202,3 +202,23 @@ impl CapabilityContext {
 /// Bounds on what a plugin can make the host hold.
 pub const MAX_LOG_LINES: usize = 200;
 pub const MAX_LOG_LINE_BYTES: usize = 4096;
+
+/// A context for the capabilities' own tests: plugin `p`, requesting every
+/// read capability, with exactly `grants` granted.
+#[cfg(test)]
+pub(crate) fn test_context(grants: crate::policy::Grants) -> CapabilityContext {
+    let requested: Vec<String> = ["processes", "files", "sqlite", "sockets", "probe", "containers"].map(String::from).to_vec();
+    let policy = Arc::new(Policy::parse(std::path::Path::new("t.toml"), "").expect("an empty policy parses"));
+    let mut ctx = CapabilityContext::new("p", EffectiveGrants::new("p", &requested, &grants), RunFacts::new(policy), Default::default());
+    ctx.deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    ctx
+}
+
+/// The denial a plugin gets, or a panic naming what came instead.
+#[cfg(test)]
+pub(crate) fn denial<T: std::fmt::Debug>(answer: wasmtime::Result<Result<T, WitError>>) -> String {
+    match answer.expect("a denial is a value, never a trap") {
+        Err(WitError::Denied(why)) => why,
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}

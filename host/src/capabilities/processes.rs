@@ -44,3 +44,21 @@ fn to_wit(p: &ProcessInfo) -> Process {
         kernel_thread: p.kernel_thread,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::capabilities::{denial, test_context};
+    use crate::policy::Grants;
+    use crate::runtime::bindings::doctor::plugin::processes::Host;
+
+    #[test]
+    fn denied_without_the_grant_and_the_doctor_is_never_listed() {
+        let why = denial(test_context(Grants::default()).all());
+        assert!(why.contains("processes"), "names the grant: {why}");
+        let mut granted = test_context(Grants { processes: true, ..Default::default() });
+        let table = granted.all().unwrap().expect("granted");
+        assert!(!table.is_empty());
+        assert!(table.iter().all(|p| p.id.pid != std::process::id()), "doctor is not in the table plugins see");
+        assert_eq!(granted.get(std::process::id()).unwrap().expect("granted").map(|p| p.id.pid), None);
+    }
+}

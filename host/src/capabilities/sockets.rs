@@ -33,3 +33,20 @@ impl sockets::Host for CapabilityContext {
         self.answer("sockets.listeners", (), |s| s.sockets_listeners())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::capabilities::{denial, test_context};
+    use crate::policy::Grants;
+    use crate::runtime::bindings::doctor::plugin::sockets::Host;
+
+    #[test]
+    fn lists_listeners_only_with_the_grant() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let why = denial(test_context(Grants::default()).listeners());
+        assert!(why.contains("sockets"), "names the grant: {why}");
+        let listeners = test_context(Grants { sockets: true, ..Default::default() }).listeners().unwrap().expect("granted");
+        assert!(listeners.iter().any(|l| l.port == port), "our listener on {port} is seen");
+    }
+}

@@ -95,3 +95,18 @@ fn to_wit(v: Value) -> SqlValue {
         Value::Blob(b) => SqlValue::Blob(b),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::capabilities::{denial, test_context};
+    use crate::policy::Grants;
+    use crate::runtime::bindings::doctor::plugin::sqlite::Host;
+
+    /// Granted reads against real databases: tests/sqlite_chunk_reset.rs,
+    /// tests/queue_tables.rs and tests/hostile_attacks.rs.
+    #[test]
+    fn a_label_not_granted_is_denied_by_name() {
+        let why = denial(test_context(Grants { sqlite: vec!["jobs".into()], ..Default::default() }).query("payroll".into(), "SELECT 1".into(), vec![]));
+        assert!(why.contains("sqlite") && why.contains("payroll"), "names the grant and the label: {why}");
+    }
+}

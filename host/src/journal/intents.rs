@@ -162,3 +162,51 @@ impl crate::plan::apply::WriteAhead for PluginIntents<'_> {
         self.log.finish(intent, result, crate::clock::now_unix_ms())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{recover, IntentLog};
+    use crate::findings::{Action, Finding, PlannedAction, Severity};
+    use crate::journal::Journal;
+    use crate::plan::{ActionOutcome, ActionResult};
+    use std::path::Path;
+
+    fn removal(path: &Path) -> PlannedAction {
+        PlannedAction { action: Action::RemoveFile { path: path.display().to_string() }, description: format!("remove {}", path.display()), needs_previous: false }
+    }
+
+    /// A run dies after its intents, with one outcome written: the next run
+    /// reports the other as interrupted with what it sees now, once.
+    #[test]
+    fn an_intent_without_outcome_is_reported_interrupted_once_and_never_redone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        let (done, pending) = (dir.path().join("done"), dir.path().join("pending"));
+        std::fs::write(&pending, "").unwrap();
+        let finding = Finding {
+            key: "k".into(),
+            severity: Severity::Warning,
+            subject: String::new(),
+            message: String::new(),
+            evidence: vec![],
+            actions: vec![removal(&done), removal(&pending)],
+        };
+        {
+            let journal = Journal::open(&path).unwrap();
+            let run = journal.begin_run("fix", Path::new("p.toml"), 1).unwrap();
+            let log = IntentLog::open(&path, run).unwrap();
+            let ids = log.intend("p", std::slice::from_ref(&finding), 2).unwrap();
+            let applied = ActionResult { outcome: ActionOutcome::Applied, ..ActionResult::planned(&finding.actions[0]) };
+            log.finish(ids[0][0], &applied, 3).unwrap();
+            // Killed here: no outcome for the second, no finish_run.
+        }
+        let journal = Journal::open(&path).unwrap();
+        assert_eq!(journal.mark_interrupted().unwrap().len(), 1);
+        let found = recover(journal.connection(), 4).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].description, format!("remove {}", pending.display()));
+        assert!(found[0].found.contains("still there: not applied"), "{}", found[0].found);
+        assert!(pending.exists(), "re-observed, not redone");
+        assert!(recover(journal.connection(), 5).unwrap().is_empty(), "reported once");
+    }
+}
