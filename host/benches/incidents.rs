@@ -15,6 +15,7 @@
 
 #[allow(dead_code, unused_imports)]
 #[path = "../../tests/support/podman.rs"]
+#[allow(clippy::duplicated_attributes)]
 mod podman;
 
 #[path = "common/chunks.rs"]
@@ -94,6 +95,8 @@ struct Sample {
 fn measure(command: &mut Command, ok: &[i32]) -> Sample {
     command.stdout(Stdio::null()).stdin(Stdio::null());
     let started = Instant::now();
+    // Reaped by the wait4 below (which also gives its rusage), not by Child::wait.
+    #[allow(clippy::zombie_processes)]
     let child = command.spawn().unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
     let mut status = 0;
     // SAFETY: plain syscall on our own child; `usage` is a valid out-pointer.
