@@ -1,5 +1,5 @@
-//! `doctor journal` as a user who may only read root's journal (DESIGN §6,
-//! operator guide "Reading the journal"): a real other user (`nobody`,
+//! `doctor journal` as a user who may only read root's journal (the
+//! operator guide, "Reading the journal"): a real other user (`nobody`,
 //! through setpriv), a real WAL journal written by a real run.
 
 mod support;

@@ -1,4 +1,4 @@
-//! A fix touches only its own incident (DESIGN §4 "Scope"). Two deployments
+//! A fix touches only its own incident (policy reference, "Scope"). Two deployments
 //! of each incident run on one host with identical command lines (each
 //! started by its own launcher, `DIR/run.sh`, from its own directory); the
 //! policy describes deployment A. A is found and fixed; B's processes (pid +

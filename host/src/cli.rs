@@ -1,4 +1,5 @@
-//! The command line, with the spellings DESIGN §6 fixes.
+//! The command line: argument parsing and dispatch to the commands, with
+//! the spellings the operator guide documents ("Commands").
 
 use crate::catalog::Catalog;
 use crate::journal::{query, Journal, JournalLock};
@@ -35,7 +36,7 @@ pub(crate) struct Cli {
     command: Command,
 }
 
-/// Options every command takes, before or after its name (DESIGN §6).
+/// Options every command takes, before or after its name.
 #[derive(Args)]
 struct Global {
     /// Policy file [default: /etc/doctor/policy.toml as root, else the XDG config dir's doctor/policy.toml]

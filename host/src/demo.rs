@@ -1,6 +1,6 @@
-//! `doctor demo [--keep]`: the incidents of DESIGN §1, built for real in a
-//! private temp dir, then check → plan → fix → re-check → the journal's
-//! story. Everything it starts is its own (pid + start time recorded at
+//! `doctor demo [--keep]`: the incidents the built-in plugins exist for
+//! (docs/plugins/), built for real in a private temp dir, then check →
+//! plan → fix → re-check → the journal's story. Everything it starts is its own (pid + start time recorded at
 //! spawn) and stopped at the end; the temp dir goes too unless `--keep`.
 //!
 //! The doctor never sees its own descendants as instances (a guard no

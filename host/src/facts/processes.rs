@@ -38,7 +38,7 @@ impl ProcessInfo {
 
 /// Every process visible now, as plugins see it: processes that exit while
 /// being read are skipped, and so are the doctor itself, its ancestors and
-/// its descendants. They are never instances of a target (DESIGN §4 Scope):
+/// its descendants. They are never instances of a target (policy reference, "Scope"):
 /// the Stop button that runs `doctor fix` may match the very pattern it
 /// stops, and a process a plugin cannot see yields no finding at all, rather
 /// than a refused action that persists forever.
