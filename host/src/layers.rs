@@ -120,6 +120,16 @@ fn every_module_says_its_one_job_first() {
 }
 
 #[test]
+fn the_architecture_doc_lists_every_module() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/architecture.md")).expect("docs/architecture.md");
+    let unlisted: Vec<String> = sources()
+        .into_keys()
+        .filter(|m| ![format!("`{m}.rs`"), format!("`{m}/`")].iter().any(|name| doc.contains(&format!("| {name} |"))))
+        .collect();
+    assert!(unlisted.is_empty(), "modules without a row in docs/architecture.md: {unlisted:?}");
+}
+
+#[test]
 fn the_scanner_sees_imports_and_ignores_tests() {
     let text = "use crate::plan::X;\nfn f() { crate::journal::open(); }\n#[cfg(test)]\nmod t { use crate::cli; }";
     assert_eq!(imported_modules(text), ["plan", "journal"]);
