@@ -38,6 +38,7 @@ const STAGES: &[(&str, u8)] = &[
     ("demo", 14),
     ("manpage", 14),
     ("cli", 15),
+    ("main", 16),
 ];
 
 /// `crate::x` paths used by the non-test code of `text`.
@@ -71,7 +72,7 @@ fn sources() -> BTreeMap<String, Vec<(String, String)>> {
             }
             let relative = path.strip_prefix(&src).expect("under src").to_string_lossy().to_string();
             let module = relative.split(['/', '.']).next().unwrap_or_default().to_string();
-            if matches!(module.as_str(), "lib" | "main" | "layers") {
+            if matches!(module.as_str(), "lib" | "layers") {
                 continue;
             }
             let text = std::fs::read_to_string(&path).expect("source is readable");

@@ -1,4 +1,4 @@
-//! Container-engine client: the Docker ContainerEngine API over a Unix socket.
+//! Container-engine client: the Docker Engine API over a Unix socket.
 //!
 //! Speaks to Docker (`/var/run/docker.sock`) and to Podman's Docker-compatible
 //! API (`podman system service`) alike. Only endpoints and fields both engines
