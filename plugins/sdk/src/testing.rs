@@ -223,6 +223,15 @@ impl Facts {
     }
 }
 
+/// Run `f` with `facts` answering the imports: for testing a helper
+/// outside a plugin's `check` (the facts are dropped afterwards).
+pub fn answer_with<R>(facts: Facts, f: impl FnOnce() -> R) -> R {
+    CURRENT.with(|c| *c.borrow_mut() = Some(facts));
+    let result = f();
+    CURRENT.with(|c| c.borrow_mut().take());
+    result
+}
+
 /// The native side of every import (see `imports.rs`).
 #[doc(hidden)]
 pub fn answer<R: DeserializeOwned>(call: &str, args: impl Serialize) -> R {
