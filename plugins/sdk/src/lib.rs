@@ -47,6 +47,7 @@ pub mod config;
 mod finding;
 pub mod process;
 mod imports;
+pub mod inspect;
 pub mod testing;
 pub mod owner;
 pub mod respawn;
