@@ -50,6 +50,7 @@ mod imports;
 pub mod inspect;
 pub mod testing;
 pub mod owner;
+pub mod ports;
 pub mod respawn;
 pub mod scope;
 pub mod time;
