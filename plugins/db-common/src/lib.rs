@@ -14,9 +14,13 @@ pub use doctor_sdk::time::{human_ms, read_time, Stamp, TimeUnit};
 use regex_lite::Regex;
 use serde::{Deserialize, Deserializer};
 
+mod cas;
 mod identity;
+mod prepare;
 mod set;
 mod times;
+pub use cas::{batches, Update, BATCH, MAX_BATCHES};
+pub use prepare::{Identity, OnHost};
 pub use identity::{find_by_name, name_only, name_pattern, probe_expression, row_liveness, sql_expression, NameFinder, RowIdentity};
 pub use set::{parse_sets, Placeholders, SetValue};
 pub use times::{read_at, time_finding, TimeTrouble};
@@ -402,6 +406,16 @@ pub fn opt_duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D
         serde_json::Value::String(s) => parse_duration_ms(&s).map(Some).map_err(serde::de::Error::custom),
         other => Err(serde::de::Error::custom(format!("expected a duration, got {other}"))),
     }
+}
+
+/// Said in place of a write while the service's user cannot write the database.
+pub const WITHHELD: &str = "withheld until the database is writable by the service user (see the unwritable finding)";
+
+/// How many rows the table holds in each status, by status.
+pub fn status_counts(db: &str, table: &str, status_column: &str) -> Result<Vec<(String, i64)>, Error> {
+    let (s, t) = (ident(status_column), ident(table));
+    let counts = sqlite::query(db, &format!("SELECT {s}, count(*) FROM {t} GROUP BY {s} ORDER BY {s}"), &[])?;
+    Ok(counts.rows.iter().map(|r| (shown(&r[0]), integer(&r[1]).unwrap_or(0))).collect())
 }
 
 /// An optional column: absent, null or "" means "this table has none".
