@@ -23,7 +23,7 @@ pub use cas::{batches, Update, BATCH, MAX_BATCHES};
 pub use prepare::{Identity, OnHost};
 pub use identity::{find_by_name, name_only, name_pattern, probe_expression, row_liveness, sql_expression, NameFinder, RowIdentity};
 pub use set::{parse_sets, Placeholders, SetValue};
-pub use times::{read_at, time_finding, TimeTrouble};
+pub use times::{claim_time, read_at, time_finding, TimeTrouble};
 
 /// A configured table or column name, quoted as an SQL identifier.
 pub fn ident(name: &str) -> String {
@@ -429,18 +429,7 @@ mod tests {
     use doctor_sdk::ProcessRef;
 
     fn proc(pid: u32, start: u64, argv: &str, started_ms: u64) -> Process {
-        Process {
-            id: ProcessRef { pid, start_time: start },
-            ppid: 1,
-            uid: 0,
-            state: "S".into(),
-            name: "x".into(),
-            exe: None,
-            argv: argv.split(' ').map(str::to_string).collect(),
-            cgroup: None,
-            started_unix_ms: started_ms,
-            kernel_thread: false,
-        }
+        Process { id: ProcessRef { pid, start_time: start }, started_unix_ms: started_ms, ..doctor_sdk::testing::process(pid, argv) }
     }
 
     fn verdict(value: &str, claimed: Option<i64>) -> String {

@@ -24,7 +24,7 @@
 //! paused) are never touched.
 
 use db_common::{
-    human_ms, ident, integer, opt_column, read_at, regex, row_liveness, shown, time_finding, Identity, Liveness, OnHost, OwnerCheck, Placeholders, RowIdentity, SetValue,
+    claim_time, human_ms, ident, integer, opt_column, read_at, regex, row_liveness, shown, time_finding, Identity, Liveness, OnHost, OwnerCheck, Placeholders, RowIdentity, SetValue,
     Stamp, TimeColumn, TimeTrouble, TimeUnit, Update, WorkerKind, WITHHELD,
 };
 use doctor_sdk::prelude::*;
@@ -124,7 +124,6 @@ doctor_sdk::config! {
         service_user: Option<String> = r#""""#,
     }
 }
-
 
 struct JobHealth;
 
@@ -289,6 +288,11 @@ impl Job<'_> {
         format!("{} job {}", c.table, shown(self.id))
     }
 
+    /// A time of this job that cannot be used (unreadable, or in the future).
+    fn time_finding(&self, c: &Config, which: TimeColumn, column: Option<&str>, value: &SqlValue, trouble: &TimeTrouble, consequence: &str) -> Finding {
+        time_finding(&self.key(), &self.subject(c), which, column.unwrap_or_default(), value, trouble, consequence)
+    }
+
     /// The row's own time unit: how its times were read (for a write of "now").
     fn unit(&self) -> Option<TimeUnit> {
         [&self.heartbeat_at, &self.claimed_at, &self.updated_at].into_iter().find_map(|t| match t {
@@ -319,17 +323,7 @@ fn check_waiting(w: &Writes<'_>, job: &Job<'_>) -> Option<Finding> {
     let limit = c.stale_after?;
     let stamp = match job.updated_at.as_ref()? {
         Ok(s) => s,
-        Err(trouble) => {
-            return Some(time_finding(
-                &job.key(),
-                &job.subject(c),
-                TimeColumn::Updated,
-                w.cols.upd.unwrap_or_default(),
-                job.updated,
-                trouble,
-                "whether the job is stale cannot be told",
-            ))
-        }
+        Err(trouble) => return Some(job.time_finding(c, TimeColumn::Updated, w.cols.upd, job.updated, trouble, "whether the job is stale cannot be told")),
     };
     let age = w.now_ms - stamp.unix_ms;
     if age <= limit as i64 {
@@ -350,41 +344,18 @@ fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>, records_wo
     let mut out = Vec::new();
     // The heartbeat as read, or its own finding when it cannot be used.
     let beat = match &job.heartbeat_at {
-        Some(Ok(stamp)) => Some(stamp),
         Some(Err(trouble)) => {
-            out.push(time_finding(
-                &job.key(),
-                &job.subject(c),
-                TimeColumn::Heartbeat,
-                w.cols.hb.unwrap_or_default(),
-                job.heartbeat,
-                trouble,
-                "the job cannot be judged by its heartbeat",
-            ));
+            out.push(job.time_finding(c, TimeColumn::Heartbeat, w.cols.hb, job.heartbeat, trouble, "the job cannot be judged by its heartbeat"));
             None
         }
-        None => None,
+        beat => beat.as_ref().and_then(|b| b.as_ref().ok()),
     };
-    // A claim time proves a pid reused only when its zone is certain. An
-    // unreadable one (none, or a counter rather than a time) only withdraws
-    // that proof; one in the future is said (unit wrong?).
-    let claimed_ms = match &job.claimed_at {
-        Some(Ok(stamp)) => stamp.zoned.then_some(stamp.unix_ms),
-        Some(Err(TimeTrouble::Unreadable(_))) => None,
-        Some(Err(trouble)) => {
-            out.push(time_finding(
-                &job.key(),
-                &job.subject(c),
-                TimeColumn::Claimed,
-                w.cols.claimed.unwrap_or_default(),
-                job.claimed,
-                trouble,
-                "a reused pid cannot be told by it",
-            ));
+    let claimed_ms = job.claimed_at.as_ref().map(claim_time).and_then(|claimed| {
+        claimed.unwrap_or_else(|trouble| {
+            out.push(job.time_finding(c, TimeColumn::Claimed, w.cols.claimed, job.claimed, trouble, "a reused pid cannot be told by it"));
             None
-        }
-        None => None,
-    };
+        })
+    });
     let hb_age = beat.map(|s| w.now_ms - s.unix_ms);
     let hb_stale = matches!((c.heartbeat_timeout, hb_age), (Some(limit), Some(age)) if age > limit as i64);
     let hb_text = || {

@@ -312,21 +312,10 @@ impl EngineView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ProcessRef;
+    use crate::testing::process;
 
     fn proc(pid: u32, ppid: u32, uid: u32, argv: &str) -> Process {
-        Process {
-            id: ProcessRef { pid, start_time: 1 },
-            ppid,
-            uid,
-            state: "S".into(),
-            name: "x".into(),
-            exe: None,
-            argv: argv.split(' ').map(str::to_string).collect(),
-            cgroup: None,
-            started_unix_ms: 0,
-            kernel_thread: false,
-        }
+        Process { ppid, uid, ..process(pid, argv) }
     }
 
     fn container(name: &str, image: &str, pids: Vec<u32>) -> Holder {

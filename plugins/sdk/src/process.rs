@@ -80,21 +80,10 @@ pub fn read_pid_file(path: Option<&str>, table: &ProcessTable, pattern: &Regex) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{answer_with, Facts};
+    use crate::testing::{answer_with, process, Facts};
 
     fn proc(pid: u32, state: &str, argv: &str, started_ms: u64) -> Process {
-        Process {
-            id: ProcessRef { pid, start_time: 7 },
-            ppid: 1,
-            uid: 0,
-            state: state.into(),
-            name: "x".into(),
-            exe: None,
-            argv: argv.split(' ').map(str::to_string).collect(),
-            cgroup: None,
-            started_unix_ms: started_ms,
-            kernel_thread: false,
-        }
+        Process { id: ProcessRef { pid, start_time: 7 }, state: state.into(), started_unix_ms: started_ms, ..process(pid, argv) }
     }
 
     #[test]

@@ -153,9 +153,7 @@ impl Facts {
             })
         })
         .on("files.stat", move |args| {
-            (args[0] == stat_path.as_str()).then(|| {
-                Ok::<_, Error>(Some(FileStat { kind: FileKind::File, size, uid: 0, gid: 0, mode: 0o644, modified_unix_ms: 0 }))
-            })
+            (args[0] == stat_path.as_str()).then_some(Ok::<_, Error>(Some(FileStat { kind: FileKind::File, size, uid: 0, gid: 0, mode: 0o644, modified_unix_ms: 0 })))
         })
     }
 
@@ -220,6 +218,24 @@ impl Facts {
             "files.stat" => Some(json!({ "Ok": null })),
             _ => None,
         })
+    }
+}
+
+/// A live process for a test's table: `argv` split at spaces, parent 1,
+/// uid 0, start time 1, no cgroup. Change what a test needs with struct
+/// update syntax: `Process { ppid: 10, ..process(11, "python3 w.py") }`.
+pub fn process(pid: u32, argv: &str) -> Process {
+    Process {
+        id: crate::ProcessRef { pid, start_time: 1 },
+        ppid: 1,
+        uid: 0,
+        state: "S".into(),
+        name: argv.split(' ').next().unwrap_or_default().chars().take(15).collect(),
+        exe: None,
+        argv: argv.split(' ').map(str::to_string).collect(),
+        cgroup: None,
+        started_unix_ms: 0,
+        kernel_thread: false,
     }
 }
 

@@ -13,7 +13,7 @@
 //! fail (database or directory not writable by the service's user) and
 //! reports the table as Processing / Pending / Complete / Idle.
 
-use db_common::{ident, integer, opt_column, read_at, regex, row_liveness, shown, time_finding, Identity, Liveness, OnHost, TimeColumn, TimeTrouble, Update, WorkerKind, WITHHELD};
+use db_common::{claim_time, ident, integer, opt_column, read_at, regex, row_liveness, shown, time_finding, Identity, Liveness, OnHost, TimeColumn, TimeTrouble, Update, WorkerKind, WITHHELD};
 use doctor_sdk::prelude::*;
 use doctor_sdk::process::{command_line, ProcessTable};
 use doctor_sdk::processes::Process;
@@ -133,16 +133,10 @@ impl Plugin for ChunkReset {
                 continue;
             }
             let r = Row { c: &c, id: chunk, worker };
-            // A claim time proves a pid reused only when its zone is certain; one in the future proves nothing and is said.
-            let claimed = match read_at(started, id.unit, now_ms, judge.skew) {
-                Ok(s) => s.zoned.then_some(s.unix_ms),
-                // An unreadable one (none, or a counter rather than a time) only withdraws a proof of pid reuse: not a finding.
-                Err(TimeTrouble::Unreadable(_)) => None,
-                Err(trouble) => {
-                    findings.push(r.time_finding(TimeColumn::Claimed, started_col.unwrap_or_default(), started, &trouble, "a reused pid cannot be told by it"));
-                    None
-                }
-            };
+            let claimed = claim_time(&read_at(started, id.unit, now_ms, judge.skew)).unwrap_or_else(|trouble| {
+                findings.push(r.time_finding(TimeColumn::Claimed, started_col.unwrap_or_default(), started, trouble, "a reused pid cannot be told by it"));
+                None
+            });
             let alive = row_liveness(&id.row(worker, &row[4], &row[5]), &chk, claimed);
             // Named by a pid (worker_pid_sql's, or an owner), not by a name?
             let by_pid = c.worker_kind == WorkerKind::Pid || id.pid_sql.is_some() && integer(&row[4]).is_some_and(|p| p > 0);
