@@ -189,6 +189,34 @@ pub fn find_by_name(name: &str, finder: &NameFinder, chk: &OwnerCheck) -> Livene
     }
 }
 
+/// A worker named only by a name: allowed with a declared way of finding
+/// it (name_pattern, inside a scope), and said to be weaker than a pid —
+/// a finding keyed `config:` that `doctor policy validate` prints as a
+/// warning. Without the declared way it is a config error: the incident's
+/// live worker was marked failed because its name was searched where it
+/// never appears.
+pub fn name_only(table: &str, name_pattern: Option<&str>, unscoped: bool) -> Result<Finding, Error> {
+    if name_pattern.is_none() {
+        return Err(Error::Invalid(
+            "config: worker_kind = \"name\" needs name_pattern (a regex whose group `name` must equal the row's worker name, searched inside scope) or worker_pid_sql: a name missing from command lines proves nothing".into(),
+        ));
+    }
+    if unscoped {
+        return Err(Error::Invalid(
+            "config: worker_kind = \"name\" with name_pattern needs a scope ({ user, unit, cgroup, under } or \"host\"): another deployment's worker may show the same name".into(),
+        ));
+    }
+    Ok(Finding::info(
+        "config:weak-identity",
+        format!("table {table}"),
+        format!(
+            "worker_kind = \"name\": workers are identified by name only (name_pattern {:?}), which is weaker than a pid: a process in the scope that shows the name counts as the worker, and a worker whose name_pattern stops matching counts as dead. If the row records a pid anywhere, name it with worker_pid_sql",
+            name_pattern.unwrap_or_default()
+        ),
+    )
+    .evidence("config_key", "worker_kind"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,32 +256,4 @@ mod tests {
         assert!(name_pattern(Some("--hostname (?P<name>\\S+)")).unwrap().is_some());
         assert!(name_pattern(Some("")).unwrap().is_none());
     }
-}
-
-/// A worker named only by a name: allowed with a declared way of finding
-/// it (name_pattern, inside a scope), and said to be weaker than a pid —
-/// a finding keyed `config:` that `doctor policy validate` prints as a
-/// warning. Without the declared way it is a config error: the incident's
-/// live worker was marked failed because its name was searched where it
-/// never appears.
-pub fn name_only(table: &str, name_pattern: Option<&str>, unscoped: bool) -> Result<Finding, Error> {
-    if name_pattern.is_none() {
-        return Err(Error::Invalid(
-            "config: worker_kind = \"name\" needs name_pattern (a regex whose group `name` must equal the row's worker name, searched inside scope) or worker_pid_sql: a name missing from command lines proves nothing".into(),
-        ));
-    }
-    if unscoped {
-        return Err(Error::Invalid(
-            "config: worker_kind = \"name\" with name_pattern needs a scope ({ user, unit, cgroup, under } or \"host\"): another deployment's worker may show the same name".into(),
-        ));
-    }
-    Ok(Finding::info(
-        "config:weak-identity",
-        format!("table {table}"),
-        format!(
-            "worker_kind = \"name\": workers are identified by name only (name_pattern {:?}), which is weaker than a pid: a process in the scope that shows the name counts as the worker, and a worker whose name_pattern stops matching counts as dead. If the row records a pid anywhere, name it with worker_pid_sql",
-            name_pattern.unwrap_or_default()
-        ),
-    )
-    .evidence("config_key", "worker_kind"))
 }

@@ -14,12 +14,16 @@ pub use doctor_sdk::time::{human_ms, read_time, Stamp, TimeUnit};
 use regex_lite::Regex;
 use serde::{Deserialize, Deserializer};
 
+mod cas;
 mod identity;
+mod prepare;
 mod set;
 mod times;
+pub use cas::{batches, Update, BATCH, MAX_BATCHES};
+pub use prepare::{Identity, OnHost};
 pub use identity::{find_by_name, name_only, name_pattern, probe_expression, row_liveness, sql_expression, NameFinder, RowIdentity};
 pub use set::{parse_sets, Placeholders, SetValue};
-pub use times::{read_at, time_finding, TimeTrouble};
+pub use times::{claim_time, read_at, time_finding, TimeTrouble};
 
 /// A configured table or column name, quoted as an SQL identifier.
 pub fn ident(name: &str) -> String {
@@ -404,6 +408,16 @@ pub fn opt_duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D
     }
 }
 
+/// Said in place of a write while the service's user cannot write the database.
+pub const WITHHELD: &str = "withheld until the database is writable by the service user (see the unwritable finding)";
+
+/// How many rows the table holds in each status, by status.
+pub fn status_counts(db: &str, table: &str, status_column: &str) -> Result<Vec<(String, i64)>, Error> {
+    let (s, t) = (ident(status_column), ident(table));
+    let counts = sqlite::query(db, &format!("SELECT {s}, count(*) FROM {t} GROUP BY {s} ORDER BY {s}"), &[])?;
+    Ok(counts.rows.iter().map(|r| (shown(&r[0]), integer(&r[1]).unwrap_or(0))).collect())
+}
+
 /// An optional column: absent, null or "" means "this table has none".
 pub fn opt_column(c: &Option<String>) -> Option<&str> {
     c.as_deref().filter(|c| !c.is_empty())
@@ -415,18 +429,7 @@ mod tests {
     use doctor_sdk::ProcessRef;
 
     fn proc(pid: u32, start: u64, argv: &str, started_ms: u64) -> Process {
-        Process {
-            id: ProcessRef { pid, start_time: start },
-            ppid: 1,
-            uid: 0,
-            state: "S".into(),
-            name: "x".into(),
-            exe: None,
-            argv: argv.split(' ').map(str::to_string).collect(),
-            cgroup: None,
-            started_unix_ms: started_ms,
-            kernel_thread: false,
-        }
+        Process { id: ProcessRef { pid, start_time: start }, started_unix_ms: started_ms, ..doctor_sdk::testing::process(pid, argv) }
     }
 
     fn verdict(value: &str, claimed: Option<i64>) -> String {

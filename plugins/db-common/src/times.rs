@@ -27,6 +27,18 @@ pub fn read_at(value: &SqlValue, unit: TimeUnit, now_ms: i64, skew_ms: i64) -> R
     }
 }
 
+/// A claim (or lock) time as proof that a pid was reused: only when it is
+/// readable and its zone is certain. An unreadable one (none, or a counter
+/// rather than a time) only withdraws that proof, `Ok(None)`; one in the
+/// future is `Err`, for a finding (unit wrong?).
+pub fn claim_time(read: &Result<Stamp, TimeTrouble>) -> Result<Option<i64>, &TimeTrouble> {
+    match read {
+        Ok(stamp) => Ok(stamp.zoned.then_some(stamp.unix_ms)),
+        Err(TimeTrouble::Unreadable(_)) => Ok(None),
+        Err(trouble) => Err(trouble),
+    }
+}
+
 /// The finding for a time that cannot be used. `key` is the row's key
 /// prefix (`job:7`); the finding's key ends in `<column kind>-unreadable` or
 /// `<column kind>-future`.
@@ -53,5 +65,20 @@ pub fn time_finding(key: &str, subject: &str, which: TimeColumn, column: &str, v
             .evidence("read_as", &stamp.read_as)
             .evidence("ahead", ahead)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_time_proves_reuse_only_when_readable_zoned_and_not_ahead() {
+        let now = 1_800_000_000_000;
+        let read = |v: SqlValue| read_at(&v, TimeUnit::Auto, now, 120_000);
+        assert_eq!(claim_time(&read(SqlValue::Integer(1_700_000_000))).unwrap(), Some(1_700_000_000_000));
+        assert_eq!(claim_time(&read(SqlValue::Text("2026-11-30 05:00:00".into()))).unwrap(), None, "no zone: no proof");
+        assert_eq!(claim_time(&read(SqlValue::Null)).unwrap(), None, "unreadable: no proof, no finding");
+        assert!(matches!(claim_time(&read(SqlValue::Integer(1_900_000_000))), Err(TimeTrouble::Future(..))));
     }
 }

@@ -24,8 +24,8 @@
 //! paused) are never touched.
 
 use db_common::{
-    human_ms, ident, integer, opt_column, read_at, regex, require_columns, row_liveness, shown, time_finding, Liveness, NameFinder, OwnerCheck, Placeholders,
-    RowIdentity, SetValue, Stamp, TimeColumn, TimeTrouble, TimeUnit, WorkerKind,
+    claim_time, human_ms, ident, integer, opt_column, read_at, regex, row_liveness, shown, time_finding, Identity, Liveness, OnHost, OwnerCheck, Placeholders, RowIdentity, SetValue,
+    Stamp, TimeColumn, TimeTrouble, TimeUnit, Update, WorkerKind, WITHHELD,
 };
 use doctor_sdk::prelude::*;
 use doctor_sdk::scope::{ProcessTable, Scope};
@@ -51,44 +51,78 @@ enum Remedy {
     Report,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    db: String,
-    table: String,
-    id_column: String,
-    status_column: String,
-    worker_column: Option<String>,
-    worker_kind: WorkerKind,
-    owner_format: String,
-    worker_pid_sql: Option<String>,
-    worker_host_sql: Option<String>,
-    name_pattern: Option<String>,
-    scope: Scope,
-    worker_match: Option<String>,
-    unidentified: Unidentified,
-    heartbeat_column: Option<String>,
-    claimed_column: Option<String>,
-    updated_column: Option<String>,
-    time_unit: String,
-    #[serde(deserialize_with = "db_common::duration_ms")]
-    clock_skew: u64,
-    attempts_column: Option<String>,
-    reason_column: Option<String>,
-    running_statuses: Vec<String>,
-    waiting_statuses: Vec<String>,
-    requeue_status: String,
-    failed_status: String,
-    #[serde(deserialize_with = "db_common::opt_duration_ms")]
-    heartbeat_timeout: Option<u64>,
-    #[serde(deserialize_with = "db_common::opt_duration_ms")]
-    stale_after: Option<u64>,
-    on_orphaned: Remedy,
-    on_stale: Remedy,
-    max_attempts: i64,
-    requeue_set: BTreeMap<String, serde_json::Value>,
-    fail_set: BTreeMap<String, serde_json::Value>,
-    service_user: Option<String>,
+doctor_sdk::config! {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Config {
+        /// database label from [databases]
+        db: String,
+        /// the job table
+        table: String = r#""jobs""#,
+        /// the job's primary key column
+        id_column: String = r#""id""#,
+        /// the status column
+        status_column: String = r#""status""#,
+        /// the column naming the job's owner (see owner_format, or a worker name); "" when the table records none (then heartbeats alone judge)
+        worker_column: Option<String> = r#""pid""#,
+        /// "pid" (an owner in owner_format) or "name" (a worker name, found only by name_pattern inside scope)
+        worker_kind: WorkerKind = r#""pid""#,
+        /// how owners are written: auto, pid (pid or pid:start-time), host:pid, pid@host, or a regex with named groups pid (required), host, start; another host's owner is judged by heartbeat only
+        owner_format: String = r#""auto""#,
+        /// an SQL expression giving the worker's pid from the row, e.g. json_extract(result, '$.pid'); checked by pid, start time and claim time
+        worker_pid_sql: Option<String> = r#""""#,
+        /// an SQL expression giving the worker's host from the row; another host's job is judged by heartbeat only
+        worker_host_sql: Option<String> = r#""""#,
+        /// with worker_kind = "name": regex searched in command lines inside scope whose named group `name` must equal the row's worker name
+        name_pattern: Option<String> = r#""""#,
+        /// where name_pattern looks: { user, unit, cgroup, under } or "host"
+        scope: Scope = "null",
+        /// regex a live worker's command line must match (a reused pid counts as dead)
+        worker_match: Option<String> = r#""""#,
+        /// a running job whose worker cannot be identified: report ("cannot tell whether the worker is alive", no write) or heartbeat (orphaned when its heartbeat is older than heartbeat_timeout)
+        unidentified: Unidentified = r#""report""#,
+        /// the heartbeat column of running jobs; "" for none
+        heartbeat_column: Option<String> = r#""""#,
+        /// the claim or lock time of running jobs: a live process that started after it has a reused pid; "" for none
+        claimed_column: Option<String> = r#""""#,
+        /// the column whose age makes a waiting job stale (e.g. updated_at or created_at); "" for none
+        updated_column: Option<String> = r#""""#,
+        /// how times are stored: auto (detected per value and stated in the finding), s, ms, us, ns (epoch, INTEGER/REAL/TEXT), iso8601 (no zone = UTC), julian
+        time_unit: String = r#""auto""#,
+        #[serde(deserialize_with = "db_common::duration_ms")]
+        /// a time further ahead of this host's clock is a finding (unit wrong?), never used to judge
+        clock_skew: u64 = r#""2m""#,
+        /// attempt counter incremented on requeue; "" for none
+        attempts_column: Option<String> = r#""attempts""#,
+        /// column that receives the reason when a job is marked failed; "" for none
+        reason_column: Option<String> = r#""""#,
+        /// statuses of jobs that should have a live process
+        running_statuses: Vec<String> = r#"["running"]"#,
+        /// statuses of jobs waiting to be picked up
+        waiting_statuses: Vec<String> = r#"["pending", "queued"]"#,
+        /// status a requeued job gets
+        requeue_status: String = r#""pending""#,
+        /// status a failed job gets
+        failed_status: String = r#""failed""#,
+        #[serde(deserialize_with = "db_common::opt_duration_ms")]
+        /// a running job whose process cannot be named here (no worker column, another host) is orphaned when its heartbeat is older than this (e.g. "5m")
+        heartbeat_timeout: Option<u64> = r#""""#,
+        #[serde(deserialize_with = "db_common::opt_duration_ms")]
+        /// a waiting job is stale when its updated column is older than this (e.g. "1h")
+        stale_after: Option<u64> = r#""""#,
+        /// remedy for orphaned running jobs: requeue, fail or report
+        on_orphaned: Remedy = r#""requeue""#,
+        /// remedy for stale waiting jobs: requeue, fail or report
+        on_stale: Remedy = r#""report""#,
+        /// a job that already has this many attempts is failed instead of requeued
+        max_attempts: i64 = "3",
+        /// further columns a requeue sets: constant, { null = true }, { now = true }, { text = "...{reason}" }, { json = { ... } }
+        requeue_set: BTreeMap<String, serde_json::Value> = "{}",
+        /// further columns marking a job failed sets (an error record the application reads), in the same forms
+        fail_set: BTreeMap<String, serde_json::Value> = "{}",
+        /// the user the server runs as: diagnose whether it can write the database file and directory
+        service_user: Option<String> = r#""""#,
+    }
 }
 
 struct JobHealth;
@@ -100,41 +134,8 @@ impl Plugin for JobHealth {
 
     fn info() -> Info {
         Info::new("job-health", "Finds orphaned and stale jobs by process identity and heartbeat age; requeues or fails them by compare-and-swap")
-            .capability(caps::SQLITE)
-            .capability(caps::SQLITE_WRITE)
-            .capability(caps::PROCESSES)
-            .config_key("db", None, "database label from [databases]")
-            .config_key("table", Some("\"jobs\""), "the job table")
-            .config_key("id_column", Some("\"id\""), "the job's primary key column")
-            .config_key("status_column", Some("\"status\""), "the status column")
-            .config_key("worker_column", Some("\"pid\""), "the column naming the job's owner (see owner_format, or a worker name); \"\" when the table records none (then heartbeats alone judge)")
-            .config_key("worker_kind", Some("\"pid\""), "\"pid\" (an owner in owner_format) or \"name\" (a worker name, found only by name_pattern inside scope)")
-            .config_key("owner_format", Some("\"auto\""), "how owners are written: auto, pid (pid or pid:start-time), host:pid, pid@host, or a regex with named groups pid (required), host, start; another host's owner is judged by heartbeat only")
-            .config_key("worker_pid_sql", Some("\"\""), "an SQL expression giving the worker's pid from the row, e.g. json_extract(result, '$.pid'); checked by pid, start time and claim time")
-            .config_key("worker_host_sql", Some("\"\""), "an SQL expression giving the worker's host from the row; another host's job is judged by heartbeat only")
-            .config_key("name_pattern", Some("\"\""), "with worker_kind = \"name\": regex searched in command lines inside scope whose named group `name` must equal the row's worker name")
-            .config_key("scope", Some("null"), "where name_pattern looks: { user, unit, cgroup, under } or \"host\"")
-            .config_key("worker_match", Some("\"\""), "regex a live worker's command line must match (a reused pid counts as dead)")
-            .config_key("unidentified", Some("\"report\""), "a running job whose worker cannot be identified: report (\"cannot tell whether the worker is alive\", no write) or heartbeat (orphaned when its heartbeat is older than heartbeat_timeout)")
-            .config_key("heartbeat_column", Some("\"\""), "the heartbeat column of running jobs; \"\" for none")
-            .config_key("claimed_column", Some("\"\""), "the claim or lock time of running jobs: a live process that started after it has a reused pid; \"\" for none")
-            .config_key("updated_column", Some("\"\""), "the column whose age makes a waiting job stale (e.g. updated_at or created_at); \"\" for none")
-            .config_key("time_unit", Some("\"auto\""), "how times are stored: auto (detected per value and stated in the finding), s, ms, us, ns (epoch, INTEGER/REAL/TEXT), iso8601 (no zone = UTC), julian")
-            .config_key("clock_skew", Some("\"2m\""), "a time further ahead of this host's clock is a finding (unit wrong?), never used to judge")
-            .config_key("attempts_column", Some("\"attempts\""), "attempt counter incremented on requeue; \"\" for none")
-            .config_key("reason_column", Some("\"\""), "column that receives the reason when a job is marked failed; \"\" for none")
-            .config_key("running_statuses", Some("[\"running\"]"), "statuses of jobs that should have a live process")
-            .config_key("waiting_statuses", Some("[\"pending\", \"queued\"]"), "statuses of jobs waiting to be picked up")
-            .config_key("requeue_status", Some("\"pending\""), "status a requeued job gets")
-            .config_key("failed_status", Some("\"failed\""), "status a failed job gets")
-            .config_key("heartbeat_timeout", Some("\"\""), "a running job whose process cannot be named here (no worker column, another host) is orphaned when its heartbeat is older than this (e.g. \"5m\")")
-            .config_key("stale_after", Some("\"\""), "a waiting job is stale when its updated column is older than this (e.g. \"1h\")")
-            .config_key("on_orphaned", Some("\"requeue\""), "remedy for orphaned running jobs: requeue, fail or report")
-            .config_key("on_stale", Some("\"report\""), "remedy for stale waiting jobs: requeue, fail or report")
-            .config_key("max_attempts", Some("3"), "a job that already has this many attempts is failed instead of requeued")
-            .config_key("requeue_set", Some("{}"), "further columns a requeue sets: constant, { null = true }, { now = true }, { text = \"...{reason}\" }, { json = { ... } }")
-            .config_key("fail_set", Some("{}"), "further columns marking a job failed sets (an error record the application reads), in the same forms")
-            .config_key("service_user", Some("\"\""), "the user the server runs as: diagnose whether it can write the database file and directory")
+            .capabilities(&[caps::SQLITE, caps::SQLITE_WRITE, caps::PROCESSES])
+            .config::<Config>()
     }
 
     fn check(c: Config) -> Result<Vec<Finding>, Error> {
@@ -144,21 +145,11 @@ impl Plugin for JobHealth {
         let pid_sql = db_common::sql_expression("worker_pid_sql", c.worker_pid_sql.as_deref())?;
         let host_sql = db_common::sql_expression("worker_host_sql", c.worker_host_sql.as_deref())?;
         let sets = Sets::parse(&c, &cols)?;
-        let worker_match = regex("worker_match", c.worker_match.as_deref())?;
-        let format = db_common::owner_format(&c.owner_format)?;
-        let unit = db_common::time_unit(&c.time_unit)?;
-        let name_pattern = db_common::name_pattern(c.name_pattern.as_deref())?;
+        let (worker_match, format, unit) = (regex("worker_match", c.worker_match.as_deref())?, db_common::owner_format(&c.owner_format)?, db_common::time_unit(&c.time_unit)?);
+        let id = Identity { pid_sql, host_sql, worker_match, name_pattern: db_common::name_pattern(c.name_pattern.as_deref())?, format, unit };
 
-        // Then what only this host and its table can tell (a missing
-        // database is the run's error, not the policy's: validate passes it).
+        // Then what only this host and its table can tell.
         let user = opt_column(&c.service_user);
-        let problems = db_common::write_problems(&c.db, user)?;
-        // A scope names users, which only the host the policy runs on knows.
-        let scope = c.scope.compile("config: scope")?;
-        let mut findings = Vec::new();
-        if c.worker_kind == WorkerKind::Name && pid_sql.is_none() {
-            findings.push(db_common::name_only(&c.table, name_pattern.as_ref().map(|p| p.as_str()), scope.is_unscoped())?);
-        }
         let mut wanted = vec![("id_column", c.id_column.as_str()), ("status_column", c.status_column.as_str())];
         for (key, col) in [
             ("worker_column", cols.worker),
@@ -172,37 +163,31 @@ impl Plugin for JobHealth {
                 wanted.push((key, col));
             }
         }
-        require_columns(&c.db, &c.table, &wanted)?;
-        for (key, expr) in [("worker_pid_sql", &pid_sql), ("worker_host_sql", &host_sql)] {
-            if let Some(expr) = expr {
-                db_common::probe_expression(&c.db, &c.table, key, expr)?;
-            }
-        }
+        let OnHost { problems, scope, weak } = id.on_host(&c.db, &c.table, user, &c.scope, c.worker_kind, &wanted)?;
+        let mut findings: Vec<Finding> = weak.into_iter().collect();
         sets.check_table(&c)?;
-        let finder = name_pattern.as_ref().map(|pattern| NameFinder { pattern, scope: &scope });
+        let finder = id.name_finder(&scope);
         // Does the table record its workers at all? With neither a worker
         // column nor a pid expression it has declared heartbeat-only judgement.
-        let records_worker = cols.worker.is_some() || pid_sql.is_some();
+        let records_worker = cols.worker.is_some() || id.pid_sql.is_some();
         let table = ProcessTable::new(if records_worker { processes::all()? } else { Vec::new() });
         let hostname = host::hostname();
         let now_ms = host::now_unix_ms() as i64;
 
         let col = |c: Option<&str>| c.map(ident).unwrap_or_else(|| "NULL".into());
-        let expr = |e: &Option<String>| e.as_ref().map(|e| format!("({e})")).unwrap_or_else(|| "NULL".into());
         let statuses: Vec<&String> = c.running_statuses.iter().chain(&c.waiting_statuses).collect();
         let marks: Vec<String> = (1..=statuses.len()).map(|i| format!("?{i}")).collect();
-        let (t, id, status) = (ident(&c.table), ident(&c.id_column), ident(&c.status_column));
+        let (t, key, status) = (ident(&c.table), ident(&c.id_column), ident(&c.status_column));
         let rows = sqlite::query(
             &c.db,
             &format!(
-                "SELECT {id}, {status}, {w}, {hb}, {upd}, {att}, {claimed}, {pid}, {host} FROM {t} WHERE {status} IN ({marks}) ORDER BY {id}",
+                "SELECT {key}, {status}, {w}, {hb}, {upd}, {att}, {claimed}, {identity} FROM {t} WHERE {status} IN ({marks}) ORDER BY {key}",
                 w = col(cols.worker),
                 hb = col(cols.hb),
                 upd = col(cols.upd),
                 att = col(cols.att),
                 claimed = col(cols.claimed),
-                pid = expr(&pid_sql),
-                host = expr(&host_sql),
+                identity = id.select_list(),
                 marks = marks.join(", ")
             ),
             &statuses.iter().map(|s| SqlValue::Text((*s).clone())).collect::<Vec<_>>(),
@@ -211,17 +196,10 @@ impl Plugin for JobHealth {
         if let Some(f) = db_common::unwritable_finding(&c.db, user.unwrap_or_default(), &problems) {
             findings.push(f);
         }
-        let writes = Writes { c: &c, cols: &cols, pid_sql: pid_sql.as_deref(), host_sql: host_sql.as_deref(), sets: &sets, withheld: !problems.is_empty(), now_ms, unit };
-        let chk = OwnerCheck {
-            kind: c.worker_kind,
-            format: &format,
-            table: &table,
-            worker_match: worker_match.as_ref(),
-            hostname: &hostname,
-            names: finder.as_ref(),
-        };
+        let writes = Writes { c: &c, cols: &cols, id: &id, sets: &sets, withheld: !problems.is_empty(), now_ms, unit: id.unit };
+        let chk = id.owner_check(c.worker_kind, &table, &hostname, finder.as_ref());
         let skew = c.clock_skew as i64;
-        let time = |col: Option<&str>, v: &SqlValue| col.map(|_| read_at(v, unit, now_ms, skew));
+        let time = |col: Option<&str>, v: &SqlValue| col.map(|_| read_at(v, id.unit, now_ms, skew));
         let mut seen = std::collections::BTreeSet::new();
         for r in &rows.rows {
             if !seen.insert(shown(&r[0])) {
@@ -239,8 +217,8 @@ impl Plugin for JobHealth {
                 attempts: &r[5],
                 claimed: &r[6],
                 claimed_at: time(cols.claimed, &r[6]),
-                pid: pid_sql.as_ref().map(|_| &r[7]),
-                host: host_sql.as_ref().map(|_| &r[8]),
+                pid: id.pid_sql.as_ref().map(|_| &r[7]),
+                host: id.host_sql.as_ref().map(|_| &r[8]),
             };
             if c.running_statuses.contains(&job.status) {
                 findings.extend(check_running(&writes, &job, &chk, records_worker));
@@ -310,6 +288,11 @@ impl Job<'_> {
         format!("{} job {}", c.table, shown(self.id))
     }
 
+    /// A time of this job that cannot be used (unreadable, or in the future).
+    fn time_finding(&self, c: &Config, which: TimeColumn, column: Option<&str>, value: &SqlValue, trouble: &TimeTrouble, consequence: &str) -> Finding {
+        time_finding(&self.key(), &self.subject(c), which, column.unwrap_or_default(), value, trouble, consequence)
+    }
+
     /// The row's own time unit: how its times were read (for a write of "now").
     fn unit(&self) -> Option<TimeUnit> {
         [&self.heartbeat_at, &self.claimed_at, &self.updated_at].into_iter().find_map(|t| match t {
@@ -340,17 +323,7 @@ fn check_waiting(w: &Writes<'_>, job: &Job<'_>) -> Option<Finding> {
     let limit = c.stale_after?;
     let stamp = match job.updated_at.as_ref()? {
         Ok(s) => s,
-        Err(trouble) => {
-            return Some(time_finding(
-                &job.key(),
-                &job.subject(c),
-                TimeColumn::Updated,
-                w.cols.upd.unwrap_or_default(),
-                job.updated,
-                trouble,
-                "whether the job is stale cannot be told",
-            ))
-        }
+        Err(trouble) => return Some(job.time_finding(c, TimeColumn::Updated, w.cols.upd, job.updated, trouble, "whether the job is stale cannot be told")),
     };
     let age = w.now_ms - stamp.unix_ms;
     if age <= limit as i64 {
@@ -371,41 +344,18 @@ fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>, records_wo
     let mut out = Vec::new();
     // The heartbeat as read, or its own finding when it cannot be used.
     let beat = match &job.heartbeat_at {
-        Some(Ok(stamp)) => Some(stamp),
         Some(Err(trouble)) => {
-            out.push(time_finding(
-                &job.key(),
-                &job.subject(c),
-                TimeColumn::Heartbeat,
-                w.cols.hb.unwrap_or_default(),
-                job.heartbeat,
-                trouble,
-                "the job cannot be judged by its heartbeat",
-            ));
+            out.push(job.time_finding(c, TimeColumn::Heartbeat, w.cols.hb, job.heartbeat, trouble, "the job cannot be judged by its heartbeat"));
             None
         }
-        None => None,
+        beat => beat.as_ref().and_then(|b| b.as_ref().ok()),
     };
-    // A claim time proves a pid reused only when its zone is certain. An
-    // unreadable one (none, or a counter rather than a time) only withdraws
-    // that proof; one in the future is said (unit wrong?).
-    let claimed_ms = match &job.claimed_at {
-        Some(Ok(stamp)) => stamp.zoned.then_some(stamp.unix_ms),
-        Some(Err(TimeTrouble::Unreadable(_))) => None,
-        Some(Err(trouble)) => {
-            out.push(time_finding(
-                &job.key(),
-                &job.subject(c),
-                TimeColumn::Claimed,
-                w.cols.claimed.unwrap_or_default(),
-                job.claimed,
-                trouble,
-                "a reused pid cannot be told by it",
-            ));
+    let claimed_ms = job.claimed_at.as_ref().map(claim_time).and_then(|claimed| {
+        claimed.unwrap_or_else(|trouble| {
+            out.push(job.time_finding(c, TimeColumn::Claimed, w.cols.claimed, job.claimed, trouble, "a reused pid cannot be told by it"));
             None
-        }
-        None => None,
-    };
+        })
+    });
     let hb_age = beat.map(|s| w.now_ms - s.unix_ms);
     let hb_stale = matches!((c.heartbeat_timeout, hb_age), (Some(limit), Some(age)) if age > limit as i64);
     let hb_text = || {
@@ -548,37 +498,11 @@ impl Sets {
 struct Writes<'a> {
     c: &'a Config,
     cols: &'a Columns<'a>,
-    pid_sql: Option<&'a str>,
-    host_sql: Option<&'a str>,
+    id: &'a Identity,
     sets: &'a Sets,
     withheld: bool,
     now_ms: i64,
     unit: TimeUnit,
-}
-
-/// An UPDATE's SET list and its numbered parameters.
-#[derive(Default)]
-struct Statement {
-    sets: Vec<String>,
-    conds: Vec<String>,
-    params: Vec<SqlValue>,
-}
-
-impl Statement {
-    fn set(&mut self, column: &str, value: SqlValue) {
-        self.params.push(value);
-        self.sets.push(format!("{} = ?{}", ident(column), self.params.len()));
-    }
-
-    fn set_sql(&mut self, sql: String) {
-        self.sets.push(sql);
-    }
-
-    /// Compare-and-swap: `what` (a quoted column or a parenthesised expression) is still `value`.
-    fn unchanged(&mut self, what: String, value: &SqlValue) {
-        self.params.push(value.clone());
-        self.conds.push(format!("{what} IS ?{}", self.params.len()));
-    }
 }
 
 impl Writes<'_> {
@@ -607,9 +531,9 @@ impl Writes<'_> {
             return f;
         }
         if self.withheld {
-            return f.evidence("write", "withheld until the database is writable by the service user (see the unwritable finding)");
+            return f.evidence("write", WITHHELD);
         }
-        let mut st = Statement::default();
+        let mut st = Update::default();
         let description;
         let reason = match exhausted {
             true => format!("doctor: {why}; gave up after {attempts} attempt(s) (max_attempts {})", c.max_attempts),
@@ -633,7 +557,7 @@ impl Writes<'_> {
                     match now_value(unit, self.now_ms) {
                         Some(v) => st.set(u, v),
                         None => st.set_sql(format!("{} = strftime('%Y-%m-%d %H:%M:%S', 'now')", ident(u))),
-                    }
+                    };
                 }
                 description = match self.cols.att {
                     Some(_) => format!("requeue job {} as {} (attempt {} of {})", shown(job.id), c.requeue_status, attempts + 1, c.max_attempts),
@@ -657,22 +581,20 @@ impl Writes<'_> {
             st.set(column, value.bind(&facts, &|unit| self.now_in(unit, job)));
         }
         // Compare-and-swap on the row exactly as this check saw it.
-        st.unchanged(ident(&c.id_column), job.id);
-        st.unchanged(ident(&c.status_column), job.status_value);
+        st.unchanged(ident(&c.id_column), job.id.clone());
+        st.unchanged(ident(&c.status_column), job.status_value.clone());
         let cols = self.cols;
         for (column, value) in [(cols.worker, job.worker), (cols.hb, job.heartbeat), (cols.upd, job.updated), (cols.att, job.attempts), (cols.claimed, job.claimed)] {
             if let Some(column) = column {
-                st.unchanged(ident(column), value);
+                st.unchanged(ident(column), value.clone());
             }
         }
         // The identity the verdict rests on, too: a new worker's pid in the JSON means hands off.
-        for (expr, value) in [(self.pid_sql, job.pid), (self.host_sql, job.host)] {
-            if let (Some(expr), Some(value)) = (expr, value) {
-                st.unchanged(format!("({expr})"), value);
-            }
+        for (expr, value) in self.id.unchanged(job.pid.unwrap_or(&SqlValue::Null), job.host.unwrap_or(&SqlValue::Null)) {
+            st.unchanged(expr, value);
         }
-        let sql = format!("UPDATE {} SET {} WHERE {}", ident(&c.table), st.sets.join(", "), st.conds.join(" AND "));
-        f.action(Action::sql_exec(&c.db, &sql, st.params, 1), description)
+        let (sql, params) = st.build(&c.table);
+        f.action(Action::sql_exec(&c.db, &sql, params, 1), description)
     }
 
     /// What `{reason}`, `{pid}`, ... stand for in a `text` or `json` value.
@@ -695,12 +617,7 @@ impl Writes<'_> {
 }
 
 fn summary(c: &Config) -> Result<Finding, Error> {
-    let counts = sqlite::query(
-        &c.db,
-        &format!("SELECT {s}, count(*) FROM {t} GROUP BY {s} ORDER BY {s}", s = ident(&c.status_column), t = ident(&c.table)),
-        &[],
-    )?;
-    let parts: Vec<(String, i64)> = counts.rows.iter().map(|r| (shown(&r[0]), integer(&r[1]).unwrap_or(0))).collect();
+    let parts = db_common::status_counts(&c.db, &c.table, &c.status_column)?;
     let total: i64 = parts.iter().map(|(_, n)| n).sum();
     let text: Vec<String> = parts.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let mut f = Finding::info(

@@ -1,6 +1,7 @@
 //! Builders for what a plugin returns: its description and its findings.
 
 use crate::bindings::doctor::plugin::types as wit;
+use crate::processes::Process;
 use crate::{Action, Evidence, ProcessRef, Severity, Signal, SqlValue};
 
 /// What `describe()` returns: name, summary, requested capabilities, config keys.
@@ -43,6 +44,11 @@ impl Info {
         self
     }
 
+    /// Several capabilities at once, in this order.
+    pub fn capabilities(self, names: &[&str]) -> Self {
+        names.iter().fold(self, |info, name| info.capability(name))
+    }
+
     /// Declare a config key; `default` is JSON text, `None` when required.
     pub fn config_key(mut self, name: &str, default: Option<&str>, description: &str) -> Self {
         self.config.push(wit::ConfigKey {
@@ -50,6 +56,14 @@ impl Info {
             default: default.unwrap_or_default().to_string(),
             description: description.to_string(),
         });
+        self
+    }
+
+    /// Declare every key of a [`config!`](crate::config!) struct, in field order.
+    pub fn config<C: crate::config::DeclaredConfig>(mut self) -> Self {
+        for key in C::config_keys() {
+            self = self.config_key(key.name, key.default, &key.description);
+        }
         self
     }
 
@@ -109,6 +123,13 @@ impl Finding {
     /// Append an action that runs only if every earlier action of this finding succeeded.
     pub fn then(self, action: Action, description: impl Into<String>) -> Self {
         self.push_action(action, description.into(), true)
+    }
+
+    /// Append the host's TERM → `grace_ms` → KILL of `process` (pinned to
+    /// its pid and start time), described as `label: TERM, N ms grace, KILL`.
+    /// Every plugin that stops a process says it the same way.
+    pub fn stop(self, process: &Process, grace_ms: u32, label: impl std::fmt::Display) -> Self {
+        self.action(Action::stop_process(process.id, grace_ms), format!("{label}: TERM, {grace_ms} ms grace, KILL"))
     }
 
     fn push_action(mut self, action: Action, description: String, needs_previous: bool) -> Self {

@@ -9,8 +9,13 @@
 //! ```ignore
 //! use doctor_sdk::prelude::*;
 //!
-//! #[derive(serde::Deserialize)]
-//! struct Config { pattern: String }
+//! doctor_sdk::config! {
+//!     #[derive(serde::Deserialize)]
+//!     struct Config {
+//!         /// command-line pattern of a stray
+//!         pattern: String,
+//!     }
+//! }
 //!
 //! struct Strays;
 //! impl Plugin for Strays {
@@ -18,7 +23,7 @@
 //!     fn info() -> Info {
 //!         Info::new("strays", "report strays")
 //!             .capability(caps::PROCESSES)
-//!             .config_key("pattern", None, "command-line pattern of a stray")
+//!             .config::<Config>()
 //!     }
 //!     fn check(config: Config) -> Result<Vec<Finding>, Error> { Ok(vec![]) }
 //! }
@@ -38,10 +43,14 @@ pub mod bindings {
     });
 }
 
+pub mod config;
 mod finding;
+pub mod process;
 mod imports;
+pub mod inspect;
 pub mod testing;
 pub mod owner;
+pub mod ports;
 pub mod respawn;
 pub mod scope;
 pub mod time;
@@ -138,6 +147,7 @@ pub mod prelude {
         caps, containers, files, host, probe, processes, register_plugin, sockets, sqlite, Action,
         Error, Finding, Info, Plugin, ProcessRef, Severity, Signal, SqlValue,
     };
+    pub use crate::config::DeclaredConfig;
 }
 
 /// `describe()`: the plugin's info, its version defaulting to the plugin

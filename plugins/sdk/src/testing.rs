@@ -153,9 +153,7 @@ impl Facts {
             })
         })
         .on("files.stat", move |args| {
-            (args[0] == stat_path.as_str()).then(|| {
-                Ok::<_, Error>(Some(FileStat { kind: FileKind::File, size, uid: 0, gid: 0, mode: 0o644, modified_unix_ms: 0 }))
-            })
+            (args[0] == stat_path.as_str()).then_some(Ok::<_, Error>(Some(FileStat { kind: FileKind::File, size, uid: 0, gid: 0, mode: 0o644, modified_unix_ms: 0 })))
         })
     }
 
@@ -221,6 +219,33 @@ impl Facts {
             _ => None,
         })
     }
+}
+
+/// A live process for a test's table: `argv` split at spaces, parent 1,
+/// uid 0, start time 1, no cgroup. Change what a test needs with struct
+/// update syntax: `Process { ppid: 10, ..process(11, "python3 w.py") }`.
+pub fn process(pid: u32, argv: &str) -> Process {
+    Process {
+        id: crate::ProcessRef { pid, start_time: 1 },
+        ppid: 1,
+        uid: 0,
+        state: "S".into(),
+        name: argv.split(' ').next().unwrap_or_default().chars().take(15).collect(),
+        exe: None,
+        argv: argv.split(' ').map(str::to_string).collect(),
+        cgroup: None,
+        started_unix_ms: 0,
+        kernel_thread: false,
+    }
+}
+
+/// Run `f` with `facts` answering the imports: for testing a helper
+/// outside a plugin's `check` (the facts are dropped afterwards).
+pub fn answer_with<R>(facts: Facts, f: impl FnOnce() -> R) -> R {
+    CURRENT.with(|c| *c.borrow_mut() = Some(facts));
+    let result = f();
+    CURRENT.with(|c| c.borrow_mut().take());
+    result
 }
 
 /// The native side of every import (see `imports.rs`).

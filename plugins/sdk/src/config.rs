@@ -1,0 +1,136 @@
+//! A plugin's config, declared once. [`config!`](crate::config!) takes the
+//! serde struct as you would write it, with each key's description as its
+//! doc comment and its default (JSON text, as the host fills it in) after
+//! `=`, and also makes the key list that `describe()` reports. Before it,
+//! every key was written twice — a struct field and a `config_key(..)`
+//! string — and the two could drift apart.
+//!
+//! ```ignore
+//! doctor_sdk::config! {
+//!     #[derive(serde::Deserialize)]
+//!     struct Config {
+//!         /// absolute paths of the files to watch
+//!         paths: Vec<String>,
+//!         /// size above which a file is reported
+//!         max_bytes: u64 = "104857600",
+//!     }
+//! }
+//! // Info::new(..).config::<Config>()
+//! ```
+
+/// One declared config key, as `describe()` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigKey {
+    pub name: &'static str,
+    /// JSON text; None for a required key.
+    pub default: Option<&'static str>,
+    pub description: String,
+}
+
+impl ConfigKey {
+    /// `docs` are the field's `#[doc]` lines: each trimmed, joined by a space.
+    pub fn new(name: &'static str, default: Option<&'static str>, docs: &[Option<&str>]) -> ConfigKey {
+        let lines: Vec<&str> = docs.iter().flatten().map(|l| l.trim()).collect();
+        ConfigKey { name, default, description: lines.join(" ") }
+    }
+}
+
+/// A config struct made by [`config!`](crate::config!): it knows its keys.
+pub trait DeclaredConfig {
+    fn config_keys() -> Vec<ConfigKey>;
+}
+
+/// Declare a plugin's config struct and its `describe()` keys at once.
+/// See the [module](crate::config) documentation.
+#[macro_export]
+macro_rules! config {
+    (
+        $(#[$struct_attr:meta])*
+        $vis:vis struct $name:ident {
+            $(
+                $(#[$($field_attr:tt)*])*
+                $field:ident : $ty:ty $(= $default:literal)?
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$struct_attr])*
+        $vis struct $name {
+            $( $(#[$($field_attr)*])* $field: $ty, )*
+        }
+
+        impl $crate::config::DeclaredConfig for $name {
+            fn config_keys() -> ::std::vec::Vec<$crate::config::ConfigKey> {
+                ::std::vec![$(
+                    $crate::config::ConfigKey::new(
+                        ::std::stringify!($field),
+                        $crate::__config_default!($($default)?),
+                        &[$($crate::__config_doc!(#[$($field_attr)*])),*],
+                    )
+                ),*]
+            }
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __config_default {
+    () => {
+        ::std::option::Option::None
+    };
+    ($default:literal) => {
+        ::std::option::Option::Some($default)
+    };
+}
+
+/// A field attribute's doc text, or None for any other attribute (serde's).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __config_doc {
+    (#[doc = $doc:literal]) => {
+        ::std::option::Option::Some($doc)
+    };
+    (#[$($other:tt)*]) => {
+        ::std::option::Option::None
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ConfigKey, DeclaredConfig};
+    use serde::Deserialize;
+
+    crate::config! {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Example {
+            /// database label from [databases]
+            db: String,
+            /// how times are stored: auto, s, ms
+            /// (detected and stated)
+            #[serde(default)]
+            time_unit: String = r#""auto""#,
+            /// values that count as "complete"
+            complete: Vec<String> = r#"["complete", "done"]"#,
+        }
+    }
+
+    #[test]
+    fn keys_come_from_the_fields_in_order_with_docs_and_defaults() {
+        assert_eq!(
+            Example::config_keys(),
+            [
+                ConfigKey { name: "db", default: None, description: "database label from [databases]".into() },
+                ConfigKey { name: "time_unit", default: Some("\"auto\""), description: "how times are stored: auto, s, ms (detected and stated)".into() },
+                ConfigKey { name: "complete", default: Some(r#"["complete", "done"]"#), description: "values that count as \"complete\"".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn the_struct_keeps_its_serde_attributes() {
+        let e: Example = serde_json::from_str(r#"{"db": "main", "complete": []}"#).unwrap();
+        assert_eq!((e.db.as_str(), e.time_unit.as_str(), e.complete.len()), ("main", "", 0));
+        assert!(serde_json::from_str::<Example>(r#"{"db": "x", "complete": [], "nope": 1}"#).is_err());
+    }
+}
