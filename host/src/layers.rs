@@ -41,7 +41,8 @@ const STAGES: &[(&str, u8)] = &[
     ("main", 16),
 ];
 
-/// `crate::x` paths used by the non-test code of `text`.
+/// `crate::x` paths used by the non-test code of `text`, grouped imports
+/// (`crate::{a::X, b}`) and `super::`-free paths alike.
 fn imported_modules(text: &str) -> Vec<String> {
     let code = match text.find("#[cfg(test)]") {
         Some(at) => &text[..at],
@@ -50,12 +51,36 @@ fn imported_modules(text: &str) -> Vec<String> {
     let mut found = Vec::new();
     for (at, _) in code.match_indices("crate::") {
         let rest = &code[at + "crate::".len()..];
-        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-        if !name.is_empty() {
-            found.push(name);
+        match rest.strip_prefix('{') {
+            Some(group) => found.extend(top_level_names(group)),
+            None => found.extend(leading_ident(rest)),
         }
     }
     found
+}
+
+/// The first path segment of each item of a `{…}` group, up to its `}`.
+fn top_level_names(group: &str) -> Vec<String> {
+    let (mut depth, mut item_start, mut names) = (0usize, true, Vec::new());
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => item_start = true,
+            c if item_start && !c.is_whitespace() => {
+                names.extend(leading_ident(&group[i..]));
+                item_start = false;
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
+fn leading_ident(text: &str) -> Option<String> {
+    let name: String = text.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+    (!name.is_empty() && name != "self").then_some(name)
 }
 
 /// Every source file under `src/`, by the top-level module it belongs to.
@@ -132,6 +157,6 @@ fn the_architecture_doc_lists_every_module() {
 
 #[test]
 fn the_scanner_sees_imports_and_ignores_tests() {
-    let text = "use crate::plan::X;\nfn f() { crate::journal::open(); }\n#[cfg(test)]\nmod t { use crate::cli; }";
-    assert_eq!(imported_modules(text), ["plan", "journal"]);
+    let text = "use crate::plan::X;\nuse crate::{report::{a, b}, cli};\nfn f() { crate::journal::open(); }\n#[cfg(test)]\nmod t { use crate::cli; }";
+    assert_eq!(imported_modules(text), ["plan", "report", "cli", "journal"]);
 }
