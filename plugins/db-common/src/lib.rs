@@ -15,11 +15,13 @@ use regex_lite::Regex;
 use serde::{Deserialize, Deserializer};
 
 mod cas;
+mod claims;
 mod identity;
 mod prepare;
 mod set;
 mod times;
-pub use cas::{batches, Update, BATCH, MAX_BATCHES};
+pub use cas::{batched_writes, batches, Update, BATCH, MAX_BATCHES};
+pub use claims::{distinct, may_stop, Clock, Heartbeat, RowName};
 pub use prepare::{Identity, OnHost};
 pub use identity::{find_by_name, name_only, name_pattern, probe_expression, row_liveness, sql_expression, NameFinder, RowIdentity};
 pub use set::{parse_sets, Placeholders, SetValue};
@@ -43,6 +45,12 @@ pub fn table_columns(db: &str, table: &str) -> Result<Vec<String>, Error> {
         )));
     }
     Ok(columns)
+}
+
+/// The configured columns among `(config key, column)`, in order: an
+/// optional one that is absent or "" is left out.
+pub fn configured<'a>(columns: &[(&'a str, Option<&'a str>)]) -> Vec<(&'a str, &'a str)> {
+    columns.iter().filter_map(|(key, column)| Some((*key, (*column)?))).collect()
 }
 
 /// Every configured column must exist: `(config key, column name)`.
@@ -418,6 +426,33 @@ pub fn status_counts(db: &str, table: &str, status_column: &str) -> Result<Vec<(
     Ok(counts.rows.iter().map(|r| (shown(&r[0]), integer(&r[1]).unwrap_or(0))).collect())
 }
 
+/// How many rows the table holds in each status: what a state or summary finding reports.
+pub struct StatusCounts {
+    /// By status, in the status column's order.
+    pub by_status: Vec<(String, i64)>,
+    pub total: i64,
+}
+
+impl StatusCounts {
+    pub fn read(db: &str, table: &str, status_column: &str) -> Result<StatusCounts, Error> {
+        let by_status = status_counts(db, table, status_column)?;
+        Ok(StatusCounts { total: by_status.iter().map(|(_, n)| n).sum(), by_status })
+    }
+
+    /// Rows in `status`.
+    pub fn of(&self, status: &str) -> i64 {
+        self.by_status.iter().filter(|(s, _)| s == status).map(|(_, n)| *n).sum()
+    }
+
+    /// One evidence entry per status: `status pending` = 3.
+    pub fn evidence(&self, mut f: Finding) -> Finding {
+        for (status, n) in &self.by_status {
+            f = f.evidence(&format!("status {status}"), n);
+        }
+        f
+    }
+}
+
 /// An optional column: absent, null or "" means "this table has none".
 pub fn opt_column(c: &Option<String>) -> Option<&str> {
     c.as_deref().filter(|c| !c.is_empty())
@@ -499,6 +534,12 @@ mod tests {
         assert_eq!(judge(SqlValue::Integer(10), Some(SqlValue::Text("node-b".into())), None), "remote node-b");
         assert!(judge(SqlValue::Null, None, None).starts_with("unknown: worker_pid_sql gives NULL"));
         assert!(judge(SqlValue::Integer(10), Some(SqlValue::Null), None).starts_with("unknown: worker_host_sql gives no host"));
+    }
+
+    #[test]
+    fn only_configured_columns_are_required() {
+        let wanted = configured(&[("id_column", Some("id")), ("heartbeat_column", None), ("worker_column", Some("w"))]);
+        assert_eq!(wanted, [("id_column", "id"), ("worker_column", "w")]);
     }
 
     #[test]
