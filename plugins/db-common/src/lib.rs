@@ -24,7 +24,7 @@ pub use cas::{batched_writes, batches, Update, BATCH, MAX_BATCHES};
 pub use claims::{distinct, may_stop, Clock, Heartbeat, RowName};
 pub use prepare::{Identity, OnHost};
 pub use identity::{find_by_name, name_only, name_pattern, probe_expression, row_liveness, sql_expression, NameFinder, RowIdentity};
-pub use set::{parse_sets, Placeholders, SetValue};
+pub use set::{check_set_columns, parse_sets, Placeholders, SetValue};
 pub use times::{claim_time, read_at, time_finding, TimeTrouble};
 
 /// A configured table or column name, quoted as an SQL identifier.
