@@ -32,6 +32,11 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// An optional column for a SELECT list: quoted, or NULL when the table has none.
+pub fn ident_or_null(column: Option<&str>) -> String {
+    column.map(ident).unwrap_or_else(|| "NULL".into())
+}
+
 /// The table's columns; an error naming the tables there are when it is missing.
 pub fn table_columns(db: &str, table: &str) -> Result<Vec<String>, Error> {
     let rows = sqlite::query(db, "SELECT name FROM pragma_table_info(?1)", &[SqlValue::Text(table.into())])?;
@@ -419,12 +424,6 @@ pub fn opt_duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D
 /// Said in place of a write while the service's user cannot write the database.
 pub const WITHHELD: &str = "withheld until the database is writable by the service user (see the unwritable finding)";
 
-/// How many rows the table holds in each status, by status.
-pub fn status_counts(db: &str, table: &str, status_column: &str) -> Result<Vec<(String, i64)>, Error> {
-    let (s, t) = (ident(status_column), ident(table));
-    let counts = sqlite::query(db, &format!("SELECT {s}, count(*) FROM {t} GROUP BY {s} ORDER BY {s}"), &[])?;
-    Ok(counts.rows.iter().map(|r| (shown(&r[0]), integer(&r[1]).unwrap_or(0))).collect())
-}
 
 /// How many rows the table holds in each status: what a state or summary finding reports.
 pub struct StatusCounts {
@@ -435,7 +434,9 @@ pub struct StatusCounts {
 
 impl StatusCounts {
     pub fn read(db: &str, table: &str, status_column: &str) -> Result<StatusCounts, Error> {
-        let by_status = status_counts(db, table, status_column)?;
+        let (s, t) = (ident(status_column), ident(table));
+        let counts = sqlite::query(db, &format!("SELECT {s}, count(*) FROM {t} GROUP BY {s} ORDER BY {s}"), &[])?;
+        let by_status: Vec<(String, i64)> = counts.rows.iter().map(|r| (shown(&r[0]), integer(&r[1]).unwrap_or(0))).collect();
         Ok(StatusCounts { total: by_status.iter().map(|(_, n)| n).sum(), by_status })
     }
 

@@ -5,7 +5,7 @@
 //! write the database, whose users the scope names, whether every configured
 //! column and expression exists.
 
-use crate::{name_only, name_pattern, owner_format, probe_expression, regex, require_columns, sql_expression, time_unit, write_problems, NameFinder, OwnerCheck, RowIdentity, WorkerKind, WriteProblem};
+use crate::{name_only, probe_expression, require_columns, write_problems, NameFinder, OwnerCheck, RowIdentity, WorkerKind, WriteProblem};
 use doctor_sdk::owner::OwnerFormat;
 use doctor_sdk::prelude::*;
 use doctor_sdk::scope::{ProcessTable, Scope, ScopeMatcher};
@@ -14,7 +14,9 @@ use regex_lite::Regex;
 
 /// How a table's rows name their workers, parsed from the config keys both
 /// plugins share (`worker_pid_sql`, `worker_host_sql`, `worker_match`,
-/// `name_pattern`, `owner_format`, `time_unit`).
+/// `name_pattern`, `owner_format`, `time_unit`). Each plugin builds it
+/// field by field, in the order it checks its keys (a config error names
+/// the first bad key).
 pub struct Identity {
     pub pid_sql: Option<String>,
     pub host_sql: Option<String>,
@@ -34,13 +36,6 @@ pub struct OnHost {
 }
 
 impl Identity {
-    /// The shared keys, checked in this order (a config error names the first bad key).
-    pub fn parse(pid_sql: Option<&str>, host_sql: Option<&str>, worker_match: Option<&str>, pattern: Option<&str>, format: &str, unit: &str) -> Result<Identity, Error> {
-        let (pid_sql, host_sql) = (sql_expression("worker_pid_sql", pid_sql)?, sql_expression("worker_host_sql", host_sql)?);
-        let (worker_match, name_pattern) = (regex("worker_match", worker_match)?, name_pattern(pattern)?);
-        Ok(Identity { pid_sql, host_sql, worker_match, name_pattern, format: owner_format(format)?, unit: time_unit(unit)? })
-    }
-
     /// The database must exist (a missing one is the run's error, not the
     /// policy's), the scope's users must exist here, and every configured
     /// column (`(config key, column)`) and expression must be the table's.

@@ -100,8 +100,11 @@ impl Plugin for JobHealth {
         // What the config alone decides, before the database is opened (so
         // that `policy validate` says it even where the file is not yet there).
         let cols = Columns::of(&c);
-        let id = Identity::parse(c.worker_pid_sql.as_deref(), c.worker_host_sql.as_deref(), c.worker_match.as_deref(), c.name_pattern.as_deref(), &c.owner_format, &c.time_unit)?;
+        let pid_sql = db_common::sql_expression("worker_pid_sql", c.worker_pid_sql.as_deref())?;
+        let host_sql = db_common::sql_expression("worker_host_sql", c.worker_host_sql.as_deref())?;
         let sets = Sets::parse(&c, &cols)?;
+        let (worker_match, format, unit) = (db_common::regex("worker_match", c.worker_match.as_deref())?, db_common::owner_format(&c.owner_format)?, db_common::time_unit(&c.time_unit)?);
+        let id = Identity { pid_sql, host_sql, worker_match, name_pattern: db_common::name_pattern(c.name_pattern.as_deref())?, format, unit };
         // Then what only this host and its table can tell.
         let user = opt_column(&c.service_user);
         let wanted = db_common::configured(&[
@@ -117,11 +120,10 @@ impl Plugin for JobHealth {
         let table = ProcessTable::new(if records_worker { processes::all()? } else { Vec::new() });
         let (hostname, clock) = (host::hostname(), Clock::now(id.unit, c.clock_skew));
 
-        let col = |c: Option<&str>| c.map(ident).unwrap_or_else(|| "NULL".into());
         let statuses: Vec<SqlValue> = c.running_statuses.iter().chain(&c.waiting_statuses).map(|s| SqlValue::Text(s.clone())).collect();
         let marks: Vec<String> = (1..=statuses.len()).map(|i| format!("?{i}")).collect();
         let (t, key, status, identity) = (ident(&c.table), ident(&c.id_column), ident(&c.status_column), id.select_list());
-        let (w, hb, upd, att, claimed) = (col(cols.worker), col(cols.hb), col(cols.upd), col(cols.att), col(cols.claimed));
+        let [w, hb, upd, att, claimed] = [cols.worker, cols.hb, cols.upd, cols.att, cols.claimed].map(db_common::ident_or_null);
         let sql = format!("SELECT {key}, {status}, {w}, {hb}, {upd}, {att}, {claimed}, {identity} FROM {t} WHERE {status} IN ({}) ORDER BY {key}", marks.join(", "));
         let rows = sqlite::query(&c.db, &sql, &statuses)?;
         findings.extend(db_common::unwritable_finding(&c.db, user.unwrap_or_default(), &problems));

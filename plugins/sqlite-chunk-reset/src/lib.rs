@@ -11,7 +11,7 @@
 //! rows name (never every process matching a pattern). It also says why a
 //! reset would fail and reports the table as Processing / Pending / Complete / Idle.
 
-use db_common::{ident, integer, opt_column, regex, row_liveness, shown, Clock, Heartbeat, Identity, Liveness, OnHost, RowName, StatusCounts, TimeColumn, Update, WorkerKind, WITHHELD};
+use db_common::{ident, ident_or_null, integer, opt_column, regex, row_liveness, shown, Clock, Heartbeat, Identity, Liveness, OnHost, RowName, StatusCounts, TimeColumn, Update, WorkerKind, WITHHELD};
 use doctor_sdk::prelude::*;
 use doctor_sdk::process::{command_line, ProcessTable};
 use doctor_sdk::processes::Process;
@@ -67,8 +67,11 @@ impl Plugin for ChunkReset {
 
     fn check(c: Config) -> Result<Vec<Finding>, Error> {
         // What the config alone decides, before the database is opened; then what only this host and its table can tell.
-        let id = Identity::parse(c.worker_pid_sql.as_deref(), c.worker_host_sql.as_deref(), c.worker_match.as_deref(), c.name_pattern.as_deref(), &c.owner_format, &c.time_unit)?;
-        let coordinator = regex("coordinator_match", c.coordinator_match.as_deref())?;
+        let pid_sql = db_common::sql_expression("worker_pid_sql", c.worker_pid_sql.as_deref())?;
+        let host_sql = db_common::sql_expression("worker_host_sql", c.worker_host_sql.as_deref())?;
+        let (worker_match, coordinator) = (regex("worker_match", c.worker_match.as_deref())?, regex("coordinator_match", c.coordinator_match.as_deref())?);
+        let name_pattern = db_common::name_pattern(c.name_pattern.as_deref())?;
+        let id = Identity { pid_sql, host_sql, worker_match, name_pattern, format: db_common::owner_format(&c.owner_format)?, unit: db_common::time_unit(&c.time_unit)? };
         let (started_col, hb_col, user) = (opt_column(&c.started_at_column), opt_column(&c.heartbeat_column), opt_column(&c.service_user));
         let wanted = db_common::configured(&[("id_column", Some(&c.id_column)), ("status_column", Some(&c.status_column)), ("worker_column", Some(&c.worker_column)), ("started_at_column", started_col), ("heartbeat_column", hb_col)]);
         let OnHost { problems, scope, weak } = id.on_host(&c.db, &c.table, user, &c.scope, c.worker_kind, &wanted)?;
@@ -84,9 +87,8 @@ impl Plugin for ChunkReset {
             Some(re) => table.in_scope(re, &scope).next().is_none(),
             None => false,
         };
-        let col = |c: Option<&str>| c.map(ident).unwrap_or_else(|| "NULL".into());
         let (t, key, status) = (ident(&c.table), ident(&c.id_column), ident(&c.status_column));
-        let sql = format!("SELECT {key}, {}, {}, {}, {} FROM {t} WHERE {status} = ?1 ORDER BY {key}", ident(&c.worker_column), col(started_col), col(hb_col), id.select_list());
+        let sql = format!("SELECT {key}, {}, {}, {}, {} FROM {t} WHERE {status} = ?1 ORDER BY {key}", ident(&c.worker_column), ident_or_null(started_col), ident_or_null(hb_col), id.select_list());
         let running = sqlite::query(&c.db, &sql, &[SqlValue::Text(c.running_status.clone())])?;
         findings.extend(db_common::unwritable_finding(&c.db, user.unwrap_or_default(), &problems));
 
