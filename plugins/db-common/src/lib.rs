@@ -2,8 +2,9 @@
 //! `job-health`): quoting configured identifiers, checking configured
 //! columns against the real table, deciding whether a row's owner is still
 //! alive (owner formats and timestamps come from the SDK, so every plugin
-//! reads them alike), and diagnosing whether the service's user could write
-//! the database at all.
+//! reads them alike), judging a claimed row's times and heartbeat
+//! ([`claims`](crate::Clock)), compare-and-swap writes, and diagnosing
+//! whether the service's user could write the database at all.
 
 use doctor_sdk::files::FileStat;
 pub use doctor_sdk::owner::{parse_owner, OwnerFormat};

@@ -237,11 +237,14 @@ fn leftover_finding(c: &Config, l: &Leftover, scope: &ScopeMatcher) -> Finding {
 fn state_finding(c: &Config, orphaned: usize, live_running: usize, coordinator_absent: bool) -> Result<Finding, Error> {
     let counts = StatusCounts::read(&c.db, &c.table, &c.status_column)?;
     let (total, complete, pending) = (counts.total, c.complete_statuses.iter().map(|s| counts.of(s)).sum::<i64>(), counts.of(&c.pending_status));
-    let state = match () {
-        _ if live_running > 0 => "Processing",
-        _ if pending > 0 || orphaned > 0 => "Pending",
-        _ if total > 0 && complete == total => "Complete",
-        _ => "Idle",
+    let state = if live_running > 0 {
+        "Processing"
+    } else if pending > 0 || orphaned > 0 {
+        "Pending"
+    } else if total > 0 && complete == total {
+        "Complete"
+    } else {
+        "Idle"
     };
     let progress = if total > 0 { complete as f64 * 100.0 / total as f64 } else { 0.0 };
     let mut message = format!("{}: {state} — {live_running} running, {pending} pending, {complete} of {total} complete ({progress:.1}%)", c.table);
