@@ -5,7 +5,7 @@
 //! changed is `skipped`. Both database plugins build their UPDATEs here.
 
 use crate::ident;
-use doctor_sdk::SqlValue;
+use doctor_sdk::prelude::*;
 
 /// One UPDATE: its SET list, its WHERE conditions and their numbered parameters.
 #[derive(Default)]
@@ -34,6 +34,14 @@ impl Update {
     pub fn unchanged(&mut self, what: String, value: SqlValue) -> &mut Self {
         self.params.push(value);
         self.conds.push(format!("{what} IS ?{}", self.params.len()));
+        self
+    }
+
+    /// [`unchanged`](Self::unchanged) for each `(what, value)`.
+    pub fn unchanged_each(&mut self, pairs: Vec<(String, SqlValue)>) -> &mut Self {
+        for (what, value) in pairs {
+            self.unchanged(what, value);
+        }
         self
     }
 
@@ -83,6 +91,24 @@ pub fn batches<'a>(rows: impl Iterator<Item = (&'a SqlValue, &'a SqlValue)>) -> 
     out
 }
 
+/// `rows` (worker, key) written in batches (see [`batches`]) as actions of
+/// `f`: `write` makes each batch's UPDATE and its description, which may
+/// change at most that many rows. Batches beyond [`MAX_BATCHES`] are said
+/// to wait for the next run.
+pub fn batched_writes<'a>(mut f: Finding, db: &str, table: &str, rows: impl Iterator<Item = (&'a SqlValue, &'a SqlValue)>, write: impl Fn(SqlValue, Vec<SqlValue>) -> (Update, String)) -> Finding {
+    let batches = batches(rows);
+    if batches.len() > MAX_BATCHES {
+        f = f.evidence("deferred", format!("{} batch(es) wait for the next run", batches.len() - MAX_BATCHES));
+    }
+    for (worker, keys) in batches.into_iter().take(MAX_BATCHES) {
+        let n = keys.len() as u32;
+        let (update, description) = write(worker, keys);
+        let (sql, params) = update.build(table);
+        f = f.action(Action::sql_exec(db, &sql, params, n), description);
+    }
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +132,18 @@ mod tests {
         assert_eq!(out.iter().map(|(_, ids)| ids.len()).collect::<Vec<_>>(), [251, 251]);
         let many: Vec<(&SqlValue, &SqlValue)> = keys.iter().map(|k| (&a, k)).collect();
         assert_eq!(batches(many.into_iter()).iter().map(|(_, ids)| ids.len()).collect::<Vec<_>>(), [BATCH, 2]);
+    }
+
+    #[test]
+    fn batches_beyond_the_action_limit_wait() {
+        let a = SqlValue::Text("a".into());
+        let keys: Vec<SqlValue> = (0..(BATCH * (MAX_BATCHES + 1)) as i64).map(SqlValue::Integer).collect();
+        let write = |w: SqlValue, ids: Vec<SqlValue>| {
+            let mut u = Update::default();
+            u.unchanged(ident("w"), w).one_of(ident("id"), ids);
+            (u, "reset".to_string())
+        };
+        let f = batched_writes(Finding::critical("k", "s", "m"), "main", "t", keys.iter().map(|k| (&a, k)), write);
+        assert_eq!(f.action_count(), MAX_BATCHES);
     }
 }

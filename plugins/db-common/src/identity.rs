@@ -134,6 +134,18 @@ pub struct RowIdentity<'a> {
     pub host: Option<&'a SqlValue>,
 }
 
+impl RowIdentity<'_> {
+    /// The worker as a message names it: the column, then the pid and host
+    /// the expressions found (`w1@host-7 (pid 4551, host host-7)`).
+    pub fn shown(&self) -> String {
+        let found: Vec<String> = [("pid", self.pid), ("host", self.host)].into_iter().filter_map(|(what, v)| Some(format!("{what} {}", crate::shown(v?)))).collect();
+        match found.is_empty() {
+            true => crate::shown(self.worker),
+            false => format!("{} ({})", crate::shown(self.worker), found.join(", ")),
+        }
+    }
+}
+
 /// Is the row's worker alive? A pid from `worker_pid_sql` comes first (a
 /// pid is the strongest evidence), then the worker column as `worker_kind`
 /// reads it. `claimed_ms` is the row's claim time when readable with a
@@ -248,6 +260,13 @@ mod tests {
             let e = sql_expression("worker_pid_sql", Some(bad)).expect_err(bad);
             assert!(doctor_sdk::error_text(&e).starts_with("invalid: config: worker_pid_sql = "), "{bad}: {e:?}");
         }
+    }
+
+    #[test]
+    fn a_worker_is_shown_with_what_the_expressions_found() {
+        let (w, pid, host) = (SqlValue::Text("w1@h7".into()), SqlValue::Integer(4551), SqlValue::Null);
+        assert_eq!(RowIdentity { worker: &w, pid: None, host: None }.shown(), "w1@h7");
+        assert_eq!(RowIdentity { worker: &w, pid: Some(&pid), host: Some(&host) }.shown(), "w1@h7 (pid 4551, host NULL)");
     }
 
     #[test]

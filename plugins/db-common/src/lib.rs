@@ -2,8 +2,9 @@
 //! `job-health`): quoting configured identifiers, checking configured
 //! columns against the real table, deciding whether a row's owner is still
 //! alive (owner formats and timestamps come from the SDK, so every plugin
-//! reads them alike), and diagnosing whether the service's user could write
-//! the database at all.
+//! reads them alike), judging a claimed row's times and heartbeat
+//! ([`claims`](crate::Clock)), compare-and-swap writes, and diagnosing
+//! whether the service's user could write the database at all.
 
 use doctor_sdk::files::FileStat;
 pub use doctor_sdk::owner::{parse_owner, OwnerFormat};
@@ -15,19 +16,26 @@ use regex_lite::Regex;
 use serde::{Deserialize, Deserializer};
 
 mod cas;
+mod claims;
 mod identity;
 mod prepare;
 mod set;
 mod times;
-pub use cas::{batches, Update, BATCH, MAX_BATCHES};
+pub use cas::{batched_writes, batches, Update, BATCH, MAX_BATCHES};
+pub use claims::{distinct, may_stop, Clock, Heartbeat, RowName};
 pub use prepare::{Identity, OnHost};
 pub use identity::{find_by_name, name_only, name_pattern, probe_expression, row_liveness, sql_expression, NameFinder, RowIdentity};
-pub use set::{parse_sets, Placeholders, SetValue};
+pub use set::{check_set_columns, parse_sets, Placeholders, SetValue};
 pub use times::{claim_time, read_at, time_finding, TimeTrouble};
 
 /// A configured table or column name, quoted as an SQL identifier.
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// An optional column for a SELECT list: quoted, or NULL when the table has none.
+pub fn ident_or_null(column: Option<&str>) -> String {
+    column.map(ident).unwrap_or_else(|| "NULL".into())
 }
 
 /// The table's columns; an error naming the tables there are when it is missing.
@@ -43,6 +51,12 @@ pub fn table_columns(db: &str, table: &str) -> Result<Vec<String>, Error> {
         )));
     }
     Ok(columns)
+}
+
+/// The configured columns among `(config key, column)`, in order: an
+/// optional one that is absent or "" is left out.
+pub fn configured<'a>(columns: &[(&'a str, Option<&'a str>)]) -> Vec<(&'a str, &'a str)> {
+    columns.iter().filter_map(|(key, column)| Some((*key, (*column)?))).collect()
 }
 
 /// Every configured column must exist: `(config key, column name)`.
@@ -411,11 +425,34 @@ pub fn opt_duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D
 /// Said in place of a write while the service's user cannot write the database.
 pub const WITHHELD: &str = "withheld until the database is writable by the service user (see the unwritable finding)";
 
-/// How many rows the table holds in each status, by status.
-pub fn status_counts(db: &str, table: &str, status_column: &str) -> Result<Vec<(String, i64)>, Error> {
-    let (s, t) = (ident(status_column), ident(table));
-    let counts = sqlite::query(db, &format!("SELECT {s}, count(*) FROM {t} GROUP BY {s} ORDER BY {s}"), &[])?;
-    Ok(counts.rows.iter().map(|r| (shown(&r[0]), integer(&r[1]).unwrap_or(0))).collect())
+
+/// How many rows the table holds in each status: what a state or summary finding reports.
+pub struct StatusCounts {
+    /// By status, in the status column's order.
+    pub by_status: Vec<(String, i64)>,
+    pub total: i64,
+}
+
+impl StatusCounts {
+    pub fn read(db: &str, table: &str, status_column: &str) -> Result<StatusCounts, Error> {
+        let (s, t) = (ident(status_column), ident(table));
+        let counts = sqlite::query(db, &format!("SELECT {s}, count(*) FROM {t} GROUP BY {s} ORDER BY {s}"), &[])?;
+        let by_status: Vec<(String, i64)> = counts.rows.iter().map(|r| (shown(&r[0]), integer(&r[1]).unwrap_or(0))).collect();
+        Ok(StatusCounts { total: by_status.iter().map(|(_, n)| n).sum(), by_status })
+    }
+
+    /// Rows in `status`.
+    pub fn of(&self, status: &str) -> i64 {
+        self.by_status.iter().filter(|(s, _)| s == status).map(|(_, n)| *n).sum()
+    }
+
+    /// One evidence entry per status: `status pending` = 3.
+    pub fn evidence(&self, mut f: Finding) -> Finding {
+        for (status, n) in &self.by_status {
+            f = f.evidence(&format!("status {status}"), n);
+        }
+        f
+    }
 }
 
 /// An optional column: absent, null or "" means "this table has none".
@@ -499,6 +536,12 @@ mod tests {
         assert_eq!(judge(SqlValue::Integer(10), Some(SqlValue::Text("node-b".into())), None), "remote node-b");
         assert!(judge(SqlValue::Null, None, None).starts_with("unknown: worker_pid_sql gives NULL"));
         assert!(judge(SqlValue::Integer(10), Some(SqlValue::Null), None).starts_with("unknown: worker_host_sql gives no host"));
+    }
+
+    #[test]
+    fn only_configured_columns_are_required() {
+        let wanted = configured(&[("id_column", Some("id")), ("heartbeat_column", None), ("worker_column", Some("w"))]);
+        assert_eq!(wanted, [("id_column", "id"), ("worker_column", "w")]);
     }
 
     #[test]

@@ -15,7 +15,8 @@ use regex_lite::Regex;
 /// How a table's rows name their workers, parsed from the config keys both
 /// plugins share (`worker_pid_sql`, `worker_host_sql`, `worker_match`,
 /// `name_pattern`, `owner_format`, `time_unit`). Each plugin builds it
-/// field by field, in the order it checks its keys.
+/// field by field, in the order it checks its keys (a config error names
+/// the first bad key).
 pub struct Identity {
     pub pid_sql: Option<String>,
     pub host_sql: Option<String>,

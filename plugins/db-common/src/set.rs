@@ -83,6 +83,27 @@ pub fn parse_sets(key: &str, table: &BTreeMap<String, serde_json::Value>, reserv
     Ok(out)
 }
 
+/// Then, on the host: the columns each set (`(config key, its columns)`)
+/// names must be the table's, and the compare-and-swap that carries a set
+/// must change one row, so `id_column` must be the table's key. Errors are
+/// `config:` errors, so that `policy validate` places them at the policy's line.
+pub fn check_set_columns(db: &str, table: &str, id_column: &str, sets: &[(&str, &[(String, SetValue)])]) -> Result<(), Error> {
+    let columns = crate::table_columns(db, table)?;
+    for (key, list) in sets {
+        for (column, _) in list.iter() {
+            if !columns.iter().any(|have| have.eq_ignore_ascii_case(column)) {
+                return Err(Error::Invalid(format!("config: {key}.{column}: table {table:?} has no column {column:?} (columns: {})", columns.join(", "))));
+            }
+        }
+        if !list.is_empty() && !crate::is_unique(db, table, id_column)? {
+            return Err(Error::Invalid(format!(
+                "config: {key}: its compare-and-swap must change one row, but id_column = {id_column:?} is neither the primary key nor UNIQUE in table {table:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl SetValue {
     /// The value to bind, or None for SQL NULL. `now` is `table_unit`'s
     /// rendering of the current time (as a column in that unit holds it).

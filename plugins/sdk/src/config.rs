@@ -17,6 +17,20 @@
 //! }
 //! // Info::new(..).config::<Config>()
 //! ```
+//!
+//! A config of many keys may be written one line per key instead, the
+//! description as a string after the default: the same struct and the same
+//! `describe()` keys (the description also becomes the field's doc).
+//!
+//! ```ignore
+//! doctor_sdk::config! {
+//!     #[derive(serde::Deserialize)]
+//!     struct Config {
+//!         paths: Vec<String>, "absolute paths of the files to watch",
+//!         max_bytes: u64 = "104857600", "size above which a file is reported",
+//!     }
+//! }
+//! ```
 
 /// One declared config key, as `describe()` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +58,24 @@ pub trait DeclaredConfig {
 /// See the [module](crate::config) documentation.
 #[macro_export]
 macro_rules! config {
+    // One line per key: `key: Type = "default", "description",`.
+    (
+        $(#[$struct_attr:meta])*
+        $vis:vis struct $name:ident {
+            $(
+                $(#[$($field_attr:tt)*])*
+                $field:ident : $ty:ty $(= $default:literal)? , $description:literal
+            ),* $(,)?
+        }
+    ) => {
+        $crate::config! {
+            $(#[$struct_attr])*
+            $vis struct $name {
+                $( #[doc = $description] $(#[$($field_attr)*])* $field : $ty $(= $default)? ),*
+            }
+        }
+    };
+    // Doc comment per key.
     (
         $(#[$struct_attr:meta])*
         $vis:vis struct $name:ident {
@@ -125,6 +157,24 @@ mod tests {
                 ConfigKey { name: "complete", default: Some(r#"["complete", "done"]"#), description: "values that count as \"complete\"".into() },
             ]
         );
+    }
+
+    crate::config! {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Compact {
+            db: String, "database label from [databases]",
+            #[serde(default)]
+            time_unit: String = r#""auto""#, "how times are stored: auto, s, ms (detected and stated)",
+            complete: Vec<String> = r#"["complete", "done"]"#, "values that count as \"complete\"",
+        }
+    }
+
+    #[test]
+    fn one_line_per_key_declares_the_same_keys() {
+        assert_eq!(Compact::config_keys(), Example::config_keys());
+        let e: Compact = serde_json::from_str(r#"{"db": "main", "complete": []}"#).unwrap();
+        assert_eq!((e.db.as_str(), e.time_unit.as_str(), e.complete.len()), ("main", "", 0));
     }
 
     #[test]
