@@ -44,19 +44,6 @@ fn wait_gone(id: Identity, within: Duration) -> bool {
 struct Deployment {
     dir: PathBuf,
     launchers: Vec<Proc>,
-    /// What the launchers started: killing a launcher leaves its child to
-    /// init, so each is killed by identity when the deployment goes.
-    started: Vec<Identity>,
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        for &(pid, start) in &self.started {
-            if start_ticks(pid) == Some(start) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-            }
-        }
-    }
 }
 
 impl Deployment {
@@ -64,7 +51,7 @@ impl Deployment {
         let dir = s.root().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("run.sh"), "cd \"$(dirname \"$0\")\" || exit 1\n\"$@\" &\nwait\n").unwrap();
-        Deployment { dir, launchers: Vec::new(), started: Vec::new() }
+        Deployment { dir, launchers: Vec::new() }
     }
 
     fn launcher(&self) -> String {
@@ -89,7 +76,6 @@ impl Deployment {
         let p = Proc::spawn(&full);
         let child = child_of(p.pid(), becomes);
         self.launchers.push(p);
-        self.started.push(child);
         child
     }
 

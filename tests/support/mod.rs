@@ -157,7 +157,9 @@ pub fn plugin_summary<'a>(doc: &'a serde_json::Value, plugin: &str) -> &'a serde
     doc["plugins"].as_array().and_then(|a| a.iter().find(|p| p["name"] == plugin)).unwrap_or(&serde_json::Value::Null)
 }
 
-/// A child process killed (and reaped) when dropped.
+/// A child process, in a process group of its own, killed with everything
+/// it started (and reaped) when dropped: a launcher's or a respawner's
+/// children must not outlive the test, adopted by init.
 pub struct Proc {
     pub child: Child,
 }
@@ -165,8 +167,10 @@ pub struct Proc {
 impl Proc {
     /// Spawn `argv` and wait until it has exec'd (its /proc cmdline is ours no more).
     pub fn spawn(argv: &[&str]) -> Proc {
+        use std::os::unix::process::CommandExt as _;
         let child = Command::new(argv[0])
             .args(&argv[1..])
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -226,6 +230,8 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.pid() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
