@@ -178,9 +178,14 @@ impl Drop for Podman {
     /// service, and deletes the TempDir only when nothing is mounted under it:
     /// recursive removal through a live mount would delete the mount's source.
     fn drop(&mut self) {
-        let _ = self.podman(&["rm", "--all", "--force", "--time", "0"]);
+        // A loaded machine can make the first removal fail; one more try.
+        if !self.podman(&["rm", "--all", "--force", "--time", "0"]).status.success() {
+            let _ = self.podman(&["rm", "--all", "--force", "--time", "0"]);
+        }
         let _ = self.service.kill();
         let _ = self.service.wait();
+        // conmon outlives the service and writes exit files under the dir.
+        kill_processes_naming(&self.root);
         let leftovers = mounts_under(&self.root);
         for mount in leftovers.iter().rev() {
             let _ = run_bounded(
@@ -195,6 +200,33 @@ impl Drop for Podman {
                 "podman harness: mounts remain, leaving {} in place",
                 self.root.display()
             );
+            return;
+        }
+        // TempDir's own removal gives up silently on a file that appears
+        // while it runs, and a late `podman container cleanup` (spawned by
+        // conmon) can write the tree again after it: remove, wait a moment,
+        // and look again, until it stays gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut gone_twice = 0;
+        while gone_twice < 2 && Instant::now() < deadline {
+            kill_processes_naming(&self.root);
+            let _ = std::fs::remove_dir_all(&self.root);
+            std::thread::sleep(Duration::from_millis(100));
+            gone_twice = if self.root.exists() { 0 } else { gone_twice + 1 };
+        }
+    }
+}
+
+/// SIGKILL every process whose command line names `dir` (conmon, a stuck
+/// podman CLI): nothing of this harness may outlive it.
+fn kill_processes_naming(dir: &Path) {
+    let Some(needle) = dir.to_str() else { return };
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if pid != std::process::id() as i32 && String::from_utf8_lossy(&cmdline).contains(needle) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
