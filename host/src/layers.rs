@@ -43,22 +43,162 @@ const STAGES: &[(&str, u8)] = &[
     ("main", 16),
 ];
 
-/// `crate::x` paths used by the non-test code of `text`, grouped imports
-/// (`crate::{a::X, b}`) and `super::`-free paths alike.
-fn imported_modules(text: &str) -> Vec<String> {
-    let code = match text.find("#[cfg(test)]") {
-        Some(at) => &text[..at],
-        None => text,
-    };
+/// `text` with comments, string and char literals blanked (newlines kept)
+/// and every `#[cfg(test)]` item removed: only code that ships is judged.
+fn shipped_code(text: &str) -> String {
+    let mut code = blank_literals_and_comments(text);
+    for (at, end) in test_items(&code) {
+        code.replace_range(at..end, &" ".repeat(end - at));
+    }
+    code
+}
+
+/// Byte ranges of the `#[cfg(test)]` items of blanked code.
+fn test_items(blanked: &str) -> Vec<(usize, usize)> {
+    let (mut items, mut from) = (Vec::new(), 0);
+    while let Some(at) = blanked[from..].find("#[cfg(test)]").map(|i| i + from) {
+        let end = item_end(blanked, at + "#[cfg(test)]".len());
+        items.push((at, end));
+        from = end;
+    }
+    items
+}
+
+/// Where the item starting at `from` ends: after its `;`, or after the `}`
+/// matching its first `{`.
+fn item_end(code: &str, from: usize) -> usize {
+    let mut depth = 0usize;
+    for (i, c) in code[from..].char_indices() {
+        match c {
+            ';' if depth == 0 => return from + i + 1,
+            '{' => depth += 1,
+            '}' if depth <= 1 => return from + i + 1,
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    code.len()
+}
+
+fn blank_literals_and_comments(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let blank = |c: char| if c == '\n' { '\n' } else { ' ' };
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        let after_ident = i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                out.push(' ');
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            let mut depth = 0;
+            while i < chars.len() {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    if depth == 0 {
+                        out.push_str("  ");
+                        i += 2;
+                        break;
+                    }
+                }
+                out.push(blank(chars[i]));
+                i += 1;
+            }
+        } else if c == 'r' && !after_ident && matches!(next, Some('#') | Some('"')) && raw_string_hashes(&chars[i + 1..]).is_some() {
+            let hashes = raw_string_hashes(&chars[i + 1..]).unwrap_or(0);
+            let closing: Vec<char> = std::iter::once('"').chain(std::iter::repeat_n('#', hashes)).collect();
+            let start = i;
+            i += 2 + hashes;
+            while i < chars.len() && !chars[i..].starts_with(&closing) {
+                i += 1;
+            }
+            i = (i + closing.len()).min(chars.len());
+            out.extend(chars[start..i].iter().map(|&c| blank(c)));
+        } else if c == '"' {
+            out.push(' ');
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                let step = if chars[i] == '\\' { 2 } else { 1 };
+                out.extend(chars[i..(i + step).min(chars.len())].iter().map(|&c| blank(c)));
+                i += step;
+            }
+            out.push(' ');
+            i += 1;
+        } else if c == '\'' && (chars.get(i + 2) == Some(&'\'') || next == Some('\\')) {
+            // A char literal ('x', '\n', '\u{..}'), not a lifetime.
+            let start = i;
+            i += 1;
+            while i < chars.len() && chars[i] != '\'' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(chars.len());
+            out.extend(chars[start..i].iter().map(|&c| blank(c)));
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// `#`s of a raw string opening (`r"`, `r#"` …) at `rest` (after the `r`).
+fn raw_string_hashes(rest: &[char]) -> Option<usize> {
+    let hashes = rest.iter().take_while(|c| **c == '#').count();
+    (rest.get(hashes) == Some(&'"')).then_some(hashes)
+}
+
+/// The top-level modules the shipped code of a file at `depth` (1 for
+/// `x.rs` and `x/mod.rs`, 2 for `x/y.rs` …) uses: `crate::x`, grouped
+/// `crate::{a::X, b}`, and `super::` chains that climb to the crate root.
+fn imported_modules(text: &str, depth: usize) -> Vec<String> {
+    let code = shipped_code(text);
     let mut found = Vec::new();
     for (at, _) in code.match_indices("crate::") {
+        if code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == '$') {
+            continue;
+        }
         let rest = &code[at + "crate::".len()..];
         match rest.strip_prefix('{') {
             Some(group) => found.extend(top_level_names(group)),
             None => found.extend(leading_ident(rest)),
         }
     }
+    for (at, _) in code.match_indices("super::") {
+        if code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        let mut rest = &code[at..];
+        let mut climbed = 0;
+        while let Some(after) = rest.strip_prefix("super::") {
+            climbed += 1;
+            rest = after;
+        }
+        if climbed >= depth {
+            match rest.strip_prefix('{') {
+                Some(group) => found.extend(top_level_names(group).into_iter().map(|m| format!("super:{m}"))),
+                None => found.extend(leading_ident(rest).map(|m| format!("super:{m}"))),
+            }
+        }
+    }
     found
+}
+
+/// Macros defined by a stage, usable by later ones only.
+const MACROS: &[(&str, &str)] = &[("out!", "report"), ("outln!", "report"), ("errln!", "report")];
+
+fn macros_used(text: &str) -> Vec<&'static str> {
+    let code = shipped_code(text);
+    MACROS
+        .iter()
+        .filter(|(name, _)| code.match_indices(name).any(|(at, _)| !code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_')))
+        .map(|(_, owner)| *owner)
+        .collect()
 }
 
 /// The first path segment of each item of a `{…}` group, up to its `}`.
@@ -109,6 +249,16 @@ fn sources() -> BTreeMap<String, Vec<(String, String)>> {
     by_module
 }
 
+/// How deep a file's module is: 1 for `x.rs` and `x/mod.rs`, 2 for `x/y.rs`.
+fn module_depth(relative: &str) -> usize {
+    let parts = relative.split('/').count();
+    if relative.ends_with("/mod.rs") {
+        parts - 1
+    } else {
+        parts
+    }
+}
+
 #[test]
 fn every_module_imports_only_from_earlier_stages() {
     let stage: BTreeMap<&str, u8> = STAGES.iter().copied().collect();
@@ -119,13 +269,23 @@ fn every_module_imports_only_from_earlier_stages() {
             continue;
         };
         for (file, text) in files {
-            for used in imported_modules(&text) {
+            if shipped_code(&text).contains("#[path") {
+                wrong.push(format!("{file}: a #[path] module hides where its code sits in the flow"));
+            }
+            let used = imported_modules(&text, module_depth(&file));
+            // `super::` that climbs to the root names a module only if it is one.
+            let used = used.iter().filter_map(|u| match u.strip_prefix("super:") {
+                Some(name) => stage.contains_key(name).then_some(name),
+                None => Some(u.as_str()),
+            });
+            let by_macro = macros_used(&text).into_iter().map(|owner| (owner, " (through its macros)"));
+            for (used, how) in used.map(|u| (u, "")).chain(by_macro) {
                 if used == module {
                     continue;
                 }
-                match stage.get(used.as_str()) {
+                match stage.get(used) {
                     Some(&theirs) if theirs < own => {}
-                    Some(&theirs) => wrong.push(format!("{file} (stage {own}) uses crate::{used} (stage {theirs})")),
+                    Some(&theirs) => wrong.push(format!("{file} (stage {own}) uses crate::{used}{how} (stage {theirs})")),
                     None => wrong.push(format!("{file} uses crate::{used}, which has no stage")),
                 }
             }
@@ -174,14 +334,20 @@ const PLUGIN_LINE_BUDGETS: &[(&str, usize)] = &[
 /// from a file's first `#[cfg(test)]` on.
 fn plugin_lines(plugin: &str) -> usize {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins").join(plugin).join("src");
-    let mut total = 0;
-    for entry in std::fs::read_dir(&src).expect("plugin src is readable").flatten() {
-        let path = entry.path();
-        if path.file_name().is_some_and(|n| n == "tests.rs") || path.extension().is_none_or(|e| e != "rs") {
-            continue;
+    let (mut total, mut stack) = (0, vec![src]);
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("plugin src is readable").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") && path.file_name().is_some_and(|n| n != "tests.rs") {
+                let text = std::fs::read_to_string(&path).expect("plugin source is readable");
+                let blanked = blank_literals_and_comments(&text);
+                let line_of = |at: usize| blanked[..at].matches('\n').count();
+                let test_lines: usize = test_items(&blanked).iter().map(|&(at, end)| line_of(end) - line_of(at) + 1).sum();
+                total += text.lines().count() - test_lines;
+            }
         }
-        let text = std::fs::read_to_string(&path).expect("plugin source is readable");
-        total += text.lines().take_while(|l| !l.starts_with("#[cfg(test)]")).count();
     }
     total
 }
@@ -198,7 +364,20 @@ fn every_built_in_plugin_stays_within_its_line_budget() {
 }
 
 #[test]
-fn the_scanner_sees_imports_and_ignores_tests() {
-    let text = "use crate::plan::X;\nuse crate::{report::{a, b}, cli};\nfn f() { crate::journal::open(); }\n#[cfg(test)]\nmod t { use crate::cli; }";
-    assert_eq!(imported_modules(text), ["plan", "report", "cli", "journal"]);
+fn the_scanner_sees_imports_and_ignores_tests_strings_and_comments() {
+    let text = r##"use crate::plan::X;
+use crate::{report::{a, b}, cli};
+// crate::daemon in a comment
+const T: &str = "crate::demo in a string #[cfg(test)]";
+const R: &str = r#"crate::systemd in a raw string"#;
+fn f<'a>(c: char) -> bool { c == '"' || crate::journal::open() }
+#[cfg(test)]
+fn helper() { crate::manpage::x(); }
+fn after() { super::inspect::y(); outln!("x"); }
+#[cfg(test)]
+mod t { use crate::cli; }
+"##;
+    assert_eq!(imported_modules(text, 1), ["plan", "report", "cli", "journal", "super:inspect"]);
+    assert_eq!(imported_modules(text, 2), ["plan", "report", "cli", "journal"], "from x/y.rs one super:: stays inside x");
+    assert_eq!(macros_used(text), ["report"]);
 }

@@ -131,8 +131,7 @@ pub fn replay(wasm: &Path, dir: &Path) -> anyhow::Result<RunReport> {
 
     let mut caps = CapabilityContext::new(&info.name, EffectiveGrants::none(&info.name), facts, Arc::new(Mutex::new(recording.state)));
     caps.tape = Tape::replay(recording.calls);
-    let (result, _) = runtime.check(&loaded, caps, &recording.config, limits);
-    let result = result.and_then(crate::findings::from_report);
+    let (result, _) = crate::findings::check(&runtime, &loaded, caps, &recording.config, limits);
 
     let mut summary = PluginSummary::new(&info.name, 0);
     summary.loaded(&info.version, &loaded.sha256, loaded.cache.as_str());

@@ -1,12 +1,13 @@
 //! What plugins report, in the host's own terms (independent of the WIT
 //! version a plugin was built against): findings and the actions they
-//! propose. `from_plugin` turns a plugin's report into these, bounded.
+//! propose. `from_plugin` turns a plugin's report into these, bounded, and
+//! `check` is the one way to call a plugin's check so that it is.
 
 mod from_plugin;
 
-pub use from_plugin::from_report;
 
 use crate::facts::sqlite::Value;
+use crate::runtime::{Limits, LoadedComponent, PluginFailure, PluginHost, Runtime};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -114,4 +115,12 @@ impl Action {
     pub fn params_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// A plugin's `check`, its report bounded into findings: the one way the
+/// run, the re-check, `policy validate` and `plugins replay` call a plugin.
+/// The host comes back with the plugin's logs and state.
+pub fn check<H: PluginHost>(runtime: &Runtime<H>, loaded: &LoadedComponent, host: H, config_json: &str, limits: Limits) -> (Result<Vec<Finding>, PluginFailure>, Option<H>) {
+    let (report, host) = runtime.check_unbounded(loaded, host, config_json, limits);
+    (report.and_then(from_plugin::from_report), host)
 }

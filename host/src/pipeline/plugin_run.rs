@@ -65,8 +65,7 @@ pub(super) fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<Stri
     if recording.is_some() {
         caps.tape = crate::capabilities::Tape::record();
     }
-    let (result, mut caps) = runtime.check(loaded, caps, &p.config_json, limits(policy));
-    let result = result.and_then(crate::findings::from_report);
+    let (result, mut caps) = crate::findings::check(runtime, loaded, caps, &p.config_json, limits(policy));
     if let (Some(dir), Some(rec), Some(c)) = (record, recording.as_mut(), caps.as_mut()) {
         if let crate::capabilities::Tape::Record { calls, truncated, .. } = std::mem::take(&mut c.tape) {
             rec.calls = calls;
@@ -106,8 +105,7 @@ pub(super) fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<Stri
         }
         let fresh = RunFacts::new(policy.clone());
         let caps = context(&p.entry.name, grants, fresh, kv.clone());
-        let (again, caps) = runtime.check(loaded, caps, &p.config_json, limits(policy));
-        let again = again.and_then(crate::findings::from_report);
+        let (again, caps) = crate::findings::check(runtime, loaded, caps, &p.config_json, limits(policy));
         log.push_str(&logs_text(caps.as_ref()));
         match again {
             Ok(f) => {

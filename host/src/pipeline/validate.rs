@@ -50,8 +50,7 @@ fn check_configs_through_plugins(runtime: &PluginRuntime, policy: &Arc<Policy>, 
         let Ok((loaded, info)) = &p.loaded else { continue };
         let grants = EffectiveGrants::new(&p.entry.name, &info.capabilities, &p.policy.grants);
         let caps = context(&p.entry.name, grants, facts.clone(), Default::default());
-        let (result, _) = runtime.check(loaded, caps, &p.config_json, limits(policy));
-        let result = result.and_then(crate::findings::from_report);
+        let (result, _) = crate::findings::check(runtime, loaded, caps, &p.config_json, limits(policy));
         match result {
             Err(PluginFailure::Returned(text)) => {
                 if let Some(why) = text.strip_prefix("invalid: config: ") {

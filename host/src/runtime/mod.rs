@@ -193,7 +193,9 @@ impl<H: PluginHost> Runtime<H> {
     }
 
     /// Run `check`; the host comes back with the plugin's logs and state.
-    pub fn check(&self, loaded: &LoadedComponent, host: H, config_json: &str, limits: Limits) -> (Result<PluginReport, PluginFailure>, Option<H>) {
+    /// The report is as the plugin returned it, not yet bounded: callers go
+    /// through `findings::check`, which bounds it into findings.
+    pub fn check_unbounded(&self, loaded: &LoadedComponent, host: H, config_json: &str, limits: Limits) -> (Result<PluginReport, PluginFailure>, Option<H>) {
         let called = self.call(&loaded.component, host, limits, |store, component, linker| match loaded.contract {
             bindings::Contract::V0_2 => bindings::current::Plugin::instantiate(&mut *store, component, linker)?.call_check(&mut *store, config_json),
             bindings::Contract::V0_1 => {
