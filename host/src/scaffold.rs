@@ -111,10 +111,12 @@ strip = true
 
 use doctor_sdk::prelude::*;
 
-#[derive(serde::Deserialize)]
-struct Config {{
-    /// The lock file to watch.
-    lock_file: String,
+doctor_sdk::config! {{
+    #[derive(serde::Deserialize)]
+    struct Config {{
+        /// the lock file to watch
+        lock_file: String,
+    }}
 }}
 
 struct {camel};
@@ -124,10 +126,8 @@ impl Plugin for {camel} {{
 
     fn info() -> Info {{
         Info::new("{name}", "Reports a lock file whose pid is not running")
-            .capability(caps::FILES)
-            .capability(caps::PROCESSES)
-            .capability(caps::FILES_REMOVE)
-            .config_key("lock_file", None, "the lock file to watch")
+            .capabilities(&[caps::FILES, caps::PROCESSES, caps::FILES_REMOVE])
+            .config::<Config>()
     }}
 
     fn check(config: Config) -> Result<Vec<Finding>, Error> {{

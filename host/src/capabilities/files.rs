@@ -82,7 +82,7 @@ pub(crate) fn file_stat(stat: &nix::sys::stat::FileStat) -> FileStat {
         SFlag::S_IFREG => FileKind::File,
         _ => FileKind::Other,
     };
-    let modified_unix_ms = (stat.st_mtime.max(0) as u64).saturating_mul(1000) + (stat.st_mtime_nsec.max(0) as u64) / 1_000_000;
+    let modified_unix_ms = (stat.st_mtime.max(0) as u64).saturating_mul(1000).saturating_add((stat.st_mtime_nsec.max(0) as u64) / 1_000_000);
     FileStat { kind, size: stat.st_size.max(0) as u64, uid: stat.st_uid, gid: stat.st_gid, mode: stat.st_mode & 0o7777, modified_unix_ms }
 }
 

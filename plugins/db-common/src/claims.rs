@@ -22,7 +22,7 @@ pub struct Clock {
 
 impl Clock {
     pub fn now(unit: TimeUnit, skew_ms: u64) -> Clock {
-        Clock { unit, now_ms: host::now_unix_ms() as i64, skew_ms: skew_ms as i64 }
+        Clock { unit, now_ms: i64::try_from(host::now_unix_ms()).unwrap_or(i64::MAX), skew_ms: i64::try_from(skew_ms).unwrap_or(i64::MAX) }
     }
 
     /// A time a judgement may rely on: readable, and not in the future.
@@ -36,8 +36,8 @@ impl Clock {
             None => Heartbeat::NotKept,
             Some(Err(trouble)) => Heartbeat::Unusable(trouble),
             Some(Ok(stamp)) => {
-                let age = self.now_ms - stamp.unix_ms;
-                Heartbeat::Read { stale: timeout_ms.map(|limit| age > limit as i64), age, stamp }
+                let age = self.now_ms.saturating_sub(stamp.unix_ms);
+                Heartbeat::Read { stale: timeout_ms.map(|limit| age > i64::try_from(limit).unwrap_or(i64::MAX)), age, stamp }
             }
         }
     }

@@ -3,7 +3,7 @@
 //! columns against the real table, deciding whether a row's owner is still
 //! alive (owner formats and timestamps come from the SDK, so every plugin
 //! reads them alike), judging a claimed row's times and heartbeat
-//! ([`claims`](crate::Clock)), compare-and-swap writes, and diagnosing
+//! ([`Clock`], [`Heartbeat`], [`RowName`]), compare-and-swap writes, and diagnosing
 //! whether the service's user could write the database at all.
 
 use doctor_sdk::files::FileStat;
@@ -400,13 +400,30 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
         "d" => 86_400_000.0,
         other => return Err(format!("bad duration unit {other:?} in {text:?} (use ms, s, m, h, d)")),
     };
-    Ok((n * scale) as u64)
+    bounded_ms(n * scale, text)
+}
+
+/// Longer than any timeout means: 100 years, in ms. A policy number past
+/// it (or below zero) is an error, never a wrapped cast that makes every
+/// heartbeat stale.
+const MAX_DURATION_MS: f64 = 3_155_760_000_000.0;
+
+fn bounded_ms(ms: f64, text: &str) -> Result<u64, String> {
+    if !(0.0..=MAX_DURATION_MS).contains(&ms) {
+        return Err(format!("duration {text} is out of range (0 to 100 years)"));
+    }
+    Ok(ms as u64)
+}
+
+/// A number of seconds from the policy, in ms.
+fn seconds_ms(n: &serde_json::Number) -> Result<u64, String> {
+    bounded_ms(n.as_f64().unwrap_or(f64::NAN) * 1000.0, &n.to_string())
 }
 
 /// serde: a duration as seconds (number) or text, into milliseconds.
 pub fn duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Number(n) => Ok((n.as_f64().unwrap_or(0.0) * 1000.0) as u64),
+        serde_json::Value::Number(n) => seconds_ms(&n).map_err(serde::de::Error::custom),
         serde_json::Value::String(s) => parse_duration_ms(&s).map_err(serde::de::Error::custom),
         other => Err(serde::de::Error::custom(format!("expected a duration, got {other}"))),
     }
@@ -416,7 +433,7 @@ pub fn opt_duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D
     match serde_json::Value::deserialize(d)? {
         serde_json::Value::Null => Ok(None),
         serde_json::Value::String(s) if s.is_empty() => Ok(None),
-        serde_json::Value::Number(n) => Ok(Some((n.as_f64().unwrap_or(0.0) * 1000.0) as u64)),
+        serde_json::Value::Number(n) => seconds_ms(&n).map(Some).map_err(serde::de::Error::custom),
         serde_json::Value::String(s) => parse_duration_ms(&s).map(Some).map_err(serde::de::Error::custom),
         other => Err(serde::de::Error::custom(format!("expected a duration, got {other}"))),
     }
@@ -437,7 +454,8 @@ impl StatusCounts {
     pub fn read(db: &str, table: &str, status_column: &str) -> Result<StatusCounts, Error> {
         let (s, t) = (ident(status_column), ident(table));
         let counts = sqlite::query(db, &format!("SELECT {s}, count(*) FROM {t} GROUP BY {s} ORDER BY {s}"), &[])?;
-        let by_status: Vec<(String, i64)> = counts.rows.iter().map(|r| (shown(&r[0]), integer(&r[1]).unwrap_or(0))).collect();
+        // A row the host returns short (an edited recording) is skipped, never a trap.
+        let by_status: Vec<(String, i64)> = counts.rows.iter().filter_map(|r| Some((shown(r.first()?), integer(r.get(1)?).unwrap_or(0)))).collect();
         Ok(StatusCounts { total: by_status.iter().map(|(_, n)| n).sum(), by_status })
     }
 
@@ -464,6 +482,17 @@ pub fn opt_column(c: &Option<String>) -> Option<&str> {
 mod tests {
     use super::*;
     use doctor_sdk::ProcessRef;
+
+    #[test]
+    fn a_duration_below_zero_or_past_a_century_is_an_error() {
+        assert_eq!(parse_duration_ms("5m"), Ok(300_000));
+        assert!(parse_duration_ms("99999999999d").unwrap_err().contains("out of range"));
+        let negative: Result<u64, _> = duration_ms(serde_json::json!(-5));
+        assert!(negative.is_err(), "{negative:?}");
+        let huge: Result<Option<u64>, _> = opt_duration_ms(serde_json::json!(1e30));
+        assert!(huge.is_err(), "{huge:?}");
+        assert_eq!(opt_duration_ms(serde_json::json!(90)).ok(), Some(Some(90_000)));
+    }
 
     fn proc(pid: u32, start: u64, argv: &str, started_ms: u64) -> Process {
         Process { id: ProcessRef { pid, start_time: start }, started_unix_ms: started_ms, ..doctor_sdk::testing::process(pid, argv) }

@@ -184,12 +184,12 @@ struct Job<'a> {
 
 /// A waiting job nothing picked up for longer than `stale_after`.
 fn check_waiting(w: &Writes<'_>, job: &Job<'_>) -> Option<Finding> {
-    let (c, limit) = (w.c, w.c.stale_after? as i64);
+    let (c, limit) = (w.c, i64::try_from(w.c.stale_after?).unwrap_or(i64::MAX));
     let stamp = match w.cols.upd.map(|_| w.clock.read(job.updated))? {
         Ok(s) => s,
         Err(trouble) => return Some(job.name.time_finding(TimeColumn::Updated, w.cols.upd, job.updated, &trouble, "whether the job is stale cannot be told")),
     };
-    let age = w.clock.now_ms - stamp.unix_ms;
+    let age = w.clock.now_ms.saturating_sub(stamp.unix_ms);
     if age <= limit {
         return None;
     }

@@ -70,7 +70,7 @@ pub fn read_pid_file(path: Option<&str>, table: &ProcessTable, pattern: &Regex) 
         Some(p) if !pattern.is_match(&command_line(p)) => {
             PidFile::Unrelated(p.clone(), format!("its command line does not match /{}/", pattern.as_str()))
         }
-        Some(p) if p.started_unix_ms > stat.modified_unix_ms + PID_FILE_SLACK_MS => {
+        Some(p) if p.started_unix_ms > stat.modified_unix_ms.saturating_add(PID_FILE_SLACK_MS) => {
             PidFile::Unrelated(p.clone(), "it started after the PID file was written".into())
         }
         Some(_) => PidFile::Ours(pid),

@@ -1,5 +1,5 @@
-//! Which processes belong to the incident a policy describes (DESIGN §4
-//! "Scope"). A process is an instance of a target only when the deployment's
+//! Which processes belong to the incident a policy describes (the policy
+//! reference, "Scope"). A process is an instance of a target only when the deployment's
 //! own data names it (a PID file, a table row: the plugin checks those), or
 //! when it lies inside the scope the policy names here. A bare command-line
 //! pattern matches nothing: two deployments on one host run the same

@@ -58,6 +58,8 @@ pub struct Stamp {
 
 /// The Unix epoch as a julian day.
 const JULIAN_EPOCH: f64 = 2_440_587.5;
+/// 0001-01-01T00:00:00Z in unix ms.
+const FIRST_MS: i64 = -62_135_596_800_000;
 
 /// Read `value` as a time. The error text says what the value was and why it
 /// is not a time; it goes into a "heartbeat unreadable" finding.
@@ -77,13 +79,20 @@ pub fn read_time(value: &SqlValue, unit: TimeUnit) -> Result<Stamp, String> {
             TimeUnit::Iso8601 => return Err(format!("{sql_type} {n} is a number, not ISO-8601 text (time_unit = \"iso8601\")")),
             declared => declared,
         };
-        return Ok(match unit {
+        let read = match unit {
             TimeUnit::Seconds => stamp(n * 1000.0, unit, "epoch seconds"),
             TimeUnit::Millis => stamp(n, unit, "epoch milliseconds"),
             TimeUnit::Micros => stamp(n / 1000.0, unit, "epoch microseconds"),
             TimeUnit::Nanos => stamp(n / 1_000_000.0, unit, "epoch nanoseconds"),
             _ => stamp((n - JULIAN_EPOCH) * 86_400_000.0, TimeUnit::Julian, "SQLite julian day"),
-        });
+        };
+        // A number that reads as before the year 1 is no time: its age would
+        // overflow, and a verdict must not rest on it. (One far in the future
+        // is a time; the future check says the unit looks wrong.)
+        if read.unix_ms < FIRST_MS {
+            return Err(format!("{sql_type} {n} read as {} is before the year 1", read.read_as));
+        }
+        return Ok(read);
     }
     let SqlValue::Text(text) = value else { unreachable!("numbers were handled above") };
     if !matches!(unit, TimeUnit::Auto | TimeUnit::Iso8601) {
@@ -255,6 +264,14 @@ pub fn human_ms(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_number_before_the_year_one_is_no_time() {
+        let far = read_time(&SqlValue::Integer(-9_000_000_000_000_000_000), TimeUnit::Millis).expect_err("not a time");
+        assert!(far.contains("before the year 1"), "{far}");
+        assert!(read_time(&SqlValue::Real(-1e300), TimeUnit::Seconds).is_err());
+        assert!(read_time(&SqlValue::Integer(0), TimeUnit::Seconds).is_ok(), "the epoch itself is a time");
+    }
+
     use super::*;
 
     // 2026-11-30T05:00:00Z
