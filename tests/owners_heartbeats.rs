@@ -46,7 +46,7 @@ fn keys_ending(doc: &serde_json::Value, plugin: &str, suffix: &str) -> Vec<Strin
 
 /// sqlite-chunk-reset with a ten-minute heartbeat on `heartbeat_at`.
 fn chunk_policy(s: &Scenario, db: &Path, extra: &str) {
-    s.chunk_reset_policy(db, &format!("heartbeat_column = \"heartbeat_at\"\nheartbeat_timeout = \"10m\"\n{extra}"));
+    s.chunk_reset_policy(db, "", &format!("heartbeat_column = \"heartbeat_at\"\nheartbeat_timeout = \"10m\"\n{extra}"));
 }
 
 /// `rows`: (id, owner, heartbeat as an SQL expression); all `running`.

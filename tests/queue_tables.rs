@@ -502,6 +502,7 @@ fn chunk_reset_reads_the_same_shapes_pid_in_json_name_not_in_the_command_line_na
     drop(c);
     s.chunk_reset_policy(
         &db,
+        "",
         "worker_kind = \"name\"\nworker_pid_sql = \"json_extract(owner_info, '$.pid')\"\nworker_host_sql = \"json_extract(owner_info, '$.hostname')\"\nstarted_at_column = \"claimed_ns\"\nheartbeat_column = \"beat_us\"\nheartbeat_timeout = \"10m\"\n",
     );
     let (_, doc) = s.doctor_json(&["check"]);

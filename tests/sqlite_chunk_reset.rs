@@ -51,22 +51,11 @@ fn signal_grant(s: &Scenario) -> String {
     format!("grants.signal = {{ match = [\"{}\"] }}", worker_pattern(s))
 }
 
+/// The chunk table of `chunks_db`, its workers matched; `extra_config` is
+/// more config lines.
 fn policy(s: &Scenario, db: &Path, extra_grants: &str, extra_config: &str) {
-    let worker_match = worker_pattern(s);
-    s.policy(&format!(
-        r#"
-[databases.cluster]
-path = {db:?}
-
-[plugins.sqlite-chunk-reset]
-grants.processes = true
-grants.sqlite = ["cluster"]
-grants.sqlite_write = ["cluster"]
-{extra_grants}
-config = {{ db = "cluster", table = "chunks", worker_column = "assigned_worker", worker_match = "{worker_match}" {extra_config} }}
-"#,
-        db = db.display().to_string()
-    ));
+    let config = format!("table = \"chunks\"\nworker_column = \"assigned_worker\"\nworker_match = \"{}\"\n{extra_config}", worker_pattern(s));
+    s.chunk_reset_policy(db, extra_grants, &config);
 }
 
 /// A python worker that runs `sql` (with {pid}) against the database, says it
@@ -262,7 +251,7 @@ fn coordinator_absent_the_reset_comes_first_and_the_leftover_worker_is_stopped_s
         &s,
         &db,
         &signal_grant(&s),
-        &format!(", coordinator_match = \"no-such-coordinator-\\\\d{{6}}\", grace_ms = 3000, {}", my_scope()),
+        &format!("coordinator_match = \"no-such-coordinator-\\\\d{{6}}\"\ngrace_ms = 3000\n{}", my_scope()),
     );
 
     let (code, doc) = s.doctor_json(&["check"]);
@@ -297,7 +286,7 @@ fn coordinator_absent_with_signal_denied_the_reset_still_happens_and_the_stop_is
     let db = s.path("cluster.db");
     chunks_db(&db, false);
     let mut w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 7 WHERE id = 3"], &[]);
-    policy(&s, &db, "", &format!(", coordinator_match = \"no-such-coordinator-\\\\d{{6}}\", {}", my_scope()));
+    policy(&s, &db, "", &format!("coordinator_match = \"no-such-coordinator-\\\\d{{6}}\"\n{}", my_scope()));
 
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 2, "a refused stop is a failed fix: {doc:#}");
@@ -333,7 +322,7 @@ fn unwritable_setup(file_mode: u32, dir_mode: u32) -> (Scenario, PathBuf, PathBu
     chown(&dir, OTHER_UID);
     chmod(&db, file_mode);
     chmod(&dir, dir_mode);
-    policy(&s, &db, "", ", service_user = \"nobody\"");
+    policy(&s, &db, "", "service_user = \"nobody\"");
     let bytes = std::fs::read(&db).unwrap();
     (s, db, dir, bytes)
 }
@@ -389,7 +378,7 @@ fn a_write_that_would_change_more_rows_than_max_rows_is_rolled_back() {
     drop(c);
     let w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}' WHERE batch = 1"], &[]);
     kill(w);
-    policy(&s, &db, "", ", id_column = \"batch\"");
+    policy(&s, &db, "", "id_column = \"batch\"");
     let before = std::fs::read(&db).unwrap();
 
     let (code, doc) = s.doctor_json(&["fix"]);
@@ -413,7 +402,7 @@ fn a_wrong_column_name_is_a_clear_error_and_nothing_changes() {
     chunks_db(&db, false);
     let w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}' WHERE id = 1"], &[]);
     kill(w);
-    policy(&s, &db, "", ", status_column = \"state\"");
+    policy(&s, &db, "", "status_column = \"state\"");
     let before = std::fs::read(&db).unwrap();
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 3, "the doctor could not do its job: {doc:#}");
@@ -434,7 +423,7 @@ fn orphans_beyond_max_chunk_findings_are_reset_in_batched_compare_and_swaps() {
     chunks_db(&db, false);
     let w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 3"], &[]);
     kill(w);
-    policy(&s, &db, "", ", max_chunk_findings = 2");
+    policy(&s, &db, "", "max_chunk_findings = 2");
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2);
     assert_eq!(orphan_keys(&doc), vec!["chunk:chunks:1:orphaned", "chunk:chunks:2:orphaned"]);
@@ -454,7 +443,7 @@ fn a_coordinator_pattern_without_a_scope_is_not_searched_and_a_live_workers_chun
     let db = s.path("cluster.db");
     chunks_db(&db, false);
     let mut live = worker(&s, &db, "live", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 1 WHERE id = 1"], &[]);
-    policy(&s, &db, &signal_grant(&s), ", coordinator_match = \"no-such-coordinator-\\\\d{6}\"");
+    policy(&s, &db, &signal_grant(&s), "coordinator_match = \"no-such-coordinator-\\\\d{6}\"");
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 1, "a warning, nothing critical: {doc:#}");
     let f = finding(&doc, PLUGIN, "table:chunks:coordinator-unscoped").unwrap_or_else(|| panic!("{doc:#}"));

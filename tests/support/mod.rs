@@ -117,8 +117,9 @@ impl Scenario {
     }
 
     /// sqlite-chunk-reset over the SQLite file `db` (named `cluster`),
-    /// allowed to write it; `config` is more of the plugin's config lines.
-    pub fn chunk_reset_policy(&self, db: &Path, config: &str) {
+    /// allowed to write it; `grants` and `config` are more of the plugin's
+    /// grant and config lines.
+    pub fn chunk_reset_policy(&self, db: &Path, grants: &str, config: &str) {
         self.policy(&format!(
             r#"
 [databases.cluster]
@@ -128,6 +129,7 @@ path = {db:?}
 grants.processes = true
 grants.sqlite = ["cluster"]
 grants.sqlite_write = ["cluster"]
+{grants}
 
 [plugins.sqlite-chunk-reset.config]
 db = "cluster"
