@@ -184,27 +184,17 @@ fn test_failpoint_after_action() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actions::ActionContext;
-    use crate::capabilities::EffectiveGrants;
+    use crate::actions::{test_context, ActionContext};
     use crate::findings::{Action, PlannedAction, Severity};
     use crate::plan::ActionOutcome;
-    use crate::policy::{Grants, Policy, SignalGrant};
-    use std::sync::Arc;
+    use crate::policy::{Grants, SignalGrant};
 
     fn context(dir: &std::path::Path) -> ActionContext {
-        let grants = Grants {
+        test_context(Grants {
             files_remove: vec![format!("{}/*", dir.display())],
             signal: Some(SignalGrant { patterns: vec!["^true$".into()], uids: vec![] }),
             ..Default::default()
-        };
-        ActionContext {
-            plugin: "p".into(),
-            grants: EffectiveGrants::new("p", &["signal".into(), "files_remove".into()], &grants),
-            policy: Arc::new(Policy::parse(std::path::Path::new("t.toml"), "").unwrap()),
-            protected_pids: vec![std::process::id()],
-            protected_files: vec![],
-            engine: None,
-        }
+        })
     }
 
     /// Write-ahead that keeps intents in memory and checks the order.
