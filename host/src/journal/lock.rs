@@ -142,7 +142,7 @@ fn holder(path: &Path) -> Option<String> {
     let since = parts
         .next()
         .and_then(|ms| ms.parse::<u64>().ok())
-        .map(|ms| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string());
+        .map(crate::clock::rfc3339_seconds);
     let mut said = format!("pid {pid}");
     if !command.is_empty() {
         said.push_str(&format!(": {command}"));

@@ -62,8 +62,7 @@ pub fn run_human(detail: &RunDetail) -> String {
     out
 }
 
-/// Journal times (unix ms) as UTC text.
+/// Journal times (unix ms, stored as INTEGER) as UTC text.
 fn when(unix_ms: i64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(time).to_string()
+    crate::clock::rfc3339_seconds(unix_ms.max(0) as u64)
 }
