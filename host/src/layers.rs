@@ -229,24 +229,32 @@ fn leading_ident(text: &str) -> Option<String> {
 fn sources() -> BTreeMap<String, Vec<(String, String)>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut by_module: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    let mut stack = vec![src.clone()];
+    for path in rust_files(&src) {
+        let relative = path.strip_prefix(&src).expect("under src").to_string_lossy().to_string();
+        let module = relative.split(['/', '.']).next().unwrap_or_default().to_string();
+        if matches!(module.as_str(), "lib" | "layers") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("source is readable");
+        by_module.entry(module).or_default().push((relative, text));
+    }
+    by_module
+}
+
+/// Every `.rs` file under `dir`, however deep.
+fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let (mut files, mut stack) = (Vec::new(), vec![dir.to_path_buf()]);
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("src is readable").flatten() {
+        for entry in std::fs::read_dir(&dir).expect("source dir is readable").flatten() {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-                continue;
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
             }
-            let relative = path.strip_prefix(&src).expect("under src").to_string_lossy().to_string();
-            let module = relative.split(['/', '.']).next().unwrap_or_default().to_string();
-            if matches!(module.as_str(), "lib" | "layers") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).expect("source is readable");
-            by_module.entry(module).or_default().push((relative, text));
         }
     }
-    by_module
+    files
 }
 
 /// How deep a file's module is: 1 for `x.rs` and `x/mod.rs`, 2 for `x/y.rs`.
@@ -334,20 +342,13 @@ const PLUGIN_LINE_BUDGETS: &[(&str, usize)] = &[
 /// from a file's first `#[cfg(test)]` on.
 fn plugin_lines(plugin: &str) -> usize {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins").join(plugin).join("src");
-    let (mut total, mut stack) = (0, vec![src]);
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("plugin src is readable").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") && path.file_name().is_some_and(|n| n != "tests.rs") {
-                let text = std::fs::read_to_string(&path).expect("plugin source is readable");
-                let blanked = blank_literals_and_comments(&text);
-                let line_of = |at: usize| blanked[..at].matches('\n').count();
-                let test_lines: usize = test_items(&blanked).iter().map(|&(at, end)| line_of(end) - line_of(at) + 1).sum();
-                total += text.lines().count() - test_lines;
-            }
-        }
+    let mut total = 0;
+    for path in rust_files(&src).into_iter().filter(|p| p.file_name().is_some_and(|n| n != "tests.rs")) {
+        let text = std::fs::read_to_string(&path).expect("plugin source is readable");
+        let blanked = blank_literals_and_comments(&text);
+        let line_of = |at: usize| blanked[..at].matches('\n').count();
+        let test_lines: usize = test_items(&blanked).iter().map(|&(at, end)| line_of(end) - line_of(at) + 1).sum();
+        total += text.lines().count() - test_lines;
     }
     total
 }
