@@ -480,3 +480,13 @@ fn job_health_touches_only_its_own_deployments_rows() {
     assert!(alive(live[0]) && alive(live[2]), "both live workers are untouched");
     assert_eq!(std::fs::read(b.path("jobs.db")).unwrap(), b_db, "B's database is byte-identical");
 }
+
+/// The harness itself: a launcher's or a respawner's children must not
+/// outlive the test (adopted by init, they would pile up run after run).
+#[test]
+fn a_harness_process_takes_what_it_started_with_it() {
+    let launcher = Proc::spawn(&["sh", "-c", "sleep 3612 & wait"]);
+    let child = child_of(launcher.pid(), &["sleep", "3612"]);
+    drop(launcher);
+    assert!(wait_gone(child, Duration::from_secs(5)), "pid {} outlived its launcher", child.0);
+}
