@@ -14,10 +14,18 @@ const BUILTINS: &[(&str, &str)] = &[
 ];
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.parent().expect("host/ lives in the workspace root");
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest_dir
+        .parent()
+        .expect("host/ lives in the workspace root");
     let plugins = root.join("plugins");
-    for watched in ["plugins/sdk", "plugins/db-common", "plugins/Cargo.toml", "wit"] {
+    for watched in [
+        "plugins/sdk",
+        "plugins/db-common",
+        "plugins/Cargo.toml",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     for (name, _) in BUILTINS {
@@ -47,27 +55,53 @@ fn cargo_target_dir(root: &Path) -> PathBuf {
 /// WIT packages in wit/ that it loads plugins against.
 fn version_info(root: &Path) {
     let git = |args: &[&str]| {
-        Command::new("git").current_dir(root).args(args).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).filter(|c| !c.is_empty());
     if commit.is_some() {
         // A new commit must show in --version: watch HEAD and the ref it names.
-        for path in [git(&["rev-parse", "--git-path", "HEAD"]), git(&["symbolic-ref", "-q", "HEAD"]).and_then(|r| git(&["rev-parse", "--git-path", &r]))]
-            .into_iter()
-            .flatten()
+        for path in [
+            git(&["rev-parse", "--git-path", "HEAD"]),
+            git(&["symbolic-ref", "-q", "HEAD"])
+                .and_then(|r| git(&["rev-parse", "--git-path", &r])),
+        ]
+        .into_iter()
+        .flatten()
         {
             println!("cargo:rerun-if-changed={}", root.join(path).display());
         }
     }
-    println!("cargo:rustc-env=DOCTOR_GIT_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
+    println!(
+        "cargo:rustc-env=DOCTOR_GIT_COMMIT={}",
+        commit.as_deref().unwrap_or("unknown")
+    );
     let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
-    println!("cargo:rustc-env=DOCTOR_WASMTIME_VERSION={}", locked_version(&lock, "wasmtime").unwrap_or_else(|| "unknown".into()));
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
+    println!(
+        "cargo:rustc-env=DOCTOR_WASMTIME_VERSION={}",
+        locked_version(&lock, "wasmtime").unwrap_or_else(|| "unknown".into())
+    );
     let mut packages = Vec::new();
     wit_packages(&root.join("wit"), &mut packages);
     packages.sort();
     packages.dedup();
-    println!("cargo:rustc-env=DOCTOR_WIT_PACKAGES={}", if packages.is_empty() { "unknown".into() } else { packages.join(", ") });
+    println!(
+        "cargo:rustc-env=DOCTOR_WIT_PACKAGES={}",
+        if packages.is_empty() {
+            "unknown".into()
+        } else {
+            packages.join(", ")
+        }
+    );
 }
 
 /// `version = "…"` of the `[[package]]` named `name` in a Cargo.lock.
@@ -75,7 +109,11 @@ fn locked_version(lock: &str, name: &str) -> Option<String> {
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
         if line.trim() == format!("name = \"{name}\"") {
-            let version = lines.next()?.trim().strip_prefix("version = \"")?.strip_suffix('"')?;
+            let version = lines
+                .next()?
+                .trim()
+                .strip_prefix("version = \"")?
+                .strip_suffix('"')?;
             return Some(version.to_string());
         }
     }
@@ -84,14 +122,20 @@ fn locked_version(lock: &str, name: &str) -> Option<String> {
 
 /// The `package NS:NAME@VERSION;` line of every .wit file under `dir`.
 fn wit_packages(dir: &Path, out: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
             wit_packages(&path, out);
         } else if path.extension().is_some_and(|e| e == "wit") {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            out.extend(text.lines().filter_map(|l| l.trim().strip_prefix("package ")).map(|p| p.trim_end_matches(';').trim().to_string()));
+            out.extend(
+                text.lines()
+                    .filter_map(|l| l.trim().strip_prefix("package "))
+                    .map(|p| p.trim_end_matches(';').trim().to_string()),
+            );
         }
     }
 }
@@ -99,17 +143,32 @@ fn wit_packages(dir: &Path, out: &mut Vec<String>) {
 fn build_plugins(plugins: &Path, target_dir: &Path) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(plugins.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", target_dir);
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--manifest-path",
+    ])
+    .arg(plugins.join("Cargo.toml"))
+    .env("CARGO_TARGET_DIR", target_dir);
     for (name, _) in BUILTINS {
         cmd.args(["-p", name]);
     }
     // The outer build's flags and wrappers (clippy, coverage) are for the host, not wasm.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "CARGO_BUILD_TARGET"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+    ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("running cargo to build the built-in plugins");
+    let status = cmd
+        .status()
+        .expect("running cargo to build the built-in plugins");
     if !status.success() {
         panic!("building the built-in plugins failed; is the target installed? `rustup target add wasm32-wasip2`");
     }
@@ -122,7 +181,10 @@ fn embed(wasm_dir: &Path) {
         let wasm = wasm_dir.join(format!("{stem}.wasm"));
         let copy = out_dir.join(format!("{stem}.wasm"));
         std::fs::copy(&wasm, &copy).unwrap_or_else(|e| panic!("copying {}: {e}", wasm.display()));
-        table.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", copy.display().to_string()));
+        table.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?})),\n",
+            copy.display().to_string()
+        ));
     }
     table.push_str("];\n");
     std::fs::write(out_dir.join("builtin_plugins.rs"), table).expect("writing builtin_plugins.rs");

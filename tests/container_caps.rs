@@ -57,19 +57,45 @@ fn each_misconfiguration_is_reported_and_a_good_container_is_not() {
         all.extend_from_slice(&["sleep", "300"]);
         podman.create(&all)
     };
-    let with_ok = |extra: &[&str]| -> Vec<String> { ok.iter().chain(extra).map(|s| s.to_string()).collect() };
+    let with_ok =
+        |extra: &[&str]| -> Vec<String> { ok.iter().chain(extra).map(|s| s.to_string()).collect() };
     let args = with_ok(&["--cap-drop", "ALL", "-v", &volume]);
-    create("capdrop", &args.iter().map(String::as_str).collect::<Vec<_>>(), PINNED);
+    create(
+        "capdrop",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        PINNED,
+    );
     let args = with_ok(&["--health-cmd", "curl -f http://localhost/"]);
-    create("nocurl", &args.iter().map(String::as_str).collect::<Vec<_>>(), PINNED);
+    create(
+        "nocurl",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        PINNED,
+    );
     create("norestart", &["--restart", "no", "--memory", "64m"], PINNED);
     create("nomemory", &["--restart", "on-failure"], PINNED);
     let args = with_ok(&[]);
-    create("latest", &args.iter().map(String::as_str).collect::<Vec<_>>(), LATEST);
+    create(
+        "latest",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        LATEST,
+    );
     // Dropped everything but kept what its volume needs; a health check whose
     // program exists (busybox wget); restart policy, memory limit, pinned tag.
-    let args = with_ok(&["--cap-drop", "ALL", "--cap-add", "DAC_OVERRIDE", "-v", &volume, "--health-cmd", "wget -q -O- http://localhost/"]);
-    create("good", &args.iter().map(String::as_str).collect::<Vec<_>>(), PINNED);
+    let args = with_ok(&[
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "DAC_OVERRIDE",
+        "-v",
+        &volume,
+        "--health-cmd",
+        "wget -q -O- http://localhost/",
+    ]);
+    create(
+        "good",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        PINNED,
+    );
 
     let s = Scenario::new();
     policy(&s, podman.socket(), "");
@@ -77,18 +103,48 @@ fn each_misconfiguration_is_reported_and_a_good_container_is_not() {
     assert_eq!(plugin_summary(&doc, PLUGIN)["outcome"], "ok", "{doc:#}");
     assert_eq!(code, 2, "{doc:#}");
 
-    assert_eq!(keys_for(&doc, "capdrop"), set(&["cap-drop-dac-override"]), "{doc:#}");
-    assert_eq!(keys_for(&doc, "nocurl"), set(&["healthcheck-binary-missing"]), "{doc:#}");
-    assert_eq!(keys_for(&doc, "norestart"), set(&["restart-policy"]), "{doc:#}");
-    assert_eq!(keys_for(&doc, "nomemory"), set(&["memory-limit"]), "{doc:#}");
-    assert_eq!(keys_for(&doc, "latest"), set(&["image-tag-latest"]), "{doc:#}");
-    assert_eq!(keys_for(&doc, "good"), set(&[]), "a well-configured container has no finding: {doc:#}");
+    assert_eq!(
+        keys_for(&doc, "capdrop"),
+        set(&["cap-drop-dac-override"]),
+        "{doc:#}"
+    );
+    assert_eq!(
+        keys_for(&doc, "nocurl"),
+        set(&["healthcheck-binary-missing"]),
+        "{doc:#}"
+    );
+    assert_eq!(
+        keys_for(&doc, "norestart"),
+        set(&["restart-policy"]),
+        "{doc:#}"
+    );
+    assert_eq!(
+        keys_for(&doc, "nomemory"),
+        set(&["memory-limit"]),
+        "{doc:#}"
+    );
+    assert_eq!(
+        keys_for(&doc, "latest"),
+        set(&["image-tag-latest"]),
+        "{doc:#}"
+    );
+    assert_eq!(
+        keys_for(&doc, "good"),
+        set(&[]),
+        "a well-configured container has no finding: {doc:#}"
+    );
 
     let cap = finding(&doc, PLUGIN, "container:capdrop:cap-drop-dac-override").unwrap();
     assert_eq!(cap["severity"], "critical");
-    assert!(cap["message"].as_str().unwrap().contains("/data"), "{cap:#}");
+    assert!(
+        cap["message"].as_str().unwrap().contains("/data"),
+        "{cap:#}"
+    );
     let curl = finding(&doc, PLUGIN, "container:nocurl:healthcheck-binary-missing").unwrap();
-    assert!(curl["message"].as_str().unwrap().contains("curl"), "{curl:#}");
+    assert!(
+        curl["message"].as_str().unwrap().contains("curl"),
+        "{curl:#}"
+    );
     let restart = finding(&doc, PLUGIN, "container:norestart:restart-policy").unwrap();
     assert_eq!(restart["severity"], "warning");
 
@@ -102,20 +158,45 @@ fn each_misconfiguration_is_reported_and_a_good_container_is_not() {
 fn created_never_started_containers_are_not_expected_to_run_and_are_never_started() {
     let podman = Podman::start();
     podman.import_busybox(PINNED);
-    let id = podman.create(&["--name", "web-idle", "--restart", "always", "--memory", "64m", PINNED, "sleep", "300"]);
+    let id = podman.create(&[
+        "--name",
+        "web-idle",
+        "--restart",
+        "always",
+        "--memory",
+        "64m",
+        PINNED,
+        "sleep",
+        "300",
+    ]);
     let s = Scenario::new();
     policy(&s, podman.socket(), "");
     for run in ["check", "fix", "fix"] {
         let (code, doc) = s.doctor_json(&[run]);
         assert_eq!(code, 0, "{run}: existence is not intent: {doc:#}");
-        assert_eq!(keys_for(&doc, "web-idle"), set(&["never-started"]), "{run}: {doc:#}");
+        assert_eq!(
+            keys_for(&doc, "web-idle"),
+            set(&["never-started"]),
+            "{run}: {doc:#}"
+        );
         let f = finding(&doc, PLUGIN, "container:web-idle:never-started").unwrap();
         assert_eq!(f["severity"], "info");
         assert!(f["actions"].as_array().unwrap().is_empty(), "{f:#}");
     }
     let state = podman.podman(&["inspect", "--format", "{{.State.Status}}", &id]);
-    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "created", "never started by the doctor");
-    let starts: i64 = s.journal().query_row("SELECT count(*) FROM actions WHERE kind = 'container-start'", [], |r| r.get(0)).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&state.stdout).trim(),
+        "created",
+        "never started by the doctor"
+    );
+    let starts: i64 = s
+        .journal()
+        .query_row(
+            "SELECT count(*) FROM actions WHERE kind = 'container-start'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(starts, 0);
 }
 
@@ -124,11 +205,40 @@ fn created_never_started_containers_are_not_expected_to_run_and_are_never_starte
 fn created_unless_stopped_container_is_started_and_the_outcome_recorded() {
     let podman = Podman::start();
     podman.import_busybox(PINNED);
-    let id = podman.create(&["--name", "web-1", "--restart", "unless-stopped", "--memory", "64m", PINNED, "sleep", "300"]);
+    let id = podman.create(&[
+        "--name",
+        "web-1",
+        "--restart",
+        "unless-stopped",
+        "--memory",
+        "64m",
+        PINNED,
+        "sleep",
+        "300",
+    ]);
     // Outside the containers_write grant: the host refuses to start it.
-    podman.create(&["--name", "db-1", "--restart", "always", "--memory", "64m", PINNED, "sleep", "300"]);
+    podman.create(&[
+        "--name",
+        "db-1",
+        "--restart",
+        "always",
+        "--memory",
+        "64m",
+        PINNED,
+        "sleep",
+        "300",
+    ]);
     // Its program does not exist in the image: every start fails, wherever this runs.
-    podman.create(&["--name", "web-2", "--restart", "unless-stopped", "--memory", "64m", PINNED, "/bin/no-such-program"]);
+    podman.create(&[
+        "--name",
+        "web-2",
+        "--restart",
+        "unless-stopped",
+        "--memory",
+        "64m",
+        PINNED,
+        "/bin/no-such-program",
+    ]);
 
     let s = Scenario::new();
     policy(&s, podman.socket(), "");
@@ -136,8 +246,12 @@ fn created_unless_stopped_container_is_started_and_the_outcome_recorded() {
     std::fs::write(s.policy_path(), text.replace("grants.containers_write = [\"web-*\"]\n", "grants.containers_write = [\"web-*\"]\nconfig = { should_run = [\"web-*\", \"db-*\"] }\n")).unwrap();
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
-    let f = finding(&doc, PLUGIN, "container:web-1:not-running").unwrap_or_else(|| panic!("{doc:#}"));
-    assert!(f["message"].as_str().unwrap().contains("should_run"), "says why it should run: {f:#}");
+    let f =
+        finding(&doc, PLUGIN, "container:web-1:not-running").unwrap_or_else(|| panic!("{doc:#}"));
+    assert!(
+        f["message"].as_str().unwrap().contains("should_run"),
+        "says why it should run: {f:#}"
+    );
     assert_eq!(f["severity"], "critical");
     assert!(f["message"].as_str().unwrap().contains("created"), "{f:#}");
     assert_eq!(f["actions"][0]["kind"], "container-start");
@@ -147,7 +261,13 @@ fn created_unless_stopped_container_is_started_and_the_outcome_recorded() {
     assert_eq!(code, 2, "db-1 stays refused: {doc:#}");
     let refused = finding(&doc, PLUGIN, "container:db-1:not-running").unwrap();
     assert_eq!(refused["actions"][0]["outcome"], "refused", "{refused:#}");
-    assert!(refused["actions"][0]["detail"].as_str().unwrap().contains("containers_write"), "{refused:#}");
+    assert!(
+        refused["actions"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("containers_write"),
+        "{refused:#}"
+    );
 
     let f = finding(&doc, PLUGIN, "container:web-1:not-running").unwrap();
     let start = &f["actions"][0];
@@ -183,7 +303,10 @@ fn created_unless_stopped_container_is_started_and_the_outcome_recorded() {
     assert_eq!(start["outcome"], "failed", "{broken:#}");
     let detail = start["detail"].as_str().unwrap();
     eprintln!("web-2 start: {detail}");
-    assert!(detail.contains("engine answered") && detail.contains("no-such-program"), "the engine's message: {detail}");
+    assert!(
+        detail.contains("engine answered") && detail.contains("no-such-program"),
+        "the engine's message: {detail}"
+    );
     assert_eq!(broken["status"], "persisting", "{broken:#}");
 }
 
@@ -236,9 +359,21 @@ fn missing_engine_socket_is_one_clear_finding_and_other_plugins_run() {
     assert_eq!(code, 2, "{doc:#}");
     assert_one_clear_engine_finding(&doc, "no-engine.sock");
     // The other plugin is unaffected: it ran and found its stray.
-    assert_eq!(plugin_summary(&doc, "port-9403-freer")["outcome"], "ok", "{doc:#}");
-    let f = finding(&doc, "port-9403-freer", &format!("port:{port}:unexpected-owner")).unwrap_or_else(|| panic!("{doc:#}"));
-    assert!(f["message"].as_str().unwrap().contains(&format!("pid {}", stray.pid())));
+    assert_eq!(
+        plugin_summary(&doc, "port-9403-freer")["outcome"],
+        "ok",
+        "{doc:#}"
+    );
+    let f = finding(
+        &doc,
+        "port-9403-freer",
+        &format!("port:{port}:unexpected-owner"),
+    )
+    .unwrap_or_else(|| panic!("{doc:#}"));
+    assert!(f["message"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("pid {}", stray.pid())));
 }
 
 #[test]
@@ -251,6 +386,10 @@ fn engine_answering_with_an_error_is_one_clear_finding() {
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
     assert_one_clear_engine_finding(&doc, "database is locked");
-    assert_eq!(plugin_summary(&doc, "port-9403-freer")["outcome"], "ok", "{doc:#}");
+    assert_eq!(
+        plugin_summary(&doc, "port-9403-freer")["outcome"],
+        "ok",
+        "{doc:#}"
+    );
     assert!(findings(&doc, "port-9403-freer").is_empty(), "{doc:#}");
 }

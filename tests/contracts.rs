@@ -31,23 +31,46 @@ config = {{ targets = [{{ name = "w", pid_file = "{root}/stale.pid", pattern = "
     assert_eq!(code, 1, "{doc}");
     let seen = finding(&doc, "contract-v0-1", "seen").expect("the old plugin reports");
     let message = seen["message"].as_str().unwrap();
-    assert!(message.starts_with("OLD CONTRACT SAW ") && message.ends_with("READ \"hello from the old contract\""), "{message}");
-    assert!(finding(&doc, "pid-file-stop", "w:stale-pid-file").is_some(), "the current contract's plugin beside it: {doc}");
+    assert!(
+        message.starts_with("OLD CONTRACT SAW ")
+            && message.ends_with("READ \"hello from the old contract\""),
+        "{message}"
+    );
+    assert!(
+        finding(&doc, "pid-file-stop", "w:stale-pid-file").is_some(),
+        "the current contract's plugin beside it: {doc}"
+    );
 
     // Its grants hold as for any plugin: a file outside them is denied.
-    let text = std::fs::read_to_string(s.policy_path()).unwrap().replace(&format!("path = \"{root}/note.txt\""), "path = \"/etc/hostname\"");
+    let text = std::fs::read_to_string(s.policy_path()).unwrap().replace(
+        &format!("path = \"{root}/note.txt\""),
+        "path = \"/etc/hostname\"",
+    );
     std::fs::write(s.policy_path(), text).unwrap();
     let (_, doc) = s.doctor_json(&["check"]);
-    let error = plugin_summary(&doc, "contract-v0-1")["error"].as_str().unwrap_or_default().to_string();
-    assert!(error.contains("denied") && error.contains("grants.files"), "{error}");
+    let error = plugin_summary(&doc, "contract-v0-1")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("denied") && error.contains("grants.files"),
+        "{error}"
+    );
 }
 
 #[test]
 fn inspect_names_the_contract_each_plugin_was_built_against() {
     let old = test_plugins().join("contract_v0_1.wasm");
-    for (plugin, contract) in [(old.to_str().unwrap(), "doctor:plugin@0.1.0"), ("pid-file-stop", "doctor:plugin@0.2.0")] {
-        let out = Command::new(DOCTOR).args(["plugins", "inspect", plugin, "--format", "json"]).output().unwrap();
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{plugin}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    for (plugin, contract) in [
+        (old.to_str().unwrap(), "doctor:plugin@0.1.0"),
+        ("pid-file-stop", "doctor:plugin@0.2.0"),
+    ] {
+        let out = Command::new(DOCTOR)
+            .args(["plugins", "inspect", plugin, "--format", "json"])
+            .output()
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{plugin}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
         assert_eq!(doc["wit"], serde_json::json!([contract]), "{plugin}: {doc}");
         assert_eq!(doc["sha256"].as_str().map(str::len), Some(64), "{doc}");
     }

@@ -12,7 +12,12 @@ fn plan(doc: &serde_json::Value) -> Vec<(String, String, String, String)> {
     for f in findings(doc, "pid-file-stop") {
         for a in f["actions"].as_array().unwrap() {
             let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-            rows.push((text(&f["key"]), text(&a["kind"]), text(&a["outcome"]), text(&a["detail"])));
+            rows.push((
+                text(&f["key"]),
+                text(&a["kind"]),
+                text(&a["outcome"]),
+                text(&a["detail"]),
+            ));
         }
     }
     rows.sort();
@@ -56,8 +61,14 @@ pattern = "^never$"
 
     let (dry_code, dry) = s.doctor_json(&["fix", "--dry-run"]);
     let planned = plan(&dry);
-    assert!(worker.running() && s.path("old.pid").exists() && s.path("kept.pid").exists(), "a dry run touches nothing");
-    let outcomes: Vec<(&str, &str, &str)> = planned.iter().map(|(k, kind, o, _)| (k.as_str(), kind.as_str(), o.as_str())).collect();
+    assert!(
+        worker.running() && s.path("old.pid").exists() && s.path("kept.pid").exists(),
+        "a dry run touches nothing"
+    );
+    let outcomes: Vec<(&str, &str, &str)> = planned
+        .iter()
+        .map(|(k, kind, o, _)| (k.as_str(), kind.as_str(), o.as_str()))
+        .collect();
     assert_eq!(
         outcomes,
         [
@@ -68,9 +79,20 @@ pattern = "^never$"
         ],
         "{dry}"
     );
-    assert!(planned[0].3.contains("files_remove"), "the reason names the grant: {}", planned[0].3);
-    assert!(planned[3].3.contains("grants.signal"), "the reason names the grant: {}", planned[3].3);
-    assert_eq!(dry_code, 2, "a plan with refusals is critical, as the fix will be");
+    assert!(
+        planned[0].3.contains("files_remove"),
+        "the reason names the grant: {}",
+        planned[0].3
+    );
+    assert!(
+        planned[3].3.contains("grants.signal"),
+        "the reason names the grant: {}",
+        planned[3].3
+    );
+    assert_eq!(
+        dry_code, 2,
+        "a plan with refusals is critical, as the fix will be"
+    );
 
     let (fix_code, fixed) = s.doctor_json(&["fix"]);
     let done = plan(&fixed);
@@ -79,7 +101,11 @@ pattern = "^never$"
         assert_eq!((&before.0, &before.1), (&after.0, &after.1));
         match before.2.as_str() {
             "planned" => assert_eq!(after.2, "applied", "{after:?}"),
-            _ => assert_eq!((&before.2, &before.3), (&after.2, &after.3), "dry run and fix agree, reason included"),
+            _ => assert_eq!(
+                (&before.2, &before.3),
+                (&after.2, &after.3),
+                "dry run and fix agree, reason included"
+            ),
         }
     }
     assert_eq!(fix_code, dry_code);

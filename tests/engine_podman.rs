@@ -261,7 +261,15 @@ fn harness_drop_removes_running_containers_and_state() {
     let started = podman.podman(&["start", &id]).status.success();
     let dir = podman.dir().to_path_buf();
     drop(podman);
-    assert!(!dir.exists(), "{} left behind (container started: {started})", dir.display());
+    assert!(
+        !dir.exists(),
+        "{} left behind (container started: {started})",
+        dir.display()
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    assert!(!mounts.contains(dir.to_str().expect("utf-8")), "mounts left under {}", dir.display());
+    assert!(
+        !mounts.contains(dir.to_str().expect("utf-8")),
+        "mounts left under {}",
+        dir.display()
+    );
 }

@@ -16,7 +16,10 @@ use support::*;
 /// `grants`, beside pid-file-stop reporting one stale PID file.
 fn attack(doctor_extra: &str, grants: &str, config: &str) -> Scenario {
     let s = Scenario::new();
-    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    s.install_plugin(
+        "hostile-attacks",
+        &test_plugins().join("hostile_attacks.wasm"),
+    );
     aim(&s, doctor_extra, grants, config);
     s
 }
@@ -43,13 +46,18 @@ config = {{ {config} }}
 
 /// The well-behaved plugin's finding survived whatever the attack did.
 fn bystander_intact(doc: &serde_json::Value) {
-    assert!(finding(doc, "pid-file-stop", "w:stale-pid-file").is_some(), "pid-file-stop still reports: {doc}");
+    assert!(
+        finding(doc, "pid-file-stop", "w:stale-pid-file").is_some(),
+        "pid-file-stop still reports: {doc}"
+    );
     assert_eq!(plugin_summary(doc, "pid-file-stop")["outcome"], "ok");
 }
 
 /// What the attack's finding says (read attacks report the host's answer).
 fn said(doc: &serde_json::Value, attack: &str) -> String {
-    finding(doc, "hostile-attacks", attack).map(|f| f["message"].as_str().unwrap_or_default().to_string()).unwrap_or_default()
+    finding(doc, "hostile-attacks", attack)
+        .map(|f| f["message"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
 }
 
 /// The outcome and detail of each action of the attack's finding, from the journal.
@@ -58,7 +66,10 @@ fn journaled_actions(s: &Scenario, attack: &str) -> Vec<(String, String)> {
     let mut stmt = conn
         .prepare("SELECT outcome, detail FROM actions WHERE plugin = 'hostile-attacks' AND finding_key = ?1 ORDER BY id")
         .unwrap();
-    stmt.query_map([attack], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+    stmt.query_map([attack], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 fn plugin_error(s: &Scenario, plugin: &str) -> String {
@@ -69,7 +80,14 @@ fn plugin_error(s: &Scenario, plugin: &str) -> String {
 
 fn task_start_time(pid: u32, tid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
-    stat.rsplit(')').next().unwrap().split_whitespace().nth(19).unwrap().parse().unwrap()
+    stat.rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 // ---------------------------------------------------------------- signals
@@ -95,7 +113,10 @@ fn a_thread_of_doctors_multithreaded_parent_is_never_signalled() {
     assert_eq!(code, 2, "a refused fix is critical: {doc}");
     let actions = journaled_actions(&s, "stop");
     assert_eq!(actions[0].0, "refused", "{actions:?}");
-    assert!(actions[0].1.contains("ancestors"), "the refusal says why: {actions:?}");
+    assert!(
+        actions[0].1.contains("ancestors"),
+        "the refusal says why: {actions:?}"
+    );
     bystander_intact(&doc);
     stop_tx.send(()).unwrap();
     worker.join().unwrap();
@@ -118,12 +139,21 @@ fn a_thread_of_an_unrelated_process_is_refused_and_its_process_lives() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let start = task_start_time(victim.pid(), tid);
-    let s = attack("", "grants.processes = true\ngrants.signal = { match = [\"python3\"] }", &format!("attack = \"stop\", pid = {tid}, start_time = {start}"));
+    let s = attack(
+        "",
+        "grants.processes = true\ngrants.signal = { match = [\"python3\"] }",
+        &format!("attack = \"stop\", pid = {tid}, start_time = {start}"),
+    );
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 2, "{doc}");
     let actions = journaled_actions(&s, "stop");
     assert_eq!(actions[0].0, "refused", "{actions:?}");
-    assert!(actions[0].1.contains(&format!("thread of process {}", victim.pid())), "{actions:?}");
+    assert!(
+        actions[0]
+            .1
+            .contains(&format!("thread of process {}", victim.pid())),
+        "{actions:?}"
+    );
     assert!(victim.running(), "the thread's process was not signalled");
     bystander_intact(&doc);
 }
@@ -133,17 +163,27 @@ fn a_thread_of_an_unrelated_process_is_refused_and_its_process_lives() {
 #[test]
 fn a_fifo_that_blocks_the_host_cannot_buy_time_to_swap_a_parent_for_a_symlink() {
     let s = Scenario::new();
-    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    s.install_plugin(
+        "hostile-attacks",
+        &test_plugins().join("hostile_attacks.wasm"),
+    );
     let root = s.root();
     std::fs::create_dir_all(root.join("run/a")).unwrap();
     std::fs::create_dir_all(root.join("outside")).unwrap();
-    nix::unistd::mkfifo(&root.join("run/a/x.pid"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    nix::unistd::mkfifo(
+        &root.join("run/a/x.pid"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
     std::fs::write(root.join("outside/x.pid"), "outside the grant\n").unwrap();
     aim(
         &s,
         "",
         &format!("grants.files_remove = [\"{}/run/*/x.pid\"]", root.display()),
-        &format!("attack = \"remove\", paths = [\"{}/run/a/x.pid\"]", root.display()),
+        &format!(
+            "attack = \"remove\", paths = [\"{}/run/a/x.pid\"]",
+            root.display()
+        ),
     );
     // While doctor runs: swap run/a for a symlink to outside/, then open the
     // FIFO for writing (through its new name) to release a blocked reader.
@@ -161,7 +201,10 @@ fn a_fifo_that_blocks_the_host_cannot_buy_time_to_swap_a_parent_for_a_symlink() 
     };
     let (code, doc) = s.doctor_json(&["fix"]);
     swapper.join().unwrap();
-    assert!(root.join("outside/x.pid").exists(), "the file outside the grant is still there");
+    assert!(
+        root.join("outside/x.pid").exists(),
+        "the file outside the grant is still there"
+    );
     let actions = journaled_actions(&s, "remove");
     assert_eq!(actions[0].0, "refused", "{actions:?}");
     assert!(actions[0].1.contains("FIFO"), "{actions:?}");
@@ -182,7 +225,10 @@ impl NonBlock for std::fs::OpenOptions {
 #[test]
 fn a_symlinked_directory_inside_a_removal_grant_is_not_followed() {
     let s = Scenario::new();
-    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    s.install_plugin(
+        "hostile-attacks",
+        &test_plugins().join("hostile_attacks.wasm"),
+    );
     let root = s.root();
     std::fs::create_dir_all(root.join("run")).unwrap();
     std::fs::create_dir_all(root.join("outside")).unwrap();
@@ -192,7 +238,10 @@ fn a_symlinked_directory_inside_a_removal_grant_is_not_followed() {
         &s,
         "",
         &format!("grants.files_remove = [\"{}/run/*/x.pid\"]", root.display()),
-        &format!("attack = \"remove\", paths = [\"{}/run/b/x.pid\"]", root.display()),
+        &format!(
+            "attack = \"remove\", paths = [\"{}/run/b/x.pid\"]",
+            root.display()
+        ),
     );
     let (code, doc) = s.doctor_json(&["fix"]);
     assert!(root.join("outside/x.pid").exists());
@@ -205,34 +254,65 @@ fn a_symlinked_directory_inside_a_removal_grant_is_not_followed() {
 #[test]
 fn doctors_own_journal_and_lock_are_never_removed_even_through_a_hard_link() {
     let s = Scenario::new();
-    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    s.install_plugin(
+        "hostile-attacks",
+        &test_plugins().join("hostile_attacks.wasm"),
+    );
     let root = s.root();
     // A first run creates the journal; then plant a hard link to it.
     aim(&s, "", "", "attack = \"read\"");
     s.doctor(&["check"]);
     std::fs::create_dir_all(root.join("granted")).unwrap();
     std::fs::hard_link(root.join("journal.db"), root.join("granted/copy.db")).unwrap();
-    let targets: Vec<String> = ["journal.db", "journal.db-wal", "journal.db-shm", "journal.db.lock", "granted/copy.db"]
-        .iter()
-        .map(|n| format!("\"{}/{n}\"", root.display()))
-        .collect();
+    let targets: Vec<String> = [
+        "journal.db",
+        "journal.db-wal",
+        "journal.db-shm",
+        "journal.db.lock",
+        "granted/copy.db",
+    ]
+    .iter()
+    .map(|n| format!("\"{}/{n}\"", root.display()))
+    .collect();
     aim(
         &s,
         "",
-        &format!("grants.files_remove = [\"{0}/*\", \"{0}/granted/*\"]", root.display()),
+        &format!(
+            "grants.files_remove = [\"{0}/*\", \"{0}/granted/*\"]",
+            root.display()
+        ),
         &format!("attack = \"remove\", paths = [{}]", targets.join(", ")),
     );
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 2, "{doc}");
     let actions = journaled_actions(&s, "remove");
     // The journal and lock exist during the run: each removal refused by the guard.
-    for (i, name) in ["journal.db", "journal.db.lock", "granted/copy.db"].iter().enumerate() {
-        let seq = if i == 0 { 0 } else if i == 1 { 3 } else { 4 };
+    for (i, name) in ["journal.db", "journal.db.lock", "granted/copy.db"]
+        .iter()
+        .enumerate()
+    {
+        let seq = if i == 0 {
+            0
+        } else if i == 1 {
+            3
+        } else {
+            4
+        };
         assert_eq!(actions[seq].0, "refused", "{name}: {actions:?}");
-        assert!(actions[seq].1.contains("doctor's own journal"), "{name}: {actions:?}");
+        assert!(
+            actions[seq].1.contains("doctor's own journal"),
+            "{name}: {actions:?}"
+        );
     }
-    assert!(root.join("journal.db").exists() && root.join("journal.db.lock").exists() && root.join("granted/copy.db").exists());
-    let ok: String = s.journal().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert!(
+        root.join("journal.db").exists()
+            && root.join("journal.db.lock").exists()
+            && root.join("granted/copy.db").exists()
+    );
+    let ok: String = s
+        .journal()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(ok, "ok");
 }
 
@@ -240,13 +320,32 @@ fn doctors_own_journal_and_lock_are_never_removed_even_through_a_hard_link() {
 fn fifos_and_devices_inside_a_read_grant_are_refused_not_waited_on() {
     let s = attack("", "", "attack = \"read\"");
     let root = s.root();
-    nix::unistd::mkfifo(&root.join("f.fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    for (path, kind) in [(root.join("f.fifo").display().to_string(), "FIFO"), ("/dev/zero".to_string(), "character device")] {
-        aim(&s, "", &format!("grants.files = [\"{path}\"]"), &format!("attack = \"read\", path = \"{path}\""));
+    nix::unistd::mkfifo(
+        &root.join("f.fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    for (path, kind) in [
+        (root.join("f.fifo").display().to_string(), "FIFO"),
+        ("/dev/zero".to_string(), "character device"),
+    ] {
+        aim(
+            &s,
+            "",
+            &format!("grants.files = [\"{path}\"]"),
+            &format!("attack = \"read\", path = \"{path}\""),
+        );
         let (code, doc) = s.doctor_json(&["check"]);
         let answer = said(&doc, "read");
-        assert!(answer.starts_with("invalid:") && answer.contains(&format!("is a {kind}, not a regular file")), "{path}: {answer}");
-        assert_eq!(code, 1, "the attack's finding is a warning, nothing hung: {doc}");
+        assert!(
+            answer.starts_with("invalid:")
+                && answer.contains(&format!("is a {kind}, not a regular file")),
+            "{path}: {answer}"
+        );
+        assert_eq!(
+            code, 1,
+            "the attack's finding is a warning, nothing hung: {doc}"
+        );
         bystander_intact(&doc);
     }
 }
@@ -262,7 +361,10 @@ fn reads_are_capped_by_the_policy_whatever_max_bytes_asks() {
     aim(&s, "", &grants, &config);
     let (_, doc) = s.doctor_json(&["check"]);
     let answer = said(&doc, "read");
-    assert!(answer.starts_with("limit:") && answer.contains("file_read_max 1048576"), "{answer}");
+    assert!(
+        answer.starts_with("limit:") && answer.contains("file_read_max 1048576"),
+        "{answer}"
+    );
     aim(&s, "file_read_max = \"4MiB\"", &grants, &config);
     let (_, doc) = s.doctor_json(&["check"]);
     assert_eq!(said(&doc, "read"), format!("READ {} BYTES", 2 << 20));
@@ -272,44 +374,77 @@ fn reads_are_capped_by_the_policy_whatever_max_bytes_asks() {
 
 fn database(s: &Scenario, name: &str, sql: &str) -> std::path::PathBuf {
     let path = s.root().join(name);
-    rusqlite::Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
     path
 }
 
 #[test]
 fn a_database_label_behind_a_symlink_is_neither_read_nor_written() {
     let s = Scenario::new();
-    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
-    let secret = database(&s, "secret.db", "CREATE TABLE s(v); INSERT INTO s VALUES ('root only');");
+    s.install_plugin(
+        "hostile-attacks",
+        &test_plugins().join("hostile_attacks.wasm"),
+    );
+    let secret = database(
+        &s,
+        "secret.db",
+        "CREATE TABLE s(v); INSERT INTO s VALUES ('root only');",
+    );
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let link = s.root().join("app.db");
     std::os::unix::fs::symlink(&secret, &link).unwrap();
     let write = |attack: &str, sql: &str| {
-        db_policy(&s, "", &link, &format!("attack = \"{attack}\", db = \"app\", sql = \"{sql}\""));
+        db_policy(
+            &s,
+            "",
+            &link,
+            &format!("attack = \"{attack}\", db = \"app\", sql = \"{sql}\""),
+        );
         s.doctor_json(&["fix"])
     };
     let (_, doc) = write("query", "SELECT v FROM s");
     let answer = said(&doc, "query");
-    assert!(answer.starts_with("denied:") && answer.contains("is a symlink"), "{answer}");
+    assert!(
+        answer.starts_with("denied:") && answer.contains("is a symlink"),
+        "{answer}"
+    );
     let (code, doc) = write("sql-exec", "DELETE FROM s");
     assert_eq!(code, 2, "{doc}");
     let actions = journaled_actions(&s, "sql-exec");
     assert_eq!(actions[0].0, "refused", "{actions:?}");
-    let rows: i64 = rusqlite::Connection::open(&secret).unwrap().query_row("SELECT count(*) FROM s", [], |r| r.get(0)).unwrap();
+    let rows: i64 = rusqlite::Connection::open(&secret)
+        .unwrap()
+        .query_row("SELECT count(*) FROM s", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(rows, 1, "nothing deleted through the link");
     bystander_intact(&doc);
 }
 
 fn db_policy(s: &Scenario, doctor_extra: &str, path: &Path, config: &str) {
-    aim(s, doctor_extra, "grants.sqlite = [\"app\"]\ngrants.sqlite_write = [\"app\"]", config);
+    aim(
+        s,
+        doctor_extra,
+        "grants.sqlite = [\"app\"]\ngrants.sqlite_write = [\"app\"]",
+        config,
+    );
     let text = std::fs::read_to_string(s.policy_path()).unwrap();
-    std::fs::write(s.policy_path(), format!("{text}\n[databases.app]\npath = \"{}\"\n", path.display())).unwrap();
+    std::fs::write(
+        s.policy_path(),
+        format!("{text}\n[databases.app]\npath = \"{}\"\n", path.display()),
+    )
+    .unwrap();
 }
 
 #[test]
 fn max_rows_counts_the_rows_a_trigger_changes() {
     let s = Scenario::new();
-    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    s.install_plugin(
+        "hostile-attacks",
+        &test_plugins().join("hostile_attacks.wasm"),
+    );
     let path = database(
         &s,
         "app.db",
@@ -322,33 +457,71 @@ fn max_rows_counts_the_rows_a_trigger_changes() {
     assert_eq!(code, 2, "{doc}");
     let actions = journaled_actions(&s, "sql-exec");
     assert_eq!(actions[0].0, "failed", "{actions:?}");
-    assert!(actions[0].1.contains("would change 51 rows, more than max-rows 1"), "{actions:?}");
+    assert!(
+        actions[0]
+            .1
+            .contains("would change 51 rows, more than max-rows 1"),
+        "{actions:?}"
+    );
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let audit: i64 = conn.query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap();
-    let status: String = conn.query_row("SELECT status FROM jobs", [], |r| r.get(0)).unwrap();
-    assert_eq!((audit, status.as_str()), (50, "running"), "rolled back whole");
+    let audit: i64 = conn
+        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    let status: String = conn
+        .query_row("SELECT status FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        (audit, status.as_str()),
+        (50, "running"),
+        "rolled back whole"
+    );
 }
 
 #[test]
 fn queries_are_bounded_in_bytes_and_interrupted_at_the_deadline() {
     let s = Scenario::new();
-    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    s.install_plugin(
+        "hostile-attacks",
+        &test_plugins().join("hostile_attacks.wasm"),
+    );
     let path = database(&s, "app.db", "CREATE TABLE t(x);");
-    db_policy(&s, "", &path, "attack = \"query\", db = \"app\", sql = \"SELECT randomblob(1000000000)\"");
+    db_policy(
+        &s,
+        "",
+        &path,
+        "attack = \"query\", db = \"app\", sql = \"SELECT randomblob(1000000000)\"",
+    );
     let (_, doc) = s.doctor_json(&["check"]);
-    assert!(said(&doc, "query").starts_with("limit:") && said(&doc, "query").contains("sql_result_max"), "{}", said(&doc, "query"));
+    assert!(
+        said(&doc, "query").starts_with("limit:") && said(&doc, "query").contains("sql_result_max"),
+        "{}",
+        said(&doc, "query")
+    );
     bystander_intact(&doc);
 
-    let endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
-    db_policy(&s, "plugin_timeout = \"1s\"", &path, &format!("attack = \"query\", db = \"app\", sql = \"{endless}\""));
+    let endless =
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
+    db_policy(
+        &s,
+        "plugin_timeout = \"1s\"",
+        &path,
+        &format!("attack = \"query\", db = \"app\", sql = \"{endless}\""),
+    );
     let started = Instant::now();
     let (code, doc) = s.doctor_json(&["check"]);
     // Not a speed goal: a hang bound. Without the interrupt this never returns.
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
     // The query stops at the deadline; the plugin then has no time left either.
     let error = plugin_error(&s, "hostile-attacks");
     let answer = said(&doc, "query");
-    assert!(answer.contains("interrupted at its deadline") || error.contains("deadline"), "{answer} / {error}");
+    assert!(
+        answer.contains("interrupted at its deadline") || error.contains("deadline"),
+        "{answer} / {error}"
+    );
     assert!(code == 1 || code == 3, "{doc}");
     bystander_intact(&doc);
 }
@@ -359,13 +532,36 @@ fn queries_are_bounded_in_bytes_and_interrupted_at_the_deadline() {
 fn key_value_state_is_capped_in_key_size_value_size_and_count() {
     let s = attack("", "", "attack = \"kv-flood\", count = 200, size = 300");
     let (_, doc) = s.doctor_json(&["check"]);
-    assert_eq!(said(&doc, "kv-flood"), "KEPT 0 OF 200", "keys over kv_max_key_bytes are refused");
-    aim(&s, "kv_max_keys = 50", "", "attack = \"kv-flood\", count = 200, size = 100");
+    assert_eq!(
+        said(&doc, "kv-flood"),
+        "KEPT 0 OF 200",
+        "keys over kv_max_key_bytes are refused"
+    );
+    aim(
+        &s,
+        "kv_max_keys = 50",
+        "",
+        "attack = \"kv-flood\", count = 200, size = 100",
+    );
     let (_, doc) = s.doctor_json(&["check"]);
     assert_eq!(said(&doc, "kv-flood"), "KEPT 50 OF 200");
-    let stored: i64 = s.journal().query_row("SELECT count(*) FROM plugin_state WHERE plugin = 'hostile-attacks'", [], |r| r.get(0)).unwrap();
+    let stored: i64 = s
+        .journal()
+        .query_row(
+            "SELECT count(*) FROM plugin_state WHERE plugin = 'hostile-attacks'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(stored, 50);
-    let log = s.journal().query_row("SELECT log FROM plugin_runs WHERE plugin = 'hostile-attacks' ORDER BY id DESC", [], |r| r.get::<_, String>(0)).unwrap();
+    let log = s
+        .journal()
+        .query_row(
+            "SELECT log FROM plugin_runs WHERE plugin = 'hostile-attacks' ORDER BY id DESC",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .unwrap();
     assert!(log.contains("kv_max_keys 50"), "refusals are logged: {log}");
 }
 
@@ -381,14 +577,26 @@ fn waiting_for_a_port_needs_the_sockets_grant_and_is_capped() {
     assert_eq!(actions[0].0, "refused");
     assert!(actions[0].1.contains("grants.sockets"), "{actions:?}");
 
-    aim(&s, "action_wait_max = \"1s\"", "grants.sockets = true", &config);
+    aim(
+        &s,
+        "action_wait_max = \"1s\"",
+        "grants.sockets = true",
+        &config,
+    );
     let started = Instant::now();
     let (code, _) = s.doctor_json(&["fix"]);
-    assert!(started.elapsed() < Duration::from_secs(30), "the wait ended: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the wait ended: {:?}",
+        started.elapsed()
+    );
     assert_eq!(code, 2);
     let actions = journaled_actions(&s, "wait-port");
     assert_eq!(actions.last().unwrap().0, "failed", "{actions:?}");
-    assert!(actions.last().unwrap().1.contains("still held after 1s"), "{actions:?}");
+    assert!(
+        actions.last().unwrap().1.contains("still held after 1s"),
+        "{actions:?}"
+    );
 }
 
 #[test]
@@ -409,7 +617,10 @@ fn a_probe_never_outlives_the_plugins_deadline() {
     assert!(took < Duration::from_secs(20), "took {took:?}");
     let answer = said(&doc, "probe");
     let error = plugin_error(&s, "hostile-attacks");
-    assert!(answer.starts_with("i/o:") || error.contains("deadline"), "{answer} / {error}");
+    assert!(
+        answer.starts_with("i/o:") || error.contains("deadline"),
+        "{answer} / {error}"
+    );
     bystander_intact(&doc);
 }
 
@@ -429,7 +640,13 @@ fn plugins_that_loop_in_describe_cost_one_deadline_together() {
     let took = started.elapsed();
     assert_eq!(code, 3, "{doc}");
     for name in names {
-        assert!(plugin_summary(&doc, name)["error"].as_str().unwrap_or_default().contains("deadline"), "{name}: {doc}");
+        assert!(
+            plugin_summary(&doc, name)["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("deadline"),
+            "{name}: {doc}"
+        );
     }
     // One after another they would take 4 x 2 s.
     assert!(took < Duration::from_secs(7), "took {took:?}");
@@ -441,11 +658,17 @@ fn a_wrong_sha256_pin_is_refused_before_anything_compiles() {
     // Not even a component: compiling it would fail with another message.
     std::fs::create_dir_all(s.path("plugins")).unwrap();
     std::fs::write(s.path("plugins/pinned.wasm"), b"\0asm not really").unwrap();
-    s.policy(&format!("[plugins.pinned]\nsha256 = \"{}\"\n", "0".repeat(64)));
+    s.policy(&format!(
+        "[plugins.pinned]\nsha256 = \"{}\"\n",
+        "0".repeat(64)
+    ));
     let out = s.doctor(&["check"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("the policy pins 000") && stderr.contains("plugins.pinned.sha256"), "{stderr}");
+    assert!(
+        stderr.contains("the policy pins 000") && stderr.contains("plugins.pinned.sha256"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("valid WebAssembly"), "{stderr}");
 }
 
@@ -465,8 +688,16 @@ fn a_cache_directory_others_can_write_is_never_loaded() {
     )
     .unwrap();
     let (_, doc) = s.doctor_json(&["check"]);
-    assert_eq!(plugin_summary(&doc, "pid-file-stop")["cache"], "untrusted", "{doc}");
-    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0, "nothing written there either");
+    assert_eq!(
+        plugin_summary(&doc, "pid-file-stop")["cache"],
+        "untrusted",
+        "{doc}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        0,
+        "nothing written there either"
+    );
     bystander_intact(&doc);
     // Once only doctor's user can write it, it is used.
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -488,7 +719,8 @@ const TWO_MEMORIES: &[u8] = &[
 /// A core module with one funcref table of 10,000,000 elements (80 MB).
 const BIG_TABLE: &[u8] = &[
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // \0asm, version 1
-    0x04, 0x07, 0x01, 0x70, 0x00, 0x80, 0xad, 0xe2, 0x04, // table section: funcref, min 10,000,000
+    0x04, 0x07, 0x01, 0x70, 0x00, 0x80, 0xad, 0xe2,
+    0x04, // table section: funcref, min 10,000,000
 ];
 
 #[test]
@@ -499,14 +731,29 @@ fn memories_and_tables_of_one_instance_share_the_plugin_memory_budget() {
     for (what, bytes) in [("two memories", TWO_MEMORIES), ("a big table", BIG_TABLE)] {
         let module = wasmtime::Module::new(&engine, bytes).unwrap();
         // wasmtime's own per-memory limit lets each of these through…
-        let mut store = wasmtime::Store::new(&engine, wasmtime::StoreLimitsBuilder::new().memory_size(limit as usize).build());
+        let mut store = wasmtime::Store::new(
+            &engine,
+            wasmtime::StoreLimitsBuilder::new()
+                .memory_size(limit as usize)
+                .build(),
+        );
         store.limiter(|l| l);
-        assert!(wasmtime::Instance::new(&mut store, &module, &[]).is_ok(), "{what} fit a per-memory limit");
+        assert!(
+            wasmtime::Instance::new(&mut store, &module, &[]).is_ok(),
+            "{what} fit a per-memory limit"
+        );
         // …doctor's budget counts the instance as a whole.
         let mut store = wasmtime::Store::new(&engine, InstanceBudget::new(limit));
         store.limiter(|b| b);
-        assert!(wasmtime::Instance::new(&mut store, &module, &[]).is_err(), "{what} exceed the plugin's budget");
-        let tripped = store.data().tripped.clone().expect("the budget says what it refused");
+        assert!(
+            wasmtime::Instance::new(&mut store, &module, &[]).is_err(),
+            "{what} exceed the plugin's budget"
+        );
+        let tripped = store
+            .data()
+            .tripped
+            .clone()
+            .expect("the budget says what it refused");
         assert!(tripped.wanted > limit, "{what}: {tripped}");
     }
 }
@@ -519,10 +766,20 @@ fn a_plugin_that_sleeps_forever_ends_at_its_deadline() {
     let started = Instant::now();
     let (code, doc) = s.doctor_json(&["check"]);
     // A hang bound, not a speed goal: without the clamp this never returns.
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
-    let error = plugin_summary(&doc, "hostile-attacks")["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let error = plugin_summary(&doc, "hostile-attacks")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(error.contains("deadline"), "{error}");
-    assert_eq!(code, 3, "a plugin that could not finish is UNKNOWN, above the warning: {doc}");
+    assert_eq!(
+        code, 3,
+        "a plugin that could not finish is UNKNOWN, above the warning: {doc}"
+    );
     bystander_intact(&doc);
 }
 
@@ -533,14 +790,24 @@ fn a_stop_never_waits_longer_than_action_wait_max_whatever_grace_it_asks() {
     let s = attack(
         "action_wait_max = \"1s\"",
         "grants.processes = true\ngrants.signal = { match = [\"grace-attack\"] }",
-        &format!("attack = \"stop\", pid = {}, start_time = {start}, grace_ms = 4294967295", stubborn.pid()),
+        &format!(
+            "attack = \"stop\", pid = {}, start_time = {start}, grace_ms = 4294967295",
+            stubborn.pid()
+        ),
     );
     let started = Instant::now();
     let (_, doc) = s.doctor_json(&["fix"]);
-    assert!(started.elapsed() < Duration::from_secs(30), "a hang bound: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a hang bound: {:?}",
+        started.elapsed()
+    );
     let actions = journaled_actions(&s, "stop");
     assert_eq!(actions[0].0, "applied", "{actions:?}");
-    assert!(actions[0].1.contains("killed"), "TERM ignored for the capped grace, then KILL: {actions:?}");
+    assert!(
+        actions[0].1.contains("killed"),
+        "TERM ignored for the capped grace, then KILL: {actions:?}"
+    );
     assert!(stubborn.reap(Duration::from_secs(5)).is_some(), "stopped");
     bystander_intact(&doc);
 }
@@ -548,18 +815,29 @@ fn a_stop_never_waits_longer_than_action_wait_max_whatever_grace_it_asks() {
 #[test]
 fn dot_and_double_slash_cannot_step_out_of_a_glob() {
     let s = Scenario::new();
-    s.install_plugin("hostile-attacks", &test_plugins().join("hostile_attacks.wasm"));
+    s.install_plugin(
+        "hostile-attacks",
+        &test_plugins().join("hostile_attacks.wasm"),
+    );
     let root = s.root();
     std::fs::write(root.join("victim"), "outside the */victim grant\n").unwrap();
     aim(
         &s,
         "",
         &format!("grants.files_remove = [\"{0}/*/victim\"]", root.display()),
-        &format!("attack = \"remove\", paths = [\"{0}/./victim\", \"{0}//victim\"]", root.display()),
+        &format!(
+            "attack = \"remove\", paths = [\"{0}/./victim\", \"{0}//victim\"]",
+            root.display()
+        ),
     );
     let (_, doc) = s.doctor_json(&["fix"]);
     let actions = journaled_actions(&s, "remove");
-    assert!(actions.iter().all(|(outcome, detail)| outcome == "refused" && detail.contains("normal")), "{actions:?}");
+    assert!(
+        actions
+            .iter()
+            .all(|(outcome, detail)| outcome == "refused" && detail.contains("normal")),
+        "{actions:?}"
+    );
     assert!(root.join("victim").exists());
     bystander_intact(&doc);
 }
@@ -574,10 +852,23 @@ fn a_recording_goes_only_into_a_directory_of_doctors_own() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("writable by others"), "{stderr}");
-    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0, "nothing written there");
+    assert_eq!(
+        std::fs::read_dir(&shared).unwrap().count(),
+        0,
+        "nothing written there"
+    );
     let own = s.root().join("own");
     let out = s.doctor(&["check", "--record", own.to_str().unwrap()]);
-    assert_ne!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    let mode = std::fs::metadata(own.join("pid-file-stop.json")).unwrap().permissions().mode() & 0o777;
+    assert_ne!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(own.join("pid-file-stop.json"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600, "what plugins saw is not for everyone to read");
 }

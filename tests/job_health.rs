@@ -13,17 +13,27 @@ use support::{finding, findings, plugin_summary, Proc, Scenario};
 const PLUGIN: &str = "job-health";
 
 fn worker_script() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workers/db_worker.py").display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/workers/db_worker.py")
+        .display()
+        .to_string()
 }
 
 fn now_s() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// A python worker that runs `sql` against the database and stays alive.
 fn worker(s: &Scenario, db: &Path, name: &str, sql: &[&str], extra: &[&str]) -> Proc {
     let ready = s.path(&format!("{name}.ready"));
-    let (script, db, ready_s) = (worker_script(), db.display().to_string(), ready.display().to_string());
+    let (script, db, ready_s) = (
+        worker_script(),
+        db.display().to_string(),
+        ready.display().to_string(),
+    );
     let mut argv: Vec<&str> = vec!["python3", &script, &db, "--ready", &ready_s];
     for q in sql {
         argv.extend(["--exec", q]);
@@ -59,8 +69,15 @@ type Row = (i64, String, Option<String>, i64, Option<String>);
 
 fn rows(path: &Path) -> Vec<Row> {
     let c = Connection::open(path).unwrap();
-    let mut stmt = c.prepare("SELECT id, status, pid, attempts, error FROM jobs ORDER BY id").unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).unwrap().map(Result::unwrap).collect()
+    let mut stmt = c
+        .prepare("SELECT id, status, pid, attempts, error FROM jobs ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
 }
 
 fn policy(s: &Scenario, db: &Path, config: &str) {
@@ -80,7 +97,10 @@ config = {{ db = "training", reason_column = "error", worker_match = "db_worker\
 }
 
 fn keys(doc: &serde_json::Value) -> Vec<String> {
-    let mut k: Vec<String> = findings(doc, PLUGIN).iter().map(|f| f["key"].as_str().unwrap().to_string()).collect();
+    let mut k: Vec<String> = findings(doc, PLUGIN)
+        .iter()
+        .map(|f| f["key"].as_str().unwrap().to_string())
+        .collect();
     k.sort();
     k
 }
@@ -107,9 +127,21 @@ fn a_job_table_with_every_status_is_repaired_per_policy_and_nothing_else_is_touc
                (10, 'running',  {old}, {old}, 0);   -- live worker, stale heartbeat: reported, untouched"
         ))
         .unwrap();
-    let dead = worker(&s, &db, "dead", &["UPDATE jobs SET pid = '{pid}' WHERE id IN (1, 2, 5, 6, 7, 8)"], &[]);
+    let dead = worker(
+        &s,
+        &db,
+        "dead",
+        &["UPDATE jobs SET pid = '{pid}' WHERE id IN (1, 2, 5, 6, 7, 8)"],
+        &[],
+    );
     let dead_pid = kill(dead);
-    let mut live = worker(&s, &db, "live", &["UPDATE jobs SET pid = '{pid}:{start}' WHERE id IN (4, 10)"], &[]);
+    let mut live = worker(
+        &s,
+        &db,
+        "live",
+        &["UPDATE jobs SET pid = '{pid}:{start}' WHERE id IN (4, 10)"],
+        &[],
+    );
     policy(&s, &db, "heartbeat_column = \"heartbeat_at\", updated_column = \"updated_at\", on_orphaned = \"requeue\", on_stale = \"requeue\", stale_after = \"1h\", heartbeat_timeout = \"10m\", max_attempts = 3");
     let before = rows(&db);
 
@@ -117,35 +149,75 @@ fn a_job_table_with_every_status_is_repaired_per_policy_and_nothing_else_is_touc
     assert_eq!(code, 2, "{doc:#}");
     assert_eq!(
         keys(&doc),
-        vec!["job:10:hung", "job:1:orphaned", "job:2:orphaned", "job:3:stale", "table:jobs:summary"],
+        vec![
+            "job:10:hung",
+            "job:1:orphaned",
+            "job:2:orphaned",
+            "job:3:stale",
+            "table:jobs:summary"
+        ],
         "{doc:#}"
     );
-    assert_eq!(finding(&doc, PLUGIN, "job:1:orphaned").unwrap()["severity"], "critical");
-    assert!(finding(&doc, PLUGIN, "job:1:orphaned").unwrap()["message"].as_str().unwrap().contains(&format!("pid {dead_pid} is not running")));
-    assert_eq!(finding(&doc, PLUGIN, "job:3:stale").unwrap()["severity"], "warning");
-    assert!(finding(&doc, PLUGIN, "job:10:hung").unwrap()["actions"].as_array().unwrap().is_empty());
+    assert_eq!(
+        finding(&doc, PLUGIN, "job:1:orphaned").unwrap()["severity"],
+        "critical"
+    );
+    assert!(finding(&doc, PLUGIN, "job:1:orphaned").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("pid {dead_pid} is not running")));
+    assert_eq!(
+        finding(&doc, PLUGIN, "job:3:stale").unwrap()["severity"],
+        "warning"
+    );
+    assert!(finding(&doc, PLUGIN, "job:10:hung").unwrap()["actions"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     let summary = finding(&doc, PLUGIN, "table:jobs:summary").unwrap();
     assert_eq!(summary["severity"], "info");
     assert_eq!(summary["evidence"]["total"], "10");
     assert_eq!(rows(&db), before, "check changes nothing");
 
     let (code, doc) = s.doctor_json(&["fix"]);
-    let outcome = |key: &str| finding(&doc, PLUGIN, key).unwrap()["actions"][0]["outcome"].as_str().unwrap().to_string();
+    let outcome = |key: &str| {
+        finding(&doc, PLUGIN, key).unwrap()["actions"][0]["outcome"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(outcome("job:1:orphaned"), "applied");
     assert_eq!(outcome("job:2:orphaned"), "applied");
     assert_eq!(outcome("job:3:stale"), "applied");
-    assert_eq!(finding(&doc, PLUGIN, "job:1:orphaned").unwrap()["status"], "fixed");
+    assert_eq!(
+        finding(&doc, PLUGIN, "job:1:orphaned").unwrap()["status"],
+        "fixed"
+    );
     // job 10 stays (alive, stale heartbeat) as an open warning.
     assert_eq!(code, 1, "{doc:#}");
 
     let after = rows(&db);
-    assert_eq!(after[0], (1, "pending".into(), None, 1, None), "requeued with attempts + 1");
+    assert_eq!(
+        after[0],
+        (1, "pending".into(), None, 1, None),
+        "requeued with attempts + 1"
+    );
     assert_eq!(after[1].1, "failed");
     assert_eq!(after[1].3, 3, "a failed job's attempts are not bumped");
     let reason = after[1].4.clone().unwrap();
-    assert!(reason.contains(&format!("pid {dead_pid} is not running")) && reason.contains("3 attempt"), "{reason}");
-    assert_eq!((after[2].1.as_str(), after[2].3), ("pending", 2), "stale queued requeued");
-    let updated: i64 = Connection::open(&db).unwrap().query_row("SELECT updated_at FROM jobs WHERE id = 3", [], |r| r.get(0)).unwrap();
+    assert!(
+        reason.contains(&format!("pid {dead_pid} is not running")) && reason.contains("3 attempt"),
+        "{reason}"
+    );
+    assert_eq!(
+        (after[2].1.as_str(), after[2].3),
+        ("pending", 2),
+        "stale queued requeued"
+    );
+    let updated: i64 = Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT updated_at FROM jobs WHERE id = 3", [], |r| r.get(0))
+        .unwrap();
     assert!(updated >= now, "a requeued job is fresh again");
     for i in [3usize, 4, 5, 6, 7, 8, 9] {
         assert_eq!(after[i], before[i], "row {} untouched", i + 1);
@@ -159,7 +231,13 @@ fn the_race_a_job_picked_up_by_a_live_worker_is_not_clobbered() {
     let db = s.path("training.db");
     jobs_db(&db);
     Connection::open(&db).unwrap().execute_batch("PRAGMA journal_mode=WAL; INSERT INTO jobs (id, status, attempts) VALUES (1, 'running', 0);").unwrap();
-    let dead = worker(&s, &db, "dead", &["UPDATE jobs SET pid = '{pid}' WHERE id = 1"], &[]);
+    let dead = worker(
+        &s,
+        &db,
+        "dead",
+        &["UPDATE jobs SET pid = '{pid}' WHERE id = 1"],
+        &[],
+    );
     kill(dead);
     policy(&s, &db, "on_orphaned = \"requeue\"");
     let (code, _) = s.doctor_json(&["check"]);
@@ -168,14 +246,20 @@ fn the_race_a_job_picked_up_by_a_live_worker_is_not_clobbered() {
         &s,
         &db,
         "taker",
-        &["BEGIN IMMEDIATE", "UPDATE jobs SET pid = '{pid}' WHERE id = 1"],
+        &[
+            "BEGIN IMMEDIATE",
+            "UPDATE jobs SET pid = '{pid}' WHERE id = 1",
+        ],
         &["--wal", "--hold", "1.2", "--exec-after", "COMMIT"],
     );
     let (code, doc) = s.doctor_json(&["fix"]);
     let f = finding(&doc, PLUGIN, "job:1:orphaned").unwrap_or_else(|| panic!("{doc:#}"));
     assert_eq!(f["actions"][0]["outcome"], "skipped", "{f:#}");
     assert_eq!(code, 0, "{doc:#}");
-    assert_eq!(rows(&db)[0], (1, "running".into(), Some(taker.pid().to_string()), 0, None));
+    assert_eq!(
+        rows(&db)[0],
+        (1, "running".into(), Some(taker.pid().to_string()), 0, None)
+    );
 }
 
 #[test]
@@ -185,8 +269,14 @@ fn a_missing_database_is_a_clear_error_and_is_not_created() {
     policy(&s, &db, "on_orphaned = \"report\"");
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 3, "{doc:#}");
-    let error = plugin_summary(&doc, PLUGIN)["error"].as_str().unwrap().to_string();
-    assert!(error.contains("does not exist") && error.contains(&db.display().to_string()), "{error}");
+    let error = plugin_summary(&doc, PLUGIN)["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("does not exist") && error.contains(&db.display().to_string()),
+        "{error}"
+    );
     assert!(!db.exists());
 }
 
@@ -195,19 +285,38 @@ fn a_locked_database_is_a_clear_error_and_nothing_changes() {
     let s = Scenario::new();
     let db = s.path("training.db");
     jobs_db(&db);
-    Connection::open(&db).unwrap().execute_batch("INSERT INTO jobs (id, status, pid) VALUES (1, 'running', '999999999');").unwrap();
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("INSERT INTO jobs (id, status, pid) VALUES (1, 'running', '999999999');")
+        .unwrap();
     policy(&s, &db, "on_orphaned = \"requeue\"");
     let before = rows(&db);
     // Another process holds an exclusive lock (rollback journal: readers are shut out too).
-    let locker = worker(&s, &db, "locker", &["BEGIN EXCLUSIVE", "UPDATE jobs SET error = 'locked by {pid}' WHERE id = 1"], &[]);
+    let locker = worker(
+        &s,
+        &db,
+        "locker",
+        &[
+            "BEGIN EXCLUSIVE",
+            "UPDATE jobs SET error = 'locked by {pid}' WHERE id = 1",
+        ],
+        &[],
+    );
     let started = Instant::now();
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 3, "{doc:#}");
-    let error = plugin_summary(&doc, PLUGIN)["error"].as_str().unwrap().to_string();
+    let error = plugin_summary(&doc, PLUGIN)["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(error.contains("locked"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(20), "bounded wait");
     kill(locker);
-    assert_eq!(rows(&db), before, "nothing changed (the locker's transaction was never committed either)");
+    assert_eq!(
+        rows(&db),
+        before,
+        "nothing changed (the locker's transaction was never committed either)"
+    );
 }
 
 #[test]
@@ -215,12 +324,23 @@ fn a_wrong_column_name_is_a_clear_error_and_nothing_changes() {
     let s = Scenario::new();
     let db = s.path("training.db");
     jobs_db(&db);
-    Connection::open(&db).unwrap().execute_batch("INSERT INTO jobs (id, status, pid) VALUES (1, 'running', '999999999');").unwrap();
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("INSERT INTO jobs (id, status, pid) VALUES (1, 'running', '999999999');")
+        .unwrap();
     policy(&s, &db, "attempts_column = \"retries\"");
     let before = std::fs::read(&db).unwrap();
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 3, "{doc:#}");
-    let error = plugin_summary(&doc, PLUGIN)["error"].as_str().unwrap().to_string();
-    assert!(error.contains("attempts_column") && error.contains("\"retries\"") && error.contains("heartbeat_at"), "{error}");
+    let error = plugin_summary(&doc, PLUGIN)["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("attempts_column")
+            && error.contains("\"retries\"")
+            && error.contains("heartbeat_at"),
+        "{error}"
+    );
     assert_eq!(std::fs::read(&db).unwrap(), before);
 }

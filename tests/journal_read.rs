@@ -26,8 +26,12 @@ fn as_nobody(journal: &Path) -> Option<Output> {
         }
     }
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"]).arg(DOCTOR);
-    cmd.args(["journal", "--format", "json", "--journal"]).arg(journal).env("HOME", "/nonexistent").env("DOCTOR_LOG", "warn");
+    cmd.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
+        .arg(DOCTOR);
+    cmd.args(["journal", "--format", "json", "--journal"])
+        .arg(journal)
+        .env("HOME", "/nonexistent")
+        .env("DOCTOR_LOG", "warn");
     match cmd.output() {
         Ok(out) => Some(out),
         Err(e) => {
@@ -56,7 +60,12 @@ fn journal_files(s: &Scenario) -> Vec<(String, u64)> {
     let mut files: Vec<(String, u64)> = std::fs::read_dir(s.dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().map(|m| m.len()).unwrap_or(0),
+            )
+        })
         .filter(|(name, _)| name.starts_with("journal.db"))
         .collect();
     files.sort();
@@ -73,8 +82,15 @@ fn another_user_lists_roots_journal_when_no_run_has_it_open() {
         }
     }
     let before = journal_files(&s);
-    let Some(out) = as_nobody(&s.journal_path()) else { return };
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let Some(out) = as_nobody(&s.journal_path()) else {
+        return;
+    };
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["runs"].as_array().unwrap().len(), 1);
     assert_eq!(doc["findings"][0]["key"], "r:stale-pid-file");
@@ -87,12 +103,21 @@ fn another_user_lists_it_while_a_run_has_it_open_if_the_shm_is_readable() {
     // A writer holding the journal open, as a run in progress does.
     let writer = rusqlite::Connection::open(s.journal_path()).unwrap();
     writer.pragma_update(None, "journal_mode", "WAL").unwrap();
-    let _: i64 = writer.query_row("SELECT count(*) FROM runs", [], |r| r.get(0)).unwrap();
+    let _: i64 = writer
+        .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+        .unwrap();
     for file in ["journal.db-wal", "journal.db-shm"] {
         readable_by_others(&s.path(file), 0o644);
     }
-    let Some(out) = as_nobody(&s.journal_path()) else { return };
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let Some(out) = as_nobody(&s.journal_path()) else {
+        return;
+    };
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["runs"].as_array().unwrap().len(), 1);
 

@@ -13,11 +13,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use support::{finding, findings, Proc, Scenario};
 
 fn now_s() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 fn hostname() -> String {
-    nix::unistd::gethostname().unwrap().to_string_lossy().into_owned()
+    nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A pid that certainly runs nothing now: a child we started and reaped.
@@ -30,7 +36,14 @@ fn dead_pid() -> u32 {
 
 fn start_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat.rsplit(')').next().unwrap().split_whitespace().nth(19).unwrap().parse().unwrap()
+    stat.rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn keys_ending(doc: &serde_json::Value, plugin: &str, suffix: &str) -> Vec<String> {
@@ -46,7 +59,11 @@ fn keys_ending(doc: &serde_json::Value, plugin: &str, suffix: &str) -> Vec<Strin
 
 /// sqlite-chunk-reset with a ten-minute heartbeat on `heartbeat_at`.
 fn chunk_policy(s: &Scenario, db: &Path, extra: &str) {
-    s.chunk_reset_policy(db, "", &format!("heartbeat_column = \"heartbeat_at\"\nheartbeat_timeout = \"10m\"\n{extra}"));
+    s.chunk_reset_policy(
+        db,
+        "",
+        &format!("heartbeat_column = \"heartbeat_at\"\nheartbeat_timeout = \"10m\"\n{extra}"),
+    );
 }
 
 /// `rows`: (id, owner, heartbeat as an SQL expression); all `running`.
@@ -54,14 +71,23 @@ fn chunks(db: &Path, rows: &[(i64, String, String)]) {
     let c = Connection::open(db).unwrap();
     c.execute_batch("CREATE TABLE chunks (id INTEGER PRIMARY KEY, status TEXT, assigned_worker TEXT, started_at INTEGER, heartbeat_at);").unwrap();
     for (id, owner, hb) in rows {
-        c.execute(&format!("INSERT INTO chunks VALUES (?1, 'running', ?2, NULL, {hb})"), rusqlite::params![id, owner]).unwrap();
+        c.execute(
+            &format!("INSERT INTO chunks VALUES (?1, 'running', ?2, NULL, {hb})"),
+            rusqlite::params![id, owner],
+        )
+        .unwrap();
     }
 }
 
 fn running_owners(db: &Path) -> Vec<(i64, String)> {
     let c = Connection::open(db).unwrap();
-    let mut stmt = c.prepare("SELECT id, assigned_worker FROM chunks WHERE status = 'running' ORDER BY id").unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    let mut stmt = c
+        .prepare("SELECT id, assigned_worker FROM chunks WHERE status = 'running' ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 #[test]
@@ -74,15 +100,15 @@ fn every_owner_form_is_read_and_other_hosts_are_judged_by_heartbeat_only() {
     chunks(
         &db,
         &[
-            (1, format!("{d}"), "NULL".into()),                    // dead local pid: orphaned
-            (2, format!("{l}"), "NULL".into()),                    // live local pid: kept
-            (3, format!("{h}:{l}"), "NULL".into()),                // host:pid on this host, live: kept
-            (4, format!("{d}@{h}"), "NULL".into()),                // pid@host on this host, dead: orphaned
+            (1, format!("{d}"), "NULL".into()),     // dead local pid: orphaned
+            (2, format!("{l}"), "NULL".into()),     // live local pid: kept
+            (3, format!("{h}:{l}"), "NULL".into()), // host:pid on this host, live: kept
+            (4, format!("{d}@{h}"), "NULL".into()), // pid@host on this host, dead: orphaned
             (5, format!("{l}:{}", start_ticks(l)), "NULL".into()), // pid:start-time, live: kept
-            (6, format!("other-node:{d}"), fresh.clone()),         // another host, fresh heartbeat: kept (its pid means nothing here)
-            (7, format!("other-node:{l}"), stale),                 // another host, stale heartbeat: orphaned (a local live pid is no excuse)
-            (8, format!("{d}@other-node"), "NULL".into()),         // another host, no heartbeat: unreadable, kept
-            (9, "worker-7".into(), fresh),                         // not an owner: cannot be checked, kept
+            (6, format!("other-node:{d}"), fresh.clone()), // another host, fresh heartbeat: kept (its pid means nothing here)
+            (7, format!("other-node:{l}"), stale), // another host, stale heartbeat: orphaned (a local live pid is no excuse)
+            (8, format!("{d}@other-node"), "NULL".into()), // another host, no heartbeat: unreadable, kept
+            (9, "worker-7".into(), fresh),                 // not an owner: cannot be checked, kept
         ],
     );
     chunk_policy(&s, &db, "");
@@ -91,15 +117,37 @@ fn every_owner_form_is_read_and_other_hosts_are_judged_by_heartbeat_only() {
     assert_eq!(code, 1, "fixed; warnings remain: {doc:#}");
     assert_eq!(
         keys_ending(&doc, "sqlite-chunk-reset", ":orphaned"),
-        ["chunk:chunks:1:orphaned", "chunk:chunks:4:orphaned", "chunk:chunks:7:orphaned"],
+        [
+            "chunk:chunks:1:orphaned",
+            "chunk:chunks:4:orphaned",
+            "chunk:chunks:7:orphaned"
+        ],
         "{doc:#}"
     );
     let remote = finding(&doc, "sqlite-chunk-reset", "chunk:chunks:7:orphaned").unwrap();
     let message = remote["message"].as_str().unwrap();
-    assert!(message.contains("host other-node") && message.contains("epoch seconds (INTEGER, detected)"), "{message}");
-    let unreadable = finding(&doc, "sqlite-chunk-reset", "chunk:chunks:8:heartbeat-unreadable").unwrap_or_else(|| panic!("{doc:#}"));
-    assert!(unreadable["message"].as_str().unwrap().starts_with("heartbeat unreadable: column heartbeat_at holds NULL"), "{unreadable:#}");
-    assert!(finding(&doc, "sqlite-chunk-reset", "chunk:chunks:9:unknown-worker").is_some(), "{doc:#}");
+    assert!(
+        message.contains("host other-node")
+            && message.contains("epoch seconds (INTEGER, detected)"),
+        "{message}"
+    );
+    let unreadable = finding(
+        &doc,
+        "sqlite-chunk-reset",
+        "chunk:chunks:8:heartbeat-unreadable",
+    )
+    .unwrap_or_else(|| panic!("{doc:#}"));
+    assert!(
+        unreadable["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("heartbeat unreadable: column heartbeat_at holds NULL"),
+        "{unreadable:#}"
+    );
+    assert!(
+        finding(&doc, "sqlite-chunk-reset", "chunk:chunks:9:unknown-worker").is_some(),
+        "{doc:#}"
+    );
     let kept: Vec<i64> = running_owners(&db).into_iter().map(|r| r.0).collect();
     assert_eq!(kept, [2, 3, 5, 6, 8, 9]);
     drop(live);
@@ -114,32 +162,56 @@ fn declared_owner_formats_including_a_regex() {
     chunks(
         &db,
         &[
-            (1, format!("w-{h}-{d}"), "NULL".into()),                           // this host, dead: orphaned
-            (2, format!("w-{h}-{l}"), "NULL".into()),                           // this host, live: kept
-            (3, format!("w-elsewhere-{l}"), format!("{}", now_s() - 7200)),     // another host, stale: orphaned
-            (4, format!("{d}"), "NULL".into()),                                 // not in the declared form: kept, reported
+            (1, format!("w-{h}-{d}"), "NULL".into()), // this host, dead: orphaned
+            (2, format!("w-{h}-{l}"), "NULL".into()), // this host, live: kept
+            (3, format!("w-elsewhere-{l}"), format!("{}", now_s() - 7200)), // another host, stale: orphaned
+            (4, format!("{d}"), "NULL".into()), // not in the declared form: kept, reported
         ],
     );
-    chunk_policy(&s, &db, "owner_format = \"^w-(?P<host>.+)-(?P<pid>\\\\d+)$\"");
+    chunk_policy(
+        &s,
+        &db,
+        "owner_format = \"^w-(?P<host>.+)-(?P<pid>\\\\d+)$\"",
+    );
     let (_, doc) = s.doctor_json(&["fix"]);
     assert_eq!(
         keys_ending(&doc, "sqlite-chunk-reset", ":orphaned"),
         ["chunk:chunks:1:orphaned", "chunk:chunks:3:orphaned"],
         "{doc:#}"
     );
-    let unknown = finding(&doc, "sqlite-chunk-reset", "chunk:chunks:4:unknown-worker").unwrap_or_else(|| panic!("{doc:#}"));
-    assert!(unknown["message"].as_str().unwrap().contains("does not match owner_format"), "{unknown:#}");
+    let unknown = finding(&doc, "sqlite-chunk-reset", "chunk:chunks:4:unknown-worker")
+        .unwrap_or_else(|| panic!("{doc:#}"));
+    assert!(
+        unknown["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not match owner_format"),
+        "{unknown:#}"
+    );
     let kept: Vec<i64> = running_owners(&db).into_iter().map(|r| r.0).collect();
     assert_eq!(kept, [2, 4]);
 
     // pid@host declared: a bare pid is not that form.
     let s = Scenario::new();
     let db = s.path("cluster.db");
-    chunks(&db, &[(1, format!("{d}@{h}"), "NULL".into()), (2, format!("{d}"), "NULL".into())]);
+    chunks(
+        &db,
+        &[
+            (1, format!("{d}@{h}"), "NULL".into()),
+            (2, format!("{d}"), "NULL".into()),
+        ],
+    );
     chunk_policy(&s, &db, "owner_format = \"pid@host\"");
     let (_, doc) = s.doctor_json(&["check"]);
-    assert_eq!(keys_ending(&doc, "sqlite-chunk-reset", ":orphaned"), ["chunk:chunks:1:orphaned"], "{doc:#}");
-    assert!(finding(&doc, "sqlite-chunk-reset", "chunk:chunks:2:unknown-worker").is_some(), "{doc:#}");
+    assert_eq!(
+        keys_ending(&doc, "sqlite-chunk-reset", ":orphaned"),
+        ["chunk:chunks:1:orphaned"],
+        "{doc:#}"
+    );
+    assert!(
+        finding(&doc, "sqlite-chunk-reset", "chunk:chunks:2:unknown-worker").is_some(),
+        "{doc:#}"
+    );
     drop(live);
 }
 
@@ -152,20 +224,27 @@ fn every_heartbeat_type_is_read_and_null_or_garbage_is_a_finding() {
     // No declared type on heartbeat_at: SQLite keeps whatever type is written.
     c.execute_batch("CREATE TABLE jobs (id INTEGER PRIMARY KEY, status TEXT, heartbeat_at, attempts INTEGER NOT NULL DEFAULT 0);").unwrap();
     let rows: Vec<(i64, String)> = vec![
-        (1, format!("{old}")),                                       // INTEGER seconds, stale
-        (2, format!("{now}")),                                       // INTEGER seconds, fresh
-        (3, format!("{old}.25")),                                    // REAL seconds, stale
-        (4, format!("'{old}'")),                                     // TEXT seconds, stale
-        (5, format!("{}", old * 1000)),                              // INTEGER milliseconds, stale
-        (6, "strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-2 hours')".into()), // ISO-8601 with zone, stale
-        (7, "datetime('now', '-2 hours')".into()),                   // ISO-8601 without zone (UTC), stale
-        (8, "julianday('now', '-2 hours')".into()),                  // julian day, stale
-        (9, "NULL".into()),                                          // unreadable
-        (10, "'garbage'".into()),                                    // unreadable
-        (11, "strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now')".into()),  // ISO-8601 with zone, fresh
+        (1, format!("{old}")),          // INTEGER seconds, stale
+        (2, format!("{now}")),          // INTEGER seconds, fresh
+        (3, format!("{old}.25")),       // REAL seconds, stale
+        (4, format!("'{old}'")),        // TEXT seconds, stale
+        (5, format!("{}", old * 1000)), // INTEGER milliseconds, stale
+        (
+            6,
+            "strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-2 hours')".into(),
+        ), // ISO-8601 with zone, stale
+        (7, "datetime('now', '-2 hours')".into()), // ISO-8601 without zone (UTC), stale
+        (8, "julianday('now', '-2 hours')".into()), // julian day, stale
+        (9, "NULL".into()),             // unreadable
+        (10, "'garbage'".into()),       // unreadable
+        (11, "strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now')".into()), // ISO-8601 with zone, fresh
     ];
     for (id, hb) in &rows {
-        c.execute(&format!("INSERT INTO jobs (id, status, heartbeat_at) VALUES ({id}, 'running', {hb})"), []).unwrap();
+        c.execute(
+            &format!("INSERT INTO jobs (id, status, heartbeat_at) VALUES ({id}, 'running', {hb})"),
+            [],
+        )
+        .unwrap();
     }
     // Stale, out of attempts: requeue becomes fail, and the evidence says so.
     c.execute(&format!("INSERT INTO jobs (id, status, heartbeat_at, attempts) VALUES (12, 'running', {old}, 3)"), []).unwrap();
@@ -186,26 +265,64 @@ config = {{ db = "training", worker_column = "", heartbeat_column = "heartbeat_a
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
     let orphaned = keys_ending(&doc, "job-health", ":orphaned");
-    let want: Vec<String> = [1, 12, 3, 4, 5, 6, 7, 8].iter().map(|i| format!("job:{i}:orphaned")).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let want: Vec<String> = [1, 12, 3, 4, 5, 6, 7, 8]
+        .iter()
+        .map(|i| format!("job:{i}:orphaned"))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     assert_eq!(orphaned, want, "{doc:#}");
-    let read_as = |id: i64| finding(&doc, "job-health", &format!("job:{id}:orphaned")).unwrap()["evidence"]["heartbeat_read_as"].as_str().unwrap().to_string();
+    let read_as = |id: i64| {
+        finding(&doc, "job-health", &format!("job:{id}:orphaned")).unwrap()["evidence"]
+            ["heartbeat_read_as"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(read_as(1), "epoch seconds (INTEGER, detected)");
     assert_eq!(read_as(3), "epoch seconds (REAL, detected)");
     assert_eq!(read_as(4), "epoch seconds (TEXT, detected)");
     assert_eq!(read_as(5), "epoch milliseconds (INTEGER, detected)");
     assert_eq!(read_as(6), "ISO-8601 with zone (TEXT, detected)");
-    assert_eq!(read_as(7), "ISO-8601 without zone, read as UTC (TEXT, detected)");
+    assert_eq!(
+        read_as(7),
+        "ISO-8601 without zone, read as UTC (TEXT, detected)"
+    );
     assert_eq!(read_as(8), "SQLite julian day (REAL, detected)");
-    let message = finding(&doc, "job-health", "job:7:orphaned").unwrap()["message"].as_str().unwrap().to_string();
-    assert!(message.contains("2h0m old") || message.contains("1h59m old"), "the age is right: {message}");
+    let message = finding(&doc, "job-health", "job:7:orphaned").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("2h0m old") || message.contains("1h59m old"),
+        "the age is right: {message}"
+    );
 
-    assert_eq!(keys_ending(&doc, "job-health", ":heartbeat-unreadable"), ["job:10:heartbeat-unreadable", "job:9:heartbeat-unreadable"]);
+    assert_eq!(
+        keys_ending(&doc, "job-health", ":heartbeat-unreadable"),
+        ["job:10:heartbeat-unreadable", "job:9:heartbeat-unreadable"]
+    );
     let null = finding(&doc, "job-health", "job:9:heartbeat-unreadable").unwrap();
-    assert!(null["message"].as_str().unwrap().starts_with("heartbeat unreadable: column heartbeat_at holds NULL"), "{null:#}");
+    assert!(
+        null["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("heartbeat unreadable: column heartbeat_at holds NULL"),
+        "{null:#}"
+    );
     let garbage = finding(&doc, "job-health", "job:10:heartbeat-unreadable").unwrap();
-    assert!(garbage["message"].as_str().unwrap().contains("\"garbage\""), "{garbage:#}");
+    assert!(
+        garbage["message"].as_str().unwrap().contains("\"garbage\""),
+        "{garbage:#}"
+    );
 
     let failed = finding(&doc, "job-health", "job:12:orphaned").unwrap();
-    assert_eq!(failed["evidence"]["remedy"], "fail", "out of attempts: the evidence names the remedy applied: {failed:#}");
-    assert_eq!(finding(&doc, "job-health", "job:1:orphaned").unwrap()["evidence"]["remedy"], "requeue");
+    assert_eq!(
+        failed["evidence"]["remedy"], "fail",
+        "out of attempts: the evidence names the remedy applied: {failed:#}"
+    );
+    assert_eq!(
+        finding(&doc, "job-health", "job:1:orphaned").unwrap()["evidence"]["remedy"],
+        "requeue"
+    );
 }

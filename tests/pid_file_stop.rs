@@ -18,8 +18,20 @@ fn my_uid() -> u32 {
 }
 
 /// `scope` is a TOML value (`{ user = 0 }`, `"host"`), or "" for none.
-fn scoped_policy(s: &Scenario, name: &str, pid_file: &str, pattern: &str, grace_ms: u32, desired: &str, scope: &str) {
-    let scope = if scope.is_empty() { String::new() } else { format!("scope = {scope}") };
+fn scoped_policy(
+    s: &Scenario,
+    name: &str,
+    pid_file: &str,
+    pattern: &str,
+    grace_ms: u32,
+    desired: &str,
+    scope: &str,
+) {
+    let scope = if scope.is_empty() {
+        String::new()
+    } else {
+        format!("scope = {scope}")
+    };
     let root = s.root().display().to_string();
     s.policy(&format!(
         r#"
@@ -47,7 +59,12 @@ fn actions(doc: &serde_json::Value, key: &str) -> Vec<(String, String)> {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|a| (a["kind"].as_str().unwrap().to_string(), a["outcome"].as_str().unwrap().to_string()))
+                .map(|a| {
+                    (
+                        a["kind"].as_str().unwrap().to_string(),
+                        a["outcome"].as_str().unwrap().to_string(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -61,16 +78,37 @@ fn a_running_process_with_its_pid_file_is_stopped_and_the_file_removed() {
     policy(&s, "worker", "worker.pid", "^sleep 301$", 2000, "stopped");
 
     let (code, doc) = s.doctor_json(&["check"]);
-    assert_eq!(code, 2, "a target that should be stopped but runs is critical: {doc}");
-    assert_eq!(actions(&doc, "worker:running"), [("stop-process".into(), "planned".into()), ("remove-file".into(), "planned".into())]);
+    assert_eq!(
+        code, 2,
+        "a target that should be stopped but runs is critical: {doc}"
+    );
+    assert_eq!(
+        actions(&doc, "worker:running"),
+        [
+            ("stop-process".into(), "planned".into()),
+            ("remove-file".into(), "planned".into())
+        ]
+    );
     assert!(worker.running(), "check changes nothing");
     assert!(s.path("worker.pid").exists(), "check changes nothing");
 
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 0, "{doc}");
-    assert_eq!(finding(&doc, "pid-file-stop", "worker:running").unwrap()["status"], "fixed");
-    assert_eq!(actions(&doc, "worker:running"), [("stop-process".into(), "applied".into()), ("remove-file".into(), "applied".into())]);
-    assert!(worker.reap(Duration::from_secs(5)).is_some(), "the worker is gone");
+    assert_eq!(
+        finding(&doc, "pid-file-stop", "worker:running").unwrap()["status"],
+        "fixed"
+    );
+    assert_eq!(
+        actions(&doc, "worker:running"),
+        [
+            ("stop-process".into(), "applied".into()),
+            ("remove-file".into(), "applied".into())
+        ]
+    );
+    assert!(
+        worker.reap(Duration::from_secs(5)).is_some(),
+        "the worker is gone"
+    );
     assert!(!s.path("worker.pid").exists(), "the PID file is removed");
 
     let recorded: Vec<(String, String)> = s
@@ -82,7 +120,13 @@ fn a_running_process_with_its_pid_file_is_stopped_and_the_file_removed() {
         .map(Result::unwrap)
         .filter(|(_, o): &(String, String)| o != "planned")
         .collect();
-    assert_eq!(recorded, [("stop-process".into(), "applied".into()), ("remove-file".into(), "applied".into())]);
+    assert_eq!(
+        recorded,
+        [
+            ("stop-process".into(), "applied".into()),
+            ("remove-file".into(), "applied".into())
+        ]
+    );
 }
 
 #[test]
@@ -90,14 +134,31 @@ fn a_process_that_ignores_term_is_killed_after_the_grace_period() {
     let s = Scenario::new();
     let mut stubborn = Proc::ignoring_term("stubborn-worker");
     std::fs::write(s.path("stubborn.pid"), stubborn.pid().to_string()).unwrap();
-    policy(&s, "stubborn", "stubborn.pid", "stubborn-worker", 500, "stopped");
+    policy(
+        &s,
+        "stubborn",
+        "stubborn.pid",
+        "stubborn-worker",
+        500,
+        "stopped",
+    );
 
     let started = std::time::Instant::now();
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 0, "{doc}");
-    let detail = finding(&doc, "pid-file-stop", "stubborn:running").unwrap()["actions"][0]["detail"].as_str().unwrap().to_string();
-    assert!(detail.contains("killed"), "TERM was ignored, so KILL: {detail}");
-    assert!(started.elapsed() >= Duration::from_millis(500), "the grace period was honoured");
+    let detail = finding(&doc, "pid-file-stop", "stubborn:running").unwrap()["actions"][0]
+        ["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.contains("killed"),
+        "TERM was ignored, so KILL: {detail}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the grace period was honoured"
+    );
     let status = stubborn.reap(Duration::from_secs(5)).expect("killed");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(9), "ended by SIGKILL");
@@ -121,7 +182,10 @@ fn a_stale_pid_file_is_reported_by_check_and_removed_by_fix() {
 
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 0, "{doc}");
-    assert_eq!(finding(&doc, "pid-file-stop", "old:stale-pid-file").unwrap()["status"], "fixed");
+    assert_eq!(
+        finding(&doc, "pid-file-stop", "old:stale-pid-file").unwrap()["status"],
+        "fixed"
+    );
     assert!(!s.path("old.pid").exists());
 }
 
@@ -146,13 +210,22 @@ config = {{ targets = [{{ name = "trainer", pid_file = "{root}/trainer.pid", pat
 
     let (code, doc) = s.doctor_json(&["check"]);
     let f = finding(&doc, "pid-file-stop", "trainer:pid-reused").expect("reused pid reported");
-    assert!(f["message"].as_str().unwrap().contains(&bystander.pid().to_string()));
+    assert!(f["message"]
+        .as_str()
+        .unwrap()
+        .contains(&bystander.pid().to_string()));
     assert_eq!(code, 1, "{doc}");
 
     let (_, doc) = s.doctor_json(&["fix"]);
-    assert!(finding(&doc, "pid-file-stop", "trainer:running").is_none(), "no instance of the target runs");
+    assert!(
+        finding(&doc, "pid-file-stop", "trainer:running").is_none(),
+        "no instance of the target runs"
+    );
     assert!(bystander.running(), "the unrelated process survives fix");
-    assert!(s.path("trainer.pid").exists(), "the PID file is left for the operator");
+    assert!(
+        s.path("trainer.pid").exists(),
+        "the PID file is left for the operator"
+    );
 }
 
 #[test]
@@ -160,7 +233,15 @@ fn every_matching_instance_is_stopped() {
     let s = Scenario::new();
     let mut a = Proc::spawn(&["sleep", "303"]);
     let mut b = Proc::spawn(&["sleep", "303"]);
-    scoped_policy(&s, "dupes", "dupes.pid", "^sleep 303$", 2000, "stopped", &format!("{{ user = {} }}", my_uid()));
+    scoped_policy(
+        &s,
+        "dupes",
+        "dupes.pid",
+        "^sleep 303$",
+        2000,
+        "stopped",
+        &format!("{{ user = {} }}", my_uid()),
+    );
 
     let (_, doc) = s.doctor_json(&["check"]);
     let f = finding(&doc, "pid-file-stop", "dupes:running").unwrap();
@@ -169,7 +250,10 @@ fn every_matching_instance_is_stopped() {
 
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 0, "{doc}");
-    assert!(a.reap(Duration::from_secs(5)).is_some() && b.reap(Duration::from_secs(5)).is_some(), "both stopped");
+    assert!(
+        a.reap(Duration::from_secs(5)).is_some() && b.reap(Duration::from_secs(5)).is_some(),
+        "both stopped"
+    );
 }
 
 #[test]
@@ -177,7 +261,15 @@ fn report_only_targets_report_duplicates_and_touch_nothing() {
     let s = Scenario::new();
     let mut a = Proc::spawn(&["sleep", "304"]);
     let mut b = Proc::spawn(&["sleep", "304"]);
-    scoped_policy(&s, "dupes", "dupes.pid", "^sleep 304$", 2000, "report-only", "\"host\"");
+    scoped_policy(
+        &s,
+        "dupes",
+        "dupes.pid",
+        "^sleep 304$",
+        2000,
+        "report-only",
+        "\"host\"",
+    );
 
     let (code, doc) = s.doctor_json(&["fix"]);
     let f = finding(&doc, "pid-file-stop", "dupes:duplicates").expect("duplicates reported");
@@ -195,7 +287,10 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
 
     let out = s.doctor(&["fix", "--dry-run"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("stop pid {}", worker.pid())), "{text}");
+    assert!(
+        text.contains(&format!("stop pid {}", worker.pid())),
+        "{text}"
+    );
     assert!(text.contains("planned"), "{text}");
     assert!(worker.running());
     assert!(s.path("w.pid").exists());
@@ -218,7 +313,10 @@ config = {{ targets = [{{ name = "w", pattern = "^sleep 306$", scope = {{ user =
     let (code, doc) = s.doctor_json(&["fix"]);
     let action = &finding(&doc, "pid-file-stop", "w:running").unwrap()["actions"][0];
     assert_eq!(action["outcome"], "refused");
-    assert!(action["detail"].as_str().unwrap().contains("grants.signal"), "{action}");
+    assert!(
+        action["detail"].as_str().unwrap().contains("grants.signal"),
+        "{action}"
+    );
     assert_eq!(code, 2);
     assert!(worker.running());
 }
@@ -229,8 +327,14 @@ fn without_a_scope_a_pattern_alone_matches_nothing() {
     let mut stray = Proc::spawn(&["sleep", "307"]);
     policy(&s, "stray", "stray.pid", "^sleep 307$", 1000, "stopped");
     let (code, doc) = s.doctor_json(&["fix"]);
-    assert_eq!(code, 0, "no PID file and no scope: nothing is an instance: {doc}");
-    assert!(finding(&doc, "pid-file-stop", "stray:running").is_none(), "{doc}");
+    assert_eq!(
+        code, 0,
+        "no PID file and no scope: nothing is an instance: {doc}"
+    );
+    assert!(
+        finding(&doc, "pid-file-stop", "stray:running").is_none(),
+        "{doc}"
+    );
     assert!(stray.running());
 }
 
@@ -240,13 +344,25 @@ fn a_process_started_after_its_pid_file_was_written_is_not_the_target() {
     // The file was written (by a process long gone) before this one started: a reused pid.
     std::fs::write(s.path("late.pid"), "").unwrap();
     let old = std::time::SystemTime::now() - Duration::from_secs(3600);
-    let file = std::fs::File::options().write(true).open(s.path("late.pid")).unwrap();
+    let file = std::fs::File::options()
+        .write(true)
+        .open(s.path("late.pid"))
+        .unwrap();
     let mut late = Proc::spawn(&["sleep", "308"]);
     std::fs::write(s.path("late.pid"), late.pid().to_string()).unwrap();
     file.set_modified(old).unwrap();
     policy(&s, "late", "late.pid", "^sleep 308$", 1000, "stopped");
     let (_, doc) = s.doctor_json(&["fix"]);
     let f = finding(&doc, "pid-file-stop", "late:pid-reused").unwrap_or_else(|| panic!("{doc}"));
-    assert!(f["message"].as_str().unwrap().contains("started after the PID file was written"), "{f}");
-    assert!(late.running(), "a process younger than its PID file is not the one that wrote it");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("started after the PID file was written"),
+        "{f}"
+    );
+    assert!(
+        late.running(),
+        "a process younger than its PID file is not the one that wrote it"
+    );
 }

@@ -13,7 +13,11 @@ use support::*;
 
 fn corpus() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/policies");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
     files.sort();
     assert!(files.len() >= 10, "the corpus is there");
     files
@@ -23,8 +27,17 @@ fn corpus() -> Vec<PathBuf> {
 fn every_policy_in_the_corpus_gets_the_error_it_expects() {
     for file in corpus() {
         let text = std::fs::read_to_string(&file).unwrap();
-        let expect = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).unwrap_or_else(|| panic!("{} has no `# expect:` line", file.display()));
-        let out = Command::new(DOCTOR).args(["policy", "validate", "--policy"]).arg(&file).env("DOCTOR_LOG", "error").output().unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} has no `# expect:` line", file.display()));
+        let out = Command::new(DOCTOR)
+            .args(["policy", "validate", "--policy"])
+            .arg(&file)
+            .env("DOCTOR_LOG", "error")
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         let name = file.file_name().unwrap().to_string_lossy();
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
@@ -33,8 +46,14 @@ fn every_policy_in_the_corpus_gets_the_error_it_expects() {
         } else {
             assert_eq!(out.status.code(), Some(3), "{name}: {stderr}");
             // file:line: key: message — the file named first.
-            assert!(stderr.starts_with(&format!("doctor: {}:", file.display())), "{name}: {stderr}");
-            assert!(stderr.contains(expect), "{name}: expected {expect:?} in {stderr}");
+            assert!(
+                stderr.starts_with(&format!("doctor: {}:", file.display())),
+                "{name}: {stderr}"
+            );
+            assert!(
+                stderr.contains(expect),
+                "{name}: expected {expect:?} in {stderr}"
+            );
         }
     }
 }
@@ -55,9 +74,31 @@ impl Rng {
 
 /// Pieces that reach the parser's and validator's corners.
 const SPLICES: &[&str] = &[
-    "99999999999999999999", "18446744073709551615s", "-1", "0", "\"\"", "\"1e400s\"", "\"9999999999999GiB\"", "[", "]]", "=", "\"",
-    "\n[plugins.x]\n", "\nevery = \"0s\"\n", "\nplugin_memory = \"0B\"\n", "\u{0}", "é", "\n[[a]]\n", "{", "}", ",", "grants.signal = { match = [\"(\"] }",
-    "\nlock_wait = \"1h 1ns\"\n", "\"∞\"", "true", "[databases.d]\npath = \"\"\n",
+    "99999999999999999999",
+    "18446744073709551615s",
+    "-1",
+    "0",
+    "\"\"",
+    "\"1e400s\"",
+    "\"9999999999999GiB\"",
+    "[",
+    "]]",
+    "=",
+    "\"",
+    "\n[plugins.x]\n",
+    "\nevery = \"0s\"\n",
+    "\nplugin_memory = \"0B\"\n",
+    "\u{0}",
+    "é",
+    "\n[[a]]\n",
+    "{",
+    "}",
+    ",",
+    "grants.signal = { match = [\"(\"] }",
+    "\nlock_wait = \"1h 1ns\"\n",
+    "\"∞\"",
+    "true",
+    "[databases.d]\npath = \"\"\n",
 ];
 
 fn mutate(seed: &str, rng: &mut Rng) -> String {
@@ -85,22 +126,33 @@ fn mutate(seed: &str, rng: &mut Rng) -> String {
 
 #[test]
 fn thousands_of_broken_policies_never_panic_the_parser_or_validator() {
-    let seeds: Vec<String> = corpus().iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    let seeds: Vec<String> = corpus()
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
     let mut rng = Rng(0x5eed_d0c7_0b0e_1234);
     let mut rejected = 0;
     for i in 0..4000 {
         let input = mutate(&seeds[i % seeds.len()], &mut rng);
-        let outcome = std::panic::catch_unwind(|| doctor::policy::Policy::parse(Path::new("fuzz.toml"), &input).map(|_| ()));
+        let outcome = std::panic::catch_unwind(|| {
+            doctor::policy::Policy::parse(Path::new("fuzz.toml"), &input).map(|_| ())
+        });
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 rejected += 1;
-                assert!(e.to_string().starts_with("fuzz.toml:"), "an error names the file: {e}");
+                assert!(
+                    e.to_string().starts_with("fuzz.toml:"),
+                    "an error names the file: {e}"
+                );
             }
             Err(_) => panic!("Policy::parse panicked on input #{i}:\n{input}"),
         }
     }
-    assert!(rejected > 1000, "the mutations reach the error paths ({rejected} rejected)");
+    assert!(
+        rejected > 1000,
+        "the mutations reach the error paths ({rejected} rejected)"
+    );
 }
 
 #[test]
@@ -121,16 +173,37 @@ fn a_closed_stdout_ends_doctor_quietly() {
         .spawn()
         .unwrap();
     let mut first = [0u8; 1];
-    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
     drop(child.stdout.take());
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     let status = child.wait().unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(status.code(), Some(141), "ends as a SIGPIPE'd tool would, without a word: {stderr}");
+    assert_eq!(
+        status.code(),
+        Some(141),
+        "ends as a SIGPIPE'd tool would, without a word: {stderr}"
+    );
     assert!(stderr.is_empty(), "{stderr}");
     // The run itself was journaled before the report was written.
-    let runs: i64 = s.journal().query_row("SELECT count(*) FROM runs WHERE status = 'complete'", [], |r| r.get(0)).unwrap();
+    let runs: i64 = s
+        .journal()
+        .query_row(
+            "SELECT count(*) FROM runs WHERE status = 'complete'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(runs, 1);
 }
 

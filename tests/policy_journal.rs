@@ -11,7 +11,11 @@ use support::*;
 /// Run `doctor check` on `policy_text`; return (exit code, stderr).
 fn check_bad(policy_text: &str) -> (Scenario, i32, String) {
     let s = Scenario::new();
-    std::fs::write(s.policy_path(), policy_text.replace("JOURNAL", &s.journal_path().display().to_string())).unwrap();
+    std::fs::write(
+        s.policy_path(),
+        policy_text.replace("JOURNAL", &s.journal_path().display().to_string()),
+    )
+    .unwrap();
     let out = s.doctor(&["check"]);
     let code = out.status.code().unwrap_or(-1);
     (s, code, String::from_utf8_lossy(&out.stderr).into_owned())
@@ -34,21 +38,38 @@ fn bad_policies_exit_3_name_file_line_and_key_and_write_no_journal() {
         let (s, code, stderr) = check_bad(text);
         assert_eq!(code, 3, "{text}\n{stderr}");
         assert!(stderr.contains("policy.toml"), "names the file: {stderr}");
-        assert!(stderr.contains(location), "names line/key {location:?}: {stderr}");
+        assert!(
+            stderr.contains(location),
+            "names line/key {location:?}: {stderr}"
+        );
         if *reason != "malformed" {
             assert!(stderr.contains(reason), "says why ({reason}): {stderr}");
         }
-        assert!(!s.journal_path().exists(), "the journal is not written for {text}");
+        assert!(
+            !s.journal_path().exists(),
+            "the journal is not written for {text}"
+        );
     }
 }
 
 #[test]
 fn policy_validate_accepts_the_shipped_examples() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
     for entry in std::fs::read_dir(root.join("policies")).unwrap() {
         let path = entry.unwrap().path();
-        let out = Command::new(DOCTOR).args(["policy", "validate", "--policy"]).arg(&path).output().unwrap();
-        assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(DOCTOR)
+            .args(["policy", "validate", "--policy"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -56,7 +77,10 @@ fn policy_validate_accepts_the_shipped_examples() {
 fn a_finding_goes_new_then_persisting_then_resolved() {
     let s = Scenario::new();
     s.stale_pid_policy("", "", &["w"]);
-    let status = |doc: &serde_json::Value| finding(doc, "pid-file-stop", "w:stale-pid-file").map(|f| f["status"].as_str().unwrap().to_string());
+    let status = |doc: &serde_json::Value| {
+        finding(doc, "pid-file-stop", "w:stale-pid-file")
+            .map(|f| f["status"].as_str().unwrap().to_string())
+    };
 
     let (_, first) = s.doctor_json(&["check"]);
     assert_eq!(status(&first).as_deref(), Some("new"));
@@ -69,12 +93,17 @@ fn a_finding_goes_new_then_persisting_then_resolved() {
 
     let (row_status, first_seen, last_seen): (String, i64, i64) = s
         .journal()
-        .query_row("SELECT status, first_seen, last_seen FROM findings WHERE key = 'w:stale-pid-file'", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        .query_row(
+            "SELECT status, first_seen, last_seen FROM findings WHERE key = 'w:stale-pid-file'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .unwrap();
     assert_eq!(row_status, "resolved");
-    assert!(first_seen < last_seen, "first seen on run 1, last seen on run 2");
+    assert!(
+        first_seen < last_seen,
+        "first seen on run 1, last seen on run 2"
+    );
 }
 
 #[test]
@@ -94,8 +123,16 @@ fn a_second_concurrent_run_waits_then_fails_clearly() {
     let lock = s.path("journal.db.lock");
     let deadline = Instant::now() + Duration::from_secs(20);
     // The holder writes "PID START_MS" there.
-    while std::fs::read_to_string(&lock).unwrap_or_default().split_whitespace().next() != Some(first.id().to_string().as_str()) {
-        assert!(Instant::now() < deadline, "the first run never took the lock");
+    while std::fs::read_to_string(&lock)
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        != Some(first.id().to_string().as_str())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first run never took the lock"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -105,12 +142,30 @@ fn a_second_concurrent_run_waits_then_fails_clearly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     // The live holder is named: pid, command line, since when.
-    assert!(stderr.contains(&format!("another doctor run (pid {}: ", first.id())), "{stderr}");
-    assert!(stderr.contains("doctor check --policy") && stderr.contains(", since 20") && stderr.contains(") holds the journal lock"), "{stderr}");
-    assert!(waited >= Duration::from_secs(2), "it waited for lock_wait first ({waited:?})");
+    assert!(
+        stderr.contains(&format!("another doctor run (pid {}: ", first.id())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("doctor check --policy")
+            && stderr.contains(", since 20")
+            && stderr.contains(") holds the journal lock"),
+        "{stderr}"
+    );
+    assert!(
+        waited >= Duration::from_secs(2),
+        "it waited for lock_wait first ({waited:?})"
+    );
 
-    assert_eq!(first.wait().unwrap().code(), Some(3), "the first run finishes (its plugin timed out)");
-    let runs: i64 = s.journal().query_row("SELECT count(*) FROM runs", [], |r| r.get(0)).unwrap();
+    assert_eq!(
+        first.wait().unwrap().code(),
+        Some(3),
+        "the first run finishes (its plugin timed out)"
+    );
+    let runs: i64 = s
+        .journal()
+        .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(runs, 1, "only the run that held the lock is journalled");
 }
 
@@ -121,10 +176,18 @@ fn the_second_run_loads_from_the_cache_and_a_corrupt_entry_is_a_miss() {
     // A cache of this scenario's own, so the first run must compile.
     let text = std::fs::read_to_string(s.policy_path()).unwrap();
     let own_cache = s.path("cache");
-    let text = text.replace(&shared_cache().display().to_string(), &own_cache.display().to_string());
+    let text = text.replace(
+        &shared_cache().display().to_string(),
+        &own_cache.display().to_string(),
+    );
     std::fs::write(s.policy_path(), text).unwrap();
 
-    let cache = |doc: &serde_json::Value| plugin_summary(doc, "pid-file-stop")["cache"].as_str().unwrap().to_string();
+    let cache = |doc: &serde_json::Value| {
+        plugin_summary(doc, "pid-file-stop")["cache"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     let (_, first) = s.doctor_json(&["check"]);
     assert_eq!(cache(&first), "miss");
     let (_, second) = s.doctor_json(&["check"]);
@@ -143,7 +206,10 @@ fn the_second_run_loads_from_the_cache_and_a_corrupt_entry_is_a_miss() {
     let (code, third) = s.doctor_json(&["check"]);
     assert_eq!(cache(&third), "miss", "a corrupt entry is recompiled");
     assert_eq!(code, 1);
-    assert!(finding(&third, "pid-file-stop", "w:stale-pid-file").is_some(), "and the run is correct");
+    assert!(
+        finding(&third, "pid-file-stop", "w:stale-pid-file").is_some(),
+        "and the run is correct"
+    );
     let (_, fourth) = s.doctor_json(&["check"]);
     assert_eq!(cache(&fourth), "hit", "the entry was rewritten");
 

@@ -15,7 +15,11 @@ const PLUGIN: &str = "port-9403-freer";
 /// A python3 listener: `tag` is in its command line so grants and
 /// expectations can name it; `health` adds an HTTP server answering `status`.
 fn listener(port: u16, host: &str, tag: &str) -> Proc {
-    let family = if host.contains(':') { "socket.AF_INET6" } else { "socket.AF_INET" };
+    let family = if host.contains(':') {
+        "socket.AF_INET6"
+    } else {
+        "socket.AF_INET"
+    };
     let script = format!(
         "# {tag}\nimport socket,time\ns=socket.socket({family})\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{host}',{port}))\ns.listen()\nwhile True: time.sleep(1)\n"
     );
@@ -48,7 +52,9 @@ fn wait_listening(port: u16) {
 /// Whether the port can be bound right now (on both loopbacks' wildcard).
 fn bindable(port: u16) -> bool {
     std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
-        && std::net::TcpListener::bind(("::", port)).map(|_| true).unwrap_or_else(|e| e.kind() != std::io::ErrorKind::AddrInUse)
+        && std::net::TcpListener::bind(("::", port))
+            .map(|_| true)
+            .unwrap_or_else(|e| e.kind() != std::io::ErrorKind::AddrInUse)
 }
 
 fn policy(s: &Scenario, ports: &str, signal: &str, extra: &str) {
@@ -62,7 +68,12 @@ fn actions(f: &Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| (a["kind"].as_str().unwrap().to_string(), a["outcome"].as_str().unwrap().to_string()))
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap().to_string(),
+                a["outcome"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -71,7 +82,10 @@ fn journal_actions(s: &Scenario) -> Vec<(String, String, String, String)> {
     let mut stmt = db
         .prepare("SELECT kind, outcome, detail, params FROM actions WHERE plugin = 'port-9403-freer' ORDER BY id")
         .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect()
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 #[test]
@@ -87,24 +101,57 @@ fn unexpected_listener_is_named_stopped_and_the_port_bound() {
     let f = finding(&doc, PLUGIN, &key).unwrap_or_else(|| panic!("no {key} in {doc:#}"));
     assert_eq!(f["severity"], "critical");
     let message = f["message"].as_str().unwrap();
-    assert!(message.contains(&format!("pid {}", stray.pid())), "{message}");
-    assert!(message.contains("stray-uvicorn-a1"), "command line named: {message}");
-    assert_eq!(actions(f), vec![("stop-process".into(), "planned".into()), ("wait-port-free".into(), "planned".into())]);
+    assert!(
+        message.contains(&format!("pid {}", stray.pid())),
+        "{message}"
+    );
+    assert!(
+        message.contains("stray-uvicorn-a1"),
+        "command line named: {message}"
+    );
+    assert_eq!(
+        actions(f),
+        vec![
+            ("stop-process".into(), "planned".into()),
+            ("wait-port-free".into(), "planned".into())
+        ]
+    );
     assert!(stray.running(), "check never acts");
 
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 0, "{doc:#}");
     let f = finding(&doc, PLUGIN, &key).unwrap();
-    assert_eq!(actions(f), vec![("stop-process".into(), "applied".into()), ("wait-port-free".into(), "applied".into())]);
+    assert_eq!(
+        actions(f),
+        vec![
+            ("stop-process".into(), "applied".into()),
+            ("wait-port-free".into(), "applied".into())
+        ]
+    );
     assert_eq!(f["status"], "fixed", "{f:#}");
-    assert!(stray.reap(Duration::from_secs(5)).is_some(), "the stray exited");
+    assert!(
+        stray.reap(Duration::from_secs(5)).is_some(),
+        "the stray exited"
+    );
     assert!(bindable(port), "port {port} can be bound after fix");
 
     let journal = journal_actions(&s);
-    let stop = journal.iter().find(|a| a.0 == "stop-process" && a.1 == "applied").expect("stop journalled");
-    assert!(stop.3.contains(&stray.pid().to_string()), "params name the pid: {stop:?}");
-    let wait = journal.iter().find(|a| a.0 == "wait-port-free" && a.1 == "applied").expect("verification journalled");
-    assert!(wait.2.contains("bound"), "verification by binding: {wait:?}");
+    let stop = journal
+        .iter()
+        .find(|a| a.0 == "stop-process" && a.1 == "applied")
+        .expect("stop journalled");
+    assert!(
+        stop.3.contains(&stray.pid().to_string()),
+        "params name the pid: {stop:?}"
+    );
+    let wait = journal
+        .iter()
+        .find(|a| a.0 == "wait-port-free" && a.1 == "applied")
+        .expect("verification journalled");
+    assert!(
+        wait.2.contains("bound"),
+        "verification by binding: {wait:?}"
+    );
     assert!(wait.3.contains(&port.to_string()), "{wait:?}");
 }
 
@@ -149,8 +196,17 @@ fn unhealthy_expected_owner_is_stopped_only_when_stale_if_unhealthy() {
     assert_eq!(code, 0, "{doc:#}");
     let f = finding(&doc, PLUGIN, &key).unwrap();
     assert_eq!(f["severity"], "critical");
-    assert_eq!(actions(f), vec![("stop-process".into(), "applied".into()), ("wait-port-free".into(), "applied".into())]);
-    assert!(server.reap(Duration::from_secs(5)).is_some(), "the stale owner was stopped");
+    assert_eq!(
+        actions(f),
+        vec![
+            ("stop-process".into(), "applied".into()),
+            ("wait-port-free".into(), "applied".into())
+        ]
+    );
+    assert!(
+        server.reap(Duration::from_secs(5)).is_some(),
+        "the stale owner was stopped"
+    );
     assert!(bindable(port));
 }
 
@@ -170,10 +226,22 @@ fn term_ignoring_owner_is_killed_after_grace() {
     let took = started.elapsed();
     assert_eq!(code, 0, "{doc:#}");
     let f = finding(&doc, PLUGIN, &format!("port:{port}:unexpected-owner")).unwrap();
-    assert_eq!(actions(f), vec![("stop-process".into(), "applied".into()), ("wait-port-free".into(), "applied".into())]);
+    assert_eq!(
+        actions(f),
+        vec![
+            ("stop-process".into(), "applied".into()),
+            ("wait-port-free".into(), "applied".into())
+        ]
+    );
     let stop = &f["actions"][0];
-    assert!(stop["detail"].as_str().unwrap().contains("killed"), "KILL after grace: {stop:#}");
-    assert!(took >= Duration::from_millis(1000), "the grace period was given: {took:?}");
+    assert!(
+        stop["detail"].as_str().unwrap().contains("killed"),
+        "KILL after grace: {stop:#}"
+    );
+    assert!(
+        took >= Duration::from_millis(1000),
+        "the grace period was given: {took:?}"
+    );
     let status = stubborn.reap(Duration::from_secs(5)).expect("exited");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(9), "died of SIGKILL");
@@ -193,7 +261,8 @@ fn ipv6_listener_is_found_and_freed() {
 
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
-    let f = finding(&doc, PLUGIN, &format!("port:{port}:unexpected-owner")).unwrap_or_else(|| panic!("{doc:#}"));
+    let f = finding(&doc, PLUGIN, &format!("port:{port}:unexpected-owner"))
+        .unwrap_or_else(|| panic!("{doc:#}"));
     let message = f["message"].as_str().unwrap();
     assert!(message.contains(&format!("[::1]:{port}")), "{message}");
     assert!(message.contains(&format!("pid {}", v6.pid())), "{message}");
@@ -201,7 +270,10 @@ fn ipv6_listener_is_found_and_freed() {
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 0, "{doc:#}");
     assert!(v6.reap(Duration::from_secs(5)).is_some());
-    assert!(std::net::TcpListener::bind(("::1", port)).is_ok(), "[::1]:{port} bindable");
+    assert!(
+        std::net::TcpListener::bind(("::1", port)).is_ok(),
+        "[::1]:{port} bindable"
+    );
 }
 
 #[test]
@@ -220,7 +292,9 @@ fn listener_owned_by_a_child_of_its_starter() {
         .spawn()
         .expect("sh");
     let mut line = String::new();
-    BufReader::new(starter.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(starter.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let child_pid: u32 = line.trim().parse().expect("child pid");
     assert_ne!(child_pid, starter.id());
     struct Reap(std::process::Child, u32);
@@ -239,8 +313,14 @@ fn listener_owned_by_a_child_of_its_starter() {
     assert_eq!(code, 2, "{doc:#}");
     let f = finding(&doc, PLUGIN, &format!("port:{port}:unexpected-owner")).unwrap();
     let message = f["message"].as_str().unwrap();
-    assert!(message.contains(&format!("pid {child_pid}")), "the child is named: {message}");
-    assert!(!message.contains(&format!("pid {} ", starter.0.id())), "not the starter: {message}");
+    assert!(
+        message.contains(&format!("pid {child_pid}")),
+        "the child is named: {message}"
+    );
+    assert!(
+        !message.contains(&format!("pid {} ", starter.0.id())),
+        "not the starter: {message}"
+    );
     let evidence = f.to_string();
     let _ = evidence;
 
@@ -251,12 +331,19 @@ fn listener_owned_by_a_child_of_its_starter() {
     while Instant::now() < deadline && starter.0.try_wait().unwrap().is_none() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(starter.0.try_wait().unwrap().is_some(), "the starter finished once its child was stopped");
+    assert!(
+        starter.0.try_wait().unwrap().is_some(),
+        "the starter finished once its child was stopped"
+    );
     assert!(bindable(port));
 }
 
 fn nix_kill(pid: u32) -> std::io::Result<()> {
-    Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status().map(drop)
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .map(drop)
 }
 
 #[test]
@@ -275,10 +362,16 @@ fn expected_owner_with_an_unexpected_neighbour_keeps_the_port() {
     );
     let mut bad = Proc::spawn(&["python3", "-c", &script]);
     std::thread::sleep(Duration::from_millis(300));
-    policy(&s, &format!("[{{ port = {port}, expect = {{ command = \"keeper-g7\" }} }}]"), "-g7", "");
+    policy(
+        &s,
+        &format!("[{{ port = {port}, expect = {{ command = \"keeper-g7\" }} }}]"),
+        "-g7",
+        "",
+    );
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 0, "{doc:#}");
-    let f = finding(&doc, PLUGIN, &format!("port:{port}:unexpected-owner")).unwrap_or_else(|| panic!("{doc:#}"));
+    let f = finding(&doc, PLUGIN, &format!("port:{port}:unexpected-owner"))
+        .unwrap_or_else(|| panic!("{doc:#}"));
     assert_eq!(actions(f), vec![("stop-process".into(), "applied".into())]);
     assert!(bad.reap(Duration::from_secs(5)).is_some());
     assert!(good.running(), "the expected owner is never touched");
@@ -293,12 +386,23 @@ fn container_holding_the_port_is_stopped_through_the_engine() {
     podman.import_busybox("localhost/busybox:1.36");
     let port = support::free_port();
     let id = podman.create(&[
-        "--name", "web-old", "--network", "host", "localhost/busybox:1.36",
-        "/bin/busybox", "httpd", "-f", "-p", &format!("127.0.0.1:{port}"),
+        "--name",
+        "web-old",
+        "--network",
+        "host",
+        "localhost/busybox:1.36",
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        &format!("127.0.0.1:{port}"),
     ]);
     let started = podman.podman(&["start", &id]);
     if !started.status.success() {
-        eprintln!("skipping: containers cannot start here: {}", String::from_utf8_lossy(&started.stderr));
+        eprintln!(
+            "skipping: containers cannot start here: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
         return;
     }
     wait_listening(port);
@@ -312,12 +416,28 @@ fn container_holding_the_port_is_stopped_through_the_engine() {
     let key = format!("port:{port}:unexpected-container");
     let f = finding(&doc, PLUGIN, &key).unwrap_or_else(|| panic!("no {key} in {doc:#}"));
     let message = f["message"].as_str().unwrap();
-    assert!(message.contains("container web-old") && message.contains("cgroup"), "{message}");
-    assert_eq!(actions(f), vec![("container-stop".into(), "planned".into()), ("wait-port-free".into(), "planned".into())]);
+    assert!(
+        message.contains("container web-old") && message.contains("cgroup"),
+        "{message}"
+    );
+    assert_eq!(
+        actions(f),
+        vec![
+            ("container-stop".into(), "planned".into()),
+            ("wait-port-free".into(), "planned".into())
+        ]
+    );
 
     let (code, doc) = s.doctor_json(&["fix"]);
     let f = finding(&doc, PLUGIN, &key).unwrap();
-    assert_eq!(actions(f), vec![("container-stop".into(), "applied".into()), ("wait-port-free".into(), "applied".into())], "{f:#}");
+    assert_eq!(
+        actions(f),
+        vec![
+            ("container-stop".into(), "applied".into()),
+            ("wait-port-free".into(), "applied".into())
+        ],
+        "{f:#}"
+    );
     assert_eq!(code, 0, "{doc:#}");
     let state = podman.podman(&["inspect", "--format", "{{.State.Status}}", &id]);
     assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "exited");

@@ -20,11 +20,17 @@ const JOBS: &str = "job-health";
 const CHUNKS: &str = "sqlite-chunk-reset";
 
 fn script() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workers/db_worker.py").display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/workers/db_worker.py")
+        .display()
+        .to_string()
 }
 
 fn hostname() -> String {
-    nix::unistd::gethostname().unwrap().to_string_lossy().into_owned()
+    nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A python worker under this test's launcher (`sh -c '"$@" & wait' <tag>
@@ -38,8 +44,23 @@ struct Worker {
 impl Worker {
     fn start(s: &Scenario, tag: &str, db: &Path, sql: &[&str], extra: &[&str]) -> Worker {
         let ready = s.path(&format!("{tag}.ready"));
-        let (script, db, ready_s, launcher_tag) = (script(), db.display().to_string(), ready.display().to_string(), launcher_tag(s, tag));
-        let mut argv: Vec<&str> = vec!["sh", "-c", "\"$@\" & wait", &launcher_tag, "python3", &script, &db, "--ready", &ready_s];
+        let (script, db, ready_s, launcher_tag) = (
+            script(),
+            db.display().to_string(),
+            ready.display().to_string(),
+            launcher_tag(s, tag),
+        );
+        let mut argv: Vec<&str> = vec![
+            "sh",
+            "-c",
+            "\"$@\" & wait",
+            &launcher_tag,
+            "python3",
+            &script,
+            &db,
+            "--ready",
+            &ready_s,
+        ];
         for q in sql {
             argv.extend(["--exec", q]);
         }
@@ -47,7 +68,10 @@ impl Worker {
         let launcher = Proc::spawn(&argv);
         let deadline = Instant::now() + Duration::from_secs(10);
         let pid = loop {
-            if let Some(pid) = std::fs::read_to_string(&ready).ok().and_then(|t| t.trim().parse().ok()) {
+            if let Some(pid) = std::fs::read_to_string(&ready)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
                 break pid;
             }
             assert!(Instant::now() < deadline, "worker {tag} never got ready");
@@ -59,17 +83,29 @@ impl Worker {
     /// SIGKILL, the way a host loses a worker; its launcher reaps it.
     fn kill(mut self) -> u32 {
         let pid = self.pid;
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(self.launcher.reap(Duration::from_secs(5)).is_some(), "the launcher ends with its worker");
+        assert!(
+            self.launcher.reap(Duration::from_secs(5)).is_some(),
+            "the launcher ends with its worker"
+        );
         pid
     }
 
     fn running(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
     }
 }
 
@@ -77,9 +113,16 @@ impl Drop for Worker {
     /// Kill the worker only while it is still the launcher's child (never a reused pid).
     fn drop(&mut self) {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        let ppid: Option<u32> = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
+        let ppid: Option<u32> = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok());
         if ppid == Some(self.launcher.pid()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -91,21 +134,35 @@ fn launcher_tag(s: &Scenario, tag: &str) -> String {
 
 /// A scope naming every launcher of this scenario (and no other test's).
 fn scope(s: &Scenario) -> String {
-    format!("{{ under = {:?} }}", format!("^sh -c .* launcher:{}:", regex::escape(&s.root().display().to_string())))
+    format!(
+        "{{ under = {:?} }}",
+        format!(
+            "^sh -c .* launcher:{}:",
+            regex::escape(&s.root().display().to_string())
+        )
+    )
 }
 
 fn keys(doc: &serde_json::Value, plugin: &str) -> Vec<String> {
-    let mut k: Vec<String> = findings(doc, plugin).iter().map(|f| f["key"].as_str().unwrap().to_string()).collect();
+    let mut k: Vec<String> = findings(doc, plugin)
+        .iter()
+        .map(|f| f["key"].as_str().unwrap().to_string())
+        .collect();
     k.sort();
     k
 }
 
 fn message(doc: &serde_json::Value, plugin: &str, key: &str) -> String {
-    finding(doc, plugin, key).unwrap_or_else(|| panic!("no {key}: {doc:#}"))["message"].as_str().unwrap().to_string()
+    finding(doc, plugin, key).unwrap_or_else(|| panic!("no {key}: {doc:#}"))["message"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn actions(doc: &serde_json::Value, plugin: &str, key: &str) -> usize {
-    finding(doc, plugin, key).unwrap_or_else(|| panic!("no {key}: {doc:#}"))["actions"].as_array().map_or(0, Vec::len)
+    finding(doc, plugin, key).unwrap_or_else(|| panic!("no {key}: {doc:#}"))["actions"]
+        .as_array()
+        .map_or(0, Vec::len)
 }
 
 fn job_policy(s: &Scenario, db: &Path, config: &str) {
@@ -178,59 +235,120 @@ fn client_reads_failure(db: &Path, task: &str) -> String {
         .arg(task)
         .output()
         .unwrap();
-    assert!(out.status.success(), "the client cannot read it back: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the client cannot read it back: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn task(db: &Path, id: &str) -> (String, Option<String>, Option<String>, Option<i64>) {
     Connection::open(db)
         .unwrap()
-        .query_row("SELECT state, result, traceback, done_ns FROM tasks WHERE task_id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row(
+            "SELECT state, result, traceback, done_ns FROM tasks WHERE task_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
         .unwrap()
 }
 
 const CLAIM: &str = "UPDATE tasks SET worker = '{name}', result = json_object('pid', {pid}, 'hostname', '{host}'), locked_ns = {now_ns}, traceback = 'partial' WHERE task_id = ";
 
 #[test]
-fn pid_inside_json_name_not_in_the_command_line_live_untouched_dead_failed_with_a_record_the_client_reads() {
+fn pid_inside_json_name_not_in_the_command_line_live_untouched_dead_failed_with_a_record_the_client_reads(
+) {
     let s = Scenario::new();
     let db = s.path("queue.db");
     task_table(&db);
     let live = Worker::start(&s, "live", &db, &[&format!("{CLAIM}'t-live'")], &[]);
     let dead = Worker::start(&s, "dead", &db, &[&format!("{CLAIM}'t-dead'")], &[]);
     // A claimed task whose worker has not written its pid yet: no identity.
-    Connection::open(&db).unwrap().execute("UPDATE tasks SET worker = 'node-ffff@' || ?1 WHERE task_id = 't-blind'", [hostname()]).unwrap();
-    let live_name: String = Connection::open(&db).unwrap().query_row("SELECT worker FROM tasks WHERE task_id = 't-live'", [], |r| r.get(0)).unwrap();
+    Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE tasks SET worker = 'node-ffff@' || ?1 WHERE task_id = 't-blind'",
+            [hostname()],
+        )
+        .unwrap();
+    let live_name: String = Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT worker FROM tasks WHERE task_id = 't-live'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", live.pid)).unwrap();
-    assert!(!String::from_utf8_lossy(&cmdline).contains(&live_name), "the worker's name is not in its command line");
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(&live_name),
+        "the worker's name is not in its command line"
+    );
     let dead_pid = dead.kill();
     job_policy(&s, &db, TASK_CONFIG);
 
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
-    assert_eq!(keys(&doc, JOBS), ["job:t-blind:unknown-worker", "job:t-dead:orphaned", "table:tasks:summary"], "{doc:#}");
+    assert_eq!(
+        keys(&doc, JOBS),
+        [
+            "job:t-blind:unknown-worker",
+            "job:t-dead:orphaned",
+            "table:tasks:summary"
+        ],
+        "{doc:#}"
+    );
     let dead_msg = message(&doc, JOBS, "job:t-dead:orphaned");
-    assert!(dead_msg.contains(&format!("pid {dead_pid} is not running")), "found by the pid in the JSON: {dead_msg}");
+    assert!(
+        dead_msg.contains(&format!("pid {dead_pid} is not running")),
+        "found by the pid in the JSON: {dead_msg}"
+    );
     let blind = message(&doc, JOBS, "job:t-blind:unknown-worker");
-    assert!(blind.contains("cannot tell whether the worker is alive") && blind.contains("no write is proposed"), "{blind}");
+    assert!(
+        blind.contains("cannot tell whether the worker is alive")
+            && blind.contains("no write is proposed"),
+        "{blind}"
+    );
     assert_eq!(actions(&doc, JOBS, "job:t-blind:unknown-worker"), 0);
 
     let before_live = task(&db, "t-live");
     let before_blind = task(&db, "t-blind");
     let (code, doc) = s.doctor_json(&["fix"]);
-    assert_eq!(finding(&doc, JOBS, "job:t-dead:orphaned").unwrap()["actions"][0]["outcome"], "applied", "{doc:#}");
+    assert_eq!(
+        finding(&doc, JOBS, "job:t-dead:orphaned").unwrap()["actions"][0]["outcome"],
+        "applied",
+        "{doc:#}"
+    );
     assert_eq!(code, 1, "the blind row stays a warning: {doc:#}");
 
     // The application's client reads the failure back.
     let read = client_reads_failure(&db, "t-dead");
-    assert!(read.starts_with("WorkerLost: doctor: pid ") && read.contains("is not running"), "{read}");
+    assert!(
+        read.starts_with("WorkerLost: doctor: pid ") && read.contains("is not running"),
+        "{read}"
+    );
     let (_, _, traceback, done_ns) = task(&db, "t-dead");
-    assert_eq!(traceback, None, "the traceback was cleared in the same statement");
+    assert_eq!(
+        traceback, None,
+        "the traceback was cleared in the same statement"
+    );
     let done_ns = done_ns.expect("done_ns set");
-    assert!(done_ns > 1_000_000_000_000_000_000, "now, in the table's unit (nanoseconds, as its lock was read): {done_ns}");
+    assert!(
+        done_ns > 1_000_000_000_000_000_000,
+        "now, in the table's unit (nanoseconds, as its lock was read): {done_ns}"
+    );
 
-    assert_eq!(task(&db, "t-live"), before_live, "a live worker's task is never touched");
-    assert_eq!(task(&db, "t-blind"), before_blind, "a row without identity is never written");
+    assert_eq!(
+        task(&db, "t-live"),
+        before_live,
+        "a live worker's task is never touched"
+    );
+    assert_eq!(
+        task(&db, "t-blind"),
+        before_blind,
+        "a row without identity is never written"
+    );
     assert!(live.running());
 }
 
@@ -243,11 +361,19 @@ fn a_pid_that_started_after_the_rows_nanosecond_claim_is_a_reused_pid() {
     // the pid in its JSON now belongs to a process that started just now.
     let claim = "UPDATE tasks SET worker = '{name}', result = json_object('pid', {pid}, 'hostname', '{host}'), locked_ns = {now_ns} - 3600000000000 WHERE task_id = 't-dead'";
     let newcomer = Worker::start(&s, "newcomer", &db, &[claim], &[]);
-    job_policy(&s, &db, &TASK_CONFIG.replace("on_orphaned = \"fail\"", "on_orphaned = \"report\""));
+    job_policy(
+        &s,
+        &db,
+        &TASK_CONFIG.replace("on_orphaned = \"fail\"", "on_orphaned = \"report\""),
+    );
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
     let m = message(&doc, JOBS, "job:t-dead:orphaned");
-    assert!(m.contains(&format!("pid {}", newcomer.pid)) && m.contains("started after the row was claimed"), "{m}");
+    assert!(
+        m.contains(&format!("pid {}", newcomer.pid))
+            && m.contains("started after the row was claimed"),
+        "{m}"
+    );
     assert!(newcomer.running());
 }
 
@@ -262,7 +388,11 @@ fn the_incidents_damage_a_name_searched_in_command_lines_is_refused_at_validate(
     let out = s.doctor(&["policy", "validate"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("policy.toml:") && stderr.contains("worker_kind = \"name\" needs name_pattern"), "{stderr}");
+    assert!(
+        stderr.contains("policy.toml:")
+            && stderr.contains("worker_kind = \"name\" needs name_pattern"),
+        "{stderr}"
+    );
     let before = task(&db, "t-live");
     let (code, _) = s.doctor_json(&["fix"]);
     assert_eq!(code, 3);
@@ -271,7 +401,10 @@ fn the_incidents_damage_a_name_searched_in_command_lines_is_refused_at_validate(
     let out = s.doctor(&["policy", "validate"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("with name_pattern needs a scope"), "{stderr}");
+    assert!(
+        stderr.contains("with name_pattern needs a scope"),
+        "{stderr}"
+    );
     let (code, _) = s.doctor_json(&["fix"]);
     assert_eq!(code, 3);
     assert_eq!(task(&db, "t-live"), before);
@@ -279,19 +412,38 @@ fn the_incidents_damage_a_name_searched_in_command_lines_is_refused_at_validate(
 }
 
 #[test]
-fn a_name_only_identity_is_found_by_its_declared_pattern_inside_the_scope_and_validate_says_it_is_weaker() {
+fn a_name_only_identity_is_found_by_its_declared_pattern_inside_the_scope_and_validate_says_it_is_weaker(
+) {
     let s = Scenario::new();
     let db = s.path("queue.db");
     task_table(&db);
     let host = hostname();
     let (w1, w2) = (format!("w1@{host}"), format!("w2@{host}"));
     let claim = "UPDATE tasks SET worker = '{name}' WHERE task_id = ";
-    let live = Worker::start(&s, "w1", &db, &[&format!("{claim}'t-live'")], &["--hostname", &w1]);
-    let dead = Worker::start(&s, "w2", &db, &[&format!("{claim}'t-dead'")], &["--hostname", &w2]);
+    let live = Worker::start(
+        &s,
+        "w1",
+        &db,
+        &[&format!("{claim}'t-live'")],
+        &["--hostname", &w1],
+    );
+    let dead = Worker::start(
+        &s,
+        "w2",
+        &db,
+        &[&format!("{claim}'t-dead'")],
+        &["--hostname", &w2],
+    );
     dead.kill();
     // Another deployment's worker shows the dead one's name, outside this scope.
     let other = Scenario::new();
-    let impostor = Worker::start(&other, "w2", &other.path("none.db"), &[], &["--hostname", &w2]);
+    let impostor = Worker::start(
+        &other,
+        "w2",
+        &other.path("none.db"),
+        &[],
+        &["--hostname", &w2],
+    );
     job_policy(
         &s,
         &db,
@@ -303,13 +455,34 @@ fn a_name_only_identity_is_found_by_its_declared_pattern_inside_the_scope_and_va
     let out = s.doctor(&["policy", "validate"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("doctor: warning:") && stderr.contains("plugins.job-health.config.worker_kind") && stderr.contains("weaker than a pid"), "{stderr}");
+    assert!(
+        stderr.contains("doctor: warning:")
+            && stderr.contains("plugins.job-health.config.worker_kind")
+            && stderr.contains("weaker than a pid"),
+        "{stderr}"
+    );
 
     let (_, doc) = s.doctor_json(&["fix"]);
-    assert_eq!(keys(&doc, JOBS), ["config:weak-identity", "job:t-blind:unknown-worker", "job:t-dead:orphaned", "table:tasks:summary"], "{doc:#}");
-    assert!(message(&doc, JOBS, "job:t-dead:orphaned").contains("no process in scope"), "{doc:#}");
+    assert_eq!(
+        keys(&doc, JOBS),
+        [
+            "config:weak-identity",
+            "job:t-blind:unknown-worker",
+            "job:t-dead:orphaned",
+            "table:tasks:summary"
+        ],
+        "{doc:#}"
+    );
+    assert!(
+        message(&doc, JOBS, "job:t-dead:orphaned").contains("no process in scope"),
+        "{doc:#}"
+    );
     assert_eq!(task(&db, "t-dead").0, "FAILURE");
-    assert_eq!(task(&db, "t-live").0, "STARTED", "the live worker's task is untouched");
+    assert_eq!(
+        task(&db, "t-live").0,
+        "STARTED",
+        "the live worker's task is untouched"
+    );
     assert!(live.running() && impostor.running());
 }
 
@@ -346,36 +519,91 @@ fn nanosecond_microsecond_iso_and_julian_times_are_read_and_a_future_one_is_a_fi
     assert_eq!(code, 2, "{doc:#}");
     assert_eq!(
         keys(&doc, JOBS),
-        ["job:1:orphaned", "job:2:orphaned", "job:3:orphaned", "job:4:orphaned", "job:5:orphaned", "job:8:heartbeat-future", "job:9:stale", "table:jobs:summary"],
+        [
+            "job:1:orphaned",
+            "job:2:orphaned",
+            "job:3:orphaned",
+            "job:4:orphaned",
+            "job:5:orphaned",
+            "job:8:heartbeat-future",
+            "job:9:stale",
+            "table:jobs:summary"
+        ],
         "{doc:#}"
     );
-    let read_as = |id: i64| finding(&doc, JOBS, &format!("job:{id}:orphaned")).unwrap()["evidence"]["heartbeat_read_as"].as_str().unwrap().to_string();
+    let read_as = |id: i64| {
+        finding(&doc, JOBS, &format!("job:{id}:orphaned")).unwrap()["evidence"]["heartbeat_read_as"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(read_as(1), "epoch nanoseconds (INTEGER, detected)");
     assert_eq!(read_as(2), "epoch microseconds (INTEGER, detected)");
     assert_eq!(read_as(3), "ISO-8601 with zone (TEXT, detected)");
-    assert_eq!(read_as(4), "ISO-8601 without zone, read as UTC (TEXT, detected)");
+    assert_eq!(
+        read_as(4),
+        "ISO-8601 without zone, read as UTC (TEXT, detected)"
+    );
     assert_eq!(read_as(5), "SQLite julian day (REAL, detected)");
     let age = message(&doc, JOBS, "job:1:orphaned");
-    assert!(age.contains("2h0m old") || age.contains("1h59m old"), "{age}");
+    assert!(
+        age.contains("2h0m old") || age.contains("1h59m old"),
+        "{age}"
+    );
     let future = message(&doc, JOBS, "job:8:heartbeat-future");
-    assert!(future.starts_with("timestamp in the future: unit wrong?"), "{future}");
+    assert!(
+        future.starts_with("timestamp in the future: unit wrong?"),
+        "{future}"
+    );
     assert_eq!(actions(&doc, JOBS, "job:8:heartbeat-future"), 0);
-    assert_eq!(finding(&doc, JOBS, "job:9:stale").unwrap()["evidence"]["updated_read_as"], "epoch microseconds (INTEGER, detected)");
+    assert_eq!(
+        finding(&doc, JOBS, "job:9:stale").unwrap()["evidence"]["updated_read_as"],
+        "epoch microseconds (INTEGER, detected)"
+    );
 
     // A requeue writes "now" in the unit each row was read in.
     let (_, doc) = s.doctor_json(&["fix"]);
-    assert_eq!(finding(&doc, JOBS, "job:1:orphaned").unwrap()["actions"][0]["outcome"], "applied", "{doc:#}");
+    assert_eq!(
+        finding(&doc, JOBS, "job:1:orphaned").unwrap()["actions"][0]["outcome"],
+        "applied",
+        "{doc:#}"
+    );
     let c = Connection::open(&db).unwrap();
-    let beat = |id: i64| c.query_row("SELECT beat, typeof(beat) FROM jobs WHERE id = ?1", [id], |r| Ok((r.get::<_, rusqlite::types::Value>(0)?, r.get::<_, String>(1)?))).unwrap();
+    let beat = |id: i64| {
+        c.query_row(
+            "SELECT beat, typeof(beat) FROM jobs WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, rusqlite::types::Value>(0)?,
+                    r.get::<_, String>(1)?,
+                ))
+            },
+        )
+        .unwrap()
+    };
     let (b1, _) = beat(1);
-    assert!(matches!(b1, rusqlite::types::Value::Integer(n) if n > 1_000_000_000_000_000_000), "nanoseconds: {b1:?}");
+    assert!(
+        matches!(b1, rusqlite::types::Value::Integer(n) if n > 1_000_000_000_000_000_000),
+        "nanoseconds: {b1:?}"
+    );
     let (b2, _) = beat(2);
-    assert!(matches!(b2, rusqlite::types::Value::Integer(n) if (1_000_000_000_000_000..1_000_000_000_000_000_000).contains(&n)), "microseconds: {b2:?}");
+    assert!(
+        matches!(b2, rusqlite::types::Value::Integer(n) if (1_000_000_000_000_000..1_000_000_000_000_000_000).contains(&n)),
+        "microseconds: {b2:?}"
+    );
     assert_eq!(beat(3).1, "text");
     assert_eq!(beat(5).1, "real");
-    let updated: i64 = c.query_row("SELECT updated FROM jobs WHERE id = 9", [], |r| r.get(0)).unwrap();
-    assert!((1_000_000_000_000_000..1_000_000_000_000_000_000).contains(&updated), "the stale job's update time, fresh, in microseconds: {updated}");
-    let status8: String = c.query_row("SELECT status FROM jobs WHERE id = 8", [], |r| r.get(0)).unwrap();
+    let updated: i64 = c
+        .query_row("SELECT updated FROM jobs WHERE id = 9", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        (1_000_000_000_000_000..1_000_000_000_000_000_000).contains(&updated),
+        "the stale job's update time, fresh, in microseconds: {updated}"
+    );
+    let status8: String = c
+        .query_row("SELECT status FROM jobs WHERE id = 8", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(status8, "running", "a future heartbeat judges nothing");
 }
 
@@ -390,17 +618,28 @@ fn a_declared_unit_that_is_wrong_shows_as_the_future_and_nothing_is_written() {
     // Nanoseconds and microseconds read as milliseconds lie far ahead.
     for id in [1, 2, 6, 7] {
         let m = message(&doc, JOBS, &format!("job:{id}:heartbeat-future"));
-        assert!(m.starts_with("timestamp in the future: unit wrong?") && m.contains("epoch milliseconds (INTEGER)"), "{m}");
+        assert!(
+            m.starts_with("timestamp in the future: unit wrong?")
+                && m.contains("epoch milliseconds (INTEGER)"),
+            "{m}"
+        );
     }
     for id in [1, 2, 6, 7] {
-        assert!(finding(&doc, JOBS, &format!("job:{id}:orphaned")).is_none(), "a future heartbeat judges nothing: {doc:#}");
+        assert!(
+            finding(&doc, JOBS, &format!("job:{id}:orphaned")).is_none(),
+            "a future heartbeat judges nothing: {doc:#}"
+        );
     }
     assert_eq!(std::fs::read(&db).unwrap(), before, "nothing written");
 
     // Declared right, nanoseconds are read as such.
     job_policy(&s, &db, "worker_column = \"\"\nheartbeat_column = \"beat\"\nheartbeat_timeout = \"10m\"\ntime_unit = \"ns\"\non_orphaned = \"report\"\n");
     let (_, doc) = s.doctor_json(&["check"]);
-    assert_eq!(finding(&doc, JOBS, "job:1:orphaned").unwrap()["evidence"]["heartbeat_read_as"], "epoch nanoseconds (INTEGER)", "{doc:#}");
+    assert_eq!(
+        finding(&doc, JOBS, "job:1:orphaned").unwrap()["evidence"]["heartbeat_read_as"],
+        "epoch nanoseconds (INTEGER)",
+        "{doc:#}"
+    );
 }
 
 #[test]
@@ -410,14 +649,18 @@ fn a_row_without_identity_is_written_only_when_the_policy_opts_into_heartbeat_ju
     Connection::open(&db).unwrap().execute_batch("CREATE TABLE jobs (id INTEGER PRIMARY KEY, status TEXT, pid TEXT, beat INTEGER, attempts INTEGER NOT NULL DEFAULT 0);").unwrap();
     // Claimed by a worker that wrote no pid (NULL) and one that wrote a name where a pid belongs.
     let _w = Worker::start(&s, "w", &db, &["INSERT INTO jobs (id, status, pid, beat) VALUES (1, 'running', NULL, {now_s} - 7200), (2, 'running', 'worker-7', {now_s} - 7200)"], &["--exit"]);
-    let config = "heartbeat_column = \"beat\"\nheartbeat_timeout = \"10m\"\non_orphaned = \"requeue\"\n";
+    let config =
+        "heartbeat_column = \"beat\"\nheartbeat_timeout = \"10m\"\non_orphaned = \"requeue\"\n";
     job_policy(&s, &db, config);
     let before = std::fs::read(&db).unwrap();
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 1, "{doc:#}");
     for id in [1, 2] {
         let key = format!("job:{id}:unknown-worker");
-        assert!(message(&doc, JOBS, &key).contains("cannot tell whether the worker is alive"), "{doc:#}");
+        assert!(
+            message(&doc, JOBS, &key).contains("cannot tell whether the worker is alive"),
+            "{doc:#}"
+        );
         assert_eq!(actions(&doc, JOBS, &key), 0);
     }
     assert_eq!(std::fs::read(&db).unwrap(), before, "no write");
@@ -425,7 +668,11 @@ fn a_row_without_identity_is_written_only_when_the_policy_opts_into_heartbeat_ju
     job_policy(&s, &db, &format!("{config}unidentified = \"heartbeat\"\n"));
     let (_, doc) = s.doctor_json(&["fix"]);
     for id in [1, 2] {
-        assert_eq!(finding(&doc, JOBS, &format!("job:{id}:orphaned")).unwrap()["actions"][0]["outcome"], "applied", "{doc:#}");
+        assert_eq!(
+            finding(&doc, JOBS, &format!("job:{id}:orphaned")).unwrap()["actions"][0]["outcome"],
+            "applied",
+            "{doc:#}"
+        );
     }
 }
 
@@ -434,17 +681,36 @@ fn validate_rejects_statements_posing_as_expressions_and_writes_it_cannot_make()
     let s = Scenario::new();
     let db = s.path("queue.db");
     task_table(&db);
-    Connection::open(&db).unwrap().execute_batch("CREATE TABLE loose (id TEXT, state TEXT, worker TEXT, err TEXT);").unwrap();
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE loose (id TEXT, state TEXT, worker TEXT, err TEXT);")
+        .unwrap();
     let cases: [(&str, &str, &str); 5] = [
         (
             "worker_pid_sql = \"json_extract(result, '$.pid')); DELETE FROM tasks WHERE (1\"",
             "worker_pid_sql",
             "is not a single SQL expression",
         ),
-        ("worker_pid_sql = \"json_extract(nope, '$.pid')\"", "worker_pid_sql", "no such column"),
-        ("[plugins.job-health.config.fail_set]\nexc_info = \"x\"", "fail_set", "has no column \"exc_info\""),
-        ("[plugins.job-health.config.fail_set]\nstate = \"x\"", "fail_set", "written by the remedy itself"),
-        ("[plugins.job-health.config.requeue_set]\nresult = { json = { msg = \"{nope}\" } }", "requeue_set", "unknown placeholder {nope}"),
+        (
+            "worker_pid_sql = \"json_extract(nope, '$.pid')\"",
+            "worker_pid_sql",
+            "no such column",
+        ),
+        (
+            "[plugins.job-health.config.fail_set]\nexc_info = \"x\"",
+            "fail_set",
+            "has no column \"exc_info\"",
+        ),
+        (
+            "[plugins.job-health.config.fail_set]\nstate = \"x\"",
+            "fail_set",
+            "written by the remedy itself",
+        ),
+        (
+            "[plugins.job-health.config.requeue_set]\nresult = { json = { msg = \"{nope}\" } }",
+            "requeue_set",
+            "unknown placeholder {nope}",
+        ),
     ];
     let base = "table = \"tasks\"\nid_column = \"task_id\"\nstatus_column = \"state\"\nworker_column = \"worker\"\nattempts_column = \"retries\"\n";
     for (extra, key, says) in cases {
@@ -452,20 +718,31 @@ fn validate_rejects_statements_posing_as_expressions_and_writes_it_cannot_make()
         let out = s.doctor(&["policy", "validate"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{extra}: {stderr}");
-        assert!(stderr.contains("policy.toml:") && stderr.contains(key) && stderr.contains(says), "{extra}: {stderr}");
+        assert!(
+            stderr.contains("policy.toml:") && stderr.contains(key) && stderr.contains(says),
+            "{extra}: {stderr}"
+        );
     }
     // A compare-and-swap on a column that is not the key could change many rows.
     job_policy(&s, &db, "table = \"loose\"\nworker_column = \"worker\"\nstatus_column = \"state\"\nattempts_column = \"\"\n[plugins.job-health.config.fail_set]\nerr = \"lost\"\n");
     let out = s.doctor(&["policy", "validate"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("neither the primary key nor UNIQUE"), "{stderr}");
+    assert!(
+        stderr.contains("neither the primary key nor UNIQUE"),
+        "{stderr}"
+    );
 }
 
 fn chunk_rows(db: &Path) -> Vec<(i64, String, Option<String>)> {
     let c = Connection::open(db).unwrap();
-    let mut st = c.prepare("SELECT id, status, assigned_worker FROM chunks ORDER BY id").unwrap();
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+    let mut st = c
+        .prepare("SELECT id, status, assigned_worker FROM chunks ORDER BY id")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 #[test]
@@ -486,7 +763,11 @@ fn chunk_reset_reads_the_same_shapes_pid_in_json_name_not_in_the_command_line_na
     let c = Connection::open(&db).unwrap();
     // 3: a name and no pid at all; 4: another host's worker, its microsecond heartbeat two hours old;
     // 5: a claim time an hour in the future (unit wrong?) on a live worker's row.
-    c.execute("UPDATE chunks SET assigned_worker = 'node-ffff@' || ?1 WHERE id = 3", [hostname()]).unwrap();
+    c.execute(
+        "UPDATE chunks SET assigned_worker = 'node-ffff@' || ?1 WHERE id = 3",
+        [hostname()],
+    )
+    .unwrap();
     c.execute_batch(
         "UPDATE chunks SET assigned_worker = 'node-1@elsewhere', owner_info = json_object('pid', 1, 'hostname', 'elsewhere'),
                            beat_us = CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER) - 7200000000 WHERE id = 4;",
@@ -508,15 +789,37 @@ fn chunk_reset_reads_the_same_shapes_pid_in_json_name_not_in_the_command_line_na
     let (_, doc) = s.doctor_json(&["check"]);
     assert_eq!(
         keys(&doc, CHUNKS),
-        ["chunk:chunks:2:orphaned", "chunk:chunks:3:unknown-worker", "chunk:chunks:4:orphaned", "chunk:chunks:5:claimed-future", "table:chunks:state"],
+        [
+            "chunk:chunks:2:orphaned",
+            "chunk:chunks:3:unknown-worker",
+            "chunk:chunks:4:orphaned",
+            "chunk:chunks:5:claimed-future",
+            "table:chunks:state"
+        ],
         "{doc:#}"
     );
-    assert!(message(&doc, CHUNKS, "chunk:chunks:2:orphaned").contains(&format!("pid {dead_pid} is not running")), "{doc:#}");
-    assert!(message(&doc, CHUNKS, "chunk:chunks:4:orphaned").contains("epoch microseconds (INTEGER, detected)"), "{doc:#}");
-    assert!(message(&doc, CHUNKS, "chunk:chunks:5:claimed-future").starts_with("timestamp in the future: unit wrong?"), "{doc:#}");
+    assert!(
+        message(&doc, CHUNKS, "chunk:chunks:2:orphaned")
+            .contains(&format!("pid {dead_pid} is not running")),
+        "{doc:#}"
+    );
+    assert!(
+        message(&doc, CHUNKS, "chunk:chunks:4:orphaned")
+            .contains("epoch microseconds (INTEGER, detected)"),
+        "{doc:#}"
+    );
+    assert!(
+        message(&doc, CHUNKS, "chunk:chunks:5:claimed-future")
+            .starts_with("timestamp in the future: unit wrong?"),
+        "{doc:#}"
+    );
 
     let (_, doc) = s.doctor_json(&["fix"]);
-    assert_eq!(finding(&doc, CHUNKS, "chunk:chunks:2:orphaned").unwrap()["actions"][0]["outcome"], "applied", "{doc:#}");
+    assert_eq!(
+        finding(&doc, CHUNKS, "chunk:chunks:2:orphaned").unwrap()["actions"][0]["outcome"],
+        "applied",
+        "{doc:#}"
+    );
     let rows = chunk_rows(&db);
     assert_eq!(rows[1], (2, "pending".into(), None));
     assert_eq!(rows[3], (4, "pending".into(), None));

@@ -9,7 +9,13 @@ use rusqlite::Connection;
 use std::process::Command;
 use support::*;
 
-const BUILT_INS: &[&str] = &["pid-file-stop", "sqlite-chunk-reset", "job-health", "port-9403-freer", "container-caps-checker"];
+const BUILT_INS: &[&str] = &[
+    "pid-file-stop",
+    "sqlite-chunk-reset",
+    "job-health",
+    "port-9403-freer",
+    "container-caps-checker",
+];
 
 /// A pid that no process has any more.
 fn dead_pid() -> u32 {
@@ -45,7 +51,10 @@ fn five_incidents(s: &Scenario) -> Proc {
     // Wait until it listens, so the recording sees it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the listener never listened");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener never listened"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     s.policy(&format!(
@@ -92,13 +101,33 @@ fn every_built_in_plugin_replays_to_the_same_report_byte_for_byte() {
     let (_, checked) = s.doctor_json(&["check", "--record", recording.to_str().unwrap()]);
     for plugin in BUILT_INS {
         let mine: Vec<_> = findings(&checked, plugin);
-        assert!(!mine.is_empty(), "{plugin} found something to replay: {checked}");
-        assert!(recording.join(format!("{plugin}.json")).exists(), "{plugin} was recorded");
-        let out = Command::new(DOCTOR).args(["plugins", "replay", plugin]).arg(&recording).args(["--format", "json"]).output().unwrap();
-        let replayed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{plugin}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
-        assert_eq!(plugin_summary(&replayed, plugin)["outcome"], "ok", "{plugin}: {replayed}");
+        assert!(
+            !mine.is_empty(),
+            "{plugin} found something to replay: {checked}"
+        );
+        assert!(
+            recording.join(format!("{plugin}.json")).exists(),
+            "{plugin} was recorded"
+        );
+        let out = Command::new(DOCTOR)
+            .args(["plugins", "replay", plugin])
+            .arg(&recording)
+            .args(["--format", "json"])
+            .output()
+            .unwrap();
+        let replayed: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{plugin}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(
+            plugin_summary(&replayed, plugin)["outcome"],
+            "ok",
+            "{plugin}: {replayed}"
+        );
         let again: Vec<_> = findings(&replayed, plugin);
-        assert_eq!(serde_json::to_string(&mine).unwrap(), serde_json::to_string(&again).unwrap(), "{plugin}: the replay reports what the check reported");
+        assert_eq!(
+            serde_json::to_string(&mine).unwrap(),
+            serde_json::to_string(&again).unwrap(),
+            "{plugin}: the replay reports what the check reported"
+        );
     }
 }
 
@@ -110,12 +139,35 @@ fn a_call_the_recording_does_not_hold_is_an_error_naming_it() {
     s.doctor(&["check", "--record", recording.to_str().unwrap()]);
     // The same plugin, asked about another PID file than it was recorded with.
     let file = recording.join("pid-file-stop.json");
-    let mut rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    rec["config"] = serde_json::Value::String(rec["config"].as_str().unwrap().replace("stale.pid", "other.pid"));
+    let mut rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    rec["config"] = serde_json::Value::String(
+        rec["config"]
+            .as_str()
+            .unwrap()
+            .replace("stale.pid", "other.pid"),
+    );
     std::fs::write(&file, rec.to_string()).unwrap();
-    let out = Command::new(DOCTOR).args(["plugins", "replay", "pid-file-stop"]).arg(&recording).args(["--format", "json"]).output().unwrap();
+    let out = Command::new(DOCTOR)
+        .args(["plugins", "replay", "pid-file-stop"])
+        .arg(&recording)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
     let replayed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let error = plugin_summary(&replayed, "pid-file-stop")["error"].as_str().unwrap_or_default().to_string();
-    assert!(error.contains("replay: the plugin called files.stat") && error.contains("other.pid") && error.contains("does not hold"), "{error}");
-    assert_eq!(out.status.code(), Some(3), "a plugin that could not run is UNKNOWN");
+    let error = plugin_summary(&replayed, "pid-file-stop")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("replay: the plugin called files.stat")
+            && error.contains("other.pid")
+            && error.contains("does not hold"),
+        "{error}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a plugin that could not run is UNKNOWN"
+    );
 }

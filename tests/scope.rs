@@ -18,12 +18,23 @@ type Identity = (u32, u64);
 
 fn start_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.split_whitespace().nth(19)?.parse().ok()
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 fn alive(id: Identity) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", id.0)) else { return false };
-    let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("X");
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", id.0)) else {
+        return false;
+    };
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or("X");
     start_ticks(id.0) == Some(id.1) && state != "Z" && state != "X"
 }
 
@@ -50,8 +61,15 @@ impl Deployment {
     fn new(s: &Scenario, name: &str) -> Deployment {
         let dir = s.root().join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("run.sh"), "cd \"$(dirname \"$0\")\" || exit 1\n\"$@\" &\nwait\n").unwrap();
-        Deployment { dir, launchers: Vec::new() }
+        std::fs::write(
+            dir.join("run.sh"),
+            "cd \"$(dirname \"$0\")\" || exit 1\n\"$@\" &\nwait\n",
+        )
+        .unwrap();
+        Deployment {
+            dir,
+            launchers: Vec::new(),
+        }
     }
 
     fn launcher(&self) -> String {
@@ -60,7 +78,10 @@ impl Deployment {
 
     /// The scope that names this deployment: descendants of its launcher.
     fn scope(&self) -> String {
-        format!("{{ under = {:?} }}", format!("^sh {}( |$)", regex::escape(&self.launcher())))
+        format!(
+            "{{ under = {:?} }}",
+            format!("^sh {}( |$)", regex::escape(&self.launcher()))
+        )
     }
 
     /// Start `argv` under the launcher; its identity once it has exec'd.
@@ -87,11 +108,16 @@ impl Deployment {
 /// Is `cmdline` (NUL-separated) `argv`? The program may have been resolved
 /// by a shim (`python3` → a versioned interpreter such as `…/bin/python3.11`).
 fn cmdline_is(cmdline: &[u8], argv: &[&str]) -> bool {
-    let parts: Vec<String> = cmdline.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+    let parts: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
     let parts = parts.strip_suffix(&[String::new()]).unwrap_or(&parts);
     let program = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
     parts.len() == argv.len()
-        && parts.first().is_some_and(|p| program(p).starts_with(&program(argv[0])))
+        && parts
+            .first()
+            .is_some_and(|p| program(p).starts_with(&program(argv[0])))
         && parts[1..].iter().zip(&argv[1..]).all(|(a, b)| a == b)
 }
 
@@ -100,10 +126,21 @@ fn child_of(ppid: u32, argv: &[&str]) -> Identity {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let parent: Option<u32> = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
-            if parent == Some(ppid) && cmdline_is(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(), argv) {
+            let parent: Option<u32> = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().nth(1))
+                .and_then(|p| p.parse().ok());
+            if parent == Some(ppid)
+                && cmdline_is(
+                    &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+                    argv,
+                )
+            {
                 if let Some(start) = start_ticks(pid) {
                     return (pid, start);
                 }
@@ -115,13 +152,21 @@ fn child_of(ppid: u32, argv: &[&str]) -> Identity {
 }
 
 fn keys(doc: &serde_json::Value, plugin: &str) -> Vec<String> {
-    let mut k: Vec<String> = findings(doc, plugin).iter().map(|f| f["key"].as_str().unwrap().to_string()).collect();
+    let mut k: Vec<String> = findings(doc, plugin)
+        .iter()
+        .map(|f| f["key"].as_str().unwrap().to_string())
+        .collect();
     k.sort();
     k
 }
 
 fn outcomes(f: &serde_json::Value) -> Vec<String> {
-    f["actions"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap().to_string()).collect()
+    f["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Every pid any action of the report targets.
@@ -130,8 +175,15 @@ fn targeted_pids(doc: &serde_json::Value) -> Vec<u32> {
     for f in doc["findings"].as_array().unwrap() {
         for a in f["actions"].as_array().unwrap() {
             let d = a["description"].as_str().unwrap_or("");
-            if let Some(rest) = d.strip_prefix("stop pid ").or_else(|| d.strip_prefix("stop leftover worker pid ")) {
-                out.extend(rest.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()));
+            if let Some(rest) = d
+                .strip_prefix("stop pid ")
+                .or_else(|| d.strip_prefix("stop leftover worker pid "))
+            {
+                out.extend(
+                    rest.split_whitespace()
+                        .next()
+                        .and_then(|p| p.parse::<u32>().ok()),
+                );
             }
         }
     }
@@ -186,9 +238,15 @@ grace_ms = 500
 
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 0, "{doc:#}");
-    assert_eq!(finding(&doc, "pid-file-stop", "app:running").unwrap()["status"], "fixed");
+    assert_eq!(
+        finding(&doc, "pid-file-stop", "app:running").unwrap()["status"],
+        "fixed"
+    );
     for id in a_ids {
-        assert!(wait_gone(id, Duration::from_secs(5)), "A's {id:?} was stopped");
+        assert!(
+            wait_gone(id, Duration::from_secs(5)),
+            "A's {id:?} was stopped"
+        );
     }
     assert!(!a.path("app.pid").exists(), "A's PID file is removed");
 
@@ -199,11 +257,18 @@ grace_ms = 500
     for id in b_ids {
         assert!(alive(id), "B's {id:?} is untouched");
     }
-    assert_eq!(std::fs::read(b.path("app.pid")).unwrap(), b_pid_file, "B's PID file is untouched");
+    assert_eq!(
+        std::fs::read(b.path("app.pid")).unwrap(),
+        b_pid_file,
+        "B's PID file is untouched"
+    );
 }
 
 fn worker_script() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workers/db_worker.py").display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/workers/db_worker.py")
+        .display()
+        .to_string()
 }
 
 fn chunks_db(path: &Path) {
@@ -219,7 +284,11 @@ fn chunks_db(path: &Path) {
 fn wait_for(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -228,8 +297,18 @@ fn wait_for(path: &Path) {
 /// lines in both deployments (relative paths, run in the deployment's dir).
 fn db_worker(d: &mut Deployment, script: &str, name: &str, ids: &str) -> Identity {
     let ready = format!("{name}.ready");
-    let sql = format!("UPDATE chunks SET status = 'running', assigned_worker = '{{pid}}' WHERE id IN ({ids})");
-    let id = d.start(&["python3", script, "cluster.db", "--ready", &ready, "--exec", &sql]);
+    let sql = format!(
+        "UPDATE chunks SET status = 'running', assigned_worker = '{{pid}}' WHERE id IN ({ids})"
+    );
+    let id = d.start(&[
+        "python3",
+        script,
+        "cluster.db",
+        "--ready",
+        &ready,
+        "--exec",
+        &sql,
+    ]);
     wait_for(&d.path(&ready));
     id
 }
@@ -239,13 +318,21 @@ fn sqlite_chunk_reset_touches_only_its_own_deployments_rows_and_workers() {
     let s = Scenario::new();
     let script = worker_script();
     let (mut a, mut b) = (Deployment::new(&s, "a"), Deployment::new(&s, "b"));
-    let coordinator = ["python3", "-c", "import time; time.sleep(3600)", "cluster_coordinator"];
+    let coordinator = [
+        "python3",
+        "-c",
+        "import time; time.sleep(3600)",
+        "cluster_coordinator",
+    ];
     let mut live = Vec::new();
     for d in [&mut a, &mut b] {
         chunks_db(&d.path("cluster.db"));
         live.push(db_worker(d, &script, "w1", "1, 2"));
         let dead = db_worker(d, &script, "w2", "3");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(dead.0 as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(dead.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         assert!(wait_gone(dead, Duration::from_secs(5)));
     }
     // B's coordinator runs; A's crashed. Same command line either way.
@@ -282,33 +369,62 @@ grace_ms = 2000
     }
     let leftover = format!("worker:{}:leftover", a_worker.0);
     assert!(k.contains(&leftover), "A's worker is a leftover: {k:?}");
-    assert_eq!(targeted_pids(&doc), vec![a_worker.0], "only A's worker, named by A's rows: {doc:#}");
+    assert_eq!(
+        targeted_pids(&doc),
+        vec![a_worker.0],
+        "only A's worker, named by A's rows: {doc:#}"
+    );
 
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 0, "{doc:#}");
-    assert_eq!(outcomes(finding(&doc, "sqlite-chunk-reset", &leftover).unwrap()), ["applied"]);
+    assert_eq!(
+        outcomes(finding(&doc, "sqlite-chunk-reset", &leftover).unwrap()),
+        ["applied"]
+    );
     assert!(wait_gone(a_worker, Duration::from_secs(5)));
     let running: i64 = Connection::open(a.path("cluster.db"))
         .unwrap()
-        .query_row("SELECT count(*) FROM chunks WHERE status = 'running'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM chunks WHERE status = 'running'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(running, 0, "A's rows are reset");
     let state = finding(&doc, "sqlite-chunk-reset", "table:chunks:state").unwrap();
-    assert_eq!(state["evidence"]["pending"], "3", "the report shows the table after the fix: {state:#}");
+    assert_eq!(
+        state["evidence"]["pending"], "3",
+        "the report shows the table after the fix: {state:#}"
+    );
 
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 0, "{doc:#}");
-    assert!(!keys(&doc, "sqlite-chunk-reset").iter().any(|k| k.ends_with(":orphaned") || k.ends_with(":leftover")), "{doc:#}");
+    assert!(
+        !keys(&doc, "sqlite-chunk-reset")
+            .iter()
+            .any(|k| k.ends_with(":orphaned") || k.ends_with(":leftover")),
+        "{doc:#}"
+    );
 
-    assert!(alive(b_worker) && alive(b_coordinator), "B's worker and coordinator are untouched");
-    assert_eq!(std::fs::read(b.path("cluster.db")).unwrap(), b_db, "B's database is byte-identical");
+    assert!(
+        alive(b_worker) && alive(b_coordinator),
+        "B's worker and coordinator are untouched"
+    );
+    assert_eq!(
+        std::fs::read(b.path("cluster.db")).unwrap(),
+        b_db,
+        "B's database is byte-identical"
+    );
 }
 
 /// A listener whose command line does not name its port (it comes from the environment).
 fn env_listener(d: &mut Deployment, port: u16) -> Identity {
     let script = "import os,socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('127.0.0.1',int(os.environ['APP_PORT'])))\ns.listen()\nwhile True: time.sleep(1)\n";
     let env = format!("APP_PORT={port}");
-    let id = d.start_as(&["env", &env, "python3", "-c", script], &["python3", "-c", script]);
+    let id = d.start_as(
+        &["env", &env, "python3", "-c", script],
+        &["python3", "-c", script],
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
         assert!(Instant::now() < deadline, "nothing listens on {port}");
@@ -364,33 +480,72 @@ config = {{ targets = [{{ name = "app", pid_file = "{root}/app.pid", pattern = {
             doctor = support::DOCTOR
         );
         // The button: `sh -c SCRIPT app-main-N`, the doctor's parent.
-        let mut button = std::process::Command::new("sh").args(["-c", &script, &marker]).spawn().unwrap();
+        let mut button = std::process::Command::new("sh")
+            .args(["-c", &script, &marker])
+            .spawn()
+            .unwrap();
         let pid = button.id();
         button.wait().unwrap();
-        let code: i32 = std::fs::read_to_string(format!("{root}/{out}.code")).unwrap().trim().parse().unwrap();
-        let doc = serde_json::from_slice(&std::fs::read(format!("{root}/{out}.json")).unwrap()).unwrap_or_else(|e| {
-            panic!("{e}: {}", std::fs::read_to_string(format!("{root}/{out}.err")).unwrap_or_default())
-        });
+        let code: i32 = std::fs::read_to_string(format!("{root}/{out}.code"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let doc = serde_json::from_slice(&std::fs::read(format!("{root}/{out}.json")).unwrap())
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}: {}",
+                    std::fs::read_to_string(format!("{root}/{out}.err")).unwrap_or_default()
+                )
+            });
         (code, doc, pid)
     };
 
     let (code, doc, button) = run("fix", "fix");
     let f = finding(&doc, "pid-file-stop", "app:running").unwrap_or_else(|| panic!("{doc:#}"));
-    assert_eq!(f["evidence"]["instances"], "1", "the button (the doctor's parent) is not an instance: {f:#}");
+    assert_eq!(
+        f["evidence"]["instances"], "1",
+        "the button (the doctor's parent) is not an instance: {f:#}"
+    );
     assert_eq!(targeted_pids(&doc), vec![other.pid()], "{doc:#}");
     assert!(!targeted_pids(&doc).contains(&button));
-    assert_eq!(code, 0, "fixed, nothing refused, nothing persisting: {doc:#}");
-    assert!(other.reap(Duration::from_secs(5)).is_some(), "the other instance was stopped");
+    assert_eq!(
+        code, 0,
+        "fixed, nothing refused, nothing persisting: {doc:#}"
+    );
+    assert!(
+        other.reap(Duration::from_secs(5)).is_some(),
+        "the other instance was stopped"
+    );
 
-    assert!(s.path("app.pid").exists(), "the button's PID file is not removed");
+    assert!(
+        s.path("app.pid").exists(),
+        "the button's PID file is not removed"
+    );
 
     // Run again from the button: no finding at all, exit 0.
     let (code, doc, button) = run("check", "check");
-    assert!(keys(&doc, "pid-file-stop").is_empty(), "not running, not stale: {doc:#}");
+    assert!(
+        keys(&doc, "pid-file-stop").is_empty(),
+        "not running, not stale: {doc:#}"
+    );
     assert_eq!(code, 0, "{doc:#}");
-    assert_eq!(std::fs::read_to_string(s.path("app.pid")).unwrap().trim(), button.to_string());
-    let reserved: i64 = s.journal().query_row("SELECT count(*) FROM plugin_state WHERE key = 'doctor:own-pids'", [], |r| r.get(0)).unwrap();
-    assert_eq!(reserved, 0, "the host's reserved state entry is never stored");
+    assert_eq!(
+        std::fs::read_to_string(s.path("app.pid")).unwrap().trim(),
+        button.to_string()
+    );
+    let reserved: i64 = s
+        .journal()
+        .query_row(
+            "SELECT count(*) FROM plugin_state WHERE key = 'doctor:own-pids'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        reserved, 0,
+        "the host's reserved state entry is never stored"
+    );
 }
 
 #[test]
@@ -413,15 +568,27 @@ config = {{ targets = [{{ name = "sleeper", pattern = "^sleep 3604$", scope = {s
     let f = finding(&doc, "pid-file-stop", "sleeper:running").unwrap_or_else(|| panic!("{doc:#}"));
     assert_eq!(outcomes(f), ["applied"], "{f:#}");
     assert!(wait_gone(first, Duration::from_secs(5)));
-    assert_eq!(f["status"], "persisting", "the supervisor brought it back: {f:#}");
+    assert_eq!(
+        f["status"], "persisting",
+        "the supervisor brought it back: {f:#}"
+    );
     assert_eq!(code, 2, "{doc:#}");
 
     let (code, doc) = s.doctor_json(&["check"]);
     let f = finding(&doc, "pid-file-stop", "sleeper:running").unwrap_or_else(|| panic!("{doc:#}"));
     let message = f["message"].as_str().unwrap();
-    assert!(message.starts_with("persisting — respawned by parent pid"), "{message}");
-    assert!(message.contains(&supervisor.0.to_string()) && message.contains("respawner"), "names the supervisor: {message}");
-    assert!(f["actions"].as_array().unwrap().is_empty(), "not stopped again and again: {f:#}");
+    assert!(
+        message.starts_with("persisting — respawned by parent pid"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&supervisor.0.to_string()) && message.contains("respawner"),
+        "names the supervisor: {message}"
+    );
+    assert!(
+        f["actions"].as_array().unwrap().is_empty(),
+        "not stopped again and again: {f:#}"
+    );
     assert_eq!(f["status"], "persisting");
     assert_eq!(code, 2);
 }
@@ -435,8 +602,15 @@ fn policy_validate_warns_about_a_host_wide_scope() {
     let out = s.doctor(&["policy", "validate"]);
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("warning") && stderr.contains("plugins.pid-file-stop.config.targets[0].scope"), "{stderr}");
-    assert!(!stderr.contains("targets[1]"), "a named scope is fine: {stderr}");
+    assert!(
+        stderr.contains("warning")
+            && stderr.contains("plugins.pid-file-stop.config.targets[0].scope"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("targets[1]"),
+        "a named scope is fine: {stderr}"
+    );
 }
 
 #[test]
@@ -453,14 +627,19 @@ fn job_health_touches_only_its_own_deployments_rows() {
         for (name, id) in [("w1", 1), ("w2", 2)] {
             let ready = format!("{name}.ready");
             let sql = format!("UPDATE jobs SET pid = '{{pid}}' WHERE id = {id}");
-            let w = d.start(&["python3", &script, "jobs.db", "--ready", &ready, "--exec", &sql]);
+            let w = d.start(&[
+                "python3", &script, "jobs.db", "--ready", &ready, "--exec", &sql,
+            ]);
             wait_for(&d.path(&ready));
             live.push(w);
         }
     }
     // Each deployment's job 2 loses its worker; the command lines are the same.
     for dead in [live[1], live[3]] {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(dead.0 as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(dead.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         assert!(wait_gone(dead, Duration::from_secs(5)));
     }
     let b_db = std::fs::read(b.path("jobs.db")).unwrap();
@@ -470,15 +649,29 @@ fn job_health_touches_only_its_own_deployments_rows() {
     ));
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
-    assert_eq!(keys(&doc, "job-health"), ["job:2:orphaned", "table:jobs:summary"], "{doc:#}");
+    assert_eq!(
+        keys(&doc, "job-health"),
+        ["job:2:orphaned", "table:jobs:summary"],
+        "{doc:#}"
+    );
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 0, "{doc:#}");
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 0, "{doc:#}");
-    let status: String = Connection::open(a.path("jobs.db")).unwrap().query_row("SELECT status FROM jobs WHERE id = 2", [], |r| r.get(0)).unwrap();
+    let status: String = Connection::open(a.path("jobs.db"))
+        .unwrap()
+        .query_row("SELECT status FROM jobs WHERE id = 2", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(status, "pending", "A's orphan is requeued");
-    assert!(alive(live[0]) && alive(live[2]), "both live workers are untouched");
-    assert_eq!(std::fs::read(b.path("jobs.db")).unwrap(), b_db, "B's database is byte-identical");
+    assert!(
+        alive(live[0]) && alive(live[2]),
+        "both live workers are untouched"
+    );
+    assert_eq!(
+        std::fs::read(b.path("jobs.db")).unwrap(),
+        b_db,
+        "B's database is byte-identical"
+    );
 }
 
 /// The harness itself: a launcher's or a respawner's children must not
@@ -488,5 +681,9 @@ fn a_harness_process_takes_what_it_started_with_it() {
     let launcher = Proc::spawn(&["sh", "-c", "sleep 3612 & wait"]);
     let child = child_of(launcher.pid(), &["sleep", "3612"]);
     drop(launcher);
-    assert!(wait_gone(child, Duration::from_secs(5)), "pid {} outlived its launcher", child.0);
+    assert!(
+        wait_gone(child, Duration::from_secs(5)),
+        "pid {} outlived its launcher",
+        child.0
+    );
 }

@@ -13,7 +13,10 @@ use support::{finding, findings, plugin_summary, Proc, Scenario};
 const PLUGIN: &str = "sqlite-chunk-reset";
 
 fn worker_script() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workers/db_worker.py").display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/workers/db_worker.py")
+        .display()
+        .to_string()
 }
 
 /// A chunk table like the coordinator's: 3 pending, 2 complete (ids 1..=5).
@@ -32,14 +35,22 @@ fn chunks_db(path: &Path, wal: bool) {
 
 fn rows(path: &Path) -> Vec<(i64, String, Option<String>, Option<i64>)> {
     let c = Connection::open(path).unwrap();
-    let mut stmt = c.prepare("SELECT id, status, assigned_worker, started_at FROM chunks ORDER BY id").unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect()
+    let mut stmt = c
+        .prepare("SELECT id, status, assigned_worker, started_at FROM chunks ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 /// Workers of this scenario only: tests run in parallel, and a pattern that
 /// matched every test's workers would let one scenario stop another's.
 fn worker_pattern(s: &Scenario) -> String {
-    format!("db_worker\\\\.py .*{}", s.root().file_name().unwrap().to_str().unwrap())
+    format!(
+        "db_worker\\\\.py .*{}",
+        s.root().file_name().unwrap().to_str().unwrap()
+    )
 }
 
 /// This deployment's scope: the test's own user (its workers run as it).
@@ -78,7 +89,11 @@ fn worker(s: &Scenario, db: &Path, name: &str, sql: &[&str], extra: &[&str]) -> 
 fn wait_for(path: &Path, within: Duration) {
     let deadline = Instant::now() + within;
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -104,7 +119,12 @@ fn action_outcomes(doc: &serde_json::Value, key: &str) -> Vec<(String, String)> 
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| (a["kind"].as_str().unwrap().to_string(), a["outcome"].as_str().unwrap().to_string()))
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap().to_string(),
+                a["outcome"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -119,30 +139,56 @@ fn a_killed_workers_three_chunks_are_reported_reset_and_then_resolved() {
 
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "orphaned work is critical: {doc:#}");
-    assert_eq!(orphan_keys(&doc), vec!["chunk:chunks:1:orphaned", "chunk:chunks:2:orphaned", "chunk:chunks:3:orphaned"]);
+    assert_eq!(
+        orphan_keys(&doc),
+        vec![
+            "chunk:chunks:1:orphaned",
+            "chunk:chunks:2:orphaned",
+            "chunk:chunks:3:orphaned"
+        ]
+    );
     let f = finding(&doc, PLUGIN, "chunk:chunks:2:orphaned").unwrap();
     assert_eq!(f["severity"], "critical");
     assert_eq!(f["status"], "new");
     assert_eq!(f["evidence"]["worker"], dead.to_string());
-    assert!(f["message"].as_str().unwrap().contains(&format!("pid {dead} is not running")), "{f:#}");
-    assert_eq!(action_outcomes(&doc, "chunk:chunks:2:orphaned"), vec![("sql-exec".into(), "planned".into())]);
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pid {dead} is not running")),
+        "{f:#}"
+    );
+    assert_eq!(
+        action_outcomes(&doc, "chunk:chunks:2:orphaned"),
+        vec![("sql-exec".into(), "planned".into())]
+    );
     let state = finding(&doc, PLUGIN, "table:chunks:state").unwrap();
     assert_eq!(state["severity"], "info");
     assert_eq!(state["evidence"]["state"], "Pending");
     assert_eq!(state["evidence"]["orphaned"], "3");
     assert_eq!(state["evidence"]["progress"], "40.0%");
-    assert!(rows(&db).iter().filter(|r| r.1 == "running").count() == 3, "check changed nothing");
+    assert!(
+        rows(&db).iter().filter(|r| r.1 == "running").count() == 3,
+        "check changed nothing"
+    );
 
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 0, "every orphan fixed: {doc:#}");
     for id in 1..=3 {
         let key = format!("chunk:chunks:{id}:orphaned");
-        assert_eq!(action_outcomes(&doc, &key), vec![("sql-exec".into(), "applied".into())]);
+        assert_eq!(
+            action_outcomes(&doc, &key),
+            vec![("sql-exec".into(), "applied".into())]
+        );
         assert_eq!(finding(&doc, PLUGIN, &key).unwrap()["status"], "fixed");
     }
     let after = rows(&db);
     for r in &after[..3] {
-        assert_eq!((r.1.as_str(), r.2.as_deref(), r.3), ("pending", None, None), "{after:?}");
+        assert_eq!(
+            (r.1.as_str(), r.2.as_deref(), r.3),
+            ("pending", None, None),
+            "{after:?}"
+        );
     }
     assert_eq!(after[3].1, "complete");
     // The journal has each write with its row counts.
@@ -164,7 +210,10 @@ fn a_killed_workers_three_chunks_are_reported_reset_and_then_resolved() {
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 0, "{doc:#}");
     assert!(orphan_keys(&doc).is_empty(), "{doc:#}");
-    assert_eq!(finding(&doc, PLUGIN, "table:chunks:state").unwrap()["evidence"]["state"], "Pending");
+    assert_eq!(
+        finding(&doc, PLUGIN, "table:chunks:state").unwrap()["evidence"]["state"],
+        "Pending"
+    );
     let statuses: Vec<String> = journal
         .prepare("SELECT status FROM findings WHERE plugin = ?1 AND key LIKE 'chunk:%:orphaned' ORDER BY key")
         .unwrap()
@@ -190,8 +239,20 @@ fn only_the_dead_workers_chunk_is_reset_and_the_live_worker_is_untouched() {
     assert_eq!(code, 0, "{doc:#}");
     assert_eq!(orphan_keys(&doc), vec!["chunk:chunks:2:orphaned"]);
     let after = rows(&db);
-    assert_eq!(after[0], (1, "running".into(), Some(format!("{}:{}", live.pid(), start_ticks(live.pid()))), Some(1)));
-    assert_eq!(after[1], (2, "pending".into(), None, None), "dead worker {dead_value}");
+    assert_eq!(
+        after[0],
+        (
+            1,
+            "running".into(),
+            Some(format!("{}:{}", live.pid(), start_ticks(live.pid()))),
+            Some(1)
+        )
+    );
+    assert_eq!(
+        after[1],
+        (2, "pending".into(), None, None),
+        "dead worker {dead_value}"
+    );
     assert!(live.running(), "the live worker is never signalled");
     let state = finding(&doc, PLUGIN, "table:chunks:state").unwrap();
     assert_eq!(state["evidence"]["state"], "Processing", "{state:#}");
@@ -220,12 +281,26 @@ fn the_race_a_live_worker_takes_the_row_between_check_and_write_and_keeps_it() {
         &["--wal", "--hold", "1.2", "--exec-after", "COMMIT"],
     );
     let (code, doc) = s.doctor_json(&["fix"]);
-    assert_eq!(action_outcomes(&doc, "chunk:chunks:1:orphaned"), vec![("sql-exec".into(), "skipped".into())], "{doc:#}");
+    assert_eq!(
+        action_outcomes(&doc, "chunk:chunks:1:orphaned"),
+        vec![("sql-exec".into(), "skipped".into())],
+        "{doc:#}"
+    );
     let action = &finding(&doc, PLUGIN, "chunk:chunks:1:orphaned").unwrap()["actions"][0];
-    assert!(action["detail"].as_str().unwrap().contains("compare-and-swap"), "{action:#}");
+    assert!(
+        action["detail"]
+            .as_str()
+            .unwrap()
+            .contains("compare-and-swap"),
+        "{action:#}"
+    );
     assert_eq!(code, 0, "a lost race is not a failure: {doc:#}");
     let after = rows(&db);
-    assert_eq!(after[0], (1, "running".into(), Some(taker.pid().to_string()), Some(9)), "the live worker's row is left alone (dead was {dead_pid})");
+    assert_eq!(
+        after[0],
+        (1, "running".into(), Some(taker.pid().to_string()), Some(9)),
+        "the live worker's row is left alone (dead was {dead_pid})"
+    );
     let journal = s.journal();
     let outcome: String = journal
         .query_row("SELECT outcome FROM actions WHERE plugin = ?1 AND kind = 'sql-exec' ORDER BY id DESC LIMIT 1", [PLUGIN], |r| r.get(0))
@@ -251,23 +326,44 @@ fn coordinator_absent_the_reset_comes_first_and_the_leftover_worker_is_stopped_s
         &s,
         &db,
         &signal_grant(&s),
-        &format!("coordinator_match = \"no-such-coordinator-\\\\d{{6}}\"\ngrace_ms = 3000\n{}", my_scope()),
+        &format!(
+            "coordinator_match = \"no-such-coordinator-\\\\d{{6}}\"\ngrace_ms = 3000\n{}",
+            my_scope()
+        ),
     );
 
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2);
-    assert_eq!(orphan_keys(&doc), vec!["chunk:chunks:1:orphaned", "chunk:chunks:2:orphaned"]);
+    assert_eq!(
+        orphan_keys(&doc),
+        vec!["chunk:chunks:1:orphaned", "chunk:chunks:2:orphaned"]
+    );
     let leftover = format!("worker:{}:leftover", w.pid());
     assert!(finding(&doc, PLUGIN, &leftover).is_some(), "{doc:#}");
     assert!(w.running());
 
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 0, "{doc:#}");
-    assert_eq!(action_outcomes(&doc, &leftover), vec![("stop-process".into(), "applied".into())]);
-    assert!(w.reap(Duration::from_secs(5)).is_some(), "the leftover worker was stopped");
+    assert_eq!(
+        action_outcomes(&doc, &leftover),
+        vec![("stop-process".into(), "applied".into())]
+    );
+    assert!(
+        w.reap(Duration::from_secs(5)).is_some(),
+        "the leftover worker was stopped"
+    );
     // What the worker itself saw when the TERM arrived: the reset had already happened.
-    assert_eq!(std::fs::read_to_string(&dump).unwrap(), "1|pending|\n2|pending|\n");
-    assert_eq!(&rows(&db)[..2], &[(1, "pending".into(), None, None), (2, "pending".into(), None, None)]);
+    assert_eq!(
+        std::fs::read_to_string(&dump).unwrap(),
+        "1|pending|\n2|pending|\n"
+    );
+    assert_eq!(
+        &rows(&db)[..2],
+        &[
+            (1, "pending".into(), None, None),
+            (2, "pending".into(), None, None)
+        ]
+    );
     // And the journal's order of execution says the same.
     let kinds: Vec<String> = s
         .journal()
@@ -286,15 +382,35 @@ fn coordinator_absent_with_signal_denied_the_reset_still_happens_and_the_stop_is
     let db = s.path("cluster.db");
     chunks_db(&db, false);
     let mut w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 7 WHERE id = 3"], &[]);
-    policy(&s, &db, "", &format!("coordinator_match = \"no-such-coordinator-\\\\d{{6}}\"\n{}", my_scope()));
+    policy(
+        &s,
+        &db,
+        "",
+        &format!(
+            "coordinator_match = \"no-such-coordinator-\\\\d{{6}}\"\n{}",
+            my_scope()
+        ),
+    );
 
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 2, "a refused stop is a failed fix: {doc:#}");
-    assert_eq!(action_outcomes(&doc, "chunk:chunks:3:orphaned"), vec![("sql-exec".into(), "applied".into())]);
+    assert_eq!(
+        action_outcomes(&doc, "chunk:chunks:3:orphaned"),
+        vec![("sql-exec".into(), "applied".into())]
+    );
     let leftover = format!("worker:{}:leftover", w.pid());
-    assert_eq!(action_outcomes(&doc, &leftover), vec![("stop-process".into(), "refused".into())]);
-    let detail = finding(&doc, PLUGIN, &leftover).unwrap()["actions"][0]["detail"].as_str().unwrap().to_string();
-    assert!(detail.contains("signal"), "the refusal names the grant: {detail}");
+    assert_eq!(
+        action_outcomes(&doc, &leftover),
+        vec![("stop-process".into(), "refused".into())]
+    );
+    let detail = finding(&doc, PLUGIN, &leftover).unwrap()["actions"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.contains("signal"),
+        "the refusal names the grant: {detail}"
+    );
     assert_eq!(rows(&db)[2], (3, "pending".into(), None, None));
     assert!(w.running(), "nothing was signalled");
 }
@@ -316,7 +432,13 @@ fn unwritable_setup(file_mode: u32, dir_mode: u32) -> (Scenario, PathBuf, PathBu
     std::fs::create_dir(&dir).unwrap();
     let db = dir.join("cluster.db");
     chunks_db(&db, false);
-    let w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}' WHERE id = 1"], &[]);
+    let w = worker(
+        &s,
+        &db,
+        "w",
+        &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}' WHERE id = 1"],
+        &[],
+    );
     kill(w);
     chown(&db, OTHER_UID);
     chown(&dir, OTHER_UID);
@@ -336,16 +458,35 @@ fn a_read_only_database_file_is_diagnosed_with_owner_mode_and_fix_and_nothing_is
     assert_eq!(f["severity"], "critical");
     let msg = f["message"].as_str().unwrap();
     assert!(msg.contains("user nobody cannot write its file"), "{msg}");
-    assert!(msg.contains(&format!("owner uid {OTHER_UID}")) && msg.contains("mode 0444"), "{msg}");
-    assert!(!msg.contains("its directory"), "the directory is fine: {msg}");
+    assert!(
+        msg.contains(&format!("owner uid {OTHER_UID}")) && msg.contains("mode 0444"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("its directory"),
+        "the directory is fine: {msg}"
+    );
     let fix = format!("chown nobody {p} && chmod u+w {p}", p = db.display());
     assert_eq!(f["evidence"]["fix"], fix);
-    assert!(f["actions"].as_array().unwrap().is_empty(), "permissions are never changed by the doctor");
+    assert!(
+        f["actions"].as_array().unwrap().is_empty(),
+        "permissions are never changed by the doctor"
+    );
     let orphan = finding(&doc, PLUGIN, "chunk:chunks:1:orphaned").unwrap();
-    assert!(orphan["actions"].as_array().unwrap().is_empty(), "the reset is withheld: {orphan:#}");
+    assert!(
+        orphan["actions"].as_array().unwrap().is_empty(),
+        "the reset is withheld: {orphan:#}"
+    );
     assert_eq!(std::fs::read(&db).unwrap(), bytes, "nothing written");
-    assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o7777, 0o444);
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no journal file left behind");
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().permissions().mode() & 0o7777,
+        0o444
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "no journal file left behind"
+    );
 }
 
 #[test]
@@ -355,10 +496,22 @@ fn a_database_directory_the_user_cannot_write_is_diagnosed_and_nothing_is_writte
     assert_eq!(code, 2, "{doc:#}");
     let f = finding(&doc, PLUGIN, "db:cluster:unwritable").unwrap_or_else(|| panic!("{doc:#}"));
     let msg = f["message"].as_str().unwrap();
-    assert!(msg.contains(&format!("its directory {}", dir.display())), "{msg}");
-    assert!(msg.contains("mode 0555") && msg.contains(&format!("owner uid {OTHER_UID}")), "{msg}");
-    assert!(msg.contains("journal"), "says why the directory matters: {msg}");
-    assert_eq!(f["evidence"]["fix"], format!("chown nobody {p} && chmod u+wx {p}", p = dir.display()));
+    assert!(
+        msg.contains(&format!("its directory {}", dir.display())),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("mode 0555") && msg.contains(&format!("owner uid {OTHER_UID}")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("journal"),
+        "says why the directory matters: {msg}"
+    );
+    assert_eq!(
+        f["evidence"]["fix"],
+        format!("chown nobody {p} && chmod u+wx {p}", p = dir.display())
+    );
     assert_eq!(std::fs::read(&db).unwrap(), bytes, "nothing written");
     assert_eq!(rows(&db)[0].1, "running");
 }
@@ -376,7 +529,13 @@ fn a_write_that_would_change_more_rows_than_max_rows_is_rolled_back() {
     )
     .unwrap();
     drop(c);
-    let w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}' WHERE batch = 1"], &[]);
+    let w = worker(
+        &s,
+        &db,
+        "w",
+        &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}' WHERE batch = 1"],
+        &[],
+    );
     kill(w);
     policy(&s, &db, "", "id_column = \"batch\"");
     let before = std::fs::read(&db).unwrap();
@@ -386,11 +545,18 @@ fn a_write_that_would_change_more_rows_than_max_rows_is_rolled_back() {
     let f = finding(&doc, PLUGIN, "chunk:chunks:1:orphaned").unwrap();
     assert_eq!(f["actions"][0]["outcome"], "failed");
     let detail = f["actions"][0]["detail"].as_str().unwrap();
-    assert!(detail.contains("max-rows 1") && detail.contains("rolled back"), "{detail}");
+    assert!(
+        detail.contains("max-rows 1") && detail.contains("rolled back"),
+        "{detail}"
+    );
     assert_eq!(std::fs::read(&db).unwrap(), before, "nothing changed");
     let after: String = s
         .journal()
-        .query_row("SELECT after FROM actions WHERE plugin = ?1 AND outcome = 'failed'", [PLUGIN], |r| r.get(0))
+        .query_row(
+            "SELECT after FROM actions WHERE plugin = ?1 AND outcome = 'failed'",
+            [PLUGIN],
+            |r| r.get(0),
+        )
         .unwrap();
     assert!(after.contains("0 rows changed"), "{after}");
 }
@@ -400,20 +566,41 @@ fn a_wrong_column_name_is_a_clear_error_and_nothing_changes() {
     let s = Scenario::new();
     let db = s.path("cluster.db");
     chunks_db(&db, false);
-    let w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}' WHERE id = 1"], &[]);
+    let w = worker(
+        &s,
+        &db,
+        "w",
+        &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}' WHERE id = 1"],
+        &[],
+    );
     kill(w);
     policy(&s, &db, "", "status_column = \"state\"");
     let before = std::fs::read(&db).unwrap();
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 3, "the doctor could not do its job: {doc:#}");
-    let error = plugin_summary(&doc, PLUGIN)["error"].as_str().unwrap().to_string();
-    assert!(error.contains("status_column") && error.contains("\"state\"") && error.contains("assigned_worker"), "{error}");
+    let error = plugin_summary(&doc, PLUGIN)["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("status_column")
+            && error.contains("\"state\"")
+            && error.contains("assigned_worker"),
+        "{error}"
+    );
     assert_eq!(std::fs::read(&db).unwrap(), before);
 }
 
 fn start_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat.rsplit(')').next().unwrap().split_whitespace().nth(19).unwrap().parse().unwrap()
+    stat.rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -421,20 +608,43 @@ fn orphans_beyond_max_chunk_findings_are_reset_in_batched_compare_and_swaps() {
     let s = Scenario::new();
     let db = s.path("cluster.db");
     chunks_db(&db, false);
-    let w = worker(&s, &db, "w", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 3"], &[]);
+    let w = worker(
+        &s,
+        &db,
+        "w",
+        &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 3"],
+        &[],
+    );
     kill(w);
     policy(&s, &db, "", "max_chunk_findings = 2");
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2);
-    assert_eq!(orphan_keys(&doc), vec!["chunk:chunks:1:orphaned", "chunk:chunks:2:orphaned"]);
-    let overflow = finding(&doc, PLUGIN, "chunks:chunks:orphaned-overflow").unwrap_or_else(|| panic!("{doc:#}"));
+    assert_eq!(
+        orphan_keys(&doc),
+        vec!["chunk:chunks:1:orphaned", "chunk:chunks:2:orphaned"]
+    );
+    let overflow = finding(&doc, PLUGIN, "chunks:chunks:orphaned-overflow")
+        .unwrap_or_else(|| panic!("{doc:#}"));
     assert_eq!(overflow["evidence"]["count"], "3");
-    assert_eq!(overflow["actions"].as_array().unwrap().len(), 1, "one batch for the one dead worker");
+    assert_eq!(
+        overflow["actions"].as_array().unwrap().len(),
+        1,
+        "one batch for the one dead worker"
+    );
 
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 0, "{doc:#}");
-    assert_eq!(action_outcomes(&doc, "chunks:chunks:orphaned-overflow"), vec![("sql-exec".into(), "applied".into())]);
-    assert!(rows(&db).iter().all(|r| r.1 == "pending" && r.2.is_none() && r.3.is_none()), "{:?}", rows(&db));
+    assert_eq!(
+        action_outcomes(&doc, "chunks:chunks:orphaned-overflow"),
+        vec![("sql-exec".into(), "applied".into())]
+    );
+    assert!(
+        rows(&db)
+            .iter()
+            .all(|r| r.1 == "pending" && r.2.is_none() && r.3.is_none()),
+        "{:?}",
+        rows(&db)
+    );
 }
 
 #[test]
@@ -443,10 +653,16 @@ fn a_coordinator_pattern_without_a_scope_is_not_searched_and_a_live_workers_chun
     let db = s.path("cluster.db");
     chunks_db(&db, false);
     let mut live = worker(&s, &db, "live", &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 1 WHERE id = 1"], &[]);
-    policy(&s, &db, &signal_grant(&s), "coordinator_match = \"no-such-coordinator-\\\\d{6}\"");
+    policy(
+        &s,
+        &db,
+        &signal_grant(&s),
+        "coordinator_match = \"no-such-coordinator-\\\\d{6}\"",
+    );
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 1, "a warning, nothing critical: {doc:#}");
-    let f = finding(&doc, PLUGIN, "table:chunks:coordinator-unscoped").unwrap_or_else(|| panic!("{doc:#}"));
+    let f = finding(&doc, PLUGIN, "table:chunks:coordinator-unscoped")
+        .unwrap_or_else(|| panic!("{doc:#}"));
     assert!(f["message"].as_str().unwrap().contains("scope"), "{f:#}");
     assert!(orphan_keys(&doc).is_empty(), "{doc:#}");
     assert_eq!(rows(&db)[0].1, "running");

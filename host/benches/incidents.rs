@@ -54,12 +54,22 @@ fn main() {
     }
     let iterations = env_usize("INCIDENTS_BENCH_ITERS", 5);
     let skip = std::env::var("INCIDENTS_BENCH_SKIP").unwrap_or_default();
-    let dir = tempfile::Builder::new().prefix("doctor-bench").tempdir().expect("temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("doctor-bench")
+        .tempdir()
+        .expect("temp dir");
     let mut table = Table::default();
 
     let (fixture, _listener) = Incidents::build(dir.path());
     let engine = if skip.contains("podman") || !have("podman") {
-        println!("podman: {}; the container part is skipped", if have("podman") { "skipped by INCIDENTS_BENCH_SKIP" } else { "not installed" });
+        println!(
+            "podman: {}; the container part is skipped",
+            if have("podman") {
+                "skipped by INCIDENTS_BENCH_SKIP"
+            } else {
+                "not installed"
+            }
+        );
         None
     } else {
         Some(Engine::start(dir.path()))
@@ -97,22 +107,42 @@ fn measure(command: &mut Command, ok: &[i32]) -> Sample {
     let started = Instant::now();
     // Reaped by the wait4 below (which also gives its rusage), not by Child::wait.
     #[allow(clippy::zombie_processes)]
-    let child = command.spawn().unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
     let mut status = 0;
     // SAFETY: plain syscall on our own child; `usage` is a valid out-pointer.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     let wall = started.elapsed();
     assert_eq!(waited, child.id() as i32, "wait4 {command:?}");
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
-    assert!(ok.contains(&code), "{command:?} exited {code}, expected one of {ok:?}");
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    Sample { wall, cpu: tv(usage.ru_utime) + tv(usage.ru_stime), rss_kib: usage.ru_maxrss as u64 }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    assert!(
+        ok.contains(&code),
+        "{command:?} exited {code}, expected one of {ok:?}"
+    );
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    Sample {
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        rss_kib: usage.ru_maxrss as u64,
+    }
 }
 
 /// `n` runs of `make()`'s command after one unmeasured warm-up; `before` runs
 /// ahead of each (fixture reset), outside the timing.
-fn runs(n: usize, ok: &[i32], mut before: impl FnMut(), mut make: impl FnMut() -> Command) -> Stats {
+fn runs(
+    n: usize,
+    ok: &[i32],
+    mut before: impl FnMut(),
+    mut make: impl FnMut() -> Command,
+) -> Stats {
     before();
     measure(&mut make(), ok);
     let samples = (0..n)
@@ -178,7 +208,12 @@ impl Table {
             println!("ROW\t{a}\t{b}\t{c}\t{d}");
         }
         for (what, s) in &self.raw {
-            println!("RAW\t{what}\t{}\t{}\t{}", s.wall.as_nanos(), s.cpu.as_nanos(), s.rss_kib);
+            println!(
+                "RAW\t{what}\t{}\t{}\t{}",
+                s.wall.as_nanos(),
+                s.cpu.as_nanos(),
+                s.rss_kib
+            );
         }
         for note in &self.notes {
             println!("NOTE\t{note}");
@@ -190,10 +225,18 @@ impl Table {
         for line in text.lines() {
             let f: Vec<&str> = line.split('\t').collect();
             match f.as_slice() {
-                ["ROW", a, b, c, d] => self.rows.push([a.to_string(), b.to_string(), c.to_string(), d.to_string()]),
-                ["RAW", what, wall, cpu, rss] => {
-                    self.raw.push((what.to_string(), Stats { wall: nanos(wall), cpu: nanos(cpu), rss_kib: rss.parse().unwrap_or(0) }))
+                ["ROW", a, b, c, d] => {
+                    self.rows
+                        .push([a.to_string(), b.to_string(), c.to_string(), d.to_string()])
                 }
+                ["RAW", what, wall, cpu, rss] => self.raw.push((
+                    what.to_string(),
+                    Stats {
+                        wall: nanos(wall),
+                        cpu: nanos(cpu),
+                        rss_kib: rss.parse().unwrap_or(0),
+                    },
+                )),
                 ["NOTE", note] => self.notes.push(note.to_string()),
                 _ => println!("{line}"),
             }
@@ -201,15 +244,30 @@ impl Table {
     }
 
     fn row(&mut self, work: &str, measured: String, target: &str, met: bool) {
-        self.rows.push([work.into(), measured, target.into(), if met { "met".into() } else { "**not met**".into() }]);
+        self.rows.push([
+            work.into(),
+            measured,
+            target.into(),
+            if met {
+                "met".into()
+            } else {
+                "**not met**".into()
+            },
+        ]);
     }
 
     fn note(&mut self, work: &str, measured: String, target: &str) {
-        self.rows.push([work.into(), measured, target.into(), "n/a".into()]);
+        self.rows
+            .push([work.into(), measured, target.into(), "n/a".into()]);
     }
 
     fn raw(&mut self, what: &str, s: Stats) -> Stats {
-        eprintln!("  {what}: wall {} cpu {} rss {} KiB", ms(s.wall), ms(s.cpu), s.rss_kib);
+        eprintln!(
+            "  {what}: wall {} cpu {} rss {} KiB",
+            ms(s.wall),
+            ms(s.cpu),
+            s.rss_kib
+        );
         self.raw.push((what.into(), s));
         s
     }
@@ -233,7 +291,12 @@ impl Table {
         println!("| command | wall | CPU | peak RSS |");
         println!("|---|---|---|---|");
         for (what, s) in &self.raw {
-            println!("| {what} | {} | {} | {:.1} MiB |", ms(s.wall), ms(s.cpu), s.rss_kib as f64 / 1024.0);
+            println!(
+                "| {what} | {} | {} | {:.1} MiB |",
+                ms(s.wall),
+                ms(s.cpu),
+                s.rss_kib as f64 / 1024.0
+            );
         }
     }
 }
@@ -241,11 +304,19 @@ impl Table {
 // ---------------------------------------------------------------- fixtures
 
 fn have(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default).max(1)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+        .max(1)
 }
 
 /// A pid that is not running now (a child that has been reaped).
@@ -257,7 +328,10 @@ fn dead_pid() -> u32 {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Kills its child on drop.
@@ -309,20 +383,42 @@ impl Incidents {
             assert!(Instant::now() < deadline, "the listener never listened");
             std::thread::sleep(Duration::from_millis(20));
         }
-        (Incidents { dir, pid_file, db, port, dead }, Reaped(listener))
+        (
+            Incidents {
+                dir,
+                pid_file,
+                db,
+                port,
+                dead,
+            },
+            Reaped(listener),
+        )
     }
 
     /// A policy with the named parts: "pid", "chunks", "jobs", "port", "containers".
-    fn policy(&self, name: &str, parts: &[&str], engine: Option<&Path>, cache: &Path, every: Option<&str>) -> PathBuf {
+    fn policy(
+        &self,
+        name: &str,
+        parts: &[&str],
+        engine: Option<&Path>,
+        cache: &Path,
+        every: Option<&str>,
+    ) -> PathBuf {
         let root = self.dir.display();
-        let every = every.map(|e| format!("every = \"{e}\"\n")).unwrap_or_default();
+        let every = every
+            .map(|e| format!("every = \"{e}\"\n"))
+            .unwrap_or_default();
         let mut p = format!(
             "[doctor]\njournal = \"{root}/{name}.journal.db\"\ncache_dir = \"{}\"\n\n[databases.work]\npath = \"{}\"\n\n",
             cache.display(),
             self.db.display()
         );
-        let socket = engine.map(|s| s.display().to_string()).unwrap_or_else(|| format!("{root}/no-engine.sock"));
-        p.push_str(&format!("[container_engine]\nsocket = \"{socket}\"\ntimeout = \"10s\"\n\n"));
+        let socket = engine
+            .map(|s| s.display().to_string())
+            .unwrap_or_else(|| format!("{root}/no-engine.sock"));
+        p.push_str(&format!(
+            "[container_engine]\nsocket = \"{socket}\"\ntimeout = \"10s\"\n\n"
+        ));
         for part in parts {
             p.push_str(&match *part {
                 "pid" => format!(
@@ -363,7 +459,10 @@ impl Incidents {
 
 fn doctor(mode: &str, policy: &Path) -> Command {
     let mut c = Command::new(DOCTOR);
-    c.args([mode, "--policy"]).arg(policy).args(["--format", "json"]).env("DOCTOR_LOG", "error");
+    c.args([mode, "--policy"])
+        .arg(policy)
+        .args(["--format", "json"])
+        .env("DOCTOR_LOG", "error");
     c
 }
 
@@ -386,14 +485,47 @@ impl Engine {
         let started = Instant::now();
         let podman = podman::Podman::start();
         podman.import_busybox(IMAGE);
-        podman.create(&["--name", "web-capdrop", "--cap-drop", "ALL", "-v", &format!("{}:/data", root.display()), IMAGE]);
-        podman.create(&["--name", "web-nocurl", "--health-cmd", "curl -f http://localhost/", "--restart", "no", IMAGE]);
-        podman.create(&["--name", "web-ok", "--memory", "64m", "--restart", "unless-stopped", "--health-cmd", "wget -q -O- http://localhost/", IMAGE]);
+        podman.create(&[
+            "--name",
+            "web-capdrop",
+            "--cap-drop",
+            "ALL",
+            "-v",
+            &format!("{}:/data", root.display()),
+            IMAGE,
+        ]);
+        podman.create(&[
+            "--name",
+            "web-nocurl",
+            "--health-cmd",
+            "curl -f http://localhost/",
+            "--restart",
+            "no",
+            IMAGE,
+        ]);
+        podman.create(&[
+            "--name",
+            "web-ok",
+            "--memory",
+            "64m",
+            "--restart",
+            "unless-stopped",
+            "--health-cmd",
+            "wget -q -O- http://localhost/",
+            IMAGE,
+        ]);
         let proxy = root.join("proxy.sock");
         let requests = Arc::new(AtomicUsize::new(0));
         spawn_proxy(&proxy, podman.socket().to_path_buf(), requests.clone());
-        println!("podman: private engine with 3 containers ready in {:.1} s", started.elapsed().as_secs_f64());
-        Engine { _podman: podman, proxy, requests }
+        println!(
+            "podman: private engine with 3 containers ready in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Engine {
+            _podman: podman,
+            proxy,
+            requests,
+        }
     }
 }
 
@@ -402,8 +534,13 @@ fn spawn_proxy(at: &Path, upstream: PathBuf, count: Arc<AtomicUsize>) {
     let listener = UnixListener::bind(at).expect("bind proxy");
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
-            let Ok(server) = UnixStream::connect(&upstream) else { continue };
-            let (c2, s2) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+            let Ok(server) = UnixStream::connect(&upstream) else {
+                continue;
+            };
+            let (c2, s2) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
             let counter = count.clone();
             std::thread::spawn(move || pump(client, server, Some(counter)));
             std::thread::spawn(move || pump(s2, c2, None));
@@ -420,11 +557,18 @@ fn pump(mut from: UnixStream, mut to: UnixStream, count: Option<Arc<AtomicUsize>
                 if let Some(c) = &count {
                     let text = String::from_utf8_lossy(&buf[..n]);
                     if std::env::var_os("INCIDENTS_BENCH_TRACE").is_some() {
-                        for line in text.lines().filter(|l| l.ends_with(" HTTP/1.1") || l.ends_with(" HTTP/1.0")) {
+                        for line in text
+                            .lines()
+                            .filter(|l| l.ends_with(" HTTP/1.1") || l.ends_with(" HTTP/1.0"))
+                        {
                             eprintln!("    engine request: {line}");
                         }
                     }
-                    c.fetch_add(text.matches(" HTTP/1.1\r\n").count() + text.matches(" HTTP/1.0\r\n").count(), Ordering::Relaxed);
+                    c.fetch_add(
+                        text.matches(" HTTP/1.1\r\n").count()
+                            + text.matches(" HTTP/1.0\r\n").count(),
+                        Ordering::Relaxed,
+                    );
                 }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
@@ -442,7 +586,13 @@ fn incidents_rows(t: &mut Table, f: &Incidents, engine: Option<&Engine>, n: usiz
     let four = ["pid", "chunks", "jobs", "port"];
     let socket = engine.map(|e| e.proxy.clone());
     let floor_spec = |with_engine: bool| {
-        let mut s = format!("pid={};db={};dead={};port={}", f.pid_file.display(), f.db.display(), f.dead, f.port);
+        let mut s = format!(
+            "pid={};db={};dead={};port={}",
+            f.pid_file.display(),
+            f.db.display(),
+            f.dead,
+            f.port
+        );
         if let (true, Some(sock)) = (with_engine, &socket) {
             s.push_str(&format!(";engine={}", sock.display()));
         }
@@ -451,28 +601,79 @@ fn incidents_rows(t: &mut Table, f: &Incidents, engine: Option<&Engine>, n: usiz
 
     // No engine: the four host-side incidents.
     let policy = f.policy("four", &four, None, &cache, None);
-    let d = t.raw("doctor check, 4 incidents (no engine)", runs(n * 2, &[2], || f.reset_journal("four"), || doctor("check", &policy)));
-    let fl = t.raw("floor, 4 incidents (no engine)", runs(n * 2, &[0], || {}, || floor(&floor_spec(false))));
+    let d = t.raw(
+        "doctor check, 4 incidents (no engine)",
+        runs(
+            n * 2,
+            &[2],
+            || f.reset_journal("four"),
+            || doctor("check", &policy),
+        ),
+    );
+    let fl = t.raw(
+        "floor, 4 incidents (no engine)",
+        runs(n * 2, &[0], || {}, || floor(&floor_spec(false))),
+    );
     t.row(
         "no engine: check vs floor (wall)",
-        format!("{} vs {} = {:.2}× (CPU {:.2}×)", ms(d.wall), ms(fl.wall), ratio(d.wall, fl.wall), ratio(d.cpu, fl.cpu)),
+        format!(
+            "{} vs {} = {:.2}× (CPU {:.2}×)",
+            ms(d.wall),
+            ms(fl.wall),
+            ratio(d.wall, fl.wall),
+            ratio(d.cpu, fl.cpu)
+        ),
         "≤ 1.3×",
         ratio(d.wall, fl.wall) <= 1.3,
     );
 
     if let Some(e) = engine {
-        let policy = f.policy("five", &[&four[..], &["containers"]].concat(), socket.as_deref(), &cache, None);
-        let d = t.raw("doctor check, 5 incidents", runs(n, &[2], || f.reset_journal("five"), || doctor("check", &policy)));
-        let fl = t.raw("floor, 5 incidents", runs(n, &[0], || {}, || floor(&floor_spec(true))));
+        let policy = f.policy(
+            "five",
+            &[&four[..], &["containers"]].concat(),
+            socket.as_deref(),
+            &cache,
+            None,
+        );
+        let d = t.raw(
+            "doctor check, 5 incidents",
+            runs(
+                n,
+                &[2],
+                || f.reset_journal("five"),
+                || doctor("check", &policy),
+            ),
+        );
+        let fl = t.raw(
+            "floor, 5 incidents",
+            runs(n, &[0], || {}, || floor(&floor_spec(true))),
+        );
         let script = shell_procedure(f, socket.as_deref());
-        let sh = t.raw("operator's shell procedure, 5 incidents", runs(n, &[0], || {}, || {
-            let mut c = Command::new("bash");
-            c.arg(&script);
-            c
-        }));
+        let sh = t.raw(
+            "operator's shell procedure, 5 incidents",
+            runs(
+                n,
+                &[0],
+                || {},
+                || {
+                    let mut c = Command::new("bash");
+                    c.arg(&script);
+                    c
+                },
+            ),
+        );
         t.row(
             "five incidents, check, wall / CPU vs floor",
-            format!("{:.2}× / {:.2}× ({} / {} vs {} / {}; shell procedure {})", ratio(d.wall, fl.wall), ratio(d.cpu, fl.cpu), ms(d.wall), ms(d.cpu), ms(fl.wall), ms(fl.cpu), ms(sh.wall)),
+            format!(
+                "{:.2}× / {:.2}× ({} / {} vs {} / {}; shell procedure {})",
+                ratio(d.wall, fl.wall),
+                ratio(d.cpu, fl.cpu),
+                ms(d.wall),
+                ms(d.cpu),
+                ms(fl.wall),
+                ms(fl.cpu),
+                ms(sh.wall)
+            ),
             "≤ 1.05× / ≤ 1.5×",
             ratio(d.wall, fl.wall) <= 1.05 && ratio(d.cpu, fl.cpu) <= 1.5,
         );
@@ -482,23 +683,62 @@ fn incidents_rows(t: &mut Table, f: &Incidents, engine: Option<&Engine>, n: usiz
         let by_doctor = e.requests.swap(0, Ordering::Relaxed);
         measure(&mut floor(&floor_spec(true)), &[0]);
         let by_floor = e.requests.swap(0, Ordering::Relaxed);
-        t.row("engine requests for the five incidents", format!("{by_doctor} (floor {by_floor})"), "the floor's, concurrently, keep-alive", by_doctor <= by_floor);
+        t.row(
+            "engine requests for the five incidents",
+            format!("{by_doctor} (floor {by_floor})"),
+            "the floor's, concurrently, keep-alive",
+            by_doctor <= by_floor,
+        );
     } else {
-        t.note("five incidents, check, wall / CPU vs floor", "skipped: no podman".into(), "≤ 1.05× / ≤ 1.5×");
+        t.note(
+            "five incidents, check, wall / CPU vs floor",
+            "skipped: no podman".into(),
+            "≤ 1.05× / ≤ 1.5×",
+        );
     }
 
     let policy = f.policy("pidport", &["pid", "port"], None, &cache, None);
-    let d = t.raw("doctor check, PID file + port", runs(n, &[2], || f.reset_journal("pidport"), || doctor("check", &policy)));
+    let d = t.raw(
+        "doctor check, PID file + port",
+        runs(
+            n,
+            &[2],
+            || f.reset_journal("pidport"),
+            || doctor("check", &policy),
+        ),
+    );
     if have("monit") {
         let rc = monit_rc(f);
-        let m = t.raw("monit validate, PID file + port", runs(n, &[0, 1, 3], || {}, || {
-            let mut c = Command::new("monit");
-            c.arg("-c").arg(&rc).arg("validate");
-            c
-        }));
-        t.row("PID file + port subset vs `monit validate`", format!("{:.2}× ({} vs {})", ratio(d.wall, m.wall), ms(d.wall), ms(m.wall)), "≤ 1.0×", ratio(d.wall, m.wall) <= 1.0);
+        let m = t.raw(
+            "monit validate, PID file + port",
+            runs(
+                n,
+                &[0, 1, 3],
+                || {},
+                || {
+                    let mut c = Command::new("monit");
+                    c.arg("-c").arg(&rc).arg("validate");
+                    c
+                },
+            ),
+        );
+        t.row(
+            "PID file + port subset vs `monit validate`",
+            format!(
+                "{:.2}× ({} vs {})",
+                ratio(d.wall, m.wall),
+                ms(d.wall),
+                ms(m.wall)
+            ),
+            "≤ 1.0×",
+            ratio(d.wall, m.wall) <= 1.0,
+        );
     } else {
-        t.note("PID file + port subset vs `monit validate`", format!("monit not installed; doctor {}", ms(d.wall)), "≤ 1.0×");
+        t.note(
+            "PID file + port subset vs `monit validate`",
+            format!("monit not installed; doctor {}", ms(d.wall)),
+            "≤ 1.0×",
+        );
     }
 }
 
@@ -537,7 +777,8 @@ fn monit_rc(f: &Incidents) -> PathBuf {
         ),
     )
     .expect("monitrc");
-    std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod monitrc");
+    std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod monitrc");
     rc
 }
 
@@ -548,12 +789,25 @@ fn fixed_cost_rows(t: &mut Table, f: &Incidents, n: usize) {
     let policy = f.policy("notdue", &["pid"], None, &cache, Some("1h"));
     f.reset_journal("notdue");
     measure(&mut doctor("run", &policy), &[0, 1, 2]);
-    let d = t.raw("doctor run, nothing due", runs(n, &[0, 1, 2], || {}, || doctor("run", &policy)));
-    let e = t.raw("empty process (true)", runs(n, &[0], || {}, || Command::new("true")));
+    let d = t.raw(
+        "doctor run, nothing due",
+        runs(n, &[0, 1, 2], || {}, || doctor("run", &policy)),
+    );
+    let e = t.raw(
+        "empty process (true)",
+        runs(n, &[0], || {}, || Command::new("true")),
+    );
     let above = d.wall.saturating_sub(e.wall);
     t.row(
         "fixed cost (policy with no due plugin) vs empty process",
-        format!("{} vs {} (+{}; CPU {} vs {})", ms(d.wall), ms(e.wall), ms(above), ms(d.cpu), ms(e.cpu)),
+        format!(
+            "{} vs {} (+{}; CPU {} vs {})",
+            ms(d.wall),
+            ms(e.wall),
+            ms(above),
+            ms(d.cpu),
+            ms(e.cpu)
+        ),
         "≤ 2 ms above it",
         above <= Duration::from_millis(2),
     );
@@ -564,12 +818,38 @@ fn cold_rows(t: &mut Table, f: &Incidents, n: usize) {
     let four = ["pid", "chunks", "jobs", "port"];
     let cold_cache = f.dir.join("cold-cache");
     let policy = f.policy("cold", &four, None, &cold_cache, None);
-    let cold = t.raw("doctor check, 4 incidents, empty cache", runs(n, &[2], || {
-        f.reset_journal("cold");
-        let _ = std::fs::remove_dir_all(&cold_cache);
-    }, || doctor("check", &policy)));
-    let warm = t.raw("doctor check, 4 incidents, warm cache", runs(n, &[2], || f.reset_journal("cold"), || doctor("check", &policy)));
-    t.row("first run after install vs warm", format!("{:.2}× ({} vs {})", ratio(cold.wall, warm.wall), ms(cold.wall), ms(warm.wall)), "≤ 1.2×", ratio(cold.wall, warm.wall) <= 1.2);
+    let cold = t.raw(
+        "doctor check, 4 incidents, empty cache",
+        runs(
+            n,
+            &[2],
+            || {
+                f.reset_journal("cold");
+                let _ = std::fs::remove_dir_all(&cold_cache);
+            },
+            || doctor("check", &policy),
+        ),
+    );
+    let warm = t.raw(
+        "doctor check, 4 incidents, warm cache",
+        runs(
+            n,
+            &[2],
+            || f.reset_journal("cold"),
+            || doctor("check", &policy),
+        ),
+    );
+    t.row(
+        "first run after install vs warm",
+        format!(
+            "{:.2}× ({} vs {})",
+            ratio(cold.wall, warm.wall),
+            ms(cold.wall),
+            ms(warm.wall)
+        ),
+        "≤ 1.2×",
+        ratio(cold.wall, warm.wall) <= 1.2,
+    );
 }
 
 /// fsync + fdatasync calls of one `doctor check` (strace), journal existing.
@@ -579,16 +859,41 @@ fn fsync_rows(t: &mut Table, f: &Incidents) {
         return;
     }
     let cache = f.dir.join("cache");
-    let policy = f.policy("fsync", &["pid", "chunks", "jobs", "port"], None, &cache, None);
+    let policy = f.policy(
+        "fsync",
+        &["pid", "chunks", "jobs", "port"],
+        None,
+        &cache,
+        None,
+    );
     f.reset_journal("fsync");
     measure(&mut doctor("check", &policy), &[2]);
     let out = f.dir.join("strace.out");
     let mut c = Command::new("strace");
-    c.args(["-f", "-qq", "-e", "trace=fsync,fdatasync,sync_file_range", "-o"]).arg(&out).arg(DOCTOR).args(["check", "--policy"]).arg(&policy).env("DOCTOR_LOG", "error");
+    c.args([
+        "-f",
+        "-qq",
+        "-e",
+        "trace=fsync,fdatasync,sync_file_range",
+        "-o",
+    ])
+    .arg(&out)
+    .arg(DOCTOR)
+    .args(["check", "--policy"])
+    .arg(&policy)
+    .env("DOCTOR_LOG", "error");
     measure(&mut c, &[2]);
     let text = std::fs::read_to_string(&out).unwrap_or_default();
-    let count = text.lines().filter(|l| l.contains("sync") && !l.contains("resumed>")).count();
-    t.row("fsyncs per `check` (second run, journal exists)", count.to_string(), "≤ 1", count <= 1);
+    let count = text
+        .lines()
+        .filter(|l| l.contains("sync") && !l.contains("resumed>"))
+        .count();
+    t.row(
+        "fsyncs per `check` (second run, journal exists)",
+        count.to_string(),
+        "≤ 1",
+        count <= 1,
+    );
 }
 
 /// As root, the 10k section runs in a private pid namespace (`unshare --pid
@@ -612,11 +917,19 @@ fn ten_thousand_section(t: &mut Table, f: &Incidents, root: &Path, n: usize) {
                 t.absorb(&String::from_utf8_lossy(&out.stdout));
                 return;
             }
-            Ok(out) => println!("10k: unshare exited {}; falling back to plain children", out.status),
+            Ok(out) => println!(
+                "10k: unshare exited {}; falling back to plain children",
+                out.status
+            ),
             Err(e) => println!("10k: unshare failed ({e}); falling back to plain children"),
         }
     }
-    ten_thousand_rows(t, f, n, "as plain children of the bench (the machine's pid namespace)");
+    ten_thousand_rows(
+        t,
+        f,
+        n,
+        "as plain children of the bench (the machine's pid namespace)",
+    );
 }
 
 /// The re-executed copy, as pid 1 of its namespace: fixtures, the section, rows on stdout.
@@ -624,7 +937,12 @@ fn inside_pid_namespace(root: &Path) {
     let n = env_usize("INCIDENTS_BENCH_ITERS", 3);
     let (f, _listener) = Incidents::build(root);
     let mut t = Table::default();
-    ten_thousand_rows(&mut t, &f, n, "in a private pid namespace (unshare --pid --fork --mount-proc)");
+    ten_thousand_rows(
+        &mut t,
+        &f,
+        n,
+        "in a private pid namespace (unshare --pid --fork --mount-proc)",
+    );
     t.emit();
 }
 
@@ -633,47 +951,127 @@ fn ten_thousand_rows(t: &mut Table, f: &Incidents, n: usize, how: &str) {
     let mut sleepers = Vec::with_capacity(SLEEPERS);
     for _ in 0..SLEEPERS {
         let mut c = Command::new("sleep");
-        c.arg("3600").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        c.arg("3600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         // Their own process group: a Ctrl-C of the bench does not race their reaping.
         c.process_group(0);
         sleepers.push(Reaped(c.spawn().expect("spawn sleeper (pid_max?)")));
     }
-    let procs = std::fs::read_dir("/proc").map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count()).unwrap_or(0);
-    eprintln!("10k: {SLEEPERS} sleepers {how} in {:.1} s; {procs} processes visible", started.elapsed().as_secs_f64());
-    t.says(format!("10k: {SLEEPERS} sleepers {how}; {procs} processes visible"));
+    let procs = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    eprintln!(
+        "10k: {SLEEPERS} sleepers {how} in {:.1} s; {procs} processes visible",
+        started.elapsed().as_secs_f64()
+    );
+    t.says(format!(
+        "10k: {SLEEPERS} sleepers {how}; {procs} processes visible"
+    ));
     let cache = f.dir.join("cache");
 
     let policy = f.policy("pid10k", &["pid"], None, &cache, None);
-    let d = t.raw("doctor check pid-file-stop, 10k processes", runs(n, &[1, 2], || f.reset_journal("pid10k"), || doctor("check", &policy)));
-    let fl = t.raw("floor pid file + /proc scan, 10k processes", runs(n, &[0], || {}, || floor(&format!("pid={};scan=1", f.pid_file.display()))));
-    let ps = t.raw("ps -e, 10k processes", runs(n, &[0], || {}, || {
-        let mut c = Command::new("ps");
-        c.arg("-e");
-        c
-    }));
+    let d = t.raw(
+        "doctor check pid-file-stop, 10k processes",
+        runs(
+            n,
+            &[1, 2],
+            || f.reset_journal("pid10k"),
+            || doctor("check", &policy),
+        ),
+    );
+    let fl = t.raw(
+        "floor pid file + /proc scan, 10k processes",
+        runs(
+            n,
+            &[0],
+            || {},
+            || floor(&format!("pid={};scan=1", f.pid_file.display())),
+        ),
+    );
+    let ps = t.raw(
+        "ps -e, 10k processes",
+        runs(
+            n,
+            &[0],
+            || {},
+            || {
+                let mut c = Command::new("ps");
+                c.arg("-e");
+                c
+            },
+        ),
+    );
     t.row(
         "pid-file-stop at 10k processes vs floor",
-        format!("{:.2}× ({} vs {}; CPU {:.2}×; `ps -e` {})", ratio(d.wall, fl.wall), ms(d.wall), ms(fl.wall), ratio(d.cpu, fl.cpu), ms(ps.wall)),
+        format!(
+            "{:.2}× ({} vs {}; CPU {:.2}×; `ps -e` {})",
+            ratio(d.wall, fl.wall),
+            ms(d.wall),
+            ms(fl.wall),
+            ratio(d.cpu, fl.cpu),
+            ms(ps.wall)
+        ),
         "≤ 1.2×",
         ratio(d.wall, fl.wall) <= 1.2,
     );
 
     let policy = f.policy("port10k", &["port"], None, &cache, None);
-    let dp = t.raw("doctor check port-9403-freer, 10k processes", runs(n, &[1, 2], || f.reset_journal("port10k"), || doctor("check", &policy)));
-    let ss = t.raw("ss -ltnp, 10k processes", runs(n, &[0], || {}, || {
-        let mut c = Command::new("ss");
-        c.arg("-ltnp");
-        c
-    }));
-    t.raw("floor port owner, 10k processes", runs(n, &[0], || {}, || floor(&format!("port={}", f.port))));
+    let dp = t.raw(
+        "doctor check port-9403-freer, 10k processes",
+        runs(
+            n,
+            &[1, 2],
+            || f.reset_journal("port10k"),
+            || doctor("check", &policy),
+        ),
+    );
+    let ss = t.raw(
+        "ss -ltnp, 10k processes",
+        runs(
+            n,
+            &[0],
+            || {},
+            || {
+                let mut c = Command::new("ss");
+                c.arg("-ltnp");
+                c
+            },
+        ),
+    );
+    t.raw(
+        "floor port owner, 10k processes",
+        runs(n, &[0], || {}, || floor(&format!("port={}", f.port))),
+    );
     t.row(
         "port at 10k processes vs `ss -ltnp`",
-        format!("{:.2}× ({} vs {}; CPU {:.2}×)", ratio(dp.wall, ss.wall), ms(dp.wall), ms(ss.wall), ratio(dp.cpu, ss.cpu)),
+        format!(
+            "{:.2}× ({} vs {}; CPU {:.2}×)",
+            ratio(dp.wall, ss.wall),
+            ms(dp.wall),
+            ms(ss.wall),
+            ratio(dp.cpu, ss.cpu)
+        ),
         "≤ 1.0×",
         ratio(dp.wall, ss.wall) <= 1.0,
     );
     let rss = d.rss_kib.max(dp.rss_kib);
-    t.row("peak RSS at 10k processes", format!("{:.1} MiB", rss as f64 / 1024.0), "≤ 15 MiB", rss <= 15 * 1024);
+    t.row(
+        "peak RSS at 10k processes",
+        format!("{:.1} MiB", rss as f64 / 1024.0),
+        "≤ 15 MiB",
+        rss <= 15 * 1024,
+    );
     drop(sleepers);
 }
 
@@ -684,7 +1082,10 @@ fn million_rows(t: &mut Table, root: &Path, n: usize) {
     let work = dir.join("work.db");
     let started = Instant::now();
     build_million(&base);
-    println!("1m: {ROWS} rows ({ORPHANS} orphaned running) built in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "1m: {ROWS} rows ({ORPHANS} orphaned running) built in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let policy = dir.join("policy.toml");
     std::fs::write(
         &policy,
@@ -708,18 +1109,30 @@ fn million_rows(t: &mut Table, root: &Path, n: usize) {
         c.arg(&work).arg(sql);
         c
     };
-    let check = t.raw("doctor check, 1M rows", runs(n, &[2], reset, || doctor("check", &policy)));
+    let check = t.raw(
+        "doctor check, 1M rows",
+        runs(n, &[2], reset, || doctor("check", &policy)),
+    );
     let select = t.raw("sqlite3 same queries, 1M rows", runs(n, &[0], reset, || {
         sqlite3("SELECT id, assigned_worker, started_at FROM chunks WHERE status = 'running'; SELECT status, count(*) FROM chunks GROUP BY status;")
     }));
-    let fix = t.raw("doctor fix, 1M rows", runs(n, &[0, 1, 2], reset, || doctor("fix", &policy)));
+    let fix = t.raw(
+        "doctor fix, 1M rows",
+        runs(n, &[0, 1, 2], reset, || doctor("fix", &policy)),
+    );
     let update = t.raw("sqlite3 one set-based UPDATE, 1M rows", runs(n, &[0], reset, || {
         sqlite3("UPDATE chunks SET status = 'pending', assigned_worker = NULL, started_at = NULL WHERE status = 'running';")
     }));
     let (rc, rf) = (ratio(check.wall, select.wall), ratio(fix.wall, update.wall));
     t.row(
         "1M rows: check vs same queries / fix vs one set-based UPDATE",
-        format!("{rc:.2}× / {rf:.2}× ({} vs {}; {} vs {})", ms(check.wall), ms(select.wall), ms(fix.wall), ms(update.wall)),
+        format!(
+            "{rc:.2}× / {rf:.2}× ({} vs {}; {} vs {})",
+            ms(check.wall),
+            ms(select.wall),
+            ms(fix.wall),
+            ms(update.wall)
+        ),
         "≤ 1.1× / ≤ 1.3×",
         rc <= 1.1 && rf <= 1.3,
     );
@@ -730,22 +1143,54 @@ fn build_million(path: &Path) {
 }
 
 fn binary_rows(t: &mut Table, root: &Path) {
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    let size =
+        |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / (1024.0 * 1024.0);
     let stripped = root.join("doctor-stripped");
-    let ok = Command::new("strip").arg("-o").arg(&stripped).arg(DOCTOR).status().is_ok_and(|s| s.success());
+    let ok = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(DOCTOR)
+        .status()
+        .is_ok_and(|s| s.success());
     if ok {
         let s = size(&stripped);
-        t.row("stripped binary", format!("{s:.1} MiB (unstripped {:.1} MiB)", size(Path::new(DOCTOR))), "≤ 18 MiB", s <= 18.0);
+        t.row(
+            "stripped binary",
+            format!("{s:.1} MiB (unstripped {:.1} MiB)", size(Path::new(DOCTOR))),
+            "≤ 18 MiB",
+            s <= 18.0,
+        );
     } else {
-        t.note("stripped binary", format!("strip not installed; unstripped {:.1} MiB", size(Path::new(DOCTOR))), "≤ 18 MiB");
+        t.note(
+            "stripped binary",
+            format!(
+                "strip not installed; unstripped {:.1} MiB",
+                size(Path::new(DOCTOR))
+            ),
+            "≤ 18 MiB",
+        );
     }
     // The opt-in `dist` profile (fat LTO), when it has been built beside this one.
-    let dist = Path::new(DOCTOR).parent().and_then(Path::parent).map(|target| target.join("dist").join("doctor"));
+    let dist = Path::new(DOCTOR)
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("dist").join("doctor"));
     let dist_stripped = root.join("doctor-dist-stripped");
     if let Some(dist) = dist.filter(|d| d.exists()) {
-        if Command::new("strip").arg("-o").arg(&dist_stripped).arg(&dist).status().is_ok_and(|s| s.success()) {
+        if Command::new("strip")
+            .arg("-o")
+            .arg(&dist_stripped)
+            .arg(&dist)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
             let s = size(&dist_stripped);
-            t.row("stripped binary, `--profile dist` (as last built)", format!("{s:.1} MiB"), "≤ 18 MiB", s <= 18.0);
+            t.row(
+                "stripped binary, `--profile dist` (as last built)",
+                format!("{s:.1} MiB"),
+                "≤ 18 MiB",
+                s <= 18.0,
+            );
         }
     }
 }
@@ -762,12 +1207,17 @@ mod floor {
     use super::*;
 
     pub fn run(spec: &str) {
-        let args: BTreeMap<&str, &str> = spec.split(';').filter_map(|kv| kv.split_once('=')).collect();
+        let args: BTreeMap<&str, &str> = spec
+            .split(';')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
         let mut sink = 0usize;
         if let Some(file) = args.get("pid") {
             let text = std::fs::read_to_string(file).unwrap_or_default();
             if let Ok(pid) = text.trim().parse::<u32>() {
-                sink += std::fs::read(format!("/proc/{pid}/stat")).map(|b| b.len()).unwrap_or(0);
+                sink += std::fs::read(format!("/proc/{pid}/stat"))
+                    .map(|b| b.len())
+                    .unwrap_or(0);
             }
             if args.contains_key("scan") || args.contains_key("db") {
                 sink += scan_processes();
@@ -788,11 +1238,18 @@ mod floor {
     /// Every process's stat and cmdline: what a pattern or scope match needs.
     fn scan_processes() -> usize {
         let mut n = 0;
-        let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
         let mut buf = Vec::with_capacity(4096);
         for e in dir.flatten() {
             let name = e.file_name();
-            let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else { continue };
+            let Some(pid) = name
+                .to_str()
+                .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
             for file in ["stat", "cmdline"] {
                 buf.clear();
                 if let Ok(mut f) = std::fs::File::open(format!("/proc/{pid}/{file}")) {
@@ -804,7 +1261,10 @@ mod floor {
     }
 
     fn databases(db: &str) -> usize {
-        let Ok(c) = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else { return 0 };
+        let Ok(c) = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        else {
+            return 0;
+        };
         let mut workers: Vec<String> = Vec::new();
         for sql in [
             "SELECT assigned_worker FROM chunks WHERE status = 'running'",
@@ -816,7 +1276,12 @@ mod floor {
                 }
             }
         }
-        workers.iter().filter_map(|w| w.parse::<i32>().ok()).filter(|pid| unsafe { libc::kill(*pid, 0) } == 0).count() + workers.len()
+        workers
+            .iter()
+            .filter_map(|w| w.parse::<i32>().ok())
+            .filter(|pid| unsafe { libc::kill(*pid, 0) } == 0)
+            .count()
+            + workers.len()
     }
 
     /// The listening socket's inode from /proc/net, then the process holding it.
@@ -826,22 +1291,36 @@ mod floor {
             let text = std::fs::read_to_string(table).unwrap_or_default();
             for line in text.lines().skip(1) {
                 let f: Vec<&str> = line.split_whitespace().collect();
-                let local_port = f.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+                let local_port = f
+                    .get(1)
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| u16::from_str_radix(p, 16).ok());
                 if f.get(3) == Some(&"0A") && local_port == Some(port) {
                     inodes.extend(f.get(9).map(|i| format!("socket:[{i}]")));
                 }
             }
         }
         let mut owners = 0;
-        let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
         for e in dir.flatten() {
             let name = e.file_name();
-            let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else { continue };
-            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+            let Some(pid) = name
+                .to_str()
+                .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
             for fd in fds.flatten() {
                 if let Ok(target) = std::fs::read_link(fd.path()) {
                     if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
-                        owners += std::fs::read(format!("/proc/{pid}/stat")).map(|b| b.len()).unwrap_or(0);
+                        owners += std::fs::read(format!("/proc/{pid}/stat"))
+                            .map(|b| b.len())
+                            .unwrap_or(0);
                     }
                 }
             }
@@ -851,31 +1330,63 @@ mod floor {
 
     /// One HTTP/1.1 exchange per request, serially, over a fresh connection.
     fn http(sock: &Path, method: &str, uri: &str) -> (u16, String) {
-        let Ok(mut s) = UnixStream::connect(sock) else { return (0, String::new()) };
-        let _ = write!(s, "{method} {uri} HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n");
+        let Ok(mut s) = UnixStream::connect(sock) else {
+            return (0, String::new());
+        };
+        let _ = write!(
+            s,
+            "{method} {uri} HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n"
+        );
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
     fn engine(sock: &Path) -> usize {
         let (_, list) = http(sock, "GET", "/containers/json?all=true");
-        let list: serde_json::Value = serde_json::from_str(dechunk(&list).as_str()).unwrap_or_default();
+        let list: serde_json::Value =
+            serde_json::from_str(dechunk(&list).as_str()).unwrap_or_default();
         let mut n = 0;
         for c in list.as_array().into_iter().flatten() {
             let Some(id) = c["Id"].as_str() else { continue };
             let (_, spec) = http(sock, "GET", &format!("/containers/{id}/json"));
-            let spec: serde_json::Value = serde_json::from_str(dechunk(&spec).as_str()).unwrap_or_default();
+            let spec: serde_json::Value =
+                serde_json::from_str(dechunk(&spec).as_str()).unwrap_or_default();
             n += 1;
             // The health check's binary, when it names one by absolute path or by a bare word.
-            let test = spec["Config"]["Healthcheck"]["Test"].as_array().cloned().unwrap_or_default();
-            if let Some(cmd) = test.get(1).and_then(|v| v.as_str()).and_then(|s| s.split_whitespace().next()) {
+            let test = spec["Config"]["Healthcheck"]["Test"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if let Some(cmd) = test
+                .get(1)
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.split_whitespace().next())
+            {
                 // The same search as the plugin: the default PATH, in order.
-                for dir in ["/usr/local/sbin/", "/usr/local/bin/", "/usr/sbin/", "/usr/bin/", "/sbin/", "/bin/"] {
-                    let path = if cmd.starts_with('/') { cmd.to_string() } else { format!("{dir}{cmd}") };
-                    let (status, _) = http(sock, "HEAD", &format!("/containers/{id}/archive?path={path}"));
+                for dir in [
+                    "/usr/local/sbin/",
+                    "/usr/local/bin/",
+                    "/usr/sbin/",
+                    "/usr/bin/",
+                    "/sbin/",
+                    "/bin/",
+                ] {
+                    let path = if cmd.starts_with('/') {
+                        cmd.to_string()
+                    } else {
+                        format!("{dir}{cmd}")
+                    };
+                    let (status, _) = http(
+                        sock,
+                        "HEAD",
+                        &format!("/containers/{id}/archive?path={path}"),
+                    );
                     n += usize::from(status == 200);
                     if status == 200 || cmd.starts_with('/') {
                         break;
@@ -894,7 +1405,9 @@ mod floor {
         let mut out = String::new();
         let mut rest = body;
         while let Some((size, tail)) = rest.split_once("\r\n") {
-            let Ok(len) = usize::from_str_radix(size.trim(), 16) else { break };
+            let Ok(len) = usize::from_str_radix(size.trim(), 16) else {
+                break;
+            };
             if len == 0 || tail.len() < len {
                 break;
             }

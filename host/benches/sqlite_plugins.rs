@@ -18,13 +18,23 @@ const ORPHANS: i64 = 10_000;
 const DOCTOR: &str = env!("CARGO_BIN_EXE_doctor");
 
 fn main() {
-    let iterations: usize = std::env::var("SQLITE_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
-    let dir = tempfile::Builder::new().prefix("doctor-bench-sqlite").tempdir().expect("temp dir");
+    let iterations: usize = std::env::var("SQLITE_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let dir = tempfile::Builder::new()
+        .prefix("doctor-bench-sqlite")
+        .tempdir()
+        .expect("temp dir");
     let base = dir.path().join("base.db");
     let work = dir.path().join("work.db");
     let started = Instant::now();
     build(&base);
-    println!("built {ROWS} rows ({ORPHANS} orphaned running) in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "built {ROWS} rows ({ORPHANS} orphaned running) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let policy = write_policy(dir.path(), &work);
 
     // Warm the compiled-component cache, as any host after its first run.
@@ -46,7 +56,12 @@ fn main() {
         verify_fixed(&work);
 
         reset(&base, &work, dir.path());
-        cli_select.push(timed(|| sqlite3(&work, "SELECT id, assigned_worker, started_at FROM chunks WHERE status = 'running';")));
+        cli_select.push(timed(|| {
+            sqlite3(
+                &work,
+                "SELECT id, assigned_worker, started_at FROM chunks WHERE status = 'running';",
+            )
+        }));
         cli_update.push(timed(|| {
             sqlite3(&work, "UPDATE chunks SET status = 'pending', assigned_worker = NULL, started_at = NULL WHERE status = 'running';")
         }));
@@ -59,10 +74,19 @@ fn main() {
     println!("| what | time |");
     println!("|---|---|");
     println!("| `doctor check` (sqlite-chunk-reset: 200 per-chunk findings + 1 overflow finding for 9,800, state) | {} |", median(check));
-    println!("| `sqlite3` bare `SELECT ... WHERE status = 'running'` | {} |", median(cli_select));
+    println!(
+        "| `sqlite3` bare `SELECT ... WHERE status = 'running'` | {} |",
+        median(cli_select)
+    );
     println!("| `doctor fix` (200 single-row + 21 batched compare-and-swap resets, journal, re-check) | {} |", median(fix));
-    println!("| `sqlite3` one bare `UPDATE ... WHERE status = 'running'` | {} |", median(cli_update));
-    println!("| `sqlite3` 10,000 single-row compare-and-swap UPDATEs, one transaction each | {} |", median(cli_cas));
+    println!(
+        "| `sqlite3` one bare `UPDATE ... WHERE status = 'running'` | {} |",
+        median(cli_update)
+    );
+    println!(
+        "| `sqlite3` 10,000 single-row compare-and-swap UPDATEs, one transaction each | {} |",
+        median(cli_cas)
+    );
 }
 
 fn build(path: &Path) {
@@ -130,11 +154,24 @@ fn run_doctor(policy: &Path, mode: &str, expect: i32) {
         .output()
         .expect("run doctor");
     let code = out.status.code().unwrap_or(-1);
-    assert_eq!(code, expect, "doctor {mode} exited {code}: {}", String::from_utf8_lossy(&out.stdout).chars().take(2000).collect::<String>());
+    assert_eq!(
+        code,
+        expect,
+        "doctor {mode} exited {code}: {}",
+        String::from_utf8_lossy(&out.stdout)
+            .chars()
+            .take(2000)
+            .collect::<String>()
+    );
 }
 
 fn sqlite3(db: &Path, sql: &str) {
-    let st = Command::new("sqlite3").arg(db).arg(sql).stdout(Stdio::null()).status().expect("run sqlite3 (apt-get install sqlite3)");
+    let st = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run sqlite3 (apt-get install sqlite3)");
     assert!(st.success());
 }
 
@@ -150,12 +187,21 @@ fn sqlite3_file(db: &Path, script: &Path) {
 
 fn verify_fixed(db: &Path) {
     let c = Connection::open(db).expect("open");
-    let running: i64 = c.query_row("SELECT count(*) FROM chunks WHERE status = 'running'", [], |r| r.get(0)).expect("count");
+    let running: i64 = c
+        .query_row(
+            "SELECT count(*) FROM chunks WHERE status = 'running'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
     let cleared: i64 = c
         .query_row("SELECT count(*) FROM chunks WHERE status = 'pending' AND assigned_worker IS NULL AND started_at IS NULL", [], |r| r.get(0))
         .expect("count");
     assert_eq!(running, 0, "every orphan reset");
-    assert_eq!(cleared, ROWS - ROWS * 6 / 10 - (ROWS - ROWS * 6 / 10) / (ROWS / ORPHANS) + ORPHANS);
+    assert_eq!(
+        cleared,
+        ROWS - ROWS * 6 / 10 - (ROWS - ROWS * 6 / 10) / (ROWS / ORPHANS) + ORPHANS
+    );
 }
 
 fn timed(f: impl FnOnce()) -> Duration {

@@ -38,7 +38,10 @@ impl Catalog {
     pub fn discover(plugin_dirs: &[PathBuf]) -> (Catalog, Vec<String>) {
         let mut entries: Vec<Entry> = builtin::BUILTIN
             .iter()
-            .map(|(name, _)| Entry { name: name.to_string(), source: Source::Builtin })
+            .map(|(name, _)| Entry {
+                name: name.to_string(),
+                source: Source::Builtin,
+            })
             .collect();
         let mut warnings = Vec::new();
         for dir in plugin_dirs {
@@ -46,15 +49,28 @@ impl Catalog {
                 warnings.push(format!("plugin directory {} cannot be read", dir.display()));
                 continue;
             };
-            let mut files: Vec<PathBuf> = read.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "wasm")).collect();
+            let mut files: Vec<PathBuf> = read
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+                .collect();
             files.sort();
             for path in files {
-                let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                let name = path
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
                 if entries.iter().any(|e| e.name == name) {
-                    warnings.push(format!("{} ignored: a plugin named {name} is already known", path.display()));
+                    warnings.push(format!(
+                        "{} ignored: a plugin named {name} is already known",
+                        path.display()
+                    ));
                     continue;
                 }
-                entries.push(Entry { name, source: Source::File(path) });
+                entries.push(Entry {
+                    name,
+                    source: Source::File(path),
+                });
             }
         }
         (Catalog { entries }, warnings)
@@ -91,16 +107,25 @@ const MAX_PLUGIN_BYTES: u64 = 128 << 20;
 fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
     let meta = file.metadata()?;
     let refuse = |why: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
     if !meta.is_file() {
         return refuse(format!("{} is not a regular file", path.display()));
     }
     if meta.len() > MAX_PLUGIN_BYTES {
-        return refuse(format!("{} is {} bytes, more than a plugin may be ({MAX_PLUGIN_BYTES})", path.display(), meta.len()));
+        return refuse(format!(
+            "{} is {} bytes, more than a plugin may be ({MAX_PLUGIN_BYTES})",
+            path.display(),
+            meta.len()
+        ));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.by_ref().take(MAX_PLUGIN_BYTES + 1).read_to_end(&mut bytes)?;
+    file.by_ref()
+        .take(MAX_PLUGIN_BYTES + 1)
+        .read_to_end(&mut bytes)?;
     Ok(bytes)
 }

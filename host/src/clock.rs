@@ -20,7 +20,10 @@ pub fn now_unix_ms() -> u64 {
 /// A unix-ms time as UTC text to the second (`2026-11-30T08:24:00Z`), as
 /// the journal's readers and the lock's holder show it.
 pub fn rfc3339_seconds(unix_ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms)).to_string()
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms),
+    )
+    .to_string()
 }
 
 fn skew_ms() -> u64 {

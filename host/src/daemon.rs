@@ -15,7 +15,9 @@ const MIN_SLEEP: Duration = Duration::from_secs(1);
 
 pub fn run(policy_path: PathBuf, journal: Option<PathBuf>) -> anyhow::Result<i32> {
     let policy = Arc::new(load_valid(&policy_path).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(schedule(policy_path, journal, policy))
 }
 
@@ -25,15 +27,29 @@ fn load_valid(path: &std::path::Path) -> Result<Policy, pipeline::Fatal> {
     Ok(Policy::load(path)?)
 }
 
-async fn schedule(policy_path: PathBuf, journal: Option<PathBuf>, mut policy: Arc<Policy>) -> anyhow::Result<i32> {
+async fn schedule(
+    policy_path: PathBuf,
+    journal: Option<PathBuf>,
+    mut policy: Arc<Policy>,
+) -> anyhow::Result<i32> {
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    crate::logging::note(&format!("doctor daemon started with policy {}", policy_path.display()));
+    crate::logging::note(&format!(
+        "doctor daemon started with policy {}",
+        policy_path.display()
+    ));
     loop {
         let run = tokio::task::spawn_blocking({
             let policy = policy.clone();
-            let opts = RunOptions { policy: policy_path.clone(), journal: journal.clone(), plugins: Vec::new(), mode: Mode::Scheduled, override_flap_breaker: false, record: None };
+            let opts = RunOptions {
+                policy: policy_path.clone(),
+                journal: journal.clone(),
+                plugins: Vec::new(),
+                mode: Mode::Scheduled,
+                override_flap_breaker: false,
+                record: None,
+            };
             move || pipeline::execute_policy(policy, &opts)
         });
         tokio::pin!(run);
@@ -72,7 +88,9 @@ async fn reload(path: &std::path::Path, current: Arc<Policy>) -> Arc<Policy> {
     let loaded = match loaded {
         Ok(result) => result,
         Err(e) => {
-            tracing::error!("SIGHUP: validating the new policy failed ({e}); keeping the previous one");
+            tracing::error!(
+                "SIGHUP: validating the new policy failed ({e}); keeping the previous one"
+            );
             return current;
         }
     };
@@ -90,5 +108,11 @@ async fn reload(path: &std::path::Path, current: Arc<Policy>) -> Arc<Policy> {
 
 /// Sleep until the soonest plugin could be due (the run itself decides).
 fn next_wake(policy: &Policy) -> Duration {
-    policy.plugins.values().map(|p| p.every).min().unwrap_or(MAX_SLEEP).clamp(MIN_SLEEP, MAX_SLEEP)
+    policy
+        .plugins
+        .values()
+        .map(|p| p.every)
+        .min()
+        .unwrap_or(MAX_SLEEP)
+        .clamp(MIN_SLEEP, MAX_SLEEP)
 }

@@ -32,7 +32,11 @@ static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
 fn say(text: &str) {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    if !STDOUT_GONE.load(Ordering::Relaxed) && writeln!(stdout, "{text}").and_then(|()| stdout.flush()).is_err() {
+    if !STDOUT_GONE.load(Ordering::Relaxed)
+        && writeln!(stdout, "{text}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+    {
         STDOUT_GONE.store(true, Ordering::Relaxed);
     }
 }
@@ -47,14 +51,23 @@ struct Cleanup {
 impl Cleanup {
     /// Stop the processes, then remove (or keep) the dir; once.
     fn run(&self) {
-        let stopped = self.procs.lock().map(|mut p| p.stop_all()).unwrap_or_default();
+        let stopped = self
+            .procs
+            .lock()
+            .map(|mut p| p.stop_all())
+            .unwrap_or_default();
         if stopped > 0 {
             say!("stopped {stopped} demo process(es) still running");
         }
-        let Some(dir) = self.dir.lock().ok().and_then(|mut d| d.take()) else { return };
+        let Some(dir) = self.dir.lock().ok().and_then(|mut d| d.take()) else {
+            return;
+        };
         if self.keep {
             let path = dir.keep();
-            say!("\nkept {} (its processes are stopped); explore it with:", path.display());
+            say!(
+                "\nkept {} (its processes are stopped); explore it with:",
+                path.display()
+            );
             say!("  doctor journal --policy {}/policy.toml", path.display());
             say!("  doctor check --policy {}/policy.toml", path.display());
         } else {
@@ -68,15 +81,25 @@ impl Cleanup {
 
 pub fn run(keep: bool) -> anyhow::Result<i32> {
     let started = Instant::now();
-    let dir = tempfile::Builder::new().prefix("doctor-demo-").tempdir().context("creating the demo's temp dir")?;
+    let dir = tempfile::Builder::new()
+        .prefix("doctor-demo-")
+        .tempdir()
+        .context("creating the demo's temp dir")?;
     let root = std::fs::canonicalize(dir.path()).context("resolving the demo's temp dir")?;
-    let cleanup = Arc::new(Cleanup { procs: Mutex::new(Processes::default()), dir: Mutex::new(Some(dir)), keep });
+    let cleanup = Arc::new(Cleanup {
+        procs: Mutex::new(Processes::default()),
+        dir: Mutex::new(Some(dir)),
+        keep,
+    });
     clean_up_on_signals(cleanup.clone())?;
     let result = demo(&root, &cleanup.procs);
     // Whatever happened, what the demo started is stopped.
     cleanup.run();
     let code = result?;
-    say!("demo finished in {}", crate::report::seconds(started.elapsed().as_millis() as u64));
+    say!(
+        "demo finished in {}",
+        crate::report::seconds(started.elapsed().as_millis() as u64)
+    );
     if STDOUT_GONE.load(Ordering::Relaxed) {
         std::process::exit(141);
     }
@@ -89,7 +112,9 @@ pub fn run(keep: bool) -> anyhow::Result<i32> {
 fn clean_up_on_signals(cleanup: Arc<Cleanup>) -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let signals = SigSet::from_iter([Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP]);
-    signals.thread_block().context("blocking signals for the demo's cleanup")?;
+    signals
+        .thread_block()
+        .context("blocking signals for the demo's cleanup")?;
     std::thread::spawn(move || {
         if let Ok(signal) = signals.wait() {
             cleanup.run();
@@ -100,11 +125,20 @@ fn clean_up_on_signals(cleanup: Arc<Cleanup>) -> anyhow::Result<()> {
 }
 
 fn demo(root: &Path, procs: &Mutex<Processes>) -> anyhow::Result<i32> {
-    say!("doctor demo: the incidents doctor exists for, built in {}\n", root.display());
-    let sections = vec![chunk_table(root)?, job_table(root)?, pid_files(root, procs)?, port_holder(root, procs)?];
+    say!(
+        "doctor demo: the incidents doctor exists for, built in {}\n",
+        root.display()
+    );
+    let sections = vec![
+        chunk_table(root)?,
+        job_table(root)?,
+        pid_files(root, procs)?,
+        port_holder(root, procs)?,
+    ];
     let skipped = container_skipped();
     let policy = root.join("policy.toml");
-    std::fs::write(&policy, policy_text(root, &sections)).with_context(|| format!("writing {}", policy.display()))?;
+    std::fs::write(&policy, policy_text(root, &sections))
+        .with_context(|| format!("writing {}", policy.display()))?;
     for s in &sections {
         say!("  built: {}", s.story);
     }
@@ -125,7 +159,11 @@ fn demo(root: &Path, procs: &Mutex<Processes>) -> anyhow::Result<i32> {
     let left: Vec<String> = after
         .findings
         .iter()
-        .filter(|f| f.status.is_open() && f.severity != crate::findings::Severity::Info && !UNFIXABLE_PLUGINS.contains(&f.plugin.as_str()))
+        .filter(|f| {
+            f.status.is_open()
+                && f.severity != crate::findings::Severity::Info
+                && !UNFIXABLE_PLUGINS.contains(&f.plugin.as_str())
+        })
         .map(|f| format!("{} {}", f.plugin, f.key))
         .collect();
     if left.is_empty() {
@@ -142,12 +180,22 @@ fn step(title: &str) {
 }
 
 fn execute(policy: &Path, mode: Mode) -> anyhow::Result<RunReport> {
-    let opts = RunOptions { policy: policy.to_path_buf(), journal: None, plugins: Vec::new(), mode, override_flap_breaker: false, record: None };
+    let opts = RunOptions {
+        policy: policy.to_path_buf(),
+        journal: None,
+        plugins: Vec::new(),
+        mode,
+        override_flap_breaker: false,
+        record: None,
+    };
     pipeline::execute(&opts).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn show(report: &RunReport) {
-    say!("{}", crate::report::for_stdout(&report.to_human(true)).trim_end());
+    say!(
+        "{}",
+        crate::report::for_stdout(&report.to_human(true)).trim_end()
+    );
 }
 
 /// Each run, what it found and what its actions did, from the journal.
@@ -156,20 +204,34 @@ fn story(journal: &Path) -> anyhow::Result<()> {
     let mut runs = query::runs(journal.connection(), 20, None)?;
     runs.sort_by_key(|r| r.id);
     for run in runs {
-        let Some(detail) = query::show_run(journal.connection(), run.id)? else { continue };
+        let Some(detail) = query::show_run(journal.connection(), run.id)? else {
+            continue;
+        };
         let count = |items: &[serde_json::Value], field: &str| {
             let mut counts = std::collections::BTreeMap::<String, usize>::new();
             for item in items {
-                *counts.entry(item[field].as_str().unwrap_or("?").to_string()).or_default() += 1;
+                *counts
+                    .entry(item[field].as_str().unwrap_or("?").to_string())
+                    .or_default() += 1;
             }
-            counts.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
+            counts
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
-        let actions = if detail.actions.is_empty() { "no actions".to_string() } else { format!("actions: {}", count(&detail.actions, "outcome")) };
+        let actions = if detail.actions.is_empty() {
+            "no actions".to_string()
+        } else {
+            format!("actions: {}", count(&detail.actions, "outcome"))
+        };
         say!(
             "  run #{} {:<8} exit {}  findings: {}; {actions}",
             run.id,
             run.mode,
-            run.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            run.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
             count(&detail.observations, "status"),
         );
     }
@@ -197,12 +259,17 @@ fn policy_text(root: &Path, sections: &[Section]) -> String {
 }
 
 fn now_s() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }
 
 /// A pid that was just used and is free now: a worker that died.
 fn dead_pid() -> anyhow::Result<u32> {
-    let mut child = Command::new("true").spawn().context("running `true` for a dead worker's pid")?;
+    let mut child = Command::new("true")
+        .spawn()
+        .context("running `true` for a dead worker's pid")?;
     let pid = child.id();
     child.wait()?;
     Ok(pid)
@@ -213,7 +280,8 @@ fn dead_pid() -> anyhow::Result<u32> {
 fn chunk_table(root: &Path) -> anyhow::Result<Section> {
     let db = root.join("chunks.db");
     let worker = dead_pid()?;
-    let conn = rusqlite::Connection::open(&db).with_context(|| format!("creating {}", db.display()))?;
+    let conn =
+        rusqlite::Connection::open(&db).with_context(|| format!("creating {}", db.display()))?;
     conn.execute_batch(&format!(
         "CREATE TABLE chunks (id INTEGER PRIMARY KEY, status TEXT NOT NULL, assigned_worker TEXT, started_at INTEGER);
          INSERT INTO chunks VALUES (1, 'running', '{worker}', {t}), (2, 'running', '{worker}', {t}), (3, 'running', '{worker}', {t}),
@@ -234,7 +302,8 @@ fn chunk_table(root: &Path) -> anyhow::Result<Section> {
 fn job_table(root: &Path) -> anyhow::Result<Section> {
     let db = root.join("jobs.db");
     let (a, b) = (dead_pid()?, dead_pid()?);
-    let conn = rusqlite::Connection::open(&db).with_context(|| format!("creating {}", db.display()))?;
+    let conn =
+        rusqlite::Connection::open(&db).with_context(|| format!("creating {}", db.display()))?;
     let now = now_s();
     conn.execute_batch(&format!(
         "CREATE TABLE jobs (id INTEGER PRIMARY KEY, status TEXT NOT NULL, pid INTEGER, updated_at INTEGER, attempts INTEGER NOT NULL DEFAULT 0, error TEXT);
@@ -293,7 +362,10 @@ pattern = "^doctor-demo-nightly-report$"
 /// port-9403-freer: last deploy's instance still listens on the service's
 /// port (a free loopback port stands in for 9403, which may be in use here).
 fn port_holder(root: &Path, procs: &Mutex<Processes>) -> anyhow::Result<Section> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("finding a free loopback port")?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free loopback port")?
+        .port();
     let doctor = std::env::current_exe().context("locating the doctor binary")?;
     let doctor = doctor.display().to_string();
     let pid = start(procs, &[&doctor, "demo-listen", &port.to_string()], root)?;
@@ -309,7 +381,10 @@ fn port_holder(root: &Path, procs: &Mutex<Processes>) -> anyhow::Result<Section>
 fn wait_listening(port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "the demo's listener never listened on port {port}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the demo's listener never listened on port {port}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
@@ -329,14 +404,18 @@ fn container_skipped() -> String {
 
 /// `doctor demo-listen PORT`: the stale instance that holds the port.
 pub fn listen(port: u16) -> anyhow::Result<i32> {
-    let _listener = std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    let _listener = std::net::TcpListener::bind(("127.0.0.1", port))
+        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
 }
 
 fn start(procs: &Mutex<Processes>, argv: &[&str], dir: &Path) -> anyhow::Result<u32> {
-    procs.lock().map_err(|_| anyhow::anyhow!("the demo's process list is poisoned"))?.start(argv, dir)
+    procs
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the demo's process list is poisoned"))?
+        .start(argv, dir)
 }
 
 /// The demo's processes, each named by pid and start time.
@@ -349,12 +428,28 @@ impl Processes {
     /// Start `argv` as an orphan (see the module comment) with `dir` as its
     /// working directory, and wait until it runs `argv[0]`.
     fn start(&mut self, argv: &[&str], dir: &Path) -> anyhow::Result<u32> {
-        let quoted: Vec<String> = argv.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+        let quoted: Vec<String> = argv
+            .iter()
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect();
         let script = format!("{} </dev/null >/dev/null 2>&1 & echo $!", quoted.join(" "));
-        let out = Command::new("sh").arg("-c").arg(&script).current_dir(dir).stdin(Stdio::null()).stderr(Stdio::inherit()).output().context("running sh")?;
-        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().with_context(|| format!("starting {}", argv.join(" ")))?;
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running sh")?;
+        let pid: u32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .with_context(|| format!("starting {}", argv.join(" ")))?;
         let want = PathBuf::from(argv[0]);
-        let want = want.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let want = want
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -362,10 +457,15 @@ impl Processes {
             if String::from_utf8_lossy(first).ends_with(&want) {
                 break;
             }
-            anyhow::ensure!(Instant::now() < deadline, "{} (pid {pid}) never started", argv.join(" "));
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} (pid {pid}) never started",
+                argv.join(" ")
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
-        let start = crate::facts::processes::start_time(pid).with_context(|| format!("reading the start time of pid {pid}"))?;
+        let start = crate::facts::processes::start_time(pid)
+            .with_context(|| format!("reading the start time of pid {pid}"))?;
         self.started.push((pid, start, argv.join(" ")));
         Ok(pid)
     }
@@ -378,7 +478,12 @@ impl Processes {
             if !alive(pid, start) {
                 continue;
             }
-            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).is_ok() {
+            if nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok()
+            {
                 stopped += 1;
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while alive(pid, start) && Instant::now() < deadline {

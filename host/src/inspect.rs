@@ -2,9 +2,9 @@
 //! package it was built against, its sha256 ready to pin, its size) and
 //! what it asks for, next to what a policy grants it.
 
+use crate::capabilities::PluginRuntime;
 use crate::capabilities::{EffectiveGrants, RunFacts, KNOWN_CAPABILITIES};
 use crate::policy::Policy;
-use crate::capabilities::PluginRuntime;
 use crate::runtime::{ConfigKey, Limits};
 use std::path::Path;
 use std::sync::Arc;
@@ -42,13 +42,31 @@ pub fn inspect(wasm: &Path, policy_file: Option<&Path>) -> anyhow::Result<Inspec
     };
     let cache = policy_file.map(|_| crate::pipeline::cache_dir(&policy, Path::new("")));
     let runtime = PluginRuntime::new(cache)?;
-    let loaded = runtime.load(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+    let loaded = runtime
+        .load(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let wit = runtime.imported_packages(&loaded.component);
     let facts = RunFacts::new(policy.clone());
-    let limits = Limits { memory_bytes: policy.doctor.plugin_memory, timeout: policy.doctor.plugin_timeout };
-    let caps = crate::capabilities::CapabilityContext::new("(inspect)", EffectiveGrants::none("(inspect)"), facts, Default::default());
-    let info = runtime.describe(&loaded, caps, limits).map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
-    let grants = policy_file.map(|_| policy.plugins.get(&info.name).map(|p| p.grants.clone()).unwrap_or_default());
+    let limits = Limits {
+        memory_bytes: policy.doctor.plugin_memory,
+        timeout: policy.doctor.plugin_timeout,
+    };
+    let caps = crate::capabilities::CapabilityContext::new(
+        "(inspect)",
+        EffectiveGrants::none("(inspect)"),
+        facts,
+        Default::default(),
+    );
+    let info = runtime
+        .describe(&loaded, caps, limits)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+    let grants = policy_file.map(|_| {
+        policy
+            .plugins
+            .get(&info.name)
+            .map(|p| p.grants.clone())
+            .unwrap_or_default()
+    });
     let capabilities = KNOWN_CAPABILITIES
         .iter()
         .filter_map(|cap| {
@@ -61,7 +79,11 @@ pub fn inspect(wasm: &Path, policy_file: Option<&Path>) -> anyhow::Result<Inspec
                 (false, Some(true)) => "granted but unused",
                 (false, Some(false)) => return None,
             };
-            (requested || granted == Some(true)).then(|| CapabilityRow { capability: cap.to_string(), requested, grant: grant.to_string() })
+            (requested || granted == Some(true)).then(|| CapabilityRow {
+                capability: cap.to_string(),
+                requested,
+                grant: grant.to_string(),
+            })
         })
         .collect();
     Ok(Inspection {
@@ -91,15 +113,31 @@ impl Inspection {
             self.sha256,
             self.wit.join(", ")
         );
-        out.push_str(&format!("capabilities{}\n", self.policy.as_ref().map(|p| format!(" (grants from {p})")).unwrap_or_default()));
+        out.push_str(&format!(
+            "capabilities{}\n",
+            self.policy
+                .as_ref()
+                .map(|p| format!(" (grants from {p})"))
+                .unwrap_or_default()
+        ));
         for row in &self.capabilities {
             let asked = if row.requested { "requested" } else { "" };
-            out.push_str(&format!("  {:<18} {:<10} {}\n", row.capability, asked, row.grant));
+            out.push_str(&format!(
+                "  {:<18} {:<10} {}\n",
+                row.capability, asked, row.grant
+            ));
         }
         out.push_str("config\n");
         for key in &self.config {
-            let default = if key.default.is_empty() { "required".to_string() } else { format!("default {}", key.default) };
-            out.push_str(&format!("  {:<22} {:<24} {}\n", key.name, default, key.description));
+            let default = if key.default.is_empty() {
+                "required".to_string()
+            } else {
+                format!("default {}", key.default)
+            };
+            out.push_str(&format!(
+                "  {:<22} {:<24} {}\n",
+                key.name, default, key.description
+            ));
         }
         out
     }

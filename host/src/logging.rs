@@ -16,20 +16,31 @@ const DEFAULT_FILTER: &str = "warn,doctor::logging=info";
 pub fn init(level: Option<&str>) {
     let filter = match level {
         Some(level) => tracing_subscriber::EnvFilter::new(level),
-        None => tracing_subscriber::EnvFilter::try_from_env("DOCTOR_LOG").unwrap_or_else(|_| DEFAULT_FILTER.into()),
+        None => tracing_subscriber::EnvFilter::try_from_env("DOCTOR_LOG")
+            .unwrap_or_else(|_| DEFAULT_FILTER.into()),
     };
     if is_journal_stream(libc::STDERR_FILENO) {
         // The field prefix keeps our fields (DOCTOR_PLUGIN, DOCTOR_RUN_ID)
         // apart from journald's own; a socket that does not answer falls
         // back to stderr, which systemd still captures.
         if let Ok(layer) = tracing_journald::layer() {
-            let layer = layer.with_syslog_identifier("doctor".into()).with_field_prefix(Some("DOCTOR".into()));
-            let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
+            let layer = layer
+                .with_syslog_identifier("doctor".into())
+                .with_field_prefix(Some("DOCTOR".into()));
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(layer)
+                .try_init();
             return;
         }
     }
-    let color = std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(color).with_writer(std::io::stderr).try_init();
+    let color = std::env::var_os("NO_COLOR").is_none()
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(color)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// True when systemd connected `fd` to the journal: `$JOURNAL_STREAM` is
@@ -69,10 +80,22 @@ pub fn run_summary(report: &RunReport) {
         tracing::debug!("no plugin is due");
         return;
     }
-    let new = report.findings.iter().filter(|f| f.status == crate::journal::FindingStatus::New).count();
-    let fixed = report.findings.iter().filter(|f| f.status == crate::journal::FindingStatus::Fixed).count();
+    let new = report
+        .findings
+        .iter()
+        .filter(|f| f.status == crate::journal::FindingStatus::New)
+        .count();
+    let fixed = report
+        .findings
+        .iter()
+        .filter(|f| f.status == crate::journal::FindingStatus::Fixed)
+        .count();
     let failed = report.findings.iter().filter(|f| failed_fix(f)).count();
-    let open = report.findings.iter().filter(|f| f.status.is_open()).count();
+    let open = report
+        .findings
+        .iter()
+        .filter(|f| f.status.is_open())
+        .count();
     let errors = report.plugins.iter().filter(|p| p.error.is_some()).count();
     tracing::info!(
         run_id = report.run_id,
@@ -85,17 +108,34 @@ pub fn run_summary(report: &RunReport) {
         crate::report::seconds(report.duration_ms)
     );
     for f in &report.findings {
-        let what = format!("{} {} {}: {}", f.plugin, f.key, f.severity.as_str(), f.message);
+        let what = format!(
+            "{} {} {}: {}",
+            f.plugin,
+            f.key,
+            f.severity.as_str(),
+            f.message
+        );
         if failed_fix(f) {
-            let why: Vec<&str> = f.actions.iter().filter(|a| is_failure(a.outcome)).map(|a| a.detail.as_str()).collect();
+            let why: Vec<&str> = f
+                .actions
+                .iter()
+                .filter(|a| is_failure(a.outcome))
+                .map(|a| a.detail.as_str())
+                .collect();
             tracing::error!(run_id = report.run_id, plugin = %f.plugin, key = %f.key, "fix failed: {what} ({})", why.join("; "));
         } else if f.status == crate::journal::FindingStatus::Fixed {
             tracing::info!(run_id = report.run_id, plugin = %f.plugin, key = %f.key, "fixed: {what}");
         } else if f.status == crate::journal::FindingStatus::New {
             match f.severity {
-                Severity::Critical => tracing::error!(run_id = report.run_id, plugin = %f.plugin, key = %f.key, "new: {what}"),
-                Severity::Warning => tracing::warn!(run_id = report.run_id, plugin = %f.plugin, key = %f.key, "new: {what}"),
-                Severity::Info => tracing::info!(run_id = report.run_id, plugin = %f.plugin, key = %f.key, "new: {what}"),
+                Severity::Critical => {
+                    tracing::error!(run_id = report.run_id, plugin = %f.plugin, key = %f.key, "new: {what}")
+                }
+                Severity::Warning => {
+                    tracing::warn!(run_id = report.run_id, plugin = %f.plugin, key = %f.key, "new: {what}")
+                }
+                Severity::Info => {
+                    tracing::info!(run_id = report.run_id, plugin = %f.plugin, key = %f.key, "new: {what}")
+                }
             }
         }
     }

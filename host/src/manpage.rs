@@ -7,7 +7,10 @@
 use roff::{bold, italic, roman, Roff};
 
 pub fn render(cmd: clap::Command) -> anyhow::Result<String> {
-    let man = clap_mangen::Man::new(cmd.clone()).date("").source(format!("doctor {}", env!("CARGO_PKG_VERSION"))).manual("doctor manual");
+    let man = clap_mangen::Man::new(cmd.clone())
+        .date("")
+        .source(format!("doctor {}", env!("CARGO_PKG_VERSION")))
+        .manual("doctor manual");
     let mut page = Vec::new();
     man.render_title(&mut page)?;
     man.render_name_section(&mut page)?;
@@ -38,7 +41,11 @@ fn command(roff: &mut Roff, parent: &str, cmd: &clap::Command) {
     for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
         let usage = usage(arg);
         synopsis.push(roman(" "));
-        synopsis.push(roman(if arg.is_required_set() { usage } else { format!("[{usage}]") }));
+        synopsis.push(roman(if arg.is_required_set() {
+            usage
+        } else {
+            format!("[{usage}]")
+        }));
     }
     if cmd.has_subcommands() {
         synopsis.push(roman(" "));
@@ -52,8 +59,17 @@ fn command(roff: &mut Roff, parent: &str, cmd: &clap::Command) {
     for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
         roff.control("TP", []);
         roff.text([bold(usage(arg))]);
-        let mut help = arg.get_long_help().or(arg.get_help()).map(|h| h.to_string()).unwrap_or_default();
-        let values: Vec<String> = arg.get_possible_values().iter().filter(|v| !v.is_hide_set()).map(|v| v.get_name().to_string()).collect();
+        let mut help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        let values: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .filter(|v| !v.is_hide_set())
+            .map(|v| v.get_name().to_string())
+            .collect();
         if !values.is_empty() && arg.get_action().takes_values() {
             help.push_str(&format!(" [possible values: {}]", values.join(", ")));
         }
@@ -69,7 +85,11 @@ fn command(roff: &mut Roff, parent: &str, cmd: &clap::Command) {
 
 /// `--older-than DURATION`, `PLUGIN`, `--dry-run`.
 fn usage(arg: &clap::Arg) -> String {
-    let value = arg.get_value_names().and_then(|v| v.first()).map(|v| v.to_string()).unwrap_or_else(|| arg.get_id().to_string().to_uppercase());
+    let value = arg
+        .get_value_names()
+        .and_then(|v| v.first())
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| arg.get_id().to_string().to_uppercase());
     match arg.get_long() {
         Some(long) if arg.get_action().takes_values() => format!("--{long} {value}"),
         Some(long) => format!("--{long}"),
@@ -112,9 +132,15 @@ fn files(roff: &mut Roff) {
 fn environment(roff: &mut Roff) {
     roff.control("SH", ["ENVIRONMENT"]);
     for (name, meaning) in [
-        ("DOCTOR_LOG", "Log filter (tracing's EnvFilter syntax) when --log-level is not given."),
+        (
+            "DOCTOR_LOG",
+            "Log filter (tracing's EnvFilter syntax) when --log-level is not given.",
+        ),
         ("NO_COLOR", "When set, --color auto prints no colour."),
-        ("JOURNAL_STREAM", "Set by systemd; when it names stderr, logs go to journald with priorities."),
+        (
+            "JOURNAL_STREAM",
+            "Set by systemd; when it names stderr, logs go to journald with priorities.",
+        ),
     ] {
         roff.control("TP", []);
         roff.text([bold(name)]);

@@ -42,7 +42,11 @@ pub fn default_fix_lock() -> PathBuf {
     }
     directories::BaseDirs::new()
         .and_then(|d| d.runtime_dir().map(|r| r.join("doctor").join("fix.lock")))
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("doctor-{}", nix::unistd::geteuid())).join("fix.lock"))
+        .unwrap_or_else(|| {
+            std::env::temp_dir()
+                .join(format!("doctor-{}", nix::unistd::geteuid()))
+                .join("fix.lock")
+        })
 }
 
 /// `systemctl --user` units: the XDG config dir's `systemd/user`.

@@ -5,13 +5,13 @@
 //! plugin author attaches the directory to a bug report; the maintainer
 //! replays it and sees the same report.
 
+use crate::capabilities::PluginRuntime;
 use crate::capabilities::{CapabilityContext, EffectiveGrants, RecordedCall, RunFacts, Tape};
-use crate::journal::{Observed, FindingStatus};
+use crate::journal::{FindingStatus, Observed};
 use crate::plan::ActionResult;
 use crate::policy::Policy;
 use crate::report::{PluginSummary, RunReport};
-use crate::capabilities::PluginRuntime;
-use crate::runtime::{Limits};
+use crate::runtime::Limits;
 use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,7 +40,13 @@ pub struct Recording {
 const FORMAT: u32 = 1;
 
 impl Recording {
-    pub fn new(plugin: &str, version: &str, sha256: &str, config: &str, state: BTreeMap<String, String>) -> Self {
+    pub fn new(
+        plugin: &str,
+        version: &str,
+        sha256: &str,
+        config: &str,
+        state: BTreeMap<String, String>,
+    ) -> Self {
         Recording {
             format: FORMAT,
             plugin: plugin.to_string(),
@@ -71,7 +77,8 @@ impl Recording {
                 .mode(0o600)
                 .open(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
-            file.write_all(&serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+            file.write_all(&serde_json::to_vec_pretty(self)?)
+                .with_context(|| format!("writing {}", tmp.display()))?;
         }
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
@@ -81,10 +88,16 @@ impl Recording {
         // The name comes from the plugin's describe(): never a path.
         crate::scaffold::check_name(plugin)?;
         let path = dir.join(format!("{plugin}.json"));
-        let text = std::fs::read_to_string(&path).with_context(|| format!("no recording of plugin {plugin} at {}", path.display()))?;
-        let recording: Recording = serde_json::from_str(&text).with_context(|| format!("{} is not a doctor recording", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("no recording of plugin {plugin} at {}", path.display()))?;
+        let recording: Recording = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a doctor recording", path.display()))?;
         if recording.format != FORMAT {
-            anyhow::bail!("{} has recording format {}, this doctor reads {FORMAT}", path.display(), recording.format);
+            anyhow::bail!(
+                "{} has recording format {}, this doctor reads {FORMAT}",
+                path.display(),
+                recording.format
+            );
         }
         Ok(recording)
     }
@@ -107,7 +120,12 @@ pub(crate) fn plugin_bytes(wasm: &Path) -> anyhow::Result<Vec<u8>> {
             return Ok(entry.bytes()?.into_owned());
         }
     }
-    std::fs::read(wasm).with_context(|| format!("reading {} (neither a file nor a built-in plugin)", wasm.display()))
+    std::fs::read(wasm).with_context(|| {
+        format!(
+            "reading {} (neither a file nor a built-in plugin)",
+            wasm.display()
+        )
+    })
 }
 
 /// Run the plugin in `wasm` (a file, or a built-in's name) against its recording in `dir`: same clock,
@@ -118,18 +136,40 @@ pub fn replay(wasm: &Path, dir: &Path) -> anyhow::Result<RunReport> {
     let bytes = plugin_bytes(wasm)?;
     // No cache: a replay reads and writes nothing but its report.
     let runtime = PluginRuntime::new(None)?;
-    let loaded = runtime.load(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+    let loaded = runtime
+        .load(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let policy = Arc::new(Policy::parse(Path::new("(replay)"), "")?);
     let facts = RunFacts::new(policy.clone());
-    let limits = Limits { memory_bytes: policy.doctor.plugin_memory, timeout: policy.doctor.plugin_timeout };
-    let describe_caps = CapabilityContext::new("(replay)", EffectiveGrants::none("(replay)"), facts.clone(), Default::default());
-    let info = runtime.describe(&loaded, describe_caps, limits).map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+    let limits = Limits {
+        memory_bytes: policy.doctor.plugin_memory,
+        timeout: policy.doctor.plugin_timeout,
+    };
+    let describe_caps = CapabilityContext::new(
+        "(replay)",
+        EffectiveGrants::none("(replay)"),
+        facts.clone(),
+        Default::default(),
+    );
+    let info = runtime
+        .describe(&loaded, describe_caps, limits)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let recording = Recording::load(dir, &info.name)?;
     if recording.sha256 != loaded.sha256 {
-        tracing::warn!("replaying {} (sha256 {}) against a recording of sha256 {}", info.name, loaded.sha256, recording.sha256);
+        tracing::warn!(
+            "replaying {} (sha256 {}) against a recording of sha256 {}",
+            info.name,
+            loaded.sha256,
+            recording.sha256
+        );
     }
 
-    let mut caps = CapabilityContext::new(&info.name, EffectiveGrants::none(&info.name), facts, Arc::new(Mutex::new(recording.state)));
+    let mut caps = CapabilityContext::new(
+        &info.name,
+        EffectiveGrants::none(&info.name),
+        facts,
+        Arc::new(Mutex::new(recording.state)),
+    );
     caps.tape = Tape::replay(recording.calls);
     let (result, _) = crate::findings::check(&runtime, &loaded, caps, &recording.config, limits);
 
@@ -139,7 +179,11 @@ pub fn replay(wasm: &Path, dir: &Path) -> anyhow::Result<RunReport> {
     let observed = match result {
         Ok(findings) => findings
             .into_iter()
-            .map(|finding| Observed { actions: finding.actions.iter().map(ActionResult::planned).collect(), finding, status: FindingStatus::New })
+            .map(|finding| Observed {
+                actions: finding.actions.iter().map(ActionResult::planned).collect(),
+                finding,
+                status: FindingStatus::New,
+            })
             .collect(),
         Err(failure) => {
             summary.fail(failure.to_string(), started.elapsed());

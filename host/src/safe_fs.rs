@@ -38,7 +38,10 @@ pub struct FileId {
 
 impl FileId {
     pub fn of(stat: &FileStat) -> FileId {
-        FileId { dev: stat.st_dev, ino: stat.st_ino }
+        FileId {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        }
     }
 
     /// The identity of the entry `path` names now (a final symlink is not
@@ -46,7 +49,10 @@ impl FileId {
     /// whose paths the operator chose).
     pub fn of_own_file(path: &Path) -> Option<FileId> {
         use std::os::unix::fs::MetadataExt;
-        std::fs::symlink_metadata(path).ok().map(|m| FileId { dev: m.dev(), ino: m.ino() })
+        std::fs::symlink_metadata(path).ok().map(|m| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
     }
 }
 
@@ -74,22 +80,33 @@ pub fn kind_name(stat: &FileStat) -> &'static str {
 /// reach `/srv/./x`.)
 pub fn check_shape(path: &Path) -> Result<(), PathError> {
     if !is_normal(&path.to_string_lossy()) {
-        return Err(refused(path, "must be absolute and normal: no `..`, `.`, `//` or trailing `/`"));
+        return Err(refused(
+            path,
+            "must be absolute and normal: no `..`, `.`, `//` or trailing `/`",
+        ));
     }
     Ok(())
 }
 
 /// `/a/b` is normal; `a/b`, `/a/../b`, `/a/./b`, `/a//b`, `/a/` are not.
 pub fn is_normal(path: &str) -> bool {
-    let Some(rest) = path.strip_prefix('/') else { return false };
-    rest.is_empty() || rest.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    rest.is_empty()
+        || rest
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
 /// Open the directory that holds `path` (no symlinks on the way) and return
 /// it with the last component's name.
 pub fn open_parent(path: &Path) -> Result<(OwnedFd, OsString), PathError> {
     check_shape(path)?;
-    let name = path.file_name().ok_or_else(|| refused(path, "names no file"))?.to_os_string();
+    let name = path
+        .file_name()
+        .ok_or_else(|| refused(path, "names no file"))?
+        .to_os_string();
     let parent = path.parent().unwrap_or(Path::new("/"));
     let dir = resolve(path, parent, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
     Ok((dir, name))
@@ -101,7 +118,11 @@ pub fn open_parent(path: &Path) -> Result<(OwnedFd, OsString), PathError> {
 pub fn open(path: &Path, flags: OFlag) -> Result<OwnedFd, PathError> {
     check_shape(path)?;
     // openat2 refuses O_PATH with any flag but O_CLOEXEC/O_DIRECTORY/O_NOFOLLOW.
-    let flags = if flags.contains(OFlag::O_PATH) { flags } else { flags | OFlag::O_NONBLOCK };
+    let flags = if flags.contains(OFlag::O_PATH) {
+        flags
+    } else {
+        flags | OFlag::O_NONBLOCK
+    };
     resolve(path, path, flags)
 }
 
@@ -112,7 +133,12 @@ pub fn lstat_at(dir: &OwnedFd, name: &OsStr) -> Result<FileStat, Errno> {
 
 /// Open `name` in `dir` without following it.
 pub fn open_at(dir: &OwnedFd, name: &OsStr, flags: OFlag) -> Result<OwnedFd, Errno> {
-    nix::fcntl::openat(dir.as_fd(), name, flags | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty())
+    nix::fcntl::openat(
+        dir.as_fd(),
+        name,
+        flags | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 pub fn stat_fd(fd: &OwnedFd) -> Result<FileStat, Errno> {
@@ -144,7 +170,11 @@ fn first_symlink(path: &Path) -> Option<std::path::PathBuf> {
     let mut walked = std::path::PathBuf::new();
     for part in path.components() {
         walked.push(part);
-        if std::fs::symlink_metadata(&walked).ok()?.file_type().is_symlink() {
+        if std::fs::symlink_metadata(&walked)
+            .ok()?
+            .file_type()
+            .is_symlink()
+        {
             return Some(walked);
         }
     }
@@ -162,25 +192,50 @@ pub struct Writers {
 
 impl Writers {
     /// Writable by neither group nor others.
-    pub const OWNER_ONLY: Writers = Writers { refused_bits: 0o022, unless_sticky: false };
+    pub const OWNER_ONLY: Writers = Writers {
+        refused_bits: 0o022,
+        unless_sticky: false,
+    };
     /// Group or others may write only a sticky directory (as `/tmp`).
-    pub const OWNER_OR_STICKY: Writers = Writers { refused_bits: 0o022, unless_sticky: true };
+    pub const OWNER_OR_STICKY: Writers = Writers {
+        refused_bits: 0o022,
+        unless_sticky: true,
+    };
     /// Others may write only a sticky directory; the group may.
-    pub const NOT_OTHERS_UNLESS_STICKY: Writers = Writers { refused_bits: 0o002, unless_sticky: true };
+    pub const NOT_OTHERS_UNLESS_STICKY: Writers = Writers {
+        refused_bits: 0o002,
+        unless_sticky: true,
+    };
 }
 
 /// `meta` (of `path`) belongs to doctor's user or root and no one else
 /// `writers` refuses may write it.
-pub fn owned_by_doctor(path: &Path, meta: &std::fs::Metadata, writers: Writers) -> Result<(), String> {
+pub fn owned_by_doctor(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    writers: Writers,
+) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
-        return Err(format!("{} belongs to uid {}, not doctor's uid {me} or root", path.display(), meta.uid()));
+        return Err(format!(
+            "{} belongs to uid {}, not doctor's uid {me} or root",
+            path.display(),
+            meta.uid()
+        ));
     }
     let sticky = meta.mode() & 0o1000 != 0;
     if meta.mode() & writers.refused_bits != 0 && !(writers.unless_sticky && sticky) {
-        let sticky_note = if writers.unless_sticky { " and not sticky" } else { "" };
-        return Err(format!("{} is writable by others (mode {:o}){sticky_note}", path.display(), meta.mode() & 0o7777));
+        let sticky_note = if writers.unless_sticky {
+            " and not sticky"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "{} is writable by others (mode {:o}){sticky_note}",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
     }
     Ok(())
 }
@@ -190,7 +245,11 @@ pub fn owned_by_doctor(path: &Path, meta: &std::fs::Metadata, writers: Writers) 
 pub fn own_directory(dir: &Path, writers: Writers) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt;
     if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if !meta.is_dir() {
@@ -200,7 +259,10 @@ pub fn own_directory(dir: &Path, writers: Writers) -> Result<(), String> {
 }
 
 fn refused(path: &Path, why: &str) -> PathError {
-    PathError::Refused { path: path.display().to_string(), why: why.to_string() }
+    PathError::Refused {
+        path: path.display().to_string(),
+        why: why.to_string(),
+    }
 }
 
 /// The name as bytes, for messages and comparisons.
@@ -226,7 +288,11 @@ mod tests {
         std::os::unix::fs::symlink(root.join("real"), root.join("link")).unwrap();
         assert!(open(&root.join("real/x.pid"), OFlag::O_RDONLY).is_ok());
         let err = open(&root.join("link/x.pid"), OFlag::O_RDONLY).unwrap_err();
-        assert!(err.to_string().contains(&format!("{} is a symlink", root.join("link").display())), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("{} is a symlink", root.join("link").display())),
+            "{err}"
+        );
         assert!(open_parent(&root.join("link/x.pid")).is_err());
     }
 
@@ -234,7 +300,10 @@ mod tests {
     fn a_symlink_as_last_component_is_refused_by_open_but_seen_by_lstat() {
         let (_d, root) = real_tempdir();
         std::os::unix::fs::symlink("/etc/hostname", root.join("x.pid")).unwrap();
-        assert!(matches!(open(&root.join("x.pid"), OFlag::O_RDONLY), Err(PathError::Refused { .. })));
+        assert!(matches!(
+            open(&root.join("x.pid"), OFlag::O_RDONLY),
+            Err(PathError::Refused { .. })
+        ));
         let (dir, name) = open_parent(&root.join("x.pid")).unwrap();
         assert_eq!(kind(&lstat_at(&dir, &name).unwrap()), SFlag::S_IFLNK);
     }

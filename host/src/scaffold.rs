@@ -43,7 +43,9 @@ impl SdkSource {
 /// A plugin name: what `describe()` says and the `.wasm` file stem.
 pub fn check_name(name: &str) -> anyhow::Result<()> {
     let ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.ends_with('-')
         && !name.contains("--");
     if !ok {
@@ -56,8 +58,15 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
 /// files written, relative to `dir`.
 pub fn create(name: &str, lang: Lang, dir: &Path, sdk: &SdkSource) -> anyhow::Result<Vec<PathBuf>> {
     check_name(name)?;
-    if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("{} exists and is not empty; choose another --dir", dir.display());
+    if dir.exists()
+        && std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "{} exists and is not empty; choose another --dir",
+            dir.display()
+        );
     }
     let files = match lang {
         Lang::Rust => rust_files(name, sdk),
@@ -66,7 +75,8 @@ pub fn create(name: &str, lang: Lang, dir: &Path, sdk: &SdkSource) -> anyhow::Re
     for (relative, text) in &files {
         let path = dir.join(relative);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -78,7 +88,9 @@ fn snake(name: &str) -> String {
 }
 
 fn camel(name: &str) -> String {
-    name.split('-').map(|w| w[..1].to_ascii_uppercase() + &w[1..]).collect()
+    name.split('-')
+        .map(|w| w[..1].to_ascii_uppercase() + &w[1..])
+        .collect()
 }
 
 fn rust_files(name: &str, sdk: &SdkSource) -> Vec<(String, String)> {
@@ -193,7 +205,12 @@ and `doctor check`.
 "#,
         snake = snake(name)
     );
-    vec![("Cargo.toml".into(), cargo), ("src/lib.rs".into(), lib), ("policy.toml".into(), policy), ("README.md".into(), readme)]
+    vec![
+        ("Cargo.toml".into(), cargo),
+        ("src/lib.rs".into(), lib),
+        ("policy.toml".into(), policy),
+        ("README.md".into(), readme),
+    ]
 }
 
 fn policy_snippet(name: &str) -> String {
@@ -214,7 +231,10 @@ config = {{ lock_file = "/run/app.lock" }}
 
 fn python_files(name: &str) -> Vec<(String, String)> {
     // The shipped Python plugin (plugins/python/stale-lock) is the template.
-    let rename = |text: &str| text.replace("stale-lock", name).replace("StaleLock", &camel(name));
+    let rename = |text: &str| {
+        text.replace("stale-lock", name)
+            .replace("StaleLock", &camel(name))
+    };
     let build = format!(
         r#"#!/bin/sh
 # Build {name}.wasm with componentize-py (pip install componentize-py==0.25.1).
@@ -223,7 +243,10 @@ cd "$(dirname "$0")"
 componentize-py -d wit -w plugin componentize app -o {name}.wasm
 "#
     );
-    let policy = policy_snippet(name).replace(r#"config = { lock_file = "/run/app.lock" }"#, r#"config = { lock_files = ["/run/app.lock"] }"#);
+    let policy = policy_snippet(name).replace(
+        r#"config = { lock_file = "/run/app.lock" }"#,
+        r#"config = { lock_files = ["/run/app.lock"] }"#,
+    );
     vec![
         ("app.py".into(), rename(PYTHON_APP)),
         ("test_app.py".into(), rename(PYTHON_TEST)),
@@ -251,7 +274,13 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         let dir = tempfile::tempdir().unwrap();
-        assert!(create("Bad Name", Lang::Rust, &dir.path().join("p"), &SdkSource::Unknown).is_err());
+        assert!(create(
+            "Bad Name",
+            Lang::Rust,
+            &dir.path().join("p"),
+            &SdkSource::Unknown
+        )
+        .is_err());
         assert!(!dir.path().join("p").exists());
     }
 
@@ -260,6 +289,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("keep.txt"), "mine").unwrap();
         assert!(create("x", Lang::Rust, dir.path(), &SdkSource::Unknown).is_err());
-        assert_eq!(std::fs::read_to_string(dir.path().join("keep.txt")).unwrap(), "mine");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("keep.txt")).unwrap(),
+            "mine"
+        );
     }
 }

@@ -29,7 +29,12 @@ impl Default for Scenario {
 
 impl Scenario {
     pub fn new() -> Scenario {
-        Scenario { dir: tempfile::Builder::new().prefix("doctor-e2e").tempdir().expect("temp dir") }
+        Scenario {
+            dir: tempfile::Builder::new()
+                .prefix("doctor-e2e")
+                .tempdir()
+                .expect("temp dir"),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -73,7 +78,10 @@ impl Scenario {
     pub fn doctor(&self, args: &[&str]) -> Output {
         let policy = self.policy_path();
         let mut cmd = Command::new(DOCTOR);
-        cmd.args(args).arg("--policy").arg(&policy).env("DOCTOR_LOG", "warn");
+        cmd.args(args)
+            .arg("--policy")
+            .arg(&policy)
+            .env("DOCTOR_LOG", "warn");
         cmd.output().expect("run doctor")
     }
 
@@ -103,7 +111,8 @@ impl Scenario {
         let root = self.root().display().to_string();
         let mut targets = String::new();
         for name in names {
-            std::fs::write(self.path(&format!("{name}.pid")), "999999999\n").expect("write PID file");
+            std::fs::write(self.path(&format!("{name}.pid")), "999999999\n")
+                .expect("write PID file");
             targets.push_str(&format!(
                 "\n[[plugins.pid-file-stop.config.targets]]\nname = \"{name}\"\npid_file = \"{root}/{name}.pid\"\npattern = \"^never$\"\n"
             ));
@@ -142,21 +151,32 @@ db = "cluster"
     /// Copy a test plugin component into this scenario's plugin directory.
     pub fn install_plugin(&self, name: &str, wasm: &Path) {
         std::fs::create_dir_all(self.path("plugins")).expect("plugins dir");
-        std::fs::copy(wasm, self.path("plugins").join(format!("{name}.wasm"))).expect("copy plugin");
+        std::fs::copy(wasm, self.path("plugins").join(format!("{name}.wasm")))
+            .expect("copy plugin");
     }
 }
 
 /// The findings of a JSON report for one plugin.
 pub fn findings<'a>(doc: &'a serde_json::Value, plugin: &str) -> Vec<&'a serde_json::Value> {
-    doc["findings"].as_array().map(|a| a.iter().filter(|f| f["plugin"] == plugin).collect()).unwrap_or_default()
+    doc["findings"]
+        .as_array()
+        .map(|a| a.iter().filter(|f| f["plugin"] == plugin).collect())
+        .unwrap_or_default()
 }
 
-pub fn finding<'a>(doc: &'a serde_json::Value, plugin: &str, key: &str) -> Option<&'a serde_json::Value> {
+pub fn finding<'a>(
+    doc: &'a serde_json::Value,
+    plugin: &str,
+    key: &str,
+) -> Option<&'a serde_json::Value> {
     findings(doc, plugin).into_iter().find(|f| f["key"] == key)
 }
 
 pub fn plugin_summary<'a>(doc: &'a serde_json::Value, plugin: &str) -> &'a serde_json::Value {
-    doc["plugins"].as_array().and_then(|a| a.iter().find(|p| p["name"] == plugin)).unwrap_or(&serde_json::Value::Null)
+    doc["plugins"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == plugin))
+        .unwrap_or(&serde_json::Value::Null)
 }
 
 /// A child process, in a process group of its own, killed with everything
@@ -185,7 +205,11 @@ impl Proc {
 
     /// A shell process that ignores SIGTERM, then sleeps.
     pub fn ignoring_term(tag: &str) -> Proc {
-        Self::spawn(&["sh", "-c", &format!("trap '' TERM; while :; do sleep 0.1; done # {tag}")])
+        Self::spawn(&[
+            "sh",
+            "-c",
+            &format!("trap '' TERM; while :; do sleep 0.1; done # {tag}"),
+        ])
     }
 
     pub fn pid(&self) -> u32 {
@@ -195,7 +219,8 @@ impl Proc {
     fn wait_for_cmdline(&self, program: &str) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.pid())).unwrap_or_default();
+            let cmdline =
+                std::fs::read(format!("/proc/{}/cmdline", self.pid())).unwrap_or_default();
             let first = cmdline.split(|b| *b == 0).next().unwrap_or_default();
             if first.ends_with(program.as_bytes()) {
                 return;
@@ -210,8 +235,13 @@ impl Proc {
         if let Ok(Some(_)) = self.child.try_wait() {
             return false;
         }
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("X");
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or("X");
         state != "Z" && state != "X" && !stat.is_empty()
     }
 
@@ -241,7 +271,10 @@ impl Drop for Proc {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Build the hostile plugins in tests/hostile (once per test binary run;
@@ -250,11 +283,23 @@ pub fn test_plugins() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("workspace root")
+                .to_path_buf();
             // Beside the host's artifacts: CARGO_TARGET_TMPDIR is <target dir>/tmp.
-            let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("plugins");
+            let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .parent()
+                .expect("target dir")
+                .join("plugins");
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+                .args([
+                    "build",
+                    "--release",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--manifest-path",
+                ])
                 .arg(root.join("tests/hostile/Cargo.toml"))
                 .env("CARGO_TARGET_DIR", &target)
                 .env_remove("RUSTFLAGS")

@@ -179,7 +179,11 @@ impl Drop for Podman {
     /// recursive removal through a live mount would delete the mount's source.
     fn drop(&mut self) {
         // A loaded machine can make the first removal fail; one more try.
-        if !self.podman(&["rm", "--all", "--force", "--time", "0"]).status.success() {
+        if !self
+            .podman(&["rm", "--all", "--force", "--time", "0"])
+            .status
+            .success()
+        {
             let _ = self.podman(&["rm", "--all", "--force", "--time", "0"]);
         }
         let _ = self.service.kill();
@@ -212,7 +216,11 @@ impl Drop for Podman {
             kill_processes_naming(&self.root);
             let _ = std::fs::remove_dir_all(&self.root);
             std::thread::sleep(Duration::from_millis(100));
-            gone_twice = if self.root.exists() { 0 } else { gone_twice + 1 };
+            gone_twice = if self.root.exists() {
+                0
+            } else {
+                gone_twice + 1
+            };
         }
     }
 }
@@ -221,12 +229,19 @@ impl Drop for Podman {
 /// podman CLI): nothing of this harness may outlive it.
 fn kill_processes_naming(dir: &Path) {
     let Some(needle) = dir.to_str() else { return };
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
     for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if pid != std::process::id() as i32 && String::from_utf8_lossy(&cmdline).contains(needle) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

@@ -25,7 +25,13 @@ pub fn run_command(ctx: &ActionContext, name: &str) -> Executed {
     let Some((program, args)) = spec.argv.split_first() else {
         return Executed::failed(format!("command {name:?} has an empty argv"));
     };
-    let child = Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0).spawn();
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => return Executed::failed(format!("starting {program}: {e}")),
@@ -35,7 +41,13 @@ pub fn run_command(ctx: &ActionContext, name: &str) -> Executed {
     loop {
         match child.try_wait() {
             Ok(Some(status)) => {
-                let said = stderr.recv_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100))).unwrap_or_default();
+                let said = stderr
+                    .recv_timeout(
+                        deadline
+                            .saturating_duration_since(Instant::now())
+                            .max(Duration::from_millis(100)),
+                    )
+                    .unwrap_or_default();
                 let tail = crate::text::truncate(said.trim(), 1024);
                 return if status.success() {
                     Executed::applied(format!("{name}: exited 0"))
@@ -46,7 +58,10 @@ pub fn run_command(ctx: &ActionContext, name: &str) -> Executed {
             Ok(None) if Instant::now() >= deadline => {
                 kill_group(child.id());
                 let _ = child.wait();
-                return Executed::failed(format!("{name}: killed (with its process group) after its timeout of {:?}", spec.timeout));
+                return Executed::failed(format!(
+                    "{name}: killed (with its process group) after its timeout of {:?}",
+                    spec.timeout
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => return Executed::failed(format!("{name}: {e}")),
@@ -77,7 +92,10 @@ fn drain(pipe: Option<std::process::ChildStderr>) -> std::sync::mpsc::Receiver<S
 
 fn kill_group(pid: u32) {
     // The child leads its own group (process_group(0)): signal all of it.
-    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 #[cfg(test)]
@@ -89,7 +107,10 @@ mod tests {
 
     fn context(policy: &str) -> ActionContext {
         let policy = Arc::new(Policy::parse(std::path::Path::new("t.toml"), policy).unwrap());
-        let grants = Grants { commands: policy.commands.keys().cloned().collect(), ..Default::default() };
+        let grants = Grants {
+            commands: policy.commands.keys().cloned().collect(),
+            ..Default::default()
+        };
         ActionContext {
             plugin: "p".into(),
             grants: EffectiveGrants::new("p", &["commands".into()], &grants),
@@ -105,8 +126,17 @@ mod tests {
         let ctx = context("[commands.bg]\nargv = [\"sh\", \"-c\", \"sleep 30 & echo started >&2; exit 0\"]\ntimeout = \"2s\"\n");
         let started = Instant::now();
         let done = run_command(&ctx, "bg");
-        assert_eq!(done.outcome, crate::plan::ActionOutcome::Applied, "{}", done.detail);
-        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        assert_eq!(
+            done.outcome,
+            crate::plan::ActionOutcome::Applied,
+            "{}",
+            done.detail
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
@@ -114,9 +144,18 @@ mod tests {
         let ctx = context("[commands.slow]\nargv = [\"sh\", \"-c\", \"echo oops >&2; sleep 30 & sleep 30\"]\ntimeout = \"300ms\"\n[commands.noisy]\nargv = [\"sh\", \"-c\", \"head -c 200000 /dev/zero >&2; exit 3\"]\n");
         let done = run_command(&ctx, "slow");
         assert_eq!(done.outcome, crate::plan::ActionOutcome::Failed);
-        assert!(done.detail.contains("killed (with its process group)"), "{}", done.detail);
+        assert!(
+            done.detail.contains("killed (with its process group)"),
+            "{}",
+            done.detail
+        );
         let noisy = run_command(&ctx, "noisy");
-        assert_eq!(noisy.outcome, crate::plan::ActionOutcome::Failed, "200 KB of stderr did not stall it: {}", noisy.detail);
+        assert_eq!(
+            noisy.outcome,
+            crate::plan::ActionOutcome::Failed,
+            "200 KB of stderr did not stall it: {}",
+            noisy.detail
+        );
         assert!(noisy.detail.contains("exit status: 3"), "{}", noisy.detail);
     }
 }

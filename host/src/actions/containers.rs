@@ -39,7 +39,10 @@ pub fn container(ctx: &ActionContext, id: &str, op: ContainerOp) -> Executed {
 
 pub(super) fn container_names(inspect_json: &str) -> Vec<String> {
     let doc: serde_json::Value = serde_json::from_str(inspect_json).unwrap_or_default();
-    doc.get("Name").and_then(|n| n.as_str()).map(|n| vec![n.trim_start_matches('/').to_string()]).unwrap_or_default()
+    doc.get("Name")
+        .and_then(|n| n.as_str())
+        .map(|n| vec![n.trim_start_matches('/').to_string()])
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -53,8 +56,19 @@ mod tests {
     /// (tests/container_caps.rs and tests/engine_podman.rs run a real one).
     #[test]
     fn without_an_engine_nothing_is_started() {
-        let done = container(&test_context(Grants { containers_write: vec!["*".into()], ..Default::default() }), "web", ContainerOp::Start);
+        let done = container(
+            &test_context(Grants {
+                containers_write: vec!["*".into()],
+                ..Default::default()
+            }),
+            "web",
+            ContainerOp::Start,
+        );
         assert_eq!(done.outcome, ActionOutcome::Failed);
-        assert!(done.detail.contains("[container_engine]"), "{}", done.detail);
+        assert!(
+            done.detail.contains("[container_engine]"),
+            "{}",
+            done.detail
+        );
     }
 }

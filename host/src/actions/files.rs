@@ -23,21 +23,30 @@ pub fn remove(ctx: &ActionContext, path: &str) -> Executed {
     }
     let (dir, name) = match safe_fs::open_parent(Path::new(path)) {
         Ok(found) => found,
-        Err(PathError::NotFound(_)) => return Executed::already_done(format!("{path} is already gone")),
+        Err(PathError::NotFound(_)) => {
+            return Executed::already_done(format!("{path} is already gone"))
+        }
         Err(e @ PathError::Refused { .. }) => return Executed::refused(e.to_string()),
         Err(e) => return Executed::failed(e.to_string()),
     };
     let stat = match safe_fs::lstat_at(&dir, &name) {
         Ok(stat) => stat,
-        Err(nix::errno::Errno::ENOENT) => return Executed::already_done(format!("{path} is already gone")),
+        Err(nix::errno::Errno::ENOENT) => {
+            return Executed::already_done(format!("{path} is already gone"))
+        }
         Err(errno) => return Executed::failed(format!("{path}: {errno}")),
     };
     let kind = safe_fs::kind(&stat);
     if kind != SFlag::S_IFREG && kind != SFlag::S_IFLNK {
-        return Executed::refused(format!("{path} is a {}; only regular files (and symlinks) are removed", safe_fs::kind_name(&stat)));
+        return Executed::refused(format!(
+            "{path} is a {}; only regular files (and symlinks) are removed",
+            safe_fs::kind_name(&stat)
+        ));
     }
     if is_protected(ctx, FileId::of(&stat)) {
-        return Executed::refused(format!("guard: {path} is doctor's own journal, its WAL/SHM or its lock file; never a target"));
+        return Executed::refused(format!(
+            "guard: {path} is doctor's own journal, its WAL/SHM or its lock file; never a target"
+        ));
     }
     let before = describe_before(&dir, &name, kind, FileId::of(&stat));
     match nix::unistd::unlinkat(&dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
@@ -48,7 +57,9 @@ pub fn remove(ctx: &ActionContext, path: &str) -> Executed {
 }
 
 pub(super) fn is_protected(ctx: &ActionContext, target: FileId) -> bool {
-    ctx.protected_files.iter().any(|p| FileId::of_own_file(p) == Some(target))
+    ctx.protected_files
+        .iter()
+        .any(|p| FileId::of_own_file(p) == Some(target))
 }
 
 /// What the file said (its first bytes) or where the symlink pointed, read
@@ -64,7 +75,10 @@ fn describe_before(dir: &OwnedFd, name: &OsStr, kind: SFlag, judged: FileId) -> 
         return None;
     }
     let mut bytes = Vec::new();
-    std::fs::File::from(fd).take(256).read_to_end(&mut bytes).ok()?;
+    std::fs::File::from(fd)
+        .take(256)
+        .read_to_end(&mut bytes)
+        .ok()?;
     Some(String::from_utf8_lossy(&bytes).trim().to_string())
 }
 
@@ -76,7 +90,10 @@ mod tests {
     use crate::policy::Grants;
 
     fn granted(dir: &std::path::Path) -> crate::actions::ActionContext {
-        test_context(Grants { files_remove: vec![format!("{}/*", dir.display())], ..Default::default() })
+        test_context(Grants {
+            files_remove: vec![format!("{}/*", dir.display())],
+            ..Default::default()
+        })
     }
 
     #[test]
@@ -86,10 +103,19 @@ mod tests {
         let file = dir.join("w.pid");
         std::fs::write(&file, "4242\n").unwrap();
         let done = remove(&granted(&dir), &file.display().to_string());
-        assert_eq!((done.outcome, done.before.as_deref()), (ActionOutcome::Applied, Some("4242")), "{}", done.detail);
+        assert_eq!(
+            (done.outcome, done.before.as_deref()),
+            (ActionOutcome::Applied, Some("4242")),
+            "{}",
+            done.detail
+        );
         assert!(!file.exists());
         let again = remove(&granted(&dir), &file.display().to_string());
-        assert!(again.outcome == ActionOutcome::Skipped && again.goal_met, "gone already is the goal met: {}", again.detail);
+        assert!(
+            again.outcome == ActionOutcome::Skipped && again.goal_met,
+            "gone already is the goal met: {}",
+            again.detail
+        );
     }
 
     #[test]
@@ -99,12 +125,21 @@ mod tests {
         let outside = tempfile::NamedTempFile::new().unwrap();
         let denied = remove(&granted(&dir), &outside.path().display().to_string());
         assert_eq!(denied.outcome, ActionOutcome::Refused);
-        assert!(denied.detail.contains("files_remove"), "names the grant: {}", denied.detail);
+        assert!(
+            denied.detail.contains("files_remove"),
+            "names the grant: {}",
+            denied.detail
+        );
         assert!(outside.path().exists());
 
         std::fs::create_dir(dir.join("sub")).unwrap();
         let not_a_file = remove(&granted(&dir), &dir.join("sub").display().to_string());
-        assert_eq!(not_a_file.outcome, ActionOutcome::Refused, "{}", not_a_file.detail);
+        assert_eq!(
+            not_a_file.outcome,
+            ActionOutcome::Refused,
+            "{}",
+            not_a_file.detail
+        );
         assert!(dir.join("sub").is_dir());
 
         let journal = dir.join("journal.db");
@@ -112,7 +147,11 @@ mod tests {
         let mut ctx = granted(&dir);
         ctx.protected_files = vec![journal.clone()];
         let own = remove(&ctx, &journal.display().to_string());
-        assert!(own.outcome == ActionOutcome::Refused && own.detail.contains("guard"), "{}", own.detail);
+        assert!(
+            own.outcome == ActionOutcome::Refused && own.detail.contains("guard"),
+            "{}",
+            own.detail
+        );
         assert!(journal.exists());
     }
 
@@ -125,7 +164,13 @@ mod tests {
         std::os::unix::fs::symlink(target.path(), &link).unwrap();
         let done = remove(&granted(&dir), &link.display().to_string());
         assert_eq!(done.outcome, ActionOutcome::Applied, "{}", done.detail);
-        assert!(done.before.as_deref().is_some_and(|b| b.starts_with("symlink to ")), "{:?}", done.before);
+        assert!(
+            done.before
+                .as_deref()
+                .is_some_and(|b| b.starts_with("symlink to ")),
+            "{:?}",
+            done.before
+        );
         assert!(!link.exists() && target.path().exists());
     }
 }

@@ -24,7 +24,9 @@ pub fn check_target(pid: u32, start_time: u64, protected: &[u32]) -> Verdict {
     // a thread, and kill(TID) would signal the thread's whole group.
     let leader = thread_group_leader(pid);
     if protected.contains(&pid) || leader.is_some_and(|l| protected.contains(&l)) {
-        return Verdict::Forbidden(format!("pid {pid} is the doctor itself or one of its ancestors (or one of their threads)"));
+        return Verdict::Forbidden(format!(
+            "pid {pid} is the doctor itself or one of its ancestors (or one of their threads)"
+        ));
     }
     match leader {
         None => return Verdict::Gone(format!("pid {pid} is no longer running")),
@@ -39,7 +41,10 @@ pub fn check_target(pid: u32, start_time: u64, protected: &[u32]) -> Verdict {
         return Verdict::Gone(format!("pid {pid} is no longer running"));
     };
     if descends_from(info.ppid, std::process::id()) {
-        return Verdict::Forbidden(format!("pid {pid} ({}) is a descendant of the doctor (a command it runs)", info.command_line()));
+        return Verdict::Forbidden(format!(
+            "pid {pid} ({}) is a descendant of the doctor (a command it runs)",
+            info.command_line()
+        ));
     }
     if info.kernel_thread {
         return Verdict::Forbidden(format!("pid {pid} ({}) is a kernel thread", info.name));
@@ -79,7 +84,10 @@ fn descends_from(mut ppid: u32, ancestor: u32) -> bool {
 /// belongs to. None when there is no such task.
 pub fn thread_group_leader(id: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{id}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -96,18 +104,29 @@ mod tests {
     fn self_and_ancestors_are_forbidden() {
         let me = processes::get(std::process::id()).unwrap();
         let protected = processes::self_and_ancestors();
-        assert!(matches!(check_target(me.id.pid, me.id.start_time, &protected), Verdict::Forbidden(_)));
+        assert!(matches!(
+            check_target(me.id.pid, me.id.start_time, &protected),
+            Verdict::Forbidden(_)
+        ));
         let parent = processes::get(me.ppid).unwrap();
-        assert!(matches!(check_target(parent.id.pid, parent.id.start_time, &protected), Verdict::Forbidden(_)));
+        assert!(matches!(
+            check_target(parent.id.pid, parent.id.start_time, &protected),
+            Verdict::Forbidden(_)
+        ));
     }
 
     /// A sleeper that is not this process's descendant (its shell parent
     /// exits at once), as the processes doctor acts on are not doctor's.
     fn orphan_sleeper() -> u32 {
-        let out = std::process::Command::new("sh").args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"]).output().unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .unwrap();
         let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while processes::get(pid).is_some_and(|p| p.ppid == std::process::id()) && std::time::Instant::now() < deadline {
+        while processes::get(pid).is_some_and(|p| p.ppid == std::process::id())
+            && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         pid
@@ -117,19 +136,35 @@ mod tests {
     fn a_reused_pid_is_not_the_same_process() {
         let pid = orphan_sleeper();
         let info = processes::get(pid).unwrap();
-        assert!(matches!(check_target(info.id.pid, info.id.start_time, &[]), Verdict::Same(_)));
-        assert!(matches!(check_target(info.id.pid, info.id.start_time - 1, &[]), Verdict::Gone(_)));
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        assert!(matches!(
+            check_target(info.id.pid, info.id.start_time, &[]),
+            Verdict::Same(_)
+        ));
+        assert!(matches!(
+            check_target(info.id.pid, info.id.start_time - 1, &[]),
+            Verdict::Gone(_)
+        ));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while processes::is_alive(info.id) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert!(matches!(check_target(info.id.pid, info.id.start_time, &[]), Verdict::Gone(_)));
+        assert!(matches!(
+            check_target(info.id.pid, info.id.start_time, &[]),
+            Verdict::Gone(_)
+        ));
     }
 
     #[test]
     fn the_doctors_own_descendants_are_never_targets() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let info = processes::get(child.id()).unwrap();
         let verdict = check_target(info.id.pid, info.id.start_time, &[]);
         child.kill().unwrap();
@@ -150,9 +185,13 @@ mod tests {
         assert_eq!(thread_group_leader(tid), Some(me));
         let start = processes::start_time(tid).unwrap();
         // Protected through its leader, even though the tid itself is not listed.
-        assert!(matches!(check_target(tid, start, &[me]), Verdict::Forbidden(why) if why.contains("ancestors")));
+        assert!(
+            matches!(check_target(tid, start, &[me]), Verdict::Forbidden(why) if why.contains("ancestors"))
+        );
         // Not protected: still never a target, and the reason names the process.
-        assert!(matches!(check_target(tid, start, &[]), Verdict::Forbidden(why) if why.contains(&format!("thread of process {me}"))));
+        assert!(
+            matches!(check_target(tid, start, &[]), Verdict::Forbidden(why) if why.contains(&format!("thread of process {me}")))
+        );
         stop_tx.send(()).unwrap();
         worker.join().unwrap();
     }

@@ -48,20 +48,42 @@ impl Executor for ActionContext {
 
 fn execute(ctx: &ActionContext, action: &Action) -> Executed {
     match action {
-        Action::StopProcess { pid, start_time, grace_ms } => {
+        Action::StopProcess {
+            pid,
+            start_time,
+            grace_ms,
+        } => {
             // A TERM-ignoring target must not hold the run (and its locks) for
             // as long as the plugin asks: the grace is capped like every wait.
-            let grace = Duration::from_millis(u64::from(*grace_ms)).min(ctx.policy.doctor.action_wait_max);
+            let grace =
+                Duration::from_millis(u64::from(*grace_ms)).min(ctx.policy.doctor.action_wait_max);
             process::stop(ctx, *pid, *start_time, grace)
         }
-        Action::SignalProcess { pid, start_time, signal } => process::signal(ctx, *pid, *start_time, *signal),
+        Action::SignalProcess {
+            pid,
+            start_time,
+            signal,
+        } => process::signal(ctx, *pid, *start_time, *signal),
         Action::RemoveFile { path } => files::remove(ctx, path),
-        Action::SqlExec { db, statement, params, max_rows } => sql::exec(ctx, db, statement, params, *max_rows, sql::bounds(ctx)),
-        Action::ContainerStart { id } => containers::container(ctx, id, containers::ContainerOp::Start),
-        Action::ContainerStop { id } => containers::container(ctx, id, containers::ContainerOp::Stop),
-        Action::ContainerRestart { id } => containers::container(ctx, id, containers::ContainerOp::Restart),
+        Action::SqlExec {
+            db,
+            statement,
+            params,
+            max_rows,
+        } => sql::exec(ctx, db, statement, params, *max_rows, sql::bounds(ctx)),
+        Action::ContainerStart { id } => {
+            containers::container(ctx, id, containers::ContainerOp::Start)
+        }
+        Action::ContainerStop { id } => {
+            containers::container(ctx, id, containers::ContainerOp::Stop)
+        }
+        Action::ContainerRestart { id } => {
+            containers::container(ctx, id, containers::ContainerOp::Restart)
+        }
         Action::RunCommand { name } => commands::run_command(ctx, name),
-        Action::WaitPortFree { port, deadline_ms } => ports::wait_port_free(ctx, *port, Duration::from_millis(u64::from(*deadline_ms))),
+        Action::WaitPortFree { port, deadline_ms } => {
+            ports::wait_port_free(ctx, *port, Duration::from_millis(u64::from(*deadline_ms)))
+        }
     }
 }
 
@@ -69,11 +91,22 @@ fn execute(ctx: &ActionContext, action: &Action) -> Executed {
 /// mutation capability, with exactly `grants` granted.
 #[cfg(test)]
 pub(crate) fn test_context(grants: crate::policy::Grants) -> ActionContext {
-    let requested: Vec<String> = ["signal", "files_remove", "sockets", "containers_write", "sqlite_write", "commands"].map(String::from).to_vec();
+    let requested: Vec<String> = [
+        "signal",
+        "files_remove",
+        "sockets",
+        "containers_write",
+        "sqlite_write",
+        "commands",
+    ]
+    .map(String::from)
+    .to_vec();
     ActionContext {
         plugin: "p".into(),
         grants: EffectiveGrants::new("p", &requested, &grants),
-        policy: Arc::new(Policy::parse(std::path::Path::new("t.toml"), "").expect("an empty policy parses")),
+        policy: Arc::new(
+            Policy::parse(std::path::Path::new("t.toml"), "").expect("an empty policy parses"),
+        ),
         protected_pids: vec![std::process::id()],
         protected_files: vec![],
         engine: None,

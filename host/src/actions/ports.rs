@@ -18,14 +18,19 @@ pub fn wait_port_free(ctx: &ActionContext, port: u16, asked: Duration) -> Execut
         if holders.is_empty() {
             return match std::net::TcpListener::bind(("0.0.0.0", port)) {
                 Ok(_) => Executed::applied(format!("port {port} is free (bound and released it)")),
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                    Executed::applied(format!("port {port} has no listener (binding it needs privileges)"))
-                }
-                Err(e) => Executed::failed(format!("port {port} has no listener but cannot be bound: {e}")),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Executed::applied(
+                    format!("port {port} has no listener (binding it needs privileges)"),
+                ),
+                Err(e) => Executed::failed(format!(
+                    "port {port} has no listener but cannot be bound: {e}"
+                )),
             };
         }
         if Instant::now() >= until {
-            return Executed::failed(format!("port {port} still held after {deadline:?} by {}", holders.join(", ")));
+            return Executed::failed(format!(
+                "port {port} still held after {deadline:?} by {}",
+                holders.join(", ")
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -38,7 +43,16 @@ fn tcp_listeners_on(port: u16) -> Vec<String> {
         .filter(|l| l.protocol == sockets::Protocol::Tcp && l.port == port)
         .map(|l| {
             let owners: Vec<String> = l.owners.iter().map(|o| o.pid.to_string()).collect();
-            format!("{}:{} (pid {})", l.address, l.port, if owners.is_empty() { "?".into() } else { owners.join(",") })
+            format!(
+                "{}:{} (pid {})",
+                l.address,
+                l.port,
+                if owners.is_empty() {
+                    "?".into()
+                } else {
+                    owners.join(",")
+                }
+            )
         })
         .collect()
 }
@@ -53,19 +67,34 @@ mod tests {
 
     #[test]
     fn needs_the_sockets_grant() {
-        let done = wait_port_free(&test_context(Grants::default()), 1, Duration::from_millis(10));
+        let done = wait_port_free(
+            &test_context(Grants::default()),
+            1,
+            Duration::from_millis(10),
+        );
         assert_eq!(done.outcome, ActionOutcome::Refused);
-        assert!(done.detail.contains("sockets"), "names the grant: {}", done.detail);
+        assert!(
+            done.detail.contains("sockets"),
+            "names the grant: {}",
+            done.detail
+        );
     }
 
     #[test]
     fn fails_naming_the_holder_until_the_port_is_free() {
-        let ctx = test_context(Grants { sockets: true, ..Default::default() });
+        let ctx = test_context(Grants {
+            sockets: true,
+            ..Default::default()
+        });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let held = wait_port_free(&ctx, port, Duration::from_millis(200));
         assert_eq!(held.outcome, ActionOutcome::Failed);
-        assert!(held.detail.contains(&format!("pid {}", std::process::id())), "names the holder: {}", held.detail);
+        assert!(
+            held.detail.contains(&format!("pid {}", std::process::id())),
+            "names the holder: {}",
+            held.detail
+        );
         drop(listener);
         let free = wait_port_free(&ctx, port, Duration::from_secs(5));
         assert_eq!(free.outcome, ActionOutcome::Applied, "{}", free.detail);

@@ -15,10 +15,17 @@ use std::path::Path;
 /// Why `fix` would refuse this action, if it would.
 pub fn refusal(ctx: &ActionContext, action: &Action) -> Option<String> {
     match action {
-        Action::StopProcess { pid, start_time, .. } | Action::SignalProcess { pid, start_time, .. } => process(ctx, *pid, *start_time),
+        Action::StopProcess {
+            pid, start_time, ..
+        }
+        | Action::SignalProcess {
+            pid, start_time, ..
+        } => process(ctx, *pid, *start_time),
         Action::RemoveFile { path } => file(ctx, path),
         Action::SqlExec { db, statement, .. } => sql(ctx, db, statement),
-        Action::ContainerStart { id } | Action::ContainerStop { id } | Action::ContainerRestart { id } => container(ctx, id),
+        Action::ContainerStart { id }
+        | Action::ContainerStop { id }
+        | Action::ContainerRestart { id } => container(ctx, id),
         Action::RunCommand { name } => ctx.grants.command(name).err().map(|d| d.0),
         Action::WaitPortFree { .. } => ctx.grants.sockets().err().map(|d| d.0),
     }
@@ -46,10 +53,15 @@ fn file(ctx: &ActionContext, path: &str) -> Option<String> {
     let stat = safe_fs::lstat_at(&dir, &name).ok()?;
     let kind = safe_fs::kind(&stat);
     if kind != SFlag::S_IFREG && kind != SFlag::S_IFLNK {
-        return Some(format!("{path} is a {}; only regular files (and symlinks) are removed", safe_fs::kind_name(&stat)));
+        return Some(format!(
+            "{path} is a {}; only regular files (and symlinks) are removed",
+            safe_fs::kind_name(&stat)
+        ));
     }
     if super::files::is_protected(ctx, FileId::of(&stat)) {
-        return Some(format!("guard: {path} is doctor's own journal, its WAL/SHM or its lock file; never a target"));
+        return Some(format!(
+            "guard: {path} is doctor's own journal, its WAL/SHM or its lock file; never a target"
+        ));
     }
     None
 }
@@ -60,16 +72,33 @@ fn sql(ctx: &ActionContext, label: &str, statement: &str) -> Option<String> {
         return Some(denied.0);
     }
     let path = ctx.policy.database_path(label)?;
-    let verb = statement.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+    let verb = statement
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
     if !super::sql::ALLOWED_VERBS.contains(&verb.as_str()) {
-        return Some(format!("sql-exec runs only {} statements, not {verb}", super::sql::ALLOWED_VERBS.join("/")));
+        return Some(format!(
+            "sql-exec runs only {} statements, not {verb}",
+            super::sql::ALLOWED_VERBS.join("/")
+        ));
     }
     if super::sql::or_replace(statement) {
-        return Some("sql-exec does not run OR REPLACE: rows it deletes are not counted against max-rows".into());
+        return Some(
+            "sql-exec does not run OR REPLACE: rows it deletes are not counted against max-rows"
+                .into(),
+        );
     }
     match sqlite::database_file(path) {
-        Ok(id) if ctx.protected_files.iter().any(|p| FileId::of_own_file(p) == Some(id)) => {
-            Some(format!("guard: database {label:?} is doctor's own journal; never a target"))
+        Ok(id)
+            if ctx
+                .protected_files
+                .iter()
+                .any(|p| FileId::of_own_file(p) == Some(id)) =>
+        {
+            Some(format!(
+                "guard: database {label:?} is doctor's own journal; never a target"
+            ))
         }
         Err(sqlite::SqlError::Refused(why)) => Some(format!("database {label:?}: {why}")),
         _ => None,

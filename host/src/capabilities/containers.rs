@@ -13,7 +13,13 @@ impl CapabilityContext {
         let list = engine.list(include_stopped).map_err(engine_error)?;
         Ok(list
             .into_iter()
-            .map(|c| Container { id: c.id, names: c.names, image: c.image, state: c.state, status: c.status })
+            .map(|c| Container {
+                id: c.id,
+                names: c.names,
+                image: c.image,
+                state: c.state,
+                status: c.status,
+            })
             .collect())
     }
 
@@ -33,15 +39,21 @@ impl CapabilityContext {
 /// Each answer recorded, or replayed from a recording.
 impl containers::Host for CapabilityContext {
     fn all(&mut self, include_stopped: bool) -> wasmtime::Result<Result<Vec<Container>, Error>> {
-        self.answer("containers.all", (include_stopped,), |s| s.containers_all(include_stopped))
+        self.answer("containers.all", (include_stopped,), |s| {
+            s.containers_all(include_stopped)
+        })
     }
 
     fn inspect(&mut self, id: String) -> wasmtime::Result<Result<String, Error>> {
-        self.answer("containers.inspect", (&id,), |s| s.containers_inspect(id.clone()))
+        self.answer("containers.inspect", (&id,), |s| {
+            s.containers_inspect(id.clone())
+        })
     }
 
     fn path_exists(&mut self, id: String, path: String) -> wasmtime::Result<Result<bool, Error>> {
-        self.answer("containers.path-exists", (&id, &path), |s| s.containers_path_exists(id.clone(), path.clone()))
+        self.answer("containers.path-exists", (&id, &path), |s| {
+            s.containers_path_exists(id.clone(), path.clone())
+        })
     }
 }
 
@@ -71,7 +83,18 @@ mod tests {
     fn denied_without_the_grant_and_an_error_without_an_engine() {
         let why = denial(test_context(Grants::default()).all(false));
         assert!(why.contains("containers"), "names the grant: {why}");
-        let answer = test_context(Grants { containers: true, ..Default::default() }).all(false).unwrap();
-        assert!(matches!(answer, Err(Error::Io(_)) | Err(Error::NotFound(_)) | Err(Error::Invalid(_))), "{answer:?}");
+        let answer = test_context(Grants {
+            containers: true,
+            ..Default::default()
+        })
+        .all(false)
+        .unwrap();
+        assert!(
+            matches!(
+                answer,
+                Err(Error::Io(_)) | Err(Error::NotFound(_)) | Err(Error::Invalid(_))
+            ),
+            "{answer:?}"
+        );
     }
 }

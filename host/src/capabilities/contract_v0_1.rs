@@ -39,13 +39,19 @@ impl old::processes::Host for CapabilityContext {
     fn all(&mut self) -> Answer<Result<Vec<old::processes::Process>, old::types::Error>> {
         convert(now::processes::Host::all(self)?)
     }
-    fn get(&mut self, pid: u32) -> Answer<Result<Option<old::processes::Process>, old::types::Error>> {
+    fn get(
+        &mut self,
+        pid: u32,
+    ) -> Answer<Result<Option<old::processes::Process>, old::types::Error>> {
         convert(now::processes::Host::get(self, pid)?)
     }
 }
 
 impl old::files::Host for CapabilityContext {
-    fn stat(&mut self, path: String) -> Answer<Result<Option<old::files::FileStat>, old::types::Error>> {
+    fn stat(
+        &mut self,
+        path: String,
+    ) -> Answer<Result<Option<old::files::FileStat>, old::types::Error>> {
         convert(now::files::Host::stat(self, path)?)
     }
     fn read(&mut self, path: String, max_bytes: u32) -> Answer<Result<String, old::types::Error>> {
@@ -54,7 +60,12 @@ impl old::files::Host for CapabilityContext {
 }
 
 impl old::sqlite::Host for CapabilityContext {
-    fn query(&mut self, db: String, sql: String, params: Vec<old::types::SqlValue>) -> Answer<Result<old::sqlite::Rows, old::types::Error>> {
+    fn query(
+        &mut self,
+        db: String,
+        sql: String,
+        params: Vec<old::types::SqlValue>,
+    ) -> Answer<Result<old::sqlite::Rows, old::types::Error>> {
         convert(now::sqlite::Host::query(self, db, sql, convert(params)?)?)
     }
     fn file_info(&mut self, db: String) -> Answer<Result<old::sqlite::DbFile, old::types::Error>> {
@@ -69,16 +80,28 @@ impl old::sockets::Host for CapabilityContext {
 }
 
 impl old::probe::Host for CapabilityContext {
-    fn tcp_connect(&mut self, host: String, port: u16, timeout_ms: u32) -> Answer<Result<bool, old::types::Error>> {
+    fn tcp_connect(
+        &mut self,
+        host: String,
+        port: u16,
+        timeout_ms: u32,
+    ) -> Answer<Result<bool, old::types::Error>> {
         convert(now::probe::Host::tcp_connect(self, host, port, timeout_ms)?)
     }
-    fn http_get(&mut self, url: String, timeout_ms: u32) -> Answer<Result<old::probe::HttpResponse, old::types::Error>> {
+    fn http_get(
+        &mut self,
+        url: String,
+        timeout_ms: u32,
+    ) -> Answer<Result<old::probe::HttpResponse, old::types::Error>> {
         convert(now::probe::Host::http_get(self, url, timeout_ms)?)
     }
 }
 
 impl old::containers::Host for CapabilityContext {
-    fn all(&mut self, include_stopped: bool) -> Answer<Result<Vec<old::containers::Container>, old::types::Error>> {
+    fn all(
+        &mut self,
+        include_stopped: bool,
+    ) -> Answer<Result<Vec<old::containers::Container>, old::types::Error>> {
         convert(now::containers::Host::all(self, include_stopped)?)
     }
     fn inspect(&mut self, id: String) -> Answer<Result<String, old::types::Error>> {

@@ -37,7 +37,10 @@ impl CapabilityContext {
         let fd = safe_fs::open(Path::new(&path), OFlag::O_RDONLY).map_err(path_error)?;
         let stat = safe_fs::stat_fd(&fd).map_err(|errno| Error::Io(format!("{path}: {errno}")))?;
         if safe_fs::kind(&stat) != SFlag::S_IFREG {
-            return Err(Error::Invalid(format!("{path} is a {}, not a regular file; only regular files are read", safe_fs::kind_name(&stat))));
+            return Err(Error::Invalid(format!(
+                "{path} is a {}, not a regular file; only regular files are read",
+                safe_fs::kind_name(&stat)
+            )));
         }
         let too_big = || {
             Error::Limit(format!(
@@ -48,7 +51,10 @@ impl CapabilityContext {
             return Err(too_big());
         }
         let mut bytes = Vec::new();
-        std::fs::File::from(fd).take(limit + 1).read_to_end(&mut bytes).map_err(|e| Error::Io(format!("{path}: {e}")))?;
+        std::fs::File::from(fd)
+            .take(limit + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::Io(format!("{path}: {e}")))?;
         if bytes.len() as u64 > limit {
             // It grew while we read it.
             return Err(too_big());
@@ -63,7 +69,9 @@ impl files::Host for CapabilityContext {
     }
 
     fn read(&mut self, path: String, max_bytes: u32) -> wasmtime::Result<Result<String, Error>> {
-        self.answer("files.read", (&path, max_bytes), |s| s.files_read(path.clone(), max_bytes))
+        self.answer("files.read", (&path, max_bytes), |s| {
+            s.files_read(path.clone(), max_bytes)
+        })
     }
 }
 
@@ -82,8 +90,17 @@ pub(crate) fn file_stat(stat: &nix::sys::stat::FileStat) -> FileStat {
         SFlag::S_IFREG => FileKind::File,
         _ => FileKind::Other,
     };
-    let modified_unix_ms = (stat.st_mtime.max(0) as u64).saturating_mul(1000).saturating_add((stat.st_mtime_nsec.max(0) as u64) / 1_000_000);
-    FileStat { kind, size: stat.st_size.max(0) as u64, uid: stat.st_uid, gid: stat.st_gid, mode: stat.st_mode & 0o7777, modified_unix_ms }
+    let modified_unix_ms = (stat.st_mtime.max(0) as u64)
+        .saturating_mul(1000)
+        .saturating_add((stat.st_mtime_nsec.max(0) as u64) / 1_000_000);
+    FileStat {
+        kind,
+        size: stat.st_size.max(0) as u64,
+        uid: stat.st_uid,
+        gid: stat.st_gid,
+        mode: stat.st_mode & 0o7777,
+        modified_unix_ms,
+    }
 }
 
 #[cfg(test)]
@@ -101,7 +118,10 @@ mod tests {
         let path = file.display().to_string();
         let why = denial(test_context(Grants::default()).read(path.clone(), 64));
         assert!(why.contains("files"), "names the grant: {why}");
-        let mut granted = test_context(Grants { files: vec![format!("{}/*", dir.display())], ..Default::default() });
+        let mut granted = test_context(Grants {
+            files: vec![format!("{}/*", dir.display())],
+            ..Default::default()
+        });
         assert_eq!(granted.read(path, 64).unwrap().expect("granted"), "4242");
         let why = denial(granted.read("/etc/hostname".into(), 64));
         assert!(why.contains("/etc/hostname"), "names the path: {why}");

@@ -58,7 +58,10 @@ impl EffectiveGrants {
     }
 
     fn denied(&self, grant: &str, what: &str) -> Denied {
-        Denied(format!("policy does not grant plugin {} `grants.{grant}` {what}", self.plugin))
+        Denied(format!(
+            "policy does not grant plugin {} `grants.{grant}` {what}",
+            self.plugin
+        ))
     }
 
     pub fn processes(&self) -> Result<(), Denied> {
@@ -99,7 +102,9 @@ impl EffectiveGrants {
 
     fn path_in(&self, path: &str, patterns: &[String], grant: &str) -> Result<(), Denied> {
         if !crate::safe_fs::is_normal(path) {
-            return Err(Denied(format!("path {path:?} must be absolute and normal: no `..`, `.`, `//` or trailing `/`")));
+            return Err(Denied(format!(
+                "path {path:?} must be absolute and normal: no `..`, `.`, `//` or trailing `/`"
+            )));
         }
         if !matches_any(path, patterns) {
             return Err(self.denied(grant, &format!("for {path:?}")));
@@ -134,7 +139,10 @@ impl EffectiveGrants {
     pub fn probe(&self, host: &str, port: u16) -> Result<(), Denied> {
         self.requested("probe")?;
         let allowed = self.granted.probe.iter().any(|g| match g.rsplit_once(':') {
-            Some((h, p)) => h.trim_matches(|c| c == '[' || c == ']') == host && (p == "*" || p == port.to_string()),
+            Some((h, p)) => {
+                h.trim_matches(|c| c == '[' || c == ']') == host
+                    && (p == "*" || p == port.to_string())
+            }
             None => false,
         });
         if allowed {
@@ -152,12 +160,28 @@ impl EffectiveGrants {
             return Err(self.denied("signal", "(no processes may be signalled)"));
         };
         let command = process.command_line();
-        let matched = grant.patterns.iter().any(|p| regex::Regex::new(p).map(|r| r.is_match(&command)).unwrap_or(false));
+        let matched = grant.patterns.iter().any(|p| {
+            regex::Regex::new(p)
+                .map(|r| r.is_match(&command))
+                .unwrap_or(false)
+        });
         if !matched {
-            return Err(self.denied("signal", &format!("for pid {} ({command}): no pattern in `match` matches", process.id.pid)));
+            return Err(self.denied(
+                "signal",
+                &format!(
+                    "for pid {} ({command}): no pattern in `match` matches",
+                    process.id.pid
+                ),
+            ));
         }
         if !grant.uids.is_empty() && !grant.uids.contains(&process.uid) {
-            return Err(self.denied("signal", &format!("for pid {} owned by uid {}: not in `uids`", process.id.pid, process.uid)));
+            return Err(self.denied(
+                "signal",
+                &format!(
+                    "for pid {} owned by uid {}: not in `uids`",
+                    process.id.pid, process.uid
+                ),
+            ));
         }
         Ok(())
     }
@@ -165,10 +189,16 @@ impl EffectiveGrants {
     /// Starting, stopping or restarting a container by one of its names.
     pub fn container_write(&self, names: &[String]) -> Result<(), Denied> {
         self.requested("containers_write")?;
-        if names.iter().any(|n| matches_any(n.trim_start_matches('/'), &self.granted.containers_write)) {
+        if names
+            .iter()
+            .any(|n| matches_any(n.trim_start_matches('/'), &self.granted.containers_write))
+        {
             Ok(())
         } else {
-            Err(self.denied("containers_write", &format!("for container {}", names.join(", "))))
+            Err(self.denied(
+                "containers_write",
+                &format!("for container {}", names.join(", ")),
+            ))
         }
     }
 }
@@ -176,8 +206,16 @@ impl EffectiveGrants {
 fn matches_any(text: &str, patterns: &[String]) -> bool {
     // `*` matches neither `/` nor a leading `.`: a grant never reaches
     // hidden files (or `.`) by accident.
-    let options = glob::MatchOptions { require_literal_separator: true, require_literal_leading_dot: true, ..Default::default() };
-    patterns.iter().any(|p| glob::Pattern::new(p).map(|g| g.matches_with(text, options)).unwrap_or(false))
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
+        ..Default::default()
+    };
+    patterns.iter().any(|p| {
+        glob::Pattern::new(p)
+            .map(|g| g.matches_with(text, options))
+            .unwrap_or(false)
+    })
 }
 
 #[cfg(test)]
@@ -185,7 +223,10 @@ mod tests {
     use super::*;
 
     fn grants(files: &[&str]) -> EffectiveGrants {
-        let g = Grants { files: files.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        let g = Grants {
+            files: files.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
         EffectiveGrants::new("p", &["files".to_string()], &g)
     }
 
@@ -196,7 +237,10 @@ mod tests {
         assert!(err.0.contains("grants.files"), "{err}");
         assert!(g.file("/run/../etc/shadow").is_err());
         assert!(g.file("run/x.pid").is_err());
-        assert!(g.file("/run/sub/x.pid").is_err(), "a * does not cross directories");
+        assert!(
+            g.file("/run/sub/x.pid").is_err(),
+            "a * does not cross directories"
+        );
         let g = grants(&["/srv/*/x.lock"]);
         assert!(g.file("/srv/app/x.lock").is_ok());
         for escape in ["/srv/./x.lock", "/srv//x.lock", "/srv/.hidden/x.lock"] {
@@ -206,7 +250,10 @@ mod tests {
 
     #[test]
     fn unrequested_capability_is_denied_even_when_granted() {
-        let g = Grants { processes: true, ..Default::default() };
+        let g = Grants {
+            processes: true,
+            ..Default::default()
+        };
         let e = EffectiveGrants::new("p", &[], &g);
         assert!(e.processes().unwrap_err().0.contains("did not request"));
         let e = EffectiveGrants::new("p", &["processes".into()], &Grants::default());
@@ -215,7 +262,10 @@ mod tests {
 
     #[test]
     fn probe_grants_match_host_and_port() {
-        let g = Grants { probe: vec!["127.0.0.1:8080".into(), "[::1]:*".into()], ..Default::default() };
+        let g = Grants {
+            probe: vec!["127.0.0.1:8080".into(), "[::1]:*".into()],
+            ..Default::default()
+        };
         let e = EffectiveGrants::new("p", &["probe".into()], &g);
         assert!(e.probe("127.0.0.1", 8080).is_ok());
         assert!(e.probe("127.0.0.1", 8081).is_err());

@@ -1,9 +1,9 @@
 //! `host`: clock, hostname, logging, per-plugin key/value state. Always granted.
 
 use super::{CapabilityContext, LogLine, MAX_LOG_LINES, MAX_LOG_LINE_BYTES};
-use crate::text::truncate;
 use crate::runtime::bindings::doctor::plugin::host::{Host, LogLevel, User};
 use crate::runtime::bindings::doctor::plugin::types;
+use crate::text::truncate;
 
 impl types::Host for CapabilityContext {}
 
@@ -16,7 +16,11 @@ impl Host for CapabilityContext {
     }
 
     fn hostname(&mut self) -> wasmtime::Result<String> {
-        self.answer("host.hostname", (), |_| nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default())
+        self.answer("host.hostname", (), |_| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
     }
 
     fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
@@ -86,23 +90,40 @@ impl CapabilityContext {
             let Ok(mut kv) = self.kv.lock() else { return };
             let limits = &self.facts.policy.doctor;
             if key.len() as u64 > limits.kv_max_key_bytes {
-                Some(format!("key is {} bytes, more than kv_max_key_bytes {}", key.len(), limits.kv_max_key_bytes))
+                Some(format!(
+                    "key is {} bytes, more than kv_max_key_bytes {}",
+                    key.len(),
+                    limits.kv_max_key_bytes
+                ))
             } else if value.len() as u64 > limits.kv_max_value_bytes {
-                Some(format!("value is {} bytes, more than kv_max_value_bytes {}", value.len(), limits.kv_max_value_bytes))
+                Some(format!(
+                    "value is {} bytes, more than kv_max_value_bytes {}",
+                    value.len(),
+                    limits.kv_max_value_bytes
+                ))
             } else if key.starts_with(RESERVED_PREFIX) {
-                Some(format!("keys starting with {RESERVED_PREFIX:?} are the host's"))
-            } else if plugin_keys(&kv) as u64 >= u64::from(limits.kv_max_keys) && !kv.contains_key(&key) {
-                Some(format!("the plugin already has kv_max_keys {} keys", limits.kv_max_keys))
+                Some(format!(
+                    "keys starting with {RESERVED_PREFIX:?} are the host's"
+                ))
+            } else if plugin_keys(&kv) as u64 >= u64::from(limits.kv_max_keys)
+                && !kv.contains_key(&key)
+            {
+                Some(format!(
+                    "the plugin already has kv_max_keys {} keys",
+                    limits.kv_max_keys
+                ))
             } else {
                 kv.insert(key.clone(), value);
                 None
             }
         };
         if let Some(why) = refusal {
-            self.plugin_log(LogLevel::Warn, format!("kv-set {:?} refused: {why}", truncate(&key, 64)));
+            self.plugin_log(
+                LogLevel::Warn,
+                format!("kv-set {:?} refused: {why}", truncate(&key, 64)),
+            );
         }
     }
-
 }
 
 /// Keys the host sets for the length of a call (e.g. `doctor:own-pids`);
@@ -111,7 +132,9 @@ impl CapabilityContext {
 const RESERVED_PREFIX: &str = "doctor:";
 
 fn plugin_keys(kv: &std::collections::BTreeMap<String, String>) -> usize {
-    kv.keys().filter(|k| !k.starts_with(RESERVED_PREFIX)).count()
+    kv.keys()
+        .filter(|k| !k.starts_with(RESERVED_PREFIX))
+        .count()
 }
 
 fn lookup_user(name: String) -> Option<User> {
@@ -120,7 +143,12 @@ fn lookup_user(name: String) -> Option<User> {
     let groups = nix::unistd::getgrouplist(&cname, user.gid)
         .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
         .unwrap_or_default();
-    Some(User { name, uid: user.uid.as_raw(), gid: user.gid.as_raw(), groups })
+    Some(User {
+        name,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        groups,
+    })
 }
 
 #[cfg(test)]
@@ -133,13 +161,22 @@ mod tests {
     fn the_hosts_keys_cannot_be_written_and_logs_are_capped() {
         let mut ctx = test_context(Grants::default());
         ctx.kv_set("doctor:own-pids".into(), "[]".into()).unwrap();
-        assert_eq!(ctx.kv_get("doctor:own-pids".into()).unwrap(), None, "a reserved key is not the plugin's to set");
+        assert_eq!(
+            ctx.kv_get("doctor:own-pids".into()).unwrap(),
+            None,
+            "a reserved key is not the plugin's to set"
+        );
         ctx.kv_set("seen".into(), "1".into()).unwrap();
         assert_eq!(ctx.kv_get("seen".into()).unwrap().as_deref(), Some("1"));
         for i in 0..MAX_LOG_LINES + 50 {
             ctx.log(LogLevel::Info, format!("line {i}")).unwrap();
         }
         assert_eq!(ctx.logs.len(), MAX_LOG_LINES);
-        assert!(ctx.logs.iter().any(|l| l.message.contains("doctor:own-pids") && l.message.contains("refused")), "the refusal was logged");
+        assert!(
+            ctx.logs
+                .iter()
+                .any(|l| l.message.contains("doctor:own-pids") && l.message.contains("refused")),
+            "the refusal was logged"
+        );
     }
 }

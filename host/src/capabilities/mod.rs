@@ -14,9 +14,9 @@ mod sqlite;
 // Live, recorded or replayed: the one passage of every import.
 mod tape;
 
+pub(crate) use self::sqlite::from_wit as sqlite_value;
 pub use grants::{Denied, EffectiveGrants, KNOWN_CAPABILITIES};
 pub use tape::{RecordedCall, Tape, MAX_RECORDED_BYTES};
-pub(crate) use self::sqlite::from_wit as sqlite_value;
 
 use crate::facts::containers::ContainerEngine;
 use crate::facts::processes::{self as process_facts, ProcessInfo};
@@ -24,9 +24,9 @@ use crate::facts::sockets::{self as socket_facts, Listener};
 use crate::policy::Policy;
 use crate::runtime::bindings::doctor::plugin::types::Error as WitError;
 use crate::runtime::{bindings, PluginHost, PluginState, Runtime};
-use wasmtime::component::{HasData, Linker};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
+use wasmtime::component::{HasData, Linker};
 
 impl From<Denied> for WitError {
     fn from(d: Denied) -> Self {
@@ -44,8 +44,16 @@ pub struct RunFacts {
 
 impl RunFacts {
     pub fn new(policy: Arc<Policy>) -> Arc<Self> {
-        let engine = policy.container_engine.as_ref().map(|c| Arc::new(ContainerEngine::new(c.socket.clone(), c.timeout)));
-        Arc::new(RunFacts { policy, processes: OnceLock::new(), listeners: OnceLock::new(), engine })
+        let engine = policy
+            .container_engine
+            .as_ref()
+            .map(|c| Arc::new(ContainerEngine::new(c.socket.clone(), c.timeout)));
+        Arc::new(RunFacts {
+            policy,
+            processes: OnceLock::new(),
+            listeners: OnceLock::new(),
+            engine,
+        })
     }
 
     pub fn engine(&self) -> Option<&ContainerEngine> {
@@ -58,13 +66,21 @@ impl RunFacts {
 
     pub fn listeners(&self) -> Result<Arc<Vec<Listener>>, String> {
         self.listeners
-            .get_or_init(|| socket_facts::listeners().map(Arc::new).map_err(|e| format!("reading /proc/net: {e}")))
+            .get_or_init(|| {
+                socket_facts::listeners()
+                    .map(Arc::new)
+                    .map_err(|e| format!("reading /proc/net: {e}"))
+            })
             .clone()
     }
 
     pub fn processes(&self) -> Result<Arc<Vec<ProcessInfo>>, String> {
         self.processes
-            .get_or_init(|| process_facts::snapshot().map(Arc::new).map_err(|e| format!("reading /proc: {e}")))
+            .get_or_init(|| {
+                process_facts::snapshot()
+                    .map(Arc::new)
+                    .map_err(|e| format!("reading /proc: {e}"))
+            })
             .clone()
     }
 }
@@ -105,8 +121,14 @@ impl HasData for Imports {
 impl PluginHost for CapabilityContext {
     fn link(linker: &mut Linker<PluginState<Self>>) -> wasmtime::Result<()> {
         // Every released contract, so plugins built against an old one load.
-        bindings::current::Plugin::add_to_linker::<PluginState<Self>, Imports>(linker, PluginState::host)?;
-        bindings::v0_1::Plugin::add_to_linker::<PluginState<Self>, Imports>(linker, PluginState::host)
+        bindings::current::Plugin::add_to_linker::<PluginState<Self>, Imports>(
+            linker,
+            PluginState::host,
+        )?;
+        bindings::v0_1::Plugin::add_to_linker::<PluginState<Self>, Imports>(
+            linker,
+            PluginState::host,
+        )
     }
 
     fn set_deadline(&mut self, deadline: std::time::Instant) {
@@ -115,7 +137,12 @@ impl PluginHost for CapabilityContext {
 }
 
 impl CapabilityContext {
-    pub fn new(plugin: &str, grants: EffectiveGrants, facts: Arc<RunFacts>, kv: Arc<Mutex<BTreeMap<String, String>>>) -> Self {
+    pub fn new(
+        plugin: &str,
+        grants: EffectiveGrants,
+        facts: Arc<RunFacts>,
+        kv: Arc<Mutex<BTreeMap<String, String>>>,
+    ) -> Self {
         CapabilityContext {
             plugin: plugin.to_string(),
             grants,
@@ -129,7 +156,9 @@ impl CapabilityContext {
 
     /// What is left of the plugin's time, capped by `own`.
     pub fn time_left(&self, own: std::time::Duration) -> std::time::Duration {
-        self.deadline.saturating_duration_since(std::time::Instant::now()).min(own)
+        self.deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .min(own)
     }
 }
 
@@ -141,9 +170,25 @@ pub const MAX_LOG_LINE_BYTES: usize = 4096;
 /// read capability, with exactly `grants` granted.
 #[cfg(test)]
 pub(crate) fn test_context(grants: crate::policy::Grants) -> CapabilityContext {
-    let requested: Vec<String> = ["processes", "files", "sqlite", "sockets", "probe", "containers"].map(String::from).to_vec();
-    let policy = Arc::new(Policy::parse(std::path::Path::new("t.toml"), "").expect("an empty policy parses"));
-    let mut ctx = CapabilityContext::new("p", EffectiveGrants::new("p", &requested, &grants), RunFacts::new(policy), Default::default());
+    let requested: Vec<String> = [
+        "processes",
+        "files",
+        "sqlite",
+        "sockets",
+        "probe",
+        "containers",
+    ]
+    .map(String::from)
+    .to_vec();
+    let policy = Arc::new(
+        Policy::parse(std::path::Path::new("t.toml"), "").expect("an empty policy parses"),
+    );
+    let mut ctx = CapabilityContext::new(
+        "p",
+        EffectiveGrants::new("p", &requested, &grants),
+        RunFacts::new(policy),
+        Default::default(),
+    );
     ctx.deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     ctx
 }

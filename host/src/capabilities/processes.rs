@@ -32,7 +32,10 @@ impl processes::Host for CapabilityContext {
 
 fn to_wit(p: &ProcessInfo) -> Process {
     Process {
-        id: ProcessRef { pid: p.id.pid, start_time: p.id.start_time },
+        id: ProcessRef {
+            pid: p.id.pid,
+            start_time: p.id.start_time,
+        },
         ppid: p.ppid,
         uid: p.uid,
         state: p.state.to_string(),
@@ -55,10 +58,23 @@ mod tests {
     fn denied_without_the_grant_and_the_doctor_is_never_listed() {
         let why = denial(test_context(Grants::default()).all());
         assert!(why.contains("processes"), "names the grant: {why}");
-        let mut granted = test_context(Grants { processes: true, ..Default::default() });
+        let mut granted = test_context(Grants {
+            processes: true,
+            ..Default::default()
+        });
         let table = granted.all().unwrap().expect("granted");
         assert!(!table.is_empty());
-        assert!(table.iter().all(|p| p.id.pid != std::process::id()), "doctor is not in the table plugins see");
-        assert_eq!(granted.get(std::process::id()).unwrap().expect("granted").map(|p| p.id.pid), None);
+        assert!(
+            table.iter().all(|p| p.id.pid != std::process::id()),
+            "doctor is not in the table plugins see"
+        );
+        assert_eq!(
+            granted
+                .get(std::process::id())
+                .unwrap()
+                .expect("granted")
+                .map(|p| p.id.pid),
+            None
+        );
     }
 }

@@ -21,7 +21,14 @@ impl CapabilityContext {
                 port: l.port,
                 uid: l.uid,
                 inode: l.inode,
-                owners: l.owners.iter().map(|o| ProcessRef { pid: o.pid, start_time: o.start_time }).collect(),
+                owners: l
+                    .owners
+                    .iter()
+                    .map(|o| ProcessRef {
+                        pid: o.pid,
+                        start_time: o.start_time,
+                    })
+                    .collect(),
             })
             .collect())
     }
@@ -46,7 +53,16 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let why = denial(test_context(Grants::default()).listeners());
         assert!(why.contains("sockets"), "names the grant: {why}");
-        let listeners = test_context(Grants { sockets: true, ..Default::default() }).listeners().unwrap().expect("granted");
-        assert!(listeners.iter().any(|l| l.port == port), "our listener on {port} is seen");
+        let listeners = test_context(Grants {
+            sockets: true,
+            ..Default::default()
+        })
+        .listeners()
+        .unwrap()
+        .expect("granted");
+        assert!(
+            listeners.iter().any(|l| l.port == port),
+            "our listener on {port} is seen"
+        );
     }
 }

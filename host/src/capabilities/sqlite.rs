@@ -9,15 +9,27 @@ use std::path::PathBuf;
 
 /// The live answers; the trait impl below records or replays them.
 impl CapabilityContext {
-    fn sqlite_query(&mut self, label: String, sql: String, params: Vec<SqlValue>) -> Result<Rows, Error> {
+    fn sqlite_query(
+        &mut self,
+        label: String,
+        sql: String,
+        params: Vec<SqlValue>,
+    ) -> Result<Rows, Error> {
         self.grants.sqlite(&label)?;
         let path = self.database(&label)?;
         let params: Vec<Value> = params.into_iter().map(from_wit).collect();
-        let bounds = QueryBounds { deadline: self.deadline, max_bytes: self.facts.policy.doctor.sql_result_max };
+        let bounds = QueryBounds {
+            deadline: self.deadline,
+            max_bytes: self.facts.policy.doctor.sql_result_max,
+        };
         let rows = db::query(&path, &sql, &params, bounds).map_err(|e| sql_error(&label, e))?;
         Ok(Rows {
             columns: rows.columns,
-            rows: rows.rows.into_iter().map(|r| r.into_iter().map(to_wit).collect()).collect(),
+            rows: rows
+                .rows
+                .into_iter()
+                .map(|r| r.into_iter().map(to_wit).collect())
+                .collect(),
         })
     }
 
@@ -28,10 +40,15 @@ impl CapabilityContext {
         // is reported as what it is, not as the file it points at.
         let stat_of = |p: &std::path::Path| {
             let (dir, name) = crate::safe_fs::open_parent(p).ok()?;
-            crate::safe_fs::lstat_at(&dir, &name).ok().map(|s| file_stat(&s))
+            crate::safe_fs::lstat_at(&dir, &name)
+                .ok()
+                .map(|s| file_stat(&s))
         };
         let file = stat_of(&path);
-        let directory = path.parent().filter(|d| d.parent().is_some()).and_then(stat_of);
+        let directory = path
+            .parent()
+            .filter(|d| d.parent().is_some())
+            .and_then(stat_of);
         Ok(DbFile { file, directory })
     }
 
@@ -42,16 +59,27 @@ impl CapabilityContext {
 }
 
 impl Host for CapabilityContext {
-    fn query(&mut self, label: String, sql: String, params: Vec<SqlValue>) -> wasmtime::Result<Result<Rows, Error>> {
-        self.answer("sqlite.query", (&label, &sql, &params), |s| s.sqlite_query(label.clone(), sql.clone(), params.clone()))
+    fn query(
+        &mut self,
+        label: String,
+        sql: String,
+        params: Vec<SqlValue>,
+    ) -> wasmtime::Result<Result<Rows, Error>> {
+        self.answer("sqlite.query", (&label, &sql, &params), |s| {
+            s.sqlite_query(label.clone(), sql.clone(), params.clone())
+        })
     }
 
     fn file_info(&mut self, label: String) -> wasmtime::Result<Result<DbFile, Error>> {
-        self.answer("sqlite.file-info", (&label,), |s| s.sqlite_file_info(label.clone()))
+        self.answer("sqlite.file-info", (&label,), |s| {
+            s.sqlite_file_info(label.clone())
+        })
     }
 
     fn location(&mut self, label: String) -> wasmtime::Result<Result<String, Error>> {
-        self.answer("sqlite.location", (&label,), |s| s.sqlite_location(label.clone()))
+        self.answer("sqlite.location", (&label,), |s| {
+            s.sqlite_location(label.clone())
+        })
     }
 }
 
@@ -61,7 +89,11 @@ impl CapabilityContext {
             .policy
             .database_path(label)
             .map(PathBuf::from)
-            .ok_or_else(|| Error::NotFound(format!("database label {label:?} is not defined in the policy")))
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "database label {label:?} is not defined in the policy"
+                ))
+            })
     }
 }
 
@@ -71,7 +103,10 @@ fn sql_error(label: &str, e: SqlError) -> Error {
         SqlError::Missing(_) => Error::NotFound(text),
         SqlError::Invalid(_) => Error::Invalid(text),
         SqlError::Locked(_) | SqlError::Io(_) => Error::Io(text),
-        SqlError::TooManyRows(_) | SqlError::TooManyBytes(_) | SqlError::ValueTooBig | SqlError::Interrupted => Error::Limit(text),
+        SqlError::TooManyRows(_)
+        | SqlError::TooManyBytes(_)
+        | SqlError::ValueTooBig
+        | SqlError::Interrupted => Error::Limit(text),
         SqlError::Refused(_) => Error::Denied(text),
     }
 }
@@ -106,7 +141,16 @@ mod tests {
     /// tests/queue_tables.rs and tests/hostile_attacks.rs.
     #[test]
     fn a_label_not_granted_is_denied_by_name() {
-        let why = denial(test_context(Grants { sqlite: vec!["jobs".into()], ..Default::default() }).query("payroll".into(), "SELECT 1".into(), vec![]));
-        assert!(why.contains("sqlite") && why.contains("payroll"), "names the grant and the label: {why}");
+        let why = denial(
+            test_context(Grants {
+                sqlite: vec!["jobs".into()],
+                ..Default::default()
+            })
+            .query("payroll".into(), "SELECT 1".into(), vec![]),
+        );
+        assert!(
+            why.contains("sqlite") && why.contains("payroll"),
+            "names the grant and the label: {why}"
+        );
     }
 }

@@ -47,7 +47,13 @@ pub(super) struct Global {
     #[arg(long, global = true, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub(super) log_level: Option<String>,
     /// Colour in the human report: auto (a terminal, and NO_COLOR unset), always or never
-    #[arg(long, global = true, value_enum, default_value = "auto", value_name = "WHEN")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        value_name = "WHEN"
+    )]
     pub(super) color: ColorWhen,
 }
 
@@ -84,7 +90,10 @@ impl RunFormat {
         match self {
             RunFormat::Human => Ok(Format::Human),
             RunFormat::Json => Ok(Format::Json),
-            other => anyhow::bail!("--format {}: only check, fix and run print it, not {command}", format!("{other:?}").to_lowercase()),
+            other => anyhow::bail!(
+                "--format {}: only check, fix and run print it, not {command}",
+                format!("{other:?}").to_lowercase()
+            ),
         }
     }
 }

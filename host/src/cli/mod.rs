@@ -9,7 +9,10 @@ use crate::pipeline::{self, Mode, RunOptions};
 use crate::policy::Policy;
 use crate::report::{journal_views, EXIT_OK, EXIT_UNKNOWN};
 use anyhow::Context as _;
-use args::{Cli, ColorWhen, Command, Format, Global, JournalCommand, JournalFilter, Output, PluginsCommand, PolicyCommand, RunFormat, SystemdCommand};
+use args::{
+    Cli, ColorWhen, Command, Format, Global, JournalCommand, JournalFilter, Output, PluginsCommand,
+    PolicyCommand, RunFormat, SystemdCommand,
+};
 use clap::{CommandFactory, Parser};
 use std::path::PathBuf;
 
@@ -25,7 +28,10 @@ pub fn main() -> i32 {
             if nagios {
                 let text = e.render().to_string();
                 let first = text.lines().next().unwrap_or_default();
-                nagios_unknown(&format!("usage: {}", first.strip_prefix("error: ").unwrap_or(first)));
+                nagios_unknown(&format!(
+                    "usage: {}",
+                    first.strip_prefix("error: ").unwrap_or(first)
+                ));
             }
             return EXIT_UNKNOWN;
         }
@@ -48,11 +54,17 @@ pub fn main() -> i32 {
 /// Nagios reads the first line of stdout; a usage error must still give it one.
 fn wants_nagios(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
     let args: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
-    args.iter().any(|a| a == "--format=nagios") || args.windows(2).any(|w| w[0] == "--format" && w[1] == "nagios")
+    args.iter().any(|a| a == "--format=nagios")
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--format" && w[1] == "nagios")
 }
 
 fn nagios_unknown(why: &str) {
-    outln!("DOCTOR UNKNOWN - {}", why.lines().next().unwrap_or_default());
+    outln!(
+        "DOCTOR UNKNOWN - {}",
+        why.lines().next().unwrap_or_default()
+    );
 }
 
 /// `--color` and NO_COLOR, settled once for every later write.
@@ -67,20 +79,50 @@ fn set_color(when: ColorWhen) {
 
 fn dispatch(global: Global, command: Command) -> anyhow::Result<i32> {
     match command {
-        Command::Check { plugins, record, output } => run(&global, plugins, Mode::Check, false, record, output),
-        Command::Fix { plugins, dry_run, override_flap_breaker, output } => {
-            run(&global, plugins, Mode::Fix { dry_run }, override_flap_breaker, None, output)
-        }
+        Command::Check {
+            plugins,
+            record,
+            output,
+        } => run(&global, plugins, Mode::Check, false, record, output),
+        Command::Fix {
+            plugins,
+            dry_run,
+            override_flap_breaker,
+            output,
+        } => run(
+            &global,
+            plugins,
+            Mode::Fix { dry_run },
+            override_flap_breaker,
+            None,
+            output,
+        ),
         Command::Run { output } => run(&global, Vec::new(), Mode::Scheduled, false, None, output),
         Command::Daemon => crate::daemon::run(policy_path(&global), global.journal),
-        Command::Plugins { command: PluginsCommand::List } => plugins_list(global.policy, global.format.simple("plugins list")?),
-        Command::Plugins { command: PluginsCommand::Inspect { plugin } } => {
+        Command::Plugins {
+            command: PluginsCommand::List,
+        } => plugins_list(global.policy, global.format.simple("plugins list")?),
+        Command::Plugins {
+            command: PluginsCommand::Inspect { plugin },
+        } => {
             let format = global.format.simple("plugins inspect")?;
             plugins_inspect(&plugin, global.policy.as_deref(), format)
         }
-        Command::Plugins { command: PluginsCommand::Replay { plugin, dir } } => plugins_replay(&plugin, &dir, global.format.simple("plugins replay")?),
-        Command::Plugins { command: PluginsCommand::New { name, lang, dir, sdk } } => plugins_new(&name, lang, dir, sdk),
-        Command::Policy { command: PolicyCommand::Validate } => validate(global.policy),
+        Command::Plugins {
+            command: PluginsCommand::Replay { plugin, dir },
+        } => plugins_replay(&plugin, &dir, global.format.simple("plugins replay")?),
+        Command::Plugins {
+            command:
+                PluginsCommand::New {
+                    name,
+                    lang,
+                    dir,
+                    sdk,
+                },
+        } => plugins_new(&name, lang, dir, sdk),
+        Command::Policy {
+            command: PolicyCommand::Validate,
+        } => validate(global.policy),
         Command::Journal { command, filter } => {
             let format = global.format.simple("journal")?;
             journal(&global, command, filter, format)
@@ -107,11 +149,28 @@ pub fn command() -> clap::Command {
 }
 
 fn policy_path(global: &Global) -> PathBuf {
-    global.policy.clone().unwrap_or_else(crate::paths::default_policy)
+    global
+        .policy
+        .clone()
+        .unwrap_or_else(crate::paths::default_policy)
 }
 
-fn run(global: &Global, plugins: Vec<String>, mode: Mode, override_flap_breaker: bool, record: Option<PathBuf>, output: Output) -> anyhow::Result<i32> {
-    let opts = RunOptions { policy: policy_path(global), journal: global.journal.clone(), plugins, mode, override_flap_breaker, record };
+fn run(
+    global: &Global,
+    plugins: Vec<String>,
+    mode: Mode,
+    override_flap_breaker: bool,
+    record: Option<PathBuf>,
+    output: Output,
+) -> anyhow::Result<i32> {
+    let opts = RunOptions {
+        policy: policy_path(global),
+        journal: global.journal.clone(),
+        plugins,
+        mode,
+        override_flap_breaker,
+        record,
+    };
     let report = match pipeline::execute(&opts) {
         Ok(report) => report,
         Err(fatal) => {
@@ -129,20 +188,31 @@ fn run(global: &Global, plugins: Vec<String>, mode: Mode, override_flap_breaker:
         RunFormat::Json => report.to_json() + "\n",
         // A scheduled run under systemd has logged its summary; the whole
         // report on stdout would repeat it in the journal every tick.
-        RunFormat::Human if mode == Mode::Scheduled && output.output.is_none() && crate::logging::stdout_is_journal() => return Ok(report.exit_code),
+        RunFormat::Human
+            if mode == Mode::Scheduled
+                && output.output.is_none()
+                && crate::logging::stdout_is_journal() =>
+        {
+            return Ok(report.exit_code)
+        }
         RunFormat::Human if output.output.is_some() => report.to_human(false),
         RunFormat::Human => crate::report::for_stdout(&report.to_human(true)),
         RunFormat::Prometheus => report.to_prometheus(crate::clock::now_unix_ms()),
         RunFormat::Nagios => report.to_nagios() + "\n",
     };
     match &output.output {
-        Some(path) => crate::report::write_atomically(path, &text).with_context(|| format!("writing {}", path.display()))?,
+        Some(path) => crate::report::write_atomically(path, &text)
+            .with_context(|| format!("writing {}", path.display()))?,
         None => out!("{text}"),
     }
     Ok(report.exit_code)
 }
 
-fn plugins_inspect(plugin: &std::path::Path, policy: Option<&std::path::Path>, format: Format) -> anyhow::Result<i32> {
+fn plugins_inspect(
+    plugin: &std::path::Path,
+    policy: Option<&std::path::Path>,
+    format: Format,
+) -> anyhow::Result<i32> {
     let inspection = crate::inspect::inspect(plugin, policy)?;
     match format {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&inspection)?),
@@ -151,7 +221,12 @@ fn plugins_inspect(plugin: &std::path::Path, policy: Option<&std::path::Path>, f
     Ok(EXIT_OK)
 }
 
-fn plugins_new(name: &str, lang: crate::scaffold::Lang, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Result<i32> {
+fn plugins_new(
+    name: &str,
+    lang: crate::scaffold::Lang,
+    dir: Option<PathBuf>,
+    sdk: Option<PathBuf>,
+) -> anyhow::Result<i32> {
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     let sdk = match sdk {
         Some(path) => crate::scaffold::SdkSource::Path(std::path::absolute(path)?),
@@ -167,7 +242,11 @@ fn plugins_new(name: &str, lang: crate::scaffold::Lang, dir: Option<PathBuf>, sd
     Ok(EXIT_OK)
 }
 
-fn plugins_replay(plugin: &std::path::Path, dir: &std::path::Path, format: Format) -> anyhow::Result<i32> {
+fn plugins_replay(
+    plugin: &std::path::Path,
+    dir: &std::path::Path,
+    format: Format,
+) -> anyhow::Result<i32> {
     let report = crate::recording::replay(plugin, dir)?;
     match format {
         Format::Json => outln!("{}", report.to_json()),
@@ -204,10 +283,18 @@ fn plugins_list(policy: Option<PathBuf>, format: Format) -> anyhow::Result<i32> 
         }));
     }
     match format {
-        Format::Json => outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plugins": rows }))?),
+        Format::Json => outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "plugins": rows }))?
+        ),
         Format::Human => {
             for r in &rows {
-                outln!("{:<24} {:<10} {}", r["name"].as_str().unwrap_or(""), r["version"].as_str().unwrap_or("?"), r["summary"].as_str().unwrap_or(""));
+                outln!(
+                    "{:<24} {:<10} {}",
+                    r["name"].as_str().unwrap_or(""),
+                    r["version"].as_str().unwrap_or("?"),
+                    r["summary"].as_str().unwrap_or("")
+                );
                 if let Some(e) = r["error"].as_str() {
                     outln!("    error: {e}");
                 }
@@ -231,13 +318,21 @@ fn validate(policy: Option<PathBuf>) -> anyhow::Result<i32> {
     }
 }
 
-fn journal(global: &Global, command: Option<JournalCommand>, filter: JournalFilter, format: Format) -> anyhow::Result<i32> {
+fn journal(
+    global: &Global,
+    command: Option<JournalCommand>,
+    filter: JournalFilter,
+    format: Format,
+) -> anyhow::Result<i32> {
     let path = match &global.journal {
         Some(j) => j.clone(),
         None => pipeline::journal_path(&Policy::load(&policy_path(global))?, None),
     };
     if !path.exists() {
-        anyhow::bail!("journal {} does not exist (no run has written it yet)", path.display());
+        anyhow::bail!(
+            "journal {} does not exist (no run has written it yet)",
+            path.display()
+        );
     }
     let wait = std::time::Duration::from_secs(30);
     match command {
@@ -251,7 +346,8 @@ fn journal(global: &Global, command: Option<JournalCommand>, filter: JournalFilt
             Ok(EXIT_OK)
         }
         Some(JournalCommand::Prune { older_than }) => {
-            let age = crate::policy::parse_duration(&older_than).map_err(|e| anyhow::anyhow!("--older-than: {e}"))?;
+            let age = crate::policy::parse_duration(&older_than)
+                .map_err(|e| anyhow::anyhow!("--older-than: {e}"))?;
             let _lock = JournalLock::acquire(&path, wait)?;
             let mut journal = Journal::open(&path)?;
             let before = crate::clock::now_unix_ms().saturating_sub(age.as_millis() as u64);
@@ -272,8 +368,15 @@ fn journal(global: &Global, command: Option<JournalCommand>, filter: JournalFilt
                 anyhow::bail!("the journal has no finding {plugin} {key}");
             }
             match format {
-                Format::Json => outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "reset_flap": { "plugin": plugin, "key": key } }))?),
-                Format::Human => outln!("flap breaker of {plugin} {key} reset: earlier fixes no longer count"),
+                Format::Json => outln!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "reset_flap": { "plugin": plugin, "key": key } })
+                    )?
+                ),
+                Format::Human => {
+                    outln!("flap breaker of {plugin} {key} reset: earlier fixes no longer count")
+                }
             }
             Ok(EXIT_OK)
         }
@@ -283,17 +386,26 @@ fn journal(global: &Global, command: Option<JournalCommand>, filter: JournalFilt
 fn journal_list(journal: &Journal, filter: &JournalFilter, format: Format) -> anyhow::Result<i32> {
     let since_ms = match &filter.since {
         Some(s) => {
-            let age = crate::policy::parse_duration(s).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+            let age =
+                crate::policy::parse_duration(s).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
             Some(crate::clock::now_unix_ms().saturating_sub(age.as_millis() as u64))
         }
         None => None,
     };
-    let wanted = query::Filter { since_ms, plugin: filter.plugin.clone(), severity: filter.severity.clone(), status: filter.status.clone() };
+    let wanted = query::Filter {
+        since_ms,
+        plugin: filter.plugin.clone(),
+        severity: filter.severity.clone(),
+        status: filter.status.clone(),
+    };
     let run_rows = query::runs(journal.connection(), filter.runs, since_ms)?;
     let finding_rows = query::findings(journal.connection(), &wanted)?;
     match format {
         Format::Json => outln!("{}", journal_views::journal_json(&run_rows, &finding_rows)?),
-        Format::Human => out!("{}", journal_views::journal_human(journal.path(), &run_rows, &finding_rows)),
+        Format::Human => out!(
+            "{}",
+            journal_views::journal_human(journal.path(), &run_rows, &finding_rows)
+        ),
     }
     Ok(EXIT_OK)
 }
@@ -309,7 +421,11 @@ fn print_show(detail: &query::RunDetail, format: Format) -> anyhow::Result<()> {
 fn systemd(global: &Global, command: SystemdCommand) -> anyhow::Result<i32> {
     let (prometheus, user, dir) = match command {
         SystemdCommand::Print { prometheus, user } => (prometheus, user, None),
-        SystemdCommand::Install { prometheus, user, dir } => (prometheus, user, Some(install_dir(user, dir)?)),
+        SystemdCommand::Install {
+            prometheus,
+            user,
+            dir,
+        } => (prometheus, user, Some(install_dir(user, dir)?)),
     };
     let prometheus = prometheus.map(std::path::absolute).transpose()?;
     let policy_file = std::path::absolute(policy_path(global))?;
@@ -317,7 +433,12 @@ fn systemd(global: &Global, command: SystemdCommand) -> anyhow::Result<i32> {
     let journal = std::path::absolute(pipeline::journal_path(&policy, global.journal.as_ref()))?;
     let cache = std::path::absolute(pipeline::cache_dir(&policy, &journal))?;
     let binary = std::env::current_exe().context("locating the doctor binary")?;
-    let paths = crate::systemd::Paths { binary: &binary, journal: &journal, cache: &cache, prometheus: prometheus.as_deref() };
+    let paths = crate::systemd::Paths {
+        binary: &binary,
+        journal: &journal,
+        cache: &cache,
+        prometheus: prometheus.as_deref(),
+    };
     let units = crate::systemd::units(&policy, &paths, user);
     match dir {
         None => {
@@ -325,12 +446,20 @@ fn systemd(global: &Global, command: SystemdCommand) -> anyhow::Result<i32> {
             outln!("# {}\n{}", crate::systemd::TIMER_NAME, units.timer);
         }
         Some(dir) => {
-            let written = crate::systemd::install(&dir, &units).with_context(|| format!("writing the units into {}", dir.display()))?;
+            let written = crate::systemd::install(&dir, &units)
+                .with_context(|| format!("writing the units into {}", dir.display()))?;
             for path in written {
                 outln!("wrote {}", path.display());
             }
-            let systemctl = if user { "systemctl --user" } else { "systemctl" };
-            outln!("now: {systemctl} daemon-reload && {systemctl} enable --now {}", crate::systemd::TIMER_NAME);
+            let systemctl = if user {
+                "systemctl --user"
+            } else {
+                "systemctl"
+            };
+            outln!(
+                "now: {systemctl} daemon-reload && {systemctl} enable --now {}",
+                crate::systemd::TIMER_NAME
+            );
         }
     }
     Ok(EXIT_OK)
@@ -343,7 +472,9 @@ fn install_dir(user: bool, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         return Ok(dir);
     }
     if user {
-        return crate::paths::user_unit_dir().context("no home directory to find the XDG config dir in (set XDG_CONFIG_HOME or HOME)");
+        return crate::paths::user_unit_dir().context(
+            "no home directory to find the XDG config dir in (set XDG_CONFIG_HOME or HOME)",
+        );
     }
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!(

@@ -154,7 +154,11 @@ impl ContainerEngine {
         let rows: Vec<RawSummary> = serde_json::from_slice(&body).map_err(|e| {
             EngineError::Invalid(format!("container list is not the expected JSON: {e}"))
         })?;
-        self.saw(rows.iter().map(|r| r.id.clone()).filter(|id| !id.is_empty()));
+        self.saw(
+            rows.iter()
+                .map(|r| r.id.clone())
+                .filter(|id| !id.is_empty()),
+        );
         Ok(rows.into_iter().map(ContainerSummary::from).collect())
     }
 
@@ -171,11 +175,17 @@ impl ContainerEngine {
     }
 
     fn saw(&self, ids: impl IntoIterator<Item = String>) {
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner).extend(ids);
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(ids);
     }
 
     fn has_seen(&self, id: &str) -> bool {
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner).contains(id)
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(id)
     }
 
     /// Whether `path` exists in the container's filesystem, without running it.
@@ -273,10 +283,15 @@ impl ContainerEngine {
     fn read(&self, method: Method, uri: &str, limit: Duration) -> Result<Reply, EngineError> {
         let mut guard = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
         if guard.is_none() {
-            *guard = Some(Reads { runtime: io_runtime()?, kept: None });
+            *guard = Some(Reads {
+                runtime: io_runtime()?,
+                kept: None,
+            });
         }
         let Some(Reads { runtime, kept }) = guard.as_mut() else {
-            return Err(EngineError::Invalid("no I/O runtime for engine reads".into()));
+            return Err(EngineError::Invalid(
+                "no I/O runtime for engine reads".into(),
+            ));
         };
         runtime.block_on(async {
             let attempt = async {
@@ -321,7 +336,12 @@ impl ContainerEngine {
     }
 
     /// One request and its whole answer on `sender`.
-    async fn send(&self, sender: &mut SendRequest<Empty<Bytes>>, method: Method, uri: &str) -> Result<Reply, EngineError> {
+    async fn send(
+        &self,
+        sender: &mut SendRequest<Empty<Bytes>>,
+        method: Method,
+        uri: &str,
+    ) -> Result<Reply, EngineError> {
         let request = Request::builder()
             .method(method)
             .uri(uri)
@@ -464,7 +484,10 @@ mod tests {
 
     /// A fake engine: answers each request on a connection, closing the
     /// connection after `per_connection` answers; returns the request lines.
-    fn fake_engine(socket: &std::path::Path, per_connection: usize) -> std::sync::mpsc::Receiver<(usize, String)> {
+    fn fake_engine(
+        socket: &std::path::Path,
+        per_connection: usize,
+    ) -> std::sync::mpsc::Receiver<(usize, String)> {
         use std::io::{BufRead, BufReader, Write};
         let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -489,7 +512,11 @@ mod tests {
                     } else {
                         ("200 OK", "{}")
                     };
-                    let _ = write!(out, "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    let _ = write!(
+                        out,
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
                 }
             }
         });
@@ -522,8 +549,20 @@ mod tests {
         engine.list(true).expect("list");
         assert!(!engine.path_exists("c1", "/bin/curl").expect("stat"));
         let lines: Vec<String> = requests.try_iter().map(|(_, line)| line).collect();
-        let kinds: Vec<&str> = lines.iter().map(|l| l.split('?').next().unwrap_or("")).collect();
-        assert_eq!(kinds, ["HEAD /containers/c1/archive", "GET /containers/c1/json HTTP/1.1", "GET /containers/json", "HEAD /containers/c1/archive"], "{lines:?}");
+        let kinds: Vec<&str> = lines
+            .iter()
+            .map(|l| l.split('?').next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "HEAD /containers/c1/archive",
+                "GET /containers/c1/json HTTP/1.1",
+                "GET /containers/json",
+                "HEAD /containers/c1/archive"
+            ],
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -49,7 +49,9 @@ impl ProcessInfo {
 pub fn snapshot() -> std::io::Result<Vec<ProcessInfo>> {
     let clock = Clock::get();
     let pids = pids()?;
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_READERS);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_READERS);
     let table: Vec<ProcessInfo> = if workers < 2 || pids.len() < PARALLEL_FROM {
         pids.iter().filter_map(|&pid| read(pid, clock)).collect()
     } else {
@@ -57,15 +59,28 @@ pub fn snapshot() -> std::io::Result<Vec<ProcessInfo>> {
         std::thread::scope(|scope| {
             let readers: Vec<_> = pids
                 .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().filter_map(|&pid| read(pid, clock)).collect::<Vec<_>>()))
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .filter_map(|&pid| read(pid, clock))
+                            .collect::<Vec<_>>()
+                    })
+                })
                 .collect();
             // Reads return Option and do not panic on input; a reader that
             // failed anyway loses only its part of the table.
-            readers.into_iter().filter_map(|r| r.join().ok()).flatten().collect()
+            readers
+                .into_iter()
+                .filter_map(|r| r.join().ok())
+                .flatten()
+                .collect()
         })
     };
     let own = own_tree(&table, std::process::id());
-    Ok(table.into_iter().filter(|p| !own.contains(&p.id.pid)).collect())
+    Ok(table
+        .into_iter()
+        .filter(|p| !own.contains(&p.id.pid))
+        .collect())
 }
 
 /// Below this many processes one thread reads them faster than several start.
@@ -78,7 +93,11 @@ fn pids() -> std::io::Result<Vec<u32>> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
-        if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+        if let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        {
             pids.push(pid);
         }
     }
@@ -148,17 +167,29 @@ impl Clock {
 fn read(pid: u32, clock: &Clock) -> Option<ProcessInfo> {
     use nix::fcntl::{open, OFlag};
     use nix::sys::stat::Mode;
-    let dir = open(format!("/proc/{pid}").as_str(), OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+    let dir = open(
+        format!("/proc/{pid}").as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
     let stat = Stat::parse(&read_at(&dir, "stat")?)?;
     let uid = nix::sys::stat::fstat(&dir).ok()?.st_uid;
     Some(ProcessInfo {
-        id: ProcessId { pid: stat.pid, start_time: stat.start_time },
+        id: ProcessId {
+            pid: stat.pid,
+            start_time: stat.start_time,
+        },
         ppid: stat.ppid,
         uid,
         state: stat.state,
         name: stat.comm,
-        exe: nix::fcntl::readlinkat(&dir, "exe").ok().map(|p| Path::new(&p).display().to_string()),
-        argv: read_at(&dir, "cmdline").map(|b| argv(&b)).unwrap_or_default(),
+        exe: nix::fcntl::readlinkat(&dir, "exe")
+            .ok()
+            .map(|p| Path::new(&p).display().to_string()),
+        argv: read_at(&dir, "cmdline")
+            .map(|b| argv(&b))
+            .unwrap_or_default(),
         cgroup: read_at(&dir, "cgroup").and_then(|b| cgroup(&b)),
         started_unix_ms: clock.boot_unix_ms + stat.start_time * 1000 / clock.ticks_per_second,
         kernel_thread: stat.flags & PF_KTHREAD != 0,
@@ -168,7 +199,13 @@ fn read(pid: u32, clock: &Clock) -> Option<ProcessInfo> {
 fn read_at(dir: &std::os::fd::OwnedFd, name: &str) -> Option<Vec<u8>> {
     use nix::fcntl::{openat, OFlag};
     use std::io::Read as _;
-    let fd = openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).ok()?;
+    let fd = openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
     let mut bytes = Vec::with_capacity(512);
     std::fs::File::from(fd).read_to_end(&mut bytes).ok()?;
     Some(bytes)
@@ -209,7 +246,11 @@ impl Stat {
 /// reads as none (as with the procfs crate before).
 fn argv(bytes: &[u8]) -> Vec<String> {
     match std::str::from_utf8(bytes) {
-        Ok(text) => text.split('\0').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        Ok(text) => text
+            .split('\0')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -217,7 +258,9 @@ fn argv(bytes: &[u8]) -> Vec<String> {
 /// The first line's path (after `hierarchy-ID:controllers:`).
 fn cgroup(bytes: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(bytes).ok()?;
-    text.lines().next().map(|l| l.splitn(3, ':').nth(2).unwrap_or(l).to_string())
+    text.lines()
+        .next()
+        .map(|l| l.splitn(3, ':').nth(2).unwrap_or(l).to_string())
 }
 
 /// The pids of this process and all its ancestors up to init.
@@ -244,19 +287,27 @@ mod tests {
 
     #[test]
     fn finds_a_real_child_with_its_argv() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         // Right after fork the child still carries our argv until it execs.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let info = loop {
             let info = get(child.id()).expect("child is visible");
-            if info.argv.first().map(String::as_str) == Some("sleep") || std::time::Instant::now() > deadline {
+            if info.argv.first().map(String::as_str) == Some("sleep")
+                || std::time::Instant::now() > deadline
+            {
                 break info;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         };
         assert_eq!(info.argv, vec!["sleep", "30"]);
         assert!(is_alive(info.id));
-        assert!(!is_alive(ProcessId { start_time: info.id.start_time + 1, ..info.id }));
+        assert!(!is_alive(ProcessId {
+            start_time: info.id.start_time + 1,
+            ..info.id
+        }));
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!is_alive(info.id));
@@ -271,11 +322,17 @@ mod tests {
 
     #[test]
     fn the_doctor_its_ancestors_and_descendants_are_not_in_the_snapshot() {
-        let mut child = std::process::Command::new("sleep").arg("31").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("31")
+            .spawn()
+            .unwrap();
         let table = snapshot().unwrap();
         let pids: Vec<u32> = table.iter().map(|p| p.id.pid).collect();
         for own in self_and_ancestors().into_iter().chain([child.id()]) {
-            assert!(!pids.contains(&own), "pid {own} of the doctor's own tree is visible");
+            assert!(
+                !pids.contains(&own),
+                "pid {own} of the doctor's own tree is visible"
+            );
         }
         assert!(!pids.is_empty() || table.is_empty());
         child.kill().unwrap();
@@ -286,7 +343,10 @@ mod tests {
     fn stat_comm_may_hold_spaces_and_parentheses() {
         let line = b"4242 (a) (b c) S 7 4242 4242 0 -1 4194560 1 0 0 0 2 3 0 0 20 0 1 0 987654 1000 100 18446744073709551615\n";
         let stat = Stat::parse(line).expect("parses");
-        assert_eq!((stat.pid, stat.comm.as_str(), stat.state, stat.ppid), (4242, "a) (b c", 'S', 7));
+        assert_eq!(
+            (stat.pid, stat.comm.as_str(), stat.state, stat.ppid),
+            (4242, "a) (b c", 'S', 7)
+        );
         assert_eq!((stat.flags, stat.start_time), (4194560, 987654));
         assert!(Stat::parse(b"4242 (cut").is_none());
         assert_eq!(argv(b"sleep\0\x0030\0"), vec!["sleep", "30"]);

@@ -198,17 +198,26 @@ fn socket_owners(wanted: &HashSet<u64>) -> io::Result<HashMap<u64, Vec<Owner>>> 
     // At 10,000 processes this walk is most of a port check; the processes
     // are independent, so they are split across the cores, and the parts
     // are joined in /proc order (the same owners, in the same order).
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WALKERS);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_WALKERS);
     let held: Vec<(u64, Owner)> = if workers < 2 || pids.len() < PARALLEL_FROM {
         held_sockets(proc_fd.as_fd(), &pids, wanted)
     } else {
         let chunk = pids.len().div_ceil(workers);
         let proc_fd = proc_fd.as_fd();
         std::thread::scope(|scope| {
-            let walkers: Vec<_> = pids.chunks(chunk).map(|part| scope.spawn(move || held_sockets(proc_fd, part, wanted))).collect();
+            let walkers: Vec<_> = pids
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || held_sockets(proc_fd, part, wanted)))
+                .collect();
             // The walk returns values for every error; a part whose thread
             // failed anyway is skipped like a process that denied access.
-            walkers.into_iter().filter_map(|w| w.join().ok()).flatten().collect()
+            walkers
+                .into_iter()
+                .filter_map(|w| w.join().ok())
+                .flatten()
+                .collect()
         })
     };
     for (inode, owner) in held {
@@ -226,7 +235,11 @@ const PARALLEL_FROM: usize = 512;
 const MAX_WALKERS: usize = 4;
 
 /// Every (wanted inode, holder) in the processes named by `pids`.
-fn held_sockets(proc_fd: BorrowedFd<'_>, pids: &[Vec<u8>], wanted: &HashSet<u64>) -> Vec<(u64, Owner)> {
+fn held_sockets(
+    proc_fd: BorrowedFd<'_>,
+    pids: &[Vec<u8>],
+    wanted: &HashSet<u64>,
+) -> Vec<(u64, Owner)> {
     let mut found = Vec::new();
     for name in pids {
         let Some(pid) = parse_pid(name) else { continue };

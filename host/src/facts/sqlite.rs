@@ -64,9 +64,14 @@ pub fn database_file(path: &Path) -> Result<FileId, SqlError> {
         PathError::NotFound(p) => SqlError::Missing(p),
         other => SqlError::Refused(other.to_string()),
     })?;
-    let stat = safe_fs::stat_fd(&fd).map_err(|e| SqlError::Io(format!("{}: {e}", path.display())))?;
+    let stat =
+        safe_fs::stat_fd(&fd).map_err(|e| SqlError::Io(format!("{}: {e}", path.display())))?;
     if safe_fs::kind(&stat) != nix::sys::stat::SFlag::S_IFREG {
-        return Err(SqlError::Refused(format!("{} is a {}, not a database file", path.display(), safe_fs::kind_name(&stat))));
+        return Err(SqlError::Refused(format!(
+            "{} is a {}, not a database file",
+            path.display(),
+            safe_fs::kind_name(&stat)
+        )));
     }
     Ok(FileId::of(&stat))
 }
@@ -76,9 +81,13 @@ pub fn database_file(path: &Path) -> Result<FileId, SqlError> {
 /// sides of the open).
 pub fn open_checked(path: &Path, flags: OpenFlags) -> Result<Connection, SqlError> {
     let before = database_file(path)?;
-    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NOFOLLOW).map_err(|e| sql_error(e, path))?;
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NOFOLLOW)
+        .map_err(|e| sql_error(e, path))?;
     if database_file(path)? != before {
-        return Err(SqlError::Refused(format!("{} was replaced while it was being opened", path.display())));
+        return Err(SqlError::Refused(format!(
+            "{} was replaced while it was being opened",
+            path.display()
+        )));
     }
     harden(&conn, path)?;
     Ok(conn)
@@ -90,15 +99,21 @@ pub struct Rows {
 }
 
 pub fn open_read_only(path: &Path) -> Result<Connection, SqlError> {
-    let conn = open_checked(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-    conn.pragma_update(None, "query_only", true).map_err(|e| sql_error(e, path))?;
+    let conn = open_checked(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(|e| sql_error(e, path))?;
     Ok(conn)
 }
 
 /// No ATTACH (a plugin must not reach other files) and a bounded lock wait.
 pub fn harden(conn: &Connection, path: &Path) -> Result<(), SqlError> {
-    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 0).map_err(|e| sql_error(e, path))?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| sql_error(e, path))?;
+    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 0)
+        .map_err(|e| sql_error(e, path))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| sql_error(e, path))?;
     Ok(())
 }
 
@@ -106,26 +121,37 @@ pub fn harden(conn: &Connection, path: &Path) -> Result<(), SqlError> {
 /// never build a value larger than `bounds.max_bytes`.
 pub fn bound(conn: &Connection, path: &Path, bounds: QueryBounds) -> Result<(), SqlError> {
     let length = i32::try_from(bounds.max_bytes).unwrap_or(i32::MAX).max(1);
-    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, length).map_err(|e| sql_error(e, path))?;
+    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, length)
+        .map_err(|e| sql_error(e, path))?;
     let deadline = bounds.deadline;
     conn.progress_handler(PROGRESS_STEPS, Some(move || Instant::now() >= deadline));
     Ok(())
 }
 
-pub fn query(path: &Path, sql: &str, params: &[Value], bounds: QueryBounds) -> Result<Rows, SqlError> {
+pub fn query(
+    path: &Path,
+    sql: &str,
+    params: &[Value],
+    bounds: QueryBounds,
+) -> Result<Rows, SqlError> {
     let conn = open_read_only(path)?;
     // One value can be no larger than the whole answer may be.
     bound(&conn, path, bounds)?;
     let mut stmt = conn.prepare(sql).map_err(|e| sql_error(e, path))?;
     let columns: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
-    let mut rows = stmt.query(rusqlite::params_from_iter(params.iter().map(to_sql))).map_err(|e| sql_error(e, path))?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(params.iter().map(to_sql)))
+        .map_err(|e| sql_error(e, path))?;
     let mut out = Vec::new();
     let mut bytes: u64 = 0;
     while let Some(row) = rows.next().map_err(|e| sql_error(e, path))? {
         if out.len() == MAX_ROWS {
             return Err(SqlError::TooManyRows(MAX_ROWS));
         }
-        let values: Vec<Value> = (0..columns.len()).map(|i| row.get_ref(i).map(from_ref)).collect::<Result<_, _>>().map_err(|e| sql_error(e, path))?;
+        let values: Vec<Value> = (0..columns.len())
+            .map(|i| row.get_ref(i).map(from_ref))
+            .collect::<Result<_, _>>()
+            .map_err(|e| sql_error(e, path))?;
         bytes = bytes.saturating_add(values.iter().map(Value::size).sum::<u64>());
         if bytes > bounds.max_bytes {
             return Err(SqlError::TooManyBytes(bounds.max_bytes));
@@ -178,7 +204,9 @@ pub fn sql_error(e: rusqlite::Error, path: &Path) -> SqlError {
             ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => SqlError::Locked(BUSY_TIMEOUT),
             ErrorCode::OperationInterrupted => SqlError::Interrupted,
             ErrorCode::TooBig => SqlError::ValueTooBig,
-            ErrorCode::NotADatabase => SqlError::Invalid(format!("{shown} is not a SQLite database")),
+            ErrorCode::NotADatabase => {
+                SqlError::Invalid(format!("{shown} is not a SQLite database"))
+            }
             ErrorCode::CannotOpen => SqlError::Io(format!("cannot open {shown}: {e}")),
             ErrorCode::ReadOnly => SqlError::Io(format!("{shown} is read-only: {e}")),
             _ => SqlError::Invalid(format!("{shown}: {e}")),
@@ -192,7 +220,10 @@ mod tests {
     use super::*;
 
     fn bounds() -> QueryBounds {
-        QueryBounds { deadline: Instant::now() + Duration::from_secs(5), max_bytes: 1 << 20 }
+        QueryBounds {
+            deadline: Instant::now() + Duration::from_secs(5),
+            max_bytes: 1 << 20,
+        }
     }
 
     fn query(path: &Path, sql: &str, params: &[Value]) -> Result<Rows, SqlError> {
@@ -203,16 +234,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = std::fs::canonicalize(dir.path()).unwrap().join("t.db");
         let c = Connection::open(&path).unwrap();
-        c.execute_batch("CREATE TABLE t(id INTEGER, name TEXT); INSERT INTO t VALUES (1, 'a'), (2, NULL);").unwrap();
+        c.execute_batch(
+            "CREATE TABLE t(id INTEGER, name TEXT); INSERT INTO t VALUES (1, 'a'), (2, NULL);",
+        )
+        .unwrap();
         (dir, path)
     }
 
     #[test]
     fn reads_typed_rows() {
         let (_d, path) = db();
-        let rows = query(&path, "SELECT id, name FROM t WHERE id >= ? ORDER BY id", &[Value::Integer(1)]).unwrap();
+        let rows = query(
+            &path,
+            "SELECT id, name FROM t WHERE id >= ? ORDER BY id",
+            &[Value::Integer(1)],
+        )
+        .unwrap();
         assert_eq!(rows.columns, vec!["id", "name"]);
-        assert_eq!(rows.rows[0], vec![Value::Integer(1), Value::Text("a".into())]);
+        assert_eq!(
+            rows.rows[0],
+            vec![Value::Integer(1), Value::Text("a".into())]
+        );
         assert_eq!(rows.rows[1][1], Value::Null);
     }
 
@@ -222,16 +264,29 @@ mod tests {
         assert!(query(&path, "DELETE FROM t", &[]).is_err());
         assert!(query(&path, "ATTACH DATABASE '/tmp/x.db' AS x", &[]).is_err());
         let rows = query(&path, "SELECT count(*) FROM t", &[]).unwrap();
-        assert_eq!(rows.rows[0][0], Value::Integer(2), "the delete did not happen");
-        assert!(matches!(query(Path::new("/nonexistent/x.db"), "SELECT 1", &[]), Err(SqlError::Missing(_))));
+        assert_eq!(
+            rows.rows[0][0],
+            Value::Integer(2),
+            "the delete did not happen"
+        );
+        assert!(matches!(
+            query(Path::new("/nonexistent/x.db"), "SELECT 1", &[]),
+            Err(SqlError::Missing(_))
+        ));
     }
 
     #[test]
     fn a_file_that_is_not_a_database_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = std::fs::canonicalize(dir.path()).unwrap().join("notes.txt");
-        std::fs::write(&path, "this is not sqlite, just some text that is long enough to have a header").unwrap();
-        let err = query(&path, "SELECT 1 FROM sqlite_master", &[]).err().unwrap();
+        std::fs::write(
+            &path,
+            "this is not sqlite, just some text that is long enough to have a header",
+        )
+        .unwrap();
+        let err = query(&path, "SELECT 1 FROM sqlite_master", &[])
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("not a SQLite database"), "{err}");
     }
 
@@ -239,17 +294,32 @@ mod tests {
     fn a_runaway_query_is_interrupted_at_the_deadline() {
         let (_d, path) = db();
         let endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
-        let bounds = QueryBounds { deadline: Instant::now() + Duration::from_millis(200), max_bytes: 1 << 20 };
-        assert!(matches!(super::query(&path, endless, &[], bounds), Err(SqlError::Interrupted)));
+        let bounds = QueryBounds {
+            deadline: Instant::now() + Duration::from_millis(200),
+            max_bytes: 1 << 20,
+        };
+        assert!(matches!(
+            super::query(&path, endless, &[], bounds),
+            Err(SqlError::Interrupted)
+        ));
     }
 
     #[test]
     fn results_are_capped_in_bytes_and_no_value_may_exceed_the_cap() {
         let (_d, path) = db();
-        let small = QueryBounds { deadline: Instant::now() + Duration::from_secs(5), max_bytes: 1000 };
+        let small = QueryBounds {
+            deadline: Instant::now() + Duration::from_secs(5),
+            max_bytes: 1000,
+        };
         let many = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 100) SELECT hex(randomblob(50)) FROM n";
-        assert!(matches!(super::query(&path, many, &[], small), Err(SqlError::TooManyBytes(1000))));
-        assert!(matches!(super::query(&path, "SELECT randomblob(100000000)", &[], small), Err(SqlError::ValueTooBig)));
+        assert!(matches!(
+            super::query(&path, many, &[], small),
+            Err(SqlError::TooManyBytes(1000))
+        ));
+        assert!(matches!(
+            super::query(&path, "SELECT randomblob(100000000)", &[], small),
+            Err(SqlError::ValueTooBig)
+        ));
     }
 
     #[test]

@@ -35,17 +35,25 @@ pub fn from_report(report: wit::Report) -> Result<Vec<Finding>, PluginFailure> {
         .into_iter()
         .map(|f| {
             if f.key.is_empty() || f.key.len() > MAX_KEY {
-                return Err(PluginFailure::InvalidOutput(format!("finding key must be 1..={MAX_KEY} bytes: {:?}", truncate(&f.key, 64))));
+                return Err(PluginFailure::InvalidOutput(format!(
+                    "finding key must be 1..={MAX_KEY} bytes: {:?}",
+                    truncate(&f.key, 64)
+                )));
             }
             if !seen.insert(f.key.clone()) {
-                return Err(PluginFailure::InvalidOutput(format!("finding key {:?} appears twice", f.key)));
+                return Err(PluginFailure::InvalidOutput(format!(
+                    "finding key {:?} appears twice",
+                    f.key
+                )));
             }
             finding(f)
         })
         .collect::<Result<_, _>>()?;
     let bytes: usize = findings.iter().map(text_bytes).sum();
     if bytes > MAX_REPORT_BYTES {
-        return Err(PluginFailure::InvalidOutput(format!("the report holds {bytes} bytes of text, more than the limit of {MAX_REPORT_BYTES}")));
+        return Err(PluginFailure::InvalidOutput(format!(
+            "the report holds {bytes} bytes of text, more than the limit of {MAX_REPORT_BYTES}"
+        )));
     }
     Ok(findings)
 }
@@ -54,15 +62,30 @@ pub fn from_report(report: wit::Report) -> Result<Vec<Finding>, PluginFailure> {
 /// `\u{…}`: a plugin's text must not forge report lines or recolour a
 /// terminal. Newlines and tabs stay.
 fn printable(text: &str) -> String {
-    if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if !text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return text.to_string();
     }
-    text.chars().map(|c| if c.is_control() && c != '\n' && c != '\t' { format!("\\u{{{:x}}}", c as u32) } else { c.to_string() }).collect()
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn text_bytes(f: &Finding) -> usize {
     let evidence: usize = f.evidence.iter().map(|(k, v)| k.len() + v.len()).sum();
-    let actions: usize = f.actions.iter().map(|a| a.description.len() + a.action.params_json().len()).sum();
+    let actions: usize = f
+        .actions
+        .iter()
+        .map(|a| a.description.len() + a.action.params_json().len())
+        .sum();
     f.key.len() + f.subject.len() + f.message.len() + evidence + actions
 }
 
@@ -75,7 +98,11 @@ fn finding(f: wit::Finding) -> Result<Finding, PluginFailure> {
             f.evidence.len()
         )));
     }
-    let actions = f.actions.into_iter().map(planned_action).collect::<Result<Vec<_>, _>>()?;
+    let actions = f
+        .actions
+        .into_iter()
+        .map(planned_action)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Finding {
         key: f.key,
         severity: match f.severity {
@@ -85,7 +112,16 @@ fn finding(f: wit::Finding) -> Result<Finding, PluginFailure> {
         },
         subject: printable(&truncate(&f.subject, MAX_TEXT)),
         message: printable(&truncate(&f.message, MAX_TEXT)),
-        evidence: f.evidence.into_iter().map(|e| (printable(&truncate(&e.key, MAX_KEY)), printable(&truncate(&e.value, MAX_TEXT)))).collect(),
+        evidence: f
+            .evidence
+            .into_iter()
+            .map(|e| {
+                (
+                    printable(&truncate(&e.key, MAX_KEY)),
+                    printable(&truncate(&e.value, MAX_TEXT)),
+                )
+            })
+            .collect(),
         actions,
     })
 }
@@ -93,33 +129,52 @@ fn finding(f: wit::Finding) -> Result<Finding, PluginFailure> {
 fn planned_action(p: wit::PlannedAction) -> Result<PlannedAction, PluginFailure> {
     let action = action(p.action);
     check_action_size(&action)?;
-    Ok(PlannedAction { action, description: printable(&truncate(&p.description, MAX_TEXT)), needs_previous: p.needs_previous })
+    Ok(PlannedAction {
+        action,
+        description: printable(&truncate(&p.description, MAX_TEXT)),
+        needs_previous: p.needs_previous,
+    })
 }
 
 /// Statements, paths and names cannot be cut without changing what they
 /// do: an oversized one is an invalid report.
 fn check_action_size(action: &Action) -> Result<(), PluginFailure> {
     let (what, len, max) = match action {
-        Action::SqlExec { statement, params, .. } => {
-            let params: usize = params.iter().map(|p| serde_json::to_string(p).map(|t| t.len()).unwrap_or(0)).sum();
-            ("sql-exec statement and parameters", statement.len() + params, MAX_STATEMENT)
+        Action::SqlExec {
+            statement, params, ..
+        } => {
+            let params: usize = params
+                .iter()
+                .map(|p| serde_json::to_string(p).map(|t| t.len()).unwrap_or(0))
+                .sum();
+            (
+                "sql-exec statement and parameters",
+                statement.len() + params,
+                MAX_STATEMENT,
+            )
         }
         Action::RemoveFile { path } => ("remove-file path", path.len(), MAX_NAME),
-        Action::ContainerStart { id } | Action::ContainerStop { id } | Action::ContainerRestart { id } => ("container id", id.len(), MAX_KEY),
+        Action::ContainerStart { id }
+        | Action::ContainerStop { id }
+        | Action::ContainerRestart { id } => ("container id", id.len(), MAX_KEY),
         Action::RunCommand { name } => ("command name", name.len(), MAX_KEY),
         _ => return Ok(()),
     };
     if len > max {
-        return Err(PluginFailure::InvalidOutput(format!("a {what} of {len} bytes, more than the limit of {max}")));
+        return Err(PluginFailure::InvalidOutput(format!(
+            "a {what} of {len} bytes, more than the limit of {max}"
+        )));
     }
     Ok(())
 }
 
 fn action(a: wit::Action) -> Action {
     match a {
-        wit::Action::StopProcess(s) => {
-            Action::StopProcess { pid: s.process.pid, start_time: s.process.start_time, grace_ms: s.grace_ms }
-        }
+        wit::Action::StopProcess(s) => Action::StopProcess {
+            pid: s.process.pid,
+            start_time: s.process.start_time,
+            grace_ms: s.grace_ms,
+        },
         wit::Action::SignalProcess(s) => Action::SignalProcess {
             pid: s.process.pid,
             start_time: s.process.start_time,
@@ -136,7 +191,10 @@ fn action(a: wit::Action) -> Action {
         wit::Action::ContainerStop(id) => Action::ContainerStop { id },
         wit::Action::ContainerRestart(id) => Action::ContainerRestart { id },
         wit::Action::RunCommand(name) => Action::RunCommand { name },
-        wit::Action::WaitPortFree(w) => Action::WaitPortFree { port: w.port, deadline_ms: w.deadline_ms },
+        wit::Action::WaitPortFree(w) => Action::WaitPortFree {
+            port: w.port,
+            deadline_ms: w.deadline_ms,
+        },
     }
 }
 
@@ -162,18 +220,42 @@ mod limit_tests {
             severity: wit::Severity::Warning,
             subject: String::new(),
             message: "m".repeat(MAX_TEXT),
-            evidence: (0..evidence).map(|i| wit::Evidence { key: format!("e{i}"), value: "v".repeat(MAX_TEXT) }).collect(),
-            actions: action.into_iter().map(|action| wit::PlannedAction { action, description: String::new(), needs_previous: false }).collect(),
+            evidence: (0..evidence)
+                .map(|i| wit::Evidence {
+                    key: format!("e{i}"),
+                    value: "v".repeat(MAX_TEXT),
+                })
+                .collect(),
+            actions: action
+                .into_iter()
+                .map(|action| wit::PlannedAction {
+                    action,
+                    description: String::new(),
+                    needs_previous: false,
+                })
+                .collect(),
         }
     }
 
     #[test]
     fn a_report_within_every_per_field_limit_is_still_bounded_in_total() {
         // 100 findings × 64 evidence values × 4 KiB: every field legal, 26 MB in all.
-        let big = wit::Report { findings: (0..100).map(|i| wit_finding(format!("k{i}"), 64, None)).collect() };
+        let big = wit::Report {
+            findings: (0..100)
+                .map(|i| wit_finding(format!("k{i}"), 64, None))
+                .collect(),
+        };
         let err = from_report(big).expect_err("refused");
-        assert!(err.to_string().contains("bytes of text, more than the limit"), "{err}");
-        let fine = wit::Report { findings: (0..10).map(|i| wit_finding(format!("k{i}"), 4, None)).collect() };
+        assert!(
+            err.to_string()
+                .contains("bytes of text, more than the limit"),
+            "{err}"
+        );
+        let fine = wit::Report {
+            findings: (0..10)
+                .map(|i| wit_finding(format!("k{i}"), 4, None))
+                .collect(),
+        };
         assert_eq!(from_report(fine).map(|f| f.len()).ok(), Some(10));
     }
 
@@ -186,8 +268,16 @@ mod limit_tests {
     #[test]
     fn an_action_field_too_long_to_cut_makes_the_report_invalid() {
         let statement = format!("DELETE FROM t WHERE x = '{}'", "y".repeat(MAX_STATEMENT));
-        let exec = wit::Action::SqlExec(wit::SqlExec { db: "d".into(), statement, params: vec![], max_rows: 1 });
-        let err = from_report(wit::Report { findings: vec![wit_finding("k".into(), 0, Some(exec))] }).expect_err("refused");
+        let exec = wit::Action::SqlExec(wit::SqlExec {
+            db: "d".into(),
+            statement,
+            params: vec![],
+            max_rows: 1,
+        });
+        let err = from_report(wit::Report {
+            findings: vec![wit_finding("k".into(), 0, Some(exec))],
+        })
+        .expect_err("refused");
         assert!(err.to_string().contains("sql-exec statement"), "{err}");
     }
 }

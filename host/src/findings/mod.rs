@@ -5,7 +5,6 @@
 
 mod from_plugin;
 
-
 use crate::facts::sqlite::Value;
 use crate::runtime::{Limits, LoadedComponent, PluginFailure, PluginHost, Runtime};
 use serde::Serialize;
@@ -85,15 +84,41 @@ impl Signal {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Action {
-    StopProcess { pid: u32, start_time: u64, grace_ms: u32 },
-    SignalProcess { pid: u32, start_time: u64, signal: Signal },
-    SqlExec { db: String, statement: String, params: Vec<Value>, max_rows: u32 },
-    RemoveFile { path: String },
-    ContainerStart { id: String },
-    ContainerStop { id: String },
-    ContainerRestart { id: String },
-    RunCommand { name: String },
-    WaitPortFree { port: u16, deadline_ms: u32 },
+    StopProcess {
+        pid: u32,
+        start_time: u64,
+        grace_ms: u32,
+    },
+    SignalProcess {
+        pid: u32,
+        start_time: u64,
+        signal: Signal,
+    },
+    SqlExec {
+        db: String,
+        statement: String,
+        params: Vec<Value>,
+        max_rows: u32,
+    },
+    RemoveFile {
+        path: String,
+    },
+    ContainerStart {
+        id: String,
+    },
+    ContainerStop {
+        id: String,
+    },
+    ContainerRestart {
+        id: String,
+    },
+    RunCommand {
+        name: String,
+    },
+    WaitPortFree {
+        port: u16,
+        deadline_ms: u32,
+    },
 }
 
 impl Action {
@@ -120,7 +145,13 @@ impl Action {
 /// A plugin's `check`, its report bounded into findings: the one way the
 /// run, the re-check, `policy validate` and `plugins replay` call a plugin.
 /// The host comes back with the plugin's logs and state.
-pub fn check<H: PluginHost>(runtime: &Runtime<H>, loaded: &LoadedComponent, host: H, config_json: &str, limits: Limits) -> (Result<Vec<Finding>, PluginFailure>, Option<H>) {
+pub fn check<H: PluginHost>(
+    runtime: &Runtime<H>,
+    loaded: &LoadedComponent,
+    host: H,
+    config_json: &str,
+    limits: Limits,
+) -> (Result<Vec<Finding>, PluginFailure>, Option<H>) {
     let (report, host) = runtime.check_unbounded(loaded, host, config_json, limits);
     (report.and_then(from_plugin::from_report), host)
 }

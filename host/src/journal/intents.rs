@@ -8,8 +8,8 @@
 //! plan is a no-op where the first one took effect.
 
 use crate::facts::processes::{self, ProcessId};
-use crate::plan::ActionResult;
 use crate::findings::Finding;
+use crate::plan::ActionResult;
 use rusqlite::{params, Connection};
 use std::path::Path;
 use std::sync::Mutex;
@@ -38,13 +38,24 @@ impl IntentLog {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        Ok(IntentLog { conn: Mutex::new(conn), run_id })
+        Ok(IntentLog {
+            conn: Mutex::new(conn),
+            run_id,
+        })
     }
 
     /// Commit one intent per planned action of `findings`, in one
     /// transaction; returns their ids, per finding, in plan order.
-    pub fn intend(&self, plugin: &str, findings: &[Finding], now_ms: u64) -> anyhow::Result<Vec<Vec<i64>>> {
-        let mut conn = self.conn.lock().map_err(|_| anyhow::anyhow!("intent log poisoned"))?;
+    pub fn intend(
+        &self,
+        plugin: &str,
+        findings: &[Finding],
+        now_ms: u64,
+    ) -> anyhow::Result<Vec<Vec<i64>>> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| anyhow::anyhow!("intent log poisoned"))?;
         let tx = conn.transaction()?;
         let mut ids = Vec::with_capacity(findings.len());
         for finding in findings {
@@ -74,10 +85,18 @@ impl IntentLog {
 
     /// Commit the outcome of one intent.
     pub fn finish(&self, intent: i64, result: &ActionResult, now_ms: u64) -> anyhow::Result<()> {
-        let conn = self.conn.lock().map_err(|_| anyhow::anyhow!("intent log poisoned"))?;
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| anyhow::anyhow!("intent log poisoned"))?;
         conn.execute(
             "UPDATE intents SET outcome = ?2, detail = ?3, finished_at = ?4 WHERE id = ?1",
-            params![intent, result.outcome.as_str(), result.detail, now_ms as i64],
+            params![
+                intent,
+                result.outcome.as_str(),
+                result.detail,
+                now_ms as i64
+            ],
         )?;
         Ok(())
     }
@@ -155,7 +174,8 @@ pub struct PluginIntents<'a> {
 
 impl crate::plan::apply::WriteAhead for PluginIntents<'_> {
     fn intend(&self, findings: &[Finding]) -> anyhow::Result<Vec<Vec<i64>>> {
-        self.log.intend(self.plugin, findings, crate::clock::now_unix_ms())
+        self.log
+            .intend(self.plugin, findings, crate::clock::now_unix_ms())
     }
 
     fn finish(&self, intent: i64, result: &ActionResult) -> anyhow::Result<()> {
@@ -172,7 +192,13 @@ mod tests {
     use std::path::Path;
 
     fn removal(path: &Path) -> PlannedAction {
-        PlannedAction { action: Action::RemoveFile { path: path.display().to_string() }, description: format!("remove {}", path.display()), needs_previous: false }
+        PlannedAction {
+            action: Action::RemoveFile {
+                path: path.display().to_string(),
+            },
+            description: format!("remove {}", path.display()),
+            needs_previous: false,
+        }
     }
 
     /// A run dies after its intents, with one outcome written: the next run
@@ -196,7 +222,10 @@ mod tests {
             let run = journal.begin_run("fix", Path::new("p.toml"), 1).unwrap();
             let log = IntentLog::open(&path, run).unwrap();
             let ids = log.intend("p", std::slice::from_ref(&finding), 2).unwrap();
-            let applied = ActionResult { outcome: ActionOutcome::Applied, ..ActionResult::planned(&finding.actions[0]) };
+            let applied = ActionResult {
+                outcome: ActionOutcome::Applied,
+                ..ActionResult::planned(&finding.actions[0])
+            };
             log.finish(ids[0][0], &applied, 3).unwrap();
             // Killed here: no outcome for the second, no finish_run.
         }
@@ -204,9 +233,19 @@ mod tests {
         assert_eq!(journal.mark_interrupted().unwrap().len(), 1);
         let found = recover(journal.connection(), 4).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].description, format!("remove {}", pending.display()));
-        assert!(found[0].found.contains("still there: not applied"), "{}", found[0].found);
+        assert_eq!(
+            found[0].description,
+            format!("remove {}", pending.display())
+        );
+        assert!(
+            found[0].found.contains("still there: not applied"),
+            "{}",
+            found[0].found
+        );
         assert!(pending.exists(), "re-observed, not redone");
-        assert!(recover(journal.connection(), 5).unwrap().is_empty(), "reported once");
+        assert!(
+            recover(journal.connection(), 5).unwrap().is_empty(),
+            "reported once"
+        );
     }
 }

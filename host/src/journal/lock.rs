@@ -9,8 +9,8 @@
 use super::JournalError;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -24,21 +24,39 @@ impl JournalLock {
         let started = Instant::now();
         let lock = exclusive(&lock_path(journal), wait, "the journal lock")?;
         let left = wait.saturating_sub(started.elapsed());
-        let held = flock_file(journal, left, "the journal (its lock file was removed or replaced while it ran)")?;
-        Ok(JournalLock { _lock: lock, _journal: held })
+        let held = flock_file(
+            journal,
+            left,
+            "the journal (its lock file was removed or replaced while it ran)",
+        )?;
+        Ok(JournalLock {
+            _lock: lock,
+            _journal: held,
+        })
     }
 }
 
 /// An exclusive `flock` on the file at `path` (created empty if missing),
 /// without writing to it.
 fn flock_file(path: &Path, wait: Duration, what: &str) -> Result<Flock<File>, JournalError> {
-    let unusable = |message: String| JournalError::Unusable { path: path.display().to_string(), message };
+    let unusable = |message: String| JournalError::Unusable {
+        path: path.display().to_string(),
+        message,
+    };
     let deadline = Instant::now() + wait;
     loop {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| unusable(e.to_string()))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| unusable(e.to_string()))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => return Ok(lock),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
                 return Err(JournalError::Busy(format!("another doctor run holds {what} {}; gave up after waiting {wait:?} (lock_wait)", path.display())));
             }
@@ -64,11 +82,15 @@ impl FixLock {
 /// An exclusive `flock` on `path`, waited for up to `wait`. The holder
 /// writes its pid and start time there for the message a waiter prints.
 fn exclusive(path: &Path, wait: Duration, what: &str) -> Result<Flock<File>, JournalError> {
-    let unusable = |message: String| JournalError::Unusable { path: path.display().to_string(), message };
+    let unusable = |message: String| JournalError::Unusable {
+        path: path.display().to_string(),
+        message,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // Doctor's own: a shared `/tmp` fallback must not let another user
         // pre-create it and hold doctor's lock forever.
-        crate::safe_fs::own_directory(dir, crate::safe_fs::Writers::NOT_OTHERS_UNLESS_STICKY).map_err(unusable)?;
+        crate::safe_fs::own_directory(dir, crate::safe_fs::Writers::NOT_OTHERS_UNLESS_STICKY)
+            .map_err(unusable)?;
     }
     let deadline = Instant::now() + wait;
     loop {
@@ -96,7 +118,12 @@ fn exclusive(path: &Path, wait: Duration, what: &str) -> Result<Flock<File>, Jou
             Ok(mut lock) => {
                 let _ = lock.set_len(0);
                 let _ = lock.rewind();
-                let _ = write!(lock, "{} {}", std::process::id(), crate::clock::now_unix_ms());
+                let _ = write!(
+                    lock,
+                    "{} {}",
+                    std::process::id(),
+                    crate::clock::now_unix_ms()
+                );
                 return Ok(lock);
             }
             Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
@@ -137,7 +164,13 @@ fn holder(path: &Path) -> Option<String> {
     let mut parts = text.split_whitespace();
     let pid: u32 = parts.next()?.parse().ok()?;
     let command = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).split('\0').filter(|a| !a.is_empty()).collect::<Vec<_>>().join(" "))
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .split('\0')
+                .filter(|a| !a.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_default();
     let since = parts
         .next()
@@ -167,9 +200,16 @@ mod tests {
         std::fs::remove_file(&lock).unwrap();
         std::fs::write(&lock, "").unwrap();
         let second = JournalLock::acquire(&journal, Duration::from_millis(300));
-        assert!(matches!(&second, Err(JournalError::Busy(why)) if why.contains("replaced")), "{:?}", second.err());
+        assert!(
+            matches!(&second, Err(JournalError::Busy(why)) if why.contains("replaced")),
+            "{:?}",
+            second.err()
+        );
         drop(first);
-        assert!(JournalLock::acquire(&journal, Duration::from_millis(300)).is_ok(), "free once the holder is gone");
+        assert!(
+            JournalLock::acquire(&journal, Duration::from_millis(300)).is_ok(),
+            "free once the holder is gone"
+        );
     }
 
     #[test]
@@ -178,6 +218,10 @@ mod tests {
         let journal = dir.path().join("journal.db");
         let _first = JournalLock::acquire(&journal, Duration::from_millis(100)).unwrap();
         let second = JournalLock::acquire(&journal, Duration::from_millis(200));
-        assert!(matches!(&second, Err(JournalError::Busy(why)) if why.contains(&format!("pid {}", std::process::id()))), "{:?}", second.err());
+        assert!(
+            matches!(&second, Err(JournalError::Busy(why)) if why.contains(&format!("pid {}", std::process::id()))),
+            "{:?}",
+            second.err()
+        );
     }
 }

@@ -3,17 +3,17 @@
 //! transaction per plugin result keeps it consistent if a run is killed.
 
 pub mod intents;
-mod status;
 mod lock;
-mod schema;
 pub mod query;
+mod schema;
+mod status;
 
 pub use intents::{IntentLog, InterruptedAction};
-pub use status::{Observed, FindingStatus};
 pub use lock::{FixLock, JournalLock};
+pub use status::{FindingStatus, Observed};
 
-use crate::plan::ActionResult;
 use crate::findings::Finding;
+use crate::plan::ActionResult;
 use anyhow::Context as _;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeMap, HashMap};
@@ -51,29 +51,42 @@ pub struct PluginRecord<'a> {
     pub state: Option<&'a BTreeMap<String, String>>,
 }
 
-
 impl Journal {
     /// Open (creating and migrating as needed). The caller holds the lock.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        let unusable = |message: String| JournalError::Unusable { path: path.display().to_string(), message };
+        let unusable = |message: String| JournalError::Unusable {
+            path: path.display().to_string(),
+            message,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| unusable(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| unusable(format!("cannot create {}: {e}", dir.display())))?;
         }
         let conn = Connection::open(path).map_err(|e| unusable(e.to_string()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| unusable(e.to_string()))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| unusable(e.to_string()))?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| unusable(e.to_string()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| unusable(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| unusable(e.to_string()))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| unusable(e.to_string()))?;
         // Closing the last connection would checkpoint the WAL into the
         // database and delete it: two fsyncs, plus one of the directory when
         // the next run recreates it, on every run. Leaving the WAL in place
         // makes a check's commits cost no fsync at all (NORMAL syncs only at
         // checkpoints); SQLite still checkpoints on its own every 1000 pages,
         // and the intent log (FULL) keeps fixes durable.
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .map_err(|e| unusable(e.to_string()))?;
+        conn.pragma_update(None, "foreign_keys", true)
             .map_err(|e| unusable(e.to_string()))?;
-        conn.pragma_update(None, "foreign_keys", true).map_err(|e| unusable(e.to_string()))?;
         schema::migrate(&conn).map_err(|e| unusable(format!("{e:#}")))?;
-        Ok(Journal { conn, path: path.to_path_buf() })
+        Ok(Journal {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Open for reading only (`doctor journal`): no migration, no WAL
@@ -82,7 +95,10 @@ impl Journal {
     /// missing, which such a user cannot; when no -wal file exists no run has
     /// the journal open, so it is read as immutable instead.
     pub fn open_read_only(path: &Path) -> Result<Journal, JournalError> {
-        let unusable = |message: String| JournalError::Unusable { path: path.display().to_string(), message };
+        let unusable = |message: String| JournalError::Unusable {
+            path: path.display().to_string(),
+            message,
+        };
         let conn = match read_only_connection(path, false) {
             Ok(conn) => conn,
             Err(_) if !sibling(path, "-wal").exists() => read_only_connection(path, true).map_err(|e| unusable(e.to_string()))?,
@@ -92,11 +108,19 @@ impl Journal {
                 )))
             }
         };
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| unusable(e.to_string()))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| unusable(e.to_string()))?;
         if version == 0 || version > schema::SCHEMA_VERSION {
-            return Err(unusable(format!("schema version {version} is not one this doctor reads (1..={})", schema::SCHEMA_VERSION)));
+            return Err(unusable(format!(
+                "schema version {version} is not one this doctor reads (1..={})",
+                schema::SCHEMA_VERSION
+            )));
         }
-        Ok(Journal { conn, path: path.to_path_buf() })
+        Ok(Journal {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -110,8 +134,12 @@ impl Journal {
     /// Runs left `running` by a process that died: only possible when we hold
     /// the lock and they do not. Marked interrupted and returned.
     pub fn mark_interrupted(&self) -> anyhow::Result<Vec<i64>> {
-        let mut stmt = self.conn.prepare("UPDATE runs SET status = 'interrupted' WHERE status = 'running' RETURNING id")?;
-        let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?;
+        let mut stmt = self.conn.prepare(
+            "UPDATE runs SET status = 'interrupted' WHERE status = 'running' RETURNING id",
+        )?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<i64>, _>>()?;
         Ok(ids)
     }
 
@@ -130,7 +158,9 @@ impl Journal {
     }
 
     pub fn begin_run(&self, mode: &str, policy: &Path, started_at_ms: u64) -> anyhow::Result<i64> {
-        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
         self.conn.execute(
             "INSERT INTO runs (started_at, mode, status, pid, hostname, doctor_version, policy) VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6)",
             params![started_at_ms as i64, mode, std::process::id(), host, env!("CARGO_PKG_VERSION"), policy.display().to_string()],
@@ -138,7 +168,12 @@ impl Journal {
         Ok(self.conn.last_insert_rowid())
     }
 
-    pub fn finish_run(&self, run_id: i64, exit_code: i32, finished_at_ms: u64) -> anyhow::Result<()> {
+    pub fn finish_run(
+        &self,
+        run_id: i64,
+        exit_code: i32,
+        finished_at_ms: u64,
+    ) -> anyhow::Result<()> {
         self.conn.execute(
             "UPDATE runs SET status = 'complete', exit_code = ?2, finished_at = ?3 WHERE id = ?1",
             params![run_id, exit_code, finished_at_ms as i64],
@@ -147,7 +182,9 @@ impl Journal {
     }
 
     pub fn load_state(&self, plugin: &str) -> anyhow::Result<BTreeMap<String, String>> {
-        let mut stmt = self.conn.prepare("SELECT key, value FROM plugin_state WHERE plugin = ?1")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, value FROM plugin_state WHERE plugin = ?1")?;
         let rows = stmt.query_map([plugin], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -181,18 +218,31 @@ impl Journal {
 pub use crate::plan::gate::FixHistory;
 
 impl Journal {
-    pub fn fix_history(&self, since_ms: u64) -> anyhow::Result<HashMap<(String, String), FixHistory>> {
+    pub fn fix_history(
+        &self,
+        since_ms: u64,
+    ) -> anyhow::Result<HashMap<(String, String), FixHistory>> {
         let mut stmt = self.conn.prepare(
             "SELECT DISTINCT a.plugin, a.finding_key, r.id, r.started_at
              FROM actions a JOIN runs r ON r.id = a.run_id
              LEFT JOIN flap_resets f ON f.plugin = a.plugin AND f.key = a.finding_key
              WHERE a.outcome IN ('applied', 'failed') AND r.started_at >= max(?1, coalesce(f.reset_at, 0))",
         )?;
-        let rows = stmt.query_map([since_ms as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(3)? as u64)))?;
+        let rows = stmt.query_map([since_ms as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(3)? as u64,
+            ))
+        })?;
         let mut history: HashMap<(String, String), FixHistory> = HashMap::new();
         for row in rows {
             let (plugin, key, at) = row?;
-            history.entry((plugin, key)).or_default().fix_times_ms.push(at);
+            history
+                .entry((plugin, key))
+                .or_default()
+                .fix_times_ms
+                .push(at);
         }
         Ok(history)
     }
@@ -219,10 +269,17 @@ impl Journal {
     /// started before `before_ms`, and findings resolved before it.
     pub fn prune(&mut self, before_ms: u64) -> anyhow::Result<(usize, usize)> {
         let tx = self.conn.transaction()?;
-        let runs = tx.execute("DELETE FROM runs WHERE started_at < ?1 AND status != 'running'", [before_ms as i64])?;
-        let findings = tx.execute("DELETE FROM findings WHERE status = 'resolved' AND resolved_at < ?1", [before_ms as i64])?;
+        let runs = tx.execute(
+            "DELETE FROM runs WHERE started_at < ?1 AND status != 'running'",
+            [before_ms as i64],
+        )?;
+        let findings = tx.execute(
+            "DELETE FROM findings WHERE status = 'resolved' AND resolved_at < ?1",
+            [before_ms as i64],
+        )?;
         tx.commit()?;
-        self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         Ok((runs, findings))
     }
 }
@@ -237,7 +294,13 @@ pub fn own_files(path: &Path) -> Vec<PathBuf> {
         name.push(suffix);
         PathBuf::from(name)
     };
-    vec![path.clone(), with_suffix("-wal"), with_suffix("-shm"), with_suffix("-journal"), lock::lock_path(&path)]
+    vec![
+        path.clone(),
+        with_suffix("-wal"),
+        with_suffix("-shm"),
+        with_suffix("-journal"),
+        lock::lock_path(&path),
+    ]
 }
 
 /// When each plugin last ran (unix ms), whatever its outcome, read without
@@ -246,21 +309,40 @@ pub fn last_runs(path: &Path) -> Result<HashMap<String, u64>, JournalError> {
     if !path.exists() {
         return Ok(HashMap::new());
     }
-    let unusable = |e: rusqlite::Error| JournalError::Unusable { path: path.display().to_string(), message: e.to_string() };
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(unusable)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(unusable)?;
+    let unusable = |e: rusqlite::Error| JournalError::Unusable {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(unusable)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(unusable)?;
     let has_table: bool = conn
-        .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE name = 'plugin_runs'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'plugin_runs'",
+            [],
+            |r| r.get(0),
+        )
         .map_err(unusable)?;
     if !has_table {
         return Ok(HashMap::new());
     }
-    let mut stmt = conn.prepare("SELECT plugin, MAX(started_at) FROM plugin_runs GROUP BY plugin").map_err(unusable)?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))).map_err(unusable)?;
+    let mut stmt = conn
+        .prepare("SELECT plugin, MAX(started_at) FROM plugin_runs GROUP BY plugin")
+        .map_err(unusable)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .map_err(unusable)?;
     rows.collect::<Result<_, _>>().map_err(unusable)
 }
 
-fn insert_plugin_run(tx: &rusqlite::Connection, run_id: i64, rec: &PluginRecord<'_>) -> anyhow::Result<i64> {
+fn insert_plugin_run(
+    tx: &rusqlite::Connection,
+    run_id: i64,
+    rec: &PluginRecord<'_>,
+) -> anyhow::Result<i64> {
     tx.execute(
         "INSERT INTO plugin_runs (run_id, plugin, version, sha256, started_at, duration_ms, outcome, error, cache, log)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -280,7 +362,10 @@ fn insert_plugin_run(tx: &rusqlite::Connection, run_id: i64, rec: &PluginRecord<
     Ok(tx.last_insert_rowid())
 }
 
-fn open_findings(tx: &rusqlite::Connection, plugin: &str) -> anyhow::Result<BTreeMap<String, Finding>> {
+fn open_findings(
+    tx: &rusqlite::Connection,
+    plugin: &str,
+) -> anyhow::Result<BTreeMap<String, Finding>> {
     let mut stmt = tx.prepare(
         "SELECT key, severity, subject, message, evidence FROM findings WHERE plugin = ?1 AND status IN ('new', 'persisting')",
     )?;
@@ -288,7 +373,8 @@ fn open_findings(tx: &rusqlite::Connection, plugin: &str) -> anyhow::Result<BTre
         let evidence: String = r.get(4)?;
         Ok(Finding {
             key: r.get(0)?,
-            severity: crate::findings::Severity::parse(&r.get::<_, String>(1)?).unwrap_or(crate::findings::Severity::Info),
+            severity: crate::findings::Severity::parse(&r.get::<_, String>(1)?)
+                .unwrap_or(crate::findings::Severity::Info),
             subject: r.get(2)?,
             message: r.get(3)?,
             evidence: serde_json::from_str(&evidence).unwrap_or_default(),
@@ -303,7 +389,13 @@ fn open_findings(tx: &rusqlite::Connection, plugin: &str) -> anyhow::Result<BTre
     Ok(open)
 }
 
-fn write_observation(tx: &rusqlite::Connection, run_id: i64, plugin_run_id: i64, rec: &PluginRecord<'_>, o: &Observed) -> anyhow::Result<()> {
+fn write_observation(
+    tx: &rusqlite::Connection,
+    run_id: i64,
+    plugin_run_id: i64,
+    rec: &PluginRecord<'_>,
+    o: &Observed,
+) -> anyhow::Result<()> {
     let f = &o.finding;
     let evidence = serde_json::to_string(&f.evidence)?;
     let now = rec.started_at_ms as i64;
@@ -315,7 +407,11 @@ fn write_observation(tx: &rusqlite::Connection, run_id: i64, plugin_run_id: i64,
     let open = o.status.is_open();
     let row_status = if open { o.status.as_str() } else { "resolved" };
     let existing: Option<String> = tx
-        .query_row("SELECT status FROM findings WHERE plugin = ?1 AND key = ?2", params![rec.plugin, f.key], |r| r.get(0))
+        .query_row(
+            "SELECT status FROM findings WHERE plugin = ?1 AND key = ?2",
+            params![rec.plugin, f.key],
+            |r| r.get(0),
+        )
         .optional()?;
     match existing {
         Some(_) if !open => {
@@ -363,7 +459,12 @@ fn write_observation(tx: &rusqlite::Connection, run_id: i64, plugin_run_id: i64,
     Ok(())
 }
 
-fn save_state(tx: &rusqlite::Connection, plugin: &str, state: &BTreeMap<String, String>, now: u64) -> anyhow::Result<()> {
+fn save_state(
+    tx: &rusqlite::Connection,
+    plugin: &str,
+    state: &BTreeMap<String, String>,
+    now: u64,
+) -> anyhow::Result<()> {
     tx.execute("DELETE FROM plugin_state WHERE plugin = ?1", [plugin])?;
     for (k, v) in state {
         tx.execute(
@@ -387,7 +488,10 @@ fn read_only_connection(path: &Path, immutable: bool) -> rusqlite::Result<Connec
     use rusqlite::OpenFlags;
     let conn = if immutable {
         let uri = format!("file:{}?immutable=1", uri_path(path));
-        Connection::open_with_flags(uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)?
+        Connection::open_with_flags(
+            uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )?
     } else {
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?
     };

@@ -46,7 +46,14 @@ pub fn runs(conn: &Connection, limit: u32, since_ms: Option<u64>) -> rusqlite::R
 }
 
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
-    Ok(RunRow { id: r.get(0)?, started_at: r.get(1)?, finished_at: r.get(2)?, mode: r.get(3)?, status: r.get(4)?, exit_code: r.get(5)? })
+    Ok(RunRow {
+        id: r.get(0)?,
+        started_at: r.get(1)?,
+        finished_at: r.get(2)?,
+        mode: r.get(3)?,
+        status: r.get(4)?,
+        exit_code: r.get(5)?,
+    })
 }
 
 pub fn findings(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<FindingRow>> {
@@ -59,7 +66,12 @@ pub fn findings(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Find
          ORDER BY plugin, key",
     )?;
     let rows = stmt.query_map(
-        params![filter.since_ms.unwrap_or(0) as i64, filter.plugin, filter.severity, filter.status],
+        params![
+            filter.since_ms.unwrap_or(0) as i64,
+            filter.plugin,
+            filter.severity,
+            filter.status
+        ],
         |r| {
             Ok(FindingRow {
                 plugin: r.get(0)?,
@@ -87,7 +99,11 @@ pub struct RunDetail {
 /// Everything one run recorded; None if there is no such run.
 pub fn show_run(conn: &Connection, id: i64) -> rusqlite::Result<Option<RunDetail>> {
     let run = conn
-        .query_row("SELECT id, started_at, finished_at, mode, status, exit_code FROM runs WHERE id = ?1", [id], run_row)
+        .query_row(
+            "SELECT id, started_at, finished_at, mode, status, exit_code FROM runs WHERE id = ?1",
+            [id],
+            run_row,
+        )
         .optional()?;
     let Some(run) = run else { return Ok(None) };
     let plugins = rows_as_json(
@@ -106,7 +122,12 @@ pub fn show_run(conn: &Connection, id: i64) -> rusqlite::Result<Option<RunDetail
          FROM actions WHERE run_id = ?1 ORDER BY id",
         id,
     )?;
-    Ok(Some(RunDetail { run, plugins, observations, actions }))
+    Ok(Some(RunDetail {
+        run,
+        plugins,
+        observations,
+        actions,
+    }))
 }
 
 fn rows_as_json(conn: &Connection, sql: &str, id: i64) -> rusqlite::Result<Vec<serde_json::Value>> {
@@ -119,7 +140,9 @@ fn rows_as_json(conn: &Connection, sql: &str, id: i64) -> rusqlite::Result<Vec<s
                 rusqlite::types::ValueRef::Null => serde_json::Value::Null,
                 rusqlite::types::ValueRef::Integer(n) => n.into(),
                 rusqlite::types::ValueRef::Real(f) => f.into(),
-                rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+                rusqlite::types::ValueRef::Text(t) => {
+                    String::from_utf8_lossy(t).into_owned().into()
+                }
                 rusqlite::types::ValueRef::Blob(b) => hex::encode(b).into(),
             };
             object.insert(name.clone(), value);

@@ -127,8 +127,10 @@ pub fn migrate(conn: &Connection) -> anyhow::Result<()> {
     }
     for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let next = version + 1;
-        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {next}; COMMIT;"))
-            .with_context(|| format!("migrating the journal schema to version {next}"))?;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {next}; COMMIT;"
+        ))
+        .with_context(|| format!("migrating the journal schema to version {next}"))?;
     }
     Ok(())
 }

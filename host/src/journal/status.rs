@@ -3,8 +3,8 @@
 //! function of what the run saw and what was open, so every transition is
 //! tested without SQLite.
 
-use crate::plan::{ActionOutcome, ActionResult};
 use crate::findings::Finding;
+use crate::plan::{ActionOutcome, ActionResult};
 use std::collections::BTreeMap;
 
 /// Where a finding stands compared with the journal's memory of it.
@@ -43,7 +43,12 @@ pub struct Observed {
 
 /// This run's findings (with what happened to their actions, and the
 /// re-check after a fix) against the findings the journal holds open.
-pub fn observe(open: BTreeMap<String, Finding>, findings: &[Finding], actions: &[Vec<ActionResult>], recheck: Option<&[Finding]>) -> Vec<Observed> {
+pub fn observe(
+    open: BTreeMap<String, Finding>,
+    findings: &[Finding],
+    actions: &[Vec<ActionResult>],
+    recheck: Option<&[Finding]>,
+) -> Vec<Observed> {
     let final_keys: Option<Vec<&str>> = recheck.map(|r| r.iter().map(|f| f.key.as_str()).collect());
     let mut observed = Vec::new();
     for (i, finding) in findings.iter().enumerate() {
@@ -52,26 +57,46 @@ pub fn observe(open: BTreeMap<String, Finding>, findings: &[Finding], actions: &
         let attempted = actions.iter().any(|a| a.outcome != ActionOutcome::Planned);
         let status = match &final_keys {
             Some(keys) if !keys.contains(&finding.key.as_str()) => {
-                if attempted { FindingStatus::Fixed } else { FindingStatus::Resolved }
+                if attempted {
+                    FindingStatus::Fixed
+                } else {
+                    FindingStatus::Resolved
+                }
             }
             // After a fix attempt, a finding is fixed or persisting, never new.
             Some(_) if attempted => FindingStatus::Persisting,
             _ if was_open => FindingStatus::Persisting,
             _ => FindingStatus::New,
         };
-        observed.push(Observed { finding: finding.clone(), status, actions });
+        observed.push(Observed {
+            finding: finding.clone(),
+            status,
+            actions,
+        });
     }
     // Findings the re-check sees that the first check did not.
     for finding in recheck.unwrap_or_default() {
         if !findings.iter().any(|f| f.key == finding.key) {
-            let status = if open.contains_key(&finding.key) { FindingStatus::Persisting } else { FindingStatus::New };
-            observed.push(Observed { finding: finding.clone(), status, actions: Vec::new() });
+            let status = if open.contains_key(&finding.key) {
+                FindingStatus::Persisting
+            } else {
+                FindingStatus::New
+            };
+            observed.push(Observed {
+                finding: finding.clone(),
+                status,
+                actions: Vec::new(),
+            });
         }
     }
     // Open findings nobody reported this time are resolved.
     for (key, finding) in open {
         if !observed.iter().any(|o| o.finding.key == key) {
-            observed.push(Observed { finding, status: FindingStatus::Resolved, actions: Vec::new() });
+            observed.push(Observed {
+                finding,
+                status: FindingStatus::Resolved,
+                actions: Vec::new(),
+            });
         }
     }
     observed
@@ -83,13 +108,29 @@ mod tests {
     use crate::findings::{Action, PlannedAction, Severity};
 
     fn finding(key: &str) -> Finding {
-        let action = PlannedAction { action: Action::RemoveFile { path: format!("/run/{key}") }, description: String::new(), needs_previous: false };
-        Finding { key: key.into(), severity: Severity::Warning, subject: String::new(), message: String::new(), evidence: vec![], actions: vec![action] }
+        let action = PlannedAction {
+            action: Action::RemoveFile {
+                path: format!("/run/{key}"),
+            },
+            description: String::new(),
+            needs_previous: false,
+        };
+        Finding {
+            key: key.into(),
+            severity: Severity::Warning,
+            subject: String::new(),
+            message: String::new(),
+            evidence: vec![],
+            actions: vec![action],
+        }
     }
 
     fn result(outcome: ActionOutcome) -> Vec<ActionResult> {
         let f = finding("x");
-        vec![ActionResult { outcome, ..ActionResult::planned(&f.actions[0]) }]
+        vec![ActionResult {
+            outcome,
+            ..ActionResult::planned(&f.actions[0])
+        }]
     }
 
     fn open(keys: &[&str]) -> BTreeMap<String, Finding> {
@@ -97,14 +138,27 @@ mod tests {
     }
 
     fn statuses(observed: &[Observed]) -> Vec<(String, FindingStatus)> {
-        observed.iter().map(|o| (o.finding.key.clone(), o.status)).collect()
+        observed
+            .iter()
+            .map(|o| (o.finding.key.clone(), o.status))
+            .collect()
     }
 
     #[test]
     fn first_seen_is_new_seen_again_is_persisting_gone_is_resolved() {
-        let run1 = observe(open(&[]), &[finding("a")], &[result(ActionOutcome::Planned)], None);
+        let run1 = observe(
+            open(&[]),
+            &[finding("a")],
+            &[result(ActionOutcome::Planned)],
+            None,
+        );
         assert_eq!(statuses(&run1), [("a".into(), FindingStatus::New)]);
-        let run2 = observe(open(&["a"]), &[finding("a")], &[result(ActionOutcome::Planned)], None);
+        let run2 = observe(
+            open(&["a"]),
+            &[finding("a")],
+            &[result(ActionOutcome::Planned)],
+            None,
+        );
         assert_eq!(statuses(&run2), [("a".into(), FindingStatus::Persisting)]);
         let run3 = observe(open(&["a"]), &[], &[], None);
         assert_eq!(statuses(&run3), [("a".into(), FindingStatus::Resolved)]);
@@ -112,32 +166,79 @@ mod tests {
 
     #[test]
     fn a_fix_that_held_is_fixed_one_that_did_not_is_persisting_never_new() {
-        let held = observe(open(&[]), &[finding("a")], &[result(ActionOutcome::Applied)], Some(&[]));
+        let held = observe(
+            open(&[]),
+            &[finding("a")],
+            &[result(ActionOutcome::Applied)],
+            Some(&[]),
+        );
         assert_eq!(statuses(&held), [("a".into(), FindingStatus::Fixed)]);
-        let back = observe(open(&[]), &[finding("a")], &[result(ActionOutcome::Applied)], Some(&[finding("a")]));
-        assert_eq!(statuses(&back), [("a".into(), FindingStatus::Persisting)], "attempted and still there");
-        let refused = observe(open(&[]), &[finding("a")], &[result(ActionOutcome::Refused)], Some(&[finding("a")]));
-        assert_eq!(statuses(&refused), [("a".into(), FindingStatus::Persisting)]);
+        let back = observe(
+            open(&[]),
+            &[finding("a")],
+            &[result(ActionOutcome::Applied)],
+            Some(&[finding("a")]),
+        );
+        assert_eq!(
+            statuses(&back),
+            [("a".into(), FindingStatus::Persisting)],
+            "attempted and still there"
+        );
+        let refused = observe(
+            open(&[]),
+            &[finding("a")],
+            &[result(ActionOutcome::Refused)],
+            Some(&[finding("a")]),
+        );
+        assert_eq!(
+            statuses(&refused),
+            [("a".into(), FindingStatus::Persisting)]
+        );
     }
 
     #[test]
     fn gone_by_the_recheck_without_an_attempt_is_resolved_not_fixed() {
-        let gone = observe(open(&["a"]), &[finding("a")], &[result(ActionOutcome::Planned)], Some(&[]));
+        let gone = observe(
+            open(&["a"]),
+            &[finding("a")],
+            &[result(ActionOutcome::Planned)],
+            Some(&[]),
+        );
         assert_eq!(statuses(&gone), [("a".into(), FindingStatus::Resolved)]);
     }
 
     #[test]
     fn the_recheck_may_find_what_the_check_did_not() {
-        let appeared = observe(open(&["b"]), &[finding("a")], &[result(ActionOutcome::Applied)], Some(&[finding("b"), finding("c")]));
-        assert_eq!(statuses(&appeared), [("a".into(), FindingStatus::Fixed), ("b".into(), FindingStatus::Persisting), ("c".into(), FindingStatus::New)]);
+        let appeared = observe(
+            open(&["b"]),
+            &[finding("a")],
+            &[result(ActionOutcome::Applied)],
+            Some(&[finding("b"), finding("c")]),
+        );
+        assert_eq!(
+            statuses(&appeared),
+            [
+                ("a".into(), FindingStatus::Fixed),
+                ("b".into(), FindingStatus::Persisting),
+                ("c".into(), FindingStatus::New)
+            ]
+        );
     }
 
     #[test]
     fn a_flap_escalated_finding_keeps_its_status_and_only_open_ones_are_open() {
         // The flap breaker changes severity and skips actions; the status
         // still follows what the run saw.
-        let held_back = observe(open(&["a"]), &[finding("a")], &[result(ActionOutcome::Skipped)], Some(&[finding("a")]));
-        assert_eq!(statuses(&held_back), [("a".into(), FindingStatus::Persisting)]);
+        let held_back = observe(
+            open(&["a"]),
+            &[finding("a")],
+            &[result(ActionOutcome::Skipped)],
+            Some(&[finding("a")]),
+        );
+        assert_eq!(
+            statuses(&held_back),
+            [("a".into(), FindingStatus::Persisting)]
+        );
         assert!(FindingStatus::New.is_open() && FindingStatus::Persisting.is_open());
         assert!(!FindingStatus::Fixed.is_open() && !FindingStatus::Resolved.is_open());
     }

@@ -20,7 +20,7 @@ use crate::clock::now_unix_ms;
 use crate::journal::{Journal, JournalError, JournalLock, PluginRecord};
 use crate::plan::apply::Budget;
 use crate::plan::gate::FixGate;
-use crate::policy::{Policy, PolicyError, PluginPolicy};
+use crate::policy::{PluginPolicy, Policy, PolicyError};
 use crate::report::RunReport;
 use plugin_run::{run_plugin, PluginOutcome, Shared};
 use prepare::prepare;
@@ -31,7 +31,9 @@ use std::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Check,
-    Fix { dry_run: bool },
+    Fix {
+        dry_run: bool,
+    },
     /// The timer's entry point: due plugins only, fixes where `fix = "auto"`.
     Scheduled,
 }
@@ -72,13 +74,19 @@ pub enum Fatal {
 }
 
 pub fn journal_path(policy: &Policy, cli: Option<&PathBuf>) -> PathBuf {
-    cli.cloned().or_else(|| policy.doctor.journal.clone()).unwrap_or_else(crate::paths::default_journal)
+    cli.cloned()
+        .or_else(|| policy.doctor.journal.clone())
+        .unwrap_or_else(crate::paths::default_journal)
 }
 
 /// `cache_dir` from the policy, else `/var/cache/doctor` (root) or the XDG
 /// cache dir. The journal argument is kept for callers that print both.
 pub fn cache_dir(policy: &Policy, _journal: &std::path::Path) -> PathBuf {
-    policy.doctor.cache_dir.clone().unwrap_or_else(crate::paths::default_cache)
+    policy
+        .doctor
+        .cache_dir
+        .clone()
+        .unwrap_or_else(crate::paths::default_cache)
 }
 
 pub fn execute(opts: &RunOptions) -> Result<RunReport, Fatal> {
@@ -90,7 +98,8 @@ pub fn execute(opts: &RunOptions) -> Result<RunReport, Fatal> {
 pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunReport, Fatal> {
     let started = Instant::now();
     if let Some(dir) = &opts.record {
-        crate::recording::private_dir(dir).map_err(|e| Fatal::Usage(format!("--record {}: {e:#}", dir.display())))?;
+        crate::recording::private_dir(dir)
+            .map_err(|e| Fatal::Usage(format!("--record {}: {e:#}", dir.display())))?;
     }
     let started_ms = now_unix_ms();
     let journal_file = journal_path(&policy, opts.journal.as_ref());
@@ -123,11 +132,30 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
     let interrupted_actions = crate::journal::intents::recover(journal.connection(), started_ms)?;
     let run_id = journal.begin_run(opts.mode.name(), &policy.file, started_ms)?;
     // Two journals on one host must not fix at the same time.
-    let _fix_lock = if fixes { Some(crate::journal::FixLock::acquire(&fix_lock_path(&policy), policy.doctor.lock_wait)?) } else { None };
-    let intents = if fixes { Some(crate::journal::IntentLog::open(&journal_file, run_id)?) } else { None };
+    let _fix_lock = if fixes {
+        Some(crate::journal::FixLock::acquire(
+            &fix_lock_path(&policy),
+            policy.doctor.lock_wait,
+        )?)
+    } else {
+        None
+    };
+    let intents = if fixes {
+        Some(crate::journal::IntentLog::open(&journal_file, run_id)?)
+    } else {
+        None
+    };
     let gate = FixGate {
         // Look back far enough for both the flap window and the rate limit.
-        history: journal.fix_history(started_ms.saturating_sub(policy.doctor.flap_window.max(policy.doctor.fix_min_interval).as_millis() as u64))?,
+        history: journal.fix_history(
+            started_ms.saturating_sub(
+                policy
+                    .doctor
+                    .flap_window
+                    .max(policy.doctor.fix_min_interval)
+                    .as_millis() as u64,
+            ),
+        )?,
         max_fixes: policy.doctor.flap_max_fixes,
         window: policy.doctor.flap_window,
         min_interval: policy.doctor.fix_min_interval,
@@ -175,8 +203,13 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
         // A tick reports the whole host: plugins not due this time still
         // have their open findings, and monitoring must keep seeing them.
         let ran: Vec<&str> = prepared.iter().map(|p| p.entry.name.as_str()).collect();
-        let open = crate::journal::query::findings(journal.connection(), &Default::default()).map_err(anyhow::Error::from)?;
-        report.add_remembered(open.into_iter().filter(|f| !ran.contains(&f.plugin.as_str())).collect());
+        let open = crate::journal::query::findings(journal.connection(), &Default::default())
+            .map_err(anyhow::Error::from)?;
+        report.add_remembered(
+            open.into_iter()
+                .filter(|f| !ran.contains(&f.plugin.as_str()))
+                .collect(),
+        );
     }
     report.finish(started.elapsed().as_millis() as u64);
     journal.finish_run(run_id, report.exit_code, now_unix_ms())?;
@@ -187,25 +220,39 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
 }
 
 pub fn fix_lock_path(policy: &Policy) -> PathBuf {
-    policy.doctor.fix_lock.clone().unwrap_or_else(crate::paths::default_fix_lock)
+    policy
+        .doctor
+        .fix_lock
+        .clone()
+        .unwrap_or_else(crate::paths::default_fix_lock)
 }
 
 /// Plugins named in the policy (or the subset on the command line), each
 /// known to the catalog; otherwise a policy or usage error.
-fn select(policy: &Policy, catalog: &Catalog, only: &[String]) -> Result<Vec<(Entry, PluginPolicy)>, Fatal> {
+fn select(
+    policy: &Policy,
+    catalog: &Catalog,
+    only: &[String],
+) -> Result<Vec<(Entry, PluginPolicy)>, Fatal> {
     for name in policy.plugins.keys() {
         if catalog.get(name).is_none() {
             return Err(policy
                 .error_at_key(
                     &format!("plugins.{name}"),
-                    format!("no plugin named {name:?} (known: {})", catalog.names().join(", ")),
+                    format!(
+                        "no plugin named {name:?} (known: {})",
+                        catalog.names().join(", ")
+                    ),
                 )
                 .into());
         }
     }
     for name in only {
         if !policy.plugins.contains_key(name) {
-            return Err(Fatal::Usage(format!("--plugin {name}: the policy {} does not configure it", policy.file.display())));
+            return Err(Fatal::Usage(format!(
+                "--plugin {name}: the policy {} does not configure it",
+                policy.file.display()
+            )));
         }
     }
     Ok(policy
@@ -218,11 +265,15 @@ fn select(policy: &Policy, catalog: &Catalog, only: &[String]) -> Result<Vec<(En
 
 /// A scheduled tick with nothing due records no run; its report carries the
 /// open findings of earlier runs, so monitoring keeps seeing them.
-fn not_due_report(journal_file: &std::path::Path, elapsed: std::time::Duration) -> Result<RunReport, Fatal> {
+fn not_due_report(
+    journal_file: &std::path::Path,
+    elapsed: std::time::Duration,
+) -> Result<RunReport, Fatal> {
     let mut report = RunReport::new(0, Mode::Scheduled.name(), Vec::new());
     if journal_file.exists() {
         let journal = Journal::open_read_only(journal_file)?;
-        let open = crate::journal::query::findings(journal.connection(), &Default::default()).map_err(anyhow::Error::from)?;
+        let open = crate::journal::query::findings(journal.connection(), &Default::default())
+            .map_err(anyhow::Error::from)?;
         report.add_remembered(open);
     }
     report.finish(elapsed.as_millis() as u64);
@@ -243,11 +294,19 @@ fn due_plugins(
     let last = crate::journal::last_runs(journal_file)?;
     Ok(selected
         .into_iter()
-        .filter(|(e, p)| last.get(&e.name).is_none_or(|t| now_ms.saturating_sub(*t) >= p.every.as_millis() as u64))
+        .filter(|(e, p)| {
+            last.get(&e.name)
+                .is_none_or(|t| now_ms.saturating_sub(*t) >= p.every.as_millis() as u64)
+        })
         .collect())
 }
 
-fn record(journal: &mut Journal, run_id: i64, o: &PluginOutcome, report: &mut RunReport) -> Result<(), Fatal> {
+fn record(
+    journal: &mut Journal,
+    run_id: i64,
+    o: &PluginOutcome,
+    report: &mut RunReport,
+) -> Result<(), Fatal> {
     let s = &o.summary;
     let observed = journal.record(
         run_id,
@@ -269,4 +328,3 @@ fn record(journal: &mut Journal, run_id: i64, o: &PluginOutcome, report: &mut Ru
     report.add(o.summary.clone(), observed);
     Ok(())
 }
-

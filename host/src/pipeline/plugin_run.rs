@@ -42,8 +42,22 @@ pub(super) struct Shared<'a> {
     pub record: Option<&'a std::path::Path>,
 }
 
-pub(super) fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<String, String>) -> PluginOutcome {
-    let Shared { intents, runtime, policy, facts, budget, protected, protected_files, gate, record } = *shared;
+pub(super) fn run_plugin(
+    shared: &Shared<'_>,
+    p: &Prepared,
+    state: BTreeMap<String, String>,
+) -> PluginOutcome {
+    let Shared {
+        intents,
+        runtime,
+        policy,
+        facts,
+        budget,
+        protected,
+        protected_files,
+        gate,
+        record,
+    } = *shared;
     let started = Instant::now();
     let started_ms = now_unix_ms();
     let mut summary = PluginSummary::new(&p.entry.name, started_ms);
@@ -51,7 +65,14 @@ pub(super) fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<Stri
         Ok(ok) => ok,
         Err(failure) => {
             summary.fail(failure.to_string(), started.elapsed());
-            return PluginOutcome { summary, findings: vec![], actions: vec![], recheck: None, state: None, log: String::new() };
+            return PluginOutcome {
+                summary,
+                findings: vec![],
+                actions: vec![],
+                recheck: None,
+                state: None,
+                log: String::new(),
+            };
         }
     };
     summary.loaded(&info.version, &loaded.sha256, loaded.cache.as_str());
@@ -60,14 +81,24 @@ pub(super) fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<Stri
     let mut caps = context(&p.entry.name, grants.clone(), facts.clone(), kv.clone());
     let mut recording = record.map(|_| {
         let state = kv.lock().map(|m| m.clone()).unwrap_or_default();
-        crate::recording::Recording::new(&p.entry.name, &info.version, &loaded.sha256, &p.config_json, state)
+        crate::recording::Recording::new(
+            &p.entry.name,
+            &info.version,
+            &loaded.sha256,
+            &p.config_json,
+            state,
+        )
     });
     if recording.is_some() {
         caps.tape = crate::capabilities::Tape::record();
     }
-    let (result, mut caps) = crate::findings::check(runtime, loaded, caps, &p.config_json, limits(policy));
+    let (result, mut caps) =
+        crate::findings::check(runtime, loaded, caps, &p.config_json, limits(policy));
     if let (Some(dir), Some(rec), Some(c)) = (record, recording.as_mut(), caps.as_mut()) {
-        if let crate::capabilities::Tape::Record { calls, truncated, .. } = std::mem::take(&mut c.tape) {
+        if let crate::capabilities::Tape::Record {
+            calls, truncated, ..
+        } = std::mem::take(&mut c.tape)
+        {
             rec.calls = calls;
             rec.truncated = truncated;
         }
@@ -80,7 +111,14 @@ pub(super) fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<Stri
         Ok(findings) => findings,
         Err(failure) => {
             summary.fail(failure.to_string(), started.elapsed());
-            return PluginOutcome { summary, findings: vec![], actions: vec![], recheck: None, state: None, log };
+            return PluginOutcome {
+                summary,
+                findings: vec![],
+                actions: vec![],
+                recheck: None,
+                state: None,
+                log,
+            };
         }
     };
     gate.escalate(&p.entry.name, &mut findings);
@@ -92,11 +130,24 @@ pub(super) fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<Stri
         protected_files: protected_files.to_vec(),
         engine: facts.engine_handle(),
     };
-    let (actions, recheck) = if let (true, true, Some(intent_log)) = (p.apply_fixes, findings.iter().any(|f| !f.actions.is_empty()), intents) {
+    let (actions, recheck) = if let (true, true, Some(intent_log)) = (
+        p.apply_fixes,
+        findings.iter().any(|f| !f.actions.is_empty()),
+        intents,
+    ) {
         let ctx = action_context();
         let own = Budget::for_plugin(&p.entry.name, p.policy.max_actions);
-        let ahead = crate::journal::intents::PluginIntents { log: intent_log, plugin: &p.entry.name };
-        let actions = apply::apply(&ctx, &findings, &[&own, budget], |f| gate.may_fix(&p.entry.name, f), &ahead);
+        let ahead = crate::journal::intents::PluginIntents {
+            log: intent_log,
+            plugin: &p.entry.name,
+        };
+        let actions = apply::apply(
+            &ctx,
+            &findings,
+            &[&own, budget],
+            |f| gate.may_fix(&p.entry.name, f),
+            &ahead,
+        );
         // Re-check against a fresh view of the host, after a supervisor had
         // the moment it needs to respawn what was stopped: a respawn is
         // "persisting", never "fixed".
@@ -105,7 +156,8 @@ pub(super) fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<Stri
         }
         let fresh = RunFacts::new(policy.clone());
         let caps = context(&p.entry.name, grants, fresh, kv.clone());
-        let (again, caps) = crate::findings::check(runtime, loaded, caps, &p.config_json, limits(policy));
+        let (again, caps) =
+            crate::findings::check(runtime, loaded, caps, &p.config_json, limits(policy));
         log.push_str(&logs_text(caps.as_ref()));
         match again {
             Ok(f) => {
@@ -119,13 +171,25 @@ pub(super) fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<Stri
         }
     } else if p.preview {
         // fix --dry-run: what fix would refuse or hold back, with the reason.
-        (apply::preview(&action_context(), &findings, |f| gate.may_fix(&p.entry.name, f)), None)
+        (
+            apply::preview(&action_context(), &findings, |f| {
+                gate.may_fix(&p.entry.name, f)
+            }),
+            None,
+        )
     } else {
         (apply::dry_run(&findings), None)
     };
     summary.duration_ms = started.elapsed().as_millis() as u64;
     let state = kv.lock().ok().map(|m| without_own_pids(m.clone()));
-    PluginOutcome { summary, findings, actions, recheck, state, log }
+    PluginOutcome {
+        summary,
+        findings,
+        actions,
+        recheck,
+        state,
+        log,
+    }
 }
 
 /// A reserved key of every plugin's key/value state, set by the host for the
@@ -137,7 +201,10 @@ pub(super) fn run_plugin(shared: &Shared<'_>, p: &Prepared, state: BTreeMap<Stri
 pub const OWN_PIDS_KEY: &str = "doctor:own-pids";
 
 fn with_own_pids(mut state: BTreeMap<String, String>, own: &[u32]) -> BTreeMap<String, String> {
-    state.insert(OWN_PIDS_KEY.to_string(), serde_json::to_string(own).unwrap_or_else(|_| "[]".into()));
+    state.insert(
+        OWN_PIDS_KEY.to_string(),
+        serde_json::to_string(own).unwrap_or_else(|_| "[]".into()),
+    );
     state
 }
 
@@ -152,7 +219,8 @@ const RESPAWN_SETTLE: std::time::Duration = std::time::Duration::from_millis(100
 
 fn stopped_something(actions: &[Vec<ActionResult>]) -> bool {
     actions.iter().flatten().any(|a| {
-        a.outcome == crate::plan::ActionOutcome::Applied && matches!(a.kind, "stop-process" | "signal-process" | "container-stop")
+        a.outcome == crate::plan::ActionOutcome::Applied
+            && matches!(a.kind, "stop-process" | "signal-process" | "container-stop")
     })
 }
 
@@ -161,7 +229,10 @@ fn stopped_something(actions: &[Vec<ActionResult>]) -> bool {
 /// the one it started from: take its text and evidence from the re-check.
 fn show_state_after_fix(findings: &mut [Finding], recheck: &[Finding]) {
     for f in findings.iter_mut().filter(|f| f.actions.is_empty()) {
-        if let Some(after) = recheck.iter().find(|r| r.key == f.key && r.actions.is_empty()) {
+        if let Some(after) = recheck
+            .iter()
+            .find(|r| r.key == f.key && r.actions.is_empty())
+        {
             f.message = after.message.clone();
             f.evidence = after.evidence.clone();
         }
@@ -169,6 +240,11 @@ fn show_state_after_fix(findings: &mut [Finding], recheck: &[Finding]) {
 }
 
 fn logs_text(caps: Option<&CapabilityContext>) -> String {
-    caps.map(|c| c.logs.iter().map(|l| format!("{}: {}\n", l.level, l.message)).collect()).unwrap_or_default()
+    caps.map(|c| {
+        c.logs
+            .iter()
+            .map(|l| format!("{}: {}\n", l.level, l.message))
+            .collect()
+    })
+    .unwrap_or_default()
 }
-

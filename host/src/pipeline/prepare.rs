@@ -3,9 +3,11 @@
 //! defaults it declares filled in.
 
 use super::{Fatal, Mode};
-use crate::capabilities::{CapabilityContext, EffectiveGrants, PluginRuntime, RunFacts, KNOWN_CAPABILITIES};
+use crate::capabilities::{
+    CapabilityContext, EffectiveGrants, PluginRuntime, RunFacts, KNOWN_CAPABILITIES,
+};
 use crate::catalog::Entry;
-use crate::policy::{FixMode, Policy, PluginPolicy};
+use crate::policy::{FixMode, PluginPolicy, Policy};
 use crate::runtime::{Limits, LoadedComponent, PluginFailure, PluginInfo};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,15 +26,28 @@ pub(super) struct Prepared {
 /// Load, describe, and check each plugin's config against what it declares.
 /// Plugins load side by side: compiling is the slow part, and N plugins
 /// that loop in `describe()` then cost one deadline, not N.
-pub(super) fn prepare(runtime: &PluginRuntime, policy: &Arc<Policy>, chosen: Vec<(Entry, PluginPolicy)>, mode: Mode) -> Result<Vec<Prepared>, Fatal> {
+pub(super) fn prepare(
+    runtime: &PluginRuntime,
+    policy: &Arc<Policy>,
+    chosen: Vec<(Entry, PluginPolicy)>,
+    mode: Mode,
+) -> Result<Vec<Prepared>, Fatal> {
     let limits = limits(policy);
     let facts = RunFacts::new(policy.clone());
     let loaded: Vec<_> = std::thread::scope(|scope| {
         let workers: Vec<_> = chosen
             .iter()
-            .map(|(entry, plugin_policy)| scope.spawn(|| load(runtime, entry, plugin_policy, policy, &facts, limits)))
+            .map(|(entry, plugin_policy)| {
+                scope.spawn(|| load(runtime, entry, plugin_policy, policy, &facts, limits))
+            })
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(Fatal::Usage("a plugin loader thread panicked".into())))).collect()
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(Fatal::Usage("a plugin loader thread panicked".into())))
+            })
+            .collect()
     });
     let mut out = Vec::new();
     for ((entry, plugin_policy), loaded) in chosen.into_iter().zip(loaded) {
@@ -47,13 +62,23 @@ pub(super) fn prepare(runtime: &PluginRuntime, policy: &Arc<Policy>, chosen: Vec
             Mode::Scheduled => plugin_policy.fix == FixMode::Auto,
         };
         let preview = mode == Mode::Fix { dry_run: true };
-        out.push(Prepared { entry, policy: plugin_policy, loaded, config_json, apply_fixes, preview });
+        out.push(Prepared {
+            entry,
+            policy: plugin_policy,
+            loaded,
+            config_json,
+            apply_fixes,
+            preview,
+        });
     }
     Ok(out)
 }
 
 pub(super) fn limits(policy: &Policy) -> Limits {
-    Limits { memory_bytes: policy.doctor.plugin_memory, timeout: policy.doctor.plugin_timeout }
+    Limits {
+        memory_bytes: policy.doctor.plugin_memory,
+        timeout: policy.doctor.plugin_timeout,
+    }
 }
 
 fn load(
@@ -66,14 +91,26 @@ fn load(
 ) -> Result<Result<(LoadedComponent, PluginInfo), PluginFailure>, Fatal> {
     let bytes = match entry.bytes() {
         Ok(b) => b,
-        Err(e) => return Ok(Err(PluginFailure::Load(format!("{}: {e}", entry.source.describe())))),
+        Err(e) => {
+            return Ok(Err(PluginFailure::Load(format!(
+                "{}: {e}",
+                entry.source.describe()
+            ))))
+        }
     };
     // The pin is checked on the bytes, before anything compiles them.
     let sha256 = crate::runtime::sha256_hex(&bytes);
     if let Some(pin) = &plugin_policy.sha256 {
         if !pin.eq_ignore_ascii_case(&sha256) {
             return Err(policy
-                .error_at_plugin(&entry.name, "sha256", format!("{} has sha256 {sha256}, the policy pins {pin}", entry.source.describe()))
+                .error_at_plugin(
+                    &entry.name,
+                    "sha256",
+                    format!(
+                        "{} has sha256 {sha256}, the policy pins {pin}",
+                        entry.source.describe()
+                    ),
+                )
                 .into());
         }
     }
@@ -81,60 +118,107 @@ fn load(
         Ok(l) => l,
         Err(e) => return Ok(Err(e)),
     };
-    let caps = context(&entry.name, EffectiveGrants::none(&entry.name), facts.clone(), Default::default());
+    let caps = context(
+        &entry.name,
+        EffectiveGrants::none(&entry.name),
+        facts.clone(),
+        Default::default(),
+    );
     let info = match runtime.describe(&loaded, caps, limits) {
         Ok(info) => info,
         Err(e) => return Ok(Err(e)),
     };
     if info.name != entry.name {
-        return Ok(Err(PluginFailure::InvalidOutput(format!("describe() says its name is {:?}, not {:?}", info.name, entry.name))));
+        return Ok(Err(PluginFailure::InvalidOutput(format!(
+            "describe() says its name is {:?}, not {:?}",
+            info.name, entry.name
+        ))));
     }
-    if let Some(unknown) = info.capabilities.iter().find(|c| !KNOWN_CAPABILITIES.contains(&c.as_str())) {
-        return Ok(Err(PluginFailure::InvalidOutput(format!("describe() requests unknown capability {unknown:?}"))));
+    if let Some(unknown) = info
+        .capabilities
+        .iter()
+        .find(|c| !KNOWN_CAPABILITIES.contains(&c.as_str()))
+    {
+        return Ok(Err(PluginFailure::InvalidOutput(format!(
+            "describe() requests unknown capability {unknown:?}"
+        ))));
     }
     Ok(Ok((loaded, info)))
 }
 
 /// The plugin's `config` table as JSON, defaults filled in from `describe()`;
 /// unknown and missing required keys are policy errors.
-fn config_json(policy: &Policy, name: &str, plugin: &PluginPolicy, info: &PluginInfo) -> Result<String, Fatal> {
+fn config_json(
+    policy: &Policy,
+    name: &str,
+    plugin: &PluginPolicy,
+    info: &PluginInfo,
+) -> Result<String, Fatal> {
     let table = &plugin.config_table();
     let declared: Vec<&str> = info.config.iter().map(|k| k.name.as_str()).collect();
     for key in table.keys() {
         if !declared.contains(&key.as_str()) {
             return Err(policy
-                .error_at_plugin(name, &format!("config.{key}"), format!("unknown config key (plugin {name} declares: {})", declared.join(", ")))
+                .error_at_plugin(
+                    name,
+                    &format!("config.{key}"),
+                    format!(
+                        "unknown config key (plugin {name} declares: {})",
+                        declared.join(", ")
+                    ),
+                )
                 .into());
         }
     }
     let mut json = serde_json::to_value(table).map_err(|e| Fatal::Internal(e.into()))?;
-    let object = json.as_object_mut().ok_or_else(|| Fatal::Usage("config must be a table".into()))?;
+    let object = json
+        .as_object_mut()
+        .ok_or_else(|| Fatal::Usage("config must be a table".into()))?;
     for key in &info.config {
         if object.contains_key(&key.name) {
             continue;
         }
         if key.default.is_empty() {
             return Err(policy
-                .error_at_plugin(name, "config", format!("missing required key `{}`: {}", key.name, key.description))
+                .error_at_plugin(
+                    name,
+                    "config",
+                    format!("missing required key `{}`: {}", key.name, key.description),
+                )
                 .into());
         }
-        let value = serde_json::from_str(&key.default).unwrap_or(serde_json::Value::String(key.default.clone()));
+        let value = serde_json::from_str(&key.default)
+            .unwrap_or(serde_json::Value::String(key.default.clone()));
         object.insert(key.name.clone(), value);
     }
     Ok(json.to_string())
 }
 
 /// `kv` is the plugin's state, shared by its check and its re-check.
-pub(super) fn context(plugin: &str, grants: EffectiveGrants, facts: Arc<RunFacts>, kv: Arc<Mutex<BTreeMap<String, String>>>) -> CapabilityContext {
+pub(super) fn context(
+    plugin: &str,
+    grants: EffectiveGrants,
+    facts: Arc<RunFacts>,
+    kv: Arc<Mutex<BTreeMap<String, String>>>,
+) -> CapabilityContext {
     CapabilityContext::new(plugin, grants, facts, kv)
 }
 
 /// `describe()` of one catalog entry, with no grants and default limits.
 pub fn describe_entry(runtime: &PluginRuntime, entry: &Entry) -> Result<PluginInfo, PluginFailure> {
-    let bytes = entry.bytes().map_err(|e| PluginFailure::Load(e.to_string()))?;
+    let bytes = entry
+        .bytes()
+        .map_err(|e| PluginFailure::Load(e.to_string()))?;
     let loaded = runtime.load(&bytes)?;
-    let policy = Arc::new(Policy::parse(std::path::Path::new("(none)"), "").map_err(|e| PluginFailure::Load(e.to_string()))?);
-    let caps = context(&entry.name, EffectiveGrants::none(&entry.name), RunFacts::new(policy.clone()), Default::default());
+    let policy = Arc::new(
+        Policy::parse(std::path::Path::new("(none)"), "")
+            .map_err(|e| PluginFailure::Load(e.to_string()))?,
+    );
+    let caps = context(
+        &entry.name,
+        EffectiveGrants::none(&entry.name),
+        RunFacts::new(policy.clone()),
+        Default::default(),
+    );
     runtime.describe(&loaded, caps, limits(&policy))
 }
-

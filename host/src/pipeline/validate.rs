@@ -23,15 +23,28 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
     let runtime = PluginRuntime::new(Some(cache_dir(&policy, Path::new(""))))?;
     let prepared = prepare(&runtime, &policy, selected, Mode::Check)?;
     if let Some(p) = prepared.iter().find(|p| p.loaded.is_err()) {
-        let why = p.loaded.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
-        return Err(policy.error_at_key(&format!("plugins.{}", p.entry.name), format!("plugin {why}")).into());
+        let why = p
+            .loaded
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        return Err(policy
+            .error_at_key(
+                &format!("plugins.{}", p.entry.name),
+                format!("plugin {why}"),
+            )
+            .into());
     }
     let config_warnings = check_configs_through_plugins(&runtime, &policy, &prepared)?;
     let mut warnings = host_wide_scopes(&policy);
     warnings.extend(config_warnings);
     warnings.extend(ungranted_requests(&policy, &prepared));
     for warning in warnings {
-        let _ = std::io::Write::write_fmt(&mut std::io::stderr().lock(), format_args!("doctor: warning: {warning}\n"));
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr().lock(),
+            format_args!("doctor: warning: {warning}\n"),
+        );
     }
     Ok(format!("{} plugin(s) configured", prepared.len()))
 }
@@ -43,14 +56,21 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
 /// `config:…` is the plugin's remark on a legal but weak config: returned
 /// as a warning. Anything else the check says is about the host, not the
 /// policy, and is not validate's business.
-fn check_configs_through_plugins(runtime: &PluginRuntime, policy: &Arc<Policy>, prepared: &[Prepared]) -> Result<Vec<String>, Fatal> {
+fn check_configs_through_plugins(
+    runtime: &PluginRuntime,
+    policy: &Arc<Policy>,
+    prepared: &[Prepared],
+) -> Result<Vec<String>, Fatal> {
     let mut warnings = Vec::new();
     let facts = RunFacts::new(policy.clone());
     for p in prepared {
-        let Ok((loaded, info)) = &p.loaded else { continue };
+        let Ok((loaded, info)) = &p.loaded else {
+            continue;
+        };
         let grants = EffectiveGrants::new(&p.entry.name, &info.capabilities, &p.policy.grants);
         let caps = context(&p.entry.name, grants, facts.clone(), Default::default());
-        let (result, _) = crate::findings::check(runtime, loaded, caps, &p.config_json, limits(policy));
+        let (result, _) =
+            crate::findings::check(runtime, loaded, caps, &p.config_json, limits(policy));
         match result {
             Err(PluginFailure::Returned(text)) => {
                 if let Some(why) = text.strip_prefix("invalid: config: ") {
@@ -60,10 +80,17 @@ fn check_configs_through_plugins(runtime: &PluginRuntime, policy: &Arc<Policy>, 
             Ok(findings) => {
                 for f in findings.iter().filter(|f| f.key.starts_with("config:")) {
                     // Placed at the key the plugin names (evidence `config_key`), else at its config.
-                    let key = f.evidence.iter().find(|(k, _)| k == "config_key").map(|(_, v)| format!("config.{v}"));
+                    let key = f
+                        .evidence
+                        .iter()
+                        .find(|(k, _)| k == "config_key")
+                        .map(|(_, v)| format!("config.{v}"));
                     let key = key.unwrap_or_else(|| "config".into());
                     let at = policy.error_at_plugin(&p.entry.name, &key, String::new());
-                    warnings.push(format!("{}:{}: plugins.{}.{key}: {}", at.file, at.line, p.entry.name, f.message));
+                    warnings.push(format!(
+                        "{}:{}: plugins.{}.{key}: {}",
+                        at.file, at.line, p.entry.name, f.message
+                    ));
                 }
             }
             Err(_) => {}
@@ -79,13 +106,26 @@ fn config_error(policy: &Policy, plugin: &str, why: &str) -> crate::policy::Poli
     let why = why.split(" at line ").next().unwrap_or(why).to_string();
     let mut error = policy.error_at_plugin(plugin, "config", why.clone());
     // serde names the value as `variant` or as string "text".
-    let quoted = why.split('`').nth(1).or_else(|| why.split('"').nth(1)).filter(|v| !v.is_empty());
+    let quoted = why
+        .split('`')
+        .nth(1)
+        .or_else(|| why.split('"').nth(1))
+        .filter(|v| !v.is_empty());
     if let Some(value) = quoted {
-        let hit = policy.source.lines().enumerate().skip(error.line.saturating_sub(1)).find(|(_, l)| {
-            l.split_once('=').is_some_and(|(_, v)| v.contains(&format!("\"{value}\"")) || v.trim() == value)
-        });
+        let hit = policy
+            .source
+            .lines()
+            .enumerate()
+            .skip(error.line.saturating_sub(1))
+            .find(|(_, l)| {
+                l.split_once('=')
+                    .is_some_and(|(_, v)| v.contains(&format!("\"{value}\"")) || v.trim() == value)
+            });
         if let Some((i, line)) = hit {
-            let key = line.split_once('=').map(|(k, _)| k.trim()).unwrap_or_default();
+            let key = line
+                .split_once('=')
+                .map(|(k, _)| k.trim())
+                .unwrap_or_default();
             error.line = i + 1;
             error.key = format!("plugins.{plugin}.config.{key}");
         }
@@ -99,7 +139,12 @@ fn ungranted_requests(policy: &Policy, prepared: &[Prepared]) -> Vec<String> {
     let mut out = Vec::new();
     for p in prepared {
         let Ok((_, info)) = &p.loaded else { continue };
-        let missing: Vec<&str> = info.capabilities.iter().map(String::as_str).filter(|c| !p.policy.grants.grants(c)).collect();
+        let missing: Vec<&str> = info
+            .capabilities
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !p.policy.grants.grants(c))
+            .collect();
         if !missing.is_empty() {
             let e = policy.error_at_key(&format!("plugins.{}", p.entry.name), String::new());
             out.push(format!(
@@ -122,7 +167,11 @@ pub fn host_wide_scopes(policy: &Policy) -> Vec<String> {
     let mut out = Vec::new();
     for (name, plugin) in &policy.plugins {
         let table = plugin.config_table();
-        collect_host_scopes(&toml::Value::Table(table), &format!("plugins.{name}.config"), &mut out);
+        collect_host_scopes(
+            &toml::Value::Table(table),
+            &format!("plugins.{name}.config"),
+            &mut out,
+        );
     }
     out.into_iter()
         .map(|key| {

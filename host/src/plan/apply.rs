@@ -19,15 +19,25 @@ pub struct Budget {
 
 impl Budget {
     pub fn new(limit: u32) -> Self {
-        Budget { remaining: AtomicU32::new(limit), limit, what: "per run (max_actions_per_run)".into() }
+        Budget {
+            remaining: AtomicU32::new(limit),
+            limit,
+            what: "per run (max_actions_per_run)".into(),
+        }
     }
 
     pub fn for_plugin(plugin: &str, limit: u32) -> Self {
-        Budget { remaining: AtomicU32::new(limit), limit, what: format!("for plugin {plugin} (plugins.{plugin}.max_actions)") }
+        Budget {
+            remaining: AtomicU32::new(limit),
+            limit,
+            what: format!("for plugin {plugin} (plugins.{plugin}.max_actions)"),
+        }
     }
 
     fn take(&self) -> bool {
-        self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+        self.remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     fn spent(&self) -> String {
@@ -67,18 +77,29 @@ pub trait Executor {
 
 /// The plan without executing it: every action `planned`.
 pub fn dry_run(findings: &[Finding]) -> Vec<Vec<ActionResult>> {
-    findings.iter().map(|f| f.actions.iter().map(ActionResult::planned).collect()).collect()
+    findings
+        .iter()
+        .map(|f| f.actions.iter().map(ActionResult::planned).collect())
+        .collect()
 }
 
 /// `fix --dry-run`: the plan as `fix` would meet it, without executing it.
 /// What the flap breaker or rate limit holds back is `skipped`, what a grant
 /// or guard forbids is `refused` (both with the reason), an action that
 /// needs a refused one is `skipped`; the rest stays `planned`.
-pub fn preview(ctx: &impl Executor, findings: &[Finding], may_fix: impl Fn(&Finding) -> Result<(), String>) -> Vec<Vec<ActionResult>> {
+pub fn preview(
+    ctx: &impl Executor,
+    findings: &[Finding],
+    may_fix: impl Fn(&Finding) -> Result<(), String>,
+) -> Vec<Vec<ActionResult>> {
     findings
         .iter()
         .map(|finding| {
-            let blocked = if finding.actions.is_empty() { Ok(()) } else { may_fix(finding) };
+            let blocked = if finding.actions.is_empty() {
+                Ok(())
+            } else {
+                may_fix(finding)
+            };
             let mut refused_before = false;
             finding
                 .actions
@@ -88,7 +109,10 @@ pub fn preview(ctx: &impl Executor, findings: &[Finding], may_fix: impl Fn(&Find
                     if let Err(why) = &blocked {
                         (result.outcome, result.detail) = (ActionOutcome::Skipped, why.clone());
                     } else if planned.needs_previous && refused_before {
-                        (result.outcome, result.detail) = (ActionOutcome::Skipped, "an earlier action of this finding did not succeed".into());
+                        (result.outcome, result.detail) = (
+                            ActionOutcome::Skipped,
+                            "an earlier action of this finding did not succeed".into(),
+                        );
                         refused_before = true;
                     } else if let Some(why) = ctx.refusal(&planned.action) {
                         (result.outcome, result.detail) = (ActionOutcome::Refused, why);
@@ -117,11 +141,24 @@ pub fn apply(
             let why = format!("not run: the journal could not record the intent first ({e:#})");
             return findings
                 .iter()
-                .map(|f| f.actions.iter().map(|p| ActionResult { outcome: ActionOutcome::Skipped, detail: why.clone(), ..ActionResult::planned(p) }).collect())
+                .map(|f| {
+                    f.actions
+                        .iter()
+                        .map(|p| ActionResult {
+                            outcome: ActionOutcome::Skipped,
+                            detail: why.clone(),
+                            ..ActionResult::planned(p)
+                        })
+                        .collect()
+                })
                 .collect();
         }
     };
-    findings.iter().zip(intents).map(|(f, ids)| apply_finding(ctx, f, budgets, &may_fix, ahead, &ids)).collect()
+    findings
+        .iter()
+        .zip(intents)
+        .map(|(f, ids)| apply_finding(ctx, f, budgets, &may_fix, ahead, &ids))
+        .collect()
 }
 
 fn apply_finding(
@@ -132,7 +169,11 @@ fn apply_finding(
     ahead: &dyn WriteAhead,
     intents: &[i64],
 ) -> Vec<ActionResult> {
-    let blocked = if finding.actions.is_empty() { Ok(()) } else { may_fix(finding) };
+    let blocked = if finding.actions.is_empty() {
+        Ok(())
+    } else {
+        may_fix(finding)
+    };
     let mut all_succeeded = true;
     finding
         .actions
@@ -173,7 +214,12 @@ fn test_failpoint_after_action() {
     use std::sync::atomic::AtomicU64;
     static LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     static DONE: AtomicU64 = AtomicU64::new(0);
-    let Some(limit) = *LIMIT.get_or_init(|| std::env::var("DOCTOR_TEST_KILL_AFTER_ACTIONS").ok()?.parse().ok()) else {
+    let Some(limit) = *LIMIT.get_or_init(|| {
+        std::env::var("DOCTOR_TEST_KILL_AFTER_ACTIONS")
+            .ok()?
+            .parse()
+            .ok()
+    }) else {
         return;
     };
     if DONE.fetch_add(1, Ordering::SeqCst) + 1 >= limit {
@@ -192,7 +238,10 @@ mod tests {
     fn context(dir: &std::path::Path) -> ActionContext {
         test_context(Grants {
             files_remove: vec![format!("{}/*", dir.display())],
-            signal: Some(SignalGrant { patterns: vec!["^true$".into()], uids: vec![] }),
+            signal: Some(SignalGrant {
+                patterns: vec!["^true$".into()],
+                uids: vec![],
+            }),
             ..Default::default()
         })
     }
@@ -240,10 +289,25 @@ mod tests {
         let dir = std::fs::canonicalize(dir.path()).unwrap();
         let file = dir.join("a");
         std::fs::write(&file, "").unwrap();
-        let f = finding(vec![(Action::RemoveFile { path: file.display().to_string() }, false)]);
-        let results = apply(&context(&dir), &[f], &[&Budget::new(10)], |_| Ok(()), &Unwritable);
+        let f = finding(vec![(
+            Action::RemoveFile {
+                path: file.display().to_string(),
+            },
+            false,
+        )]);
+        let results = apply(
+            &context(&dir),
+            &[f],
+            &[&Budget::new(10)],
+            |_| Ok(()),
+            &Unwritable,
+        );
         assert_eq!(results[0][0].outcome, ActionOutcome::Skipped);
-        assert!(results[0][0].detail.contains("could not record the intent"), "{}", results[0][0].detail);
+        assert!(
+            results[0][0].detail.contains("could not record the intent"),
+            "{}",
+            results[0][0].detail
+        );
         assert!(file.exists());
     }
 
@@ -254,13 +318,35 @@ mod tests {
         let (a, b) = (dir.join("a"), dir.join("b"));
         std::fs::write(&a, "").unwrap();
         let f = finding(vec![
-            (Action::RemoveFile { path: a.display().to_string() }, false),
-            (Action::RemoveFile { path: b.display().to_string() }, false),
+            (
+                Action::RemoveFile {
+                    path: a.display().to_string(),
+                },
+                false,
+            ),
+            (
+                Action::RemoveFile {
+                    path: b.display().to_string(),
+                },
+                false,
+            ),
         ]);
         let ahead = Recorded::default();
-        apply(&context(&dir), &[f], &[&Budget::new(10)], |_| Ok(()), &ahead);
+        apply(
+            &context(&dir),
+            &[f],
+            &[&Budget::new(10)],
+            |_| Ok(()),
+            &ahead,
+        );
         let log = ahead.0.lock().unwrap().clone();
-        assert_eq!(log, vec![(0, Some(ActionOutcome::Applied)), (1, Some(ActionOutcome::Skipped))]);
+        assert_eq!(
+            log,
+            vec![
+                (0, Some(ActionOutcome::Applied)),
+                (1, Some(ActionOutcome::Skipped))
+            ]
+        );
     }
 
     fn finding(actions: Vec<(Action, bool)>) -> Finding {
@@ -270,7 +356,14 @@ mod tests {
             subject: String::new(),
             message: String::new(),
             evidence: vec![],
-            actions: actions.into_iter().map(|(action, needs_previous)| PlannedAction { action, description: String::new(), needs_previous }).collect(),
+            actions: actions
+                .into_iter()
+                .map(|(action, needs_previous)| PlannedAction {
+                    action,
+                    description: String::new(),
+                    needs_previous,
+                })
+                .collect(),
         }
     }
 
@@ -284,12 +377,40 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         let f = finding(vec![
-            (Action::StopProcess { pid, start_time: 1, grace_ms: 100 }, false),
-            (Action::RemoveFile { path: file.display().to_string() }, true),
+            (
+                Action::StopProcess {
+                    pid,
+                    start_time: 1,
+                    grace_ms: 100,
+                },
+                false,
+            ),
+            (
+                Action::RemoveFile {
+                    path: file.display().to_string(),
+                },
+                true,
+            ),
         ]);
-        let results = apply(&context(&dir), &[f], &[&Budget::new(10)], |_| Ok(()), &Recorded::default());
-        assert_eq!(results[0][0].outcome, ActionOutcome::Skipped, "{:?}", results[0][0]);
-        assert_eq!(results[0][1].outcome, ActionOutcome::Applied, "{:?}", results[0][1]);
+        let results = apply(
+            &context(&dir),
+            &[f],
+            &[&Budget::new(10)],
+            |_| Ok(()),
+            &Recorded::default(),
+        );
+        assert_eq!(
+            results[0][0].outcome,
+            ActionOutcome::Skipped,
+            "{:?}",
+            results[0][0]
+        );
+        assert_eq!(
+            results[0][1].outcome,
+            ActionOutcome::Applied,
+            "{:?}",
+            results[0][1]
+        );
         assert!(!file.exists());
     }
 
@@ -301,13 +422,41 @@ mod tests {
         std::fs::write(&a, "").unwrap();
         std::fs::write(&b, "").unwrap();
         let f = finding(vec![
-            (Action::RemoveFile { path: "/etc/hostname".into() }, false),
-            (Action::RemoveFile { path: a.display().to_string() }, true),
-            (Action::RemoveFile { path: b.display().to_string() }, false),
+            (
+                Action::RemoveFile {
+                    path: "/etc/hostname".into(),
+                },
+                false,
+            ),
+            (
+                Action::RemoveFile {
+                    path: a.display().to_string(),
+                },
+                true,
+            ),
+            (
+                Action::RemoveFile {
+                    path: b.display().to_string(),
+                },
+                false,
+            ),
         ]);
-        let results = apply(&context(&dir), &[f], &[&Budget::new(10)], |_| Ok(()), &Recorded::default());
+        let results = apply(
+            &context(&dir),
+            &[f],
+            &[&Budget::new(10)],
+            |_| Ok(()),
+            &Recorded::default(),
+        );
         let outcomes: Vec<ActionOutcome> = results[0].iter().map(|r| r.outcome).collect();
-        assert_eq!(outcomes, [ActionOutcome::Refused, ActionOutcome::Skipped, ActionOutcome::Applied]);
+        assert_eq!(
+            outcomes,
+            [
+                ActionOutcome::Refused,
+                ActionOutcome::Skipped,
+                ActionOutcome::Applied
+            ]
+        );
         assert!(a.exists() && !b.exists());
         assert!(std::path::Path::new("/etc/hostname").exists());
     }
@@ -320,13 +469,45 @@ mod tests {
         for f in &files {
             std::fs::write(f, "").unwrap();
         }
-        let f = finding(files.iter().map(|f| (Action::RemoveFile { path: f.display().to_string() }, false)).collect());
+        let f = finding(
+            files
+                .iter()
+                .map(|f| {
+                    (
+                        Action::RemoveFile {
+                            path: f.display().to_string(),
+                        },
+                        false,
+                    )
+                })
+                .collect(),
+        );
         let (run, own) = (Budget::new(10), Budget::for_plugin("p", 2));
-        let results = apply(&context(&dir), &[f], &[&own, &run], |_| Ok(()), &Recorded::default());
+        let results = apply(
+            &context(&dir),
+            &[f],
+            &[&own, &run],
+            |_| Ok(()),
+            &Recorded::default(),
+        );
         let outcomes: Vec<ActionOutcome> = results[0].iter().map(|r| r.outcome).collect();
-        assert_eq!(outcomes, [ActionOutcome::Applied, ActionOutcome::Applied, ActionOutcome::Skipped]);
-        assert!(results[0][2].detail.contains("plugins.p.max_actions"), "{}", results[0][2].detail);
-        assert!(run.take(), "the run budget keeps what the plugin could not spend");
+        assert_eq!(
+            outcomes,
+            [
+                ActionOutcome::Applied,
+                ActionOutcome::Applied,
+                ActionOutcome::Skipped
+            ]
+        );
+        assert!(
+            results[0][2].detail.contains("plugins.p.max_actions"),
+            "{}",
+            results[0][2].detail
+        );
+        assert!(
+            run.take(),
+            "the run budget keeps what the plugin could not spend"
+        );
     }
 
     /// An executor that touches nothing: `plan` is testable without the
@@ -348,20 +529,57 @@ mod tests {
 
     #[test]
     fn a_failed_action_skips_only_the_ones_that_need_it() {
-        let wait = || Action::WaitPortFree { port: 1, deadline_ms: 1 };
+        let wait = || Action::WaitPortFree {
+            port: 1,
+            deadline_ms: 1,
+        };
         let f = finding(vec![(wait(), false), (wait(), true), (wait(), false)]);
-        let ctx = Scripted(vec![ActionOutcome::Failed, ActionOutcome::Applied], Default::default());
-        let results = apply(&ctx, &[f], &[&Budget::new(10)], |_| Ok(()), &Recorded::default());
+        let ctx = Scripted(
+            vec![ActionOutcome::Failed, ActionOutcome::Applied],
+            Default::default(),
+        );
+        let results = apply(
+            &ctx,
+            &[f],
+            &[&Budget::new(10)],
+            |_| Ok(()),
+            &Recorded::default(),
+        );
         let outcomes: Vec<ActionOutcome> = results[0].iter().map(|r| r.outcome).collect();
-        assert_eq!(outcomes, [ActionOutcome::Failed, ActionOutcome::Skipped, ActionOutcome::Applied]);
-        assert_eq!(results[0][2].detail, "step 2", "the skipped one never reached the executor");
+        assert_eq!(
+            outcomes,
+            [
+                ActionOutcome::Failed,
+                ActionOutcome::Skipped,
+                ActionOutcome::Applied
+            ]
+        );
+        assert_eq!(
+            results[0][2].detail, "step 2",
+            "the skipped one never reached the executor"
+        );
     }
 
     #[test]
     fn a_held_back_finding_runs_nothing() {
-        let f = finding(vec![(Action::WaitPortFree { port: 1, deadline_ms: 1 }, false)]);
+        let f = finding(vec![(
+            Action::WaitPortFree {
+                port: 1,
+                deadline_ms: 1,
+            },
+            false,
+        )]);
         let ctx = Scripted(vec![], Default::default());
-        let results = apply(&ctx, &[f], &[&Budget::new(10)], |_| Err("flap breaker open".into()), &Recorded::default());
-        assert_eq!((results[0][0].outcome, results[0][0].detail.as_str()), (ActionOutcome::Skipped, "flap breaker open"));
+        let results = apply(
+            &ctx,
+            &[f],
+            &[&Budget::new(10)],
+            |_| Err("flap breaker open".into()),
+            &Recorded::default(),
+        );
+        assert_eq!(
+            (results[0][0].outcome, results[0][0].detail.as_str()),
+            (ActionOutcome::Skipped, "flap breaker open")
+        );
     }
 }

@@ -61,7 +61,10 @@ impl FixGate {
                     "{} — flapping: fixed or tried {fixes} times in the last {window}; auto-fix is suspended. Find the cause, then `doctor journal reset-flap {plugin} {}` (or `doctor fix --override-flap-breaker` once)",
                     f.message, f.key
                 );
-                f.evidence.push(("flap_breaker".into(), format!("{fixes} fixes within {window}")));
+                f.evidence.push((
+                    "flap_breaker".into(),
+                    format!("{fixes} fixes within {window}"),
+                ));
             }
         }
     }
@@ -70,10 +73,16 @@ impl FixGate {
     pub fn may_fix(&self, plugin: &str, finding: &Finding) -> Result<(), String> {
         if let Some(fixes) = self.tripped(plugin, &finding.key) {
             if !self.override_breaker {
-                return Err(format!("flap breaker open: fixed or tried {fixes} times within {}", humantime::format_duration(self.window)));
+                return Err(format!(
+                    "flap breaker open: fixed or tried {fixes} times within {}",
+                    humantime::format_duration(self.window)
+                ));
             }
         }
-        let Some(last) = self.history(plugin, &finding.key).and_then(FixHistory::last_fix_ms) else {
+        let Some(last) = self
+            .history(plugin, &finding.key)
+            .and_then(FixHistory::last_fix_ms)
+        else {
             return Ok(());
         };
         let since = self.now_ms.saturating_sub(last);

@@ -79,11 +79,20 @@ pub struct Executed {
 
 impl Executed {
     pub fn new(outcome: ActionOutcome, detail: String) -> Self {
-        Executed { outcome, detail, before: None, after: None, goal_met: outcome == ActionOutcome::Applied }
+        Executed {
+            outcome,
+            detail,
+            before: None,
+            after: None,
+            goal_met: outcome == ActionOutcome::Applied,
+        }
     }
     /// Skipped because there was nothing left to do.
     pub fn already_done(detail: String) -> Self {
-        Executed { goal_met: true, ..Self::new(ActionOutcome::Skipped, detail) }
+        Executed {
+            goal_met: true,
+            ..Self::new(ActionOutcome::Skipped, detail)
+        }
     }
     pub fn applied(detail: String) -> Self {
         Self::new(ActionOutcome::Applied, detail)

@@ -12,7 +12,11 @@ pub fn line_of(source: &str, key: &str) -> usize {
     let mut start = 0;
     let lines: Vec<&str> = source.lines().collect();
     for part in parts {
-        let found = lines.iter().enumerate().skip(start).find(|(_, l)| mentions(l, part));
+        let found = lines
+            .iter()
+            .enumerate()
+            .skip(start)
+            .find(|(_, l)| mentions(l, part));
         if let Some((i, _)) = found {
             best = i + 1;
             start = i;
@@ -23,11 +27,15 @@ pub fn line_of(source: &str, key: &str) -> usize {
 
 fn mentions(line: &str, part: &str) -> bool {
     let code = line.split('#').next().unwrap_or("");
-    code.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-')).any(|w| w == part)
+    code.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
+        .any(|w| w == part)
 }
 
 pub fn toml_error(path: &Path, source: &str, e: &toml::de::Error) -> PolicyError {
-    let line = e.span().map(|s| source[..s.start.min(source.len())].lines().count().max(1)).unwrap_or(0);
+    let line = e
+        .span()
+        .map(|s| source[..s.start.min(source.len())].lines().count().max(1))
+        .unwrap_or(0);
     let line = match e.span() {
         // A span starting right after a newline belongs to the next line.
         Some(s) if source[..s.start.min(source.len())].ends_with('\n') => line + 1,
@@ -45,7 +53,10 @@ pub fn toml_error(path: &Path, source: &str, e: &toml::de::Error) -> PolicyError
 /// plus the key written on it (e.g. `plugins.x.every`).
 fn key_at(source: &str, e: &toml::de::Error) -> Option<String> {
     let span = e.span()?;
-    let line_start = source[..span.start.min(source.len())].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_start = source[..span.start.min(source.len())]
+        .rfind('\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
     let line = source[line_start..].lines().next()?;
     if let Some(header) = header_of(line) {
         return Some(header);
@@ -64,6 +75,9 @@ fn key_at(source: &str, e: &toml::de::Error) -> Option<String> {
 fn header_of(line: &str) -> Option<String> {
     let code = line.split('#').next()?.trim();
     let inner = code.strip_prefix('[')?.strip_suffix(']')?;
-    let inner = inner.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(inner);
+    let inner = inner
+        .strip_prefix('[')
+        .and_then(|i| i.strip_suffix(']'))
+        .unwrap_or(inner);
     Some(inner.trim().to_string())
 }

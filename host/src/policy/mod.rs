@@ -219,7 +219,10 @@ pub struct PluginPolicy {
 
 impl PluginPolicy {
     pub fn config_table(&self) -> toml::Table {
-        self.config.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default()
+        self.config
+            .as_ref()
+            .map(|c| c.get_ref().clone())
+            .unwrap_or_default()
     }
 }
 
@@ -314,15 +317,22 @@ fn parse_byte_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("invalid size {text:?}; write e.g. \"64MiB\""))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}; write e.g. \"64MiB\""))?;
     let factor = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
-        _ => return Err(format!("invalid size unit in {text:?}; use B, KiB, MiB or GiB")),
+        _ => {
+            return Err(format!(
+                "invalid size unit in {text:?}; use B, KiB, MiB or GiB"
+            ))
+        }
     };
-    n.checked_mul(factor).ok_or_else(|| format!("size {text:?} is too large (at most {} bytes)", u64::MAX))
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("size {text:?} is too large (at most {} bytes)", u64::MAX))
 }
 
 impl Policy {
@@ -337,7 +347,8 @@ impl Policy {
     }
 
     pub fn parse(path: &Path, source: &str) -> Result<Policy, PolicyError> {
-        let parsed: PolicyFile = toml::from_str(source).map_err(|e| toml_error(path, source, &e))?;
+        let parsed: PolicyFile =
+            toml::from_str(source).map_err(|e| toml_error(path, source, &e))?;
         let mut plugins = BTreeMap::new();
         for (name, plugin) in parsed.plugins {
             plugins.insert(name.into_inner(), plugin.into_inner());
@@ -367,7 +378,12 @@ impl Policy {
             duration("doctor.lock_wait", d.lock_wait, ZERO, HOUR),
             duration("doctor.plugin_timeout", d.plugin_timeout, MS, HOUR),
             size("doctor.plugin_memory", d.plugin_memory, MIB, 4 * GIB),
-            count("doctor.max_actions_per_run", d.max_actions_per_run, 0, 100_000),
+            count(
+                "doctor.max_actions_per_run",
+                d.max_actions_per_run,
+                0,
+                100_000,
+            ),
             count("doctor.flap_max_fixes", d.flap_max_fixes, 0, 100_000),
             duration("doctor.flap_window", d.flap_window, ZERO, YEAR),
             duration("doctor.fix_min_interval", d.fix_min_interval, ZERO, YEAR),
@@ -375,18 +391,39 @@ impl Policy {
             size("doctor.sql_result_max", d.sql_result_max, 1, GIB),
             count("doctor.kv_max_keys", d.kv_max_keys, 0, 1_000_000),
             size("doctor.kv_max_key_bytes", d.kv_max_key_bytes, 1, 64 * KIB),
-            size("doctor.kv_max_value_bytes", d.kv_max_value_bytes, 0, 64 * MIB),
+            size(
+                "doctor.kv_max_value_bytes",
+                d.kv_max_value_bytes,
+                0,
+                64 * MIB,
+            ),
             duration("doctor.action_wait_max", d.action_wait_max, ZERO, HOUR),
         ];
-        let engine = self.container_engine.iter().map(|e| duration("container_engine.timeout", e.timeout, MS, HOUR));
-        let commands = self.commands.iter().map(|(name, c)| duration(&format!("commands.{name}.timeout"), c.timeout, MS, DAY));
+        let engine = self
+            .container_engine
+            .iter()
+            .map(|e| duration("container_engine.timeout", e.timeout, MS, HOUR));
+        let commands = self
+            .commands
+            .iter()
+            .map(|(name, c)| duration(&format!("commands.{name}.timeout"), c.timeout, MS, DAY));
         let plugins = self.plugins.iter().flat_map(|(name, p)| {
             [
                 duration(&format!("plugins.{name}.every"), p.every, ZERO, YEAR),
-                count(&format!("plugins.{name}.max_actions"), p.max_actions, 0, 100_000),
+                count(
+                    &format!("plugins.{name}.max_actions"),
+                    p.max_actions,
+                    0,
+                    100_000,
+                ),
             ]
         });
-        for outcome in checks.into_iter().chain(engine).chain(commands).chain(plugins) {
+        for outcome in checks
+            .into_iter()
+            .chain(engine)
+            .chain(commands)
+            .chain(plugins)
+        {
             outcome.map_err(|(key, message)| self.error_at_key(&key, message))?;
         }
         Ok(())
@@ -397,38 +434,70 @@ impl Policy {
     fn check_references(&self) -> Result<(), PolicyError> {
         for (name, plugin) in &self.plugins {
             let g = &plugin.grants;
-            for (grant, labels) in [("grants.sqlite", &g.sqlite), ("grants.sqlite_write", &g.sqlite_write)] {
+            for (grant, labels) in [
+                ("grants.sqlite", &g.sqlite),
+                ("grants.sqlite_write", &g.sqlite_write),
+            ] {
                 if let Some(label) = labels.iter().find(|l| !self.databases.contains_key(*l)) {
-                    return Err(self.error_at_plugin(name, grant, format!("database {label:?} is not defined under [databases]")));
+                    return Err(self.error_at_plugin(
+                        name,
+                        grant,
+                        format!("database {label:?} is not defined under [databases]"),
+                    ));
                 }
             }
             for command in &g.commands {
                 if !self.commands.contains_key(command) {
-                    return Err(self.error_at_plugin(name, "grants.commands", format!("command {command:?} is not defined under [commands]")));
+                    return Err(self.error_at_plugin(
+                        name,
+                        "grants.commands",
+                        format!("command {command:?} is not defined under [commands]"),
+                    ));
                 }
             }
             if let Some(signal) = &g.signal {
                 for pattern in &signal.patterns {
                     regex::Regex::new(pattern).map_err(|e| {
-                        self.error_at_plugin(name, "grants.signal.match", format!("bad pattern {pattern:?}: {e}"))
+                        self.error_at_plugin(
+                            name,
+                            "grants.signal.match",
+                            format!("bad pattern {pattern:?}: {e}"),
+                        )
                     })?;
                 }
             }
             for endpoint in &g.probe {
-                check_probe_grant(endpoint).map_err(|m| self.error_at_plugin(name, "grants.probe", m))?;
+                check_probe_grant(endpoint)
+                    .map_err(|m| self.error_at_plugin(name, "grants.probe", m))?;
             }
             if g.containers && self.container_engine.is_none() {
-                return Err(self.error_at_plugin(name, "grants.containers", "needs a [container_engine] socket".into()));
+                return Err(self.error_at_plugin(
+                    name,
+                    "grants.containers",
+                    "needs a [container_engine] socket".into(),
+                ));
             }
-            for pattern in g.files.iter().chain(&g.files_remove).chain(&g.containers_write) {
+            for pattern in g
+                .files
+                .iter()
+                .chain(&g.files_remove)
+                .chain(&g.containers_write)
+            {
                 glob::Pattern::new(pattern).map_err(|e| {
-                    self.error_at_plugin(name, "grants", format!("bad glob pattern {pattern:?}: {e}"))
+                    self.error_at_plugin(
+                        name,
+                        "grants",
+                        format!("bad glob pattern {pattern:?}: {e}"),
+                    )
                 })?;
             }
         }
         for (name, command) in &self.commands {
             if command.argv.is_empty() {
-                return Err(self.error_at_key(&format!("commands.{name}.argv"), "argv must name a program".into()));
+                return Err(self.error_at_key(
+                    &format!("commands.{name}.argv"),
+                    "argv must name a program".into(),
+                ));
             }
         }
         Ok(())
@@ -458,13 +527,18 @@ impl Policy {
     }
 }
 
-
 /// `HOST:PORT` with a loopback HOST (IP literal or localhost) and a port or `*`.
 fn check_probe_grant(endpoint: &str) -> Result<(), String> {
-    let bad = || format!("{endpoint:?} is not HOST:PORT with a loopback host (127.0.0.1, [::1], localhost) and a port or *");
+    let bad = || {
+        format!("{endpoint:?} is not HOST:PORT with a loopback host (127.0.0.1, [::1], localhost) and a port or *")
+    };
     let (host, port) = endpoint.rsplit_once(':').ok_or_else(bad)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false);
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false);
     if !loopback || (port != "*" && port.parse::<u16>().is_err()) {
         return Err(bad());
     }
@@ -504,7 +578,10 @@ mod tests {
 
     #[test]
     fn probe_grants_must_be_loopback_endpoints() {
-        assert!(parse("[plugins.x]\ngrants.probe = [\"127.0.0.1:9403\", \"[::1]:*\", \"localhost:80\"]\n").is_ok());
+        assert!(parse(
+            "[plugins.x]\ngrants.probe = [\"127.0.0.1:9403\", \"[::1]:*\", \"localhost:80\"]\n"
+        )
+        .is_ok());
         let err = parse("[plugins.x]\ngrants.probe = [\"10.0.0.1:80\"]\n").unwrap_err();
         assert_eq!(err.key, "plugins.x.grants.probe");
         assert!(parse("[plugins.x]\ngrants.probe = [\"garbage\"]\n").is_err());
@@ -523,15 +600,27 @@ mod tests {
     #[test]
     fn numbers_out_of_range_name_key_line_and_allowed_range() {
         let err = parse("[doctor]\nlock_wait = \"1000000000000000000s\"\n").unwrap_err();
-        assert_eq!((err.line, err.key.as_str()), (2, "doctor.lock_wait"), "{err}");
+        assert_eq!(
+            (err.line, err.key.as_str()),
+            (2, "doctor.lock_wait"),
+            "{err}"
+        );
         assert!(err.message.contains("allowed: 0s to 1h"), "{err}");
         let err = parse("[doctor]\nplugin_memory = \"99999999999999GiB\"\n").unwrap_err();
         assert_eq!(err.key, "doctor.plugin_memory", "{err}");
         assert!(err.message.contains("too large"), "{err}");
         let err = parse("[doctor]\nplugin_memory = \"8GiB\"\n").unwrap_err();
-        assert!(err.message.contains("allowed: 1048576 to 4294967296 bytes"), "{err}");
-        let err = parse("[commands.x]\nargv = [\"true\"]\ntimeout = \"9999999999999s\"\n").unwrap_err();
-        assert_eq!((err.line, err.key.as_str()), (3, "commands.x.timeout"), "{err}");
+        assert!(
+            err.message.contains("allowed: 1048576 to 4294967296 bytes"),
+            "{err}"
+        );
+        let err =
+            parse("[commands.x]\nargv = [\"true\"]\ntimeout = \"9999999999999s\"\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_str()),
+            (3, "commands.x.timeout"),
+            "{err}"
+        );
         let err = parse("[plugins.x]\nevery = \"500y\"\n").unwrap_err();
         assert_eq!(err.key, "plugins.x.every", "{err}");
     }

@@ -17,21 +17,35 @@ pub type Checked = Result<(), (String, String)>;
 pub fn duration(key: &str, value: Duration, min: Duration, max: Duration) -> Checked {
     let shown = |d: Duration| humantime::format_duration(d).to_string();
     if value < min || value > max {
-        return Err((key.to_string(), format!("{} is out of range; allowed: {} to {}", shown(value), shown(min), shown(max))));
+        return Err((
+            key.to_string(),
+            format!(
+                "{} is out of range; allowed: {} to {}",
+                shown(value),
+                shown(min),
+                shown(max)
+            ),
+        ));
     }
     Ok(())
 }
 
 pub fn size(key: &str, value: u64, min: u64, max: u64) -> Checked {
     if value < min || value > max {
-        return Err((key.to_string(), format!("{value} bytes is out of range; allowed: {min} to {max} bytes")));
+        return Err((
+            key.to_string(),
+            format!("{value} bytes is out of range; allowed: {min} to {max} bytes"),
+        ));
     }
     Ok(())
 }
 
 pub fn count(key: &str, value: u32, min: u32, max: u32) -> Checked {
     if value < min || value > max {
-        return Err((key.to_string(), format!("{value} is out of range; allowed: {min} to {max}")));
+        return Err((
+            key.to_string(),
+            format!("{value} is out of range; allowed: {min} to {max}"),
+        ));
     }
     Ok(())
 }

@@ -11,11 +11,21 @@ impl RunReport {
     /// The report for people; `color`: with ANSI styles (the caller strips
     /// them where colour is not wanted). It ends with the run's duration.
     pub fn to_human(&self, color: bool) -> String {
-        let paint = |style: anstyle::Style, text: &str| if color { format!("{style}{text}{style:#}") } else { text.to_string() };
+        let paint = |style: anstyle::Style, text: &str| {
+            if color {
+                format!("{style}{text}{style:#}")
+            } else {
+                text.to_string()
+            }
+        };
         let mut out = String::new();
         let open = self.open_findings().count();
         if self.run_id == 0 {
-            let _ = writeln!(out, "doctor {}: no plugin is due; {open} open finding(s) from earlier runs, exit {}", self.mode, self.exit_code);
+            let _ = writeln!(
+                out,
+                "doctor {}: no plugin is due; {open} open finding(s) from earlier runs, exit {}",
+                self.mode, self.exit_code
+            );
         } else {
             let _ = writeln!(
                 out,
@@ -28,7 +38,10 @@ impl RunReport {
             );
         }
         for run in &self.interrupted_runs {
-            let _ = writeln!(out, "note: run {run} was interrupted before it finished (its journal entries are kept)");
+            let _ = writeln!(
+                out,
+                "note: run {run} was interrupted before it finished (its journal entries are kept)"
+            );
         }
         for a in &self.interrupted_actions {
             let _ = writeln!(
@@ -38,7 +51,13 @@ impl RunReport {
             );
         }
         for p in self.plugins.iter().filter(|p| p.error.is_some()) {
-            let _ = writeln!(out, "{} {}: {}", paint(style::ERROR, "ERROR   "), p.name, p.error.as_deref().unwrap_or_default());
+            let _ = writeln!(
+                out,
+                "{} {}: {}",
+                paint(style::ERROR, "ERROR   "),
+                p.name,
+                p.error.as_deref().unwrap_or_default()
+            );
         }
         for f in &self.findings {
             let severity = format!("{:<8}", f.severity.as_str().to_uppercase());
@@ -52,12 +71,29 @@ impl RunReport {
                 f.message
             );
             for a in &f.actions {
-                let detail = if a.detail.is_empty() { String::new() } else { format!(" — {}", a.detail) };
+                let detail = if a.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — {}", a.detail)
+                };
                 let outcome = format!("{} {}", arrow(a.outcome), a.outcome.as_str());
-                let _ = writeln!(out, "    {}: {}{}", paint(style::outcome(a.outcome), &outcome), a.description, detail);
+                let _ = writeln!(
+                    out,
+                    "    {}: {}{}",
+                    paint(style::outcome(a.outcome), &outcome),
+                    a.description,
+                    detail
+                );
             }
         }
-        let _ = writeln!(out, "{}", paint(style::DIM, &format!("finished in {}", seconds(self.duration_ms))));
+        let _ = writeln!(
+            out,
+            "{}",
+            paint(
+                style::DIM,
+                &format!("finished in {}", seconds(self.duration_ms))
+            )
+        );
         out
     }
 }

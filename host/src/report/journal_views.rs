@@ -14,12 +14,30 @@ pub fn journal_human(path: &Path, runs: &[RunRow], findings: &[FindingRow]) -> S
     let mut out = String::new();
     let _ = writeln!(out, "runs ({}):", path.display());
     for r in runs {
-        let code = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-        let _ = writeln!(out, "  #{:<5} {} {:<8} {:<12} exit {code}", r.id, when(r.started_at), r.mode, r.status);
+        let code = r
+            .exit_code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "  #{:<5} {} {:<8} {:<12} exit {code}",
+            r.id,
+            when(r.started_at),
+            r.mode,
+            r.status
+        );
     }
     let _ = writeln!(out, "findings:");
     for f in findings {
-        let _ = writeln!(out, "  {:<8} {:<11} {} {}: {}", f.severity.to_uppercase(), f.status, f.plugin, f.key, f.message);
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<11} {} {}: {}",
+            f.severity.to_uppercase(),
+            f.status,
+            f.plugin,
+            f.key,
+            f.message
+        );
     }
     out
 }
@@ -32,11 +50,30 @@ pub fn run_json(detail: &RunDetail) -> serde_json::Result<String> {
 pub fn run_human(detail: &RunDetail) -> String {
     let mut out = String::new();
     let r = &detail.run;
-    let code = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-    let _ = writeln!(out, "run #{} {} {} {} exit {code}", r.id, when(r.started_at), r.mode, r.status);
+    let code = r
+        .exit_code
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "run #{} {} {} {} exit {code}",
+        r.id,
+        when(r.started_at),
+        r.mode,
+        r.status
+    );
     for p in &detail.plugins {
-        let error = p["error"].as_str().map(|e| format!(" — {e}")).unwrap_or_default();
-        let _ = writeln!(out, "  plugin {} {} {} ms{error}", p["plugin"].as_str().unwrap_or(""), p["outcome"].as_str().unwrap_or(""), p["duration_ms"]);
+        let error = p["error"]
+            .as_str()
+            .map(|e| format!(" — {e}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  plugin {} {} {} ms{error}",
+            p["plugin"].as_str().unwrap_or(""),
+            p["outcome"].as_str().unwrap_or(""),
+            p["duration_ms"]
+        );
     }
     for o in &detail.observations {
         let _ = writeln!(
@@ -48,7 +85,11 @@ pub fn run_human(detail: &RunDetail) -> String {
             o["key"].as_str().unwrap_or(""),
             o["message"].as_str().unwrap_or("")
         );
-        for a in detail.actions.iter().filter(|a| a["plugin"] == o["plugin"] && a["finding_key"] == o["key"]) {
+        for a in detail
+            .actions
+            .iter()
+            .filter(|a| a["plugin"] == o["plugin"] && a["finding_key"] == o["key"])
+        {
             let _ = writeln!(
                 out,
                 "      {} {}: {} {}",

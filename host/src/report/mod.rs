@@ -36,8 +36,8 @@ mod prometheus;
 
 pub use human::for_stdout;
 
-use crate::journal::{Observed, FindingStatus};
 use crate::findings::Severity;
+use crate::journal::{FindingStatus, Observed};
 use crate::plan::ActionOutcome;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -152,7 +152,12 @@ impl RunReport {
                 actions: o
                     .actions
                     .into_iter()
-                    .map(|a| ActionOut { kind: a.kind.to_string(), description: a.description, outcome: a.outcome, detail: a.detail })
+                    .map(|a| ActionOut {
+                        kind: a.kind.to_string(),
+                        description: a.description,
+                        outcome: a.outcome,
+                        detail: a.detail,
+                    })
                     .collect(),
             });
         }
@@ -179,7 +184,8 @@ impl RunReport {
     pub fn finish(&mut self, duration_ms: u64) {
         self.duration_ms = duration_ms;
         self.plugins.sort_by(|a, b| a.name.cmp(&b.name));
-        self.findings.sort_by(|a, b| (b.severity, &a.plugin, &a.key).cmp(&(a.severity, &b.plugin, &b.key)));
+        self.findings
+            .sort_by(|a, b| (b.severity, &a.plugin, &a.key).cmp(&(a.severity, &b.plugin, &b.key)));
         self.exit_code = self.compute_exit_code();
     }
 
@@ -187,8 +193,16 @@ impl RunReport {
     /// fix; 3 when a plugin could not run; 1 for warnings; else 0.
     fn compute_exit_code(&self) -> i32 {
         let open = || self.open_findings();
-        let failed_fix = self.findings.iter().flat_map(|f| &f.actions).any(|a| matches!(a.outcome, ActionOutcome::Failed | ActionOutcome::Refused));
-        let outlived_fix = open().any(|f| f.actions.iter().any(|a| a.outcome != ActionOutcome::Planned));
+        let failed_fix = self
+            .findings
+            .iter()
+            .flat_map(|f| &f.actions)
+            .any(|a| matches!(a.outcome, ActionOutcome::Failed | ActionOutcome::Refused));
+        let outlived_fix = open().any(|f| {
+            f.actions
+                .iter()
+                .any(|a| a.outcome != ActionOutcome::Planned)
+        });
         if failed_fix || outlived_fix || open().any(|f| f.severity == Severity::Critical) {
             EXIT_CRITICAL
         } else if self.plugins.iter().any(|p| p.error.is_some()) {
@@ -217,7 +231,10 @@ pub fn seconds(ms: u64) -> String {
 /// Write `text` to `path` through a temp file and a rename, so a reader
 /// (node_exporter, systemd) never sees half a file.
 pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut tmp, text.as_bytes())?;
     tmp.as_file().sync_all()?;

@@ -14,7 +14,11 @@ impl RunReport {
         };
         let count = |s: Severity| self.open_findings().filter(|f| f.severity == s).count();
         let errors = self.plugins.iter().filter(|p| p.error.is_some()).count();
-        let worst = self.open_findings().find(|f| f.severity != Severity::Info).map(|f| format!("; {}: {}", f.plugin, f.message)).unwrap_or_default();
+        let worst = self
+            .open_findings()
+            .find(|f| f.severity != Severity::Info)
+            .map(|f| format!("; {}: {}", f.plugin, f.message))
+            .unwrap_or_default();
         format!(
             "DOCTOR {state} - {} critical, {} warning, {errors} plugin error(s){worst} | critical={};;;0 warning={};;;0 info={};;;0 plugin_errors={errors};;;0 duration={:.3}s",
             count(Severity::Critical),

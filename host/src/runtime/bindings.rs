@@ -61,9 +61,12 @@ impl Contract {
 /// The same value in another contract's types: the shapes are identical,
 /// so a serde round trip converts (old plugins only; the current contract
 /// needs no conversion).
-pub fn convert<A: serde::Serialize, B: serde::de::DeserializeOwned>(value: A) -> wasmtime::Result<B> {
+pub fn convert<A: serde::Serialize, B: serde::de::DeserializeOwned>(
+    value: A,
+) -> wasmtime::Result<B> {
     let json = serde_json::to_value(value).map_err(wasmtime::Error::msg)?;
-    serde_json::from_value(json).map_err(|e| wasmtime::Error::msg(format!("converting between contract versions: {e}")))
+    serde_json::from_value(json)
+        .map_err(|e| wasmtime::Error::msg(format!("converting between contract versions: {e}")))
 }
 
 #[cfg(test)]
@@ -72,9 +75,23 @@ mod tests {
 
     #[test]
     fn a_component_speaks_the_contract_it_imports() {
-        assert_eq!(Contract::of(&["doctor:plugin@0.1.0".into()]), Some(Contract::V0_1));
-        assert_eq!(Contract::of(&["doctor:plugin@0.2.0".into()]), Some(Contract::V0_2));
-        assert_eq!(Contract::of(&[]), Some(Contract::CURRENT), "no host call: any contract's shapes fit");
-        assert_eq!(Contract::of(&["doctor:plugin@9.0.0".into()]), None, "unknown: refused, never guessed");
+        assert_eq!(
+            Contract::of(&["doctor:plugin@0.1.0".into()]),
+            Some(Contract::V0_1)
+        );
+        assert_eq!(
+            Contract::of(&["doctor:plugin@0.2.0".into()]),
+            Some(Contract::V0_2)
+        );
+        assert_eq!(
+            Contract::of(&[]),
+            Some(Contract::CURRENT),
+            "no host call: any contract's shapes fit"
+        );
+        assert_eq!(
+            Contract::of(&["doctor:plugin@9.0.0".into()]),
+            None,
+            "unknown: refused, never guessed"
+        );
     }
 }

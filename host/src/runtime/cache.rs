@@ -56,7 +56,10 @@ pub fn load_or_compile(
         return Ok((compile(engine, bytes)?, CacheOutcome::Off));
     };
     if let Err(why) = prepare_dir(dir) {
-        tracing::warn!("component cache {} is not used: {why}; compiling in memory", dir.display());
+        tracing::warn!(
+            "component cache {} is not used: {why}; compiling in memory",
+            dir.display()
+        );
         return Ok((compile(engine, bytes)?, CacheOutcome::Untrusted));
     }
     let entry = entry_path(engine, dir, sha256);
@@ -74,7 +77,9 @@ pub fn load_or_compile(
 }
 
 fn compile(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
-    Component::new(engine, bytes).map_err(super::wasm_err).context("not a valid WebAssembly component")
+    Component::new(engine, bytes)
+        .map_err(super::wasm_err)
+        .context("not a valid WebAssembly component")
 }
 
 fn entry_path(engine: &Engine, dir: &Path, sha256: &str) -> PathBuf {
@@ -107,7 +112,10 @@ fn read_entry(engine: &Engine, root: &Path, path: &Path) -> Option<Component> {
     while let Some(p) = step {
         if let Err(why) = trusted(p) {
             if p.exists() {
-                tracing::warn!("component cache entry {} is not loaded: {why}; recompiling", path.display());
+                tracing::warn!(
+                    "component cache entry {} is not loaded: {why}; recompiling",
+                    path.display()
+                );
             }
             return None;
         }
@@ -115,7 +123,10 @@ fn read_entry(engine: &Engine, root: &Path, path: &Path) -> Option<Component> {
     }
     // Above the root: no one else may swap the root itself.
     if let Some(why) = root.parent().and_then(|above| ancestors_fixed(above).err()) {
-        tracing::warn!("component cache {} is not used: {why}; recompiling", root.display());
+        tracing::warn!(
+            "component cache {} is not used: {why}; recompiling",
+            root.display()
+        );
         return None;
     }
     let data = read_checked(path)?;
@@ -124,7 +135,10 @@ fn read_entry(engine: &Engine, root: &Path, path: &Path) -> Option<Component> {
     }
     let (body, sum) = data.split_at(data.len() - 32);
     if Sha256::digest(body).as_slice() != sum {
-        tracing::warn!("component cache entry {} is corrupt; recompiling", path.display());
+        tracing::warn!(
+            "component cache entry {} is corrupt; recompiling",
+            path.display()
+        );
         return None;
     }
     // SAFETY: the bytes are ours: written by `write_entry` from
@@ -152,11 +166,22 @@ fn ancestors_fixed(dir: &Path) -> Result<(), String> {
 fn read_checked(path: &Path) -> Option<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
     let meta = file.metadata().ok()?;
     let me = nix::unistd::geteuid().as_raw();
-    if !meta.is_file() || meta.nlink() != 1 || (meta.uid() != me && meta.uid() != 0) || meta.mode() & 0o022 != 0 {
-        tracing::warn!("component cache entry {} is not a private regular file; recompiling", path.display());
+    if !meta.is_file()
+        || meta.nlink() != 1
+        || (meta.uid() != me && meta.uid() != 0)
+        || meta.mode() & 0o022 != 0
+    {
+        tracing::warn!(
+            "component cache entry {} is not a private regular file; recompiling",
+            path.display()
+        );
         return None;
     }
     let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
@@ -173,7 +198,11 @@ fn write_entry(component: &Component, dir: &Path, path: &Path) -> anyhow::Result
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(&data)?;
     }
     std::fs::rename(&tmp, path)?;

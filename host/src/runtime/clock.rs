@@ -26,7 +26,9 @@ pub struct PluginClock {
 
 impl PluginClock {
     pub fn new() -> Self {
-        PluginClock { origin: Instant::now() }
+        PluginClock {
+            origin: Instant::now(),
+        }
     }
 
     fn now_nanos(&self) -> u64 {
@@ -54,7 +56,9 @@ impl Pollable for Sleep {
 }
 
 /// Replace `subscribe-duration` and `subscribe-instant` of the WASI clock.
-pub fn bound_sleeps<H: Send + 'static>(linker: &mut Linker<PluginState<H>>) -> wasmtime::Result<()> {
+pub fn bound_sleeps<H: Send + 'static>(
+    linker: &mut Linker<PluginState<H>>,
+) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let mut clock = linker.instance(MONOTONIC_CLOCK)?;
     clock.func_wrap("subscribe-duration", |mut store, (nanos,): (u64,)| {
@@ -71,7 +75,10 @@ pub fn bound_sleeps<H: Send + 'static>(linker: &mut Linker<PluginState<H>>) -> w
     Ok(())
 }
 
-fn sleep<H>(state: &mut PluginState<H>, asked: Duration) -> wasmtime::Result<Resource<DynPollable>> {
+fn sleep<H>(
+    state: &mut PluginState<H>,
+    asked: Duration,
+) -> wasmtime::Result<Resource<DynPollable>> {
     let left = state.deadline.saturating_duration_since(Instant::now()) + SLACK;
     let until = tokio::time::Instant::now() + asked.min(left);
     let sleep = state.table.push(Sleep(until))?;

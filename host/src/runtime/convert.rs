@@ -14,12 +14,21 @@ pub fn plugin_info(info: wit::PluginInfo) -> PluginInfo {
         name: truncate(&info.name, MAX_KEY),
         version: truncate(&info.version, MAX_KEY),
         summary: truncate(&info.summary, MAX_TEXT),
-        capabilities: info.capabilities.into_iter().take(MAX_DESCRIBE_ENTRIES).map(|c| truncate(&c, MAX_KEY)).collect(),
+        capabilities: info
+            .capabilities
+            .into_iter()
+            .take(MAX_DESCRIBE_ENTRIES)
+            .map(|c| truncate(&c, MAX_KEY))
+            .collect(),
         config: info
             .config
             .into_iter()
             .take(MAX_DESCRIBE_ENTRIES)
-            .map(|k| ConfigKey { name: truncate(&k.name, MAX_KEY), default: truncate(&k.default, MAX_TEXT), description: truncate(&k.description, MAX_TEXT) })
+            .map(|k| ConfigKey {
+                name: truncate(&k.name, MAX_KEY),
+                default: truncate(&k.default, MAX_TEXT),
+                description: truncate(&k.description, MAX_TEXT),
+            })
             .collect(),
     }
 }

@@ -23,7 +23,11 @@ pub struct Tripped {
 
 impl fmt::Display for Tripped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} growth to {} bytes in all would exceed the plugin's memory limit of {} bytes", self.what, self.wanted, self.budget)
+        write!(
+            f,
+            "{} growth to {} bytes in all would exceed the plugin's memory limit of {} bytes",
+            self.what, self.wanted, self.budget
+        )
     }
 }
 
@@ -37,7 +41,11 @@ pub struct InstanceBudget {
 
 impl InstanceBudget {
     pub fn new(budget: u64) -> Self {
-        InstanceBudget { budget, used: 0, tripped: None }
+        InstanceBudget {
+            budget,
+            used: 0,
+            tripped: None,
+        }
     }
 
     pub fn used(&self) -> u64 {
@@ -48,7 +56,11 @@ impl InstanceBudget {
     fn charge(&mut self, what: &'static str, delta: u64) -> bool {
         let wanted = self.used.saturating_add(delta);
         if wanted > self.budget {
-            self.tripped = Some(Tripped { what, wanted, budget: self.budget });
+            self.tripped = Some(Tripped {
+                what,
+                wanted,
+                budget: self.budget,
+            });
             return false;
         }
         self.used = wanted;
@@ -57,7 +69,12 @@ impl InstanceBudget {
 }
 
 impl wasmtime::ResourceLimiter for InstanceBudget {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let delta = desired.saturating_sub(current) as u64;
         if self.charge("memory", delta) {
             Ok(true)
@@ -68,7 +85,12 @@ impl wasmtime::ResourceLimiter for InstanceBudget {
         }
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let delta = (desired.saturating_sub(current) as u64).saturating_mul(TABLE_ELEMENT_BYTES);
         if self.charge("table", delta) {
             Ok(true)

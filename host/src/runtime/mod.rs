@@ -12,13 +12,13 @@ pub mod limits;
 pub use cache::{sha256_hex, CacheOutcome};
 
 use anyhow::Context as _;
+use limits::{InstanceBudget, Tripped};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
-use limits::{InstanceBudget, Tripped};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -126,7 +126,10 @@ impl<H> PluginState<H> {
 
 impl<H: Send + 'static> WasiView for PluginState<H> {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -135,14 +138,27 @@ impl<H: PluginHost> Runtime<H> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(wasm_err).context("creating the wasmtime engine")?;
+        let engine = Engine::new(&config)
+            .map_err(wasm_err)
+            .context("creating the wasmtime engine")?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wasm_err).context("linking WASI")?;
-        clock::bound_sleeps(&mut linker).map_err(wasm_err).context("bounding WASI sleeps")?;
-        H::link(&mut linker).map_err(wasm_err).context("linking the doctor imports")?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(wasm_err)
+            .context("linking WASI")?;
+        clock::bound_sleeps(&mut linker)
+            .map_err(wasm_err)
+            .context("bounding WASI sleeps")?;
+        H::link(&mut linker)
+            .map_err(wasm_err)
+            .context("linking the doctor imports")?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         start_epoch_ticker(&engine, ticker_stop.clone());
-        Ok(Runtime { engine, linker, cache_dir, ticker_stop })
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir,
+            ticker_stop,
+        })
     }
 
     /// Compile `bytes` (or load them from the cache) into a component.
@@ -152,15 +168,32 @@ impl<H: PluginHost> Runtime<H> {
 
     /// As [`Runtime::load`], for bytes whose sha256 the caller has already
     /// computed (and checked against a pin) before anything compiles them.
-    pub fn load_hashed(&self, bytes: &[u8], sha256: String) -> Result<LoadedComponent, PluginFailure> {
-        let (component, cache) = cache::load_or_compile(&self.engine, self.cache_dir.as_deref(), bytes, &sha256)
-            .map_err(|e| PluginFailure::Load(format!("{e:#}")))?;
+    pub fn load_hashed(
+        &self,
+        bytes: &[u8],
+        sha256: String,
+    ) -> Result<LoadedComponent, PluginFailure> {
+        let (component, cache) =
+            cache::load_or_compile(&self.engine, self.cache_dir.as_deref(), bytes, &sha256)
+                .map_err(|e| PluginFailure::Load(format!("{e:#}")))?;
         let imported = self.imported_packages(&component);
         let contract = bindings::Contract::of(&imported).ok_or_else(|| {
-            let known: Vec<&str> = bindings::Contract::ALL.iter().map(|c| c.package()).collect();
-            PluginFailure::Load(format!("built against {}, which this doctor does not link (it links {})", imported.join(", "), known.join(", ")))
+            let known: Vec<&str> = bindings::Contract::ALL
+                .iter()
+                .map(|c| c.package())
+                .collect();
+            PluginFailure::Load(format!(
+                "built against {}, which this doctor does not link (it links {})",
+                imported.join(", "),
+                known.join(", ")
+            ))
         })?;
-        Ok(LoadedComponent { component, sha256, cache, contract })
+        Ok(LoadedComponent {
+            component,
+            sha256,
+            cache,
+            contract,
+        })
     }
 
     /// The WIT packages (with version) whose interfaces the component
@@ -184,27 +217,61 @@ impl<H: PluginHost> Runtime<H> {
         packages
     }
 
-    pub fn describe(&self, loaded: &LoadedComponent, host: H, limits: Limits) -> Result<PluginInfo, PluginFailure> {
-        let (result, _) = self.call(&loaded.component, host, limits, |store, component, linker| match loaded.contract {
-            bindings::Contract::V0_2 => bindings::current::Plugin::instantiate(&mut *store, component, linker)?.call_describe(&mut *store),
-            bindings::Contract::V0_1 => bindings::convert(bindings::v0_1::Plugin::instantiate(&mut *store, component, linker)?.call_describe(&mut *store)?),
-        })?;
+    pub fn describe(
+        &self,
+        loaded: &LoadedComponent,
+        host: H,
+        limits: Limits,
+    ) -> Result<PluginInfo, PluginFailure> {
+        let (result, _) = self.call(
+            &loaded.component,
+            host,
+            limits,
+            |store, component, linker| match loaded.contract {
+                bindings::Contract::V0_2 => {
+                    bindings::current::Plugin::instantiate(&mut *store, component, linker)?
+                        .call_describe(&mut *store)
+                }
+                bindings::Contract::V0_1 => bindings::convert(
+                    bindings::v0_1::Plugin::instantiate(&mut *store, component, linker)?
+                        .call_describe(&mut *store)?,
+                ),
+            },
+        )?;
         Ok(convert::plugin_info(result?))
     }
 
     /// Run `check`; the host comes back with the plugin's logs and state.
     /// The report is as the plugin returned it, not yet bounded: callers go
     /// through `findings::check`, which bounds it into findings.
-    pub fn check_unbounded(&self, loaded: &LoadedComponent, host: H, config_json: &str, limits: Limits) -> (Result<PluginReport, PluginFailure>, Option<H>) {
-        let called = self.call(&loaded.component, host, limits, |store, component, linker| match loaded.contract {
-            bindings::Contract::V0_2 => bindings::current::Plugin::instantiate(&mut *store, component, linker)?.call_check(&mut *store, config_json),
-            bindings::Contract::V0_1 => {
-                bindings::convert(bindings::v0_1::Plugin::instantiate(&mut *store, component, linker)?.call_check(&mut *store, config_json)?)
-            }
-        });
+    pub fn check_unbounded(
+        &self,
+        loaded: &LoadedComponent,
+        host: H,
+        config_json: &str,
+        limits: Limits,
+    ) -> (Result<PluginReport, PluginFailure>, Option<H>) {
+        let called = self.call(
+            &loaded.component,
+            host,
+            limits,
+            |store, component, linker| match loaded.contract {
+                bindings::Contract::V0_2 => {
+                    bindings::current::Plugin::instantiate(&mut *store, component, linker)?
+                        .call_check(&mut *store, config_json)
+                }
+                bindings::Contract::V0_1 => bindings::convert(
+                    bindings::v0_1::Plugin::instantiate(&mut *store, component, linker)?
+                        .call_check(&mut *store, config_json)?,
+                ),
+            },
+        );
         match called {
             Ok((Ok(Ok(report)), host)) => (Ok(report), Some(host)),
-            Ok((Ok(Err(error)), host)) => (Err(PluginFailure::Returned(convert::error_text(&error))), Some(host)),
+            Ok((Ok(Err(error)), host)) => (
+                Err(PluginFailure::Returned(convert::error_text(&error))),
+                Some(host),
+            ),
             Ok((Err(failure), host)) => (Err(failure), Some(host)),
             Err(failure) => (Err(failure), None),
         }
@@ -217,7 +284,11 @@ impl<H: PluginHost> Runtime<H> {
         component: &Component,
         host: H,
         limits: Limits,
-        f: impl FnOnce(&mut Store<PluginState<H>>, &Component, &Linker<PluginState<H>>) -> wasmtime::Result<R>,
+        f: impl FnOnce(
+            &mut Store<PluginState<H>>,
+            &Component,
+            &Linker<PluginState<H>>,
+        ) -> wasmtime::Result<R>,
     ) -> Result<(Result<R, PluginFailure>, H), PluginFailure> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let plugin_clock = clock::PluginClock::new();
@@ -231,7 +302,14 @@ impl<H: PluginHost> Runtime<H> {
         let deadline = Instant::now() + limits.timeout;
         let mut host = host;
         host.set_deadline(deadline);
-        let state = PluginState { wasi, table: ResourceTable::new(), limits: InstanceBudget::new(limits.memory_bytes), host, clock: plugin_clock, deadline };
+        let state = PluginState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: InstanceBudget::new(limits.memory_bytes),
+            host,
+            clock: plugin_clock,
+            deadline,
+        };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(deadline_ticks(limits.timeout));
@@ -253,25 +331,41 @@ fn deadline_ticks(timeout: Duration) -> u64 {
     (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
 }
 
-fn failure_of(e: wasmtime::Error, limits: Limits, tripped: Option<Tripped>, stderr: &MemoryOutputPipe) -> PluginFailure {
+fn failure_of(
+    e: wasmtime::Error,
+    limits: Limits,
+    tripped: Option<Tripped>,
+    stderr: &MemoryOutputPipe,
+) -> PluginFailure {
     if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
         return PluginFailure::Timeout(limits.timeout);
     }
     if let Some(tripped) = tripped {
         return PluginFailure::Memory(tripped);
     }
-    let said = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
+    let said = String::from_utf8_lossy(&stderr.contents())
+        .trim()
+        .to_string();
     // The first line of a trap's error is a backtrace header; the trap kind is what says why.
     let first_line = match e.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => trap.to_string(),
         // A host call's own error (a replay miss, say): its message, not the
         // backtrace wasmtime wraps around it.
-        None => e.root_cause().to_string().lines().next().unwrap_or_default().to_string(),
+        None => e
+            .root_cause()
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
     };
     if said.is_empty() {
         PluginFailure::Trap(first_line)
     } else {
-        PluginFailure::Trap(format!("{first_line}; stderr: {}", crate::text::truncate(&said, 2048)))
+        PluginFailure::Trap(format!(
+            "{first_line}; stderr: {}",
+            crate::text::truncate(&said, 2048)
+        ))
     }
 }
 
@@ -329,6 +423,10 @@ mod tests {
             assert!(settle(&|n| n > before) > before, "the ticker runs");
             drop(runtime);
         }
-        assert_eq!(settle(&|n| n == before), before, "every ticker ended with its runtime");
+        assert_eq!(
+            settle(&|n| n == before),
+            before,
+            "every ticker ended with its runtime"
+        );
     }
 }

@@ -19,7 +19,8 @@ impl Update {
     /// `column = ?N`.
     pub fn set(&mut self, column: &str, value: SqlValue) -> &mut Self {
         self.params.push(value);
-        self.sets.push(format!("{} = ?{}", ident(column), self.params.len()));
+        self.sets
+            .push(format!("{} = ?{}", ident(column), self.params.len()));
         self
     }
 
@@ -55,7 +56,9 @@ impl Update {
     /// `what IN (?N, ...)`: a batch of keys.
     pub fn one_of(&mut self, what: String, values: Vec<SqlValue>) -> &mut Self {
         let first = self.params.len() + 1;
-        let marks: Vec<String> = (first..first + values.len()).map(|i| format!("?{i}")).collect();
+        let marks: Vec<String> = (first..first + values.len())
+            .map(|i| format!("?{i}"))
+            .collect();
         self.params.extend(values);
         self.conds.push(format!("{what} IN ({})", marks.join(", ")));
         self
@@ -63,7 +66,15 @@ impl Update {
 
     /// The statement on `table` and its parameters.
     pub fn build(self, table: &str) -> (String, Vec<SqlValue>) {
-        (format!("UPDATE {} SET {} WHERE {}", ident(table), self.sets.join(", "), self.conds.join(" AND ")), self.params)
+        (
+            format!(
+                "UPDATE {} SET {} WHERE {}",
+                ident(table),
+                self.sets.join(", "),
+                self.conds.join(" AND ")
+            ),
+            self.params,
+        )
     }
 }
 
@@ -75,7 +86,9 @@ pub const MAX_BATCHES: usize = 64;
 /// Rows `(worker, key)` grouped for batched writes: per worker (as read,
 /// NULL included), at most [`BATCH`] keys each, in the order first seen, so
 /// each batch's `worker IS ?` guard covers every row in it.
-pub fn batches<'a>(rows: impl Iterator<Item = (&'a SqlValue, &'a SqlValue)>) -> Vec<(SqlValue, Vec<SqlValue>)> {
+pub fn batches<'a>(
+    rows: impl Iterator<Item = (&'a SqlValue, &'a SqlValue)>,
+) -> Vec<(SqlValue, Vec<SqlValue>)> {
     let mut out: Vec<(SqlValue, Vec<SqlValue>)> = Vec::new();
     let mut open: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for (worker, key) in rows {
@@ -95,10 +108,22 @@ pub fn batches<'a>(rows: impl Iterator<Item = (&'a SqlValue, &'a SqlValue)>) -> 
 /// `f`: `write` makes each batch's UPDATE and its description, which may
 /// change at most that many rows. Batches beyond [`MAX_BATCHES`] are said
 /// to wait for the next run.
-pub fn batched_writes<'a>(mut f: Finding, db: &str, table: &str, rows: impl Iterator<Item = (&'a SqlValue, &'a SqlValue)>, write: impl Fn(SqlValue, Vec<SqlValue>) -> (Update, String)) -> Finding {
+pub fn batched_writes<'a>(
+    mut f: Finding,
+    db: &str,
+    table: &str,
+    rows: impl Iterator<Item = (&'a SqlValue, &'a SqlValue)>,
+    write: impl Fn(SqlValue, Vec<SqlValue>) -> (Update, String),
+) -> Finding {
     let batches = batches(rows);
     if batches.len() > MAX_BATCHES {
-        f = f.evidence("deferred", format!("{} batch(es) wait for the next run", batches.len() - MAX_BATCHES));
+        f = f.evidence(
+            "deferred",
+            format!(
+                "{} batch(es) wait for the next run",
+                batches.len() - MAX_BATCHES
+            ),
+        );
     }
     for (worker, keys) in batches.into_iter().take(MAX_BATCHES) {
         let n = keys.len() as u32;
@@ -116,8 +141,14 @@ mod tests {
     #[test]
     fn parameters_are_numbered_in_the_order_they_are_bound() {
         let mut u = Update::default();
-        u.set("status", SqlValue::Text("pending".into())).set_sql("\"worker\" = NULL".into());
-        u.equals(ident("id"), SqlValue::Integer(7)).unchanged(ident("worker"), SqlValue::Null).one_of(ident("id"), vec![SqlValue::Integer(1), SqlValue::Integer(2)]);
+        u.set("status", SqlValue::Text("pending".into()))
+            .set_sql("\"worker\" = NULL".into());
+        u.equals(ident("id"), SqlValue::Integer(7))
+            .unchanged(ident("worker"), SqlValue::Null)
+            .one_of(
+                ident("id"),
+                vec![SqlValue::Integer(1), SqlValue::Integer(2)],
+            );
         let (sql, params) = u.build("chunks");
         assert_eq!(sql, "UPDATE \"chunks\" SET \"status\" = ?1, \"worker\" = NULL WHERE \"id\" = ?2 AND \"worker\" IS ?3 AND \"id\" IN (?4, ?5)");
         assert_eq!(params.len(), 5);
@@ -127,23 +158,44 @@ mod tests {
     fn batches_group_by_worker_and_split_at_the_batch_size() {
         let (a, b) = (SqlValue::Text("a".into()), SqlValue::Null);
         let keys: Vec<SqlValue> = (0..BATCH as i64 + 2).map(SqlValue::Integer).collect();
-        let rows: Vec<(&SqlValue, &SqlValue)> = keys.iter().enumerate().map(|(i, k)| (if i % 2 == 0 { &a } else { &b }, k)).collect();
+        let rows: Vec<(&SqlValue, &SqlValue)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (if i % 2 == 0 { &a } else { &b }, k))
+            .collect();
         let out = batches(rows.into_iter());
-        assert_eq!(out.iter().map(|(_, ids)| ids.len()).collect::<Vec<_>>(), [251, 251]);
+        assert_eq!(
+            out.iter().map(|(_, ids)| ids.len()).collect::<Vec<_>>(),
+            [251, 251]
+        );
         let many: Vec<(&SqlValue, &SqlValue)> = keys.iter().map(|k| (&a, k)).collect();
-        assert_eq!(batches(many.into_iter()).iter().map(|(_, ids)| ids.len()).collect::<Vec<_>>(), [BATCH, 2]);
+        assert_eq!(
+            batches(many.into_iter())
+                .iter()
+                .map(|(_, ids)| ids.len())
+                .collect::<Vec<_>>(),
+            [BATCH, 2]
+        );
     }
 
     #[test]
     fn batches_beyond_the_action_limit_wait() {
         let a = SqlValue::Text("a".into());
-        let keys: Vec<SqlValue> = (0..(BATCH * (MAX_BATCHES + 1)) as i64).map(SqlValue::Integer).collect();
+        let keys: Vec<SqlValue> = (0..(BATCH * (MAX_BATCHES + 1)) as i64)
+            .map(SqlValue::Integer)
+            .collect();
         let write = |w: SqlValue, ids: Vec<SqlValue>| {
             let mut u = Update::default();
             u.unchanged(ident("w"), w).one_of(ident("id"), ids);
             (u, "reset".to_string())
         };
-        let f = batched_writes(Finding::critical("k", "s", "m"), "main", "t", keys.iter().map(|k| (&a, k)), write);
+        let f = batched_writes(
+            Finding::critical("k", "s", "m"),
+            "main",
+            "t",
+            keys.iter().map(|k| (&a, k)),
+            write,
+        );
         assert_eq!(f.action_count(), MAX_BATCHES);
     }
 }

@@ -22,7 +22,11 @@ pub struct Clock {
 
 impl Clock {
     pub fn now(unit: TimeUnit, skew_ms: u64) -> Clock {
-        Clock { unit, now_ms: i64::try_from(host::now_unix_ms()).unwrap_or(i64::MAX), skew_ms: i64::try_from(skew_ms).unwrap_or(i64::MAX) }
+        Clock {
+            unit,
+            now_ms: i64::try_from(host::now_unix_ms()).unwrap_or(i64::MAX),
+            skew_ms: i64::try_from(skew_ms).unwrap_or(i64::MAX),
+        }
     }
 
     /// A time a judgement may rely on: readable, and not in the future.
@@ -31,13 +35,22 @@ impl Clock {
     }
 
     /// The row's heartbeat (`column` None: the table keeps none), against `timeout_ms`.
-    pub fn heartbeat(&self, column: Option<&str>, value: &SqlValue, timeout_ms: Option<u64>) -> Heartbeat {
+    pub fn heartbeat(
+        &self,
+        column: Option<&str>,
+        value: &SqlValue,
+        timeout_ms: Option<u64>,
+    ) -> Heartbeat {
         match column.map(|_| self.read(value)) {
             None => Heartbeat::NotKept,
             Some(Err(trouble)) => Heartbeat::Unusable(trouble),
             Some(Ok(stamp)) => {
                 let age = self.now_ms.saturating_sub(stamp.unix_ms);
-                Heartbeat::Read { stale: timeout_ms.map(|limit| age > i64::try_from(limit).unwrap_or(i64::MAX)), age, stamp }
+                Heartbeat::Read {
+                    stale: timeout_ms.map(|limit| age > i64::try_from(limit).unwrap_or(i64::MAX)),
+                    age,
+                    stamp,
+                }
             }
         }
     }
@@ -50,12 +63,22 @@ pub enum Heartbeat {
     /// Unreadable, or ahead of this host's clock: a finding of its own.
     Unusable(TimeTrouble),
     /// Read: its age, and whether that is beyond `heartbeat_timeout` (None: no timeout to judge it by).
-    Read { stamp: Stamp, age: i64, stale: Option<bool> },
+    Read {
+        stamp: Stamp,
+        age: i64,
+        stale: Option<bool>,
+    },
 }
 
 impl Heartbeat {
     pub fn is_stale(&self) -> bool {
-        matches!(self, Heartbeat::Read { stale: Some(true), .. })
+        matches!(
+            self,
+            Heartbeat::Read {
+                stale: Some(true),
+                ..
+            }
+        )
     }
 
     pub fn read_as(&self) -> Option<&str> {
@@ -77,8 +100,23 @@ pub struct RowName {
 
 impl RowName {
     /// A time of this row that cannot be used (unreadable, or in the future).
-    pub fn time_finding(&self, which: TimeColumn, column: Option<&str>, value: &SqlValue, trouble: &TimeTrouble, consequence: &str) -> Finding {
-        let f = time_finding(&self.key, &self.subject, which, column.unwrap_or_default(), value, trouble, consequence);
+    pub fn time_finding(
+        &self,
+        which: TimeColumn,
+        column: Option<&str>,
+        value: &SqlValue,
+        trouble: &TimeTrouble,
+        consequence: &str,
+    ) -> Finding {
+        let f = time_finding(
+            &self.key,
+            &self.subject,
+            which,
+            column.unwrap_or_default(),
+            value,
+            trouble,
+            consequence,
+        );
         match &self.worker {
             Some(worker) => f.evidence("worker", worker),
             None => f,
@@ -87,9 +125,21 @@ impl RowName {
 
     /// The claim time as proof of a reused pid (see [`claim_time`]); one in
     /// the future withdraws that proof and is a finding, pushed to `findings`.
-    pub fn claimed_ms(&self, clock: &Clock, column: Option<&str>, value: &SqlValue, findings: &mut Vec<Finding>) -> Option<i64> {
+    pub fn claimed_ms(
+        &self,
+        clock: &Clock,
+        column: Option<&str>,
+        value: &SqlValue,
+        findings: &mut Vec<Finding>,
+    ) -> Option<i64> {
         claim_time(&clock.read(value)).unwrap_or_else(|trouble| {
-            findings.push(self.time_finding(TimeColumn::Claimed, column, value, trouble, "a reused pid cannot be told by it"));
+            findings.push(self.time_finding(
+                TimeColumn::Claimed,
+                column,
+                value,
+                trouble,
+                "a reused pid cannot be told by it",
+            ));
             None
         })
     }
@@ -99,7 +149,8 @@ impl RowName {
 /// verdict (and one finding) per id, whose write then trips `max-rows`.
 pub fn distinct(rows: &[Vec<SqlValue>]) -> impl Iterator<Item = &Vec<SqlValue>> {
     let mut seen = std::collections::BTreeSet::new();
-    rows.iter().filter(move |row| row.first().is_some_and(|key| seen.insert(shown(key))))
+    rows.iter()
+        .filter(move |row| row.first().is_some_and(|key| seen.insert(shown(key))))
 }
 
 /// May a live worker that an orphaned row names be stopped? Only when the
@@ -120,37 +171,96 @@ mod tests {
     const NOW: i64 = 1_800_000_000_000;
 
     fn clock() -> Clock {
-        Clock { unit: TimeUnit::Auto, now_ms: NOW, skew_ms: 120_000 }
+        Clock {
+            unit: TimeUnit::Auto,
+            now_ms: NOW,
+            skew_ms: 120_000,
+        }
     }
 
     #[test]
     fn a_heartbeat_is_judged_only_when_kept_readable_and_timed() {
         let at = |secs_ago: i64| SqlValue::Integer(NOW / 1000 - secs_ago);
-        assert!(matches!(clock().heartbeat(None, &at(10), Some(1000)), Heartbeat::NotKept));
-        assert!(matches!(clock().heartbeat(Some("hb"), &SqlValue::Null, Some(1000)), Heartbeat::Unusable(TimeTrouble::Unreadable(_))));
-        assert!(matches!(clock().heartbeat(Some("hb"), &at(-3600), Some(1000)), Heartbeat::Unusable(TimeTrouble::Future(..))));
-        assert!(clock().heartbeat(Some("hb"), &at(10), Some(1000)).is_stale());
-        assert!(!clock().heartbeat(Some("hb"), &at(10), Some(60_000)).is_stale());
+        assert!(matches!(
+            clock().heartbeat(None, &at(10), Some(1000)),
+            Heartbeat::NotKept
+        ));
+        assert!(matches!(
+            clock().heartbeat(Some("hb"), &SqlValue::Null, Some(1000)),
+            Heartbeat::Unusable(TimeTrouble::Unreadable(_))
+        ));
+        assert!(matches!(
+            clock().heartbeat(Some("hb"), &at(-3600), Some(1000)),
+            Heartbeat::Unusable(TimeTrouble::Future(..))
+        ));
+        assert!(clock()
+            .heartbeat(Some("hb"), &at(10), Some(1000))
+            .is_stale());
+        assert!(!clock()
+            .heartbeat(Some("hb"), &at(10), Some(60_000))
+            .is_stale());
         let untimed = clock().heartbeat(Some("hb"), &at(10), None);
-        assert!(matches!(untimed, Heartbeat::Read { age: 10_000, stale: None, .. }) && !untimed.is_stale() && untimed.read_as().is_some());
+        assert!(
+            matches!(
+                untimed,
+                Heartbeat::Read {
+                    age: 10_000,
+                    stale: None,
+                    ..
+                }
+            ) && !untimed.is_stale()
+                && untimed.read_as().is_some()
+        );
     }
 
     #[test]
     fn a_claim_time_ahead_of_the_clock_is_a_finding_and_no_proof() {
-        let name = RowName { key: "job:7".into(), subject: "jobs job 7".into(), worker: Some("42".into()) };
+        let name = RowName {
+            key: "job:7".into(),
+            subject: "jobs job 7".into(),
+            worker: Some("42".into()),
+        };
         let mut findings = Vec::new();
-        assert_eq!(name.claimed_ms(&clock(), Some("claimed_at"), &SqlValue::Integer(1_700_000_000), &mut findings), Some(1_700_000_000_000));
-        assert_eq!(name.claimed_ms(&clock(), None, &SqlValue::Null, &mut findings), None);
-        assert!(findings.is_empty(), "an unreadable claim time only withdraws the proof");
-        assert_eq!(name.claimed_ms(&clock(), Some("claimed_at"), &SqlValue::Integer(1_900_000_000), &mut findings), None);
-        assert_eq!(findings.iter().map(|f| f.key()).collect::<Vec<_>>(), ["job:7:claimed-future"]);
+        assert_eq!(
+            name.claimed_ms(
+                &clock(),
+                Some("claimed_at"),
+                &SqlValue::Integer(1_700_000_000),
+                &mut findings
+            ),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            name.claimed_ms(&clock(), None, &SqlValue::Null, &mut findings),
+            None
+        );
+        assert!(
+            findings.is_empty(),
+            "an unreadable claim time only withdraws the proof"
+        );
+        assert_eq!(
+            name.claimed_ms(
+                &clock(),
+                Some("claimed_at"),
+                &SqlValue::Integer(1_900_000_000),
+                &mut findings
+            ),
+            None
+        );
+        assert_eq!(
+            findings.iter().map(|f| f.key()).collect::<Vec<_>>(),
+            ["job:7:claimed-future"]
+        );
     }
 
     #[test]
     fn each_key_is_judged_once() {
         let row = |k: i64| vec![SqlValue::Integer(k), SqlValue::Null];
         let rows = [row(1), row(2), row(1), row(3)];
-        assert_eq!(distinct(&rows).map(|r| shown(&r[0])).collect::<Vec<_>>(), ["1", "2", "3"]);
+        assert_eq!(
+            distinct(&rows).map(|r| shown(&r[0])).collect::<Vec<_>>(),
+            ["1", "2", "3"]
+        );
     }
 
     #[test]
@@ -161,7 +271,10 @@ mod tests {
         let host: doctor_sdk::scope::Scope = serde_json::from_str("\"host\"").unwrap();
         let host = host.compile("scope").unwrap();
         assert!(may_stop(true, &unscoped, &table, p));
-        assert!(!may_stop(false, &unscoped, &table, p), "a name alone, unscoped, vouches for nothing");
+        assert!(
+            !may_stop(false, &unscoped, &table, p),
+            "a name alone, unscoped, vouches for nothing"
+        );
         assert!(may_stop(false, &host, &table, p));
     }
 }

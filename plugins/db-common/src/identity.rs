@@ -19,8 +19,29 @@ use regex_lite::Regex;
 /// statement, and `select` would only open a read-only subquery, but an
 /// expression needs neither, so `select` is refused and `replace` allowed.)
 const STATEMENT_WORDS: &[&str] = &[
-    "select", "insert", "update", "delete", "with", "pragma", "attach", "detach", "create", "drop", "alter", "vacuum",
-    "begin", "commit", "rollback", "end", "analyze", "reindex", "savepoint", "release", "explain", "values", "from",
+    "select",
+    "insert",
+    "update",
+    "delete",
+    "with",
+    "pragma",
+    "attach",
+    "detach",
+    "create",
+    "drop",
+    "alter",
+    "vacuum",
+    "begin",
+    "commit",
+    "rollback",
+    "end",
+    "analyze",
+    "reindex",
+    "savepoint",
+    "release",
+    "explain",
+    "values",
+    "from",
 ];
 
 /// Functions that reach beyond the table, refused even where the host's
@@ -35,8 +56,14 @@ const REFUSED_FUNCTIONS: &[&str] = &["load_extension", "fts3_tokenizer", "readfi
 /// comments, balanced parentheses and quotes, no top-level comma, no
 /// statement keyword. `key` names the config key in the error.
 pub fn sql_expression(key: &str, expr: Option<&str>) -> Result<Option<String>, Error> {
-    let Some(expr) = expr.map(str::trim).filter(|e| !e.is_empty()) else { return Ok(None) };
-    let bad = |why: &str| Error::Invalid(format!("config: {key} = {expr:?} is not a single SQL expression: {why}"));
+    let Some(expr) = expr.map(str::trim).filter(|e| !e.is_empty()) else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        Error::Invalid(format!(
+            "config: {key} = {expr:?} is not a single SQL expression: {why}"
+        ))
+    };
     let chars: Vec<char> = expr.chars().collect();
     let (mut depth, mut i) = (0i32, 0usize);
     let mut word = String::new();
@@ -66,9 +93,18 @@ pub fn sql_expression(key: &str, expr: Option<&str>) -> Result<Option<String>, E
                 i += 1;
                 loop {
                     match chars.get(i) {
-                        None => return Err(bad(&format!("the quote opened at character {} is never closed", start + 1))),
+                        None => {
+                            return Err(bad(&format!(
+                                "the quote opened at character {} is never closed",
+                                start + 1
+                            )))
+                        }
                         // A doubled quote is an escaped quote inside the string.
-                        Some(&q) if q == close && close != ']' && chars.get(i + 1) == Some(&close) => i += 2,
+                        Some(&q)
+                            if q == close && close != ']' && chars.get(i + 1) == Some(&close) =>
+                        {
+                            i += 2
+                        }
                         Some(&q) if q == close => break,
                         Some(_) => i += 1,
                     }
@@ -84,7 +120,9 @@ pub fn sql_expression(key: &str, expr: Option<&str>) -> Result<Option<String>, E
                     return Err(bad("a `)` closes more than was opened"));
                 }
             }
-            ',' if depth == 0 => return Err(bad("a top-level `,` makes it more than one expression")),
+            ',' if depth == 0 => {
+                return Err(bad("a top-level `,` makes it more than one expression"))
+            }
             _ => {}
         }
         i += 1;
@@ -99,9 +137,18 @@ pub fn sql_expression(key: &str, expr: Option<&str>) -> Result<Option<String>, E
 /// Let SQLite judge what the syntax check cannot (unknown columns or
 /// functions): evaluate the expression against the table, reading no row.
 pub fn probe_expression(db: &str, table: &str, key: &str, expr: &str) -> Result<(), Error> {
-    sqlite::query(db, &format!("SELECT ({expr}) FROM {} LIMIT 0", ident(table)), &[])
-        .map(|_| ())
-        .map_err(|e| Error::Invalid(format!("config: {key} = {expr:?}: SQLite cannot evaluate it on table {table}: {}", doctor_sdk::error_text(&e))))
+    sqlite::query(
+        db,
+        &format!("SELECT ({expr}) FROM {} LIMIT 0", ident(table)),
+        &[],
+    )
+    .map(|_| ())
+    .map_err(|e| {
+        Error::Invalid(format!(
+            "config: {key} = {expr:?}: SQLite cannot evaluate it on table {table}: {}",
+            doctor_sdk::error_text(&e)
+        ))
+    })
 }
 
 /// A name-only identity: how to find a worker that only its name names.
@@ -114,8 +161,11 @@ pub struct NameFinder<'a> {
 
 /// The policy's `name_pattern`: a regex with a named group `name`.
 pub fn name_pattern(pattern: Option<&str>) -> Result<Option<Regex>, Error> {
-    let Some(p) = pattern.filter(|p| !p.is_empty()) else { return Ok(None) };
-    let re = Regex::new(p).map_err(|e| Error::Invalid(format!("config: name_pattern = {p:?} is not a regex: {e}")))?;
+    let Some(p) = pattern.filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let re = Regex::new(p)
+        .map_err(|e| Error::Invalid(format!("config: name_pattern = {p:?} is not a regex: {e}")))?;
     if !re.capture_names().any(|n| n == Some("name")) {
         return Err(Error::Invalid(format!(
             "config: name_pattern = {p:?} has no named group `name` (write (?P<name>...)): the group's text must equal the row's worker name"
@@ -138,7 +188,10 @@ impl RowIdentity<'_> {
     /// The worker as a message names it: the column, then the pid and host
     /// the expressions found (`w1@host-7 (pid 4551, host host-7)`).
     pub fn shown(&self) -> String {
-        let found: Vec<String> = [("pid", self.pid), ("host", self.host)].into_iter().filter_map(|(what, v)| Some(format!("{what} {}", crate::shown(v?)))).collect();
+        let found: Vec<String> = [("pid", self.pid), ("host", self.host)]
+            .into_iter()
+            .filter_map(|(what, v)| Some(format!("{what} {}", crate::shown(v?))))
+            .collect();
         match found.is_empty() {
             true => crate::shown(self.worker),
             false => format!("{} ({})", crate::shown(self.worker), found.join(", ")),
@@ -169,7 +222,10 @@ pub fn row_liveness(row: &RowIdentity, chk: &OwnerCheck, claimed_ms: Option<i64>
             // A JSON document without a pid (a task not yet started, a
             // library that writes it later): the name may still tell.
             None if chk.names.is_some() => crate::liveness(row.worker, chk, claimed_ms),
-            None => Liveness::Unknown(format!("worker_pid_sql gives {} for this row, not a pid", crate::shown(v))),
+            None => Liveness::Unknown(format!(
+                "worker_pid_sql gives {} for this row, not a pid",
+                crate::shown(v)
+            )),
         };
     }
     crate::liveness(row.worker, chk, claimed_ms)
@@ -184,7 +240,10 @@ pub fn find_by_name(name: &str, finder: &NameFinder, chk: &OwnerCheck) -> Livene
         .live()
         .filter(|p| {
             let cmd = command_line(p);
-            finder.pattern.captures_iter(&cmd).any(|c| c.name("name").is_some_and(|m| m.as_str() == name))
+            finder
+                .pattern
+                .captures_iter(&cmd)
+                .any(|c| c.name("name").is_some_and(|m| m.as_str() == name))
                 && finder.scope.contains(p, chk.table)
                 && chk.worker_match.is_none_or(|r| r.is_match(&cmd))
         })
@@ -207,7 +266,11 @@ pub fn find_by_name(name: &str, finder: &NameFinder, chk: &OwnerCheck) -> Livene
 /// warning. Without the declared way it is a config error: the incident's
 /// live worker was marked failed because its name was searched where it
 /// never appears.
-pub fn name_only(table: &str, name_pattern: Option<&str>, unscoped: bool) -> Result<Finding, Error> {
+pub fn name_only(
+    table: &str,
+    name_pattern: Option<&str>,
+    unscoped: bool,
+) -> Result<Finding, Error> {
     if name_pattern.is_none() {
         return Err(Error::Invalid(
             "config: worker_kind = \"name\" needs name_pattern (a regex whose group `name` must equal the row's worker name, searched inside scope) or worker_pid_sql: a name missing from command lines proves nothing".into(),
@@ -242,7 +305,10 @@ mod tests {
         assert!(ok("json_extract(result, '$.pid')"));
         assert!(ok("CAST(substr(owner, instr(owner, '@') + 1) AS INTEGER)"));
         assert!(ok("replace(owner, 'w-', '')"));
-        assert!(ok("json_extract(\"meta data\", '$.a;b -- c')"), "inside quotes anything goes");
+        assert!(
+            ok("json_extract(\"meta data\", '$.a;b -- c')"),
+            "inside quotes anything goes"
+        );
         assert!(ok("'it''s'"));
         assert!(sql_expression("k", Some("  ")).unwrap().is_none());
         for bad in [
@@ -258,21 +324,46 @@ mod tests {
             "load_extension('/tmp/x.so')",
         ] {
             let e = sql_expression("worker_pid_sql", Some(bad)).expect_err(bad);
-            assert!(doctor_sdk::error_text(&e).starts_with("invalid: config: worker_pid_sql = "), "{bad}: {e:?}");
+            assert!(
+                doctor_sdk::error_text(&e).starts_with("invalid: config: worker_pid_sql = "),
+                "{bad}: {e:?}"
+            );
         }
     }
 
     #[test]
     fn a_worker_is_shown_with_what_the_expressions_found() {
-        let (w, pid, host) = (SqlValue::Text("w1@h7".into()), SqlValue::Integer(4551), SqlValue::Null);
-        assert_eq!(RowIdentity { worker: &w, pid: None, host: None }.shown(), "w1@h7");
-        assert_eq!(RowIdentity { worker: &w, pid: Some(&pid), host: Some(&host) }.shown(), "w1@h7 (pid 4551, host NULL)");
+        let (w, pid, host) = (
+            SqlValue::Text("w1@h7".into()),
+            SqlValue::Integer(4551),
+            SqlValue::Null,
+        );
+        assert_eq!(
+            RowIdentity {
+                worker: &w,
+                pid: None,
+                host: None
+            }
+            .shown(),
+            "w1@h7"
+        );
+        assert_eq!(
+            RowIdentity {
+                worker: &w,
+                pid: Some(&pid),
+                host: Some(&host)
+            }
+            .shown(),
+            "w1@h7 (pid 4551, host NULL)"
+        );
     }
 
     #[test]
     fn a_name_pattern_needs_its_name_group() {
         assert!(name_pattern(Some("--hostname (\\S+)")).is_err());
-        assert!(name_pattern(Some("--hostname (?P<name>\\S+)")).unwrap().is_some());
+        assert!(name_pattern(Some("--hostname (?P<name>\\S+)"))
+            .unwrap()
+            .is_some());
         assert!(name_pattern(Some("")).unwrap().is_none());
     }
 }

@@ -23,8 +23,11 @@ mod set;
 mod times;
 pub use cas::{batched_writes, batches, Update, BATCH, MAX_BATCHES};
 pub use claims::{distinct, may_stop, Clock, Heartbeat, RowName};
+pub use identity::{
+    find_by_name, name_only, name_pattern, probe_expression, row_liveness, sql_expression,
+    NameFinder, RowIdentity,
+};
 pub use prepare::{Identity, OnHost};
-pub use identity::{find_by_name, name_only, name_pattern, probe_expression, row_liveness, sql_expression, NameFinder, RowIdentity};
 pub use set::{check_set_columns, parse_sets, Placeholders, SetValue};
 pub use times::{claim_time, read_at, time_finding, TimeTrouble};
 
@@ -40,14 +43,30 @@ pub fn ident_or_null(column: Option<&str>) -> String {
 
 /// The table's columns; an error naming the tables there are when it is missing.
 pub fn table_columns(db: &str, table: &str) -> Result<Vec<String>, Error> {
-    let rows = sqlite::query(db, "SELECT name FROM pragma_table_info(?1)", &[SqlValue::Text(table.into())])?;
+    let rows = sqlite::query(
+        db,
+        "SELECT name FROM pragma_table_info(?1)",
+        &[SqlValue::Text(table.into())],
+    )?;
     let columns: Vec<String> = rows.rows.iter().filter_map(|r| text(r.first()?)).collect();
     if columns.is_empty() {
-        let tables = sqlite::query(db, "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name", &[])?;
-        let names: Vec<String> = tables.rows.iter().filter_map(|r| text(r.first()?)).collect();
+        let tables = sqlite::query(
+            db,
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name",
+            &[],
+        )?;
+        let names: Vec<String> = tables
+            .rows
+            .iter()
+            .filter_map(|r| text(r.first()?))
+            .collect();
         return Err(Error::Invalid(format!(
             "config: table = {table:?}: database {db:?} has no such table (tables: {})",
-            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
         )));
     }
     Ok(columns)
@@ -56,7 +75,10 @@ pub fn table_columns(db: &str, table: &str) -> Result<Vec<String>, Error> {
 /// The configured columns among `(config key, column)`, in order: an
 /// optional one that is absent or "" is left out.
 pub fn configured<'a>(columns: &[(&'a str, Option<&'a str>)]) -> Vec<(&'a str, &'a str)> {
-    columns.iter().filter_map(|(key, column)| Some((*key, (*column)?))).collect()
+    columns
+        .iter()
+        .filter_map(|(key, column)| Some((*key, (*column)?)))
+        .collect()
 }
 
 /// Every configured column must exist: `(config key, column name)`.
@@ -78,8 +100,17 @@ pub fn require_columns(db: &str, table: &str, wanted: &[(&str, &str)]) -> Result
 /// compare-and-swap whatever the data holds.
 pub fn is_unique(db: &str, table: &str, column: &str) -> Result<bool, Error> {
     let t = SqlValue::Text(table.into());
-    let pk = sqlite::query(db, "SELECT name FROM pragma_table_info(?1) WHERE pk > 0", std::slice::from_ref(&t))?;
-    if pk.rows.len() == 1 && pk.rows[0].first().and_then(text).is_some_and(|n| n.eq_ignore_ascii_case(column)) {
+    let pk = sqlite::query(
+        db,
+        "SELECT name FROM pragma_table_info(?1) WHERE pk > 0",
+        std::slice::from_ref(&t),
+    )?;
+    if pk.rows.len() == 1
+        && pk.rows[0]
+            .first()
+            .and_then(text)
+            .is_some_and(|n| n.eq_ignore_ascii_case(column))
+    {
         return Ok(true);
     }
     let unique = sqlite::query(
@@ -158,7 +189,10 @@ pub struct OwnerCheck<'a> {
 /// was claimed (its start-time column) when readable, must not be before
 /// the process started: a process younger than its claim has a reused pid.
 pub fn liveness(value: &SqlValue, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Liveness {
-    let Some(raw) = text(value).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) else {
+    let Some(raw) = text(value)
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+    else {
         return Liveness::Unknown("no worker recorded".into());
     };
     match chk.kind {
@@ -187,7 +221,12 @@ fn pid_liveness(raw: &str, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Livenes
 
 /// A local pid (with its start time when the row recorded one): alive only
 /// when it is the same process, a worker, and not younger than the claim.
-fn pid_alive(pid: u32, start_time: Option<u64>, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Liveness {
+fn pid_alive(
+    pid: u32,
+    start_time: Option<u64>,
+    chk: &OwnerCheck,
+    claimed_ms: Option<i64>,
+) -> Liveness {
     if chk.table.is_doctors(pid) {
         // The doctor runs inside this owner (its ancestor): alive, and never a leftover to stop.
         return Liveness::Alive(Vec::new());
@@ -204,8 +243,14 @@ fn pid_alive(pid: u32, start_time: Option<u64>, chk: &OwnerCheck, claimed_ms: Op
             ));
         }
     }
-    if !chk.worker_match.is_none_or(|r| r.is_match(&command_line(p))) {
-        return Liveness::Dead(format!("pid {pid} is now `{}`, not a worker (the pid was reused)", command_line(p)));
+    if !chk
+        .worker_match
+        .is_none_or(|r| r.is_match(&command_line(p)))
+    {
+        return Liveness::Dead(format!(
+            "pid {pid} is now `{}`, not a worker (the pid was reused)",
+            command_line(p)
+        ));
     }
     if let Some(claimed) = claimed_ms {
         if p.started_unix_ms as i64 > claimed + CLAIM_SLACK_MS {
@@ -231,7 +276,9 @@ fn name_liveness(raw: &str, chk: &OwnerCheck) -> Liveness {
     // of finding it does.
     match chk.names {
         Some(finder) => find_by_name(raw, finder, chk),
-        None => Liveness::Unknown(format!("worker {raw:?} is a name, and no name_pattern says how to find its process")),
+        None => Liveness::Unknown(format!(
+            "worker {raw:?} is a name, and no name_pattern says how to find its process"
+        )),
     }
 }
 
@@ -245,7 +292,15 @@ pub enum TimeColumn {
 
 /// A heartbeat (or update time) that cannot be read: its own finding, never
 /// silence. `key` is the row's key prefix (`chunk:chunks:7`).
-pub fn unreadable_time_finding(key: &str, subject: &str, which: TimeColumn, column: &str, value: &SqlValue, why: &str, consequence: &str) -> Finding {
+pub fn unreadable_time_finding(
+    key: &str,
+    subject: &str,
+    which: TimeColumn,
+    column: &str,
+    value: &SqlValue,
+    why: &str,
+    consequence: &str,
+) -> Finding {
     let (slug, what) = match which {
         TimeColumn::Heartbeat => ("heartbeat", "heartbeat"),
         TimeColumn::Updated => ("updated", "update time"),
@@ -273,7 +328,10 @@ pub fn time_unit(text: &str) -> Result<TimeUnit, Error> {
 pub fn regex(key: &str, pattern: Option<&str>) -> Result<Option<Regex>, Error> {
     pattern
         .filter(|p| !p.is_empty())
-        .map(|p| Regex::new(p).map_err(|e| Error::Invalid(format!("config: {key} = {p:?} is not a regex: {e}"))))
+        .map(|p| {
+            Regex::new(p)
+                .map_err(|e| Error::Invalid(format!("config: {key} = {p:?} is not a regex: {e}")))
+        })
         .transpose()
 }
 
@@ -294,11 +352,17 @@ pub fn write_problems(db: &str, user_name: Option<&str>) -> Result<Vec<WriteProb
     let info = sqlite::file_info(db)?;
     let path = sqlite::location(db)?;
     let Some(file) = info.file else {
-        return Err(Error::NotFound(format!("database {db:?}: the file {path} does not exist")));
+        return Err(Error::NotFound(format!(
+            "database {db:?}: the file {path} does not exist"
+        )));
     };
-    let Some(user_name) = user_name.filter(|u| !u.is_empty()) else { return Ok(Vec::new()) };
+    let Some(user_name) = user_name.filter(|u| !u.is_empty()) else {
+        return Ok(Vec::new());
+    };
     let Some(user) = host::lookup_user(user_name) else {
-        return Err(Error::Invalid(format!("config: service_user = {user_name:?}: no such user on this host")));
+        return Err(Error::Invalid(format!(
+            "config: service_user = {user_name:?}: no such user on this host"
+        )));
     };
     let dir_path = match path.rsplit_once('/') {
         Some(("", _)) => "/".to_string(),
@@ -331,7 +395,13 @@ fn can(stat: &FileStat, user: &host::User, need: u32) -> bool {
     user.uid == 0 || (stat.mode >> class_shift(stat, user)) & need == need
 }
 
-fn problem(what: &'static str, path: &str, stat: &FileStat, user: &host::User, bits: &str) -> WriteProblem {
+fn problem(
+    what: &'static str,
+    path: &str,
+    stat: &FileStat,
+    user: &host::User,
+    bits: &str,
+) -> WriteProblem {
     let quoted = shell_quote(path);
     let fix = match class_shift(stat, user) {
         6 => format!("chmod u+{bits} {quoted}"),
@@ -345,11 +415,20 @@ fn problem(what: &'static str, path: &str, stat: &FileStat, user: &host::User, b
             }
         }
     };
-    WriteProblem { what, path: path.to_string(), owner: stat.uid, group: stat.gid, mode: stat.mode, fix }
+    WriteProblem {
+        what,
+        path: path.to_string(),
+        owner: stat.uid,
+        group: stat.gid,
+        mode: stat.mode,
+        fix,
+    }
 }
 
 fn shell_quote(s: &str) -> String {
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c)) {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -363,7 +442,12 @@ pub fn unwritable_finding(db: &str, user: &str, problems: &[WriteProblem]) -> Op
     }
     let parts: Vec<String> = problems
         .iter()
-        .map(|p| format!("its {} {} (owner uid {}, group gid {}, mode {:04o})", p.what, p.path, p.owner, p.group, p.mode))
+        .map(|p| {
+            format!(
+                "its {} {} (owner uid {}, group gid {}, mode {:04o})",
+                p.what, p.path, p.owner, p.group, p.mode
+            )
+        })
         .collect();
     let fixes: Vec<&str> = problems.iter().map(|p| p.fix.as_str()).collect();
     let mut finding = Finding::critical(
@@ -380,7 +464,10 @@ pub fn unwritable_finding(db: &str, user: &str, problems: &[WriteProblem]) -> Op
     for p in problems {
         finding = finding
             .evidence(&format!("{}_path", p.what), &p.path)
-            .evidence(&format!("{}_owner", p.what), format!("uid {} gid {}", p.owner, p.group))
+            .evidence(
+                &format!("{}_owner", p.what),
+                format!("uid {} gid {}", p.owner, p.group),
+            )
             .evidence(&format!("{}_mode", p.what), format!("{:04o}", p.mode));
     }
     Some(finding)
@@ -389,7 +476,9 @@ pub fn unwritable_finding(db: &str, user: &str, problems: &[WriteProblem]) -> Op
 /// A duration from the policy: a number of seconds, or text like "90s", "10m", "2h", "1d", "500ms".
 pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("bad duration {text:?}"))?;
     let scale = match unit.trim() {
@@ -398,7 +487,11 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
         "m" | "min" | "mins" => 60_000.0,
         "h" => 3_600_000.0,
         "d" => 86_400_000.0,
-        other => return Err(format!("bad duration unit {other:?} in {text:?} (use ms, s, m, h, d)")),
+        other => {
+            return Err(format!(
+                "bad duration unit {other:?} in {text:?} (use ms, s, m, h, d)"
+            ))
+        }
     };
     bounded_ms(n * scale, text)
 }
@@ -425,7 +518,9 @@ pub fn duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match serde_json::Value::deserialize(d)? {
         serde_json::Value::Number(n) => seconds_ms(&n).map_err(serde::de::Error::custom),
         serde_json::Value::String(s) => parse_duration_ms(&s).map_err(serde::de::Error::custom),
-        other => Err(serde::de::Error::custom(format!("expected a duration, got {other}"))),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a duration, got {other}"
+        ))),
     }
 }
 
@@ -434,14 +529,18 @@ pub fn opt_duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D
         serde_json::Value::Null => Ok(None),
         serde_json::Value::String(s) if s.is_empty() => Ok(None),
         serde_json::Value::Number(n) => seconds_ms(&n).map(Some).map_err(serde::de::Error::custom),
-        serde_json::Value::String(s) => parse_duration_ms(&s).map(Some).map_err(serde::de::Error::custom),
-        other => Err(serde::de::Error::custom(format!("expected a duration, got {other}"))),
+        serde_json::Value::String(s) => parse_duration_ms(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a duration, got {other}"
+        ))),
     }
 }
 
 /// Said in place of a write while the service's user cannot write the database.
-pub const WITHHELD: &str = "withheld until the database is writable by the service user (see the unwritable finding)";
-
+pub const WITHHELD: &str =
+    "withheld until the database is writable by the service user (see the unwritable finding)";
 
 /// How many rows the table holds in each status: what a state or summary finding reports.
 pub struct StatusCounts {
@@ -453,15 +552,30 @@ pub struct StatusCounts {
 impl StatusCounts {
     pub fn read(db: &str, table: &str, status_column: &str) -> Result<StatusCounts, Error> {
         let (s, t) = (ident(status_column), ident(table));
-        let counts = sqlite::query(db, &format!("SELECT {s}, count(*) FROM {t} GROUP BY {s} ORDER BY {s}"), &[])?;
+        let counts = sqlite::query(
+            db,
+            &format!("SELECT {s}, count(*) FROM {t} GROUP BY {s} ORDER BY {s}"),
+            &[],
+        )?;
         // A row the host returns short (an edited recording) is skipped, never a trap.
-        let by_status: Vec<(String, i64)> = counts.rows.iter().filter_map(|r| Some((shown(r.first()?), integer(r.get(1)?).unwrap_or(0)))).collect();
-        Ok(StatusCounts { total: by_status.iter().map(|(_, n)| n).sum(), by_status })
+        let by_status: Vec<(String, i64)> = counts
+            .rows
+            .iter()
+            .filter_map(|r| Some((shown(r.first()?), integer(r.get(1)?).unwrap_or(0))))
+            .collect();
+        Ok(StatusCounts {
+            total: by_status.iter().map(|(_, n)| n).sum(),
+            by_status,
+        })
     }
 
     /// Rows in `status`.
     pub fn of(&self, status: &str) -> i64 {
-        self.by_status.iter().filter(|(s, _)| s == status).map(|(_, n)| *n).sum()
+        self.by_status
+            .iter()
+            .filter(|(s, _)| s == status)
+            .map(|(_, n)| *n)
+            .sum()
     }
 
     /// One evidence entry per status: `status pending` = 3.
@@ -486,24 +600,46 @@ mod tests {
     #[test]
     fn a_duration_below_zero_or_past_a_century_is_an_error() {
         assert_eq!(parse_duration_ms("5m"), Ok(300_000));
-        assert!(parse_duration_ms("99999999999d").unwrap_err().contains("out of range"));
+        assert!(parse_duration_ms("99999999999d")
+            .unwrap_err()
+            .contains("out of range"));
         let negative: Result<u64, _> = duration_ms(serde_json::json!(-5));
         assert!(negative.is_err(), "{negative:?}");
         let huge: Result<Option<u64>, _> = opt_duration_ms(serde_json::json!(1e30));
         assert!(huge.is_err(), "{huge:?}");
-        assert_eq!(opt_duration_ms(serde_json::json!(90)).ok(), Some(Some(90_000)));
+        assert_eq!(
+            opt_duration_ms(serde_json::json!(90)).ok(),
+            Some(Some(90_000))
+        );
     }
 
     fn proc(pid: u32, start: u64, argv: &str, started_ms: u64) -> Process {
-        Process { id: ProcessRef { pid, start_time: start }, started_unix_ms: started_ms, ..doctor_sdk::testing::process(pid, argv) }
+        Process {
+            id: ProcessRef {
+                pid,
+                start_time: start,
+            },
+            started_unix_ms: started_ms,
+            ..doctor_sdk::testing::process(pid, argv)
+        }
     }
 
     fn verdict(value: &str, claimed: Option<i64>) -> String {
-        let table = ProcessTable::new(vec![proc(10, 500, "python3 worker.py", 1_000_000), proc(11, 600, "vim notes", 1_000_000)])
-            .with_doctors(vec![12]);
+        let table = ProcessTable::new(vec![
+            proc(10, 500, "python3 worker.py", 1_000_000),
+            proc(11, 600, "vim notes", 1_000_000),
+        ])
+        .with_doctors(vec![12]);
         let format = OwnerFormat::Auto;
         let re = Regex::new("worker\\.py").unwrap();
-        let chk = OwnerCheck { kind: WorkerKind::Pid, format: &format, table: &table, worker_match: Some(&re), hostname: "node-a", names: None };
+        let chk = OwnerCheck {
+            kind: WorkerKind::Pid,
+            format: &format,
+            table: &table,
+            worker_match: Some(&re),
+            hostname: "node-a",
+            names: None,
+        };
         match liveness(&SqlValue::Text(value.into()), &chk, claimed) {
             Liveness::Alive(p) => format!("alive {}", p.len()),
             Liveness::Dead(why) => format!("dead: {why}"),
@@ -528,48 +664,127 @@ mod tests {
 
     #[test]
     fn a_name_is_found_only_by_the_declared_pattern_inside_the_scope() {
-        let table = ProcessTable::new(vec![proc(10, 500, "python3 worker.py --hostname w1", 1_000_000), proc(11, 500, "python3 worker.py", 1_000_000)]);
-        let bare = OwnerCheck { kind: WorkerKind::Name, format: &OwnerFormat::Auto, table: &table, worker_match: None, hostname: "node-a", names: None };
-        assert!(matches!(liveness(&SqlValue::Text("node-b:4242".into()), &bare, None), Liveness::Remote(h) if h == "node-b"));
+        let table = ProcessTable::new(vec![
+            proc(10, 500, "python3 worker.py --hostname w1", 1_000_000),
+            proc(11, 500, "python3 worker.py", 1_000_000),
+        ]);
+        let bare = OwnerCheck {
+            kind: WorkerKind::Name,
+            format: &OwnerFormat::Auto,
+            table: &table,
+            worker_match: None,
+            hostname: "node-a",
+            names: None,
+        };
+        assert!(
+            matches!(liveness(&SqlValue::Text("node-b:4242".into()), &bare, None), Liveness::Remote(h) if h == "node-b")
+        );
         // No declared way to find it: its absence from command lines proves nothing.
-        assert!(matches!(liveness(&SqlValue::Text("w2".into()), &bare, None), Liveness::Unknown(_)));
+        assert!(matches!(
+            liveness(&SqlValue::Text("w2".into()), &bare, None),
+            Liveness::Unknown(_)
+        ));
         let pattern = Regex::new("--hostname (?P<name>\\S+)").unwrap();
         let scope: doctor_sdk::scope::Scope = serde_json::from_str("\"host\"").unwrap();
         let scope = scope.compile("scope").unwrap();
-        let finder = NameFinder { pattern: &pattern, scope: &scope };
-        let chk = OwnerCheck { names: Some(&finder), ..bare };
-        assert!(matches!(liveness(&SqlValue::Text("w1".into()), &chk, None), Liveness::Alive(p) if p.len() == 1));
-        assert!(matches!(liveness(&SqlValue::Text("w".into()), &chk, None), Liveness::Dead(_)), "the capture must equal the name");
-        assert!(matches!(liveness(&SqlValue::Text("w2".into()), &chk, None), Liveness::Dead(_)));
+        let finder = NameFinder {
+            pattern: &pattern,
+            scope: &scope,
+        };
+        let chk = OwnerCheck {
+            names: Some(&finder),
+            ..bare
+        };
+        assert!(
+            matches!(liveness(&SqlValue::Text("w1".into()), &chk, None), Liveness::Alive(p) if p.len() == 1)
+        );
+        assert!(
+            matches!(
+                liveness(&SqlValue::Text("w".into()), &chk, None),
+                Liveness::Dead(_)
+            ),
+            "the capture must equal the name"
+        );
+        assert!(matches!(
+            liveness(&SqlValue::Text("w2".into()), &chk, None),
+            Liveness::Dead(_)
+        ));
         let unscoped = doctor_sdk::scope::Scope::Unscoped.compile("scope").unwrap();
-        let nowhere = NameFinder { pattern: &pattern, scope: &unscoped };
-        let chk = OwnerCheck { names: Some(&nowhere), ..bare };
-        assert!(matches!(liveness(&SqlValue::Text("w1".into()), &chk, None), Liveness::Dead(_)), "outside the scope nothing is found");
+        let nowhere = NameFinder {
+            pattern: &pattern,
+            scope: &unscoped,
+        };
+        let chk = OwnerCheck {
+            names: Some(&nowhere),
+            ..bare
+        };
+        assert!(
+            matches!(
+                liveness(&SqlValue::Text("w1".into()), &chk, None),
+                Liveness::Dead(_)
+            ),
+            "outside the scope nothing is found"
+        );
     }
 
     #[test]
     fn a_pid_from_an_expression_is_judged_like_an_owner() {
         let table = ProcessTable::new(vec![proc(10, 500, "python3 worker.py", 1_000_000)]);
-        let chk = OwnerCheck { kind: WorkerKind::Name, format: &OwnerFormat::Auto, table: &table, worker_match: None, hostname: "node-a", names: None };
+        let chk = OwnerCheck {
+            kind: WorkerKind::Name,
+            format: &OwnerFormat::Auto,
+            table: &table,
+            worker_match: None,
+            hostname: "node-a",
+            names: None,
+        };
         let name = SqlValue::Text("celery@node-a".into());
-        let judge = |pid: SqlValue, host: Option<SqlValue>, claimed| match row_liveness(&RowIdentity { worker: &name, pid: Some(&pid), host: host.as_ref() }, &chk, claimed) {
+        let judge = |pid: SqlValue, host: Option<SqlValue>, claimed| match row_liveness(
+            &RowIdentity {
+                worker: &name,
+                pid: Some(&pid),
+                host: host.as_ref(),
+            },
+            &chk,
+            claimed,
+        ) {
             Liveness::Alive(_) => "alive".to_string(),
             Liveness::Dead(w) => format!("dead: {w}"),
             Liveness::Remote(h) => format!("remote {h}"),
             Liveness::Unknown(w) => format!("unknown: {w}"),
         };
         assert_eq!(judge(SqlValue::Integer(10), None, None), "alive");
-        assert_eq!(judge(SqlValue::Text("10".into()), Some(SqlValue::Text("node-a.example.net".into())), None), "alive");
+        assert_eq!(
+            judge(
+                SqlValue::Text("10".into()),
+                Some(SqlValue::Text("node-a.example.net".into())),
+                None
+            ),
+            "alive"
+        );
         assert!(judge(SqlValue::Integer(13), None, None).starts_with("dead: pid 13 is not running"));
-        assert!(judge(SqlValue::Integer(10), None, Some(100_000)).contains("started after the row was claimed"));
-        assert_eq!(judge(SqlValue::Integer(10), Some(SqlValue::Text("node-b".into())), None), "remote node-b");
+        assert!(judge(SqlValue::Integer(10), None, Some(100_000))
+            .contains("started after the row was claimed"));
+        assert_eq!(
+            judge(
+                SqlValue::Integer(10),
+                Some(SqlValue::Text("node-b".into())),
+                None
+            ),
+            "remote node-b"
+        );
         assert!(judge(SqlValue::Null, None, None).starts_with("unknown: worker_pid_sql gives NULL"));
-        assert!(judge(SqlValue::Integer(10), Some(SqlValue::Null), None).starts_with("unknown: worker_host_sql gives no host"));
+        assert!(judge(SqlValue::Integer(10), Some(SqlValue::Null), None)
+            .starts_with("unknown: worker_host_sql gives no host"));
     }
 
     #[test]
     fn only_configured_columns_are_required() {
-        let wanted = configured(&[("id_column", Some("id")), ("heartbeat_column", None), ("worker_column", Some("w"))]);
+        let wanted = configured(&[
+            ("id_column", Some("id")),
+            ("heartbeat_column", None),
+            ("worker_column", Some("w")),
+        ]);
         assert_eq!(wanted, [("id_column", "id"), ("worker_column", "w")]);
     }
 

@@ -5,7 +5,10 @@
 //! write the database, whose users the scope names, whether every configured
 //! column and expression exists.
 
-use crate::{name_only, probe_expression, require_columns, write_problems, NameFinder, OwnerCheck, RowIdentity, WorkerKind, WriteProblem};
+use crate::{
+    name_only, probe_expression, require_columns, write_problems, NameFinder, OwnerCheck,
+    RowIdentity, WorkerKind, WriteProblem,
+};
 use doctor_sdk::owner::OwnerFormat;
 use doctor_sdk::prelude::*;
 use doctor_sdk::scope::{ProcessTable, Scope, ScopeMatcher};
@@ -39,33 +42,65 @@ impl Identity {
     /// The database must exist (a missing one is the run's error, not the
     /// policy's), the scope's users must exist here, and every configured
     /// column (`(config key, column)`) and expression must be the table's.
-    pub fn on_host(&self, db: &str, table: &str, service_user: Option<&str>, scope: &Scope, kind: WorkerKind, columns: &[(&str, &str)]) -> Result<OnHost, Error> {
+    pub fn on_host(
+        &self,
+        db: &str,
+        table: &str,
+        service_user: Option<&str>,
+        scope: &Scope,
+        kind: WorkerKind,
+        columns: &[(&str, &str)],
+    ) -> Result<OnHost, Error> {
         let problems = write_problems(db, service_user)?;
         // A scope names users, which only the host the policy runs on knows.
         let scope = scope.compile("config: scope")?;
         let weak = match (kind, &self.pid_sql) {
-            (WorkerKind::Name, None) => Some(name_only(table, self.name_pattern.as_ref().map(|p| p.as_str()), scope.is_unscoped())?),
+            (WorkerKind::Name, None) => Some(name_only(
+                table,
+                self.name_pattern.as_ref().map(|p| p.as_str()),
+                scope.is_unscoped(),
+            )?),
             _ => None,
         };
         require_columns(db, table, columns)?;
-        for (key, expr) in [("worker_pid_sql", &self.pid_sql), ("worker_host_sql", &self.host_sql)] {
+        for (key, expr) in [
+            ("worker_pid_sql", &self.pid_sql),
+            ("worker_host_sql", &self.host_sql),
+        ] {
             if let Some(expr) = expr {
                 probe_expression(db, table, key, expr)?;
             }
         }
-        Ok(OnHost { problems, scope, weak })
+        Ok(OnHost {
+            problems,
+            scope,
+            weak,
+        })
     }
 
     /// `(pid expression), (host expression)` for a SELECT list (NULL for one not configured).
     pub fn select_list(&self) -> String {
-        let expr = |e: &Option<String>| e.as_ref().map(|e| format!("({e})")).unwrap_or_else(|| "NULL".into());
+        let expr = |e: &Option<String>| {
+            e.as_ref()
+                .map(|e| format!("({e})"))
+                .unwrap_or_else(|| "NULL".into())
+        };
         format!("{}, {}", expr(&self.pid_sql), expr(&self.host_sql))
     }
 
     /// A row's worker as the verdict reads it: its worker column and the
     /// values the configured expressions gave.
-    pub fn row<'a>(&self, worker: &'a SqlValue, pid: &'a SqlValue, host: &'a SqlValue) -> RowIdentity<'a> {
-        RowIdentity { worker, pid: self.pid_sql.as_ref().map(|_| pid), host: self.host_sql.as_ref().map(|_| host) }
+    pub fn row<'a>(
+        &self,
+        worker: &'a SqlValue,
+        pid: &'a SqlValue,
+        host: &'a SqlValue,
+    ) -> RowIdentity<'a> {
+        RowIdentity {
+            worker,
+            pid: self.pid_sql.as_ref().map(|_| pid),
+            host: self.host_sql.as_ref().map(|_| host),
+        }
     }
 
     /// The identity the verdict rests on, as compare-and-swap conditions
@@ -73,16 +108,34 @@ impl Identity {
     /// means hands off.
     pub fn unchanged(&self, pid: &SqlValue, host: &SqlValue) -> Vec<(String, SqlValue)> {
         let pairs = [(&self.pid_sql, pid), (&self.host_sql, host)];
-        pairs.into_iter().filter_map(|(e, v)| e.as_ref().map(|e| (format!("({e})"), v.clone()))).collect()
+        pairs
+            .into_iter()
+            .filter_map(|(e, v)| e.as_ref().map(|e| (format!("({e})"), v.clone())))
+            .collect()
     }
 
     /// How a name is found: `name_pattern` inside the scope.
     pub fn name_finder<'a>(&'a self, scope: &'a ScopeMatcher) -> Option<NameFinder<'a>> {
-        self.name_pattern.as_ref().map(|pattern| NameFinder { pattern, scope })
+        self.name_pattern
+            .as_ref()
+            .map(|pattern| NameFinder { pattern, scope })
     }
 
     /// What deciding a row's owner needs.
-    pub fn owner_check<'a>(&'a self, kind: WorkerKind, table: &'a ProcessTable, hostname: &'a str, names: Option<&'a NameFinder<'a>>) -> OwnerCheck<'a> {
-        OwnerCheck { kind, format: &self.format, table, worker_match: self.worker_match.as_ref(), hostname, names }
+    pub fn owner_check<'a>(
+        &'a self,
+        kind: WorkerKind,
+        table: &'a ProcessTable,
+        hostname: &'a str,
+        names: Option<&'a NameFinder<'a>>,
+    ) -> OwnerCheck<'a> {
+        OwnerCheck {
+            kind,
+            format: &self.format,
+            table,
+            worker_match: self.worker_match.as_ref(),
+            hostname,
+            names,
+        }
     }
 }

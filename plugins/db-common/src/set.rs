@@ -34,14 +34,20 @@ pub enum SetValue {
     Json(serde_json::Value),
 }
 
-pub const PLACEHOLDERS: &[&str] = &["reason", "id", "worker", "pid", "host", "status", "attempts", "remedy", "now"];
+pub const PLACEHOLDERS: &[&str] = &[
+    "reason", "id", "worker", "pid", "host", "status", "attempts", "remedy", "now",
+];
 
 /// The finding's facts a template may use.
 pub type Placeholders = BTreeMap<&'static str, String>;
 
 /// Parse `key`'s table (`fail_set`): each column's value, with errors that
 /// name the column. `reserved` are the columns the remedy writes itself.
-pub fn parse_sets(key: &str, table: &BTreeMap<String, serde_json::Value>, reserved: &[&str]) -> Result<Vec<(String, SetValue)>, Error> {
+pub fn parse_sets(
+    key: &str,
+    table: &BTreeMap<String, serde_json::Value>,
+    reserved: &[&str],
+) -> Result<Vec<(String, SetValue)>, Error> {
     let mut out = Vec::new();
     for (column, v) in table {
         let bad = |why: String| Error::Invalid(format!("config: {key}.{column}: {why}"));
@@ -87,7 +93,12 @@ pub fn parse_sets(key: &str, table: &BTreeMap<String, serde_json::Value>, reserv
 /// names must be the table's, and the compare-and-swap that carries a set
 /// must change one row, so `id_column` must be the table's key. Errors are
 /// `config:` errors, so that `policy validate` places them at the policy's line.
-pub fn check_set_columns(db: &str, table: &str, id_column: &str, sets: &[(&str, &[(String, SetValue)])]) -> Result<(), Error> {
+pub fn check_set_columns(
+    db: &str,
+    table: &str,
+    id_column: &str,
+    sets: &[(&str, &[(String, SetValue)])],
+) -> Result<(), Error> {
     let columns = crate::table_columns(db, table)?;
     for (key, list) in sets {
         for (column, _) in list.iter() {
@@ -107,7 +118,11 @@ pub fn check_set_columns(db: &str, table: &str, id_column: &str, sets: &[(&str, 
 impl SetValue {
     /// The value to bind, or None for SQL NULL. `now` is `table_unit`'s
     /// rendering of the current time (as a column in that unit holds it).
-    pub fn bind(&self, facts: &Placeholders, now: &dyn Fn(Option<TimeUnit>) -> SqlValue) -> SqlValue {
+    pub fn bind(
+        &self,
+        facts: &Placeholders,
+        now: &dyn Fn(Option<TimeUnit>) -> SqlValue,
+    ) -> SqlValue {
         match self {
             SetValue::Const(v) => v.clone(),
             SetValue::Null => SqlValue::Null,
@@ -132,10 +147,17 @@ fn check_template(t: &str) -> Result<(), String> {
     let mut rest = t.replace("{{", "").replace("}}", "");
     while let Some(open) = rest.find('{') {
         let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else { return Err(format!("{t:?}: a `{{` is never closed (write `{{{{` for a brace)")) };
+        let Some(close) = after.find('}') else {
+            return Err(format!(
+                "{t:?}: a `{{` is never closed (write `{{{{` for a brace)"
+            ));
+        };
         let name = &after[..close];
         if !PLACEHOLDERS.contains(&name) {
-            return Err(format!("{t:?}: unknown placeholder {{{name}}} (known: {})", PLACEHOLDERS.join(", ")));
+            return Err(format!(
+                "{t:?}: unknown placeholder {{{name}}} (known: {})",
+                PLACEHOLDERS.join(", ")
+            ));
         }
         rest = after[close + 1..].to_string();
     }
@@ -166,8 +188,14 @@ pub fn fill(t: &str, facts: &Placeholders) -> String {
 fn fill_json(doc: &serde_json::Value, facts: &Placeholders) -> serde_json::Value {
     match doc {
         serde_json::Value::String(s) => serde_json::Value::String(fill(s, facts)),
-        serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(|v| fill_json(v, facts)).collect()),
-        serde_json::Value::Object(o) => serde_json::Value::Object(o.iter().map(|(k, v)| (k.clone(), fill_json(v, facts))).collect()),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(|v| fill_json(v, facts)).collect())
+        }
+        serde_json::Value::Object(o) => serde_json::Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), fill_json(v, facts)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -184,15 +212,25 @@ mod tests {
     #[test]
     fn every_value_form_binds() {
         let s = sets(r#"{"a": "x", "b": 3, "c": {"null": true}, "d": {"now": "ns"}, "e": {"text": "lost: {reason} {{ok}}"}, "f": {"json": {"exc_type": "WorkerLost", "exc_message": "{reason}", "n": 1}}}"#).unwrap();
-        let facts: Placeholders = [("reason", "pid 7 is not running".to_string())].into_iter().collect();
+        let facts: Placeholders = [("reason", "pid 7 is not running".to_string())]
+            .into_iter()
+            .collect();
         let now = |u: Option<TimeUnit>| SqlValue::Text(format!("{u:?}"));
-        let bound: Vec<String> = s.iter().map(|(_, v)| format!("{:?}", v.bind(&facts, &now))).collect();
+        let bound: Vec<String> = s
+            .iter()
+            .map(|(_, v)| format!("{:?}", v.bind(&facts, &now)))
+            .collect();
         assert_eq!(bound[0], "SqlValue::Text(\"x\")");
         assert_eq!(bound[1], "SqlValue::Integer(3)");
         assert_eq!(bound[2], "SqlValue::Null");
         assert_eq!(bound[3], "SqlValue::Text(\"Some(Nanos)\")");
-        assert_eq!(bound[4], "SqlValue::Text(\"lost: pid 7 is not running {ok}\")");
-        let SqlValue::Text(doc) = s[5].1.bind(&facts, &now) else { panic!() };
+        assert_eq!(
+            bound[4],
+            "SqlValue::Text(\"lost: pid 7 is not running {ok}\")"
+        );
+        let SqlValue::Text(doc) = s[5].1.bind(&facts, &now) else {
+            panic!()
+        };
         let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
         assert_eq!(doc["exc_message"], "pid 7 is not running");
         assert_eq!(doc["n"], 1);
@@ -208,7 +246,10 @@ mod tests {
             (r#"{"e": {"null": true, "now": true}}"#, "not a value"),
         ] {
             let e = doctor_sdk::error_text(&sets(json).expect_err(json));
-            assert!(e.starts_with("invalid: config: fail_set.") && e.contains(says), "{json}: {e}");
+            assert!(
+                e.starts_with("invalid: config: fail_set.") && e.contains(says),
+                "{json}: {e}"
+            );
         }
     }
 }

@@ -19,7 +19,12 @@ pub enum TimeTrouble {
 }
 
 /// Read a time a judgement may rely on.
-pub fn read_at(value: &SqlValue, unit: TimeUnit, now_ms: i64, skew_ms: i64) -> Result<Stamp, TimeTrouble> {
+pub fn read_at(
+    value: &SqlValue,
+    unit: TimeUnit,
+    now_ms: i64,
+    skew_ms: i64,
+) -> Result<Stamp, TimeTrouble> {
     let stamp = read_time(value, unit).map_err(TimeTrouble::Unreadable)?;
     match future_by(&stamp, now_ms, skew_ms) {
         Some(ahead) => Err(TimeTrouble::Future(stamp, ahead)),
@@ -42,9 +47,19 @@ pub fn claim_time(read: &Result<Stamp, TimeTrouble>) -> Result<Option<i64>, &Tim
 /// The finding for a time that cannot be used. `key` is the row's key
 /// prefix (`job:7`); the finding's key ends in `<column kind>-unreadable` or
 /// `<column kind>-future`.
-pub fn time_finding(key: &str, subject: &str, which: TimeColumn, column: &str, value: &SqlValue, trouble: &TimeTrouble, consequence: &str) -> Finding {
+pub fn time_finding(
+    key: &str,
+    subject: &str,
+    which: TimeColumn,
+    column: &str,
+    value: &SqlValue,
+    trouble: &TimeTrouble,
+    consequence: &str,
+) -> Finding {
     match trouble {
-        TimeTrouble::Unreadable(why) => unreadable_time_finding(key, subject, which, column, value, why, consequence),
+        TimeTrouble::Unreadable(why) => {
+            unreadable_time_finding(key, subject, which, column, value, why, consequence)
+        }
         TimeTrouble::Future(stamp, ahead) => {
             let slug = match which {
                 TimeColumn::Heartbeat => "heartbeat",
@@ -76,9 +91,23 @@ mod tests {
     fn a_claim_time_proves_reuse_only_when_readable_zoned_and_not_ahead() {
         let now = 1_800_000_000_000;
         let read = |v: SqlValue| read_at(&v, TimeUnit::Auto, now, 120_000);
-        assert_eq!(claim_time(&read(SqlValue::Integer(1_700_000_000))).unwrap(), Some(1_700_000_000_000));
-        assert_eq!(claim_time(&read(SqlValue::Text("2026-11-30 05:00:00".into()))).unwrap(), None, "no zone: no proof");
-        assert_eq!(claim_time(&read(SqlValue::Null)).unwrap(), None, "unreadable: no proof, no finding");
-        assert!(matches!(claim_time(&read(SqlValue::Integer(1_900_000_000))), Err(TimeTrouble::Future(..))));
+        assert_eq!(
+            claim_time(&read(SqlValue::Integer(1_700_000_000))).unwrap(),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            claim_time(&read(SqlValue::Text("2026-11-30 05:00:00".into()))).unwrap(),
+            None,
+            "no zone: no proof"
+        );
+        assert_eq!(
+            claim_time(&read(SqlValue::Null)).unwrap(),
+            None,
+            "unreadable: no proof, no finding"
+        );
+        assert!(matches!(
+            claim_time(&read(SqlValue::Integer(1_900_000_000))),
+            Err(TimeTrouble::Future(..))
+        ));
     }
 }

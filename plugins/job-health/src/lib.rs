@@ -15,7 +15,11 @@
 //! write a compare-and-swap on the row as it was seen. A job whose process is
 //! alive, and rows in any status not listed as running or waiting, are never touched.
 
-use db_common::{human_ms, ident, integer, opt_column, row_liveness, shown, Clock, Heartbeat, Identity, Liveness, OnHost, OwnerCheck, Placeholders, RowIdentity, RowName, SetValue, StatusCounts, TimeColumn, TimeUnit, Update, WorkerKind, WITHHELD};
+use db_common::{
+    human_ms, ident, integer, opt_column, row_liveness, shown, Clock, Heartbeat, Identity,
+    Liveness, OnHost, OwnerCheck, Placeholders, RowIdentity, RowName, SetValue, StatusCounts,
+    TimeColumn, TimeUnit, Update, WorkerKind, WITHHELD,
+};
 use doctor_sdk::prelude::*;
 use doctor_sdk::process::pid_list;
 use doctor_sdk::scope::{ProcessTable, Scope};
@@ -103,37 +107,103 @@ impl Plugin for JobHealth {
         let pid_sql = db_common::sql_expression("worker_pid_sql", c.worker_pid_sql.as_deref())?;
         let host_sql = db_common::sql_expression("worker_host_sql", c.worker_host_sql.as_deref())?;
         let sets = Sets::parse(&c, &cols)?;
-        let (worker_match, format, unit) = (db_common::regex("worker_match", c.worker_match.as_deref())?, db_common::owner_format(&c.owner_format)?, db_common::time_unit(&c.time_unit)?);
-        let id = Identity { pid_sql, host_sql, worker_match, name_pattern: db_common::name_pattern(c.name_pattern.as_deref())?, format, unit };
+        let (worker_match, format, unit) = (
+            db_common::regex("worker_match", c.worker_match.as_deref())?,
+            db_common::owner_format(&c.owner_format)?,
+            db_common::time_unit(&c.time_unit)?,
+        );
+        let id = Identity {
+            pid_sql,
+            host_sql,
+            worker_match,
+            name_pattern: db_common::name_pattern(c.name_pattern.as_deref())?,
+            format,
+            unit,
+        };
         // Then what only this host and its table can tell.
         let user = opt_column(&c.service_user);
         let wanted = db_common::configured(&[
-            ("id_column", Some(&c.id_column)), ("status_column", Some(&c.status_column)), ("worker_column", cols.worker), ("heartbeat_column", cols.hb),
-            ("claimed_column", cols.claimed), ("updated_column", cols.upd), ("attempts_column", cols.att), ("reason_column", cols.reason),
+            ("id_column", Some(&c.id_column)),
+            ("status_column", Some(&c.status_column)),
+            ("worker_column", cols.worker),
+            ("heartbeat_column", cols.hb),
+            ("claimed_column", cols.claimed),
+            ("updated_column", cols.upd),
+            ("attempts_column", cols.att),
+            ("reason_column", cols.reason),
         ]);
-        let OnHost { problems, scope, weak } = id.on_host(&c.db, &c.table, user, &c.scope, c.worker_kind, &wanted)?;
+        let OnHost {
+            problems,
+            scope,
+            weak,
+        } = id.on_host(&c.db, &c.table, user, &c.scope, c.worker_kind, &wanted)?;
         let mut findings: Vec<Finding> = weak.into_iter().collect();
-        db_common::check_set_columns(&c.db, &c.table, &c.id_column, &[("requeue_set", &sets.requeue), ("fail_set", &sets.fail)])?;
+        db_common::check_set_columns(
+            &c.db,
+            &c.table,
+            &c.id_column,
+            &[("requeue_set", &sets.requeue), ("fail_set", &sets.fail)],
+        )?;
         // Does the table record its workers at all? With neither a worker
         // column nor a pid expression it has declared heartbeat-only judgement.
         let records_worker = cols.worker.is_some() || id.pid_sql.is_some();
-        let table = ProcessTable::new(if records_worker { processes::all()? } else { Vec::new() });
+        let table = ProcessTable::new(if records_worker {
+            processes::all()?
+        } else {
+            Vec::new()
+        });
         let (hostname, clock) = (host::hostname(), Clock::now(id.unit, c.clock_skew));
 
-        let statuses: Vec<SqlValue> = c.running_statuses.iter().chain(&c.waiting_statuses).map(|s| SqlValue::Text(s.clone())).collect();
+        let statuses: Vec<SqlValue> = c
+            .running_statuses
+            .iter()
+            .chain(&c.waiting_statuses)
+            .map(|s| SqlValue::Text(s.clone()))
+            .collect();
         let marks: Vec<String> = (1..=statuses.len()).map(|i| format!("?{i}")).collect();
-        let (t, key, status, identity) = (ident(&c.table), ident(&c.id_column), ident(&c.status_column), id.select_list());
-        let [w, hb, upd, att, claimed] = [cols.worker, cols.hb, cols.upd, cols.att, cols.claimed].map(db_common::ident_or_null);
+        let (t, key, status, identity) = (
+            ident(&c.table),
+            ident(&c.id_column),
+            ident(&c.status_column),
+            id.select_list(),
+        );
+        let [w, hb, upd, att, claimed] =
+            [cols.worker, cols.hb, cols.upd, cols.att, cols.claimed].map(db_common::ident_or_null);
         let sql = format!("SELECT {key}, {status}, {w}, {hb}, {upd}, {att}, {claimed}, {identity} FROM {t} WHERE {status} IN ({}) ORDER BY {key}", marks.join(", "));
         let rows = sqlite::query(&c.db, &sql, &statuses)?;
-        findings.extend(db_common::unwritable_finding(&c.db, user.unwrap_or_default(), &problems));
+        findings.extend(db_common::unwritable_finding(
+            &c.db,
+            user.unwrap_or_default(),
+            &problems,
+        ));
 
-        let writes = Writes { c: &c, cols: &cols, id: &id, sets: &sets, withheld: !problems.is_empty(), clock: &clock };
+        let writes = Writes {
+            c: &c,
+            cols: &cols,
+            id: &id,
+            sets: &sets,
+            withheld: !problems.is_empty(),
+            clock: &clock,
+        };
         let finder = id.name_finder(&scope);
         let chk = id.owner_check(c.worker_kind, &table, &hostname, finder.as_ref());
         for r in db_common::distinct(&rows.rows) {
-            let name = RowName { key: format!("job:{}", shown(&r[0])), subject: format!("{} job {}", c.table, shown(&r[0])), worker: None };
-            let job = Job { id: &r[0], status: shown(&r[1]), status_value: &r[1], who: id.row(&r[2], &r[7], &r[8]), heartbeat: &r[3], updated: &r[4], attempts: &r[5], claimed: &r[6], name };
+            let name = RowName {
+                key: format!("job:{}", shown(&r[0])),
+                subject: format!("{} job {}", c.table, shown(&r[0])),
+                worker: None,
+            };
+            let job = Job {
+                id: &r[0],
+                status: shown(&r[1]),
+                status_value: &r[1],
+                who: id.row(&r[2], &r[7], &r[8]),
+                heartbeat: &r[3],
+                updated: &r[4],
+                attempts: &r[5],
+                claimed: &r[6],
+                name,
+            };
             match c.running_statuses.contains(&job.status) {
                 true => findings.extend(check_running(&writes, &job, &chk, records_worker)),
                 false => findings.extend(check_waiting(&writes, &job)),
@@ -143,7 +213,13 @@ impl Plugin for JobHealth {
         // the rest on the next run (the summary says how many waited).
         let mut summary = summary(&c)?;
         if findings.len() > MAX_JOB_FINDINGS {
-            summary = summary.evidence("deferred", format!("{} job finding(s) beyond the first {MAX_JOB_FINDINGS} wait for the next run", findings.len() - MAX_JOB_FINDINGS));
+            summary = summary.evidence(
+                "deferred",
+                format!(
+                    "{} job finding(s) beyond the first {MAX_JOB_FINDINGS} wait for the next run",
+                    findings.len() - MAX_JOB_FINDINGS
+                ),
+            );
             findings.truncate(MAX_JOB_FINDINGS);
         }
         findings.push(summary);
@@ -163,8 +239,23 @@ struct Columns<'a> {
 
 impl<'a> Columns<'a> {
     fn of(c: &'a Config) -> Self {
-        let [worker, hb, claimed, upd, att, reason] = [&c.worker_column, &c.heartbeat_column, &c.claimed_column, &c.updated_column, &c.attempts_column, &c.reason_column].map(opt_column);
-        Columns { worker, hb, claimed, upd, att, reason }
+        let [worker, hb, claimed, upd, att, reason] = [
+            &c.worker_column,
+            &c.heartbeat_column,
+            &c.claimed_column,
+            &c.updated_column,
+            &c.attempts_column,
+            &c.reason_column,
+        ]
+        .map(opt_column);
+        Columns {
+            worker,
+            hb,
+            claimed,
+            upd,
+            att,
+            reason,
+        }
     }
 }
 
@@ -187,27 +278,73 @@ fn check_waiting(w: &Writes<'_>, job: &Job<'_>) -> Option<Finding> {
     let (c, limit) = (w.c, i64::try_from(w.c.stale_after?).unwrap_or(i64::MAX));
     let stamp = match w.cols.upd.map(|_| w.clock.read(job.updated))? {
         Ok(s) => s,
-        Err(trouble) => return Some(job.name.time_finding(TimeColumn::Updated, w.cols.upd, job.updated, &trouble, "whether the job is stale cannot be told")),
+        Err(trouble) => {
+            return Some(job.name.time_finding(
+                TimeColumn::Updated,
+                w.cols.upd,
+                job.updated,
+                &trouble,
+                "whether the job is stale cannot be told",
+            ))
+        }
     };
     let age = w.clock.now_ms.saturating_sub(stamp.unix_ms);
     if age <= limit {
         return None;
     }
-    let why = format!("it has been {} for {} (stale after {})", job.status, human_ms(age), human_ms(limit));
-    let f = Finding::warning(format!("{}:stale", job.name.key), &job.name.subject, format!("job {} is {} but nothing picked it up: {why}", shown(job.id), job.status));
-    Some(w.remedy(f.evidence("updated_read_as", &stamp.read_as), job, c.on_stale, &why))
+    let why = format!(
+        "it has been {} for {} (stale after {})",
+        job.status,
+        human_ms(age),
+        human_ms(limit)
+    );
+    let f = Finding::warning(
+        format!("{}:stale", job.name.key),
+        &job.name.subject,
+        format!(
+            "job {} is {} but nothing picked it up: {why}",
+            shown(job.id),
+            job.status
+        ),
+    );
+    Some(w.remedy(
+        f.evidence("updated_read_as", &stamp.read_as),
+        job,
+        c.on_stale,
+        &why,
+    ))
 }
 
-fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>, records_worker: bool) -> Vec<Finding> {
+fn check_running(
+    w: &Writes<'_>,
+    job: &Job<'_>,
+    chk: &OwnerCheck<'_>,
+    records_worker: bool,
+) -> Vec<Finding> {
     let (c, mut out) = (w.c, Vec::new());
     // The heartbeat as read, or its own finding when it cannot be used.
-    let beat = w.clock.heartbeat(w.cols.hb, job.heartbeat, c.heartbeat_timeout);
+    let beat = w
+        .clock
+        .heartbeat(w.cols.hb, job.heartbeat, c.heartbeat_timeout);
     if let Heartbeat::Unusable(trouble) = &beat {
-        out.push(job.name.time_finding(TimeColumn::Heartbeat, w.cols.hb, job.heartbeat, trouble, "the job cannot be judged by its heartbeat"));
+        out.push(job.name.time_finding(
+            TimeColumn::Heartbeat,
+            w.cols.hb,
+            job.heartbeat,
+            trouble,
+            "the job cannot be judged by its heartbeat",
+        ));
     }
-    let claimed_ms = job.name.claimed_ms(w.clock, w.cols.claimed, job.claimed, &mut out);
+    let claimed_ms = job
+        .name
+        .claimed_ms(w.clock, w.cols.claimed, job.claimed, &mut out);
     let hb_text = || match &beat {
-        Heartbeat::Read { stamp, age, .. } => format!("its last heartbeat is {} old (timeout {}; read as {})", human_ms(*age), human_ms(c.heartbeat_timeout.unwrap_or(0) as i64), stamp.read_as),
+        Heartbeat::Read { stamp, age, .. } => format!(
+            "its last heartbeat is {} old (timeout {}; read as {})",
+            human_ms(*age),
+            human_ms(c.heartbeat_timeout.unwrap_or(0) as i64),
+            stamp.read_as
+        ),
         _ => String::new(),
     };
     // A host expression alone still tells another host's job from this host's.
@@ -218,24 +355,44 @@ fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>, records_wo
     // A table that records no worker (worker_column = "") has declared heartbeat-only judgement.
     let by_heartbeat = c.unidentified == Unidentified::Heartbeat || !records_worker;
     let (id, status, worker) = (shown(job.id), &job.status, job.who.shown());
-    let unknown_worker = |message: String| Finding::warning(format!("{}:unknown-worker", job.name.key), &job.name.subject, message).evidence("worker", &worker);
+    let unknown_worker = |message: String| {
+        Finding::warning(
+            format!("{}:unknown-worker", job.name.key),
+            &job.name.subject,
+            message,
+        )
+        .evidence("worker", &worker)
+    };
     let why = match alive {
         Liveness::Alive(procs) => {
             // The very process is alive: never touched, at most reported.
-            if let Heartbeat::Read { age, stale: Some(true), .. } = beat {
+            if let Heartbeat::Read {
+                age,
+                stale: Some(true),
+                ..
+            } = beat
+            {
                 let message = format!("job {id} is {status} and its process (pid {}) is alive, but its last heartbeat is {} old; it is left alone", pid_list(&procs.iter().collect::<Vec<_>>()), human_ms(age));
-                out.push(Finding::warning(format!("{}:hung", job.name.key), &job.name.subject, message).evidence("worker", shown(job.who.worker)).evidence("heartbeat", shown(job.heartbeat)));
+                out.push(
+                    Finding::warning(format!("{}:hung", job.name.key), &job.name.subject, message)
+                        .evidence("worker", shown(job.who.worker))
+                        .evidence("heartbeat", shown(job.heartbeat)),
+                );
             }
             return out;
         }
         Liveness::Dead(why) => why,
-        Liveness::Remote(host) if beat.is_stale() => format!("its owner is on host {host} and {}", hb_text()),
+        Liveness::Remote(host) if beat.is_stale() => {
+            format!("its owner is on host {host} and {}", hb_text())
+        }
         // Another host's job with nothing to judge it by: said, never guessed.
         Liveness::Remote(host) if w.cols.hb.is_none() || c.heartbeat_timeout.is_none() => {
             out.push(unknown_worker(format!("job {id} is {status} for worker {worker} on host {host}; local pids say nothing about it, and without heartbeat_column and heartbeat_timeout it cannot be judged, so it is left alone")));
             return out;
         }
-        Liveness::Unknown(why) if by_heartbeat && beat.is_stale() => format!("{why} and {}", hb_text()),
+        Liveness::Unknown(why) if by_heartbeat && beat.is_stale() => {
+            format!("{why} and {}", hb_text())
+        }
         // No identity, and no opt-in to judge by heartbeat: a live worker's
         // task may look exactly like this, so it is said and never written.
         Liveness::Unknown(why) if !by_heartbeat => {
@@ -244,7 +401,11 @@ fn check_running(w: &Writes<'_>, job: &Job<'_>, chk: &OwnerCheck<'_>, records_wo
         }
         Liveness::Remote(_) | Liveness::Unknown(_) => return out,
     };
-    let f = Finding::critical(format!("{}:orphaned", job.name.key), &job.name.subject, format!("job {id} is {status} for worker {worker} but {why}; nothing will finish it"));
+    let f = Finding::critical(
+        format!("{}:orphaned", job.name.key),
+        &job.name.subject,
+        format!("job {id} is {status} for worker {worker} but {why}; nothing will finish it"),
+    );
     let f = f.evidence("heartbeat", shown(job.heartbeat));
     let f = match beat.read_as() {
         Some(read_as) => f.evidence("heartbeat_read_as", read_as),
@@ -265,9 +426,18 @@ struct Sets {
 impl Sets {
     fn parse(c: &Config, cols: &Columns) -> Result<Sets, Error> {
         let (id, status) = (c.id_column.as_str(), c.status_column.as_str());
-        let requeue_own: Vec<&str> = [Some(id), Some(status), cols.worker, cols.att, cols.upd].into_iter().flatten().collect();
-        let fail_own: Vec<&str> = [Some(id), Some(status), cols.reason].into_iter().flatten().collect();
-        Ok(Sets { requeue: db_common::parse_sets("requeue_set", &c.requeue_set, &requeue_own)?, fail: db_common::parse_sets("fail_set", &c.fail_set, &fail_own)? })
+        let requeue_own: Vec<&str> = [Some(id), Some(status), cols.worker, cols.att, cols.upd]
+            .into_iter()
+            .flatten()
+            .collect();
+        let fail_own: Vec<&str> = [Some(id), Some(status), cols.reason]
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(Sets {
+            requeue: db_common::parse_sets("requeue_set", &c.requeue_set, &requeue_own)?,
+            fail: db_common::parse_sets("fail_set", &c.fail_set, &fail_own)?,
+        })
     }
 }
 
@@ -287,9 +457,22 @@ impl Writes<'_> {
         let attempts = integer(job.attempts).unwrap_or(0);
         let exhausted = self.cols.att.is_some() && attempts >= c.max_attempts;
         // The remedy that will be applied: a requeue whose attempts ran out is a fail.
-        let remedy = if remedy == Remedy::Requeue && exhausted { Remedy::Fail } else { remedy };
-        let f = f.evidence("id", &id).evidence("status", &job.status).evidence("worker", job.who.shown()).evidence("reason", why).evidence("remedy", format!("{remedy:?}").to_lowercase());
-        let mut f = if self.cols.att.is_some() { f.evidence("attempts", attempts) } else { f };
+        let remedy = if remedy == Remedy::Requeue && exhausted {
+            Remedy::Fail
+        } else {
+            remedy
+        };
+        let f = f
+            .evidence("id", &id)
+            .evidence("status", &job.status)
+            .evidence("worker", job.who.shown())
+            .evidence("reason", why)
+            .evidence("remedy", format!("{remedy:?}").to_lowercase());
+        let mut f = if self.cols.att.is_some() {
+            f.evidence("attempts", attempts)
+        } else {
+            f
+        };
         if remedy == Remedy::Report {
             return f;
         }
@@ -297,12 +480,28 @@ impl Writes<'_> {
             return f.evidence("write", WITHHELD);
         }
         let reason = match exhausted {
-            true => format!("doctor: {why}; gave up after {attempts} attempt(s) (max_attempts {})", c.max_attempts),
+            true => format!(
+                "doctor: {why}; gave up after {attempts} attempt(s) (max_attempts {})",
+                c.max_attempts
+            ),
             false => format!("doctor: {why}"),
         };
         let (mut st, description, extra) = match (remedy, self.cols.att) {
-            (Remedy::Requeue, Some(_)) => (self.requeue(job), format!("requeue job {id} as {} (attempt {} of {})", c.requeue_status, attempts + 1, c.max_attempts), &self.sets.requeue),
-            (Remedy::Requeue, None) => (self.requeue(job), format!("requeue job {id} as {}", c.requeue_status), &self.sets.requeue),
+            (Remedy::Requeue, Some(_)) => (
+                self.requeue(job),
+                format!(
+                    "requeue job {id} as {} (attempt {} of {})",
+                    c.requeue_status,
+                    attempts + 1,
+                    c.max_attempts
+                ),
+                &self.sets.requeue,
+            ),
+            (Remedy::Requeue, None) => (
+                self.requeue(job),
+                format!("requeue job {id} as {}", c.requeue_status),
+                &self.sets.requeue,
+            ),
             _ => {
                 let mut st = Update::default();
                 st.set(&c.status_column, SqlValue::Text(c.failed_status.clone()));
@@ -310,7 +509,11 @@ impl Writes<'_> {
                     st.set(r, SqlValue::Text(reason.clone()));
                 }
                 f = f.evidence("failure_reason", &reason);
-                (st, format!("mark job {id} {}: {reason}", c.failed_status), &self.sets.fail)
+                (
+                    st,
+                    format!("mark job {id} {}: {reason}", c.failed_status),
+                    &self.sets.fail,
+                )
             }
         };
         // The application's own columns, in the same statement.
@@ -320,14 +523,24 @@ impl Writes<'_> {
         }
         // Compare-and-swap on the row exactly as this check saw it, and on the
         // identity the verdict rests on: a new worker's pid in the JSON means hands off.
-        st.unchanged(ident(&c.id_column), job.id.clone()).unchanged(ident(&c.status_column), job.status_value.clone());
+        st.unchanged(ident(&c.id_column), job.id.clone())
+            .unchanged(ident(&c.status_column), job.status_value.clone());
         let cols = self.cols;
-        for (column, value) in [(cols.worker, job.who.worker), (cols.hb, job.heartbeat), (cols.upd, job.updated), (cols.att, job.attempts), (cols.claimed, job.claimed)] {
+        for (column, value) in [
+            (cols.worker, job.who.worker),
+            (cols.hb, job.heartbeat),
+            (cols.upd, job.updated),
+            (cols.att, job.attempts),
+            (cols.claimed, job.claimed),
+        ] {
             if let Some(column) = column {
                 st.unchanged(ident(column), value.clone());
             }
         }
-        st.unchanged_each(self.id.unchanged(job.who.pid.unwrap_or(&SqlValue::Null), job.who.host.unwrap_or(&SqlValue::Null)));
+        st.unchanged_each(self.id.unchanged(
+            job.who.pid.unwrap_or(&SqlValue::Null),
+            job.who.host.unwrap_or(&SqlValue::Null),
+        ));
         let (sql, params) = st.build(&c.table);
         f.action(Action::sql_exec(&c.db, &sql, params, 1), description)
     }
@@ -344,10 +557,17 @@ impl Writes<'_> {
         }
         if let Some(u) = self.cols.upd {
             // "Now" in the unit the column already uses (as read, else as declared).
-            let unit = self.clock.read(job.updated).map(|s| s.unit).unwrap_or(self.clock.unit);
+            let unit = self
+                .clock
+                .read(job.updated)
+                .map(|s| s.unit)
+                .unwrap_or(self.clock.unit);
             match now_value(unit, self.clock.now_ms) {
                 Some(v) => st.set(u, v),
-                None => st.set_sql(format!("{} = strftime('%Y-%m-%d %H:%M:%S', 'now')", ident(u))),
+                None => st.set_sql(format!(
+                    "{} = strftime('%Y-%m-%d %H:%M:%S', 'now')",
+                    ident(u)
+                )),
             };
         }
         st
@@ -356,25 +576,70 @@ impl Writes<'_> {
     /// "Now" in `unit`, or in the table's unit: as declared, else as this row's times were read, else seconds.
     fn now_in(&self, unit: Option<TimeUnit>, job: &Job<'_>) -> SqlValue {
         let cols = self.cols;
-        let read = [(cols.hb, job.heartbeat), (cols.claimed, job.claimed), (cols.upd, job.updated)].into_iter().find_map(|(col, v)| col.and_then(|_| self.clock.read(v).ok()).map(|s| s.unit));
-        let unit = unit.or(Some(self.clock.unit).filter(|u| *u != TimeUnit::Auto)).or(read).unwrap_or(TimeUnit::Seconds);
-        now_value(unit, self.clock.now_ms).unwrap_or_else(|| SqlValue::Text(iso8601_utc(self.clock.now_ms)))
+        let read = [
+            (cols.hb, job.heartbeat),
+            (cols.claimed, job.claimed),
+            (cols.upd, job.updated),
+        ]
+        .into_iter()
+        .find_map(|(col, v)| col.and_then(|_| self.clock.read(v).ok()).map(|s| s.unit));
+        let unit = unit
+            .or(Some(self.clock.unit).filter(|u| *u != TimeUnit::Auto))
+            .or(read)
+            .unwrap_or(TimeUnit::Seconds);
+        now_value(unit, self.clock.now_ms)
+            .unwrap_or_else(|| SqlValue::Text(iso8601_utc(self.clock.now_ms)))
     }
 
     /// What `{reason}`, `{pid}`, ... stand for in a `text` or `json` value.
     fn placeholders(&self, job: &Job<'_>, remedy: Remedy, reason: &str) -> Placeholders {
         let shown_opt = |v: Option<&SqlValue>| v.map(shown).unwrap_or_default();
-        let (attempts, remedy, now) = (integer(job.attempts).unwrap_or(0).to_string(), format!("{remedy:?}").to_lowercase(), iso8601_utc(self.clock.now_ms));
-        let facts = [("reason", reason.to_string()), ("id", shown(job.id)), ("worker", shown(job.who.worker)), ("pid", shown_opt(job.who.pid)), ("host", shown_opt(job.who.host))];
-        facts.into_iter().chain([("status", job.status.clone()), ("attempts", attempts), ("remedy", remedy), ("now", now)]).collect()
+        let (attempts, remedy, now) = (
+            integer(job.attempts).unwrap_or(0).to_string(),
+            format!("{remedy:?}").to_lowercase(),
+            iso8601_utc(self.clock.now_ms),
+        );
+        let facts = [
+            ("reason", reason.to_string()),
+            ("id", shown(job.id)),
+            ("worker", shown(job.who.worker)),
+            ("pid", shown_opt(job.who.pid)),
+            ("host", shown_opt(job.who.host)),
+        ];
+        facts
+            .into_iter()
+            .chain([
+                ("status", job.status.clone()),
+                ("attempts", attempts),
+                ("remedy", remedy),
+                ("now", now),
+            ])
+            .collect()
     }
 }
 
 fn summary(c: &Config) -> Result<Finding, Error> {
     let counts = StatusCounts::read(&c.db, &c.table, &c.status_column)?;
-    let text: Vec<String> = counts.by_status.iter().map(|(s, n)| format!("{n} {s}")).collect();
-    let message = format!("{}: {} job(s){}{}", c.table, counts.total, if text.is_empty() { "" } else { ": " }, text.join(", "));
-    Ok(counts.evidence(Finding::info(format!("table:{}:summary", c.table), format!("table {}", c.table), message).evidence("total", counts.total)))
+    let text: Vec<String> = counts
+        .by_status
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect();
+    let message = format!(
+        "{}: {} job(s){}{}",
+        c.table,
+        counts.total,
+        if text.is_empty() { "" } else { ": " },
+        text.join(", ")
+    );
+    Ok(counts.evidence(
+        Finding::info(
+            format!("table:{}:summary", c.table),
+            format!("table {}", c.table),
+            message,
+        )
+        .evidence("total", counts.total),
+    ))
 }
 
 register_plugin!(JobHealth);

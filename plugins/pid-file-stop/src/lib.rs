@@ -72,14 +72,21 @@ impl Plugin for PidFileStop {
 
     fn check(config: Config) -> Result<Vec<Finding>, Error> {
         let table = ProcessTable::read()?;
-        let per_target: Vec<Vec<Finding>> = config.targets.iter().map(|t| check_target(t, &table)).collect::<Result<_, _>>()?;
+        let per_target: Vec<Vec<Finding>> = config
+            .targets
+            .iter()
+            .map(|t| check_target(t, &table))
+            .collect::<Result<_, _>>()?;
         Ok(per_target.into_iter().flatten().collect())
     }
 }
 
 fn check_target(target: &Target, table: &ProcessTable) -> Result<Vec<Finding>, Error> {
-    let pattern = Regex::new(&target.pattern).map_err(|e| Error::Invalid(format!("target {}: pattern: {e}", target.name)))?;
-    let scope = target.scope.compile(&format!("target {}: scope", target.name))?;
+    let pattern = Regex::new(&target.pattern)
+        .map_err(|e| Error::Invalid(format!("target {}: pattern: {e}", target.name)))?;
+    let scope = target
+        .scope
+        .compile(&format!("target {}: scope", target.name))?;
     let path = target.pid_file.as_deref().unwrap_or_default();
     let pid_file = read_pid_file(target.pid_file.as_deref(), table, &pattern)?;
     // The PID file's process, then every other match inside the scope.
@@ -92,8 +99,15 @@ fn check_target(target: &Target, table: &ProcessTable) -> Result<Vec<Finding>, E
             instances.push(p);
         }
     }
-    let (name, count, pids, mut findings) = (&target.name, instances.len(), pid_list(&instances), Vec::new());
-    let finding = |severity, slug: &str, message: String| Finding::new(format!("{name}:{slug}"), severity, name, message);
+    let (name, count, pids, mut findings) = (
+        &target.name,
+        instances.len(),
+        pid_list(&instances),
+        Vec::new(),
+    );
+    let finding = |severity, slug: &str, message: String| {
+        Finding::new(format!("{name}:{slug}"), severity, name, message)
+    };
     match &pid_file {
         PidFile::Unrelated(other, why) => findings.push(
             finding(Severity::Warning, "pid-reused", format!("PID file points at pid {}, a live process that is not {name} ({why}: {}); it is left alone", other.id.pid, command_line(other)))
@@ -106,36 +120,67 @@ fn check_target(target: &Target, table: &ProcessTable) -> Result<Vec<Finding>, E
         if let Some(by) = respawn::respawned_by(name, &instances, table) {
             // Stopped, and back again: stopping it once more would only feed the loop.
             let message = format!("persisting — respawned by {by}: {name} was stopped and is running again (pid {pids}). Stop or reconfigure its supervisor ({by}) first; doctor does not stop it again");
-            let mut f = finding(Severity::Critical, "running", message).evidence("respawned_by", &by).evidence("instances", count);
+            let mut f = finding(Severity::Critical, "running", message)
+                .evidence("respawned_by", &by)
+                .evidence("instances", count);
             for p in &instances {
                 f = f.evidence(&format!("pid {}", p.id.pid), command_line(p));
             }
             findings.push(f);
         } else {
             respawn::remember_stopping(name, &instances);
-            let mut f = finding(Severity::Critical, "running", format!("{name} should be stopped but {count} instance(s) are running (pid {pids})")).evidence("instances", count);
+            let mut f = finding(
+                Severity::Critical,
+                "running",
+                format!(
+                    "{name} should be stopped but {count} instance(s) are running (pid {pids})"
+                ),
+            )
+            .evidence("instances", count);
             if let PidFile::Ours(pid) = pid_file {
                 f = f.evidence("pid_file_pid", pid);
             }
             for p in &instances {
                 let cmd = command_line(p);
-                f = f.evidence(&format!("pid {}", p.id.pid), &cmd).stop(p, target.grace_ms, format!("stop pid {} (`{cmd}`)", p.id.pid));
+                f = f.evidence(&format!("pid {}", p.id.pid), &cmd).stop(
+                    p,
+                    target.grace_ms,
+                    format!("stop pid {} (`{cmd}`)", p.id.pid),
+                );
             }
             // Removed only once every instance is stopped.
-            if let (Some(_), PidFile::Ours(_) | PidFile::Stale(_) | PidFile::Unreadable(_)) = (&target.pid_file, &pid_file) {
+            if let (Some(_), PidFile::Ours(_) | PidFile::Stale(_) | PidFile::Unreadable(_)) =
+                (&target.pid_file, &pid_file)
+            {
                 f = f.then(Action::remove_file(path), format!("remove PID file {path}"));
             }
             findings.push(f);
         }
     } else if count > 1 {
-        findings.push(finding(Severity::Warning, "duplicates", format!("{count} instances of {name} are running (pid {pids})")).evidence("instances", count));
+        findings.push(
+            finding(
+                Severity::Warning,
+                "duplicates",
+                format!("{count} instances of {name} are running (pid {pids})"),
+            )
+            .evidence("instances", count),
+        );
     }
     if instances.is_empty() {
         respawn::forget(name);
         if let PidFile::Stale(pid) = pid_file {
-            let f = finding(Severity::Warning, "stale-pid-file", format!("PID file {path} names pid {pid}, which is not running")).evidence("pid_file", path).evidence("pid", pid);
+            let f = finding(
+                Severity::Warning,
+                "stale-pid-file",
+                format!("PID file {path} names pid {pid}, which is not running"),
+            )
+            .evidence("pid_file", path)
+            .evidence("pid", pid);
             findings.push(match target.desired {
-                Desired::Stopped => f.action(Action::remove_file(path), format!("remove stale PID file {path}")),
+                Desired::Stopped => f.action(
+                    Action::remove_file(path),
+                    format!("remove stale PID file {path}"),
+                ),
                 Desired::ReportOnly => f,
             });
         }

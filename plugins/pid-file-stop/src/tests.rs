@@ -4,11 +4,15 @@
 use super::PidFileStop;
 use doctor_sdk::testing::Facts;
 
-const CONFIG: &str = r#"{ "targets": [{ "name": "web", "pid_file": "/run/web.pid", "pattern": "^web$" }] }"#;
+const CONFIG: &str =
+    r#"{ "targets": [{ "name": "web", "pid_file": "/run/web.pid", "pattern": "^web$" }] }"#;
 
 #[test]
 fn a_pid_file_naming_no_process_is_stale_and_its_removal_is_planned() {
-    let out = Facts::new().file("/run/web.pid", "424242\n").processes(vec![]).run::<PidFileStop>(CONFIG);
+    let out = Facts::new()
+        .file("/run/web.pid", "424242\n")
+        .processes(vec![])
+        .run::<PidFileStop>(CONFIG);
     assert_eq!(out.keys(), ["web:stale-pid-file"]);
     let finding = out.finding("web:stale-pid-file").unwrap();
     assert!(finding.message.contains("424242"), "{}", finding.message);
@@ -37,7 +41,15 @@ fn a_recorded_run_replays_as_a_test() {
 
 #[test]
 fn a_denied_grant_comes_back_as_the_plugins_error() {
-    let out = Facts::new().deny("files").processes(vec![]).run::<PidFileStop>(CONFIG);
-    let error = out.result.as_ref().err().map(doctor_sdk::error_text).unwrap_or_default();
+    let out = Facts::new()
+        .deny("files")
+        .processes(vec![])
+        .run::<PidFileStop>(CONFIG);
+    let error = out
+        .result
+        .as_ref()
+        .err()
+        .map(doctor_sdk::error_text)
+        .unwrap_or_default();
     assert!(error.starts_with("denied:"), "{error}");
 }

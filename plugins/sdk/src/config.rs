@@ -43,9 +43,17 @@ pub struct ConfigKey {
 
 impl ConfigKey {
     /// `docs` are the field's `#[doc]` lines: each trimmed, joined by a space.
-    pub fn new(name: &'static str, default: Option<&'static str>, docs: &[Option<&str>]) -> ConfigKey {
+    pub fn new(
+        name: &'static str,
+        default: Option<&'static str>,
+        docs: &[Option<&str>],
+    ) -> ConfigKey {
         let lines: Vec<&str> = docs.iter().flatten().map(|l| l.trim()).collect();
-        ConfigKey { name, default, description: lines.join(" ") }
+        ConfigKey {
+            name,
+            default,
+            description: lines.join(" "),
+        }
     }
 }
 
@@ -152,9 +160,21 @@ mod tests {
         assert_eq!(
             Example::config_keys(),
             [
-                ConfigKey { name: "db", default: None, description: "database label from [databases]".into() },
-                ConfigKey { name: "time_unit", default: Some("\"auto\""), description: "how times are stored: auto, s, ms (detected and stated)".into() },
-                ConfigKey { name: "complete", default: Some(r#"["complete", "done"]"#), description: "values that count as \"complete\"".into() },
+                ConfigKey {
+                    name: "db",
+                    default: None,
+                    description: "database label from [databases]".into()
+                },
+                ConfigKey {
+                    name: "time_unit",
+                    default: Some("\"auto\""),
+                    description: "how times are stored: auto, s, ms (detected and stated)".into()
+                },
+                ConfigKey {
+                    name: "complete",
+                    default: Some(r#"["complete", "done"]"#),
+                    description: "values that count as \"complete\"".into()
+                },
             ]
         );
     }
@@ -174,13 +194,21 @@ mod tests {
     fn one_line_per_key_declares_the_same_keys() {
         assert_eq!(Compact::config_keys(), Example::config_keys());
         let e: Compact = serde_json::from_str(r#"{"db": "main", "complete": []}"#).unwrap();
-        assert_eq!((e.db.as_str(), e.time_unit.as_str(), e.complete.len()), ("main", "", 0));
+        assert_eq!(
+            (e.db.as_str(), e.time_unit.as_str(), e.complete.len()),
+            ("main", "", 0)
+        );
     }
 
     #[test]
     fn the_struct_keeps_its_serde_attributes() {
         let e: Example = serde_json::from_str(r#"{"db": "main", "complete": []}"#).unwrap();
-        assert_eq!((e.db.as_str(), e.time_unit.as_str(), e.complete.len()), ("main", "", 0));
-        assert!(serde_json::from_str::<Example>(r#"{"db": "x", "complete": [], "nope": 1}"#).is_err());
+        assert_eq!(
+            (e.db.as_str(), e.time_unit.as_str(), e.complete.len()),
+            ("main", "", 0)
+        );
+        assert!(
+            serde_json::from_str::<Example>(r#"{"db": "x", "complete": [], "nope": 1}"#).is_err()
+        );
     }
 }

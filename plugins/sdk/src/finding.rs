@@ -85,7 +85,12 @@ pub struct Finding {
 
 impl Finding {
     /// `key` must be stable across runs and unique within the plugin.
-    pub fn new(key: impl Into<String>, severity: Severity, subject: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        key: impl Into<String>,
+        severity: Severity,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Finding {
             inner: wit::Finding {
                 key: key.into(),
@@ -98,20 +103,35 @@ impl Finding {
         }
     }
 
-    pub fn info(key: impl Into<String>, subject: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn info(
+        key: impl Into<String>,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::new(key, Severity::Info, subject, message)
     }
 
-    pub fn warning(key: impl Into<String>, subject: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn warning(
+        key: impl Into<String>,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::new(key, Severity::Warning, subject, message)
     }
 
-    pub fn critical(key: impl Into<String>, subject: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn critical(
+        key: impl Into<String>,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::new(key, Severity::Critical, subject, message)
     }
 
     pub fn evidence(mut self, key: &str, value: impl ToString) -> Self {
-        self.inner.evidence.push(Evidence { key: key.to_string(), value: value.to_string() });
+        self.inner.evidence.push(Evidence {
+            key: key.to_string(),
+            value: value.to_string(),
+        });
         self
     }
 
@@ -129,11 +149,18 @@ impl Finding {
     /// its pid and start time), described as `label: TERM, N ms grace, KILL`.
     /// Every plugin that stops a process says it the same way.
     pub fn stop(self, process: &Process, grace_ms: u32, label: impl std::fmt::Display) -> Self {
-        self.action(Action::stop_process(process.id, grace_ms), format!("{label}: TERM, {grace_ms} ms grace, KILL"))
+        self.action(
+            Action::stop_process(process.id, grace_ms),
+            format!("{label}: TERM, {grace_ms} ms grace, KILL"),
+        )
     }
 
     fn push_action(mut self, action: Action, description: String, needs_previous: bool) -> Self {
-        self.inner.actions.push(wit::PlannedAction { action, description, needs_previous });
+        self.inner.actions.push(wit::PlannedAction {
+            action,
+            description,
+            needs_previous,
+        });
         self
     }
 

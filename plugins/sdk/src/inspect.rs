@@ -22,13 +22,21 @@ pub fn container_name(c: &Container) -> String {
 /// `/system.slice/docker-<id>.scope`, `/libpod_parent/libpod-<id>`,
 /// `.../libpod-<id>.scope/container`.
 pub fn container_id_in_cgroup(cgroup: &str) -> Option<String> {
-    cgroup.split(['/', '-', '.', ':']).find(|part| part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit())).map(str::to_string)
+    cgroup
+        .split(['/', '-', '.', ':'])
+        .find(|part| part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
 }
 
 /// `ImageName` (Podman) or `Config.Image` (both): the name the container was
 /// created from, not the resolved image id.
 pub fn image_name(doc: &Value) -> String {
-    doc["ImageName"].as_str().filter(|s| !s.is_empty()).or_else(|| doc["Config"]["Image"].as_str()).unwrap_or("").to_string()
+    doc["ImageName"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .or_else(|| doc["Config"]["Image"].as_str())
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Why an image reference's tag is a moving target, or None when it is pinned.
@@ -47,12 +55,20 @@ pub fn latest_tag(image: &str) -> Option<String> {
 /// `cap_net_raw` → `NET_RAW`: the engines and operators spell capabilities both ways.
 pub fn normalise_cap(cap: &str) -> String {
     let upper = cap.trim().to_ascii_uppercase();
-    upper.strip_prefix("CAP_").map(str::to_string).unwrap_or(upper)
+    upper
+        .strip_prefix("CAP_")
+        .map(str::to_string)
+        .unwrap_or(upper)
 }
 
 /// A capability list (`HostConfig.CapDrop`, `CapAdd`, `EffectiveCaps`), normalised.
 pub fn caps_list(v: &Value) -> Vec<String> {
-    v.as_array().into_iter().flatten().filter_map(|c| c.as_str()).map(normalise_cap).collect()
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.as_str())
+        .map(normalise_cap)
+        .collect()
 }
 
 /// Is `cap` missing from the container? Docker shows `CapDrop: ["ALL"]`;
@@ -60,10 +76,16 @@ pub fn caps_list(v: &Value) -> Vec<String> {
 /// the effective set in `EffectiveCaps` once known.
 pub fn cap_missing(doc: &Value, cap: &str) -> bool {
     let host = &doc["HostConfig"];
-    if caps_list(&host["CapAdd"]).iter().any(|c| c == cap || c == "ALL") {
+    if caps_list(&host["CapAdd"])
+        .iter()
+        .any(|c| c == cap || c == "ALL")
+    {
         return false;
     }
-    if caps_list(&host["CapDrop"]).iter().any(|c| c == cap || c == "ALL") {
+    if caps_list(&host["CapDrop"])
+        .iter()
+        .any(|c| c == cap || c == "ALL")
+    {
         return true;
     }
     let effective = caps_list(&doc["EffectiveCaps"]);
@@ -73,8 +95,16 @@ pub fn cap_missing(doc: &Value, cap: &str) -> bool {
 /// Where bind and named volumes are mounted inside the container.
 pub fn volumes(doc: &Value) -> Vec<String> {
     let mounts = doc["Mounts"].as_array().into_iter().flatten();
-    let mut out: Vec<String> = mounts.filter(|m| matches!(m["Type"].as_str(), Some("bind") | Some("volume"))).filter_map(|m| m["Destination"].as_str().map(str::to_string)).collect();
-    for bind in doc["HostConfig"]["Binds"].as_array().into_iter().flatten().filter_map(|b| b.as_str()) {
+    let mut out: Vec<String> = mounts
+        .filter(|m| matches!(m["Type"].as_str(), Some("bind") | Some("volume")))
+        .filter_map(|m| m["Destination"].as_str().map(str::to_string))
+        .collect();
+    for bind in doc["HostConfig"]["Binds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.as_str())
+    {
         if let Some(dest) = bind.split(':').nth(1) {
             if !out.iter().any(|d| d == dest) {
                 out.push(dest.to_string());
@@ -87,8 +117,16 @@ pub fn volumes(doc: &Value) -> Vec<String> {
 /// Where something writable is mounted: read-write mounts and tmpfs.
 pub fn writable_mounts(doc: &Value) -> Vec<String> {
     let mounts = doc["Mounts"].as_array().into_iter().flatten();
-    let mut out: Vec<String> = mounts.filter(|m| m["RW"].as_bool().unwrap_or(true)).filter_map(|m| m["Destination"].as_str().map(str::to_string)).collect();
-    out.extend(doc["HostConfig"]["Tmpfs"].as_object().into_iter().flat_map(|m| m.keys().cloned()));
+    let mut out: Vec<String> = mounts
+        .filter(|m| m["RW"].as_bool().unwrap_or(true))
+        .filter_map(|m| m["Destination"].as_str().map(str::to_string))
+        .collect();
+    out.extend(
+        doc["HostConfig"]["Tmpfs"]
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.keys().cloned()),
+    );
     out
 }
 
@@ -103,7 +141,11 @@ pub fn under_mount(mounts: &[String], path: &str) -> bool {
 /// Container ports below 1024 the container binds inside.
 pub fn privileged_ports(doc: &Value) -> Vec<u16> {
     let mut out = Vec::new();
-    for map in [&doc["Config"]["ExposedPorts"], &doc["HostConfig"]["PortBindings"], &doc["NetworkSettings"]["Ports"]] {
+    for map in [
+        &doc["Config"]["ExposedPorts"],
+        &doc["HostConfig"]["PortBindings"],
+        &doc["NetworkSettings"]["Ports"],
+    ] {
         for key in map.as_object().into_iter().flat_map(|m| m.keys()) {
             if let Some(port) = key.split('/').next().and_then(|p| p.parse::<u16>().ok()) {
                 if port < 1024 && !out.contains(&port) {
@@ -118,7 +160,10 @@ pub fn privileged_ports(doc: &Value) -> Vec<u16> {
 /// Host TCP ports a container publishes, from NetworkSettings.Ports or HostConfig.PortBindings.
 pub fn published_ports(doc: &Value) -> Vec<u16> {
     let mut out = Vec::new();
-    for map in [&doc["NetworkSettings"]["Ports"], &doc["HostConfig"]["PortBindings"]] {
+    for map in [
+        &doc["NetworkSettings"]["Ports"],
+        &doc["HostConfig"]["PortBindings"],
+    ] {
         for (inner, bindings) in map.as_object().into_iter().flatten() {
             if !inner.ends_with("/tcp") && inner.contains('/') {
                 continue;
@@ -136,20 +181,33 @@ pub fn published_ports(doc: &Value) -> Vec<u16> {
 }
 
 /// Shell words that are not programs to look for.
-const SHELL_BUILTINS: &[&str] = &["exit", "true", "false", "test", "[", "echo", "cd", "exec", "!", "set", "command", ":"];
+const SHELL_BUILTINS: &[&str] = &[
+    "exit", "true", "false", "test", "[", "echo", "cd", "exec", "!", "set", "command", ":",
+];
 
 /// The program a health check runs and its whole command: the first word of
 /// its CMD or CMD-SHELL test (None for NONE, an inherited test, a builtin).
 pub fn health_program(doc: &Value) -> Option<(String, String)> {
-    let test: Vec<&str> = doc["Config"]["Healthcheck"]["Test"].as_array()?.iter().filter_map(|v| v.as_str()).collect();
+    let test: Vec<&str> = doc["Config"]["Healthcheck"]["Test"]
+        .as_array()?
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
     let (kind, rest) = test.split_first()?;
     let command = rest.join(" ");
     let first = match *kind {
         "CMD" => rest.first()?.to_string(),
         "CMD-SHELL" => {
-            let words = rest.first()?.split_whitespace().map(|w| w.trim_matches(|c| c == '\'' || c == '"')).filter(|w| !w.is_empty());
+            let words = rest
+                .first()?
+                .split_whitespace()
+                .map(|w| w.trim_matches(|c| c == '\'' || c == '"'))
+                .filter(|w| !w.is_empty());
             // Skip `VAR=value` assignments; a path with `=` is still a program.
-            let first = words.into_iter().find(|w| !w.contains('=') || w.starts_with('/'))?.to_string();
+            let first = words
+                .into_iter()
+                .find(|w| !w.contains('=') || w.starts_with('/'))?
+                .to_string();
             if SHELL_BUILTINS.contains(&first.as_str()) {
                 return None;
             }
@@ -170,9 +228,21 @@ pub fn program_candidates(doc: &Value, program: &str) -> Option<Vec<String>> {
     if program.contains('/') {
         return None;
     }
-    let env = doc["Config"]["Env"].as_array().into_iter().flatten().filter_map(|e| e.as_str());
-    let path = env.into_iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    Some(path.split(':').filter(|d| d.starts_with('/')).map(|d| format!("{}/{program}", d.trim_end_matches('/'))).collect())
+    let env = doc["Config"]["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str());
+    let path = env
+        .into_iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    Some(
+        path.split(':')
+            .filter(|d| d.starts_with('/'))
+            .map(|d| format!("{}/{program}", d.trim_end_matches('/')))
+            .collect(),
+    )
 }
 
 /// The health check's program when it provably does not exist in container
@@ -180,7 +250,11 @@ pub fn program_candidates(doc: &Value, program: &str) -> Option<Vec<String>> {
 /// asked whether each candidate path exists, which works without running
 /// the container. None when it exists, is not decidable, or the engine
 /// cannot tell (logged): unproven, say nothing rather than guess.
-pub fn missing_health_program(id: &str, name: &str, doc: &Value) -> Option<(String, String, Vec<String>)> {
+pub fn missing_health_program(
+    id: &str,
+    name: &str,
+    doc: &Value,
+) -> Option<(String, String, Vec<String>)> {
     let (program, command) = health_program(doc)?;
     let candidates = program_candidates(doc, &program)?;
     for path in &candidates {
@@ -188,7 +262,13 @@ pub fn missing_health_program(id: &str, name: &str, doc: &Value) -> Option<(Stri
             Ok(true) => return None,
             Ok(false) => {}
             Err(e) => {
-                crate::log(crate::host::LogLevel::Warn, format!("container {name}: cannot check {path}: {}", crate::error_text(&e)));
+                crate::log(
+                    crate::host::LogLevel::Warn,
+                    format!(
+                        "container {name}: cannot check {path}: {}",
+                        crate::error_text(&e)
+                    ),
+                );
                 return None;
             }
         }
@@ -204,7 +284,10 @@ pub fn engine_wants_running(state: &Value, restart: &str) -> Option<String> {
     if !ran_before(state) || state["StoppedByUser"].as_bool() == Some(true) {
         return None;
     }
-    let (started_at, exit_code) = (state["StartedAt"].as_str().unwrap_or(""), state["ExitCode"].as_i64().unwrap_or(0));
+    let (started_at, exit_code) = (
+        state["StartedAt"].as_str().unwrap_or(""),
+        state["ExitCode"].as_i64().unwrap_or(0),
+    );
     match restart {
         "always" | "unless-stopped" => Some(format!("its restart policy {restart:?} says it should run and it ran before (started {started_at})")),
         "on-failure" if exit_code != 0 => Some(format!("its restart policy \"on-failure\" says it should run again after exit code {exit_code}")),
@@ -222,8 +305,15 @@ pub fn ran_before(state: &Value) -> bool {
 /// The health check's status and failing streak: `State.Health` (Docker)
 /// or `State.Healthcheck` (Podman); `""` without a health check.
 pub fn health_status(state: &Value) -> (&str, u64) {
-    let status = state["Health"]["Status"].as_str().filter(|h| !h.is_empty()).or_else(|| state["Healthcheck"]["Status"].as_str()).unwrap_or("");
-    let failing = state["Health"]["FailingStreak"].as_u64().or_else(|| state["Healthcheck"]["FailingStreak"].as_u64()).unwrap_or(0);
+    let status = state["Health"]["Status"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .or_else(|| state["Healthcheck"]["Status"].as_str())
+        .unwrap_or("");
+    let failing = state["Health"]["FailingStreak"]
+        .as_u64()
+        .or_else(|| state["Healthcheck"]["FailingStreak"].as_u64())
+        .unwrap_or(0);
     (status, failing)
 }
 
@@ -243,7 +333,8 @@ mod tests {
 
     #[test]
     fn podman_expanded_cap_drop_counts_as_drop_all() {
-        let podman = json!({"HostConfig": {"CapDrop": ["CAP_CHOWN", "CAP_DAC_OVERRIDE"], "CapAdd": []}});
+        let podman =
+            json!({"HostConfig": {"CapDrop": ["CAP_CHOWN", "CAP_DAC_OVERRIDE"], "CapAdd": []}});
         assert!(cap_missing(&podman, "DAC_OVERRIDE"));
         let docker = json!({"HostConfig": {"CapDrop": ["ALL"], "CapAdd": ["DAC_OVERRIDE"]}});
         assert!(!cap_missing(&docker, "DAC_OVERRIDE"));
@@ -261,7 +352,10 @@ mod tests {
         let none = json!({"Config": {"Healthcheck": {"Test": ["NONE"]}}});
         assert!(health_program(&none).is_none());
         let env = json!({"Config": {"Env": ["PATH=/bin:/opt/x/"]}});
-        assert_eq!(program_candidates(&env, "curl").unwrap(), ["/bin/curl", "/opt/x/curl"]);
+        assert_eq!(
+            program_candidates(&env, "curl").unwrap(),
+            ["/bin/curl", "/opt/x/curl"]
+        );
         assert!(program_candidates(&env, "./x").is_none());
     }
 
@@ -269,31 +363,64 @@ mod tests {
     fn a_missing_health_program_is_proved_by_the_engine() {
         use crate::testing::{answer_with, Facts};
         let doc = json!({"Config": {"Env": ["PATH=/bin:/usr/bin"], "Healthcheck": {"Test": ["CMD-SHELL", "curl -f http://localhost/"]}}});
-        let facts = |exists: &'static str| Facts::new().on("containers.path_exists", move |args| Some(Ok::<_, crate::Error>(args[1] == exists)));
-        let missing = answer_with(facts("/nowhere"), || missing_health_program("abc", "web", &doc)).unwrap();
+        let facts = |exists: &'static str| {
+            Facts::new().on("containers.path_exists", move |args| {
+                Some(Ok::<_, crate::Error>(args[1] == exists))
+            })
+        };
+        let missing = answer_with(facts("/nowhere"), || {
+            missing_health_program("abc", "web", &doc)
+        })
+        .unwrap();
         assert_eq!((missing.0.as_str(), missing.2.len()), ("curl", 2));
-        assert!(answer_with(facts("/usr/bin/curl"), || missing_health_program("abc", "web", &doc)).is_none());
+        assert!(
+            answer_with(facts("/usr/bin/curl"), || missing_health_program(
+                "abc", "web", &doc
+            ))
+            .is_none()
+        );
     }
 
     #[test]
     fn the_engine_wants_running_only_what_ran_before() {
-        let never = json!({"Status": "created", "StartedAt": "0001-01-01T00:00:00Z", "ExitCode": 0});
+        let never =
+            json!({"Status": "created", "StartedAt": "0001-01-01T00:00:00Z", "ExitCode": 0});
         let ran = json!({"Status": "exited", "StartedAt": "2026-11-30T05:00:00Z", "ExitCode": 137});
         let by_user = json!({"Status": "exited", "StartedAt": "2026-11-30T05:00:00Z", "ExitCode": 0, "StoppedByUser": true});
-        assert!(engine_wants_running(&never, "always").is_none(), "existence is not intent");
-        assert!(engine_wants_running(&ran, "unless-stopped").unwrap().contains("ran before"));
+        assert!(
+            engine_wants_running(&never, "always").is_none(),
+            "existence is not intent"
+        );
+        assert!(engine_wants_running(&ran, "unless-stopped")
+            .unwrap()
+            .contains("ran before"));
         assert!(engine_wants_running(&ran, "on-failure").is_some());
         assert!(engine_wants_running(&ran, "no").is_none());
-        assert!(engine_wants_running(&by_user, "always").is_none(), "stopped by its operator");
+        assert!(
+            engine_wants_running(&by_user, "always").is_none(),
+            "stopped by its operator"
+        );
     }
 
     #[test]
     fn container_ids_come_out_of_cgroups() {
         let id = "a".repeat(64);
-        assert_eq!(container_id_in_cgroup(&format!("/libpod_parent/libpod-{id}")), Some(id.clone()));
-        assert_eq!(container_id_in_cgroup(&format!("/system.slice/docker-{id}.scope")), Some(id.clone()));
-        assert_eq!(container_id_in_cgroup(&format!("/docker/{id}")), Some(id.clone()));
-        assert_eq!(container_id_in_cgroup("/user.slice/user-1000.slice/session-2.scope"), None);
+        assert_eq!(
+            container_id_in_cgroup(&format!("/libpod_parent/libpod-{id}")),
+            Some(id.clone())
+        );
+        assert_eq!(
+            container_id_in_cgroup(&format!("/system.slice/docker-{id}.scope")),
+            Some(id.clone())
+        );
+        assert_eq!(
+            container_id_in_cgroup(&format!("/docker/{id}")),
+            Some(id.clone())
+        );
+        assert_eq!(
+            container_id_in_cgroup("/user.slice/user-1000.slice/session-2.scope"),
+            None
+        );
     }
 
     #[test]
@@ -304,6 +431,9 @@ mod tests {
         assert_eq!(published_ports(&doc), [8080]);
         assert_eq!(volumes(&doc), ["/data", "/tmp"]);
         assert_eq!(writable_mounts(&doc), ["/tmp"]);
-        assert!(under_mount(&writable_mounts(&doc), "/tmp/x") && !under_mount(&writable_mounts(&doc), "/tmpx"));
+        assert!(
+            under_mount(&writable_mounts(&doc), "/tmp/x")
+                && !under_mount(&writable_mounts(&doc), "/tmpx")
+        );
     }
 }

@@ -45,14 +45,14 @@ pub mod bindings {
 
 pub mod config;
 mod finding;
-pub mod process;
 mod imports;
 pub mod inspect;
-pub mod testing;
 pub mod owner;
 pub mod ports;
+pub mod process;
 pub mod respawn;
 pub mod scope;
+pub mod testing;
 pub mod time;
 
 pub use imports::{containers, files, host, probe, processes, sockets, sqlite};
@@ -62,8 +62,8 @@ pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The WIT contract this SDK speaks (`wit/` in this crate).
 pub const WIT_PACKAGE: &str = "doctor:plugin@0.2.0";
 pub use bindings::doctor::plugin::types::{
-    Action, Error, Evidence, ProcessRef, Severity, Signal, SqlExec, SqlValue, StopProcess,
-    SignalProcess, WaitPortFree,
+    Action, Error, Evidence, ProcessRef, Severity, Signal, SignalProcess, SqlExec, SqlValue,
+    StopProcess, WaitPortFree,
 };
 pub use finding::{Finding, Info};
 pub use regex_lite;
@@ -143,11 +143,11 @@ pub fn log(level: host::LogLevel, message: impl AsRef<str>) {
 }
 
 pub mod prelude {
+    pub use crate::config::DeclaredConfig;
     pub use crate::{
         caps, containers, files, host, probe, processes, register_plugin, sockets, sqlite, Action,
         Error, Finding, Info, Plugin, ProcessRef, Severity, Signal, SqlValue,
     };
-    pub use crate::config::DeclaredConfig;
 }
 
 /// `describe()`: the plugin's info, its version defaulting to the plugin
@@ -161,8 +161,8 @@ pub fn __describe<P: Plugin>(crate_version: &str) -> bindings::doctor::plugin::t
 pub fn __check<P: Plugin>(
     config_json: &str,
 ) -> Result<bindings::doctor::plugin::types::Report, Error> {
-    let config: P::Config = serde_json::from_str(config_json)
-        .map_err(|e| Error::Invalid(format!("config: {e}")))?;
+    let config: P::Config =
+        serde_json::from_str(config_json).map_err(|e| Error::Invalid(format!("config: {e}")))?;
     let findings = P::check(config)?;
     Ok(bindings::doctor::plugin::types::Report {
         findings: findings.into_iter().map(Finding::into_wit).collect(),

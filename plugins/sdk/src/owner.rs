@@ -35,7 +35,8 @@ impl OwnerFormat {
             "host:pid" => OwnerFormat::HostPid,
             "pid@host" => OwnerFormat::PidAtHost,
             pattern => {
-                let re = Regex::new(pattern).map_err(|e| format!("owner_format: bad pattern {pattern:?}: {e}"))?;
+                let re = Regex::new(pattern)
+                    .map_err(|e| format!("owner_format: bad pattern {pattern:?}: {e}"))?;
                 if !re.capture_names().any(|n| n == Some("pid")) {
                     return Err(format!(
                         "owner_format {pattern:?}: not auto, pid, host:pid or pid@host, and as a regex it has no named group `pid` (write (?P<pid>\\d+))"
@@ -79,24 +80,46 @@ pub fn parse_owner(value: &str, format: &OwnerFormat) -> Result<Owner, String> {
     let v = value.trim();
     match format {
         OwnerFormat::Auto => parse_auto(v),
-        OwnerFormat::Pid => pid_and_start(v).ok_or_else(|| format!("{v:?} is not a pid or pid:start-time")),
+        OwnerFormat::Pid => {
+            pid_and_start(v).ok_or_else(|| format!("{v:?} is not a pid or pid:start-time"))
+        }
         OwnerFormat::HostPid => {
-            let (host, pid) = v.rsplit_once(':').ok_or_else(|| format!("{v:?} is not host:pid"))?;
+            let (host, pid) = v
+                .rsplit_once(':')
+                .ok_or_else(|| format!("{v:?} is not host:pid"))?;
             with_host(host, pid).ok_or_else(|| format!("{v:?} is not host:pid"))
         }
         OwnerFormat::PidAtHost => {
-            let (pid, host) = v.split_once('@').ok_or_else(|| format!("{v:?} is not pid@host"))?;
+            let (pid, host) = v
+                .split_once('@')
+                .ok_or_else(|| format!("{v:?} is not pid@host"))?;
             with_host(host, pid).ok_or_else(|| format!("{v:?} is not pid@host"))
         }
         OwnerFormat::Pattern(re) => {
-            let caps = re.captures(v).ok_or_else(|| format!("{v:?} does not match owner_format /{}/", re.as_str()))?;
-            let pid = caps.name("pid").and_then(|m| parse_pid(m.as_str())).ok_or_else(|| format!("{v:?}: group `pid` is not a pid"))?;
-            let host = caps.name("host").map(|m| m.as_str().to_string()).filter(|h| !h.is_empty());
+            let caps = re
+                .captures(v)
+                .ok_or_else(|| format!("{v:?} does not match owner_format /{}/", re.as_str()))?;
+            let pid = caps
+                .name("pid")
+                .and_then(|m| parse_pid(m.as_str()))
+                .ok_or_else(|| format!("{v:?}: group `pid` is not a pid"))?;
+            let host = caps
+                .name("host")
+                .map(|m| m.as_str().to_string())
+                .filter(|h| !h.is_empty());
             let start_time = match caps.name("start") {
-                Some(m) => Some(m.as_str().parse().map_err(|_| format!("{v:?}: group `start` is not a number"))?),
+                Some(m) => Some(
+                    m.as_str()
+                        .parse()
+                        .map_err(|_| format!("{v:?}: group `start` is not a number"))?,
+                ),
                 None => None,
             };
-            Ok(Owner { host, pid, start_time })
+            Ok(Owner {
+                host,
+                pid,
+                start_time,
+            })
         }
     }
 }
@@ -124,8 +147,16 @@ fn parse_pid(text: &str) -> Option<u32> {
 
 fn pid_and_start(v: &str) -> Option<Owner> {
     match v.split_once(':') {
-        None => Some(Owner { host: None, pid: parse_pid(v)?, start_time: None }),
-        Some((p, s)) => Some(Owner { host: None, pid: parse_pid(p)?, start_time: Some(s.trim().parse().ok()?) }),
+        None => Some(Owner {
+            host: None,
+            pid: parse_pid(v)?,
+            start_time: None,
+        }),
+        Some((p, s)) => Some(Owner {
+            host: None,
+            pid: parse_pid(p)?,
+            start_time: Some(s.trim().parse().ok()?),
+        }),
     }
 }
 
@@ -134,7 +165,11 @@ fn with_host(host: &str, pid: &str) -> Option<Owner> {
     if host.is_empty() || host.chars().any(char::is_whitespace) {
         return None;
     }
-    Some(Owner { host: Some(host.to_string()), pid: parse_pid(pid)?, start_time: None })
+    Some(Owner {
+        host: Some(host.to_string()),
+        pid: parse_pid(pid)?,
+        start_time: None,
+    })
 }
 
 #[cfg(test)]
@@ -146,7 +181,11 @@ mod tests {
     }
 
     fn owner(host: Option<&str>, pid: u32, start: Option<u64>) -> Owner {
-        Owner { host: host.map(str::to_string), pid, start_time: start }
+        Owner {
+            host: host.map(str::to_string),
+            pid,
+            start_time: start,
+        }
     }
 
     #[test]
@@ -154,7 +193,10 @@ mod tests {
         assert_eq!(auto("4242"), Ok(owner(None, 4242, None)));
         assert_eq!(auto("4242:98765"), Ok(owner(None, 4242, Some(98765))));
         assert_eq!(auto("node-a:4242"), Ok(owner(Some("node-a"), 4242, None)));
-        assert_eq!(auto("4242@node-a.example.net"), Ok(owner(Some("node-a.example.net"), 4242, None)));
+        assert_eq!(
+            auto("4242@node-a.example.net"),
+            Ok(owner(Some("node-a.example.net"), 4242, None))
+        );
         assert!(auto("worker-7").is_err());
         assert!(auto("0").is_err());
         assert!(auto("").is_err());
@@ -163,17 +205,30 @@ mod tests {
     #[test]
     fn declared_formats_are_strict() {
         assert!(parse_owner("4242", &OwnerFormat::HostPid).is_err());
-        assert_eq!(parse_owner("h:1", &OwnerFormat::HostPid), Ok(owner(Some("h"), 1, None)));
-        assert_eq!(parse_owner("1@h", &OwnerFormat::PidAtHost), Ok(owner(Some("h"), 1, None)));
+        assert_eq!(
+            parse_owner("h:1", &OwnerFormat::HostPid),
+            Ok(owner(Some("h"), 1, None))
+        );
+        assert_eq!(
+            parse_owner("1@h", &OwnerFormat::PidAtHost),
+            Ok(owner(Some("h"), 1, None))
+        );
         assert!(parse_owner("h:1", &OwnerFormat::Pid).is_err());
     }
 
     #[test]
     fn a_pattern_needs_a_pid_group() {
         assert!(OwnerFormat::parse("^w-(\\d+)$").is_err());
-        let f = OwnerFormat::parse("^w-(?P<host>[a-z]+)-(?P<pid>\\d+)(/(?P<start>\\d+))?$").unwrap();
-        assert_eq!(parse_owner("w-nodea-77", &f), Ok(owner(Some("nodea"), 77, None)));
-        assert_eq!(parse_owner("w-nodea-77/900", &f), Ok(owner(Some("nodea"), 77, Some(900))));
+        let f =
+            OwnerFormat::parse("^w-(?P<host>[a-z]+)-(?P<pid>\\d+)(/(?P<start>\\d+))?$").unwrap();
+        assert_eq!(
+            parse_owner("w-nodea-77", &f),
+            Ok(owner(Some("nodea"), 77, None))
+        );
+        assert_eq!(
+            parse_owner("w-nodea-77/900", &f),
+            Ok(owner(Some("nodea"), 77, Some(900)))
+        );
         assert!(parse_owner("x", &f).is_err());
     }
 

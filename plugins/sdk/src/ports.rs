@@ -20,18 +20,43 @@ use std::collections::{BTreeMap, HashMap};
 #[derive(Clone, Debug)]
 pub enum Holder {
     Process(Process),
-    Container { id: String, name: String, image: String, via: String, pids: Vec<u32> },
+    Container {
+        id: String,
+        name: String,
+        image: String,
+        via: String,
+        pids: Vec<u32>,
+    },
     /// A socket whose holder we cannot see (another user's process without root).
-    Hidden { address: String, uid: u32 },
+    Hidden {
+        address: String,
+        uid: u32,
+    },
 }
 
 impl Holder {
     /// The holder as a message names it.
     pub fn describe(&self) -> String {
         match self {
-            Holder::Process(p) => format!("pid {} (uid {}: {})", p.id.pid, p.uid, one_line(&command_line(p), 160)),
-            Holder::Container { name, image, id, via, .. } => format!("container {name} ({image}, id {}) found by {via}", short_id(id)),
-            Holder::Hidden { address, uid } => format!("a socket on {address} owned by uid {uid} whose process is not visible"),
+            Holder::Process(p) => format!(
+                "pid {} (uid {}: {})",
+                p.id.pid,
+                p.uid,
+                one_line(&command_line(p), 160)
+            ),
+            Holder::Container {
+                name,
+                image,
+                id,
+                via,
+                ..
+            } => format!(
+                "container {name} ({image}, id {}) found by {via}",
+                short_id(id)
+            ),
+            Holder::Hidden { address, uid } => {
+                format!("a socket on {address} owned by uid {uid} whose process is not visible")
+            }
         }
     }
 }
@@ -47,12 +72,21 @@ pub fn display_address(address: &str, port: u16) -> String {
 
 /// Every holder of `port`'s listeners: processes outside containers,
 /// containers (each once), and listeners whose process we cannot see.
-pub fn holders(port: u16, listeners: &[&Listener], table: &ProcessTable, engine: &mut EngineView) -> Vec<Holder> {
+pub fn holders(
+    port: u16,
+    listeners: &[&Listener],
+    table: &ProcessTable,
+    engine: &mut EngineView,
+) -> Vec<Holder> {
     let mut processes: BTreeMap<u32, Process> = BTreeMap::new();
     let mut containers: BTreeMap<String, Holder> = BTreeMap::new();
     let mut hidden = Vec::new();
     for l in listeners {
-        let owners: Vec<&Process> = l.owners.iter().filter_map(|o| table.identified(o)).collect();
+        let owners: Vec<&Process> = l
+            .owners
+            .iter()
+            .filter_map(|o| table.identified(o))
+            .collect();
         if owners.is_empty() && !l.owners.is_empty() {
             // The host named its holders but the process table leaves them
             // out: the doctor's own process tree (never an instance of
@@ -63,7 +97,10 @@ pub fn holders(port: u16, listeners: &[&Listener], table: &ProcessTable, engine:
             // A container publishing the port may explain a socket we cannot see.
             match engine.publishing(port) {
                 Some(c) => add_container(&mut containers, &c, "a published port", None),
-                None => hidden.push(Holder::Hidden { address: display_address(&l.address, l.port), uid: l.uid }),
+                None => hidden.push(Holder::Hidden {
+                    address: display_address(&l.address, l.port),
+                    uid: l.uid,
+                }),
             }
             continue;
         }
@@ -79,7 +116,12 @@ pub fn holders(port: u16, listeners: &[&Listener], table: &ProcessTable, engine:
                 add_container(&mut containers, &c, "the owner's cgroup", Some(p.id.pid));
             } else if let Some(c) = engine.publishing(port) {
                 // docker-proxy, rootlessport and friends hold published ports for a container.
-                add_container(&mut containers, &c, &format!("a published port (proxy pid {}: {})", p.id.pid, p.name), Some(p.id.pid));
+                add_container(
+                    &mut containers,
+                    &c,
+                    &format!("a published port (proxy pid {}: {})", p.id.pid, p.name),
+                    Some(p.id.pid),
+                );
             } else {
                 processes.insert(p.id.pid, p.clone());
             }
@@ -92,13 +134,15 @@ pub fn holders(port: u16, listeners: &[&Listener], table: &ProcessTable, engine:
 }
 
 fn add_container(map: &mut BTreeMap<String, Holder>, c: &Container, via: &str, pid: Option<u32>) {
-    let entry = map.entry(c.id.clone()).or_insert_with(|| Holder::Container {
-        id: c.id.clone(),
-        name: c.names.first().cloned().unwrap_or_else(|| short_id(&c.id)),
-        image: c.image.clone(),
-        via: via.to_string(),
-        pids: Vec::new(),
-    });
+    let entry = map
+        .entry(c.id.clone())
+        .or_insert_with(|| Holder::Container {
+            id: c.id.clone(),
+            name: c.names.first().cloned().unwrap_or_else(|| short_id(&c.id)),
+            image: c.image.clone(),
+            via: via.to_string(),
+            pids: Vec::new(),
+        });
     if let (Holder::Container { pids, .. }, Some(pid)) = (entry, pid) {
         if !pids.contains(&pid) {
             pids.push(pid);
@@ -111,7 +155,16 @@ fn add_container(map: &mut BTreeMap<String, Holder>, c: &Container, via: &str, p
 /// children with it, and a stop that finds its target already gone counts
 /// as not done for the `needs-previous` actions that follow.
 pub fn stop_order<'a>(holders: &'a [Holder], table: &ProcessTable) -> Vec<&'a Holder> {
-    let pids: Vec<u32> = holders.iter().filter_map(|h| if let Holder::Process(p) = h { Some(p.id.pid) } else { None }).collect();
+    let pids: Vec<u32> = holders
+        .iter()
+        .filter_map(|h| {
+            if let Holder::Process(p) = h {
+                Some(p.id.pid)
+            } else {
+                None
+            }
+        })
+        .collect();
     // How many other holders are ancestors of this one.
     let depth = |pid: u32| -> usize {
         let (mut n, mut current) = (0, pid);
@@ -127,9 +180,20 @@ pub fn stop_order<'a>(holders: &'a [Holder], table: &ProcessTable) -> Vec<&'a Ho
         }
         n
     };
-    let mut out: Vec<&Holder> = holders.iter().filter(|h| matches!(h, Holder::Container { .. })).collect();
-    let mut procs: Vec<(std::cmp::Reverse<usize>, u32, &Holder)> =
-        holders.iter().filter_map(|h| if let Holder::Process(p) = h { Some((std::cmp::Reverse(depth(p.id.pid)), p.id.pid, h)) } else { None }).collect();
+    let mut out: Vec<&Holder> = holders
+        .iter()
+        .filter(|h| matches!(h, Holder::Container { .. }))
+        .collect();
+    let mut procs: Vec<(std::cmp::Reverse<usize>, u32, &Holder)> = holders
+        .iter()
+        .filter_map(|h| {
+            if let Holder::Process(p) = h {
+                Some((std::cmp::Reverse(depth(p.id.pid)), p.id.pid, h))
+            } else {
+                None
+            }
+        })
+        .collect();
     procs.sort_by_key(|(depth, pid, _)| (*depth, *pid));
     out.extend(procs.into_iter().map(|(_, _, h)| h));
     out
@@ -141,15 +205,32 @@ pub fn holder_evidence(mut f: Finding, holders: &[Holder], table: &ProcessTable)
     for h in holders {
         f = match h {
             Holder::Process(p) => {
-                let f = f.evidence(&format!("pid {}", p.id.pid), command_line(p)).evidence(&format!("pid {} uid", p.id.pid), p.uid);
+                let f = f
+                    .evidence(&format!("pid {}", p.id.pid), command_line(p))
+                    .evidence(&format!("pid {} uid", p.id.pid), p.uid);
                 match table.get(p.ppid) {
-                    Some(parent) => f.evidence(&format!("pid {} parent", p.id.pid), format!("pid {}: {}", parent.id.pid, command_line(parent))),
+                    Some(parent) => f.evidence(
+                        &format!("pid {} parent", p.id.pid),
+                        format!("pid {}: {}", parent.id.pid, command_line(parent)),
+                    ),
                     None => f,
                 }
             }
-            Holder::Container { id, name, image, via, pids } => {
-                let pids = pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
-                f.evidence(&format!("container {name}"), format!("{image} (id {id})")).evidence(&format!("container {name} found by"), via).evidence(&format!("container {name} pids"), pids)
+            Holder::Container {
+                id,
+                name,
+                image,
+                via,
+                pids,
+            } => {
+                let pids = pids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                f.evidence(&format!("container {name}"), format!("{image} (id {id})"))
+                    .evidence(&format!("container {name} found by"), via)
+                    .evidence(&format!("container {name} pids"), pids)
             }
             Holder::Hidden { .. } => f,
         };
@@ -161,16 +242,39 @@ pub fn holder_evidence(mut f: Finding, holders: &[Holder], table: &ProcessTable)
 /// (processes TERM → `grace_ms` → KILL, containers through the engine),
 /// then, with `wait_ms` (when nothing else keeps the port), wait for it to
 /// be free and bind it — only if every stop succeeded (`needs-previous`).
-pub fn free_port_plan(mut f: Finding, holders: &[Holder], table: &ProcessTable, port: u16, grace_ms: u32, wait_ms: Option<u32>) -> Finding {
+pub fn free_port_plan(
+    mut f: Finding,
+    holders: &[Holder],
+    table: &ProcessTable,
+    port: u16,
+    grace_ms: u32,
+    wait_ms: Option<u32>,
+) -> Finding {
     for h in stop_order(holders, table) {
         f = match h {
-            Holder::Process(p) => f.stop(p, grace_ms, format!("stop pid {} (`{}`) holding port {port}", p.id.pid, one_line(&command_line(p), 200))),
-            Holder::Container { id, name, .. } => f.action(Action::ContainerStop(id.clone()), format!("stop container {name} holding port {port} through the engine")),
+            Holder::Process(p) => f.stop(
+                p,
+                grace_ms,
+                format!(
+                    "stop pid {} (`{}`) holding port {port}",
+                    p.id.pid,
+                    one_line(&command_line(p), 200)
+                ),
+            ),
+            Holder::Container { id, name, .. } => f.action(
+                Action::ContainerStop(id.clone()),
+                format!("stop container {name} holding port {port} through the engine"),
+            ),
             Holder::Hidden { .. } => f,
         };
     }
     match wait_ms {
-        Some(deadline) => f.then(Action::wait_port_free(port, deadline), format!("wait up to {deadline} ms for port {port} to be free, then bind it to prove it")),
+        Some(deadline) => f.then(
+            Action::wait_port_free(port, deadline),
+            format!(
+                "wait up to {deadline} ms for port {port} to be free, then bind it to prove it"
+            ),
+        ),
         None => f,
     }
 }
@@ -190,7 +294,10 @@ pub struct Expect {
 
 impl Expect {
     fn is_empty(&self) -> bool {
-        self.command.is_none() && self.uid.is_none() && self.container.is_none() && self.image.is_none()
+        self.command.is_none()
+            && self.uid.is_none()
+            && self.container.is_none()
+            && self.image.is_none()
     }
 
     /// The expectation as a message says it.
@@ -199,7 +306,11 @@ impl Expect {
             return "nothing is expected on this port: it should be free".into();
         };
         let mut parts = Vec::new();
-        parts.extend(e.command.as_ref().map(|c| format!("command matching /{c}/")));
+        parts.extend(
+            e.command
+                .as_ref()
+                .map(|c| format!("command matching /{c}/")),
+        );
         parts.extend(e.uid.map(|u| format!("uid {u}")));
         parts.extend(e.container.as_ref().map(|c| format!("container named {c}")));
         parts.extend(e.image.as_ref().map(|i| format!("image {i}")));
@@ -213,19 +324,33 @@ impl Expect {
         }
         match holder {
             // Only a uid-only expectation can be decided without the process.
-            Holder::Hidden { uid, .. } => self.command.is_none() && self.container.is_none() && self.image.is_none() && self.uid == Some(*uid),
-            Holder::Process(p) => {
-                self.container.is_none() && self.image.is_none() && command.is_none_or(|re| re.is_match(&command_line(p))) && self.uid.is_none_or(|u| u == p.uid)
+            Holder::Hidden { uid, .. } => {
+                self.command.is_none()
+                    && self.container.is_none()
+                    && self.image.is_none()
+                    && self.uid == Some(*uid)
             }
-            Holder::Container { name, image, pids, .. } => {
+            Holder::Process(p) => {
+                self.container.is_none()
+                    && self.image.is_none()
+                    && command.is_none_or(|re| re.is_match(&command_line(p)))
+                    && self.uid.is_none_or(|u| u == p.uid)
+            }
+            Holder::Container {
+                name, image, pids, ..
+            } => {
                 // Docker's leading `/` in names is ignored.
                 let glob = |g: &str, text: &str| glob_match(g, text.trim_start_matches('/'));
                 let name_ok = self.container.as_deref().is_none_or(|g| glob(g, name));
                 let image_ok = self.image.as_deref().is_none_or(|g| glob(g, image));
                 // command/uid, when given, must hold for the container's processes too.
                 let procs: Vec<&Process> = pids.iter().filter_map(|pid| table.get(*pid)).collect();
-                let command_ok = command.is_none_or(|re| !procs.is_empty() && procs.iter().all(|p| re.is_match(&command_line(p))));
-                let uid_ok = self.uid.is_none_or(|u| !procs.is_empty() && procs.iter().all(|p| p.uid == u));
+                let command_ok = command.is_none_or(|re| {
+                    !procs.is_empty() && procs.iter().all(|p| re.is_match(&command_line(p)))
+                });
+                let uid_ok = self
+                    .uid
+                    .is_none_or(|u| !procs.is_empty() && procs.iter().all(|p| p.uid == u));
                 name_ok && image_ok && command_ok && uid_ok
             }
         }
@@ -254,7 +379,9 @@ pub fn probe_health(url: &str, timeout_ms: u32) -> Health {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         return match probe::tcp_connect(host, port, timeout_ms) {
             Ok(true) => Health::Healthy,
-            Ok(false) => Health::Unhealthy(format!("{url} does not accept connections within {timeout_ms} ms")),
+            Ok(false) => Health::Unhealthy(format!(
+                "{url} does not accept connections within {timeout_ms} ms"
+            )),
             Err(Error::Io(e)) => Health::Unhealthy(format!("{url}: {e}")),
             Err(e) => Health::Unknown(crate::error_text(&e)),
         };
@@ -262,7 +389,9 @@ pub fn probe_health(url: &str, timeout_ms: u32) -> Health {
     match probe::http_get(url, timeout_ms) {
         Ok(r) if r.status < 400 => Health::Healthy,
         Ok(r) => Health::Unhealthy(format!("GET {url} answered HTTP {}", r.status)),
-        Err(Error::Io(e)) | Err(Error::Limit(e)) => Health::Unhealthy(format!("GET {url} failed: {e}")),
+        Err(Error::Io(e)) | Err(Error::Limit(e)) => {
+            Health::Unhealthy(format!("GET {url} failed: {e}"))
+        }
         Err(e) => Health::Unknown(crate::error_text(&e)),
     }
 }
@@ -286,11 +415,20 @@ impl EngineView {
         self.loaded = true;
         match containers::all(false) {
             Ok(list) => self.containers = list,
-            Err(e) => return crate::log(host::LogLevel::Debug, format!("containers not available: {}", crate::error_text(&e))),
+            Err(e) => {
+                return crate::log(
+                    host::LogLevel::Debug,
+                    format!("containers not available: {}", crate::error_text(&e)),
+                )
+            }
         }
         for c in &self.containers {
-            let Ok(text) = containers::inspect(&c.id) else { continue };
-            let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+            let Ok(text) = containers::inspect(&c.id) else {
+                continue;
+            };
+            let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
             for port in published_ports(&doc) {
                 self.published.entry(port).or_insert_with(|| c.clone());
             }
@@ -315,58 +453,177 @@ mod tests {
     use crate::testing::process;
 
     fn proc(pid: u32, ppid: u32, uid: u32, argv: &str) -> Process {
-        Process { ppid, uid, ..process(pid, argv) }
+        Process {
+            ppid,
+            uid,
+            ..process(pid, argv)
+        }
     }
 
     fn container(name: &str, image: &str, pids: Vec<u32>) -> Holder {
-        Holder::Container { id: "c".repeat(64), name: name.into(), image: image.into(), via: "test".into(), pids }
+        Holder::Container {
+            id: "c".repeat(64),
+            name: name.into(),
+            image: image.into(),
+            via: "test".into(),
+            pids,
+        }
     }
 
     #[test]
     fn expectations_match_processes_containers_and_hidden_sockets() {
-        let table = ProcessTable::new(vec![proc(10, 1, 1000, "uvicorn app"), proc(11, 1, 0, "nginx")]);
+        let table = ProcessTable::new(vec![
+            proc(10, 1, 1000, "uvicorn app"),
+            proc(11, 1, 0, "nginx"),
+        ]);
         let re = Regex::new("uvicorn").unwrap();
-        let by_command = Expect { command: Some("uvicorn".into()), ..Expect::default() };
-        assert!(by_command.matches(&Holder::Process(proc(10, 1, 1000, "uvicorn app")), Some(&re), &table));
+        let by_command = Expect {
+            command: Some("uvicorn".into()),
+            ..Expect::default()
+        };
+        assert!(by_command.matches(
+            &Holder::Process(proc(10, 1, 1000, "uvicorn app")),
+            Some(&re),
+            &table
+        ));
         assert!(!by_command.matches(&Holder::Process(proc(11, 1, 0, "nginx")), Some(&re), &table));
-        let by_uid = Expect { uid: Some(1000), ..Expect::default() };
-        assert!(by_uid.matches(&Holder::Hidden { address: "x".into(), uid: 1000 }, None, &table));
-        assert!(!by_command.matches(&Holder::Hidden { address: "x".into(), uid: 1000 }, Some(&re), &table));
-        let by_name = Expect { container: Some("web-*".into()), ..Expect::default() };
-        assert!(by_name.matches(&container("/web-1", "busybox", vec![]), None, &table), "Docker's leading / is ignored");
+        let by_uid = Expect {
+            uid: Some(1000),
+            ..Expect::default()
+        };
+        assert!(by_uid.matches(
+            &Holder::Hidden {
+                address: "x".into(),
+                uid: 1000
+            },
+            None,
+            &table
+        ));
+        assert!(!by_command.matches(
+            &Holder::Hidden {
+                address: "x".into(),
+                uid: 1000
+            },
+            Some(&re),
+            &table
+        ));
+        let by_name = Expect {
+            container: Some("web-*".into()),
+            ..Expect::default()
+        };
+        assert!(
+            by_name.matches(&container("/web-1", "busybox", vec![]), None, &table),
+            "Docker's leading / is ignored"
+        );
         assert!(!by_name.matches(&container("db", "busybox", vec![]), None, &table));
-        assert!(!by_name.matches(&Holder::Process(proc(10, 1, 1000, "uvicorn app")), None, &table), "a container is expected");
-        assert!(!Expect::default().matches(&Holder::Process(proc(10, 1, 1000, "uvicorn app")), None, &table), "nothing expected");
-        assert_eq!(Expect::describe(None), "nothing is expected on this port: it should be free");
-        assert_eq!(Expect::describe(Some(&Expect { uid: Some(7), image: Some("x*".into()), ..Expect::default() })), "the expected owner is a uid 7, image x*");
+        assert!(
+            !by_name.matches(
+                &Holder::Process(proc(10, 1, 1000, "uvicorn app")),
+                None,
+                &table
+            ),
+            "a container is expected"
+        );
+        assert!(
+            !Expect::default().matches(
+                &Holder::Process(proc(10, 1, 1000, "uvicorn app")),
+                None,
+                &table
+            ),
+            "nothing expected"
+        );
+        assert_eq!(
+            Expect::describe(None),
+            "nothing is expected on this port: it should be free"
+        );
+        assert_eq!(
+            Expect::describe(Some(&Expect {
+                uid: Some(7),
+                image: Some("x*".into()),
+                ..Expect::default()
+            })),
+            "the expected owner is a uid 7, image x*"
+        );
     }
 
     #[test]
     fn children_are_stopped_before_their_parents_and_containers_first() {
-        let table = ProcessTable::new(vec![proc(10, 1, 0, "sh"), proc(20, 10, 0, "python"), proc(30, 20, 0, "python child")]);
-        let holders = vec![Holder::Process(proc(10, 1, 0, "sh")), Holder::Process(proc(30, 20, 0, "python child")), container("web", "i", vec![]), Holder::Process(proc(20, 10, 0, "python"))];
-        let order: Vec<String> = stop_order(&holders, &table).iter().map(|h| h.describe()).collect();
+        let table = ProcessTable::new(vec![
+            proc(10, 1, 0, "sh"),
+            proc(20, 10, 0, "python"),
+            proc(30, 20, 0, "python child"),
+        ]);
+        let holders = vec![
+            Holder::Process(proc(10, 1, 0, "sh")),
+            Holder::Process(proc(30, 20, 0, "python child")),
+            container("web", "i", vec![]),
+            Holder::Process(proc(20, 10, 0, "python")),
+        ];
+        let order: Vec<String> = stop_order(&holders, &table)
+            .iter()
+            .map(|h| h.describe())
+            .collect();
         assert!(order[0].starts_with("container web"));
-        assert!(order[1].starts_with("pid 30") && order[2].starts_with("pid 20") && order[3].starts_with("pid 10"), "{order:?}");
+        assert!(
+            order[1].starts_with("pid 30")
+                && order[2].starts_with("pid 20")
+                && order[3].starts_with("pid 10"),
+            "{order:?}"
+        );
     }
 
     #[test]
     fn the_plan_stops_holders_then_waits_for_the_port_only_after_every_stop() {
         let table = ProcessTable::new(vec![proc(10, 1, 0, "uvicorn")]);
-        let holders = vec![Holder::Process(proc(10, 1, 0, "uvicorn")), container("web", "i", vec![10])];
-        let plan = free_port_plan(Finding::info("k", "s", "m"), &holders, &table, 9403, 500, Some(1000)).into_wit();
-        let described: Vec<(&str, bool)> = plan.actions.iter().map(|a| (a.description.as_str(), a.needs_previous)).collect();
+        let holders = vec![
+            Holder::Process(proc(10, 1, 0, "uvicorn")),
+            container("web", "i", vec![10]),
+        ];
+        let plan = free_port_plan(
+            Finding::info("k", "s", "m"),
+            &holders,
+            &table,
+            9403,
+            500,
+            Some(1000),
+        )
+        .into_wit();
+        let described: Vec<(&str, bool)> = plan
+            .actions
+            .iter()
+            .map(|a| (a.description.as_str(), a.needs_previous))
+            .collect();
         assert_eq!(
             described,
             [
-                ("stop container web holding port 9403 through the engine", false),
-                ("stop pid 10 (`uvicorn`) holding port 9403: TERM, 500 ms grace, KILL", false),
-                ("wait up to 1000 ms for port 9403 to be free, then bind it to prove it", true),
+                (
+                    "stop container web holding port 9403 through the engine",
+                    false
+                ),
+                (
+                    "stop pid 10 (`uvicorn`) holding port 9403: TERM, 500 ms grace, KILL",
+                    false
+                ),
+                (
+                    "wait up to 1000 ms for port 9403 to be free, then bind it to prove it",
+                    true
+                ),
             ]
         );
-        let evidence = holder_evidence(Finding::info("k", "s", "m"), &holders, &table).into_wit().evidence;
+        let evidence = holder_evidence(Finding::info("k", "s", "m"), &holders, &table)
+            .into_wit()
+            .evidence;
         let keys: Vec<&str> = evidence.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, ["pid 10", "pid 10 uid", "container web", "container web found by", "container web pids"]);
+        assert_eq!(
+            keys,
+            [
+                "pid 10",
+                "pid 10 uid",
+                "container web",
+                "container web found by",
+                "container web pids"
+            ]
+        );
     }
 
     #[test]

@@ -11,7 +11,11 @@ use regex_lite::Regex;
 
 /// `42, 43`: the pids of `procs`, for a message.
 pub fn pid_list(procs: &[&Process]) -> String {
-    procs.iter().map(|p| p.id.pid.to_string()).collect::<Vec<_>>().join(", ")
+    procs
+        .iter()
+        .map(|p| p.id.pid.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `text` on one line and at most `max` characters (then `…`), for
@@ -29,7 +33,8 @@ impl ProcessTable {
     /// The live process `id` names: same pid *and* start time, so a reused
     /// pid is never taken for the process that was seen.
     pub fn identified(&self, id: &ProcessRef) -> Option<&Process> {
-        self.get(id.pid).filter(|p| p.id.start_time == id.start_time)
+        self.get(id.pid)
+            .filter(|p| p.id.start_time == id.start_time)
     }
 }
 
@@ -56,22 +61,37 @@ pub enum PidFile {
 /// Read the PID file at `path` and judge the process it names: trusted
 /// only while its command line matches `pattern` and it is not younger
 /// than the file.
-pub fn read_pid_file(path: Option<&str>, table: &ProcessTable, pattern: &Regex) -> Result<PidFile, Error> {
-    let Some(path) = path else { return Ok(PidFile::Absent) };
-    let Some(stat) = files::stat(path)? else { return Ok(PidFile::Absent) };
+pub fn read_pid_file(
+    path: Option<&str>,
+    table: &ProcessTable,
+    pattern: &Regex,
+) -> Result<PidFile, Error> {
+    let Some(path) = path else {
+        return Ok(PidFile::Absent);
+    };
+    let Some(stat) = files::stat(path)? else {
+        return Ok(PidFile::Absent);
+    };
     let text = files::read(path, 4096)?;
     let Ok(pid) = text.trim().parse::<u32>() else {
-        return Ok(PidFile::Unreadable(format!("PID file {path} does not hold a pid: {:?}", text.trim())));
+        return Ok(PidFile::Unreadable(format!(
+            "PID file {path} does not hold a pid: {:?}",
+            text.trim()
+        )));
     };
     Ok(match table.get(pid) {
         None if table.is_doctors(pid) => PidFile::Absent,
         None => PidFile::Stale(pid),
         Some(p) if !is_live(p) => PidFile::Stale(pid),
-        Some(p) if !pattern.is_match(&command_line(p)) => {
-            PidFile::Unrelated(p.clone(), format!("its command line does not match /{}/", pattern.as_str()))
-        }
+        Some(p) if !pattern.is_match(&command_line(p)) => PidFile::Unrelated(
+            p.clone(),
+            format!("its command line does not match /{}/", pattern.as_str()),
+        ),
         Some(p) if p.started_unix_ms > stat.modified_unix_ms.saturating_add(PID_FILE_SLACK_MS) => {
-            PidFile::Unrelated(p.clone(), "it started after the PID file was written".into())
+            PidFile::Unrelated(
+                p.clone(),
+                "it started after the PID file was written".into(),
+            )
         }
         Some(_) => PidFile::Ours(pid),
     })
@@ -83,7 +103,12 @@ mod tests {
     use crate::testing::{answer_with, process, Facts};
 
     fn proc(pid: u32, state: &str, argv: &str, started_ms: u64) -> Process {
-        Process { id: ProcessRef { pid, start_time: 7 }, state: state.into(), started_unix_ms: started_ms, ..process(pid, argv) }
+        Process {
+            id: ProcessRef { pid, start_time: 7 },
+            state: state.into(),
+            started_unix_ms: started_ms,
+            ..process(pid, argv)
+        }
     }
 
     #[test]
@@ -97,24 +122,48 @@ mod tests {
     #[test]
     fn identity_needs_the_start_time_too() {
         let table = ProcessTable::new(vec![proc(4, "S", "a", 0)]);
-        assert!(table.identified(&ProcessRef { pid: 4, start_time: 7 }).is_some());
-        assert!(table.identified(&ProcessRef { pid: 4, start_time: 8 }).is_none());
+        assert!(table
+            .identified(&ProcessRef {
+                pid: 4,
+                start_time: 7
+            })
+            .is_some());
+        assert!(table
+            .identified(&ProcessRef {
+                pid: 4,
+                start_time: 8
+            })
+            .is_none());
     }
 
     #[test]
     fn a_pid_file_is_trusted_only_for_a_matching_process_not_younger_than_it() {
         let pattern = Regex::new("^web$").unwrap();
-        let table = ProcessTable::new(vec![proc(10, "S", "web", 0), proc(11, "S", "vim", 0), proc(12, "Z", "web", 0), proc(13, "S", "web", 1_000_000)]);
+        let table = ProcessTable::new(vec![
+            proc(10, "S", "web", 0),
+            proc(11, "S", "vim", 0),
+            proc(12, "Z", "web", 0),
+            proc(13, "S", "web", 1_000_000),
+        ]);
         let judge = |content: &str| {
             let facts = Facts::new().file("/run/w.pid", content);
-            answer_with(facts, || read_pid_file(Some("/run/w.pid"), &table, &pattern).map(|f| format!("{f:?}")))
+            answer_with(facts, || {
+                read_pid_file(Some("/run/w.pid"), &table, &pattern).map(|f| format!("{f:?}"))
+            })
         };
         assert_eq!(judge("10\n").unwrap(), "Ours(10)");
         assert!(judge("11").unwrap().contains("does not match /^web$/"));
         assert_eq!(judge("12").unwrap(), "Stale(12)", "a zombie is not running");
         assert_eq!(judge("99").unwrap(), "Stale(99)");
-        assert!(judge("13").unwrap().contains("started after the PID file was written"));
+        assert!(judge("13")
+            .unwrap()
+            .contains("started after the PID file was written"));
         assert!(judge("x").unwrap().starts_with("Unreadable"));
-        assert_eq!(answer_with(Facts::new(), || read_pid_file(None, &table, &pattern).map(|f| format!("{f:?}"))).unwrap(), "Absent");
+        assert_eq!(
+            answer_with(Facts::new(), || read_pid_file(None, &table, &pattern)
+                .map(|f| format!("{f:?}")))
+            .unwrap(),
+            "Absent"
+        );
     }
 }

@@ -6,9 +6,9 @@
 //! the processes it would stop (in its key/value state); the next look asks
 //! whether they were replaced by new processes of the same parent or unit.
 
+use crate::host;
 use crate::processes::Process;
 use crate::scope::{command_line, ProcessTable};
-use crate::host;
 
 const PREFIX: &str = "respawn:";
 
@@ -34,18 +34,36 @@ pub fn respawned_by(target: &str, current: &[&Process], table: &ProcessTable) ->
     let text = host::kv_get(&format!("{PREFIX}{target}"))?;
     let record: serde_json::Value = serde_json::from_str(&text).ok()?;
     let at = record["at"].as_u64()?;
-    let remembered: Vec<(u32, u64, u32, Option<String>)> = serde_json::from_value(record["procs"].clone()).ok()?;
+    let remembered: Vec<(u32, u64, u32, Option<String>)> =
+        serde_json::from_value(record["procs"].clone()).ok()?;
     judge(at, &remembered, current, table)
 }
 
-fn judge(at: u64, remembered: &[(u32, u64, u32, Option<String>)], current: &[&Process], table: &ProcessTable) -> Option<String> {
-    let still_there = |pid: u32, start: u64| current.iter().any(|p| p.id.pid == pid && p.id.start_time == start);
-    let gone: Vec<&(u32, u64, u32, Option<String>)> = remembered.iter().filter(|r| !still_there(r.0, r.1)).collect();
+fn judge(
+    at: u64,
+    remembered: &[(u32, u64, u32, Option<String>)],
+    current: &[&Process],
+    table: &ProcessTable,
+) -> Option<String> {
+    let still_there = |pid: u32, start: u64| {
+        current
+            .iter()
+            .any(|p| p.id.pid == pid && p.id.start_time == start)
+    };
+    let gone: Vec<&(u32, u64, u32, Option<String>)> = remembered
+        .iter()
+        .filter(|r| !still_there(r.0, r.1))
+        .collect();
     if gone.is_empty() {
         return None;
     }
     // Started after the stop was planned (a second of slack for the clock's rounding).
-    let new = current.iter().filter(|p| !remembered.iter().any(|r| r.0 == p.id.pid && r.1 == p.id.start_time) && p.started_unix_ms + 1000 >= at);
+    let new = current.iter().filter(|p| {
+        !remembered
+            .iter()
+            .any(|r| r.0 == p.id.pid && r.1 == p.id.start_time)
+            && p.started_unix_ms + 1000 >= at
+    });
     for p in new {
         for (_, _, ppid, cgroup) in &gone {
             if p.ppid == *ppid && *ppid > 1 {
@@ -55,7 +73,10 @@ fn judge(at: u64, remembered: &[(u32, u64, u32, Option<String>)], current: &[&Pr
                 });
             }
             if p.ppid <= 1 && *ppid <= 1 {
-                if let (Some(unit), Some(old)) = (p.cgroup.as_deref().and_then(unit_of), cgroup.as_deref().and_then(unit_of)) {
+                if let (Some(unit), Some(old)) = (
+                    p.cgroup.as_deref().and_then(unit_of),
+                    cgroup.as_deref().and_then(unit_of),
+                ) {
                     if unit == old {
                         return Some(format!("systemd unit {unit}"));
                     }
@@ -68,7 +89,10 @@ fn judge(at: u64, remembered: &[(u32, u64, u32, Option<String>)], current: &[&Pr
 
 /// The innermost `.service` component of a cgroup path.
 pub fn unit_of(cgroup: &str) -> Option<&str> {
-    cgroup.split('/').rev().find(|part| part.ends_with(".service"))
+    cgroup
+        .split('/')
+        .rev()
+        .find(|part| part.ends_with(".service"))
 }
 
 #[cfg(test)]
@@ -78,7 +102,10 @@ mod tests {
 
     fn proc(pid: u32, start: u64, ppid: u32, argv: &str, cgroup: &str, started_ms: u64) -> Process {
         Process {
-            id: ProcessRef { pid, start_time: start },
+            id: ProcessRef {
+                pid,
+                start_time: start,
+            },
             ppid,
             uid: 0,
             state: "S".into(),
@@ -93,10 +120,16 @@ mod tests {
 
     #[test]
     fn a_new_child_of_the_same_parent_is_a_respawn() {
-        let table = ProcessTable::new(vec![proc(50, 1, 1, "sh -c while :; do sleep 9; done", "/", 0), proc(61, 9, 50, "sleep 9", "/", 10_000)]);
+        let table = ProcessTable::new(vec![
+            proc(50, 1, 1, "sh -c while :; do sleep 9; done", "/", 0),
+            proc(61, 9, 50, "sleep 9", "/", 10_000),
+        ]);
         let current: Vec<&Process> = vec![table.get(61).unwrap()];
         let remembered = [(60, 8, 50, Some("/".to_string()))];
-        assert_eq!(judge(9_500, &remembered, &current, &table).as_deref(), Some("parent pid 50 (sh -c while :; do sleep 9; done)"));
+        assert_eq!(
+            judge(9_500, &remembered, &current, &table).as_deref(),
+            Some("parent pid 50 (sh -c while :; do sleep 9; done)")
+        );
         // The remembered process still runs: not a respawn.
         let same = [(61, 9, 50, Some("/".to_string()))];
         assert_eq!(judge(9_500, &same, &current, &table), None);
@@ -106,9 +139,19 @@ mod tests {
 
     #[test]
     fn systemd_restarts_are_named_by_unit() {
-        let table = ProcessTable::new(vec![proc(70, 3, 1, "app", "/system.slice/app.service", 5_000)]);
+        let table = ProcessTable::new(vec![proc(
+            70,
+            3,
+            1,
+            "app",
+            "/system.slice/app.service",
+            5_000,
+        )]);
         let current: Vec<&Process> = vec![table.get(70).unwrap()];
         let remembered = [(69, 2, 1, Some("/system.slice/app.service".to_string()))];
-        assert_eq!(judge(4_500, &remembered, &current, &table).as_deref(), Some("systemd unit app.service"));
+        assert_eq!(
+            judge(4_500, &remembered, &current, &table).as_deref(),
+            Some("systemd unit app.service")
+        );
     }
 }

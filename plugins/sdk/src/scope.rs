@@ -66,13 +66,18 @@ impl<'de> Deserialize<'de> for Scope {
                 "scope {s:?}: write \"host\" or a table {{ user, unit, cgroup, under }}"
             ))),
             v @ serde_json::Value::Object(_) => {
-                let within: Within = serde_json::from_value(v).map_err(|e| D::Error::custom(format!("scope: {e}")))?;
+                let within: Within = serde_json::from_value(v)
+                    .map_err(|e| D::Error::custom(format!("scope: {e}")))?;
                 if within == Within::default() {
-                    return Err(D::Error::custom("scope: an empty table names no scope; give user, unit, cgroup or under"));
+                    return Err(D::Error::custom(
+                        "scope: an empty table names no scope; give user, unit, cgroup or under",
+                    ));
                 }
                 Ok(Scope::Within(within))
             }
-            other => Err(D::Error::custom(format!("scope: expected \"host\" or a table, got {other}"))),
+            other => Err(D::Error::custom(format!(
+                "scope: expected \"host\" or a table, got {other}"
+            ))),
         }
     }
 }
@@ -81,22 +86,37 @@ impl Scope {
     /// Resolve user names and compile patterns; `what` names the config key in errors.
     pub fn compile(&self, what: &str) -> Result<ScopeMatcher, Error> {
         let Scope::Within(w) = self else {
-            return Ok(ScopeMatcher { scope: self.clone(), uid: None, under: None });
+            return Ok(ScopeMatcher {
+                scope: self.clone(),
+                uid: None,
+                under: None,
+            });
         };
         let uid = match &w.user {
             None => None,
             Some(UserRef::Uid(uid)) => Some(*uid),
             Some(UserRef::Name(name)) => match host::lookup_user(name) {
                 Some(u) => Some(u.uid),
-                None => return Err(Error::Invalid(format!("{what}.user: no user {name:?} on this host"))),
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "{what}.user: no user {name:?} on this host"
+                    )))
+                }
             },
         };
         let under = w
             .under
             .as_deref()
-            .map(|p| Regex::new(p).map_err(|e| Error::Invalid(format!("{what}.under: bad pattern {p:?}: {e}"))))
+            .map(|p| {
+                Regex::new(p)
+                    .map_err(|e| Error::Invalid(format!("{what}.under: bad pattern {p:?}: {e}")))
+            })
             .transpose()?;
-        Ok(ScopeMatcher { scope: self.clone(), uid, under })
+        Ok(ScopeMatcher {
+            scope: self.clone(),
+            uid,
+            under,
+        })
     }
 }
 
@@ -126,9 +146,14 @@ impl ScopeMatcher {
         };
         let cgroup = p.cgroup.as_deref().unwrap_or("");
         self.uid.is_none_or(|uid| p.uid == uid)
-            && w.unit.as_deref().is_none_or(|unit| cgroup.split('/').any(|part| part == unit))
+            && w.unit
+                .as_deref()
+                .is_none_or(|unit| cgroup.split('/').any(|part| part == unit))
             && w.cgroup.as_deref().is_none_or(|g| cgroup_within(cgroup, g))
-            && self.under.as_ref().is_none_or(|re| table.ancestors(p).any(|a| re.is_match(&command_line(a))))
+            && self
+                .under
+                .as_ref()
+                .is_none_or(|re| table.ancestors(p).any(|a| re.is_match(&command_line(a))))
     }
 
     /// The scope as an operator reads it in a message.
@@ -166,7 +191,9 @@ fn cgroup_within(cgroup: &str, pattern: &str) -> bool {
         return true;
     }
     // Below it: some prefix of the path, cut at a '/', matches.
-    cgroup.match_indices('/').any(|(i, _)| i > 0 && crate::glob_match(pattern, &cgroup[..i]))
+    cgroup
+        .match_indices('/')
+        .any(|(i, _)| i > 0 && crate::glob_match(pattern, &cgroup[..i]))
 }
 
 /// argv joined by spaces, or `[name]` when the kernel shows no argv.
@@ -197,13 +224,23 @@ const OWN_PIDS_KEY: &str = "doctor:own-pids";
 
 impl ProcessTable {
     pub fn read() -> Result<ProcessTable, Error> {
-        let doctors = host::kv_get(OWN_PIDS_KEY).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        let doctors = host::kv_get(OWN_PIDS_KEY)
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
         Ok(Self::new(crate::processes::all()?).with_doctors(doctors))
     }
 
     pub fn new(procs: Vec<Process>) -> ProcessTable {
-        let by_pid = procs.iter().enumerate().map(|(i, p)| (p.id.pid, i)).collect();
-        ProcessTable { procs, by_pid, doctors: Vec::new() }
+        let by_pid = procs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.pid, i))
+            .collect();
+        ProcessTable {
+            procs,
+            by_pid,
+            doctors: Vec::new(),
+        }
     }
 
     pub fn with_doctors(mut self, pids: Vec<u32>) -> ProcessTable {
@@ -241,14 +278,23 @@ impl ProcessTable {
             }
             steps += 1;
             let parent = self.get(next)?;
-            next = if parent.ppid == parent.id.pid { 0 } else { parent.ppid };
+            next = if parent.ppid == parent.id.pid {
+                0
+            } else {
+                parent.ppid
+            };
             Some(parent)
         })
     }
 
     /// Live processes whose command line matches `pattern` and that lie inside `scope`.
-    pub fn in_scope<'a>(&'a self, pattern: &'a Regex, scope: &'a ScopeMatcher) -> impl Iterator<Item = &'a Process> + 'a {
-        self.live().filter(move |p| pattern.is_match(&command_line(p)) && scope.contains(p, self))
+    pub fn in_scope<'a>(
+        &'a self,
+        pattern: &'a Regex,
+        scope: &'a ScopeMatcher,
+    ) -> impl Iterator<Item = &'a Process> + 'a {
+        self.live()
+            .filter(move |p| pattern.is_match(&command_line(p)) && scope.contains(p, self))
     }
 }
 
@@ -259,11 +305,20 @@ mod tests {
 
     fn proc(pid: u32, ppid: u32, uid: u32, argv: &str, cgroup: &str) -> Process {
         Process {
-            id: ProcessRef { pid, start_time: 100 + pid as u64 },
+            id: ProcessRef {
+                pid,
+                start_time: 100 + pid as u64,
+            },
             ppid,
             uid,
             state: "S".into(),
-            name: argv.split(' ').next().unwrap_or("").chars().take(15).collect(),
+            name: argv
+                .split(' ')
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(15)
+                .collect(),
             exe: None,
             argv: argv.split(' ').map(str::to_string).collect(),
             cgroup: Some(cgroup.into()),
@@ -274,10 +329,34 @@ mod tests {
 
     fn table() -> ProcessTable {
         ProcessTable::new(vec![
-            proc(10, 1, 0, "sh /srv/a/run.sh", "/system.slice/trader-a.service"),
-            proc(11, 10, 1001, "python3 worker.py", "/system.slice/trader-a.service"),
-            proc(20, 1, 0, "sh /srv/b/run.sh", "/system.slice/trader-b.service"),
-            proc(21, 20, 1001, "python3 worker.py", "/system.slice/trader-b.service/sub"),
+            proc(
+                10,
+                1,
+                0,
+                "sh /srv/a/run.sh",
+                "/system.slice/trader-a.service",
+            ),
+            proc(
+                11,
+                10,
+                1001,
+                "python3 worker.py",
+                "/system.slice/trader-a.service",
+            ),
+            proc(
+                20,
+                1,
+                0,
+                "sh /srv/b/run.sh",
+                "/system.slice/trader-b.service",
+            ),
+            proc(
+                21,
+                20,
+                1001,
+                "python3 worker.py",
+                "/system.slice/trader-b.service/sub",
+            ),
         ])
     }
 
@@ -303,9 +382,18 @@ mod tests {
     fn each_field_narrows_to_one_deployment() {
         assert_eq!(matched(r#"{"under": "/srv/a/run\\.sh"}"#), vec![11]);
         assert_eq!(matched(r#"{"unit": "trader-b.service"}"#), vec![21]);
-        assert_eq!(matched(r#"{"cgroup": "/system.slice/trader-b.service"}"#), vec![21]);
-        assert_eq!(matched(r#"{"cgroup": "/system.slice/trader-a*"}"#), vec![11]);
-        assert_eq!(matched(r#"{"user": 1001, "unit": "trader-a.service"}"#), vec![11]);
+        assert_eq!(
+            matched(r#"{"cgroup": "/system.slice/trader-b.service"}"#),
+            vec![21]
+        );
+        assert_eq!(
+            matched(r#"{"cgroup": "/system.slice/trader-a*"}"#),
+            vec![11]
+        );
+        assert_eq!(
+            matched(r#"{"user": 1001, "unit": "trader-a.service"}"#),
+            vec![11]
+        );
         assert_eq!(matched(r#"{"user": 0}"#), Vec::<u32>::new());
     }
 

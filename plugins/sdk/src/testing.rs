@@ -77,13 +77,21 @@ thread_local! {
 
 impl Facts {
     pub fn new() -> Facts {
-        Facts::default().now(1_700_000_000_000).hostname("test-host")
+        Facts::default()
+            .now(1_700_000_000_000)
+            .hostname("test-host")
     }
 
     /// Answer `call` (e.g. `"processes.all"`) with `handler(args)`; `None`
     /// passes the call to the next handler.
-    pub fn on<R: Serialize>(mut self, call: &str, mut handler: impl FnMut(&Value) -> Option<R> + 'static) -> Facts {
-        let boxed: Handler = Box::new(move |args| handler(args).map(|r| serde_json::to_value(r).unwrap_or(Value::Null)));
+    pub fn on<R: Serialize>(
+        mut self,
+        call: &str,
+        mut handler: impl FnMut(&Value) -> Option<R> + 'static,
+    ) -> Facts {
+        let boxed: Handler = Box::new(move |args| {
+            handler(args).map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+        });
         self.handlers.push((call.replace('_', "-"), boxed));
         self
     }
@@ -94,11 +102,13 @@ impl Facts {
         let doc: Value = serde_json::from_str(json_text).expect("a doctor recording (PLUGIN.json)");
         for call in doc["calls"].as_array().cloned().unwrap_or_default() {
             let name = call["call"].as_str().unwrap_or_default().to_string();
-            self.recorded.push((name, call["args"].clone(), call["answer"].clone(), false));
+            self.recorded
+                .push((name, call["args"].clone(), call["answer"].clone(), false));
         }
         if let Some(state) = doc["state"].as_object() {
             for (k, v) in state {
-                self.kv.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+                self.kv
+                    .insert(k.clone(), v.as_str().unwrap_or_default().to_string());
             }
         }
         self
@@ -120,7 +130,9 @@ impl Facts {
     }
 
     pub fn user(self, user: User) -> Facts {
-        self.on("host.lookup_user", move |args| (args[0] == user.name.as_str()).then(|| Some(user.clone())))
+        self.on("host.lookup_user", move |args| {
+            (args[0] == user.name.as_str()).then(|| Some(user.clone()))
+        })
     }
 
     pub fn kv(mut self, key: &str, value: &str) -> Facts {
@@ -131,34 +143,52 @@ impl Facts {
     /// The whole process table (answers `processes.all` and `processes.get`).
     pub fn processes(self, table: Vec<Process>) -> Facts {
         let by_pid = table.clone();
-        self.on("processes.all", move |_| Some(Ok::<_, Error>(table.clone())))
-            .on("processes.get", move |args| {
-                let pid = args[0].as_u64()?;
-                Some(Ok::<_, Error>(by_pid.iter().find(|p| u64::from(p.id.pid) == pid).cloned()))
-            })
+        self.on("processes.all", move |_| {
+            Some(Ok::<_, Error>(table.clone()))
+        })
+        .on("processes.get", move |args| {
+            let pid = args[0].as_u64()?;
+            Some(Ok::<_, Error>(
+                by_pid.iter().find(|p| u64::from(p.id.pid) == pid).cloned(),
+            ))
+        })
     }
 
     /// A regular file with this content (answers `files.read` and `files.stat`).
     pub fn file(self, path: &str, content: &str) -> Facts {
-        let (read_path, stat_path, text) = (path.to_string(), path.to_string(), content.to_string());
+        let (read_path, stat_path, text) =
+            (path.to_string(), path.to_string(), content.to_string());
         let size = text.len() as u64;
         self.on("files.read", move |args| {
             (args[0] == read_path.as_str()).then(|| {
                 let max = args[1].as_u64().unwrap_or(0);
                 if size > max {
-                    Err(Error::Limit(format!("{read_path} is larger than {max} bytes")))
+                    Err(Error::Limit(format!(
+                        "{read_path} is larger than {max} bytes"
+                    )))
                 } else {
                     Ok(text.clone())
                 }
             })
         })
         .on("files.stat", move |args| {
-            (args[0] == stat_path.as_str()).then_some(Ok::<_, Error>(Some(FileStat { kind: FileKind::File, size, uid: 0, gid: 0, mode: 0o644, modified_unix_ms: 0 })))
+            (args[0] == stat_path.as_str()).then_some(Ok::<_, Error>(Some(FileStat {
+                kind: FileKind::File,
+                size,
+                uid: 0,
+                gid: 0,
+                mode: 0o644,
+                modified_unix_ms: 0,
+            })))
         })
     }
 
     /// Answers to queries of database `db`: `answer(sql, params)`.
-    pub fn query(self, db: &str, mut answer: impl FnMut(&str, &[SqlValue]) -> Result<Rows, Error> + 'static) -> Facts {
+    pub fn query(
+        self,
+        db: &str,
+        mut answer: impl FnMut(&str, &[SqlValue]) -> Result<Rows, Error> + 'static,
+    ) -> Facts {
         let db = db.to_string();
         self.on("sqlite.query", move |args| {
             if args[0] != db.as_str() {
@@ -170,11 +200,15 @@ impl Facts {
     }
 
     pub fn listeners(self, listeners: Vec<crate::sockets::Listener>) -> Facts {
-        self.on("sockets.listeners", move |_| Some(Ok::<_, Error>(listeners.clone())))
+        self.on("sockets.listeners", move |_| {
+            Some(Ok::<_, Error>(listeners.clone()))
+        })
     }
 
     pub fn containers(self, containers: Vec<crate::containers::Container>) -> Facts {
-        self.on("containers.all", move |_| Some(Ok::<_, Error>(containers.clone())))
+        self.on("containers.all", move |_| {
+            Some(Ok::<_, Error>(containers.clone()))
+        })
     }
 
     /// Run `P::check` with `config_json` against these facts.
@@ -182,7 +216,11 @@ impl Facts {
         CURRENT.with(|c| *c.borrow_mut() = Some(self));
         let result = crate::__check::<P>(config_json).map(|report| report.findings);
         let facts = CURRENT.with(|c| c.borrow_mut().take()).unwrap_or_default();
-        Outcome { result, logs: facts.logs, kv: facts.kv }
+        Outcome {
+            result,
+            logs: facts.logs,
+            kv: facts.kv,
+        }
     }
 
     fn answer(&mut self, call: &str, args: &Value) -> Option<Value> {
@@ -193,12 +231,14 @@ impl Facts {
         match call {
             "host.log" => {
                 let level: LogLevel = serde_json::from_value(args[0].clone()).ok()?;
-                self.logs.push((level, args[1].as_str().unwrap_or_default().to_string()));
+                self.logs
+                    .push((level, args[1].as_str().unwrap_or_default().to_string()));
                 return Some(Value::Null);
             }
             "host.kv-get" => return Some(json!(self.kv.get(args[0].as_str()?))),
             "host.kv-set" => {
-                self.kv.insert(args[0].as_str()?.to_string(), args[1].as_str()?.to_string());
+                self.kv
+                    .insert(args[0].as_str()?.to_string(), args[1].as_str()?.to_string());
                 return Some(Value::Null);
             }
             "host.kv-delete" => {
@@ -207,11 +247,20 @@ impl Facts {
             }
             _ => {}
         }
-        if let Some(found) = self.recorded.iter_mut().find(|(c, a, _, used)| !used && c == call && a == args) {
+        if let Some(found) = self
+            .recorded
+            .iter_mut()
+            .find(|(c, a, _, used)| !used && c == call && a == args)
+        {
             found.3 = true;
             return Some(found.2.clone());
         }
-        let handled = self.handlers.iter_mut().rev().filter(|(c, _)| c == call).find_map(|(_, handler)| handler(args));
+        let handled = self
+            .handlers
+            .iter_mut()
+            .rev()
+            .filter(|(c, _)| c == call)
+            .find_map(|(_, handler)| handler(args));
         // The test's file system is the files it supplied.
         handled.or_else(|| match call {
             "files.read" => Some(json!({ "Err": { "NotFound": args[0] } })),
@@ -230,7 +279,13 @@ pub fn process(pid: u32, argv: &str) -> Process {
         ppid: 1,
         uid: 0,
         state: "S".into(),
-        name: argv.split(' ').next().unwrap_or_default().chars().take(15).collect(),
+        name: argv
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(15)
+            .collect(),
         exe: None,
         argv: argv.split(' ').map(str::to_string).collect(),
         cgroup: None,
@@ -253,11 +308,16 @@ pub fn answer_with<R>(facts: Facts, f: impl FnOnce() -> R) -> R {
 pub fn answer<R: DeserializeOwned>(call: &str, args: impl Serialize) -> R {
     let call = call.replace('_', "-");
     let args = serde_json::to_value(args).unwrap_or(Value::Null);
-    let answered = CURRENT.with(|c| c.borrow_mut().as_mut().map(|facts| facts.answer(&call, &args)));
+    let answered = CURRENT.with(|c| {
+        c.borrow_mut()
+            .as_mut()
+            .map(|facts| facts.answer(&call, &args))
+    });
     let value = match answered {
         None => panic!("{call} called outside doctor_sdk::testing::Facts::run (imports only answer inside a test run)"),
         Some(None) => panic!("the test's Facts do not answer {call}({args}); supply it (Facts::processes, ::file, ::query, ::on(\"{call}\", …), or ::recording)"),
         Some(Some(value)) => value,
     };
-    serde_json::from_value(value).unwrap_or_else(|e| panic!("the test's answer to {call} does not fit its type: {e}"))
+    serde_json::from_value(value)
+        .unwrap_or_else(|e| panic!("the test's answer to {call} does not fit its type: {e}"))
 }

@@ -38,7 +38,11 @@ impl TimeUnit {
             "ns" | "nanos" | "epoch-ns" => TimeUnit::Nanos,
             "iso8601" | "iso-8601" | "text" => TimeUnit::Iso8601,
             "julian" | "julianday" | "julian-day" => TimeUnit::Julian,
-            other => return Err(format!("time_unit {other:?}: use auto, s, ms, us, ns, iso8601 or julian")),
+            other => {
+                return Err(format!(
+                    "time_unit {other:?}: use auto, s, ms, us, ns, iso8601 or julian"
+                ))
+            }
         })
     }
 }
@@ -69,14 +73,35 @@ pub fn read_time(value: &SqlValue, unit: TimeUnit) -> Result<Stamp, String> {
         SqlValue::Blob(b) => return Err(format!("a BLOB of {} bytes", b.len())),
         SqlValue::Integer(i) => (Some(*i as f64), "INTEGER"),
         SqlValue::Real(f) => (Some(*f), "REAL"),
-        SqlValue::Text(t) => (t.trim().parse::<f64>().ok().filter(|f| f.is_finite()), "TEXT"),
+        SqlValue::Text(t) => (
+            t.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+            "TEXT",
+        ),
     };
-    let detected = if unit == TimeUnit::Auto { ", detected" } else { "" };
-    let stamp = |unix_ms: f64, unit: TimeUnit, what: &str| Stamp { unix_ms: unix_ms as i64, unit, zoned: true, read_as: format!("{what} ({sql_type}{detected})") };
+    let detected = if unit == TimeUnit::Auto {
+        ", detected"
+    } else {
+        ""
+    };
+    let stamp = |unix_ms: f64, unit: TimeUnit, what: &str| Stamp {
+        unix_ms: unix_ms as i64,
+        unit,
+        zoned: true,
+        read_as: format!("{what} ({sql_type}{detected})"),
+    };
     if let Some(n) = number {
         let unit = match unit {
-            TimeUnit::Auto => by_magnitude(n).ok_or_else(|| format!("{} {n} is no time doctor can detect (declare time_unit)", sql_type))?,
-            TimeUnit::Iso8601 => return Err(format!("{sql_type} {n} is a number, not ISO-8601 text (time_unit = \"iso8601\")")),
+            TimeUnit::Auto => by_magnitude(n).ok_or_else(|| {
+                format!(
+                    "{} {n} is no time doctor can detect (declare time_unit)",
+                    sql_type
+                )
+            })?,
+            TimeUnit::Iso8601 => {
+                return Err(format!(
+                    "{sql_type} {n} is a number, not ISO-8601 text (time_unit = \"iso8601\")"
+                ))
+            }
             declared => declared,
         };
         let read = match unit {
@@ -84,22 +109,43 @@ pub fn read_time(value: &SqlValue, unit: TimeUnit) -> Result<Stamp, String> {
             TimeUnit::Millis => stamp(n, unit, "epoch milliseconds"),
             TimeUnit::Micros => stamp(n / 1000.0, unit, "epoch microseconds"),
             TimeUnit::Nanos => stamp(n / 1_000_000.0, unit, "epoch nanoseconds"),
-            _ => stamp((n - JULIAN_EPOCH) * 86_400_000.0, TimeUnit::Julian, "SQLite julian day"),
+            _ => stamp(
+                (n - JULIAN_EPOCH) * 86_400_000.0,
+                TimeUnit::Julian,
+                "SQLite julian day",
+            ),
         };
         // A number that reads as before the year 1 is no time: its age would
         // overflow, and a verdict must not rest on it. (One far in the future
         // is a time; the future check says the unit looks wrong.)
         if read.unix_ms < FIRST_MS {
-            return Err(format!("{sql_type} {n} read as {} is before the year 1", read.read_as));
+            return Err(format!(
+                "{sql_type} {n} read as {} is before the year 1",
+                read.read_as
+            ));
         }
         return Ok(read);
     }
-    let SqlValue::Text(text) = value else { unreachable!("numbers were handled above") };
+    let SqlValue::Text(text) = value else {
+        unreachable!("numbers were handled above")
+    };
     if !matches!(unit, TimeUnit::Auto | TimeUnit::Iso8601) {
-        return Err(format!("text {:?} is not a number (time_unit is {unit:?})", shorten(text)));
+        return Err(format!(
+            "text {:?} is not a number (time_unit is {unit:?})",
+            shorten(text)
+        ));
     }
-    let (ms, zoned) = parse_iso8601(text.trim()).ok_or_else(|| format!("text {:?} is neither a number nor ISO-8601", shorten(text)))?;
-    let stamp = stamp(ms as f64, TimeUnit::Iso8601, if zoned { "ISO-8601 with zone" } else { "ISO-8601 without zone, read as UTC" });
+    let (ms, zoned) = parse_iso8601(text.trim())
+        .ok_or_else(|| format!("text {:?} is neither a number nor ISO-8601", shorten(text)))?;
+    let stamp = stamp(
+        ms as f64,
+        TimeUnit::Iso8601,
+        if zoned {
+            "ISO-8601 with zone"
+        } else {
+            "ISO-8601 without zone, read as UTC"
+        },
+    );
     Ok(Stamp { zoned, ..stamp })
 }
 
@@ -122,7 +168,13 @@ pub fn now_value(unit: TimeUnit, now_ms: i64) -> Option<SqlValue> {
 /// how much, for a finding; None when the time is plausible.
 pub fn future_by(stamp: &Stamp, now_ms: i64, skew_ms: i64) -> Option<String> {
     let ahead = stamp.unix_ms.saturating_sub(now_ms);
-    (ahead > skew_ms).then(|| format!("{} ahead of this host's clock (allowance {})", human_ms(ahead), human_ms(skew_ms)))
+    (ahead > skew_ms).then(|| {
+        format!(
+            "{} ahead of this host's clock (allowance {})",
+            human_ms(ahead),
+            human_ms(skew_ms)
+        )
+    })
 }
 
 fn by_magnitude(n: f64) -> Option<TimeUnit> {
@@ -155,10 +207,16 @@ pub fn parse_iso8601(text: &str) -> Option<(i64, bool)> {
     let b = text.as_bytes();
     let num = |from: usize, len: usize| -> Option<i64> {
         let s = text.get(from..from + len)?;
-        s.bytes().all(|c| c.is_ascii_digit()).then(|| s.parse().ok())?
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
     };
     let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
-    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+    if b.get(4) != Some(&b'-')
+        || b.get(7) != Some(&b'-')
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+    {
         return None;
     }
     let mut ms = days_from_civil(year, month, day) * 86_400_000;
@@ -183,7 +241,10 @@ pub fn parse_iso8601(text: &str) -> Option<(i64, bool)> {
         ms += second * 1000;
         i += 3;
         if b.get(i) == Some(&b'.') {
-            let digits: String = text[i + 1..].chars().take_while(char::is_ascii_digit).collect();
+            let digits: String = text[i + 1..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
             if digits.is_empty() {
                 return None;
             }
@@ -207,7 +268,11 @@ pub fn parse_iso8601(text: &str) -> Option<(i64, bool)> {
                 return None;
             }
             let hours: i64 = digits[..2].parse().ok()?;
-            let minutes: i64 = if digits.len() == 4 { digits[2..].parse().ok()? } else { 0 };
+            let minutes: i64 = if digits.len() == 4 {
+                digits[2..].parse().ok()?
+            } else {
+                0
+            };
             Some((ms - sign * (hours * 60 + minutes) * 60_000, true))
         }
     }
@@ -215,10 +280,18 @@ pub fn parse_iso8601(text: &str) -> Option<(i64, bool)> {
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC, as SQLite's `datetime('now')` writes it.
 pub fn iso8601_utc(unix_ms: i64) -> String {
-    let (days, ms) = (unix_ms.div_euclid(86_400_000), unix_ms.rem_euclid(86_400_000));
+    let (days, ms) = (
+        unix_ms.div_euclid(86_400_000),
+        unix_ms.rem_euclid(86_400_000),
+    );
     let (y, m, d) = civil_from_days(days);
     let s = ms / 1000;
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Hinnant).
@@ -266,10 +339,17 @@ pub fn human_ms(ms: i64) -> String {
 mod tests {
     #[test]
     fn a_number_before_the_year_one_is_no_time() {
-        let far = read_time(&SqlValue::Integer(-9_000_000_000_000_000_000), TimeUnit::Millis).expect_err("not a time");
+        let far = read_time(
+            &SqlValue::Integer(-9_000_000_000_000_000_000),
+            TimeUnit::Millis,
+        )
+        .expect_err("not a time");
         assert!(far.contains("before the year 1"), "{far}");
         assert!(read_time(&SqlValue::Real(-1e300), TimeUnit::Seconds).is_err());
-        assert!(read_time(&SqlValue::Integer(0), TimeUnit::Seconds).is_ok(), "the epoch itself is a time");
+        assert!(
+            read_time(&SqlValue::Integer(0), TimeUnit::Seconds).is_ok(),
+            "the epoch itself is a time"
+        );
     }
 
     use super::*;
@@ -293,35 +373,80 @@ mod tests {
     #[test]
     fn every_stored_form_is_detected() {
         let cases = [
-            (SqlValue::Integer(T / 1000), "epoch seconds (INTEGER, detected)"),
-            (SqlValue::Real(T as f64 / 1000.0), "epoch seconds (REAL, detected)"),
-            (SqlValue::Text((T / 1000).to_string()), "epoch seconds (TEXT, detected)"),
-            (SqlValue::Integer(T), "epoch milliseconds (INTEGER, detected)"),
-            (SqlValue::Text(T.to_string()), "epoch milliseconds (TEXT, detected)"),
-            (SqlValue::Integer(T * 1000 + 7), "epoch microseconds (INTEGER, detected)"),
-            (SqlValue::Integer(T * 1_000_000 + 123_456), "epoch nanoseconds (INTEGER, detected)"),
-            (SqlValue::Text((T * 1_000_000).to_string()), "epoch nanoseconds (TEXT, detected)"),
-            (SqlValue::Text("2026-11-30 05:00:00".into()), "ISO-8601 without zone, read as UTC (TEXT, detected)"),
-            (SqlValue::Text("2026-11-30T07:00:00+02:00".into()), "ISO-8601 with zone (TEXT, detected)"),
-            (SqlValue::Text("2026-11-30T00:00:00-0500".into()), "ISO-8601 with zone (TEXT, detected)"),
-            (SqlValue::Real(JULIAN_EPOCH + T as f64 / 86_400_000.0), "SQLite julian day (REAL, detected)"),
+            (
+                SqlValue::Integer(T / 1000),
+                "epoch seconds (INTEGER, detected)",
+            ),
+            (
+                SqlValue::Real(T as f64 / 1000.0),
+                "epoch seconds (REAL, detected)",
+            ),
+            (
+                SqlValue::Text((T / 1000).to_string()),
+                "epoch seconds (TEXT, detected)",
+            ),
+            (
+                SqlValue::Integer(T),
+                "epoch milliseconds (INTEGER, detected)",
+            ),
+            (
+                SqlValue::Text(T.to_string()),
+                "epoch milliseconds (TEXT, detected)",
+            ),
+            (
+                SqlValue::Integer(T * 1000 + 7),
+                "epoch microseconds (INTEGER, detected)",
+            ),
+            (
+                SqlValue::Integer(T * 1_000_000 + 123_456),
+                "epoch nanoseconds (INTEGER, detected)",
+            ),
+            (
+                SqlValue::Text((T * 1_000_000).to_string()),
+                "epoch nanoseconds (TEXT, detected)",
+            ),
+            (
+                SqlValue::Text("2026-11-30 05:00:00".into()),
+                "ISO-8601 without zone, read as UTC (TEXT, detected)",
+            ),
+            (
+                SqlValue::Text("2026-11-30T07:00:00+02:00".into()),
+                "ISO-8601 with zone (TEXT, detected)",
+            ),
+            (
+                SqlValue::Text("2026-11-30T00:00:00-0500".into()),
+                "ISO-8601 with zone (TEXT, detected)",
+            ),
+            (
+                SqlValue::Real(JULIAN_EPOCH + T as f64 / 86_400_000.0),
+                "SQLite julian day (REAL, detected)",
+            ),
         ];
         for (value, read_as) in cases {
             let stamp = auto(value.clone()).unwrap_or_else(|e| panic!("{value:?}: {e}"));
-            assert!((stamp.unix_ms - T).abs() < 1000, "{value:?} read as {}", stamp.unix_ms);
+            assert!(
+                (stamp.unix_ms - T).abs() < 1000,
+                "{value:?} read as {}",
+                stamp.unix_ms
+            );
             assert_eq!(stamp.read_as, read_as);
         }
     }
 
     #[test]
     fn fractions_of_seconds() {
-        assert_eq!(parse_iso8601("2026-11-30T05:00:00.250Z"), Some((T + 250, true)));
+        assert_eq!(
+            parse_iso8601("2026-11-30T05:00:00.250Z"),
+            Some((T + 250, true))
+        );
     }
 
     #[test]
     fn null_and_garbage_are_errors_that_say_what_they_saw() {
         assert_eq!(auto(SqlValue::Null), Err("NULL".into()));
-        assert!(auto(SqlValue::Text("yesterday".into())).unwrap_err().contains("\"yesterday\""));
+        assert!(auto(SqlValue::Text("yesterday".into()))
+            .unwrap_err()
+            .contains("\"yesterday\""));
         assert!(auto(SqlValue::Integer(0)).is_err());
         assert!(auto(SqlValue::Text("2026-13-01".into())).is_err());
         assert!(auto(SqlValue::Blob(vec![1, 2])).is_err());
@@ -331,24 +456,50 @@ mod tests {
 
     #[test]
     fn a_declared_unit_is_obeyed() {
-        assert_eq!(read_time(&SqlValue::Integer(5), TimeUnit::Seconds).unwrap().unix_ms, 5000);
-        assert_eq!(read_time(&SqlValue::Text("5".into()), TimeUnit::Millis).unwrap().read_as, "epoch milliseconds (TEXT)");
-        assert_eq!(read_time(&SqlValue::Integer(T * 1000), TimeUnit::Micros).unwrap().unix_ms, T);
-        assert_eq!(read_time(&SqlValue::Integer(T * 1_000_000), TimeUnit::Nanos).unwrap().unix_ms, T);
+        assert_eq!(
+            read_time(&SqlValue::Integer(5), TimeUnit::Seconds)
+                .unwrap()
+                .unix_ms,
+            5000
+        );
+        assert_eq!(
+            read_time(&SqlValue::Text("5".into()), TimeUnit::Millis)
+                .unwrap()
+                .read_as,
+            "epoch milliseconds (TEXT)"
+        );
+        assert_eq!(
+            read_time(&SqlValue::Integer(T * 1000), TimeUnit::Micros)
+                .unwrap()
+                .unix_ms,
+            T
+        );
+        assert_eq!(
+            read_time(&SqlValue::Integer(T * 1_000_000), TimeUnit::Nanos)
+                .unwrap()
+                .unix_ms,
+            T
+        );
     }
 
     #[test]
     fn a_wrong_unit_lies_in_the_future_and_says_so() {
         // Nanoseconds declared as milliseconds: far ahead of any clock.
         let wrong = read_time(&SqlValue::Integer(T * 1_000_000), TimeUnit::Millis).unwrap();
-        assert!(future_by(&wrong, T, 120_000).unwrap().contains("ahead of this host's clock"));
+        assert!(future_by(&wrong, T, 120_000)
+            .unwrap()
+            .contains("ahead of this host's clock"));
         let right = read_time(&SqlValue::Integer(T + 60_000), TimeUnit::Millis).unwrap();
         assert_eq!(future_by(&right, T, 120_000), None, "within the allowance");
     }
 
     #[test]
     fn now_is_written_in_the_unit_read() {
-        assert!(matches!(now_value(TimeUnit::Nanos, T), Some(SqlValue::Integer(v)) if v == T * 1_000_000));
-        assert!(matches!(now_value(TimeUnit::Micros, T), Some(SqlValue::Integer(v)) if v == T * 1000));
+        assert!(
+            matches!(now_value(TimeUnit::Nanos, T), Some(SqlValue::Integer(v)) if v == T * 1_000_000)
+        );
+        assert!(
+            matches!(now_value(TimeUnit::Micros, T), Some(SqlValue::Integer(v)) if v == T * 1000)
+        );
     }
 }

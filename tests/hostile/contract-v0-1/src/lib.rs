@@ -14,7 +14,11 @@ impl Guest for Old {
             version: "0.1.0".into(),
             summary: "Built against doctor:plugin@0.1.0".into(),
             capabilities: vec!["processes".into(), "files".into()],
-            config: vec![ConfigKey { name: "path".into(), default: String::new(), description: "a file to read".into() }],
+            config: vec![ConfigKey {
+                name: "path".into(),
+                default: String::new(),
+                description: "a file to read".into(),
+            }],
         }
     }
 
@@ -27,7 +31,10 @@ impl Guest for Old {
                 key: "seen".into(),
                 severity: Severity::Warning,
                 subject: path.clone(),
-                message: format!("OLD CONTRACT SAW {count} PROCESSES AND READ {:?}", text.trim()),
+                message: format!(
+                    "OLD CONTRACT SAW {count} PROCESSES AND READ {:?}",
+                    text.trim()
+                ),
                 evidence: vec![],
                 actions: vec![],
             }],

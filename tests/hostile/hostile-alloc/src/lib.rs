@@ -9,7 +9,10 @@ struct Hostile;
 impl Plugin for Hostile {
     type Config = Config;
     fn info() -> Info {
-        Info::new("hostile-alloc", "Allocates without bound: must end at the memory cap.")
+        Info::new(
+            "hostile-alloc",
+            "Allocates without bound: must end at the memory cap.",
+        )
     }
     #[allow(unreachable_code, clippy::empty_loop)]
     fn check(_config: Config) -> Result<Vec<Finding>, Error> {

@@ -27,10 +27,19 @@ struct Hostile;
 impl Plugin for Hostile {
     type Config = Config;
     fn info() -> Info {
-        let mut info = Info::new("hostile-attacks", "Abuses one host call, chosen by config.attack.");
+        let mut info = Info::new(
+            "hostile-attacks",
+            "Abuses one host call, chosen by config.attack.",
+        );
         for cap in [
-            caps::PROCESSES, caps::FILES, caps::SQLITE, caps::SOCKETS, caps::PROBE, caps::SIGNAL,
-            caps::FILES_REMOVE, caps::SQLITE_WRITE,
+            caps::PROCESSES,
+            caps::FILES,
+            caps::SQLITE,
+            caps::SOCKETS,
+            caps::PROBE,
+            caps::SIGNAL,
+            caps::FILES_REMOVE,
+            caps::SQLITE_WRITE,
         ] {
             info = info.capability(cap);
         }
@@ -52,7 +61,13 @@ impl Plugin for Hostile {
     }
 
     fn check(c: Config) -> Result<Vec<Finding>, Error> {
-        let said = |what: String| Ok(vec![Finding::warning(c.attack.clone(), c.attack.clone(), what)]);
+        let said = |what: String| {
+            Ok(vec![Finding::warning(
+                c.attack.clone(),
+                c.attack.clone(),
+                what,
+            )])
+        };
         let plan = |actions: Vec<Action>| {
             let mut f = Finding::warning(c.attack.clone(), c.attack.clone(), "planned");
             for a in actions {
@@ -61,20 +76,41 @@ impl Plugin for Hostile {
             Ok(vec![f])
         };
         match c.attack.as_str() {
-            "stop" => plan(vec![Action::stop_process(ProcessRef { pid: c.pid, start_time: c.start_time }, c.grace_ms)]),
+            "stop" => plan(vec![Action::stop_process(
+                ProcessRef {
+                    pid: c.pid,
+                    start_time: c.start_time,
+                },
+                c.grace_ms,
+            )]),
             "sleep" => {
                 // In host code (WASI poll), where no epoch deadline reaches.
                 std::thread::sleep(std::time::Duration::MAX);
                 said("WOKE UP".into())
             }
-            "signal" => plan(vec![Action::signal_process(ProcessRef { pid: c.pid, start_time: c.start_time }, Signal::Term)]),
+            "signal" => plan(vec![Action::signal_process(
+                ProcessRef {
+                    pid: c.pid,
+                    start_time: c.start_time,
+                },
+                Signal::Term,
+            )]),
             "remove" => plan(c.paths.iter().map(|p| Action::remove_file(p)).collect()),
             "sql-exec" => plan(vec![Action::sql_exec(&c.db, &c.sql, vec![], c.max_rows)]),
             "wait-port" => plan(vec![Action::wait_port_free(c.port, c.deadline_ms)]),
-            "read" => said(answer(files::read(&c.path, c.max_bytes).map(|t| format!("READ {} BYTES", t.len())))),
-            "stat" => said(answer(files::stat(&c.path).map(|s| format!("STAT {:?}", s.map(|s| s.size))))),
-            "query" => said(answer(sqlite::query(&c.db, &c.sql, &[]).map(|r| format!("ROWS {}", r.rows.len())))),
-            "probe" => said(answer(probe::http_get(&format!("http://127.0.0.1:{}/", c.port), c.timeout_ms).map(|r| format!("HTTP {}", r.status)))),
+            "read" => said(answer(
+                files::read(&c.path, c.max_bytes).map(|t| format!("READ {} BYTES", t.len())),
+            )),
+            "stat" => said(answer(
+                files::stat(&c.path).map(|s| format!("STAT {:?}", s.map(|s| s.size))),
+            )),
+            "query" => said(answer(
+                sqlite::query(&c.db, &c.sql, &[]).map(|r| format!("ROWS {}", r.rows.len())),
+            )),
+            "probe" => said(answer(
+                probe::http_get(&format!("http://127.0.0.1:{}/", c.port), c.timeout_ms)
+                    .map(|r| format!("HTTP {}", r.status)),
+            )),
             "kv-flood" => said(kv_flood(c.count, c.size)),
             other => Err(Error::Invalid(format!("unknown attack {other:?}"))),
         }
@@ -92,7 +128,9 @@ fn kv_flood(count: u32, size: u32) -> String {
     for i in 0..count {
         host::kv_set(&format!("{i}-{filler}"), &filler);
     }
-    let kept = (0..count).filter(|i| host::kv_get(&format!("{i}-{filler}")).is_some()).count();
+    let kept = (0..count)
+        .filter(|i| host::kv_get(&format!("{i}-{filler}")).is_some())
+        .count();
     format!("KEPT {kept} OF {count}")
 }
 

@@ -13,7 +13,9 @@ impl Plugin for Hostile {
     }
     #[allow(unreachable_code, clippy::empty_loop)]
     fn check(_config: Config) -> Result<Vec<Finding>, Error> {
-        Ok((0..5000).map(|i| Finding::info(format!("k{i}"), "x", "y".repeat(64))).collect())
+        Ok((0..5000)
+            .map(|i| Finding::info(format!("k{i}"), "x", "y".repeat(64)))
+            .collect())
     }
 }
 

@@ -9,8 +9,11 @@ struct Hostile;
 impl Plugin for Hostile {
     type Config = Config;
     fn info() -> Info {
-        Info::new("hostile-ungranted", "Calls capabilities it was not granted.")
-            .capability(caps::PROCESSES)
+        Info::new(
+            "hostile-ungranted",
+            "Calls capabilities it was not granted.",
+        )
+        .capability(caps::PROCESSES)
     }
     #[allow(unreachable_code, clippy::empty_loop)]
     fn check(_config: Config) -> Result<Vec<Finding>, Error> {
