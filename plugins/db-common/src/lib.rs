@@ -27,7 +27,7 @@ pub use identity::{
     find_by_name, name_only, name_pattern, probe_expression, row_liveness, sql_expression,
     NameFinder, RowIdentity,
 };
-pub use prepare::{Identity, OnHost};
+pub use prepare::{Identity, IdentityConfig, OnHost};
 pub use set::{check_set_columns, parse_sets, Placeholders, SetValue};
 pub use times::{claim_time, read_at, time_finding, TimeTrouble};
 

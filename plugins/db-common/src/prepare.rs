@@ -6,20 +6,51 @@
 //! column and expression exists.
 
 use crate::{
-    name_only, probe_expression, require_columns, write_problems, NameFinder, OwnerCheck,
-    RowIdentity, WorkerKind, WriteProblem,
+    name_only, name_pattern, probe_expression, require_columns, sql_expression, write_problems,
+    NameFinder, OwnerCheck, RowIdentity, WorkerKind, WriteProblem,
 };
 use doctor_sdk::owner::OwnerFormat;
 use doctor_sdk::prelude::*;
 use doctor_sdk::scope::{ProcessTable, Scope, ScopeMatcher};
 use doctor_sdk::time::TimeUnit;
 use regex_lite::Regex;
+use serde::Deserialize;
 
-/// How a table's rows name their workers, parsed from the config keys both
-/// plugins share (`worker_pid_sql`, `worker_host_sql`, `worker_match`,
-/// `name_pattern`, `owner_format`, `time_unit`). Each plugin builds it
-/// field by field, in the order it checks its keys (a config error names
-/// the first bad key).
+doctor_sdk::config! {
+    /// The config keys both database plugins share: how a row names its
+    /// worker and how its times are read. Declared once, here; each plugin
+    /// takes it whole with `..identity: IdentityConfig` in its `config!`.
+    #[derive(Deserialize)]
+    pub struct IdentityConfig {
+        pub worker_kind: WorkerKind = r#""pid""#, "\"pid\" (an owner in owner_format) or \"name\" (a worker name, found only by name_pattern inside scope)",
+        pub owner_format: String = r#""auto""#, "how owners are written: auto, pid (pid or pid:start-time), host:pid, pid@host, or a regex with named groups pid (required), host, start; another host's owner is judged by heartbeat only",
+        pub worker_pid_sql: Option<String> = r#""""#, "an SQL expression giving the worker's pid from the row, e.g. json_extract(owner_info, '$.pid'); checked by pid, start time and claim time",
+        pub worker_host_sql: Option<String> = r#""""#, "an SQL expression giving the worker's host from the row; another host's row is judged by heartbeat only",
+        pub name_pattern: Option<String> = r#""""#, "with worker_kind = \"name\": regex searched in command lines inside scope whose named group `name` must equal the row's worker name",
+        pub worker_match: Option<String> = r#""""#, "regex a live worker's command line must match (a pid reused by anything else counts as dead)",
+        pub scope: Scope = "null", "where this deployment's processes live: { user, unit, cgroup, under } or \"host\"; none: a pattern matches nothing and only the rows' own pids name workers",
+        pub time_unit: String = r#""auto""#, "how times are stored: auto (detected per value and stated in the finding), s, ms, us, ns (epoch, INTEGER/REAL/TEXT), iso8601 (no zone = UTC), julian",
+        #[serde(deserialize_with = "crate::duration_ms")]
+        pub clock_skew: u64 = r#""2m""#, "a time further ahead of this host's clock is a finding (unit wrong?), never used to judge",
+    }
+}
+
+impl IdentityConfig {
+    /// What the config alone decides, checked key by key in this order (a
+    /// config error names the first bad key).
+    pub fn identity(&self) -> Result<Identity, Error> {
+        Ok(Identity {
+            pid_sql: sql_expression("worker_pid_sql", self.worker_pid_sql.as_deref())?,
+            host_sql: sql_expression("worker_host_sql", self.worker_host_sql.as_deref())?,
+            worker_match: crate::regex("worker_match", self.worker_match.as_deref())?,
+            name_pattern: name_pattern(self.name_pattern.as_deref())?,
+            format: crate::owner_format(&self.owner_format)?,
+            unit: crate::time_unit(&self.time_unit)?,
+        })
+    }
+}
+
+/// How a table's rows name their workers, parsed from [`IdentityConfig`].
 pub struct Identity {
     pub pid_sql: Option<String>,
     pub host_sql: Option<String>,

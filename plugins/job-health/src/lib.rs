@@ -17,12 +17,12 @@
 
 use db_common::{
     human_ms, ident, integer, opt_column, row_liveness, shown, Clock, Heartbeat, Identity,
-    Liveness, OnHost, OwnerCheck, Placeholders, RowIdentity, RowName, SetValue, StatusCounts,
-    TimeColumn, TimeUnit, Update, WorkerKind, WITHHELD,
+    IdentityConfig, Liveness, OnHost, OwnerCheck, Placeholders, RowIdentity, RowName, SetValue,
+    StatusCounts, TimeColumn, TimeUnit, Update, WITHHELD,
 };
 use doctor_sdk::prelude::*;
 use doctor_sdk::process::pid_list;
-use doctor_sdk::scope::{ProcessTable, Scope};
+use doctor_sdk::scope::ProcessTable;
 use doctor_sdk::time::{iso8601_utc, now_value};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -47,27 +47,16 @@ enum Remedy {
 
 doctor_sdk::config! {
     #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
     struct Config {
         db: String, "database label from [databases]",
         table: String = r#""jobs""#, "the job table",
         id_column: String = r#""id""#, "the job's primary key column",
         status_column: String = r#""status""#, "the status column",
         worker_column: Option<String> = r#""pid""#, "the column naming the job's owner (see owner_format, or a worker name); \"\" when the table records none (then heartbeats alone judge)",
-        worker_kind: WorkerKind = r#""pid""#, "\"pid\" (an owner in owner_format) or \"name\" (a worker name, found only by name_pattern inside scope)",
-        owner_format: String = r#""auto""#, "how owners are written: auto, pid (pid or pid:start-time), host:pid, pid@host, or a regex with named groups pid (required), host, start; another host's owner is judged by heartbeat only",
-        worker_pid_sql: Option<String> = r#""""#, "an SQL expression giving the worker's pid from the row, e.g. json_extract(result, '$.pid'); checked by pid, start time and claim time",
-        worker_host_sql: Option<String> = r#""""#, "an SQL expression giving the worker's host from the row; another host's job is judged by heartbeat only",
-        name_pattern: Option<String> = r#""""#, "with worker_kind = \"name\": regex searched in command lines inside scope whose named group `name` must equal the row's worker name",
-        scope: Scope = "null", "where name_pattern looks: { user, unit, cgroup, under } or \"host\"",
-        worker_match: Option<String> = r#""""#, "regex a live worker's command line must match (a reused pid counts as dead)",
         unidentified: Unidentified = r#""report""#, "a running job whose worker cannot be identified: report (\"cannot tell whether the worker is alive\", no write) or heartbeat (orphaned when its heartbeat is older than heartbeat_timeout)",
         heartbeat_column: Option<String> = r#""""#, "the heartbeat column of running jobs; \"\" for none",
         claimed_column: Option<String> = r#""""#, "the claim or lock time of running jobs: a live process that started after it has a reused pid; \"\" for none",
         updated_column: Option<String> = r#""""#, "the column whose age makes a waiting job stale (e.g. updated_at or created_at); \"\" for none",
-        time_unit: String = r#""auto""#, "how times are stored: auto (detected per value and stated in the finding), s, ms, us, ns (epoch, INTEGER/REAL/TEXT), iso8601 (no zone = UTC), julian",
-        #[serde(deserialize_with = "db_common::duration_ms")]
-        clock_skew: u64 = r#""2m""#, "a time further ahead of this host's clock is a finding (unit wrong?), never used to judge",
         attempts_column: Option<String> = r#""attempts""#, "attempt counter incremented on requeue; \"\" for none",
         reason_column: Option<String> = r#""""#, "column that receives the reason when a job is marked failed; \"\" for none",
         running_statuses: Vec<String> = r#"["running"]"#, "statuses of jobs that should have a live process",
@@ -84,6 +73,7 @@ doctor_sdk::config! {
         requeue_set: BTreeMap<String, serde_json::Value> = "{}", "further columns a requeue sets: constant, { null = true }, { now = true }, { text = \"...{reason}\" }, { json = { ... } }",
         fail_set: BTreeMap<String, serde_json::Value> = "{}", "further columns marking a job failed sets (an error record the application reads), in the same forms",
         service_user: Option<String> = r#""""#, "the user the server runs as: diagnose whether it can write the database file and directory",
+        ..identity: IdentityConfig,
     }
 }
 
@@ -104,22 +94,8 @@ impl Plugin for JobHealth {
         // What the config alone decides, before the database is opened (so
         // that `policy validate` says it even where the file is not yet there).
         let cols = Columns::of(&c);
-        let pid_sql = db_common::sql_expression("worker_pid_sql", c.worker_pid_sql.as_deref())?;
-        let host_sql = db_common::sql_expression("worker_host_sql", c.worker_host_sql.as_deref())?;
+        let id = c.identity.identity()?;
         let sets = Sets::parse(&c, &cols)?;
-        let (worker_match, format, unit) = (
-            db_common::regex("worker_match", c.worker_match.as_deref())?,
-            db_common::owner_format(&c.owner_format)?,
-            db_common::time_unit(&c.time_unit)?,
-        );
-        let id = Identity {
-            pid_sql,
-            host_sql,
-            worker_match,
-            name_pattern: db_common::name_pattern(c.name_pattern.as_deref())?,
-            format,
-            unit,
-        };
         // Then what only this host and its table can tell.
         let user = opt_column(&c.service_user);
         let wanted = db_common::configured(&[
@@ -136,7 +112,14 @@ impl Plugin for JobHealth {
             problems,
             scope,
             weak,
-        } = id.on_host(&c.db, &c.table, user, &c.scope, c.worker_kind, &wanted)?;
+        } = id.on_host(
+            &c.db,
+            &c.table,
+            user,
+            &c.identity.scope,
+            c.identity.worker_kind,
+            &wanted,
+        )?;
         let mut findings: Vec<Finding> = weak.into_iter().collect();
         db_common::check_set_columns(
             &c.db,
@@ -152,7 +135,7 @@ impl Plugin for JobHealth {
         } else {
             Vec::new()
         });
-        let (hostname, clock) = (host::hostname(), Clock::now(id.unit, c.clock_skew));
+        let (hostname, clock) = (host::hostname(), Clock::now(id.unit, c.identity.clock_skew));
 
         let statuses: Vec<SqlValue> = c
             .running_statuses
@@ -186,7 +169,7 @@ impl Plugin for JobHealth {
             clock: &clock,
         };
         let finder = id.name_finder(&scope);
-        let chk = id.owner_check(c.worker_kind, &table, &hostname, finder.as_ref());
+        let chk = id.owner_check(c.identity.worker_kind, &table, &hostname, finder.as_ref());
         for r in db_common::distinct(&rows.rows) {
             let name = RowName {
                 key: format!("job:{}", shown(&r[0])),

@@ -31,6 +31,13 @@
 //!     }
 //! }
 //! ```
+//!
+//! Keys that several plugins share are declared once, as a `config!` struct
+//! of their own (fields may be `pub`), and taken in whole by `..name: Type`
+//! after the plugin's own keys: serde flattens it into the same table, and
+//! `describe()` lists its keys after the plugin's. A flattened struct
+//! cannot be combined with `#[serde(deny_unknown_fields)]`; the host already
+//! refuses a key that `describe()` does not declare.
 
 /// One declared config key, as `describe()` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,14 +79,16 @@ macro_rules! config {
         $vis:vis struct $name:ident {
             $(
                 $(#[$($field_attr:tt)*])*
-                $field:ident : $ty:ty $(= $default:literal)? , $description:literal
-            ),* $(,)?
+                $field_vis:vis $field:ident : $ty:ty $(= $default:literal)? , $description:literal
+            ),*
+            $(, ..$group:ident : $group_ty:ty)* $(,)?
         }
     ) => {
         $crate::config! {
             $(#[$struct_attr])*
             $vis struct $name {
-                $( #[doc = $description] $(#[$($field_attr)*])* $field : $ty $(= $default)? ),*
+                $( #[doc = $description] $(#[$($field_attr)*])* $field_vis $field : $ty $(= $default)? ),*
+                $(, ..$group : $group_ty)*
             }
         }
     };
@@ -89,24 +98,29 @@ macro_rules! config {
         $vis:vis struct $name:ident {
             $(
                 $(#[$($field_attr:tt)*])*
-                $field:ident : $ty:ty $(= $default:literal)?
-            ),* $(,)?
+                $field_vis:vis $field:ident : $ty:ty $(= $default:literal)?
+            ),*
+            $(, ..$group:ident : $group_ty:ty)* $(,)?
         }
     ) => {
         $(#[$struct_attr])*
         $vis struct $name {
-            $( $(#[$($field_attr)*])* $field: $ty, )*
+            $( $(#[$($field_attr)*])* $field_vis $field: $ty, )*
+            $( #[serde(flatten)] $group: $group_ty, )*
         }
 
         impl $crate::config::DeclaredConfig for $name {
             fn config_keys() -> ::std::vec::Vec<$crate::config::ConfigKey> {
-                ::std::vec![$(
+                #[allow(unused_mut)]
+                let mut keys = ::std::vec![$(
                     $crate::config::ConfigKey::new(
                         ::std::stringify!($field),
                         $crate::__config_default!($($default)?),
                         &[$($crate::__config_doc!(#[$($field_attr)*])),*],
                     )
-                ),*]
+                ),*];
+                $( keys.extend(<$group_ty as $crate::config::DeclaredConfig>::config_keys()); )*
+                keys
             }
         }
     };
@@ -209,6 +223,35 @@ mod tests {
         );
         assert!(
             serde_json::from_str::<Example>(r#"{"db": "x", "complete": [], "nope": 1}"#).is_err()
+        );
+    }
+
+    crate::config! {
+        #[derive(Deserialize)]
+        pub struct Shared {
+            pub unit: String = r#""auto""#, "how times are stored",
+            pub skew: u64 = "120", "allowed clock skew, seconds",
+        }
+    }
+
+    crate::config! {
+        #[derive(Deserialize)]
+        struct WithShared {
+            db: String, "database label from [databases]",
+            ..shared: Shared,
+        }
+    }
+
+    #[test]
+    fn a_shared_group_is_flattened_into_the_keys_and_the_table() {
+        let names: Vec<&str> = WithShared::config_keys().iter().map(|k| k.name).collect();
+        assert_eq!(names, ["db", "unit", "skew"]);
+        assert_eq!(WithShared::config_keys()[1], Shared::config_keys()[0]);
+        let c: WithShared =
+            serde_json::from_str(r#"{"db": "main", "unit": "ms", "skew": 5}"#).unwrap();
+        assert_eq!(
+            (c.db.as_str(), c.shared.unit.as_str(), c.shared.skew),
+            ("main", "ms", 5)
         );
     }
 }

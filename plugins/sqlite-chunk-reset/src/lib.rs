@@ -13,19 +13,19 @@
 
 use db_common::{
     ident, ident_or_null, integer, opt_column, regex, row_liveness, shown, Clock, Heartbeat,
-    Identity, Liveness, OnHost, RowName, StatusCounts, TimeColumn, Update, WorkerKind, WITHHELD,
+    IdentityConfig, Liveness, OnHost, RowName, StatusCounts, TimeColumn, Update, WorkerKind,
+    WITHHELD,
 };
 use doctor_sdk::prelude::*;
 use doctor_sdk::process::{command_line, ProcessTable};
 use doctor_sdk::processes::Process;
-use doctor_sdk::scope::{Scope, ScopeMatcher};
+use doctor_sdk::scope::ScopeMatcher;
 use doctor_sdk::time::human_ms;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
 doctor_sdk::config! {
     #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
     struct Config {
         db: String, "database label from [databases]",
         table: String = r#""chunks""#, "the chunk table",
@@ -33,20 +33,10 @@ doctor_sdk::config! {
         status_column: String = r#""status""#, "the status column",
         worker_column: String = r#""assigned_worker""#, "the column naming the owner of a running chunk",
         started_at_column: Option<String> = r#""started_at""#, "the claim-time column cleared on reset (a process younger than its claim has a reused pid); \"\" when the table has none",
-        worker_kind: WorkerKind = r#""pid""#, "\"pid\" (an owner in owner_format) or \"name\" (a worker name, found only by name_pattern inside scope)",
-        owner_format: String = r#""auto""#, "how owners are written: auto, pid (pid or pid:start-time), host:pid, pid@host, or a regex with named groups pid (required), host, start",
-        worker_pid_sql: Option<String> = r#""""#, "an SQL expression giving the worker's pid from the row, e.g. json_extract(owner_info, '$.pid'); checked by pid, start time and claim time",
-        worker_host_sql: Option<String> = r#""""#, "an SQL expression giving the worker's host from the row; another host's chunk is judged by heartbeat only",
-        name_pattern: Option<String> = r#""""#, "with worker_kind = \"name\": regex searched in command lines inside scope whose named group `name` must equal the row's worker name",
-        worker_match: Option<String> = r#""""#, "regex a live worker's command line must match (a pid reused by anything else counts as dead)",
         coordinator_match: Option<String> = r#""""#, "regex of the coordinator's command line, searched inside `scope` only; when none runs there, every running chunk is orphaned",
-        scope: Scope = "null", "where this deployment's processes live: { user, unit, cgroup, under } or \"host\"; none: a pattern matches nothing and only the rows' own pids name workers",
         heartbeat_column: Option<String> = r#""""#, "heartbeat column: how a chunk owned by another host is judged; \"\" for none",
         #[serde(deserialize_with = "db_common::opt_duration_ms")]
         heartbeat_timeout: Option<u64> = r#""""#, "a remote owner's chunk is orphaned when its heartbeat is older than this (e.g. \"5m\")",
-        time_unit: String = r#""auto""#, "how times are stored: auto (detected and stated), s, ms, us, ns, iso8601, julian",
-        #[serde(deserialize_with = "db_common::duration_ms")]
-        clock_skew: u64 = r#""2m""#, "a time further ahead of this host's clock is a finding (unit wrong?), never used to judge",
         running_status: String = r#""running""#, "status value of a chunk being worked on",
         pending_status: String = r#""pending""#, "status value an orphaned chunk is reset to",
         complete_statuses: Vec<String> = r#"["complete", "completed", "done"]"#, "status values that count as complete for progress",
@@ -54,6 +44,7 @@ doctor_sdk::config! {
         stop_workers: bool = "true", "when the coordinator is absent, stop the workers the orphaned rows name after the reset (needs grants.signal)",
         grace_ms: u32 = "5000", "time between TERM and KILL when stopping a leftover worker",
         max_chunk_findings: usize = "200", "orphaned chunks reported one finding each (by id); beyond this, one overflow finding resets the rest in batches",
+        ..identity: IdentityConfig,
     }
 }
 
@@ -70,21 +61,8 @@ impl Plugin for ChunkReset {
 
     fn check(c: Config) -> Result<Vec<Finding>, Error> {
         // What the config alone decides, before the database is opened; then what only this host and its table can tell.
-        let pid_sql = db_common::sql_expression("worker_pid_sql", c.worker_pid_sql.as_deref())?;
-        let host_sql = db_common::sql_expression("worker_host_sql", c.worker_host_sql.as_deref())?;
-        let (worker_match, coordinator) = (
-            regex("worker_match", c.worker_match.as_deref())?,
-            regex("coordinator_match", c.coordinator_match.as_deref())?,
-        );
-        let name_pattern = db_common::name_pattern(c.name_pattern.as_deref())?;
-        let id = Identity {
-            pid_sql,
-            host_sql,
-            worker_match,
-            name_pattern,
-            format: db_common::owner_format(&c.owner_format)?,
-            unit: db_common::time_unit(&c.time_unit)?,
-        };
+        let id = c.identity.identity()?;
+        let coordinator = regex("coordinator_match", c.coordinator_match.as_deref())?;
         let (started_col, hb_col, user) = (
             opt_column(&c.started_at_column),
             opt_column(&c.heartbeat_column),
@@ -101,11 +79,18 @@ impl Plugin for ChunkReset {
             problems,
             scope,
             weak,
-        } = id.on_host(&c.db, &c.table, user, &c.scope, c.worker_kind, &wanted)?;
+        } = id.on_host(
+            &c.db,
+            &c.table,
+            user,
+            &c.identity.scope,
+            c.identity.worker_kind,
+            &wanted,
+        )?;
         let (table, hostname, clock) = (
             ProcessTable::read()?,
             host::hostname(),
-            Clock::now(id.unit, c.clock_skew),
+            Clock::now(id.unit, c.identity.clock_skew),
         );
         let mut findings: Vec<Finding> = weak.into_iter().collect();
         // The coordinator is searched inside the scope only: another deployment's would count.
@@ -142,7 +127,7 @@ impl Plugin for ChunkReset {
         ));
 
         let finder = id.name_finder(&scope);
-        let chk = id.owner_check(c.worker_kind, &table, &hostname, finder.as_ref());
+        let chk = id.owner_check(c.identity.worker_kind, &table, &hostname, finder.as_ref());
         let (mut live_running, mut leftovers, mut orphans) =
             (0usize, BTreeMap::<u32, Leftover>::new(), Vec::new());
         for row in db_common::distinct(&running.rows) {
@@ -165,7 +150,7 @@ impl Plugin for ChunkReset {
                 ),
                 (Liveness::Alive(procs), true) => {
                     // Named by a pid (worker_pid_sql's, or an owner), not by a name?
-                    let by_pid = c.worker_kind == WorkerKind::Pid
+                    let by_pid = c.identity.worker_kind == WorkerKind::Pid
                         || id.pid_sql.is_some() && integer(&row[4]).is_some_and(|p| p > 0);
                     for p in procs {
                         let allowed = db_common::may_stop(by_pid, &scope, &table, &p);
