@@ -1,6 +1,7 @@
 //! `doctor demo`: the incidents built for real, found, fixed and re-checked
-//! clean (except what it says it skipped), and nothing left behind: no
-//! process it started, no file in the temp dir it was given.
+//! clean (except what it says it skipped), its processes stopped by TERM but
+//! for the one that ignores it, and nothing left behind: no process it
+//! started, no file in the temp dir it was given.
 
 mod support;
 
@@ -110,6 +111,19 @@ fn the_demo_finds_fixes_rechecks_clean_and_leaves_nothing_behind() {
         3,
         "two web instances and the port holder: {pids:?}: {text}"
     );
+    // The web instances stop at TERM; only the port holder, which ignores
+    // TERM itself, shows the KILL path.
+    for web in &pids[..2] {
+        assert!(
+            fixed.contains(&format!("pid {web} exited after TERM")),
+            "{web}: {fixed}"
+        );
+    }
+    assert!(
+        fixed.contains(&format!("pid {} ignored TERM for 2s; killed", pids[2])),
+        "{fixed}"
+    );
+    assert_eq!(fixed.matches("ignored TERM").count(), 1, "{fixed}");
     assert!(
         pids.iter().all(|p| !demo_process_runs(*p)),
         "a demo process is still running: {pids:?}"

@@ -1,6 +1,7 @@
 //! Running it for real: the schedule, auto-fix, the flap breaker and rate
 //! limit across separate processes, the action budget, a run killed with -9,
-//! Prometheus and Nagios output, systemd units, journal operations, the daemon.
+//! Prometheus and Nagios output, systemd units, journal operations, the daemon,
+//! the log filter that selects one plugin.
 
 mod support;
 
@@ -664,5 +665,73 @@ fn a_fix_that_keeps_failing_enters_the_flap_breaker_instead_of_being_retried_eve
     assert_eq!(
         f["actions"][0]["outcome"], "skipped",
         "not tried a third time: {doc}"
+    );
+}
+
+/// The plugin author guide's filter, exactly as it shows it: on top of
+/// `warn`, one plugin's debug lines and not another's. Two plugins that log
+/// at debug: hostile-attacks' `log` (a line at debug, info and warn) and
+/// port-9403-freer, which says at debug that containers are not available
+/// (no `containers` grant) when it looks at a port's holder.
+#[test]
+fn doctor_log_selects_one_plugins_debug_lines_as_the_author_guide_shows() {
+    let s = Scenario::new();
+    s.install_plugin(
+        "hostile-attacks",
+        &test_plugins().join("hostile_attacks.wasm"),
+    );
+    let port = free_port();
+    let _holder = Proc::spawn(&[DOCTOR, "demo-listen", &port.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.policy(&format!(
+        "[plugins.hostile-attacks]\nconfig = {{ attack = \"log\", text = \"of hostile-attacks\" }}\n\n[plugins.port-9403-freer]\ngrants.sockets = true\ngrants.processes = true\nconfig = {{ ports = [{{ port = {port}, expect = {{ command = \"never-this\" }} }}] }}\n"
+    ));
+    let stderr = |filter: &str| {
+        let out = Command::new(DOCTOR)
+            .args(["check", "--policy"])
+            .arg(s.policy_path())
+            .env("DOCTOR_LOG", filter)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let (attacks_debug, freer_debug) =
+        ("DEBUG LINE of hostile-attacks", "containers not available");
+
+    // Both plugins do log at debug, and the plain `warn` shows neither.
+    let all = stderr("warn,plugin=debug");
+    assert!(
+        all.contains(attacks_debug) && all.contains(freer_debug),
+        "{all}"
+    );
+    let warn = stderr("warn");
+    assert!(
+        warn.contains("WARN LINE of hostile-attacks")
+            && !warn.contains(attacks_debug)
+            && !warn.contains(freer_debug),
+        "{warn}"
+    );
+
+    let one = stderr("warn,plugin[{plugin=hostile-attacks}]=debug");
+    assert!(
+        one.contains(attacks_debug) && one.contains("INFO LINE of hostile-attacks"),
+        "{one}"
+    );
+    assert!(!one.contains(freer_debug), "{one}");
+
+    let other = stderr("warn,plugin[{plugin=port-9403-freer}]=debug");
+    assert!(other.contains(freer_debug), "{other}");
+    assert!(
+        !other.contains(attacks_debug) && !other.contains("INFO LINE of hostile-attacks"),
+        "{other}"
+    );
+    assert!(
+        other.contains("WARN LINE of hostile-attacks"),
+        "warn still shows for every plugin: {other}"
     );
 }

@@ -6,11 +6,15 @@
 //! The doctor never sees its own descendants as instances (a guard no
 //! policy can switch off), so the demo's processes are started through a
 //! shell that exits at once: they are the shell's orphans, not ours.
+//!
+//! They stop at TERM, as most processes do, except the stale port holder,
+//! which ignores TERM as a hung instance does: the fix shows both paths.
 
 use crate::journal::{query, Journal};
 use crate::pipeline::{self, Mode, RunOptions};
 use crate::report::{RunReport, EXIT_CRITICAL, EXIT_OK};
 use anyhow::Context as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,8 +111,9 @@ pub fn run(keep: bool) -> anyhow::Result<i32> {
 }
 
 /// Ctrl-C, TERM or HUP: clean up, then exit as killed by it. The signals are
-/// blocked in every thread (set before any other starts) and taken by one.
-/// (The demo's processes ignore Ctrl-C: a shell's background jobs do.)
+/// blocked in every thread (set before any other starts) and taken by one;
+/// the demo's processes start with them unblocked (`Processes::start`).
+/// (They ignore Ctrl-C: a shell's background jobs do.)
 fn clean_up_on_signals(cleanup: Arc<Cleanup>) -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let signals = SigSet::from_iter([Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP]);
@@ -371,7 +376,7 @@ fn port_holder(root: &Path, procs: &Mutex<Processes>) -> anyhow::Result<Section>
     let pid = start(procs, &[&doctor, "demo-listen", &port.to_string()], root)?;
     wait_listening(port)?;
     Ok(Section {
-        story: format!("port {port}: held by pid {pid}, a stale instance, where `demo-api --release current` should listen (port-9403-freer)"),
+        story: format!("port {port}: held by pid {pid}, a stale instance that ignores TERM, where `demo-api --release current` should listen (port-9403-freer)"),
         policy: format!(
             "[plugins.port-9403-freer]\ngrants.sockets = true\ngrants.processes = true\ngrants.signal = {{ match = [\"demo-listen {port}$\"] }}\nconfig = {{ ports = [{{ port = {port}, expect = {{ command = \"demo-api --release current\" }} }}], grace_ms = 2000, deadline_ms = 5000 }}\n"
         ),
@@ -402,8 +407,13 @@ fn container_skipped() -> String {
     }
 }
 
-/// `doctor demo-listen PORT`: the stale instance that holds the port.
+/// `doctor demo-listen PORT`: the stale instance that holds the port. Hung,
+/// as stale instances can be: it ignores TERM (from before it listens, so
+/// before the demo builds on it), and the fix has to KILL it.
 pub fn listen(port: u16) -> anyhow::Result<i32> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_IGN installs no handler code that could run.
+    unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }.context("ignoring TERM")?;
     let _listener = std::net::TcpListener::bind(("127.0.0.1", port))
         .with_context(|| format!("binding 127.0.0.1:{port}"))?;
     loop {
@@ -433,14 +443,25 @@ impl Processes {
             .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
             .collect();
         let script = format!("{} </dev/null >/dev/null 2>&1 & echo $!", quoted.join(" "));
-        let out = Command::new("sh")
-            .arg("-c")
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
             .arg(&script)
             .current_dir(dir)
             .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .context("running sh")?;
+            .stderr(Stdio::inherit());
+        // The demo blocks INT/TERM/HUP for its cleanup (`clean_up_on_signals`)
+        // and a child inherits the mask: a process of the demo's would sit
+        // out every TERM and show each stop as a KILL.
+        // SAFETY: between fork and exec only pthread_sigmask runs, which is
+        // async-signal-safe and allocates nothing.
+        unsafe {
+            sh.pre_exec(|| {
+                nix::sys::signal::SigSet::empty()
+                    .thread_set_mask()
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let out = sh.output().context("running sh")?;
         let pid: u32 = String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()

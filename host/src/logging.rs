@@ -43,6 +43,15 @@ pub fn init(level: Option<&str>) {
         .try_init();
 }
 
+/// The span one plugin's turn runs in (its describe, check, fix and
+/// re-check), entered on the thread that calls the plugin, where its log
+/// lines are emitted. An env-filter's field filter selects spans, not
+/// events: this span is what lets `DOCTOR_LOG='warn,plugin[{plugin=NAME}]=debug'`
+/// show one plugin's lines. At INFO, so the default filter leaves it off.
+pub fn plugin_span(name: &str) -> tracing::Span {
+    tracing::info_span!(target: "plugin", "plugin", plugin = name)
+}
+
 /// True when systemd connected `fd` to the journal: `$JOURNAL_STREAM` is
 /// `DEVICE:INODE` of the stream it set up, and `fd` is that very stream
 /// (a child whose output was redirected inherits the variable, not the fd).

@@ -171,7 +171,8 @@ pub fn replay(wasm: &Path, dir: &Path) -> anyhow::Result<RunReport> {
         Arc::new(Mutex::new(recording.state)),
     );
     caps.tape = Tape::replay(recording.calls);
-    let (result, _) = crate::findings::check(&runtime, &loaded, caps, &recording.config, limits);
+    let (result, _) = crate::logging::plugin_span(&info.name)
+        .in_scope(|| crate::findings::check(&runtime, &loaded, caps, &recording.config, limits));
 
     let mut summary = PluginSummary::new(&info.name, 0);
     summary.loaded(&info.version, &loaded.sha256, loaded.cache.as_str());

@@ -55,7 +55,9 @@ impl Host for CapabilityContext {
 impl CapabilityContext {
     /// Into the plugin's journal log and the host's log, at the level the
     /// plugin chose, under the `plugin` target with the plugin's name as a
-    /// field (`DOCTOR_LOG='plugin[{plugin=NAME}]=debug'` selects one).
+    /// field; emitted inside the span of the plugin's turn
+    /// (`logging::plugin_span`), which `DOCTOR_LOG='plugin[{plugin=NAME}]=debug'`
+    /// selects.
     fn plugin_log(&mut self, level: LogLevel, message: String) {
         if self.logs.len() >= MAX_LOG_LINES {
             return;

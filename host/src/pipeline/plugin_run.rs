@@ -58,6 +58,7 @@ pub(super) fn run_plugin(
         gate,
         record,
     } = *shared;
+    let _span = crate::logging::plugin_span(&p.entry.name).entered();
     let started = Instant::now();
     let started_ms = now_unix_ms();
     let mut summary = PluginSummary::new(&p.entry.name, started_ms);

@@ -124,7 +124,11 @@ fn load(
         facts.clone(),
         Default::default(),
     );
-    let info = match runtime.describe(&loaded, caps, limits) {
+    // Loading stays outside the plugin's span: wasmtime's debug lines about
+    // the code it maps are not the plugin's.
+    let info = match crate::logging::plugin_span(&entry.name)
+        .in_scope(|| runtime.describe(&loaded, caps, limits))
+    {
         Ok(info) => info,
         Err(e) => return Ok(Err(e)),
     };
@@ -220,5 +224,6 @@ pub fn describe_entry(runtime: &PluginRuntime, entry: &Entry) -> Result<PluginIn
         RunFacts::new(policy.clone()),
         Default::default(),
     );
-    runtime.describe(&loaded, caps, limits(&policy))
+    crate::logging::plugin_span(&entry.name)
+        .in_scope(|| runtime.describe(&loaded, caps, limits(&policy)))
 }

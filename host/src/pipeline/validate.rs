@@ -67,6 +67,7 @@ fn check_configs_through_plugins(
         let Ok((loaded, info)) = &p.loaded else {
             continue;
         };
+        let _span = crate::logging::plugin_span(&p.entry.name).entered();
         let grants = EffectiveGrants::new(&p.entry.name, &info.capabilities, &p.policy.grants);
         let caps = context(&p.entry.name, grants, facts.clone(), Default::default());
         let (result, _) =

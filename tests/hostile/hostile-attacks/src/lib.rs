@@ -20,6 +20,7 @@ struct Config {
     count: u32,
     size: u32,
     grace_ms: u32,
+    text: String,
 }
 
 struct Hostile;
@@ -58,6 +59,7 @@ impl Plugin for Hostile {
             .config_key("count", Some("1"), "how many times")
             .config_key("size", Some("16"), "bytes per item")
             .config_key("grace_ms", Some("500"), "grace of a stop")
+            .config_key("text", Some("\"\""), "a line to log")
     }
 
     fn check(c: Config) -> Result<Vec<Finding>, Error> {
@@ -112,6 +114,17 @@ impl Plugin for Hostile {
                     .map(|r| format!("HTTP {}", r.status)),
             )),
             "kv-flood" => said(kv_flood(c.count, c.size)),
+            // Not an attack: one line at each level, for the log filters.
+            "log" => {
+                for (level, name) in [
+                    (host::LogLevel::Debug, "DEBUG"),
+                    (host::LogLevel::Info, "INFO"),
+                    (host::LogLevel::Warn, "WARN"),
+                ] {
+                    doctor_sdk::log(level, format!("{name} LINE {}", c.text));
+                }
+                said("LOGGED".into())
+            }
             other => Err(Error::Invalid(format!("unknown attack {other:?}"))),
         }
     }
