@@ -366,3 +366,98 @@ fn a_process_started_after_its_pid_file_was_written_is_not_the_target() {
         "a process younger than its PID file is not the one that wrote it"
     );
 }
+
+/// The pid `path` names once it is a running `sleep` other than `not`
+/// (the manager writes the file right after its fork, before the exec).
+fn sleeper_in(path: &std::path::Path, not: Option<u32>) -> u32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pid = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok());
+        if let Some(pid) = pid.filter(|p| Some(*p) != not) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.starts_with(b"sleep\0") {
+                return pid;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never named a new sleeper",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 21, item 3: a process manager that restarts its child a second
+/// and a half after it exits, later than the fix's one-second re-check. The
+/// operator's check, fix, check, fix, check: the stop is fixed once, and
+/// from the first run that sees the new child on, it is `persisting —
+/// respawned by parent pid N (COMMAND)`, never stopped again; the manager,
+/// which is not the target, is never touched.
+#[test]
+fn a_manager_restarting_its_child_after_a_second_and_a_half_is_named_from_the_next_run() {
+    let s = Scenario::new();
+    let pid_file = s.path("child.pid");
+    let script = format!(
+        "while :; do sleep 3607 & echo $! > '{}'; wait $!; sleep 1.5; done",
+        pid_file.display()
+    );
+    let mut manager = Proc::spawn(&["sh", "-c", &script, "respawner"]);
+    let first = sleeper_in(&pid_file, None);
+    policy(&s, "child", "child.pid", "^sleep 3607$", 1000, "stopped");
+    let running = |doc: &serde_json::Value| {
+        finding(doc, "pid-file-stop", "child:running")
+            .unwrap_or_else(|| panic!("{doc:#}"))
+            .clone()
+    };
+
+    let (code, doc) = s.doctor_json(&["check"]);
+    let f = running(&doc);
+    assert_eq!((code, f["status"].as_str()), (2, Some("new")), "{f:#}");
+
+    let (code, doc) = s.doctor_json(&["fix"]);
+    let f = running(&doc);
+    assert_eq!(
+        actions(&doc, "child:running"),
+        [
+            ("stop-process".into(), "applied".into()),
+            ("remove-file".into(), "applied".into())
+        ]
+    );
+    // The re-check came a second after the stop, before the restart.
+    assert_eq!((code, f["status"].as_str()), (0, Some("fixed")), "{f:#}");
+
+    let second = sleeper_in(&pid_file, Some(first));
+    let expected = format!(
+        "persisting — respawned by parent pid {} (sh -c {script} respawner)",
+        manager.pid()
+    );
+    // Fixed in between, the finding is new to the journal once more.
+    for (run, command, status) in [
+        (3, "check", "new"),
+        (4, "fix", "persisting"),
+        (5, "check", "persisting"),
+    ] {
+        let (code, doc) = s.doctor_json(&[command]);
+        let f = running(&doc);
+        assert_eq!(f["status"], status, "run {run} ({command}): {f:#}");
+        let message = f["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&expected),
+            "run {run} ({command}): {message}"
+        );
+        assert!(
+            f["actions"].as_array().unwrap().is_empty(),
+            "not stopped again: {f:#}"
+        );
+        assert_eq!(code, 2, "{doc:#}");
+        assert_eq!(
+            sleeper_in(&pid_file, None),
+            second,
+            "the respawned child is left running"
+        );
+    }
+    assert!(manager.running(), "the manager is not the target");
+}

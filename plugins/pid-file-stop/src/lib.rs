@@ -128,7 +128,7 @@ fn check_target(target: &Target, table: &ProcessTable) -> Result<Vec<Finding>, E
             }
             findings.push(f);
         } else {
-            respawn::remember_stopping(name, &instances);
+            respawn::remember_stopping(name, &instances, table);
             let mut f = finding(
                 Severity::Critical,
                 "running",
@@ -167,7 +167,7 @@ fn check_target(target: &Target, table: &ProcessTable) -> Result<Vec<Finding>, E
         );
     }
     if instances.is_empty() {
-        respawn::forget(name);
+        respawn::not_running(name);
         if let PidFile::Stale(pid) = pid_file {
             let f = finding(
                 Severity::Warning,
