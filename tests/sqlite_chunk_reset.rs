@@ -376,6 +376,201 @@ fn coordinator_absent_the_reset_comes_first_and_the_leftover_worker_is_stopped_s
     assert_eq!(kinds, vec!["sql-exec", "sql-exec", "stop-process"]);
 }
 
+/// The coordinator-absent incident with a leftover worker that ignores TERM
+/// and holds chunks 1 and 2; the policy stops it with a 300 ms grace.
+fn stubborn_leftover(s: &Scenario, db: &Path) -> Proc {
+    chunks_db(db, false);
+    let w = worker(
+        s,
+        db,
+        "w",
+        &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 7 WHERE id IN (1, 2)"],
+        &["--ignore-term"],
+    );
+    policy(
+        s,
+        db,
+        &signal_grant(s),
+        &format!(
+            "coordinator_match = \"no-such-coordinator-\\\\d{{6}}\"\ngrace_ms = 300\n{}",
+            my_scope()
+        ),
+    );
+    w
+}
+
+/// `doctor fix` that SIGKILLs itself after its Nth action took effect
+/// (`DOCTOR_TEST_KILL_AFTER_ACTIONS`), or None to run it whole.
+fn fix_killed_after(s: &Scenario, actions: Option<u32>) -> std::process::Child {
+    let mut cmd = std::process::Command::new(support::DOCTOR);
+    cmd.args(["fix", "--format", "json", "--policy"])
+        .arg(s.policy_path())
+        .env("DOCTOR_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(n) = actions {
+        cmd.env("DOCTOR_TEST_KILL_AFTER_ACTIONS", n.to_string());
+    }
+    cmd.spawn().unwrap()
+}
+
+/// (params, outcome, resumes) of every stop-process intent.
+fn stop_intents(s: &Scenario) -> Vec<(String, Option<String>, Option<i64>)> {
+    s.journal()
+        .prepare(
+            "SELECT params, outcome, resumes FROM intents WHERE kind = 'stop-process' ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn killed_between_the_reset_and_the_stop_the_next_fix_stops_the_leftover_worker() {
+    let s = Scenario::new();
+    let db = s.path("cluster.db");
+    let mut w = stubborn_leftover(&s, &db);
+    // Killed right after the second reset took effect: the stop never began.
+    let status = fix_killed_after(&s, Some(2)).wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    assert_eq!(
+        &rows(&db)[..2],
+        &[
+            (1, "pending".into(), None, None),
+            (2, "pending".into(), None, None)
+        ]
+    );
+    assert!(w.running());
+
+    // No row names the worker any more; the journal's open intent does.
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2, "{doc:#}");
+    let interrupted: Vec<_> = findings(&doc, PLUGIN)
+        .into_iter()
+        .filter(|f| {
+            f["key"]
+                .as_str()
+                .unwrap()
+                .starts_with("doctor:interrupted:")
+        })
+        .collect();
+    assert_eq!(interrupted.len(), 1, "{doc:#}");
+    let key = interrupted[0]["key"].as_str().unwrap().to_string();
+    assert_eq!(interrupted[0]["severity"], "critical");
+    assert!(
+        interrupted[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pid {}", w.pid())),
+        "{doc:#}"
+    );
+    assert_eq!(
+        action_outcomes(&doc, &key),
+        vec![("stop-process".into(), "planned".into())]
+    );
+    assert!(w.running(), "check changes nothing");
+
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 0, "{doc:#}");
+    assert_eq!(
+        action_outcomes(&doc, &key),
+        vec![("stop-process".into(), "applied".into())]
+    );
+    let action = &finding(&doc, PLUGIN, &key).unwrap()["actions"][0];
+    assert!(
+        action["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("resume: "),
+        "{action}"
+    );
+    assert!(w.reap(Duration::from_secs(5)).is_some(), "stopped at last");
+    // The new intent names the one it carried out, which is closed.
+    let stops = stop_intents(&s);
+    assert_eq!(stops.len(), 2, "{stops:?}");
+    assert_eq!(stops[0].1.as_deref(), Some("interrupted"));
+    assert_eq!(stops[1].1.as_deref(), Some("applied"));
+    assert!(stops[1].2.is_some(), "{stops:?}");
+    let open: i64 = s
+        .journal()
+        .query_row(
+            "SELECT count(*) FROM intents WHERE open IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(open, 0);
+    // Closed: nothing left for the operator to clear.
+    let out = s.doctor(&["journal", "clear-intent", "1"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an open interrupted intent"),
+        "{out:?}"
+    );
+
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 0, "{doc:#}");
+    assert!(finding(&doc, PLUGIN, &key).is_none(), "{doc:#}");
+}
+
+#[test]
+fn killed_at_random_moments_of_a_fix_the_next_fix_converges() {
+    // Spread over a fix's life: loading, the check, the two resets, the stop's grace.
+    let delays = [
+        40u64, 100, 150, 200, 250, 300, 350, 400, 450, 500, 550, 600, 700, 800, 900, 1000,
+    ];
+    let (mut rounds_mid_fix, mut doubled) = (0, 0);
+    for delay in delays {
+        let s = Scenario::new();
+        let db = s.path("cluster.db");
+        let mut w = stubborn_leftover(&s, &db);
+        let mut child = fix_killed_after(&s, None);
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let killed = !child.wait().unwrap().success();
+        w.reap(Duration::from_millis(100));
+        if killed && s.journal_path().exists() {
+            rounds_mid_fix += stop_intents(&s)
+                .iter()
+                .filter(|(_, o, _)| o.is_none())
+                .count();
+        }
+        let (code, doc) = s.doctor_json(&["fix"]);
+        let when = format!("killed after {delay} ms");
+        assert_eq!(code, 0, "{when}: the next fix converges: {doc:#}");
+        assert!(
+            w.reap(Duration::from_secs(5)).is_some(),
+            "{when}: the leftover worker is stopped"
+        );
+        assert!(
+            rows(&db)
+                .iter()
+                .all(|(_, status, _, _)| status != "running"),
+            "{when}: no running chunk left: {:?}",
+            rows(&db)
+        );
+        let applied = stop_intents(&s)
+            .iter()
+            .filter(|(_, o, _)| o.as_deref() == Some("applied"))
+            .count();
+        doubled += applied.saturating_sub(1);
+        assert!(
+            applied <= 1,
+            "{when}: stopped twice: {:?}",
+            stop_intents(&s)
+        );
+    }
+    eprintln!(
+        "chunk-reset kills: {} rounds, {rounds_mid_fix} stops interrupted, {doubled} doubled",
+        delays.len()
+    );
+}
+
 #[test]
 fn coordinator_absent_with_signal_denied_the_reset_still_happens_and_the_stop_is_refused() {
     let s = Scenario::new();

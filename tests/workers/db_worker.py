@@ -48,6 +48,7 @@ def main():
     ap.add_argument("--dump")
     ap.add_argument("--exit", action="store_true")
     ap.add_argument("--hostname")
+    ap.add_argument("--ignore-term", action="store_true")
     args = ap.parse_args()
 
     host = socket.gethostname()
@@ -66,6 +67,9 @@ def main():
     if args.wal:
         conn.execute("PRAGMA journal_mode=WAL")
 
+    if args.ignore_term:
+        # A stubborn leftover: only KILL ends it, so a stop lasts its grace.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.on_term_dump:
         def on_term(_sig, _frame):
             rows = sqlite3.connect(args.db, timeout=10).execute(args.on_term_dump).fetchall()

@@ -222,6 +222,12 @@ pub(super) enum JournalCommand {
         /// The finding's key, as the report shows it
         key: String,
     },
+    /// Close an interrupted intent that may have taken effect (checked by
+    /// hand): it is no longer reported
+    ClearIntent {
+        /// The intent's number, as its finding (`doctor:interrupted:N`) shows it
+        intent: i64,
+    },
 }
 
 #[derive(Subcommand)]

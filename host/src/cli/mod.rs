@@ -380,6 +380,22 @@ fn journal(
             }
             Ok(EXIT_OK)
         }
+        Some(JournalCommand::ClearIntent { intent }) => {
+            let _lock = JournalLock::acquire(&path, wait)?;
+            let journal = Journal::open(&path)?;
+            let now = crate::clock::now_unix_ms();
+            if !crate::journal::intents::clear(journal.connection(), intent, now)? {
+                anyhow::bail!("intent {intent} is not an open interrupted intent of this journal");
+            }
+            match format {
+                Format::Json => outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "cleared_intent": intent }))?
+                ),
+                Format::Human => outln!("intent {intent} cleared: it is no longer reported"),
+            }
+            Ok(EXIT_OK)
+        }
     }
 }
 

@@ -133,6 +133,7 @@ fn planned_action(p: wit::PlannedAction) -> Result<PlannedAction, PluginFailure>
         action,
         description: printable(&truncate(&p.description, MAX_TEXT)),
         needs_previous: p.needs_previous,
+        resumes: None,
     })
 }
 

@@ -52,6 +52,10 @@ pub struct PlannedAction {
     pub description: String,
     /// Run only if every earlier action of the same finding succeeded.
     pub needs_previous: bool,
+    /// The interrupted intent this action carries out (a resume); never
+    /// set from a plugin's report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumes: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

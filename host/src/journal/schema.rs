@@ -116,6 +116,18 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX intents_open ON intents (outcome) WHERE outcome IS NULL;
     "#,
+    // v4: convergence after a crash. `target`: the identity of a removal's
+    // file when intended (`dev:ino`), so a resume acts on the same file only;
+    // `open`: an interrupted intent that is still the operator's matter
+    // ('resume': proven not to have taken effect, redone by the next fixing
+    // run; 'unknown': may have taken effect, never redone, shown until
+    // cleared); `resumes`: the interrupted intent this one carries out.
+    r#"
+    ALTER TABLE intents ADD COLUMN target TEXT;
+    ALTER TABLE intents ADD COLUMN open TEXT CHECK (open IN ('resume', 'unknown'));
+    ALTER TABLE intents ADD COLUMN resumes INTEGER REFERENCES intents(id);
+    CREATE INDEX intents_open_matters ON intents (open) WHERE open IS NOT NULL;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -114,6 +114,7 @@ mod tests {
             },
             description: String::new(),
             needs_previous: false,
+            resumes: None,
         };
         Finding {
             key: key.into(),

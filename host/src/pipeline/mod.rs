@@ -130,6 +130,7 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
     }
     let interrupted = journal.mark_interrupted()?;
     let interrupted_actions = crate::journal::intents::recover(journal.connection(), started_ms)?;
+    let open_intents = crate::journal::intents::open_intents(journal.connection(), started_ms)?;
     let run_id = journal.begin_run(opts.mode.name(), &policy.file, started_ms)?;
     // Two journals on one host must not fix at the same time.
     let _fix_lock = if fixes {
@@ -186,6 +187,7 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
                 protected_files: &protected_files,
                 gate: &gate,
                 record: opts.record.as_deref(),
+                open_intents: &open_intents,
             };
             scope.spawn(move || {
                 let outcome = run_plugin(&shared, p, state);

@@ -8,6 +8,7 @@ use crate::actions::ActionContext;
 use crate::capabilities::{CapabilityContext, EffectiveGrants, PluginRuntime, RunFacts};
 use crate::clock::now_unix_ms;
 use crate::findings::Finding;
+use crate::journal::intents::OpenIntent;
 use crate::plan::apply::{self, Budget};
 use crate::plan::gate::FixGate;
 use crate::plan::ActionResult;
@@ -40,6 +41,9 @@ pub(super) struct Shared<'a> {
     pub protected_files: &'a [PathBuf],
     pub gate: &'a FixGate,
     pub record: Option<&'a std::path::Path>,
+    /// Interrupted intents of earlier runs still open: each is a finding of
+    /// its plugin, resumed when this run fixes.
+    pub open_intents: &'a [OpenIntent],
 }
 
 pub(super) fn run_plugin(
@@ -57,6 +61,7 @@ pub(super) fn run_plugin(
         protected_files,
         gate,
         record,
+        open_intents,
     } = *shared;
     let _span = crate::logging::plugin_span(&p.entry.name).entered();
     let started = Instant::now();
@@ -122,6 +127,8 @@ pub(super) fn run_plugin(
             };
         }
     };
+    let interrupted = take_up_interrupted(&mut findings, open_intents, &p.entry.name);
+    findings.extend(interrupted.iter().cloned());
     gate.escalate(&p.entry.name, &mut findings);
     let action_context = || ActionContext {
         plugin: p.entry.name.clone(),
@@ -138,9 +145,11 @@ pub(super) fn run_plugin(
     ) {
         let ctx = action_context();
         let own = Budget::for_plugin(&p.entry.name, p.policy.max_actions);
+        let checked_state = kv.lock().ok().map(|m| without_own_pids(m.clone()));
         let ahead = crate::journal::intents::PluginIntents {
             log: intent_log,
             plugin: &p.entry.name,
+            state: checked_state.as_ref(),
         };
         let actions = apply::apply(
             &ctx,
@@ -161,7 +170,8 @@ pub(super) fn run_plugin(
             crate::findings::check(runtime, loaded, caps, &p.config_json, limits(policy));
         log.push_str(&logs_text(caps.as_ref()));
         match again {
-            Ok(f) => {
+            Ok(mut f) => {
+                f.extend(still_open(&findings, &actions, &interrupted));
                 show_state_after_fix(&mut findings, &f);
                 (actions, Some(f))
             }
@@ -223,6 +233,50 @@ fn stopped_something(actions: &[Vec<ActionResult>]) -> bool {
         a.outcome == crate::plan::ActionOutcome::Applied
             && matches!(a.kind, "stop-process" | "signal-process" | "container-stop")
     })
+}
+
+/// The plugin's open interrupted intents: one the plugin planned again
+/// itself (the same action, guard and all) is carried out by that planned
+/// action, which closes it when applied; each other becomes a finding of its
+/// own, returned.
+fn take_up_interrupted(
+    findings: &mut [Finding],
+    open_intents: &[OpenIntent],
+    plugin: &str,
+) -> Vec<Finding> {
+    let mut own = Vec::new();
+    for intent in open_intents.iter().filter(|i| i.plugin == plugin) {
+        let planned_again = findings
+            .iter_mut()
+            .flat_map(|f| f.actions.iter_mut())
+            .find(|a| a.resumes.is_none() && a.action.params_json() == intent.params);
+        match planned_again {
+            Some(action) => action.resumes = Some(intent.id),
+            None => own.push(intent.finding()),
+        }
+    }
+    own
+}
+
+/// The interrupted intents this fix left open: those it could not resume
+/// (refused, failed, held back by a budget) and those never redone.
+fn still_open(
+    findings: &[Finding],
+    actions: &[Vec<ActionResult>],
+    interrupted: &[Finding],
+) -> Vec<Finding> {
+    findings
+        .iter()
+        .zip(actions)
+        .filter(|(f, results)| {
+            interrupted.iter().any(|i| i.key == f.key)
+                && (results.is_empty()
+                    || results
+                        .iter()
+                        .any(|r| r.outcome != crate::plan::ActionOutcome::Applied))
+        })
+        .map(|(f, _)| f.clone())
+        .collect()
 }
 
 /// A finding without actions describes a state (a table's counts, a

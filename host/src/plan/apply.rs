@@ -362,6 +362,7 @@ mod tests {
                     action,
                     description: String::new(),
                     needs_previous,
+                    resumes: None,
                 })
                 .collect(),
         }
