@@ -872,3 +872,165 @@ fn a_recording_goes_only_into_a_directory_of_doctors_own() {
         & 0o777;
     assert_eq!(mode, 0o600, "what plugins saw is not for everyone to read");
 }
+
+// ---------------------------------------------------------------- scope
+
+/// Two deployments on one host running the identical `sleep 3631`, each
+/// under its own launcher (`sh -c … deploy-X-TAG`): (launcher, sleep pid,
+/// sleep start time) for each.
+fn two_deployments(s: &Scenario) -> Vec<(Proc, u32, u64)> {
+    let tag = s.root().file_name().unwrap().to_string_lossy().to_string();
+    ["a", "b"]
+        .iter()
+        .map(|d| {
+            let name = format!("deploy-{d}-{tag}");
+            let launcher = Proc::spawn(&["sh", "-c", "sleep 3631 & wait", &name]);
+            let pid = child_pid(launcher.pid());
+            (launcher, pid, task_start_time(pid, pid))
+        })
+        .collect()
+}
+
+fn child_pid(parent: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        if let Some(pid) = children.split_whitespace().next() {
+            let pid: u32 = pid.parse().unwrap();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline == b"sleep\x003631\x00" {
+                return pid;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the launcher never started sleep"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn under(s: &Scenario, d: &str) -> String {
+    let tag = s.root().file_name().unwrap().to_string_lossy().to_string();
+    format!("{{ under = \"deploy-{d}-{tag}$\" }}")
+}
+
+fn alive(pid: u32, start: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        fields[0] != "Z" && fields[19].parse::<u64>().ok() == Some(start)
+    })
+}
+
+#[test]
+fn a_signal_grant_scoped_to_one_deployment_cannot_stop_the_others_identical_process() {
+    let s = Scenario::new();
+    s.install_plugin(
+        "hostile-attacks",
+        &test_plugins().join("hostile_attacks.wasm"),
+    );
+    let d = two_deployments(&s);
+    let (b_pid, b_start) = (d[1].1, d[1].2);
+    let grants = format!(
+        "grants.processes = {}\ngrants.signal = {{ match = [\"^sleep 3631$\"] }}",
+        under(&s, "a")
+    );
+    aim(
+        &s,
+        "",
+        &grants,
+        &format!("attack = \"stop\", pid = {b_pid}, start_time = {b_start}"),
+    );
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 2, "a refused fix is critical: {doc}");
+    let actions = journaled_actions(&s, "stop");
+    assert_eq!(actions[0].0, "refused", "{actions:?}");
+    assert!(
+        actions[0].1.contains("outside the scope") && actions[0].1.contains("deploy-a-"),
+        "the refusal names the scope: {actions:?}"
+    );
+    assert!(alive(b_pid, b_start), "deployment B's sleep lives");
+    bystander_intact(&doc);
+
+    // The same grant reaches A's own process (the control).
+    let (a_pid, a_start) = (d[0].1, d[0].2);
+    aim(
+        &s,
+        "",
+        &grants,
+        &format!("attack = \"stop\", pid = {a_pid}, start_time = {a_start}, grace_ms = 100"),
+    );
+    let (_, doc) = s.doctor_json(&["fix"]);
+    let actions = journaled_actions(&s, "stop");
+    assert_eq!(actions.last().unwrap().0, "applied", "{actions:?} {doc}");
+    assert!(!alive(a_pid, a_start));
+}
+
+#[test]
+fn a_signal_scope_holds_even_when_the_plugin_sees_the_whole_host() {
+    let s = Scenario::new();
+    s.install_plugin(
+        "hostile-attacks",
+        &test_plugins().join("hostile_attacks.wasm"),
+    );
+    let d = two_deployments(&s);
+    let (b_pid, b_start) = (d[1].1, d[1].2);
+    aim(
+        &s,
+        "",
+        &format!(
+            "grants.processes = true\ngrants.signal = {{ match = [\"^sleep 3631$\"], scope = {} }}",
+            under(&s, "a")
+        ),
+        &format!("attack = \"stop\", pid = {b_pid}, start_time = {b_start}"),
+    );
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 2, "{doc}");
+    let actions = journaled_actions(&s, "stop");
+    assert_eq!(actions[0].0, "refused", "{actions:?}");
+    assert!(
+        actions[0].1.contains("grants.signal") && actions[0].1.contains("outside the scope"),
+        "{actions:?}"
+    );
+    assert!(alive(b_pid, b_start));
+}
+
+#[test]
+fn a_process_outside_the_granted_scope_does_not_exist_for_the_plugin() {
+    let s = Scenario::new();
+    s.install_plugin(
+        "hostile-attacks",
+        &test_plugins().join("hostile_attacks.wasm"),
+    );
+    let d = two_deployments(&s);
+    let (a_pid, b_pid) = (d[0].1, d[1].1);
+    let look = format!("attack = \"processes\", text = \"3631\", pid = {b_pid}");
+    aim(
+        &s,
+        "",
+        &format!("grants.processes = {}", under(&s, "a")),
+        &look,
+    );
+    let (_, doc) = s.doctor_json(&["check"]);
+    assert_eq!(
+        said(&doc, "processes"),
+        format!("SEEN [{a_pid}] GET None"),
+        "only A's sleep, and B's is not there even by pid: {doc}"
+    );
+    bystander_intact(&doc);
+
+    // The whole host, for contrast: both (other tests' sleeps never run 3631).
+    aim(&s, "", "grants.processes = true", &look);
+    let (_, doc) = s.doctor_json(&["check"]);
+    let seen = said(&doc, "processes");
+    assert!(
+        seen.contains(&a_pid.to_string()) && seen.contains(&format!("GET Some({b_pid})")),
+        "{seen}"
+    );
+}

@@ -611,6 +611,53 @@ fn policy_validate_warns_about_a_host_wide_scope() {
         !stderr.contains("targets[1]"),
         "a named scope is fine: {stderr}"
     );
+    assert!(
+        stderr.contains("plugins.pid-file-stop.grants.processes = true"),
+        "a host-wide process grant is warned about: {stderr}"
+    );
+}
+
+#[test]
+fn policy_validate_warns_about_host_wide_grants_and_refuses_an_empty_scope() {
+    let s = Scenario::new();
+    let target = "[[plugins.pid-file-stop.config.targets]]\nname = \"a\"\npid_file = \"/run/a.pid\"\npattern = \"^a$\"\n";
+    s.policy(&format!(
+        "[plugins.pid-file-stop]\ngrants.processes = {{ user = 0 }}\ngrants.signal = {{ match = [\"^a$\"] }}\n{target}"
+    ));
+    let out = s.doctor(&["policy", "validate"]);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("grants.processes") && !stderr.contains("grants.signal"),
+        "scoped grants: {stderr}"
+    );
+
+    s.policy(&format!(
+        "[plugins.pid-file-stop]\ngrants.processes = true\ngrants.signal = {{ match = [\"^a$\"] }}\n{target}"
+    ));
+    let stderr = String::from_utf8_lossy(&s.doctor(&["policy", "validate"]).stderr).to_string();
+    assert!(
+        stderr.contains("grants.processes = true") && stderr.contains("grants.signal:"),
+        "{stderr}"
+    );
+
+    s.policy(&format!(
+        "[plugins.pid-file-stop]\ngrants.processes = {{}}\n{target}"
+    ));
+    let out = s.doctor(&["policy", "validate"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = std::fs::read_to_string(s.policy_path()).unwrap();
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("grants.processes"))
+        .unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "policy.toml:{line}: plugins.pid-file-stop.grants.processes: an empty scope table"
+        )),
+        "file, line and key: {stderr}"
+    );
 }
 
 #[test]

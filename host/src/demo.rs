@@ -283,6 +283,8 @@ fn dead_pid() -> anyhow::Result<u32> {
 /// sqlite-chunk-reset: a coordinator crashed; 3 chunks say `running` on a
 /// worker that is dead.
 fn chunk_table(root: &Path) -> anyhow::Result<Section> {
+    // The demo's processes run as this user: the grant reaches no further.
+    let uid = nix::unistd::geteuid().as_raw();
     let db = root.join("chunks.db");
     let worker = dead_pid()?;
     let conn =
@@ -296,7 +298,7 @@ fn chunk_table(root: &Path) -> anyhow::Result<Section> {
     Ok(Section {
         story: format!("chunks.db: 3 chunks `running` on worker pid {worker}, which is dead (sqlite-chunk-reset)"),
         policy: format!(
-            "[databases.chunks]\npath = {:?}\n\n[plugins.sqlite-chunk-reset]\ngrants.processes = true\ngrants.sqlite = [\"chunks\"]\ngrants.sqlite_write = [\"chunks\"]\nconfig = {{ db = \"chunks\", table = \"chunks\", worker_column = \"assigned_worker\", worker_match = \"doctor-demo-worker\" }}\n",
+            "[databases.chunks]\npath = {:?}\n\n[plugins.sqlite-chunk-reset]\ngrants.processes = {{ user = {uid} }}\ngrants.sqlite = [\"chunks\"]\ngrants.sqlite_write = [\"chunks\"]\nconfig = {{ db = \"chunks\", table = \"chunks\", worker_column = \"assigned_worker\", worker_match = \"doctor-demo-worker\" }}\n",
             db.display().to_string()
         ),
     })
@@ -305,6 +307,8 @@ fn chunk_table(root: &Path) -> anyhow::Result<Section> {
 /// job-health: a training server restarted; jobs still `running` for dead
 /// processes (one has used up its attempts), one `pending` job nobody picks up.
 fn job_table(root: &Path) -> anyhow::Result<Section> {
+    // The demo's processes run as this user: the grant reaches no further.
+    let uid = nix::unistd::geteuid().as_raw();
     let db = root.join("jobs.db");
     let (a, b) = (dead_pid()?, dead_pid()?);
     let conn =
@@ -319,7 +323,7 @@ fn job_table(root: &Path) -> anyhow::Result<Section> {
     Ok(Section {
         story: format!("jobs.db: jobs 1 and 2 `running` for dead pids {a} and {b} (job 2 out of attempts), job 3 `pending` for 3 h (job-health)"),
         policy: format!(
-            "[databases.jobs]\npath = {:?}\n\n[plugins.job-health]\ngrants.processes = true\ngrants.sqlite = [\"jobs\"]\ngrants.sqlite_write = [\"jobs\"]\nconfig = {{ db = \"jobs\", table = \"jobs\", worker_column = \"pid\", updated_column = \"updated_at\", reason_column = \"error\", stale_after = \"2h\", on_stale = \"requeue\", on_orphaned = \"requeue\", max_attempts = 3 }}\n",
+            "[databases.jobs]\npath = {:?}\n\n[plugins.job-health]\ngrants.processes = {{ user = {uid} }}\ngrants.sqlite = [\"jobs\"]\ngrants.sqlite_write = [\"jobs\"]\nconfig = {{ db = \"jobs\", table = \"jobs\", worker_column = \"pid\", updated_column = \"updated_at\", reason_column = \"error\", stale_after = \"2h\", on_stale = \"requeue\", on_orphaned = \"requeue\", max_attempts = 3 }}\n",
             db.display().to_string()
         ),
     })
@@ -342,7 +346,7 @@ fn pid_files(root: &Path, procs: &Mutex<Processes>) -> anyhow::Result<Section> {
         story: format!("web.pid names pid {first}, and a second instance (pid {second}) runs too; nightly-report.pid names dead pid {dead} (pid-file-stop)"),
         policy: format!(
             r#"[plugins.pid-file-stop]
-grants.processes = true
+grants.processes = {{ user = {uid} }}
 grants.files = ["{dir}/*.pid"]
 grants.files_remove = ["{dir}/*.pid"]
 grants.signal = {{ match = [{pattern:?}], uids = [{uid}] }}
@@ -367,6 +371,8 @@ pattern = "^doctor-demo-nightly-report$"
 /// port-9403-freer: last deploy's instance still listens on the service's
 /// port (a free loopback port stands in for 9403, which may be in use here).
 fn port_holder(root: &Path, procs: &Mutex<Processes>) -> anyhow::Result<Section> {
+    // The demo's processes run as this user: the grant reaches no further.
+    let uid = nix::unistd::geteuid().as_raw();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .context("finding a free loopback port")?
@@ -378,7 +384,7 @@ fn port_holder(root: &Path, procs: &Mutex<Processes>) -> anyhow::Result<Section>
     Ok(Section {
         story: format!("port {port}: held by pid {pid}, a stale instance that ignores TERM, where `demo-api --release current` should listen (port-9403-freer)"),
         policy: format!(
-            "[plugins.port-9403-freer]\ngrants.sockets = true\ngrants.processes = true\ngrants.signal = {{ match = [\"demo-listen {port}$\"] }}\nconfig = {{ ports = [{{ port = {port}, expect = {{ command = \"demo-api --release current\" }} }}], grace_ms = 2000, deadline_ms = 5000 }}\n"
+            "[plugins.port-9403-freer]\ngrants.sockets = true\ngrants.processes = {{ user = {uid} }}\ngrants.signal = {{ match = [\"demo-listen {port}$\"] }}\nconfig = {{ ports = [{{ port = {port}, expect = {{ command = \"demo-api --release current\" }} }}], grace_ms = 2000, deadline_ms = 5000 }}\n"
         ),
     })
 }

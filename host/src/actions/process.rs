@@ -164,6 +164,7 @@ mod tests {
             signal: Some(SignalGrant {
                 patterns: vec![pattern.into()],
                 uids: vec![],
+                scope: Default::default(),
             }),
             ..Default::default()
         }

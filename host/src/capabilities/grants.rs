@@ -2,8 +2,9 @@
 //! what the policy grants it. Every check returns a [`Denied`] that names the
 //! missing grant, so an operator can read it and decide.
 
+use super::scope::ScopeMatcher;
 use crate::facts::processes::ProcessInfo;
-use crate::policy::Grants;
+use crate::policy::{Grants, ProcessScope, SignalGrant};
 use std::collections::BTreeSet;
 /// A capability call refused by the grants; the text names the grant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,9 +65,19 @@ impl EffectiveGrants {
         ))
     }
 
-    pub fn processes(&self) -> Result<(), Denied> {
+    /// The processes the plugin may see: the scope of `grants.processes`.
+    pub fn processes(&self) -> Result<ScopeMatcher, Denied> {
         self.requested("processes")?;
-        self.flag(self.granted.processes, "processes")
+        self.flag(self.granted.processes.granted(), "processes")?;
+        ScopeMatcher::compile(&self.granted.processes)
+            .map_err(|e| self.denied("processes", &format!("({e})")))
+    }
+
+    /// Which socket owners the plugin may see: those inside a scoped
+    /// `grants.processes`; any owner otherwise (a pid says nothing more).
+    pub fn socket_owners(&self) -> Result<ScopeMatcher, Denied> {
+        ScopeMatcher::compile(&self.granted.processes)
+            .map_err(|e| self.denied("processes", &format!("({e})")))
     }
 
     pub fn sockets(&self) -> Result<(), Denied> {
@@ -183,7 +194,30 @@ impl EffectiveGrants {
                 ),
             ));
         }
+        let (scope, key) = self.signal_scope(grant)?;
+        if !scope.contains(process, crate::facts::processes::get) {
+            return Err(self.denied(
+                key,
+                &format!(
+                    "for pid {} ({command}): outside the scope {}",
+                    process.id.pid,
+                    scope.shown()
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// `grants.signal.scope`, else the scope of `grants.processes`: a plugin
+    /// never has a process signalled that does not exist for it.
+    fn signal_scope(&self, grant: &SignalGrant) -> Result<(ScopeMatcher, &'static str), Denied> {
+        let (scope, key) = match &grant.scope {
+            ProcessScope::None => (&self.granted.processes, "processes"),
+            own => (own, "signal"),
+        };
+        let matcher =
+            ScopeMatcher::compile(scope).map_err(|e| self.denied(key, &format!("({e})")))?;
+        Ok((matcher, key))
     }
 
     /// Starting, stopping or restarting a container by one of its names.
@@ -251,7 +285,7 @@ mod tests {
     #[test]
     fn unrequested_capability_is_denied_even_when_granted() {
         let g = Grants {
-            processes: true,
+            processes: ProcessScope::Host,
             ..Default::default()
         };
         let e = EffectiveGrants::new("p", &[], &g);

@@ -9,6 +9,7 @@ mod files;
 mod host;
 mod probe;
 mod processes;
+pub mod scope;
 mod sockets;
 mod sqlite;
 // Live, recorded or replayed: the one passage of every import.

@@ -7,16 +7,21 @@ use crate::runtime::bindings::doctor::plugin::types::{Error, ProcessRef};
 
 /// The live answers; the trait impl below records or replays them.
 impl CapabilityContext {
+    /// Only the processes inside the grant's scope exist for the plugin.
     fn processes_all(&mut self) -> Result<Vec<Process>, Error> {
-        self.grants.processes()?;
+        let scope = self.grants.processes()?;
         let table = self.facts.processes().map_err(Error::Io)?;
-        Ok(table.iter().map(to_wit).collect())
+        Ok(scope.filter(&table).into_iter().map(to_wit).collect())
     }
 
     fn processes_get(&mut self, pid: u32) -> Result<Option<Process>, Error> {
-        self.grants.processes()?;
+        let scope = self.grants.processes()?;
         let table = self.facts.processes().map_err(Error::Io)?;
-        Ok(table.iter().find(|p| p.id.pid == pid).map(to_wit))
+        Ok(scope
+            .filter(&table)
+            .into_iter()
+            .find(|p| p.id.pid == pid)
+            .map(to_wit))
     }
 }
 
@@ -59,7 +64,7 @@ mod tests {
         let why = denial(test_context(Grants::default()).all());
         assert!(why.contains("processes"), "names the grant: {why}");
         let mut granted = test_context(Grants {
-            processes: true,
+            processes: crate::policy::ProcessScope::Host,
             ..Default::default()
         });
         let table = granted.all().unwrap().expect("granted");

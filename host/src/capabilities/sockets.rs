@@ -9,6 +9,13 @@ use crate::runtime::bindings::doctor::plugin::types::{Error, ProcessRef};
 impl CapabilityContext {
     fn sockets_listeners(&mut self) -> Result<Vec<Listener>, Error> {
         self.grants.sockets()?;
+        let scope = self.grants.socket_owners()?;
+        let visible: Option<std::collections::HashSet<u32>> = if scope.is_host() {
+            None
+        } else {
+            let table = self.facts.processes().map_err(Error::Io)?;
+            Some(scope.filter(&table).iter().map(|p| p.id.pid).collect())
+        };
         let found = self.facts.listeners().map_err(Error::Io)?;
         Ok(found
             .iter()
@@ -24,6 +31,7 @@ impl CapabilityContext {
                 owners: l
                     .owners
                     .iter()
+                    .filter(|o| visible.as_ref().is_none_or(|v| v.contains(&o.pid)))
                     .map(|o| ProcessRef {
                         pid: o.pid,
                         start_time: o.start_time,

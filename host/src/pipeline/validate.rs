@@ -7,7 +7,7 @@ use super::prepare::{context, limits, prepare, Prepared};
 use super::{cache_dir, select, Fatal, Mode};
 use crate::capabilities::{EffectiveGrants, PluginRuntime, RunFacts};
 use crate::catalog::Catalog;
-use crate::policy::Policy;
+use crate::policy::{Policy, ProcessScope};
 use crate::runtime::PluginFailure;
 use std::path::Path;
 use std::sync::Arc;
@@ -38,6 +38,7 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
     }
     let config_warnings = check_configs_through_plugins(&runtime, &policy, &prepared)?;
     let mut warnings = host_wide_scopes(&policy);
+    warnings.extend(host_wide_grants(&policy));
     warnings.extend(config_warnings);
     warnings.extend(ungranted_requests(&policy, &prepared));
     for warning in warnings {
@@ -185,6 +186,38 @@ pub fn host_wide_scopes(policy: &Policy) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Every `grants.processes = true` (or `"host"`): the plugin sees every
+/// process of the host with its command line, and command lines carry
+/// secrets; and every signal grant that thereby reaches the whole host.
+pub fn host_wide_grants(policy: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, plugin) in &policy.plugins {
+        let grants = &plugin.grants;
+        if grants.processes == ProcessScope::Host {
+            let key = format!("plugins.{name}.grants.processes");
+            let e = policy.error_at_key(&key, String::new());
+            out.push(format!(
+                "{}:{}: {key} = true: the plugin sees every process of this host and its command line (which may carry secrets); grant a scope instead: {{ user, unit, cgroup, under }}",
+                e.file, e.line
+            ));
+        }
+        let signal_host_wide = grants.signal.as_ref().is_some_and(|s| {
+            s.scope == ProcessScope::Host
+                || (s.scope == ProcessScope::None
+                    && !matches!(grants.processes, ProcessScope::Within(_)))
+        });
+        if signal_host_wide {
+            let key = format!("plugins.{name}.grants.signal");
+            let e = policy.error_at_key(&key, String::new());
+            out.push(format!(
+                "{}:{}: {key}: its patterns reach matching processes anywhere on this host, including another deployment's; give it a scope (grants.signal.scope, or a scoped grants.processes)",
+                e.file, e.line
+            ));
+        }
+    }
+    out
 }
 
 fn collect_host_scopes(value: &toml::Value, path: &str, out: &mut Vec<String>) {

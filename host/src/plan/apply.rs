@@ -241,6 +241,7 @@ mod tests {
             signal: Some(SignalGrant {
                 patterns: vec!["^true$".into()],
                 uids: vec![],
+                scope: Default::default(),
             }),
             ..Default::default()
         })

@@ -8,6 +8,9 @@ use toml::Spanned;
 
 mod locate;
 mod ranges;
+mod scope;
+
+pub use scope::{ProcessScope, UserRef, Within};
 
 use locate::toml_error;
 
@@ -238,8 +241,10 @@ fn default_every() -> Duration {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
+    /// Which processes the plugin sees: `true`/`"host"` all of them, a scope
+    /// table those inside it (also their sockets' owners).
     #[serde(default)]
-    pub processes: bool,
+    pub processes: ProcessScope,
     /// Glob patterns of paths the plugin may stat and read.
     #[serde(default)]
     pub files: Vec<String>,
@@ -271,7 +276,7 @@ impl Grants {
     /// Does this policy grant `capability` (a `describe()` name) at all?
     pub fn grants(&self, capability: &str) -> bool {
         match capability {
-            "processes" => self.processes,
+            "processes" => self.processes.granted(),
             "files" => !self.files.is_empty(),
             "sqlite" => !self.sqlite.is_empty(),
             "sockets" => self.sockets,
@@ -296,6 +301,10 @@ pub struct SignalGrant {
     pub patterns: Vec<String>,
     #[serde(default)]
     pub uids: Vec<u32>,
+    /// Where the signalled process must lie; none: the scope of
+    /// `grants.processes` (the whole host only if that is the whole host).
+    #[serde(default)]
+    pub scope: ProcessScope,
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -455,7 +464,13 @@ impl Policy {
                     ));
                 }
             }
+            if let Some(problem) = g.processes.problem() {
+                return Err(self.error_at_plugin(name, "grants.processes", problem));
+            }
             if let Some(signal) = &g.signal {
+                if let Some(problem) = signal.scope.problem() {
+                    return Err(self.error_at_plugin(name, "grants.signal.scope", problem));
+                }
                 for pattern in &signal.patterns {
                     regex::Regex::new(pattern).map_err(|e| {
                         self.error_at_plugin(
@@ -594,7 +609,7 @@ mod tests {
         assert_eq!(p.plugins["x"].max_actions, 40);
         assert_eq!(p.plugins["x"].every, Duration::from_secs(300));
         assert_eq!(p.plugins["x"].fix, FixMode::Manual);
-        assert!(!p.plugins["x"].grants.processes);
+        assert!(!p.plugins["x"].grants.processes.granted());
     }
 
     #[test]

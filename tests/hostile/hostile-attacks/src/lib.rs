@@ -114,6 +114,17 @@ impl Plugin for Hostile {
                     .map(|r| format!("HTTP {}", r.status)),
             )),
             "kv-flood" => said(kv_flood(c.count, c.size)),
+            // Every process whose command line holds `text`, and `get(pid)`:
+            // what exists for this plugin.
+            "processes" => said(answer(processes::all().and_then(|all| {
+                let seen: Vec<String> = all
+                    .iter()
+                    .filter(|p| p.argv.join(" ").contains(&c.text))
+                    .map(|p| p.id.pid.to_string())
+                    .collect();
+                let got = processes::get(c.pid)?.map(|p| p.id.pid);
+                Ok(format!("SEEN [{}] GET {got:?}", seen.join(",")))
+            }))),
             // Not an attack: one line at each level, for the log filters.
             "log" => {
                 for (level, name) in [
