@@ -1,6 +1,7 @@
-//! Every released WIT contract stays loadable: a plugin built against
-//! `doctor:plugin@0.1.0` (tests/hostile/contract-v0-1, raw wit-bindgen, no
-//! SDK) runs beside the built-ins, which speak the current contract.
+//! Every released WIT contract stays loadable: plugins built against
+//! `doctor:plugin@0.1.0` and `@0.2.0` (tests/hostile/contract-v0-1 and -2,
+//! raw wit-bindgen, no SDK) run beside the built-ins, which speak the
+//! current contract (0.3.0).
 
 mod support;
 
@@ -59,11 +60,55 @@ config = {{ targets = [{{ name = "w", pid_file = "{root}/stale.pid", pattern = "
 }
 
 #[test]
+fn a_plugin_built_against_0_2_0_loads_and_its_container_stop_keeps_the_engines_grace() {
+    let s = Scenario::new();
+    s.install_plugin("contract-v0-2", &test_plugins().join("contract_v0_2.wasm"));
+    let root = s.root().display().to_string();
+    std::fs::write(s.path("note.txt"), "hello from 0.2.0\n").unwrap();
+    s.policy(&format!(
+        r#"
+[plugins.contract-v0-2]
+grants.processes = true
+grants.files = ["{root}/note.txt"]
+config = {{ path = "{root}/note.txt" }}
+"#
+    ));
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 1, "{doc}");
+    let seen = finding(&doc, "contract-v0-2", "seen").expect("the 0.2.0 plugin reports");
+    assert!(
+        seen["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("READ \"hello from 0.2.0\""),
+        "{seen}"
+    );
+    let action = &seen["actions"][0];
+    assert_eq!(action["kind"], "container-stop", "{seen}");
+    assert_eq!(action["outcome"], "planned", "{seen}");
+    // The journal keeps the action as the host will run it: no grace of its own.
+    let params: String = s
+        .journal()
+        .query_row(
+            "SELECT params FROM actions WHERE plugin = 'contract-v0-2'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        params.contains("\"id\":\"web\"") && params.contains("\"grace_ms\":null"),
+        "{params}"
+    );
+}
+
+#[test]
 fn inspect_names_the_contract_each_plugin_was_built_against() {
-    let old = test_plugins().join("contract_v0_1.wasm");
+    let v0_1 = test_plugins().join("contract_v0_1.wasm");
+    let v0_2 = test_plugins().join("contract_v0_2.wasm");
     for (plugin, contract) in [
-        (old.to_str().unwrap(), "doctor:plugin@0.1.0"),
-        ("pid-file-stop", "doctor:plugin@0.2.0"),
+        (v0_1.to_str().unwrap(), "doctor:plugin@0.1.0"),
+        (v0_2.to_str().unwrap(), "doctor:plugin@0.2.0"),
+        ("pid-file-stop", "doctor:plugin@0.3.0"),
     ] {
         let out = Command::new(DOCTOR)
             .args(["plugins", "inspect", plugin, "--format", "json"])

@@ -165,13 +165,15 @@ fn start_stop_restart_or_engine_message() {
                 .path_exists(&id, "/bin/busybox")
                 .expect("stat while running"));
             engine
-                .restart(&id, Duration::from_secs(1))
+                .restart(&id, Some(Duration::from_secs(1)))
                 .expect("restart");
             assert_eq!(inspect_json(&engine, &id)["State"]["Status"], "running");
-            engine.stop(&id, Duration::from_millis(500)).expect("stop");
+            engine
+                .stop(&id, Some(Duration::from_millis(500)))
+                .expect("stop");
             assert_eq!(inspect_json(&engine, &id)["State"]["Status"], "exited");
             engine
-                .stop(&id, Duration::from_secs(1))
+                .stop(&id, Some(Duration::from_secs(1)))
                 .expect("second stop is 304, still success");
         }
         Err(EngineError::Api { status, message }) => {
@@ -192,8 +194,8 @@ fn unknown_container_is_not_found() {
     for result in [
         engine.inspect("deadbeef").map(drop),
         engine.start("deadbeef"),
-        engine.stop("deadbeef", Duration::from_secs(1)),
-        engine.restart("deadbeef", Duration::from_secs(1)),
+        engine.stop("deadbeef", Some(Duration::from_secs(1))),
+        engine.restart("deadbeef", Some(Duration::from_secs(1))),
         // An id that tries to smuggle in a path of its own stays one segment.
         engine.inspect("../../_ping?x=").map(drop),
     ] {
@@ -246,7 +248,7 @@ fn silent_engine_times_out() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     // stop's bound is the timeout plus the grace period it asks the engine for.
-    let result = ContainerEngine::new(&socket, limit).stop("x", Duration::from_millis(200));
+    let result = ContainerEngine::new(&socket, limit).stop("x", Some(Duration::from_millis(200)));
     assert!(
         matches!(result, Err(EngineError::Timeout(d)) if d == limit + Duration::from_secs(1)),
         "{result:?}"

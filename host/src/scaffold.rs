@@ -257,7 +257,8 @@ componentize-py -d wit -w plugin componentize app -o {name}.wasm
     ]
 }
 
-/// The contract the scaffold builds against, and the Python SDK module.
+/// The contract the Python scaffold builds against (the Python SDK speaks
+/// 0.2.0, which the host keeps linking), and the Python SDK module.
 const WIT: &str = include_str!("../../wit/0.2.0/plugin.wit");
 const PYTHON_SDK: &str = include_str!("../../plugins/python/doctor_sdk.py");
 const PYTHON_APP: &str = include_str!("../../plugins/python/stale-lock/app.py");

@@ -4,14 +4,23 @@
 use super::{ActionContext, Executed};
 use std::time::Duration;
 
-/// Grace the engine gives a container between TERM and KILL.
-const CONTAINER_STOP_GRACE: Duration = Duration::from_secs(10);
-
+/// What to do; a stop or restart carries the plugin's grace in ms (None:
+/// the engine's default, as for every plugin built before 0.3.0).
 #[derive(Debug, Clone, Copy)]
 pub enum ContainerOp {
     Start,
-    Stop,
-    Restart,
+    Stop(Option<u32>),
+    Restart(Option<u32>),
+}
+
+impl ContainerOp {
+    fn verb(self) -> &'static str {
+        match self {
+            ContainerOp::Start => "start",
+            ContainerOp::Stop(_) => "stop",
+            ContainerOp::Restart(_) => "restart",
+        }
+    }
 }
 
 pub fn container(ctx: &ActionContext, id: &str, op: ContainerOp) -> Executed {
@@ -26,14 +35,34 @@ pub fn container(ctx: &ActionContext, id: &str, op: ContainerOp) -> Executed {
         return Executed::refused(denied.0);
     }
     let name = names.first().cloned().unwrap_or_else(|| id.to_string());
-    let result = match op {
-        ContainerOp::Start => engine.start(id),
-        ContainerOp::Stop => engine.stop(id, CONTAINER_STOP_GRACE),
-        ContainerOp::Restart => engine.restart(id, CONTAINER_STOP_GRACE),
+    let (result, grace) = match op {
+        ContainerOp::Start => (engine.start(id), String::new()),
+        ContainerOp::Stop(ms) => {
+            let grace = capped_grace(ctx, ms);
+            (engine.stop(id, grace), shown_grace(grace))
+        }
+        ContainerOp::Restart(ms) => {
+            let grace = capped_grace(ctx, ms);
+            (engine.restart(id, grace), shown_grace(grace))
+        }
     };
+    let verb = op.verb();
     match result {
-        Ok(()) => Executed::applied(format!("{op:?} container {name}: done")),
-        Err(e) => Executed::failed(format!("{op:?} container {name}: {e}")),
+        Ok(()) => Executed::applied(format!("{verb} container {name}: done{grace}")),
+        Err(e) => Executed::failed(format!("{verb} container {name}{grace}: {e}")),
+    }
+}
+
+/// The plugin's grace, never longer than `action_wait_max`.
+fn capped_grace(ctx: &ActionContext, ms: Option<u32>) -> Option<Duration> {
+    ms.map(|ms| Duration::from_millis(u64::from(ms)).min(ctx.policy.doctor.action_wait_max))
+}
+
+/// Which grace applied, for the report: the engine takes whole seconds.
+fn shown_grace(grace: Option<Duration>) -> String {
+    match grace {
+        Some(g) => format!(" (grace {} s)", g.as_millis().div_ceil(1000)),
+        None => " (the engine's default grace)".into(),
     }
 }
 

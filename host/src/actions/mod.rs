@@ -74,11 +74,11 @@ fn execute(ctx: &ActionContext, action: &Action) -> Executed {
         Action::ContainerStart { id } => {
             containers::container(ctx, id, containers::ContainerOp::Start)
         }
-        Action::ContainerStop { id } => {
-            containers::container(ctx, id, containers::ContainerOp::Stop)
+        Action::ContainerStop { id, grace_ms } => {
+            containers::container(ctx, id, containers::ContainerOp::Stop(*grace_ms))
         }
-        Action::ContainerRestart { id } => {
-            containers::container(ctx, id, containers::ContainerOp::Restart)
+        Action::ContainerRestart { id, grace_ms } => {
+            containers::container(ctx, id, containers::ContainerOp::Restart(*grace_ms))
         }
         Action::RunCommand { name } => commands::run_command(ctx, name),
         Action::WaitPortFree { port, deadline_ms } => {

@@ -24,8 +24,8 @@ pub fn refusal(ctx: &ActionContext, action: &Action) -> Option<String> {
         Action::RemoveFile { path } => file(ctx, path),
         Action::SqlExec { db, statement, .. } => sql(ctx, db, statement),
         Action::ContainerStart { id }
-        | Action::ContainerStop { id }
-        | Action::ContainerRestart { id } => container(ctx, id),
+        | Action::ContainerStop { id, .. }
+        | Action::ContainerRestart { id, .. } => container(ctx, id),
         Action::RunCommand { name } => ctx.grants.command(name).err().map(|d| d.0),
         Action::WaitPortFree { .. } => ctx.grants.sockets().err().map(|d| d.0),
     }

@@ -5,6 +5,8 @@ pub mod grants;
 // One file per WIT interface, each host function opening with its grant check.
 mod containers;
 mod contract_v0_1;
+mod contract_v0_2;
+mod database;
 mod files;
 mod host;
 mod probe;
@@ -123,6 +125,10 @@ impl PluginHost for CapabilityContext {
     fn link(linker: &mut Linker<PluginState<Self>>) -> wasmtime::Result<()> {
         // Every released contract, so plugins built against an old one load.
         bindings::current::Plugin::add_to_linker::<PluginState<Self>, Imports>(
+            linker,
+            PluginState::host,
+        )?;
+        bindings::v0_2::Plugin::add_to_linker::<PluginState<Self>, Imports>(
             linker,
             PluginState::host,
         )?;

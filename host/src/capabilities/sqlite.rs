@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 /// The live answers; the trait impl below records or replays them.
 impl CapabilityContext {
-    fn sqlite_query(
+    pub(super) fn sqlite_query(
         &mut self,
         label: String,
         sql: String,

@@ -239,19 +239,16 @@ impl ContainerEngine {
         expect_success(reply, Some(id)).map(drop)
     }
 
-    /// 304 ("already stopped") counts as success.
-    pub fn stop(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
-        let uri = format!("/containers/{}/stop?t={}", segment(id)?, grace_secs(grace));
+    /// 304 ("already stopped") counts as success. `grace`: the engine's `t`
+    /// (whole seconds, rounded up); none: the engine's default.
+    pub fn stop(&self, id: &str, grace: Option<Duration>) -> Result<(), EngineError> {
+        let uri = format!("/containers/{}/stop{}", segment(id)?, grace_query(grace));
         let reply = self.request(Method::POST, &uri, self.timeout_with_grace(grace))?;
         expect_success(reply, Some(id)).map(drop)
     }
 
-    pub fn restart(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
-        let uri = format!(
-            "/containers/{}/restart?t={}",
-            segment(id)?,
-            grace_secs(grace)
-        );
+    pub fn restart(&self, id: &str, grace: Option<Duration>) -> Result<(), EngineError> {
+        let uri = format!("/containers/{}/restart{}", segment(id)?, grace_query(grace));
         let reply = self.request(Method::POST, &uri, self.timeout_with_grace(grace))?;
         expect_success(reply, Some(id)).map(drop)
     }
@@ -259,7 +256,8 @@ impl ContainerEngine {
     /// The engine holds a stop/restart answer until the container has exited,
     /// which may take the whole grace period before it kills; the bound has to
     /// cover that wait or a slow but healthy stop would read as a timeout.
-    fn timeout_with_grace(&self, grace: Duration) -> Duration {
+    fn timeout_with_grace(&self, grace: Option<Duration>) -> Duration {
+        let grace = grace.unwrap_or(ENGINE_DEFAULT_GRACE);
         self.timeout
             .saturating_add(Duration::from_secs(grace_secs(grace)))
     }
@@ -429,6 +427,16 @@ fn query_value(value: &str) -> String {
 
 /// The API takes whole seconds; round up so a sub-second grace is not zero,
 /// which would mean "kill at once".
+/// Docker's and Podman's stop timeout when none is given (a container's own
+/// `StopTimeout` may be longer; the engine's timeout bound covers the rest).
+pub const ENGINE_DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+fn grace_query(grace: Option<Duration>) -> String {
+    grace
+        .map(|g| format!("?t={}", grace_secs(g)))
+        .unwrap_or_default()
+}
+
 fn grace_secs(grace: Duration) -> u64 {
     grace.as_secs() + u64::from(grace.subsec_nanos() > 0)
 }

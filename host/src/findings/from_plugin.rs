@@ -156,8 +156,8 @@ fn check_action_size(action: &Action) -> Result<(), PluginFailure> {
         }
         Action::RemoveFile { path } => ("remove-file path", path.len(), MAX_NAME),
         Action::ContainerStart { id }
-        | Action::ContainerStop { id }
-        | Action::ContainerRestart { id } => ("container id", id.len(), MAX_KEY),
+        | Action::ContainerStop { id, .. }
+        | Action::ContainerRestart { id, .. } => ("container id", id.len(), MAX_KEY),
         Action::RunCommand { name } => ("command name", name.len(), MAX_KEY),
         _ => return Ok(()),
     };
@@ -189,8 +189,14 @@ fn action(a: wit::Action) -> Action {
         },
         wit::Action::RemoveFile(path) => Action::RemoveFile { path },
         wit::Action::ContainerStart(id) => Action::ContainerStart { id },
-        wit::Action::ContainerStop(id) => Action::ContainerStop { id },
-        wit::Action::ContainerRestart(id) => Action::ContainerRestart { id },
+        wit::Action::ContainerStop(s) => Action::ContainerStop {
+            id: s.id,
+            grace_ms: s.grace_ms,
+        },
+        wit::Action::ContainerRestart(s) => Action::ContainerRestart {
+            id: s.id,
+            grace_ms: s.grace_ms,
+        },
         wit::Action::RunCommand(name) => Action::RunCommand { name },
         wit::Action::WaitPortFree(w) => Action::WaitPortFree {
             port: w.port,

@@ -112,9 +112,12 @@ pub enum Action {
     },
     ContainerStop {
         id: String,
+        /// The engine's stop timeout; None: the engine's default.
+        grace_ms: Option<u32>,
     },
     ContainerRestart {
         id: String,
+        grace_ms: Option<u32>,
     },
     RunCommand {
         name: String,

@@ -9,8 +9,19 @@
 
 pub use current::*;
 
-/// `doctor:plugin@0.2.0`: 0.1.0 plus `sqlite.location`.
+/// `doctor:plugin@0.3.0`: 0.2.0 plus the `database` interface,
+/// `processes.query` and a grace on container stops and restarts.
 pub mod current {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.3.0",
+        world: "plugin",
+        imports: { default: trappable },
+        additional_derives: [serde::Serialize, serde::Deserialize],
+    });
+}
+
+/// `doctor:plugin@0.2.0`, as released: 0.1.0 plus `sqlite.location`.
+pub mod v0_2 {
     wasmtime::component::bindgen!({
         path: "../wit/0.2.0",
         world: "plugin",
@@ -34,17 +45,19 @@ pub mod v0_1 {
 pub enum Contract {
     V0_1,
     V0_2,
+    V0_3,
 }
 
 impl Contract {
-    pub const CURRENT: Contract = Contract::V0_2;
+    pub const CURRENT: Contract = Contract::V0_3;
     /// Every contract this host links, oldest first.
-    pub const ALL: [Contract; 2] = [Contract::V0_1, Contract::V0_2];
+    pub const ALL: [Contract; 3] = [Contract::V0_1, Contract::V0_2, Contract::V0_3];
 
     pub fn package(self) -> &'static str {
         match self {
             Contract::V0_1 => "doctor:plugin@0.1.0",
             Contract::V0_2 => "doctor:plugin@0.2.0",
+            Contract::V0_3 => "doctor:plugin@0.3.0",
         }
     }
 
@@ -69,6 +82,40 @@ pub fn convert<A: serde::Serialize, B: serde::de::DeserializeOwned>(
         .map_err(|e| wasmtime::Error::msg(format!("converting between contract versions: {e}")))
 }
 
+/// An old contract's report in the current types. The shapes are the same
+/// except the container actions, which took a bare id before 0.3.0: such a
+/// stop or restart keeps the engine's default grace.
+pub fn convert_report<A: serde::Serialize>(
+    report: A,
+) -> wasmtime::Result<current::doctor::plugin::types::Report> {
+    let mut json = serde_json::to_value(report).map_err(wasmtime::Error::msg)?;
+    if let Some(findings) = json.get_mut("findings").and_then(|f| f.as_array_mut()) {
+        let actions = findings
+            .iter_mut()
+            .filter_map(|f| f.get_mut("actions")?.as_array_mut())
+            .flatten();
+        for planned in actions {
+            let Some(action) = planned.get_mut("action").and_then(|a| a.as_object_mut()) else {
+                continue;
+            };
+            for case in ["ContainerStop", "ContainerRestart"] {
+                if let Some(id) = action
+                    .get(case)
+                    .and_then(|id| id.as_str())
+                    .map(String::from)
+                {
+                    action.insert(
+                        case.into(),
+                        serde_json::json!({ "id": id, "grace_ms": null }),
+                    );
+                }
+            }
+        }
+    }
+    serde_json::from_value(json)
+        .map_err(|e| wasmtime::Error::msg(format!("converting between contract versions: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::Contract;
@@ -84,6 +131,10 @@ mod tests {
             Some(Contract::V0_2)
         );
         assert_eq!(
+            Contract::of(&["doctor:plugin@0.3.0".into()]),
+            Some(Contract::V0_3)
+        );
+        assert_eq!(
             Contract::of(&[]),
             Some(Contract::CURRENT),
             "no host call: any contract's shapes fit"
@@ -93,5 +144,32 @@ mod tests {
             None,
             "unknown: refused, never guessed"
         );
+    }
+
+    #[test]
+    fn an_old_container_stop_keeps_the_engines_default_grace() {
+        use super::current::doctor::plugin::types::Action;
+        use super::v0_2::doctor::plugin::types as old;
+        let report = old::Report {
+            findings: vec![old::Finding {
+                key: "k".into(),
+                severity: old::Severity::Warning,
+                subject: String::new(),
+                message: String::new(),
+                evidence: vec![],
+                actions: vec![old::PlannedAction {
+                    action: old::Action::ContainerStop("web".into()),
+                    description: String::new(),
+                    needs_previous: false,
+                }],
+            }],
+        };
+        let now = super::convert_report(report).unwrap();
+        match &now.findings[0].actions[0].action {
+            Action::ContainerStop(stop) => {
+                assert_eq!((stop.id.as_str(), stop.grace_ms), ("web", None))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -228,10 +228,14 @@ impl<H: PluginHost> Runtime<H> {
             host,
             limits,
             |store, component, linker| match loaded.contract {
-                bindings::Contract::V0_2 => {
+                bindings::Contract::V0_3 => {
                     bindings::current::Plugin::instantiate(&mut *store, component, linker)?
                         .call_describe(&mut *store)
                 }
+                bindings::Contract::V0_2 => bindings::convert(
+                    bindings::v0_2::Plugin::instantiate(&mut *store, component, linker)?
+                        .call_describe(&mut *store)?,
+                ),
                 bindings::Contract::V0_1 => bindings::convert(
                     bindings::v0_1::Plugin::instantiate(&mut *store, component, linker)?
                         .call_describe(&mut *store)?,
@@ -256,11 +260,15 @@ impl<H: PluginHost> Runtime<H> {
             host,
             limits,
             |store, component, linker| match loaded.contract {
-                bindings::Contract::V0_2 => {
+                bindings::Contract::V0_3 => {
                     bindings::current::Plugin::instantiate(&mut *store, component, linker)?
                         .call_check(&mut *store, config_json)
                 }
-                bindings::Contract::V0_1 => bindings::convert(
+                bindings::Contract::V0_2 => old_check(
+                    bindings::v0_2::Plugin::instantiate(&mut *store, component, linker)?
+                        .call_check(&mut *store, config_json)?,
+                ),
+                bindings::Contract::V0_1 => old_check(
                     bindings::v0_1::Plugin::instantiate(&mut *store, component, linker)?
                         .call_check(&mut *store, config_json)?,
                 ),
@@ -382,6 +390,16 @@ fn start_epoch_ticker(engine: &Engine, stop: Arc<AtomicBool>) {
             }
         })
         .ok();
+}
+
+/// An old contract's `check` answer in the current types.
+fn old_check<R: serde::Serialize, E: serde::Serialize>(
+    answer: Result<R, E>,
+) -> wasmtime::Result<Result<PluginReport, bindings::current::doctor::plugin::types::Error>> {
+    match answer {
+        Ok(report) => bindings::convert_report(report).map(Ok),
+        Err(error) => bindings::convert(error).map(Err),
+    }
 }
 
 #[cfg(test)]

@@ -216,4 +216,21 @@ impl Action {
     pub fn run_command(name: &str) -> Action {
         Action::RunCommand(name.to_string())
     }
+
+    /// Stop a container through its engine, which waits `grace_ms` (whole
+    /// seconds, rounded up) between its stop signal and KILL; None: the
+    /// engine's default.
+    pub fn container_stop(id: &str, grace_ms: Option<u32>) -> Action {
+        Action::ContainerStop(wit::ContainerStop {
+            id: id.to_string(),
+            grace_ms,
+        })
+    }
+
+    pub fn container_restart(id: &str, grace_ms: Option<u32>) -> Action {
+        Action::ContainerRestart(wit::ContainerStop {
+            id: id.to_string(),
+            grace_ms,
+        })
+    }
 }

@@ -36,13 +36,20 @@ pub mod host {
     import!(host::lookup_user(name: &str) -> Option<User>);
 }
 
-/// The process table. Grant: `processes`.
+/// The process table. Grant: `processes` (the host shows only the
+/// processes inside the grant's scope).
 pub mod processes {
-    pub use crate::bindings::doctor::plugin::processes::Process;
+    pub use crate::bindings::doctor::plugin::processes::{Process, ProcessFilter, Scope};
     use crate::Error;
 
     import!(processes::all() -> Result<Vec<Process>, Error>);
     import!(processes::get(pid: u32) -> Result<Option<Process>, Error>);
+    import!(
+        /// The processes whose command line matches `filter.pattern` inside
+        /// `filter.scope`, chosen by the host: cheaper than `all()` on a
+        /// host of many processes.
+        processes::query(filter: &ProcessFilter) -> Result<Vec<Process>, Error>
+    );
 }
 
 /// Files matching the granted path patterns. Grant: `files`.
@@ -68,6 +75,17 @@ pub mod sqlite {
     import!(sqlite::query(db: &str, sql: &str, params: &[SqlValue]) -> Result<Rows, Error>);
     import!(sqlite::file_info(db: &str) -> Result<DbFile, Error>);
     import!(sqlite::location(db: &str) -> Result<String, Error>);
+}
+
+/// Read-only SQL against a database label of any kind the host supports;
+/// `kind` tells the dialect. Grant: `sqlite` (the labels it lists).
+pub mod database {
+    pub use crate::bindings::doctor::plugin::database::DbKind;
+    pub use crate::bindings::doctor::plugin::sqlite::Rows;
+    use crate::{Error, SqlValue};
+
+    import!(database::kind(db: &str) -> Result<DbKind, Error>);
+    import!(database::query(db: &str, sql: &str, params: &[SqlValue]) -> Result<Rows, Error>);
 }
 
 /// Listening sockets. Grant: `sockets`.

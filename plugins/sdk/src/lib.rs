@@ -55,15 +55,15 @@ pub mod scope;
 pub mod testing;
 pub mod time;
 
-pub use imports::{containers, files, host, probe, processes, sockets, sqlite};
+pub use imports::{containers, database, files, host, probe, processes, sockets, sqlite};
 
 /// This SDK's version.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The WIT contract this SDK speaks (`wit/` in this crate).
-pub const WIT_PACKAGE: &str = "doctor:plugin@0.2.0";
+pub const WIT_PACKAGE: &str = "doctor:plugin@0.3.0";
 pub use bindings::doctor::plugin::types::{
-    Action, Error, Evidence, ProcessRef, Severity, Signal, SignalProcess, SqlExec, SqlValue,
-    StopProcess, WaitPortFree,
+    Action, ContainerStop, Error, Evidence, ProcessRef, Severity, Signal, SignalProcess, SqlExec,
+    SqlValue, StopProcess, WaitPortFree,
 };
 pub use finding::{Finding, Info};
 pub use regex_lite;
@@ -145,8 +145,8 @@ pub fn log(level: host::LogLevel, message: impl AsRef<str>) {
 pub mod prelude {
     pub use crate::config::DeclaredConfig;
     pub use crate::{
-        caps, containers, files, host, probe, processes, register_plugin, sockets, sqlite, Action,
-        Error, Finding, Info, Plugin, ProcessRef, Severity, Signal, SqlValue,
+        caps, containers, database, files, host, probe, processes, register_plugin, sockets,
+        sqlite, Action, Error, Finding, Info, Plugin, ProcessRef, Severity, Signal, SqlValue,
     };
 }
 

@@ -262,7 +262,7 @@ pub fn free_port_plan(
                 ),
             ),
             Holder::Container { id, name, .. } => f.action(
-                Action::ContainerStop(id.clone()),
+                Action::container_stop(id, Some(grace_ms)),
                 format!("stop container {name} holding port {port} through the engine"),
             ),
             Holder::Hidden { .. } => f,

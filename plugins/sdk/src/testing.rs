@@ -142,7 +142,7 @@ impl Facts {
 
     /// The whole process table (answers `processes.all` and `processes.get`).
     pub fn processes(self, table: Vec<Process>) -> Facts {
-        let by_pid = table.clone();
+        let (by_pid, queried) = (table.clone(), table.clone());
         self.on("processes.all", move |_| {
             Some(Ok::<_, Error>(table.clone()))
         })
@@ -151,6 +151,11 @@ impl Facts {
             Some(Ok::<_, Error>(
                 by_pid.iter().find(|p| u64::from(p.id.pid) == pid).cloned(),
             ))
+        })
+        .on("processes.query", move |args| {
+            let filter: crate::processes::ProcessFilter =
+                serde_json::from_value(args[0].clone()).ok()?;
+            Some(query_processes(&queried, &filter))
         })
     }
 
@@ -187,15 +192,28 @@ impl Facts {
     pub fn query(
         self,
         db: &str,
-        mut answer: impl FnMut(&str, &[SqlValue]) -> Result<Rows, Error> + 'static,
+        answer: impl FnMut(&str, &[SqlValue]) -> Result<Rows, Error> + 'static,
     ) -> Facts {
+        // The same answers through `sqlite.query` and `database.query`.
+        let answer = std::rc::Rc::new(std::cell::RefCell::new(answer));
+        let mut facts = self;
+        for call in ["sqlite.query", "database.query"] {
+            let (db, answer) = (db.to_string(), answer.clone());
+            facts = facts.on(call, move |args| {
+                if args[0] != db.as_str() {
+                    return None;
+                }
+                let params: Vec<SqlValue> =
+                    serde_json::from_value(args[2].clone()).unwrap_or_default();
+                Some((answer.borrow_mut())(
+                    args[1].as_str().unwrap_or_default(),
+                    &params,
+                ))
+            });
+        }
         let db = db.to_string();
-        self.on("sqlite.query", move |args| {
-            if args[0] != db.as_str() {
-                return None;
-            }
-            let params: Vec<SqlValue> = serde_json::from_value(args[2].clone()).unwrap_or_default();
-            Some(answer(args[1].as_str().unwrap_or_default(), &params))
+        facts.on("database.kind", move |args| {
+            (args[0] == db.as_str()).then_some(Ok::<_, Error>(crate::database::DbKind::Sqlite))
         })
     }
 
@@ -320,4 +338,59 @@ pub fn answer<R: DeserializeOwned>(call: &str, args: impl Serialize) -> R {
     };
     serde_json::from_value(value)
         .unwrap_or_else(|e| panic!("the test's answer to {call} does not fit its type: {e}"))
+}
+
+/// `processes.query` against a test's table, as the host answers it: the
+/// pattern searched in the command line, the scope's uid (a user name needs
+/// the host), unit, cgroup prefix and launcher (`under`) among ancestors.
+fn query_processes(
+    table: &[Process],
+    filter: &crate::processes::ProcessFilter,
+) -> Result<Vec<Process>, Error> {
+    let compile = |p: &str| {
+        regex_lite::Regex::new(p).map_err(|e| Error::Invalid(format!("filter: {p:?}: {e}")))
+    };
+    let pattern = filter.pattern.as_deref().map(compile).transpose()?;
+    let scope = filter.scope.as_ref();
+    let under = scope
+        .and_then(|s| s.under.as_deref())
+        .map(compile)
+        .transpose()?;
+    let uid =
+        match scope.and_then(|s| s.user.as_deref()) {
+            None => None,
+            Some(u) => Some(u.parse::<u32>().map_err(|_| {
+                Error::Invalid(format!("filter: user {u:?}: native tests take a uid"))
+            })?),
+        };
+    let command = |p: &Process| p.argv.join(" ");
+    let descends = |p: &Process, re: &regex_lite::Regex| {
+        let mut ppid = p.ppid;
+        for _ in 0..64 {
+            let Some(parent) = table.iter().find(|q| q.id.pid == ppid) else {
+                return false;
+            };
+            if re.is_match(&command(parent)) {
+                return true;
+            }
+            ppid = parent.ppid;
+        }
+        false
+    };
+    Ok(table
+        .iter()
+        .filter(|p| pattern.as_ref().is_none_or(|re| re.is_match(&command(p))))
+        .filter(|p| uid.is_none_or(|uid| p.uid == uid))
+        .filter(|p| {
+            let cgroup = p.cgroup.as_deref().unwrap_or_default();
+            scope
+                .and_then(|s| s.unit.as_deref())
+                .is_none_or(|unit| cgroup.split('/').any(|part| part == unit))
+                && scope
+                    .and_then(|s| s.cgroup.as_deref())
+                    .is_none_or(|prefix| cgroup.starts_with(prefix))
+        })
+        .filter(|p| under.as_ref().is_none_or(|re| descends(p, re)))
+        .cloned()
+        .collect())
 }
