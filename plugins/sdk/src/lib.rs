@@ -65,7 +65,7 @@ pub use bindings::doctor::plugin::types::{
     Action, Error, Evidence, ProcessRef, Severity, Signal, SignalProcess, SqlExec, SqlValue,
     StopProcess, WaitPortFree,
 };
-pub use finding::{Finding, Info};
+pub use finding::{Finding, Info, Subject};
 pub use regex_lite;
 pub use serde;
 pub use serde_json;
@@ -146,7 +146,7 @@ pub mod prelude {
     pub use crate::config::DeclaredConfig;
     pub use crate::{
         caps, containers, files, host, probe, processes, register_plugin, sockets, sqlite, Action,
-        Error, Finding, Info, Plugin, ProcessRef, Severity, Signal, SqlValue,
+        Error, Finding, Info, Plugin, ProcessRef, Severity, Signal, SqlValue, Subject,
     };
 }
 
