@@ -544,10 +544,7 @@ impl EngineView {
             }
         }
         for c in &self.containers {
-            let Ok(text) = containers::inspect(&c.id) else {
-                continue;
-            };
-            let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else {
+            let Some(Ok(doc)) = crate::inspect::document(&c.id) else {
                 continue;
             };
             for port in published_ports(&doc) {
