@@ -9,7 +9,7 @@
 //! (`should_run`), or whose restart policy says so *and* that ran before
 //! (existence is not intent; rootless Podman does not restart containers).
 
-use doctor_sdk::inspect::{self, cap_missing, caps_list, normalise_cap};
+use doctor_sdk::inspect::{self, caps_list};
 use doctor_sdk::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;
@@ -70,36 +70,25 @@ impl Plugin for CapsChecker {
         for (c, name) in list
             .iter()
             .map(|c| (c, inspect::container_name(c)))
-            .filter(|(_, name)| config.names.iter().any(|g| doctor_sdk::glob_match(g, name)))
+            .filter(|(_, name)| doctor_sdk::glob_match_any(&config.names, name))
         {
-            let doc = match containers::inspect(&c.id) {
-                // Removed between the list and the inspect: nothing to check.
-                Err(Error::NotFound(_)) => continue,
-                other => other
-                    .map_err(|e| doctor_sdk::error_text(&e))
-                    .and_then(|text| {
-                        serde_json::from_str::<Value>(&text)
-                            .map_err(|e| format!("inspect document is not JSON: {e}"))
-                    }),
-            };
-            match doc {
-                Ok(doc) => findings.extend(check_container(
-                    &config,
-                    &Subject {
+            // None: removed between the list and the inspect, nothing to check.
+            match inspect::document(&c.id) {
+                None => {}
+                Some(Ok(doc)) => {
+                    let container = Container {
                         id: &c.id,
                         name: &name,
                         image: inspect::image_name(&doc),
-                    },
-                    &doc,
-                )),
-                Err(why) => findings.push(
-                    Finding::warning(
-                        format!("container:{name}:inspect-failed"),
-                        format!("container {name}"),
-                        format!("the engine could not inspect container {name}: {why}"),
-                    )
-                    .evidence("error", why),
-                ),
+                    };
+                    findings.extend(check_container(&config, &container, &doc));
+                }
+                Some(Err(why)) => {
+                    let message = format!("the engine could not inspect container {name}: {why}");
+                    let subject = Subject::new("container", &name);
+                    let f = subject.finding(Severity::Warning, "inspect-failed", message);
+                    findings.push(f.evidence("error", why));
+                }
             }
         }
         Ok(findings)
@@ -107,102 +96,85 @@ impl Plugin for CapsChecker {
 }
 
 /// One container; each of its findings is keyed `container:NAME:RULE` and names it, its id and its image.
-struct Subject<'a> {
+struct Container<'a> {
     id: &'a str,
     name: &'a str,
     image: String,
 }
 
-impl Subject<'_> {
+impl Container<'_> {
     fn finding(&self, severity: Severity, rule: &str, message: String) -> Finding {
-        Finding::new(
-            format!("container:{}:{rule}", self.name),
-            severity,
-            format!("container {}", self.name),
-            message,
-        )
-        .evidence("container", self.name)
-        .evidence("id", self.id)
-        .evidence("image", &self.image)
+        Subject::new("container", self.name)
+            .finding(severity, rule, message)
+            .evidence("container", self.name)
+            .evidence("id", self.id)
+            .evidence("image", &self.image)
     }
 }
 
-fn check_container(config: &Config, s: &Subject, doc: &Value) -> Vec<Finding> {
-    let (name, image, host, mounts, mut out) = (
-        s.name,
-        &s.image,
-        &doc["HostConfig"],
-        inspect::volumes(doc),
-        Vec::new(),
-    );
-    for cap in config
-        .volume_caps
-        .iter()
-        .map(|c| normalise_cap(c))
-        .filter(|cap| !mounts.is_empty() && cap_missing(doc, cap))
-    {
+fn check_container(config: &Config, s: &Container, doc: &Value) -> Vec<Finding> {
+    let name = s.name;
+    let image = &s.image;
+    let host = &doc["HostConfig"];
+    let mounts = inspect::volumes(doc);
+    let mut out = Vec::new();
+    for cap in inspect::volume_caps_missing(doc, &config.volume_caps) {
         let f = s.finding(Severity::Critical, &format!("cap-drop-{}", cap.to_ascii_lowercase().replace('_', "-")), format!("container {name} drops {cap} but mounts {}: it cannot write files it does not own there (add --cap-add {cap})", mounts.join(", "))).evidence("volumes", mounts.join(", "));
         out.push(
             f.evidence("cap_drop", caps_list(&host["CapDrop"]).join(","))
                 .evidence("cap_add", caps_list(&host["CapAdd"]).join(",")),
         );
     }
-    let low: Vec<String> = inspect::privileged_ports(doc)
+    let low: Vec<String> = inspect::unbindable_ports(doc)
         .iter()
         .map(u16::to_string)
         .collect();
-    out.extend((!low.is_empty() && cap_missing(doc, "NET_BIND_SERVICE")).then(|| s.finding(Severity::Critical, "cap-drop-net-bind-service", format!("container {name} drops NET_BIND_SERVICE but binds port {} inside: the bind will fail (add --cap-add NET_BIND_SERVICE)", low.join(", "))).evidence("ports", low.join(", "))));
+    out.extend((!low.is_empty()).then(|| s.finding(Severity::Critical, "cap-drop-net-bind-service", format!("container {name} drops NET_BIND_SERVICE but binds port {} inside: the bind will fail (add --cap-add NET_BIND_SERVICE)", low.join(", "))).evidence("ports", low.join(", "))));
     out.extend(inspect::missing_health_program(s.id, name, doc).map(|(program, command, looked_in)| s.finding(Severity::Critical, "healthcheck-binary-missing", format!("container {name}'s health check runs {program:?}, which does not exist in the container (looked in {}): it can never pass", looked_in.join(", "))).evidence("healthcheck", command).evidence("program", program)));
-    let restart = host["RestartPolicy"]["Name"].as_str().unwrap_or("");
+    let restart = inspect::restart_policy(doc);
     if config.require_restart_policy && (restart.is_empty() || restart == "no") {
         let shown = if restart.is_empty() { "none" } else { restart };
         out.push(s.finding(Severity::Warning, "restart-policy", format!("container {name} has restart policy {shown:?}: after a crash or a reboot it stays down")).evidence("restart_policy", shown));
     }
-    out.extend(
-        (config.require_memory_limit && host["Memory"].as_u64().unwrap_or(0) == 0).then(|| {
-            s.finding(
-                Severity::Warning,
-                "memory-limit",
-                format!(
-                    "container {name} has no memory limit: one leak can take the whole host down"
-                ),
-            )
-        }),
-    );
+    if config.require_memory_limit && inspect::memory_limit(doc).is_none() {
+        let message =
+            format!("container {name} has no memory limit: one leak can take the whole host down");
+        out.push(s.finding(Severity::Warning, "memory-limit", message));
+    }
     out.extend(inspect::latest_tag(image).filter(|_| config.forbid_latest_tag).map(|why| s.finding(Severity::Warning, "image-tag-latest", format!("container {name} uses image {image} ({why}): the next pull can change what runs")).evidence("tag", why)));
-    let writable = inspect::writable_mounts(doc);
-    let unwritable: Vec<String> = config
-        .writable_paths
-        .iter()
-        .filter(|p| !inspect::under_mount(&writable, p))
-        .cloned()
-        .collect();
-    out.extend((host["ReadonlyRootfs"].as_bool() == Some(true) && !unwritable.is_empty()).then(|| s.finding(Severity::Critical, "read-only-root", format!("container {name} has a read-only root file system and nothing writable mounted at {}", unwritable.join(", "))).evidence("unwritable", unwritable.join(", ")).evidence("writable_mounts", writable.join(", "))));
+    let unwritable = inspect::unwritable_paths(doc, &config.writable_paths);
+    if !unwritable.is_empty() {
+        let paths = unwritable.join(", ");
+        let message = format!("container {name} has a read-only root file system and nothing writable mounted at {paths}");
+        let f = s.finding(Severity::Critical, "read-only-root", message);
+        let writable = inspect::writable_mounts(doc).join(", ");
+        out.push(
+            f.evidence("unwritable", paths)
+                .evidence("writable_mounts", writable),
+        );
+    }
     out.extend(state_findings(config, s, doc, restart));
     out
 }
 
 /// Why a stopped container should be running: the policy declares it, or the engine's intent says so.
 fn should_run(config: &Config, name: &str, state: &Value, restart: &str) -> Option<String> {
-    match config
-        .should_run
-        .iter()
-        .any(|g| doctor_sdk::glob_match(g, name))
-    {
-        true => Some("the policy declares it (should_run)".into()),
-        false => inspect::engine_wants_running(state, restart),
+    if doctor_sdk::glob_match_any(&config.should_run, name) {
+        Some("the policy declares it (should_run)".into())
+    } else {
+        inspect::engine_wants_running(state, restart)
     }
 }
 
-fn state_findings(config: &Config, s: &Subject, doc: &Value, restart: &str) -> Vec<Finding> {
-    let (state, name, mut out) = (&doc["State"], s.name, Vec::new());
-    let (status, exit_code) = (
-        state["Status"].as_str().unwrap_or(""),
-        state["ExitCode"].as_i64().unwrap_or(0),
-    );
+fn state_findings(config: &Config, s: &Container, doc: &Value, restart: &str) -> Vec<Finding> {
+    let name = s.name;
+    let state = &doc["State"];
+    let status = state["Status"].as_str().unwrap_or("");
+    let exit_code = state["ExitCode"].as_i64().unwrap_or(0);
+    let mut out = Vec::new();
     match should_run(config, name, state, restart) {
         Some(why) if matches!(status, "exited" | "created" | "stopped") => {
-            let engine_error = state["Error"].as_str().filter(|e| !e.is_empty());
+            let engine_error = inspect::last_error(state);
             let last_error = engine_error.map(|e| format!("; the engine's last error: {e}")).unwrap_or_default();
             let f = s.finding(Severity::Critical, "not-running", format!("container {name} is {status} (exit code {exit_code}) but should be running: {why}{last_error}")).evidence("state", status).evidence("exit_code", exit_code).evidence("restart_policy", restart).evidence("should_run", &why);
             out.push(match engine_error {
@@ -217,16 +189,17 @@ fn state_findings(config: &Config, s: &Subject, doc: &Value, restart: &str) -> V
         _ => {}
     }
     let (health, failing) = inspect::health_status(state);
-    out.extend((health == "unhealthy").then(|| {
-        s.finding(
-            Severity::Critical,
-            "unhealthy",
-            format!("container {name} is unhealthy ({failing} failed checks in a row)"),
-        )
-        .evidence("failing_streak", failing)
-    }));
-    let restarts = doc["RestartCount"].as_u64().unwrap_or(0);
-    out.extend((restarts > config.max_restart_count || state["Restarting"].as_bool() == Some(true) && restarts > 0).then(|| s.finding(Severity::Critical, "restart-loop", format!("container {name} has restarted {restarts} times (more than {}): it is crash-looping", config.max_restart_count)).evidence("restart_count", restarts)));
+    if health == "unhealthy" {
+        let message = format!("container {name} is unhealthy ({failing} failed checks in a row)");
+        let f = s.finding(Severity::Critical, "unhealthy", message);
+        out.push(f.evidence("failing_streak", failing));
+    }
+    let max = config.max_restart_count;
+    if let Some(restarts) = inspect::restart_loop(doc, max) {
+        let message = format!("container {name} has restarted {restarts} times (more than {max}): it is crash-looping");
+        let f = s.finding(Severity::Critical, "restart-loop", message);
+        out.push(f.evidence("restart_count", restarts));
+    }
     out
 }
 

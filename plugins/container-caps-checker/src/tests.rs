@@ -45,7 +45,7 @@ fn should_run_needs_a_declaration_or_a_container_that_ran_before() {
 #[test]
 fn a_start_the_engine_says_failed_is_not_proposed_again() {
     let doc = json!({"State": {"Status": "exited", "StartedAt": "0001-01-01T00:00:00Z", "ExitCode": 127, "Error": "exec: \"/bin/x\": no such file"}});
-    let s = Subject {
+    let s = Container {
         id: "abc",
         name: "web",
         image: String::new(),

@@ -10,13 +10,11 @@
 //! says so. An expected, healthy owner is never touched.
 
 use doctor_sdk::ports::{
-    display_address, free_port_plan, holder_evidence, holders, probe_health, EngineView, Expect,
-    Health, Holder,
+    holder_evidence, probe_health, tcp_listeners, EngineView, Expect, ExpectedOwner, Health,
+    Holder, PortHolders,
 };
 use doctor_sdk::prelude::*;
 use doctor_sdk::process::ProcessTable;
-use doctor_sdk::sockets::{Listener, Protocol};
-use regex_lite::Regex;
 use serde::Deserialize;
 
 doctor_sdk::config! {
@@ -80,157 +78,102 @@ impl Plugin for PortFreer {
                 PortSpec::Full(w) => w.clone(),
             })
             .collect();
-        let command_of = |w: &Watch| {
-            w.expect
-                .as_ref()
-                .and_then(|e| e.command.as_deref())
-                .map(Regex::new)
-                .transpose()
+        let owner_of = |w: &Watch| {
+            ExpectedOwner::new(w.expect.as_ref())
                 .map_err(|e| Error::Invalid(format!("port {}: expect.command: {e}", w.port)))
         };
-        let commands: Vec<Option<Regex>> =
-            watches.iter().map(command_of).collect::<Result<_, _>>()?;
-        let listeners = sockets::listeners()?;
-        let watched: Vec<&Listener> = listeners
-            .iter()
-            .filter(|l| l.protocol == Protocol::Tcp && watches.iter().any(|w| w.port == l.port))
-            .collect();
-        if watched.is_empty() {
+        let owners: Vec<ExpectedOwner> = watches.iter().map(owner_of).collect::<Result<_, _>>()?;
+        let ports: Vec<u16> = watches.iter().map(|w| w.port).collect();
+        let listeners = tcp_listeners(&ports)?;
+        if listeners.is_empty() {
             return Ok(Vec::new());
         }
         let table = ProcessTable::new(processes::all()?);
-        let (mut engine, mut findings) = (EngineView::default(), Vec::new());
-        for (w, command) in watches.iter().zip(&commands) {
-            let here: Vec<&Listener> = watched
-                .iter()
-                .copied()
-                .filter(|l| l.port == w.port)
-                .collect();
-            if !here.is_empty() {
+        let mut engine = EngineView::default();
+        let mut findings = Vec::new();
+        for (w, owner) in watches.iter().zip(&owners) {
+            if let Some(holders) = PortHolders::read(w.port, &listeners, owner, &table, &mut engine)
+            {
                 let port = Port {
                     w,
-                    config: &config,
-                    command: command.as_ref(),
+                    subject: Subject::new("port", w.port),
+                    grace_ms: w.grace_ms.unwrap_or(config.grace_ms),
+                    deadline_ms: w.deadline_ms.unwrap_or(config.deadline_ms),
+                    health_timeout_ms: w.health_timeout_ms.unwrap_or(config.health_timeout_ms),
+                    stale_if_unhealthy: w.stale_if_unhealthy.unwrap_or(config.stale_if_unhealthy),
                     table: &table,
                 };
-                findings.extend(port.check(&here, &mut engine));
+                findings.extend(port.check(&holders, owner));
             }
         }
         Ok(findings)
     }
 }
 
-/// One watched port, its settings (its own, else the plugin's) and the facts to judge its holders by.
+/// One watched port with its settings (its own, else the plugin's) and the process table.
 struct Port<'a> {
     w: &'a Watch,
-    config: &'a Config,
-    command: Option<&'a Regex>,
+    subject: Subject,
+    grace_ms: u32,
+    deadline_ms: u32,
+    health_timeout_ms: u32,
+    stale_if_unhealthy: bool,
     table: &'a ProcessTable,
 }
 
 impl Port<'_> {
-    fn check(&self, listeners: &[&Listener], engine: &mut EngineView) -> Vec<Finding> {
+    fn check(&self, holders: &PortHolders, owner: &ExpectedOwner) -> Vec<Finding> {
         let port = self.w.port;
-        let addresses = listeners
-            .iter()
-            .map(|l| display_address(&l.address, port))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let expected_text = Expect::describe(self.w.expect.as_ref());
-        let is_expected = |h: &Holder| {
-            self.w
-                .expect
-                .as_ref()
-                .is_some_and(|e| e.matches(h, self.command, self.table))
-        };
-        let (expected, unexpected): (Vec<Holder>, Vec<Holder>) =
-            holders(port, listeners, self.table, engine)
-                .into_iter()
-                .partition(is_expected);
-        let (hidden, unexpected): (Vec<Holder>, Vec<Holder>) = unexpected
-            .into_iter()
-            .partition(|h| matches!(h, Holder::Hidden { .. }));
-        let who = |holders: &[Holder]| {
-            holders
-                .iter()
-                .map(Holder::describe)
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
+        let addresses = &holders.addresses;
         let mut findings = Vec::new();
-        if !unexpected.is_empty() {
-            let key = if unexpected
-                .iter()
-                .all(|h| matches!(h, Holder::Container { .. }))
-            {
+        if !holders.unexpected.is_empty() {
+            let rule = if holders.unexpected.iter().all(Holder::is_container) {
                 "unexpected-container"
             } else {
                 "unexpected-owner"
             };
-            let f = Finding::critical(
-                format!("port:{port}:{key}"),
-                format!("port {port}"),
-                format!(
-                    "port {port} ({addresses}) is held by {}; {expected_text}",
-                    who(&unexpected)
-                ),
-            );
-            let f = holder_evidence(
-                f.evidence("port", port)
-                    .evidence("addresses", &addresses)
-                    .evidence("expected", &expected_text),
-                &unexpected,
-                self.table,
-            );
-            // The port cannot become free while an expected owner keeps it.
-            findings.push(self.free(f, &unexpected, expected.is_empty() && hidden.is_empty()));
+            let who = Holder::describe_all(&holders.unexpected);
+            let expected = owner.describe();
+            let message = format!("port {port} ({addresses}) is held by {who}; {expected}");
+            let f = self
+                .subject
+                .finding(Severity::Critical, rule, message)
+                .evidence("port", port)
+                .evidence("addresses", addresses)
+                .evidence("expected", &expected);
+            let f = holder_evidence(f, &holders.unexpected, self.table);
+            findings.push(self.free(f, holders, &holders.unexpected));
         }
-        if !hidden.is_empty() {
-            let message = format!("port {port} is held by {}; the doctor cannot tell whether it is expected (run it as root to see every process)", who(&hidden));
-            findings.push(
-                Finding::warning(
-                    format!("port:{port}:unknown-owner"),
-                    format!("port {port}"),
-                    message,
-                )
-                .evidence("port", port),
-            );
+        if !holders.hidden.is_empty() {
+            let who = Holder::describe_all(&holders.hidden);
+            let message = format!("port {port} is held by {who}; the doctor cannot tell whether it is expected (run it as root to see every process)");
+            let f = self
+                .subject
+                .finding(Severity::Warning, "unknown-owner", message);
+            findings.push(f.evidence("port", port));
         }
+        // Only an expected owner that holds the port with nothing in the way is probed.
         let Some(url) = self
             .w
             .health
             .as_ref()
-            .filter(|_| !expected.is_empty() && unexpected.is_empty())
+            .filter(|_| !holders.expected.is_empty() && holders.unexpected.is_empty())
         else {
             return findings;
         };
         // An expected owner that fails its health probe is stale.
-        let timeout = self
-            .w
-            .health_timeout_ms
-            .unwrap_or(self.config.health_timeout_ms);
-        let (owner, stale) = (
-            who(&expected),
-            self.w
-                .stale_if_unhealthy
-                .unwrap_or(self.config.stale_if_unhealthy),
-        );
-        match probe_health(url, timeout) {
+        let owner = Holder::describe_all(&holders.expected);
+        match probe_health(url, self.health_timeout_ms) {
             Health::Healthy => {}
             Health::Unknown(why) => {
                 let message = format!("port {port} is held by the expected owner ({owner}), but its health could not be probed: {why}; it is left alone");
-                findings.push(
-                    Finding::warning(
-                        format!("port:{port}:health-unknown"),
-                        format!("port {port}"),
-                        message,
-                    )
-                    .evidence("health", url)
-                    .evidence("error", why),
-                );
+                let f = self
+                    .subject
+                    .finding(Severity::Warning, "health-unknown", message);
+                findings.push(f.evidence("health", url).evidence("error", why));
             }
             Health::Unhealthy(why) => {
-                let (severity, then) = if stale {
+                let (severity, then) = if self.stale_if_unhealthy {
                     (Severity::Critical, "it is stale and will be stopped")
                 } else {
                     (
@@ -239,21 +182,16 @@ impl Port<'_> {
                     )
                 };
                 let message = format!("port {port} is held by the expected owner ({owner}), but it fails its health probe ({why}); {then}");
-                let f = Finding::new(
-                    format!("port:{port}:stale-owner"),
-                    severity,
-                    format!("port {port}"),
-                    message,
-                )
-                .evidence("port", port)
-                .evidence("addresses", &addresses);
-                let f = holder_evidence(
-                    f.evidence("health", url).evidence("health_result", &why),
-                    &expected,
-                    self.table,
-                );
-                findings.push(if stale {
-                    self.free(f, &expected, hidden.is_empty())
+                let f = self
+                    .subject
+                    .finding(severity, "stale-owner", message)
+                    .evidence("port", port)
+                    .evidence("addresses", addresses)
+                    .evidence("health", url)
+                    .evidence("health_result", &why);
+                let f = holder_evidence(f, &holders.expected, self.table);
+                findings.push(if self.stale_if_unhealthy {
+                    self.free(f, holders, &holders.expected)
                 } else {
                     f
                 });
@@ -262,20 +200,9 @@ impl Port<'_> {
         findings
     }
 
-    /// Stop the holders, then (when nothing else keeps the port) wait until it is free.
-    fn free(&self, f: Finding, holders: &[Holder], then_wait: bool) -> Finding {
-        let (grace, deadline) = (
-            self.w.grace_ms.unwrap_or(self.config.grace_ms),
-            self.w.deadline_ms.unwrap_or(self.config.deadline_ms),
-        );
-        free_port_plan(
-            f,
-            holders,
-            self.table,
-            self.w.port,
-            grace,
-            then_wait.then_some(deadline),
-        )
+    /// Stop `stop`, then (when that leaves nobody holding the port) wait until it is free.
+    fn free(&self, f: Finding, holders: &PortHolders, stop: &[Holder]) -> Finding {
+        holders.free(f, stop, self.table, self.grace_ms, self.deadline_ms)
     }
 }
 

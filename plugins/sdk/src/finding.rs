@@ -186,6 +186,34 @@ impl Finding {
     }
 }
 
+/// What findings are about: one named thing (`port 9403`, `container web`,
+/// `table jobs`). Its findings are keyed `KIND:NAME:RULE`
+/// (`port:9403:stale-owner`), which stays the same across runs and is unique
+/// within the plugin, and name it as their subject (`port 9403`).
+pub struct Subject {
+    kind: &'static str,
+    name: String,
+}
+
+impl Subject {
+    pub fn new(kind: &'static str, name: impl std::fmt::Display) -> Subject {
+        Subject {
+            kind,
+            name: name.to_string(),
+        }
+    }
+
+    /// A finding about this subject under `rule`.
+    pub fn finding(&self, severity: Severity, rule: &str, message: impl Into<String>) -> Finding {
+        Finding::new(
+            format!("{}:{}:{rule}", self.kind, self.name),
+            severity,
+            format!("{} {}", self.kind, self.name),
+            message,
+        )
+    }
+}
+
 /// Constructors that read like the plan they make.
 impl Action {
     pub fn stop_process(process: ProcessRef, grace_ms: u32) -> Action {
@@ -232,5 +260,21 @@ impl Action {
             id: id.to_string(),
             grace_ms,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subject_keys_its_findings_kind_name_rule() {
+        let f = Subject::new("port", 9403)
+            .finding(Severity::Warning, "stale-owner", "m")
+            .into_wit();
+        assert_eq!(
+            (f.key.as_str(), f.subject.as_str(), f.severity),
+            ("port:9403:stale-owner", "port 9403", Severity::Warning)
+        );
     }
 }

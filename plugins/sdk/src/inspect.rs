@@ -5,8 +5,23 @@
 //! plugin that looks at containers reads them through these, so the engines'
 //! differences are handled once.
 
-use crate::containers::Container;
+use crate::containers::{self, Container};
+use crate::Error;
 use serde_json::Value;
+
+/// A container's inspect document (`containers::inspect`): None when the
+/// container is gone (removed between a list and the inspect: nothing to
+/// check), else the document or why there is none (the engine's error, or
+/// an answer that is not JSON).
+pub fn document(id: &str) -> Option<Result<Value, String>> {
+    match containers::inspect(id) {
+        Err(Error::NotFound(_)) => None,
+        Err(e) => Some(Err(crate::error_text(&e))),
+        Ok(text) => Some(
+            serde_json::from_str(&text).map_err(|e| format!("inspect document is not JSON: {e}")),
+        ),
+    }
+}
 
 /// A container's short id: the first 12 characters, as the engines show it.
 pub fn short_id(id: &str) -> String {
@@ -90,6 +105,59 @@ pub fn cap_missing(doc: &Value, cap: &str) -> bool {
     }
     let effective = caps_list(&doc["EffectiveCaps"]);
     !effective.is_empty() && !effective.iter().any(|c| c == cap)
+}
+
+/// Which of `caps` (spelled either way, see [`normalise_cap`]) the
+/// container lacks although it mounts volumes: without them it cannot write
+/// files it does not own there. Empty when it mounts no volume.
+pub fn volume_caps_missing(doc: &Value, caps: &[String]) -> Vec<String> {
+    if volumes(doc).is_empty() {
+        return Vec::new();
+    }
+    caps.iter()
+        .map(|c| normalise_cap(c))
+        .filter(|cap| cap_missing(doc, cap))
+        .collect()
+}
+
+/// The ports below 1024 the container binds inside although it lacks
+/// `NET_BIND_SERVICE`: each of those binds will fail.
+pub fn unbindable_ports(doc: &Value) -> Vec<u16> {
+    let ports = privileged_ports(doc);
+    if ports.is_empty() || !cap_missing(doc, "NET_BIND_SERVICE") {
+        return Vec::new();
+    }
+    ports
+}
+
+/// The container's memory limit in bytes; None without one (the engines
+/// write 0).
+pub fn memory_limit(doc: &Value) -> Option<u64> {
+    doc["HostConfig"]["Memory"]
+        .as_u64()
+        .filter(|&bytes| bytes > 0)
+}
+
+/// The name of the container's restart policy; `""` without one.
+pub fn restart_policy(doc: &Value) -> &str {
+    doc["HostConfig"]["RestartPolicy"]["Name"]
+        .as_str()
+        .unwrap_or("")
+}
+
+/// Which of `paths` the container cannot write: its root file system is
+/// read-only and no writable mount (see [`writable_mounts`]) holds them.
+/// Empty when the root file system is writable.
+pub fn unwritable_paths(doc: &Value, paths: &[String]) -> Vec<String> {
+    if doc["HostConfig"]["ReadonlyRootfs"].as_bool() != Some(true) {
+        return Vec::new();
+    }
+    let writable = writable_mounts(doc);
+    paths
+        .iter()
+        .filter(|p| !under_mount(&writable, p))
+        .cloned()
+        .collect()
 }
 
 /// Where bind and named volumes are mounted inside the container.
@@ -302,6 +370,21 @@ pub fn ran_before(state: &Value) -> bool {
     !started_at.is_empty() && !started_at.starts_with("0001-01-01")
 }
 
+/// The engine's error from the container's last start, if that failed:
+/// Docker keeps it in `State.Error`; Podman's compatible API does not.
+pub fn last_error(state: &Value) -> Option<&str> {
+    state["Error"].as_str().filter(|e| !e.is_empty())
+}
+
+/// How many times a crash-looping container has restarted: more than
+/// `max`, or at least once and restarting right now. None when it is not
+/// looping.
+pub fn restart_loop(doc: &Value, max: u64) -> Option<u64> {
+    let restarts = doc["RestartCount"].as_u64().unwrap_or(0);
+    let restarting = doc["State"]["Restarting"].as_bool() == Some(true);
+    (restarts > max || restarting && restarts > 0).then_some(restarts)
+}
+
 /// The health check's status and failing streak: `State.Health` (Docker)
 /// or `State.Healthcheck` (Podman); `""` without a health check.
 pub fn health_status(state: &Value) -> (&str, u64) {
@@ -421,6 +504,90 @@ mod tests {
             container_id_in_cgroup("/user.slice/user-1000.slice/session-2.scope"),
             None
         );
+    }
+
+    #[test]
+    fn what_a_spec_lacks() {
+        let doc = json!({"HostConfig": {"CapDrop": ["ALL"], "CapAdd": ["cap_chown"], "Memory": 0, "ReadonlyRootfs": true, "Tmpfs": {"/run": ""}},
+                         "Config": {"ExposedPorts": {"80/tcp": {}, "8080/tcp": {}}},
+                         "Mounts": [{"Type": "bind", "Destination": "/data", "RW": false}]});
+        let caps = ["dac_override".to_string(), "CAP_CHOWN".to_string()];
+        assert_eq!(volume_caps_missing(&doc, &caps), ["DAC_OVERRIDE"]);
+        assert!(
+            volume_caps_missing(&json!({"HostConfig": {"CapDrop": ["ALL"]}}), &caps).is_empty()
+        );
+        assert_eq!(unbindable_ports(&doc), [80]);
+        let mut can_bind = doc.clone();
+        can_bind["HostConfig"]["CapAdd"] = json!(["NET_BIND_SERVICE"]);
+        assert!(unbindable_ports(&can_bind).is_empty());
+        assert_eq!(memory_limit(&doc), None);
+        assert_eq!(
+            memory_limit(&json!({"HostConfig": {"Memory": 67108864}})),
+            Some(67108864)
+        );
+        let paths = [
+            "/tmp".to_string(),
+            "/run/x".to_string(),
+            "/data".to_string(),
+        ];
+        assert_eq!(unwritable_paths(&doc, &paths), ["/tmp", "/data"]);
+        assert!(unwritable_paths(&json!({}), &paths).is_empty());
+        assert_eq!(restart_policy(&doc), "");
+        assert_eq!(
+            restart_policy(&json!({"HostConfig": {"RestartPolicy": {"Name": "always"}}})),
+            "always"
+        );
+    }
+
+    #[test]
+    fn states_the_engines_report() {
+        assert_eq!(last_error(&json!({"Error": ""})), None);
+        assert_eq!(
+            last_error(&json!({"Error": "exec failed"})),
+            Some("exec failed")
+        );
+        assert_eq!(restart_loop(&json!({"RestartCount": 6}), 5), Some(6));
+        assert_eq!(restart_loop(&json!({"RestartCount": 5}), 5), None);
+        assert_eq!(
+            restart_loop(
+                &json!({"RestartCount": 1, "State": {"Restarting": true}}),
+                5
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            restart_loop(
+                &json!({"RestartCount": 0, "State": {"Restarting": true}}),
+                5
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_document_the_engine_lost_is_none_and_a_bad_one_says_why() {
+        use crate::testing::{answer_with, Facts};
+        let facts = Facts::new().on("containers.inspect", |args| {
+            Some(match args[0].as_str() {
+                Some("gone") => Err(Error::NotFound("gone".into())),
+                Some("bad") => Ok("not json".to_string()),
+                Some("locked") => Err(Error::Io("database is locked".into())),
+                _ => Ok(r#"{"Id": "ok"}"#.to_string()),
+            })
+        });
+        let docs = answer_with(facts, || {
+            ["gone", "bad", "locked", "ok"]
+                .map(|id| document(id).map(|d| d.map(|d| d["Id"].clone())))
+        });
+        assert!(docs[0].is_none());
+        assert!(docs[1]
+            .as_ref()
+            .unwrap()
+            .as_ref()
+            .unwrap_err()
+            .starts_with("inspect document is not JSON: "));
+        assert_eq!(docs[2], Some(Err("i/o: database is locked".into())));
+        assert_eq!(docs[3], Some(Ok(json!("ok"))));
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub use bindings::doctor::plugin::types::{
     Action, ContainerStop, Error, Evidence, ProcessRef, Severity, Signal, SignalProcess, SqlExec,
     SqlValue, StopProcess, WaitPortFree,
 };
-pub use finding::{Finding, Info};
+pub use finding::{Finding, Info, Subject};
 pub use regex_lite;
 pub use serde;
 pub use serde_json;
@@ -137,6 +137,12 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
+/// Does any of `patterns` match `text` (see [`glob_match`])? A policy's
+/// list of globs names what any one of them names; an empty list, nothing.
+pub fn glob_match_any(patterns: &[String], text: &str) -> bool {
+    patterns.iter().any(|p| glob_match(p, text))
+}
+
 /// Log a line into the journal and the host's log.
 pub fn log(level: host::LogLevel, message: impl AsRef<str>) {
     host::log(level, message.as_ref());
@@ -147,6 +153,7 @@ pub mod prelude {
     pub use crate::{
         caps, containers, database, files, host, probe, processes, register_plugin, sockets,
         sqlite, Action, Error, Finding, Info, Plugin, ProcessRef, Severity, Signal, SqlValue,
+        Subject,
     };
 }
 
@@ -193,7 +200,7 @@ macro_rules! register_plugin {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{glob_match, glob_match_any};
 
     #[test]
     fn globs_match_whole_names() {
@@ -204,6 +211,9 @@ mod tests {
         assert!(!glob_match("web-*", "db"));
         assert!(!glob_match("web", "web-1"));
         assert!(!glob_match("a*b*c", "abca-b"));
+        let list = ["db-*".to_string(), "web-?".to_string()];
+        assert!(glob_match_any(&list, "web-1") && !glob_match_any(&list, "cache"));
+        assert!(!glob_match_any(&[], "web-1"));
     }
 
     #[test]

@@ -10,8 +10,8 @@ use crate::containers::Container;
 use crate::inspect::{container_id_in_cgroup, published_ports, short_id};
 use crate::process::{command_line, one_line, ProcessTable};
 use crate::processes::Process;
-use crate::sockets::Listener;
-use crate::{containers, glob_match, host, probe, Action, Error, Finding};
+use crate::sockets::{Listener, Protocol};
+use crate::{containers, glob_match, host, probe, sockets, Action, Error, Finding};
 use regex_lite::Regex;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -58,6 +58,94 @@ impl Holder {
                 format!("a socket on {address} owned by uid {uid} whose process is not visible")
             }
         }
+    }
+
+    /// Several holders as a message names them: `pid 42 (…); container web (…)`.
+    pub fn describe_all(holders: &[Holder]) -> String {
+        holders
+            .iter()
+            .map(Holder::describe)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    pub fn is_container(&self) -> bool {
+        matches!(self, Holder::Container { .. })
+    }
+}
+
+/// The TCP listeners on any of `ports`: what keeps a port from being bound.
+pub fn tcp_listeners(ports: &[u16]) -> Result<Vec<Listener>, Error> {
+    Ok(sockets::listeners()?
+        .into_iter()
+        .filter(|l| l.protocol == Protocol::Tcp && ports.contains(&l.port))
+        .collect())
+}
+
+/// One port's holders, judged against its expected owner.
+pub struct PortHolders {
+    pub port: u16,
+    /// Its listeners' addresses as a message lists them: `127.0.0.1:9403, [::1]:9403`.
+    pub addresses: String,
+    /// Holders that are the expected owner.
+    pub expected: Vec<Holder>,
+    /// Holders that are not: in the way.
+    pub unexpected: Vec<Holder>,
+    /// Sockets whose process cannot be seen and that the expectation cannot
+    /// judge: neither left alone as expected nor stopped.
+    pub hidden: Vec<Holder>,
+}
+
+impl PortHolders {
+    /// The holders of `port` among `listeners` (see [`holders`]), judged by
+    /// `owner`; None when nothing listens on it.
+    pub fn read(
+        port: u16,
+        listeners: &[Listener],
+        owner: &ExpectedOwner,
+        table: &ProcessTable,
+        engine: &mut EngineView,
+    ) -> Option<PortHolders> {
+        let here: Vec<&Listener> = listeners.iter().filter(|l| l.port == port).collect();
+        if here.is_empty() {
+            return None;
+        }
+        let addresses = here
+            .iter()
+            .map(|l| display_address(&l.address, port))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (expected, unexpected): (Vec<Holder>, Vec<Holder>) =
+            holders(port, &here, table, engine)
+                .into_iter()
+                .partition(|h| owner.matches(h, table));
+        let (hidden, unexpected) = unexpected
+            .into_iter()
+            .partition(|h| matches!(h, Holder::Hidden { .. }));
+        Some(PortHolders {
+            port,
+            addresses,
+            expected,
+            unexpected,
+            hidden,
+        })
+    }
+
+    /// The plan that frees the port by stopping `stop` (one of the groups
+    /// above; see [`free_port_plan`]). It waits for the port to be free only
+    /// when `stop` is every holder: while another keeps the port, waiting
+    /// could only fail.
+    pub fn free(
+        &self,
+        f: Finding,
+        stop: &[Holder],
+        table: &ProcessTable,
+        grace_ms: u32,
+        deadline_ms: u32,
+    ) -> Finding {
+        let every_holder = self.expected.len() + self.unexpected.len() + self.hidden.len();
+        let wait = (stop.len() == every_holder).then_some(deadline_ms);
+        free_port_plan(f, stop, table, self.port, grace_ms, wait)
     }
 }
 
@@ -357,6 +445,39 @@ impl Expect {
     }
 }
 
+/// An [`Expect`] ready to judge holders: its command pattern compiled once.
+pub struct ExpectedOwner {
+    expect: Option<Expect>,
+    command: Option<Regex>,
+}
+
+impl ExpectedOwner {
+    /// None: nothing is expected, any holder is in the way. The error is
+    /// the command pattern's.
+    pub fn new(expect: Option<&Expect>) -> Result<ExpectedOwner, regex_lite::Error> {
+        let command = expect
+            .and_then(|e| e.command.as_deref())
+            .map(Regex::new)
+            .transpose()?;
+        Ok(ExpectedOwner {
+            expect: expect.cloned(),
+            command,
+        })
+    }
+
+    /// The expectation as a message says it (see [`Expect::describe`]).
+    pub fn describe(&self) -> String {
+        Expect::describe(self.expect.as_ref())
+    }
+
+    /// Is `holder` the expected owner?
+    pub fn matches(&self, holder: &Holder, table: &ProcessTable) -> bool {
+        self.expect
+            .as_ref()
+            .is_some_and(|e| e.matches(holder, self.command.as_ref(), table))
+    }
+}
+
 /// What a health probe says about a port's owner.
 #[derive(Debug, PartialEq)]
 pub enum Health {
@@ -423,10 +544,7 @@ impl EngineView {
             }
         }
         for c in &self.containers {
-            let Ok(text) = containers::inspect(&c.id) else {
-                continue;
-            };
-            let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else {
+            let Some(Ok(doc)) = crate::inspect::document(&c.id) else {
                 continue;
             };
             for port in published_ports(&doc) {
@@ -624,6 +742,100 @@ mod tests {
                 "container web pids"
             ]
         );
+    }
+
+    fn listener(protocol: Protocol, address: &str, port: u16, owners: &[u32]) -> Listener {
+        Listener {
+            protocol,
+            address: address.into(),
+            port,
+            uid: 1000,
+            inode: 1,
+            owners: owners
+                .iter()
+                .map(|&pid| crate::ProcessRef { pid, start_time: 1 })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_port_s_holders_are_judged_and_its_wait_needs_every_holder_stopped() {
+        use crate::testing::{answer_with, Facts};
+        let table = ProcessTable::new(vec![
+            proc(10, 1, 1000, "uvicorn app"),
+            proc(11, 1, 0, "stray"),
+        ]);
+        let facts = Facts::new()
+            .listeners(vec![
+                listener(Protocol::Tcp, "127.0.0.1", 9403, &[10]),
+                listener(Protocol::Tcp, "::1", 9403, &[11]),
+                listener(Protocol::Tcp, "0.0.0.0", 9403, &[]),
+                listener(Protocol::Udp, "0.0.0.0", 9403, &[11]),
+                listener(Protocol::Tcp, "0.0.0.0", 80, &[11]),
+            ])
+            .deny("containers");
+        let owner = ExpectedOwner::new(Some(&Expect {
+            command: Some("^uvicorn".into()),
+            ..Expect::default()
+        }))
+        .unwrap();
+        let (listeners, holders) = answer_with(facts, || {
+            let listeners = tcp_listeners(&[9403]).unwrap();
+            let mut engine = EngineView::default();
+            let holders = PortHolders::read(9403, &listeners, &owner, &table, &mut engine);
+            (listeners, holders.unwrap())
+        });
+        assert_eq!(listeners.len(), 3, "TCP on the watched port only");
+        assert_eq!(
+            holders.addresses,
+            "127.0.0.1:9403, [::1]:9403, 0.0.0.0:9403"
+        );
+        assert_eq!(
+            Holder::describe_all(&holders.expected),
+            "pid 10 (uid 1000: uvicorn app)"
+        );
+        assert_eq!(
+            Holder::describe_all(&holders.unexpected),
+            "pid 11 (uid 0: stray)"
+        );
+        assert_eq!(
+            Holder::describe_all(&holders.hidden),
+            "a socket on 0.0.0.0:9403 owned by uid 1000 whose process is not visible"
+        );
+        let plan = |stop: &[Holder]| {
+            let f = holders.free(Finding::info("k", "s", "m"), stop, &table, 500, 1000);
+            f.into_wit().actions.len()
+        };
+        assert_eq!(
+            plan(&holders.unexpected),
+            1,
+            "others keep the port: no wait"
+        );
+        let alone = PortHolders {
+            expected: Vec::new(),
+            hidden: Vec::new(),
+            ..holders
+        };
+        let f = alone.free(
+            Finding::info("k", "s", "m"),
+            &alone.unexpected,
+            &table,
+            500,
+            1000,
+        );
+        assert_eq!(
+            f.into_wit().actions.len(),
+            2,
+            "stop, then wait for the port"
+        );
+        assert!(ExpectedOwner::new(Some(&Expect {
+            command: Some("(".into()),
+            ..Expect::default()
+        }))
+        .is_err());
+        assert!(!ExpectedOwner::new(None)
+            .unwrap()
+            .matches(&alone.unexpected[0], &table));
     }
 
     #[test]
