@@ -160,6 +160,100 @@ fn a_thread_of_an_unrelated_process_is_refused_and_its_process_lives() {
 
 // ------------------------------------------------------------------ files
 
+/// Aims `attack` ("stop" or "signal") at `pid` with every signal grant
+/// there is, and returns the journaled actions after `doctor fix`.
+fn aim_at_helper(attack_kind: &str, pid: u32) -> (Vec<(String, String)>, serde_json::Value) {
+    let start = task_start_time(pid, pid);
+    let s = attack(
+        "",
+        "grants.processes = true\ngrants.signal = { match = [\".*\"] }",
+        &format!("attack = \"{attack_kind}\", pid = {pid}, start_time = {start}, grace_ms = 100"),
+    );
+    let (code, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(code, 2, "a refused fix is critical: {doc}");
+    bystander_intact(&doc);
+    (journaled_actions(&s, attack_kind), doc)
+}
+
+fn refused_by_the_helper_guard(actions: &[(String, String)]) {
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0].0, "refused", "{actions:?}");
+    assert!(
+        actions[0].1.starts_with("guard:")
+            && actions[0].1.contains("helper process")
+            && actions[0].1.contains("through its engine"),
+        "the refusal names the guard and the way: {actions:?}"
+    );
+}
+
+/// A process whose executable is called `conmon` (a copy of sleep) is an
+/// engine helper to doctor, whatever its grants: refused, and it lives. A
+/// user's own binary so named is refused too (the safe side).
+#[test]
+fn a_process_running_a_helpers_executable_is_never_stopped_or_signalled() {
+    let dir = tempfile::tempdir().unwrap();
+    for helper in ["conmon", "containerd-shim-runc-v2", "docker-proxy"] {
+        let exe = dir.path().join(helper);
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        let mut victim = Proc::spawn(&[exe.to_str().unwrap(), "300"]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(format!("/proc/{}/exe", victim.pid())).ok() != Some(exe.clone()) {
+            assert!(Instant::now() < deadline, "{helper} never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for attack_kind in ["stop", "signal"] {
+            let (actions, _) = aim_at_helper(attack_kind, victim.pid());
+            refused_by_the_helper_guard(&actions);
+            assert!(actions[0].1.contains(helper), "{actions:?}");
+            assert!(victim.running(), "{helper} lives after {attack_kind}");
+        }
+    }
+}
+
+/// The real thing: the conmon of a running Podman container.
+#[test]
+fn a_live_containers_conmon_is_never_stopped() {
+    let podman = support::podman::Podman::start();
+    podman.import_busybox("localhost/busybox:latest");
+    let id = podman.create(&[
+        "--name",
+        "monitored",
+        "localhost/busybox:latest",
+        "sleep",
+        "300",
+    ]);
+    let started = podman.podman(&["start", &id]);
+    if !started.status.success() {
+        println!(
+            "not run: the container cannot start here, so it has no conmon: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        return;
+    }
+    let inspect = |format: &str| {
+        let out = podman.podman(&["inspect", "--format", format, &id]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let conmon: u32 = inspect("{{.State.ConmonPid}}").parse().unwrap();
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{conmon}/exe")).unwrap(),
+        Path::new("/usr/bin/conmon")
+    );
+    let conmon_start = task_start_time(conmon, conmon);
+    for attack_kind in ["stop", "signal"] {
+        let (actions, _) = aim_at_helper(attack_kind, conmon);
+        refused_by_the_helper_guard(&actions);
+        assert!(actions[0].1.contains("conmon"), "{actions:?}");
+    }
+    assert_eq!(
+        task_start_time(conmon, conmon),
+        conmon_start,
+        "conmon lives"
+    );
+    assert_eq!(inspect("{{.State.Status}}"), "running");
+    println!("conmon pid {conmon} of container {id} refused twice, still running");
+}
+
 #[test]
 fn a_fifo_that_blocks_the_host_cannot_buy_time_to_swap_a_parent_for_a_symlink() {
     let s = Scenario::new();

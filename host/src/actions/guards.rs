@@ -1,7 +1,8 @@
 //! Guards that no policy can switch off: never pid 0 or 1, never a kernel
 //! thread, never the doctor itself or one of its ancestors, never a thread
 //! (a signal to a thread id reaches its whole process), never a process
-//! whose identity (pid + start time) is not the one the plugin saw.
+//! whose identity (pid + start time) is not the one the plugin saw, never a
+//! container engine's helper process (it is stopped through its engine).
 
 use crate::facts::processes::{self, ProcessInfo};
 
@@ -59,7 +60,72 @@ pub fn check_target(pid: u32, start_time: u64, protected: &[u32]) -> Verdict {
     if info.state == 'Z' {
         return Verdict::Gone(format!("pid {pid} has already exited (zombie)"));
     }
+    if let Some(helper) = engine_helper(&info) {
+        return Verdict::Forbidden(format!(
+            "pid {pid} ({}) is a container engine's helper process ({helper}); \
+             engine helpers are never signalled: stop its container through its engine \
+             (container-stop)",
+            info.command_line()
+        ));
+    }
     Verdict::Same(Box::new(info))
+}
+
+/// The executables of container engines' helper processes, by file name,
+/// with what each is. Signalling one breaks a live container behind its
+/// engine's back (its monitor, its ports or its network go, the engine's
+/// state goes stale); the container is stopped through the engine instead.
+const ENGINE_HELPERS: &[(&str, &str)] = &[
+    ("conmon", "Podman's container monitor"),
+    ("rootlessport", "rootless Podman's port forwarder"),
+    ("docker-proxy", "Docker's port forwarder"),
+    (
+        "rootlesskit-docker-proxy",
+        "rootless Docker's port forwarder",
+    ),
+    ("slirp4netns", "a rootless container network"),
+    ("pasta", "a rootless container network"),
+    ("pasta.avx2", "a rootless container network"),
+];
+
+/// Every `containerd-shim*` (containerd-shim, containerd-shim-runc-v2,
+/// containerd-shim-runsc-v1, ...) is the shim of containerd's containers.
+const SHIM_PREFIX: &str = "containerd-shim";
+
+/// The kernel keeps the first 15 bytes of a command name (`comm`).
+const COMM_LEN: usize = 15;
+
+/// What a container engine's helper process this is, if it is one.
+///
+/// Judged by the file name of the executable the process runs
+/// (/proc/PID/exe, " (deleted)" after a package upgrade ignored), never by
+/// its command line: an argument cannot make a process a helper, and a
+/// helper cannot hide behind its arguments. Only when the executable cannot
+/// be read (doctor not root, another user's process) does the command name
+/// (`comm`, cut at 15 bytes by the kernel) stand in for it. A process that
+/// merely has a helper's name (a copy of `sleep` called `conmon`) is
+/// refused too: the safe side, and its owner can stop it.
+pub fn engine_helper(info: &ProcessInfo) -> Option<&'static str> {
+    match info.exe.as_deref() {
+        Some(exe) => {
+            let exe = exe.strip_suffix(" (deleted)").unwrap_or(exe);
+            let name = exe.rsplit('/').next().unwrap_or(exe);
+            helper_named(name, |helper| helper == name)
+        }
+        None => helper_named(&info.name, |helper| {
+            helper.get(..COMM_LEN).unwrap_or(helper) == info.name
+        }),
+    }
+}
+
+fn helper_named(name: &str, is: impl Fn(&str) -> bool) -> Option<&'static str> {
+    if name.starts_with(SHIM_PREFIX) {
+        return Some("containerd's container shim");
+    }
+    ENGINE_HELPERS
+        .iter()
+        .find(|(helper, _)| is(helper))
+        .map(|(_, what)| *what)
 }
 
 /// Does the parent chain starting at `ppid` reach `ancestor`? Bounded, in
@@ -93,6 +159,77 @@ pub fn thread_group_leader(id: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn named(exe: Option<&str>, comm: &str) -> ProcessInfo {
+        let mut info = processes::get(std::process::id()).unwrap();
+        info.exe = exe.map(str::to_string);
+        info.name = comm.to_string();
+        info
+    }
+
+    #[test]
+    fn engine_helpers_are_known_by_their_executable() {
+        for exe in [
+            "/usr/bin/conmon",
+            "/usr/lib/podman/rootlessport",
+            "/usr/sbin/docker-proxy",
+            "/usr/bin/containerd-shim-runc-v2",
+            "/usr/bin/containerd-shim",
+            "/usr/bin/slirp4netns",
+            "/usr/bin/pasta.avx2",
+            "/usr/bin/conmon (deleted)",
+        ] {
+            assert!(
+                engine_helper(&named(Some(exe), "x")).is_some(),
+                "{exe} is a helper"
+            );
+        }
+        // The executable decides: neither the command name nor the
+        // arguments make a process a helper when its executable is readable.
+        let mut faker = named(Some("/usr/bin/python3"), "conmon");
+        faker.argv = vec!["conmon".into(), "--cid".into()];
+        assert!(engine_helper(&faker).is_none());
+        assert!(engine_helper(&named(Some("/usr/bin/conmonitor"), "x")).is_none());
+        // Without a readable executable, the command name, cut at 15 bytes.
+        assert!(engine_helper(&named(None, "containerd-shim")).is_some());
+        assert!(engine_helper(&named(None, "rootlesskit-doc")).is_some());
+        assert!(engine_helper(&named(None, "conmon")).is_some());
+        assert!(engine_helper(&named(None, "sleep")).is_none());
+    }
+
+    #[test]
+    fn a_process_running_a_helpers_executable_is_never_a_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let conmon = dir.path().join("conmon");
+        std::fs::copy("/bin/sleep", &conmon).unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "'{}' 30 >/dev/null 2>&1 & echo $!",
+                conmon.display()
+            ))
+            .output()
+            .unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        // Judged once it runs the copy and its shell parent has gone.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while processes::get(pid).is_some_and(|p| {
+            p.ppid == std::process::id() || !p.exe.is_some_and(|e| e.ends_with("/conmon"))
+        }) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let start = processes::start_time(pid).unwrap();
+        let verdict = check_target(pid, start, &[]);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert!(
+            matches!(&verdict, Verdict::Forbidden(why) if why.contains("helper") && why.contains("through its engine")),
+            "{verdict:?}"
+        );
+    }
 
     #[test]
     fn init_and_pid_zero_are_forbidden() {
