@@ -3,6 +3,8 @@
 //! child processes that are killed when the test ends.
 #![allow(dead_code)]
 
+pub mod docker;
+pub mod engines;
 pub mod podman;
 
 use std::path::{Path, PathBuf};

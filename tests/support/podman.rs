@@ -86,35 +86,10 @@ impl Podman {
         &self.socket
     }
 
-    /// Builds a rootfs from the static /bin/busybox plus applet links and
-    /// imports it as `tag`, with CMD ["/bin/sh"].
+    /// Imports a rootfs of the static /bin/busybox plus applet links as
+    /// `tag`, with CMD ["/bin/sh"].
     pub fn import_busybox(&self, tag: &str) {
-        let n = next_id();
-        let rootfs = self.root.join(format!("rootfs-{n}"));
-        let bin = rootfs.join("bin");
-        std::fs::create_dir_all(&bin).expect("create rootfs/bin");
-        // Mount points the runtime expects; it would create them, but an image
-        // with them is closer to a real one.
-        for sub in ["proc", "sys", "dev", "tmp", "etc", "root"] {
-            std::fs::create_dir_all(rootfs.join(sub)).expect("create rootfs dir");
-        }
-        // fs::copy follows the /bin -> /usr/bin link of merged-/usr systems.
-        std::fs::copy("/bin/busybox", bin.join("busybox"))
-            .expect("copy /bin/busybox (install busybox-static)");
-        for applet in APPLETS {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("link busybox applet");
-        }
-        let tarball = self.root.join(format!("rootfs-{n}.tar"));
-        let tar = run_bounded(
-            Command::new("tar")
-                .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-                .arg(&rootfs)
-                .arg("-cf")
-                .arg(&tarball)
-                .arg("."),
-            CLI_LIMIT,
-        );
-        assert_success("tar rootfs", &tar);
+        let tarball = busybox_rootfs_tar(&self.root);
         let tarball = tarball.to_str().expect("tempdir path is UTF-8");
         let out = self.podman(&["import", "--change", r#"CMD ["/bin/sh"]"#, tarball, tag]);
         assert_success(&format!("podman import {tag}"), &out);
@@ -225,9 +200,42 @@ impl Drop for Podman {
     }
 }
 
+/// Builds a rootfs under `dir` from the static /bin/busybox plus applet
+/// links, and returns the path of its tar (numeric owner root), ready for
+/// `podman import` or `docker import`: no registry is ever asked.
+pub fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
+    let n = next_id();
+    let rootfs = dir.join(format!("rootfs-{n}"));
+    let bin = rootfs.join("bin");
+    std::fs::create_dir_all(&bin).expect("create rootfs/bin");
+    // Mount points the runtime expects; it would create them, but an image
+    // with them is closer to a real one.
+    for sub in ["proc", "sys", "dev", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(rootfs.join(sub)).expect("create rootfs dir");
+    }
+    // fs::copy follows the /bin -> /usr/bin link of merged-/usr systems.
+    std::fs::copy("/bin/busybox", bin.join("busybox"))
+        .expect("copy /bin/busybox (install busybox-static)");
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("link busybox applet");
+    }
+    let tarball = dir.join(format!("rootfs-{n}.tar"));
+    let tar = run_bounded(
+        Command::new("tar")
+            .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("."),
+        CLI_LIMIT,
+    );
+    assert_success("tar rootfs", &tar);
+    tarball
+}
+
 /// SIGKILL every process whose command line names `dir` (conmon, a stuck
 /// podman CLI): nothing of this harness may outlive it.
-fn kill_processes_naming(dir: &Path) {
+pub fn kill_processes_naming(dir: &Path) {
     let Some(needle) = dir.to_str() else { return };
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
@@ -361,7 +369,7 @@ fn runc() -> Option<String> {
 }
 
 /// One raw HTTP/1.0 ping; the server closes after answering.
-fn ping(socket: &Path) -> bool {
+pub fn ping(socket: &Path) -> bool {
     let Ok(mut stream) = UnixStream::connect(socket) else {
         return false;
     };
@@ -379,7 +387,7 @@ fn ping(socket: &Path) -> bool {
 
 /// Runs a command with output captured to files (pipes could fill and
 /// deadlock a polling wait), killing it after `limit`.
-fn run_bounded(command: &mut Command, limit: Duration) -> Output {
+pub fn run_bounded(command: &mut Command, limit: Duration) -> Output {
     let n = next_id();
     let base = std::env::temp_dir();
     let out_path = base.join(format!("podman-harness-{}-{n}.out", std::process::id()));
@@ -432,7 +440,7 @@ fn exit_status(code: i32) -> std::process::ExitStatus {
     std::process::ExitStatus::from_raw(code << 8)
 }
 
-fn assert_success(what: &str, out: &Output) {
+pub fn assert_success(what: &str, out: &Output) {
     assert!(
         out.status.success(),
         "{what} failed ({}):\nstdout: {}\nstderr: {}",
@@ -443,7 +451,7 @@ fn assert_success(what: &str, out: &Output) {
 }
 
 /// Mount points at or below `dir`, from /proc/self/mountinfo (field 5).
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     info.lines()
         .filter_map(|line| line.split(' ').nth(4))

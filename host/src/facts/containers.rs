@@ -414,9 +414,19 @@ fn api_error(reply: Reply) -> EngineError {
 }
 
 /// A container id or name as one escaped path segment.
+///
+/// Docker and Podman name containers `[a-zA-Z0-9][a-zA-Z0-9_.-]*` (ids are
+/// hex), so anything else names no container and is not sent: escaped or
+/// not, a `..` or `/` in a path is not the engine's to interpret (Docker
+/// 20.10 answers `../../_ping` with a 301 to the cleaned path; Podman with 404).
 fn segment(id: &str) -> Result<String, EngineError> {
     if id.is_empty() {
         return Err(EngineError::Invalid("empty container id".to_owned()));
+    }
+    let mut chars = id.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+        return Err(EngineError::NotFound(id.to_owned()));
     }
     Ok(utf8_percent_encode(id, ESCAPE).to_string())
 }
@@ -464,7 +474,13 @@ mod tests {
 
     #[test]
     fn ids_and_paths_are_escaped() {
-        assert_eq!(segment("a/b?c").expect("non-empty"), "a%2Fb%3Fc");
+        assert_eq!(segment("web-old.1_x").expect("a name"), "web-old.1_x");
+        for not_a_name in ["a/b?c", "../../_ping", ".hidden", "-x", "a b", "ü"] {
+            assert!(
+                matches!(segment(not_a_name), Err(EngineError::NotFound(_))),
+                "{not_a_name}"
+            );
+        }
         assert_eq!(query_value("/a b/ü&x=1"), "%2Fa%20b%2F%C3%BC%26x%3D1");
         assert!(matches!(segment(""), Err(EngineError::Invalid(_))));
     }
