@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::docker::Docker;
+use support::engines::TestEngine;
 use support::{finding, plugin_summary, Proc, Scenario};
 
 const PLUGIN: &str = "port-9403-freer";
@@ -379,13 +381,15 @@ fn expected_owner_with_an_unexpected_neighbour_keeps_the_port() {
 
 /// A container (host network, so its socket is in our namespace) holds the
 /// port: it is mapped to the container through its owner's cgroup, named by
-/// the engine, and stopped through the engine — not by signalling its process.
-#[test]
-fn container_holding_the_port_is_stopped_through_the_engine() {
-    let podman = support::podman::Podman::start();
-    podman.import_busybox("localhost/busybox:1.36");
+/// the engine, and stopped through the engine — not by signalling its process
+/// — with the plugin's `grace_ms` (2 s) as the engine's stop timeout: busybox
+/// httpd as the container's pid 1 ignores TERM, so the engine kills it after
+/// the grace, and the stop takes the grace plus the engine's own overhead
+/// (not the engines' default 10 s). On Podman and on Docker.
+fn container_holding_the_port_is_stopped_through_the_engine(engine: &dyn TestEngine) {
+    engine.import_busybox("localhost/busybox:1.36");
     let port = support::free_port();
-    let id = podman.create(&[
+    let id = engine.create(&[
         "--name",
         "web-old",
         "--network",
@@ -397,10 +401,11 @@ fn container_holding_the_port_is_stopped_through_the_engine() {
         "-p",
         &format!("127.0.0.1:{port}"),
     ]);
-    let started = podman.podman(&["start", &id]);
+    let started = engine.cli(&["start", &id]);
     if !started.status.success() {
-        eprintln!(
-            "skipping: containers cannot start here: {}",
+        println!(
+            "{}: not run: containers cannot start here: {}",
+            engine.name(),
             String::from_utf8_lossy(&started.stderr)
         );
         return;
@@ -408,8 +413,8 @@ fn container_holding_the_port_is_stopped_through_the_engine() {
     wait_listening(port);
     let s = Scenario::new();
     s.policy(&format!(
-        "[container_engine]\nsocket = {:?}\ntimeout = \"30s\"\n\n[plugins.port-9403-freer]\ngrants.sockets = true\ngrants.processes = true\ngrants.containers = true\ngrants.containers_write = [\"web-*\"]\nconfig = {{ ports = [{{ port = {port}, expect = {{ container = \"web-new\" }} }}], deadline_ms = 20000 }}\n",
-        podman.socket().display().to_string()
+        "[container_engine]\nsocket = {:?}\ntimeout = \"30s\"\n\n[plugins.port-9403-freer]\ngrants.sockets = true\ngrants.processes = true\ngrants.containers = true\ngrants.containers_write = [\"web-*\"]\nconfig = {{ ports = [{{ port = {port}, expect = {{ container = \"web-new\" }} }}], grace_ms = 2000, deadline_ms = 20000 }}\n",
+        engine.socket().display().to_string()
     ));
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
@@ -428,7 +433,9 @@ fn container_holding_the_port_is_stopped_through_the_engine() {
         ]
     );
 
+    let fix_started = Instant::now();
     let (code, doc) = s.doctor_json(&["fix"]);
+    let fix_took = fix_started.elapsed();
     let f = finding(&doc, PLUGIN, &key).unwrap();
     assert_eq!(
         actions(f),
@@ -439,7 +446,37 @@ fn container_holding_the_port_is_stopped_through_the_engine() {
         "{f:#}"
     );
     assert_eq!(code, 0, "{doc:#}");
-    let state = podman.podman(&["inspect", "--format", "{{.State.Status}}", &id]);
-    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "exited");
+    assert_eq!(engine.inspect_format(&id, "{{.State.Status}}"), "exited");
     assert!(bindable(port));
+    let (stop_ms, detail): (i64, String) = s
+        .journal()
+        .query_row(
+            "SELECT duration_ms, detail FROM actions WHERE plugin = ?1 AND kind = 'container-stop'",
+            [PLUGIN],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    println!(
+        "{}: container-stop with grace_ms = 2000 took {stop_ms} ms ({detail}); the whole fix {} ms",
+        engine.name(),
+        fix_took.as_millis()
+    );
+    assert!(
+        (1900..8000).contains(&stop_ms),
+        "the 2 s grace reached the engine (its default is 10 s): {stop_ms} ms"
+    );
+}
+
+#[test]
+fn container_holding_the_port_is_stopped_through_the_podman_engine() {
+    container_holding_the_port_is_stopped_through_the_engine(&support::podman::Podman::start());
+}
+
+#[test]
+fn container_holding_the_port_is_stopped_through_the_docker_engine() {
+    if let Some(docker) =
+        Docker::or_say_why("container_holding_the_port_is_stopped_through_the_docker_engine")
+    {
+        container_holding_the_port_is_stopped_through_the_engine(docker);
+    }
 }
