@@ -8,8 +8,10 @@
 //! journal) and the peers present on the machine (`ps`, `ss`, `sqlite3`, the
 //! operator's shell procedure, `monit` where installed). Each command is a
 //! fresh process; wall time, CPU (user + system, from `wait4`) and peak RSS
-//! are taken per run and the median of `INCIDENTS_BENCH_ITERS` (default 5)
-//! runs is printed (3 for the 1M-row rows, which are slow and stable).
+//! are taken per run. The commands of one row run in interleaved rounds
+//! (each once per round, the order rotating) and the medians of
+//! `INCIDENTS_BENCH_ITERS` (default 5) rounds are printed (more for the cheap
+//! rows, 3 for the slow ones). `DOCTOR_BENCH_BIN` measures another doctor.
 //!
 //! Sections can be skipped for a quick look: `INCIDENTS_BENCH_SKIP=10k,1m,podman`.
 
