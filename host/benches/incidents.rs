@@ -8,8 +8,10 @@
 //! journal) and the peers present on the machine (`ps`, `ss`, `sqlite3`, the
 //! operator's shell procedure, `monit` where installed). Each command is a
 //! fresh process; wall time, CPU (user + system, from `wait4`) and peak RSS
-//! are taken per run and the median of `INCIDENTS_BENCH_ITERS` (default 5)
-//! runs is printed (3 for the 1M-row rows, which are slow and stable).
+//! are taken per run. The commands of one row run in interleaved rounds
+//! (each once per round, the order rotating) and the medians of
+//! `INCIDENTS_BENCH_ITERS` (default 5) rounds are printed (more for the cheap
+//! rows, 3 for the slow ones). `DOCTOR_BENCH_BIN` measures another doctor.
 //!
 //! Sections can be skipped for a quick look: `INCIDENTS_BENCH_SKIP=10k,1m,podman`.
 
@@ -32,7 +34,13 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-const DOCTOR: &str = env!("CARGO_BIN_EXE_doctor");
+/// The doctor measured: this build's, or `DOCTOR_BENCH_BIN` (another build,
+/// e.g. the branch point's, measured by this same bench for a before/after).
+fn doctor_bin() -> PathBuf {
+    std::env::var_os("DOCTOR_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_doctor")))
+}
 /// Set in the environment of a re-executed copy of this binary: do the floor's reads and exit.
 const FLOOR_ENV: &str = "DOCTOR_BENCH_FLOOR";
 /// Set (to a directory) for the copy re-executed inside a private pid
@@ -59,6 +67,15 @@ fn main() {
         .tempdir()
         .expect("temp dir");
     let mut table = Table::default();
+    // Measured from a copy written in one go, as a package install writes
+    // it: the linker's output sits in the page cache in small pieces and
+    // costs each start ~40 more page faults (~0.3 ms) than the same bytes
+    // installed. The copy is what every doctor command below runs, here and
+    // in the re-executed pid-namespace section.
+    let built = doctor_bin();
+    let installed = dir.path().join("doctor");
+    std::fs::copy(&built, &installed).expect("copy doctor");
+    std::env::set_var("DOCTOR_BENCH_BIN", &installed);
 
     let (fixture, _listener) = Incidents::build(dir.path());
     let engine = if skip.contains("podman") || !have("podman") {
@@ -75,17 +92,16 @@ fn main() {
         Some(Engine::start(dir.path()))
     };
     incidents_rows(&mut table, &fixture, engine.as_ref(), iterations);
-    // Cheap rows get more runs: their medians move most with the machine's load.
-    fixed_cost_rows(&mut table, &fixture, iterations * 4);
+    // Cheap rows get more rounds: their medians move most with the machine's load.
+    tick_rows(&mut table, &fixture, engine.as_ref(), iterations * 8);
     cold_rows(&mut table, &fixture, iterations.min(3));
-    fsync_rows(&mut table, &fixture);
     if !skip.contains("10k") {
         ten_thousand_section(&mut table, &fixture, dir.path(), iterations.min(3));
     }
     if !skip.contains("1m") {
         million_rows(&mut table, dir.path(), 3);
     }
-    binary_rows(&mut table, dir.path());
+    binary_rows(&mut table, dir.path(), &built);
     drop(engine);
     table.print(iterations);
 }
@@ -135,23 +151,47 @@ fn measure(command: &mut Command, ok: &[i32]) -> Sample {
     }
 }
 
-/// `n` runs of `make()`'s command after one unmeasured warm-up; `before` runs
-/// ahead of each (fixture reset), outside the timing.
-fn runs(
-    n: usize,
-    ok: &[i32],
-    mut before: impl FnMut(),
-    mut make: impl FnMut() -> Command,
-) -> Stats {
-    before();
-    measure(&mut make(), ok);
-    let samples = (0..n)
-        .map(|_| {
-            before();
-            measure(&mut make(), ok)
-        })
-        .collect();
-    Stats::new(samples)
+/// One command of an interleaved measurement: the exit codes it may give,
+/// what to do before each run (fixture reset, outside the timing), and how
+/// to make the command.
+struct Contender<'a> {
+    ok: &'a [i32],
+    before: Box<dyn FnMut() + 'a>,
+    make: Box<dyn FnMut() -> Command + 'a>,
+}
+
+impl<'a> Contender<'a> {
+    fn new(ok: &'a [i32], make: impl FnMut() -> Command + 'a) -> Contender<'a> {
+        Contender {
+            ok,
+            before: Box::new(|| {}),
+            make: Box::new(make),
+        }
+    }
+
+    fn before(mut self, before: impl FnMut() + 'a) -> Contender<'a> {
+        self.before = Box::new(before);
+        self
+    }
+}
+
+/// `n` rounds, each running every contender once, after one unmeasured
+/// warm-up round; the order within a round rotates, so the machine's load,
+/// which drifts over a run, falls on all of them alike. Medians per contender.
+fn interleaved(n: usize, contenders: &mut [Contender]) -> Vec<Stats> {
+    let k = contenders.len();
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::with_capacity(n); k];
+    for round in 0..=n {
+        for i in 0..k {
+            let c = &mut contenders[(round + i) % k];
+            (c.before)();
+            let sample = measure(&mut (c.make)(), c.ok);
+            if round > 0 {
+                samples[(round + i) % k].push(sample);
+            }
+        }
+    }
+    samples.into_iter().map(Stats::new).collect()
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -278,9 +318,9 @@ impl Table {
             println!("{note}");
         }
         println!(
-            "\n## Targets (medians of {iterations} runs; {} for the no-engine rows, {} for the fixed cost, 3 for 10k processes and 1M rows)\n",
+            "\n## Targets (medians of {iterations} interleaved rounds; {} for the no-engine rows, {} for the nothing-due tick, 3 for the cold cache, 10k processes and 1M rows)\n",
             iterations * 2,
-            iterations * 4
+            iterations * 8
         );
         println!("| work | measured | target | |");
         println!("|---|---|---|---|");
@@ -458,7 +498,7 @@ impl Incidents {
 }
 
 fn doctor(mode: &str, policy: &Path) -> Command {
-    let mut c = Command::new(DOCTOR);
+    let mut c = Command::new(doctor_bin());
     c.args([mode, "--policy"])
         .arg(policy)
         .args(["--format", "json"])
@@ -601,19 +641,15 @@ fn incidents_rows(t: &mut Table, f: &Incidents, engine: Option<&Engine>, n: usiz
 
     // No engine: the four host-side incidents.
     let policy = f.policy("four", &four, None, &cache, None);
-    let d = t.raw(
-        "doctor check, 4 incidents (no engine)",
-        runs(
-            n * 2,
-            &[2],
-            || f.reset_journal("four"),
-            || doctor("check", &policy),
-        ),
+    let stats = interleaved(
+        n * 2,
+        &mut [
+            Contender::new(&[2], || doctor("check", &policy)).before(|| f.reset_journal("four")),
+            Contender::new(&[0], || floor(&floor_spec(false))),
+        ],
     );
-    let fl = t.raw(
-        "floor, 4 incidents (no engine)",
-        runs(n * 2, &[0], || {}, || floor(&floor_spec(false))),
-    );
+    let d = t.raw("doctor check, 4 incidents (no engine)", stats[0]);
+    let fl = t.raw("floor, 4 incidents (no engine)", stats[1]);
     t.row(
         "no engine: check vs floor (wall)",
         format!(
@@ -635,33 +671,23 @@ fn incidents_rows(t: &mut Table, f: &Incidents, engine: Option<&Engine>, n: usiz
             &cache,
             None,
         );
-        let d = t.raw(
-            "doctor check, 5 incidents",
-            runs(
-                n,
-                &[2],
-                || f.reset_journal("five"),
-                || doctor("check", &policy),
-            ),
-        );
-        let fl = t.raw(
-            "floor, 5 incidents",
-            runs(n, &[0], || {}, || floor(&floor_spec(true))),
-        );
         let script = shell_procedure(f, socket.as_deref());
-        let sh = t.raw(
-            "operator's shell procedure, 5 incidents",
-            runs(
-                n,
-                &[0],
-                || {},
-                || {
+        let stats = interleaved(
+            n,
+            &mut [
+                Contender::new(&[2], || doctor("check", &policy))
+                    .before(|| f.reset_journal("five")),
+                Contender::new(&[0], || floor(&floor_spec(true))),
+                Contender::new(&[0], || {
                     let mut c = Command::new("bash");
                     c.arg(&script);
                     c
-                },
-            ),
+                }),
+            ],
         );
+        let d = t.raw("doctor check, 5 incidents", stats[0]);
+        let fl = t.raw("floor, 5 incidents", stats[1]);
+        let sh = t.raw("operator's shell procedure, 5 incidents", stats[2]);
         t.row(
             "five incidents, check, wall / CPU vs floor",
             format!(
@@ -698,30 +724,23 @@ fn incidents_rows(t: &mut Table, f: &Incidents, engine: Option<&Engine>, n: usiz
     }
 
     let policy = f.policy("pidport", &["pid", "port"], None, &cache, None);
-    let d = t.raw(
-        "doctor check, PID file + port",
-        runs(
-            n,
-            &[2],
-            || f.reset_journal("pidport"),
-            || doctor("check", &policy),
-        ),
-    );
+    let check =
+        || Contender::new(&[2], || doctor("check", &policy)).before(|| f.reset_journal("pidport"));
     if have("monit") {
         let rc = monit_rc(f);
-        let m = t.raw(
-            "monit validate, PID file + port",
-            runs(
-                n,
-                &[0, 1, 3],
-                || {},
-                || {
+        let stats = interleaved(
+            n,
+            &mut [
+                check(),
+                Contender::new(&[0, 1, 3], || {
                     let mut c = Command::new("monit");
                     c.arg("-c").arg(&rc).arg("validate");
                     c
-                },
-            ),
+                }),
+            ],
         );
+        let d = t.raw("doctor check, PID file + port", stats[0]);
+        let m = t.raw("monit validate, PID file + port", stats[1]);
         t.row(
             "PID file + port subset vs `monit validate`",
             format!(
@@ -734,6 +753,10 @@ fn incidents_rows(t: &mut Table, f: &Incidents, engine: Option<&Engine>, n: usiz
             ratio(d.wall, m.wall) <= 1.0,
         );
     } else {
+        let d = t.raw(
+            "doctor check, PID file + port",
+            interleaved(n, &mut [check()])[0],
+        );
         t.note(
             "PID file + port subset vs `monit validate`",
             format!("monit not installed; doctor {}", ms(d.wall)),
@@ -782,33 +805,59 @@ fn monit_rc(f: &Incidents) -> PathBuf {
     rc
 }
 
-/// A policy whose one plugin is not due: the cost of starting, reading the
-/// policy and the journal's last runs, and saying so.
-fn fixed_cost_rows(t: &mut Table, f: &Incidents, n: usize) {
+/// The five-incident policy (four without an engine) with `every = "1h"`
+/// on each plugin, its journal warmed by one check: first the fsyncs of ten
+/// more checks, then `doctor run` against that journal, where every plugin
+/// ran within the hour, so nothing is due.
+fn tick_rows(t: &mut Table, f: &Incidents, engine: Option<&Engine>, n: usize) {
     let cache = f.dir.join("cache");
-    let policy = f.policy("notdue", &["pid"], None, &cache, Some("1h"));
-    f.reset_journal("notdue");
-    measure(&mut doctor("run", &policy), &[0, 1, 2]);
-    let d = t.raw(
-        "doctor run, nothing due",
-        runs(n, &[0, 1, 2], || {}, || doctor("run", &policy)),
+    let socket = engine.map(|e| e.proxy.clone());
+    let parts: &[&str] = if engine.is_some() {
+        &["pid", "chunks", "jobs", "port", "containers"]
+    } else {
+        &["pid", "chunks", "jobs", "port"]
+    };
+    let incidents = if engine.is_some() {
+        "five incidents"
+    } else {
+        "four incidents (no podman)"
+    };
+    let policy = f.policy("tick", parts, socket.as_deref(), &cache, Some("1h"));
+    f.reset_journal("tick");
+    measure(&mut doctor("check", &policy), &[2]);
+    fsync_rows(t, &policy, incidents);
+
+    // The tick must find nothing due, or it measures a check.
+    let out = doctor("run", &policy)
+        .output()
+        .expect("doctor run, nothing due");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("doctor run --format json");
+    assert!(
+        report["run_id"] == 0 && report["plugins"].as_array().is_some_and(|p| p.is_empty()),
+        "doctor run found something due: {report}"
     );
-    let e = t.raw(
-        "empty process (true)",
-        runs(n, &[0], || {}, || Command::new("true")),
+    let stats = interleaved(
+        n,
+        &mut [
+            Contender::new(&[0, 1, 2], || doctor("run", &policy)),
+            Contender::new(&[0], || Command::new("true")),
+        ],
     );
+    let d = t.raw(&format!("doctor run, nothing due ({incidents})"), stats[0]);
+    let e = t.raw("true (started the same way)", stats[1]);
     let above = d.wall.saturating_sub(e.wall);
     t.row(
-        "fixed cost (policy with no due plugin) vs empty process",
+        &format!("`doctor run` with nothing due ({incidents} policy) vs `true`"),
         format!(
-            "{} vs {} (+{}; CPU {} vs {})",
+            "+{} ({} vs {}; CPU {} vs {})",
+            ms(above),
             ms(d.wall),
             ms(e.wall),
-            ms(above),
             ms(d.cpu),
             ms(e.cpu)
         ),
-        "≤ 2 ms above it",
+        "≤ +2 ms",
         above <= Duration::from_millis(2),
     );
 }
@@ -818,27 +867,23 @@ fn cold_rows(t: &mut Table, f: &Incidents, n: usize) {
     let four = ["pid", "chunks", "jobs", "port"];
     let cold_cache = f.dir.join("cold-cache");
     let policy = f.policy("cold", &four, None, &cold_cache, None);
-    let cold = t.raw(
-        "doctor check, 4 incidents, empty cache",
-        runs(
-            n,
-            &[2],
-            || {
+    // A second policy on a cache of its own that stays warm, so the two
+    // can take turns.
+    let warm_cache = f.dir.join("warm-cache");
+    let warm_policy = f.policy("warm", &four, None, &warm_cache, None);
+    let stats = interleaved(
+        n,
+        &mut [
+            Contender::new(&[2], || doctor("check", &policy)).before(|| {
                 f.reset_journal("cold");
                 let _ = std::fs::remove_dir_all(&cold_cache);
-            },
-            || doctor("check", &policy),
-        ),
+            }),
+            Contender::new(&[2], || doctor("check", &warm_policy))
+                .before(|| f.reset_journal("warm")),
+        ],
     );
-    let warm = t.raw(
-        "doctor check, 4 incidents, warm cache",
-        runs(
-            n,
-            &[2],
-            || f.reset_journal("cold"),
-            || doctor("check", &policy),
-        ),
-    );
+    let cold = t.raw("doctor check, 4 incidents, empty cache", stats[0]);
+    let warm = t.raw("doctor check, 4 incidents, warm cache", stats[1]);
     t.row(
         "first run after install vs warm",
         format!(
@@ -852,48 +897,63 @@ fn cold_rows(t: &mut Table, f: &Incidents, n: usize) {
     );
 }
 
-/// fsync + fdatasync calls of one `doctor check` (strace), journal existing.
-fn fsync_rows(t: &mut Table, f: &Incidents) {
+/// fsync-family calls of ten `doctor check`s (strace -f, each its own
+/// process) on a journal that already exists, their mean, and which files
+/// they synced.
+fn fsync_rows(t: &mut Table, policy: &Path, incidents: &str) {
+    let work = format!("fsyncs per `check` (mean of 10 warm checks, {incidents})");
     if !have("strace") {
-        t.note("fsyncs per `check`", "strace not installed".into(), "≤ 1");
+        t.note(&work, "strace not installed".into(), "≤ 1");
         return;
     }
-    let cache = f.dir.join("cache");
-    let policy = f.policy(
-        "fsync",
-        &["pid", "chunks", "jobs", "port"],
-        None,
-        &cache,
-        None,
-    );
-    f.reset_journal("fsync");
-    measure(&mut doctor("check", &policy), &[2]);
-    let out = f.dir.join("strace.out");
-    let mut c = Command::new("strace");
-    c.args([
-        "-f",
-        "-qq",
-        "-e",
-        "trace=fsync,fdatasync,sync_file_range",
-        "-o",
-    ])
-    .arg(&out)
-    .arg(DOCTOR)
-    .args(["check", "--policy"])
-    .arg(&policy)
-    .env("DOCTOR_LOG", "error");
-    measure(&mut c, &[2]);
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
-    let count = text
-        .lines()
-        .filter(|l| l.contains("sync") && !l.contains("resumed>"))
-        .count();
-    t.row(
-        "fsyncs per `check` (second run, journal exists)",
-        count.to_string(),
-        "≤ 1",
-        count <= 1,
-    );
+    let out = policy.with_extension("strace");
+    let mut total = 0usize;
+    let mut by_file: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..10 {
+        let mut c = Command::new("strace");
+        c.args([
+            "-f",
+            "-qq",
+            "-y",
+            "-e",
+            "trace=fsync,fdatasync,sync_file_range,syncfs,sync,msync",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(doctor_bin())
+        .args(["check", "--policy"])
+        .arg(policy)
+        .env("DOCTOR_LOG", "error");
+        measure(&mut c, &[2]);
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        for line in text
+            .lines()
+            .filter(|l| l.contains("sync") && !l.contains("resumed>"))
+        {
+            total += 1;
+            // `fdatasync(7</path/journal.db-wal>) = 0`: the file, without its directory.
+            let file = line
+                .split_once('<')
+                .and_then(|(_, rest)| rest.split_once('>'))
+                .map(|(path, _)| path.rsplit('/').next().unwrap_or(path).to_string())
+                .unwrap_or_else(|| "?".into());
+            *by_file.entry(file).or_default() += 1;
+        }
+    }
+    let mean = total as f64 / 10.0;
+    let files = if by_file.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({})",
+            by_file
+                .iter()
+                .map(|(f, n)| format!("{f}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    t.row(&work, format!("{mean:.1}{files}"), "≤ 1", mean <= 1.0);
 }
 
 /// As root, the 10k section runs in a private pid namespace (`unshare --pid
@@ -981,37 +1041,24 @@ fn ten_thousand_rows(t: &mut Table, f: &Incidents, n: usize, how: &str) {
     let cache = f.dir.join("cache");
 
     let policy = f.policy("pid10k", &["pid"], None, &cache, None);
-    let d = t.raw(
-        "doctor check pid-file-stop, 10k processes",
-        runs(
-            n,
-            &[1, 2],
-            || f.reset_journal("pid10k"),
-            || doctor("check", &policy),
-        ),
-    );
-    let fl = t.raw(
-        "floor pid file + /proc scan, 10k processes",
-        runs(
-            n,
-            &[0],
-            || {},
-            || floor(&format!("pid={};scan=1", f.pid_file.display())),
-        ),
-    );
-    let ps = t.raw(
-        "ps -e, 10k processes",
-        runs(
-            n,
-            &[0],
-            || {},
-            || {
+    let stats = interleaved(
+        n,
+        &mut [
+            Contender::new(&[1, 2], || doctor("check", &policy))
+                .before(|| f.reset_journal("pid10k")),
+            Contender::new(&[0], || {
+                floor(&format!("pid={};scan=1", f.pid_file.display()))
+            }),
+            Contender::new(&[0], || {
                 let mut c = Command::new("ps");
                 c.arg("-e");
                 c
-            },
-        ),
+            }),
+        ],
     );
+    let d = t.raw("doctor check pid-file-stop, 10k processes", stats[0]);
+    let fl = t.raw("floor pid file + /proc scan, 10k processes", stats[1]);
+    let ps = t.raw("ps -e, 10k processes", stats[2]);
     t.row(
         "pid-file-stop at 10k processes vs floor",
         format!(
@@ -1027,32 +1074,22 @@ fn ten_thousand_rows(t: &mut Table, f: &Incidents, n: usize, how: &str) {
     );
 
     let policy = f.policy("port10k", &["port"], None, &cache, None);
-    let dp = t.raw(
-        "doctor check port-9403-freer, 10k processes",
-        runs(
-            n,
-            &[1, 2],
-            || f.reset_journal("port10k"),
-            || doctor("check", &policy),
-        ),
-    );
-    let ss = t.raw(
-        "ss -ltnp, 10k processes",
-        runs(
-            n,
-            &[0],
-            || {},
-            || {
+    let stats = interleaved(
+        n,
+        &mut [
+            Contender::new(&[1, 2], || doctor("check", &policy))
+                .before(|| f.reset_journal("port10k")),
+            Contender::new(&[0], || {
                 let mut c = Command::new("ss");
                 c.arg("-ltnp");
                 c
-            },
-        ),
+            }),
+            Contender::new(&[0], || floor(&format!("port={}", f.port))),
+        ],
     );
-    t.raw(
-        "floor port owner, 10k processes",
-        runs(n, &[0], || {}, || floor(&format!("port={}", f.port))),
-    );
+    let dp = t.raw("doctor check port-9403-freer, 10k processes", stats[0]);
+    let ss = t.raw("ss -ltnp, 10k processes", stats[1]);
+    t.raw("floor port owner, 10k processes", stats[2]);
     t.row(
         "port at 10k processes vs `ss -ltnp`",
         format!(
@@ -1109,20 +1146,19 @@ fn million_rows(t: &mut Table, root: &Path, n: usize) {
         c.arg(&work).arg(sql);
         c
     };
-    let check = t.raw(
-        "doctor check, 1M rows",
-        runs(n, &[2], reset, || doctor("check", &policy)),
+    let stats = interleaved(
+        n,
+        &mut [
+            Contender::new(&[2], || doctor("check", &policy)).before(reset),
+            Contender::new(&[0], || sqlite3("SELECT id, assigned_worker, started_at FROM chunks WHERE status = 'running'; SELECT status, count(*) FROM chunks GROUP BY status;")).before(reset),
+            Contender::new(&[0, 1, 2], || doctor("fix", &policy)).before(reset),
+            Contender::new(&[0], || sqlite3("UPDATE chunks SET status = 'pending', assigned_worker = NULL, started_at = NULL WHERE status = 'running';")).before(reset),
+        ],
     );
-    let select = t.raw("sqlite3 same queries, 1M rows", runs(n, &[0], reset, || {
-        sqlite3("SELECT id, assigned_worker, started_at FROM chunks WHERE status = 'running'; SELECT status, count(*) FROM chunks GROUP BY status;")
-    }));
-    let fix = t.raw(
-        "doctor fix, 1M rows",
-        runs(n, &[0, 1, 2], reset, || doctor("fix", &policy)),
-    );
-    let update = t.raw("sqlite3 one set-based UPDATE, 1M rows", runs(n, &[0], reset, || {
-        sqlite3("UPDATE chunks SET status = 'pending', assigned_worker = NULL, started_at = NULL WHERE status = 'running';")
-    }));
+    let check = t.raw("doctor check, 1M rows", stats[0]);
+    let select = t.raw("sqlite3 same queries, 1M rows", stats[1]);
+    let fix = t.raw("doctor fix, 1M rows", stats[2]);
+    let update = t.raw("sqlite3 one set-based UPDATE, 1M rows", stats[3]);
     let (rc, rf) = (ratio(check.wall, select.wall), ratio(fix.wall, update.wall));
     t.row(
         "1M rows: check vs same queries / fix vs one set-based UPDATE",
@@ -1142,21 +1178,21 @@ fn build_million(path: &Path) {
     chunks::build_chunk_table(path, ROWS, ORPHANS);
 }
 
-fn binary_rows(t: &mut Table, root: &Path) {
+fn binary_rows(t: &mut Table, root: &Path, doctor_path: &Path) {
     let size =
         |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / (1024.0 * 1024.0);
     let stripped = root.join("doctor-stripped");
     let ok = Command::new("strip")
         .arg("-o")
         .arg(&stripped)
-        .arg(DOCTOR)
+        .arg(doctor_path)
         .status()
         .is_ok_and(|s| s.success());
     if ok {
         let s = size(&stripped);
         t.row(
             "stripped binary",
-            format!("{s:.1} MiB (unstripped {:.1} MiB)", size(Path::new(DOCTOR))),
+            format!("{s:.1} MiB (unstripped {:.1} MiB)", size(doctor_path)),
             "≤ 18 MiB",
             s <= 18.0,
         );
@@ -1165,13 +1201,13 @@ fn binary_rows(t: &mut Table, root: &Path) {
             "stripped binary",
             format!(
                 "strip not installed; unstripped {:.1} MiB",
-                size(Path::new(DOCTOR))
+                size(doctor_path)
             ),
             "≤ 18 MiB",
         );
     }
     // The opt-in `dist` profile (fat LTO), when it has been built beside this one.
-    let dist = Path::new(DOCTOR)
+    let dist = doctor_path
         .parent()
         .and_then(Path::parent)
         .map(|target| target.join("dist").join("doctor"));

@@ -108,16 +108,24 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
         tracing::warn!("{w}");
     }
     let selected = select(&policy, &catalog, &opts.plugins)?;
-    let due = due_plugins(&journal_file, selected, opts.mode, started_ms)?;
-    // A timer tick with nothing due is most ticks: it needs no wasmtime
-    // engine (about half its cost), only the journal's open findings.
-    if opts.mode == Mode::Scheduled && due.is_empty() {
-        return not_due_report(&journal_file, started.elapsed());
-    }
+    // A timer tick with nothing due is most ticks: it reads the journal
+    // once (read-only: when each plugin last ran, then its open findings)
+    // and touches no plugin bytes and no wasmtime engine.
+    let due = if opts.mode == Mode::Scheduled {
+        let tick = Journal::open_for_tick(&journal_file)?;
+        let due = due_plugins(tick.as_ref(), selected, started_ms)?;
+        if due.is_empty() {
+            return not_due_report(tick.as_ref(), started.elapsed());
+        }
+        due
+    } else {
+        selected
+    };
     let runtime = PluginRuntime::new(Some(cache_dir(&policy, &journal_file)))?;
     let prepared = prepare(&runtime, &policy, due, opts.mode)?;
     if opts.mode == Mode::Scheduled && prepared.is_empty() {
-        return not_due_report(&journal_file, started.elapsed());
+        let tick = Journal::open_for_tick(&journal_file)?;
+        return not_due_report(tick.as_ref(), started.elapsed());
     }
 
     let _lock = JournalLock::acquire(&journal_file, policy.doctor.lock_wait)?;
@@ -268,12 +276,11 @@ fn select(
 /// A scheduled tick with nothing due records no run; its report carries the
 /// open findings of earlier runs, so monitoring keeps seeing them.
 fn not_due_report(
-    journal_file: &std::path::Path,
+    journal: Option<&Journal>,
     elapsed: std::time::Duration,
 ) -> Result<RunReport, Fatal> {
     let mut report = RunReport::new(0, Mode::Scheduled.name(), Vec::new());
-    if journal_file.exists() {
-        let journal = Journal::open_read_only(journal_file)?;
+    if let Some(journal) = journal {
         let open = crate::journal::query::findings(journal.connection(), &Default::default())
             .map_err(anyhow::Error::from)?;
         report.add_remembered(open);
@@ -282,18 +289,17 @@ fn not_due_report(
     Ok(report)
 }
 
-/// In scheduled mode, only plugins whose `every` has passed since they last
-/// ran (read from the journal without taking its lock).
+/// The plugins of a scheduled tick whose `every` has passed since they last
+/// ran (all of them when there is no journal yet).
 fn due_plugins(
-    journal_file: &std::path::Path,
+    journal: Option<&Journal>,
     selected: Vec<(Entry, PluginPolicy)>,
-    mode: Mode,
     now_ms: u64,
 ) -> Result<Vec<(Entry, PluginPolicy)>, Fatal> {
-    if mode != Mode::Scheduled {
-        return Ok(selected);
-    }
-    let last = crate::journal::last_runs(journal_file)?;
+    let last = match journal {
+        Some(journal) => journal.last_runs()?,
+        None => Default::default(),
+    };
     Ok(selected
         .into_iter()
         .filter(|(e, p)| {
