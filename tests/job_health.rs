@@ -147,25 +147,39 @@ fn a_job_table_with_every_status_is_repaired_per_policy_and_nothing_else_is_touc
 
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
+    let dead_key = format!("worker:{dead_pid}:orphaned");
     assert_eq!(
         keys(&doc),
         vec![
-            "job:10:hung",
-            "job:1:orphaned",
-            "job:2:orphaned",
-            "job:3:stale",
-            "table:jobs:summary"
+            "job:10:hung".to_string(),
+            "job:3:stale".into(),
+            "table:jobs:summary".into(),
+            dead_key.clone()
         ],
         "{doc:#}"
     );
-    assert_eq!(
-        finding(&doc, PLUGIN, "job:1:orphaned").unwrap()["severity"],
-        "critical"
-    );
-    assert!(finding(&doc, PLUGIN, "job:1:orphaned").unwrap()["message"]
+    // One finding for the dead worker's two jobs; each gets its own remedy:
+    // job 1 a requeue, job 2 (at max attempts) a fail, two set-based writes.
+    let orphaned = finding(&doc, PLUGIN, &dead_key).unwrap();
+    assert_eq!(orphaned["severity"], "critical");
+    assert!(orphaned["message"]
         .as_str()
         .unwrap()
         .contains(&format!("pid {dead_pid} is not running")));
+    assert_eq!(orphaned["evidence"]["ids"], "1, 2");
+    assert_eq!(orphaned["evidence"]["remedy"], "requeue (1), fail (1)");
+    let described: Vec<&str> = orphaned["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["description"].as_str().unwrap())
+        .collect();
+    assert_eq!(described.len(), 2, "{described:?}");
+    assert!(
+        described[0].starts_with(&format!("job 1 of worker {dead_pid}: requeue as pending"))
+            && described[1].starts_with(&format!("job 2 of worker {dead_pid}: mark failed: doctor: pid {dead_pid} is not running; gave up after 3 attempt(s)")),
+        "{described:?}"
+    );
     assert_eq!(
         finding(&doc, PLUGIN, "job:3:stale").unwrap()["severity"],
         "warning"
@@ -180,19 +194,16 @@ fn a_job_table_with_every_status_is_repaired_per_policy_and_nothing_else_is_touc
     assert_eq!(rows(&db), before, "check changes nothing");
 
     let (code, doc) = s.doctor_json(&["fix"]);
-    let outcome = |key: &str| {
-        finding(&doc, PLUGIN, key).unwrap()["actions"][0]["outcome"]
+    let outcome = |key: &str, i: usize| {
+        finding(&doc, PLUGIN, key).unwrap()["actions"][i]["outcome"]
             .as_str()
             .unwrap()
             .to_string()
     };
-    assert_eq!(outcome("job:1:orphaned"), "applied");
-    assert_eq!(outcome("job:2:orphaned"), "applied");
-    assert_eq!(outcome("job:3:stale"), "applied");
-    assert_eq!(
-        finding(&doc, PLUGIN, "job:1:orphaned").unwrap()["status"],
-        "fixed"
-    );
+    assert_eq!(outcome(&dead_key, 0), "applied");
+    assert_eq!(outcome(&dead_key, 1), "applied");
+    assert_eq!(outcome("job:3:stale", 0), "applied");
+    assert_eq!(finding(&doc, PLUGIN, &dead_key).unwrap()["status"], "fixed");
     // job 10 stays (alive, stale heartbeat) as an open warning.
     assert_eq!(code, 1, "{doc:#}");
 
@@ -238,7 +249,7 @@ fn the_race_a_job_picked_up_by_a_live_worker_is_not_clobbered() {
         &["UPDATE jobs SET pid = '{pid}' WHERE id = 1"],
         &[],
     );
-    kill(dead);
+    let dead_pid = kill(dead);
     policy(&s, &db, "on_orphaned = \"requeue\"");
     let (code, _) = s.doctor_json(&["check"]);
     assert_eq!(code, 2);
@@ -253,7 +264,8 @@ fn the_race_a_job_picked_up_by_a_live_worker_is_not_clobbered() {
         &["--wal", "--hold", "1.2", "--exec-after", "COMMIT"],
     );
     let (code, doc) = s.doctor_json(&["fix"]);
-    let f = finding(&doc, PLUGIN, "job:1:orphaned").unwrap_or_else(|| panic!("{doc:#}"));
+    let f = finding(&doc, PLUGIN, &format!("worker:{dead_pid}:orphaned"))
+        .unwrap_or_else(|| panic!("{doc:#}"));
     assert_eq!(f["actions"][0]["outcome"], "skipped", "{f:#}");
     assert_eq!(code, 0, "{doc:#}");
     assert_eq!(
