@@ -658,6 +658,210 @@ fn owners_beyond_max_chunk_findings_share_one_overflow_finding() {
     );
 }
 
+/// One set-based reset, one row of it taken meanwhile: by a process that
+/// reused the dead worker's pid (same owner value) and claimed the chunk
+/// anew. The claim time is part of each row's compare-and-swap: the other
+/// rows are reset, that one is left to its new owner.
+#[test]
+fn a_row_reclaimed_under_the_same_owner_between_check_and_write_is_left_out_of_the_set() {
+    let s = Scenario::new();
+    let db = s.path("cluster.db");
+    chunks_db(&db, true);
+    let dead = worker(
+        &s,
+        &db,
+        "dead",
+        &["UPDATE chunks SET status = 'running', assigned_worker = '{pid}', started_at = 5"],
+        &[],
+    );
+    let dead_pid = kill(dead);
+    policy(&s, &db, "", "");
+    let key = format!("worker:{dead_pid}:orphaned");
+    let taker = worker(
+        &s,
+        &db,
+        "taker",
+        &[
+            "BEGIN IMMEDIATE",
+            &format!(
+                "UPDATE chunks SET started_at = 9 WHERE id = 3 AND assigned_worker = '{dead_pid}'"
+            ),
+        ],
+        &["--wal", "--hold", "1.2", "--exec-after", "COMMIT"],
+    );
+    let (code, doc) = s.doctor_json(&["fix"]);
+    // The re-check still sees chunk 3 running for a pid that is not running
+    // (this test's stand-in for the reusing process is another pid): persisting.
+    assert_eq!(code, 2, "{doc:#}");
+    let f = finding(&doc, PLUGIN, &key).unwrap();
+    assert_eq!(f["status"], "persisting", "{f:#}");
+    let action = &f["actions"][0];
+    assert_eq!(action["outcome"], "applied", "{action:#}");
+    assert!(
+        action["detail"]
+            .as_str()
+            .unwrap()
+            .contains("changed 4 row(s)"),
+        "{action:#}"
+    );
+    let after = rows(&db);
+    assert_eq!(
+        after[2],
+        (3, "running".into(), Some(dead_pid.to_string()), Some(9)),
+        "the re-claimed chunk keeps its new claim"
+    );
+    assert!(
+        after
+            .iter()
+            .filter(|r| r.0 != 3)
+            .all(|r| r.1 == "pending" && r.2.is_none()),
+        "{after:?}"
+    );
+    drop(taker);
+}
+
+/// A chunk table of `rows`: 60 % complete, the rest pending.
+fn big_chunks_db(path: &Path, rows: i64) {
+    let c = Connection::open(path).unwrap();
+    c.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE chunks (id INTEGER PRIMARY KEY, status TEXT NOT NULL, assigned_worker TEXT, started_at INTEGER, payload TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+         INSERT INTO chunks SELECT i, CASE WHEN i <= {rows} * 6 / 10 THEN 'complete' ELSE 'pending' END, NULL, NULL, 'chunk-' || i FROM n;
+         CREATE INDEX chunks_by_status ON chunks (status);"
+    ))
+    .unwrap();
+}
+
+/// Issue 21, item 4: a large incident within the default budget. 100,000
+/// chunks; five real workers each claim 2,000 of them (scattered ids;
+/// three in one batch, two chunk by chunk) and are SIGKILLed; a live worker
+/// holds 100. One `doctor fix` with the default action budget (40 per
+/// plugin) resets all 10,000 in one run, one finding per dead worker, one
+/// set-based compare-and-swap each (two where the claim times differ per
+/// chunk, which each row's guard lists: the statement size bound splits
+/// it); the live worker's chunks are untouched.
+#[test]
+fn ten_thousand_chunks_of_five_dead_workers_are_reset_in_one_run_within_the_default_budget() {
+    let s = Scenario::new();
+    let db = s.path("cluster.db");
+    big_chunks_db(&db, 100_000);
+    // A batch claimed at once (one claim time), or chunk by chunk (a claim time each).
+    let claim = |n: i64, at: &str| {
+        format!("UPDATE chunks SET status = 'running', assigned_worker = '{{pid}}', started_at = {at} WHERE id IN (SELECT id FROM chunks WHERE status = 'pending' ORDER BY random() LIMIT {n})")
+    };
+    let mut dead = Vec::new();
+    for i in 0..5 {
+        let at = if i < 3 {
+            "{now_s}"
+        } else {
+            "{now_s} - id % 600"
+        };
+        let w = worker(
+            &s,
+            &db,
+            &format!("dead{i}"),
+            &[&claim(2000, at)],
+            &["--wal"],
+        );
+        dead.push(kill(w));
+    }
+    let mut live = worker(&s, &db, "live", &[&claim(100, "{now_s}")], &["--wal"]);
+    let live_rows = |db: &Path| -> Vec<(i64, String, Option<String>, Option<i64>)> {
+        rows(db)
+            .into_iter()
+            .filter(|r| r.2.as_deref() == Some(&live.pid().to_string()))
+            .collect()
+    };
+    let live_before = live_rows(&db);
+    assert_eq!(live_before.len(), 100);
+    policy(&s, &db, "", "");
+
+    let started = Instant::now();
+    let (code, doc) = s.doctor_json(&["fix"]);
+    let took = started.elapsed();
+    assert_eq!(
+        code,
+        0,
+        "{}",
+        &doc.to_string()[..4000.min(doc.to_string().len())]
+    );
+    let mut keys = orphan_keys(&doc);
+    keys.sort();
+    let mut want: Vec<String> = dead
+        .iter()
+        .map(|p| format!("worker:{p}:orphaned"))
+        .collect();
+    want.sort();
+    assert_eq!(keys, want, "one finding per dead worker");
+    let mut actions = 0;
+    for key in &keys {
+        let f = finding(&doc, PLUGIN, key).unwrap();
+        assert_eq!(f["evidence"]["count"], "2000");
+        assert!(
+            f["evidence"]["ids"]
+                .as_str()
+                .unwrap()
+                .ends_with("… and 1950 more"),
+            "{:#}",
+            f["evidence"]
+        );
+        assert_eq!(f["status"], "fixed");
+        let outcomes = action_outcomes(&doc, key);
+        assert!(!outcomes.is_empty() && outcomes.len() <= 2, "{outcomes:?}");
+        assert!(outcomes
+            .iter()
+            .all(|(k, o)| k == "sql-exec" && o == "applied"));
+        actions += outcomes.len();
+    }
+    let c = Connection::open(&db).unwrap();
+    let running: i64 = c
+        .query_row(
+            "SELECT count(*) FROM chunks WHERE status = 'running'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(running, 100, "only the live worker's chunks are running");
+    assert_eq!(
+        live_rows(&db),
+        live_before,
+        "the live worker's chunks are untouched"
+    );
+    let reset: i64 = c
+        .query_row("SELECT count(*) FROM chunks WHERE status = 'pending' AND assigned_worker IS NULL AND started_at IS NULL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(reset, 40_000 - 100);
+    // The journal: as many applied writes as the report shows, 10,000 rows changed in all.
+    let journal = s.journal();
+    let changed: Vec<String> = journal
+        .prepare("SELECT after FROM actions WHERE plugin = ?1 AND kind = 'sql-exec' AND outcome = 'applied'")
+        .unwrap()
+        .query_map([PLUGIN], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(changed.len(), actions);
+    let total: i64 = changed
+        .iter()
+        .map(|a| a.split(' ').next().unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(total, 10_000, "{changed:?}");
+    eprintln!(
+        "sqlite-chunk-reset: 10000 orphaned chunks of 5 dead workers (100000 rows, 100 live): {actions} sql-exec actions, one run, {:.2} s",
+        took.as_secs_f64()
+    );
+
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 0, "{doc:#}");
+    assert!(orphan_keys(&doc).is_empty());
+    assert_eq!(
+        finding(&doc, PLUGIN, "table:chunks:state").unwrap()["evidence"]["state"],
+        "Processing"
+    );
+    assert!(live.running());
+}
+
 #[test]
 fn a_coordinator_pattern_without_a_scope_is_not_searched_and_a_live_workers_chunk_stays() {
     let s = Scenario::new();
