@@ -125,8 +125,8 @@ fn update(table: &str, sets: &str, conds: &[String]) -> String {
 }
 
 /// The most a set-based statement and its parameters may weigh, under the
-/// host's 64 KiB bound on one `sql-exec`.
-pub const MAX_STATEMENT: usize = 60 << 10;
+/// host's 64 KiB bound on one `sql-exec` (the estimate is from above).
+pub const MAX_STATEMENT: usize = 62 << 10;
 /// The host takes at most 64 actions per finding: statements beyond wait for the next run.
 pub const MAX_BATCHES: usize = 64;
 
@@ -198,36 +198,47 @@ pub fn merge(rows: Vec<Update>, table: &str) -> Vec<Merged> {
 }
 
 /// `members` cut into statements of at most [`MAX_STATEMENT`] bytes (text
-/// and parameters as the host counts them), estimated from above.
+/// and parameters as the host counts them), estimated from above: the
+/// fixed text from the first row's one-row statement, then each row's marks
+/// (`?N, ` in the key list, `(?N, ?M), ` when values are compared) and values.
 fn parts(rows: &[Update], members: &[usize], varying: &[bool], table: &str) -> Vec<Vec<usize>> {
     let first = &rows[members[0]];
     let (statement, params) = first.clone().build(table);
-    let base = statement.len()
-        + params.iter().map(json_len).sum::<usize>()
-        + first.conds.iter().map(|c| c.0.len() + 2).sum::<usize>()
-        + 64;
-    let (mut out, mut size) = (Vec::<Vec<usize>>::new(), usize::MAX);
+    let (fixed, shared) = (
+        statement.len()
+            + params.iter().map(json_len).sum::<usize>()
+            + first.conds.iter().map(|c| c.0.len() + 2).sum::<usize>()
+            + 64,
+        params.len(),
+    );
+    let mark = |n: usize| 3 + n.to_string().len();
     let compared = varying.iter().filter(|v| **v).count();
+    let (mut out, mut size, mut next) = (Vec::<Vec<usize>>::new(), usize::MAX, 0);
     for &i in members {
         let u = &rows[i];
-        let values = u.key.iter().map(|k| &k.1).chain(
-            u.conds
-                .iter()
-                .zip(varying)
-                .filter(|(_, v)| **v)
-                .map(|(c, _)| &c.2),
-        );
-        // `?N, ` in the key list; with compared values, `(?N, ?M), ` too.
-        let marks = match compared {
-            0 => 8,
-            n => 8 + 4 + 8 * (n + 1),
+        let values: Vec<&SqlValue> = u
+            .key
+            .iter()
+            .map(|k| &k.1)
+            .chain(
+                u.conds
+                    .iter()
+                    .zip(varying)
+                    .filter(|(_, v)| **v)
+                    .map(|(c, _)| &c.2),
+            )
+            .collect();
+        let marks = |from: usize| match compared {
+            0 => mark(from),
+            _ => mark(from) + 4 + (from..from + values.len()).map(mark).sum::<usize>(),
         };
-        let cost = marks + values.map(json_len).sum::<usize>();
-        if size.saturating_add(cost) > MAX_STATEMENT {
+        let cost = |from| marks(from) + values.iter().map(|v| json_len(v)).sum::<usize>();
+        if size.saturating_add(cost(next)) > MAX_STATEMENT {
             out.push(Vec::new());
-            size = base;
+            (size, next) = (fixed, shared + 1);
         }
-        size += cost;
+        size += cost(next);
+        next += values.len();
         out.last_mut().expect("a part is open").push(i);
     }
     out
