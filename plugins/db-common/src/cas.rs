@@ -100,14 +100,56 @@ impl Update {
 
     /// What rows must share to be written by one statement: the same SET
     /// list and values, the same conditions, NULL in the same ones.
+    /// (Written piece by piece: it is made for every row of a large incident.)
     fn shape(&self) -> String {
-        let conds: Vec<(&str, &str, bool)> = self
-            .conds
-            .iter()
-            .map(|(what, op, v)| (what.as_str(), *op, matches!(v, SqlValue::Null)))
-            .collect();
-        let key = self.key.as_ref().map(|k| &k.0);
-        format!("{:?}|{key:?}|{conds:?}", self.sets)
+        let mut shape = String::new();
+        for (what, value) in &self.sets {
+            shape.push_str(what);
+            shape.push('\u{1}');
+            if let Some(value) = value {
+                push_value(&mut shape, value);
+            }
+            shape.push('\u{2}');
+        }
+        for (what, op) in self.key.iter().map(|k| (&k.0, "key")) {
+            shape.push_str(what);
+            shape.push_str(op);
+        }
+        for (what, op, value) in &self.conds {
+            shape.push('\u{2}');
+            shape.push_str(what);
+            shape.push_str(op);
+            shape.push(if matches!(value, SqlValue::Null) {
+                'N'
+            } else {
+                'V'
+            });
+        }
+        shape
+    }
+}
+
+/// A value into a shape, tagged with its type (text with its length, so no two values read alike).
+fn push_value(shape: &mut String, value: &SqlValue) {
+    use std::fmt::Write;
+    let _ = match value {
+        SqlValue::Null => write!(shape, "N"),
+        SqlValue::Integer(i) => write!(shape, "I{i}"),
+        SqlValue::Real(f) => write!(shape, "R{}", f.to_bits()),
+        SqlValue::Text(t) => write!(shape, "T{}:{t}", t.len()),
+        SqlValue::Blob(b) => write!(shape, "B{b:?}"),
+    };
+}
+
+/// Two values as SQLite's `IS` would compare what the check read: same type, same value.
+fn same(a: &SqlValue, b: &SqlValue) -> bool {
+    match (a, b) {
+        (SqlValue::Null, SqlValue::Null) => true,
+        (SqlValue::Integer(x), SqlValue::Integer(y)) => x == y,
+        (SqlValue::Real(x), SqlValue::Real(y)) => x.to_bits() == y.to_bits(),
+        (SqlValue::Text(x), SqlValue::Text(y)) => x == y,
+        (SqlValue::Blob(x), SqlValue::Blob(y)) => x == y,
+        _ => false,
     }
 }
 
@@ -174,10 +216,9 @@ pub fn merge(rows: Vec<Update>, table: &str) -> Vec<Merged> {
         let first = &rows[members[0]];
         let varying: Vec<bool> = (0..first.conds.len())
             .map(|c| {
-                let same = |i: &usize| {
-                    format!("{:?}", rows[*i].conds[c].2) == format!("{:?}", first.conds[c].2)
-                };
-                !members.iter().all(same)
+                !members
+                    .iter()
+                    .all(|i| same(&rows[*i].conds[c].2, &first.conds[c].2))
             })
             .collect();
         for part in parts(&rows, &members, &varying, table) {
@@ -211,24 +252,13 @@ fn parts(rows: &[Update], members: &[usize], varying: &[bool], table: &str) -> V
             + 64,
         params.len(),
     );
-    let mark = |n: usize| 3 + n.to_string().len();
-    let compared = varying.iter().filter(|v| **v).count();
+    let mark = |n: usize| 3 + digits(n as u64);
+    let differing = varying.iter().filter(|v| **v).count();
     let (mut out, mut size, mut next) = (Vec::<Vec<usize>>::new(), usize::MAX, 0);
     for &i in members {
         let u = &rows[i];
-        let values: Vec<&SqlValue> = u
-            .key
-            .iter()
-            .map(|k| &k.1)
-            .chain(
-                u.conds
-                    .iter()
-                    .zip(varying)
-                    .filter(|(_, v)| **v)
-                    .map(|(c, _)| &c.2),
-            )
-            .collect();
-        let marks = |from: usize| match compared {
+        let values: Vec<&SqlValue> = compared(u, varying).map(|(_, v)| v).collect();
+        let marks = |from: usize| match differing {
             0 => mark(from),
             _ => mark(from) + 4 + (from..from + values.len()).map(mark).sum::<usize>(),
         };
@@ -244,18 +274,21 @@ fn parts(rows: &[Update], members: &[usize], varying: &[bool], table: &str) -> V
     out
 }
 
+/// A row's key, then its values of the conditions that differ from row to row.
+fn compared<'a>(
+    u: &'a Update,
+    varying: &'a [bool],
+) -> impl Iterator<Item = (&'a String, &'a SqlValue)> {
+    let key = u.key.as_ref().expect("merged rows have keys");
+    let conds = u.conds.iter().zip(varying).filter(|(_, v)| **v);
+    std::iter::once((&key.0, &key.1)).chain(conds.map(|((what, _, v), _)| (what, v)))
+}
+
 /// Rows of one shape as one statement (see [`merge`]).
 fn set_statement(rows: &[Update], part: Vec<usize>, varying: &[bool], table: &str) -> Merged {
     let first = &rows[part[0]];
     let mut params = Vec::new();
     let sets = first.set_list(&mut params);
-    let per_row = |u: &Update| -> Vec<(String, SqlValue)> {
-        let key = u.key.clone().expect("merged rows have keys");
-        let conds = u.conds.iter().zip(varying).filter(|(_, v)| **v);
-        std::iter::once(key)
-            .chain(conds.map(|((what, _, v), _)| (what.clone(), v.clone())))
-            .collect()
-    };
     let mut conds: Vec<String> = first
         .conds
         .iter()
@@ -265,14 +298,15 @@ fn set_statement(rows: &[Update], part: Vec<usize>, varying: &[bool], table: &st
         .collect();
     let (mut keys, mut tuples) = (Vec::new(), Vec::new());
     for &i in &part {
-        let marks: Vec<String> = per_row(&rows[i])
-            .iter()
+        let marks: Vec<String> = compared(&rows[i], varying)
             .map(|(_, v)| bind(&mut params, v))
             .collect();
         keys.push(marks[0].clone());
         tuples.push(format!("({})", marks.join(", ")));
     }
-    let whats: Vec<String> = per_row(first).into_iter().map(|(what, _)| what).collect();
+    let whats: Vec<&str> = compared(first, varying)
+        .map(|(what, _)| what.as_str())
+        .collect();
     conds.push(format!("{} IN ({})", whats[0], keys.join(", ")));
     if whats.len() > 1 {
         conds.push(format!(
@@ -292,11 +326,24 @@ fn set_statement(rows: &[Update], part: Vec<usize>, varying: &[bool], table: &st
 fn json_len(v: &SqlValue) -> usize {
     match v {
         SqlValue::Null => 4,
-        SqlValue::Integer(i) => i.to_string().len(),
+        SqlValue::Integer(i) => usize::from(*i < 0) + digits(i.unsigned_abs()),
         SqlValue::Real(_) => 26,
-        SqlValue::Text(t) => serde_json::to_string(t).map_or(6 * t.len() + 2, |s| s.len()),
+        // `"` and `\\` escaped in two bytes, other control characters in up to six.
+        SqlValue::Text(t) => {
+            let escaped = |c: char| match c {
+                '"' | '\\' => 2,
+                c if c < ' ' => 6,
+                c => c.len_utf8(),
+            };
+            2 + t.chars().map(escaped).sum::<usize>()
+        }
         SqlValue::Blob(b) => 2 + 4 * b.len(),
     }
+}
+
+/// Decimal digits of `n`.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 #[cfg(test)]
