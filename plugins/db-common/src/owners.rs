@@ -79,8 +79,15 @@ impl Orphans<'_> {
     pub fn findings(&self, rows: Vec<Orphan>) -> Vec<Finding> {
         let mut owners: Vec<(String, Vec<Orphan>)> = Vec::new();
         let mut index = BTreeMap::<String, usize>::new();
+        // By the name the key gives the owner, so that keys stay unique: rows
+        // that name no worker (NULL: a table that records none, or a claim
+        // without one) are `none`; a cut name may join two owners in one
+        // finding, whose rows still compare their own worker.
         for row in rows {
-            let owner = crate::text_cut(&row.owner, OWNER_IN_KEY);
+            let owner = match crate::text_cut(&row.owner, OWNER_IN_KEY) {
+                null if null == "NULL" => "none".to_string(),
+                owner => owner,
+            };
             match index.get(&owner) {
                 Some(&i) => owners[i].1.push(row),
                 None => {
@@ -97,18 +104,18 @@ impl Orphans<'_> {
         let workers: Vec<String> = beyond.iter().map(|(owner, _)| owner.clone()).collect();
         let rest: Vec<Orphan> = beyond.into_iter().flat_map(|(_, rows)| rows).collect();
         let (mut room, mut out) = (WRITE_ROOM, Vec::new());
-        for (owner, rows) in owners {
-            // Rows that name no worker (NULL: a table that records none, or a claim without one).
-            let (name, whose) = match owner.as_str() {
-                "NULL" => ("none".to_string(), "with no worker recorded".to_string()),
-                _ => (owner.clone(), format!("for worker {owner}")),
+        for (name, rows) in owners {
+            let whose = match rows[0].owner.as_str() {
+                "NULL" => "with no worker recorded".to_string(),
+                owner => format!("for worker {owner}"),
             };
             let f = Finding::critical(
                 format!("worker:{name}:orphaned"),
                 format!("worker {name}"),
                 self.message(&rows, &whose),
             );
-            out.push(self.writes(f.evidence("worker", &owner), rows, &mut room));
+            let f = f.evidence("worker", &rows[0].owner);
+            out.push(self.writes(f, rows, &mut room));
         }
         if !rest.is_empty() {
             let whose = format!("for {} other worker(s)", workers.len());
@@ -317,7 +324,8 @@ mod tests {
         assert!(f[3]
             .message()
             .starts_with("chunk 5 is running for 1 other worker(s)"));
-        let none = orphans(5).findings(vec![orphan("NULL", 5, false)]);
+        let none = orphans(5).findings(vec![orphan("NULL", 5, false), orphan("none", 6, false)]);
+        assert_eq!(none.len(), 1, "one key, never two findings of one key");
         assert_eq!(none[0].key(), "worker:none:orphaned");
         assert!(none[0].message().contains("with no worker recorded"));
         assert_eq!(none[0].action_count(), 0, "no write proposed, none planned");
