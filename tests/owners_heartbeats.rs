@@ -115,16 +115,25 @@ fn every_owner_form_is_read_and_other_hosts_are_judged_by_heartbeat_only() {
 
     let (code, doc) = s.doctor_json(&["fix"]);
     assert_eq!(code, 1, "fixed; warnings remain: {doc:#}");
+    // One finding per owner: 1, 4 and 7 are three owners.
+    let mut want = [
+        format!("worker:{d}:orphaned"),
+        format!("worker:{d}@{h}:orphaned"),
+        format!("worker:other-node:{l}:orphaned"),
+    ];
+    want.sort();
     assert_eq!(
         keys_ending(&doc, "sqlite-chunk-reset", ":orphaned"),
-        [
-            "chunk:chunks:1:orphaned",
-            "chunk:chunks:4:orphaned",
-            "chunk:chunks:7:orphaned"
-        ],
+        want,
         "{doc:#}"
     );
-    let remote = finding(&doc, "sqlite-chunk-reset", "chunk:chunks:7:orphaned").unwrap();
+    let remote = finding(
+        &doc,
+        "sqlite-chunk-reset",
+        &format!("worker:other-node:{l}:orphaned"),
+    )
+    .unwrap();
+    assert_eq!(remote["evidence"]["ids"], "7");
     let message = remote["message"].as_str().unwrap();
     assert!(
         message.contains("host other-node")
@@ -174,9 +183,14 @@ fn declared_owner_formats_including_a_regex() {
         "owner_format = \"^w-(?P<host>.+)-(?P<pid>\\\\d+)$\"",
     );
     let (_, doc) = s.doctor_json(&["fix"]);
+    let mut want = [
+        format!("worker:w-{h}-{d}:orphaned"),
+        format!("worker:w-elsewhere-{l}:orphaned"),
+    ];
+    want.sort();
     assert_eq!(
         keys_ending(&doc, "sqlite-chunk-reset", ":orphaned"),
-        ["chunk:chunks:1:orphaned", "chunk:chunks:3:orphaned"],
+        want,
         "{doc:#}"
     );
     let unknown = finding(&doc, "sqlite-chunk-reset", "chunk:chunks:4:unknown-worker")
@@ -205,7 +219,7 @@ fn declared_owner_formats_including_a_regex() {
     let (_, doc) = s.doctor_json(&["check"]);
     assert_eq!(
         keys_ending(&doc, "sqlite-chunk-reset", ":orphaned"),
-        ["chunk:chunks:1:orphaned"],
+        [format!("worker:{d}@{h}:orphaned")],
         "{doc:#}"
     );
     assert!(
@@ -264,38 +278,35 @@ config = {{ db = "training", worker_column = "", heartbeat_column = "heartbeat_a
 
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
-    let orphaned = keys_ending(&doc, "job-health", ":orphaned");
-    let want: Vec<String> = [1, 12, 3, 4, 5, 6, 7, 8]
-        .iter()
-        .map(|i| format!("job:{i}:orphaned"))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    assert_eq!(orphaned, want, "{doc:#}");
-    let read_as = |id: i64| {
-        finding(&doc, "job-health", &format!("job:{id}:orphaned")).unwrap()["evidence"]
-            ["heartbeat_read_as"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    assert_eq!(read_as(1), "epoch seconds (INTEGER, detected)");
-    assert_eq!(read_as(3), "epoch seconds (REAL, detected)");
-    assert_eq!(read_as(4), "epoch seconds (TEXT, detected)");
-    assert_eq!(read_as(5), "epoch milliseconds (INTEGER, detected)");
-    assert_eq!(read_as(6), "ISO-8601 with zone (TEXT, detected)");
+    // The table records no worker: every orphaned job is one finding.
     assert_eq!(
-        read_as(7),
-        "ISO-8601 without zone, read as UTC (TEXT, detected)"
+        keys_ending(&doc, "job-health", ":orphaned"),
+        ["worker:none:orphaned"],
+        "{doc:#}"
     );
-    assert_eq!(read_as(8), "SQLite julian day (REAL, detected)");
-    let message = finding(&doc, "job-health", "job:7:orphaned").unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let orphaned = finding(&doc, "job-health", "worker:none:orphaned").unwrap();
+    assert_eq!(orphaned["evidence"]["ids"], "1, 3, 4, 5, 6, 7, 8, 12");
+    // How each row's heartbeat was read (with how many rows were read so).
+    let read_as = orphaned["evidence"]["heartbeat_read_as"].as_str().unwrap();
+    for (how, n) in [
+        ("epoch seconds (INTEGER, detected)", 2),
+        ("epoch seconds (REAL, detected)", 1),
+        ("epoch seconds (TEXT, detected)", 1),
+        ("epoch milliseconds (INTEGER, detected)", 1),
+        ("ISO-8601 with zone (TEXT, detected)", 1),
+        ("ISO-8601 without zone, read as UTC (TEXT, detected)", 1),
+        ("SQLite julian day (REAL, detected)", 1),
+    ] {
+        assert!(
+            read_as.contains(&format!("{how} ({n})")),
+            "{how}: {read_as}"
+        );
+    }
+    let reasons = orphaned["evidence"]["reasons"].as_str().unwrap();
     assert!(
-        message.contains("2h0m old") || message.contains("1h59m old"),
-        "the age is right: {message}"
+        reasons.contains("2h0m old (timeout 10m0s; read as ISO-8601 without zone")
+            || reasons.contains("1h59m old (timeout 10m0s; read as ISO-8601 without zone"),
+        "the age is right: {reasons}"
     );
 
     assert_eq!(
@@ -316,13 +327,23 @@ config = {{ db = "training", worker_column = "", heartbeat_column = "heartbeat_a
         "{garbage:#}"
     );
 
-    let failed = finding(&doc, "job-health", "job:12:orphaned").unwrap();
+    // Out of attempts: the evidence names the remedy applied, and job 12's
+    // fail is a write of its own, apart from the requeues.
     assert_eq!(
-        failed["evidence"]["remedy"], "fail",
-        "out of attempts: the evidence names the remedy applied: {failed:#}"
+        orphaned["evidence"]["remedy"], "requeue (7), fail (1)",
+        "{orphaned:#}"
     );
-    assert_eq!(
-        finding(&doc, "job-health", "job:1:orphaned").unwrap()["evidence"]["remedy"],
-        "requeue"
+    let described: Vec<&str> = orphaned["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["description"].as_str().unwrap())
+        .collect();
+    assert_eq!(described.len(), 2, "{described:?}");
+    assert!(
+        described[0].starts_with(
+            "7 jobs (1, 3, 4, 5, 6, 7, 8) with no worker recorded: requeue as pending"
+        ) && described[1].starts_with("job 12 with no worker recorded: mark failed: doctor: "),
+        "{described:?}"
     );
 }

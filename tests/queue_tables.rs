@@ -159,6 +159,26 @@ fn message(doc: &serde_json::Value, plugin: &str, key: &str) -> String {
         .to_string()
 }
 
+/// The one finding of a dead (or otherwise gone) owner: `worker:<owner>:orphaned`.
+fn orphaned_key(doc: &serde_json::Value, plugin: &str) -> String {
+    let owners: Vec<String> = keys(doc, plugin)
+        .into_iter()
+        .filter(|k| k.starts_with("worker:") && k.ends_with(":orphaned"))
+        .collect();
+    assert_eq!(owners.len(), 1, "{doc:#}");
+    owners[0].clone()
+}
+
+/// Every action outcome of a finding.
+fn outcomes(doc: &serde_json::Value, plugin: &str, key: &str) -> Vec<String> {
+    finding(doc, plugin, key).unwrap_or_else(|| panic!("no {key}: {doc:#}"))["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn actions(doc: &serde_json::Value, plugin: &str, key: &str) -> usize {
     finding(doc, plugin, key).unwrap_or_else(|| panic!("no {key}: {doc:#}"))["actions"]
         .as_array()
@@ -290,16 +310,26 @@ fn pid_inside_json_name_not_in_the_command_line_live_untouched_dead_failed_with_
 
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
+    let dead_key = orphaned_key(&doc, JOBS);
     assert_eq!(
         keys(&doc, JOBS),
         [
             "job:t-blind:unknown-worker",
-            "job:t-dead:orphaned",
-            "table:tasks:summary"
+            "table:tasks:summary",
+            &dead_key
         ],
         "{doc:#}"
     );
-    let dead_msg = message(&doc, JOBS, "job:t-dead:orphaned");
+    assert!(
+        dead_key.starts_with("worker:node-")
+            && dead_key.contains(&format!("(pid {dead_pid}, host {})", hostname())),
+        "the owner as the row names it: {dead_key}"
+    );
+    assert_eq!(
+        finding(&doc, JOBS, &dead_key).unwrap()["evidence"]["ids"],
+        "t-dead"
+    );
+    let dead_msg = message(&doc, JOBS, &dead_key);
     assert!(
         dead_msg.contains(&format!("pid {dead_pid} is not running")),
         "found by the pid in the JSON: {dead_msg}"
@@ -315,11 +345,7 @@ fn pid_inside_json_name_not_in_the_command_line_live_untouched_dead_failed_with_
     let before_live = task(&db, "t-live");
     let before_blind = task(&db, "t-blind");
     let (code, doc) = s.doctor_json(&["fix"]);
-    assert_eq!(
-        finding(&doc, JOBS, "job:t-dead:orphaned").unwrap()["actions"][0]["outcome"],
-        "applied",
-        "{doc:#}"
-    );
+    assert_eq!(outcomes(&doc, JOBS, &dead_key), ["applied"], "{doc:#}");
     assert_eq!(code, 1, "the blind row stays a warning: {doc:#}");
 
     // The application's client reads the failure back.
@@ -368,7 +394,7 @@ fn a_pid_that_started_after_the_rows_nanosecond_claim_is_a_reused_pid() {
     );
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
-    let m = message(&doc, JOBS, "job:t-dead:orphaned");
+    let m = message(&doc, JOBS, &orphaned_key(&doc, JOBS));
     assert!(
         m.contains(&format!("pid {}", newcomer.pid))
             && m.contains("started after the row was claimed"),
@@ -463,18 +489,19 @@ fn a_name_only_identity_is_found_by_its_declared_pattern_inside_the_scope_and_va
     );
 
     let (_, doc) = s.doctor_json(&["fix"]);
+    let dead_key = format!("worker:{w2}:orphaned");
     assert_eq!(
         keys(&doc, JOBS),
         [
             "config:weak-identity",
             "job:t-blind:unknown-worker",
-            "job:t-dead:orphaned",
-            "table:tasks:summary"
+            "table:tasks:summary",
+            &dead_key
         ],
         "{doc:#}"
     );
     assert!(
-        message(&doc, JOBS, "job:t-dead:orphaned").contains("no process in scope"),
+        message(&doc, JOBS, &dead_key).contains("no process in scope"),
         "{doc:#}"
     );
     assert_eq!(task(&db, "t-dead").0, "FAILURE");
@@ -517,35 +544,25 @@ fn nanosecond_microsecond_iso_and_julian_times_are_read_and_a_future_one_is_a_fi
     job_policy(&s, &db, base);
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
+    // The table records no worker: its orphaned jobs are one finding.
     assert_eq!(
         keys(&doc, JOBS),
         [
-            "job:1:orphaned",
-            "job:2:orphaned",
-            "job:3:orphaned",
-            "job:4:orphaned",
-            "job:5:orphaned",
             "job:8:heartbeat-future",
             "job:9:stale",
-            "table:jobs:summary"
+            "table:jobs:summary",
+            "worker:none:orphaned"
         ],
         "{doc:#}"
     );
-    let read_as = |id: i64| {
-        finding(&doc, JOBS, &format!("job:{id}:orphaned")).unwrap()["evidence"]["heartbeat_read_as"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    assert_eq!(read_as(1), "epoch nanoseconds (INTEGER, detected)");
-    assert_eq!(read_as(2), "epoch microseconds (INTEGER, detected)");
-    assert_eq!(read_as(3), "ISO-8601 with zone (TEXT, detected)");
+    let orphaned = finding(&doc, JOBS, "worker:none:orphaned").unwrap();
+    assert_eq!(orphaned["evidence"]["ids"], "1, 2, 3, 4, 5");
+    // How each row's heartbeat was read, with how many rows were read so.
     assert_eq!(
-        read_as(4),
-        "ISO-8601 without zone, read as UTC (TEXT, detected)"
+        orphaned["evidence"]["heartbeat_read_as"],
+        "epoch nanoseconds (INTEGER, detected) (1), epoch microseconds (INTEGER, detected) (1), ISO-8601 with zone (TEXT, detected) (1), ISO-8601 without zone, read as UTC (TEXT, detected) (1), SQLite julian day (REAL, detected) (1)"
     );
-    assert_eq!(read_as(5), "SQLite julian day (REAL, detected)");
-    let age = message(&doc, JOBS, "job:1:orphaned");
+    let age = message(&doc, JOBS, "worker:none:orphaned");
     assert!(
         age.contains("2h0m old") || age.contains("1h59m old"),
         "{age}"
@@ -561,11 +578,12 @@ fn nanosecond_microsecond_iso_and_julian_times_are_read_and_a_future_one_is_a_fi
         "epoch microseconds (INTEGER, detected)"
     );
 
-    // A requeue writes "now" in the unit each row was read in.
+    // A requeue writes "now" in the unit each row was read in: rows whose
+    // writes differ are written by statements of their own.
     let (_, doc) = s.doctor_json(&["fix"]);
-    assert_eq!(
-        finding(&doc, JOBS, "job:1:orphaned").unwrap()["actions"][0]["outcome"],
-        "applied",
+    let applied = outcomes(&doc, JOBS, "worker:none:orphaned");
+    assert!(
+        applied.len() > 1 && applied.iter().all(|o| o == "applied"),
         "{doc:#}"
     );
     let c = Connection::open(&db).unwrap();
@@ -624,20 +642,31 @@ fn a_declared_unit_that_is_wrong_shows_as_the_future_and_nothing_is_written() {
             "{m}"
         );
     }
-    for id in [1, 2, 6, 7] {
-        assert!(
-            finding(&doc, JOBS, &format!("job:{id}:orphaned")).is_none(),
-            "a future heartbeat judges nothing: {doc:#}"
-        );
-    }
+    // Rows 5 (a julian day) and 8 (seconds) read as milliseconds are old;
+    // none of the rows whose heartbeat lies in the future is orphaned.
+    assert_eq!(
+        finding(&doc, JOBS, "worker:none:orphaned").unwrap()["evidence"]["ids"],
+        "5, 8",
+        "a future heartbeat judges nothing: {doc:#}"
+    );
     assert_eq!(std::fs::read(&db).unwrap(), before, "nothing written");
 
     // Declared right, nanoseconds are read as such.
     job_policy(&s, &db, "worker_column = \"\"\nheartbeat_column = \"beat\"\nheartbeat_timeout = \"10m\"\ntime_unit = \"ns\"\non_orphaned = \"report\"\n");
     let (_, doc) = s.doctor_json(&["check"]);
-    assert_eq!(
-        finding(&doc, JOBS, "job:1:orphaned").unwrap()["evidence"]["heartbeat_read_as"],
-        "epoch nanoseconds (INTEGER)",
+    let orphaned = finding(&doc, JOBS, "worker:none:orphaned").unwrap();
+    assert!(
+        orphaned["evidence"]["ids"]
+            .as_str()
+            .unwrap()
+            .starts_with("1, "),
+        "{orphaned:#}"
+    );
+    assert!(
+        orphaned["evidence"]["heartbeat_read_as"]
+            .as_str()
+            .unwrap()
+            .starts_with("epoch nanoseconds (INTEGER)"),
         "{doc:#}"
     );
 }
@@ -667,12 +696,14 @@ fn a_row_without_identity_is_written_only_when_the_policy_opts_into_heartbeat_ju
 
     job_policy(&s, &db, &format!("{config}unidentified = \"heartbeat\"\n"));
     let (_, doc) = s.doctor_json(&["fix"]);
-    for id in [1, 2] {
-        assert_eq!(
-            finding(&doc, JOBS, &format!("job:{id}:orphaned")).unwrap()["actions"][0]["outcome"],
-            "applied",
-            "{doc:#}"
-        );
+    // Job 1 names no worker, job 2 names `worker-7`: two owners.
+    for (key, id) in [
+        ("worker:none:orphaned", "1"),
+        ("worker:worker-7:orphaned", "2"),
+    ] {
+        let f = finding(&doc, JOBS, key).unwrap_or_else(|| panic!("{doc:#}"));
+        assert_eq!(f["evidence"]["ids"], id);
+        assert_eq!(outcomes(&doc, JOBS, key), ["applied"], "{doc:#}");
     }
 }
 
@@ -787,25 +818,26 @@ fn chunk_reset_reads_the_same_shapes_pid_in_json_name_not_in_the_command_line_na
         "worker_kind = \"name\"\nworker_pid_sql = \"json_extract(owner_info, '$.pid')\"\nworker_host_sql = \"json_extract(owner_info, '$.hostname')\"\nstarted_at_column = \"claimed_ns\"\nheartbeat_column = \"beat_us\"\nheartbeat_timeout = \"10m\"\n",
     );
     let (_, doc) = s.doctor_json(&["check"]);
-    assert_eq!(
-        keys(&doc, CHUNKS),
-        [
-            "chunk:chunks:2:orphaned",
-            "chunk:chunks:3:unknown-worker",
-            "chunk:chunks:4:orphaned",
-            "chunk:chunks:5:claimed-future",
-            "table:chunks:state"
-        ],
+    let dead_key = keys(&doc, CHUNKS)
+        .into_iter()
+        .find(|k| k.contains(&format!("(pid {dead_pid}, ")))
+        .unwrap_or_else(|| panic!("{doc:#}"));
+    let remote_key = "worker:node-1@elsewhere (pid 1, host elsewhere):orphaned";
+    let mut want = [
+        "chunk:chunks:3:unknown-worker",
+        "chunk:chunks:5:claimed-future",
+        "table:chunks:state",
+        remote_key,
+        &dead_key,
+    ];
+    want.sort();
+    assert_eq!(keys(&doc, CHUNKS), want, "{doc:#}");
+    assert!(
+        message(&doc, CHUNKS, &dead_key).contains(&format!("pid {dead_pid} is not running")),
         "{doc:#}"
     );
     assert!(
-        message(&doc, CHUNKS, "chunk:chunks:2:orphaned")
-            .contains(&format!("pid {dead_pid} is not running")),
-        "{doc:#}"
-    );
-    assert!(
-        message(&doc, CHUNKS, "chunk:chunks:4:orphaned")
-            .contains("epoch microseconds (INTEGER, detected)"),
+        message(&doc, CHUNKS, remote_key).contains("epoch microseconds (INTEGER, detected)"),
         "{doc:#}"
     );
     assert!(
@@ -815,10 +847,14 @@ fn chunk_reset_reads_the_same_shapes_pid_in_json_name_not_in_the_command_line_na
     );
 
     let (_, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(outcomes(&doc, CHUNKS, &dead_key), ["applied"], "{doc:#}");
+    // The remote row's reset also compared its heartbeat as read.
+    let statement =
+        finding(&doc, CHUNKS, remote_key).unwrap()["actions"][0]["description"].to_string();
     assert_eq!(
-        finding(&doc, CHUNKS, "chunk:chunks:2:orphaned").unwrap()["actions"][0]["outcome"],
-        "applied",
-        "{doc:#}"
+        outcomes(&doc, CHUNKS, remote_key),
+        ["applied"],
+        "{statement}"
     );
     let rows = chunk_rows(&db);
     assert_eq!(rows[1], (2, "pending".into(), None));

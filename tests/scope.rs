@@ -364,9 +364,24 @@ grace_ms = 2000
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc:#}");
     let k = keys(&doc, "sqlite-chunk-reset");
-    for id in 1..=3 {
-        assert!(k.contains(&format!("chunk:chunks:{id}:orphaned")), "{k:?}");
-    }
+    // A's three running chunks are orphaned: one finding per owner, the
+    // live leftover's two and the dead worker's one.
+    let owners: Vec<(String, String)> = findings(&doc, "sqlite-chunk-reset")
+        .into_iter()
+        .filter(|f| f["key"].as_str().unwrap().ends_with(":orphaned"))
+        .map(|f| {
+            (
+                f["key"].as_str().unwrap().to_string(),
+                f["evidence"]["ids"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(owners.len(), 2, "{k:?}");
+    assert!(
+        owners.contains(&(format!("worker:{}:orphaned", a_worker.0), "1, 2".into()))
+            && owners.iter().any(|(_, ids)| ids == "3"),
+        "{owners:?}"
+    );
     let leftover = format!("worker:{}:leftover", a_worker.0);
     assert!(k.contains(&leftover), "A's worker is a leftover: {k:?}");
     assert_eq!(
@@ -698,7 +713,10 @@ fn job_health_touches_only_its_own_deployments_rows() {
     assert_eq!(code, 2, "{doc:#}");
     assert_eq!(
         keys(&doc, "job-health"),
-        ["job:2:orphaned", "table:jobs:summary"],
+        [
+            "table:jobs:summary".to_string(),
+            format!("worker:{}:orphaned", live[1].0)
+        ],
         "{doc:#}"
     );
     let (code, doc) = s.doctor_json(&["fix"]);

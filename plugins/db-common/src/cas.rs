@@ -2,39 +2,46 @@
 //! as the check saw it (its status, its worker, its times, the identity the
 //! verdict rests on), so a row that a live worker took in the meantime is
 //! never clobbered: the host runs the statement with `max-rows`, and 0 rows
-//! changed is `skipped`. Both database plugins build their UPDATEs here.
+//! changed is `skipped`. Both database plugins build one [`Update`] per row
+//! here; [`merge`] then writes many of them as a few set-based statements
+//! that change exactly the rows the per-row statements would.
 
 use crate::ident;
 use doctor_sdk::prelude::*;
+use std::collections::BTreeMap;
 
-/// One UPDATE: its SET list, its WHERE conditions and their numbered parameters.
-#[derive(Default)]
+/// One row's UPDATE: its SET list, its key, and the conditions on the row's
+/// before-state (each `what = ?` or `what IS ?` with the value as read).
+#[derive(Default, Clone)]
 pub struct Update {
-    sets: Vec<String>,
-    conds: Vec<String>,
-    params: Vec<SqlValue>,
+    sets: Vec<(String, Option<SqlValue>)>,
+    key: Option<(String, SqlValue)>,
+    conds: Vec<(String, &'static str, SqlValue)>,
 }
 
 impl Update {
     /// `column = ?N`.
     pub fn set(&mut self, column: &str, value: SqlValue) -> &mut Self {
-        self.params.push(value);
-        self.sets
-            .push(format!("{} = ?{}", ident(column), self.params.len()));
+        self.sets.push((ident(column), Some(value)));
         self
     }
 
     /// A SET item written in SQL (`"worker" = NULL`, `"attempts" = COALESCE(...) + 1`).
     pub fn set_sql(&mut self, sql: String) -> &mut Self {
-        self.sets.push(sql);
+        self.sets.push((sql, None));
+        self
+    }
+
+    /// The row's key (`what = ?N`), never NULL: what set-based writes list.
+    pub fn key(&mut self, what: String, value: SqlValue) -> &mut Self {
+        self.key = Some((what, value));
         self
     }
 
     /// Compare-and-swap: `what` (a quoted column or a parenthesised
     /// expression) `IS ?N`, which also matches a NULL as read.
     pub fn unchanged(&mut self, what: String, value: SqlValue) -> &mut Self {
-        self.params.push(value);
-        self.conds.push(format!("{what} IS ?{}", self.params.len()));
+        self.conds.push((what, "IS", value));
         self
     }
 
@@ -46,156 +53,483 @@ impl Update {
         self
     }
 
-    /// `what = ?N`: for a key or a status, which are never NULL.
+    /// [`unchanged`](Self::unchanged) for each configured column (None: the table has none).
+    pub fn unchanged_columns<const N: usize>(
+        &mut self,
+        columns: [(Option<&str>, &SqlValue); N],
+    ) -> &mut Self {
+        for (column, value) in columns {
+            if let Some(column) = column {
+                self.unchanged(ident(column), value.clone());
+            }
+        }
+        self
+    }
+
+    /// `what = ?N`: for a status, which is never NULL.
     pub fn equals(&mut self, what: String, value: SqlValue) -> &mut Self {
-        self.params.push(value);
-        self.conds.push(format!("{what} = ?{}", self.params.len()));
+        self.conds.push((what, "=", value));
         self
     }
 
-    /// `what IN (?N, ...)`: a batch of keys.
-    pub fn one_of(&mut self, what: String, values: Vec<SqlValue>) -> &mut Self {
-        let first = self.params.len() + 1;
-        let marks: Vec<String> = (first..first + values.len())
-            .map(|i| format!("?{i}"))
-            .collect();
-        self.params.extend(values);
-        self.conds.push(format!("{what} IN ({})", marks.join(", ")));
-        self
-    }
-
-    /// The statement on `table` and its parameters.
+    /// The statement on `table` for this one row, and its parameters.
     pub fn build(self, table: &str) -> (String, Vec<SqlValue>) {
-        (
-            format!(
-                "UPDATE {} SET {} WHERE {}",
-                ident(table),
-                self.sets.join(", "),
-                self.conds.join(" AND ")
-            ),
-            self.params,
-        )
+        let mut params = Vec::new();
+        let sets = self.set_list(&mut params);
+        let conds: Vec<String> = self
+            .key
+            .iter()
+            .map(|(what, v)| (what, "=", v))
+            .chain(self.conds.iter().map(|(what, op, v)| (what, *op, v)))
+            .map(|(what, op, v)| format!("{what} {op} {}", bind(&mut params, v)))
+            .collect();
+        (update(table, &sets, &conds), params)
+    }
+
+    fn set_list(&self, params: &mut Vec<SqlValue>) -> String {
+        let items: Vec<String> = self
+            .sets
+            .iter()
+            .map(|(what, v)| match v {
+                Some(v) => format!("{what} = {}", bind(params, v)),
+                None => what.clone(),
+            })
+            .collect();
+        items.join(", ")
+    }
+
+    /// What rows must share to be written by one statement: the same SET
+    /// list and values, the same conditions, NULL in the same ones.
+    /// (Written piece by piece: it is made for every row of a large incident.)
+    fn shape(&self) -> String {
+        let mut shape = String::new();
+        for (what, value) in &self.sets {
+            shape.push_str(what);
+            shape.push('\u{1}');
+            if let Some(value) = value {
+                push_value(&mut shape, value);
+            }
+            shape.push('\u{2}');
+        }
+        for (what, op) in self.key.iter().map(|k| (&k.0, "key")) {
+            shape.push_str(what);
+            shape.push_str(op);
+        }
+        for (what, op, value) in &self.conds {
+            shape.push('\u{2}');
+            shape.push_str(what);
+            shape.push_str(op);
+            shape.push(if matches!(value, SqlValue::Null) {
+                'N'
+            } else {
+                'V'
+            });
+        }
+        shape
     }
 }
 
-/// Keys per batched compare-and-swap (`... AND id IN (?, ...)`).
-pub const BATCH: usize = 500;
-/// The host takes at most 64 actions per finding: batches beyond wait for the next run.
+/// A value into a shape, tagged with its type (text with its length, so no two values read alike).
+fn push_value(shape: &mut String, value: &SqlValue) {
+    use std::fmt::Write;
+    let _ = match value {
+        SqlValue::Null => write!(shape, "N"),
+        SqlValue::Integer(i) => write!(shape, "I{i}"),
+        SqlValue::Real(f) => write!(shape, "R{}", f.to_bits()),
+        SqlValue::Text(t) => write!(shape, "T{}:{t}", t.len()),
+        SqlValue::Blob(b) => write!(shape, "B{b:?}"),
+    };
+}
+
+/// Two values as SQLite's `IS` would compare what the check read: same type, same value.
+fn same(a: &SqlValue, b: &SqlValue) -> bool {
+    match (a, b) {
+        (SqlValue::Null, SqlValue::Null) => true,
+        (SqlValue::Integer(x), SqlValue::Integer(y)) => x == y,
+        (SqlValue::Real(x), SqlValue::Real(y)) => x.to_bits() == y.to_bits(),
+        (SqlValue::Text(x), SqlValue::Text(y)) => x == y,
+        (SqlValue::Blob(x), SqlValue::Blob(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn bind(params: &mut Vec<SqlValue>, value: &SqlValue) -> String {
+    params.push(value.clone());
+    format!("?{}", params.len())
+}
+
+fn update(table: &str, sets: &str, conds: &[String]) -> String {
+    format!(
+        "UPDATE {} SET {sets} WHERE {}",
+        ident(table),
+        conds.join(" AND ")
+    )
+}
+
+/// The most a set-based statement and its parameters may weigh, under the
+/// host's 64 KiB bound on one `sql-exec` (the estimate is from above).
+pub const MAX_STATEMENT: usize = 62 << 10;
+/// The host takes at most 64 actions per finding: statements beyond wait for the next run.
 pub const MAX_BATCHES: usize = 64;
 
-/// Rows `(worker, key)` grouped for batched writes: per worker (as read,
-/// NULL included), at most [`BATCH`] keys each, in the order first seen, so
-/// each batch's `worker IS ?` guard covers every row in it.
-pub fn batches<'a>(
-    rows: impl Iterator<Item = (&'a SqlValue, &'a SqlValue)>,
-) -> Vec<(SqlValue, Vec<SqlValue>)> {
-    let mut out: Vec<(SqlValue, Vec<SqlValue>)> = Vec::new();
-    let mut open: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    for (worker, key) in rows {
-        let by = format!("{worker:?}");
-        match open.get(&by).copied().filter(|i| out[*i].1.len() < BATCH) {
-            Some(i) => out[i].1.push(key.clone()),
+/// Rows written by one statement: which of the input rows (their indices),
+/// the statement and its parameters.
+pub struct Merged {
+    pub rows: Vec<usize>,
+    pub statement: String,
+    pub params: Vec<SqlValue>,
+}
+
+impl Merged {
+    /// The statement's text and parameters as the host counts them, from above.
+    pub fn weight(&self) -> usize {
+        self.statement.len() + self.params.iter().map(json_len).sum::<usize>()
+    }
+}
+
+/// Per-row compare-and-swaps written as few set-based ones. Rows of one
+/// shape (see `shape`) share a statement: a condition whose value is the
+/// same in each is said once (`"worker" IS ?`), the keys are listed
+/// (`"id" IN (...)`, for the index), and the conditions whose values differ
+/// are compared per row (`("id", "started_at") IN (VALUES (?, ?), ...)`):
+/// a row changes only if its key and its own before-state match together,
+/// exactly as its own statement would have changed it. Rows without a key,
+/// and groups of one, keep the one-row statement. Each statement stays
+/// under [`MAX_STATEMENT`]; groups keep the order in which they first appear.
+pub fn merge(rows: Vec<Update>, table: &str) -> Vec<Merged> {
+    let (mut groups, mut index) = (Vec::<Vec<usize>>::new(), BTreeMap::<String, usize>::new());
+    for (i, u) in rows.iter().enumerate() {
+        let shape = match u.key {
+            Some(_) => u.shape(),
+            None => format!("row {i}"),
+        };
+        match index.get(&shape) {
+            Some(&g) => groups[g].push(i),
             None => {
-                open.insert(by, out.len());
-                out.push((worker.clone(), vec![key.clone()]));
+                index.insert(shape, groups.len());
+                groups.push(vec![i]);
             }
+        }
+    }
+    let mut out = Vec::new();
+    for members in groups {
+        let first = &rows[members[0]];
+        let varying: Vec<bool> = (0..first.conds.len())
+            .map(|c| {
+                !members
+                    .iter()
+                    .all(|i| same(&rows[*i].conds[c].2, &first.conds[c].2))
+            })
+            .collect();
+        for part in parts(&rows, &members, &varying, table) {
+            out.push(match part.len() {
+                1 => {
+                    let (statement, params) = rows[part[0]].clone().build(table);
+                    Merged {
+                        rows: part,
+                        statement,
+                        params,
+                    }
+                }
+                _ => set_statement(&rows, part, &varying, table),
+            });
         }
     }
     out
 }
 
-/// `rows` (worker, key) written in batches (see [`batches`]) as actions of
-/// `f`: `write` makes each batch's UPDATE and its description, which may
-/// change at most that many rows. Batches beyond [`MAX_BATCHES`] are said
-/// to wait for the next run.
-pub fn batched_writes<'a>(
-    mut f: Finding,
-    db: &str,
-    table: &str,
-    rows: impl Iterator<Item = (&'a SqlValue, &'a SqlValue)>,
-    write: impl Fn(SqlValue, Vec<SqlValue>) -> (Update, String),
-) -> Finding {
-    let batches = batches(rows);
-    if batches.len() > MAX_BATCHES {
-        f = f.evidence(
-            "deferred",
-            format!(
-                "{} batch(es) wait for the next run",
-                batches.len() - MAX_BATCHES
-            ),
-        );
+/// `members` cut into statements of at most [`MAX_STATEMENT`] bytes (text
+/// and parameters as the host counts them), estimated from above: the
+/// fixed text from the first row's one-row statement, then each row's marks
+/// (`?N, ` in the key list, `(?N, ?M), ` when values are compared) and values.
+fn parts(rows: &[Update], members: &[usize], varying: &[bool], table: &str) -> Vec<Vec<usize>> {
+    let first = &rows[members[0]];
+    let (statement, params) = first.clone().build(table);
+    let (fixed, shared) = (
+        statement.len()
+            + params.iter().map(json_len).sum::<usize>()
+            + first.conds.iter().map(|c| c.0.len() + 2).sum::<usize>()
+            + 64,
+        params.len(),
+    );
+    let mark = |n: usize| 3 + digits(n as u64);
+    let differing = varying.iter().filter(|v| **v).count();
+    let (mut out, mut size, mut next) = (Vec::<Vec<usize>>::new(), usize::MAX, 0);
+    for &i in members {
+        let u = &rows[i];
+        let values: Vec<&SqlValue> = compared(u, varying).map(|(_, v)| v).collect();
+        let marks = |from: usize| match differing {
+            0 => mark(from),
+            _ => mark(from) + 4 + (from..from + values.len()).map(mark).sum::<usize>(),
+        };
+        let cost = |from| marks(from) + values.iter().map(|v| json_len(v)).sum::<usize>();
+        if size.saturating_add(cost(next)) > MAX_STATEMENT {
+            out.push(Vec::new());
+            (size, next) = (fixed, shared + 1);
+        }
+        size += cost(next);
+        next += values.len();
+        out.last_mut().expect("a part is open").push(i);
     }
-    for (worker, keys) in batches.into_iter().take(MAX_BATCHES) {
-        let n = keys.len() as u32;
-        let (update, description) = write(worker, keys);
-        let (sql, params) = update.build(table);
-        f = f.action(Action::sql_exec(db, &sql, params, n), description);
+    out
+}
+
+/// A row's key, then its values of the conditions that differ from row to row.
+fn compared<'a>(
+    u: &'a Update,
+    varying: &'a [bool],
+) -> impl Iterator<Item = (&'a String, &'a SqlValue)> {
+    let key = u.key.as_ref().expect("merged rows have keys");
+    let conds = u.conds.iter().zip(varying).filter(|(_, v)| **v);
+    std::iter::once((&key.0, &key.1)).chain(conds.map(|((what, _, v), _)| (what, v)))
+}
+
+/// Rows of one shape as one statement (see [`merge`]).
+fn set_statement(rows: &[Update], part: Vec<usize>, varying: &[bool], table: &str) -> Merged {
+    let first = &rows[part[0]];
+    let mut params = Vec::new();
+    let sets = first.set_list(&mut params);
+    let mut conds: Vec<String> = first
+        .conds
+        .iter()
+        .zip(varying)
+        .filter(|(_, v)| !**v)
+        .map(|((what, op, v), _)| format!("{what} {op} {}", bind(&mut params, v)))
+        .collect();
+    let (mut keys, mut tuples) = (Vec::new(), Vec::new());
+    for &i in &part {
+        let marks: Vec<String> = compared(&rows[i], varying)
+            .map(|(_, v)| bind(&mut params, v))
+            .collect();
+        keys.push(marks[0].clone());
+        tuples.push(format!("({})", marks.join(", ")));
     }
-    f
+    let whats: Vec<&str> = compared(first, varying)
+        .map(|(what, _)| what.as_str())
+        .collect();
+    conds.push(format!("{} IN ({})", whats[0], keys.join(", ")));
+    if whats.len() > 1 {
+        conds.push(format!(
+            "({}) IN (VALUES {})",
+            whats.join(", "),
+            tuples.join(", ")
+        ));
+    }
+    Merged {
+        rows: part,
+        statement: update(table, &sets, &conds),
+        params,
+    }
+}
+
+/// A value's length as JSON, from above: what the host counts of a parameter.
+fn json_len(v: &SqlValue) -> usize {
+    match v {
+        SqlValue::Null => 4,
+        SqlValue::Integer(i) => usize::from(*i < 0) + digits(i.unsigned_abs()),
+        SqlValue::Real(_) => 26,
+        // `"` and `\\` escaped in two bytes, other control characters in up to six.
+        SqlValue::Text(t) => {
+            let escaped = |c: char| match c {
+                '"' | '\\' => 2,
+                c if c < ' ' => 6,
+                c => c.len_utf8(),
+            };
+            2 + t.chars().map(escaped).sum::<usize>()
+        }
+        SqlValue::Blob(b) => 2 + 4 * b.len(),
+    }
+}
+
+/// Decimal digits of `n`.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
+
+    fn int(i: i64) -> SqlValue {
+        SqlValue::Integer(i)
+    }
+
+    fn text(t: &str) -> SqlValue {
+        SqlValue::Text(t.into())
+    }
 
     #[test]
     fn parameters_are_numbered_in_the_order_they_are_bound() {
         let mut u = Update::default();
-        u.set("status", SqlValue::Text("pending".into()))
+        u.set("status", text("pending"))
             .set_sql("\"worker\" = NULL".into());
-        u.equals(ident("id"), SqlValue::Integer(7))
-            .unchanged(ident("worker"), SqlValue::Null)
-            .one_of(
-                ident("id"),
-                vec![SqlValue::Integer(1), SqlValue::Integer(2)],
-            );
+        u.key(ident("id"), int(7))
+            .equals(ident("status"), text("running"))
+            .unchanged(ident("worker"), SqlValue::Null);
         let (sql, params) = u.build("chunks");
-        assert_eq!(sql, "UPDATE \"chunks\" SET \"status\" = ?1, \"worker\" = NULL WHERE \"id\" = ?2 AND \"worker\" IS ?3 AND \"id\" IN (?4, ?5)");
-        assert_eq!(params.len(), 5);
+        assert_eq!(sql, "UPDATE \"chunks\" SET \"status\" = ?1, \"worker\" = NULL WHERE \"id\" = ?2 AND \"status\" = ?3 AND \"worker\" IS ?4");
+        assert_eq!(params.len(), 4);
     }
 
-    #[test]
-    fn batches_group_by_worker_and_split_at_the_batch_size() {
-        let (a, b) = (SqlValue::Text("a".into()), SqlValue::Null);
-        let keys: Vec<SqlValue> = (0..BATCH as i64 + 2).map(SqlValue::Integer).collect();
-        let rows: Vec<(&SqlValue, &SqlValue)> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (if i % 2 == 0 { &a } else { &b }, k))
-            .collect();
-        let out = batches(rows.into_iter());
-        assert_eq!(
-            out.iter().map(|(_, ids)| ids.len()).collect::<Vec<_>>(),
-            [251, 251]
-        );
-        let many: Vec<(&SqlValue, &SqlValue)> = keys.iter().map(|k| (&a, k)).collect();
-        assert_eq!(
-            batches(many.into_iter())
-                .iter()
-                .map(|(_, ids)| ids.len())
-                .collect::<Vec<_>>(),
-            [BATCH, 2]
-        );
+    /// A reset as the chunk plugin writes it, of the row `(id, worker, started)` as seen.
+    fn reset(id: i64, worker: &SqlValue, started: &SqlValue) -> Update {
+        let mut u = Update::default();
+        u.set("status", text("pending"))
+            .set_sql("\"worker\" = NULL".into())
+            .key(ident("id"), int(id))
+            .equals(ident("status"), text("running"))
+            .unchanged(ident("worker"), worker.clone())
+            .unchanged(ident("started"), started.clone());
+        u
     }
 
+    fn sql(v: &SqlValue) -> rusqlite::types::Value {
+        use rusqlite::types::Value;
+        match v {
+            SqlValue::Null => Value::Null,
+            SqlValue::Integer(i) => Value::Integer(*i),
+            SqlValue::Real(f) => Value::Real(*f),
+            SqlValue::Text(t) => Value::Text(t.clone()),
+            SqlValue::Blob(b) => Value::Blob(b.clone()),
+        }
+    }
+
+    fn run(c: &Connection, statement: &str, params: &[SqlValue]) -> usize {
+        c.execute(
+            statement,
+            rusqlite::params_from_iter(params.iter().map(sql)),
+        )
+        .unwrap_or_else(|e| panic!("{e}: {statement}"))
+    }
+
+    fn table(c: &Connection) -> Vec<String> {
+        let mut st = c
+            .prepare("SELECT id, status, worker, started FROM t ORDER BY id")
+            .unwrap();
+        st.query_map([], |r| {
+            Ok(format!(
+                "{:?}",
+                (
+                    r.get::<_, rusqlite::types::Value>(0)?,
+                    r.get::<_, rusqlite::types::Value>(1)?,
+                    r.get::<_, rusqlite::types::Value>(2)?,
+                    r.get::<_, rusqlite::types::Value>(3)?,
+                )
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    /// Rows as the check saw them: owners of both types, NULL and set claim
+    /// times; then, before the write, live workers take some rows (a new
+    /// owner, a reused owner with a new claim time, a claim time cleared, a
+    /// finished chunk). Per-row statements and merged ones leave the same table.
     #[test]
-    fn batches_beyond_the_action_limit_wait() {
-        let a = SqlValue::Text("a".into());
-        let keys: Vec<SqlValue> = (0..(BATCH * (MAX_BATCHES + 1)) as i64)
-            .map(SqlValue::Integer)
+    fn merged_writes_change_exactly_the_rows_their_per_row_writes_would() {
+        let owners = [text("4242"), int(4242), text("node-b:7"), SqlValue::Null];
+        let seen: Vec<(i64, SqlValue, SqlValue)> = (1..=400)
+            .map(|id| {
+                let started = match id % 5 {
+                    0 => SqlValue::Null,
+                    1 => text(&format!("2026-01-01 00:00:{:02}", id % 60)),
+                    _ => int(1_700_000_000 + id),
+                };
+                (id, owners[id as usize % owners.len()].clone(), started)
+            })
             .collect();
-        let write = |w: SqlValue, ids: Vec<SqlValue>| {
-            let mut u = Update::default();
-            u.unchanged(ident("w"), w).one_of(ident("id"), ids);
-            (u, "reset".to_string())
+        let setup = |c: &Connection| {
+            c.execute_batch(
+                "CREATE TABLE t (id INTEGER PRIMARY KEY, status TEXT, worker, started)",
+            )
+            .unwrap();
+            for (id, worker, started) in &seen {
+                run(
+                    c,
+                    "INSERT INTO t VALUES (?1, 'running', ?2, ?3)",
+                    &[int(*id), worker.clone(), started.clone()],
+                );
+            }
+            c.execute_batch(
+                "UPDATE t SET worker = 'live-1' WHERE id % 37 = 0;
+                 UPDATE t SET started = 1800000000 WHERE id % 41 = 0;
+                 UPDATE t SET started = NULL WHERE id % 43 = 0;
+                 UPDATE t SET status = 'complete' WHERE id % 47 = 0;
+                 INSERT INTO t VALUES (1000, 'running', '4242', 5);",
+            )
+            .unwrap();
         };
-        let f = batched_writes(
-            Finding::critical("k", "s", "m"),
-            "main",
-            "t",
-            keys.iter().map(|k| (&a, k)),
-            write,
+        let writes: Vec<Update> = seen.iter().map(|(id, w, s)| reset(*id, w, s)).collect();
+        let (one_by_one, together) = (
+            Connection::open_in_memory().unwrap(),
+            Connection::open_in_memory().unwrap(),
         );
-        assert_eq!(f.action_count(), MAX_BATCHES);
+        setup(&one_by_one);
+        setup(&together);
+        let mut changed = 0;
+        for u in writes.clone() {
+            let (statement, params) = u.build("t");
+            changed += run(&one_by_one, &statement, &params);
+        }
+        let merged = merge(writes, "t");
+        assert!(
+            merged.len() <= 16,
+            "4 owners × 3 shapes of claim time, not 400 statements: {}",
+            merged.len()
+        );
+        let mut changed_together = 0;
+        for m in &merged {
+            assert!(m.weight() <= MAX_STATEMENT);
+            let n = run(&together, &m.statement, &m.params);
+            assert!(n <= m.rows.len(), "max-rows holds: {}", m.statement);
+            changed_together += n;
+        }
+        assert_eq!(changed_together, changed);
+        assert!(changed > 300 && changed < 400, "{changed}");
+        assert_eq!(table(&together), table(&one_by_one));
+    }
+
+    #[test]
+    fn one_owners_rows_are_one_statement_until_the_size_bound_splits_them() {
+        let worker = text("4242");
+        let rows = |n: i64| -> Vec<Update> {
+            (1..=n)
+                .map(|id| reset(id, &worker, &int(1_700_000_000 + id)))
+                .collect()
+        };
+        let merged = merge(rows(1000), "chunks");
+        assert_eq!(merged.len(), 1);
+        let m = &merged[0];
+        assert_eq!(m.rows.len(), 1000);
+        assert!(
+            m.statement.starts_with("UPDATE \"chunks\" SET \"status\" = ?1, \"worker\" = NULL WHERE \"status\" = ?2 AND \"worker\" IS ?3 AND \"id\" IN (?4, ?6, "),
+            "{}",
+            &m.statement[..200]
+        );
+        assert!(m
+            .statement
+            .contains(") AND (\"id\", \"started\") IN (VALUES (?4, ?5), (?6, ?7), "));
+        let big = merge(rows(20_000), "chunks");
+        assert!(big.len() > 1 && big.len() <= 20, "{}", big.len());
+        assert!(big.iter().all(|m| m.weight() <= MAX_STATEMENT));
+        assert_eq!(big.iter().map(|m| m.rows.len()).sum::<usize>(), 20_000);
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE chunks (id INTEGER PRIMARY KEY, status TEXT, worker, started)",
+        )
+        .unwrap();
+        c.execute_batch("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) INSERT INTO chunks SELECT i, 'running', '4242', 1700000000 + i FROM n")
+            .unwrap();
+        let changed: usize = big.iter().map(|m| run(&c, &m.statement, &m.params)).sum();
+        assert_eq!(changed, 20_000);
+    }
+
+    #[test]
+    fn a_row_alone_keeps_its_one_row_statement() {
+        let merged = merge(vec![reset(9, &text("1"), &SqlValue::Null)], "t");
+        assert_eq!(merged[0].statement, "UPDATE \"t\" SET \"status\" = ?1, \"worker\" = NULL WHERE \"id\" = ?2 AND \"status\" = ?3 AND \"worker\" IS ?4 AND \"started\" IS ?5");
+        assert_eq!(merged[0].rows, [0]);
     }
 }

@@ -3,7 +3,8 @@
 //! columns against the real table, deciding whether a row's owner is still
 //! alive (owner formats and timestamps come from the SDK, so every plugin
 //! reads them alike), judging a claimed row's times and heartbeat
-//! ([`Clock`], [`Heartbeat`], [`RowName`]), compare-and-swap writes, and diagnosing
+//! ([`Clock`], [`Heartbeat`], [`RowName`]), compare-and-swap writes merged
+//! into set-based ones per dead owner ([`merge`], [`Orphans`]), and diagnosing
 //! whether the service's user could write the database at all.
 
 use doctor_sdk::files::FileStat;
@@ -18,14 +19,18 @@ use serde::{Deserialize, Deserializer};
 mod cas;
 mod claims;
 mod identity;
+mod owners;
 mod prepare;
 mod set;
 mod times;
-pub use cas::{batched_writes, batches, Update, BATCH, MAX_BATCHES};
+pub use cas::{merge, Merged, Update, MAX_BATCHES, MAX_STATEMENT};
 pub use claims::{distinct, may_stop, Clock, Heartbeat, RowName};
 pub use identity::{
     find_by_name, name_only, name_pattern, probe_expression, row_liveness, sql_expression,
     NameFinder, RowIdentity,
+};
+pub use owners::{
+    ids_shown, one_row, Orphan, Orphans, RowEvidence, RowWrite, OWNER_FINDINGS, SHOWN_IDS,
 };
 pub use prepare::{Identity, IdentityConfig, OnHost};
 pub use set::{check_set_columns, parse_sets, Placeholders, SetValue};
@@ -138,6 +143,18 @@ pub fn integer(v: &SqlValue) -> Option<i64> {
         SqlValue::Text(t) => t.trim().parse().ok(),
         _ => None,
     }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, "…" marking the cut.
+pub fn text_cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// A value as an operator reads it in a message.

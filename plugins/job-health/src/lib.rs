@@ -12,13 +12,15 @@
 //! line. A waiting job is stale by the age of its update column. Each
 //! category gets the remedy the policy names: `requeue` (attempts + 1; once
 //! they run out it becomes `fail`), `fail` (with a reason) or `report`, each
-//! write a compare-and-swap on the row as it was seen. A job whose process is
+//! write a compare-and-swap on the row as it was seen. A dead owner's orphaned
+//! jobs are one finding, written by a few set-based compare-and-swaps (rows
+//! that need different writes in different ones). A job whose process is
 //! alive, and rows in any status not listed as running or waiting, are never touched.
 
 use db_common::{
     human_ms, ident, integer, opt_column, row_liveness, shown, Clock, Heartbeat, Identity,
-    IdentityConfig, Liveness, OnHost, OwnerCheck, Placeholders, RowIdentity, RowName, SetValue,
-    StatusCounts, TimeColumn, TimeUnit, Update, WITHHELD,
+    IdentityConfig, Liveness, OnHost, Orphan, Orphans, OwnerCheck, Placeholders, RowEvidence,
+    RowIdentity, RowName, RowWrite, SetValue, StatusCounts, TimeColumn, TimeUnit, Update, WITHHELD,
 };
 use doctor_sdk::prelude::*;
 use doctor_sdk::process::pid_list;
@@ -170,6 +172,7 @@ impl Plugin for JobHealth {
         };
         let finder = id.name_finder(&scope);
         let chk = id.owner_check(c.identity.worker_kind, &table, &hostname, finder.as_ref());
+        let mut orphans = Vec::new();
         for r in db_common::distinct(&rows.rows) {
             let name = RowName {
                 key: format!("job:{}", shown(&r[0])),
@@ -188,10 +191,26 @@ impl Plugin for JobHealth {
                 name,
             };
             match c.running_statuses.contains(&job.status) {
-                true => findings.extend(check_running(&writes, &job, &chk, records_worker)),
+                true => findings.extend(check_running(
+                    &writes,
+                    &job,
+                    &chk,
+                    records_worker,
+                    &mut orphans,
+                )),
                 false => findings.extend(check_waiting(&writes, &job)),
             }
         }
+        // One finding per dead owner, first: its jobs written by set-based compare-and-swaps.
+        let owners = Orphans {
+            db: &c.db,
+            table: &c.table,
+            noun: "job",
+            consequence: "nothing will finish this work",
+            max_findings: db_common::OWNER_FINDINGS,
+            overflow_key: "jobs:orphaned-overflow".into(),
+        };
+        findings.splice(0..0, owners.findings(orphans));
         // The host takes at most 1000 findings per report: the oldest ids first,
         // the rest on the next run (the summary says how many waited).
         let mut summary = summary(&c)?;
@@ -290,11 +309,14 @@ fn check_waiting(w: &Writes<'_>, job: &Job<'_>) -> Option<Finding> {
             job.status
         ),
     );
-    Some(w.remedy(
-        f.evidence("updated_read_as", &stamp.read_as),
-        job,
-        c.on_stale,
-        &why,
+    let (write, evidence) = w.remedy(job, c.on_stale, &why);
+    let f = f
+        .evidence("updated_read_as", &stamp.read_as)
+        .evidence("worker", job.who.shown())
+        .evidence("reason", &why);
+    let what = format!("job {}", shown(job.id));
+    Some(db_common::one_row(
+        f, &c.db, &c.table, &what, write, evidence,
     ))
 }
 
@@ -303,6 +325,7 @@ fn check_running(
     job: &Job<'_>,
     chk: &OwnerCheck<'_>,
     records_worker: bool,
+    orphans: &mut Vec<Orphan>,
 ) -> Vec<Finding> {
     let (c, mut out) = (w.c, Vec::new());
     // The heartbeat as read, or its own finding when it cannot be used.
@@ -384,17 +407,16 @@ fn check_running(
         }
         Liveness::Remote(_) | Liveness::Unknown(_) => return out,
     };
-    let f = Finding::critical(
-        format!("{}:orphaned", job.name.key),
-        &job.name.subject,
-        format!("job {id} is {status} for worker {worker} but {why}; nothing will finish it"),
-    );
-    let f = f.evidence("heartbeat", shown(job.heartbeat));
-    let f = match beat.read_as() {
-        Some(read_as) => f.evidence("heartbeat_read_as", read_as),
-        None => f,
-    };
-    out.push(w.remedy(f, job, c.on_orphaned, &why));
+    let (write, mut evidence) = w.remedy(job, c.on_orphaned, &why);
+    evidence.extend(beat.read_as().map(|r| ("heartbeat_read_as", r.to_string())));
+    orphans.push(Orphan {
+        owner: worker,
+        id,
+        status: status.clone(),
+        why,
+        write,
+        evidence,
+    });
     out
 }
 
@@ -435,32 +457,26 @@ struct Writes<'a> {
 }
 
 impl Writes<'_> {
-    fn remedy(&self, f: Finding, job: &Job<'_>, remedy: Remedy, why: &str) -> Finding {
-        let (c, id) = (self.c, shown(job.id));
+    /// The job's write for `remedy` (a requeue whose attempts ran out is a
+    /// fail; none for `report` or while writes are withheld), and what its
+    /// finding says of it.
+    fn remedy(&self, job: &Job<'_>, remedy: Remedy, why: &str) -> (RowWrite, RowEvidence) {
+        let c = self.c;
         let attempts = integer(job.attempts).unwrap_or(0);
         let exhausted = self.cols.att.is_some() && attempts >= c.max_attempts;
-        // The remedy that will be applied: a requeue whose attempts ran out is a fail.
         let remedy = if remedy == Remedy::Requeue && exhausted {
             Remedy::Fail
         } else {
             remedy
         };
-        let f = f
-            .evidence("id", &id)
-            .evidence("status", &job.status)
-            .evidence("worker", job.who.shown())
-            .evidence("reason", why)
-            .evidence("remedy", format!("{remedy:?}").to_lowercase());
-        let mut f = if self.cols.att.is_some() {
-            f.evidence("attempts", attempts)
-        } else {
-            f
-        };
-        if remedy == Remedy::Report {
-            return f;
-        }
-        if self.withheld {
-            return f.evidence("write", WITHHELD);
+        let mut evidence = vec![
+            ("status", job.status.clone()),
+            ("remedy", format!("{remedy:?}").to_lowercase()),
+        ];
+        evidence.extend(self.cols.att.map(|_| ("attempts", attempts.to_string())));
+        if remedy == Remedy::Report || self.withheld {
+            evidence.extend(self.withheld.then(|| ("write", WITHHELD.to_string())));
+            return (None, evidence);
         }
         let reason = match exhausted {
             true => format!(
@@ -469,20 +485,10 @@ impl Writes<'_> {
             ),
             false => format!("doctor: {why}"),
         };
-        let (mut st, description, extra) = match (remedy, self.cols.att) {
-            (Remedy::Requeue, Some(_)) => (
+        let (mut st, does, extra) = match remedy {
+            Remedy::Requeue => (
                 self.requeue(job),
-                format!(
-                    "requeue job {id} as {} (attempt {} of {})",
-                    c.requeue_status,
-                    attempts + 1,
-                    c.max_attempts
-                ),
-                &self.sets.requeue,
-            ),
-            (Remedy::Requeue, None) => (
-                self.requeue(job),
-                format!("requeue job {id} as {}", c.requeue_status),
+                format!("requeue as {}", c.requeue_status),
                 &self.sets.requeue,
             ),
             _ => {
@@ -491,10 +497,10 @@ impl Writes<'_> {
                 if let Some(r) = self.cols.reason {
                     st.set(r, SqlValue::Text(reason.clone()));
                 }
-                f = f.evidence("failure_reason", &reason);
+                evidence.push(("failure_reason", reason.clone()));
                 (
                     st,
-                    format!("mark job {id} {}: {reason}", c.failed_status),
+                    format!("mark {}: {reason}", c.failed_status),
                     &self.sets.fail,
                 )
             }
@@ -506,26 +512,21 @@ impl Writes<'_> {
         }
         // Compare-and-swap on the row exactly as this check saw it, and on the
         // identity the verdict rests on: a new worker's pid in the JSON means hands off.
-        st.unchanged(ident(&c.id_column), job.id.clone())
+        st.key(ident(&c.id_column), job.id.clone())
             .unchanged(ident(&c.status_column), job.status_value.clone());
         let cols = self.cols;
-        for (column, value) in [
+        st.unchanged_columns([
             (cols.worker, job.who.worker),
             (cols.hb, job.heartbeat),
             (cols.upd, job.updated),
             (cols.att, job.attempts),
             (cols.claimed, job.claimed),
-        ] {
-            if let Some(column) = column {
-                st.unchanged(ident(column), value.clone());
-            }
-        }
-        st.unchanged_each(self.id.unchanged(
+        ])
+        .unchanged_each(self.id.unchanged(
             job.who.pid.unwrap_or(&SqlValue::Null),
             job.who.host.unwrap_or(&SqlValue::Null),
         ));
-        let (sql, params) = st.build(&c.table);
-        f.action(Action::sql_exec(&c.db, &sql, params, 1), description)
+        (Some((st, does)), evidence)
     }
 
     /// SET status = requeue_status, the worker cleared, attempts + 1, the update time now.

@@ -6,15 +6,16 @@
 //! A `running` chunk is orphaned when its owner is not alive, when its owner
 //! is on another host and its heartbeat is older than the timeout (both
 //! judged by db-common's `claims`), or when the configured coordinator is
-//! absent from the deployment's scope. The fix resets each orphaned chunk to
-//! pending with a compare-and-swap, **then** stops the leftover workers those
-//! rows name (never every process matching a pattern). It also says why a
+//! absent from the deployment's scope. Each owner's orphaned chunks are one
+//! finding, reset to pending by a few set-based compare-and-swaps (each row
+//! still exactly as read), **then** the leftover workers those rows name are
+//! stopped (never every process matching a pattern). It also says why a
 //! reset would fail and reports the table as Processing / Pending / Complete / Idle.
 
 use db_common::{
-    ident, ident_or_null, integer, opt_column, regex, row_liveness, shown, Clock, Heartbeat,
-    IdentityConfig, Liveness, OnHost, RowName, StatusCounts, TimeColumn, Update, WorkerKind,
-    WITHHELD,
+    ident, ident_or_null, ids_shown, integer, opt_column, regex, row_liveness, shown, Clock,
+    Heartbeat, IdentityConfig, Liveness, OnHost, Orphan, Orphans, RowName, StatusCounts,
+    TimeColumn, Update, WorkerKind, SHOWN_IDS, WITHHELD,
 };
 use doctor_sdk::prelude::*;
 use doctor_sdk::process::{command_line, ProcessTable};
@@ -43,7 +44,7 @@ doctor_sdk::config! {
         service_user: Option<String> = r#""""#, "the user the coordinator runs as: diagnose whether it can write the database file and directory",
         stop_workers: bool = "true", "when the coordinator is absent, stop the workers the orphaned rows name after the reset (needs grants.signal)",
         grace_ms: u32 = "5000", "time between TERM and KILL when stopping a leftover worker",
-        max_chunk_findings: usize = "200", "orphaned chunks reported one finding each (by id); beyond this, one overflow finding resets the rest in batches",
+        max_chunk_findings: usize = "20", "dead owners reported one finding each (worker:<owner>:orphaned, the owners with most chunks first), each owner's chunks reset by a few set-based compare-and-swaps; the chunks of owners beyond this share one overflow finding",
         ..identity: IdentityConfig,
     }
 }
@@ -125,6 +126,7 @@ impl Plugin for ChunkReset {
             user.unwrap_or_default(),
             &problems,
         ));
+        let withheld = (!problems.is_empty()).then(|| ("reset", WITHHELD.to_string()));
 
         let finder = id.name_finder(&scope);
         let chk = id.owner_check(c.identity.worker_kind, &table, &hostname, finder.as_ref());
@@ -138,7 +140,8 @@ impl Plugin for ChunkReset {
                 worker: Some(shown(worker)),
             };
             let claimed = name.claimed_ms(&clock, started_col, started, &mut findings);
-            let alive = row_liveness(&id.row(worker, &row[4], &row[5]), &chk, claimed);
+            let who = id.row(worker, &row[4], &row[5]);
+            let alive = row_liveness(&who, &chk, claimed);
             let verdict = match (alive, coordinator_absent) {
                 (alive, false) => judge(
                     &c,
@@ -178,11 +181,21 @@ impl Plugin for ChunkReset {
             };
             match verdict {
                 Err(why) => orphans.push(Orphan {
-                    id: chunk.clone(),
-                    worker: worker.clone(),
-                    started: started.clone(),
-                    identity: id.unchanged(&row[4], &row[5]),
+                    owner: who.shown(),
+                    id: shown(chunk),
+                    status: c.running_status.clone(),
                     why,
+                    write: withheld.is_none().then(|| {
+                        let guard = id.unchanged(&row[4], &row[5]);
+                        (
+                            reset(&c, row, coordinator_absent, guard),
+                            format!(
+                                "reset to {} (worker and start time cleared)",
+                                c.pending_status
+                            ),
+                        )
+                    }),
+                    evidence: withheld.clone().into_iter().collect(),
                 }),
                 Ok(extra) => {
                     live_running += 1;
@@ -190,20 +203,24 @@ impl Plugin for ChunkReset {
                 }
             }
         }
-        // One finding per orphaned chunk up to the host's per-report limits; the rest in one overflow finding.
-        let (single, rest) = orphans.split_at(orphans.len().min(c.max_chunk_findings));
+        let orphaned = orphans.len();
+        // One finding per dead owner, its rows reset by set-based compare-and-swaps; owners beyond max_chunk_findings share one.
         findings.extend(
-            single
-                .iter()
-                .map(|o| orphan_finding(&c, o, !problems.is_empty())),
+            Orphans {
+                db: &c.db,
+                table: &c.table,
+                noun: "chunk",
+                consequence: "nothing will finish this work and it blocks a restart",
+                max_findings: c.max_chunk_findings,
+                overflow_key: format!("chunks:{}:orphaned-overflow", c.table),
+            }
+            .findings(orphans),
         );
-        findings
-            .extend((!rest.is_empty()).then(|| overflow_finding(&c, rest, !problems.is_empty())));
         // After every reset: stops come last so that a refused or failed stop never blocks the cleanup.
         findings.extend(leftovers.values().map(|l| leftover_finding(&c, l, &scope)));
         findings.push(state_finding(
             &c,
-            orphans.len(),
+            orphaned,
             live_running,
             coordinator_absent,
         )?);
@@ -262,15 +279,6 @@ fn judge(
     }
 }
 
-struct Orphan {
-    id: SqlValue,
-    worker: SqlValue,
-    started: SqlValue,
-    /// The pid/host expressions the verdict rests on and their values (compare-and-swap too).
-    identity: Vec<(String, SqlValue)>,
-    why: String,
-}
-
 /// A live worker named by an orphaned row of a dead coordinator; `allowed`: see `db_common::may_stop`.
 struct Leftover {
     process: Process,
@@ -278,92 +286,40 @@ struct Leftover {
     allowed: bool,
 }
 
-/// SET status = pending, the worker and the claim time cleared.
-fn reset(c: &Config) -> Update {
-    let mut u = Update::default();
+/// Reset one chunk to pending (worker and claim time cleared) if it is still
+/// running for its worker exactly as read: the claim time, the heartbeat
+/// (not while the coordinator is absent: a leftover worker may still beat),
+/// and the identity the verdict rests on.
+fn reset(
+    c: &Config,
+    row: &[SqlValue],
+    coordinator_absent: bool,
+    guard: Vec<(String, SqlValue)>,
+) -> Update {
+    let (mut u, started) = (Update::default(), opt_column(&c.started_at_column));
     u.set(&c.status_column, SqlValue::Text(c.pending_status.clone()))
         .set_sql(format!("{} = NULL", ident(&c.worker_column)));
-    if let Some(started) = opt_column(&c.started_at_column) {
+    if let Some(started) = started {
         u.set_sql(format!("{} = NULL", ident(started)));
     }
+    u.key(ident(&c.id_column), row[0].clone())
+        .equals(
+            ident(&c.status_column),
+            SqlValue::Text(c.running_status.clone()),
+        )
+        .unchanged(ident(&c.worker_column), row[1].clone());
+    let beat = opt_column(&c.heartbeat_column).filter(|_| !coordinator_absent);
+    u.unchanged_columns([(started, &row[2]), (beat, &row[3])])
+        .unchanged_each(guard);
     u
 }
 
-fn orphan_finding(c: &Config, o: &Orphan, withheld: bool) -> Finding {
-    let (id, worker, running) = (shown(&o.id), shown(&o.worker), &c.running_status);
-    let message = format!("chunk {id} is {running} for worker {worker} but {}; nothing will finish it and it blocks a restart", o.why);
-    let f = Finding::critical(
-        format!("chunk:{}:{id}:orphaned", c.table),
-        format!("{} chunk {id}", c.table),
-        message,
-    );
-    let f = f
-        .evidence("id", &id)
-        .evidence("worker", &worker)
-        .evidence("started_at", shown(&o.started))
-        .evidence("reason", &o.why);
-    if withheld {
-        return f.evidence("reset", WITHHELD);
-    }
-    let mut u = reset(c);
-    u.equals(ident(&c.id_column), o.id.clone())
-        .equals(ident(&c.status_column), SqlValue::Text(running.clone()))
-        .unchanged(ident(&c.worker_column), o.worker.clone());
-    u.unchanged_each(o.identity.clone());
-    let (sql, params) = u.build(&c.table);
-    f.action(Action::sql_exec(&c.db, &sql, params, 1), format!("reset chunk {id} to {} (worker and start time cleared) if it is still {running} for worker {worker}", c.pending_status))
-}
-
-/// Orphans beyond `max_chunk_findings`: one finding, batched compare-and-swaps per worker
-/// (`... WHERE status = 'running' AND worker IS ? AND id IN (...)`), each row still changed only if still running for that worker.
-fn overflow_finding(c: &Config, rest: &[Orphan], withheld: bool) -> Finding {
-    let first: Vec<String> = rest.iter().take(20).map(|o| shown(&o.id)).collect();
-    let more = if rest.len() > first.len() {
-        ", ..."
-    } else {
-        ""
-    };
-    let message = format!(
-        "{} more {} chunks are orphaned (ids {}{more})",
-        rest.len(),
-        c.running_status,
-        first.join(", ")
-    );
-    let f = Finding::critical(
-        format!("chunks:{}:orphaned-overflow", c.table),
-        format!("table {}", c.table),
-        message,
-    )
-    .evidence("count", rest.len());
-    if withheld {
-        return f.evidence("reset", WITHHELD);
-    }
-    db_common::batched_writes(
-        f,
-        &c.db,
-        &c.table,
-        rest.iter().map(|o| (&o.worker, &o.id)),
-        |worker, ids| {
-            let (n, shown_worker, mut u) = (ids.len(), shown(&worker), reset(c));
-            u.equals(
-                ident(&c.status_column),
-                SqlValue::Text(c.running_status.clone()),
-            )
-            .unchanged(ident(&c.worker_column), worker)
-            .one_of(ident(&c.id_column), ids);
-            (
-                u,
-                format!(
-                    "reset {n} chunk(s) of worker {shown_worker} to {} if still {} for it",
-                    c.pending_status, c.running_status
-                ),
-            )
-        },
-    )
-}
-
 fn leftover_finding(c: &Config, l: &Leftover, scope: &ScopeMatcher) -> Finding {
-    let (p, chunks, cmd) = (&l.process, l.chunks.join(", "), command_line(&l.process));
+    let (p, chunks, cmd) = (
+        &l.process,
+        ids_shown(&l.chunks, SHOWN_IDS),
+        command_line(&l.process),
+    );
     let message = format!(
         "worker pid {} (`{cmd}`) still holds chunk(s) {chunks} but its coordinator is not running",
         p.id.pid
