@@ -394,3 +394,73 @@ fn query_processes(
         .cloned()
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{answer_with, process, Facts};
+    use crate::processes::{self, Process, ProcessFilter, Scope};
+    use crate::{database, SqlValue};
+
+    fn pids(found: Vec<Process>) -> Vec<u32> {
+        found.iter().map(|p| p.id.pid).collect()
+    }
+
+    #[test]
+    fn a_process_query_answers_natively_as_the_host_does() {
+        let table = vec![
+            process(10, "sh /srv/a/run.sh"),
+            Process {
+                ppid: 10,
+                uid: 1001,
+                ..process(11, "python3 worker.py")
+            },
+            process(20, "sh /srv/b/run.sh"),
+            Process {
+                ppid: 20,
+                uid: 1001,
+                ..process(21, "python3 worker.py")
+            },
+        ];
+        let facts = Facts::new().processes(table);
+        answer_with(facts, || {
+            let workers = ProcessFilter {
+                pattern: Some("worker\\.py$".into()),
+                scope: None,
+            };
+            assert_eq!(pids(processes::query(&workers).unwrap()), [11, 21]);
+            let in_a = ProcessFilter {
+                scope: Some(Scope {
+                    user: Some("1001".into()),
+                    unit: None,
+                    cgroup: None,
+                    under: Some("/srv/a/".into()),
+                }),
+                ..workers
+            };
+            assert_eq!(pids(processes::query(&in_a).unwrap()), [11]);
+            let bad = ProcessFilter {
+                pattern: Some("(".into()),
+                scope: None,
+            };
+            assert!(processes::query(&bad).is_err());
+        });
+    }
+
+    #[test]
+    fn a_database_query_is_answered_like_sqlite_and_the_kind_is_sqlite() {
+        let facts = Facts::new().query("jobs", |sql, _| {
+            assert_eq!(sql, "SELECT 1");
+            Ok(crate::sqlite::Rows {
+                columns: vec!["1".into()],
+                rows: vec![vec![SqlValue::Integer(1)]],
+            })
+        });
+        answer_with(facts, || {
+            assert_eq!(database::kind("jobs").unwrap(), database::DbKind::Sqlite);
+            let rows = database::query("jobs", "SELECT 1", &[]).unwrap();
+            assert!(
+                matches!(rows.rows[..], [ref row] if matches!(row[..], [SqlValue::Integer(1)]))
+            );
+        });
+    }
+}
