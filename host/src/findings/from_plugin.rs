@@ -40,6 +40,14 @@ pub fn from_report(report: wit::Report) -> Result<Vec<Finding>, PluginFailure> {
                     truncate(&f.key, 64)
                 )));
             }
+            // The host's own findings (an interrupted intent) live there:
+            // a plugin cannot stand in for one.
+            if f.key.starts_with(HOST_KEY_PREFIX) {
+                return Err(PluginFailure::InvalidOutput(format!(
+                    "finding key {:?}: keys starting with {HOST_KEY_PREFIX:?} are the host's",
+                    truncate(&f.key, 64)
+                )));
+            }
             if !seen.insert(f.key.clone()) {
                 return Err(PluginFailure::InvalidOutput(format!(
                     "finding key {:?} appears twice",
@@ -217,6 +225,10 @@ fn signal(s: wit::Signal) -> Signal {
     }
 }
 
+/// The prefix of the finding keys the host makes itself
+/// (`doctor:interrupted:N`, see `journal::intents`).
+pub const HOST_KEY_PREFIX: &str = "doctor:";
+
 #[cfg(test)]
 mod limit_tests {
     use super::*;
@@ -264,6 +276,15 @@ mod limit_tests {
                 .collect(),
         };
         assert_eq!(from_report(fine).map(|f| f.len()).ok(), Some(10));
+    }
+
+    #[test]
+    fn a_plugin_cannot_report_a_key_of_the_hosts() {
+        let err = from_report(wit::Report {
+            findings: vec![wit_finding("doctor:interrupted:7".into(), 0, None)],
+        })
+        .expect_err("refused");
+        assert!(err.to_string().contains("are the host's"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 mod from_plugin;
 
+pub use from_plugin::HOST_KEY_PREFIX;
+
 use crate::facts::sqlite::Value;
 use crate::runtime::{Limits, LoadedComponent, PluginFailure, PluginHost, Runtime};
 use serde::Serialize;

@@ -364,7 +364,11 @@ impl OpenIntent {
             _ => Vec::new(),
         };
         Finding {
-            key: format!("doctor:interrupted:{}", self.id),
+            key: format!(
+                "{}interrupted:{}",
+                crate::findings::HOST_KEY_PREFIX,
+                self.id
+            ),
             severity: Severity::Critical,
             subject: format!("intent {}", self.id),
             message,
