@@ -209,7 +209,9 @@ impl EffectiveGrants {
     }
 
     /// `grants.signal.scope`, else the scope of `grants.processes`: a plugin
-    /// never has a process signalled that does not exist for it.
+    /// with a scoped process grant never has a process signalled that does
+    /// not exist for it. With neither scoped, the grant reaches the whole
+    /// host (`policy validate` warns).
     fn signal_scope(&self, grant: &SignalGrant) -> Result<(ScopeMatcher, &'static str), Denied> {
         let (scope, key) = match &grant.scope {
             ProcessScope::None => (&self.granted.processes, "processes"),

@@ -43,9 +43,11 @@ impl CapabilityContext {
                 .map_err(|e| Error::Invalid(format!("filter: {e}")))?,
         };
         let table = self.facts.processes().map_err(Error::Io)?;
-        let inside: Vec<&ProcessInfo> = granted
-            .filter(&table)
-            .into_iter()
+        // Everything below sees only what the grant shows: a hidden process
+        // must not be found out even as the ancestor an `under` asks about.
+        let visible: Vec<ProcessInfo> = granted.filter(&table).into_iter().cloned().collect();
+        let inside: Vec<&ProcessInfo> = visible
+            .iter()
             .filter(|p| {
                 pattern
                     .as_ref()
@@ -55,9 +57,8 @@ impl CapabilityContext {
         if wanted.is_host() {
             return Ok(inside.into_iter().map(to_wit).collect());
         }
-        // `under` looks at ancestors, which may lie outside the pattern.
         let scoped: std::collections::HashSet<u32> =
-            wanted.filter(&table).iter().map(|p| p.id.pid).collect();
+            wanted.filter(&visible).iter().map(|p| p.id.pid).collect();
         Ok(inside
             .into_iter()
             .filter(|p| scoped.contains(&p.id.pid))

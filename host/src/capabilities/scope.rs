@@ -91,7 +91,7 @@ impl Compiled {
         let under = w
             .under
             .as_deref()
-            .map(regex::Regex::new)
+            .map(|p| regex::RegexBuilder::new(p).size_limit(1 << 20).build())
             .transpose()
             .map_err(|e| format!("scope under: {e}"))?;
         Ok(Compiled {

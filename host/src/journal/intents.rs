@@ -4,11 +4,11 @@
 //! plan; each action's outcome is committed as soon as it is known. A run
 //! killed in between leaves intents without outcome: the next run reports
 //! each as interrupted and re-observes its target. It never redoes one
-//! blindly: an intent proven not to have taken effect on a target proven the
-//! same (a stop whose pid + start time still runs, a removal whose file has
-//! the same inode) stays open and is resumed by the next fixing run under
-//! the current grants and guards; one that may have taken effect (a signal,
-//! a command) stays open as a finding until an operator clears it.
+//! blindly: a stop proven not to have taken effect on a process proven the
+//! same (its pid + start time still runs), after every earlier action of its
+//! finding was applied, stays open and is resumed by the next fixing run
+//! under the current grants and guards; one that may have taken effect (a
+//! signal, a command) stays open as a finding until an operator clears it.
 
 use crate::facts::processes::{self, ProcessId};
 use crate::findings::{Action, Finding, PlannedAction, Severity};
@@ -142,7 +142,7 @@ fn target_identity(action: &Action) -> Option<String> {
 /// report.
 pub fn recover(conn: &Connection, now_ms: u64) -> anyhow::Result<Vec<InterruptedAction>> {
     let mut stmt = conn.prepare(
-        "SELECT i.id, i.run_id, i.plugin, i.finding_key, i.kind, i.params, i.description, i.target
+        "SELECT i.id, i.run_id, i.plugin, i.finding_key, i.kind, i.params, i.description, i.target, i.seq
          FROM intents i JOIN runs r ON r.id = i.run_id
          WHERE i.outcome IS NULL AND r.status = 'interrupted' ORDER BY i.id",
     )?;
@@ -158,12 +158,20 @@ pub fn recover(conn: &Connection, now_ms: u64) -> anyhow::Result<Vec<Interrupted
                 found: r.get(5)?,
             },
             r.get::<_, Option<String>>(7)?,
+            r.get::<_, i64>(8)?,
         ))
     })?;
     let mut found = Vec::new();
     for row in rows {
-        let (id, mut action, target) = row?;
-        let seen = reobserve(&action.found, target.as_deref());
+        let (id, mut action, target, seq) = row?;
+        let mut seen = reobserve(&action.found, target.as_deref());
+        // A later action of a plan runs only after the earlier ones of its
+        // finding (`needs-previous`, "database first"): it is resumed only
+        // when every earlier one is known applied.
+        if seen.open == Some(Open::Resume) && !earlier_applied(conn, &action, seq)? {
+            seen.open = None;
+            seen.text.push_str("; not resumed: an earlier action of its finding is not known applied, so the plugin's next check plans again");
+        }
         action.found = seen.text;
         conn.execute(
             "UPDATE intents SET outcome = 'interrupted', detail = ?2, finished_at = ?3, open = ?4 WHERE id = ?1",
@@ -177,6 +185,21 @@ pub fn recover(conn: &Connection, now_ms: u64) -> anyhow::Result<Vec<Interrupted
         found.push(action);
     }
     Ok(found)
+}
+
+/// Every earlier intent of the same finding in the same run was applied.
+fn earlier_applied(
+    conn: &Connection,
+    action: &InterruptedAction,
+    seq: i64,
+) -> anyhow::Result<bool> {
+    let unapplied: i64 = conn.query_row(
+        "SELECT count(*) FROM intents WHERE run_id = ?1 AND plugin = ?2 AND finding_key = ?3
+           AND seq < ?4 AND coalesce(outcome, '') != 'applied'",
+        params![action.run_id, action.plugin, action.finding_key, seq],
+        |r| r.get(0),
+    )?;
+    Ok(unapplied == 0)
 }
 
 /// Whether an interrupted intent is still the operator's matter.
@@ -254,10 +277,12 @@ fn reobserve(params_json: &str, target: Option<&str>) -> Seen {
                 .map(|m| format!("{}:{}", m.dev(), m.ino()));
             match (now, target) {
                 (None, _) => closed(format!("{path} is gone: applied")),
-                (Some(now), Some(then)) if now == then => Seen {
-                    text: format!("{path} is still there (the same file): not applied; the next fixing run resumes it"),
-                    open: Some(Open::Resume),
-                },
+                // Not resumed: a removal is checked against its path when it
+                // runs, and the file there then could be another; the
+                // plugin's next check proposes it again where still wanted.
+                (Some(now), Some(then)) if now == then => closed(format!(
+                    "{path} is still there (the same file): not applied; the plugin's next check proposes it again where it is still wanted"
+                )),
                 (Some(_), Some(_)) => closed(format!("{path} is another file now: the one intended is gone")),
                 (Some(_), None) => closed(format!("{path} is still there: not applied")),
             }
@@ -390,9 +415,6 @@ fn resumed_action(params_json: &str) -> Option<Action> {
             pid: u32::try_from(p["pid"].as_u64()?).ok()?,
             start_time: p["start_time"].as_u64()?,
             grace_ms: u32::try_from(p["grace_ms"].as_u64()?).ok()?,
-        }),
-        "remove-file" => Some(Action::RemoveFile {
-            path: p["path"].as_str()?.to_string(),
         }),
         _ => None,
     }
@@ -604,7 +626,7 @@ mod tests {
     }
 
     #[test]
-    fn a_removal_is_resumed_only_on_the_same_file() {
+    fn a_removal_is_never_resumed_and_a_replaced_file_is_told_apart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.db");
         let (same, replaced) = (dir.path().join("same"), dir.path().join("replaced"));
@@ -622,9 +644,32 @@ mod tests {
         let journal = Journal::open(&path).unwrap();
         journal.mark_interrupted().unwrap();
         let found = recover(journal.connection(), 3).unwrap();
+        assert!(found[0].found.contains("the same file"), "{found:?}");
         assert!(found[1].found.contains("another file"), "{found:?}");
-        let open = open_intents(journal.connection(), 4).unwrap();
-        assert_eq!(open.len(), 1, "{open:?}");
-        assert!(open[0].description.contains("same"), "{open:?}");
+        assert!(open_intents(journal.connection(), 4).unwrap().is_empty());
+        assert!(same.exists() && replaced.exists(), "nothing removed");
+    }
+
+    #[test]
+    fn a_later_stop_of_a_finding_is_not_resumed_unless_the_earlier_actions_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        let (mut child, id) = sleeper();
+        let stop = Action::StopProcess {
+            pid: id.pid,
+            start_time: id.start_time,
+            grace_ms: 100,
+        };
+        let first = dir.path().join("first");
+        std::fs::write(&first, "").unwrap();
+        // The finding's first action never finished: its stop is not resumed.
+        killed_after_intending(&path, &finding(vec![removal(&first), planned(stop)]), None);
+        let journal = Journal::open(&path).unwrap();
+        journal.mark_interrupted().unwrap();
+        let found = recover(journal.connection(), 3).unwrap();
+        assert!(found[1].found.contains("not resumed"), "{found:?}");
+        assert!(open_intents(journal.connection(), 4).unwrap().is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

@@ -246,9 +246,12 @@ fn take_up_interrupted(
 ) -> Vec<Finding> {
     let mut own = Vec::new();
     for intent in open_intents.iter().filter(|i| i.plugin == plugin) {
+        // One that may have taken effect stays the operator's, always shown.
+        let resumable = intent.open == crate::journal::intents::Open::Resume;
         let planned_again = findings
             .iter_mut()
             .flat_map(|f| f.actions.iter_mut())
+            .filter(|_| resumable)
             .find(|a| a.resumes.is_none() && a.action.params_json() == intent.params);
         match planned_again {
             Some(action) => action.resumes = Some(intent.id),

@@ -85,10 +85,21 @@ pub fn convert<A: serde::Serialize, B: serde::de::DeserializeOwned>(
 /// An old contract's report in the current types. The shapes are the same
 /// except the container actions, which took a bare id before 0.3.0: such a
 /// stop or restart keeps the engine's default grace.
+///
+/// The report goes through JSON text of at most [`MAX_OLD_REPORT_JSON`]
+/// bytes, so a huge report (millions of tiny evidence entries) is refused
+/// before its JSON tree could cost the host many times the plugin's memory.
 pub fn convert_report<A: serde::Serialize>(
     report: A,
 ) -> wasmtime::Result<current::doctor::plugin::types::Report> {
-    let mut json = serde_json::to_value(report).map_err(wasmtime::Error::msg)?;
+    let mut text = Bounded(Vec::new());
+    serde_json::to_writer(&mut text, &report).map_err(|e| {
+        wasmtime::Error::msg(format!(
+            "the report of a plugin built against an older contract: {e}"
+        ))
+    })?;
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&text.0).map_err(wasmtime::Error::msg)?;
     if let Some(findings) = json.get_mut("findings").and_then(|f| f.as_array_mut()) {
         let actions = findings
             .iter_mut()
@@ -114,6 +125,30 @@ pub fn convert_report<A: serde::Serialize>(
     }
     serde_json::from_value(json)
         .map_err(|e| wasmtime::Error::msg(format!("converting between contract versions: {e}")))
+}
+
+/// The most JSON text an old contract's report may take on its way to the
+/// current types: far above what the report's own bounds (4 MiB of text)
+/// let through.
+pub const MAX_OLD_REPORT_JSON: usize = 16 << 20;
+
+/// A writer that refuses to grow past [`MAX_OLD_REPORT_JSON`].
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_OLD_REPORT_JSON {
+            return Err(std::io::Error::other(format!(
+                "more than {MAX_OLD_REPORT_JSON} bytes as JSON"
+            )));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -171,5 +206,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_old_report_too_large_to_convert_is_refused() {
+        use super::v0_2::doctor::plugin::types as old;
+        let evidence = (0..600_000)
+            .map(|i| old::Evidence {
+                key: format!("k{i}"),
+                value: "v".repeat(32),
+            })
+            .collect();
+        let report = old::Report {
+            findings: vec![old::Finding {
+                key: "k".into(),
+                severity: old::Severity::Warning,
+                subject: String::new(),
+                message: String::new(),
+                evidence,
+                actions: vec![],
+            }],
+        };
+        let err = super::convert_report(report).expect_err("refused");
+        assert!(err.to_string().contains("bytes as JSON"), "{err}");
     }
 }
