@@ -363,7 +363,15 @@ fn expected_owner_with_an_unexpected_neighbour_keeps_the_port() {
         "import socket,time\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\ns.bind(('::1',{port}))\ns.listen()\nwhile True: time.sleep(1)\n# intruder-g7"
     );
     let mut bad = Proc::spawn(&["python3", "-c", &script]);
-    std::thread::sleep(Duration::from_millis(300));
+    // Listening on [::1] before the check, however loaded the machine is.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("::1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stray never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     policy(
         &s,
         &format!("[{{ port = {port}, expect = {{ command = \"keeper-g7\" }} }}]"),
