@@ -124,17 +124,22 @@ impl IntentLog {
     }
 }
 
-/// What identifies a removal's file beyond its path (`dev:ino`, not
-/// following a symlink), so that a resume never removes a file that took
-/// the old one's place. None for other actions: a process's pid + start
-/// time and a statement's compare-and-swap are in their parameters.
+/// What identifies a removal's file beyond its path, so that a later run
+/// can tell "the same file is still there" from "another file took its
+/// place". None for other actions: a process's pid + start time and a
+/// statement's compare-and-swap are in their parameters.
 fn target_identity(action: &Action) -> Option<String> {
     match action {
-        Action::RemoveFile { path } => std::fs::symlink_metadata(path)
-            .ok()
-            .map(|m| format!("{}:{}", m.dev(), m.ino())),
+        Action::RemoveFile { path } => file_identity(path),
         _ => None,
     }
+}
+
+/// `dev:ino` of what is at `path` now, not following a symlink.
+fn file_identity(path: &str) -> Option<String> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| format!("{}:{}", m.dev(), m.ino()))
 }
 
 /// Intents left without outcome by runs that died: re-observe each target,
@@ -272,10 +277,7 @@ fn reobserve(params_json: &str, target: Option<&str>) -> Seen {
         }
         "remove-file" => {
             let path = action["path"].as_str().unwrap_or_default();
-            let now = std::fs::symlink_metadata(path)
-                .ok()
-                .map(|m| format!("{}:{}", m.dev(), m.ino()));
-            match (now, target) {
+            match (file_identity(path), target) {
                 (None, _) => closed(format!("{path} is gone: applied")),
                 // Not resumed: a removal is checked against its path when it
                 // runs, and the file there then could be another; the

@@ -117,7 +117,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX intents_open ON intents (outcome) WHERE outcome IS NULL;
     "#,
     // v4: convergence after a crash. `target`: the identity of a removal's
-    // file when intended (`dev:ino`), so a resume acts on the same file only;
+    // file when intended (`dev:ino`), so a later run tells the same file
+    // from one that took its place;
     // `open`: an interrupted intent that is still the operator's matter
     // ('resume': proven not to have taken effect, redone by the next fixing
     // run; 'unknown': may have taken effect, never redone, shown until
