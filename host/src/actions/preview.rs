@@ -71,6 +71,12 @@ fn sql(ctx: &ActionContext, label: &str, statement: &str) -> Option<String> {
     if let Err(denied) = ctx.grants.sqlite_write(label) {
         return Some(denied.0);
     }
+    if ctx.policy.database(label)?.postgres().is_some() {
+        // The statement's own guard; triggers are known only when connected.
+        return crate::facts::postgres::guard::check_update(statement)
+            .err()
+            .map(|refused| format!("database {label:?}: {}", refused.0));
+    }
     let path = ctx.policy.database_path(label)?;
     let verb = statement
         .split_whitespace()

@@ -9,7 +9,9 @@
 //! its path and is never doctor's own journal.
 
 use super::{ActionContext, Executed};
+use crate::facts::postgres::{self, PgError};
 use crate::facts::sqlite::{self, Value};
+use crate::policy::{Database, PgTarget};
 use crate::safe_fs::{self, FileId};
 use rusqlite::{OpenFlags, TransactionBehavior};
 
@@ -38,10 +40,16 @@ pub fn exec(
     if let Err(denied) = ctx.grants.sqlite_write(label) {
         return Executed::refused(denied.0);
     }
-    let Some(path) = ctx.policy.database_path(label) else {
-        return Executed::failed(format!(
-            "database label {label:?} is not defined in the policy"
-        ));
+    let path = match ctx.policy.database(label) {
+        None => {
+            return Executed::failed(format!(
+                "database label {label:?} is not defined in the policy"
+            ))
+        }
+        Some(Database::Postgres(target)) => {
+            return postgres_update(label, target, statement, params, max_rows, bounds)
+        }
+        Some(Database::Sqlite { path }) => path,
     };
     let verb = statement
         .split_whitespace()
@@ -81,6 +89,53 @@ pub fn exec(
         Ok(executed) => executed,
         Err(e) => Executed::failed(format!("database {label:?}: {e}")),
     }
+}
+
+/// The PostgreSQL form: the guard and the trigger check are the session's
+/// (facts/postgres); here only the outcome as the plan reads it.
+fn postgres_update(
+    label: &str,
+    target: &PgTarget,
+    statement: &str,
+    params: &[Value],
+    max_rows: u32,
+    bounds: sqlite::QueryBounds,
+) -> Executed {
+    let failed = |e: PgError| match e {
+        PgError::Refused(why) => Executed::refused(format!("database {label:?}: {why}")),
+        other => Executed::failed(format!("database {label:?}: {other}")),
+    };
+    let mut session = match postgres::connect(target, bounds.deadline) {
+        Ok(session) => session,
+        Err(e) => return failed(e),
+    };
+    let outcome = session.update(
+        statement,
+        params,
+        u64::from(max_rows),
+        bounds.deadline,
+        &target.allow_triggers,
+    );
+    let updated = match outcome {
+        Ok(updated) => updated,
+        Err(e) => return failed(e),
+    };
+    let changed = updated.changed;
+    let before = Some(format!("{changed} row(s) matched"));
+    if updated.rolled_back {
+        return Executed::failed(format!(
+            "would change {changed} rows, more than max-rows {max_rows}; rolled back, nothing changed"
+        ))
+        .with(before, Some("0 rows changed (rolled back)".into()));
+    }
+    if changed == 0 {
+        return Executed::skipped(
+            "no row matched any more (compare-and-swap: someone else changed it first)".into(),
+        )
+        .with(before, Some("0 rows changed".into()));
+    }
+    Executed::applied(format!("changed {changed} row(s)"))
+        .with(before, Some(format!("{changed} row(s) changed")))
 }
 
 fn run(

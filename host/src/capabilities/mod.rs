@@ -110,6 +110,8 @@ pub struct CapabilityContext {
     pub deadline: std::time::Instant,
     /// Live calls, recorded calls, or answers replayed from a recording.
     pub tape: Tape,
+    /// PostgreSQL connections opened by this plugin's queries, per label.
+    pg_sessions: BTreeMap<String, crate::facts::postgres::Session>,
 }
 
 /// The sandbox with the capabilities answering its plugins' imports.
@@ -158,6 +160,7 @@ impl CapabilityContext {
             logs: Vec::new(),
             deadline: std::time::Instant::now(),
             tape: Tape::Live,
+            pg_sessions: BTreeMap::new(),
         }
     }
 

@@ -23,14 +23,7 @@ impl CapabilityContext {
             max_bytes: self.facts.policy.doctor.sql_result_max,
         };
         let rows = db::query(&path, &sql, &params, bounds).map_err(|e| sql_error(&label, e))?;
-        Ok(Rows {
-            columns: rows.columns,
-            rows: rows
-                .rows
-                .into_iter()
-                .map(|r| r.into_iter().map(to_wit).collect())
-                .collect(),
-        })
+        Ok(rows_to_wit(rows))
     }
 
     fn sqlite_file_info(&mut self, label: String) -> Result<DbFile, Error> {
@@ -84,16 +77,26 @@ impl Host for CapabilityContext {
 }
 
 impl CapabilityContext {
+    /// The SQLite file of `label`; a PostgreSQL label is not one (the
+    /// `sqlite` interface, and the contracts before 0.3.0, serve SQLite only).
     fn database(&self, label: &str) -> Result<PathBuf, Error> {
-        self.facts
-            .policy
-            .database_path(label)
-            .map(PathBuf::from)
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "database label {label:?} is not defined in the policy"
-                ))
-            })
+        match self.defined(label)?.sqlite_path() {
+            Some(path) => Ok(path.to_path_buf()),
+            None => Err(Error::Invalid(format!(
+                "database {label:?} is PostgreSQL: the sqlite interface serves SQLite files only; query it through the database interface (contract 0.3.0)"
+            ))),
+        }
+    }
+}
+
+pub(super) fn rows_to_wit(rows: db::Rows) -> Rows {
+    Rows {
+        columns: rows.columns,
+        rows: rows
+            .rows
+            .into_iter()
+            .map(|r| r.into_iter().map(to_wit).collect())
+            .collect(),
     }
 }
 

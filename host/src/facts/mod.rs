@@ -4,4 +4,5 @@ pub mod containers;
 pub mod probe;
 pub mod processes;
 pub mod sockets;
+pub mod postgres;
 pub mod sqlite;

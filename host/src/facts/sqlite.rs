@@ -165,7 +165,7 @@ impl Value {
     /// What holding this value costs the host: its bytes plus the value's
     /// own size (a NULL is not free: millions of them are gigabytes once
     /// copied for the plugin).
-    fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         let own = std::mem::size_of::<Value>() as u64;
         own + match self {
             Value::Null | Value::Integer(_) | Value::Real(_) => 0,

@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod database;
 mod locate;
 mod ranges;
 mod scope;
 
+pub use database::{Database, PgTarget, TlsMode};
 pub use scope::{ProcessScope, UserRef, Within};
 
 use locate::toml_error;
@@ -41,7 +43,7 @@ struct PolicyFile {
     #[serde(default)]
     doctor: DoctorSection,
     #[serde(default)]
-    databases: BTreeMap<String, Database>,
+    databases: BTreeMap<String, database::DatabaseEntry>,
     #[serde(default)]
     commands: BTreeMap<String, CommandSpec>,
     container_engine: Option<EngineSection>,
@@ -157,12 +159,6 @@ fn default_plugin_timeout() -> Duration {
 }
 fn default_plugin_memory() -> u64 {
     64 << 20
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Database {
-    pub path: PathBuf,
 }
 
 /// A command plugins may ask for by name: argv only, never a shell.
@@ -307,6 +303,10 @@ pub struct SignalGrant {
     pub scope: ProcessScope,
 }
 
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
@@ -344,6 +344,29 @@ fn parse_byte_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {text:?} is too large (at most {} bytes)", u64::MAX))
 }
 
+/// Each `[databases.NAME]` as its kind; a bad one names its key and line.
+fn databases(
+    path: &Path,
+    source: &str,
+    entries: BTreeMap<String, database::DatabaseEntry>,
+) -> Result<BTreeMap<String, Database>, PolicyError> {
+    entries
+        .into_iter()
+        .map(|(name, entry)| match Database::from_entry(entry) {
+            Ok(db) => Ok((name, db)),
+            Err((key, message)) => {
+                let key = format!("databases.{name}.{key}");
+                Err(PolicyError {
+                    file: path.display().to_string(),
+                    line: locate::line_of(source, &key),
+                    key,
+                    message,
+                })
+            }
+        })
+        .collect()
+}
+
 impl Policy {
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let source = std::fs::read_to_string(path).map_err(|e| PolicyError {
@@ -358,6 +381,7 @@ impl Policy {
     pub fn parse(path: &Path, source: &str) -> Result<Policy, PolicyError> {
         let parsed: PolicyFile =
             toml::from_str(source).map_err(|e| toml_error(path, source, &e))?;
+        let databases = databases(path, source, parsed.databases)?;
         let mut plugins = BTreeMap::new();
         for (name, plugin) in parsed.plugins {
             plugins.insert(name.into_inner(), plugin.into_inner());
@@ -366,7 +390,7 @@ impl Policy {
             file: path.to_path_buf(),
             source: source.to_string(),
             doctor: parsed.doctor,
-            databases: parsed.databases,
+            databases,
             commands: parsed.commands,
             container_engine: parsed.container_engine,
             plugins,
@@ -537,8 +561,13 @@ impl Policy {
         locate::line_of(&self.source, key)
     }
 
+    /// The SQLite file a label names; None for an unknown or PostgreSQL label.
     pub fn database_path(&self, label: &str) -> Option<&Path> {
-        self.databases.get(label).map(|d| d.path.as_path())
+        self.databases.get(label)?.sqlite_path()
+    }
+
+    pub fn database(&self, label: &str) -> Option<&Database> {
+        self.databases.get(label)
     }
 }
 

@@ -1,0 +1,287 @@
+//! A private PostgreSQL server (Debian's `postgresql`) shared by the tests
+//! of one test binary, started on first use and stopped when it exits.
+//!
+//! `initdb` and `postgres` run as the `postgres` user (they refuse root) in
+//! a temporary directory: unix socket only (`listen_addresses = ''`), fsync
+//! off. Each test gets a database of its own ([`Postgres::database`]);
+//! tables are created by the superuser and granted to the `doctor` role,
+//! a plain login role as an operator would make it. The role `doctor_pw`
+//! must give a password (scram-sha-256), for the password-file tests.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const PSQL: &str = "/usr/bin/psql";
+/// The password of the `doctor_pw` role.
+pub const PASSWORD: &str = "s3cret-for-tests";
+const READY: Duration = Duration::from_secs(60);
+
+pub struct Postgres {
+    root: PathBuf,
+    /// The socket directory (`host=` in a connection string).
+    pub socket_dir: PathBuf,
+    pid: u32,
+}
+
+/// One test's database on the shared server.
+pub struct Db {
+    pub name: String,
+    socket_dir: PathBuf,
+}
+
+static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+impl Postgres {
+    pub fn shared() -> Result<&'static Postgres, String> {
+        SHARED
+            .get_or_init(Postgres::start)
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The server, or None after printing why it does not run here.
+    pub fn or_say_why(test: &str) -> Option<&'static Postgres> {
+        match Postgres::shared() {
+            Ok(pg) => Some(pg),
+            Err(why) => {
+                println!("{test}: not run on PostgreSQL: {why}");
+                None
+            }
+        }
+    }
+
+    /// A fresh database of this test's own, owned by the superuser.
+    pub fn database(&self) -> Db {
+        let n = NEXT_DB.fetch_add(1, Ordering::SeqCst);
+        let name = format!("t{}_{n}", std::process::id());
+        let admin = Db {
+            name: "postgres".into(),
+            socket_dir: self.socket_dir.clone(),
+        };
+        admin.psql(&format!("CREATE DATABASE {name}"));
+        let db = Db {
+            name,
+            socket_dir: self.socket_dir.clone(),
+        };
+        db.psql("GRANT USAGE ON SCHEMA public TO doctor, doctor_pw");
+        db
+    }
+
+    fn start() -> Result<Postgres, String> {
+        let bin = server_bin()?;
+        let (uid, gid) = postgres_user()?;
+        let dir = tempfile::Builder::new()
+            .prefix("pg-")
+            .tempdir()
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let root = dir.keep();
+        let data = root.join("data");
+        let socket_dir = root.join("sock");
+        for d in [&data, &socket_dir] {
+            std::fs::create_dir(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            std::os::unix::fs::chown(d, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| e.to_string())?;
+        let initdb = Command::new(bin.join("initdb"))
+            .args(["-D", &data.display().to_string()])
+            .args(["-U", "postgres", "--auth-local=trust", "--no-sync", "-E", "UTF8"])
+            .args(["--no-instructions"])
+            .uid(uid)
+            .gid(gid)
+            .current_dir(&root)
+            .output()
+            .map_err(|e| format!("initdb: {e}"))?;
+        if !initdb.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&initdb.stderr)
+            ));
+        }
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all doctor_pw scram-sha-256\nlocal all all trust\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let pid = spawn_server(&bin, &data, &socket_dir, &root, uid, gid)?;
+        let pg = Postgres {
+            root,
+            socket_dir,
+            pid,
+        };
+        // SAFETY: registering a plain extern "C" fn with no arguments.
+        unsafe { libc::atexit(stop_shared) };
+        pg.wait_ready()?;
+        let admin = Db {
+            name: "postgres".into(),
+            socket_dir: pg.socket_dir.clone(),
+        };
+        admin.psql(&format!(
+            "CREATE ROLE doctor LOGIN; CREATE ROLE doctor_pw LOGIN PASSWORD '{PASSWORD}'"
+        ));
+        Ok(pg)
+    }
+
+    fn wait_ready(&self) -> Result<(), String> {
+        let deadline = Instant::now() + READY;
+        loop {
+            let ok = Command::new(PSQL)
+                .args(["-X", "-q", "-h"])
+                .arg(&self.socket_dir)
+                .args(["-U", "postgres", "-d", "postgres", "-c", "SELECT 1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default();
+                return Err(format!("the server did not answer within {READY:?}:\n{log}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGQUIT,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{}", self.pid)).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+impl Db {
+    /// Runs `sql` as the superuser; panics with psql's message on failure.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(PSQL)
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.socket_dir)
+            .args(["-U", "postgres", "-d", &self.name, "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// libpq keywords for `role` (the policy's `url`).
+    pub fn keywords(&self, role: &str) -> String {
+        format!(
+            "host={} user={role} dbname={}",
+            self.socket_dir.display(),
+            self.name
+        )
+    }
+
+    /// The argv of a shell that runs `sql` as the superuser through psql
+    /// (a worker's claim), touches `ready`, then becomes a process named
+    /// `name` that sleeps: the worker a row can name by `$$`.
+    pub fn worker_argv(&self, sql: &str, ready: &Path, name: &str) -> Vec<String> {
+        let script = format!(
+            "{PSQL} -X -q -v ON_ERROR_STOP=1 -h '{}' -U postgres -d {} -c \"{}\" && touch '{}' && exec -a {name} sleep 600",
+            self.socket_dir.display(),
+            self.name,
+            sql.replace('"', "\\\""),
+            ready.display()
+        );
+        vec!["bash".into(), "-c".into(), script]
+    }
+}
+
+fn server_bin() -> Result<PathBuf, String> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| {
+            "/usr/lib/postgresql is missing (Debian's postgresql; .ci/test installs it)".to_string()
+        })?
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|bin| bin.join("postgres").exists())
+        .collect();
+    found.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    found
+        .pop()
+        .ok_or_else(|| "no server under /usr/lib/postgresql/*/bin".into())
+}
+
+fn postgres_user() -> Result<(u32, u32), String> {
+    let user = nix::unistd::User::from_name("postgres")
+        .map_err(|e| e.to_string())?
+        .ok_or("no postgres user (Debian's postgresql package creates it)")?;
+    Ok((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+fn spawn_server(
+    bin: &Path,
+    data: &Path,
+    socket_dir: &Path,
+    root: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<u32, String> {
+    let log = std::fs::File::create(root.join("server.log")).map_err(|e| e.to_string())?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    let mut command = Command::new(bin.join("postgres"));
+    command
+        .arg("-D")
+        .arg(data)
+        .arg("-k")
+        .arg(socket_dir)
+        .args(["-c", "listen_addresses=", "-c", "fsync=off"])
+        .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+        .args(["-c", "max_connections=200", "-c", "shared_buffers=64MB"])
+        .uid(uid)
+        .gid(gid)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
+    // SAFETY: prctl in the forked child before exec; no allocation.
+    unsafe {
+        command.pre_exec(|| {
+            // Should this binary die without its exit handler, the server
+            // gets SIGQUIT when its keeper thread goes.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);
+            Ok(())
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || match command.spawn() {
+        Ok(mut child) => {
+            let _ = tx.send(Ok(child.id()));
+            let _ = child.wait();
+        }
+        Err(e) => {
+            let _ = tx.send(Err(format!("cannot spawn postgres: {e}")));
+        }
+    });
+    rx.recv().map_err(|e| e.to_string())?
+}
+
+extern "C" fn stop_shared() {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(Ok(pg)) = SHARED.get() {
+            pg.stop();
+        }
+    });
+}
