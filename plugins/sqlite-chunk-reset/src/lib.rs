@@ -77,6 +77,7 @@ impl Plugin for ChunkReset {
             ("heartbeat_column", hb_col),
         ]);
         let OnHost {
+            db,
             problems,
             scope,
             weak,
@@ -108,19 +109,17 @@ impl Plugin for ChunkReset {
             Some(re) => table.in_scope(re, &scope).next().is_none(),
             None => false,
         };
-        let (t, key, status) = (
-            ident(&c.table),
-            ident(&c.id_column),
-            ident(&c.status_column),
-        );
+        let (key, status) = (ident(&c.id_column), ident(&c.status_column));
         let sql = format!(
-            "SELECT {key}, {}, {}, {}, {} FROM {t} WHERE {status} = ?1 ORDER BY {key}",
+            "SELECT {key}, {}, {}, {}, {} FROM {} WHERE {status} = {} ORDER BY {key}",
             ident(&c.worker_column),
             ident_or_null(started_col),
             ident_or_null(hb_col),
-            id.select_list()
+            id.select_list(),
+            db.table_sql(),
+            db.mark(1),
         );
-        let running = sqlite::query(&c.db, &sql, &[SqlValue::Text(c.running_status.clone())])?;
+        let running = db.query(&sql, &[SqlValue::Text(c.running_status.clone())])?;
         findings.extend(db_common::unwritable_finding(
             &c.db,
             user.unwrap_or_default(),
@@ -207,8 +206,7 @@ impl Plugin for ChunkReset {
         // One finding per dead owner, its rows reset by set-based compare-and-swaps; owners beyond max_chunk_findings share one.
         findings.extend(
             Orphans {
-                db: &c.db,
-                table: &c.table,
+                db: &db,
                 noun: "chunk",
                 consequence: "nothing will finish this work and it blocks a restart",
                 max_findings: c.max_chunk_findings,
@@ -220,10 +218,11 @@ impl Plugin for ChunkReset {
         findings.extend(leftovers.values().map(|l| leftover_finding(&c, l, &scope)));
         findings.push(state_finding(
             &c,
+            StatusCounts::read(&db, &c.status_column)?,
             orphaned,
             live_running,
             coordinator_absent,
-        )?);
+        ));
         Ok(findings)
     }
 }
@@ -354,11 +353,11 @@ fn leftover_finding(c: &Config, l: &Leftover, scope: &ScopeMatcher) -> Finding {
 /// The table as a dashboard should show it: Processing / Pending / Complete / Idle.
 fn state_finding(
     c: &Config,
+    counts: StatusCounts,
     orphaned: usize,
     live_running: usize,
     coordinator_absent: bool,
-) -> Result<Finding, Error> {
-    let counts = StatusCounts::read(&c.db, &c.table, &c.status_column)?;
+) -> Finding {
     let (total, complete, pending) = (
         counts.total,
         c.complete_statuses
@@ -404,7 +403,7 @@ fn state_finding(
         .evidence("pending", pending)
         .evidence("complete", complete)
         .evidence("progress", format!("{progress:.1}%"));
-    Ok(counts.evidence(f))
+    counts.evidence(f)
 }
 
 register_plugin!(ChunkReset);
