@@ -622,3 +622,6 @@ fn summary(c: &Config, db: &Db) -> Result<Finding, Error> {
 }
 
 register_plugin!(JobHealth);
+
+#[cfg(test)]
+mod tests;
