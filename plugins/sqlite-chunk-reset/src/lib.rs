@@ -407,3 +407,6 @@ fn state_finding(
 }
 
 register_plugin!(ChunkReset);
+
+#[cfg(test)]
+mod tests;
