@@ -41,7 +41,8 @@ impl Update {
     }
 
     /// Compare-and-swap: `what` (a quoted column or a parenthesised
-    /// expression) `IS ?N`, which also matches a NULL as read.
+    /// expression) `IS ?N` (PostgreSQL: `IS NOT DISTINCT FROM $N`), which
+    /// also matches a NULL as read.
     pub fn unchanged(&mut self, what: String, value: SqlValue) -> &mut Self {
         self.conds.push((what, "IS", value));
         self
@@ -143,7 +144,8 @@ fn push_value(shape: &mut String, value: &SqlValue) {
     };
 }
 
-/// Two values as SQLite's `IS` would compare what the check read: same type, same value.
+/// Two values as the null-safe comparison (`IS`, `IS NOT DISTINCT FROM`)
+/// would compare what the check read: same type, same value.
 fn same(a: &SqlValue, b: &SqlValue) -> bool {
     match (a, b) {
         (SqlValue::Null, SqlValue::Null) => true,

@@ -5,7 +5,9 @@
 //! reads them alike), judging a claimed row's times and heartbeat
 //! ([`Clock`], [`Heartbeat`], [`RowName`]), compare-and-swap writes merged
 //! into set-based ones per dead owner ([`merge`], [`Orphans`]), and diagnosing
-//! whether the service's user could write the database at all.
+//! whether the service's user could write a SQLite database at all. Every
+//! statement is rendered by the table's [`Dialect`] (SQLite or PostgreSQL),
+//! carried in a [`Db`].
 
 use doctor_sdk::files::FileStat;
 pub use doctor_sdk::owner::{parse_owner, OwnerFormat};
@@ -292,7 +294,8 @@ pub struct WriteProblem {
     pub fix: String,
 }
 
-/// The database file must exist (else an error naming its path). Then: can
+/// A SQLite label only (a PostgreSQL label has no file: the host says
+/// `invalid`). The database file must exist (else an error naming its path). Then: can
 /// `user` write the file, and the directory (write + search), which SQLite
 /// needs for its rollback journal or WAL files? Never changes anything.
 pub fn write_problems(db: &str, user_name: Option<&str>) -> Result<Vec<WriteProblem>, Error> {

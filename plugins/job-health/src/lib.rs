@@ -74,7 +74,7 @@ doctor_sdk::config! {
         max_attempts: i64 = "3", "a job that already has this many attempts is failed instead of requeued",
         requeue_set: BTreeMap<String, serde_json::Value> = "{}", "further columns a requeue sets: constant, { null = true }, { now = true }, { text = \"...{reason}\" }, { json = { ... } }",
         fail_set: BTreeMap<String, serde_json::Value> = "{}", "further columns marking a job failed sets (an error record the application reads), in the same forms",
-        service_user: Option<String> = r#""""#, "the user the server runs as: diagnose whether it can write the database file and directory",
+        service_user: Option<String> = r#""""#, "the user the server runs as: diagnose whether it can write the database file and directory (a SQLite file; not asked of PostgreSQL)",
         ..identity: IdentityConfig,
     }
 }

@@ -11,6 +11,7 @@
 //! still exactly as read), **then** the leftover workers those rows name are
 //! stopped (never every process matching a pattern). It also says why a
 //! reset would fail and reports the table as Processing / Pending / Complete / Idle.
+//! The table may be SQLite's or PostgreSQL's: db-common's dialect renders the SQL.
 
 use db_common::{
     ident, ident_or_null, ids_shown, integer, opt_column, regex, row_liveness, shown, Clock,
@@ -41,7 +42,7 @@ doctor_sdk::config! {
         running_status: String = r#""running""#, "status value of a chunk being worked on",
         pending_status: String = r#""pending""#, "status value an orphaned chunk is reset to",
         complete_statuses: Vec<String> = r#"["complete", "completed", "done"]"#, "status values that count as complete for progress",
-        service_user: Option<String> = r#""""#, "the user the coordinator runs as: diagnose whether it can write the database file and directory",
+        service_user: Option<String> = r#""""#, "the user the coordinator runs as: diagnose whether it can write the database file and directory (a SQLite file; not asked of PostgreSQL)",
         stop_workers: bool = "true", "when the coordinator is absent, stop the workers the orphaned rows name after the reset (needs grants.signal)",
         grace_ms: u32 = "5000", "time between TERM and KILL when stopping a leftover worker",
         max_chunk_findings: usize = "20", "dead owners reported one finding each (worker:<owner>:orphaned, the owners with most chunks first), each owner's chunks reset by a few set-based compare-and-swaps; the chunks of owners beyond this share one overflow finding",
