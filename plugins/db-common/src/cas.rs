@@ -6,12 +6,14 @@
 //! here; [`merge`] then writes many of them as a few set-based statements
 //! that change exactly the rows the per-row statements would.
 
-use crate::ident;
+use crate::{ident, Db};
 use doctor_sdk::prelude::*;
 use std::collections::BTreeMap;
 
 /// One row's UPDATE: its SET list, its key, and the conditions on the row's
-/// before-state (each `what = ?` or `what IS ?` with the value as read).
+/// before-state (each `what = ?` or `what IS ?` with the value as read),
+/// rendered in the table's dialect when built (`$N`, `IS NOT DISTINCT FROM`
+/// on PostgreSQL).
 #[derive(Default, Clone)]
 pub struct Update {
     sets: Vec<(String, Option<SqlValue>)>,
@@ -39,7 +41,8 @@ impl Update {
     }
 
     /// Compare-and-swap: `what` (a quoted column or a parenthesised
-    /// expression) `IS ?N`, which also matches a NULL as read.
+    /// expression) `IS ?N` (PostgreSQL: `IS NOT DISTINCT FROM $N`), which
+    /// also matches a NULL as read.
     pub fn unchanged(&mut self, what: String, value: SqlValue) -> &mut Self {
         self.conds.push((what, "IS", value));
         self
@@ -72,26 +75,26 @@ impl Update {
         self
     }
 
-    /// The statement on `table` for this one row, and its parameters.
-    pub fn build(self, table: &str) -> (String, Vec<SqlValue>) {
+    /// The statement on `db`'s table for this one row, and its parameters.
+    pub fn build(self, db: &Db) -> (String, Vec<SqlValue>) {
         let mut params = Vec::new();
-        let sets = self.set_list(&mut params);
+        let sets = self.set_list(db, &mut params);
         let conds: Vec<String> = self
             .key
             .iter()
             .map(|(what, v)| (what, "=", v))
             .chain(self.conds.iter().map(|(what, op, v)| (what, *op, v)))
-            .map(|(what, op, v)| format!("{what} {op} {}", bind(&mut params, v)))
+            .map(|(what, op, v)| db.compare(what, op, bind(db, &mut params, v)))
             .collect();
-        (update(table, &sets, &conds), params)
+        (update(db, &sets, &conds), params)
     }
 
-    fn set_list(&self, params: &mut Vec<SqlValue>) -> String {
+    fn set_list(&self, db: &Db, params: &mut Vec<SqlValue>) -> String {
         let items: Vec<String> = self
             .sets
             .iter()
             .map(|(what, v)| match v {
-                Some(v) => format!("{what} = {}", bind(params, v)),
+                Some(v) => format!("{what} = {}", bind(db, params, v)),
                 None => what.clone(),
             })
             .collect();
@@ -141,7 +144,8 @@ fn push_value(shape: &mut String, value: &SqlValue) {
     };
 }
 
-/// Two values as SQLite's `IS` would compare what the check read: same type, same value.
+/// Two values as the null-safe comparison (`IS`, `IS NOT DISTINCT FROM`)
+/// would compare what the check read: same type, same value.
 fn same(a: &SqlValue, b: &SqlValue) -> bool {
     match (a, b) {
         (SqlValue::Null, SqlValue::Null) => true,
@@ -153,15 +157,15 @@ fn same(a: &SqlValue, b: &SqlValue) -> bool {
     }
 }
 
-fn bind(params: &mut Vec<SqlValue>, value: &SqlValue) -> String {
+fn bind(db: &Db, params: &mut Vec<SqlValue>, value: &SqlValue) -> String {
     params.push(value.clone());
-    format!("?{}", params.len())
+    db.mark(params.len())
 }
 
-fn update(table: &str, sets: &str, conds: &[String]) -> String {
+fn update(db: &Db, sets: &str, conds: &[String]) -> String {
     format!(
         "UPDATE {} SET {sets} WHERE {}",
-        ident(table),
+        db.table_sql(),
         conds.join(" AND ")
     )
 }
@@ -191,12 +195,13 @@ impl Merged {
 /// shape (see `shape`) share a statement: a condition whose value is the
 /// same in each is said once (`"worker" IS ?`), the keys are listed
 /// (`"id" IN (...)`, for the index), and the conditions whose values differ
-/// are compared per row (`("id", "started_at") IN (VALUES (?, ?), ...)`):
+/// are compared per row (`("id", "started_at") IN (VALUES (?, ?), ...)`, on
+/// PostgreSQL `IN (($1, $2), ...)`):
 /// a row changes only if its key and its own before-state match together,
 /// exactly as its own statement would have changed it. Rows without a key,
 /// and groups of one, keep the one-row statement. Each statement stays
 /// under [`MAX_STATEMENT`]; groups keep the order in which they first appear.
-pub fn merge(rows: Vec<Update>, table: &str) -> Vec<Merged> {
+pub fn merge(rows: Vec<Update>, db: &Db) -> Vec<Merged> {
     let (mut groups, mut index) = (Vec::<Vec<usize>>::new(), BTreeMap::<String, usize>::new());
     for (i, u) in rows.iter().enumerate() {
         let shape = match u.key {
@@ -221,17 +226,17 @@ pub fn merge(rows: Vec<Update>, table: &str) -> Vec<Merged> {
                     .all(|i| same(&rows[*i].conds[c].2, &first.conds[c].2))
             })
             .collect();
-        for part in parts(&rows, &members, &varying, table) {
+        for part in parts(&rows, &members, &varying, db) {
             out.push(match part.len() {
                 1 => {
-                    let (statement, params) = rows[part[0]].clone().build(table);
+                    let (statement, params) = rows[part[0]].clone().build(db);
                     Merged {
                         rows: part,
                         statement,
                         params,
                     }
                 }
-                _ => set_statement(&rows, part, &varying, table),
+                _ => set_statement(&rows, part, &varying, db),
             });
         }
     }
@@ -241,10 +246,11 @@ pub fn merge(rows: Vec<Update>, table: &str) -> Vec<Merged> {
 /// `members` cut into statements of at most [`MAX_STATEMENT`] bytes (text
 /// and parameters as the host counts them), estimated from above: the
 /// fixed text from the first row's one-row statement, then each row's marks
-/// (`?N, ` in the key list, `(?N, ?M), ` when values are compared) and values.
-fn parts(rows: &[Update], members: &[usize], varying: &[bool], table: &str) -> Vec<Vec<usize>> {
+/// (`?N, ` in the key list, `(?N, ?M), ` when values are compared, with a
+/// cast where the dialect compares one) and values.
+fn parts(rows: &[Update], members: &[usize], varying: &[bool], db: &Db) -> Vec<Vec<usize>> {
     let first = &rows[members[0]];
-    let (statement, params) = first.clone().build(table);
+    let (statement, params) = first.clone().build(db);
     let (fixed, shared) = (
         statement.len()
             + params.iter().map(json_len).sum::<usize>()
@@ -252,6 +258,9 @@ fn parts(rows: &[Update], members: &[usize], varying: &[bool], table: &str) -> V
             + 64,
         params.len(),
     );
+    let casts: usize = compared(first, varying)
+        .map(|(what, _)| db.rhs(what, String::new()).len())
+        .sum();
     let mark = |n: usize| 3 + digits(n as u64);
     let differing = varying.iter().filter(|v| **v).count();
     let (mut out, mut size, mut next) = (Vec::<Vec<usize>>::new(), usize::MAX, 0);
@@ -260,7 +269,7 @@ fn parts(rows: &[Update], members: &[usize], varying: &[bool], table: &str) -> V
         let values: Vec<&SqlValue> = compared(u, varying).map(|(_, v)| v).collect();
         let marks = |from: usize| match differing {
             0 => mark(from),
-            _ => mark(from) + 4 + (from..from + values.len()).map(mark).sum::<usize>(),
+            _ => mark(from) + 4 + casts + (from..from + values.len()).map(mark).sum::<usize>(),
         };
         let cost = |from| marks(from) + values.iter().map(|v| json_len(v)).sum::<usize>();
         if size.saturating_add(cost(next)) > MAX_STATEMENT {
@@ -285,39 +294,35 @@ fn compared<'a>(
 }
 
 /// Rows of one shape as one statement (see [`merge`]).
-fn set_statement(rows: &[Update], part: Vec<usize>, varying: &[bool], table: &str) -> Merged {
+fn set_statement(rows: &[Update], part: Vec<usize>, varying: &[bool], db: &Db) -> Merged {
     let first = &rows[part[0]];
     let mut params = Vec::new();
-    let sets = first.set_list(&mut params);
+    let sets = first.set_list(db, &mut params);
     let mut conds: Vec<String> = first
         .conds
         .iter()
         .zip(varying)
         .filter(|(_, v)| !**v)
-        .map(|((what, op, v), _)| format!("{what} {op} {}", bind(&mut params, v)))
+        .map(|((what, op, v), _)| db.compare(what, op, bind(db, &mut params, v)))
         .collect();
     let (mut keys, mut tuples) = (Vec::new(), Vec::new());
     for &i in &part {
         let marks: Vec<String> = compared(&rows[i], varying)
-            .map(|(_, v)| bind(&mut params, v))
+            .map(|(what, v)| db.rhs(what, bind(db, &mut params, v)))
             .collect();
         keys.push(marks[0].clone());
         tuples.push(format!("({})", marks.join(", ")));
     }
-    let whats: Vec<&str> = compared(first, varying)
-        .map(|(what, _)| what.as_str())
+    let whats: Vec<String> = compared(first, varying)
+        .map(|(what, _)| db.lhs(what))
         .collect();
     conds.push(format!("{} IN ({})", whats[0], keys.join(", ")));
     if whats.len() > 1 {
-        conds.push(format!(
-            "({}) IN (VALUES {})",
-            whats.join(", "),
-            tuples.join(", ")
-        ));
+        conds.push(db.dialect.rows_in(&whats.join(", "), &tuples));
     }
     Merged {
         rows: part,
-        statement: update(table, &sets, &conds),
+        statement: update(db, &sets, &conds),
         params,
     }
 }
@@ -349,7 +354,12 @@ fn digits(n: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Dialect;
     use rusqlite::Connection;
+
+    fn sqlite(table: &str) -> Db {
+        Db::new("main", table, Dialect::Sqlite, Vec::new())
+    }
 
     fn int(i: i64) -> SqlValue {
         SqlValue::Integer(i)
@@ -367,7 +377,7 @@ mod tests {
         u.key(ident("id"), int(7))
             .equals(ident("status"), text("running"))
             .unchanged(ident("worker"), SqlValue::Null);
-        let (sql, params) = u.build("chunks");
+        let (sql, params) = u.build(&sqlite("chunks"));
         assert_eq!(sql, "UPDATE \"chunks\" SET \"status\" = ?1, \"worker\" = NULL WHERE \"id\" = ?2 AND \"status\" = ?3 AND \"worker\" IS ?4");
         assert_eq!(params.len(), 4);
     }
@@ -470,10 +480,10 @@ mod tests {
         setup(&together);
         let mut changed = 0;
         for u in writes.clone() {
-            let (statement, params) = u.build("t");
+            let (statement, params) = u.build(&sqlite("t"));
             changed += run(&one_by_one, &statement, &params);
         }
-        let merged = merge(writes, "t");
+        let merged = merge(writes, &sqlite("t"));
         assert!(
             merged.len() <= 16,
             "4 owners × 3 shapes of claim time, not 400 statements: {}",
@@ -499,7 +509,7 @@ mod tests {
                 .map(|id| reset(id, &worker, &int(1_700_000_000 + id)))
                 .collect()
         };
-        let merged = merge(rows(1000), "chunks");
+        let merged = merge(rows(1000), &sqlite("chunks"));
         assert_eq!(merged.len(), 1);
         let m = &merged[0];
         assert_eq!(m.rows.len(), 1000);
@@ -511,7 +521,7 @@ mod tests {
         assert!(m
             .statement
             .contains(") AND (\"id\", \"started\") IN (VALUES (?4, ?5), (?6, ?7), "));
-        let big = merge(rows(20_000), "chunks");
+        let big = merge(rows(20_000), &sqlite("chunks"));
         assert!(big.len() > 1 && big.len() <= 20, "{}", big.len());
         assert!(big.iter().all(|m| m.weight() <= MAX_STATEMENT));
         assert_eq!(big.iter().map(|m| m.rows.len()).sum::<usize>(), 20_000);
@@ -528,7 +538,7 @@ mod tests {
 
     #[test]
     fn a_row_alone_keeps_its_one_row_statement() {
-        let merged = merge(vec![reset(9, &text("1"), &SqlValue::Null)], "t");
+        let merged = merge(vec![reset(9, &text("1"), &SqlValue::Null)], &sqlite("t"));
         assert_eq!(merged[0].statement, "UPDATE \"t\" SET \"status\" = ?1, \"worker\" = NULL WHERE \"id\" = ?2 AND \"status\" = ?3 AND \"worker\" IS ?4 AND \"started\" IS ?5");
         assert_eq!(merged[0].rows, [0]);
     }

@@ -1,6 +1,7 @@
 //! Who a row's worker is, when the row says it in other ways than one owner
 //! column: a pid or host inside a JSON document or a substring of another
-//! column (an SQL expression SQLite evaluates inside the read-only query),
+//! column (an SQL expression the database evaluates inside the read-only
+//! query, in its own dialect: the plugin splices it in unwrapped),
 //! or only a worker name that the worker's command line never shows (a
 //! name-only identity, found by a declared pattern inside the scope).
 //!
@@ -9,7 +10,7 @@
 //! name only by the declared pattern; anything else is "cannot tell", and
 //! no write follows from it.
 
-use crate::{ident, integer, text, Liveness, OwnerCheck};
+use crate::{integer, text, Db, Liveness, OwnerCheck};
 use doctor_sdk::prelude::*;
 use doctor_sdk::scope::{command_line, ScopeMatcher};
 use regex_lite::Regex;
@@ -134,18 +135,18 @@ pub fn sql_expression(key: &str, expr: Option<&str>) -> Result<Option<String>, E
     Ok(Some(expr.to_string()))
 }
 
-/// Let SQLite judge what the syntax check cannot (unknown columns or
+/// Let the database judge what the syntax check cannot (unknown columns or
 /// functions): evaluate the expression against the table, reading no row.
-pub fn probe_expression(db: &str, table: &str, key: &str, expr: &str) -> Result<(), Error> {
-    sqlite::query(
-        db,
-        &format!("SELECT ({expr}) FROM {} LIMIT 0", ident(table)),
+pub fn probe_expression(db: &Db, key: &str, expr: &str) -> Result<(), Error> {
+    db.query(
+        &format!("SELECT ({expr}) FROM {} LIMIT 0", db.table_sql()),
         &[],
     )
     .map(|_| ())
     .map_err(|e| {
         Error::Invalid(format!(
-            "config: {key} = {expr:?}: SQLite cannot evaluate it on table {table}: {}",
+            "config: {key} = {expr:?}: the database cannot evaluate it on table {}: {}",
+            db.table,
             doctor_sdk::error_text(&e)
         ))
     })

@@ -5,7 +5,9 @@
 //! reads them alike), judging a claimed row's times and heartbeat
 //! ([`Clock`], [`Heartbeat`], [`RowName`]), compare-and-swap writes merged
 //! into set-based ones per dead owner ([`merge`], [`Orphans`]), and diagnosing
-//! whether the service's user could write the database at all.
+//! whether the service's user could write a SQLite database at all. Every
+//! statement is rendered by the table's [`Dialect`] (SQLite or PostgreSQL),
+//! carried in a [`Db`].
 
 use doctor_sdk::files::FileStat;
 pub use doctor_sdk::owner::{parse_owner, OwnerFormat};
@@ -18,6 +20,7 @@ use serde::{Deserialize, Deserializer};
 
 mod cas;
 mod claims;
+mod dialect;
 mod identity;
 mod owners;
 mod prepare;
@@ -25,6 +28,7 @@ mod set;
 mod times;
 pub use cas::{merge, Merged, Update, MAX_BATCHES, MAX_STATEMENT};
 pub use claims::{distinct, may_stop, Clock, Heartbeat, RowName};
+pub use dialect::{Column, Db, Dialect, Now};
 pub use identity::{
     find_by_name, name_only, name_pattern, probe_expression, row_liveness, sql_expression,
     NameFinder, RowIdentity,
@@ -46,37 +50,6 @@ pub fn ident_or_null(column: Option<&str>) -> String {
     column.map(ident).unwrap_or_else(|| "NULL".into())
 }
 
-/// The table's columns; an error naming the tables there are when it is missing.
-pub fn table_columns(db: &str, table: &str) -> Result<Vec<String>, Error> {
-    let rows = sqlite::query(
-        db,
-        "SELECT name FROM pragma_table_info(?1)",
-        &[SqlValue::Text(table.into())],
-    )?;
-    let columns: Vec<String> = rows.rows.iter().filter_map(|r| text(r.first()?)).collect();
-    if columns.is_empty() {
-        let tables = sqlite::query(
-            db,
-            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name",
-            &[],
-        )?;
-        let names: Vec<String> = tables
-            .rows
-            .iter()
-            .filter_map(|r| text(r.first()?))
-            .collect();
-        return Err(Error::Invalid(format!(
-            "config: table = {table:?}: database {db:?} has no such table (tables: {})",
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(", ")
-            }
-        )));
-    }
-    Ok(columns)
-}
-
 /// The configured columns among `(config key, column)`, in order: an
 /// optional one that is absent or "" is left out.
 pub fn configured<'a>(columns: &[(&'a str, Option<&'a str>)]) -> Vec<(&'a str, &'a str)> {
@@ -84,47 +57,6 @@ pub fn configured<'a>(columns: &[(&'a str, Option<&'a str>)]) -> Vec<(&'a str, &
         .iter()
         .filter_map(|(key, column)| Some((*key, (*column)?)))
         .collect()
-}
-
-/// Every configured column must exist: `(config key, column name)`.
-pub fn require_columns(db: &str, table: &str, wanted: &[(&str, &str)]) -> Result<(), Error> {
-    let columns = table_columns(db, table)?;
-    for (key, column) in wanted {
-        if !columns.iter().any(|c| c.eq_ignore_ascii_case(column)) {
-            return Err(Error::Invalid(format!(
-                "config: {key} = {column:?}: table {table:?} in database {db:?} has no such column (columns: {})",
-                columns.join(", ")
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Is `column` alone the table's key (its primary key, or a UNIQUE index of
-/// that one column)? Only then is `WHERE column IS ?` a single-row
-/// compare-and-swap whatever the data holds.
-pub fn is_unique(db: &str, table: &str, column: &str) -> Result<bool, Error> {
-    let t = SqlValue::Text(table.into());
-    let pk = sqlite::query(
-        db,
-        "SELECT name FROM pragma_table_info(?1) WHERE pk > 0",
-        std::slice::from_ref(&t),
-    )?;
-    if pk.rows.len() == 1
-        && pk.rows[0]
-            .first()
-            .and_then(text)
-            .is_some_and(|n| n.eq_ignore_ascii_case(column))
-    {
-        return Ok(true);
-    }
-    let unique = sqlite::query(
-        db,
-        "SELECT i.name FROM pragma_index_list(?1) AS i WHERE i.\"unique\" = 1 AND (SELECT count(*) FROM pragma_index_info(i.name)) = 1 \
-         AND (SELECT name FROM pragma_index_info(i.name)) = ?2 COLLATE NOCASE",
-        &[t, SqlValue::Text(column.into())],
-    )?;
-    Ok(!unique.rows.is_empty())
 }
 
 pub fn text(v: &SqlValue) -> Option<String> {
@@ -362,7 +294,8 @@ pub struct WriteProblem {
     pub fix: String,
 }
 
-/// The database file must exist (else an error naming its path). Then: can
+/// A SQLite label only (a PostgreSQL label has no file: the host says
+/// `invalid`). The database file must exist (else an error naming its path). Then: can
 /// `user` write the file, and the directory (write + search), which SQLite
 /// needs for its rollback journal or WAL files? Never changes anything.
 pub fn write_problems(db: &str, user_name: Option<&str>) -> Result<Vec<WriteProblem>, Error> {
@@ -567,19 +500,8 @@ pub struct StatusCounts {
 }
 
 impl StatusCounts {
-    pub fn read(db: &str, table: &str, status_column: &str) -> Result<StatusCounts, Error> {
-        let (s, t) = (ident(status_column), ident(table));
-        let counts = sqlite::query(
-            db,
-            &format!("SELECT {s}, count(*) FROM {t} GROUP BY {s} ORDER BY {s}"),
-            &[],
-        )?;
-        // A row the host returns short (an edited recording) is skipped, never a trap.
-        let by_status: Vec<(String, i64)> = counts
-            .rows
-            .iter()
-            .filter_map(|r| Some((shown(r.first()?), integer(r.get(1)?).unwrap_or(0))))
-            .collect();
+    pub fn read(db: &Db, status_column: &str) -> Result<StatusCounts, Error> {
+        let by_status = db.count_by(status_column)?;
         Ok(StatusCounts {
             total: by_status.iter().map(|(_, n)| n).sum(),
             by_status,

@@ -5,6 +5,7 @@
 //! budget. Owners beyond the plugin's limit share one overflow finding.
 
 use crate::cas::{merge, Update, MAX_BATCHES};
+use crate::Db;
 use doctor_sdk::prelude::*;
 use std::collections::BTreeMap;
 
@@ -60,8 +61,8 @@ fn listed(items: &[String], cap: usize, cut: usize) -> String {
 
 /// How a plugin's findings speak of its orphaned rows.
 pub struct Orphans<'a> {
-    pub db: &'a str,
-    pub table: &'a str,
+    /// The table in its database, whose dialect renders the writes.
+    pub db: &'a Db,
     /// What one row is (`chunk`, `job`).
     pub noun: &'a str,
     /// What the message says after the reason (`nothing will finish them`).
@@ -121,7 +122,7 @@ impl Orphans<'_> {
             let whose = format!("for {} other worker(s)", workers.len());
             let f = Finding::critical(
                 self.overflow_key.clone(),
-                format!("table {}", self.table),
+                format!("table {}", self.db.table),
                 self.message(&rest, &whose),
             );
             let f = f.evidence("workers", ids_shown(&workers, SHOWN_IDS));
@@ -190,7 +191,7 @@ impl Orphans<'_> {
             }
         }
         let (mut waiting, mut deferred) = (0, 0);
-        for (n, m) in merge(writes, self.table).into_iter().enumerate() {
+        for (n, m) in merge(writes, self.db).into_iter().enumerate() {
             let weight = m.weight();
             if n >= MAX_BATCHES || weight > *room {
                 (waiting, deferred) = (waiting + 1, deferred + m.rows.len());
@@ -215,7 +216,8 @@ impl Orphans<'_> {
                 "{what} {whose}: {}, {each} if still as the check saw it",
                 of[m.rows[0]].1
             );
-            let action = Action::sql_exec(self.db, &m.statement, m.params, m.rows.len() as u32);
+            let action =
+                Action::sql_exec(&self.db.label, &m.statement, m.params, m.rows.len() as u32);
             f = f.action(action, description);
         }
         if waiting > 0 {
@@ -232,8 +234,7 @@ impl Orphans<'_> {
 /// evidence, and its own compare-and-swap, `max-rows` 1.
 pub fn one_row(
     mut f: Finding,
-    db: &str,
-    table: &str,
+    db: &Db,
     what: &str,
     write: RowWrite,
     evidence: RowEvidence,
@@ -243,9 +244,12 @@ pub fn one_row(
     }
     match write {
         Some((update, does)) => {
-            let (statement, params) = update.build(table);
+            let (statement, params) = update.build(db);
             let description = format!("{what}: {does}, only if still as the check saw it");
-            f.action(Action::sql_exec(db, &statement, params, 1), description)
+            f.action(
+                Action::sql_exec(&db.label, &statement, params, 1),
+                description,
+            )
         }
         None => f,
     }
@@ -272,6 +276,10 @@ mod tests {
     use super::*;
     use crate::ident;
 
+    fn chunks() -> Db {
+        Db::new("main", "chunks", crate::Dialect::Sqlite, Vec::new())
+    }
+
     fn orphan(owner: &str, id: i64, write: bool) -> Orphan {
         let mut u = Update::default();
         u.set("status", SqlValue::Text("pending".into()))
@@ -288,10 +296,9 @@ mod tests {
         }
     }
 
-    fn orphans(max_findings: usize) -> Orphans<'static> {
+    fn orphans(db: &Db, max_findings: usize) -> Orphans<'_> {
         Orphans {
-            db: "main",
-            table: "chunks",
+            db,
             noun: "chunk",
             consequence: "nothing will finish this work",
             max_findings,
@@ -305,7 +312,7 @@ mod tests {
             .into_iter()
             .map(|(owner, id)| orphan(owner, id, true))
             .collect();
-        let f = orphans(3).findings(rows);
+        let f = orphans(&chunks(), 3).findings(rows);
         let keys: Vec<&str> = f.iter().map(|f| f.key()).collect();
         assert_eq!(
             keys,
@@ -324,7 +331,8 @@ mod tests {
         assert!(f[3]
             .message()
             .starts_with("chunk 5 is running for 1 other worker(s)"));
-        let none = orphans(5).findings(vec![orphan("NULL", 5, false), orphan("none", 6, false)]);
+        let none = orphans(&chunks(), 5)
+            .findings(vec![orphan("NULL", 5, false), orphan("none", 6, false)]);
         assert_eq!(none.len(), 1, "one key, never two findings of one key");
         assert_eq!(none[0].key(), "worker:none:orphaned");
         assert!(none[0].message().contains("with no worker recorded"));
@@ -347,7 +355,7 @@ mod tests {
                 }
             })
             .collect();
-        let f = orphans(1).findings(rows);
+        let f = orphans(&chunks(), 1).findings(rows);
         assert_eq!(f.len(), 1);
         let n = f[0].action_count();
         assert!(n > 1 && n <= MAX_BATCHES && n * 300 < 60_000, "{n}");

@@ -6,7 +6,7 @@
 //! column and expression exists.
 
 use crate::{
-    name_only, name_pattern, probe_expression, require_columns, sql_expression, write_problems,
+    name_only, name_pattern, probe_expression, sql_expression, write_problems, Db, Dialect,
     NameFinder, OwnerCheck, RowIdentity, WorkerKind, WriteProblem,
 };
 use doctor_sdk::owner::OwnerFormat;
@@ -24,7 +24,7 @@ doctor_sdk::config! {
     pub struct IdentityConfig {
         pub worker_kind: WorkerKind = r#""pid""#, "\"pid\" (an owner in owner_format) or \"name\" (a worker name, found only by name_pattern inside scope)",
         pub owner_format: String = r#""auto""#, "how owners are written: auto, pid (pid or pid:start-time), host:pid, pid@host, or a regex with named groups pid (required), host, start; another host's owner is judged by heartbeat only",
-        pub worker_pid_sql: Option<String> = r#""""#, "an SQL expression giving the worker's pid from the row, e.g. json_extract(owner_info, '$.pid'); checked by pid, start time and claim time",
+        pub worker_pid_sql: Option<String> = r#""""#, "an SQL expression in the database's own dialect giving the worker's pid from the row, e.g. json_extract(owner_info, '$.pid') on SQLite, owner_info->>'pid' on PostgreSQL; checked by pid, start time and claim time",
         pub worker_host_sql: Option<String> = r#""""#, "an SQL expression giving the worker's host from the row; another host's row is judged by heartbeat only",
         pub name_pattern: Option<String> = r#""""#, "with worker_kind = \"name\": regex searched in command lines inside scope whose named group `name` must equal the row's worker name",
         pub worker_match: Option<String> = r#""""#, "regex a live worker's command line must match (a pid reused by anything else counts as dead)",
@@ -62,7 +62,10 @@ pub struct Identity {
 
 /// What the host told about the database and the scope.
 pub struct OnHost {
-    /// Why the service's user could not write the database (empty: it can, or no user is named).
+    /// The table in its database: every statement on it is rendered by its dialect.
+    pub db: Db,
+    /// Why the service's user could not write the SQLite file (empty: it
+    /// can, no user is named, or the database is not a file).
     pub problems: Vec<WriteProblem>,
     pub scope: ScopeMatcher,
     /// With `worker_kind = "name"` and no pid expression: the weak-identity finding.
@@ -73,6 +76,8 @@ impl Identity {
     /// The database must exist (a missing one is the run's error, not the
     /// policy's), the scope's users must exist here, and every configured
     /// column (`(config key, column)`) and expression must be the table's.
+    /// Whether the service's user can write is a question for a SQLite file
+    /// only: a server's rights are its own.
     pub fn on_host(
         &self,
         db: &str,
@@ -82,7 +87,11 @@ impl Identity {
         kind: WorkerKind,
         columns: &[(&str, &str)],
     ) -> Result<OnHost, Error> {
-        let problems = write_problems(db, service_user)?;
+        let dialect = Dialect::of(db)?;
+        let problems = match dialect {
+            Dialect::Sqlite => write_problems(db, service_user)?,
+            Dialect::Postgres => Vec::new(),
+        };
         // A scope names users, which only the host the policy runs on knows.
         let scope = scope.compile("config: scope")?;
         let weak = match (kind, &self.pid_sql) {
@@ -93,16 +102,18 @@ impl Identity {
             )?),
             _ => None,
         };
-        require_columns(db, table, columns)?;
+        let db = Db::open(db, table, dialect)?;
+        db.require_columns(columns)?;
         for (key, expr) in [
             ("worker_pid_sql", &self.pid_sql),
             ("worker_host_sql", &self.host_sql),
         ] {
             if let Some(expr) = expr {
-                probe_expression(db, table, key, expr)?;
+                probe_expression(&db, key, expr)?;
             }
         }
         Ok(OnHost {
+            db,
             problems,
             scope,
             weak,

@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! [plugins.job-health.config.fail_set]
-//! finished_at = { now = true }          # now, in the table's time unit (or { now = "ns" })
+//! finished_at = { now = true }          # now, in the table's time unit (or { now = "ns" }); on PostgreSQL a date or time column gets the server's now()
 //! traceback   = { null = true }
 //! retries     = 0                       # a constant (string, integer, float, boolean)
 //! error_text  = { text = "WorkerLost: {reason}" }
@@ -17,6 +17,7 @@
 //! `text` and in every string of a `json` document; `{{` and `}}` are
 //! literal braces.
 
+use crate::{ident, Db, Now, Update};
 use doctor_sdk::prelude::*;
 use doctor_sdk::time::TimeUnit;
 use std::collections::BTreeMap;
@@ -94,19 +95,18 @@ pub fn parse_sets(
 /// must change one row, so `id_column` must be the table's key. Errors are
 /// `config:` errors, so that `policy validate` places them at the policy's line.
 pub fn check_set_columns(
-    db: &str,
-    table: &str,
+    db: &Db,
     id_column: &str,
     sets: &[(&str, &[(String, SetValue)])],
 ) -> Result<(), Error> {
-    let columns = crate::table_columns(db, table)?;
+    let table = &db.table;
     for (key, list) in sets {
         for (column, _) in list.iter() {
-            if !columns.iter().any(|have| have.eq_ignore_ascii_case(column)) {
-                return Err(Error::Invalid(format!("config: {key}.{column}: table {table:?} has no column {column:?} (columns: {})", columns.join(", "))));
+            if db.column(column).is_none() {
+                return Err(Error::Invalid(format!("config: {key}.{column}: table {table:?} has no column {column:?} (columns: {})", db.column_names())));
             }
         }
-        if !list.is_empty() && !crate::is_unique(db, table, id_column)? {
+        if !list.is_empty() && !db.is_unique(id_column)? {
             return Err(Error::Invalid(format!(
                 "config: {key}: its compare-and-swap must change one row, but id_column = {id_column:?} is neither the primary key nor UNIQUE in table {table:?}"
             )));
@@ -129,6 +129,35 @@ impl SetValue {
             SetValue::Now(unit) => now(*unit),
             SetValue::Text(t) => SqlValue::Text(fill(t, facts)),
             SetValue::Json(doc) => SqlValue::Text(fill_json(doc, facts).to_string()),
+        }
+    }
+}
+
+impl Update {
+    /// `column = value` for a policy's further column: `now` in a
+    /// PostgreSQL date or time column is the server's (see [`Db::now`]), any
+    /// other value a parameter (JSON as text, which the server reads as the
+    /// column's `json` or `jsonb` by itself).
+    pub fn set_to(
+        &mut self,
+        db: &Db,
+        column: &str,
+        value: &SetValue,
+        facts: &Placeholders,
+        now: &dyn Fn(Option<TimeUnit>) -> SqlValue,
+    ) -> &mut Self {
+        match (value, db.now_sql(column)) {
+            (SetValue::Now(_), Some(sql)) => self.set_sql(format!("{} = {sql}", ident(column))),
+            _ => self.set(column, value.bind(facts, now)),
+        }
+    }
+
+    /// `column = now`, as the column already holds times (`unit`, as read
+    /// or declared): see [`Db::now`].
+    pub fn set_now(&mut self, db: &Db, column: &str, unit: TimeUnit, now_ms: i64) -> &mut Self {
+        match db.now(column, unit, now_ms) {
+            Now::Sql(sql) => self.set_sql(format!("{} = {sql}", ident(column))),
+            Now::Value(v) => self.set(column, v),
         }
     }
 }

@@ -18,7 +18,7 @@
 //! alive, and rows in any status not listed as running or waiting, are never touched.
 
 use db_common::{
-    human_ms, ident, integer, opt_column, row_liveness, shown, Clock, Heartbeat, Identity,
+    human_ms, ident, integer, opt_column, row_liveness, shown, Clock, Db, Heartbeat, Identity,
     IdentityConfig, Liveness, OnHost, Orphan, Orphans, OwnerCheck, Placeholders, RowEvidence,
     RowIdentity, RowName, RowWrite, SetValue, StatusCounts, TimeColumn, TimeUnit, Update, WITHHELD,
 };
@@ -74,7 +74,7 @@ doctor_sdk::config! {
         max_attempts: i64 = "3", "a job that already has this many attempts is failed instead of requeued",
         requeue_set: BTreeMap<String, serde_json::Value> = "{}", "further columns a requeue sets: constant, { null = true }, { now = true }, { text = \"...{reason}\" }, { json = { ... } }",
         fail_set: BTreeMap<String, serde_json::Value> = "{}", "further columns marking a job failed sets (an error record the application reads), in the same forms",
-        service_user: Option<String> = r#""""#, "the user the server runs as: diagnose whether it can write the database file and directory",
+        service_user: Option<String> = r#""""#, "the user the server runs as: diagnose whether it can write the database file and directory (a SQLite file; not asked of PostgreSQL)",
         ..identity: IdentityConfig,
     }
 }
@@ -111,6 +111,7 @@ impl Plugin for JobHealth {
             ("reason_column", cols.reason),
         ]);
         let OnHost {
+            db,
             problems,
             scope,
             weak,
@@ -124,8 +125,7 @@ impl Plugin for JobHealth {
         )?;
         let mut findings: Vec<Finding> = weak.into_iter().collect();
         db_common::check_set_columns(
-            &c.db,
-            &c.table,
+            &db,
             &c.id_column,
             &[("requeue_set", &sets.requeue), ("fail_set", &sets.fail)],
         )?;
@@ -145,17 +145,17 @@ impl Plugin for JobHealth {
             .chain(&c.waiting_statuses)
             .map(|s| SqlValue::Text(s.clone()))
             .collect();
-        let marks: Vec<String> = (1..=statuses.len()).map(|i| format!("?{i}")).collect();
+        let marks = db.dialect.marks(1, statuses.len());
         let (t, key, status, identity) = (
-            ident(&c.table),
+            db.table_sql(),
             ident(&c.id_column),
             ident(&c.status_column),
             id.select_list(),
         );
         let [w, hb, upd, att, claimed] =
             [cols.worker, cols.hb, cols.upd, cols.att, cols.claimed].map(db_common::ident_or_null);
-        let sql = format!("SELECT {key}, {status}, {w}, {hb}, {upd}, {att}, {claimed}, {identity} FROM {t} WHERE {status} IN ({}) ORDER BY {key}", marks.join(", "));
-        let rows = sqlite::query(&c.db, &sql, &statuses)?;
+        let sql = format!("SELECT {key}, {status}, {w}, {hb}, {upd}, {att}, {claimed}, {identity} FROM {t} WHERE {status} IN ({marks}) ORDER BY {key}");
+        let rows = db.query(&sql, &statuses)?;
         findings.extend(db_common::unwritable_finding(
             &c.db,
             user.unwrap_or_default(),
@@ -164,6 +164,7 @@ impl Plugin for JobHealth {
 
         let writes = Writes {
             c: &c,
+            db: &db,
             cols: &cols,
             id: &id,
             sets: &sets,
@@ -203,8 +204,7 @@ impl Plugin for JobHealth {
         }
         // One finding per dead owner, first: its jobs written by set-based compare-and-swaps.
         let owners = Orphans {
-            db: &c.db,
-            table: &c.table,
+            db: &db,
             noun: "job",
             consequence: "nothing will finish this work",
             max_findings: db_common::OWNER_FINDINGS,
@@ -213,7 +213,7 @@ impl Plugin for JobHealth {
         findings.splice(0..0, owners.findings(orphans));
         // The host takes at most 1000 findings per report: the oldest ids first,
         // the rest on the next run (the summary says how many waited).
-        let mut summary = summary(&c)?;
+        let mut summary = summary(&c, &db)?;
         if findings.len() > MAX_JOB_FINDINGS {
             summary = summary.evidence(
                 "deferred",
@@ -315,9 +315,7 @@ fn check_waiting(w: &Writes<'_>, job: &Job<'_>) -> Option<Finding> {
         .evidence("worker", job.who.shown())
         .evidence("reason", &why);
     let what = format!("job {}", shown(job.id));
-    Some(db_common::one_row(
-        f, &c.db, &c.table, &what, write, evidence,
-    ))
+    Some(db_common::one_row(f, w.db, &what, write, evidence))
 }
 
 fn check_running(
@@ -449,6 +447,7 @@ impl Sets {
 /// Builds the compare-and-swap writes for one job.
 struct Writes<'a> {
     c: &'a Config,
+    db: &'a Db,
     cols: &'a Columns<'a>,
     id: &'a Identity,
     sets: &'a Sets,
@@ -508,7 +507,9 @@ impl Writes<'_> {
         // The application's own columns, in the same statement.
         let facts = self.placeholders(job, remedy, &reason);
         for (column, value) in extra {
-            st.set(column, value.bind(&facts, &|unit| self.now_in(unit, job)));
+            st.set_to(self.db, column, value, &facts, &|unit| {
+                self.now_in(unit, job)
+            });
         }
         // Compare-and-swap on the row exactly as this check saw it, and on the
         // identity the verdict rests on: a new worker's pid in the JSON means hands off.
@@ -546,13 +547,7 @@ impl Writes<'_> {
                 .read(job.updated)
                 .map(|s| s.unit)
                 .unwrap_or(self.clock.unit);
-            match now_value(unit, self.clock.now_ms) {
-                Some(v) => st.set(u, v),
-                None => st.set_sql(format!(
-                    "{} = strftime('%Y-%m-%d %H:%M:%S', 'now')",
-                    ident(u)
-                )),
-            };
+            st.set_now(self.db, u, unit, self.clock.now_ms);
         }
         st
     }
@@ -602,8 +597,8 @@ impl Writes<'_> {
     }
 }
 
-fn summary(c: &Config) -> Result<Finding, Error> {
-    let counts = StatusCounts::read(&c.db, &c.table, &c.status_column)?;
+fn summary(c: &Config, db: &Db) -> Result<Finding, Error> {
+    let counts = StatusCounts::read(db, &c.status_column)?;
     let text: Vec<String> = counts
         .by_status
         .iter()
@@ -627,3 +622,6 @@ fn summary(c: &Config) -> Result<Finding, Error> {
 }
 
 register_plugin!(JobHealth);
+
+#[cfg(test)]
+mod tests;

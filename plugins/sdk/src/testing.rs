@@ -41,6 +41,8 @@ pub struct Facts {
     handlers: Vec<(String, Handler)>,
     recorded: Vec<(String, Value, Value, bool)>,
     denied: BTreeSet<String>,
+    /// Labels declared PostgreSQL (see [`Facts::postgres`]).
+    postgres: BTreeSet<String>,
     kv: BTreeMap<String, String>,
     logs: Vec<(LogLevel, String)>,
 }
@@ -217,6 +219,15 @@ impl Facts {
         })
     }
 
+    /// Declare database `db` PostgreSQL: `database.kind` answers Postgres
+    /// (whatever order `query` came in), and `sqlite.*` calls on it are
+    /// `invalid`, as the host answers them. Its queries still come from
+    /// [`Facts::query`], so a test sees the SQL of the PostgreSQL dialect.
+    pub fn postgres(mut self, db: &str) -> Facts {
+        self.postgres.insert(db.to_string());
+        self
+    }
+
     pub fn listeners(self, listeners: Vec<crate::sockets::Listener>) -> Facts {
         self.on("sockets.listeners", move |_| {
             Some(Ok::<_, Error>(listeners.clone()))
@@ -265,6 +276,9 @@ impl Facts {
             }
             _ => {}
         }
+        if let Some(answer) = self.postgres_answer(call, args) {
+            return Some(answer);
+        }
         if let Some(found) = self
             .recorded
             .iter_mut()
@@ -285,6 +299,24 @@ impl Facts {
             "files.stat" => Some(json!({ "Ok": null })),
             _ => None,
         })
+    }
+}
+
+impl Facts {
+    /// What the host answers for a PostgreSQL label before any handler: its
+    /// kind, and `invalid` for the SQLite-only calls.
+    fn postgres_answer(&self, call: &str, args: &Value) -> Option<Value> {
+        let db = args.get(0)?.as_str()?;
+        if !self.postgres.contains(db) {
+            return None;
+        }
+        match call {
+            "database.kind" => Some(json!({ "Ok": "Postgres" })),
+            "sqlite.query" | "sqlite.file-info" | "sqlite.location" => Some(json!({
+                "Err": { "Invalid": format!("{call}: database {db:?} is PostgreSQL, not a SQLite file") }
+            })),
+            _ => None,
+        }
     }
 }
 
@@ -462,5 +494,33 @@ mod tests {
                 matches!(rows.rows[..], [ref row] if matches!(row[..], [SqlValue::Integer(1)]))
             );
         });
+    }
+
+    #[test]
+    fn a_label_declared_postgres_is_postgres_and_refuses_sqlite_calls() {
+        let rows = || crate::sqlite::Rows {
+            columns: vec![],
+            rows: vec![],
+        };
+        for facts in [
+            Facts::new()
+                .postgres("jobs")
+                .query("jobs", move |_, _| Ok(rows())),
+            Facts::new()
+                .query("jobs", move |_, _| Ok(rows()))
+                .postgres("jobs"),
+        ] {
+            answer_with(facts.query("other", move |_, _| Ok(rows())), || {
+                assert_eq!(database::kind("jobs").unwrap(), database::DbKind::Postgres);
+                assert_eq!(database::kind("other").unwrap(), database::DbKind::Sqlite);
+                assert!(database::query("jobs", "SELECT 1", &[]).is_ok());
+                let refused = crate::sqlite::query("jobs", "SELECT 1", &[]);
+                assert!(matches!(refused, Err(crate::Error::Invalid(_))));
+                assert!(matches!(
+                    crate::sqlite::location("jobs"),
+                    Err(crate::Error::Invalid(_))
+                ));
+            });
+        }
     }
 }

@@ -11,7 +11,7 @@
 //! | `ms`        | epoch milliseconds: INTEGER, REAL or numeric TEXT             |
 //! | `us`        | epoch microseconds (Python's `time.time_ns() // 1000`, PostgreSQL-style exports) |
 //! | `ns`        | epoch nanoseconds (Python's `time.time_ns()`, Go's `UnixNano`) |
-//! | `iso8601`   | `2026-11-30 05:00:00`, `2026-11-30T05:00:00.5Z`, `...+02:00`; no zone means UTC (SQLite's `datetime('now')`) |
+//! | `iso8601`   | `2026-11-30 05:00:00`, `2026-11-30T05:00:00.5Z`, `...+02:00`; no zone means UTC (SQLite's `datetime('now')`, and PostgreSQL's `timestamp without time zone`, which queue libraries write in UTC) |
 //! | `julian`    | SQLite `julianday('now')`                                     |
 
 use crate::SqlValue;
@@ -439,6 +439,18 @@ mod tests {
             parse_iso8601("2026-11-30T05:00:00.250Z"),
             Some((T + 250, true))
         );
+    }
+
+    /// The texts the host gives for PostgreSQL's timestamptz, timestamp and date.
+    #[test]
+    fn postgres_times_are_read_to_the_millisecond() {
+        let read = |t: &str| auto(SqlValue::Text(t.into())).unwrap();
+        let zoned = read("2026-11-30T05:00:00.123456+00:00");
+        assert_eq!((zoned.unix_ms, zoned.zoned), (T + 123, true));
+        assert_eq!(zoned.read_as, "ISO-8601 with zone (TEXT, detected)");
+        let naive = read("2026-11-30T05:00:00.999999");
+        assert_eq!((naive.unix_ms, naive.zoned), (T + 999, false));
+        assert_eq!(read("2026-11-30").unix_ms, T - 5 * 3_600_000);
     }
 
     #[test]

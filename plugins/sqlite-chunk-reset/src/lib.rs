@@ -11,6 +11,7 @@
 //! still exactly as read), **then** the leftover workers those rows name are
 //! stopped (never every process matching a pattern). It also says why a
 //! reset would fail and reports the table as Processing / Pending / Complete / Idle.
+//! The table may be SQLite's or PostgreSQL's: db-common's dialect renders the SQL.
 
 use db_common::{
     ident, ident_or_null, ids_shown, integer, opt_column, regex, row_liveness, shown, Clock,
@@ -41,7 +42,7 @@ doctor_sdk::config! {
         running_status: String = r#""running""#, "status value of a chunk being worked on",
         pending_status: String = r#""pending""#, "status value an orphaned chunk is reset to",
         complete_statuses: Vec<String> = r#"["complete", "completed", "done"]"#, "status values that count as complete for progress",
-        service_user: Option<String> = r#""""#, "the user the coordinator runs as: diagnose whether it can write the database file and directory",
+        service_user: Option<String> = r#""""#, "the user the coordinator runs as: diagnose whether it can write the database file and directory (a SQLite file; not asked of PostgreSQL)",
         stop_workers: bool = "true", "when the coordinator is absent, stop the workers the orphaned rows name after the reset (needs grants.signal)",
         grace_ms: u32 = "5000", "time between TERM and KILL when stopping a leftover worker",
         max_chunk_findings: usize = "20", "dead owners reported one finding each (worker:<owner>:orphaned, the owners with most chunks first), each owner's chunks reset by a few set-based compare-and-swaps; the chunks of owners beyond this share one overflow finding",
@@ -77,6 +78,7 @@ impl Plugin for ChunkReset {
             ("heartbeat_column", hb_col),
         ]);
         let OnHost {
+            db,
             problems,
             scope,
             weak,
@@ -108,19 +110,17 @@ impl Plugin for ChunkReset {
             Some(re) => table.in_scope(re, &scope).next().is_none(),
             None => false,
         };
-        let (t, key, status) = (
-            ident(&c.table),
-            ident(&c.id_column),
-            ident(&c.status_column),
-        );
+        let (key, status) = (ident(&c.id_column), ident(&c.status_column));
         let sql = format!(
-            "SELECT {key}, {}, {}, {}, {} FROM {t} WHERE {status} = ?1 ORDER BY {key}",
+            "SELECT {key}, {}, {}, {}, {} FROM {} WHERE {status} = {} ORDER BY {key}",
             ident(&c.worker_column),
             ident_or_null(started_col),
             ident_or_null(hb_col),
-            id.select_list()
+            id.select_list(),
+            db.table_sql(),
+            db.mark(1),
         );
-        let running = sqlite::query(&c.db, &sql, &[SqlValue::Text(c.running_status.clone())])?;
+        let running = db.query(&sql, &[SqlValue::Text(c.running_status.clone())])?;
         findings.extend(db_common::unwritable_finding(
             &c.db,
             user.unwrap_or_default(),
@@ -207,8 +207,7 @@ impl Plugin for ChunkReset {
         // One finding per dead owner, its rows reset by set-based compare-and-swaps; owners beyond max_chunk_findings share one.
         findings.extend(
             Orphans {
-                db: &c.db,
-                table: &c.table,
+                db: &db,
                 noun: "chunk",
                 consequence: "nothing will finish this work and it blocks a restart",
                 max_findings: c.max_chunk_findings,
@@ -220,10 +219,11 @@ impl Plugin for ChunkReset {
         findings.extend(leftovers.values().map(|l| leftover_finding(&c, l, &scope)));
         findings.push(state_finding(
             &c,
+            StatusCounts::read(&db, &c.status_column)?,
             orphaned,
             live_running,
             coordinator_absent,
-        )?);
+        ));
         Ok(findings)
     }
 }
@@ -354,11 +354,11 @@ fn leftover_finding(c: &Config, l: &Leftover, scope: &ScopeMatcher) -> Finding {
 /// The table as a dashboard should show it: Processing / Pending / Complete / Idle.
 fn state_finding(
     c: &Config,
+    counts: StatusCounts,
     orphaned: usize,
     live_running: usize,
     coordinator_absent: bool,
-) -> Result<Finding, Error> {
-    let counts = StatusCounts::read(&c.db, &c.table, &c.status_column)?;
+) -> Finding {
     let (total, complete, pending) = (
         counts.total,
         c.complete_statuses
@@ -404,7 +404,10 @@ fn state_finding(
         .evidence("pending", pending)
         .evidence("complete", complete)
         .evidence("progress", format!("{progress:.1}%"));
-    Ok(counts.evidence(f))
+    counts.evidence(f)
 }
 
 register_plugin!(ChunkReset);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+//! The plugin's `check`, run natively against a job table the test
+//! supplies (doctor_sdk::testing): the SQL it reads and proposes, in each
+//! dialect.
+
+use super::{Config, JobHealth};
+use doctor_sdk::config::DeclaredConfig;
+use doctor_sdk::sqlite::Rows;
+use doctor_sdk::testing::{Facts, Outcome};
+use doctor_sdk::{Action, Error, SqlValue};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+fn text(t: &str) -> SqlValue {
+    SqlValue::Text(t.into())
+}
+
+fn rows(rows: Vec<Vec<SqlValue>>) -> Result<Rows, Error> {
+    Ok(Rows {
+        columns: Vec::new(),
+        rows,
+    })
+}
+
+/// A job table answering the catalog, the running and waiting jobs, and
+/// the counts; every statement read is kept in `seen`.
+fn table(
+    columns: &'static [(&'static str, &'static str)],
+    jobs: Vec<Vec<SqlValue>>,
+    seen: Rc<RefCell<Vec<String>>>,
+) -> impl FnMut(&str, &[SqlValue]) -> Result<Rows, Error> {
+    move |sql, _| {
+        seen.borrow_mut().push(sql.to_string());
+        let catalog = |with_type: bool| {
+            let row = |(n, t): &(&str, &str)| match with_type {
+                true => vec![text(n), text(t)],
+                false => vec![text(n)],
+            };
+            rows(columns.iter().map(row).collect())
+        };
+        match sql {
+            s if s.starts_with("SELECT a.attname, format_type") => catalog(true),
+            s if s.starts_with("SELECT name FROM pragma_table_info(?1)")
+                && s.ends_with("pk > 0") =>
+            {
+                rows(vec![vec![text("id")]])
+            }
+            s if s.starts_with("SELECT name FROM pragma_table_info") => catalog(false),
+            s if s.starts_with("SELECT a.attname FROM pg_index") => rows(vec![vec![text("id")]]),
+            s if s.contains("count(*)") => {
+                rows(vec![vec![text("executing"), SqlValue::Integer(2)]])
+            }
+            s if s.ends_with("LIMIT 0") => rows(Vec::new()),
+            _ => rows(jobs.clone()),
+        }
+    }
+}
+
+/// `overrides` over every key's default, as the host fills the config in.
+fn config(overrides: serde_json::Value) -> String {
+    let mut config = serde_json::Map::new();
+    for key in Config::config_keys() {
+        let default = key.default.and_then(|d| serde_json::from_str(d).ok());
+        config.insert(key.name.into(), default.unwrap_or_default());
+    }
+    config.extend(overrides.as_object().cloned().unwrap_or_default());
+    serde_json::Value::Object(config).to_string()
+}
+
+/// The SQL statements and parameters a finding proposes.
+fn writes(out: &Outcome) -> Vec<(String, Vec<SqlValue>)> {
+    let actions = out.findings().iter().flat_map(|f| &f.actions);
+    let exec = actions.filter_map(|a| match &a.action {
+        Action::SqlExec(e) => Some((e.statement.clone(), e.params.clone())),
+        _ => None,
+    });
+    exec.collect()
+}
+
+const PID: &str = "split_part(attempted_by[array_upper(attempted_by, 1)], ':', 2)";
+const HOST: &str = "split_part(attempted_by[array_upper(attempted_by, 1)], ':', 1)";
+
+/// A queue library's table: a status enum, the attempts' owners in a
+/// `text[]` (`host:pid`), timestamptz times, an error record in jsonb.
+const OBAN: &[(&str, &str)] = &[
+    ("id", "bigint"),
+    ("state", "oban_job_state"),
+    ("attempted_by", "text[]"),
+    ("attempt", "integer"),
+    ("attempted_at", "timestamp with time zone"),
+    ("scheduled_at", "timestamp with time zone"),
+    ("discarded_at", "timestamp with time zone"),
+    ("errors", "jsonb"),
+];
+
+fn oban_config() -> String {
+    config(serde_json::json!({
+        "db": "jobs", "table": "oban_jobs", "status_column": "state",
+        "worker_column": "", "worker_pid_sql": PID, "worker_host_sql": HOST,
+        "claimed_column": "attempted_at", "updated_column": "scheduled_at",
+        "attempts_column": "attempt", "running_statuses": ["executing"],
+        "waiting_statuses": ["available"], "requeue_status": "available",
+        "failed_status": "discarded", "max_attempts": 3,
+        "fail_set": {
+            "discarded_at": { "now": true },
+            "errors": { "json": [{ "attempt": "{attempts}", "error": "{reason}" }] }
+        }
+    }))
+}
+
+/// Two jobs of one dead worker (pid 4242 on this host): the first has
+/// attempts left, the second has none.
+fn oban_jobs() -> Vec<Vec<SqlValue>> {
+    let job = |id: i64, attempt: i64| {
+        vec![
+            SqlValue::Integer(id),
+            text("executing"),
+            SqlValue::Null,
+            SqlValue::Null,
+            text("2023-11-14T21:00:00.000000+00:00"),
+            SqlValue::Integer(attempt),
+            text("2023-11-14T22:00:00.123456+00:00"),
+            text("4242"),
+            text("test-host"),
+        ]
+    };
+    vec![job(1, 1), job(2, 3)]
+}
+
+#[test]
+fn on_postgres_jobs_are_read_and_written_in_its_dialect() {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let out = Facts::new()
+        .postgres("jobs")
+        .query("jobs", table(OBAN, oban_jobs(), seen.clone()))
+        .processes(vec![])
+        .run::<JobHealth>(&oban_config());
+    let select = format!("SELECT \"id\", \"state\", NULL, NULL, \"scheduled_at\", \"attempt\", \"attempted_at\", ({PID}), ({HOST}) FROM \"oban_jobs\" WHERE \"state\" IN ($1, $2) ORDER BY \"id\"");
+    assert!(
+        seen.borrow().contains(&select),
+        "{:#?} {:?}",
+        seen.borrow(),
+        out.result
+    );
+    assert!(seen.borrow().contains(
+        &"SELECT \"state\", count(*) FROM \"oban_jobs\" GROUP BY \"state\" ORDER BY \"state\""
+            .into()
+    ));
+    let guard = format!("\"scheduled_at\" IS NOT DISTINCT FROM $N AND \"attempt\" IS NOT DISTINCT FROM $N AND \"attempted_at\" IS NOT DISTINCT FROM $N AND ({PID}) IS NOT DISTINCT FROM $N AND ({HOST}) IS NOT DISTINCT FROM $N");
+    let numbered = |from: usize| {
+        let mut g = guard.clone();
+        for n in from..from + 5 {
+            g = g.replacen("$N", &format!("${n}"), 1);
+        }
+        g
+    };
+    let writes = writes(&out);
+    assert_eq!(writes.len(), 2, "{writes:#?}");
+    let (requeue, params) = &writes[0];
+    assert_eq!(
+        requeue,
+        &format!("UPDATE \"oban_jobs\" SET \"state\" = $1, \"attempt\" = COALESCE(\"attempt\", 0) + 1, \"scheduled_at\" = now() WHERE \"id\" = $2 AND \"state\" IS NOT DISTINCT FROM $3 AND {}", numbered(4))
+    );
+    assert_eq!(params.len(), 8);
+    assert!(
+        matches!(&params[5], SqlValue::Text(t) if t == "2023-11-14T22:00:00.123456+00:00"),
+        "the claim time as read, to the microsecond"
+    );
+    let (fail, params) = &writes[1];
+    assert_eq!(
+        fail,
+        &format!("UPDATE \"oban_jobs\" SET \"state\" = $1, \"discarded_at\" = now(), \"errors\" = $2 WHERE \"id\" = $3 AND \"state\" IS NOT DISTINCT FROM $4 AND {}", numbered(5))
+    );
+    let SqlValue::Text(errors) = &params[1] else {
+        panic!("{params:?}")
+    };
+    let errors: serde_json::Value = serde_json::from_str(errors).expect("JSON text");
+    assert_eq!(errors[0]["attempt"], "3");
+    assert!(errors[0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("pid 4242 is not running"));
+    assert!(
+        seen.borrow().iter().all(|s| !s.contains('?')),
+        "no SQLite placeholder reaches PostgreSQL"
+    );
+}
+
+#[test]
+fn on_sqlite_the_same_remedies_keep_their_sqlite_text() {
+    const JOBS: &[(&str, &str)] = &[
+        ("id", ""),
+        ("status", ""),
+        ("pid", ""),
+        ("attempts", ""),
+        ("updated_at", ""),
+        ("finished_at", ""),
+    ];
+    let job = vec![
+        SqlValue::Integer(7),
+        text("running"),
+        text("4242"),
+        SqlValue::Null,
+        text("2023-11-14 21:00:00"),
+        SqlValue::Integer(1),
+        SqlValue::Null,
+        SqlValue::Null,
+        SqlValue::Null,
+    ];
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let config = config(serde_json::json!({
+        "db": "jobs", "updated_column": "updated_at",
+        "requeue_set": { "finished_at": { "now": true } }
+    }));
+    let out = sqlite_file(Facts::new())
+        .query("jobs", table(JOBS, vec![job], seen.clone()))
+        .processes(vec![])
+        .run::<JobHealth>(&config);
+    assert!(seen
+        .borrow()
+        .contains(&"SELECT name FROM pragma_table_info(?1)".to_string()));
+    assert!(seen.borrow().contains(&"SELECT \"id\", \"status\", \"pid\", NULL, \"updated_at\", \"attempts\", NULL, NULL, NULL FROM \"jobs\" WHERE \"status\" IN (?1, ?2, ?3) ORDER BY \"id\"".to_string()), "{:#?}", seen.borrow());
+    let writes = writes(&out);
+    assert_eq!(writes.len(), 1, "{writes:#?}");
+    assert_eq!(writes[0].0, "UPDATE \"jobs\" SET \"status\" = ?1, \"pid\" = NULL, \"attempts\" = COALESCE(\"attempts\", 0) + 1, \"updated_at\" = strftime('%Y-%m-%d %H:%M:%S', 'now'), \"finished_at\" = ?2 WHERE \"id\" = ?3 AND \"status\" IS ?4 AND \"pid\" IS ?5 AND \"updated_at\" IS ?6 AND \"attempts\" IS ?7");
+    assert!(matches!(&writes[0].1[1], SqlValue::Text(t) if t == "2023-11-14 22:13:20"));
+}
+
+/// A SQLite file that exists, for the writability diagnosis.
+fn sqlite_file(facts: Facts) -> Facts {
+    use doctor_sdk::files::{FileKind, FileStat};
+    let stat = |kind| FileStat {
+        kind,
+        size: 0,
+        uid: 0,
+        gid: 0,
+        mode: 0o755,
+        modified_unix_ms: 0,
+    };
+    facts
+        .on("sqlite.file_info", move |_| {
+            Some(Ok::<_, Error>(doctor_sdk::sqlite::DbFile {
+                file: Some(stat(FileKind::File)),
+                directory: Some(stat(FileKind::Directory)),
+            }))
+        })
+        .on("sqlite.location", |_| {
+            Some(Ok::<_, Error>("/srv/jobs.db".to_string()))
+        })
+}

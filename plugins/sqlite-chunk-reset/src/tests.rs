@@ -1,0 +1,119 @@
+//! The plugin's `check`, run natively against a chunk table the test
+//! supplies (doctor_sdk::testing): the SQL it reads and proposes on
+//! PostgreSQL.
+
+use super::{ChunkReset, Config};
+use doctor_sdk::config::DeclaredConfig;
+use doctor_sdk::sqlite::Rows;
+use doctor_sdk::testing::Facts;
+use doctor_sdk::{Action, Error, SqlValue};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+fn text(t: &str) -> SqlValue {
+    SqlValue::Text(t.into())
+}
+
+fn rows(rows: Vec<Vec<SqlValue>>) -> Result<Rows, Error> {
+    Ok(Rows {
+        columns: Vec::new(),
+        rows,
+    })
+}
+
+/// `overrides` over every key's default, as the host fills the config in.
+fn config(overrides: serde_json::Value) -> String {
+    let mut config = serde_json::Map::new();
+    for key in Config::config_keys() {
+        let default = key.default.and_then(|d| serde_json::from_str(d).ok());
+        config.insert(key.name.into(), default.unwrap_or_default());
+    }
+    config.extend(overrides.as_object().cloned().unwrap_or_default());
+    serde_json::Value::Object(config).to_string()
+}
+
+/// A coordinator's table as a queue library writes it: `locked_by` is
+/// `host:pid`, `locked_at` and `heartbeat_at` are timestamptz.
+const CHUNKS: &[(&str, &str)] = &[
+    ("id", "bigint"),
+    ("status", "text"),
+    ("locked_by", "text"),
+    ("locked_at", "timestamp with time zone"),
+    ("heartbeat_at", "timestamp with time zone"),
+];
+
+type Seen = Rc<RefCell<Vec<(String, Vec<SqlValue>)>>>;
+
+fn table(
+    chunks: Vec<Vec<SqlValue>>,
+    seen: Seen,
+) -> impl FnMut(&str, &[SqlValue]) -> Result<Rows, Error> {
+    move |sql, params| {
+        seen.borrow_mut().push((sql.to_string(), params.to_vec()));
+        match sql {
+            s if s.starts_with("SELECT a.attname, format_type") => {
+                rows(CHUNKS.iter().map(|(n, t)| vec![text(n), text(t)]).collect())
+            }
+            s if s.contains("count(*)") => rows(vec![vec![text("running"), SqlValue::Integer(2)]]),
+            _ => rows(chunks.clone()),
+        }
+    }
+}
+
+#[test]
+fn on_postgres_a_dead_owners_chunks_are_reset_by_one_compare_and_swap() {
+    let chunk = |id: i64, locked_at: &str| {
+        let (owner, beat) = (
+            text("test-host:4242"),
+            text("2023-11-14T22:10:00.000000+00:00"),
+        );
+        vec![
+            SqlValue::Integer(id),
+            owner,
+            text(locked_at),
+            beat,
+            SqlValue::Null,
+            SqlValue::Null,
+        ]
+    };
+    let chunks = vec![
+        chunk(1, "2023-11-14T22:00:00.123456+00:00"),
+        chunk(2, "2023-11-14T22:00:01.000000+00:00"),
+    ];
+    let seen: Seen = Rc::default();
+    let out = Facts::new()
+        .postgres("work")
+        .query("work", table(chunks, seen.clone()))
+        .processes(vec![])
+        .run::<ChunkReset>(&config(serde_json::json!({
+            "db": "work", "table": "app.chunks", "worker_column": "locked_by",
+            "started_at_column": "locked_at", "heartbeat_column": "heartbeat_at",
+            "owner_format": "host:pid"
+        })));
+    let seen = seen.borrow();
+    let (columns, params) = &seen[0];
+    assert!(columns.contains("to_regclass($1)"), "{columns}");
+    assert!(
+        matches!(&params[..], [SqlValue::Text(t)] if t == "\"app\".\"chunks\""),
+        "the quoted form: {params:?}"
+    );
+    let read = "SELECT \"id\", \"locked_by\", \"locked_at\", \"heartbeat_at\", NULL, NULL FROM \"app\".\"chunks\" WHERE \"status\" = $1 ORDER BY \"id\"";
+    assert!(seen.iter().any(|(sql, _)| sql == read), "{seen:#?}");
+    let f = out
+        .finding("worker:test-host:4242:orphaned")
+        .expect("the dead owner's finding");
+    let [planned] = &f.actions[..] else {
+        panic!("one set-based statement: {:#?}", f.actions)
+    };
+    let Action::SqlExec(reset) = &planned.action else {
+        panic!("{planned:?}")
+    };
+    assert_eq!(
+        reset.statement,
+        "UPDATE \"app\".\"chunks\" SET \"status\" = $1, \"locked_by\" = NULL, \"locked_at\" = NULL WHERE \"status\" = $2 AND \"locked_by\" IS NOT DISTINCT FROM $3 AND \"heartbeat_at\" IS NOT DISTINCT FROM $4 AND \"id\" IN ($5, $7) AND (\"id\", \"locked_at\") IN (($5, $6), ($7, $8))"
+    );
+    assert_eq!((reset.params.len(), reset.max_rows), (8, 2));
+    assert!(
+        matches!(&reset.params[5], SqlValue::Text(t) if t == "2023-11-14T22:00:00.123456+00:00")
+    );
+}
