@@ -6,6 +6,7 @@
 pub mod docker;
 pub mod engines;
 pub mod podman;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

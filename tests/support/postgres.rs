@@ -94,7 +94,14 @@ impl Postgres {
             .map_err(|e| e.to_string())?;
         let initdb = Command::new(bin.join("initdb"))
             .args(["-D", &data.display().to_string()])
-            .args(["-U", "postgres", "--auth-local=trust", "--no-sync", "-E", "UTF8"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ])
             .args(["--no-instructions"])
             .uid(uid)
             .gid(gid)
@@ -147,7 +154,9 @@ impl Postgres {
             }
             if Instant::now() > deadline {
                 let log = std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default();
-                return Err(format!("the server did not answer within {READY:?}:\n{log}"));
+                return Err(format!(
+                    "the server did not answer within {READY:?}:\n{log}"
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -40,9 +40,10 @@ impl CapabilityContext {
                 postgres::connect(&target, self.deadline).map_err(|e| pg_error(&label, e))?;
             self.pg_sessions.insert(label.clone(), session);
         }
-        let session = self.pg_sessions.get_mut(&label).ok_or_else(|| {
-            Error::Io(format!("database {label:?}: the connection was lost"))
-        })?;
+        let session = self
+            .pg_sessions
+            .get_mut(&label)
+            .ok_or_else(|| Error::Io(format!("database {label:?}: the connection was lost")))?;
         match session.query(&sql, &params, bounds) {
             Ok(rows) => Ok(super::sqlite::rows_to_wit(rows)),
             Err(e) => {

@@ -1,8 +1,8 @@
 //! Facts about the host, read-only, independent of plugins and grants.
 
 pub mod containers;
+pub mod postgres;
 pub mod probe;
 pub mod processes;
 pub mod sockets;
-pub mod postgres;
 pub mod sqlite;

@@ -41,6 +41,7 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
     warnings.extend(host_wide_grants(&policy));
     warnings.extend(config_warnings);
     warnings.extend(ungranted_requests(&policy, &prepared));
+    warnings.extend(postgres_roles(&policy));
     for warning in warnings {
         let _ = std::io::Write::write_fmt(
             &mut std::io::stderr().lock(),
@@ -191,6 +192,70 @@ pub fn host_wide_scopes(policy: &Policy) -> Vec<String> {
 /// Every `grants.processes = true` (or `"host"`): the plugin sees every
 /// process of the host with its command line, and command lines carry
 /// secrets; and every signal grant that thereby reaches the whole host.
+/// Each PostgreSQL database a plugin is granted: connect as doctor will,
+/// and say what is missing or too much — plain text to a remote server,
+/// a superuser, BYPASSRLS or owning role, a table the role cannot read or
+/// (with `sqlite_write`) update. A database that cannot be reached now is a
+/// warning too: it may be up by the time the timer runs.
+fn postgres_roles(policy: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    for (label, db) in &policy.databases {
+        let Some(target) = db.postgres() else {
+            continue;
+        };
+        let key = format!("databases.{label}.url");
+        let e = policy.error_at_key(&key, String::new());
+        let at = format!("{}:{}: {key}", e.file, e.line);
+        if target.is_remote() && target.tls == crate::policy::TlsMode::Disable {
+            out.push(format!(
+                "{at}: sslmode=disable to a remote server: the password and the rows cross the network in plain text"
+            ));
+        }
+        let tables = granted_tables(policy, label);
+        if tables.is_empty() {
+            continue;
+        }
+        let deadline = std::time::Instant::now() + target.connect_timeout;
+        let session = match crate::facts::postgres::connect(target, deadline) {
+            Ok(session) => session,
+            Err(e) => {
+                out.push(format!("{at}: {e}"));
+                continue;
+            }
+        };
+        match session.role_warnings(&tables, deadline + target.connect_timeout) {
+            Ok(warnings) => out.extend(warnings.into_iter().map(|w| format!("{at}: {w}"))),
+            Err(e) => out.push(format!("{at}: checking the role: {e}")),
+        }
+    }
+    out
+}
+
+/// The tables plugins name for `label` (`config.db` = label, `config.table`),
+/// and whether one of them may write there.
+fn granted_tables(policy: &Policy, label: &str) -> Vec<(String, bool)> {
+    let mut tables: Vec<(String, bool)> = Vec::new();
+    for plugin in policy.plugins.values() {
+        if !plugin.grants.sqlite.iter().any(|l| l == label) {
+            continue;
+        }
+        let Some(config) = plugin.config.as_ref().map(|c| c.get_ref()) else {
+            continue;
+        };
+        if config.get("db").and_then(|v| v.as_str()) != Some(label) {
+            continue;
+        }
+        if let Some(table) = config.get("table").and_then(|v| v.as_str()) {
+            let write = plugin.grants.sqlite_write.iter().any(|l| l == label);
+            match tables.iter_mut().find(|(t, _)| t == table) {
+                Some(seen) => seen.1 |= write,
+                None => tables.push((table.to_string(), write)),
+            }
+        }
+    }
+    tables
+}
+
 pub fn host_wide_grants(policy: &Policy) -> Vec<String> {
     let mut out = Vec::new();
     for (name, plugin) in &policy.plugins {

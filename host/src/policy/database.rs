@@ -168,7 +168,8 @@ impl PgTarget {
 
 fn default_tls(config: &tokio_postgres::Config) -> TlsMode {
     let hosts = config.get_hosts();
-    let unix = |h: &tokio_postgres::config::Host| matches!(h, tokio_postgres::config::Host::Unix(_));
+    let unix =
+        |h: &tokio_postgres::config::Host| matches!(h, tokio_postgres::config::Host::Unix(_));
     let loopback = |h: &tokio_postgres::config::Host| match h {
         tokio_postgres::config::Host::Tcp(name) => is_loopback(name),
         tokio_postgres::config::Host::Unix(_) => false,

@@ -17,8 +17,10 @@ use regex_lite::Regex;
 
 /// Words that begin statements, never part of a value expression. Checked
 /// as whole words outside quotes. (`replace` is a function as well as a
-/// statement, and `select` would only open a read-only subquery, but an
-/// expression needs neither, so `select` is refused and `replace` allowed.)
+/// statement, so it is allowed.) `select … from` is allowed inside
+/// parentheses only: a scalar subquery over a related table (a workers
+/// table with pid and hostname), which the host runs read-only like any
+/// query; at the top level it would be a second statement.
 const STATEMENT_WORDS: &[&str] = &[
     "select",
     "insert",
@@ -45,6 +47,9 @@ const STATEMENT_WORDS: &[&str] = &[
     "from",
 ];
 
+/// Words of a scalar subquery, allowed inside parentheses.
+const SUBQUERY_WORDS: &[&str] = &["select", "from"];
+
 /// Functions that reach beyond the table, refused even where the host's
 /// connection would not allow them (defence in depth: the expression also
 /// runs inside the write's compare-and-swap).
@@ -68,9 +73,12 @@ pub fn sql_expression(key: &str, expr: Option<&str>) -> Result<Option<String>, E
     let chars: Vec<char> = expr.chars().collect();
     let (mut depth, mut i) = (0i32, 0usize);
     let mut word = String::new();
-    let check_word = |word: &mut String| -> Result<(), Error> {
+    let check_word = |word: &mut String, depth: i32| -> Result<(), Error> {
         let w = word.to_ascii_lowercase();
         word.clear();
+        if depth > 0 && SUBQUERY_WORDS.contains(&w.as_str()) {
+            return Ok(());
+        }
         if STATEMENT_WORDS.contains(&w.as_str()) {
             return Err(bad(&format!("`{w}` begins a statement or a query")));
         }
@@ -86,7 +94,7 @@ pub fn sql_expression(key: &str, expr: Option<&str>) -> Result<Option<String>, E
             i += 1;
             continue;
         }
-        check_word(&mut word)?;
+        check_word(&mut word, depth)?;
         match c {
             '\'' | '"' | '`' | '[' => {
                 let close = if c == '[' { ']' } else { c };
@@ -128,7 +136,7 @@ pub fn sql_expression(key: &str, expr: Option<&str>) -> Result<Option<String>, E
         }
         i += 1;
     }
-    check_word(&mut word)?;
+    check_word(&mut word, depth)?;
     if depth != 0 {
         return Err(bad("unbalanced parentheses"));
     }
@@ -311,12 +319,18 @@ mod tests {
             "inside quotes anything goes"
         );
         assert!(ok("'it''s'"));
+        assert!(
+            ok("(SELECT w.pid FROM workers w WHERE w.id = worker_id)"),
+            "a scalar subquery over a related table"
+        );
         assert!(sql_expression("k", Some("  ")).unwrap().is_none());
         for bad in [
             "1; DROP TABLE jobs",
             "pid -- comment",
             "pid /* c */",
-            "(SELECT pid FROM other)",
+            "SELECT pid FROM other",
+            "(DELETE FROM jobs)",
+            "(WITH x AS (SELECT 1) SELECT 1)",
             "pid, host",
             "pid)",
             "(pid",

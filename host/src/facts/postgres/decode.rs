@@ -60,8 +60,13 @@ fn scalar(ty: &Type, raw: &[u8]) -> Result<Value, Option<String>> {
         },
         Type::BYTEA => Value::Blob(raw.to_vec()),
         Type::UUID => Value::Text(uuid(wire::uuid_from_sql(raw).map_err(bad)?)),
-        Type::TIMESTAMPTZ => Value::Text(timestamp(wire::timestamp_from_sql(raw).map_err(bad)?, true)),
-        Type::TIMESTAMP => Value::Text(timestamp(wire::timestamp_from_sql(raw).map_err(bad)?, false)),
+        Type::TIMESTAMPTZ => {
+            Value::Text(timestamp(wire::timestamp_from_sql(raw).map_err(bad)?, true))
+        }
+        Type::TIMESTAMP => Value::Text(timestamp(
+            wire::timestamp_from_sql(raw).map_err(bad)?,
+            false,
+        )),
         Type::DATE => Value::Text(date(wire::date_from_sql(raw).map_err(bad)?)),
         _ => match ty.kind() {
             // An enum's binary form is its label; a citext's is its text.
@@ -218,10 +223,7 @@ mod tests {
     fn times_are_iso_utc_with_microseconds() {
         // 2026-12-06 14:50:00.123456 is 849,883,800.123456 s after 2000-01-01.
         let micros = 849_883_800_123_456;
-        assert_eq!(
-            timestamp(micros, true),
-            "2026-12-06T14:50:00.123456+00:00"
-        );
+        assert_eq!(timestamp(micros, true), "2026-12-06T14:50:00.123456+00:00");
         assert_eq!(timestamp(micros, false), "2026-12-06T14:50:00.123456");
         assert_eq!(timestamp(-1, false), "1999-12-31T23:59:59.999999");
         assert_eq!(date(0), "2000-01-01");

@@ -199,6 +199,93 @@ impl Session {
     }
 }
 
+/// What `policy validate` says about the role doctor connects as, for the
+/// tables plugins name: `(table as configured, written too)`.
+impl Session {
+    pub fn role_warnings(
+        &self,
+        tables: &[(String, bool)],
+        deadline: Instant,
+    ) -> Result<Vec<String>, PgError> {
+        let client = &self.client;
+        let work = async {
+            let mut warnings = Vec::new();
+            let role = client
+                .query_one(
+                    "SELECT current_user::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
+                    &[],
+                )
+                .await
+                .map_err(server)?;
+            let name: String = role.get(0);
+            if role.get::<_, bool>(1) {
+                warnings.push(format!("role {name} is a superuser: give doctor a role of its own with only the grants docs/policy-reference.md lists"));
+            } else if role.get::<_, bool>(2) {
+                warnings.push(format!(
+                    "role {name} bypasses row-level security (BYPASSRLS)"
+                ));
+            }
+            for (table, write) in tables {
+                warnings.extend(table_warnings(client, &name, table, *write).await?);
+            }
+            Ok(warnings)
+        };
+        self.bounded(deadline, work)
+    }
+}
+
+async fn table_warnings(
+    client: &Client,
+    role: &str,
+    table: &str,
+    write: bool,
+) -> Result<Vec<String>, PgError> {
+    let quoted = table
+        .split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".");
+    let rows = client
+        .query_typed(
+            "SELECT to_regclass($1) IS NOT NULL, \
+             coalesce(has_any_column_privilege(to_regclass($1), 'SELECT'), false), \
+             coalesce(has_any_column_privilege(to_regclass($1), 'UPDATE'), false), \
+             coalesce((SELECT pg_get_userbyid(relowner) = current_user FROM pg_class WHERE oid = to_regclass($1)), false)",
+            &[(&quoted, Type::TEXT)],
+        )
+        .await
+        .map_err(server)?;
+    let Some(row) = rows.first() else {
+        return Ok(Vec::new());
+    };
+    if !row.get::<_, bool>(0) {
+        return Ok(vec![format!(
+            "table {table} does not exist or role {role} cannot see it (GRANT USAGE ON SCHEMA … TO {role})"
+        )]);
+    }
+    let mut missing = Vec::new();
+    if !row.get::<_, bool>(1) {
+        missing.push("SELECT");
+    }
+    if write && !row.get::<_, bool>(2) {
+        missing.push("UPDATE");
+    }
+    let mut warnings = Vec::new();
+    if !missing.is_empty() {
+        warnings.push(format!(
+            "role {role} lacks {} on {table}: GRANT {} ON {quoted} TO {role}",
+            missing.join(" and "),
+            missing.join(", ")
+        ));
+    }
+    if row.get::<_, bool>(3) {
+        warnings.push(format!(
+            "role {role} owns {table}: an owner may ALTER or DROP it; give doctor a role that only has the grants it needs"
+        ));
+    }
+    Ok(warnings)
+}
+
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
@@ -274,10 +361,10 @@ async fn unseen_writers(client: &Client, table: &str) -> Result<Option<String>, 
         (SELECT string_agg(rulename, ', ') FROM pg_rewrite WHERE ev_class = c.oid AND ev_type = '2'), \
         (SELECT string_agg(conname, ', ') FROM pg_constraint WHERE confrelid = c.oid AND contype = 'f' AND confupdtype IN ('c', 'n', 'd')) \
         FROM pg_class c WHERE c.oid = to_regclass($1)";
-    let rows = client
-        .query(sql, &[&table, &UPDATE_TRIGGER])
-        .await
-        .map_err(server)?;
+    let table = table.to_string();
+    let params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&table, Type::TEXT), (&UPDATE_TRIGGER, Type::INT2)];
+    let rows = client.query_typed(sql, &params).await.map_err(server)?;
     let Some(row) = rows.first() else {
         return Err(PgError::Invalid(format!("table {table} does not exist")));
     };

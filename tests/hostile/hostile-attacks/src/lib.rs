@@ -107,7 +107,7 @@ impl Plugin for Hostile {
                 files::stat(&c.path).map(|s| format!("STAT {:?}", s.map(|s| s.size))),
             )),
             "query" => said(answer(
-                sqlite::query(&c.db, &c.sql, &[]).map(|r| format!("ROWS {}", r.rows.len())),
+                database::query(&c.db, &c.sql, &[]).map(|r| format!("ROWS {}", r.rows.len())),
             )),
             "probe" => said(answer(
                 probe::http_get(&format!("http://127.0.0.1:{}/", c.port), c.timeout_ms)

@@ -1,0 +1,545 @@
+//! Job tables in PostgreSQL: a real server (tests/support/postgres.rs),
+//! real worker processes claiming rows through psql, the real `doctor`
+//! binary. First the refusals a hostile plugin meets (tests/hostile/
+//! hostile-attacks aimed at a PostgreSQL label), then incident 002 end to
+//! end in the table shapes queue libraries write.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::postgres::{Db, Postgres};
+use support::*;
+
+/// hostile-attacks aimed at database `jobs` = `db` (as role `doctor`).
+fn attack(db: &Db, grants: &str, config: &str) -> Scenario {
+    let s = Scenario::new();
+    s.install_plugin(
+        "hostile-attacks",
+        &test_plugins().join("hostile_attacks.wasm"),
+    );
+    s.policy(&format!(
+        r#"
+[databases.jobs]
+url = "{url}"
+
+[plugins.hostile-attacks]
+{grants}
+config = {{ db = "jobs", {config} }}
+"#,
+        url = db.keywords("doctor")
+    ));
+    s
+}
+
+/// The attack's read answer, as the plugin saw it.
+fn query_answer(db: &Db, sql: &str) -> String {
+    let s = attack(
+        db,
+        r#"grants.sqlite = ["jobs"]"#,
+        &format!("attack = \"query\", sql = {sql:?}"),
+    );
+    let (_, doc) = s.doctor_json(&["check"]);
+    finding(&doc, "hostile-attacks", "query")
+        .map(|f| f["message"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_else(|| panic!("no answer for {sql}: {doc}"))
+}
+
+fn jobs_table(db: &Db) {
+    db.psql(
+        "CREATE TYPE job_state AS ENUM ('pending', 'queued', 'running', 'failed', 'cancelled', 'completed');
+         CREATE TABLE jobs (id bigint PRIMARY KEY, status job_state NOT NULL, worker text, started_at timestamptz);
+         INSERT INTO jobs SELECT g, 'completed', NULL, now() FROM generate_series(1, 10) g;
+         GRANT SELECT, UPDATE ON jobs TO doctor;",
+    );
+}
+
+#[test]
+fn a_plain_read_answers_rows_with_postgres_types() {
+    let Some(pg) = Postgres::or_say_why("postgres read") else {
+        return;
+    };
+    let db = pg.database();
+    jobs_table(&db);
+    assert_eq!(
+        query_answer(
+            &db,
+            "SELECT id, status, started_at FROM jobs WHERE status = 'completed'"
+        ),
+        "ROWS 10"
+    );
+}
+
+#[test]
+fn statements_that_could_widen_a_read_are_refused_before_they_reach_the_server() {
+    let Some(pg) = Postgres::or_say_why("postgres refusals") else {
+        return;
+    };
+    let db = pg.database();
+    jobs_table(&db);
+    let cases = [
+        ("SELECT 1; SELECT 2", "one"),
+        ("SET statement_timeout = 0", "SET"),
+        ("COMMIT; UPDATE jobs SET status = 'failed'", ""),
+        (
+            "WITH x AS (UPDATE jobs SET status = 'failed' RETURNING 1) SELECT * FROM x",
+            "",
+        ),
+        ("SELECT pg_sleep(1e9)", "pg_sleep"),
+        ("SELECT pg_read_file('/etc/shadow')", "pg_read_file"),
+        (
+            "SELECT set_config('statement_timeout', '0', false)",
+            "set_config",
+        ),
+    ];
+    for (sql, named) in cases {
+        let answer = query_answer(&db, sql);
+        assert!(
+            answer.contains("denied") && answer.contains(named),
+            "{sql}: {answer}"
+        );
+    }
+    // Nothing the refused statements asked for happened.
+    assert_eq!(
+        db.psql("SELECT count(*) FROM jobs WHERE status = 'completed'"),
+        "10"
+    );
+}
+
+#[test]
+fn a_huge_result_is_cut_at_sql_result_max_and_the_run_goes_on() {
+    let Some(pg) = Postgres::or_say_why("postgres huge result") else {
+        return;
+    };
+    let db = pg.database();
+    jobs_table(&db);
+    // About 1 GB if it were all sent: a thousand bytes a row, a million rows.
+    let started = Instant::now();
+    let answer = query_answer(
+        &db,
+        "SELECT lpad('x', 1000, 'y') FROM generate_series(1, 1000000)",
+    );
+    assert!(
+        answer.contains("limit") && answer.contains("sql_result_max"),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "bounded, not streamed to the end"
+    );
+}
+
+#[test]
+fn a_write_through_a_trigger_is_refused_and_max_rows_rolls_back() {
+    let Some(pg) = Postgres::or_say_why("postgres triggers") else {
+        return;
+    };
+    let db = pg.database();
+    jobs_table(&db);
+    db.psql(
+        "CREATE TABLE audit (n int);
+         GRANT INSERT ON audit TO doctor;
+         CREATE FUNCTION fan_out() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO audit SELECT generate_series(1, 1000); RETURN NEW; END $$;
+         CREATE TABLE watched (id int PRIMARY KEY, status text);
+         INSERT INTO watched VALUES (1, 'running');
+         GRANT SELECT, UPDATE ON watched TO doctor;
+         CREATE TRIGGER fan AFTER UPDATE ON watched FOR EACH ROW EXECUTE FUNCTION fan_out();",
+    );
+    let grants = r#"grants.sqlite = ["jobs"]
+grants.sqlite_write = ["jobs"]"#;
+    // One row changed, a thousand written by the trigger: refused.
+    let s = attack(
+        &db,
+        grants,
+        "attack = \"sql-exec\", max_rows = 1, sql = \"UPDATE watched SET status = 'pending' WHERE id = 1\"",
+    );
+    let out = s.doctor(&["fix"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("refused") && text.contains("trigger"),
+        "{text}"
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM audit"), "0");
+    assert_eq!(db.psql("SELECT status FROM watched"), "running");
+    // Ten rows against max-rows 1: rolled back, nothing changed.
+    let s = attack(
+        &db,
+        grants,
+        "attack = \"sql-exec\", max_rows = 1, sql = \"UPDATE jobs SET status = 'failed'\"",
+    );
+    let out = s.doctor(&["fix"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rolled back"), "{text}");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM jobs WHERE status = 'completed'"),
+        "10"
+    );
+}
+
+// ------------------------------------------------- incident 002, end to end
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A worker that claims its job through psql (`sql`, where `$$` is its own
+/// pid) and then runs as `pg_worker` until killed.
+fn worker(s: &Scenario, db: &Db, name: &str, sql: &str) -> Proc {
+    let ready = s.path(&format!("{name}.ready"));
+    let argv = db.worker_argv(sql, &ready, "pg_worker");
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let p = Proc::spawn(&argv);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "worker {name} never claimed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    p
+}
+
+fn kill(mut p: Proc) {
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+}
+
+fn outcomes(doc: &serde_json::Value, plugin: &str) -> Vec<String> {
+    findings(doc, plugin)
+        .iter()
+        .flat_map(|f| f["actions"].as_array().cloned().unwrap_or_default())
+        .map(|a| a["outcome"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Oban's shape: a status enum, the attempts' owners in `attempted_by
+/// text[]` (host:pid, the last one current), timestamptz times and a jsonb
+/// error record the application reads back.
+#[test]
+fn orphaned_jobs_in_an_enum_and_text_array_table_are_requeued_or_failed_and_live_ones_kept() {
+    let Some(pg) = Postgres::or_say_why("incident 002 on postgres") else {
+        return;
+    };
+    let db = pg.database();
+    db.psql(
+        "CREATE TYPE job_state AS ENUM ('available', 'executing', 'completed', 'discarded');
+         CREATE TABLE oban_jobs (id bigint PRIMARY KEY, state job_state NOT NULL DEFAULT 'available',
+             attempt integer NOT NULL DEFAULT 0, attempted_by text[], attempted_at timestamptz,
+             scheduled_at timestamptz NOT NULL DEFAULT now(), discarded_at timestamptz, errors jsonb);
+         INSERT INTO oban_jobs (id, attempt) VALUES (1, 0), (2, 0), (3, 2);
+         INSERT INTO oban_jobs (id, state) VALUES (4, 'completed');
+         GRANT SELECT, UPDATE ON oban_jobs TO doctor;",
+    );
+    let s = Scenario::new();
+    let claim = |id: u32| {
+        format!(
+            "UPDATE oban_jobs SET state = 'executing', attempt = attempt + 1, attempted_at = now(), \
+             attempted_by = ARRAY['{}:' || $$] WHERE id = {id}",
+            hostname()
+        )
+    };
+    let live = worker(&s, &db, "live", &claim(1));
+    kill(worker(&s, &db, "dead-a", &claim(2)));
+    kill(worker(&s, &db, "dead-b", &claim(3)));
+    s.policy(&format!(
+        r#"
+[databases.jobs]
+url = "{url}"
+
+[plugins.job-health]
+grants.processes = true
+grants.sqlite = ["jobs"]
+grants.sqlite_write = ["jobs"]
+
+[plugins.job-health.config]
+db = "jobs"
+table = "oban_jobs"
+status_column = "state"
+worker_column = ""
+worker_pid_sql = "split_part(attempted_by[array_upper(attempted_by, 1)], ':', 2)"
+worker_host_sql = "split_part(attempted_by[array_upper(attempted_by, 1)], ':', 1)"
+worker_match = "^pg_worker"
+claimed_column = "attempted_at"
+updated_column = "scheduled_at"
+attempts_column = "attempt"
+running_statuses = ["executing"]
+waiting_statuses = ["available"]
+requeue_status = "available"
+failed_status = "discarded"
+max_attempts = 3
+
+[plugins.job-health.config.fail_set]
+discarded_at = {{ now = true }}
+errors = {{ json = {{ error = "{{reason}}", attempt = "{{attempts}}" }} }}
+"#,
+        url = db.keywords("doctor")
+    ));
+    let before = db.psql("SELECT id, state, attempt FROM oban_jobs ORDER BY id");
+
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2, "orphaned jobs are critical: {doc}");
+    assert!(!findings(&doc, "job-health").is_empty(), "{doc}");
+    let (_, dry) = s.doctor_json(&["fix", "--dry-run"]);
+    assert!(
+        outcomes(&dry, "job-health").iter().all(|o| o == "planned"),
+        "{dry}"
+    );
+    assert_eq!(
+        db.psql("SELECT id, state, attempt FROM oban_jobs ORDER BY id"),
+        before
+    );
+
+    let (_, fixed) = s.doctor_json(&["fix"]);
+    assert!(
+        outcomes(&fixed, "job-health")
+            .iter()
+            .any(|o| o == "applied"),
+        "{fixed}"
+    );
+    // The live worker's job is untouched; job 2 requeued with its attempt
+    // counted; job 3 (attempts run out) discarded with a record the
+    // application can read; the completed job never looked at.
+    assert_eq!(
+        db.psql("SELECT id, state, attempt, discarded_at IS NOT NULL, errors->>'error' <> '' FROM oban_jobs ORDER BY id"),
+        "1|executing|1|f|\n2|available|2|f|\n3|discarded|3|t|t\n4|completed|0|f|"
+    );
+    let (code, after) = s.doctor_json(&["check"]);
+    assert_eq!(code, 0, "resolved once fixed: {after}");
+    // The journal tells the story: the writes applied, each with its row count.
+    let applied: i64 = s
+        .journal()
+        .query_row(
+            "SELECT count(*) FROM actions WHERE plugin = 'job-health' AND outcome = 'applied'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(applied >= 1);
+    drop(live);
+}
+
+/// A `locked_by = 'host:pid'` text with `locked_at`: the chunk table of
+/// incident 001's coordinator, in PostgreSQL.
+#[test]
+fn chunks_locked_by_a_dead_host_pid_are_reset_and_a_live_lock_kept() {
+    let Some(pg) = Postgres::or_say_why("chunk reset on postgres") else {
+        return;
+    };
+    let db = pg.database();
+    db.psql(
+        "CREATE SCHEMA app;
+         CREATE TABLE app.chunks (id bigint PRIMARY KEY, status text NOT NULL DEFAULT 'pending',
+             locked_by text, locked_at timestamptz, heartbeat_at timestamptz);
+         INSERT INTO app.chunks (id) SELECT generate_series(1, 4);
+         GRANT USAGE ON SCHEMA app TO doctor;
+         GRANT SELECT, UPDATE ON app.chunks TO doctor;",
+    );
+    let s = Scenario::new();
+    let claim = |ids: &str| {
+        format!(
+            "UPDATE app.chunks SET status = 'running', locked_by = '{}:' || $$, locked_at = now() WHERE id IN ({ids})",
+            hostname()
+        )
+    };
+    let live = worker(&s, &db, "live", &claim("1"));
+    kill(worker(&s, &db, "dead", &claim("2, 3")));
+    s.policy(&format!(
+        r#"
+[databases.work]
+url = "{url}"
+
+[plugins.sqlite-chunk-reset]
+grants.processes = true
+grants.sqlite = ["work"]
+grants.sqlite_write = ["work"]
+
+[plugins.sqlite-chunk-reset.config]
+db = "work"
+table = "app.chunks"
+worker_column = "locked_by"
+owner_format = "host:pid"
+started_at_column = "locked_at"
+worker_match = "^pg_worker"
+"#,
+        url = db.keywords("doctor")
+    ));
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2, "{doc}");
+    let (_, fixed) = s.doctor_json(&["fix"]);
+    assert!(
+        outcomes(&fixed, "sqlite-chunk-reset")
+            .iter()
+            .any(|o| o == "applied"),
+        "{fixed}"
+    );
+    assert_eq!(
+        db.psql("SELECT id, status, locked_by IS NULL FROM app.chunks ORDER BY id"),
+        "1|running|f\n2|pending|t\n3|pending|t\n4|pending|t"
+    );
+    let (code, after) = s.doctor_json(&["check"]);
+    assert_eq!(code, 0, "{after}");
+    drop(live);
+}
+
+/// Claimed executions joined to a workers table (pid, hostname, last
+/// heartbeat): the identity is a scalar subquery the policy writes, read
+/// like any query.
+#[test]
+fn a_worker_identity_in_a_joined_processes_table_is_followed_by_subquery() {
+    let Some(pg) = Postgres::or_say_why("joined workers on postgres") else {
+        return;
+    };
+    let db = pg.database();
+    db.psql(
+        "CREATE TABLE workers (id int PRIMARY KEY, pid int, hostname text, last_heartbeat timestamp);
+         CREATE TABLE executions (id bigint PRIMARY KEY, status text NOT NULL DEFAULT 'queued',
+             worker_id int REFERENCES workers (id), claimed_at timestamp, attempts int NOT NULL DEFAULT 0,
+             error text);
+         INSERT INTO executions (id) VALUES (1), (2);
+         GRANT SELECT ON workers TO doctor;
+         GRANT SELECT, UPDATE ON executions TO doctor;",
+    );
+    let s = Scenario::new();
+    let claim = |worker: u32, job: u32| {
+        format!(
+            "INSERT INTO workers VALUES ({worker}, $$, '{}', now() AT TIME ZONE 'UTC'); \
+             UPDATE executions SET status = 'running', worker_id = {worker}, claimed_at = now() AT TIME ZONE 'UTC' WHERE id = {job}",
+            hostname()
+        )
+    };
+    let live = worker(&s, &db, "live", &claim(10, 1));
+    kill(worker(&s, &db, "dead", &claim(20, 2)));
+    s.policy(&format!(
+        r#"
+[databases.jobs]
+url = "{url}"
+
+[plugins.job-health]
+grants.processes = true
+grants.sqlite = ["jobs"]
+grants.sqlite_write = ["jobs"]
+
+[plugins.job-health.config]
+db = "jobs"
+table = "executions"
+worker_column = ""
+worker_pid_sql = "(SELECT w.pid FROM workers w WHERE w.id = worker_id)"
+worker_host_sql = "(SELECT w.hostname FROM workers w WHERE w.id = worker_id)"
+worker_match = "^pg_worker"
+claimed_column = "claimed_at"
+attempts_column = "attempts"
+reason_column = "error"
+"#,
+        url = db.keywords("doctor")
+    ));
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2, "{doc}");
+    s.doctor_json(&["fix"]);
+    assert_eq!(
+        db.psql("SELECT id, status, attempts, worker_id FROM executions ORDER BY id"),
+        "1|running|0|10\n2|pending|1|20"
+    );
+    let (code, after) = s.doctor_json(&["check"]);
+    assert_eq!(code, 0, "{after}");
+    drop(live);
+}
+
+// ------------------------------------------------- the connection and the role
+
+fn validate(s: &Scenario) -> (i32, String) {
+    let out = s.doctor(&["policy", "validate"]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn chunk_policy(s: &Scenario, url: &str, extra: &str) {
+    s.policy(&format!(
+        r#"
+[databases.work]
+url = "{url}"
+{extra}
+
+[plugins.sqlite-chunk-reset]
+grants.processes = true
+grants.sqlite = ["work"]
+grants.sqlite_write = ["work"]
+config = {{ db = "work", table = "chunks", worker_column = "worker" }}
+"#
+    ));
+}
+
+fn chunks_table(db: &Db) {
+    db.psql(
+        "CREATE TABLE chunks (id bigint PRIMARY KEY, status text NOT NULL, worker text, started_at timestamptz);
+         GRANT SELECT ON chunks TO doctor, doctor_pw;",
+    );
+}
+
+#[test]
+fn validate_names_a_superuser_role_and_the_grants_a_role_lacks() {
+    let Some(pg) = Postgres::or_say_why("validate roles") else {
+        return;
+    };
+    let db = pg.database();
+    chunks_table(&db);
+    let s = Scenario::new();
+    chunk_policy(&s, &db.keywords("postgres"), "");
+    let (code, said) = validate(&s);
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains("superuser") && said.contains("databases.work.url"),
+        "{said}"
+    );
+    // doctor may read but not update: the missing grant, spelled out.
+    chunk_policy(&s, &db.keywords("doctor"), "");
+    let (code, said) = validate(&s);
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains("lacks UPDATE on chunks")
+            && said.contains("GRANT UPDATE ON \"chunks\" TO doctor"),
+        "{said}"
+    );
+    assert!(!said.contains("superuser"), "{said}");
+}
+
+#[test]
+fn a_password_inline_is_a_policy_error_and_a_password_file_must_be_private() {
+    let Some(pg) = Postgres::or_say_why("password file") else {
+        return;
+    };
+    let db = pg.database();
+    chunks_table(&db);
+    let s = Scenario::new();
+    let url = format!(
+        "postgresql://doctor_pw:{}@localhost/{}",
+        support::postgres::PASSWORD,
+        db.name
+    );
+    chunk_policy(&s, &url, "");
+    let out = s.doctor(&["check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("databases.work.url")
+            && err.contains("password_file")
+            && !err.contains(support::postgres::PASSWORD),
+        "names the key, never echoes the password: {err}"
+    );
+    // A password file others can read is refused; mode 0600 connects.
+    let file = s.path("work.pgpass");
+    std::fs::write(&file, format!("{}\n", support::postgres::PASSWORD)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let extra = format!("password_file = {:?}", file.display().to_string());
+    chunk_policy(&s, &db.keywords("doctor_pw"), &extra);
+    let (_, doc) = s.doctor_json(&["check"]);
+    let error = plugin_summary(&doc, "sqlite-chunk-reset")["error"].to_string();
+    assert!(error.contains("chmod 600"), "{doc}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 0, "scram-sha-256 with the file's password: {doc}");
+    assert_eq!(plugin_summary(&doc, "sqlite-chunk-reset")["outcome"], "ok");
+}
