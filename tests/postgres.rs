@@ -366,6 +366,25 @@ worker_match = "^pg_worker"
     ));
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc}");
+    // A recording of the run replays to the same findings with no server.
+    let recording = s.path("recording");
+    s.doctor(&["check", "--record", recording.to_str().unwrap()]);
+    let recorded = std::fs::read_to_string(recording.join("sqlite-chunk-reset.json")).unwrap();
+    assert!(recorded.contains("database.query"), "the calls are kept");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_doctor"))
+        .args(["plugins", "replay", "sqlite-chunk-reset"])
+        .arg(&recording)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    let replayed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = |doc: &serde_json::Value| -> Vec<String> {
+        findings(doc, "sqlite-chunk-reset")
+            .iter()
+            .map(|f| f["key"].to_string())
+            .collect()
+    };
+    assert_eq!(keys(&replayed), keys(&doc), "{replayed}");
     let (_, fixed) = s.doctor_json(&["fix"]);
     assert!(
         outcomes(&fixed, "sqlite-chunk-reset")
@@ -542,4 +561,226 @@ fn a_password_inline_is_a_policy_error_and_a_password_file_must_be_private() {
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 0, "scram-sha-256 with the file's password: {doc}");
     assert_eq!(plugin_summary(&doc, "sqlite-chunk-reset")["outcome"], "ok");
+}
+
+// ------------------------------------------------- older contracts, two hosts, crashes
+
+#[test]
+fn a_plugin_of_contract_0_2_gets_a_clear_invalid_for_a_postgres_label() {
+    let Some(pg) = Postgres::or_say_why("contract 0.2 on postgres") else {
+        return;
+    };
+    let db = pg.database();
+    let s = Scenario::new();
+    s.install_plugin("contract-v0-2", &test_plugins().join("contract_v0_2.wasm"));
+    let sqlite_file = s.path("jobs.db");
+    rusqlite::Connection::open(&sqlite_file).unwrap();
+    let policy = |label: &str| {
+        format!(
+            r#"
+[databases.pg]
+url = "{url}"
+
+[databases.lite]
+path = {sqlite:?}
+
+[plugins.contract-v0-2]
+grants.sqlite = ["pg", "lite"]
+config = {{ path = "", db = "{label}" }}
+"#,
+            url = db.keywords("doctor"),
+            sqlite = sqlite_file.display().to_string()
+        )
+    };
+    s.policy(&policy("lite"));
+    let (_, doc) = s.doctor_json(&["check"]);
+    let queried = finding(&doc, "contract-v0-2", "queried").expect("SQLite still serves 0.2");
+    assert_eq!(queried["message"], "0.2.0 CONTRACT QUERIED 1 ROWS");
+    s.policy(&policy("pg"));
+    let (_, doc) = s.doctor_json(&["check"]);
+    let error = plugin_summary(&doc, "contract-v0-2")["error"].to_string();
+    assert!(
+        error.contains("invalid") && error.contains("PostgreSQL") && error.contains("0.3.0"),
+        "{doc}"
+    );
+}
+
+/// Two doctors on two hosts (UTS namespaces, each its own hostname) and one
+/// server: each judges its own host's rows by process identity and the
+/// other's by heartbeat only; fixing the same rows at once, the
+/// compare-and-swap lets one win, and nothing is written twice.
+#[test]
+fn two_hosts_share_a_table_each_judges_its_own_rows_and_no_row_is_fixed_twice() {
+    let Some(pg) = Postgres::or_say_why("two hosts") else {
+        return;
+    };
+    let db = pg.database();
+    // host-b's live worker (this machine's process, under host-b's name).
+    let mut live = Proc::spawn(&["sleep", "600"]);
+    std::thread::sleep(Duration::from_millis(100));
+    db.psql(&format!(
+        "CREATE TABLE jobs (id bigint PRIMARY KEY, status text NOT NULL, worker text,
+             claimed_at timestamptz, heartbeat_at timestamptz, attempts int NOT NULL DEFAULT 0);
+         -- host-a's job with a fresh heartbeat but a dead pid; host-b's job
+         -- with a stale heartbeat; host-b's live job with a fresh one.
+         INSERT INTO jobs VALUES
+           (1, 'running', 'host-a:999999', now(), now(), 1),
+           (2, 'running', 'host-b:999998', now() - interval '1 hour', now() - interval '1 hour', 1),
+           (3, 'running', 'host-b:{}', now(), now(), 1);
+         GRANT SELECT, UPDATE ON jobs TO doctor;",
+        live.pid()
+    ));
+    let hosts: Vec<(Scenario, &str)> = ["host-a", "host-b"]
+        .into_iter()
+        .map(|h| (Scenario::new(), h))
+        .collect();
+    for (s, _) in &hosts {
+        // Each scenario has its own fix lock: two hosts, not one.
+        s.policy(&format!(
+                r#"
+[databases.jobs]
+url = "{url}"
+
+[plugins.job-health]
+grants.processes = true
+grants.sqlite = ["jobs"]
+grants.sqlite_write = ["jobs"]
+config = {{ db = "jobs", worker_column = "worker", owner_format = "host:pid", claimed_column = "claimed_at", heartbeat_column = "heartbeat_at", heartbeat_timeout = "5m", attempts_column = "attempts" }}
+"#,
+            url = db.keywords("doctor")
+        ));
+    }
+    // Both fix at the same moment, each under its own hostname.
+    let runs: Vec<_> = hosts
+        .iter()
+        .map(|(s, host)| {
+            std::process::Command::new("unshare")
+                .args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\""])
+                .arg(host)
+                .arg(env!("CARGO_BIN_EXE_doctor"))
+                .args(["fix", "--format", "json", "--policy"])
+                .arg(s.policy_path())
+                .arg("--journal")
+                .arg(s.journal_path())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let docs: Vec<serde_json::Value> = runs
+        .into_iter()
+        .map(|r| serde_json::from_slice(&r.wait_with_output().unwrap().stdout).unwrap())
+        .collect();
+    // Job 1 (dead pid on host-a) and job 2 (stale heartbeat) requeued once
+    // each; job 3 (host-b's, fresh heartbeat) left alone by both.
+    assert_eq!(
+        db.psql("SELECT id, status, attempts FROM jobs ORDER BY id"),
+        "1|pending|2\n2|pending|2\n3|running|1",
+        "{docs:?}"
+    );
+    let applied: usize = docs
+        .iter()
+        .map(|d| {
+            outcomes(d, "job-health")
+                .iter()
+                .filter(|o| *o == "applied")
+                .count()
+        })
+        .sum();
+    let lost: usize = docs
+        .iter()
+        .map(|d| {
+            outcomes(d, "job-health")
+                .iter()
+                .filter(|o| *o == "skipped")
+                .count()
+        })
+        .sum();
+    assert!(applied >= 2, "{docs:?}");
+    assert!(
+        applied + lost >= 2,
+        "every orphan was written by one host, or lost its race: {docs:?}"
+    );
+    // host-a judged host-b's rows by heartbeat alone, never by a local pid.
+    for f in findings(&docs[0], "job-health") {
+        if f["subject"].as_str().unwrap_or_default().contains("host-b") {
+            let message = f["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("on host host-b") && message.contains("heartbeat"),
+                "{message}"
+            );
+        }
+    }
+    assert!(live.running(), "host-b's live worker was never signalled");
+}
+
+/// `doctor fix` killed right after its first write to PostgreSQL: the
+/// journal holds that write's intent, the next run finishes the rest, and no
+/// job is requeued twice.
+#[test]
+fn killed_mid_fix_on_postgres_nothing_is_applied_twice_and_every_change_is_journaled() {
+    let Some(pg) = Postgres::or_say_why("crash on postgres") else {
+        return;
+    };
+    let db = pg.database();
+    db.psql(
+        "CREATE TABLE jobs (id bigint PRIMARY KEY, status text NOT NULL, worker text,
+             claimed_at timestamptz, attempts int NOT NULL DEFAULT 0);
+         INSERT INTO jobs (id, status) VALUES (1, 'queued'), (2, 'queued');
+         GRANT SELECT, UPDATE ON jobs TO doctor;",
+    );
+    let s = Scenario::new();
+    let claim = |id: u32| {
+        format!("UPDATE jobs SET status = 'running', worker = $$, claimed_at = now(), attempts = attempts + 1 WHERE id = {id}")
+    };
+    kill(worker(&s, &db, "dead-1", &claim(1)));
+    kill(worker(&s, &db, "dead-2", &claim(2)));
+    s.policy(&format!(
+        r#"
+[databases.jobs]
+url = "{url}"
+
+[plugins.job-health]
+grants.processes = true
+grants.sqlite = ["jobs"]
+grants.sqlite_write = ["jobs"]
+config = {{ db = "jobs", worker_column = "worker", claimed_column = "claimed_at", attempts_column = "attempts", worker_match = "^pg_worker" }}
+"#,
+        url = db.keywords("doctor")
+    ));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_doctor"))
+        .args(["fix", "--policy"])
+        .arg(s.policy_path())
+        .arg("--journal")
+        .arg(s.journal_path())
+        .env("DOCTOR_TEST_KILL_AFTER_ACTIONS", "1")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    let after_kill = db.psql("SELECT id, status, attempts FROM jobs ORDER BY id");
+    assert_eq!(
+        after_kill, "1|pending|2\n2|running|1",
+        "one write went through"
+    );
+    let intents: i64 = s
+        .journal()
+        .query_row(
+            "SELECT count(*) FROM intents WHERE kind = 'sql-exec'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(intents >= 1, "the write that went through has its intent");
+    // The next runs finish the job and never requeue job 1 again.
+    s.doctor_json(&["fix"]);
+    let (_, doc) = s.doctor_json(&["fix"]);
+    assert_eq!(
+        db.psql("SELECT id, status, attempts FROM jobs ORDER BY id"),
+        "1|pending|2\n2|pending|2",
+        "{doc}"
+    );
 }

@@ -195,15 +195,18 @@ pub struct RowIdentity<'a> {
 
 impl RowIdentity<'_> {
     /// The worker as a message names it: the column, then the pid and host
-    /// the expressions found (`w1@host-7 (pid 4551, host host-7)`).
+    /// the expressions found (`w1@host-7 (pid 4551, host host-7)`); with
+    /// no worker column, what the expressions found alone (`pid 4551, host
+    /// host-7`).
     pub fn shown(&self) -> String {
         let found: Vec<String> = [("pid", self.pid), ("host", self.host)]
             .into_iter()
             .filter_map(|(what, v)| Some(format!("{what} {}", crate::shown(v?))))
             .collect();
-        match found.is_empty() {
-            true => crate::shown(self.worker),
-            false => format!("{} ({})", crate::shown(self.worker), found.join(", ")),
+        match (found.is_empty(), self.worker) {
+            (true, _) => crate::shown(self.worker),
+            (false, SqlValue::Null) => found.join(", "),
+            (false, _) => format!("{} ({})", crate::shown(self.worker), found.join(", ")),
         }
     }
 }
@@ -370,6 +373,16 @@ mod tests {
             }
             .shown(),
             "w1@h7 (pid 4551, host NULL)"
+        );
+        assert_eq!(
+            RowIdentity {
+                worker: &SqlValue::Null,
+                pid: Some(&pid),
+                host: Some(&SqlValue::Text("h7".into()))
+            }
+            .shown(),
+            "pid 4551, host h7",
+            "no worker column: what the expressions found"
         );
     }
 
