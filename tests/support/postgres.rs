@@ -31,7 +31,7 @@ pub struct Postgres {
 /// One test's database on the shared server.
 pub struct Db {
     pub name: String,
-    socket_dir: PathBuf,
+    pub socket_dir: PathBuf,
 }
 
 static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();

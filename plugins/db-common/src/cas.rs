@@ -305,10 +305,14 @@ fn set_statement(rows: &[Update], part: Vec<usize>, varying: &[bool], db: &Db) -
         .filter(|(_, v)| !**v)
         .map(|((what, op, v), _)| db.compare(what, op, bind(db, &mut params, v)))
         .collect();
+    let typed = compared(first, varying).all(|(what, _)| db.can_type(what));
     let (mut keys, mut tuples) = (Vec::new(), Vec::new());
     for &i in &part {
         let marks: Vec<String> = compared(&rows[i], varying)
-            .map(|(what, v)| db.rhs(what, bind(db, &mut params, v)))
+            .map(|(what, v)| match typed {
+                true => db.typed(what, bind(db, &mut params, v)),
+                false => db.rhs(what, bind(db, &mut params, v)),
+            })
             .collect();
         keys.push(marks[0].clone());
         tuples.push(format!("({})", marks.join(", ")));
@@ -318,7 +322,7 @@ fn set_statement(rows: &[Update], part: Vec<usize>, varying: &[bool], db: &Db) -
         .collect();
     conds.push(format!("{} IN ({})", whats[0], keys.join(", ")));
     if whats.len() > 1 {
-        conds.push(db.dialect.rows_in(&whats.join(", "), &tuples));
+        conds.push(db.dialect.rows_in(&whats.join(", "), &tuples, typed));
     }
     Merged {
         rows: part,

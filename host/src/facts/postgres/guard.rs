@@ -1218,6 +1218,13 @@ mod tests {
             check_update("UPDATE jobs AS j SET n = j.n + 1 WHERE j.id = $1"),
             Ok(target(None, "jobs"))
         );
+        // A dead owner's rows in one statement: the pairs as a typed VALUES list.
+        assert_eq!(
+            check_update(
+                r#"UPDATE "app"."chunks" SET "status" = $1, "locked_at" = NULL WHERE "status" = $2 AND "id" IN ($3::bigint, $5::bigint) AND ("id", "locked_at") IN (VALUES ($3::bigint, $4::timestamp with time zone), ($5::bigint, $6::timestamp(6) without time zone)) AND "name" IN (VALUES ($7::character varying(255)), ($8::job_state), ($9::"Mixed State"))"#
+            ),
+            Ok(target(Some("app"), "chunks"))
+        );
     }
 
     #[test]
