@@ -6,7 +6,7 @@
 //! here; [`merge`] then writes many of them as a few set-based statements
 //! that change exactly the rows the per-row statements would.
 
-use crate::{ident, Db};
+use crate::{ident, Db, Dialect};
 use doctor_sdk::prelude::*;
 use std::collections::BTreeMap;
 
@@ -258,9 +258,17 @@ fn parts(rows: &[Update], members: &[usize], varying: &[bool], db: &Db) -> Vec<V
             + 64,
         params.len(),
     );
-    let casts: usize = compared(first, varying)
-        .map(|(what, _)| db.rhs(what, String::new()).len())
-        .sum();
+    // What the marks' casts add: each compared value's, and the key's again
+    // in the key list (as `set_statement` writes them).
+    let typed = compared(first, varying).all(|(what, _)| db.can_type(what));
+    let cast = |what: &str| match typed {
+        true => db.typed(what, String::new()).len(),
+        false => db.rhs(what, String::new()).len(),
+    };
+    let casts: usize = compared(first, varying).map(|(what, _)| cast(what)).sum();
+    let key_cast = compared(first, varying)
+        .next()
+        .map_or(0, |(what, _)| cast(what));
     let mark = |n: usize| 3 + digits(n as u64);
     let differing = varying.iter().filter(|v| **v).count();
     let (mut out, mut size, mut next) = (Vec::<Vec<usize>>::new(), usize::MAX, 0);
@@ -268,8 +276,14 @@ fn parts(rows: &[Update], members: &[usize], varying: &[bool], db: &Db) -> Vec<V
         let u = &rows[i];
         let values: Vec<&SqlValue> = compared(u, varying).map(|(_, v)| v).collect();
         let marks = |from: usize| match differing {
-            0 => mark(from),
-            _ => mark(from) + 4 + casts + (from..from + values.len()).map(mark).sum::<usize>(),
+            0 => mark(from) + key_cast,
+            _ => {
+                mark(from)
+                    + key_cast
+                    + 4
+                    + casts
+                    + (from..from + values.len()).map(mark).sum::<usize>()
+            }
         };
         let cost = |from| marks(from) + values.iter().map(|v| json_len(v)).sum::<usize>();
         if size.saturating_add(cost(next)) > MAX_STATEMENT {
@@ -320,9 +334,18 @@ fn set_statement(rows: &[Update], part: Vec<usize>, varying: &[bool], db: &Db) -
     let whats: Vec<String> = compared(first, varying)
         .map(|(what, _)| db.lhs(what))
         .collect();
-    conds.push(format!("{} IN ({})", whats[0], keys.join(", ")));
-    if whats.len() > 1 {
-        conds.push(db.dialect.rows_in(&whats.join(", "), &tuples, typed));
+    let hashed = typed && db.dialect == Dialect::Postgres;
+    match (hashed, whats.len() > 1) {
+        // PostgreSQL filters a key list row by row; the typed VALUES list
+        // (keys and all) is hashed, so it alone says which rows.
+        (true, true) => conds.push(db.dialect.rows_in(&whats.join(", "), &tuples, true)),
+        (true, false) => conds.push(db.dialect.rows_in(&whats[0], &tuples, true)),
+        (false, _) => {
+            conds.push(format!("{} IN ({})", whats[0], keys.join(", ")));
+            if whats.len() > 1 {
+                conds.push(db.dialect.rows_in(&whats.join(", "), &tuples, typed));
+            }
+        }
     }
     Merged {
         rows: part,
@@ -538,6 +561,45 @@ mod tests {
             .unwrap();
         let changed: usize = big.iter().map(|m| run(&c, &m.statement, &m.params)).sum();
         assert_eq!(changed, 20_000);
+    }
+
+    #[test]
+    fn on_postgres_the_casts_count_against_the_size_bound() {
+        let worker = text("4242");
+        let col = |name: &str, ty: &str| crate::dialect::Column {
+            name: name.into(),
+            ty: ty.into(),
+        };
+        let db = Db::new(
+            "main",
+            "chunks",
+            Dialect::Postgres,
+            vec![
+                col("id", "bigint"),
+                col("status", "text"),
+                col("worker", "text"),
+                col("started", "timestamp with time zone"),
+            ],
+        );
+        let rows: Vec<Update> = (1..=10_000)
+            .map(|id| {
+                reset(
+                    id,
+                    &worker,
+                    &text(&format!("2026-12-06T14:50:00.{id:06}+00:00")),
+                )
+            })
+            .collect();
+        let merged = merge(rows, &db);
+        assert!(merged.len() > 1, "{}", merged.len());
+        assert!(merged.iter().all(|m| m.weight() <= MAX_STATEMENT));
+        let statement = &merged[0].statement;
+        assert!(
+            statement.contains("::timestamp with time zone), ($"),
+            "{}",
+            &statement[..400]
+        );
+        assert_eq!(merged.iter().map(|m| m.rows.len()).sum::<usize>(), 10_000);
     }
 
     #[test]

@@ -110,7 +110,7 @@ fn on_postgres_a_dead_owners_chunks_are_reset_by_one_compare_and_swap() {
     };
     assert_eq!(
         reset.statement,
-        "UPDATE \"app\".\"chunks\" SET \"status\" = $1, \"locked_by\" = NULL, \"locked_at\" = NULL WHERE \"status\" = $2 AND \"locked_by\" IS NOT DISTINCT FROM $3 AND \"heartbeat_at\" IS NOT DISTINCT FROM $4 AND \"id\" IN ($5::bigint, $7::bigint) AND (\"id\", \"locked_at\") IN (VALUES ($5::bigint, $6::timestamp with time zone), ($7::bigint, $8::timestamp with time zone))"
+        "UPDATE \"app\".\"chunks\" SET \"status\" = $1, \"locked_by\" = NULL, \"locked_at\" = NULL WHERE \"status\" = $2 AND \"locked_by\" IS NOT DISTINCT FROM $3 AND \"heartbeat_at\" IS NOT DISTINCT FROM $4 AND (\"id\", \"locked_at\") IN (VALUES ($5::bigint, $6::timestamp with time zone), ($7::bigint, $8::timestamp with time zone))"
     );
     assert_eq!((reset.params.len(), reset.max_rows), (8, 2));
     assert!(

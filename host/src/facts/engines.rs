@@ -1,0 +1,157 @@
+//! Every container engine the policy names (Docker, root Podman, a user's
+//! rootless Podman), each by its socket, and which of them holds a
+//! container. Container ids are random 256-bit values, unique across
+//! engines, so an id is routed to the engine that knows it; a name may be
+//! taken in two engines, so it can be qualified as `ENGINE/NAME`.
+
+use super::containers::{ContainerEngine, ContainerSummary, EngineError};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+pub struct Engines {
+    named: Vec<(String, Arc<ContainerEngine>)>,
+    /// Which engine answered for an id or name, once asked.
+    holder: Mutex<HashMap<String, usize>>,
+}
+
+/// A container of one engine, as a list shows it.
+pub struct Listed {
+    pub engine: String,
+    pub summary: ContainerSummary,
+}
+
+impl Engines {
+    pub fn new<'a>(sections: impl IntoIterator<Item = (&'a str, &'a Path, Duration)>) -> Engines {
+        Engines {
+            named: sections
+                .into_iter()
+                .map(|(name, socket, timeout)| {
+                    (
+                        name.to_string(),
+                        Arc::new(ContainerEngine::new(socket, timeout)),
+                    )
+                })
+                .collect(),
+            holder: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.named.is_empty()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.named.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// The containers of every engine `allowed` lets through, names taken
+    /// in two engines qualified by their engine (`docker/web`). One engine
+    /// that cannot answer is the error, naming it: a partial list would
+    /// read as "those containers are gone".
+    pub fn list(
+        &self,
+        include_stopped: bool,
+        allowed: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Listed>, EngineError> {
+        let mut all = Vec::new();
+        for (name, engine) in self.named.iter().filter(|(n, _)| allowed(n)) {
+            let list = engine
+                .list(include_stopped)
+                .map_err(|e| self.named_error(name, e))?;
+            all.extend(list.into_iter().map(|summary| Listed {
+                engine: name.clone(),
+                summary,
+            }));
+        }
+        qualify_shared_names(&mut all);
+        Ok(all)
+    }
+
+    /// The engine holding `id` (a full or short id, a name, or
+    /// `ENGINE/NAME`) among the allowed ones, and the id to ask it with.
+    pub fn locate<'a>(
+        &self,
+        id: &'a str,
+        allowed: impl Fn(&str) -> bool,
+    ) -> Result<(&str, &ContainerEngine, &'a str), EngineError> {
+        if let Some((engine, rest)) = id.split_once('/') {
+            let found = self.named.iter().find(|(n, _)| n == engine);
+            return match found {
+                Some((name, e)) if allowed(name) => Ok((name, e, rest)),
+                Some(_) => Err(EngineError::NotFound(format!(
+                    "container {id}: engine {engine:?} is not granted to this plugin"
+                ))),
+                None => Err(EngineError::NotFound(format!(
+                    "container {id}: no engine {engine:?} in the policy"
+                ))),
+            };
+        }
+        let known = self.holder(id);
+        let order = known
+            .into_iter()
+            .chain(0..self.named.len())
+            .filter(|i| allowed(&self.named[*i].0));
+        let mut failure = None;
+        for i in order {
+            let (name, engine) = &self.named[i];
+            match engine.inspect(id) {
+                Ok(_) => {
+                    self.remember(id, i);
+                    return Ok((name, engine, id));
+                }
+                Err(EngineError::NotFound(_)) => {}
+                Err(e) => failure = failure.or(Some(self.named_error(name, e))),
+            }
+        }
+        Err(failure
+            .unwrap_or_else(|| EngineError::NotFound(format!("no such container: {id}"))))
+    }
+
+    fn holder(&self, id: &str) -> Option<usize> {
+        self.holder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .copied()
+    }
+
+    fn remember(&self, id: &str, engine: usize) {
+        self.holder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_string(), engine);
+    }
+
+    /// With one engine its errors read as before; with several they say which.
+    fn named_error(&self, name: &str, e: EngineError) -> EngineError {
+        if self.named.len() == 1 {
+            return e;
+        }
+        e.in_engine(name)
+    }
+}
+
+/// A name that two engines' containers share becomes `ENGINE/NAME` in both.
+fn qualify_shared_names(all: &mut [Listed]) {
+    let mut engines_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for c in all.iter() {
+        for n in &c.summary.names {
+            engines_of
+                .entry(n.clone())
+                .or_default()
+                .push(c.engine.clone());
+        }
+    }
+    for c in all.iter_mut() {
+        for n in c.summary.names.iter_mut() {
+            let shared = engines_of
+                .get(n.as_str())
+                .is_some_and(|e| e.iter().any(|x| *x != c.engine));
+            if shared {
+                *n = format!("{}/{n}", c.engine);
+            }
+        }
+    }
+}
