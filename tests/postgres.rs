@@ -784,3 +784,37 @@ config = {{ db = "jobs", worker_column = "worker", claimed_column = "claimed_at"
         "{doc}"
     );
 }
+
+/// TLS to a TCP server: verified against the policy's `sslrootcert`; with
+/// the system's CA store (which does not know the test CA) the connection
+/// is refused, never made unverified.
+#[test]
+fn tls_is_verified_against_sslrootcert_and_an_unknown_ca_is_refused() {
+    let Some(pg) = Postgres::or_say_why("tls") else {
+        return;
+    };
+    let Some(ca) = &pg.tls_ca else {
+        println!("tls: not run: openssl could not make a test CA here");
+        return;
+    };
+    let db = pg.database();
+    chunks_table(&db);
+    let s = Scenario::new();
+    let url = |extra: &str| {
+        format!(
+            "postgresql://doctor@localhost:{}/{}?sslmode=verify-full{extra}",
+            pg.port, db.name
+        )
+    };
+    chunk_policy(&s, &url(&format!("&sslrootcert={}", ca.display())), "");
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 0, "verified with the test CA: {doc}");
+    assert_eq!(plugin_summary(&doc, "sqlite-chunk-reset")["outcome"], "ok");
+    chunk_policy(&s, &url(""), "");
+    let (_, doc) = s.doctor_json(&["check"]);
+    let error = plugin_summary(&doc, "sqlite-chunk-reset")["error"].to_string();
+    assert!(
+        error.contains("cannot connect") && (error.contains("certificate") || error.contains("CA")),
+        "an unknown CA is refused: {doc}"
+    );
+}

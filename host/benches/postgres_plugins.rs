@@ -176,6 +176,7 @@ fn psql(db: &Db, sql: &str) {
     let st = Command::new(PSQL)
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
         .arg(&db.socket_dir)
+        .args(["-p", &db.port.to_string()])
         .args(["-U", "doctor", "-d", &db.name, "-c", sql])
         .stdout(Stdio::null())
         .status()

@@ -25,6 +25,11 @@ pub struct Postgres {
     root: PathBuf,
     /// The socket directory (`host=` in a connection string).
     pub socket_dir: PathBuf,
+    /// The server's port: its socket's name, and TCP on 127.0.0.1 with TLS.
+    pub port: u16,
+    /// The CA that signed the server's certificate (for `localhost` and
+    /// 127.0.0.1), when openssl could make one; None: no TLS here.
+    pub tls_ca: Option<PathBuf>,
     pid: u32,
 }
 
@@ -32,6 +37,7 @@ pub struct Postgres {
 pub struct Db {
     pub name: String,
     pub socket_dir: PathBuf,
+    pub port: u16,
 }
 
 static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();
@@ -60,17 +66,22 @@ impl Postgres {
     pub fn database(&self) -> Db {
         let n = NEXT_DB.fetch_add(1, Ordering::SeqCst);
         let name = format!("t{}_{n}", std::process::id());
-        let admin = Db {
-            name: "postgres".into(),
-            socket_dir: self.socket_dir.clone(),
-        };
-        admin.psql(&format!("CREATE DATABASE {name}"));
+        self.admin().psql(&format!("CREATE DATABASE {name}"));
         let db = Db {
             name,
             socket_dir: self.socket_dir.clone(),
+            port: self.port,
         };
         db.psql("GRANT USAGE ON SCHEMA public TO doctor, doctor_pw");
         db
+    }
+
+    fn admin(&self) -> Db {
+        Db {
+            name: "postgres".into(),
+            socket_dir: self.socket_dir.clone(),
+            port: self.port,
+        }
     }
 
     fn start() -> Result<Postgres, String> {
@@ -116,23 +127,32 @@ impl Postgres {
         }
         std::fs::write(
             data.join("pg_hba.conf"),
-            "local all doctor_pw scram-sha-256\nlocal all all trust\n",
+            "local all doctor_pw scram-sha-256\nlocal all all trust\nhostssl all all 127.0.0.1/32 trust\n",
         )
         .map_err(|e| e.to_string())?;
-        let pid = spawn_server(&bin, &data, &socket_dir, &root, uid, gid)?;
+        let tls_ca = make_certificates(&data, uid, gid);
+        let port = free_port();
+        let pid = spawn_server(
+            &bin,
+            &data,
+            &socket_dir,
+            &root,
+            uid,
+            gid,
+            port,
+            tls_ca.is_some(),
+        )?;
         let pg = Postgres {
             root,
             socket_dir,
+            port,
+            tls_ca,
             pid,
         };
         // SAFETY: registering a plain extern "C" fn with no arguments.
         unsafe { libc::atexit(stop_shared) };
         pg.wait_ready()?;
-        let admin = Db {
-            name: "postgres".into(),
-            socket_dir: pg.socket_dir.clone(),
-        };
-        admin.psql(&format!(
+        pg.admin().psql(&format!(
             "CREATE ROLE doctor LOGIN; CREATE ROLE doctor_pw LOGIN PASSWORD '{PASSWORD}'"
         ));
         Ok(pg)
@@ -144,6 +164,7 @@ impl Postgres {
             let ok = Command::new(PSQL)
                 .args(["-X", "-q", "-h"])
                 .arg(&self.socket_dir)
+                .args(["-p", &self.port.to_string()])
                 .args(["-U", "postgres", "-d", "postgres", "-c", "SELECT 1"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -181,6 +202,7 @@ impl Db {
         let out = Command::new(PSQL)
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string()])
             .args(["-U", "postgres", "-d", &self.name, "-c", sql])
             .output()
             .expect("psql runs");
@@ -195,8 +217,9 @@ impl Db {
     /// libpq keywords for `role` (the policy's `url`).
     pub fn keywords(&self, role: &str) -> String {
         format!(
-            "host={} user={role} dbname={}",
+            "host={} port={} user={role} dbname={}",
             self.socket_dir.display(),
+            self.port,
             self.name
         )
     }
@@ -206,8 +229,9 @@ impl Db {
     /// `name` that sleeps: the worker a row can name by `$$`.
     pub fn worker_argv(&self, sql: &str, ready: &Path, name: &str) -> Vec<String> {
         let script = format!(
-            "{PSQL} -X -q -v ON_ERROR_STOP=1 -h '{}' -U postgres -d {} -c \"{}\" && touch '{}' && exec -a {name} sleep 600",
+            "{PSQL} -X -q -v ON_ERROR_STOP=1 -h '{}' -p {} -U postgres -d {} -c \"{}\" && touch '{}' && exec -a {name} sleep 600",
             self.socket_dir.display(),
+            self.port,
             self.name,
             sql.replace('"', "\\\""),
             ready.display()
@@ -241,6 +265,89 @@ fn postgres_user() -> Result<(u32, u32), String> {
     Ok((user.uid.as_raw(), user.gid.as_raw()))
 }
 
+/// A CA and a server certificate it signed (for localhost and 127.0.0.1),
+/// the server's key owned by the postgres user; the CA's path, or None when
+/// openssl is not here (then the server has no TLS).
+fn make_certificates(data: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(
+        data.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .ok()?;
+    let made = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=doctor test CA",
+        "-days",
+        "2",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    if !made {
+        return None;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["server.key", "server.crt"] {
+        std::os::unix::fs::chown(data.join(f), Some(uid), Some(gid)).ok()?;
+    }
+    std::fs::set_permissions(
+        data.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .ok()?;
+    Some(data.join("ca.crt"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(15432)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn spawn_server(
     bin: &Path,
     data: &Path,
@@ -248,16 +355,29 @@ fn spawn_server(
     root: &Path,
     uid: u32,
     gid: u32,
+    port: u16,
+    tls: bool,
 ) -> Result<u32, String> {
     let log = std::fs::File::create(root.join("server.log")).map_err(|e| e.to_string())?;
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
     let mut command = Command::new(bin.join("postgres"));
+    // TCP only on loopback and only with TLS (pg_hba has no plain host line).
+    let listen = if tls {
+        "listen_addresses=127.0.0.1"
+    } else {
+        "listen_addresses="
+    };
+    command.args(["-c", listen]);
+    if tls {
+        command.args(["-c", "ssl=on", "-c", "ssl_cert_file=server.crt"]);
+        command.args(["-c", "ssl_key_file=server.key"]);
+    }
     command
         .arg("-D")
         .arg(data)
         .arg("-k")
         .arg(socket_dir)
-        .args(["-c", "listen_addresses=", "-c", "fsync=off"])
+        .args(["-c", &format!("port={port}"), "-c", "fsync=off"])
         .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
         .args(["-c", "max_connections=200", "-c", "shared_buffers=64MB"])
         .uid(uid)

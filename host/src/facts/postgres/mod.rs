@@ -426,15 +426,25 @@ fn server(e: tokio_postgres::Error) -> PgError {
     }
 }
 
-/// The server's message with its detail, or the client's.
+/// The server's message with its detail, or the client's with its causes
+/// (a TLS failure says why: "invalid peer certificate: UnknownIssuer").
 fn server_text(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => match db.detail() {
+    if let Some(db) = e.as_db_error() {
+        return match db.detail() {
             Some(detail) => format!("{} ({detail})", db.message()),
             None => db.message().to_string(),
-        },
-        None => e.to_string(),
+        };
     }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// A plugin's parameter, sent as text for the server to type from context
