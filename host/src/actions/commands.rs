@@ -117,7 +117,7 @@ mod tests {
             policy,
             protected_pids: vec![],
             protected_files: vec![],
-            engine: None,
+            engines: std::sync::Arc::new(crate::facts::engines::Engines::new([])),
         }
     }
 

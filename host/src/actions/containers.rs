@@ -24,11 +24,16 @@ impl ContainerOp {
 }
 
 pub fn container(ctx: &ActionContext, id: &str, op: ContainerOp) -> Executed {
-    let Some(engine) = &ctx.engine else {
-        return Executed::failed("no [container_engine] socket is configured in the policy".into());
+    if ctx.engines.is_empty() {
+        return Executed::failed(NO_ENGINE.into());
+    }
+    let located = ctx.engines.locate(id, |e| ctx.grants.engine(e));
+    let (engine_name, engine, id) = match located {
+        Ok(found) => found,
+        Err(e) => return Executed::failed(format!("container {id}: {e}")),
     };
-    let names = match engine.inspect(id).map(|doc| container_names(&doc)) {
-        Ok(names) => names,
+    let names = match engine.inspect(id) {
+        Ok(doc) => grant_names(engine_name, &doc),
         Err(e) => return Executed::failed(format!("inspecting container {id}: {e}")),
     };
     if let Err(denied) = ctx.grants.container_write(&names) {
@@ -47,9 +52,21 @@ pub fn container(ctx: &ActionContext, id: &str, op: ContainerOp) -> Executed {
         }
     };
     let verb = op.verb();
+    let at = engine_suffix(ctx, engine_name);
     match result {
-        Ok(()) => Executed::applied(format!("{verb} container {name}: done{grace}")),
-        Err(e) => Executed::failed(format!("{verb} container {name}{grace}: {e}")),
+        Ok(()) => Executed::applied(format!("{verb} container {name}{at}: done{grace}")),
+        Err(e) => Executed::failed(format!("{verb} container {name}{at}{grace}: {e}")),
+    }
+}
+
+pub(super) const NO_ENGINE: &str =
+    "no container engine is configured in the policy ([container_engine] or [container_engines.NAME])";
+
+/// " on engine NAME" when the policy has several, for the report.
+fn engine_suffix(ctx: &ActionContext, engine: &str) -> String {
+    match ctx.engines.names().count() {
+        0 | 1 => String::new(),
+        _ => format!(" on engine {engine}"),
     }
 }
 
@@ -66,12 +83,31 @@ fn shown_grace(grace: Option<Duration>) -> String {
     }
 }
 
-pub(super) fn container_names(inspect_json: &str) -> Vec<String> {
+/// What a `containers_write` pattern may match for a container: its name,
+/// its name qualified by its engine (`docker/web`), and its Compose project
+/// and service from the labels Compose writes (`compose:shop`,
+/// `compose:shop/api`). The plain name comes first (the report names it).
+pub(super) fn grant_names(engine: &str, inspect_json: &str) -> Vec<String> {
     let doc: serde_json::Value = serde_json::from_str(inspect_json).unwrap_or_default();
-    doc.get("Name")
-        .and_then(|n| n.as_str())
-        .map(|n| vec![n.trim_start_matches('/').to_string()])
-        .unwrap_or_default()
+    let mut names = Vec::new();
+    if let Some(name) = doc.get("Name").and_then(|n| n.as_str()) {
+        let name = name.trim_start_matches('/');
+        names.push(name.to_string());
+        names.push(format!("{engine}/{name}"));
+    }
+    let label = |key: &str| {
+        doc.pointer("/Config/Labels")
+            .and_then(|l| l.get(key))
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(project) = label("com.docker.compose.project") {
+        names.push(format!("compose:{project}"));
+        if let Some(service) = label("com.docker.compose.service") {
+            names.push(format!("compose:{project}/{service}"));
+        }
+    }
+    names
 }
 
 #[cfg(test)]
@@ -99,5 +135,38 @@ mod tests {
             "{}",
             done.detail
         );
+    }
+
+    #[test]
+    fn a_container_is_granted_by_name_engine_name_or_compose_project() {
+        let doc = r#"{"Name": "/shop-api-1", "Config": {"Labels": {
+            "com.docker.compose.project": "shop", "com.docker.compose.service": "api"}}}"#;
+        assert_eq!(
+            super::grant_names("docker", doc),
+            [
+                "shop-api-1",
+                "docker/shop-api-1",
+                "compose:shop",
+                "compose:shop/api"
+            ]
+        );
+        let grants = |pattern: &str| {
+            test_context(Grants {
+                containers_write: vec![pattern.into()],
+                ..Default::default()
+            })
+            .grants
+            .container_write(&super::grant_names("docker", doc))
+            .is_ok()
+        };
+        assert!(grants("shop-*"));
+        assert!(grants("docker/*"));
+        assert!(grants("compose:shop/api"));
+        assert!(grants("compose:shop"));
+        assert!(!grants("podman/*"), "another engine's name");
+        assert!(!grants("compose:shop/db"), "another service");
+        assert!(!grants("compose:web/*"), "another project");
+        assert!(!grants("*/api"), "names and Compose identities are apart");
+        assert!(grants("*/shop-api-1"), "the name on any engine");
     }
 }

@@ -12,7 +12,7 @@ mod process;
 mod sql;
 
 use crate::capabilities::EffectiveGrants;
-use crate::facts::containers::ContainerEngine;
+use crate::facts::engines::Engines;
 use crate::findings::Action;
 use crate::plan::apply::Executor;
 use crate::plan::Executed;
@@ -29,7 +29,8 @@ pub struct ActionContext {
     pub protected_pids: Vec<u32>,
     /// Doctor's own journal, its WAL/SHM and lock file: never a target.
     pub protected_files: Vec<std::path::PathBuf>,
-    pub engine: Option<Arc<ContainerEngine>>,
+    /// The policy's container engines (the plugin's grant says which it may use).
+    pub engines: Arc<Engines>,
 }
 
 impl Executor for ActionContext {
@@ -109,6 +110,6 @@ pub(crate) fn test_context(grants: crate::policy::Grants) -> ActionContext {
         ),
         protected_pids: vec![std::process::id()],
         protected_files: vec![],
-        engine: None,
+        engines: Arc::new(Engines::new([])),
     }
 }

@@ -111,10 +111,11 @@ fn sql(ctx: &ActionContext, label: &str, statement: &str) -> Option<String> {
     }
 }
 
-/// The write grant names containers: ask the engine for the name, as
-/// `containers::container` does (an engine that does not answer is `fix`'s failure).
+/// The write grant names containers: ask the engine that holds it for its
+/// names, as `containers::container` does (an engine that does not answer
+/// is `fix`'s failure).
 fn container(ctx: &ActionContext, id: &str) -> Option<String> {
-    let engine = ctx.engine.as_ref()?;
-    let names = super::containers::container_names(&engine.inspect(id).ok()?);
+    let (engine_name, engine, id) = ctx.engines.locate(id, |e| ctx.grants.engine(e)).ok()?;
+    let names = super::containers::grant_names(engine_name, &engine.inspect(id).ok()?);
     ctx.grants.container_write(&names).err().map(|d| d.0)
 }

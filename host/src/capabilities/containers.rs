@@ -9,30 +9,49 @@ use crate::runtime::bindings::doctor::plugin::types::Error;
 impl CapabilityContext {
     fn containers_all(&mut self, include_stopped: bool) -> Result<Vec<Container>, Error> {
         self.grants.containers()?;
-        let engine = self.facts.engine().ok_or_else(no_engine)?;
-        let list = engine.list(include_stopped).map_err(engine_error)?;
+        let engines = self.facts.engines();
+        if engines.is_empty() {
+            return Err(no_engine());
+        }
+        let list = engines
+            .list(include_stopped, |e| self.grants.engine(e))
+            .map_err(engine_error)?;
         Ok(list
             .into_iter()
             .map(|c| Container {
-                id: c.id,
-                names: c.names,
-                image: c.image,
-                state: c.state,
-                status: c.status,
+                id: c.summary.id,
+                names: c.summary.names,
+                image: c.summary.image,
+                state: c.summary.state,
+                status: c.summary.status,
             })
             .collect())
     }
 
     fn containers_inspect(&mut self, id: String) -> Result<String, Error> {
         self.grants.containers()?;
-        let engine = self.facts.engine().ok_or_else(no_engine)?;
-        engine.inspect(&id).map_err(engine_error)
+        let (_, engine, id) = self.engine_of(&id)?;
+        engine.inspect(id).map_err(engine_error)
     }
 
     fn containers_path_exists(&mut self, id: String, path: String) -> Result<bool, Error> {
         self.grants.containers()?;
-        let engine = self.facts.engine().ok_or_else(no_engine)?;
-        engine.path_exists(&id, &path).map_err(engine_error)
+        let (_, engine, id) = self.engine_of(&id)?;
+        engine.path_exists(id, &path).map_err(engine_error)
+    }
+
+    /// The granted engine holding container `id` (or `ENGINE/NAME`).
+    fn engine_of<'a>(
+        &self,
+        id: &'a str,
+    ) -> Result<(&str, &crate::facts::containers::ContainerEngine, &'a str), Error> {
+        let engines = self.facts.engines();
+        if engines.is_empty() {
+            return Err(no_engine());
+        }
+        engines
+            .locate(id, |e| self.grants.engine(e))
+            .map_err(engine_error)
     }
 }
 
@@ -58,7 +77,9 @@ impl containers::Host for CapabilityContext {
 }
 
 fn no_engine() -> Error {
-    Error::NotFound("no [container_engine] socket is configured in the policy".into())
+    Error::NotFound(
+        "no container engine is configured in the policy ([container_engine] or [container_engines.NAME])".into(),
+    )
 }
 
 pub(crate) fn engine_error(e: EngineError) -> Error {

@@ -90,6 +90,12 @@ impl EffectiveGrants {
         self.flag(self.granted.containers, "containers")
     }
 
+    /// May the plugin read and act on engine `name`'s containers?
+    /// (`grants.engines`; none listed: every engine of the policy.)
+    pub fn engine(&self, name: &str) -> bool {
+        self.granted.engines.is_empty() || self.granted.engines.iter().any(|e| e == name)
+    }
+
     fn flag(&self, granted: bool, grant: &str) -> Result<(), Denied> {
         if granted {
             Ok(())
@@ -225,10 +231,17 @@ impl EffectiveGrants {
     /// Starting, stopping or restarting a container by one of its names.
     pub fn container_write(&self, names: &[String]) -> Result<(), Denied> {
         self.requested("containers_write")?;
-        if names
-            .iter()
-            .any(|n| matches_any(n.trim_start_matches('/'), &self.granted.containers_write))
-        {
+        // A `compose:` pattern matches only Compose identities and any other
+        // pattern only names, so `*/api` is every engine's `api`, never
+        // every Compose project's `api` service.
+        let compose = |t: &str| t.starts_with("compose:");
+        let granted = self.granted.containers_write.iter().any(|p| {
+            names.iter().any(|n| {
+                let n = n.trim_start_matches('/');
+                compose(p) == compose(n) && matches_any(n, std::slice::from_ref(p))
+            })
+        });
+        if granted {
             Ok(())
         } else {
             Err(self.denied(

@@ -21,7 +21,7 @@ pub(crate) use self::sqlite::from_wit as sqlite_value;
 pub use grants::{Denied, EffectiveGrants, KNOWN_CAPABILITIES};
 pub use tape::{RecordedCall, Tape, MAX_RECORDED_BYTES};
 
-use crate::facts::containers::ContainerEngine;
+use crate::facts::engines::Engines;
 use crate::facts::processes::{self as process_facts, ProcessInfo};
 use crate::facts::sockets::{self as socket_facts, Listener};
 use crate::policy::Policy;
@@ -42,29 +42,31 @@ pub struct RunFacts {
     pub policy: Arc<Policy>,
     processes: OnceLock<Result<Arc<Vec<ProcessInfo>>, String>>,
     listeners: OnceLock<Result<Arc<Vec<Listener>>, String>>,
-    engine: Option<Arc<ContainerEngine>>,
+    engines: Arc<Engines>,
 }
 
 impl RunFacts {
     pub fn new(policy: Arc<Policy>) -> Arc<Self> {
-        let engine = policy
-            .container_engine
-            .as_ref()
-            .map(|c| Arc::new(ContainerEngine::new(c.socket.clone(), c.timeout)));
+        let engines = Arc::new(Engines::new(
+            policy
+                .container_engines
+                .iter()
+                .map(|(name, e)| (name.as_str(), e.socket.as_path(), e.timeout)),
+        ));
         Arc::new(RunFacts {
             policy,
             processes: OnceLock::new(),
             listeners: OnceLock::new(),
-            engine,
+            engines,
         })
     }
 
-    pub fn engine(&self) -> Option<&ContainerEngine> {
-        self.engine.as_deref()
+    pub fn engines(&self) -> &Engines {
+        &self.engines
     }
 
-    pub fn engine_handle(&self) -> Option<Arc<ContainerEngine>> {
-        self.engine.clone()
+    pub fn engines_handle(&self) -> Arc<Engines> {
+        self.engines.clone()
     }
 
     pub fn listeners(&self) -> Result<Arc<Vec<Listener>>, String> {

@@ -65,6 +65,25 @@ pub enum EngineError {
     Timeout(Duration),
 }
 
+impl EngineError {
+    /// The same error, saying which of several engines it came from.
+    pub fn in_engine(self, name: &str) -> EngineError {
+        match self {
+            EngineError::Unreachable { path, message } => EngineError::Unreachable {
+                path: format!("{path} (engine {name})"),
+                message,
+            },
+            EngineError::Api { status, message } => EngineError::Api {
+                status,
+                message: format!("{message} (engine {name})"),
+            },
+            EngineError::NotFound(m) => EngineError::NotFound(format!("{m} (engine {name})")),
+            EngineError::Invalid(m) => EngineError::Invalid(format!("engine {name}: {m}")),
+            EngineError::Timeout(d) => EngineError::Timeout(d),
+        }
+    }
+}
+
 /// One row of `GET /containers/json`.
 #[derive(Debug, Clone)]
 pub struct ContainerSummary {

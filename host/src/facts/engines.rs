@@ -105,8 +105,7 @@ impl Engines {
                 Err(e) => failure = failure.or(Some(self.named_error(name, e))),
             }
         }
-        Err(failure
-            .unwrap_or_else(|| EngineError::NotFound(format!("no such container: {id}"))))
+        Err(failure.unwrap_or_else(|| EngineError::NotFound(format!("no such container: {id}"))))
     }
 
     fn holder(&self, id: &str) -> Option<usize> {

@@ -136,7 +136,7 @@ pub(super) fn run_plugin(
         policy: policy.clone(),
         protected_pids: protected.to_vec(),
         protected_files: protected_files.to_vec(),
-        engine: facts.engine_handle(),
+        engines: facts.engines_handle(),
     };
     let (actions, recheck) = if let (true, true, Some(intent_log)) = (
         p.apply_fixes,

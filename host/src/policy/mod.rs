@@ -33,7 +33,9 @@ pub struct Policy {
     pub doctor: DoctorSection,
     pub databases: BTreeMap<String, Database>,
     pub commands: BTreeMap<String, CommandSpec>,
-    pub container_engine: Option<EngineSection>,
+    /// Every engine by name; `[container_engine]` (one engine, the old
+    /// spelling) is the engine named `default`.
+    pub container_engines: BTreeMap<String, EngineSection>,
     pub plugins: BTreeMap<String, PluginPolicy>,
 }
 
@@ -47,6 +49,8 @@ struct PolicyFile {
     #[serde(default)]
     commands: BTreeMap<String, CommandSpec>,
     container_engine: Option<EngineSection>,
+    #[serde(default)]
+    container_engines: BTreeMap<String, EngineSection>,
     #[serde(default)]
     plugins: BTreeMap<Spanned<String>, Spanned<PluginPolicy>>,
 }
@@ -254,6 +258,10 @@ pub struct Grants {
     pub probe: Vec<String>,
     #[serde(default)]
     pub containers: bool,
+    /// The engines (by name) whose containers the plugin may read and act
+    /// on; empty: every engine of the policy.
+    #[serde(default)]
+    pub engines: Vec<String>,
     pub signal: Option<SignalGrant>,
     /// Glob patterns of paths the host may remove for the plugin.
     #[serde(default)]
@@ -344,6 +352,44 @@ fn parse_byte_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {text:?} is too large (at most {} bytes)", u64::MAX))
 }
 
+/// `[container_engines.NAME]`, with the one-engine `[container_engine]` as
+/// `default`; an engine's name is how grants and qualified container names
+/// (`NAME/container`) refer to it, so it is a plain word.
+fn engines(
+    path: &Path,
+    source: &str,
+    single: Option<EngineSection>,
+    mut named: BTreeMap<String, EngineSection>,
+) -> Result<BTreeMap<String, EngineSection>, PolicyError> {
+    let error = |key: String, message: String| PolicyError {
+        file: path.display().to_string(),
+        line: locate::line_of(source, &key),
+        key,
+        message,
+    };
+    if let Some(bad) = named.keys().find(|n| {
+        n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }) {
+        return Err(error(
+            format!("container_engines.{bad}"),
+            "an engine's name is letters, digits, - and _ (it qualifies container names as NAME/container)".into(),
+        ));
+    }
+    if let Some(single) = single {
+        if named.contains_key("default") {
+            return Err(error(
+                "container_engine".into(),
+                "[container_engine] is the engine named default, and [container_engines.default] names it again".into(),
+            ));
+        }
+        named.insert("default".into(), single);
+    }
+    Ok(named)
+}
+
 /// Each `[databases.NAME]` as its kind; a bad one names its key and line.
 fn databases(
     path: &Path,
@@ -382,6 +428,12 @@ impl Policy {
         let parsed: PolicyFile =
             toml::from_str(source).map_err(|e| toml_error(path, source, &e))?;
         let databases = databases(path, source, parsed.databases)?;
+        let container_engines = engines(
+            path,
+            source,
+            parsed.container_engine,
+            parsed.container_engines,
+        )?;
         let mut plugins = BTreeMap::new();
         for (name, plugin) in parsed.plugins {
             plugins.insert(name.into_inner(), plugin.into_inner());
@@ -392,7 +444,7 @@ impl Policy {
             doctor: parsed.doctor,
             databases,
             commands: parsed.commands,
-            container_engine: parsed.container_engine,
+            container_engines,
             plugins,
         };
         policy.check_references()?;
@@ -432,10 +484,13 @@ impl Policy {
             ),
             duration("doctor.action_wait_max", d.action_wait_max, ZERO, HOUR),
         ];
-        let engine = self
-            .container_engine
-            .iter()
-            .map(|e| duration("container_engine.timeout", e.timeout, MS, HOUR));
+        let engine = self.container_engines.iter().map(|(name, e)| {
+            let key = match name.as_str() {
+                "default" => "container_engine.timeout".to_string(),
+                _ => format!("container_engines.{name}.timeout"),
+            };
+            duration(&key, e.timeout, MS, HOUR)
+        });
         let commands = self
             .commands
             .iter()
@@ -509,11 +564,29 @@ impl Policy {
                 check_probe_grant(endpoint)
                     .map_err(|m| self.error_at_plugin(name, "grants.probe", m))?;
             }
-            if g.containers && self.container_engine.is_none() {
+            if g.containers && self.container_engines.is_empty() {
                 return Err(self.error_at_plugin(
                     name,
                     "grants.containers",
-                    "needs a [container_engine] socket".into(),
+                    "needs a container engine: [container_engine] or [container_engines.NAME] with its socket".into(),
+                ));
+            }
+            if let Some(engine) = g
+                .engines
+                .iter()
+                .find(|e| !self.container_engines.contains_key(*e))
+            {
+                return Err(self.error_at_plugin(
+                    name,
+                    "grants.engines",
+                    format!(
+                        "engine {engine:?} is not defined (engines: {})",
+                        self.container_engines
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 ));
             }
             for pattern in g
