@@ -7,7 +7,6 @@
 //! status counts) and one set-based UPDATE. Iterations: `PG_BENCH_ITERS`
 //! (default 5); medians and ratios printed with the targets.
 
-#[allow(dead_code)]
 #[path = "../../tests/support/postgres.rs"]
 mod postgres;
 
