@@ -238,7 +238,7 @@ fn created_unless_stopped_container_is_started_and_the_outcome_recorded(engine: 
         SLEEP,
     );
     // Its program does not exist in the image: every start fails, wherever this runs.
-    create(
+    let web2 = create(
         engine,
         "web-2",
         &unless_stopped,
@@ -316,6 +316,9 @@ fn created_unless_stopped_container_is_started_and_the_outcome_recorded(engine: 
         "the engine's message: {detail}"
     );
     assert_eq!(broken["status"], "persisting", "{broken:#}");
+    let state = engine.inspect_format(&web2, "{{.State.Status}} (exit {{.State.ExitCode}})");
+    println!("{}: web-2 after the failed start: {state}", engine.name());
+    assert!(!state.starts_with("running"), "{state}");
 
     // The next check differs by engine. Docker keeps the failed start's
     // error in the container's `State.Error`: the finding quotes it and
