@@ -44,9 +44,20 @@ impl Docker {
     /// daemon runs here (not installed, or the error it stopped with).
     pub fn shared() -> Result<&'static Docker, String> {
         SHARED
-            .get_or_init(Docker::start)
+            .get_or_init(|| {
+                let docker = Docker::start()?;
+                // SAFETY: registering a plain extern "C" fn with no arguments.
+                unsafe { libc::atexit(stop_shared) };
+                Ok(docker)
+            })
             .as_ref()
             .map_err(Clone::clone)
+    }
+
+    /// A daemon of the caller's own, for a test that stops it ([`Docker::stop`]):
+    /// nothing stops it at exit. Err says why no daemon runs here.
+    pub fn private() -> Result<Docker, String> {
+        Docker::start()
     }
 
     /// The daemon, or None after printing why it does not run here.
@@ -132,8 +143,6 @@ impl Docker {
             let _ = std::fs::remove_dir_all(&root);
         })?;
         let docker = Docker { root, socket, pid };
-        // SAFETY: registering a plain extern "C" fn with no arguments.
-        unsafe { libc::atexit(stop_shared) };
         let deadline = Instant::now() + DAEMON_READY;
         while !ping(&docker.socket) {
             if let Ok(Err(exited)) = rx.try_recv() {
@@ -229,7 +238,7 @@ impl Docker {
 
     /// Removes every container, stops the daemon (and the containerd it
     /// manages), kills what is left of it, unmounts and removes the dir.
-    fn stop(&self) {
+    pub fn stop(&self) {
         let ids = self.docker(&["ps", "-aq"]);
         let ids = String::from_utf8_lossy(&ids.stdout).to_string();
         let ids: Vec<&str> = ids.split_whitespace().collect();

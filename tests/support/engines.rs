@@ -8,6 +8,30 @@ use std::process::Output;
 use super::docker::Docker;
 use super::podman::Podman;
 
+/// For each `NAME(engine: &dyn TestEngine)`, a module `NAME` with two
+/// tests: `NAME::on_podman` (a private Podman) and `NAME::on_docker` (this
+/// test binary's Docker; where dockerd cannot run here it prints why and
+/// passes). `cargo test on_docker` selects one engine, `cargo test NAME` one
+/// scenario on both.
+#[macro_export]
+macro_rules! tests_on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        $(mod $name {
+            #[test]
+            fn on_podman() {
+                super::$name(&$crate::support::podman::Podman::start());
+            }
+            #[test]
+            fn on_docker() {
+                let test = concat!(stringify!($name), "::on_docker");
+                if let Some(docker) = $crate::support::docker::Docker::or_say_why(test) {
+                    super::$name(docker);
+                }
+            }
+        })*
+    };
+}
+
 pub trait TestEngine {
     /// "podman" or "docker", for messages.
     fn name(&self) -> &'static str;

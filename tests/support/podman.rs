@@ -116,6 +116,13 @@ impl Podman {
         run_bounded(podman_command(&self.root).args(args), CLI_LIMIT)
     }
 
+    /// Kills the API service as a crash would: its socket file stays behind
+    /// and nothing answers on it. The storage is still removed on drop.
+    pub fn kill_service(&mut self) {
+        let _ = self.service.kill();
+        let _ = self.service.wait();
+    }
+
     /// The service's own log, for failure messages.
     pub fn service_log(&self) -> String {
         std::fs::read_to_string(self.root.join("service.log")).unwrap_or_default()
