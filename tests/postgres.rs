@@ -818,3 +818,87 @@ fn tls_is_verified_against_sslrootcert_and_an_unknown_ca_is_refused() {
         "an unknown CA is refused: {doc}"
     );
 }
+
+/// Issue 22: the heartbeat lives in the workers table the executions are
+/// joined to (`heartbeat_sql`, a scalar subquery the policy writes). Two
+/// executions run for workers on another host: the one whose worker beat an
+/// hour ago is orphaned by its heartbeat and requeued, the one whose worker
+/// beat seconds ago is left alone.
+#[test]
+fn a_heartbeat_in_a_joined_workers_table_judges_another_hosts_executions() {
+    let Some(pg) = Postgres::or_say_why("heartbeat in a joined workers table") else {
+        return;
+    };
+    let db = pg.database();
+    db.psql(
+        "CREATE TABLE workers (id int PRIMARY KEY, pid int, hostname text, last_heartbeat timestamptz);
+         CREATE TABLE executions (id bigint PRIMARY KEY, status text NOT NULL, worker_id int REFERENCES workers (id),
+             claimed_at timestamptz, attempts int NOT NULL DEFAULT 0);
+         INSERT INTO workers VALUES (1, 4242, 'elsewhere', now() - interval '10 seconds'),
+                                    (2, 4343, 'elsewhere', now() - interval '1 hour');
+         INSERT INTO executions VALUES (1, 'running', 1, now() - interval '2 hours', 0),
+                                       (2, 'running', 2, now() - interval '2 hours', 0);
+         GRANT SELECT ON workers TO doctor;
+         GRANT SELECT, UPDATE ON executions TO doctor;",
+    );
+    let s = Scenario::new();
+    s.policy(&format!(
+        r#"
+[databases.jobs]
+url = "{url}"
+
+[plugins.job-health]
+grants.processes = true
+grants.sqlite = ["jobs"]
+grants.sqlite_write = ["jobs"]
+
+[plugins.job-health.config]
+db = "jobs"
+table = "executions"
+worker_column = ""
+worker_pid_sql = "(SELECT w.pid FROM workers w WHERE w.id = worker_id)"
+worker_host_sql = "(SELECT w.hostname FROM workers w WHERE w.id = worker_id)"
+heartbeat_sql = "(SELECT w.last_heartbeat FROM workers w WHERE w.id = worker_id)"
+heartbeat_timeout = "5m"
+claimed_column = "claimed_at"
+attempts_column = "attempts"
+"#,
+        url = db.keywords("doctor")
+    ));
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2, "the stale execution is orphaned: {doc}");
+    let stale = finding(
+        &doc,
+        "job-health",
+        "worker:pid 4343, host elsewhere:orphaned",
+    )
+    .unwrap_or_else(|| panic!("{doc}"));
+    let message = stale["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("its owner is on host elsewhere and its last heartbeat is 1h"),
+        "judged by its heartbeat, on another host: {message}"
+    );
+    assert_eq!(stale["evidence"]["ids"], "2", "{stale}");
+    assert!(
+        findings(&doc, "job-health").iter().all(|f| !f["key"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("4242")
+            && !f["key"].as_str().unwrap_or_default().starts_with("job:1:")),
+        "the fresh execution is left alone: {doc}"
+    );
+
+    let (_, fixed) = s.doctor_json(&["fix"]);
+    assert!(
+        outcomes(&fixed, "job-health")
+            .iter()
+            .any(|o| o == "applied"),
+        "{fixed}"
+    );
+    assert_eq!(
+        db.psql("SELECT id, status, attempts, worker_id FROM executions ORDER BY id"),
+        "1|running|0|1\n2|pending|1|2"
+    );
+    let (code, after) = s.doctor_json(&["check"]);
+    assert_eq!(code, 0, "resolved once fixed: {after}");
+}

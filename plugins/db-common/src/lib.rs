@@ -36,7 +36,7 @@ pub use identity::{
 pub use owners::{
     ids_shown, one_row, Orphan, Orphans, RowEvidence, RowWrite, OWNER_FINDINGS, SHOWN_IDS,
 };
-pub use prepare::{Identity, IdentityConfig, OnHost};
+pub use prepare::{Beat, Identity, IdentityConfig, OnHost};
 pub use set::{check_set_columns, parse_sets, Placeholders, SetValue};
 pub use times::{claim_time, read_at, time_finding, TimeTrouble};
 

@@ -6,8 +6,8 @@
 //! column and expression exists.
 
 use crate::{
-    name_only, name_pattern, probe_expression, sql_expression, write_problems, Db, Dialect,
-    NameFinder, OwnerCheck, RowIdentity, WorkerKind, WriteProblem,
+    name_only, name_pattern, opt_column, probe_expression, sql_expression, write_problems, Db,
+    Dialect, NameFinder, OwnerCheck, RowIdentity, WorkerKind, WriteProblem,
 };
 use doctor_sdk::owner::OwnerFormat;
 use doctor_sdk::prelude::*;
@@ -37,11 +37,18 @@ doctor_sdk::config! {
 
 impl IdentityConfig {
     /// What the config alone decides, checked key by key in this order (a
-    /// config error names the first bad key).
-    pub fn identity(&self) -> Result<Identity, Error> {
+    /// config error names the first bad key). The plugin's own
+    /// `heartbeat_column` and `heartbeat_sql` keys name where a claimed
+    /// row's heartbeat is read (see [`Beat::of`]).
+    pub fn identity(
+        &self,
+        heartbeat_column: &Option<String>,
+        heartbeat_sql: &Option<String>,
+    ) -> Result<Identity, Error> {
         Ok(Identity {
             pid_sql: sql_expression("worker_pid_sql", self.worker_pid_sql.as_deref())?,
             host_sql: sql_expression("worker_host_sql", self.worker_host_sql.as_deref())?,
+            heartbeat: Beat::of(heartbeat_column, heartbeat_sql)?,
             worker_match: crate::regex("worker_match", self.worker_match.as_deref())?,
             name_pattern: name_pattern(self.name_pattern.as_deref())?,
             format: crate::owner_format(&self.owner_format)?,
@@ -54,6 +61,8 @@ impl IdentityConfig {
 pub struct Identity {
     pub pid_sql: Option<String>,
     pub host_sql: Option<String>,
+    /// Where a claimed row's heartbeat is read (None: the table keeps none).
+    pub heartbeat: Option<Beat>,
     pub worker_match: Option<Regex>,
     pub name_pattern: Option<Regex>,
     pub format: OwnerFormat,
@@ -70,6 +79,48 @@ pub struct OnHost {
     pub scope: ScopeMatcher,
     /// With `worker_kind = "name"` and no pid expression: the weak-identity finding.
     pub weak: Option<Finding>,
+}
+
+/// Where a claimed row's heartbeat is read: a column of the table
+/// (`heartbeat_column`), or an SQL expression over the row (`heartbeat_sql`,
+/// checked like the identity expressions): a scalar subquery over a related
+/// table, say `(SELECT w.last_heartbeat FROM workers w WHERE w.id =
+/// worker_id)`. Either is read, judged and compared alike.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Beat {
+    Column(String),
+    Sql(String),
+}
+
+impl Beat {
+    /// The policy's heartbeat: one of the two keys, or neither (the table
+    /// keeps no heartbeat); both is a config error.
+    pub fn of(column: &Option<String>, sql: &Option<String>) -> Result<Option<Beat>, Error> {
+        let sql = sql_expression("heartbeat_sql", sql.as_deref())?;
+        match (opt_column(column), sql) {
+            (Some(column), Some(expr)) => Err(Error::Invalid(format!(
+                "config: heartbeat_column = {column:?} and heartbeat_sql = {expr:?}: set one of them (a column of the table, or an SQL expression over the row)"
+            ))),
+            (Some(column), None) => Ok(Some(Beat::Column(column.to_string()))),
+            (None, Some(expr)) => Ok(Some(Beat::Sql(expr))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// As a SELECT list and a compare-and-swap write it: `"heartbeat_at"`, or `(expression)`.
+    pub fn sql(&self) -> String {
+        match self {
+            Beat::Column(column) => crate::ident(column),
+            Beat::Sql(expr) => format!("({expr})"),
+        }
+    }
+
+    /// As a message names it: the column, or the expression as written.
+    pub fn name(&self) -> &str {
+        match self {
+            Beat::Column(name) | Beat::Sql(name) => name,
+        }
+    }
 }
 
 impl Identity {
@@ -104,9 +155,18 @@ impl Identity {
         };
         let db = Db::open(db, table, dialect)?;
         db.require_columns(columns)?;
+        let heartbeat_sql = match &self.heartbeat {
+            Some(Beat::Column(column)) => {
+                db.require_columns(&[("heartbeat_column", column)])?;
+                None
+            }
+            Some(Beat::Sql(expr)) => Some(expr.clone()),
+            None => None,
+        };
         for (key, expr) in [
             ("worker_pid_sql", &self.pid_sql),
             ("worker_host_sql", &self.host_sql),
+            ("heartbeat_sql", &heartbeat_sql),
         ] {
             if let Some(expr) = expr {
                 probe_expression(&db, key, expr)?;
@@ -128,6 +188,27 @@ impl Identity {
                 .unwrap_or_else(|| "NULL".into())
         };
         format!("{}, {}", expr(&self.pid_sql), expr(&self.host_sql))
+    }
+
+    /// The heartbeat for a SELECT list: `"column"`, `(expression)`, or NULL
+    /// when the table keeps none.
+    pub fn heartbeat_select(&self) -> String {
+        self.heartbeat
+            .as_ref()
+            .map(Beat::sql)
+            .unwrap_or_else(|| "NULL".into())
+    }
+
+    /// The heartbeat as a message names it: its column, or its expression.
+    pub fn heartbeat_name(&self) -> Option<&str> {
+        self.heartbeat.as_ref().map(Beat::name)
+    }
+
+    /// The heartbeat as read, as a compare-and-swap condition (none when
+    /// the table keeps none): a row that beat since the check is not written.
+    pub fn unchanged_beat(&self, value: &SqlValue) -> Vec<(String, SqlValue)> {
+        let beat = self.heartbeat.as_ref();
+        beat.map(|b| (b.sql(), value.clone())).into_iter().collect()
     }
 
     /// A row's worker as the verdict reads it: its worker column and the

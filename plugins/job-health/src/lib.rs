@@ -57,6 +57,7 @@ doctor_sdk::config! {
         worker_column: Option<String> = r#""pid""#, "the column naming the job's owner (see owner_format, or a worker name); \"\" when the table records none (then heartbeats alone judge)",
         unidentified: Unidentified = r#""report""#, "a running job whose worker cannot be identified: report (\"cannot tell whether the worker is alive\", no write) or heartbeat (orphaned when its heartbeat is older than heartbeat_timeout)",
         heartbeat_column: Option<String> = r#""""#, "the heartbeat column of running jobs; \"\" for none",
+        heartbeat_sql: Option<String> = r#""""#, "instead of heartbeat_column: an SQL expression giving a running job's heartbeat, read, judged and compared like the column, e.g. (SELECT w.last_heartbeat FROM workers w WHERE w.id = worker_id) for a heartbeat kept in a related table; \"\" for none",
         claimed_column: Option<String> = r#""""#, "the claim or lock time of running jobs: a live process that started after it has a reused pid; \"\" for none",
         updated_column: Option<String> = r#""""#, "the column whose age makes a waiting job stale (e.g. updated_at or created_at); \"\" for none",
         attempts_column: Option<String> = r#""attempts""#, "attempt counter incremented on requeue; \"\" for none",
@@ -96,7 +97,7 @@ impl Plugin for JobHealth {
         // What the config alone decides, before the database is opened (so
         // that `policy validate` says it even where the file is not yet there).
         let cols = Columns::of(&c);
-        let id = c.identity.identity()?;
+        let id = c.identity.identity(&c.heartbeat_column, &c.heartbeat_sql)?;
         let sets = Sets::parse(&c, &cols)?;
         // Then what only this host and its table can tell.
         let user = opt_column(&c.service_user);
@@ -104,7 +105,6 @@ impl Plugin for JobHealth {
             ("id_column", Some(&c.id_column)),
             ("status_column", Some(&c.status_column)),
             ("worker_column", cols.worker),
-            ("heartbeat_column", cols.hb),
             ("claimed_column", cols.claimed),
             ("updated_column", cols.upd),
             ("attempts_column", cols.att),
@@ -152,8 +152,9 @@ impl Plugin for JobHealth {
             ident(&c.status_column),
             id.select_list(),
         );
-        let [w, hb, upd, att, claimed] =
-            [cols.worker, cols.hb, cols.upd, cols.att, cols.claimed].map(db_common::ident_or_null);
+        let [w, upd, att, claimed] =
+            [cols.worker, cols.upd, cols.att, cols.claimed].map(db_common::ident_or_null);
+        let hb = id.heartbeat_select();
         let sql = format!("SELECT {key}, {status}, {w}, {hb}, {upd}, {att}, {claimed}, {identity} FROM {t} WHERE {status} IN ({marks}) ORDER BY {key}");
         let rows = db.query(&sql, &statuses)?;
         findings.extend(db_common::unwritable_finding(
@@ -232,7 +233,6 @@ impl Plugin for JobHealth {
 /// The configured columns ("" or absent: the table has none).
 struct Columns<'a> {
     worker: Option<&'a str>,
-    hb: Option<&'a str>,
     claimed: Option<&'a str>,
     upd: Option<&'a str>,
     att: Option<&'a str>,
@@ -241,9 +241,8 @@ struct Columns<'a> {
 
 impl<'a> Columns<'a> {
     fn of(c: &'a Config) -> Self {
-        let [worker, hb, claimed, upd, att, reason] = [
+        let [worker, claimed, upd, att, reason] = [
             &c.worker_column,
-            &c.heartbeat_column,
             &c.claimed_column,
             &c.updated_column,
             &c.attempts_column,
@@ -252,7 +251,6 @@ impl<'a> Columns<'a> {
         .map(opt_column);
         Columns {
             worker,
-            hb,
             claimed,
             upd,
             att,
@@ -327,13 +325,12 @@ fn check_running(
 ) -> Vec<Finding> {
     let (c, mut out) = (w.c, Vec::new());
     // The heartbeat as read, or its own finding when it cannot be used.
-    let beat = w
-        .clock
-        .heartbeat(w.cols.hb, job.heartbeat, c.heartbeat_timeout);
+    let hb = w.id.heartbeat_name();
+    let beat = w.clock.heartbeat(hb, job.heartbeat, c.heartbeat_timeout);
     if let Heartbeat::Unusable(trouble) = &beat {
         out.push(job.name.time_finding(
             TimeColumn::Heartbeat,
-            w.cols.hb,
+            hb,
             job.heartbeat,
             trouble,
             "the job cannot be judged by its heartbeat",
@@ -390,8 +387,8 @@ fn check_running(
             format!("its owner is on host {host} and {}", hb_text())
         }
         // Another host's job with nothing to judge it by: said, never guessed.
-        Liveness::Remote(host) if w.cols.hb.is_none() || c.heartbeat_timeout.is_none() => {
-            out.push(unknown_worker(format!("job {id} is {status} for worker {worker} on host {host}; local pids say nothing about it, and without heartbeat_column and heartbeat_timeout it cannot be judged, so it is left alone")));
+        Liveness::Remote(host) if hb.is_none() || c.heartbeat_timeout.is_none() => {
+            out.push(unknown_worker(format!("job {id} is {status} for worker {worker} on host {host}; local pids say nothing about it, and without heartbeat_column (or heartbeat_sql) and heartbeat_timeout it cannot be judged, so it is left alone")));
             return out;
         }
         Liveness::Unknown(why) if by_heartbeat && beat.is_stale() => {
@@ -516,17 +513,17 @@ impl Writes<'_> {
         st.key(ident(&c.id_column), job.id.clone())
             .unchanged(ident(&c.status_column), job.status_value.clone());
         let cols = self.cols;
-        st.unchanged_columns([
-            (cols.worker, job.who.worker),
-            (cols.hb, job.heartbeat),
-            (cols.upd, job.updated),
-            (cols.att, job.attempts),
-            (cols.claimed, job.claimed),
-        ])
-        .unchanged_each(self.id.unchanged(
-            job.who.pid.unwrap_or(&SqlValue::Null),
-            job.who.host.unwrap_or(&SqlValue::Null),
-        ));
+        st.unchanged_columns([(cols.worker, job.who.worker)])
+            .unchanged_each(self.id.unchanged_beat(job.heartbeat))
+            .unchanged_columns([
+                (cols.upd, job.updated),
+                (cols.att, job.attempts),
+                (cols.claimed, job.claimed),
+            ])
+            .unchanged_each(self.id.unchanged(
+                job.who.pid.unwrap_or(&SqlValue::Null),
+                job.who.host.unwrap_or(&SqlValue::Null),
+            ));
         (Some((st, does)), evidence)
     }
 
@@ -556,7 +553,7 @@ impl Writes<'_> {
     fn now_in(&self, unit: Option<TimeUnit>, job: &Job<'_>) -> SqlValue {
         let cols = self.cols;
         let read = [
-            (cols.hb, job.heartbeat),
+            (self.id.heartbeat_name(), job.heartbeat),
             (cols.claimed, job.claimed),
             (cols.upd, job.updated),
         ]

@@ -247,3 +247,176 @@ fn sqlite_file(facts: Facts) -> Facts {
             Some(Ok::<_, Error>("/srv/jobs.db".to_string()))
         })
 }
+
+const W_PID: &str = "(SELECT w.pid FROM workers w WHERE w.id = worker_id)";
+const W_HOST: &str = "(SELECT w.hostname FROM workers w WHERE w.id = worker_id)";
+const W_BEAT: &str = "(SELECT w.last_heartbeat FROM workers w WHERE w.id = worker_id)";
+
+/// Executions joined by `worker_id` to a workers table that keeps each
+/// worker's pid, host and last heartbeat.
+const EXECUTIONS: &[(&str, &str)] = &[
+    ("id", "bigint"),
+    ("status", "text"),
+    ("worker_id", "integer"),
+    ("claimed_at", "timestamp with time zone"),
+    ("attempts", "integer"),
+];
+
+fn workers_config(extra: serde_json::Value) -> String {
+    let mut overrides = serde_json::json!({
+        "db": "jobs", "table": "executions", "worker_column": "",
+        "worker_pid_sql": W_PID, "worker_host_sql": W_HOST, "heartbeat_sql": W_BEAT,
+        "heartbeat_timeout": "5m", "claimed_column": "claimed_at"
+    });
+    let more = extra.as_object().cloned().unwrap_or_default();
+    overrides.as_object_mut().expect("an object").extend(more);
+    config(overrides)
+}
+
+/// Two running executions of workers on host `elsewhere` (the test's host
+/// is `test-host`, its clock 2023-11-14T22:13:20Z): job 1's worker beat 20
+/// seconds ago, job 2's an hour ago. As the SELECT reads them: id, status,
+/// worker (none), heartbeat, updated (none), attempts, claimed, pid, host.
+fn remote_executions() -> Vec<Vec<SqlValue>> {
+    let job = |id: i64, beat: &str| {
+        vec![
+            SqlValue::Integer(id),
+            text("running"),
+            SqlValue::Null,
+            text(beat),
+            SqlValue::Null,
+            SqlValue::Integer(0),
+            text("2023-11-14T21:00:00.000000+00:00"),
+            SqlValue::Integer(4000 + id),
+            text("elsewhere"),
+        ]
+    };
+    vec![
+        job(1, "2023-11-14T22:13:00.000000+00:00"),
+        job(2, "2023-11-14T21:13:20.000000+00:00"),
+    ]
+}
+
+#[test]
+fn a_heartbeat_in_a_related_table_judges_a_remote_job_like_a_heartbeat_column() {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let out = Facts::new()
+        .postgres("jobs")
+        .query("jobs", table(EXECUTIONS, remote_executions(), seen.clone()))
+        .processes(vec![])
+        .run::<JobHealth>(&workers_config(serde_json::json!({})));
+    let seen = seen.borrow();
+    let probe = format!("SELECT ({W_BEAT}) FROM \"executions\" LIMIT 0");
+    assert!(seen.contains(&probe), "the expression is probed: {seen:#?}");
+    let select = format!("SELECT \"id\", \"status\", NULL, ({W_BEAT}), NULL, \"attempts\", \"claimed_at\", ({W_PID}), ({W_HOST}) FROM \"executions\" WHERE \"status\" IN ($1, $2, $3) ORDER BY \"id\"");
+    assert!(seen.contains(&select), "{seen:#?}");
+    // The stale one is orphaned, judged by its heartbeat on another host; the fresh one is not.
+    let f = out
+        .finding("worker:pid 4002, host elsewhere:orphaned")
+        .unwrap_or_else(|| panic!("{:#?}", out.keys()));
+    assert!(
+        f.message.contains(
+            "its owner is on host elsewhere and its last heartbeat is 1h0m old (timeout 5m0s; read as ISO-8601"
+        ),
+        "{}",
+        f.message
+    );
+    let evidence = |k: &str| {
+        f.evidence
+            .iter()
+            .find(|e| e.key == k)
+            .map(|e| e.value.clone())
+    };
+    assert!(
+        evidence("heartbeat_read_as").is_some_and(|r| r.contains("ISO-8601")),
+        "{f:#?}"
+    );
+    assert!(
+        out.keys()
+            .iter()
+            .all(|k| !k.contains("4001") && !k.starts_with("job:1:")),
+        "the fresh job is left alone: {:?}",
+        out.keys()
+    );
+    let writes = writes(&out);
+    assert_eq!(writes.len(), 1, "{writes:#?}");
+    let (requeue, params) = &writes[0];
+    assert_eq!(
+        requeue,
+        &format!("UPDATE \"executions\" SET \"status\" = $1, \"attempts\" = COALESCE(\"attempts\", 0) + 1 WHERE \"id\" = $2 AND \"status\" IS NOT DISTINCT FROM $3 AND ({W_BEAT}) IS NOT DISTINCT FROM $4 AND \"attempts\" IS NOT DISTINCT FROM $5 AND \"claimed_at\" IS NOT DISTINCT FROM $6 AND ({W_PID}) IS NOT DISTINCT FROM $7 AND ({W_HOST}) IS NOT DISTINCT FROM $8")
+    );
+    assert!(
+        matches!(&params[3], SqlValue::Text(t) if t == "2023-11-14T21:13:20.000000+00:00"),
+        "the heartbeat as read: {params:?}"
+    );
+}
+
+#[test]
+fn on_sqlite_a_heartbeat_expression_is_read_and_compared_in_its_text() {
+    const JOBS: &[(&str, &str)] = &[
+        ("id", ""),
+        ("status", ""),
+        ("worker_id", ""),
+        ("attempts", ""),
+    ];
+    let beat = "(SELECT last_beat FROM workers WHERE workers.id = worker_id)";
+    let job = vec![
+        SqlValue::Integer(7),
+        text("running"),
+        SqlValue::Null,
+        SqlValue::Integer(1_700_000_000 - 3600),
+        SqlValue::Null,
+        SqlValue::Integer(0),
+        SqlValue::Null,
+        SqlValue::Null,
+        SqlValue::Null,
+    ];
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let config = config(serde_json::json!({
+        "db": "jobs", "worker_column": "", "heartbeat_sql": beat, "heartbeat_timeout": "5m"
+    }));
+    let out = sqlite_file(Facts::new())
+        .query("jobs", table(JOBS, vec![job], seen.clone()))
+        .processes(vec![])
+        .run::<JobHealth>(&config);
+    let select = format!("SELECT \"id\", \"status\", NULL, ({beat}), NULL, \"attempts\", NULL, NULL, NULL FROM \"jobs\" WHERE \"status\" IN (?1, ?2, ?3) ORDER BY \"id\"");
+    assert!(seen.borrow().contains(&select), "{:#?}", seen.borrow());
+    let writes = writes(&out);
+    assert_eq!(writes.len(), 1, "{writes:#?}");
+    assert_eq!(writes[0].0, format!("UPDATE \"jobs\" SET \"status\" = ?1, \"attempts\" = COALESCE(\"attempts\", 0) + 1 WHERE \"id\" = ?2 AND \"status\" IS ?3 AND ({beat}) IS ?4 AND \"attempts\" IS ?5"));
+    assert!(matches!(writes[0].1[3], SqlValue::Integer(t) if t == 1_700_000_000 - 3600));
+}
+
+#[test]
+fn heartbeat_sql_is_one_expression_and_never_with_heartbeat_column() {
+    let error = |extra: serde_json::Value| {
+        let out = Facts::new()
+            .postgres("jobs")
+            .query("jobs", table(EXECUTIONS, Vec::new(), Rc::default()))
+            .processes(vec![])
+            .run::<JobHealth>(&workers_config(extra));
+        match out.result {
+            Err(e) => doctor_sdk::error_text(&e),
+            Ok(f) => panic!("no config error: {f:#?}"),
+        }
+    };
+    let both = error(serde_json::json!({ "heartbeat_column": "claimed_at" }));
+    assert!(
+        both.starts_with("invalid: config: heartbeat_column = \"claimed_at\" and heartbeat_sql = ")
+            && both.contains("set one of them"),
+        "{both}"
+    );
+    for statement in [
+        "SELECT last_heartbeat FROM workers",
+        "(SELECT 1); DELETE FROM workers",
+        "(DELETE FROM workers RETURNING last_heartbeat)",
+    ] {
+        let e = error(serde_json::json!({ "heartbeat_sql": statement }));
+        assert!(
+            e.starts_with(&format!(
+                "invalid: config: heartbeat_sql = {statement:?} is not a single SQL expression"
+            )),
+            "{statement}: {e}"
+        );
+    }
+}

@@ -37,6 +37,7 @@ doctor_sdk::config! {
         started_at_column: Option<String> = r#""started_at""#, "the claim-time column cleared on reset (a process younger than its claim has a reused pid); \"\" when the table has none",
         coordinator_match: Option<String> = r#""""#, "regex of the coordinator's command line, searched inside `scope` only; when none runs there, every running chunk is orphaned",
         heartbeat_column: Option<String> = r#""""#, "heartbeat column: how a chunk owned by another host is judged; \"\" for none",
+        heartbeat_sql: Option<String> = r#""""#, "instead of heartbeat_column: an SQL expression giving a chunk's heartbeat, read, judged and compared like the column, e.g. (SELECT w.last_heartbeat FROM workers w WHERE w.id = worker_id) for a heartbeat kept in a related table; \"\" for none",
         #[serde(deserialize_with = "db_common::opt_duration_ms")]
         heartbeat_timeout: Option<u64> = r#""""#, "a remote owner's chunk is orphaned when its heartbeat is older than this (e.g. \"5m\")",
         running_status: String = r#""running""#, "status value of a chunk being worked on",
@@ -63,11 +64,10 @@ impl Plugin for ChunkReset {
 
     fn check(c: Config) -> Result<Vec<Finding>, Error> {
         // What the config alone decides, before the database is opened; then what only this host and its table can tell.
-        let id = c.identity.identity()?;
+        let id = c.identity.identity(&c.heartbeat_column, &c.heartbeat_sql)?;
         let coordinator = regex("coordinator_match", c.coordinator_match.as_deref())?;
-        let (started_col, hb_col, user) = (
+        let (started_col, user) = (
             opt_column(&c.started_at_column),
-            opt_column(&c.heartbeat_column),
             opt_column(&c.service_user),
         );
         let wanted = db_common::configured(&[
@@ -75,7 +75,6 @@ impl Plugin for ChunkReset {
             ("status_column", Some(&c.status_column)),
             ("worker_column", Some(&c.worker_column)),
             ("started_at_column", started_col),
-            ("heartbeat_column", hb_col),
         ]);
         let OnHost {
             db,
@@ -115,7 +114,7 @@ impl Plugin for ChunkReset {
             "SELECT {key}, {}, {}, {}, {} FROM {} WHERE {status} = {} ORDER BY {key}",
             ident(&c.worker_column),
             ident_or_null(started_col),
-            ident_or_null(hb_col),
+            id.heartbeat_select(),
             id.select_list(),
             db.table_sql(),
             db.mark(1),
@@ -148,7 +147,8 @@ impl Plugin for ChunkReset {
                     &shown(chunk),
                     &name,
                     alive,
-                    clock.heartbeat(hb_col, heartbeat, c.heartbeat_timeout),
+                    id.heartbeat_name(),
+                    clock.heartbeat(id.heartbeat_name(), heartbeat, c.heartbeat_timeout),
                     heartbeat,
                 ),
                 (Liveness::Alive(procs), true) => {
@@ -186,9 +186,11 @@ impl Plugin for ChunkReset {
                     status: c.running_status.clone(),
                     why,
                     write: withheld.is_none().then(|| {
-                        let guard = id.unchanged(&row[4], &row[5]);
+                        let beat = (!coordinator_absent).then(|| id.unchanged_beat(&row[3]));
+                        let guard = [beat.unwrap_or_default(), id.unchanged(&row[4], &row[5])];
+                        let guard = guard.concat();
                         (
-                            reset(&c, row, coordinator_absent, guard),
+                            reset(&c, row, guard),
                             format!(
                                 "reset to {} (worker and start time cleared)",
                                 c.pending_status
@@ -234,10 +236,11 @@ fn judge(
     chunk: &str,
     name: &RowName,
     alive: Liveness,
+    hb_col: Option<&str>,
     beat: Heartbeat,
     value: &SqlValue,
 ) -> Result<Option<Finding>, String> {
-    let (hb_col, running) = (opt_column(&c.heartbeat_column), &c.running_status);
+    let running = &c.running_status;
     let unknown = |why: String| {
         let f = Finding::warning(
             format!("{}:unknown-worker", name.key),
@@ -265,7 +268,7 @@ fn judge(
         (Liveness::Alive(_), _) => Ok(None),
         (Liveness::Unknown(why), _) => unknown(format!("its worker cannot be checked: {why}")),
         // Another host's owner: only its heartbeat can tell, never a local pid.
-        (Liveness::Remote(host), Heartbeat::NotKept) => unknown(format!("its owner is on host {host}; local pids say nothing about it and no heartbeat_column is configured, so it is left alone")),
+        (Liveness::Remote(host), Heartbeat::NotKept) => unknown(format!("its owner is on host {host}; local pids say nothing about it and neither heartbeat_column nor heartbeat_sql is configured, so it is left alone")),
         (Liveness::Remote(host), Heartbeat::Unusable(trouble)) => unusable(&trouble, &format!("the chunk is owned by host {host} and is left alone")),
         (Liveness::Remote(host), Heartbeat::Read { stamp, age, stale: Some(true) }) => Err(format!(
             "its owner is on host {host} and its last heartbeat is {} old (timeout {}; {} read as {})",
@@ -287,15 +290,10 @@ struct Leftover {
 }
 
 /// Reset one chunk to pending (worker and claim time cleared) if it is still
-/// running for its worker exactly as read: the claim time, the heartbeat
-/// (not while the coordinator is absent: a leftover worker may still beat),
-/// and the identity the verdict rests on.
-fn reset(
-    c: &Config,
-    row: &[SqlValue],
-    coordinator_absent: bool,
-    guard: Vec<(String, SqlValue)>,
-) -> Update {
+/// running for its worker exactly as read: the claim time, and `guard`: the
+/// heartbeat (not while the coordinator is absent: a leftover worker may
+/// still beat) and the identity the verdict rests on.
+fn reset(c: &Config, row: &[SqlValue], guard: Vec<(String, SqlValue)>) -> Update {
     let (mut u, started) = (Update::default(), opt_column(&c.started_at_column));
     u.set(&c.status_column, SqlValue::Text(c.pending_status.clone()))
         .set_sql(format!("{} = NULL", ident(&c.worker_column)));
@@ -308,8 +306,7 @@ fn reset(
             SqlValue::Text(c.running_status.clone()),
         )
         .unchanged(ident(&c.worker_column), row[1].clone());
-    let beat = opt_column(&c.heartbeat_column).filter(|_| !coordinator_absent);
-    u.unchanged_columns([(started, &row[2]), (beat, &row[3])])
+    u.unchanged_columns([(started, &row[2])])
         .unchanged_each(guard);
     u
 }

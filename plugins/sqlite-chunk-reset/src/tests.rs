@@ -117,3 +117,61 @@ fn on_postgres_a_dead_owners_chunks_are_reset_by_one_compare_and_swap() {
         matches!(&reset.params[5], SqlValue::Text(t) if t == "2023-11-14T22:00:00.123456+00:00")
     );
 }
+
+#[test]
+fn a_heartbeat_in_a_related_table_judges_another_hosts_chunk() {
+    const BEAT: &str =
+        "(SELECT w.last_heartbeat FROM workers w WHERE w.hostname || ':' || w.pid = locked_by)";
+    // The test's clock is 2023-11-14T22:13:20Z: chunk 1's worker beat 20 s ago, chunk 2's an hour ago.
+    let chunk = |id: i64, beat: &str| {
+        vec![
+            SqlValue::Integer(id),
+            text(&format!("elsewhere:{}", 4000 + id)),
+            text("2023-11-14T21:00:00.000000+00:00"),
+            text(beat),
+            SqlValue::Null,
+            SqlValue::Null,
+        ]
+    };
+    let chunks = vec![
+        chunk(1, "2023-11-14T22:13:00.000000+00:00"),
+        chunk(2, "2023-11-14T21:13:20.000000+00:00"),
+    ];
+    let seen: Seen = Rc::default();
+    let out = Facts::new()
+        .postgres("work")
+        .query("work", table(chunks, seen.clone()))
+        .processes(vec![])
+        .run::<ChunkReset>(&config(serde_json::json!({
+            "db": "work", "table": "app.chunks", "worker_column": "locked_by",
+            "started_at_column": "locked_at", "heartbeat_sql": BEAT,
+            "heartbeat_timeout": "5m", "owner_format": "host:pid"
+        })));
+    let seen = seen.borrow();
+    let read = format!("SELECT \"id\", \"locked_by\", \"locked_at\", ({BEAT}), NULL, NULL FROM \"app\".\"chunks\" WHERE \"status\" = $1 ORDER BY \"id\"");
+    assert!(seen.iter().any(|(sql, _)| *sql == read), "{seen:#?}");
+    assert!(out.finding("worker:elsewhere:4001:orphaned").is_none());
+    let f = out
+        .finding("worker:elsewhere:4002:orphaned")
+        .unwrap_or_else(|| panic!("{:?}", out.keys()));
+    assert!(
+        f.message.contains(&format!(
+            "its owner is on host elsewhere and its last heartbeat is 1h0m old (timeout 5m0s; {BEAT} read as ISO-8601"
+        )),
+        "{}",
+        f.message
+    );
+    let [planned] = &f.actions[..] else {
+        panic!("{:#?}", f.actions)
+    };
+    let Action::SqlExec(reset) = &planned.action else {
+        panic!("{planned:?}")
+    };
+    assert_eq!(
+        reset.statement,
+        format!("UPDATE \"app\".\"chunks\" SET \"status\" = $1, \"locked_by\" = NULL, \"locked_at\" = NULL WHERE \"id\" = $2 AND \"status\" = $3 AND \"locked_by\" IS NOT DISTINCT FROM $4 AND \"locked_at\" IS NOT DISTINCT FROM $5 AND ({BEAT}) IS NOT DISTINCT FROM $6")
+    );
+    assert!(
+        matches!(&reset.params[5], SqlValue::Text(t) if t == "2023-11-14T21:13:20.000000+00:00")
+    );
+}
