@@ -79,7 +79,7 @@ impl Plugin for CapsChecker {
                     let container = Container {
                         id: &c.id,
                         name: &name,
-                        image: inspect::image_name(&doc),
+                        doc: &doc,
                     };
                     findings.extend(check_container(&config, &container, &doc));
                 }
@@ -95,26 +95,24 @@ impl Plugin for CapsChecker {
     }
 }
 
-/// One container; each of its findings is keyed `container:NAME:RULE` and names it, its id and its image.
+/// One container; each of its findings is keyed `container:NAME:RULE` and
+/// names it, its id, its image and its Compose project and service.
 struct Container<'a> {
     id: &'a str,
     name: &'a str,
-    image: String,
+    doc: &'a Value,
 }
 
 impl Container<'_> {
     fn finding(&self, severity: Severity, rule: &str, message: String) -> Finding {
-        Subject::new("container", self.name)
-            .finding(severity, rule, message)
-            .evidence("container", self.name)
-            .evidence("id", self.id)
-            .evidence("image", &self.image)
+        let f = Subject::new("container", self.name).finding(severity, rule, message);
+        inspect::identified(f.evidence("container", self.name), self.doc).evidence("id", self.id)
     }
 }
 
 fn check_container(config: &Config, s: &Container, doc: &Value) -> Vec<Finding> {
     let name = s.name;
-    let image = &s.image;
+    let image = &inspect::image_name(doc);
     let host = &doc["HostConfig"];
     let mounts = inspect::volumes(doc);
     let mut out = Vec::new();

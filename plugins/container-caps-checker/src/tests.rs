@@ -48,7 +48,7 @@ fn a_start_the_engine_says_failed_is_not_proposed_again() {
     let s = Container {
         id: "abc",
         name: "web",
-        image: String::new(),
+        doc: &doc,
     };
     let out = state_findings(&config(&["web"]), &s, &doc, "always");
     let f = out

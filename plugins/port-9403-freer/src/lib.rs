@@ -21,7 +21,7 @@ doctor_sdk::config! {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Config {
-        /// watched ports: a number (nothing expected: any listener is in the way) or { port, expect = { command = REGEX, uid = N, container = GLOB, image = GLOB }, health = "http://127.0.0.1:PORT/path" | "tcp://127.0.0.1:PORT", stale_if_unhealthy, grace_ms, deadline_ms, health_timeout_ms }
+        /// watched ports: a number (nothing expected: any listener is in the way) or { port, expect = { command = REGEX, uid = N, container = GLOB, image = GLOB, compose = GLOB on PROJECT/SERVICE }, health = "http://127.0.0.1:PORT/path" | "tcp://127.0.0.1:PORT", stale_if_unhealthy, grace_ms, deadline_ms, health_timeout_ms }
         ports: Vec<PortSpec> = "[9403]",
         /// time between TERM and KILL when stopping an owner process
         grace_ms: u32 = "5000",

@@ -45,6 +45,28 @@ pub fn container_id_in_cgroup(cgroup: &str) -> Option<String> {
 
 /// `ImageName` (Podman) or `Config.Image` (both): the name the container was
 /// created from, not the resolved image id.
+/// The Compose project and service a container belongs to, from the labels
+/// Compose writes: `shop/api` (`shop` when no service is labelled).
+pub fn compose(doc: &Value) -> Option<String> {
+    let labels = &doc["Config"]["Labels"];
+    let label = |key: &str| labels[key].as_str().filter(|v| !v.is_empty());
+    let project = label("com.docker.compose.project")?;
+    Some(match label("com.docker.compose.service") {
+        Some(service) => format!("{project}/{service}"),
+        None => project.to_string(),
+    })
+}
+
+/// A finding about a container, with what an operator looks it up by:
+/// its image and, for a Compose container, its project and service.
+pub fn identified(f: crate::Finding, doc: &Value) -> crate::Finding {
+    let f = f.evidence("image", image_name(doc));
+    match compose(doc) {
+        Some(compose) => f.evidence("compose", compose),
+        None => f,
+    }
+}
+
 pub fn image_name(doc: &Value) -> String {
     doc["ImageName"]
         .as_str()

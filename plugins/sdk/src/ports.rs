@@ -24,6 +24,8 @@ pub enum Holder {
         id: String,
         name: String,
         image: String,
+        /// `project/service` from the labels Compose writes.
+        compose: Option<String>,
         via: String,
         pids: Vec<u32>,
     },
@@ -47,12 +49,17 @@ impl Holder {
             Holder::Container {
                 name,
                 image,
+                compose,
                 id,
                 via,
                 ..
             } => format!(
-                "container {name} ({image}, id {}) found by {via}",
-                short_id(id)
+                "container {name} ({image}, id {}{}) found by {via}",
+                short_id(id),
+                compose
+                    .as_ref()
+                    .map(|c| format!(", Compose {c}"))
+                    .unwrap_or_default()
             ),
             Holder::Hidden { address, uid } => {
                 format!("a socket on {address} owned by uid {uid} whose process is not visible")
@@ -228,6 +235,10 @@ fn add_container(map: &mut BTreeMap<String, Holder>, c: &Container, via: &str, p
             id: c.id.clone(),
             name: c.names.first().cloned().unwrap_or_else(|| short_id(&c.id)),
             image: c.image.clone(),
+            // One inspect per holding container, for its Compose labels.
+            compose: crate::inspect::document(&c.id)
+                .and_then(Result::ok)
+                .and_then(|doc| crate::inspect::compose(&doc)),
             via: via.to_string(),
             pids: Vec::new(),
         });
@@ -308,6 +319,7 @@ pub fn holder_evidence(mut f: Finding, holders: &[Holder], table: &ProcessTable)
                 id,
                 name,
                 image,
+                compose,
                 via,
                 pids,
             } => {
@@ -316,9 +328,14 @@ pub fn holder_evidence(mut f: Finding, holders: &[Holder], table: &ProcessTable)
                     .map(u32::to_string)
                     .collect::<Vec<_>>()
                     .join(", ");
-                f.evidence(&format!("container {name}"), format!("{image} (id {id})"))
+                let f = f
+                    .evidence(&format!("container {name}"), format!("{image} (id {id})"))
                     .evidence(&format!("container {name} found by"), via)
-                    .evidence(&format!("container {name} pids"), pids)
+                    .evidence(&format!("container {name} pids"), pids);
+                match compose {
+                    Some(c) => f.evidence(&format!("container {name} compose"), c),
+                    None => f,
+                }
             }
             Holder::Hidden { .. } => f,
         };
@@ -378,6 +395,10 @@ pub struct Expect {
     pub container: Option<String>,
     /// Glob on the container's image; the owner must be in a container.
     pub image: Option<String>,
+    /// Glob on the container's Compose `project/service` (from its labels,
+    /// e.g. `orchestrator/api` or `orchestrator/*`); the owner must be a
+    /// Compose container.
+    pub compose: Option<String>,
 }
 
 impl Expect {
@@ -386,6 +407,7 @@ impl Expect {
             && self.uid.is_none()
             && self.container.is_none()
             && self.image.is_none()
+            && self.compose.is_none()
     }
 
     /// The expectation as a message says it.
@@ -402,6 +424,7 @@ impl Expect {
         parts.extend(e.uid.map(|u| format!("uid {u}")));
         parts.extend(e.container.as_ref().map(|c| format!("container named {c}")));
         parts.extend(e.image.as_ref().map(|i| format!("image {i}")));
+        parts.extend(e.compose.as_ref().map(|c| format!("Compose service {c}")));
         format!("the expected owner is a {}", parts.join(", "))
     }
 
@@ -416,21 +439,31 @@ impl Expect {
                 self.command.is_none()
                     && self.container.is_none()
                     && self.image.is_none()
+                    && self.compose.is_none()
                     && self.uid == Some(*uid)
             }
             Holder::Process(p) => {
                 self.container.is_none()
                     && self.image.is_none()
+                    && self.compose.is_none()
                     && command.is_none_or(|re| re.is_match(&command_line(p)))
                     && self.uid.is_none_or(|u| u == p.uid)
             }
             Holder::Container {
-                name, image, pids, ..
+                name,
+                image,
+                compose,
+                pids,
+                ..
             } => {
                 // Docker's leading `/` in names is ignored.
                 let glob = |g: &str, text: &str| glob_match(g, text.trim_start_matches('/'));
                 let name_ok = self.container.as_deref().is_none_or(|g| glob(g, name));
                 let image_ok = self.image.as_deref().is_none_or(|g| glob(g, image));
+                let compose_ok = self
+                    .compose
+                    .as_deref()
+                    .is_none_or(|g| compose.as_deref().is_some_and(|c| glob(g, c)));
                 // command/uid, when given, must hold for the container's processes too.
                 let procs: Vec<&Process> = pids.iter().filter_map(|pid| table.get(*pid)).collect();
                 let command_ok = command.is_none_or(|re| {
@@ -439,7 +472,7 @@ impl Expect {
                 let uid_ok = self
                     .uid
                     .is_none_or(|u| !procs.is_empty() && procs.iter().all(|p| p.uid == u));
-                name_ok && image_ok && command_ok && uid_ok
+                name_ok && image_ok && compose_ok && command_ok && uid_ok
             }
         }
     }
@@ -583,9 +616,45 @@ mod tests {
             id: "c".repeat(64),
             name: name.into(),
             image: image.into(),
+            compose: None,
             via: "test".into(),
             pids,
         }
+    }
+
+    #[test]
+    fn a_compose_service_is_expected_by_its_project_and_service() {
+        let table = ProcessTable::new(vec![]);
+        let in_compose = |compose: &str| Holder::Container {
+            id: "c".repeat(64),
+            name: "orch-api-1".into(),
+            image: "orch:2".into(),
+            compose: Some(compose.into()),
+            via: "test".into(),
+            pids: vec![],
+        };
+        let expect = Expect {
+            compose: Some("orchestrator/api".into()),
+            ..Expect::default()
+        };
+        assert!(expect.matches(&in_compose("orchestrator/api"), None, &table));
+        assert!(!expect.matches(&in_compose("orchestrator/worker"), None, &table));
+        assert!(
+            !expect.matches(&container("orch-api-1", "orch:2", vec![]), None, &table),
+            "a container outside Compose is not the expected owner"
+        );
+        let any_service = Expect {
+            compose: Some("orchestrator/*".into()),
+            ..Expect::default()
+        };
+        assert!(any_service.matches(&in_compose("orchestrator/worker"), None, &table));
+        assert_eq!(
+            Expect::describe(Some(&expect)),
+            "the expected owner is a Compose service orchestrator/api"
+        );
+        assert!(in_compose("orchestrator/api")
+            .describe()
+            .contains("Compose orchestrator/api"));
     }
 
     #[test]
