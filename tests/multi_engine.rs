@@ -260,3 +260,103 @@ fn a_port_held_by_a_docker_container_is_freed_through_docker_beside_podman() {
     assert_eq!(docker.inspect_format(&id, "{{.State.Status}}"), "exited");
     assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
 }
+
+/// A host-network busybox httpd in a container labelled as Compose would,
+/// listening on `port`; None after saying why containers cannot start here.
+fn compose_listener(
+    docker: &Docker,
+    name: &str,
+    compose: (&str, &str),
+    port: u16,
+) -> Option<String> {
+    let (project, service) = compose;
+    let id = docker.create(&[
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--label",
+        &format!("com.docker.compose.project={project}"),
+        "--label",
+        &format!("com.docker.compose.service={service}"),
+        IMAGE,
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let started = docker.cli(&["start", &id]);
+    if !started.status.success() {
+        println!(
+            "not run: containers cannot start here: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        return None;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "httpd never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(id)
+}
+
+#[test]
+fn a_port_owner_is_expected_by_compose_service_and_another_project_is_stopped() {
+    let Some((podman, docker)) = both("compose expectation") else {
+        return;
+    };
+    let t = tag();
+    let (ours, theirs) = (free_port(), free_port());
+    let Some(expected) = compose_listener(docker, &format!("orch-api-{t}"), ("orch", "api"), ours)
+    else {
+        return;
+    };
+    let Some(stray) = compose_listener(
+        docker,
+        &format!("billing-api-{t}"),
+        ("billing", "api"),
+        theirs,
+    ) else {
+        return;
+    };
+    let s = Scenario::new();
+    s.policy(&format!(
+        "{}\n[plugins.port-9403-freer]\ngrants.sockets = true\ngrants.processes = true\ngrants.containers = true\ngrants.containers_write = [\"compose:billing/*\"]\nconfig = {{ ports = [{{ port = {ours}, expect = {{ compose = \"orch/api\" }} }}, {{ port = {theirs}, expect = {{ compose = \"orch/api\" }} }}], grace_ms = 1000, deadline_ms = 20000 }}\n",
+        engines_section(&podman, docker)
+    ));
+    let (_, doc) = s.doctor_json(&["check"]);
+    let keys: Vec<String> = findings(&doc, "port-9403-freer")
+        .iter()
+        .map(|f| f["key"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        !keys.iter().any(|k| k.starts_with(&format!("port:{ours}:"))),
+        "the expected Compose service keeps its port: {keys:?}"
+    );
+    let f = finding(
+        &doc,
+        "port-9403-freer",
+        &format!("port:{theirs}:unexpected-container"),
+    )
+    .unwrap_or_else(|| panic!("{doc:#}"));
+    let message = f["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("Compose billing/api") && message.contains("Compose service orch/api"),
+        "names the holder's and the expected Compose service: {message}"
+    );
+    let (_, doc) = s.doctor_json(&["fix"]);
+    let f = finding(
+        &doc,
+        "port-9403-freer",
+        &format!("port:{theirs}:unexpected-container"),
+    )
+    .unwrap();
+    assert_eq!(f["actions"][0]["outcome"], "applied", "{f:#}");
+    assert_eq!(docker.inspect_format(&stray, "{{.State.Status}}"), "exited");
+    assert_eq!(
+        docker.inspect_format(&expected, "{{.State.Status}}"),
+        "running"
+    );
+}
