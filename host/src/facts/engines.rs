@@ -132,6 +132,39 @@ impl Engines {
     }
 }
 
+/// The container engines' API sockets present under `run` (`/run` on a
+/// host): Docker's, root Podman's, and each user's rootless Podman and
+/// Docker, in that order. `policy validate` names those no engine section
+/// names: their containers would go unwatched.
+pub fn discover(run: &Path) -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket =
+        |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket());
+    let mut found: Vec<_> = [run.join("docker.sock"), run.join("podman/podman.sock")]
+        .into_iter()
+        .filter(|p| is_socket(p))
+        .collect();
+    let mut users: Vec<_> = std::fs::read_dir(run.join("user"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .collect();
+    users.sort();
+    for user in users {
+        for socket in [user.join("podman/podman.sock"), user.join("docker.sock")] {
+            if is_socket(&socket) {
+                found.push(socket);
+            }
+        }
+    }
+    found
+}
+
 /// A name that two engines' containers share becomes `ENGINE/NAME` in both.
 fn qualify_shared_names(all: &mut [Listed]) {
     let mut engines_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -152,5 +185,51 @@ fn qualify_shared_names(all: &mut [Listed]) {
                 *n = format!("{}/{n}", c.engine);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::discover;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn discovery_finds_root_and_each_users_engine_sockets_and_nothing_else() {
+        let run = tempfile::tempdir().unwrap();
+        let root = run.path();
+        for dir in [
+            "podman",
+            "user/1000/podman",
+            "user/1001",
+            "user/nobody/podman",
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        let _sockets: Vec<UnixListener> = [
+            "docker.sock",
+            "podman/podman.sock",
+            "user/1000/podman/podman.sock",
+            "user/1001/docker.sock",
+            "user/nobody/podman/podman.sock",
+        ]
+        .iter()
+        .map(|s| UnixListener::bind(root.join(s)).unwrap())
+        .collect();
+        // A regular file where a socket would be is not an engine.
+        std::fs::create_dir_all(root.join("user/1002/podman")).unwrap();
+        std::fs::write(root.join("user/1002/podman/podman.sock"), "").unwrap();
+        let found: Vec<String> = discover(root)
+            .iter()
+            .map(|p| p.strip_prefix(root).unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "docker.sock",
+                "podman/podman.sock",
+                "user/1000/podman/podman.sock",
+                "user/1001/docker.sock"
+            ]
+        );
     }
 }

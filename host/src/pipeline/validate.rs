@@ -42,6 +42,7 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
     warnings.extend(config_warnings);
     warnings.extend(ungranted_requests(&policy, &prepared));
     warnings.extend(postgres_roles(&policy));
+    warnings.extend(unwatched_engines(&policy, Path::new("/run")));
     for warning in warnings {
         let _ = std::io::Write::write_fmt(
             &mut std::io::stderr().lock(),
@@ -231,6 +232,31 @@ fn postgres_roles(policy: &Policy) -> Vec<String> {
     out
 }
 
+/// Engine sockets on this host that no engine section names, when a plugin
+/// watches containers: that engine's containers would go unwatched (root
+/// Podman beside a user's rootless Podman was incident 003).
+fn unwatched_engines(policy: &Policy, run: &Path) -> Vec<String> {
+    if !policy.plugins.values().any(|p| p.grants.containers) {
+        return Vec::new();
+    }
+    let named: Vec<std::path::PathBuf> = policy
+        .container_engines
+        .values()
+        .map(|e| std::fs::canonicalize(&e.socket).unwrap_or_else(|_| e.socket.clone()))
+        .collect();
+    crate::facts::engines::discover(run)
+        .into_iter()
+        .filter(|s| !named.contains(s))
+        .map(|s| {
+            format!(
+                "{}: an engine's socket no [container_engines.NAME] names: its containers are not watched (add one with socket = {:?})",
+                policy.file.display(),
+                s.display().to_string()
+            )
+        })
+        .collect()
+}
+
 /// The tables plugins name for `label` (`config.db` = label, `config.table`),
 /// and whether one of them may write there.
 fn granted_tables(policy: &Policy, label: &str) -> Vec<(String, bool)> {
@@ -303,5 +329,43 @@ fn collect_host_scopes(value: &toml::Value, path: &str, out: &mut Vec<String>) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unwatched_engines;
+    use crate::policy::Policy;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn an_engine_socket_no_section_names_is_a_warning_when_containers_are_watched() {
+        let run = tempfile::tempdir().unwrap();
+        for dir in ["podman", "user/1000/podman"] {
+            std::fs::create_dir_all(run.path().join(dir)).unwrap();
+        }
+        let root = run.path().join("podman/podman.sock");
+        let rootless = run.path().join("user/1000/podman/podman.sock");
+        let _bound = [&root, &rootless].map(|s| UnixListener::bind(s).unwrap());
+        let policy = |grant: &str| {
+            Policy::parse(
+                std::path::Path::new("policy.toml"),
+                &format!(
+                    "[container_engines.root]\nsocket = {:?}\n\n[plugins.container-caps-checker]\n{grant}\n",
+                    root.display().to_string()
+                ),
+            )
+            .unwrap()
+        };
+        let warnings = unwatched_engines(&policy("grants.containers = true"), run.path());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("user/1000/podman/podman.sock"),
+            "{warnings:?}"
+        );
+        assert!(
+            unwatched_engines(&policy(""), run.path()).is_empty(),
+            "no plugin watches containers: nothing to say"
+        );
     }
 }
