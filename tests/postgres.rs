@@ -44,6 +44,26 @@ fn query_answer(db: &Db, sql: &str) -> String {
         .unwrap_or_else(|| panic!("no answer for {sql}: {doc}"))
 }
 
+/// Policy: database `jobs` = `db` as role `doctor`, and job-health granted
+/// to read and write it, with `config` (TOML lines) after `db = "jobs"`.
+fn job_health_policy(s: &Scenario, db: &Db, config: &str) {
+    s.policy(&format!(
+        r#"
+[databases.jobs]
+url = "{url}"
+
+[plugins.job-health]
+grants.processes = true
+grants.sqlite = ["jobs"]
+grants.sqlite_write = ["jobs"]
+
+[plugins.job-health.config]
+db = "jobs"
+{config}"#,
+        url = db.keywords("doctor")
+    ));
+}
+
 fn jobs_table(db: &Db) {
     db.psql(
         "CREATE TYPE job_state AS ENUM ('pending', 'queued', 'running', 'failed', 'cancelled', 'completed');
@@ -242,18 +262,10 @@ fn orphaned_jobs_in_an_enum_and_text_array_table_are_requeued_or_failed_and_live
     let live = worker(&s, &db, "live", &claim(1));
     kill(worker(&s, &db, "dead-a", &claim(2)));
     kill(worker(&s, &db, "dead-b", &claim(3)));
-    s.policy(&format!(
+    job_health_policy(
+        &s,
+        &db,
         r#"
-[databases.jobs]
-url = "{url}"
-
-[plugins.job-health]
-grants.processes = true
-grants.sqlite = ["jobs"]
-grants.sqlite_write = ["jobs"]
-
-[plugins.job-health.config]
-db = "jobs"
 table = "oban_jobs"
 status_column = "state"
 worker_column = ""
@@ -270,11 +282,10 @@ failed_status = "discarded"
 max_attempts = 3
 
 [plugins.job-health.config.fail_set]
-discarded_at = {{ now = true }}
-errors = {{ json = {{ error = "{{reason}}", attempt = "{{attempts}}" }} }}
+discarded_at = { now = true }
+errors = { json = { error = "{reason}", attempt = "{attempts}" } }
 "#,
-        url = db.keywords("doctor")
-    ));
+    );
     let before = db.psql("SELECT id, state, attempt FROM oban_jobs ORDER BY id");
 
     let (code, doc) = s.doctor_json(&["check"]);
@@ -429,18 +440,10 @@ fn a_worker_identity_in_a_joined_processes_table_is_followed_by_subquery() {
     };
     let live = worker(&s, &db, "live", &claim(10, 1));
     kill(worker(&s, &db, "dead", &claim(20, 2)));
-    s.policy(&format!(
+    job_health_policy(
+        &s,
+        &db,
         r#"
-[databases.jobs]
-url = "{url}"
-
-[plugins.job-health]
-grants.processes = true
-grants.sqlite = ["jobs"]
-grants.sqlite_write = ["jobs"]
-
-[plugins.job-health.config]
-db = "jobs"
 table = "executions"
 worker_column = ""
 worker_pid_sql = "(SELECT w.pid FROM workers w WHERE w.id = worker_id)"
@@ -450,8 +453,7 @@ claimed_column = "claimed_at"
 attempts_column = "attempts"
 reason_column = "error"
 "#,
-        url = db.keywords("doctor")
-    ));
+    );
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc}");
     s.doctor_json(&["fix"]);
@@ -636,19 +638,17 @@ fn two_hosts_share_a_table_each_judges_its_own_rows_and_no_row_is_fixed_twice() 
         .collect();
     for (s, _) in &hosts {
         // Each scenario has its own fix lock: two hosts, not one.
-        s.policy(&format!(
-                r#"
-[databases.jobs]
-url = "{url}"
-
-[plugins.job-health]
-grants.processes = true
-grants.sqlite = ["jobs"]
-grants.sqlite_write = ["jobs"]
-config = {{ db = "jobs", worker_column = "worker", owner_format = "host:pid", claimed_column = "claimed_at", heartbeat_column = "heartbeat_at", heartbeat_timeout = "5m", attempts_column = "attempts" }}
+        job_health_policy(
+            s,
+            &db,
+            r#"worker_column = "worker"
+owner_format = "host:pid"
+claimed_column = "claimed_at"
+heartbeat_column = "heartbeat_at"
+heartbeat_timeout = "5m"
+attempts_column = "attempts"
 "#,
-            url = db.keywords("doctor")
-        ));
+        );
     }
     // Both fix at the same moment, each under its own hostname.
     let runs: Vec<_> = hosts
@@ -735,19 +735,15 @@ fn killed_mid_fix_on_postgres_nothing_is_applied_twice_and_every_change_is_journ
     };
     kill(worker(&s, &db, "dead-1", &claim(1)));
     kill(worker(&s, &db, "dead-2", &claim(2)));
-    s.policy(&format!(
-        r#"
-[databases.jobs]
-url = "{url}"
-
-[plugins.job-health]
-grants.processes = true
-grants.sqlite = ["jobs"]
-grants.sqlite_write = ["jobs"]
-config = {{ db = "jobs", worker_column = "worker", claimed_column = "claimed_at", attempts_column = "attempts", worker_match = "^pg_worker" }}
+    job_health_policy(
+        &s,
+        &db,
+        r#"worker_column = "worker"
+claimed_column = "claimed_at"
+attempts_column = "attempts"
+worker_match = "^pg_worker"
 "#,
-        url = db.keywords("doctor")
-    ));
+    );
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_doctor"))
         .args(["fix", "--policy"])
         .arg(s.policy_path())
@@ -842,18 +838,10 @@ fn a_heartbeat_in_a_joined_workers_table_judges_another_hosts_executions() {
          GRANT SELECT, UPDATE ON executions TO doctor;",
     );
     let s = Scenario::new();
-    s.policy(&format!(
+    job_health_policy(
+        &s,
+        &db,
         r#"
-[databases.jobs]
-url = "{url}"
-
-[plugins.job-health]
-grants.processes = true
-grants.sqlite = ["jobs"]
-grants.sqlite_write = ["jobs"]
-
-[plugins.job-health.config]
-db = "jobs"
 table = "executions"
 worker_column = ""
 worker_pid_sql = "(SELECT w.pid FROM workers w WHERE w.id = worker_id)"
@@ -863,8 +851,7 @@ heartbeat_timeout = "5m"
 claimed_column = "claimed_at"
 attempts_column = "attempts"
 "#,
-        url = db.keywords("doctor")
-    ));
+    );
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "the stale execution is orphaned: {doc}");
     let stale = finding(

@@ -11,6 +11,9 @@
 mod postgres;
 
 use postgres::{Db, Postgres, PSQL};
+#[path = "common/runs.rs"]
+mod runs;
+use runs::{run_doctor, timed};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -50,14 +53,14 @@ fn main() {
         .expect("temp dir");
     let policy = write_policy(dir.path(), &db);
     // Warm the compiled-component cache, as any host after its first run.
-    run_doctor(&policy, "check", 2);
+    run_doctor(DOCTOR, &policy, "check", 2);
 
     let (mut check, mut fix, mut reads, mut update) = (vec![], vec![], vec![], vec![]);
     for _ in 0..iterations {
         reset(&db, dir.path());
-        check.push(timed(|| run_doctor(&policy, "check", 2)));
+        check.push(timed(|| run_doctor(DOCTOR, &policy, "check", 2)));
         reads.push(timed(|| psql(&db, READS)));
-        fix.push(timed(|| run_doctor(&policy, "fix", 0)));
+        fix.push(timed(|| run_doctor(DOCTOR, &policy, "fix", 0)));
         verify_fixed(&db);
         reset(&db, dir.path());
         update.push(timed(|| psql(&db, SET_BASED)));
@@ -149,27 +152,6 @@ config = {{ db = "bench", table = "chunks", worker_column = "assigned_worker" }}
     policy
 }
 
-fn run_doctor(policy: &Path, mode: &str, expect: i32) {
-    let out = Command::new(DOCTOR)
-        .args([mode, "--policy"])
-        .arg(policy)
-        .args(["--format", "json"])
-        .env("DOCTOR_LOG", "error")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run doctor");
-    let code = out.status.code().unwrap_or(-1);
-    assert_eq!(
-        code,
-        expect,
-        "doctor {mode} exited {code}: {}",
-        String::from_utf8_lossy(&out.stdout)
-            .chars()
-            .take(2000)
-            .collect::<String>()
-    );
-}
-
 /// `sql` through psql as the doctor role, output discarded.
 fn psql(db: &Db, sql: &str) {
     let st = Command::new(PSQL)
@@ -189,12 +171,6 @@ fn verify_fixed(db: &Db) {
         "0",
         "every orphan reset"
     );
-}
-
-fn timed(f: impl FnOnce()) -> Duration {
-    let t = Instant::now();
-    f();
-    t.elapsed()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

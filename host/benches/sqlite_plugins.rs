@@ -9,6 +9,9 @@
 
 #[path = "common/chunks.rs"]
 mod chunks;
+#[path = "common/runs.rs"]
+mod runs;
+use runs::{run_doctor, timed};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -40,7 +43,7 @@ fn main() {
 
     // Warm the compiled-component cache, as any host after its first run.
     reset(&base, &work, dir.path());
-    run_doctor(&policy, "check", 2);
+    run_doctor(DOCTOR, &policy, "check", 2);
 
     let mut check = Vec::new();
     let mut fix = Vec::new();
@@ -51,9 +54,9 @@ fn main() {
     std::fs::write(&cas_script, cas_sql()).expect("cas script");
     for _ in 0..iterations {
         reset(&base, &work, dir.path());
-        check.push(timed(|| run_doctor(&policy, "check", 2)));
+        check.push(timed(|| run_doctor(DOCTOR, &policy, "check", 2)));
         reset(&base, &work, dir.path());
-        fix.push(timed(|| run_doctor(&policy, "fix", 0)));
+        fix.push(timed(|| run_doctor(DOCTOR, &policy, "fix", 0)));
         verify_fixed(&work);
 
         reset(&base, &work, dir.path());
@@ -145,27 +148,6 @@ fn reset(base: &Path, work: &Path, dir: &Path) {
     }
 }
 
-fn run_doctor(policy: &Path, mode: &str, expect: i32) {
-    let out = Command::new(DOCTOR)
-        .args([mode, "--policy"])
-        .arg(policy)
-        .args(["--format", "json"])
-        .env("DOCTOR_LOG", "error")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run doctor");
-    let code = out.status.code().unwrap_or(-1);
-    assert_eq!(
-        code,
-        expect,
-        "doctor {mode} exited {code}: {}",
-        String::from_utf8_lossy(&out.stdout)
-            .chars()
-            .take(2000)
-            .collect::<String>()
-    );
-}
-
 fn sqlite3(db: &Path, sql: &str) {
     let st = Command::new("sqlite3")
         .arg(db)
@@ -203,12 +185,6 @@ fn verify_fixed(db: &Path) {
         cleared,
         ROWS - ROWS * 6 / 10 - (ROWS - ROWS * 6 / 10) / (ROWS / ORPHANS) + ORPHANS
     );
-}
-
-fn timed(f: impl FnOnce()) -> Duration {
-    let t = Instant::now();
-    f();
-    t.elapsed()
 }
 
 fn median(mut v: Vec<Duration>) -> String {
