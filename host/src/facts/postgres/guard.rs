@@ -359,16 +359,167 @@ fn not_allowed(sql: &str, wanted: &str) -> Refused {
 
 /// Walks `node` with the read checks; the first refusal stops the walk.
 fn walk<N: Visit>(node: &N) -> Result<(), Refused> {
-    match node.visit(&mut ReadGuard::default()) {
+    let mut sources = FunctionSources::default();
+    if node.visit(&mut sources).is_break() {
+        return Err(refused(format!(
+            "query nested more than {MAX_TREE_DEPTH} levels deep"
+        )));
+    }
+    let mut guard = ReadGuard {
+        depth: 0,
+        sources: sources.found,
+    };
+    match node.visit(&mut guard) {
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(refusal) => Err(refusal),
     }
 }
 
-/// The visitor behind every read check. It only needs the current depth.
-#[derive(Default)]
+/// The visitor behind every read check: the current depth, and the FROM
+/// items of the statement that are function calls.
 struct ReadGuard {
     depth: usize,
+    sources: Vec<FunctionSource>,
+}
+
+/// A function call in FROM, by the name a query refers to it with (its
+/// alias, or the function's own name), and the columns it has by that name
+/// (those its alias declares; else one named like it, and `ordinality`).
+struct FunctionSource {
+    name: String,
+    columns: Vec<String>,
+}
+
+/// Collects the [`FunctionSource`]s of a statement, at any depth (a name
+/// may be reused at several levels: every source of that name must have
+/// the column). Stops, like the guard, past the depth limit.
+#[derive(Default)]
+struct FunctionSources {
+    found: Vec<FunctionSource>,
+    depth: usize,
+}
+
+impl Visitor for FunctionSources {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        let (alias, called) = match factor {
+            TableFactor::Table {
+                name,
+                alias,
+                args: Some(_),
+                ..
+            }
+            | TableFactor::Function { name, alias, .. } => {
+                (alias, name.0.last().and_then(|p| p.as_ident()).map(fold))
+            }
+            TableFactor::UNNEST { alias, .. } => (alias, Some("unnest".to_string())),
+            _ => return ControlFlow::Continue(()),
+        };
+        let name = alias.as_ref().map(|a| fold(&a.name)).or(called);
+        let declared: Vec<String> = alias
+            .iter()
+            .flat_map(|a| a.columns.iter().map(|c| fold(&c.name)))
+            .collect();
+        if let Some(name) = name {
+            let columns = match declared.is_empty() {
+                true => vec![name.clone(), "ordinality".to_string()],
+                false => declared,
+            };
+            self.found.push(FunctionSource { name, columns });
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, _expr: &Expr) -> ControlFlow<()> {
+        self.enter()
+    }
+
+    fn post_visit_expr(&mut self, _expr: &Expr) -> ControlFlow<()> {
+        self.leave()
+    }
+
+    fn pre_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
+        self.enter()
+    }
+
+    fn post_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
+        self.leave()
+    }
+}
+
+impl FunctionSources {
+    fn enter(&mut self) -> ControlFlow<()> {
+        self.depth += 1;
+        match self.depth > MAX_TREE_DEPTH {
+            true => ControlFlow::Break(()),
+            false => ControlFlow::Continue(()),
+        }
+    }
+
+    fn leave(&mut self) -> ControlFlow<()> {
+        self.depth = self.depth.saturating_sub(1);
+        ControlFlow::Continue(())
+    }
+}
+
+impl ReadGuard {
+    /// PostgreSQL reads a qualified name `q.n` whose `n` is not a column of
+    /// `q` as the call `n(q)`. A table's row fits only functions made for it
+    /// (the operator's own: the role is their bound), but a function in
+    /// FROM yields a plain value that any one-argument function takes:
+    /// `g.pg_sleep FROM generate_series(5, 5) g` sleeps. So a name on a
+    /// function source must be one of its columns, and a third part (read as
+    /// `table.column.f`, the call `f(table.column)`) is refused.
+    fn check_qualified(&self, parts: &[&Ident]) -> Result<(), Refused> {
+        let shown = || parts.iter().map(|p| fold(p)).collect::<Vec<_>>().join(".");
+        if parts.len() > 2 {
+            return Err(refused(format!(
+                "the name {} is not allowed in a doctor query: write table.column \
+                 (PostgreSQL may read a third part as a function call)",
+                shown()
+            )));
+        }
+        let [qualifier, name] = parts else {
+            return Ok(());
+        };
+        let (qualifier, name) = (fold(qualifier), fold(name));
+        let not_a_column = self
+            .sources
+            .iter()
+            .any(|s| s.name == qualifier && !s.columns.contains(&name));
+        if not_a_column {
+            return Err(refused(format!(
+                "{qualifier}.{name} is not allowed in a doctor query: {qualifier} is a function \
+                 in FROM without a column {name}, and PostgreSQL would read it as the call \
+                 {name}({qualifier}) (name its columns: AS {qualifier}(column, …))"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The plain dotted name an expression is, if it is one (`t.col`, and
+    /// the name part of `t.col[1]`, which sqlparser keeps apart).
+    fn check_names(&self, expr: &Expr) -> Result<(), Refused> {
+        match expr {
+            Expr::CompoundIdentifier(parts) => {
+                self.check_qualified(&parts.iter().collect::<Vec<_>>())
+            }
+            Expr::CompoundFieldAccess { root, access_chain } => {
+                let mut parts: Vec<&Ident> = match root.as_ref() {
+                    Expr::Identifier(ident) => vec![ident],
+                    Expr::CompoundIdentifier(idents) => idents.iter().collect(),
+                    _ => return Ok(()),
+                };
+                parts.extend(access_chain.iter().map_while(|access| match access {
+                    AccessExpr::Dot(Expr::Identifier(ident)) => Some(ident),
+                    _ => None,
+                }));
+                self.check_qualified(&parts)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl ReadGuard {
@@ -423,7 +574,7 @@ impl Visitor for ReadGuard {
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<Refused> {
         self.descend()?;
-        into_flow(check_expr(expr))
+        into_flow(self.check_names(expr).and_then(|()| check_expr(expr)))
     }
 
     fn post_visit_expr(&mut self, _expr: &Expr) -> ControlFlow<Refused> {
@@ -840,7 +991,7 @@ mod tests {
             "SELECT OVERLAY(x PLACING 'y' FROM 1 FOR 2), CEIL(x), FLOOR(x), x AT TIME ZONE 'UTC' FROM t",
             "SELECT ARRAY[1, 2], ARRAY(SELECT id FROM jobs), ROW(1, 2), (1, 2)",
             "SELECT x COLLATE \"C\", 'jobs'::regclass, CAST(x AS int), regclass 'jobs' FROM t",
-            "SELECT x[1:2], t.a.b, t.a[1], t.a[1][2:3], a ->> 'k', a @> b, a #>> '{k}' FROM t",
+            "SELECT x[1:2], t.a[1], t.a[1][2:3], a ->> 'k', a @> b, a #>> '{k}' FROM t",
             "SELECT CASE WHEN a THEN 1 ELSE 2 END, a BETWEEN 1 AND 2, a LIKE 'x%', a ~ 'y' FROM t",
             "SELECT x IS NFC NORMALIZED, x IS JSON, x IS TRUE, -x, NOT x FROM t",
             "SELECT count(*) FILTER (WHERE ok), string_agg(x, ',' ORDER BY y) FROM t",
@@ -1119,6 +1270,71 @@ mod tests {
     }
 
     #[test]
+    fn refuses_names_on_function_sources_that_postgresql_reads_as_calls() {
+        // Each was accepted once and did what it says on PostgreSQL 15: a
+        // function in FROM yields a plain value, and `alias.f` is `f(alias)`.
+        let attacks = [
+            (
+                "SELECT g.pg_sleep FROM generate_series(5,5) g",
+                "g.pg_sleep",
+            ),
+            (
+                "SELECT u.current_setting FROM unnest(ARRAY['app.jwt_secret']) u",
+                "u.current_setting",
+            ),
+            (
+                "SELECT l.current_setting FROM lower('server_version') l",
+                "l.current_setting",
+            ),
+            (
+                "SELECT g.pg_advisory_lock FROM generate_series(42,42) g",
+                "g.pg_advisory_lock",
+            ),
+            ("SELECT r.nextval FROM to_regclass('s') r", "r.nextval"),
+            (
+                "SELECT u.pg_read_file FROM unnest(ARRAY['/etc/passwd']) u",
+                "u.pg_read_file",
+            ),
+            (
+                "SELECT count(*) FROM generate_series(1,1) g WHERE g.pg_terminate_backend",
+                "g.pg_terminate_backend",
+            ),
+            (
+                "SELECT u.ts_stat FROM unnest(ARRAY['SELECT to_tsvector(1)']) u",
+                "u.ts_stat",
+            ),
+            (
+                "SELECT unnest.ts_stat FROM unnest(ARRAY['x'])",
+                "unnest.ts_stat",
+            ),
+            (
+                "SELECT generate_series.pg_sleep FROM generate_series(1, 1)",
+                "generate_series.pg_sleep",
+            ),
+            (
+                "SELECT x.pg_sleep[1] FROM generate_series(1, 1) x",
+                "x.pg_sleep",
+            ),
+        ];
+        for (sql, named) in attacks {
+            refuses_read(sql, named);
+        }
+        refuses_update(
+            "UPDATE jobs SET status = 'x' WHERE id IN (SELECT r.nextval FROM to_regclass('s') r)",
+            "r.nextval",
+        );
+        // The columns a function source has are fine: its own name, the
+        // declared ones, ordinality.
+        accepts_read("SELECT g.g FROM generate_series(1, 3) g");
+        accepts_read("SELECT u.x, u.n FROM unnest(ARRAY[1, 2]) WITH ORDINALITY AS u(x, n)");
+        accepts_read("SELECT g.ordinality FROM generate_series(1, 3) WITH ORDINALITY g");
+        refuses_read(
+            "SELECT u.pg_sleep FROM unnest(ARRAY[1]) AS u(x)",
+            "u.pg_sleep",
+        );
+    }
+
+    #[test]
     fn refuses_field_selections_postgresql_reads_as_calls() {
         // PostgreSQL runs pg_read_file(x) for each of these.
         refuses_read(
@@ -1148,9 +1364,12 @@ mod tests {
         refuses_read("SELECT (x).f(1)", "field selection");
         // A field named like an allowed function is harmless either way.
         accepts_read("SELECT (x).lower, (t.a[1]).length FROM t");
-        // Plain dotted names are table.column; PostgreSQL resolves their last
-        // part as a function only of a whole table row.
-        accepts_read("SELECT t.a, s.t.a, t.a[1], s.t.a[1] FROM t");
+        // Plain dotted names are table.column. A third part is read as
+        // table.column.f, the call f(table.column): refused.
+        accepts_read("SELECT t.a, t.a[1] FROM t");
+        refuses_read("SELECT s.t.a FROM t", "the name s.t.a is not allowed");
+        refuses_read("SELECT t.path.pg_read_file FROM t", "t.path.pg_read_file");
+        refuses_read("SELECT s.t.a[1] FROM t", "the name s.t.a");
     }
 
     #[test]

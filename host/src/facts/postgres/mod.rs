@@ -162,7 +162,12 @@ impl Session {
             }
             let changed = execute(client, sql, params).await?;
             let rolled_back = changed > max_rows;
-            let end = if rolled_back { "ROLLBACK" } else { "COMMIT" };
+            // A statement that changed no row has nothing to keep: whatever
+            // else it did (a function's side effect) is rolled back too.
+            let end = match rolled_back || changed == 0 {
+                true => "ROLLBACK",
+                false => "COMMIT",
+            };
             client.batch_execute(end).await.map_err(server)?;
             Ok(Updated {
                 changed,
