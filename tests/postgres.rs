@@ -110,6 +110,15 @@ fn statements_that_could_widen_a_read_are_refused_before_they_reach_the_server()
             "SELECT set_config('statement_timeout', '0', false)",
             "set_config",
         ),
+        // PostgreSQL reads alias.f on a function in FROM as the call f(alias).
+        (
+            "SELECT g.pg_sleep FROM generate_series(5, 5) g",
+            "g.pg_sleep",
+        ),
+        (
+            "SELECT u.current_setting FROM unnest(ARRAY['server_version']) u",
+            "u.current_setting",
+        ),
     ];
     for (sql, named) in cases {
         let answer = query_answer(&db, sql);
