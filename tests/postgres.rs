@@ -898,3 +898,38 @@ attempts_column = "attempts"
     let (code, after) = s.doctor_json(&["check"]);
     assert_eq!(code, 0, "resolved once fixed: {after}");
 }
+
+/// Through a transaction pooler (PgBouncer in transaction mode, as
+/// Supabase's is): every statement is unnamed, so a check and a fix work
+/// there as on a direct connection.
+#[test]
+fn a_check_and_a_fix_work_through_a_transaction_pooler() {
+    let Some(pg) = Postgres::or_say_why("transaction pooler") else {
+        return;
+    };
+    let Some(pooler) = support::postgres::Pooler::start(pg, "transaction pooler") else {
+        return;
+    };
+    let db = pg.database();
+    db.psql(
+        "CREATE TABLE chunks (id bigint PRIMARY KEY, status text NOT NULL, worker text, started_at timestamptz);
+         INSERT INTO chunks VALUES (1, 'running', '999999999', now()), (2, 'running', '999999998', now()), (3, 'pending', NULL, NULL);
+         GRANT SELECT, UPDATE ON chunks TO doctor;",
+    );
+    let s = Scenario::new();
+    chunk_policy(&s, &pooler.keywords(&db, "doctor"), "");
+    let (code, doc) = s.doctor_json(&["check"]);
+    assert_eq!(code, 2, "{doc}");
+    assert_eq!(plugin_summary(&doc, "sqlite-chunk-reset")["outcome"], "ok");
+    let (_, fixed) = s.doctor_json(&["fix"]);
+    assert!(
+        outcomes(&fixed, "sqlite-chunk-reset")
+            .iter()
+            .any(|o| o == "applied"),
+        "{fixed}"
+    );
+    assert_eq!(
+        db.psql("SELECT id, status, worker IS NULL FROM chunks ORDER BY id"),
+        "1|pending|t\n2|pending|t\n3|pending|t"
+    );
+}

@@ -414,3 +414,88 @@ extern "C" fn stop_shared() {
         }
     });
 }
+
+/// PgBouncer in transaction mode in front of the shared server, as
+/// Supabase's transaction pooler is: each transaction may get another
+/// server connection, and a named prepared statement does not survive.
+pub struct Pooler {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Pooler {
+    /// Started as the postgres user (PgBouncer refuses root), or None after
+    /// printing why not.
+    pub fn start(pg: &Postgres, test: &str) -> Option<Pooler> {
+        let bin = Path::new("/usr/sbin/pgbouncer");
+        if !bin.exists() {
+            println!(
+                "{test}: not run: {} is missing (Debian's pgbouncer)",
+                bin.display()
+            );
+            return None;
+        }
+        let (uid, gid) = postgres_user().ok()?;
+        let dir = tempfile::Builder::new()
+            .prefix("pgbouncer-")
+            .tempdir()
+            .ok()?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).ok()?;
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).ok()?;
+        let port = free_port();
+        let ini = dir.path().join("pgbouncer.ini");
+        std::fs::write(dir.path().join("users.txt"), "\"doctor\" \"\"\n").ok()?;
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\n* = host={} port={}\n\n[pgbouncer]\nlisten_addr =\nlisten_port = {port}\nunix_socket_dir = {}\nauth_type = trust\nauth_file = {}\npool_mode = transaction\nignore_startup_parameters = extra_float_digits\nlogfile = {}\n",
+                pg.socket_dir.display(),
+                pg.port,
+                dir.path().display(),
+                dir.path().join("users.txt").display(),
+                dir.path().join("pgbouncer.log").display(),
+            ),
+        )
+        .ok()?;
+        let child = Command::new(bin)
+            .arg(&ini)
+            .uid(uid)
+            .gid(gid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let pooler = Pooler { dir, child, port };
+        let socket = pooler.dir.path().join(format!(".s.PGSQL.{port}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(pooler.dir.path().join("pgbouncer.log"))
+                    .unwrap_or_default();
+                println!("{test}: not run: pgbouncer did not start:\n{log}");
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(pooler)
+    }
+
+    /// libpq keywords for `role` on `db` through the pooler.
+    pub fn keywords(&self, db: &Db, role: &str) -> String {
+        format!(
+            "host={} port={} user={role} dbname={}",
+            self.dir.path().display(),
+            self.port,
+            db.name
+        )
+    }
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
