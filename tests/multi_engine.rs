@@ -214,31 +214,10 @@ fn a_port_held_by_a_docker_container_is_freed_through_docker_beside_podman() {
         return;
     };
     let port = free_port();
-    let id = docker.create(&[
-        "--name",
-        &format!("web-old-{}", tag()),
-        "--network",
-        "host",
-        IMAGE,
-        "/bin/busybox",
-        "httpd",
-        "-f",
-        "-p",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    let started = docker.cli(&["start", &id]);
-    if !started.status.success() {
-        println!(
-            "port across engines: not run: containers cannot start here: {}",
-            String::from_utf8_lossy(&started.stderr)
-        );
+    let name = format!("web-old-{}", tag());
+    let Some(id) = httpd_listener(docker, "port across engines", &name, &[], port) else {
         return;
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "httpd never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     let s = Scenario::new();
     // Podman comes first: the container is found where it is, not where it is first looked for.
     s.policy(&format!(
@@ -261,35 +240,27 @@ fn a_port_held_by_a_docker_container_is_freed_through_docker_beside_podman() {
     assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
 }
 
-/// A host-network busybox httpd in a container labelled as Compose would,
-/// listening on `port`; None after saying why containers cannot start here.
-fn compose_listener(
+/// A host-network busybox httpd on Docker listening on `port`, in a
+/// container named `name` with `labels`; None after saying why containers
+/// cannot start here.
+fn httpd_listener(
     docker: &Docker,
+    test: &str,
     name: &str,
-    compose: (&str, &str),
+    labels: &[String],
     port: u16,
 ) -> Option<String> {
-    let (project, service) = compose;
-    let id = docker.create(&[
-        "--name",
-        name,
-        "--network",
-        "host",
-        "--label",
-        &format!("com.docker.compose.project={project}"),
-        "--label",
-        &format!("com.docker.compose.service={service}"),
-        IMAGE,
-        "/bin/busybox",
-        "httpd",
-        "-f",
-        "-p",
-        &format!("127.0.0.1:{port}"),
-    ]);
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["--name", name, "--network", "host"];
+    for label in labels {
+        args.extend(["--label", label.as_str()]);
+    }
+    args.extend([IMAGE, "/bin/busybox", "httpd", "-f", "-p", listen.as_str()]);
+    let id = docker.create(&args);
     let started = docker.cli(&["start", &id]);
     if !started.status.success() {
         println!(
-            "not run: containers cannot start here: {}",
+            "{test}: not run: containers cannot start here: {}",
             String::from_utf8_lossy(&started.stderr)
         );
         return None;
@@ -302,6 +273,14 @@ fn compose_listener(
     Some(id)
 }
 
+/// The labels Compose writes for `project`'s `service`.
+fn compose_labels(project: &str, service: &str) -> Vec<String> {
+    vec![
+        format!("com.docker.compose.project={project}"),
+        format!("com.docker.compose.service={service}"),
+    ]
+}
+
 #[test]
 fn a_port_owner_is_expected_by_compose_service_and_another_project_is_stopped() {
     let Some((podman, docker)) = both("compose expectation") else {
@@ -309,14 +288,20 @@ fn a_port_owner_is_expected_by_compose_service_and_another_project_is_stopped() 
     };
     let t = tag();
     let (ours, theirs) = (free_port(), free_port());
-    let Some(expected) = compose_listener(docker, &format!("orch-api-{t}"), ("orch", "api"), ours)
-    else {
+    let Some(expected) = httpd_listener(
+        docker,
+        "compose expectation",
+        &format!("orch-api-{t}"),
+        &compose_labels("orch", "api"),
+        ours,
+    ) else {
         return;
     };
-    let Some(stray) = compose_listener(
+    let Some(stray) = httpd_listener(
         docker,
+        "compose expectation",
         &format!("billing-api-{t}"),
-        ("billing", "api"),
+        &compose_labels("billing", "api"),
         theirs,
     ) else {
         return;

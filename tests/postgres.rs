@@ -234,6 +234,15 @@ fn kill(mut p: Proc) {
     p.child.wait().unwrap();
 }
 
+/// `doctor fix`, which must apply at least one of `plugin`'s actions.
+fn fix_applies(s: &Scenario, plugin: &str) {
+    let (_, fixed) = s.doctor_json(&["fix"]);
+    assert!(
+        outcomes(&fixed, plugin).iter().any(|o| o == "applied"),
+        "{fixed}"
+    );
+}
+
 fn outcomes(doc: &serde_json::Value, plugin: &str) -> Vec<String> {
     findings(doc, plugin)
         .iter()
@@ -310,13 +319,7 @@ errors = { json = { error = "{reason}", attempt = "{attempts}" } }
         before
     );
 
-    let (_, fixed) = s.doctor_json(&["fix"]);
-    assert!(
-        outcomes(&fixed, "job-health")
-            .iter()
-            .any(|o| o == "applied"),
-        "{fixed}"
-    );
+    fix_applies(&s, "job-health");
     // The live worker's job is untouched; job 2 requeued with its attempt
     // counted; job 3 (attempts run out) discarded with a record the
     // application can read; the completed job never looked at.
@@ -405,13 +408,7 @@ worker_match = "^pg_worker"
             .collect()
     };
     assert_eq!(keys(&replayed), keys(&doc), "{replayed}");
-    let (_, fixed) = s.doctor_json(&["fix"]);
-    assert!(
-        outcomes(&fixed, "sqlite-chunk-reset")
-            .iter()
-            .any(|o| o == "applied"),
-        "{fixed}"
-    );
+    fix_applies(&s, "sqlite-chunk-reset");
     assert_eq!(
         db.psql("SELECT id, status, locked_by IS NULL FROM app.chunks ORDER BY id"),
         "1|running|f\n2|pending|t\n3|pending|t\n4|pending|t"
@@ -884,13 +881,7 @@ attempts_column = "attempts"
         "the fresh execution is left alone: {doc}"
     );
 
-    let (_, fixed) = s.doctor_json(&["fix"]);
-    assert!(
-        outcomes(&fixed, "job-health")
-            .iter()
-            .any(|o| o == "applied"),
-        "{fixed}"
-    );
+    fix_applies(&s, "job-health");
     assert_eq!(
         db.psql("SELECT id, status, attempts, worker_id FROM executions ORDER BY id"),
         "1|running|0|1\n2|pending|1|2"
@@ -921,13 +912,7 @@ fn a_check_and_a_fix_work_through_a_transaction_pooler() {
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(code, 2, "{doc}");
     assert_eq!(plugin_summary(&doc, "sqlite-chunk-reset")["outcome"], "ok");
-    let (_, fixed) = s.doctor_json(&["fix"]);
-    assert!(
-        outcomes(&fixed, "sqlite-chunk-reset")
-            .iter()
-            .any(|o| o == "applied"),
-        "{fixed}"
-    );
+    fix_applies(&s, "sqlite-chunk-reset");
     assert_eq!(
         db.psql("SELECT id, status, worker IS NULL FROM chunks ORDER BY id"),
         "1|pending|t\n2|pending|t\n3|pending|t"
