@@ -19,7 +19,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::podman::{
-    assert_success, busybox_rootfs_tar, kill_processes_naming, mounts_under, ping, run_bounded,
+    assert_success, busybox_rootfs_tar, created, kill_processes_naming, mounts_under, ping,
+    run_bounded,
 };
 
 const DOCKERD: &str = "/usr/sbin/dockerd";
@@ -203,15 +204,7 @@ impl Docker {
             full.extend(["--network", "none"]);
         }
         full.extend_from_slice(args);
-        let out = self.docker(&full);
-        assert_success(&format!("docker create {}", args.join(" ")), &out);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let id = stdout.lines().last().unwrap_or("").trim().to_owned();
-        assert!(
-            id.len() == 64,
-            "docker create printed no container id: {stdout:?}"
-        );
-        id
+        created("docker", args, &self.docker(&full))
     }
 
     /// Any docker CLI command against this daemon.

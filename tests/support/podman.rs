@@ -89,26 +89,14 @@ impl Podman {
     /// Imports a rootfs of the static /bin/busybox plus applet links as
     /// `tag`, with CMD ["/bin/sh"].
     pub fn import_busybox(&self, tag: &str) {
-        let tarball = busybox_rootfs_tar(&self.root);
-        let tarball = tarball.to_str().expect("tempdir path is UTF-8");
-        let out = self.podman(&["import", "--change", r#"CMD ["/bin/sh"]"#, tarball, tag]);
-        assert_success(&format!("podman import {tag}"), &out);
+        import_busybox_with("podman", &self.root, tag, |args| self.podman(args));
     }
 
     /// `podman create <args>`; returns the new container's full id.
     pub fn create(&self, args: &[&str]) -> String {
         let mut full = vec!["create"];
         full.extend_from_slice(args);
-        let out = self.podman(&full);
-        assert_success(&format!("podman create {}", args.join(" ")), &out);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        // Progress lines may precede it; the id is always the last line.
-        let id = stdout.lines().last().unwrap_or("").trim().to_owned();
-        assert!(
-            id.len() == 64,
-            "podman create printed no container id: {stdout:?}"
-        );
-        id
+        created("podman", args, &self.podman(&full))
     }
 
     /// Any podman command with the isolation flags and environment.
@@ -445,6 +433,33 @@ fn failed_output(message: String) -> Output {
 fn exit_status(code: i32) -> std::process::ExitStatus {
     use std::os::unix::process::ExitStatusExt;
     std::process::ExitStatus::from_raw(code << 8)
+}
+
+/// Imports the busybox rootfs under `root` as `tag` through `podman` (root's
+/// engine or a user's), with CMD ["/bin/sh"].
+pub fn import_busybox_with(
+    cli: &str,
+    root: &Path,
+    tag: &str,
+    podman: impl FnOnce(&[&str]) -> Output,
+) {
+    let tarball = busybox_rootfs_tar(root);
+    let tarball = tarball.to_str().expect("tempdir path is UTF-8");
+    let out = podman(&["import", "--change", r#"CMD ["/bin/sh"]"#, tarball, tag]);
+    assert_success(&format!("{cli} import {tag}"), &out);
+}
+
+/// The full id `CLI create ARGS` printed: progress lines may precede it, the
+/// id is always the last line.
+pub fn created(cli: &str, args: &[&str], out: &Output) -> String {
+    assert_success(&format!("{cli} create {}", args.join(" ")), out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let id = stdout.lines().last().unwrap_or("").trim().to_owned();
+    assert!(
+        id.len() == 64,
+        "{cli} create printed no container id: {stdout:?}"
+    );
+    id
 }
 
 pub fn assert_success(what: &str, out: &Output) {

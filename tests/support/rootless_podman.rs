@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::support::engines::TestEngine;
-use crate::support::podman::{assert_success, busybox_rootfs_tar, mounts_under, ping, run_bounded};
+use crate::support::podman::{
+    assert_success, created, import_busybox_with, mounts_under, ping, run_bounded,
+};
 
 /// The unprivileged user the engine runs as.
 pub const USER: &str = "nobody";
@@ -170,25 +172,14 @@ impl RootlessPodman {
 
     /// Imports the busybox rootfs (files of root only) as `tag`.
     pub fn import_busybox(&self, tag: &str) {
-        let tarball = busybox_rootfs_tar(&self.root);
-        let tarball = tarball.to_str().expect("tempdir path is UTF-8");
-        let out = self.podman(&["import", "--change", r#"CMD ["/bin/sh"]"#, tarball, tag]);
-        assert_success(&format!("rootless podman import {tag}"), &out);
+        import_busybox_with("rootless podman", &self.root, tag, |args| self.podman(args));
     }
 
     /// `podman create <args>` as the user; returns the new container's full id.
     pub fn create(&self, args: &[&str]) -> String {
         let mut full = vec!["create"];
         full.extend_from_slice(args);
-        let out = self.podman(&full);
-        assert_success(&format!("rootless podman create {}", args.join(" ")), &out);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let id = stdout.lines().last().unwrap_or("").trim().to_owned();
-        assert!(
-            id.len() == 64,
-            "podman create printed no container id: {stdout:?}"
-        );
-        id
+        created("rootless podman", args, &self.podman(&full))
     }
 
     /// Any podman command, as the user, with the isolation flags and environment.
