@@ -60,6 +60,21 @@ fn table(
     }
 }
 
+/// A check of PostgreSQL label `work` holding `chunks`, with no process
+/// running; what it found and every query it sent.
+fn on_postgres(
+    chunks: Vec<Vec<SqlValue>>,
+    overrides: serde_json::Value,
+) -> (doctor_sdk::testing::Outcome, Seen) {
+    let seen: Seen = Rc::default();
+    let out = Facts::new()
+        .postgres("work")
+        .query("work", table(chunks, seen.clone()))
+        .processes(vec![])
+        .run::<ChunkReset>(&config(overrides));
+    (out, seen)
+}
+
 #[test]
 fn on_postgres_a_dead_owners_chunks_are_reset_by_one_compare_and_swap() {
     let chunk = |id: i64, locked_at: &str| {
@@ -80,16 +95,14 @@ fn on_postgres_a_dead_owners_chunks_are_reset_by_one_compare_and_swap() {
         chunk(1, "2023-11-14T22:00:00.123456+00:00"),
         chunk(2, "2023-11-14T22:00:01.000000+00:00"),
     ];
-    let seen: Seen = Rc::default();
-    let out = Facts::new()
-        .postgres("work")
-        .query("work", table(chunks, seen.clone()))
-        .processes(vec![])
-        .run::<ChunkReset>(&config(serde_json::json!({
+    let (out, seen) = on_postgres(
+        chunks,
+        serde_json::json!({
             "db": "work", "table": "app.chunks", "worker_column": "locked_by",
             "started_at_column": "locked_at", "heartbeat_column": "heartbeat_at",
             "owner_format": "host:pid"
-        })));
+        }),
+    );
     let seen = seen.borrow();
     let (columns, params) = &seen[0];
     assert!(columns.contains("to_regclass($1)"), "{columns}");
@@ -137,16 +150,14 @@ fn a_heartbeat_in_a_related_table_judges_another_hosts_chunk() {
         chunk(1, "2023-11-14T22:13:00.000000+00:00"),
         chunk(2, "2023-11-14T21:13:20.000000+00:00"),
     ];
-    let seen: Seen = Rc::default();
-    let out = Facts::new()
-        .postgres("work")
-        .query("work", table(chunks, seen.clone()))
-        .processes(vec![])
-        .run::<ChunkReset>(&config(serde_json::json!({
+    let (out, seen) = on_postgres(
+        chunks,
+        serde_json::json!({
             "db": "work", "table": "app.chunks", "worker_column": "locked_by",
             "started_at_column": "locked_at", "heartbeat_sql": BEAT,
             "heartbeat_timeout": "5m", "owner_format": "host:pid"
-        })));
+        }),
+    );
     let seen = seen.borrow();
     let read = format!("SELECT \"id\", \"locked_by\", \"locked_at\", ({BEAT}), NULL, NULL FROM \"app\".\"chunks\" WHERE \"status\" = $1 ORDER BY \"id\"");
     assert!(seen.iter().any(|(sql, _)| *sql == read), "{seen:#?}");
