@@ -918,3 +918,53 @@ fn a_check_and_a_fix_work_through_a_transaction_pooler() {
         "1|pending|t\n2|pending|t\n3|pending|t"
     );
 }
+
+/// A read the guard allows but that would run for hours ends at the
+/// plugin's deadline: doctor cancels it on the server, the run finishes,
+/// and no query of doctor's is left running.
+#[test]
+fn a_slow_read_is_cancelled_on_the_server_at_the_plugins_deadline() {
+    let Some(pg) = Postgres::or_say_why("slow read") else {
+        return;
+    };
+    let db = pg.database();
+    jobs_table(&db);
+    let s = Scenario::new();
+    s.install_plugin(
+        "hostile-attacks",
+        &test_plugins().join("hostile_attacks.wasm"),
+    );
+    s.policy_with(
+        "plugin_timeout = \"2s\"",
+        &format!(
+            "[databases.jobs]\nurl = \"{}\"\n\n[plugins.hostile-attacks]\ngrants.sqlite = [\"jobs\"]\nconfig = {{ db = \"jobs\", attack = \"query\", sql = \"SELECT count(*) FROM generate_series(1, 10000000000)\" }}\n",
+            db.keywords("doctor")
+        ),
+    );
+    let started = Instant::now();
+    let (_, doc) = s.doctor_json(&["check"]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "bounded: {took:?} {doc}");
+    let said = finding(&doc, "hostile-attacks", "query")
+        .map(|f| f["message"].to_string())
+        .unwrap_or_else(|| plugin_summary(&doc, "hostile-attacks")["error"].to_string());
+    assert!(
+        said.contains("deadline"),
+        "the plugin's time ran out: {said}"
+    );
+    // The server is not still counting for a doctor that gave up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let running = db.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'doctor' AND state = 'active'",
+        );
+        if running == "0" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "doctor's query still runs on the server"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
