@@ -2,10 +2,10 @@
 //! package it was built against, its sha256 ready to pin, its size) and
 //! what it asks for, next to what a policy grants it.
 
-use crate::capabilities::PluginRuntime;
 use crate::capabilities::{EffectiveGrants, RunFacts, KNOWN_CAPABILITIES};
 use crate::policy::Policy;
 use crate::runtime::{ConfigKey, Limits};
+use crate::worker::Sandbox;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -41,11 +41,10 @@ pub fn inspect(wasm: &Path, policy_file: Option<&Path>) -> anyhow::Result<Inspec
         None => Arc::new(Policy::parse(Path::new("(none)"), "")?),
     };
     let cache = policy_file.map(|_| crate::pipeline::cache_dir(&policy, Path::new("")));
-    let runtime = PluginRuntime::new(cache)?;
+    let runtime = Sandbox::new(cache)?;
     let loaded = runtime
-        .load(&bytes)
+        .load(&wasm.display().to_string(), &bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
-    let wit = runtime.imported_packages(&loaded.component);
     let facts = RunFacts::new(policy.clone());
     let limits = Limits {
         memory_bytes: policy.doctor.plugin_memory,
@@ -59,6 +58,9 @@ pub fn inspect(wasm: &Path, policy_file: Option<&Path>) -> anyhow::Result<Inspec
     );
     let info = runtime
         .describe(&loaded, caps, limits)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+    let wit = runtime
+        .imported_packages(&loaded, limits)
         .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let grants = policy_file.map(|_| {
         policy

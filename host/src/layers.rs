@@ -1,5 +1,5 @@
 //! The architecture, enforced. Data flows policy → runtime → facts →
-//! capabilities → findings → plan → actions → journal → report, and a module
+//! capabilities → worker → findings → plan → actions → journal → report, and a module
 //! may use only modules of an earlier stage (or the foundation every stage
 //! shares). The commands at the edges (pipeline, cli, …) come last. A new
 //! module must be placed in `STAGES` before this test passes; tests inside
@@ -24,23 +24,24 @@ const STAGES: &[(&str, u8)] = &[
     ("runtime", 2),
     ("facts", 3),
     ("capabilities", 4),
-    ("findings", 5),
-    ("plan", 6),
-    ("actions", 7),
-    ("journal", 8),
-    ("report", 9),
+    ("worker", 5),
+    ("findings", 6),
+    ("plan", 7),
+    ("actions", 8),
+    ("journal", 9),
+    ("report", 10),
     // The edges: commands that drive the stages.
-    ("scaffold", 10),
-    ("logging", 10),
-    ("recording", 11),
-    ("pipeline", 12),
-    ("inspect", 13),
-    ("systemd", 13),
-    ("daemon", 13),
-    ("demo", 14),
-    ("manpage", 14),
-    ("cli", 15),
-    ("main", 16),
+    ("scaffold", 11),
+    ("logging", 11),
+    ("recording", 12),
+    ("pipeline", 13),
+    ("inspect", 14),
+    ("systemd", 14),
+    ("daemon", 14),
+    ("demo", 15),
+    ("manpage", 15),
+    ("cli", 16),
+    ("main", 17),
 ];
 
 /// `text` with comments, string and char literals blanked (newlines kept)

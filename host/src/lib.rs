@@ -30,3 +30,4 @@ pub mod safe_fs;
 pub mod scaffold;
 pub mod systemd;
 pub mod text;
+pub mod worker;

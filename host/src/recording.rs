@@ -5,13 +5,13 @@
 //! plugin author attaches the directory to a bug report; the maintainer
 //! replays it and sees the same report.
 
-use crate::capabilities::PluginRuntime;
 use crate::capabilities::{CapabilityContext, EffectiveGrants, RecordedCall, RunFacts, Tape};
 use crate::journal::{FindingStatus, Observed};
 use crate::plan::ActionResult;
 use crate::policy::Policy;
 use crate::report::{PluginSummary, RunReport};
 use crate::runtime::Limits;
+use crate::worker::Sandbox;
 use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -135,9 +135,9 @@ pub fn replay(wasm: &Path, dir: &Path) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     let bytes = plugin_bytes(wasm)?;
     // No cache: a replay reads and writes nothing but its report.
-    let runtime = PluginRuntime::new(None)?;
+    let runtime = Sandbox::new(None)?;
     let loaded = runtime
-        .load(&bytes)
+        .load(&wasm.display().to_string(), &bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let policy = Arc::new(Policy::parse(Path::new("(replay)"), "")?);
     let facts = RunFacts::new(policy.clone());

@@ -9,6 +9,7 @@ mod contract_v0_2;
 mod database;
 mod files;
 mod host;
+mod link;
 mod probe;
 mod processes;
 pub mod scope;
@@ -19,6 +20,7 @@ mod tape;
 
 pub(crate) use self::sqlite::from_wit as sqlite_value;
 pub use grants::{Denied, EffectiveGrants, KNOWN_CAPABILITIES};
+pub use link::{all_contracts, CurrentContract, Old};
 pub use tape::{RecordedCall, Tape, MAX_RECORDED_BYTES};
 
 use crate::facts::engines::Engines;
@@ -26,10 +28,10 @@ use crate::facts::processes::{self as process_facts, ProcessInfo};
 use crate::facts::sockets::{self as socket_facts, Listener};
 use crate::policy::Policy;
 use crate::runtime::bindings::doctor::plugin::types::Error as WitError;
-use crate::runtime::{bindings, PluginHost, PluginState, Runtime};
+use crate::runtime::{PluginHost, PluginState};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use wasmtime::component::{HasData, Linker};
+use wasmtime::component::Linker;
 
 impl From<Denied> for WitError {
     fn from(d: Denied) -> Self {
@@ -116,30 +118,9 @@ pub struct CapabilityContext {
     pg_sessions: BTreeMap<String, crate::facts::postgres::Session>,
 }
 
-/// The sandbox with the capabilities answering its plugins' imports.
-pub type PluginRuntime = Runtime<CapabilityContext>;
-
-/// Routes the generated import traits to the capability context.
-struct Imports;
-impl HasData for Imports {
-    type Data<'a> = &'a mut CapabilityContext;
-}
-
 impl PluginHost for CapabilityContext {
     fn link(linker: &mut Linker<PluginState<Self>>) -> wasmtime::Result<()> {
-        // Every released contract, so plugins built against an old one load.
-        bindings::current::Plugin::add_to_linker::<PluginState<Self>, Imports>(
-            linker,
-            PluginState::host,
-        )?;
-        bindings::v0_2::Plugin::add_to_linker::<PluginState<Self>, Imports>(
-            linker,
-            PluginState::host,
-        )?;
-        bindings::v0_1::Plugin::add_to_linker::<PluginState<Self>, Imports>(
-            linker,
-            PluginState::host,
-        )
+        link::all_contracts(linker)
     }
 
     fn set_deadline(&mut self, deadline: std::time::Instant) {

@@ -17,6 +17,9 @@ use clap::{CommandFactory, Parser};
 use std::path::PathBuf;
 
 pub fn main() -> i32 {
+    if std::env::args_os().nth(1).as_deref() == Some(crate::worker::child::WORKER_ARG.as_ref()) {
+        return crate::worker::child::main();
+    }
     let nagios = wants_nagios(std::env::args_os());
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -268,7 +271,7 @@ fn plugins_list(policy: Option<PathBuf>, format: Format) -> anyhow::Result<i32> 
     for w in warnings {
         errln!("doctor: {w}");
     }
-    let runtime = crate::capabilities::PluginRuntime::new(Some(cache))?;
+    let runtime = crate::worker::Sandbox::new(Some(cache))?;
     let mut rows = Vec::new();
     for entry in &catalog.entries {
         let info = pipeline::describe_entry(&runtime, entry);

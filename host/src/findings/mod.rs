@@ -7,8 +7,10 @@ mod from_plugin;
 
 pub use from_plugin::HOST_KEY_PREFIX;
 
+use crate::capabilities::CapabilityContext;
 use crate::facts::sqlite::Value;
-use crate::runtime::{Limits, LoadedComponent, PluginFailure, PluginHost, Runtime};
+use crate::runtime::{Limits, PluginFailure};
+use crate::worker::{LoadedPlugin, Sandbox};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -154,13 +156,16 @@ impl Action {
 /// A plugin's `check`, its report bounded into findings: the one way the
 /// run, the re-check, `policy validate` and `plugins replay` call a plugin.
 /// The host comes back with the plugin's logs and state.
-pub fn check<H: PluginHost>(
-    runtime: &Runtime<H>,
-    loaded: &LoadedComponent,
-    host: H,
+pub fn check(
+    runtime: &Sandbox,
+    loaded: &LoadedPlugin,
+    host: CapabilityContext,
     config_json: &str,
     limits: Limits,
-) -> (Result<Vec<Finding>, PluginFailure>, Option<H>) {
+) -> (
+    Result<Vec<Finding>, PluginFailure>,
+    Option<CapabilityContext>,
+) {
     let (report, host) = runtime.check_unbounded(loaded, host, config_json, limits);
     (report.and_then(from_plugin::from_report), host)
 }

@@ -14,7 +14,7 @@ pub use plugin_run::OWN_PIDS_KEY;
 pub use prepare::describe_entry;
 pub use validate::{host_wide_scopes, validate};
 
-use crate::capabilities::{PluginRuntime, RunFacts};
+use crate::capabilities::RunFacts;
 use crate::catalog::{Catalog, Entry};
 use crate::clock::now_unix_ms;
 use crate::journal::{Journal, JournalError, JournalLock, PluginRecord};
@@ -22,6 +22,7 @@ use crate::plan::apply::Budget;
 use crate::plan::gate::FixGate;
 use crate::policy::{PluginPolicy, Policy, PolicyError};
 use crate::report::RunReport;
+use crate::worker::Sandbox;
 use plugin_run::{run_plugin, PluginOutcome, Shared};
 use prepare::prepare;
 use std::path::PathBuf;
@@ -121,7 +122,7 @@ pub fn execute_policy(policy: Arc<Policy>, opts: &RunOptions) -> Result<RunRepor
     } else {
         selected
     };
-    let runtime = PluginRuntime::new(Some(cache_dir(&policy, &journal_file)))?;
+    let runtime = Sandbox::new(Some(cache_dir(&policy, &journal_file)))?;
     let prepared = prepare(&runtime, &policy, due, opts.mode)?;
     if opts.mode == Mode::Scheduled && prepared.is_empty() {
         let tick = Journal::open_for_tick(&journal_file)?;

@@ -5,7 +5,7 @@
 
 use super::prepare::{context, limits, Prepared};
 use crate::actions::ActionContext;
-use crate::capabilities::{CapabilityContext, EffectiveGrants, PluginRuntime, RunFacts};
+use crate::capabilities::{CapabilityContext, EffectiveGrants, RunFacts};
 use crate::clock::now_unix_ms;
 use crate::findings::Finding;
 use crate::journal::intents::OpenIntent;
@@ -14,6 +14,7 @@ use crate::plan::gate::FixGate;
 use crate::plan::ActionResult;
 use crate::policy::Policy;
 use crate::report::PluginSummary;
+use crate::worker::Sandbox;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -33,7 +34,7 @@ pub(super) struct PluginOutcome {
 pub(super) struct Shared<'a> {
     /// Present when this run may fix.
     pub intents: Option<&'a crate::journal::IntentLog>,
-    pub runtime: &'a PluginRuntime,
+    pub runtime: &'a Sandbox,
     pub policy: &'a Arc<Policy>,
     pub facts: &'a Arc<RunFacts>,
     pub budget: &'a Budget,

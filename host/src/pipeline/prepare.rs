@@ -3,12 +3,11 @@
 //! defaults it declares filled in.
 
 use super::{Fatal, Mode};
-use crate::capabilities::{
-    CapabilityContext, EffectiveGrants, PluginRuntime, RunFacts, KNOWN_CAPABILITIES,
-};
+use crate::capabilities::{CapabilityContext, EffectiveGrants, RunFacts, KNOWN_CAPABILITIES};
 use crate::catalog::Entry;
 use crate::policy::{FixMode, PluginPolicy, Policy};
-use crate::runtime::{Limits, LoadedComponent, PluginFailure, PluginInfo};
+use crate::runtime::{Limits, PluginFailure, PluginInfo};
+use crate::worker::{LoadedPlugin, Sandbox};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +15,7 @@ use std::sync::{Arc, Mutex};
 pub(super) struct Prepared {
     pub entry: Entry,
     pub policy: PluginPolicy,
-    pub loaded: Result<(LoadedComponent, PluginInfo), PluginFailure>,
+    pub loaded: Result<(LoadedPlugin, PluginInfo), PluginFailure>,
     pub config_json: String,
     pub apply_fixes: bool,
     /// `fix --dry-run`: evaluate grants and guards for the plan.
@@ -27,7 +26,7 @@ pub(super) struct Prepared {
 /// Plugins load side by side: compiling is the slow part, and N plugins
 /// that loop in `describe()` then cost one deadline, not N.
 pub(super) fn prepare(
-    runtime: &PluginRuntime,
+    runtime: &Sandbox,
     policy: &Arc<Policy>,
     chosen: Vec<(Entry, PluginPolicy)>,
     mode: Mode,
@@ -82,13 +81,13 @@ pub(super) fn limits(policy: &Policy) -> Limits {
 }
 
 fn load(
-    runtime: &PluginRuntime,
+    runtime: &Sandbox,
     entry: &Entry,
     plugin_policy: &PluginPolicy,
     policy: &Policy,
     facts: &Arc<RunFacts>,
     limits: Limits,
-) -> Result<Result<(LoadedComponent, PluginInfo), PluginFailure>, Fatal> {
+) -> Result<Result<(LoadedPlugin, PluginInfo), PluginFailure>, Fatal> {
     let bytes = match entry.bytes() {
         Ok(b) => b,
         Err(e) => {
@@ -114,7 +113,7 @@ fn load(
                 .into());
         }
     }
-    let loaded = match runtime.load_hashed(&bytes, sha256) {
+    let loaded = match runtime.load_hashed(&entry.name, &bytes, sha256) {
         Ok(l) => l,
         Err(e) => return Ok(Err(e)),
     };
@@ -209,11 +208,11 @@ pub(super) fn context(
 }
 
 /// `describe()` of one catalog entry, with no grants and default limits.
-pub fn describe_entry(runtime: &PluginRuntime, entry: &Entry) -> Result<PluginInfo, PluginFailure> {
+pub fn describe_entry(runtime: &Sandbox, entry: &Entry) -> Result<PluginInfo, PluginFailure> {
     let bytes = entry
         .bytes()
         .map_err(|e| PluginFailure::Load(e.to_string()))?;
-    let loaded = runtime.load(&bytes)?;
+    let loaded = runtime.load(&entry.name, &bytes)?;
     let policy = Arc::new(
         Policy::parse(std::path::Path::new("(none)"), "")
             .map_err(|e| PluginFailure::Load(e.to_string()))?,

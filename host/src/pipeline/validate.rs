@@ -5,10 +5,11 @@
 
 use super::prepare::{context, limits, prepare, Prepared};
 use super::{cache_dir, select, Fatal, Mode};
-use crate::capabilities::{EffectiveGrants, PluginRuntime, RunFacts};
+use crate::capabilities::{EffectiveGrants, RunFacts};
 use crate::catalog::Catalog;
 use crate::policy::{Policy, ProcessScope};
 use crate::runtime::PluginFailure;
+use crate::worker::Sandbox;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
     let selected = select(&policy, &catalog, &[])?;
     // The same compiled cache as every run: a second validate (and every
     // daemon reload) does not recompile.
-    let runtime = PluginRuntime::new(Some(cache_dir(&policy, Path::new(""))))?;
+    let runtime = Sandbox::new(Some(cache_dir(&policy, Path::new(""))))?;
     let prepared = prepare(&runtime, &policy, selected, Mode::Check)?;
     if let Some(p) = prepared.iter().find(|p| p.loaded.is_err()) {
         let why = p
@@ -60,7 +61,7 @@ pub fn validate(path: &std::path::Path) -> Result<String, Fatal> {
 /// as a warning. Anything else the check says is about the host, not the
 /// policy, and is not validate's business.
 fn check_configs_through_plugins(
-    runtime: &PluginRuntime,
+    runtime: &Sandbox,
     policy: &Arc<Policy>,
     prepared: &[Prepared],
 ) -> Result<Vec<String>, Fatal> {

@@ -108,6 +108,19 @@ fn trusted(path: &Path) -> Result<(), String> {
 /// A valid entry's last 32 bytes are the sha256 of everything before them.
 /// Read only if the file and every directory up to `root` are trusted.
 fn read_entry(engine: &Engine, root: &Path, path: &Path) -> Option<Component> {
+    let (_, data) = verified_entry(root, path)?;
+    let body = &data[..data.len() - 32];
+    // SAFETY: the bytes are ours: written by `write_entry` from
+    // `Component::serialize` of this engine configuration (the file name
+    // carries its compatibility hash), in a directory tree only doctor's
+    // user or root can write, up to `/` (checked above), read through the
+    // descriptor that was judged, and verified by checksum.
+    unsafe { Component::deserialize(engine, body) }.ok()
+}
+
+/// The entry's descriptor and bytes, if it and every directory up to
+/// `root` are trusted and its checksum holds.
+fn verified_entry(root: &Path, path: &Path) -> Option<(std::fs::File, Vec<u8>)> {
     let mut step = Some(path);
     while let Some(p) = step {
         if let Err(why) = trusted(p) {
@@ -129,24 +142,93 @@ fn read_entry(engine: &Engine, root: &Path, path: &Path) -> Option<Component> {
         );
         return None;
     }
-    let data = read_checked(path)?;
-    if data.len() < 32 {
-        return None;
-    }
-    let (body, sum) = data.split_at(data.len() - 32);
-    if Sha256::digest(body).as_slice() != sum {
+    let (file, data) = read_checked(path)?;
+    if !sealed(&data) {
         tracing::warn!(
             "component cache entry {} is corrupt; recompiling",
             path.display()
         );
         return None;
     }
-    // SAFETY: the bytes are ours: written by `write_entry` from
-    // `Component::serialize` of this engine configuration (the file name
-    // carries its compatibility hash), in a directory tree only doctor's
-    // user or root can write, up to `/` (checked above), read through the
-    // descriptor that was judged, and verified by checksum.
-    unsafe { Component::deserialize(engine, body) }.ok()
+    Some((file, data))
+}
+
+/// Whether `data` is a body followed by its own sha256.
+fn sealed(data: &[u8]) -> bool {
+    if data.len() < 32 {
+        return false;
+    }
+    let (body, sum) = data.split_at(data.len() - 32);
+    Sha256::digest(body).as_slice() == sum
+}
+
+/// The serialized component followed by its sha256: a cache entry's bytes,
+/// and what a worker reads from the descriptor it is given.
+fn seal(component: &Component) -> anyhow::Result<Vec<u8>> {
+    let mut data = component.serialize().map_err(super::wasm_err)?;
+    let sum = Sha256::digest(&data);
+    data.extend_from_slice(&sum);
+    Ok(data)
+}
+
+/// The body of sealed bytes (the worker's side; its parent verified them).
+pub fn unseal(data: &[u8]) -> Option<&[u8]> {
+    data.len().checked_sub(32).map(|end| &data[..end])
+}
+
+/// Compiled code for a worker: the descriptor of a verified cache entry,
+/// or of a memory file holding what was compiled now. Either way the bytes
+/// are sealed ([`seal`]), the descriptor read-only, and nothing but the
+/// parent ever writes the cache.
+pub fn compiled_file(
+    engine: &Engine,
+    dir: Option<&Path>,
+    bytes: &[u8],
+    sha256: &str,
+) -> anyhow::Result<(std::fs::File, CacheOutcome)> {
+    let Some(dir) = dir else {
+        return Ok((
+            memory_file(&seal(&compile(engine, bytes)?)?)?,
+            CacheOutcome::Off,
+        ));
+    };
+    if let Err(why) = prepare_dir(dir) {
+        tracing::warn!(
+            "component cache {} is not used: {why}; compiling in memory",
+            dir.display()
+        );
+        let sealed = seal(&compile(engine, bytes)?)?;
+        return Ok((memory_file(&sealed)?, CacheOutcome::Untrusted));
+    }
+    let entry = entry_path(engine, dir, sha256);
+    if let Some((file, _)) = verified_entry(dir, &entry) {
+        return Ok((file, CacheOutcome::Hit));
+    }
+    let sealed = seal(&compile(engine, bytes)?)?;
+    let outcome = match write_sealed(&sealed, dir, &entry) {
+        Ok(()) => CacheOutcome::Miss,
+        Err(e) => {
+            tracing::warn!("component cache {} not written: {e:#}", dir.display());
+            CacheOutcome::Off
+        }
+    };
+    Ok((memory_file(&sealed)?, outcome))
+}
+
+/// An anonymous, unlinked file holding `data`, for a worker to read.
+fn memory_file(data: &[u8]) -> anyhow::Result<std::fs::File> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: a constant C string; the result is checked before use.
+    let fd = unsafe { libc::memfd_create(c"doctor-plugin".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("memfd_create");
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(data)
+        .context("writing compiled code to a memory file")?;
+    Ok(file)
 }
 
 /// Every directory from `dir` up to `/` is root's or doctor's user's, and
@@ -163,7 +245,7 @@ fn ancestors_fixed(dir: &Path) -> Result<(), String> {
 /// The entry's bytes, read through the descriptor that was judged: opened
 /// without following a symlink, a regular file with one link, doctor's own
 /// (or root's), writable by nobody else.
-fn read_checked(path: &Path) -> Option<Vec<u8>> {
+fn read_checked(path: &Path) -> Option<(std::fs::File, Vec<u8>)> {
     use std::io::Read;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let mut file = std::fs::OpenOptions::new()
@@ -186,14 +268,15 @@ fn read_checked(path: &Path) -> Option<Vec<u8>> {
     }
     let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     file.read_to_end(&mut data).ok()?;
-    Some(data)
+    Some((file, data))
 }
 
 fn write_entry(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
+    write_sealed(&seal(component)?, dir, path)
+}
+
+fn write_sealed(data: &[u8], dir: &Path, path: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut data = component.serialize().map_err(super::wasm_err)?;
-    let sum = Sha256::digest(&data);
-    data.extend_from_slice(&sum);
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     {
         use std::io::Write;
@@ -203,7 +286,7 @@ fn write_entry(component: &Component, dir: &Path, path: &Path) -> anyhow::Result
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        file.write_all(&data)?;
+        file.write_all(data)?;
     }
     std::fs::rename(&tmp, path)?;
     Ok(())

@@ -9,6 +9,31 @@ const MAX_KEY: usize = 256;
 const MAX_TEXT: usize = 4096;
 const MAX_DESCRIBE_ENTRIES: usize = 256;
 
+/// A `describe()` answer that crossed from a worker, bounded again here.
+pub fn bound_info(info: PluginInfo) -> PluginInfo {
+    PluginInfo {
+        name: truncate(&info.name, MAX_KEY),
+        version: truncate(&info.version, MAX_KEY),
+        summary: truncate(&info.summary, MAX_TEXT),
+        capabilities: info
+            .capabilities
+            .into_iter()
+            .take(MAX_DESCRIBE_ENTRIES)
+            .map(|c| truncate(&c, MAX_KEY))
+            .collect(),
+        config: info
+            .config
+            .into_iter()
+            .take(MAX_DESCRIBE_ENTRIES)
+            .map(|k| ConfigKey {
+                name: truncate(&k.name, MAX_KEY),
+                default: truncate(&k.default, MAX_TEXT),
+                description: truncate(&k.description, MAX_TEXT),
+            })
+            .collect(),
+    }
+}
+
 pub fn plugin_info(info: wit::PluginInfo) -> PluginInfo {
     PluginInfo {
         name: truncate(&info.name, MAX_KEY),

@@ -14,9 +14,9 @@ const MAX_MEMORIES: usize = 16;
 const MAX_TABLES: usize = 64;
 
 /// What a limiter refused; read by the runtime to name the failure.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tripped {
-    pub what: &'static str,
+    pub what: String,
     pub wanted: u64,
     pub budget: u64,
 }
@@ -57,7 +57,7 @@ impl InstanceBudget {
         let wanted = self.used.saturating_add(delta);
         if wanted > self.budget {
             self.tripped = Some(Tripped {
-                what,
+                what: what.to_string(),
                 wanted,
                 budget: self.budget,
             });
@@ -123,12 +123,12 @@ mod tests {
         assert!(b.memory_growing(0, 600, None).unwrap());
         // A second memory alone would fit the limit; together they do not.
         assert!(b.memory_growing(0, 600, None).is_err());
-        assert_eq!(b.tripped.as_ref().map(|t| t.what), Some("memory"));
+        assert_eq!(b.tripped.as_ref().map(|t| t.what.as_str()), Some("memory"));
         assert_eq!(b.used(), 600);
         // 50 elements = 400 bytes: fits; 1 more element does not.
         assert!(b.table_growing(0, 50, None).unwrap());
         assert!(b.table_growing(50, 51, None).is_err());
-        assert_eq!(b.tripped.as_ref().map(|t| t.what), Some("table"));
+        assert_eq!(b.tripped.as_ref().map(|t| t.what.as_str()), Some("table"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod convert;
 pub mod limits;
 
 pub use cache::{sha256_hex, CacheOutcome};
+pub use convert::bound_info;
 
 use anyhow::Context as _;
 use limits::{InstanceBudget, Tripped};
@@ -28,7 +29,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 const STDERR_CAPACITY: usize = 16 * 1024;
 
 /// What `describe()` says about a plugin, in the host's terms.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PluginInfo {
     pub name: String,
     pub version: String,
@@ -37,7 +38,7 @@ pub struct PluginInfo {
     pub config: Vec<ConfigKey>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ConfigKey {
     pub name: String,
     /// JSON text, empty when the key is required.
@@ -53,7 +54,7 @@ pub struct Limits {
 }
 
 /// Why a plugin call produced no result. Recorded, never fatal to the run.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum PluginFailure {
     #[error("did not finish within its deadline of {0:?}")]
     Timeout(Duration),
@@ -67,6 +68,10 @@ pub enum PluginFailure {
     InvalidOutput(String),
     #[error("could not be loaded: {0}")]
     Load(String),
+    /// The confined process that runs the plugin's code failed the call:
+    /// it ran out of its memory, was killed, or broke the protocol.
+    #[error("its worker process {0}")]
+    Worker(String),
 }
 
 /// What the sandbox needs from whoever answers a plugin's imports (the
@@ -176,6 +181,15 @@ impl<H: PluginHost> Runtime<H> {
         let (component, cache) =
             cache::load_or_compile(&self.engine, self.cache_dir.as_deref(), bytes, &sha256)
                 .map_err(|e| PluginFailure::Load(format!("{e:#}")))?;
+        self.loaded(component, sha256, cache)
+    }
+
+    fn loaded(
+        &self,
+        component: Component,
+        sha256: String,
+        cache: CacheOutcome,
+    ) -> Result<LoadedComponent, PluginFailure> {
         let imported = self.imported_packages(&component);
         let contract = bindings::Contract::of(&imported).ok_or_else(|| {
             let known: Vec<&str> = bindings::Contract::ALL
@@ -194,6 +208,30 @@ impl<H: PluginHost> Runtime<H> {
             cache,
             contract,
         })
+    }
+
+    /// Compiled code for a worker process (from the cache when it holds a
+    /// trusted entry): a read-only descriptor the worker loads with
+    /// [`Runtime::load_sealed`].
+    pub fn compiled_file(
+        &self,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<(std::fs::File, CacheOutcome), PluginFailure> {
+        cache::compiled_file(&self.engine, self.cache_dir.as_deref(), bytes, sha256)
+            .map_err(|e| PluginFailure::Load(format!("{e:#}")))
+    }
+
+    /// In a worker: the component whose sealed bytes its parent handed it.
+    pub fn load_sealed(&self, data: &[u8]) -> Result<LoadedComponent, PluginFailure> {
+        let body = cache::unseal(data)
+            .ok_or_else(|| PluginFailure::Load("the compiled code is truncated".into()))?;
+        // SAFETY: the parent compiled these bytes with this engine
+        // configuration (the same binary) or verified them as its own cache
+        // entry, and passed them by a read-only descriptor only it can write.
+        let component = unsafe { Component::deserialize(&self.engine, body) }
+            .map_err(|e| PluginFailure::Load(format!("{e:#}")))?;
+        self.loaded(component, String::new(), CacheOutcome::Off)
     }
 
     /// The WIT packages (with version) whose interfaces the component

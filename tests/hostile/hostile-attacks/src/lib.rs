@@ -114,6 +114,7 @@ impl Plugin for Hostile {
                     .map(|r| format!("HTTP {}", r.status)),
             )),
             "kv-flood" => said(kv_flood(c.count, c.size)),
+            "aliased-strings" => said(aliased_strings(&c.db, c.count, c.size)),
             // Every process whose command line holds `text`, and `get(pid)`:
             // what exists for this plugin.
             "processes" => said(answer(processes::all().and_then(|all| {
@@ -156,6 +157,48 @@ fn kv_flood(count: u32, size: u32) -> String {
         .filter(|i| host::kv_get(&format!("{i}-{filler}")).is_some())
         .count();
     format!("KEPT {kept} OF {count}")
+}
+
+/// Call `sqlite.query` with `count` text parameters that all point at one
+/// buffer of `size` bytes. The canonical ABI lets a list's strings alias
+/// one another, and the host lifts (copies) every one of them before any
+/// bound of doctor's applies: `count` × `size` bytes, from a plugin that
+/// holds `size`. Written against the raw import, as the SDK never aliases.
+fn aliased_strings(db: &str, count: u32, size: u32) -> String {
+    #[link(wasm_import_module = "doctor:plugin/sqlite@0.3.0")]
+    extern "C" {
+        #[link_name = "query"]
+        fn raw_query(
+            db: *const u8,
+            db_len: usize,
+            sql: *const u8,
+            sql_len: usize,
+            params: *const u64,
+            params_len: usize,
+            answer: *mut u32,
+        );
+    }
+    let buffer = vec![b'x'; size as usize];
+    // A `sql-value` is 16 bytes, 8-aligned: its case in the first byte
+    // (3 = text), the string's pointer and length at bytes 8 and 12.
+    let text = ((buffer.len() as u64) << 32) | buffer.as_ptr() as u64;
+    let params: Vec<u64> = (0..count).flat_map(|_| [3, text]).collect();
+    let sql = "SELECT 1";
+    let mut answer = [0u32; 16];
+    // SAFETY: every pointer is to live memory of this plugin with its
+    // length; the answer area is larger and more aligned than the result.
+    unsafe {
+        raw_query(
+            db.as_ptr(),
+            db.len(),
+            sql.as_ptr(),
+            sql.len(),
+            params.as_ptr(),
+            count as usize,
+            answer.as_mut_ptr(),
+        )
+    };
+    format!("THE HOST TOOK {count} ALIASED STRINGS")
 }
 
 register_plugin!(Hostile);

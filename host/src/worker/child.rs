@@ -1,0 +1,158 @@
+//! The worker: `doctor` started by itself to run one plugin's code. It takes
+//! the compiled code from a descriptor its parent opened, leaves root and
+//! everything else it does not need (see `confine`), then makes the calls
+//! the parent asks for, each in a fresh store under the call's limits, with
+//! every import forwarded to the parent.
+
+use super::calls::Forwarder;
+use super::confine;
+use super::wire::{self, FromWorker, Op, Output, Start, Started, ToWorker, MAX_TO_WORKER};
+use crate::runtime::{Limits, LoadedComponent, PluginFailure, Runtime};
+use anyhow::Context as _;
+use std::io::ErrorKind;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+/// The first argument that makes `doctor` a worker. Not a subcommand: it
+/// is no one's to type, and it never reaches the command-line parser.
+pub const WORKER_ARG: &str = "__plugin-worker";
+
+/// The largest compiled component a worker reads.
+const MAX_CODE_BYTES: u64 = 512 << 20;
+
+/// The worker's whole life; its exit code is only for the parent's log.
+pub fn main() -> i32 {
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("doctor plugin worker: {e:#}");
+            70
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    // Nothing doctor's own parent left open reaches plugin code.
+    // SAFETY: close_range with integer arguments only.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // SAFETY: the parent made fd 0 our end of a socket pair; nothing else
+    // in this process owns it.
+    let socket = unsafe { UnixStream::from_raw_fd(0) };
+    let (start, code) = receive_start(&socket).context("receiving the start frame")?;
+    let mut confinement = match confine::process(&start) {
+        Ok(c) => c,
+        Err(why) => return refuse(&socket, PluginFailure::Worker(why)),
+    };
+    let data = read_code(code)?;
+    let runtime = Runtime::<Forwarder>::new(None)?;
+    let loaded = match runtime.load_sealed(&data) {
+        Ok(loaded) => loaded,
+        Err(failure) => return refuse(&socket, failure),
+    };
+    drop(data);
+    // wasmtime makes each memory's copy-on-write image (a memfd) on first
+    // instantiation; make them now, before the filter refuses memfd_create.
+    loaded
+        .component
+        .initialize_copy_on_write_image()
+        .map_err(crate::runtime::wasm_err)?;
+    // wasmtime-wasi's own tokio runtime starts its threads on first use;
+    // start them now, so that the filter below finds every thread there is.
+    wasmtime_wasi::runtime::in_tokio(async {});
+    if let Err(why) = confine::syscalls(&mut confinement) {
+        return refuse(&socket, PluginFailure::Worker(why));
+    }
+    let ready = Started::Ready {
+        imported: runtime.imported_packages(&loaded.component),
+        confinement: confinement.to_string(),
+    };
+    wire::send(&socket, &ready)?;
+    serve(&runtime, &loaded, Arc::new(socket))
+}
+
+fn refuse(socket: &UnixStream, failure: PluginFailure) -> anyhow::Result<()> {
+    wire::send(socket, &Started::Failed(failure))?;
+    Ok(())
+}
+
+/// Calls until the parent closes the socket.
+fn serve(
+    runtime: &Runtime<Forwarder>,
+    loaded: &LoadedComponent,
+    socket: Arc<UnixStream>,
+) -> anyhow::Result<()> {
+    loop {
+        let message = match wire::recv::<ToWorker>(&*socket, MAX_TO_WORKER) {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e).context("reading a call"),
+        };
+        let ToWorker::Call {
+            op,
+            memory_bytes,
+            timeout,
+        } = message
+        else {
+            anyhow::bail!("an answer came with no host call waiting for it");
+        };
+        let limits = Limits {
+            memory_bytes,
+            timeout,
+        };
+        let host = Forwarder::new(socket.clone());
+        let done = match op {
+            Op::Describe => runtime.describe(loaded, host, limits).map(Output::Info),
+            Op::Check { config_json } => runtime
+                .check_unbounded(loaded, host, &config_json, limits)
+                .0
+                .map(Output::Report),
+        };
+        wire::send(&*socket, &FromWorker::Done(done)).context("sending a result")?;
+    }
+}
+
+/// The start frame and the descriptor that came with it.
+fn receive_start(socket: &UnixStream) -> anyhow::Result<(Start, OwnedFd)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; 4096];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let (len, fd) = {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        let fd = msg.cmsgs()?.find_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        });
+        (msg.bytes, fd)
+    };
+    let fd = fd.context("no descriptor came with the start frame")?;
+    // SAFETY: the kernel just installed this descriptor for us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let body = buf
+        .get(4..len)
+        .context("the start frame is shorter than its length")?;
+    Ok((wire::decode(body)?, fd))
+}
+
+/// The compiled code, read by position (the descriptor's offset may be
+/// shared with the parent's copy).
+fn read_code(fd: OwnedFd) -> anyhow::Result<Vec<u8>> {
+    let file = std::fs::File::from(fd);
+    let len = file.metadata()?.len();
+    anyhow::ensure!(
+        len <= MAX_CODE_BYTES,
+        "compiled code of {len} bytes is too large"
+    );
+    let mut data = vec![0u8; len as usize];
+    file.read_exact_at(&mut data, 0)
+        .context("reading the compiled code")?;
+    Ok(data)
+}

@@ -1,0 +1,449 @@
+//! Plugin code runs in a confined worker process, one per loaded plugin:
+//! `doctor` started again by itself (`child`), which leaves root, gives up
+//! the file system, the network, new privileges and most syscalls
+//! (`confine`), and runs wasmtime with the plugin's compiled code. Every
+//! import the plugin makes crosses a socket pair to this process (`calls`),
+//! where the capabilities check the grants, read the facts and answer. What
+//! comes back from the worker is read in bounded frames (`wire`) and then
+//! bounded again as in-process results were (`findings`, `convert`).
+//!
+//! The parent compiles (the cache is its alone) and hands the worker the
+//! compiled code by a read-only descriptor. A worker that dies, hangs past
+//! its deadline or breaks the protocol fails that plugin's call, nothing
+//! else; the plugin's next call starts a new worker.
+
+mod calls;
+pub mod child;
+mod confine;
+pub mod wire;
+
+use crate::capabilities::CapabilityContext;
+use crate::runtime::{
+    CacheOutcome, Limits, PluginFailure, PluginHost, PluginInfo, PluginReport, Runtime,
+};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use wire::{FromWorker, Op, Output, Start, Started, ToWorker, MAX_FROM_WORKER};
+
+/// How long past a call's deadline a worker has to report (its own epoch
+/// trap ends the plugin at the deadline) before it is killed.
+const REPORT_GRACE: Duration = Duration::from_secs(2);
+/// The most of a dead worker's stderr kept for its failure message.
+const STDERR_KEPT: usize = 4096;
+/// A worker's memory beyond its plugin's own: the runtime, its threads,
+/// the compiled code and the frames in flight.
+const RUNTIME_BYTES: u64 = 64 << 20;
+/// How many times `doctor.plugin_memory` a worker may hold in all: the
+/// plugin's memory itself, and the host-side copies of what it passes to
+/// imports and returns (lifted by wasmtime before any bound of doctor's
+/// applies) and of what the imports answer it.
+const MEMORY_FACTOR: u64 = 4;
+
+/// The user plugin code runs as when doctor is root.
+const WORKER_USER: &str = "nobody";
+
+/// Compiles plugins and runs each in its own worker.
+pub struct Sandbox {
+    /// Compiles and caches; never instantiates (that is the workers' job).
+    compiler: Runtime<CapabilityContext>,
+    run_as: Option<(u32, u32)>,
+}
+
+/// One plugin, compiled, with the worker that runs it once it has run.
+pub struct LoadedPlugin {
+    name: String,
+    pub sha256: String,
+    pub cache: CacheOutcome,
+    code: File,
+    worker: Mutex<Option<Worker>>,
+    imported: OnceLock<Vec<String>>,
+    confinement: OnceLock<String>,
+}
+
+impl LoadedPlugin {
+    /// How its worker is confined, once one has started.
+    pub fn confinement(&self) -> Option<&str> {
+        self.confinement.get().map(String::as_str)
+    }
+}
+
+impl Sandbox {
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        Ok(Sandbox {
+            compiler: Runtime::new(cache_dir)?,
+            run_as: worker_identity(),
+        })
+    }
+
+    /// Compile `bytes` (or find them in the cache); `name` is what `ps`
+    /// shows of its worker.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<LoadedPlugin, PluginFailure> {
+        self.load_hashed(name, bytes, crate::runtime::sha256_hex(bytes))
+    }
+
+    /// As [`Sandbox::load`], for bytes whose sha256 the caller has already
+    /// computed (and checked against a pin) before anything compiles them.
+    pub fn load_hashed(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        sha256: String,
+    ) -> Result<LoadedPlugin, PluginFailure> {
+        let (code, cache) = self.compiler.compiled_file(bytes, &sha256)?;
+        Ok(LoadedPlugin {
+            name: crate::text::truncate(name, 64),
+            sha256,
+            cache,
+            code,
+            worker: Mutex::new(None),
+            imported: OnceLock::new(),
+            confinement: OnceLock::new(),
+        })
+    }
+
+    /// The WIT packages the plugin imports (its worker is started if it
+    /// has none yet).
+    pub fn imported_packages(
+        &self,
+        plugin: &LoadedPlugin,
+        limits: Limits,
+    ) -> Result<Vec<String>, PluginFailure> {
+        self.with_worker(plugin, limits, |_| Ok(()))?;
+        Ok(plugin.imported.get().cloned().unwrap_or_default())
+    }
+
+    pub fn describe(
+        &self,
+        plugin: &LoadedPlugin,
+        mut host: CapabilityContext,
+        limits: Limits,
+    ) -> Result<PluginInfo, PluginFailure> {
+        match self.call(plugin, &mut host, Op::Describe, limits)? {
+            Output::Info(info) => Ok(crate::runtime::bound_info(info)),
+            Output::Report(_) => Err(protocol("answered describe() with a report")),
+        }
+    }
+
+    /// Run `check`; the host comes back with the plugin's logs and state.
+    /// The report is as the worker sent it, not yet bounded: callers go
+    /// through `findings::check`, which bounds it into findings.
+    pub fn check_unbounded(
+        &self,
+        plugin: &LoadedPlugin,
+        mut host: CapabilityContext,
+        config_json: &str,
+        limits: Limits,
+    ) -> (
+        Result<PluginReport, PluginFailure>,
+        Option<CapabilityContext>,
+    ) {
+        let op = Op::Check {
+            config_json: config_json.to_string(),
+        };
+        let report = match self.call(plugin, &mut host, op, limits) {
+            Ok(Output::Report(report)) => Ok(report),
+            Ok(Output::Info(_)) => Err(protocol("answered check() with describe()'s answer")),
+            Err(failure) => Err(failure),
+        };
+        (report, Some(host))
+    }
+
+    fn call(
+        &self,
+        plugin: &LoadedPlugin,
+        host: &mut CapabilityContext,
+        op: Op,
+        limits: Limits,
+    ) -> Result<Output, PluginFailure> {
+        self.with_worker(plugin, limits, |worker| {
+            let deadline = Instant::now() + limits.timeout;
+            host.set_deadline(deadline);
+            worker.call(host, op, limits, deadline + REPORT_GRACE)
+        })
+    }
+
+    /// Run `f` on the plugin's worker, starting one if needed; a worker
+    /// that failed in a way that leaves it unusable is killed and dropped.
+    fn with_worker<R>(
+        &self,
+        plugin: &LoadedPlugin,
+        limits: Limits,
+        f: impl FnOnce(&mut Worker) -> Result<R, Broken>,
+    ) -> Result<R, PluginFailure> {
+        let mut slot = plugin
+            .worker
+            .lock()
+            .map_err(|_| PluginFailure::Worker("is poisoned by an earlier panic".into()))?;
+        if slot.is_none() {
+            let (worker, imported, confinement) = self.start(plugin, limits)?;
+            let _ = plugin.imported.set(imported);
+            let _ = plugin.confinement.set(confinement);
+            *slot = Some(worker);
+        }
+        let Some(worker) = slot.as_mut() else {
+            return Err(PluginFailure::Worker("did not start".into()));
+        };
+        match f(worker) {
+            Ok(r) => Ok(r),
+            Err(Broken::Call(failure)) => Err(failure),
+            Err(Broken::Worker(failure)) => {
+                if let Some(mut worker) = slot.take() {
+                    worker.kill();
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    fn start(
+        &self,
+        plugin: &LoadedPlugin,
+        limits: Limits,
+    ) -> Result<(Worker, Vec<String>, String), PluginFailure> {
+        let start = Start {
+            run_as: self.run_as,
+            data_limit: worker_memory(limits.memory_bytes),
+        };
+        let mut worker = Worker::spawn(&plugin.name)
+            .map_err(|e| PluginFailure::Worker(format!("could not be started: {e}")))?;
+        let ready = worker
+            .start(
+                &start,
+                &plugin.code,
+                Instant::now() + limits.timeout + REPORT_GRACE,
+            )
+            .map_err(|broken| {
+                worker.kill();
+                match broken {
+                    Broken::Call(f) | Broken::Worker(f) => f,
+                }
+            })?;
+        Ok((worker, ready.0, ready.1))
+    }
+}
+
+/// The memory limit of a worker whose plugin may use `plugin_memory`.
+pub fn worker_memory(plugin_memory: u64) -> u64 {
+    plugin_memory
+        .saturating_mul(MEMORY_FACTOR)
+        .saturating_add(RUNTIME_BYTES)
+}
+
+/// Root's workers run as `nobody`; anyone else's as themselves.
+fn worker_identity() -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let user = nix::unistd::User::from_name(WORKER_USER).ok().flatten();
+    Some(
+        user.map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+            .unwrap_or((65534, 65534)),
+    )
+}
+
+fn protocol(what: &str) -> PluginFailure {
+    PluginFailure::Worker(format!("broke the protocol: it {what}"))
+}
+
+/// Why a call through a worker did not produce a result.
+enum Broken {
+    /// The call failed; the worker is fine for the next one.
+    Call(PluginFailure),
+    /// The worker is dead, hung or lying: kill it, start another next time.
+    Worker(PluginFailure),
+}
+
+struct Worker {
+    child: Child,
+    socket: UnixStream,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Worker {
+    fn spawn(plugin: &str) -> io::Result<Worker> {
+        let (socket, theirs) = UnixStream::pair()?;
+        let child = Command::new("/proc/self/exe")
+            .arg0("doctor")
+            .arg(child::WORKER_ARG)
+            .arg(plugin)
+            .env_clear()
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        Ok(Worker { child, socket })
+    }
+
+    /// Hand over the code and wait until the worker is ready.
+    fn start(
+        &mut self,
+        start: &Start,
+        code: &File,
+        by: Instant,
+    ) -> Result<(Vec<String>, String), Broken> {
+        send_with_fd(&self.socket, start, code)
+            .map_err(|e| Broken::Worker(self.lost(format!("took no start frame: {e}"))))?;
+        match self.recv::<Started>(by)? {
+            Started::Ready {
+                imported,
+                confinement,
+            } => Ok((imported, confinement)),
+            Started::Failed(failure) => Err(Broken::Worker(failure)),
+        }
+    }
+
+    /// One plugin call: answer its host calls until it is done.
+    fn call(
+        &mut self,
+        host: &mut CapabilityContext,
+        op: Op,
+        limits: Limits,
+        by: Instant,
+    ) -> Result<Output, Broken> {
+        let call = ToWorker::Call {
+            op,
+            memory_bytes: limits.memory_bytes,
+            timeout: limits.timeout,
+        };
+        self.send(&call)?;
+        loop {
+            match self.recv::<FromWorker>(by)? {
+                FromWorker::Host { call, args } => {
+                    let answer = host.serve(&call, &args);
+                    self.send(&ToWorker::Answer(answer))?;
+                }
+                FromWorker::Done(Ok(output)) => return Ok(output),
+                FromWorker::Done(Err(failure)) => return Err(Broken::Call(failure)),
+            }
+        }
+    }
+
+    fn send(&mut self, message: &ToWorker) -> Result<(), Broken> {
+        wire::send(&self.socket, message)
+            .map_err(|e| Broken::Worker(self.lost(format!("stopped reading ({e})"))))
+    }
+
+    /// The next frame, by `by` at the latest.
+    fn recv<T: serde::de::DeserializeOwned>(&mut self, by: Instant) -> Result<T, Broken> {
+        let reader = UntilDeadline {
+            socket: &self.socket,
+            by,
+        };
+        match wire::recv(reader, MAX_FROM_WORKER) {
+            Ok(message) => Ok(message),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(Broken::Worker(PluginFailure::Worker(
+                    "did not answer by its deadline and was killed".into(),
+                )))
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(Broken::Worker(self.lost("ended during the call".into())))
+            }
+            Err(e) => Err(Broken::Worker(PluginFailure::Worker(format!(
+                "broke the protocol: {e}"
+            )))),
+        }
+    }
+
+    /// The failure of a worker that is gone, in its own words when it left
+    /// any (a panic, the allocator's "memory allocation failed").
+    fn lost(&mut self, what: String) -> PluginFailure {
+        self.kill_child();
+        let status = self.child.wait().ok();
+        let said = self.stderr();
+        let how = match status {
+            Some(s) if s.signal().is_some() => {
+                let signal = s.signal().unwrap_or_default();
+                let name = nix::sys::signal::Signal::try_from(signal)
+                    .map(|s| s.as_str())
+                    .unwrap_or("?");
+                format!("killed by signal {signal} ({name})")
+            }
+            Some(s) => format!("exited with {s}"),
+            None => "gone".to_string(),
+        };
+        let memory = said.contains("memory allocation of");
+        let mut message = format!("{what}: {how}");
+        if memory {
+            message.push_str(" after running out of memory (a worker may hold 4 × doctor.plugin_memory + 64 MiB)");
+        }
+        if !said.is_empty() {
+            message.push_str(&format!(
+                "; stderr: {}",
+                crate::text::truncate(said.trim(), 1024)
+            ));
+        }
+        PluginFailure::Worker(message)
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut kept = Vec::new();
+        if let Some(stderr) = self.child.stderr.as_mut() {
+            let _ = stderr.take(STDERR_KEPT as u64).read_to_end(&mut kept);
+        }
+        String::from_utf8_lossy(&kept).into_owned()
+    }
+
+    fn kill_child(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    fn kill(&mut self) {
+        self.kill_child();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads that end at `by`, however the worker paces its bytes.
+struct UntilDeadline<'a> {
+    socket: &'a UnixStream,
+    by: Instant,
+}
+
+impl Read for UntilDeadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.by.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.socket.set_read_timeout(Some(left))?;
+        (&*self.socket).read(buf)
+    }
+}
+
+/// The start frame, with the code's descriptor beside it.
+fn send_with_fd(socket: &UnixStream, start: &Start, code: &File) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let body = wire::encode(start)?;
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    let fds = [code.as_raw_fd()];
+    let sent = sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[io::IoSlice::new(&frame)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    if sent != frame.len() {
+        return Err(io::Error::other("the start frame was cut short"));
+    }
+    Ok(())
+}
