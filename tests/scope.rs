@@ -441,7 +441,9 @@ fn env_listener(d: &mut Deployment, port: u16) -> Identity {
         &["python3", "-c", script],
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+    // A connect, not a bind: a probe that binds the port would, for that
+    // moment, make the listener's own bind fail.
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }

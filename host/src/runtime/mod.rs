@@ -60,6 +60,10 @@ pub enum PluginFailure {
     Timeout(Duration),
     #[error("exceeded its memory limit: {0} (plugin_memory counts every memory and table of the plugin together)")]
     Memory(Tripped),
+    /// More bytes crossed from the plugin to the host in one call than
+    /// the plugin's memory limit (wasmtime's hostcall fuel, set to it).
+    #[error("exceeded its memory limit: it passed more than {0} bytes to the host in one call (plugin_memory bounds what one call copies too)")]
+    Copied(u64),
     #[error("trapped: {0}")]
     Trap(String),
     #[error("returned an error: {0}")]
@@ -358,6 +362,12 @@ impl<H: PluginHost> Runtime<H> {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        // What wasmtime copies out of the plugin in one call (the strings
+        // and lists of an import's arguments, or of the report) is bounded
+        // by the plugin's memory limit, not by wasmtime's default 128 MiB:
+        // aliased strings could otherwise make the host hold many times
+        // what the plugin holds.
+        store.set_hostcall_fuel(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX));
         store.set_epoch_deadline(deadline_ticks(limits.timeout));
         store.epoch_deadline_trap();
 
@@ -388,6 +398,9 @@ fn failure_of(
     }
     if let Some(tripped) = tripped {
         return PluginFailure::Memory(tripped);
+    }
+    if format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted") {
+        return PluginFailure::Copied(limits.memory_bytes);
     }
     let said = String::from_utf8_lossy(&stderr.contents())
         .trim()

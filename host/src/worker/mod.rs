@@ -332,7 +332,7 @@ impl Worker {
 
     fn send(&mut self, message: &ToWorker) -> Result<(), Broken> {
         wire::send(&self.socket, message)
-            .map_err(|e| Broken::Worker(self.lost(format!("stopped reading ({e})"))))
+            .map_err(|_| Broken::Worker(self.lost("ended during the call".into())))
     }
 
     /// The next frame, by `by` at the latest.

@@ -1,0 +1,280 @@
+//! Plugin code runs in a confined worker process. Seen from outside while a
+//! plugin runs: the worker has left root and every capability, cannot gain
+//! privileges, is under a seccomp filter, holds no descriptor but its
+//! socket, stdio and wasmtime's own; and when it is killed mid-call or runs
+//! out of its memory, that plugin fails and the run goes on.
+
+mod support;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// A run with one hostile plugin beside pid-file-stop, which has a stale
+/// PID file to report.
+fn scenario(doctor_extra: &str, hostile: &str, table: &str) -> Scenario {
+    scenario_in(Scenario::new(), doctor_extra, hostile, table)
+}
+
+fn scenario_in(s: Scenario, doctor_extra: &str, hostile: &str, table: &str) -> Scenario {
+    let wasm = test_plugins().join(format!("{}.wasm", hostile.replace('-', "_")));
+    s.install_plugin(hostile, &wasm);
+    std::fs::write(s.path("stale.pid"), "999999999\n").unwrap();
+    let root = s.root().display().to_string();
+    s.policy_with(
+        doctor_extra,
+        &format!(
+            r#"
+[plugins.pid-file-stop]
+grants.processes = true
+grants.files = ["{root}/stale.pid"]
+config = {{ targets = [{{ name = "w", pid_file = "{root}/stale.pid", pattern = "^never-matches$" }}] }}
+
+[plugins.{hostile}]
+{table}
+"#
+        ),
+    );
+    s
+}
+
+/// `doctor check --format json`, started and left running.
+fn start_check(s: &Scenario) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_doctor"))
+        .args(["check", "--format", "json", "--policy"])
+        .arg(s.policy_path())
+        .env("DOCTOR_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start doctor")
+}
+
+fn finish(mut doctor: std::process::Child) -> (i32, serde_json::Value) {
+    let mut out = String::new();
+    doctor
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let code = doctor.wait().unwrap().code().unwrap_or(-1);
+    let doc = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    (code, doc)
+}
+
+/// The worker running `plugin` for doctor `parent`, once it is there.
+fn worker_of(parent: u32, plugin: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let ours = argv.get(1) == Some(&&b"__plugin-worker"[..])
+                && argv.get(2) == Some(&plugin.as_bytes());
+            if ours && field(pid, "PPid") == parent.to_string() {
+                return pid;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no worker of {plugin} under doctor {parent}");
+}
+
+/// A field of `/proc/PID/status`, whitespace collapsed.
+fn field(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn nobody() -> (String, String) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("nobody:"))
+        .expect("a nobody user");
+    let parts: Vec<&str> = line.split(':').collect();
+    (parts[2].to_string(), parts[3].to_string())
+}
+
+fn error_of(doc: &serde_json::Value, plugin: &str) -> String {
+    plugin_summary(doc, plugin)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn bystander_reports(doc: &serde_json::Value) {
+    assert_eq!(
+        plugin_summary(doc, "pid-file-stop")["outcome"],
+        "ok",
+        "{doc}"
+    );
+    assert!(
+        finding(doc, "pid-file-stop", "w:stale-pid-file").is_some(),
+        "{doc}"
+    );
+}
+
+#[test]
+fn plugin_code_runs_as_nobody_with_no_capabilities_no_new_privs_and_a_seccomp_filter() {
+    if !nix_is_root() {
+        eprintln!("not run: leaving root needs root");
+        return;
+    }
+    let s = scenario(
+        "plugin_timeout = \"3s\"\nplugin_memory = \"32MiB\"",
+        "hostile-loop",
+        "",
+    );
+    let doctor = start_check(&s);
+    let worker = worker_of(doctor.id(), "hostile-loop");
+    let (uid, gid) = nobody();
+    let seen = [
+        ("Uid", field(worker, "Uid")),
+        ("Gid", field(worker, "Gid")),
+        ("Groups", field(worker, "Groups")),
+        ("CapEff", field(worker, "CapEff")),
+        ("CapPrm", field(worker, "CapPrm")),
+        ("CapBnd", field(worker, "CapBnd")),
+        ("NoNewPrivs", field(worker, "NoNewPrivs")),
+        ("Seccomp", field(worker, "Seccomp")),
+    ];
+    let limits = std::fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|target| target.display().to_string())
+        .collect();
+    let (code, doc) = finish(doctor);
+
+    let want = [
+        ("Uid", format!("{uid} {uid} {uid} {uid}")),
+        ("Gid", format!("{gid} {gid} {gid} {gid}")),
+        ("Groups", String::new()),
+        ("CapEff", "0000000000000000".into()),
+        ("CapPrm", "0000000000000000".into()),
+        ("CapBnd", "0000000000000000".into()),
+        ("NoNewPrivs", "1".into()),
+        // 2: a filter.
+        ("Seccomp", "2".into()),
+    ];
+    for ((name, got), (_, expected)) in seen.iter().zip(want.iter()) {
+        assert_eq!(got, expected, "{name} of the worker");
+    }
+    // 4 × 32 MiB + 64 MiB.
+    let data = 4 * (32u64 << 20) + (64 << 20);
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max data size") && l.contains(&format!("{data}"))),
+        "{limits}"
+    );
+    // Its socket, stdio, and what wasmtime and tokio made: no file of the host.
+    let host_files: Vec<&String> = fds
+        .iter()
+        .filter(|t| t.starts_with('/') && *t != "/dev/null" && !t.starts_with("/memfd:"))
+        .collect();
+    assert!(host_files.is_empty(), "the worker holds {host_files:?}");
+    assert!(error_of(&doc, "hostile-loop").contains("deadline"), "{doc}");
+    bystander_reports(&doc);
+    assert_eq!(code, 3, "{doc}");
+}
+
+#[test]
+fn a_worker_killed_mid_call_fails_only_its_plugin() {
+    let s = scenario("plugin_timeout = \"20s\"", "hostile-loop", "");
+    let started = Instant::now();
+    let doctor = start_check(&s);
+    let worker = worker_of(doctor.id(), "hostile-loop");
+    // Let it be inside check(), looping.
+    std::thread::sleep(Duration::from_millis(300));
+    Command::new("kill")
+        .args(["-KILL", &worker.to_string()])
+        .status()
+        .unwrap();
+    let (code, doc) = finish(doctor);
+    // A hang bound, not a speed goal: the loop alone would take 20 s.
+    assert!(started.elapsed() < Duration::from_secs(15), "{doc}");
+    let error = error_of(&doc, "hostile-loop");
+    assert!(
+        error.contains("worker process") && error.contains("SIGKILL"),
+        "{error}"
+    );
+    bystander_reports(&doc);
+    assert_eq!(code, 3, "{doc}");
+}
+
+#[test]
+fn aliased_strings_past_the_plugins_memory_end_its_run_with_a_limit_error() {
+    // 4096 strings aliasing one 1 MiB buffer: 4 GiB of copies from a
+    // plugin that holds 1 MiB, against a plugin_memory of 32 MiB.
+    let s = scenario(
+        "plugin_memory = \"32MiB\"",
+        "hostile-attacks",
+        r#"grants.sqlite = []
+config = { attack = "aliased-strings", db = "none", count = 4096, size = 1048576 }"#,
+    );
+    let (code, doc) = s.doctor_json(&["check"]);
+    let error = error_of(&doc, "hostile-attacks");
+    assert!(
+        error.contains("exceeded its memory limit")
+            && error.contains(&format!("more than {} bytes", 32 << 20)),
+        "{error}"
+    );
+    assert!(findings(&doc, "hostile-attacks").is_empty(), "{doc}");
+    bystander_reports(&doc);
+    assert_eq!(code, 3, "{doc}");
+}
+
+#[test]
+fn an_answer_larger_than_the_worker_may_hold_ends_that_plugins_run_not_doctors() {
+    // A 100 MB value the policy lets a query return (sql_result_max), to a
+    // plugin whose worker may hold 4 × 4 MiB + 64 MiB.
+    let s = Scenario::new();
+    let db = s.path("app.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x);")
+        .unwrap();
+    let s = scenario_in(
+        s,
+        "plugin_memory = \"4MiB\"\nsql_result_max = \"200MiB\"",
+        "hostile-attacks",
+        &format!(
+            r#"grants.sqlite = ["app"]
+config = {{ attack = "query", db = "app", sql = "SELECT randomblob(100000000)" }}
+
+[databases.app]
+path = "{}"
+"#,
+            db.display()
+        ),
+    );
+    let (code, doc) = s.doctor_json(&["check"]);
+    let error = error_of(&doc, "hostile-attacks");
+    assert!(
+        error.contains("its worker process ended during the call")
+            && error.contains("running out of memory")
+            && error.contains("memory allocation of"),
+        "{error}"
+    );
+    bystander_reports(&doc);
+    assert_eq!(code, 3, "{doc}");
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
