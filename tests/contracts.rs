@@ -118,5 +118,10 @@ fn inspect_names_the_contract_each_plugin_was_built_against() {
             .unwrap_or_else(|e| panic!("{plugin}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
         assert_eq!(doc["wit"], serde_json::json!([contract]), "{plugin}: {doc}");
         assert_eq!(doc["sha256"].as_str().map(str::len), Some(64), "{doc}");
+        // Its describe() ran in a confined worker, which says how.
+        let worker = doc["worker"].as_str().unwrap_or_default();
+        for step in ["RLIMIT_DATA", "no_new_privs", "seccomp filter"] {
+            assert!(worker.contains(step), "{plugin}: {worker}");
+        }
     }
 }

@@ -533,7 +533,17 @@ fn killed_at_random_moments_of_a_fix_the_next_fix_converges() {
         let _ = child.kill();
         let killed = !child.wait().unwrap().success();
         w.reap(Duration::from_millis(100));
-        if killed && s.journal_path().exists() {
+        // A kill can come before the journal has its tables.
+        let journaled = s.journal_path().exists()
+            && s.journal()
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name = 'intents'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap_or(0)
+                == 1;
+        if killed && journaled {
             rounds_mid_fix += stop_intents(&s)
                 .iter()
                 .filter(|(_, o, _)| o.is_none())

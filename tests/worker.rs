@@ -131,12 +131,17 @@ fn plugin_code_runs_as_nobody_with_no_capabilities_no_new_privs_and_a_seccomp_fi
         return;
     }
     let s = scenario(
-        "plugin_timeout = \"3s\"\nplugin_memory = \"32MiB\"",
+        "plugin_timeout = \"5s\"\nplugin_memory = \"32MiB\"",
         "hostile-loop",
         "",
     );
     let doctor = start_check(&s);
     let worker = worker_of(doctor.id(), "hostile-loop");
+    // The filter is the worker's last step before it runs plugin code.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while field(worker, "Seccomp") != "2" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (uid, gid) = nobody();
     let seen = [
         ("Uid", field(worker, "Uid")),

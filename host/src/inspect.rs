@@ -24,6 +24,8 @@ pub struct Inspection {
     pub capabilities: Vec<CapabilityRow>,
     /// The policy the grants were read from, if one was given.
     pub policy: Option<String>,
+    /// How the worker that ran its `describe()` was confined.
+    pub worker: String,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -91,7 +93,7 @@ pub fn inspect(wasm: &Path, policy_file: Option<&Path>) -> anyhow::Result<Inspec
     Ok(Inspection {
         file: wasm.display().to_string(),
         size: bytes.len() as u64,
-        sha256: loaded.sha256,
+        sha256: loaded.sha256.clone(),
         wit,
         name: info.name,
         version: info.version,
@@ -99,13 +101,14 @@ pub fn inspect(wasm: &Path, policy_file: Option<&Path>) -> anyhow::Result<Inspec
         config: info.config,
         capabilities,
         policy: policy_file.map(|p| p.display().to_string()),
+        worker: loaded.confinement().unwrap_or_default().to_string(),
     })
 }
 
 impl Inspection {
     pub fn to_human(&self) -> String {
         let mut out = format!(
-            "{} {} — {}\nfile     {} ({} bytes)\nsha256   {}   (pin it: sha256 = \"{}\")\nwit      {}\n",
+            "{} {} — {}\nfile     {} ({} bytes)\nsha256   {}   (pin it: sha256 = \"{}\")\nwit      {}\nworker   {}\n",
             self.name,
             self.version,
             self.summary,
@@ -113,7 +116,8 @@ impl Inspection {
             self.size,
             self.sha256,
             self.sha256,
-            self.wit.join(", ")
+            self.wit.join(", "),
+            self.worker
         );
         out.push_str(&format!(
             "capabilities{}\n",
