@@ -144,6 +144,7 @@ fn plugin_code_runs_as_nobody_with_no_capabilities_no_new_privs_and_a_seccomp_fi
     }
     let (uid, gid) = nobody();
     let seen = [
+        ("Name", field(worker, "Name")),
         ("Uid", field(worker, "Uid")),
         ("Gid", field(worker, "Gid")),
         ("Groups", field(worker, "Groups")),
@@ -163,6 +164,7 @@ fn plugin_code_runs_as_nobody_with_no_capabilities_no_new_privs_and_a_seccomp_fi
     let (code, doc) = finish(doctor);
 
     let want = [
+        ("Name", "doctor-worker".to_string()),
         ("Uid", format!("{uid} {uid} {uid} {uid}")),
         ("Gid", format!("{gid} {gid} {gid} {gid}")),
         ("Groups", String::new()),

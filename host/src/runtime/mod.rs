@@ -144,12 +144,7 @@ impl<H: Send + 'static> WasiView for PluginState<H> {
 
 impl<H: PluginHost> Runtime<H> {
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config)
-            .map_err(wasm_err)
-            .context("creating the wasmtime engine")?;
+        let engine = new_engine()?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(wasm_err)
@@ -212,18 +207,6 @@ impl<H: PluginHost> Runtime<H> {
             cache,
             contract,
         })
-    }
-
-    /// Compiled code for a worker process (from the cache when it holds a
-    /// trusted entry): a read-only descriptor the worker loads with
-    /// [`Runtime::load_sealed`].
-    pub fn compiled_file(
-        &self,
-        bytes: &[u8],
-        sha256: &str,
-    ) -> Result<(std::fs::File, CacheOutcome), PluginFailure> {
-        cache::compiled_file(&self.engine, self.cache_dir.as_deref(), bytes, sha256)
-            .map_err(|e| PluginFailure::Load(format!("{e:#}")))
     }
 
     /// In a worker: the component whose sealed bytes its parent handed it.
@@ -375,6 +358,45 @@ impl<H: PluginHost> Runtime<H> {
         let state = store.into_data();
         let outcome = outcome.map_err(|e| failure_of(e, limits, state.limits.tripped, &stderr));
         Ok((outcome, state.host))
+    }
+}
+
+/// One engine configuration for every engine doctor makes: code compiled
+/// by one (doctor's) loads in another (a worker's) only if they agree.
+fn new_engine() -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    Engine::new(&config)
+        .map_err(wasm_err)
+        .context("creating the wasmtime engine")
+}
+
+/// Compiles plugins for workers, and caches what it compiled; links and
+/// instantiates nothing.
+pub struct Compiler {
+    engine: Engine,
+    cache_dir: Option<PathBuf>,
+}
+
+impl Compiler {
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        Ok(Compiler {
+            engine: new_engine()?,
+            cache_dir,
+        })
+    }
+
+    /// Compiled code for a worker process (from the cache when it holds a
+    /// trusted entry): a read-only descriptor the worker loads with
+    /// [`Runtime::load_sealed`].
+    pub fn compiled_file(
+        &self,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<(std::fs::File, CacheOutcome), PluginFailure> {
+        cache::compiled_file(&self.engine, self.cache_dir.as_deref(), bytes, sha256)
+            .map_err(|e| PluginFailure::Load(format!("{e:#}")))
     }
 }
 

@@ -34,6 +34,9 @@ pub fn main() -> i32 {
 }
 
 fn run() -> anyhow::Result<()> {
+    // `ps -e` and `pgrep` see a worker, not `exe` (it runs /proc/self/exe).
+    // SAFETY: prctl with a constant C string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"doctor-worker".as_ptr(), 0, 0, 0) };
     // Nothing doctor's own parent left open reaches plugin code.
     // SAFETY: close_range with integer arguments only.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };

@@ -19,7 +19,7 @@ pub mod wire;
 
 use crate::capabilities::CapabilityContext;
 use crate::runtime::{
-    CacheOutcome, Limits, PluginFailure, PluginHost, PluginInfo, PluginReport, Runtime,
+    CacheOutcome, Compiler, Limits, PluginFailure, PluginHost, PluginInfo, PluginReport,
 };
 use std::fs::File;
 use std::io::{self, Read};
@@ -52,7 +52,7 @@ const WORKER_USER: &str = "nobody";
 /// Compiles plugins and runs each in its own worker.
 pub struct Sandbox {
     /// Compiles and caches; never instantiates (that is the workers' job).
-    compiler: Runtime<CapabilityContext>,
+    compiler: Compiler,
     run_as: Option<(u32, u32)>,
 }
 
@@ -77,7 +77,7 @@ impl LoadedPlugin {
 impl Sandbox {
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         Ok(Sandbox {
-            compiler: Runtime::new(cache_dir)?,
+            compiler: Compiler::new(cache_dir)?,
             run_as: worker_identity(),
         })
     }
