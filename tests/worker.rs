@@ -154,6 +154,23 @@ fn plugin_code_runs_as_nobody_with_no_capabilities_no_new_privs_and_a_seccomp_fi
         ("NoNewPrivs", field(worker, "NoNewPrivs")),
         ("Seccomp", field(worker, "Seccomp")),
     ];
+    // Every thread, not only the first: wasmtime's epoch ticker and
+    // tokio's workers run plugin-reachable code too.
+    let threads: Vec<(String, String, String)> = std::fs::read_dir(format!("/proc/{worker}/task"))
+        .unwrap()
+        .flatten()
+        .map(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            let get = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            (get("Name"), get("NoNewPrivs"), get("Seccomp"))
+        })
+        .collect();
     let limits = std::fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{worker}/fd"))
         .unwrap()
@@ -177,6 +194,14 @@ fn plugin_code_runs_as_nobody_with_no_capabilities_no_new_privs_and_a_seccomp_fi
     ];
     for ((name, got), (_, expected)) in seen.iter().zip(want.iter()) {
         assert_eq!(got, expected, "{name} of the worker");
+    }
+    assert!(threads.len() > 1, "{threads:?}");
+    for (name, no_new_privs, seccomp) in &threads {
+        assert_eq!(
+            (no_new_privs.as_str(), seccomp.as_str()),
+            ("1", "2"),
+            "thread {name}"
+        );
     }
     // 4 × 32 MiB + 64 MiB.
     let data = 4 * (32u64 << 20) + (64 << 20);
