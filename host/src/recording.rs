@@ -175,7 +175,7 @@ pub fn replay(wasm: &Path, dir: &Path) -> anyhow::Result<RunReport> {
         .in_scope(|| crate::findings::check(&runtime, &loaded, caps, &recording.config, limits));
 
     let mut summary = PluginSummary::new(&info.name, 0);
-    summary.loaded(&info.version, &loaded.sha256, loaded.cache.as_str());
+    summary.loaded(&info.version, &loaded.sha256, loaded.cache().as_str());
     let mut report = RunReport::new(0, "replay", Vec::new());
     let observed = match result {
         Ok(findings) => findings

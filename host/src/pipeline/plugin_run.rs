@@ -82,7 +82,7 @@ pub(super) fn run_plugin(
             };
         }
     };
-    summary.loaded(&info.version, &loaded.sha256, loaded.cache.as_str());
+    summary.loaded(&info.version, &loaded.sha256, loaded.cache().as_str());
     let grants = EffectiveGrants::new(&p.entry.name, &info.capabilities, &p.policy.grants);
     let kv = Arc::new(Mutex::new(with_own_pids(state, protected)));
     let mut caps = context(&p.entry.name, grants.clone(), facts.clone(), kv.clone());

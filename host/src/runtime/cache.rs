@@ -121,25 +121,7 @@ fn read_entry(engine: &Engine, root: &Path, path: &Path) -> Option<Component> {
 /// The entry's descriptor and bytes, if it and every directory up to
 /// `root` are trusted and its checksum holds.
 fn verified_entry(root: &Path, path: &Path) -> Option<(std::fs::File, Vec<u8>)> {
-    let mut step = Some(path);
-    while let Some(p) = step {
-        if let Err(why) = trusted(p) {
-            if p.exists() {
-                tracing::warn!(
-                    "component cache entry {} is not loaded: {why}; recompiling",
-                    path.display()
-                );
-            }
-            return None;
-        }
-        step = if p == root { None } else { p.parent() };
-    }
-    // Above the root: no one else may swap the root itself.
-    if let Some(why) = root.parent().and_then(|above| ancestors_fixed(above).err()) {
-        tracing::warn!(
-            "component cache {} is not used: {why}; recompiling",
-            root.display()
-        );
+    if !trusted_tree(root, path) {
         return None;
     }
     let (file, data) = read_checked(path)?;
@@ -153,8 +135,45 @@ fn verified_entry(root: &Path, path: &Path) -> Option<(std::fs::File, Vec<u8>)> 
     Some((file, data))
 }
 
+/// The entry's descriptor, unread, if it and every directory up to `root`
+/// are trusted.
+fn trusted_entry(root: &Path, path: &Path) -> Option<std::fs::File> {
+    if !trusted_tree(root, path) {
+        return None;
+    }
+    open_checked(path)
+}
+
+/// The entry and every directory from it up to `root` belong to doctor's
+/// user or root and nobody else may write them; nor may anyone swap the
+/// root itself.
+fn trusted_tree(root: &Path, path: &Path) -> bool {
+    let mut step = Some(path);
+    while let Some(p) = step {
+        if let Err(why) = trusted(p) {
+            if p.exists() {
+                tracing::warn!(
+                    "component cache entry {} is not loaded: {why}; recompiling",
+                    path.display()
+                );
+            }
+            return false;
+        }
+        step = if p == root { None } else { p.parent() };
+    }
+    // Above the root: no one else may swap the root itself.
+    if let Some(why) = root.parent().and_then(|above| ancestors_fixed(above).err()) {
+        tracing::warn!(
+            "component cache {} is not used: {why}; recompiling",
+            root.display()
+        );
+        return false;
+    }
+    true
+}
+
 /// Whether `data` is a body followed by its own sha256.
-fn sealed(data: &[u8]) -> bool {
+pub fn sealed(data: &[u8]) -> bool {
     if data.len() < 32 {
         return false;
     }
@@ -171,20 +190,23 @@ fn seal(component: &Component) -> anyhow::Result<Vec<u8>> {
     Ok(data)
 }
 
-/// The body of sealed bytes (the worker's side; its parent verified them).
+/// The body of sealed bytes whose seal holds.
 pub fn unseal(data: &[u8]) -> Option<&[u8]> {
-    data.len().checked_sub(32).map(|end| &data[..end])
+    sealed(data).then(|| &data[..data.len() - 32])
 }
 
-/// Compiled code for a worker: the descriptor of a verified cache entry,
+/// Compiled code for a worker: the descriptor of a trusted cache entry,
 /// or of a memory file holding what was compiled now. Either way the bytes
 /// are sealed ([`seal`]), the descriptor read-only, and nothing but the
-/// parent ever writes the cache.
+/// parent ever writes the cache. The worker, which reads the bytes anyway,
+/// checks the seal; a broken one brings the parent back here with
+/// `use_entry` false, which compiles and rewrites the entry.
 pub fn compiled_file(
     engine: &Engine,
     dir: Option<&Path>,
     bytes: &[u8],
     sha256: &str,
+    use_entry: bool,
 ) -> anyhow::Result<(std::fs::File, CacheOutcome)> {
     let Some(dir) = dir else {
         return Ok((
@@ -201,8 +223,10 @@ pub fn compiled_file(
         return Ok((memory_file(&sealed)?, CacheOutcome::Untrusted));
     }
     let entry = entry_path(engine, dir, sha256);
-    if let Some((file, _)) = verified_entry(dir, &entry) {
-        return Ok((file, CacheOutcome::Hit));
+    if use_entry {
+        if let Some(file) = trusted_entry(dir, &entry) {
+            return Ok((file, CacheOutcome::Hit));
+        }
     }
     let sealed = seal(&compile(engine, bytes)?)?;
     let outcome = match write_sealed(&sealed, dir, &entry) {
@@ -247,8 +271,23 @@ fn ancestors_fixed(dir: &Path) -> Result<(), String> {
 /// (or root's), writable by nobody else.
 fn read_checked(path: &Path) -> Option<(std::fs::File, Vec<u8>)> {
     use std::io::Read;
+    let mut file = open_checked(path)?;
+    let mut data = Vec::with_capacity(
+        file.metadata()
+            .ok()
+            .and_then(|m| usize::try_from(m.len()).ok())
+            .unwrap_or(0),
+    );
+    file.read_to_end(&mut data).ok()?;
+    Some((file, data))
+}
+
+/// The entry, opened without following a symlink and judged by its
+/// descriptor: a regular file with one link, doctor's own (or root's),
+/// writable by nobody else.
+fn open_checked(path: &Path) -> Option<std::fs::File> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
@@ -266,9 +305,7 @@ fn read_checked(path: &Path) -> Option<(std::fs::File, Vec<u8>)> {
         );
         return None;
     }
-    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.read_to_end(&mut data).ok()?;
-    Some((file, data))
+    Some(file)
 }
 
 fn write_entry(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {

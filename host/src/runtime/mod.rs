@@ -9,7 +9,7 @@ mod clock;
 mod convert;
 pub mod limits;
 
-pub use cache::{sha256_hex, CacheOutcome};
+pub use cache::{sealed, sha256_hex, CacheOutcome};
 pub use convert::bound_info;
 
 use anyhow::Context as _;
@@ -212,7 +212,7 @@ impl<H: PluginHost> Runtime<H> {
     /// In a worker: the component whose sealed bytes its parent handed it.
     pub fn load_sealed(&self, data: &[u8]) -> Result<LoadedComponent, PluginFailure> {
         let body = cache::unseal(data)
-            .ok_or_else(|| PluginFailure::Load("the compiled code is truncated".into()))?;
+            .ok_or_else(|| PluginFailure::Load("the compiled code is corrupt".into()))?;
         // SAFETY: the parent compiled these bytes with this engine
         // configuration (the same binary) or verified them as its own cache
         // entry, and passed them by a read-only descriptor only it can write.
@@ -388,15 +388,22 @@ impl Compiler {
     }
 
     /// Compiled code for a worker process (from the cache when it holds a
-    /// trusted entry): a read-only descriptor the worker loads with
-    /// [`Runtime::load_sealed`].
+    /// trusted entry and `use_entry`): a read-only descriptor the worker
+    /// loads with [`Runtime::load_sealed`].
     pub fn compiled_file(
         &self,
         bytes: &[u8],
         sha256: &str,
+        use_entry: bool,
     ) -> Result<(std::fs::File, CacheOutcome), PluginFailure> {
-        cache::compiled_file(&self.engine, self.cache_dir.as_deref(), bytes, sha256)
-            .map_err(|e| PluginFailure::Load(format!("{e:#}")))
+        cache::compiled_file(
+            &self.engine,
+            self.cache_dir.as_deref(),
+            bytes,
+            sha256,
+            use_entry,
+        )
+        .map_err(|e| PluginFailure::Load(format!("{e:#}")))
     }
 }
 

@@ -49,6 +49,10 @@ fn run() -> anyhow::Result<()> {
         Err(why) => return refuse(&socket, PluginFailure::Worker(why)),
     };
     let data = read_code(code)?;
+    if !crate::runtime::sealed(&data) {
+        wire::send(&socket, &Started::Corrupt)?;
+        return Ok(());
+    }
     let runtime = Runtime::<Forwarder>::new(None)?;
     let loaded = match runtime.load_sealed(&data) {
         Ok(loaded) => loaded,

@@ -60,14 +60,26 @@ pub struct Sandbox {
 pub struct LoadedPlugin {
     name: String,
     pub sha256: String,
-    pub cache: CacheOutcome,
-    code: File,
+    /// The component's bytes, kept to compile anew if a worker finds the
+    /// cached code damaged.
+    bytes: Vec<u8>,
+    /// The compiled code workers load, and where it came from.
+    code: Mutex<(File, CacheOutcome)>,
     worker: Mutex<Option<Worker>>,
     imported: OnceLock<Vec<String>>,
     confinement: OnceLock<String>,
 }
 
 impl LoadedPlugin {
+    /// Where its compiled code came from (a damaged entry found by the
+    /// first worker makes a hit a miss).
+    pub fn cache(&self) -> CacheOutcome {
+        self.code
+            .lock()
+            .map(|code| code.1)
+            .unwrap_or(CacheOutcome::Off)
+    }
+
     /// How its worker is confined, once one has started.
     pub fn confinement(&self) -> Option<&str> {
         self.confinement.get().map(String::as_str)
@@ -96,12 +108,12 @@ impl Sandbox {
         bytes: &[u8],
         sha256: String,
     ) -> Result<LoadedPlugin, PluginFailure> {
-        let (code, cache) = self.compiler.compiled_file(bytes, &sha256)?;
+        let code = self.compiler.compiled_file(bytes, &sha256, true)?;
         Ok(LoadedPlugin {
             name: crate::text::truncate(name, 64),
             sha256,
-            cache,
-            code,
+            bytes: bytes.to_vec(),
+            code: Mutex::new(code),
             worker: Mutex::new(None),
             imported: OnceLock::new(),
             confinement: OnceLock::new(),
@@ -211,21 +223,56 @@ impl Sandbox {
             run_as: self.run_as,
             data_limit: worker_memory(limits.memory_bytes),
         };
+        let by = Instant::now() + limits.timeout + REPORT_GRACE;
+        let mut worker = self.spawn_with_code(plugin, &start, by)?;
+        if matches!(worker.1, Started::Corrupt) {
+            tracing::warn!(
+                "the compiled code of {} is damaged; compiling it anew",
+                plugin.name
+            );
+            let fresh = self
+                .compiler
+                .compiled_file(&plugin.bytes, &plugin.sha256, false)?;
+            if let Ok(mut code) = plugin.code.lock() {
+                *code = fresh;
+            }
+            worker = self.spawn_with_code(plugin, &start, by)?;
+        }
+        match worker {
+            (
+                worker,
+                Started::Ready {
+                    imported,
+                    confinement,
+                },
+            ) => Ok((worker, imported, confinement)),
+            (mut worker, _) => {
+                worker.kill();
+                Err(PluginFailure::Load("the compiled code is damaged".into()))
+            }
+        }
+    }
+
+    /// A worker that was handed the plugin's code, and what it said.
+    fn spawn_with_code(
+        &self,
+        plugin: &LoadedPlugin,
+        start: &Start,
+        by: Instant,
+    ) -> Result<(Worker, Started), PluginFailure> {
         let mut worker = Worker::spawn(&plugin.name)
             .map_err(|e| PluginFailure::Worker(format!("could not be started: {e}")))?;
-        let ready = worker
-            .start(
-                &start,
-                &plugin.code,
-                Instant::now() + limits.timeout + REPORT_GRACE,
-            )
-            .map_err(|broken| {
+        let code = plugin
+            .code
+            .lock()
+            .map_err(|_| PluginFailure::Worker("is poisoned by an earlier panic".into()))?;
+        match worker.start(start, &code.0, by) {
+            Ok(started) => Ok((worker, started)),
+            Err(Broken::Call(f) | Broken::Worker(f)) => {
                 worker.kill();
-                match broken {
-                    Broken::Call(f) | Broken::Worker(f) => f,
-                }
-            })?;
-        Ok((worker, ready.0, ready.1))
+                Err(f)
+            }
+        }
     }
 }
 
@@ -286,21 +333,13 @@ impl Worker {
         Ok(Worker { child, socket })
     }
 
-    /// Hand over the code and wait until the worker is ready.
-    fn start(
-        &mut self,
-        start: &Start,
-        code: &File,
-        by: Instant,
-    ) -> Result<(Vec<String>, String), Broken> {
+    /// Hand over the code; the worker is ready, or found it damaged.
+    fn start(&mut self, start: &Start, code: &File, by: Instant) -> Result<Started, Broken> {
         send_with_fd(&self.socket, start, code)
             .map_err(|e| Broken::Worker(self.lost(format!("took no start frame: {e}"))))?;
         match self.recv::<Started>(by)? {
-            Started::Ready {
-                imported,
-                confinement,
-            } => Ok((imported, confinement)),
             Started::Failed(failure) => Err(Broken::Worker(failure)),
+            started => Ok(started),
         }
     }
 

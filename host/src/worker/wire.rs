@@ -36,6 +36,8 @@ pub enum Started {
         confinement: String,
     },
     Failed(PluginFailure),
+    /// The code's seal is broken (a damaged cache entry): compile anew.
+    Corrupt,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
