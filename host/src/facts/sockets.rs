@@ -1,8 +1,16 @@
 //! Listening sockets and the processes that hold them.
 //!
-//! The socket tables come from `/proc/net/{tcp,tcp6,udp,udp6}` (the network
-//! namespace of the calling process); owners are found by walking
-//! `/proc/PID/fd` and matching `socket:[INODE]` link targets.
+//! The sockets come from the kernel's socket diagnostics (netlink
+//! `sock_diag`, what `ss` uses), asked for listening TCP and unconnected UDP
+//! sockets only: a TCP dump filtered to `LISTEN` walks the listening hash
+//! alone, where every read of `/proc/net/tcp` walks the whole connection
+//! hash (~3.3 ms per table on a 23 GiB host with a handful of sockets, since
+//! that hash is sized by memory, not by use). A table the kernel cannot dump
+//! that way (no `*_diag` support, netlink refused) is read from
+//! `/proc/net/{tcp,tcp6,udp,udp6}` as before. Both are the network namespace
+//! of the calling process. Owners are found by walking `/proc/PID/fd` and
+//! matching `socket:[INODE]` link targets (the kernel has no socket → process
+//! index; `ss -p` walks the same).
 //!
 //! This is hand-parsed rather than built on the `procfs` crate: with ~3000
 //! processes `procfs` 0.18 took ~120 ms for the owner walk against ~82 ms here
@@ -68,14 +76,7 @@ const TABLES: [(&str, Protocol, u8, bool); 4] = [
 /// Owners are only found in processes whose `/proc/PID/fd` we may read (all
 /// of them as root); a listener whose holders are hidden keeps empty `owners`.
 pub fn listeners() -> io::Result<Vec<Listener>> {
-    let mut found = Vec::new();
-    for (path, protocol, state, optional) in TABLES {
-        match read_table(path) {
-            Ok(text) => found.extend(parse_table(&text, protocol, state)),
-            Err(e) if optional && e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io::Error::new(e.kind(), format!("{path}: {e}"))),
-        }
-    }
+    let mut found = tables(diag::Socket::open().ok().as_mut())?;
     let wanted: HashSet<u64> = found.iter().map(|l| l.inode).filter(|&i| i != 0).collect();
     let owners = socket_owners(&wanted)?;
     for listener in &mut found {
@@ -84,6 +85,218 @@ pub fn listeners() -> io::Result<Vec<Listener>> {
         }
     }
     Ok(found)
+}
+
+/// The listening sockets of the four tables, without owners: each through
+/// `diag` when given and the kernel dumps it, else from its `/proc/net` table.
+fn tables(mut diag: Option<&mut diag::Socket>) -> io::Result<Vec<Listener>> {
+    let mut found = Vec::new();
+    for (path, protocol, state, optional) in TABLES {
+        let family = if path.ends_with('6') {
+            libc::AF_INET6
+        } else {
+            libc::AF_INET
+        };
+        if let Some(dumped) = diag
+            .as_mut()
+            .and_then(|d| d.dump(family, protocol, state).ok())
+        {
+            found.extend(dumped);
+            continue;
+        }
+        match read_table(path) {
+            Ok(text) => found.extend(parse_table(&text, protocol, state)),
+            Err(e) if optional && e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{path}: {e}"))),
+        }
+    }
+    Ok(found)
+}
+
+/// Listening sockets through netlink `sock_diag` (`NETLINK_SOCK_DIAG`,
+/// `SOCK_DIAG_BY_FAMILY` with `inet_diag_req_v2`): the same rows as the
+/// `/proc/net` tables, filtered by state in the kernel.
+mod diag {
+    use super::{is_unspecified, Listener, Protocol};
+    use std::io;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLMSG_HDR: usize = 16;
+    /// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, sockid (48 bytes).
+    const REQ_LEN: usize = 8 + 48;
+    /// `struct inet_diag_msg`: family, state, timer, retrans, sockid (48),
+    /// expires, rqueue, wqueue, uid, inode.
+    const MSG_LEN: usize = 4 + 48 + 20;
+
+    pub struct Socket {
+        fd: OwnedFd,
+        seq: u32,
+        buf: Vec<u8>,
+    }
+
+    impl Socket {
+        pub fn open() -> io::Result<Socket> {
+            // SAFETY: socket(2) with constant arguments; returns a new fd or -1.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                    libc::NETLINK_SOCK_DIAG,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(Socket {
+                // SAFETY: a freshly created descriptor owned by nobody else.
+                fd: unsafe { OwnedFd::from_raw_fd(fd) },
+                seq: 0,
+                buf: vec![0; 32 * 1024],
+            })
+        }
+
+        /// Every socket of `family` and `protocol` in `state`. An error (the
+        /// kernel lacks this dump, a short or odd reply) means "read /proc".
+        pub fn dump(
+            &mut self,
+            family: i32,
+            protocol: Protocol,
+            state: u8,
+        ) -> io::Result<Vec<Listener>> {
+            self.seq = self.seq.wrapping_add(1);
+            let proto = match protocol {
+                Protocol::Tcp => libc::IPPROTO_TCP,
+                Protocol::Udp => libc::IPPROTO_UDP,
+            };
+            let mut req = [0u8; NLMSG_HDR + REQ_LEN];
+            req[0..4].copy_from_slice(&((NLMSG_HDR + REQ_LEN) as u32).to_ne_bytes());
+            req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+            let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+            req[6..8].copy_from_slice(&flags.to_ne_bytes());
+            req[8..12].copy_from_slice(&self.seq.to_ne_bytes());
+            req[16] = family as u8;
+            req[17] = proto as u8;
+            req[20..24].copy_from_slice(&(1u32 << state).to_ne_bytes());
+            // SAFETY: send(2) of a buffer we own, on our own socket; the
+            // kernel is the default destination of a netlink socket.
+            let sent =
+                unsafe { libc::send(self.fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+            if sent != req.len() as isize {
+                return Err(io::Error::last_os_error());
+            }
+            let mut found = Vec::new();
+            loop {
+                // SAFETY: recv(2) into a buffer we own, at most its length.
+                let n = unsafe {
+                    libc::recv(
+                        self.fd.as_raw_fd(),
+                        self.buf.as_mut_ptr().cast(),
+                        self.buf.len(),
+                        0,
+                    )
+                };
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                if n == 0 {
+                    return Err(invalid("netlink socket closed mid-dump"));
+                }
+                if parse_messages(&self.buf[..n as usize], self.seq, protocol, &mut found)? {
+                    return Ok(found);
+                }
+            }
+        }
+    }
+
+    fn invalid(what: &str) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    }
+
+    /// The messages of one datagram, appended to `found`; true at the end of the dump.
+    pub(super) fn parse_messages(
+        mut data: &[u8],
+        seq: u32,
+        protocol: Protocol,
+        found: &mut Vec<Listener>,
+    ) -> io::Result<bool> {
+        while data.len() >= NLMSG_HDR {
+            let len = u32_at(data, 0) as usize;
+            if len < NLMSG_HDR || len > data.len() {
+                return Err(invalid("truncated netlink message"));
+            }
+            let kind = u16::from_ne_bytes([data[4], data[5]]);
+            let body = &data[NLMSG_HDR..len];
+            if u32_at(data, 8) == seq {
+                match i32::from(kind) {
+                    libc::NLMSG_DONE => return Ok(true),
+                    libc::NLMSG_ERROR => {
+                        let errno = if body.len() >= 4 {
+                            -(u32_at(body, 0) as i32)
+                        } else {
+                            libc::EINVAL
+                        };
+                        return Err(io::Error::from_raw_os_error(errno));
+                    }
+                    _ if kind == SOCK_DIAG_BY_FAMILY => {
+                        if let Some(l) = parse_msg(body, protocol) {
+                            found.push(l);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // Messages are 4-byte aligned.
+            data = &data[len.next_multiple_of(4).min(data.len())..];
+        }
+        Ok(false)
+    }
+
+    /// One `inet_diag_msg`, kept as `parse_row` keeps a `/proc/net` row
+    /// (the kernel already filtered by state).
+    pub(super) fn parse_msg(b: &[u8], protocol: Protocol) -> Option<Listener> {
+        if b.len() < MSG_LEN {
+            return None;
+        }
+        let address = |at: usize| -> Option<IpAddr> {
+            match i32::from(b[0]) {
+                libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+                    b[at],
+                    b[at + 1],
+                    b[at + 2],
+                    b[at + 3],
+                ))),
+                libc::AF_INET6 => {
+                    let bytes: [u8; 16] = b[at..at + 16].try_into().ok()?;
+                    Some(IpAddr::V6(Ipv6Addr::from(bytes)))
+                }
+                _ => None,
+            }
+        };
+        let port = u16::from_be_bytes([b[4], b[5]]);
+        let remote_port = u16::from_be_bytes([b[6], b[7]]);
+        let local = address(8)?;
+        if protocol == Protocol::Udp && !is_unspecified(address(24)?, remote_port) {
+            return None; // a connected UDP socket talks to one peer: not a listener
+        }
+        Some(Listener {
+            protocol,
+            address: local,
+            port,
+            uid: u32_at(b, 64),
+            inode: u32_at(b, 68).into(),
+            owners: Vec::new(),
+        })
+    }
 }
 
 /// Reads a whole table.
@@ -138,7 +351,11 @@ fn parse_row(line: &str, protocol: Protocol, state: u8) -> Option<Listener> {
 
 fn is_unspecified_endpoint(field: &str) -> Option<bool> {
     let (address, port) = parse_endpoint(field)?;
-    Some(address.is_unspecified() && port == 0)
+    Some(is_unspecified(address, port))
+}
+
+fn is_unspecified(address: IpAddr, port: u16) -> bool {
+    address.is_unspecified() && port == 0
 }
 
 /// `ADDR:PORT` with ADDR in the kernel's hex form and PORT as 4 hex digits
@@ -534,6 +751,108 @@ mod tests {
         let udp_connected = "  0: 0100007F:1F90 0100007F:D431 07 00000000:00000000 00:00000000 00000000  1000 0 1 1";
         assert!(parse_row(udp_connected, Protocol::Udp, UDP_UNCONNECTED).is_none());
         assert!(parse_row("garbage", Protocol::Tcp, TCP_LISTEN).is_none());
+    }
+
+    /// The netlink dump and the `/proc/net` tables agree on every field of
+    /// this test's sockets (TCP v4 and v6 listeners, a bound UDP socket), and
+    /// neither lists a connected UDP socket or a TCP client.
+    #[test]
+    fn sock_diag_agrees_with_proc_net() {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp6 = TcpListener::bind("[::1]:0").ok();
+        let udp = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let connected = UdpSocket::bind("127.0.0.1:0").unwrap();
+        connected.connect(tcp.local_addr().unwrap()).unwrap();
+        let client = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        let ports: Vec<u16> = [
+            tcp.local_addr().unwrap().port(),
+            udp.local_addr().unwrap().port(),
+            connected.local_addr().unwrap().port(),
+            client.local_addr().unwrap().port(),
+        ]
+        .into_iter()
+        .chain(tcp6.iter().map(|l| l.local_addr().unwrap().port()))
+        .collect();
+        let mine = |all: Vec<Listener>| {
+            let mut rows: Vec<_> = all
+                .into_iter()
+                .filter(|l| ports.contains(&l.port))
+                .map(|l| {
+                    (
+                        l.protocol == Protocol::Tcp,
+                        l.address,
+                        l.port,
+                        l.uid,
+                        l.inode,
+                    )
+                })
+                .collect();
+            rows.sort();
+            rows
+        };
+        let mut socket = diag::Socket::open().expect("NETLINK_SOCK_DIAG");
+        for (path, protocol, state, _) in TABLES {
+            let family = if path.ends_with('6') {
+                libc::AF_INET6
+            } else {
+                libc::AF_INET
+            };
+            socket.dump(family, protocol, state).expect(path);
+        }
+        let from_diag = mine(tables(Some(&mut socket)).unwrap());
+        let from_proc = mine(tables(None).unwrap());
+        assert_eq!(from_diag, from_proc);
+        assert_eq!(
+            from_diag.len(),
+            2 + usize::from(tcp6.is_some()),
+            "{from_diag:?}"
+        );
+    }
+
+    #[test]
+    fn parses_inet_diag_messages() {
+        // struct inet_diag_msg of a TCP listener on 127.0.0.1:8080, uid 1000, inode 4242.
+        let mut msg = [0u8; 72];
+        msg[0] = libc::AF_INET as u8;
+        msg[1] = TCP_LISTEN;
+        msg[4..6].copy_from_slice(&8080u16.to_be_bytes());
+        msg[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        msg[64..68].copy_from_slice(&1000u32.to_ne_bytes());
+        msg[68..72].copy_from_slice(&4242u32.to_ne_bytes());
+        let l = diag::parse_msg(&msg, Protocol::Tcp).unwrap();
+        assert_eq!(
+            (l.address, l.port, l.uid, l.inode),
+            (IpAddr::from([127, 0, 0, 1]), 8080, 1000, 4242)
+        );
+        // A UDP socket with a peer is not a listener; a short message is skipped.
+        msg[6..8].copy_from_slice(&53u16.to_be_bytes());
+        msg[24..28].copy_from_slice(&[10, 0, 0, 1]);
+        assert!(diag::parse_msg(&msg, Protocol::Udp).is_none());
+        assert!(diag::parse_msg(&msg[..40], Protocol::Tcp).is_none());
+
+        // Framing: the message, then NLMSG_DONE, each with a 16-byte header.
+        let frame = |kind: u16, seq: u32, body: &[u8]| {
+            let mut m = Vec::new();
+            m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+            m.extend_from_slice(&kind.to_ne_bytes());
+            m.extend_from_slice(&[0, 0]);
+            m.extend_from_slice(&seq.to_ne_bytes());
+            m.extend_from_slice(&[0; 4]);
+            m.extend_from_slice(body);
+            m
+        };
+        msg[6..8].fill(0);
+        msg[24..28].fill(0);
+        let mut data = frame(20, 7, &msg);
+        data.extend(frame(libc::NLMSG_DONE as u16, 7, &[0; 4]));
+        let mut found = Vec::new();
+        assert!(diag::parse_messages(&data, 7, Protocol::Udp, &mut found).unwrap());
+        assert_eq!(found.len(), 1);
+        // An error reply is the kernel's errno; a truncated message is an error.
+        let err = frame(libc::NLMSG_ERROR as u16, 8, &(-libc::ENOENT).to_ne_bytes());
+        let e = diag::parse_messages(&err, 8, Protocol::Tcp, &mut found).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        assert!(diag::parse_messages(&data[..30], 7, Protocol::Tcp, &mut found).is_err());
     }
 
     #[test]
