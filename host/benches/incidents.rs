@@ -50,6 +50,9 @@ const FLOOR_ENV: &str = "DOCTOR_BENCH_FLOOR";
 const PIDNS_ENV: &str = "DOCTOR_BENCH_PIDNS";
 /// Given to that copy: the engine's (proxy) socket, for the five incidents at 10k.
 const PIDNS_ENGINE_ENV: &str = "DOCTOR_BENCH_PIDNS_ENGINE";
+/// Another doctor binary measured in the same interleaved rounds as this
+/// build on the five incidents (before/after a change in one sitting).
+const BASELINE_ENV: &str = "DOCTOR_BENCH_BASELINE";
 const SLEEPERS: usize = 10_000;
 const ROWS: i64 = 1_000_000;
 const ORPHANS: i64 = 10_000;
@@ -549,7 +552,11 @@ impl Incidents {
 }
 
 fn doctor(mode: &str, policy: &Path) -> Command {
-    let mut c = Command::new(doctor_bin());
+    doctor_from(&doctor_bin(), mode, policy)
+}
+
+fn doctor_from(bin: &Path, mode: &str, policy: &Path) -> Command {
+    let mut c = Command::new(bin);
     c.args([mode, "--policy"])
         .arg(policy)
         .args(["--format", "json"])
@@ -711,22 +718,42 @@ fn incidents_rows(t: &mut Table, f: &Incidents, engine: Option<&Engine>, n: usiz
             None,
         );
         let script = shell_procedure(f, socket.as_deref());
-        let stats = interleaved(
-            n,
-            &mut [
-                Contender::new(&[2], || doctor("check", &policy))
+        let baseline = std::env::var_os(BASELINE_ENV).map(PathBuf::from);
+        let mut contenders = vec![
+            Contender::new(&[2], || doctor("check", &policy)).before(|| f.reset_journal("five")),
+            Contender::new(&[0], || floor(&floor_spec(true))),
+            Contender::new(&[0], || {
+                let mut c = Command::new("bash");
+                c.arg(&script);
+                c
+            }),
+        ];
+        if let Some(base) = &baseline {
+            contenders.push(
+                Contender::new(&[2], || doctor_from(base, "check", &policy))
                     .before(|| f.reset_journal("five")),
-                Contender::new(&[0], || floor(&floor_spec(true))),
-                Contender::new(&[0], || {
-                    let mut c = Command::new("bash");
-                    c.arg(&script);
-                    c
-                }),
-            ],
-        );
+            );
+        }
+        let stats = interleaved(n, &mut contenders);
         let d = t.raw("doctor check, 5 incidents", stats[0]);
         let fl = t.raw("floor, 5 incidents", stats[1]);
         let sh = t.raw("operator's shell procedure, 5 incidents", stats[2]);
+        if let Some(base) = stats.get(3) {
+            let b = t.raw("baseline doctor check, 5 incidents", *base);
+            t.row(
+                "five incidents, `check`, wall vs the baseline build (`DOCTOR_BENCH_BASELINE`)",
+                format!(
+                    "{:+.1} % ({} vs {}; CPU {} vs {})",
+                    (ratio(d.wall, b.wall) - 1.0) * 100.0,
+                    ms(d.wall),
+                    ms(b.wall),
+                    ms(d.cpu),
+                    ms(b.cpu)
+                ),
+                "≤ +5 % (issue 24: plugin code in workers)",
+                ratio(d.wall, b.wall) <= 1.05,
+            );
+        }
         t.row(
             "five incidents, `check`, wall vs floor",
             format!(
