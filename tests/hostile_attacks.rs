@@ -855,6 +855,28 @@ fn memories_and_tables_of_one_instance_share_the_plugin_memory_budget() {
 // ------------------------------------------------------------------ time
 
 #[test]
+fn a_plugins_stderr_cannot_forge_report_lines_or_colours() {
+    let s = attack("", "", "attack = \"forge-stderr\"");
+    let out = s.doctor(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.starts_with("doctor check (run 99)") || l.starts_with("OK FORGED")),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains('\x1b') && !stdout.contains('\r'),
+        "{stdout:?}"
+    );
+    // Still there to read, escaped, in the plugin's error.
+    assert!(
+        stdout.contains("\\nOK FORGED") || stdout.contains("\\u{1b}[32mOK FORGED"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn a_plugin_that_sleeps_forever_ends_at_its_deadline() {
     let s = attack("plugin_timeout = \"1s\"", "", "attack = \"sleep\"");
     let started = Instant::now();

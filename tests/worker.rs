@@ -304,6 +304,49 @@ path = "{}"
     assert_eq!(code, 3, "{doc}");
 }
 
+#[test]
+fn plugins_run_in_workers_when_doctor_is_not_root_too() {
+    if !nix_is_root() {
+        eprintln!("not run: needs root to become another user");
+        return;
+    }
+    // Plugins are loaded on short-lived threads and checked later: a
+    // worker must outlive the thread that loaded it.
+    let s = scenario("", "hostile-loop", "");
+    std::fs::remove_file(s.path("plugins/hostile-loop.wasm")).unwrap();
+    let root = s.root().display().to_string();
+    s.policy(&format!(
+        r#"
+[plugins.pid-file-stop]
+grants.processes = true
+grants.files = ["{root}/stale.pid"]
+config = {{ targets = [{{ name = "w", pid_file = "{root}/stale.pid", pattern = "^never-matches$" }}] }}
+"#
+    ));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(s.root(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let (uid, gid) = nobody();
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_doctor"),
+            "check",
+            "--format",
+            "json",
+            "--policy",
+        ])
+        .arg(s.policy_path())
+        .env("DOCTOR_LOG", "warn")
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    bystander_reports(&doc);
+    assert_eq!(out.status.code(), Some(1), "{doc}");
+}
+
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()

@@ -452,7 +452,7 @@ fn failure_of(
     } else {
         PluginFailure::Trap(format!(
             "{first_line}; stderr: {}",
-            crate::text::truncate(&said, 2048)
+            crate::text::one_line(&crate::text::truncate(&said, 2048))
         ))
     }
 }

@@ -6,7 +6,9 @@
 
 use super::calls::Forwarder;
 use super::confine;
-use super::wire::{self, FromWorker, Op, Output, Start, Started, ToWorker, MAX_TO_WORKER};
+use super::wire::{
+    self, FromWorker, Op, Output, Start, Started, ToWorker, MAX_FROM_WORKER, MAX_TO_WORKER,
+};
 use crate::runtime::{Limits, LoadedComponent, PluginFailure, Runtime};
 use anyhow::Context as _;
 use std::io::ErrorKind;
@@ -116,8 +118,22 @@ fn serve(
                 .0
                 .map(Output::Report),
         };
-        wire::send(&*socket, &FromWorker::Done(done)).context("sending a result")?;
+        wire::send_frame(&*socket, &fitting(done)?).context("sending a result")?;
     }
+}
+
+/// The result, or why it cannot be sent: a report larger than the parent
+/// takes is the plugin's failure, named as such, not a broken protocol.
+fn fitting(done: Result<Output, PluginFailure>) -> anyhow::Result<Vec<u8>> {
+    let body = wire::encode(&FromWorker::Done(done))?;
+    if body.len() <= MAX_FROM_WORKER {
+        return Ok(body);
+    }
+    let failure = PluginFailure::InvalidOutput(format!(
+        "a report of {} bytes, more than the {MAX_FROM_WORKER} a report may take",
+        body.len()
+    ));
+    Ok(wire::encode(&FromWorker::Done(Err(failure)))?)
 }
 
 /// The start frame and the descriptor that came with it.

@@ -28,11 +28,6 @@ impl fmt::Display for Confinement {
 /// Everything but the syscall filter. Must run while the process has one thread.
 pub fn process(start: &Start) -> Result<Confinement, String> {
     let mut done = Confinement::default();
-    // SAFETY: prctl with integer arguments only.
-    check(
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
-        "PR_SET_PDEATHSIG",
-    )?;
     limit(Resource::RLIMIT_DATA, start.data_limit)?;
     limit(Resource::RLIMIT_NOFILE, MAX_OPEN_FILES)?;
     limit(Resource::RLIMIT_CORE, 0)?;
@@ -41,6 +36,17 @@ pub fn process(start: &Start) -> Result<Confinement, String> {
     if let Some((uid, gid)) = start.run_as {
         leave_root(uid, gid)?;
         done.steps.push(format!("uid {uid} gid {gid}"));
+    }
+    // After the uid change, which clears it: the worker dies with the
+    // doctor thread that started it (the sandbox's spawner, which lives as
+    // long as the run), and if doctor died already, it stops here.
+    // SAFETY: prctl with integer arguments only.
+    check(
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
+        "PR_SET_PDEATHSIG",
+    )?;
+    if nix::unistd::getppid().as_raw() as u32 != start.parent {
+        return Err("doctor, its parent, is gone".into());
     }
     // SAFETY: prctl with integer arguments only.
     check(
@@ -126,7 +132,8 @@ fn landlock() -> Result<String, String> {
 /// The syscall filter, on every thread of the worker: what wasmtime, the
 /// allocator, tokio's timers and the socket to the parent use. Anything
 /// else fails with `EPERM` — no `open`, no `socket`, no `execve`, no
-/// `ptrace`, no new processes or threads, and signals only to itself.
+/// `ptrace`, no new processes or threads, signals only to itself, and no
+/// `fcntl` or `prctl` but the few the runtime makes.
 pub fn syscalls(done: &mut Confinement) -> Result<(), String> {
     use seccompiler::{
         BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -143,15 +150,26 @@ pub fn syscalls(done: &mut Confinement) -> Result<(), String> {
     };
     // abort() raises SIGABRT on its own thread: tgkill(own pid, tid, sig).
     rules.insert(libc::SYS_tgkill, vec![to_self(0)?]);
-    let name_only = [libc::PR_SET_NAME, libc::PR_GET_NAME]
-        .into_iter()
-        .map(|op| {
-            SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, op as u64)
-                .and_then(|c| SeccompRule::new(vec![c]))
-                .map_err(|e| format!("seccomp rule: {e}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(libc::SYS_prctl, name_only);
+    // A thread's name, and no other prctl (not dumpable stays so).
+    rules.insert(
+        libc::SYS_prctl,
+        arg_in(0, &[libc::PR_SET_NAME, libc::PR_GET_NAME])?,
+    );
+    // Descriptor flags only: F_SETOWN and F_SETSIG would let the kernel
+    // send a chosen signal to a chosen process on the worker's behalf.
+    rules.insert(
+        libc::SYS_fcntl,
+        arg_in(
+            1,
+            &[
+                libc::F_GETFD,
+                libc::F_SETFD,
+                libc::F_GETFL,
+                libc::F_SETFL,
+                libc::F_DUPFD_CLOEXEC,
+            ],
+        )?,
+    );
     let arch = std::env::consts::ARCH
         .try_into()
         .map_err(|e| format!("seccomp: {e:?}"))?;
@@ -168,6 +186,19 @@ pub fn syscalls(done: &mut Confinement) -> Result<(), String> {
     Ok(())
 }
 
+/// Rules allowing a call when its argument `arg` is one of `values`.
+fn arg_in(arg: u8, values: &[i32]) -> Result<Vec<seccompiler::SeccompRule>, String> {
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+    values
+        .iter()
+        .map(|&value| {
+            SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value as u64)
+                .and_then(|c| SeccompRule::new(vec![c]))
+                .map_err(|e| format!("seccomp rule: {e}"))
+        })
+        .collect()
+}
+
 /// What a worker may call once plugin code can run.
 const ALLOWED: &[i64] = &[
     // The socket to the parent, stderr, and the descriptors wasmtime keeps.
@@ -181,7 +212,6 @@ const ALLOWED: &[i64] = &[
     libc::SYS_recvmsg,
     libc::SYS_sendmsg,
     libc::SYS_close,
-    libc::SYS_fcntl,
     // Memory: the allocator, wasm memories and their guards, stacks.
     libc::SYS_brk,
     libc::SYS_mmap,

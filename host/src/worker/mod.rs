@@ -28,7 +28,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wire::{FromWorker, Op, Output, Start, Started, ToWorker, MAX_FROM_WORKER};
 
@@ -54,6 +54,7 @@ pub struct Sandbox {
     /// Compiles and caches; never instantiates (that is the workers' job).
     compiler: Compiler,
     run_as: Option<(u32, u32)>,
+    spawner: Spawner,
 }
 
 /// One plugin, compiled, with the worker that runs it once it has run.
@@ -91,6 +92,7 @@ impl Sandbox {
         Ok(Sandbox {
             compiler: Compiler::new(cache_dir)?,
             run_as: worker_identity(),
+            spawner: Spawner::start()?,
         })
     }
 
@@ -220,6 +222,7 @@ impl Sandbox {
         limits: Limits,
     ) -> Result<(Worker, Vec<String>, String), PluginFailure> {
         let start = Start {
+            parent: std::process::id(),
             run_as: self.run_as,
             data_limit: worker_memory(limits.memory_bytes),
         };
@@ -260,7 +263,9 @@ impl Sandbox {
         start: &Start,
         by: Instant,
     ) -> Result<(Worker, Started), PluginFailure> {
-        let mut worker = Worker::spawn(&plugin.name)
+        let mut worker = self
+            .spawner
+            .spawn(&plugin.name)
             .map_err(|e| PluginFailure::Worker(format!("could not be started: {e}")))?;
         let code = plugin
             .code
@@ -320,12 +325,19 @@ impl Drop for Worker {
 
 impl Worker {
     fn spawn(plugin: &str) -> io::Result<Worker> {
-        let (socket, theirs) = UnixStream::pair()?;
-        let child = Command::new("/proc/self/exe")
+        let mut command = Command::new("/proc/self/exe");
+        command
             .arg0("doctor")
             .arg(child::WORKER_ARG)
             .arg(plugin)
-            .env_clear()
+            .env_clear();
+        Worker::spawn_command(command)
+    }
+
+    /// `command` with its stdin our socket pair's other end.
+    fn spawn_command(mut command: Command) -> io::Result<Worker> {
+        let (socket, theirs) = UnixStream::pair()?;
+        let child = command
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -356,12 +368,12 @@ impl Worker {
             memory_bytes: limits.memory_bytes,
             timeout: limits.timeout,
         };
-        self.send(&call)?;
+        self.send(&call, by)?;
         loop {
             match self.recv::<FromWorker>(by)? {
                 FromWorker::Host { call, args } => {
                     let answer = host.serve(&call, &args);
-                    self.send(&ToWorker::Answer(answer))?;
+                    self.send(&ToWorker::Answer(answer), by)?;
                 }
                 FromWorker::Done(Ok(output)) => return Ok(output),
                 FromWorker::Done(Err(failure)) => return Err(Broken::Call(failure)),
@@ -369,9 +381,27 @@ impl Worker {
         }
     }
 
-    fn send(&mut self, message: &ToWorker) -> Result<(), Broken> {
-        wire::send(&self.socket, message)
-            .map_err(|_| Broken::Worker(self.lost("ended during the call".into())))
+    /// One frame to the worker, by `by` at the latest: a worker that stops
+    /// reading must not hold doctor in a blocked write.
+    fn send(&mut self, message: &ToWorker, by: Instant) -> Result<(), Broken> {
+        let left = by
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let _ = self.socket.set_write_timeout(Some(left));
+        match wire::send(&self.socket, message) {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(Broken::Worker(PluginFailure::Worker(
+                    "did not read its answers by its deadline and was killed".into(),
+                )))
+            }
+            Err(_) => Err(Broken::Worker(self.lost("ended during the call".into()))),
+        }
     }
 
     /// The next frame, by `by` at the latest.
@@ -392,7 +422,12 @@ impl Worker {
                     "did not answer by its deadline and was killed".into(),
                 )))
             }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                ) =>
+            {
                 Err(Broken::Worker(self.lost("ended during the call".into())))
             }
             Err(e) => Err(Broken::Worker(PluginFailure::Worker(format!(
@@ -424,17 +459,22 @@ impl Worker {
             message.push_str(" after running out of memory (a worker may hold 4 × doctor.plugin_memory + 64 MiB)");
         }
         if !said.is_empty() {
-            message.push_str(&format!(
-                "; stderr: {}",
-                crate::text::truncate(said.trim(), 1024)
-            ));
+            let said = crate::text::truncate(said.trim(), 1024);
+            message.push_str(&format!("; stderr: {}", crate::text::one_line(&said)));
         }
         PluginFailure::Worker(message)
     }
 
+    /// What the reaped worker left in its stderr pipe, without waiting: a
+    /// worker may have passed the pipe's write end to doctor's own socket
+    /// queue, where it would keep a blocking read open for ever.
     fn stderr(&mut self) -> String {
         let mut kept = Vec::new();
         if let Some(stderr) = self.child.stderr.as_mut() {
+            let _ = nix::fcntl::fcntl(
+                &*stderr,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            );
             let _ = stderr.take(STDERR_KEPT as u64).read_to_end(&mut kept);
         }
         String::from_utf8_lossy(&kept).into_owned()
@@ -447,6 +487,52 @@ impl Worker {
     fn kill(&mut self) {
         self.kill_child();
         let _ = self.child.wait();
+    }
+}
+
+/// The one thread that starts workers. A worker's parent-death signal is
+/// tied to the thread that forked it, not to doctor's process; plugins are
+/// loaded on short-lived threads, so workers are forked here, on a thread
+/// that lives as long as the sandbox.
+struct Spawner {
+    requests: Option<mpsc::Sender<(String, mpsc::Sender<io::Result<Worker>>)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Spawner {
+    fn start() -> io::Result<Spawner> {
+        let (requests, incoming) = mpsc::channel::<(String, mpsc::Sender<io::Result<Worker>>)>();
+        let thread = std::thread::Builder::new()
+            .name("doctor-spawner".into())
+            .spawn(move || {
+                for (plugin, reply) in incoming {
+                    let _ = reply.send(Worker::spawn(&plugin));
+                }
+            })?;
+        Ok(Spawner {
+            requests: Some(requests),
+            thread: Some(thread),
+        })
+    }
+
+    fn spawn(&self, plugin: &str) -> io::Result<Worker> {
+        let (reply, answer) = mpsc::channel();
+        let gone = || io::Error::other("the spawner thread is gone");
+        self.requests
+            .as_ref()
+            .ok_or_else(gone)?
+            .send((plugin.to_string(), reply))
+            .map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -485,4 +571,97 @@ fn send_with_fd(socket: &UnixStream, start: &Start, code: &File) -> io::Result<(
         return Err(io::Error::other("the start frame was cut short"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! A worker that lies, played by a Python script on the other end of
+    //! the socket: doctor must come back by the call's deadline whatever
+    //! the worker does.
+    use super::*;
+    use crate::capabilities::test_context;
+    use crate::policy::Grants;
+
+    /// A `FromWorker::Host` frame for `host.now-unix-ms`, in postcard.
+    const NOW_FRAME: &str = "frame = bytes([0, 16]) + b'host.now-unix-ms' + bytes([0])\n\
+                             frame = len(frame).to_bytes(4, 'little') + frame\n";
+
+    fn liar(script: &str) -> Worker {
+        let mut python = Command::new("python3");
+        python.args([
+            "-c",
+            &format!("import os, socket, sys, time\n{NOW_FRAME}{script}"),
+        ]);
+        Worker::spawn_command(python).expect("python3 runs")
+    }
+
+    fn call(worker: &mut Worker, within: Duration) -> (Result<Output, Broken>, Duration) {
+        let mut host = test_context(Grants::default());
+        let limits = Limits {
+            memory_bytes: 1 << 20,
+            timeout: within,
+        };
+        let started = Instant::now();
+        let by = started + within;
+        let outcome = worker.call(&mut host, Op::Describe, limits, by);
+        (outcome, started.elapsed())
+    }
+
+    fn failure(outcome: Result<Output, Broken>) -> String {
+        match outcome {
+            Err(Broken::Worker(f) | Broken::Call(f)) => f.to_string(),
+            Ok(_) => panic!("the liar's call succeeded"),
+        }
+    }
+
+    #[test]
+    fn a_worker_that_asks_and_never_reads_the_answers_is_killed_at_the_deadline() {
+        // Host calls by the thousand, then silence: doctor's answers fill
+        // the socket, and its write must not block for ever.
+        let mut worker = liar(
+            "s = socket.socket(fileno=0)\n\
+             s.sendall(frame * 200000)\n\
+             time.sleep(60)\n",
+        );
+        let (outcome, took) = call(&mut worker, Duration::from_secs(2));
+        assert!(took < Duration::from_secs(20), "{took:?}");
+        let why = failure(outcome);
+        assert!(
+            why.contains("did not read its answers by its deadline")
+                || why.contains("did not answer by its deadline"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_worker_that_hides_its_stderr_in_doctors_socket_does_not_hold_doctor() {
+        // The worker slips the write end of its stderr pipe into doctor's
+        // socket queue: while that message is unread, the pipe stays open
+        // in doctor itself, and reading the dead worker's last words must
+        // not wait for its end.
+        let mut worker = liar(
+            "s = socket.socket(fileno=0)\n\
+             sys.stderr.write('last words\\n'); sys.stderr.flush()\n\
+             socket.send_fds(s, [b'x'], [2])\n\
+             time.sleep(60)\n",
+        );
+        let mut queued = [0u8; 1];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let peek = |buf: &mut [u8]| {
+            nix::sys::socket::recv(
+                worker.socket.as_raw_fd(),
+                buf,
+                nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            )
+            .unwrap_or(0)
+        };
+        while peek(&mut queued) == 0 {
+            assert!(Instant::now() < deadline, "the liar never wrote");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let started = Instant::now();
+        let why = worker.lost("ended during the call".into()).to_string();
+        assert!(started.elapsed() < Duration::from_secs(5), "{why}");
+        assert!(why.contains("last words"), "{why}");
+    }
 }

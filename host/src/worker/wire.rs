@@ -8,11 +8,14 @@ use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-/// The largest frame the parent reads from a worker. A report's own bounds
-/// (findings, texts) keep a real one far below this; host-call arguments
-/// are smaller still. postcard's lengths are checked against the bytes left,
-/// so a lying count cannot make the parent allocate past a few times this.
-pub const MAX_FROM_WORKER: usize = 16 << 20;
+/// The largest frame the parent reads from a worker: a report may hold
+/// 4 MiB of text (`findings::from_plugin`), and 1 MiB more covers its
+/// structure; host-call arguments are smaller still. A worker checks its
+/// own report against this first, so only a lying worker meets the bound.
+/// postcard checks every length against the bytes left, but a value
+/// decodes to more memory than its bytes (a `null` is 1 byte, 32 decoded):
+/// at most ~35 × this, for the moment it takes to refuse it.
+pub const MAX_FROM_WORKER: usize = 5 << 20;
 /// The largest frame a worker reads from its parent: what a host call may
 /// answer (a query result is bounded by `doctor.sql_result_max`).
 pub const MAX_TO_WORKER: usize = 256 << 20;
@@ -20,6 +23,8 @@ pub const MAX_TO_WORKER: usize = 256 << 20;
 /// The first frame, sent with the compiled code's descriptor.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Start {
+    /// doctor's pid: the worker's parent, whose death ends the worker.
+    pub parent: u32,
     /// The user and group the worker runs as, when doctor is root.
     pub run_as: Option<(u32, u32)>,
     /// `RLIMIT_DATA` of the worker, in bytes.
@@ -83,13 +88,17 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-pub fn send<T: Serialize>(mut to: impl Write, value: &T) -> io::Result<()> {
-    let body = encode(value)?;
+pub fn send<T: Serialize>(to: impl Write, value: &T) -> io::Result<()> {
+    send_frame(to, &encode(value)?)
+}
+
+/// A frame whose body is already encoded.
+pub fn send_frame(mut to: impl Write, body: &[u8]) -> io::Result<()> {
     let len = u32::try_from(body.len())
         .map_err(|_| io::Error::other(format!("a frame of {} bytes", body.len())))?;
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&len.to_le_bytes());
-    frame.extend_from_slice(&body);
+    frame.extend_from_slice(body);
     to.write_all(&frame)
 }
 

@@ -115,6 +115,11 @@ impl Plugin for Hostile {
             )),
             "kv-flood" => said(kv_flood(c.count, c.size)),
             "aliased-strings" => said(aliased_strings(&c.db, c.count, c.size)),
+            // A panic whose stderr tries to pass for report lines.
+            "forge-stderr" => {
+                eprint!("\ndoctor check (run 99): 1 plugin(s), 0 open finding(s), exit 0\n\x1b[32mOK FORGED\r");
+                panic!("forged")
+            }
             // Every process whose command line holds `text`, and `get(pid)`:
             // what exists for this plugin.
             "processes" => said(answer(processes::all().and_then(|all| {
