@@ -25,22 +25,10 @@ fn attack(doctor_extra: &str, grants: &str, config: &str) -> Scenario {
 }
 
 fn aim(s: &Scenario, doctor_extra: &str, grants: &str, config: &str) {
-    std::fs::write(s.path("stale.pid"), "999999999\n").unwrap();
-    let root = s.root().display().to_string();
+    let bystander = s.bystander();
     s.policy_with(
         doctor_extra,
-        &format!(
-            r#"
-[plugins.pid-file-stop]
-grants.processes = true
-grants.files = ["{root}/stale.pid"]
-config = {{ targets = [{{ name = "w", pid_file = "{root}/stale.pid", pattern = "^never-matches$" }}] }}
-
-[plugins.hostile-attacks]
-{grants}
-config = {{ {config} }}
-"#
-        ),
+        &format!("{bystander}\n[plugins.hostile-attacks]\n{grants}\nconfig = {{ {config} }}\n"),
     );
 }
 

@@ -20,21 +20,10 @@ fn scenario(doctor_extra: &str, hostile: &str, table: &str) -> Scenario {
 fn scenario_in(s: Scenario, doctor_extra: &str, hostile: &str, table: &str) -> Scenario {
     let wasm = test_plugins().join(format!("{}.wasm", hostile.replace('-', "_")));
     s.install_plugin(hostile, &wasm);
-    std::fs::write(s.path("stale.pid"), "999999999\n").unwrap();
-    let root = s.root().display().to_string();
+    let bystander = s.bystander();
     s.policy_with(
         doctor_extra,
-        &format!(
-            r#"
-[plugins.pid-file-stop]
-grants.processes = true
-grants.files = ["{root}/stale.pid"]
-config = {{ targets = [{{ name = "w", pid_file = "{root}/stale.pid", pattern = "^never-matches$" }}] }}
-
-[plugins.{hostile}]
-{table}
-"#
-        ),
+        &format!("{bystander}\n[plugins.{hostile}]\n{table}\n"),
     );
     s
 }
@@ -312,17 +301,8 @@ fn plugins_run_in_workers_when_doctor_is_not_root_too() {
     }
     // Plugins are loaded on short-lived threads and checked later: a
     // worker must outlive the thread that loaded it.
-    let s = scenario("", "hostile-loop", "");
-    std::fs::remove_file(s.path("plugins/hostile-loop.wasm")).unwrap();
-    let root = s.root().display().to_string();
-    s.policy(&format!(
-        r#"
-[plugins.pid-file-stop]
-grants.processes = true
-grants.files = ["{root}/stale.pid"]
-config = {{ targets = [{{ name = "w", pid_file = "{root}/stale.pid", pattern = "^never-matches$" }}] }}
-"#
-    ));
+    let s = Scenario::new();
+    s.policy(&s.bystander());
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(s.root(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let (uid, gid) = nobody();

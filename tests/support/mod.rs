@@ -152,6 +152,21 @@ db = "cluster"
     }
 
     /// Copy a test plugin component into this scenario's plugin directory.
+    /// A stale PID file, and the pid-file-stop table that reports it: the
+    /// bystander that hostile plugins run beside, whose finding must stay.
+    pub fn bystander(&self) -> String {
+        std::fs::write(self.path("stale.pid"), "999999999\n").expect("write stale.pid");
+        let root = self.root().display().to_string();
+        format!(
+            r#"
+[plugins.pid-file-stop]
+grants.processes = true
+grants.files = ["{root}/stale.pid"]
+config = {{ targets = [{{ name = "w", pid_file = "{root}/stale.pid", pattern = "^never-matches$" }}] }}
+"#
+        )
+    }
+
     pub fn install_plugin(&self, name: &str, wasm: &Path) {
         std::fs::create_dir_all(self.path("plugins")).expect("plugins dir");
         std::fs::copy(wasm, self.path("plugins").join(format!("{name}.wasm")))

@@ -390,16 +390,7 @@ impl Worker {
         let _ = self.socket.set_write_timeout(Some(left));
         match wire::send(&self.socket, message) {
             Ok(()) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Err(Broken::Worker(PluginFailure::Worker(
-                    "did not read its answers by its deadline and was killed".into(),
-                )))
-            }
+            Err(e) if timed_out(&e) => Err(too_late("did not read its answers")),
             Err(_) => Err(Broken::Worker(self.lost("ended during the call".into()))),
         }
     }
@@ -412,16 +403,7 @@ impl Worker {
         };
         match wire::recv(reader, MAX_FROM_WORKER) {
             Ok(message) => Ok(message),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Err(Broken::Worker(PluginFailure::Worker(
-                    "did not answer by its deadline and was killed".into(),
-                )))
-            }
+            Err(e) if timed_out(&e) => Err(too_late("did not answer")),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -534,6 +516,20 @@ impl Drop for Spawner {
             let _ = thread.join();
         }
     }
+}
+
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// A worker that missed its deadline, `what` it failed to do.
+fn too_late(what: &str) -> Broken {
+    Broken::Worker(PluginFailure::Worker(format!(
+        "{what} by its deadline and was killed"
+    )))
 }
 
 /// Reads that end at `by`, however the worker paces its bytes.
