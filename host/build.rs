@@ -36,6 +36,19 @@ fn main() {
     build_plugins(&plugins, &target_dir);
     embed(&target_dir.join("wasm32-wasip2").join("release"));
     version_info(root);
+    pack_relative_relocations();
+}
+
+/// Relative relocations packed (DT_RELR) instead of ~60,000 RELA entries:
+/// every start of doctor, and of each plugin's worker (doctor again),
+/// applies them before `main`. glibc 2.36 (Debian 12) reads them; the
+/// package's libc dependency follows from the binary.
+fn pack_relative_relocations() {
+    let linux = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux");
+    let gnu = std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu");
+    if linux && gnu {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
 }
 
 /// The target directory of this build: the ancestor of OUT_DIR that cargo

@@ -13,7 +13,6 @@ use crate::runtime::{Limits, LoadedComponent, PluginFailure, Runtime};
 use anyhow::Context as _;
 use std::io::ErrorKind;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
@@ -50,17 +49,18 @@ fn run() -> anyhow::Result<()> {
         Ok(c) => c,
         Err(why) => return refuse(&socket, PluginFailure::Worker(why)),
     };
-    let data = read_code(code)?;
-    if !crate::runtime::sealed(&data) {
+    let code = map_code(code)?;
+    let data = code.bytes();
+    if !crate::runtime::sealed(data) {
         wire::send(&socket, &Started::Corrupt)?;
         return Ok(());
     }
     let runtime = Runtime::<Forwarder>::new(None)?;
-    let loaded = match runtime.load_sealed(&data) {
+    let loaded = match runtime.load_sealed(data) {
         Ok(loaded) => loaded,
         Err(failure) => return refuse(&socket, failure),
     };
-    drop(data);
+    drop(code);
     // wasmtime makes each memory's copy-on-write image (a memfd) on first
     // instantiation; make them now, before the filter refuses memfd_create.
     loaded
@@ -165,17 +165,41 @@ fn receive_start(socket: &UnixStream) -> anyhow::Result<(Start, OwnedFd)> {
     Ok((wire::decode(body)?, fd))
 }
 
-/// The compiled code, read by position (the descriptor's offset may be
-/// shared with the parent's copy).
-fn read_code(fd: OwnedFd) -> anyhow::Result<Vec<u8>> {
-    let file = std::fs::File::from(fd);
-    let len = file.metadata()?.len();
+/// The compiled code, mapped read-only from the descriptor: wasmtime
+/// copies what it keeps, so the worker need not copy it first.
+struct Code {
+    at: std::ptr::NonNull<std::ffi::c_void>,
+    len: usize,
+}
+
+impl Code {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `at` maps `len` readable bytes until `drop` unmaps them.
+        unsafe { std::slice::from_raw_parts(self.at.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Code {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map_code`, unmapped once.
+        let _ = unsafe { nix::sys::mman::munmap(self.at, self.len) };
+    }
+}
+
+fn map_code(fd: OwnedFd) -> anyhow::Result<Code> {
+    use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+    let len = std::fs::File::from(fd.try_clone()?).metadata()?.len();
     anyhow::ensure!(
         len <= MAX_CODE_BYTES,
         "compiled code of {len} bytes is too large"
     );
-    let mut data = vec![0u8; len as usize];
-    file.read_exact_at(&mut data, 0)
-        .context("reading the compiled code")?;
-    Ok(data)
+    let size = std::num::NonZeroUsize::new(len as usize).context("the compiled code is empty")?;
+    // SAFETY: a fresh private read-only mapping of a file only doctor
+    // writes (and does not while workers run); unmapped by `Code`.
+    let at = unsafe { mmap(None, size, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE, &fd, 0) }
+        .context("mapping the compiled code")?;
+    Ok(Code {
+        at,
+        len: size.get(),
+    })
 }
