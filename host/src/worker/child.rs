@@ -196,8 +196,17 @@ fn map_code(fd: OwnedFd) -> anyhow::Result<Code> {
     let size = std::num::NonZeroUsize::new(len as usize).context("the compiled code is empty")?;
     // SAFETY: a fresh private read-only mapping of a file only doctor
     // writes (and does not while workers run); unmapped by `Code`.
-    let at = unsafe { mmap(None, size, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE, &fd, 0) }
-        .context("mapping the compiled code")?;
+    let at = unsafe {
+        mmap(
+            None,
+            size,
+            ProtFlags::PROT_READ,
+            MapFlags::MAP_PRIVATE,
+            &fd,
+            0,
+        )
+    }
+    .context("mapping the compiled code")?;
     Ok(Code {
         at,
         len: size.get(),
