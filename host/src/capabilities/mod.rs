@@ -28,10 +28,8 @@ use crate::facts::processes::{self as process_facts, ProcessInfo};
 use crate::facts::sockets::{self as socket_facts, Listener};
 use crate::policy::Policy;
 use crate::runtime::bindings::doctor::plugin::types::Error as WitError;
-use crate::runtime::{PluginHost, PluginState};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use wasmtime::component::Linker;
 
 impl From<Denied> for WitError {
     fn from(d: Denied) -> Self {
@@ -116,16 +114,6 @@ pub struct CapabilityContext {
     pub tape: Tape,
     /// PostgreSQL connections opened by this plugin's queries, per label.
     pg_sessions: BTreeMap<String, crate::facts::postgres::Session>,
-}
-
-impl PluginHost for CapabilityContext {
-    fn link(linker: &mut Linker<PluginState<Self>>) -> wasmtime::Result<()> {
-        link::all_contracts(linker)
-    }
-
-    fn set_deadline(&mut self, deadline: std::time::Instant) {
-        self.deadline = deadline;
-    }
 }
 
 impl CapabilityContext {

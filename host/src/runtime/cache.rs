@@ -1,13 +1,14 @@
 //! Compiled components cached on disk, keyed by the plugin's content hash and
-//! the engine's compatibility hash. Each entry carries a checksum of itself:
-//! a stale, truncated or corrupt entry is a miss and is rewritten, never a
-//! failure and never handed to wasmtime unchecked.
+//! the engine's compatibility hash, and handed to workers by descriptor.
+//! Each entry carries a checksum of itself, which the worker checks as it
+//! reads the entry: a stale, truncated or corrupt entry is a miss and is
+//! rewritten, never a failure and never handed to wasmtime unchecked.
 //!
-//! A cache entry is native code that doctor runs (often as root), and the
-//! checksum only proves it was not damaged, not who wrote it. So an entry
-//! is read only when it and every directory from it up to the cache root
-//! belong to doctor's user (or root) and nobody else may write them;
-//! otherwise the plugin is compiled in memory and nothing is written.
+//! A cache entry is native code that a worker runs, and the checksum only
+//! proves it was not damaged, not who wrote it. So an entry is used only
+//! when it and every directory from it up to the cache root belong to
+//! doctor's user (or root) and nobody else may write them; otherwise the
+//! plugin is compiled in memory and nothing is written.
 
 use crate::safe_fs::{self, Writers};
 use anyhow::Context as _;
@@ -46,36 +47,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-pub fn load_or_compile(
-    engine: &Engine,
-    dir: Option<&Path>,
-    bytes: &[u8],
-    sha256: &str,
-) -> anyhow::Result<(Component, CacheOutcome)> {
-    let Some(dir) = dir else {
-        return Ok((compile(engine, bytes)?, CacheOutcome::Off));
-    };
-    if let Err(why) = prepare_dir(dir) {
-        tracing::warn!(
-            "component cache {} is not used: {why}; compiling in memory",
-            dir.display()
-        );
-        return Ok((compile(engine, bytes)?, CacheOutcome::Untrusted));
-    }
-    let entry = entry_path(engine, dir, sha256);
-    if let Some(component) = read_entry(engine, dir, &entry) {
-        return Ok((component, CacheOutcome::Hit));
-    }
-    let component = compile(engine, bytes)?;
-    match write_entry(&component, dir, &entry) {
-        Ok(()) => Ok((component, CacheOutcome::Miss)),
-        Err(e) => {
-            tracing::warn!("component cache {} not written: {e:#}", dir.display());
-            Ok((component, CacheOutcome::Off))
-        }
-    }
-}
-
 fn compile(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
     Component::new(engine, bytes)
         .map_err(super::wasm_err)
@@ -103,36 +74,6 @@ fn trusted(path: &Path) -> Result<(), String> {
         return Err(format!("{} is a symlink", path.display()));
     }
     safe_fs::owned_by_doctor(path, &meta, Writers::OWNER_ONLY)
-}
-
-/// A valid entry's last 32 bytes are the sha256 of everything before them.
-/// Read only if the file and every directory up to `root` are trusted.
-fn read_entry(engine: &Engine, root: &Path, path: &Path) -> Option<Component> {
-    let (_, data) = verified_entry(root, path)?;
-    let body = &data[..data.len() - 32];
-    // SAFETY: the bytes are ours: written by `write_entry` from
-    // `Component::serialize` of this engine configuration (the file name
-    // carries its compatibility hash), in a directory tree only doctor's
-    // user or root can write, up to `/` (checked above), read through the
-    // descriptor that was judged, and verified by checksum.
-    unsafe { Component::deserialize(engine, body) }.ok()
-}
-
-/// The entry's descriptor and bytes, if it and every directory up to
-/// `root` are trusted and its checksum holds.
-fn verified_entry(root: &Path, path: &Path) -> Option<(std::fs::File, Vec<u8>)> {
-    if !trusted_tree(root, path) {
-        return None;
-    }
-    let (file, data) = read_checked(path)?;
-    if !sealed(&data) {
-        tracing::warn!(
-            "component cache entry {} is corrupt; recompiling",
-            path.display()
-        );
-        return None;
-    }
-    Some((file, data))
 }
 
 /// The entry's descriptor, unread, if it and every directory up to `root`
@@ -266,22 +207,6 @@ fn ancestors_fixed(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The entry's bytes, read through the descriptor that was judged: opened
-/// without following a symlink, a regular file with one link, doctor's own
-/// (or root's), writable by nobody else.
-fn read_checked(path: &Path) -> Option<(std::fs::File, Vec<u8>)> {
-    use std::io::Read;
-    let mut file = open_checked(path)?;
-    let mut data = Vec::with_capacity(
-        file.metadata()
-            .ok()
-            .and_then(|m| usize::try_from(m.len()).ok())
-            .unwrap_or(0),
-    );
-    file.read_to_end(&mut data).ok()?;
-    Some((file, data))
-}
-
 /// The entry, opened without following a symlink and judged by its
 /// descriptor: a regular file with one link, doctor's own (or root's),
 /// writable by nobody else.
@@ -306,10 +231,6 @@ fn open_checked(path: &Path) -> Option<std::fs::File> {
         return None;
     }
     Some(file)
-}
-
-fn write_entry(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
-    write_sealed(&seal(component)?, dir, path)
 }
 
 fn write_sealed(data: &[u8], dir: &Path, path: &Path) -> anyhow::Result<()> {

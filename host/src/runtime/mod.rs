@@ -95,7 +95,6 @@ pub type PluginReport = bindings::doctor::plugin::types::Report;
 pub struct Runtime<H: PluginHost> {
     engine: Engine,
     linker: Linker<PluginState<H>>,
-    cache_dir: Option<PathBuf>,
     /// Ends the epoch ticker when the runtime is dropped (the daemon makes one per run).
     ticker_stop: Arc<AtomicBool>,
 }
@@ -110,8 +109,6 @@ impl<H: PluginHost> Drop for Runtime<H> {
 #[derive(Clone)]
 pub struct LoadedComponent {
     pub component: Component,
-    pub sha256: String,
-    pub cache: CacheOutcome,
     /// The WIT contract it was built against.
     pub contract: bindings::Contract,
 }
@@ -143,7 +140,7 @@ impl<H: Send + 'static> WasiView for PluginState<H> {
 }
 
 impl<H: PluginHost> Runtime<H> {
-    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub fn new() -> anyhow::Result<Self> {
         let engine = new_engine()?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
@@ -160,35 +157,11 @@ impl<H: PluginHost> Runtime<H> {
         Ok(Runtime {
             engine,
             linker,
-            cache_dir,
             ticker_stop,
         })
     }
 
-    /// Compile `bytes` (or load them from the cache) into a component.
-    pub fn load(&self, bytes: &[u8]) -> Result<LoadedComponent, PluginFailure> {
-        self.load_hashed(bytes, cache::sha256_hex(bytes))
-    }
-
-    /// As [`Runtime::load`], for bytes whose sha256 the caller has already
-    /// computed (and checked against a pin) before anything compiles them.
-    pub fn load_hashed(
-        &self,
-        bytes: &[u8],
-        sha256: String,
-    ) -> Result<LoadedComponent, PluginFailure> {
-        let (component, cache) =
-            cache::load_or_compile(&self.engine, self.cache_dir.as_deref(), bytes, &sha256)
-                .map_err(|e| PluginFailure::Load(format!("{e:#}")))?;
-        self.loaded(component, sha256, cache)
-    }
-
-    fn loaded(
-        &self,
-        component: Component,
-        sha256: String,
-        cache: CacheOutcome,
-    ) -> Result<LoadedComponent, PluginFailure> {
+    fn loaded(&self, component: Component) -> Result<LoadedComponent, PluginFailure> {
         let imported = self.imported_packages(&component);
         let contract = bindings::Contract::of(&imported).ok_or_else(|| {
             let known: Vec<&str> = bindings::Contract::ALL
@@ -203,8 +176,6 @@ impl<H: PluginHost> Runtime<H> {
         })?;
         Ok(LoadedComponent {
             component,
-            sha256,
-            cache,
             contract,
         })
     }
@@ -218,7 +189,7 @@ impl<H: PluginHost> Runtime<H> {
         // entry, and passed them by a read-only descriptor only it can write.
         let component = unsafe { Component::deserialize(&self.engine, body) }
             .map_err(|e| PluginFailure::Load(format!("{e:#}")))?;
-        self.loaded(component, String::new(), CacheOutcome::Off)
+        self.loaded(component)
     }
 
     /// The WIT packages (with version) whose interfaces the component
@@ -516,7 +487,7 @@ mod tests {
             epoch_threads()
         };
         for _ in 0..3 {
-            let runtime = Runtime::<NoImports>::new(None).unwrap();
+            let runtime = Runtime::<NoImports>::new().unwrap();
             // A new thread names itself, so give it a moment.
             assert!(settle(&|n| n > before) > before, "the ticker runs");
             drop(runtime);

@@ -55,7 +55,7 @@ fn run() -> anyhow::Result<()> {
         wire::send(&socket, &Started::Corrupt)?;
         return Ok(());
     }
-    let runtime = Runtime::<Forwarder>::new(None)?;
+    let runtime = Runtime::<Forwarder>::new()?;
     let loaded = match runtime.load_sealed(data) {
         Ok(loaded) => loaded,
         Err(failure) => return refuse(&socket, failure),

@@ -18,9 +18,7 @@ mod confine;
 pub mod wire;
 
 use crate::capabilities::CapabilityContext;
-use crate::runtime::{
-    CacheOutcome, Compiler, Limits, PluginFailure, PluginHost, PluginInfo, PluginReport,
-};
+use crate::runtime::{CacheOutcome, Compiler, Limits, PluginFailure, PluginInfo, PluginReport};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -178,7 +176,7 @@ impl Sandbox {
     ) -> Result<Output, PluginFailure> {
         self.with_worker(plugin, limits, |worker| {
             let deadline = Instant::now() + limits.timeout;
-            host.set_deadline(deadline);
+            host.deadline = deadline;
             worker.call(host, op, limits, deadline + REPORT_GRACE)
         })
     }
