@@ -8,36 +8,16 @@ use crate::runtime::PluginState;
 use std::marker::PhantomData;
 use wasmtime::component::{HasData, Linker};
 
-/// A host of the current contract: every interface of `doctor:plugin@0.3.0`.
-pub trait CurrentContract:
-    now::types::Host
-    + now::host::Host
-    + now::processes::Host
-    + now::files::Host
-    + now::sqlite::Host
-    + now::database::Host
-    + now::sockets::Host
-    + now::probe::Host
-    + now::containers::Host
-    + Send
-    + 'static
-{
+/// `CurrentContract`: a host of every interface listed, each once.
+macro_rules! current_contract {
+    ($($interface:ident),*) => {
+        /// A host of the current contract: every interface of `doctor:plugin@0.3.0`.
+        pub trait CurrentContract: $(now::$interface::Host +)* Send + 'static {}
+        impl<T: $(now::$interface::Host +)* Send + 'static> CurrentContract for T {}
+    };
 }
 
-impl<T> CurrentContract for T where
-    T: now::types::Host
-        + now::host::Host
-        + now::processes::Host
-        + now::files::Host
-        + now::sqlite::Host
-        + now::database::Host
-        + now::sockets::Host
-        + now::probe::Host
-        + now::containers::Host
-        + Send
-        + 'static
-{
-}
+current_contract!(types, host, processes, files, sqlite, database, sockets, probe, containers);
 
 /// The current host seen through an older contract's imports.
 pub struct Old<'a, H>(pub &'a mut H);
