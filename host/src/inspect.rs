@@ -38,6 +38,7 @@ pub struct CapabilityRow {
 
 pub fn inspect(wasm: &Path, policy_file: Option<&Path>) -> anyhow::Result<Inspection> {
     let bytes = crate::recording::plugin_bytes(wasm)?;
+    let size = bytes.len() as u64;
     let policy = match policy_file {
         Some(p) => Arc::new(Policy::load(p)?),
         None => Arc::new(Policy::parse(Path::new("(none)"), "")?),
@@ -45,7 +46,7 @@ pub fn inspect(wasm: &Path, policy_file: Option<&Path>) -> anyhow::Result<Inspec
     let cache = policy_file.map(|_| crate::pipeline::cache_dir(&policy, Path::new("")));
     let runtime = Sandbox::new(cache)?;
     let loaded = runtime
-        .load(&wasm.display().to_string(), &bytes)
+        .load(&wasm.display().to_string(), bytes.into())
         .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let facts = RunFacts::new(policy.clone());
     let limits = Limits {
@@ -92,7 +93,7 @@ pub fn inspect(wasm: &Path, policy_file: Option<&Path>) -> anyhow::Result<Inspec
         .collect();
     Ok(Inspection {
         file: wasm.display().to_string(),
-        size: bytes.len() as u64,
+        size,
         sha256: loaded.sha256.clone(),
         wit,
         name: info.name,

@@ -137,7 +137,7 @@ pub fn replay(wasm: &Path, dir: &Path) -> anyhow::Result<RunReport> {
     // No cache: a replay reads and writes nothing but its report.
     let runtime = Sandbox::new(None)?;
     let loaded = runtime
-        .load(&wasm.display().to_string(), &bytes)
+        .load(&wasm.display().to_string(), bytes.into())
         .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
     let policy = Arc::new(Policy::parse(Path::new("(replay)"), "")?);
     let facts = RunFacts::new(policy.clone());

@@ -113,7 +113,7 @@ fn load(
                 .into());
         }
     }
-    let loaded = match runtime.load_hashed(&entry.name, &bytes, sha256) {
+    let loaded = match runtime.load_hashed(&entry.name, bytes, sha256) {
         Ok(l) => l,
         Err(e) => return Ok(Err(e)),
     };
@@ -212,7 +212,7 @@ pub fn describe_entry(runtime: &Sandbox, entry: &Entry) -> Result<PluginInfo, Pl
     let bytes = entry
         .bytes()
         .map_err(|e| PluginFailure::Load(e.to_string()))?;
-    let loaded = runtime.load(&entry.name, &bytes)?;
+    let loaded = runtime.load(&entry.name, bytes)?;
     let policy = Arc::new(
         Policy::parse(std::path::Path::new("(none)"), "")
             .map_err(|e| PluginFailure::Load(e.to_string()))?,

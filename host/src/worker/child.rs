@@ -188,7 +188,7 @@ impl Drop for Code {
 
 fn map_code(fd: OwnedFd) -> anyhow::Result<Code> {
     use nix::sys::mman::{mmap, MapFlags, ProtFlags};
-    let len = std::fs::File::from(fd.try_clone()?).metadata()?.len();
+    let len = nix::sys::stat::fstat(&fd)?.st_size.max(0) as u64;
     anyhow::ensure!(
         len <= MAX_CODE_BYTES,
         "compiled code of {len} bytes is too large"

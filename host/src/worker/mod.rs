@@ -19,6 +19,7 @@ pub mod wire;
 
 use crate::capabilities::CapabilityContext;
 use crate::runtime::{CacheOutcome, Compiler, Limits, PluginFailure, PluginInfo, PluginReport};
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -59,9 +60,9 @@ pub struct Sandbox {
 pub struct LoadedPlugin {
     name: String,
     pub sha256: String,
-    /// The component's bytes, kept to compile anew if a worker finds the
-    /// cached code damaged.
-    bytes: Vec<u8>,
+    /// The component's bytes (a built-in's are borrowed from the binary),
+    /// kept to compile anew if a worker finds the cached code damaged.
+    bytes: Cow<'static, [u8]>,
     /// The compiled code workers load, and where it came from.
     code: Mutex<(File, CacheOutcome)>,
     worker: Mutex<Option<Worker>>,
@@ -96,8 +97,13 @@ impl Sandbox {
 
     /// Compile `bytes` (or find them in the cache); `name` is what `ps`
     /// shows of its worker.
-    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<LoadedPlugin, PluginFailure> {
-        self.load_hashed(name, bytes, crate::runtime::sha256_hex(bytes))
+    pub fn load(
+        &self,
+        name: &str,
+        bytes: Cow<'static, [u8]>,
+    ) -> Result<LoadedPlugin, PluginFailure> {
+        let sha256 = crate::runtime::sha256_hex(&bytes);
+        self.load_hashed(name, bytes, sha256)
     }
 
     /// As [`Sandbox::load`], for bytes whose sha256 the caller has already
@@ -105,14 +111,14 @@ impl Sandbox {
     pub fn load_hashed(
         &self,
         name: &str,
-        bytes: &[u8],
+        bytes: Cow<'static, [u8]>,
         sha256: String,
     ) -> Result<LoadedPlugin, PluginFailure> {
-        let code = self.compiler.compiled_file(bytes, &sha256, true)?;
+        let code = self.compiler.compiled_file(&bytes, &sha256, true)?;
         Ok(LoadedPlugin {
             name: crate::text::truncate(name, 64),
             sha256,
-            bytes: bytes.to_vec(),
+            bytes,
             code: Mutex::new(code),
             worker: Mutex::new(None),
             imported: OnceLock::new(),
@@ -137,10 +143,17 @@ impl Sandbox {
         mut host: CapabilityContext,
         limits: Limits,
     ) -> Result<PluginInfo, PluginFailure> {
-        match self.call(plugin, &mut host, Op::Describe, limits)? {
-            Output::Info(info) => Ok(crate::runtime::bound_info(info)),
-            Output::Report(_) => Err(protocol("answered describe() with a report")),
-        }
+        let info = self.call(
+            plugin,
+            &mut host,
+            Op::Describe,
+            limits,
+            |output| match output {
+                Output::Info(info) => Some(info),
+                Output::Report(_) => None,
+            },
+        )?;
+        Ok(crate::runtime::bound_info(info))
     }
 
     /// Run `check`; the host comes back with the plugin's logs and state.
@@ -159,25 +172,32 @@ impl Sandbox {
         let op = Op::Check {
             config_json: config_json.to_string(),
         };
-        let report = match self.call(plugin, &mut host, op, limits) {
-            Ok(Output::Report(report)) => Ok(report),
-            Ok(Output::Info(_)) => Err(protocol("answered check() with describe()'s answer")),
-            Err(failure) => Err(failure),
-        };
+        let report = self.call(plugin, &mut host, op, limits, |output| match output {
+            Output::Report(report) => Some(report),
+            Output::Info(_) => None,
+        });
         (report, Some(host))
     }
 
-    fn call(
+    /// One call, whose result must be the kind `expected` takes: a worker
+    /// that answers one call with another's result is lying, and is killed.
+    fn call<T>(
         &self,
         plugin: &LoadedPlugin,
         host: &mut CapabilityContext,
         op: Op,
         limits: Limits,
-    ) -> Result<Output, PluginFailure> {
+        expected: impl FnOnce(Output) -> Option<T>,
+    ) -> Result<T, PluginFailure> {
         self.with_worker(plugin, limits, |worker| {
             let deadline = Instant::now() + limits.timeout;
             host.deadline = deadline;
-            worker.call(host, op, limits, deadline + REPORT_GRACE)
+            let output = worker.call(host, op, limits, deadline + REPORT_GRACE)?;
+            expected(output).ok_or_else(|| {
+                Broken::Worker(PluginFailure::Worker(
+                    "broke the protocol: it answered with another call's result".into(),
+                ))
+            })
         })
     }
 
@@ -206,9 +226,8 @@ impl Sandbox {
             Ok(r) => Ok(r),
             Err(Broken::Call(failure)) => Err(failure),
             Err(Broken::Worker(failure)) => {
-                if let Some(mut worker) = slot.take() {
-                    worker.kill();
-                }
+                // Dropped: killed and reaped.
+                *slot = None;
                 Err(failure)
             }
         }
@@ -247,10 +266,7 @@ impl Sandbox {
                     confinement,
                 },
             ) => Ok((worker, imported, confinement)),
-            (mut worker, _) => {
-                worker.kill();
-                Err(PluginFailure::Load("the compiled code is damaged".into()))
-            }
+            _ => Err(PluginFailure::Load("the compiled code is damaged".into())),
         }
     }
 
@@ -271,16 +287,13 @@ impl Sandbox {
             .map_err(|_| PluginFailure::Worker("is poisoned by an earlier panic".into()))?;
         match worker.start(start, &code.0, by) {
             Ok(started) => Ok((worker, started)),
-            Err(Broken::Call(f) | Broken::Worker(f)) => {
-                worker.kill();
-                Err(f)
-            }
+            Err(Broken::Call(f) | Broken::Worker(f)) => Err(f),
         }
     }
 }
 
 /// The memory limit of a worker whose plugin may use `plugin_memory`.
-pub fn worker_memory(plugin_memory: u64) -> u64 {
+fn worker_memory(plugin_memory: u64) -> u64 {
     plugin_memory
         .saturating_mul(MEMORY_FACTOR)
         .saturating_add(RUNTIME_BYTES)
@@ -296,10 +309,6 @@ fn worker_identity() -> Option<(u32, u32)> {
         user.map(|u| (u.uid.as_raw(), u.gid.as_raw()))
             .unwrap_or((65534, 65534)),
     )
-}
-
-fn protocol(what: &str) -> PluginFailure {
-    PluginFailure::Worker(format!("broke the protocol: it {what}"))
 }
 
 /// Why a call through a worker did not produce a result.
