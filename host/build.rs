@@ -1,8 +1,12 @@
 //! Builds the built-in plugins for wasm32-wasip2 and embeds them, so one
 //! `doctor` binary works on a fresh host with no plugin directory.
 
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "src/runtime/engine_config.rs"]
+mod engine_config;
 
 /// Built-in plugins: (name, crate file stem).
 const BUILTINS: &[(&str, &str)] = &[
@@ -20,6 +24,10 @@ fn main() {
         .parent()
         .expect("host/ lives in the workspace root");
     let plugins = root.join("plugins");
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("src/runtime/engine_config.rs").display()
+    );
     for watched in [
         "plugins/sdk",
         "plugins/db-common",
@@ -187,18 +195,59 @@ fn build_plugins(plugins: &Path, target_dir: &Path) {
     }
 }
 
+/// The built-ins' table: each one's component, its sha256, and its native
+/// code precompiled by an engine configured as doctor's
+/// (`src/runtime/engine_config.rs`), so no run ever compiles a built-in.
 fn embed(wasm_dir: &Path) {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let mut table = String::from("/// Built-in plugins: (name, component bytes).\npub const BUILTIN: &[(&str, &[u8])] = &[\n");
+    let engine = precompiling_engine();
+    let mut table = String::new();
     for (name, stem) in BUILTINS {
-        let wasm = wasm_dir.join(format!("{stem}.wasm"));
-        let copy = out_dir.join(format!("{stem}.wasm"));
-        std::fs::copy(&wasm, &copy).unwrap_or_else(|e| panic!("copying {}: {e}", wasm.display()));
+        let wasm_path = wasm_dir.join(format!("{stem}.wasm"));
+        let wasm = std::fs::read(&wasm_path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", wasm_path.display()));
+        let native = engine
+            .precompile_component(&wasm)
+            .unwrap_or_else(|e| panic!("precompiling {}: {e:#}", wasm_path.display()));
+        let wasm_copy = out_dir.join(format!("{stem}.wasm"));
+        let native_copy = out_dir.join(format!("{stem}.cwasm"));
+        write(&wasm_copy, &wasm);
+        write(&native_copy, &native);
         table.push_str(&format!(
-            "    ({name:?}, include_bytes!({:?})),\n",
-            copy.display().to_string()
+            "    Builtin {{\n        name: {name:?},\n        wasm: include_bytes!({:?}),\n        sha256: {:?},\n        native: include_bytes!({:?}),\n    }},\n",
+            wasm_copy.display().to_string(),
+            hex::encode(Sha256::digest(&wasm)),
+            native_copy.display().to_string(),
         ));
     }
-    table.push_str("];\n");
-    std::fs::write(out_dir.join("builtin_plugins.rs"), table).expect("writing builtin_plugins.rs");
+    std::fs::write(
+        out_dir.join("builtin_plugins.rs"),
+        format!("pub const BUILTIN: &[Builtin] = &[\n{table}];\n"),
+    )
+    .expect("writing builtin_plugins.rs");
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+/// Doctor's engine configuration for the target being built, with no CPU
+/// feature taken from the build machine: on x86-64, the portable baseline
+/// of `engine_config::PORTABLE_X86_64`.
+fn precompiling_engine() -> wasmtime::Engine {
+    let target = std::env::var("TARGET").expect("cargo sets TARGET");
+    let mut config = engine_config::config();
+    config
+        .target(&target)
+        .unwrap_or_else(|e| panic!("wasmtime does not know the target {target}: {e}"));
+    if target.starts_with("x86_64") {
+        for feature in engine_config::PORTABLE_X86_64 {
+            // SAFETY: sets a Cranelift ISA flag; wasmtime checks at load
+            // that the running CPU has the feature.
+            unsafe {
+                config.cranelift_flag_enable(feature);
+            }
+        }
+    }
+    wasmtime::Engine::new(&config).unwrap_or_else(|e| panic!("the precompiling engine: {e:#}"))
 }

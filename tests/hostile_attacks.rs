@@ -762,16 +762,20 @@ fn a_cache_directory_others_can_write_is_never_loaded() {
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
     let root = s.root().display().to_string();
     std::fs::write(s.path("stale.pid"), "999999999\n").unwrap();
+    std::fs::write(s.path("note.txt"), "a note\n").unwrap();
+    // A plugin file: the cache holds compiled plugin files (built-ins come
+    // precompiled with doctor and never touch it).
+    s.install_plugin("contract-v0-1", &test_plugins().join("contract_v0_1.wasm"));
     std::fs::write(
         s.policy_path(),
         format!(
-            "[doctor]\njournal = \"{root}/journal.db\"\ncache_dir = \"{root}/cache\"\n\n[plugins.pid-file-stop]\ngrants.processes = true\ngrants.files = [\"{root}/stale.pid\"]\nconfig = {{ targets = [{{ name = \"w\", pid_file = \"{root}/stale.pid\", pattern = \"^x$\" }}] }}\n"
+            "[doctor]\njournal = \"{root}/journal.db\"\ncache_dir = \"{root}/cache\"\nplugin_dirs = [\"{root}/plugins\"]\n\n[plugins.pid-file-stop]\ngrants.processes = true\ngrants.files = [\"{root}/stale.pid\"]\nconfig = {{ targets = [{{ name = \"w\", pid_file = \"{root}/stale.pid\", pattern = \"^x$\" }}] }}\n\n[plugins.contract-v0-1]\ngrants.processes = true\ngrants.files = [\"{root}/note.txt\"]\nconfig = {{ path = \"{root}/note.txt\" }}\n"
         ),
     )
     .unwrap();
     let (_, doc) = s.doctor_json(&["check"]);
     assert_eq!(
-        plugin_summary(&doc, "pid-file-stop")["cache"],
+        plugin_summary(&doc, "contract-v0-1")["cache"],
         "untrusted",
         "{doc}"
     );
@@ -784,9 +788,9 @@ fn a_cache_directory_others_can_write_is_never_loaded() {
     // Once only doctor's user can write it, it is used.
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
     let (_, doc) = s.doctor_json(&["check"]);
-    assert_eq!(plugin_summary(&doc, "pid-file-stop")["cache"], "miss");
+    assert_eq!(plugin_summary(&doc, "contract-v0-1")["cache"], "miss");
     let (_, doc) = s.doctor_json(&["check"]);
-    assert_eq!(plugin_summary(&doc, "pid-file-stop")["cache"], "hit");
+    assert_eq!(plugin_summary(&doc, "contract-v0-1")["cache"], "hit");
 }
 
 // ----------------------------------------------------------------- memory

@@ -173,25 +173,36 @@ fn a_second_concurrent_run_waits_then_fails_clearly() {
 fn the_second_run_loads_from_the_cache_and_a_corrupt_entry_is_a_miss() {
     let s = Scenario::new();
     s.stale_pid_policy("", "", &["w"]);
+    // A plugin file beside the built-in: the built-ins come precompiled
+    // with doctor, a file is compiled on first use and cached.
+    s.install_plugin("contract-v0-1", &test_plugins().join("contract_v0_1.wasm"));
+    let root = s.root().display().to_string();
+    std::fs::write(s.path("note.txt"), "a note\n").unwrap();
     // A cache of this scenario's own, so the first run must compile.
     let text = std::fs::read_to_string(s.policy_path()).unwrap();
     let own_cache = s.path("cache");
     let text = text.replace(
         &shared_cache().display().to_string(),
         &own_cache.display().to_string(),
+    ) + &format!(
+        "\n[plugins.contract-v0-1]\ngrants.processes = true\ngrants.files = [\"{root}/note.txt\"]\nconfig = {{ path = \"{root}/note.txt\" }}\n"
     );
     std::fs::write(s.policy_path(), text).unwrap();
 
-    let cache = |doc: &serde_json::Value| {
-        plugin_summary(doc, "pid-file-stop")["cache"]
+    let cache = |doc: &serde_json::Value, plugin: &str| {
+        plugin_summary(doc, plugin)["cache"]
             .as_str()
             .unwrap()
             .to_string()
     };
     let (_, first) = s.doctor_json(&["check"]);
-    assert_eq!(cache(&first), "miss");
+    assert_eq!(cache(&first, "contract-v0-1"), "miss", "{first}");
+    assert_eq!(cache(&first, "pid-file-stop"), "precompiled");
+    let entries = || std::fs::read_dir(&own_cache).unwrap().count();
+    assert_eq!(entries(), 1, "the plugin file's entry, none for a built-in");
     let (_, second) = s.doctor_json(&["check"]);
-    assert_eq!(cache(&second), "hit");
+    assert_eq!(cache(&second, "contract-v0-1"), "hit");
+    assert_eq!(cache(&second, "pid-file-stop"), "precompiled");
 
     // Corrupt every entry in place: same size, flipped bytes in the middle.
     for entry in std::fs::read_dir(&own_cache).unwrap() {
@@ -204,24 +215,35 @@ fn the_second_run_loads_from_the_cache_and_a_corrupt_entry_is_a_miss() {
         std::fs::write(&path, bytes).unwrap();
     }
     let (code, third) = s.doctor_json(&["check"]);
-    assert_eq!(cache(&third), "miss", "a corrupt entry is recompiled");
+    assert_eq!(
+        cache(&third, "contract-v0-1"),
+        "miss",
+        "a corrupt entry is recompiled"
+    );
     assert_eq!(code, 1);
     assert!(
-        finding(&third, "pid-file-stop", "w:stale-pid-file").is_some(),
-        "and the run is correct"
+        finding(&third, "contract-v0-1", "seen").is_some(),
+        "and the run is correct: {third}"
     );
+    assert!(finding(&third, "pid-file-stop", "w:stale-pid-file").is_some());
     let (_, fourth) = s.doctor_json(&["check"]);
-    assert_eq!(cache(&fourth), "hit", "the entry was rewritten");
+    assert_eq!(
+        cache(&fourth, "contract-v0-1"),
+        "hit",
+        "the entry was rewritten"
+    );
 
-    let recorded: Vec<String> = s
-        .journal()
-        .prepare("SELECT cache FROM plugin_runs ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(recorded, ["miss", "hit", "miss", "hit"]);
+    let recorded = |plugin: &str| -> Vec<String> {
+        s.journal()
+            .prepare("SELECT cache FROM plugin_runs WHERE plugin = ?1 ORDER BY id")
+            .unwrap()
+            .query_map([plugin], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(recorded("contract-v0-1"), ["miss", "hit", "miss", "hit"]);
+    assert_eq!(recorded("pid-file-stop"), ["precompiled"; 4]);
 }
 
 #[test]

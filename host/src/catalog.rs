@@ -4,7 +4,29 @@
 use std::path::{Path, PathBuf};
 
 mod builtin {
+    /// One built-in plugin, as `build.rs` embeds it.
+    pub struct Builtin {
+        pub name: &'static str,
+        /// The component.
+        pub wasm: &'static [u8],
+        /// The component's sha256 (hex), computed at build time.
+        pub sha256: &'static str,
+        /// The component compiled at build time, for doctor's engine
+        /// configuration and a portable CPU baseline.
+        pub native: &'static [u8],
+    }
+
     include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
+}
+
+fn builtin(name: &str) -> Option<&'static builtin::Builtin> {
+    builtin::BUILTIN.iter().find(|b| b.name == name)
+}
+
+/// A built-in's native code, compiled when doctor was built (for a worker,
+/// which is this same binary).
+pub fn precompiled(name: &str) -> Option<&'static [u8]> {
+    builtin(name).map(|b| b.native)
 }
 
 #[derive(Debug, Clone)]
@@ -38,8 +60,8 @@ impl Catalog {
     pub fn discover(plugin_dirs: &[PathBuf]) -> (Catalog, Vec<String>) {
         let mut entries: Vec<Entry> = builtin::BUILTIN
             .iter()
-            .map(|(name, _)| Entry {
-                name: name.to_string(),
+            .map(|b| Entry {
+                name: b.name.to_string(),
                 source: Source::Builtin,
             })
             .collect();
@@ -88,13 +110,28 @@ impl Catalog {
 impl Entry {
     pub fn bytes(&self) -> std::io::Result<std::borrow::Cow<'static, [u8]>> {
         match &self.source {
-            Source::Builtin => builtin::BUILTIN
-                .iter()
-                .find(|(n, _)| *n == self.name)
-                .map(|(_, b)| std::borrow::Cow::Borrowed(*b))
+            Source::Builtin => builtin(&self.name)
+                .map(|b| std::borrow::Cow::Borrowed(b.wasm))
                 .ok_or_else(|| std::io::Error::other("built-in missing")),
             Source::File(path) => read(path).map(std::borrow::Cow::Owned),
         }
+    }
+
+    /// The sha256 of [`Entry::bytes`]: a built-in's was computed when
+    /// doctor was built.
+    pub fn sha256(&self, bytes: &[u8]) -> String {
+        match (&self.source, builtin(&self.name)) {
+            (Source::Builtin, Some(b)) => b.sha256.to_string(),
+            _ => {
+                use sha2::Digest as _;
+                hex::encode(sha2::Sha256::digest(bytes))
+            }
+        }
+    }
+
+    /// Whether a worker can load this plugin's code precompiled into doctor.
+    pub fn is_precompiled(&self) -> bool {
+        matches!(self.source, Source::Builtin) && builtin(&self.name).is_some()
     }
 }
 

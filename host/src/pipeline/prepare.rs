@@ -98,7 +98,7 @@ fn load(
         }
     };
     // The pin is checked on the bytes, before anything compiles them.
-    let sha256 = crate::runtime::sha256_hex(&bytes);
+    let sha256 = entry.sha256(&bytes);
     if let Some(pin) = &plugin_policy.sha256 {
         if !pin.eq_ignore_ascii_case(&sha256) {
             return Err(policy
@@ -113,9 +113,13 @@ fn load(
                 .into());
         }
     }
-    let loaded = match runtime.load_hashed(&entry.name, bytes, sha256) {
-        Ok(l) => l,
-        Err(e) => return Ok(Err(e)),
+    let loaded = if entry.is_precompiled() {
+        runtime.load_precompiled(&entry.name, bytes, sha256)
+    } else {
+        match runtime.load_hashed(&entry.name, bytes, sha256) {
+            Ok(l) => l,
+            Err(e) => return Ok(Err(e)),
+        }
     };
     let caps = context(
         &entry.name,
@@ -212,7 +216,11 @@ pub fn describe_entry(runtime: &Sandbox, entry: &Entry) -> Result<PluginInfo, Pl
     let bytes = entry
         .bytes()
         .map_err(|e| PluginFailure::Load(e.to_string()))?;
-    let loaded = runtime.load(&entry.name, bytes)?;
+    let loaded = if entry.is_precompiled() {
+        runtime.load_precompiled(&entry.name, bytes, entry.sha256(&[]))
+    } else {
+        runtime.load(&entry.name, bytes)?
+    };
     let policy = Arc::new(
         Policy::parse(std::path::Path::new("(none)"), "")
             .map_err(|e| PluginFailure::Load(e.to_string()))?,

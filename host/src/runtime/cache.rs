@@ -21,6 +21,9 @@ use wasmtime::Engine;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheOutcome {
+    /// A built-in, compiled when doctor was built: nothing compiled or
+    /// cached at run time.
+    Precompiled,
     /// Loaded from a valid cache entry.
     Hit,
     /// Compiled now (no entry, or an unusable one) and stored.
@@ -35,6 +38,7 @@ pub enum CacheOutcome {
 impl CacheOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
+            CacheOutcome::Precompiled => "precompiled",
             CacheOutcome::Hit => "hit",
             CacheOutcome::Miss => "miss",
             CacheOutcome::Off => "off",

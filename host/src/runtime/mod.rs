@@ -7,6 +7,7 @@ pub mod bindings;
 mod cache;
 mod clock;
 mod convert;
+mod engine_config;
 pub mod limits;
 
 pub use cache::{sealed, sha256_hex, CacheOutcome};
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -192,6 +193,17 @@ impl<H: PluginHost> Runtime<H> {
         self.loaded(component)
     }
 
+    /// In a worker: a built-in's code, precompiled into this binary. An
+    /// error says why this engine cannot load it (a CPU feature missing).
+    pub fn load_precompiled(&self, native: &[u8]) -> Result<LoadedComponent, String> {
+        // SAFETY: doctor's own build compiled these bytes with this engine
+        // configuration (`engine_config`), and they are part of the
+        // running binary; wasmtime checks the target and CPU features.
+        let component = unsafe { Component::deserialize(&self.engine, native) }
+            .map_err(|e| format!("{e:#}"))?;
+        self.loaded(component).map_err(|e| e.to_string())
+    }
+
     /// The WIT packages (with version) whose interfaces the component
     /// imports: the contract it was built against.
     pub fn imported_packages(&self, component: &Component) -> Vec<String> {
@@ -335,10 +347,7 @@ impl<H: PluginHost> Runtime<H> {
 /// One engine configuration for every engine doctor makes: code compiled
 /// by one (doctor's) loads in another (a worker's) only if they agree.
 fn new_engine() -> anyhow::Result<Engine> {
-    let mut config = Config::new();
-    config.wasm_component_model(true);
-    config.epoch_interruption(true);
-    Engine::new(&config)
+    Engine::new(&engine_config::config())
         .map_err(wasm_err)
         .context("creating the wasmtime engine")
 }
@@ -474,6 +483,24 @@ mod tests {
             .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
             .filter(|name| name.trim() == "doctor-epoch")
             .count()
+    }
+
+    #[test]
+    fn every_built_in_loads_from_its_precompiled_code_on_this_machine() {
+        let runtime = Runtime::<NoImports>::new().unwrap();
+        let (catalog, _) = crate::catalog::Catalog::discover(&[]);
+        assert!(catalog.entries.len() >= 5);
+        for entry in &catalog.entries {
+            assert!(entry.is_precompiled(), "{}", entry.name);
+            let native = crate::catalog::precompiled(&entry.name).unwrap();
+            let loaded = runtime
+                .load_precompiled(native)
+                .unwrap_or_else(|why| panic!("{}: {why}", entry.name));
+            assert_eq!(loaded.contract, super::bindings::Contract::V0_3);
+            // The hash made at build time is the hash of the embedded bytes.
+            let bytes = entry.bytes().unwrap();
+            assert_eq!(entry.sha256(&bytes), super::sha256_hex(&bytes));
+        }
     }
 
     #[test]

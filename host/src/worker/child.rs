@@ -49,18 +49,14 @@ fn run() -> anyhow::Result<()> {
         Ok(c) => c,
         Err(why) => return refuse(&socket, PluginFailure::Worker(why)),
     };
-    let code = map_code(code)?;
-    let data = code.bytes();
-    if !crate::runtime::sealed(data) {
-        wire::send(&socket, &Started::Corrupt)?;
-        return Ok(());
-    }
     let runtime = Runtime::<Forwarder>::new()?;
-    let loaded = match runtime.load_sealed(data) {
+    let loaded = match load(&runtime, &start.code, code)? {
         Ok(loaded) => loaded,
-        Err(failure) => return refuse(&socket, failure),
+        Err(answer) => {
+            wire::send(&socket, &answer)?;
+            return Ok(());
+        }
     };
-    drop(code);
     // wasmtime makes each memory's copy-on-write image (a memfd) on first
     // instantiation; make them now, before the filter refuses memfd_create.
     loaded
@@ -79,6 +75,31 @@ fn run() -> anyhow::Result<()> {
     };
     wire::send(&socket, &ready)?;
     serve(&runtime, &loaded, Arc::new(socket))
+}
+
+/// The plugin's component, or what to answer the parent instead.
+fn load(
+    runtime: &Runtime<Forwarder>,
+    from: &wire::Code,
+    fd: Option<OwnedFd>,
+) -> anyhow::Result<Result<LoadedComponent, Started>> {
+    match from {
+        wire::Code::Precompiled(name) => {
+            let native = crate::catalog::precompiled(name)
+                .with_context(|| format!("no built-in is named {name}"))?;
+            Ok(runtime
+                .load_precompiled(native)
+                .map_err(Started::Incompatible))
+        }
+        wire::Code::Descriptor => {
+            let code = map_code(fd.context("no descriptor came with the start frame")?)?;
+            let data = code.bytes();
+            if !crate::runtime::sealed(data) {
+                return Ok(Err(Started::Corrupt));
+            }
+            Ok(runtime.load_sealed(data).map_err(Started::Failed))
+        }
+    }
 }
 
 fn refuse(socket: &UnixStream, failure: PluginFailure) -> anyhow::Result<()> {
@@ -136,8 +157,8 @@ fn fitting(done: Result<Output, PluginFailure>) -> anyhow::Result<Vec<u8>> {
     Ok(wire::encode(&FromWorker::Done(Err(failure)))?)
 }
 
-/// The start frame and the descriptor that came with it.
-fn receive_start(socket: &UnixStream) -> anyhow::Result<(Start, OwnedFd)> {
+/// The start frame and the descriptor that came with it, if one did.
+fn receive_start(socket: &UnixStream) -> anyhow::Result<(Start, Option<OwnedFd>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::os::fd::AsRawFd;
     let mut buf = vec![0u8; 4096];
@@ -156,9 +177,8 @@ fn receive_start(socket: &UnixStream) -> anyhow::Result<(Start, OwnedFd)> {
         });
         (msg.bytes, fd)
     };
-    let fd = fd.context("no descriptor came with the start frame")?;
     // SAFETY: the kernel just installed this descriptor for us.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     let body = buf
         .get(4..len)
         .context("the start frame is shorter than its length")?;

@@ -31,6 +31,14 @@ use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wire::{FromWorker, Op, Output, Start, Started, ToWorker, MAX_FROM_WORKER};
 
+/// Where a plugin's workers take its compiled code from.
+enum Code {
+    /// Built into doctor (a built-in's): nothing to hand over.
+    Precompiled,
+    /// Sealed code in a read-only file: a cache entry or a memory file.
+    File(File),
+}
+
 /// How long past a call's deadline a worker has to report (its own epoch
 /// trap ends the plugin at the deadline) before it is killed.
 const REPORT_GRACE: Duration = Duration::from_secs(2);
@@ -64,13 +72,30 @@ pub struct LoadedPlugin {
     /// kept to compile anew if a worker finds the cached code damaged.
     bytes: Cow<'static, [u8]>,
     /// The compiled code workers load, and where it came from.
-    code: Mutex<(File, CacheOutcome)>,
+    code: Mutex<(Code, CacheOutcome)>,
     worker: Mutex<Option<Worker>>,
     imported: OnceLock<Vec<String>>,
     confinement: OnceLock<String>,
 }
 
 impl LoadedPlugin {
+    fn new(
+        name: &str,
+        sha256: String,
+        bytes: Cow<'static, [u8]>,
+        code: (Code, CacheOutcome),
+    ) -> Self {
+        LoadedPlugin {
+            name: crate::text::truncate(name, 64),
+            sha256,
+            bytes,
+            code: Mutex::new(code),
+            worker: Mutex::new(None),
+            imported: OnceLock::new(),
+            confinement: OnceLock::new(),
+        }
+    }
+
     /// Where its compiled code came from (a damaged entry found by the
     /// first worker makes a hit a miss).
     pub fn cache(&self) -> CacheOutcome {
@@ -114,16 +139,27 @@ impl Sandbox {
         bytes: Cow<'static, [u8]>,
         sha256: String,
     ) -> Result<LoadedPlugin, PluginFailure> {
-        let code = self.compiler.compiled_file(&bytes, &sha256, true)?;
-        Ok(LoadedPlugin {
-            name: crate::text::truncate(name, 64),
+        let (file, outcome) = self.compiler.compiled_file(&bytes, &sha256, true)?;
+        Ok(LoadedPlugin::new(
+            name,
             sha256,
             bytes,
-            code: Mutex::new(code),
-            worker: Mutex::new(None),
-            imported: OnceLock::new(),
-            confinement: OnceLock::new(),
-        })
+            (Code::File(file), outcome),
+        ))
+    }
+
+    /// A built-in whose code was compiled when doctor was built: nothing
+    /// is compiled or cached now. Its workers load the code from their own
+    /// binary; a worker on a CPU the code does not fit sends doctor back
+    /// to compile it as any other plugin.
+    pub fn load_precompiled(
+        &self,
+        name: &str,
+        bytes: Cow<'static, [u8]>,
+        sha256: String,
+    ) -> LoadedPlugin {
+        let code = (Code::Precompiled, CacheOutcome::Precompiled);
+        LoadedPlugin::new(name, sha256, bytes, code)
     }
 
     /// The WIT packages the plugin imports (its worker is started if it
@@ -238,25 +274,33 @@ impl Sandbox {
         plugin: &LoadedPlugin,
         limits: Limits,
     ) -> Result<(Worker, Vec<String>, String), PluginFailure> {
-        let start = Start {
-            parent: std::process::id(),
-            run_as: self.run_as,
-            data_limit: worker_memory(limits.memory_bytes),
-        };
         let by = Instant::now() + limits.timeout + REPORT_GRACE;
-        let mut worker = self.spawn_with_code(plugin, &start, by)?;
-        if matches!(worker.1, Started::Corrupt) {
-            tracing::warn!(
-                "the compiled code of {} is damaged; compiling it anew",
-                plugin.name
-            );
-            let fresh = self
-                .compiler
-                .compiled_file(&plugin.bytes, &plugin.sha256, false)?;
-            if let Ok(mut code) = plugin.code.lock() {
-                *code = fresh;
+        let mut worker = self.spawn_with_code(plugin, limits, by)?;
+        let use_entry = match &worker.1 {
+            Started::Corrupt => {
+                tracing::warn!(
+                    "the compiled code of {} is damaged; compiling it anew",
+                    plugin.name
+                );
+                Some(false)
             }
-            worker = self.spawn_with_code(plugin, &start, by)?;
+            Started::Incompatible(why) => {
+                tracing::info!(
+                    "the precompiled code of {} does not load here ({why}); compiling it",
+                    plugin.name
+                );
+                Some(true)
+            }
+            _ => None,
+        };
+        if let Some(use_entry) = use_entry {
+            let (file, outcome) =
+                self.compiler
+                    .compiled_file(&plugin.bytes, &plugin.sha256, use_entry)?;
+            if let Ok(mut code) = plugin.code.lock() {
+                *code = (Code::File(file), outcome);
+            }
+            worker = self.spawn_with_code(plugin, limits, by)?;
         }
         match worker {
             (
@@ -266,6 +310,7 @@ impl Sandbox {
                     confinement,
                 },
             ) => Ok((worker, imported, confinement)),
+            (_, Started::Incompatible(why)) => Err(PluginFailure::Load(why)),
             _ => Err(PluginFailure::Load("the compiled code is damaged".into())),
         }
     }
@@ -274,7 +319,7 @@ impl Sandbox {
     fn spawn_with_code(
         &self,
         plugin: &LoadedPlugin,
-        start: &Start,
+        limits: Limits,
         by: Instant,
     ) -> Result<(Worker, Started), PluginFailure> {
         let mut worker = self
@@ -285,7 +330,17 @@ impl Sandbox {
             .code
             .lock()
             .map_err(|_| PluginFailure::Worker("is poisoned by an earlier panic".into()))?;
-        match worker.start(start, &code.0, by) {
+        let (start, file) = match &code.0 {
+            Code::Precompiled => (wire::Code::Precompiled(plugin.name.clone()), None),
+            Code::File(file) => (wire::Code::Descriptor, Some(file)),
+        };
+        let start = Start {
+            code: start,
+            parent: std::process::id(),
+            run_as: self.run_as,
+            data_limit: worker_memory(limits.memory_bytes),
+        };
+        match worker.start(&start, file, by) {
             Ok(started) => Ok((worker, started)),
             Err(Broken::Call(f) | Broken::Worker(f)) => Err(f),
         }
@@ -353,8 +408,13 @@ impl Worker {
     }
 
     /// Hand over the code; the worker is ready, or found it damaged.
-    fn start(&mut self, start: &Start, code: &File, by: Instant) -> Result<Started, Broken> {
-        send_with_fd(&self.socket, start, code)
+    fn start(
+        &mut self,
+        start: &Start,
+        code: Option<&File>,
+        by: Instant,
+    ) -> Result<Started, Broken> {
+        send_start(&self.socket, start, code)
             .map_err(|e| Broken::Worker(self.lost(format!("took no start frame: {e}"))))?;
         match self.recv::<Started>(by)? {
             Started::Failed(failure) => Err(Broken::Worker(failure)),
@@ -557,16 +617,18 @@ impl Read for UntilDeadline<'_> {
 }
 
 /// The start frame, with the code's descriptor beside it.
-fn send_with_fd(socket: &UnixStream, start: &Start, code: &File) -> io::Result<()> {
+/// The start frame, with the code's descriptor when there is one.
+fn send_start(socket: &UnixStream, start: &Start, code: Option<&File>) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let body = wire::encode(start)?;
     let mut frame = (body.len() as u32).to_le_bytes().to_vec();
     frame.extend_from_slice(&body);
-    let fds = [code.as_raw_fd()];
+    let fds: Vec<_> = code.iter().map(|file| file.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&fds)];
     let sent = sendmsg::<()>(
         socket.as_raw_fd(),
         &[io::IoSlice::new(&frame)],
-        &[ControlMessage::ScmRights(&fds)],
+        if fds.is_empty() { &[] } else { &rights },
         MsgFlags::empty(),
         None,
     )?;

@@ -20,15 +20,27 @@ pub const MAX_FROM_WORKER: usize = 5 << 20;
 /// answer (a query result is bounded by `doctor.sql_result_max`).
 pub const MAX_TO_WORKER: usize = 256 << 20;
 
-/// The first frame, sent with the compiled code's descriptor.
+/// The first frame, sent with the compiled code's descriptor when the
+/// code comes [`Code::Descriptor`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Start {
+    /// Where the worker takes the plugin's compiled code from.
+    pub code: Code,
     /// doctor's pid: the worker's parent, whose death ends the worker.
     pub parent: u32,
     /// The user and group the worker runs as, when doctor is root.
     pub run_as: Option<(u32, u32)>,
     /// `RLIMIT_DATA` of the worker, in bytes.
     pub data_limit: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Code {
+    /// Sealed code in the descriptor that comes with the frame.
+    Descriptor,
+    /// The named built-in's code, precompiled into doctor (which the worker
+    /// is too).
+    Precompiled(String),
 }
 
 /// What the worker answers to [`Start`].
@@ -43,6 +55,9 @@ pub enum Started {
     Failed(PluginFailure),
     /// The code's seal is broken (a damaged cache entry): compile anew.
     Corrupt,
+    /// The precompiled code does not load here (this CPU lacks a feature
+    /// it was compiled for): compile the plugin as any other.
+    Incompatible(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
