@@ -16,7 +16,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use support::docker::Docker;
-use support::engines::TestEngine;
+use support::engines::{CountingProxy, TestEngine};
 use support::podman::Podman;
 use support::{finding, findings, plugin_summary, Scenario};
 
@@ -138,10 +138,14 @@ fn each_misconfiguration_is_reported_and_a_good_container_is_not(engine: &dyn Te
         "latest",
         "good",
     ];
-    policy(&s, engine.socket(), &names, "", "");
+    // The engine's socket behind a proxy that keeps what doctor asked.
+    let proxy = CountingProxy::start(&s.root().join("engine.sock"), engine.socket());
+    policy(&s, proxy.socket(), &names, "", "");
     let (code, doc) = s.doctor_json(&["check"]);
     assert_eq!(plugin_summary(&doc, PLUGIN)["outcome"], "ok", "{doc:#}");
     assert_eq!(code, 2, "{doc:#}");
+    let asked = proxy.take();
+    assert_each_asked_once(&asked, names.len());
 
     // The same findings on both engines, though their inspect documents
     // differ: Docker shows `CapDrop: ["ALL"]`, Podman expands ALL into its
@@ -186,6 +190,42 @@ fn each_misconfiguration_is_reported_and_a_good_container_is_not(engine: &dyn Te
     let (_, again) = s.doctor_json(&["check"]);
     let f = finding(&again, PLUGIN, "container:capdrop:cap-drop-dac-override").unwrap();
     assert_eq!(f["status"], "persisting");
+    // Asking the same again: nothing of the first run's answers is kept.
+    let (mut first, mut second) = (asked, proxy.take());
+    first.sort();
+    second.sort();
+    assert_eq!(first, second);
+}
+
+/// One check's requests to the engine: one list, one inspect of each of the
+/// `checked` containers, and one stat (`HEAD .../archive`) of each path a
+/// health check's program was looked for at; none of them twice. That is
+/// what the bare reads of the same facts take (issue 25).
+fn assert_each_asked_once(asked: &[String], checked: usize) {
+    let unique: BTreeSet<&String> = asked.iter().collect();
+    assert_eq!(unique.len(), asked.len(), "a request repeated: {asked:#?}");
+    let lists = asked
+        .iter()
+        .filter(|r| r.starts_with("GET /containers/json"))
+        .count();
+    assert_eq!(lists, 1, "{asked:#?}");
+    let inspects = asked
+        .iter()
+        .filter(|r| r.starts_with("GET /containers/") && r.ends_with("/json"))
+        .count();
+    assert_eq!(
+        inspects, checked,
+        "each container inspected once: {asked:#?}"
+    );
+    let stats = asked
+        .iter()
+        .filter(|r| r.starts_with("HEAD /containers/") && r.contains("/archive?path="))
+        .count();
+    assert!(
+        stats > 0,
+        "the health checks' programs are looked up: {asked:#?}"
+    );
+    assert_eq!(lists + inspects + stats, asked.len(), "{asked:#?}");
 }
 
 fn created_never_started_containers_are_not_expected_to_run_and_are_never_started(

@@ -100,3 +100,71 @@ impl TestEngine for Docker {
         true
     }
 }
+
+/// A Unix socket in front of an engine's that forwards every connection
+/// and keeps the request lines passing through (`GET /containers/json?all=true`,
+/// without the ` HTTP/1.1`), so a test can count what doctor asked the engine.
+pub struct CountingProxy {
+    socket: std::path::PathBuf,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CountingProxy {
+    /// Listens at `socket`, forwarding to `upstream`; lives as long as the test.
+    pub fn start(socket: &Path, upstream: &Path) -> CountingProxy {
+        use std::io::{Read, Write};
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let listener = UnixListener::bind(socket).expect("bind the counting proxy");
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (kept, upstream) = (requests.clone(), upstream.to_path_buf());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = UnixStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut to_client, mut from_server) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let (mut from_client, mut to_server) = (client, server);
+                let kept = kept.clone();
+                std::thread::spawn(move || {
+                    // Requests carry no body: every line ending in the
+                    // protocol is a request line, however the reads split it.
+                    let (mut buf, mut pending) = ([0u8; 65536], Vec::new());
+                    while let Ok(n @ 1..) = from_client.read(&mut buf) {
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(end) = pending.windows(2).position(|w| w == b"\r\n") {
+                            let line = String::from_utf8_lossy(&pending[..end]).to_string();
+                            pending.drain(..end + 2);
+                            if let Some(request) = line.strip_suffix(" HTTP/1.1") {
+                                kept.lock().unwrap().push(request.to_string());
+                            }
+                        }
+                        if to_server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_server.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_server, &mut to_client);
+                    let _ = to_client.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        CountingProxy {
+            socket: socket.to_path_buf(),
+            requests,
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The request lines seen so far, oldest first, and forgets them.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.requests.lock().unwrap())
+    }
+}

@@ -34,7 +34,10 @@ pub fn container(ctx: &ActionContext, id: &str, op: ContainerOp) -> Executed {
     };
     let names = match engine.inspect(id) {
         Ok(doc) => grant_names(engine_name, &doc),
-        Err(e) => return Executed::failed(format!("inspecting container {id}: {e}")),
+        Err(e) => {
+            let e = ctx.engines.named_error(engine_name, e);
+            return Executed::failed(format!("inspecting container {id}: {e}"));
+        }
     };
     if let Err(denied) = ctx.grants.container_write(&names) {
         return Executed::refused(denied.0);

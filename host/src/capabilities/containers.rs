@@ -30,17 +30,22 @@ impl CapabilityContext {
 
     fn containers_inspect(&mut self, id: String) -> Result<String, Error> {
         self.grants.containers()?;
-        let (_, engine, id) = self.engine_of(&id)?;
-        engine.inspect(id).map_err(engine_error)
+        let (name, engine, id) = self.engine_of(&id)?;
+        engine
+            .inspect(id)
+            .map_err(|e| engine_error(self.facts.engines().named_error(name, e)))
     }
 
     fn containers_path_exists(&mut self, id: String, path: String) -> Result<bool, Error> {
         self.grants.containers()?;
-        let (_, engine, id) = self.engine_of(&id)?;
-        engine.path_exists(id, &path).map_err(engine_error)
+        let (name, engine, id) = self.engine_of(&id)?;
+        engine
+            .path_exists(id, &path)
+            .map_err(|e| engine_error(self.facts.engines().named_error(name, e)))
     }
 
-    /// The granted engine holding container `id` (or `ENGINE/NAME`).
+    /// The granted engine holding container `id` (or `ENGINE/NAME`): the
+    /// one this run's list or an earlier answer named, without asking again.
     fn engine_of<'a>(
         &self,
         id: &'a str,
@@ -50,7 +55,7 @@ impl CapabilityContext {
             return Err(no_engine());
         }
         engines
-            .locate(id, |e| self.grants.engine(e))
+            .route(id, |e| self.grants.engine(e))
             .map_err(engine_error)
     }
 }

@@ -471,7 +471,7 @@ fn grace_secs(grace: Duration) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -527,7 +527,8 @@ mod tests {
 
     /// A fake engine: answers each request on a connection, closing the
     /// connection after `per_connection` answers; returns the request lines.
-    fn fake_engine(
+    /// It lists one container, `c1` named `web`, and any inspect finds one.
+    pub(crate) fn fake_engine(
         socket: &std::path::Path,
         per_connection: usize,
     ) -> std::sync::mpsc::Receiver<(usize, String)> {

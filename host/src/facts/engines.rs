@@ -12,7 +12,7 @@ use std::time::Duration;
 
 pub struct Engines {
     named: Vec<(String, Arc<ContainerEngine>)>,
-    /// Which engine answered for an id or name, once asked.
+    /// Which engine listed an id or name, or answered for it, in this run.
     holder: Mutex<HashMap<String, usize>>,
 }
 
@@ -49,28 +49,64 @@ impl Engines {
     /// The containers of every engine `allowed` lets through, names taken
     /// in two engines qualified by their engine (`docker/web`). One engine
     /// that cannot answer is the error, naming it: a partial list would
-    /// read as "those containers are gone".
+    /// read as "those containers are gone". Each listed id and name is
+    /// remembered as its engine's, for `route`.
     pub fn list(
         &self,
         include_stopped: bool,
         allowed: impl Fn(&str) -> bool,
     ) -> Result<Vec<Listed>, EngineError> {
         let mut all = Vec::new();
-        for (name, engine) in self.named.iter().filter(|(n, _)| allowed(n)) {
+        let mut held = Vec::new();
+        for (i, (name, engine)) in self.named.iter().enumerate() {
+            if !allowed(name) {
+                continue;
+            }
             let list = engine
                 .list(include_stopped)
                 .map_err(|e| self.named_error(name, e))?;
+            held.extend(list.iter().map(|_| i));
             all.extend(list.into_iter().map(|summary| Listed {
                 engine: name.clone(),
                 summary,
             }));
         }
         qualify_shared_names(&mut all);
+        for (c, i) in all.iter().zip(held) {
+            let names = c.summary.names.iter().filter(|n| !n.contains('/'));
+            for key in std::iter::once(&c.summary.id).chain(names) {
+                self.remember(key, i);
+            }
+        }
         Ok(all)
+    }
+
+    /// The engine to ask about `id` for a plugin's read: the one whose list
+    /// or answer named `id` earlier in this run (`Engines` lives for one
+    /// run's check; the re-check after a fix has its own), without asking
+    /// any engine again; else as `locate`. Container ids are unique across
+    /// engines and never move; a name is routed as this run's list showed
+    /// it (unqualified only where one engine had it).
+    pub fn route<'a>(
+        &self,
+        id: &'a str,
+        allowed: impl Fn(&str) -> bool,
+    ) -> Result<(&str, &ContainerEngine, &'a str), EngineError> {
+        if !id.contains('/') {
+            if let Some(i) = self.holder(id).filter(|i| allowed(&self.named[*i].0)) {
+                let (name, engine) = &self.named[i];
+                return Ok((name, engine, id));
+            }
+        }
+        self.locate(id, allowed)
     }
 
     /// The engine holding `id` (a full or short id, a name, or
     /// `ENGINE/NAME`) among the allowed ones, and the id to ask it with.
+    /// Where one engine is allowed there is nothing to find out and no
+    /// engine is asked: the caller's own request answers "no such
+    /// container" there. Else each allowed engine is asked in turn (the one
+    /// that answered before first) until one knows `id`.
     pub fn locate<'a>(
         &self,
         id: &'a str,
@@ -87,6 +123,11 @@ impl Engines {
                     "container {id}: no engine {engine:?} in the policy"
                 ))),
             };
+        }
+        let mut candidates = (0..self.named.len()).filter(|i| allowed(&self.named[*i].0));
+        if let (Some(only), None) = (candidates.next(), candidates.next()) {
+            let (name, engine) = &self.named[only];
+            return Ok((name, engine, id));
         }
         let known = self.holder(id);
         let order = known
@@ -124,7 +165,7 @@ impl Engines {
     }
 
     /// With one engine its errors read as before; with several they say which.
-    fn named_error(&self, name: &str, e: EngineError) -> EngineError {
+    pub fn named_error(&self, name: &str, e: EngineError) -> EngineError {
         if self.named.len() == 1 {
             return e;
         }
@@ -190,8 +231,43 @@ fn qualify_shared_names(all: &mut [Listed]) {
 
 #[cfg(test)]
 mod tests {
-    use super::discover;
+    use super::{discover, Engines};
+    use crate::facts::containers::tests::fake_engine;
     use std::os::unix::net::UnixListener;
+    use std::time::Duration;
+
+    #[test]
+    fn a_container_this_run_listed_is_read_from_its_engine_without_asking_another_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+        let (asked_a, asked_b) = (fake_engine(&a, 100), fake_engine(&b, 100));
+        let limit = Duration::from_secs(5);
+        let engines = Engines::new([("a", a.as_path(), limit), ("b", b.as_path(), limit)]);
+        let lines = |rx: &std::sync::mpsc::Receiver<(usize, String)>| -> Vec<String> {
+            rx.try_iter().map(|(_, l)| l).collect()
+        };
+
+        // One engine allowed: nothing to find out, nothing asked.
+        let (name, _, id) = engines.locate("c9", |e| e == "b").unwrap();
+        assert_eq!((name, id), ("b", "c9"));
+        assert!(lines(&asked_a).is_empty() && lines(&asked_b).is_empty());
+
+        // Not listed yet, two engines allowed: asked in turn (a first).
+        let (name, _, _) = engines.route("c1", |_| true).unwrap();
+        assert_eq!(name, "a");
+        assert_eq!(lines(&asked_a), ["GET /containers/c1/json HTTP/1.1"]);
+
+        // Listed by b (and only b allowed then): routed to b, unasked.
+        engines.list(true, |e| e == "b").unwrap();
+        assert_eq!(lines(&asked_b), ["GET /containers/json?all=true HTTP/1.1"]);
+        for listed in ["c1", "web"] {
+            let (name, _, id) = engines.route(listed, |_| true).unwrap();
+            assert_eq!((name, id), ("b", listed));
+        }
+        // A plugin that may not use b is not routed there.
+        assert_eq!(engines.route("web", |e| e == "a").unwrap().0, "a");
+        assert!(lines(&asked_a).is_empty() && lines(&asked_b).is_empty());
+    }
 
     #[test]
     fn discovery_finds_root_and_each_users_engine_sockets_and_nothing_else() {
