@@ -3,6 +3,7 @@
 //! fresh store with a memory cap and a wall-clock deadline, so a plugin that
 //! loops, allocates without bound, panics or traps fails alone.
 
+mod alarm;
 pub mod bindings;
 mod cache;
 mod clock;
@@ -16,16 +17,12 @@ pub use convert::bound_info;
 use anyhow::Context as _;
 use limits::{InstanceBudget, Tripped};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-/// How often the epoch advances; deadlines are counted in these ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// A panic message is worth keeping; a flood on stderr is not.
 const STDERR_CAPACITY: usize = 16 * 1024;
 
@@ -96,14 +93,9 @@ pub type PluginReport = bindings::doctor::plugin::types::Report;
 pub struct Runtime<H: PluginHost> {
     engine: Engine,
     linker: Linker<PluginState<H>>,
-    /// Ends the epoch ticker when the runtime is dropped (the daemon makes one per run).
-    ticker_stop: Arc<AtomicBool>,
-}
-
-impl<H: PluginHost> Drop for Runtime<H> {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
-    }
+    /// Advances the engine's epoch when a call's deadline passes; its
+    /// thread ends with the runtime.
+    alarm: alarm::EpochAlarm,
 }
 
 /// A compiled plugin ready to instantiate.
@@ -153,12 +145,11 @@ impl<H: PluginHost> Runtime<H> {
         H::link(&mut linker)
             .map_err(wasm_err)
             .context("linking the doctor imports")?;
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        start_epoch_ticker(&engine, ticker_stop.clone());
+        let alarm = alarm::EpochAlarm::start(&engine);
         Ok(Runtime {
             engine,
             linker,
-            ticker_stop,
+            alarm,
         })
     }
 
@@ -334,10 +325,13 @@ impl<H: PluginHost> Runtime<H> {
         // aliased strings could otherwise make the host hold many times
         // what the plugin holds.
         store.set_hostcall_fuel(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX));
-        store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        // One advance of the epoch, at the deadline, ends the call.
+        store.set_epoch_deadline(1);
         store.epoch_deadline_trap();
 
+        let armed = self.alarm.arm(deadline);
         let outcome = f(&mut store, component, &self.linker);
+        drop(armed);
         let state = store.into_data();
         let outcome = outcome.map_err(|e| failure_of(e, limits, state.limits.tripped, &stderr));
         Ok((outcome, state.host))
@@ -392,10 +386,6 @@ pub(crate) fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!("{e:#}")
 }
 
-fn deadline_ticks(timeout: Duration) -> u64 {
-    (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
-}
-
 fn failure_of(
     e: wasmtime::Error,
     limits: Limits,
@@ -435,21 +425,6 @@ fn failure_of(
             crate::text::one_line(&crate::text::truncate(&said, 2048))
         ))
     }
-}
-
-/// One ticker per engine, for the life of its runtime: the engine's epoch is
-/// what turns a runaway plugin into a trap.
-fn start_epoch_ticker(engine: &Engine, stop: Arc<AtomicBool>) {
-    let engine = engine.clone();
-    std::thread::Builder::new()
-        .name("doctor-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
-            }
-        })
-        .ok();
 }
 
 /// An old contract's `check` answer in the current types.
