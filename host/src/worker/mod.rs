@@ -385,17 +385,18 @@ impl Drop for Worker {
     }
 }
 
-impl Worker {
-    fn spawn(plugin: &str) -> io::Result<Worker> {
-        let mut command = Command::new("/proc/self/exe");
-        command
-            .arg0("doctor")
-            .arg(child::WORKER_ARG)
-            .arg(plugin)
-            .env_clear();
-        Worker::spawn_command(command)
-    }
+/// doctor itself, as the worker of `plugin`.
+fn worker_command(plugin: &str) -> Command {
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .arg0("doctor")
+        .arg(child::WORKER_ARG)
+        .arg(plugin)
+        .env_clear();
+    command
+}
 
+impl Worker {
     /// `command` with its stdin our socket pair's other end.
     fn spawn_command(mut command: Command) -> io::Result<Worker> {
         let (socket, theirs) = UnixStream::pair()?;
@@ -550,12 +551,17 @@ struct Spawner {
 
 impl Spawner {
     fn start() -> io::Result<Spawner> {
+        Spawner::start_with(worker_command)
+    }
+
+    /// Workers made by `command` (tests put a liar in doctor's place).
+    fn start_with(command: fn(&str) -> Command) -> io::Result<Spawner> {
         let (requests, incoming) = mpsc::channel::<(String, mpsc::Sender<io::Result<Worker>>)>();
         let thread = std::thread::Builder::new()
             .name("doctor-spawner".into())
             .spawn(move || {
                 for (plugin, reply) in incoming {
-                    let _ = reply.send(Worker::spawn(&plugin));
+                    let _ = reply.send(Worker::spawn_command(command(&plugin)));
                 }
             })?;
         Ok(Spawner {
@@ -677,6 +683,59 @@ mod tests {
             Err(Broken::Worker(f) | Broken::Call(f)) => f.to_string(),
             Ok(_) => panic!("the liar's call succeeded"),
         }
+    }
+
+    /// A worker that finds a built-in's precompiled code unusable, as on
+    /// a CPU without a feature it was compiled for, and then tells what
+    /// code it was handed next.
+    fn incompatible_then_tell(_plugin: &str) -> Command {
+        let mut python = Command::new("python3");
+        python.args([
+            "-c",
+            "import os, socket, struct\n\
+             s = socket.socket(fileno=0)\n\
+             data, anc, _, _ = s.recvmsg(4096, socket.CMSG_SPACE(4))\n\
+             def frame(b): return struct.pack('<I', len(b)) + b\n\
+             def text(t): return bytes([len(t)]) + t.encode()\n\
+             if data[4] == 1:\n\
+             \x20   s.sendall(frame(bytes([3]) + text('this CPU lacks has_avx9000')))\n\
+             else:\n\
+             \x20   fd = struct.unpack('i', anc[0][2][:4])[0]\n\
+             \x20   told = 'handed %d bytes of code' % os.fstat(fd).st_size\n\
+             \x20   s.sendall(frame(bytes([1, 6]) + text(told)))\n",
+        ]);
+        python
+    }
+
+    #[test]
+    fn precompiled_code_that_does_not_fit_this_cpu_is_compiled_like_a_plugin_file() {
+        let sandbox = Sandbox {
+            compiler: Compiler::new(None).unwrap(),
+            run_as: None,
+            spawner: Spawner::start_with(incompatible_then_tell).unwrap(),
+        };
+        let (catalog, _) = crate::catalog::Catalog::discover(&[]);
+        let entry = catalog.get("pid-file-stop").unwrap();
+        let bytes = entry.bytes().unwrap();
+        let sha256 = entry.sha256(&bytes);
+        let plugin = sandbox.load_precompiled(&entry.name, bytes, sha256);
+        assert_eq!(plugin.cache(), CacheOutcome::Precompiled);
+        let limits = Limits {
+            memory_bytes: 1 << 20,
+            timeout: Duration::from_secs(20),
+        };
+        let answer = sandbox.describe(&plugin, test_context(Grants::default()), limits);
+        // The second worker was handed code doctor compiled just now.
+        let Err(PluginFailure::Load(told)) = answer else {
+            panic!("{answer:?}")
+        };
+        let size: u64 = told
+            .strip_prefix("handed ")
+            .and_then(|t| t.strip_suffix(" bytes of code"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{told}"));
+        assert!(size > 100_000, "{told}");
+        assert_eq!(plugin.cache(), CacheOutcome::Off, "compiled, no cache here");
     }
 
     #[test]
