@@ -12,7 +12,8 @@ mod builtin {
         /// The component's sha256 (hex), computed at build time.
         pub sha256: &'static str,
         /// The component compiled at build time, for doctor's engine
-        /// configuration and a portable CPU baseline.
+        /// configuration and a portable CPU baseline; empty when the build
+        /// could not (the built-in is then compiled at run time).
         pub native: &'static [u8],
     }
 
@@ -26,7 +27,9 @@ fn builtin(name: &str) -> Option<&'static builtin::Builtin> {
 /// A built-in's native code, compiled when doctor was built (for a worker,
 /// which is this same binary).
 pub fn precompiled(name: &str) -> Option<&'static [u8]> {
-    builtin(name).map(|b| b.native)
+    builtin(name)
+        .map(|b| b.native)
+        .filter(|native| !native.is_empty())
 }
 
 #[derive(Debug, Clone)]
@@ -131,7 +134,7 @@ impl Entry {
 
     /// Whether a worker can load this plugin's code precompiled into doctor.
     pub fn is_precompiled(&self) -> bool {
-        matches!(self.source, Source::Builtin) && builtin(&self.name).is_some()
+        matches!(self.source, Source::Builtin) && precompiled(&self.name).is_some()
     }
 }
 
