@@ -79,6 +79,12 @@ impl RunFacts {
             .clone()
     }
 
+    /// The run's process snapshot if a call has read it already: a
+    /// filtered answer is then taken from it instead of reading /proc again.
+    pub fn processes_read(&self) -> Option<Arc<Vec<ProcessInfo>>> {
+        self.processes.get().and_then(|r| r.as_ref().ok()).cloned()
+    }
+
     pub fn processes(&self) -> Result<Arc<Vec<ProcessInfo>>, String> {
         self.processes
             .get_or_init(|| {

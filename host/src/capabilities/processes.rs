@@ -2,7 +2,7 @@
 
 use super::scope::ScopeMatcher;
 use super::CapabilityContext;
-use crate::facts::processes::ProcessInfo;
+use crate::facts::processes::{self as process_facts, ProcessInfo};
 use crate::policy::{ProcessScope, UserRef, Within};
 use crate::runtime::bindings::doctor::plugin::processes::{self, Process, ProcessFilter, Scope};
 use crate::runtime::bindings::doctor::plugin::types::{Error, ProcessRef};
@@ -16,13 +16,21 @@ impl CapabilityContext {
         Ok(scope.filter(&table).into_iter().map(to_wit).collect())
     }
 
+    /// One process: from the run's snapshot when a call has read it, else
+    /// read alone (with the snapshot's own-tree rule), and shown only
+    /// inside the grant's scope, its `under` judged by the same table.
     fn processes_get(&mut self, pid: u32) -> Result<Option<Process>, Error> {
         let scope = self.grants.processes()?;
-        let table = self.facts.processes().map_err(Error::Io)?;
-        Ok(scope
-            .filter(&table)
-            .into_iter()
-            .find(|p| p.id.pid == pid)
+        if let Some(table) = self.facts.processes_read() {
+            let find = |pid: u32| table.iter().find(|p| p.id.pid == pid).cloned();
+            return Ok(find(pid)
+                .filter(|p| scope.contains(p, find))
+                .as_ref()
+                .map(to_wit));
+        }
+        Ok(process_facts::get_visible(pid)
+            .filter(|p| scope.contains(p, process_facts::get_visible))
+            .as_ref()
             .map(to_wit))
     }
 }
@@ -33,7 +41,10 @@ const MAX_FILTER_TEXT: usize = 4096;
 
 impl CapabilityContext {
     /// The processes inside the grant's scope that match the filter: the
-    /// host reads the table once and hands the plugin only these.
+    /// host hands the plugin only these. From the run's snapshot when a call
+    /// has read it; else /proc is read only as far as the filter needs: each
+    /// process's stat and owner, its command line when its uid may match,
+    /// its exe and cgroup when its command line does.
     fn processes_query(&mut self, filter: ProcessFilter) -> Result<Vec<Process>, Error> {
         let granted = self.grants.processes()?;
         let pattern = filter.pattern.as_deref().map(compile_pattern).transpose()?;
@@ -42,18 +53,32 @@ impl CapabilityContext {
             Some(scope) => ScopeMatcher::compile(&ProcessScope::Within(within(scope)?))
                 .map_err(|e| Error::Invalid(format!("filter: {e}")))?,
         };
-        let table = self.facts.processes().map_err(Error::Io)?;
+        let matches = |p: &ProcessInfo| {
+            pattern
+                .as_ref()
+                .is_none_or(|re| re.is_match(&p.command_line()))
+        };
+        let Some(table) = self.facts.processes_read() else {
+            let uid_may_match = |p: &ProcessInfo| {
+                granted.uid().is_none_or(|uid| uid == p.uid)
+                    && wanted.uid().is_none_or(|uid| uid == p.uid)
+            };
+            let found = process_facts::matching(&uid_may_match, &matches)
+                .map_err(|e| Error::Io(format!("reading /proc: {e}")))?;
+            // Parents read one by one, as `get` reads them: a hidden process
+            // must not be found out even as the ancestor an `under` asks about.
+            let parent = process_facts::get_visible;
+            let visible = |pid: u32| parent(pid).filter(|p| granted.contains(p, parent));
+            return Ok(found
+                .iter()
+                .filter(|p| granted.contains(p, parent) && wanted.contains(p, visible))
+                .map(to_wit)
+                .collect());
+        };
         // Everything below sees only what the grant shows: a hidden process
         // must not be found out even as the ancestor an `under` asks about.
         let visible: Vec<ProcessInfo> = granted.filter(&table).into_iter().cloned().collect();
-        let inside: Vec<&ProcessInfo> = visible
-            .iter()
-            .filter(|p| {
-                pattern
-                    .as_ref()
-                    .is_none_or(|re| re.is_match(&p.command_line()))
-            })
-            .collect();
+        let inside: Vec<&ProcessInfo> = visible.iter().filter(|p| matches(p)).collect();
         if wanted.is_host() {
             return Ok(inside.into_iter().map(to_wit).collect());
         }

@@ -41,6 +41,15 @@ impl ScopeMatcher {
         matches!(self, ScopeMatcher::Host)
     }
 
+    /// The uid every process inside must have, if the scope names one: the
+    /// one field a process can be judged by before its command line is read.
+    pub fn uid(&self) -> Option<u32> {
+        match self {
+            ScopeMatcher::Host => None,
+            ScopeMatcher::Within(c) => c.uid,
+        }
+    }
+
     /// Is `p` inside, with `parent(pid)` giving the process records above it?
     pub fn contains(&self, p: &ProcessInfo, parent: impl Fn(u32) -> Option<ProcessInfo>) -> bool {
         match self {

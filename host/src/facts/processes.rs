@@ -47,24 +47,34 @@ impl ProcessInfo {
 /// are split across the available cores (each read is independent: one
 /// directory fd per process), and a small table is read on this thread.
 pub fn snapshot() -> std::io::Result<Vec<ProcessInfo>> {
+    matching(&|_| true, &|_| true)
+}
+
+/// The processes of [`snapshot`] that `cheap` and then `keep` accept, read
+/// only as far as needed: every process's stat and owner (for the own-tree
+/// rule, and `cheap`), its command line only when `cheap` accepts it (for
+/// `keep`), its exe and cgroup only when `keep` does too. Each predicate
+/// sees the fields read so far; the rest are empty (`argv`) or `None`.
+pub fn matching(
+    cheap: &(dyn Fn(&ProcessInfo) -> bool + Sync),
+    keep: &(dyn Fn(&ProcessInfo) -> bool + Sync),
+) -> std::io::Result<Vec<ProcessInfo>> {
     let clock = Clock::get();
     let pids = pids()?;
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_READERS);
-    let table: Vec<ProcessInfo> = if workers < 2 || pids.len() < PARALLEL_FROM {
-        pids.iter().filter_map(|&pid| read(pid, clock)).collect()
+    let read = |pid: u32| read_if(pid, clock, cheap, keep);
+    let table: Vec<Read> = if workers < 2 || pids.len() < PARALLEL_FROM {
+        pids.iter().filter_map(|&pid| read(pid)).collect()
     } else {
         let chunk = pids.len().div_ceil(workers);
         std::thread::scope(|scope| {
             let readers: Vec<_> = pids
                 .chunks(chunk)
                 .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .filter_map(|&pid| read(pid, clock))
-                            .collect::<Vec<_>>()
-                    })
+                    scope
+                        .spawn(move || part.iter().filter_map(|&pid| read(pid)).collect::<Vec<_>>())
                 })
                 .collect();
             // Reads return Option and do not panic on input; a reader that
@@ -76,11 +86,29 @@ pub fn snapshot() -> std::io::Result<Vec<ProcessInfo>> {
                 .collect()
         })
     };
-    let own = own_tree(&table, std::process::id());
+    let own = own_tree(table.iter().map(Read::link), std::process::id());
     Ok(table
         .into_iter()
-        .filter(|p| !own.contains(&p.id.pid))
+        .filter_map(|r| match r {
+            Read::Kept(p) if !own.contains(&p.id.pid) => Some(p),
+            _ => None,
+        })
         .collect())
+}
+
+/// One process as [`matching`] read it: whole, or only its link to its parent.
+enum Read {
+    Kept(ProcessInfo),
+    Passed { pid: u32, ppid: u32 },
+}
+
+impl Read {
+    fn link(&self) -> (u32, u32) {
+        match self {
+            Read::Kept(p) => (p.id.pid, p.ppid),
+            Read::Passed { pid, ppid } => (*pid, *ppid),
+        }
+    }
 }
 
 /// Below this many processes one thread reads them faster than several start.
@@ -104,17 +132,19 @@ fn pids() -> std::io::Result<Vec<u32>> {
     Ok(pids)
 }
 
-/// `me`, its ancestors (read from /proc) and its descendants in `table`.
-fn own_tree(table: &[ProcessInfo], me: u32) -> std::collections::HashSet<u32> {
+/// `me`, its ancestors (read from /proc) and its descendants among the
+/// `(pid, ppid)` links of a table.
+fn own_tree(links: impl Iterator<Item = (u32, u32)>, me: u32) -> std::collections::HashSet<u32> {
+    let links: Vec<(u32, u32)> = links.collect();
     let mut own: std::collections::HashSet<u32> = self_and_ancestors_of(me).into_iter().collect();
     // Descendants: every process whose parent chain reaches `me`. A fixed
     // point over the table, bounded by its size (pids form a forest).
     let mut descendants: std::collections::HashSet<u32> = [me].into_iter().collect();
     loop {
         let before = descendants.len();
-        for p in table {
-            if descendants.contains(&p.ppid) {
-                descendants.insert(p.id.pid);
+        for &(pid, ppid) in &links {
+            if descendants.contains(&ppid) {
+                descendants.insert(pid);
             }
         }
         if descendants.len() == before {
@@ -128,6 +158,36 @@ fn own_tree(table: &[ProcessInfo], me: u32) -> std::collections::HashSet<u32> {
 /// One process by pid, or None if there is none.
 pub fn get(pid: u32) -> Option<ProcessInfo> {
     read(pid, Clock::get())
+}
+
+/// One process by pid as plugins see it (the rules of [`snapshot`]): None
+/// when there is none, or when it is the doctor, one of its ancestors or
+/// one of its descendants (its parent chain, read from /proc, reaches the
+/// doctor). Reads that process and the stat of each process above it.
+pub fn get_visible(pid: u32) -> Option<ProcessInfo> {
+    let me = std::process::id();
+    let p = get(pid)?;
+    if self_and_ancestors_of(me).contains(&pid) {
+        return None;
+    }
+    let mut next = p.ppid;
+    // Bounded by the pids above it: a chain does not loop, but a pid
+    // reused while walking must not make it.
+    let mut seen = vec![pid];
+    while next != 0 && !seen.contains(&next) {
+        if next == me {
+            return None;
+        }
+        seen.push(next);
+        let Some(stat) = stat_of(next) else { break };
+        next = stat.ppid;
+    }
+    Some(p)
+}
+
+/// `/proc/PID/stat` alone.
+fn stat_of(pid: u32) -> Option<Stat> {
+    Stat::parse(&std::fs::read(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// The start time of `pid` now, read straight from /proc (None when gone).
@@ -165,6 +225,20 @@ impl Clock {
 /// so a pid reused between two reads makes them fail (ESRCH) instead of
 /// mixing two processes. None when the process is gone or unreadable.
 fn read(pid: u32, clock: &Clock) -> Option<ProcessInfo> {
+    match read_if(pid, clock, &|_| true, &|_| true)? {
+        Read::Kept(p) => Some(p),
+        Read::Passed { .. } => None,
+    }
+}
+
+/// [`read`], stopping after the stat and owner when `cheap` refuses the
+/// process, and after the command line when `keep` does.
+fn read_if(
+    pid: u32,
+    clock: &Clock,
+    cheap: &dyn Fn(&ProcessInfo) -> bool,
+    keep: &dyn Fn(&ProcessInfo) -> bool,
+) -> Option<Read> {
     use nix::fcntl::{open, OFlag};
     use nix::sys::stat::Mode;
     let dir = open(
@@ -175,7 +249,7 @@ fn read(pid: u32, clock: &Clock) -> Option<ProcessInfo> {
     .ok()?;
     let stat = Stat::parse(&read_at(&dir, "stat")?)?;
     let uid = nix::sys::stat::fstat(&dir).ok()?.st_uid;
-    Some(ProcessInfo {
+    let mut info = ProcessInfo {
         id: ProcessId {
             pid: stat.pid,
             start_time: stat.start_time,
@@ -184,16 +258,32 @@ fn read(pid: u32, clock: &Clock) -> Option<ProcessInfo> {
         uid,
         state: stat.state,
         name: stat.comm,
-        exe: nix::fcntl::readlinkat(&dir, "exe")
-            .ok()
-            .map(|p| Path::new(&p).display().to_string()),
-        argv: read_at(&dir, "cmdline")
-            .map(|b| argv(&b))
-            .unwrap_or_default(),
-        cgroup: read_at(&dir, "cgroup").and_then(|b| cgroup(&b)),
+        exe: None,
+        argv: Vec::new(),
+        cgroup: None,
         started_unix_ms: clock.boot_unix_ms + stat.start_time * 1000 / clock.ticks_per_second,
         kernel_thread: stat.flags & PF_KTHREAD != 0,
-    })
+    };
+    let passed = |info: ProcessInfo| {
+        Some(Read::Passed {
+            pid: info.id.pid,
+            ppid: info.ppid,
+        })
+    };
+    if !cheap(&info) {
+        return passed(info);
+    }
+    info.argv = read_at(&dir, "cmdline")
+        .map(|b| argv(&b))
+        .unwrap_or_default();
+    if !keep(&info) {
+        return passed(info);
+    }
+    info.exe = nix::fcntl::readlinkat(&dir, "exe")
+        .ok()
+        .map(|p| Path::new(&p).display().to_string());
+    info.cgroup = read_at(&dir, "cgroup").and_then(|b| cgroup(&b));
+    Some(Read::Kept(info))
 }
 
 fn read_at(dir: &std::os::fd::OwnedFd, name: &str) -> Option<Vec<u8>> {
@@ -271,12 +361,12 @@ pub fn self_and_ancestors() -> Vec<u32> {
 fn self_and_ancestors_of(me: u32) -> Vec<u32> {
     let mut pids = vec![me];
     let mut current = me;
-    while let Some(info) = get(current) {
-        if info.ppid == 0 || pids.contains(&info.ppid) {
+    while let Some(stat) = stat_of(current) {
+        if stat.ppid == 0 || pids.contains(&stat.ppid) {
             break;
         }
-        pids.push(info.ppid);
-        current = info.ppid;
+        pids.push(stat.ppid);
+        current = stat.ppid;
     }
     pids
 }
@@ -335,6 +425,39 @@ mod tests {
             );
         }
         assert!(!pids.is_empty() || table.is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn one_process_read_alone_follows_the_snapshots_own_tree_rule() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("32")
+            .spawn()
+            .unwrap();
+        for own in self_and_ancestors().into_iter().chain([child.id()]) {
+            assert!(get_visible(own).is_none(), "pid {own} is the doctor's");
+        }
+        // Not our descendant: its shell exits at once.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 33 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .unwrap();
+        let other: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let seen = get_visible(other).expect("a process outside the doctor's tree");
+        assert_eq!(seen.argv, ["sleep", "33"]);
+        // A filtered read keeps what the snapshot keeps, read whole.
+        let kept = matching(&|p| p.id.pid == other, &|p| p.argv == ["sleep", "33"]).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].exe.is_some() && kept[0].cgroup.is_some());
+        let own = child.id();
+        assert!(matching(&|p| p.id.pid == own, &|_| true)
+            .unwrap()
+            .is_empty());
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(other as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }

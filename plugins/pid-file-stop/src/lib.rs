@@ -14,7 +14,7 @@
 //! persisting, with its supervisor, instead of being stopped again.
 
 use doctor_sdk::prelude::*;
-use doctor_sdk::process::{command_line, pid_list, read_pid_file, PidFile, ProcessTable};
+use doctor_sdk::process::{command_line, pid_list, read_target, PidFile, ProcessTable};
 use doctor_sdk::{processes::Process, respawn, scope::Scope};
 use regex_lite::Regex;
 use serde::Deserialize;
@@ -71,24 +71,25 @@ impl Plugin for PidFileStop {
     }
 
     fn check(config: Config) -> Result<Vec<Finding>, Error> {
-        let table = ProcessTable::read()?;
+        // Required whatever the targets ask for, as when the whole table was read.
+        ProcessTable::require_grant()?;
         let per_target: Vec<Vec<Finding>> = config
             .targets
             .iter()
-            .map(|t| check_target(t, &table))
+            .map(check_target)
             .collect::<Result<_, _>>()?;
         Ok(per_target.into_iter().flatten().collect())
     }
 }
 
-fn check_target(target: &Target, table: &ProcessTable) -> Result<Vec<Finding>, Error> {
+fn check_target(target: &Target) -> Result<Vec<Finding>, Error> {
     let pattern = Regex::new(&target.pattern)
         .map_err(|e| Error::Invalid(format!("target {}: pattern: {e}", target.name)))?;
     let scope = target
         .scope
         .compile(&format!("target {}: scope", target.name))?;
     let path = target.pid_file.as_deref().unwrap_or_default();
-    let pid_file = read_pid_file(target.pid_file.as_deref(), table, &pattern)?;
+    let (pid_file, ref table) = read_target(target.pid_file.as_deref(), &pattern, &scope)?;
     // The PID file's process, then every other match inside the scope.
     let mut instances: Vec<&Process> = Vec::new();
     if let PidFile::Ours(pid) = &pid_file {

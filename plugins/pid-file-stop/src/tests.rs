@@ -26,9 +26,10 @@ const RECORDED: &str = r#"{
     "config": "{\"targets\":[{\"name\":\"w\",\"pattern\":\"^x$\",\"pid_file\":\"/run/w.pid\"}]}",
     "state": { "doctor:own-pids": "[1]" },
     "calls": [
-        { "call": "processes.all", "args": null, "answer": { "Ok": [] } },
+        { "call": "processes.get", "args": [0], "answer": { "Ok": null } },
         { "call": "files.stat", "args": ["/run/w.pid"], "answer": { "Ok": { "gid": 0, "kind": "File", "mode": 420, "modified_unix_ms": 1796020170846, "size": 10, "uid": 0 } } },
-        { "call": "files.read", "args": ["/run/w.pid", 4096], "answer": { "Ok": "999999999\n" } }
+        { "call": "files.read", "args": ["/run/w.pid", 4096], "answer": { "Ok": "999999999\n" } },
+        { "call": "processes.get", "args": [999999999], "answer": { "Ok": null } }
     ]
 }"#;
 

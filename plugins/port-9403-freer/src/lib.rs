@@ -10,8 +10,8 @@
 //! says so. An expected, healthy owner is never touched.
 
 use doctor_sdk::ports::{
-    holder_evidence, probe_health, tcp_listeners, EngineView, Expect, ExpectedOwner, Health,
-    Holder, PortHolders,
+    holder_evidence, owners_table, probe_health, tcp_listeners, EngineView, Expect, ExpectedOwner,
+    Health, Holder, PortHolders,
 };
 use doctor_sdk::prelude::*;
 use doctor_sdk::process::ProcessTable;
@@ -88,7 +88,7 @@ impl Plugin for PortFreer {
         if listeners.is_empty() {
             return Ok(Vec::new());
         }
-        let table = ProcessTable::new(processes::all()?);
+        let table = owners_table(&listeners)?;
         let mut engine = EngineView::default();
         let mut findings = Vec::new();
         for (w, owner) in watches.iter().zip(&owners) {

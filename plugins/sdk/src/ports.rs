@@ -89,6 +89,20 @@ pub fn tcp_listeners(ports: &[u16]) -> Result<Vec<Listener>, Error> {
         .collect())
 }
 
+/// The processes that judging and freeing `listeners`' ports look at: their
+/// owners and the owners' parent chains (the expectation, the evidence's
+/// parent, the stop order), asked for by pid instead of the whole table. The
+/// `processes` grant is required as when the whole table was read, whether
+/// or not an owner can be seen.
+pub fn owners_table(listeners: &[Listener]) -> Result<ProcessTable, Error> {
+    ProcessTable::require_grant()?;
+    ProcessTable::around(
+        listeners
+            .iter()
+            .flat_map(|l| l.owners.iter().map(|o| o.pid)),
+    )
+}
+
 /// One port's holders, judged against its expected owner.
 pub struct PortHolders {
     pub port: u16,

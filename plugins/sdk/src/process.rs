@@ -5,6 +5,7 @@
 //! ([`Finding::stop`](crate::Finding::stop)), pinned to that identity.
 
 use crate::processes::Process;
+use crate::scope::ScopeMatcher;
 pub use crate::scope::{command_line, is_live, ProcessTable};
 use crate::{files, Error, ProcessRef};
 use regex_lite::Regex;
@@ -58,6 +59,93 @@ pub enum PidFile {
     Unrelated(Process, String),
 }
 
+/// What a PID file says before it is judged against the process table.
+#[derive(Debug)]
+pub enum PidFileClaim {
+    /// No PID file configured, or none on disk.
+    Absent,
+    Unreadable(String),
+    /// The pid it holds, and when the file was written.
+    Pid {
+        pid: u32,
+        modified_unix_ms: u64,
+    },
+}
+
+impl PidFileClaim {
+    /// The pid the file names, if it names one.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            PidFileClaim::Pid { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+}
+
+/// Read the PID file at `path`: the first half of [`read_pid_file`], for a
+/// plugin that asks the host for the process it names alone.
+pub fn read_pid_file_claim(path: Option<&str>) -> Result<PidFileClaim, Error> {
+    let Some(path) = path else {
+        return Ok(PidFileClaim::Absent);
+    };
+    let Some(stat) = files::stat(path)? else {
+        return Ok(PidFileClaim::Absent);
+    };
+    let text = files::read(path, 4096)?;
+    let Ok(pid) = text.trim().parse::<u32>() else {
+        return Ok(PidFileClaim::Unreadable(format!(
+            "PID file {path} does not hold a pid: {:?}",
+            text.trim()
+        )));
+    };
+    Ok(PidFileClaim::Pid {
+        pid,
+        modified_unix_ms: stat.modified_unix_ms,
+    })
+}
+
+/// Judge the process a PID file's claim names (see [`read_pid_file`]);
+/// `table` must hold that process if it runs.
+pub fn judge_pid_file(claim: PidFileClaim, table: &ProcessTable, pattern: &Regex) -> PidFile {
+    let (pid, modified_unix_ms) = match claim {
+        PidFileClaim::Absent => return PidFile::Absent,
+        PidFileClaim::Unreadable(why) => return PidFile::Unreadable(why),
+        PidFileClaim::Pid {
+            pid,
+            modified_unix_ms,
+        } => (pid, modified_unix_ms),
+    };
+    match table.get(pid) {
+        None if table.is_doctors(pid) => PidFile::Absent,
+        None => PidFile::Stale(pid),
+        Some(p) if !is_live(p) => PidFile::Stale(pid),
+        Some(p) if !pattern.is_match(&command_line(p)) => PidFile::Unrelated(
+            p.clone(),
+            format!("its command line does not match /{}/", pattern.as_str()),
+        ),
+        Some(p) if p.started_unix_ms > modified_unix_ms.saturating_add(PID_FILE_SLACK_MS) => {
+            PidFile::Unrelated(
+                p.clone(),
+                "it started after the PID file was written".into(),
+            )
+        }
+        Some(_) => PidFile::Ours(pid),
+    }
+}
+
+/// [`read_pid_file`] for a target of a PID file, a `pattern` and a `scope`,
+/// with the processes it looks at ([`ProcessTable::of_target`]) instead of
+/// the whole table.
+pub fn read_target(
+    path: Option<&str>,
+    pattern: &Regex,
+    scope: &ScopeMatcher,
+) -> Result<(PidFile, ProcessTable), Error> {
+    let claim = read_pid_file_claim(path)?;
+    let table = ProcessTable::of_target(claim.pid(), pattern.as_str(), scope)?;
+    Ok((judge_pid_file(claim, &table, pattern), table))
+}
+
 /// Read the PID file at `path` and judge the process it names: trusted
 /// only while its command line matches `pattern` and it is not younger
 /// than the file.
@@ -66,35 +154,7 @@ pub fn read_pid_file(
     table: &ProcessTable,
     pattern: &Regex,
 ) -> Result<PidFile, Error> {
-    let Some(path) = path else {
-        return Ok(PidFile::Absent);
-    };
-    let Some(stat) = files::stat(path)? else {
-        return Ok(PidFile::Absent);
-    };
-    let text = files::read(path, 4096)?;
-    let Ok(pid) = text.trim().parse::<u32>() else {
-        return Ok(PidFile::Unreadable(format!(
-            "PID file {path} does not hold a pid: {:?}",
-            text.trim()
-        )));
-    };
-    Ok(match table.get(pid) {
-        None if table.is_doctors(pid) => PidFile::Absent,
-        None => PidFile::Stale(pid),
-        Some(p) if !is_live(p) => PidFile::Stale(pid),
-        Some(p) if !pattern.is_match(&command_line(p)) => PidFile::Unrelated(
-            p.clone(),
-            format!("its command line does not match /{}/", pattern.as_str()),
-        ),
-        Some(p) if p.started_unix_ms > stat.modified_unix_ms.saturating_add(PID_FILE_SLACK_MS) => {
-            PidFile::Unrelated(
-                p.clone(),
-                "it started after the PID file was written".into(),
-            )
-        }
-        Some(_) => PidFile::Ours(pid),
-    })
+    Ok(judge_pid_file(read_pid_file_claim(path)?, table, pattern))
 }
 
 #[cfg(test)]

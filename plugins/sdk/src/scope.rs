@@ -217,17 +217,120 @@ pub struct ProcessTable {
     by_pid: HashMap<u32, usize>,
     /// The doctor and its ancestors: running, but never shown and never instances.
     doctors: Vec<u32>,
+    /// Pids the host was asked for and does not show ([`ProcessTable::around`]).
+    absent: Vec<u32>,
 }
 
 /// The host's reserved key/value entry naming the doctor's own pids.
 const OWN_PIDS_KEY: &str = "doctor:own-pids";
 
 impl ProcessTable {
+    /// The whole table (`processes.all`), with the doctor's own pids.
     pub fn read() -> Result<ProcessTable, Error> {
-        let doctors = host::kv_get(OWN_PIDS_KEY)
+        Ok(Self::new(crate::processes::all()?).with_doctors(Self::own_pids()))
+    }
+
+    /// The doctor's own pids, as the host names them in the plugin's state
+    /// (see [`ProcessTable::is_doctors`]).
+    pub fn own_pids() -> Vec<u32> {
+        host::kv_get(OWN_PIDS_KEY)
             .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        Ok(Self::new(crate::processes::all()?).with_doctors(doctors))
+            .unwrap_or_default()
+    }
+
+    /// Fails as reading the whole table does when the plugin may not see
+    /// processes (`denied`, naming `grants.processes`): for a plugin whose
+    /// grant is required even when a run asks for no process.
+    pub fn require_grant() -> Result<(), Error> {
+        // No process has pid 0: the host checks the grant and answers none.
+        crate::processes::get(0).map(|_| ())
+    }
+
+    /// A table of only the processes `pids` name and their ancestors,
+    /// asked for one by one (`processes.get`): what a plugin that follows a
+    /// few processes up their parent chains needs, without the host reading
+    /// and sending every process. Lookups of any other pid find nothing.
+    pub fn around(pids: impl IntoIterator<Item = u32>) -> Result<ProcessTable, Error> {
+        let mut table = ProcessTable::new(Vec::new());
+        for pid in pids {
+            table.add_with_ancestors(pid)?;
+        }
+        Ok(table)
+    }
+
+    /// The processes a target of a PID file, a command-line `pattern` and a
+    /// `scope` looks at, asked for by name instead of the whole table (with
+    /// the doctor's own pids): the PID file's process `pid_file` and, when a
+    /// scope is given, every process whose command line matches the pattern
+    /// (`processes.query`; the scope is judged by [`ProcessTable::in_scope`]
+    /// as before), each with its parent chain (the scope's `under`, a
+    /// respawn's parent). Without a scope the pattern only confirms the PID
+    /// file's process, so no other process is read.
+    pub fn of_target(
+        pid_file: Option<u32>,
+        pattern: &str,
+        scope: &ScopeMatcher,
+    ) -> Result<ProcessTable, Error> {
+        let mut table = ProcessTable::around(pid_file)?.with_doctors(Self::own_pids());
+        if scope.is_unscoped() {
+            return Ok(table);
+        }
+        let filter = crate::processes::ProcessFilter {
+            pattern: Some(pattern.to_string()),
+            scope: None,
+        };
+        let matched = match crate::processes::query(&filter) {
+            Ok(matched) => matched,
+            // A pattern the plugin reads but the host's query refuses (longer
+            // than it takes, say): every process, as before.
+            Err(Error::Invalid(_) | Error::Limit(_)) => crate::processes::all()?,
+            Err(e) => return Err(e),
+        };
+        let pids: Vec<u32> = matched.iter().map(|p| p.id.pid).collect();
+        for p in matched {
+            table.insert(p);
+        }
+        for pid in pids {
+            table.add_with_ancestors(pid)?;
+        }
+        Ok(table)
+    }
+
+    /// Add `p` (a process the plugin was given, e.g. by `processes.query`)
+    /// unless the table holds its pid already.
+    pub fn insert(&mut self, p: Process) {
+        if !self.by_pid.contains_key(&p.id.pid) {
+            self.by_pid.insert(p.id.pid, self.procs.len());
+            self.procs.push(p);
+        }
+    }
+
+    /// Add the process `pid` names and its ancestors, as far as
+    /// [`ProcessTable::ancestors`] follows them, asking the host
+    /// (`processes.get`) for each one the table does not hold yet.
+    pub fn add_with_ancestors(&mut self, pid: u32) -> Result<(), Error> {
+        let mut next = pid;
+        // One step more than `ancestors` takes: the process itself.
+        for _ in 0..=128 {
+            if next == 0 || self.absent.contains(&next) {
+                return Ok(());
+            }
+            if !self.by_pid.contains_key(&next) {
+                match crate::processes::get(next)? {
+                    Some(p) => self.insert(p),
+                    None => {
+                        self.absent.push(next);
+                        return Ok(());
+                    }
+                }
+            }
+            let p = &self.procs[self.by_pid[&next]];
+            if p.ppid == p.id.pid {
+                return Ok(());
+            }
+            next = p.ppid;
+        }
+        Ok(())
     }
 
     pub fn new(procs: Vec<Process>) -> ProcessTable {
@@ -240,6 +343,7 @@ impl ProcessTable {
             procs,
             by_pid,
             doctors: Vec::new(),
+            absent: Vec::new(),
         }
     }
 
@@ -395,6 +499,25 @@ mod tests {
             vec![11]
         );
         assert_eq!(matched(r#"{"user": 0}"#), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_table_around_some_pids_holds_them_and_their_ancestors_only() {
+        let facts = crate::testing::Facts::new().processes(table().procs);
+        let around = crate::testing::answer_with(facts, || {
+            let mut t = ProcessTable::around([11, 99]).unwrap();
+            t.insert(proc(21, 20, 1001, "python3 worker.py", "/x"));
+            t.add_with_ancestors(21).unwrap();
+            t
+        });
+        let mut pids: Vec<u32> = around.all().iter().map(|p| p.id.pid).collect();
+        pids.sort_unstable();
+        assert_eq!(pids, [10, 11, 20, 21], "99 runs nowhere; 1 is not shown");
+        let chain: Vec<u32> = around
+            .ancestors(around.get(11).unwrap())
+            .map(|p| p.id.pid)
+            .collect();
+        assert_eq!(chain, [10]);
     }
 
     #[test]
