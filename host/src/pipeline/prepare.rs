@@ -113,13 +113,9 @@ fn load(
                 .into());
         }
     }
-    let loaded = if entry.is_precompiled() {
-        runtime.load_precompiled(&entry.name, bytes, sha256)
-    } else {
-        match runtime.load_hashed(&entry.name, bytes, sha256) {
-            Ok(l) => l,
-            Err(e) => return Ok(Err(e)),
-        }
+    let loaded = match load_code(runtime, entry, bytes, sha256) {
+        Ok(l) => l,
+        Err(e) => return Ok(Err(e)),
     };
     let caps = context(
         &entry.name,
@@ -211,16 +207,28 @@ pub(super) fn context(
     CapabilityContext::new(plugin, grants, facts, kv)
 }
 
+/// A catalog entry's code for its workers: a built-in's precompiled into
+/// doctor, anything else compiled (or found in the cache).
+fn load_code(
+    runtime: &Sandbox,
+    entry: &Entry,
+    bytes: std::borrow::Cow<'static, [u8]>,
+    sha256: String,
+) -> Result<LoadedPlugin, PluginFailure> {
+    if entry.is_precompiled() {
+        Ok(runtime.load_precompiled(&entry.name, bytes, sha256))
+    } else {
+        runtime.load_hashed(&entry.name, bytes, sha256)
+    }
+}
+
 /// `describe()` of one catalog entry, with no grants and default limits.
 pub fn describe_entry(runtime: &Sandbox, entry: &Entry) -> Result<PluginInfo, PluginFailure> {
     let bytes = entry
         .bytes()
         .map_err(|e| PluginFailure::Load(e.to_string()))?;
-    let loaded = if entry.is_precompiled() {
-        runtime.load_precompiled(&entry.name, bytes, entry.sha256(&[]))
-    } else {
-        runtime.load(&entry.name, bytes)?
-    };
+    let sha256 = entry.sha256(&bytes);
+    let loaded = load_code(runtime, entry, bytes, sha256)?;
     let policy = Arc::new(
         Policy::parse(std::path::Path::new("(none)"), "")
             .map_err(|e| PluginFailure::Load(e.to_string()))?,
