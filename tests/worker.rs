@@ -211,6 +211,67 @@ fn plugin_code_runs_as_nobody_with_no_capabilities_no_new_privs_and_a_seccomp_fi
     assert_eq!(code, 3, "{doc}");
 }
 
+/// The children of `parent` whose comm is `name`.
+fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| field(*pid, "PPid") == parent.to_string() && field(*pid, "Name") == name)
+        .collect()
+}
+
+#[test]
+fn workers_are_forked_by_one_fork_server_that_holds_nothing_and_ends_with_the_run() {
+    let s = scenario("plugin_timeout = \"3s\"", "hostile-loop", "");
+    let doctor = start_check(&s);
+    let parent = doctor.id();
+    let worker = worker_of(parent, "hostile-loop");
+    let servers = children_named(parent, "doctor-forksrv");
+    // A forked process starts with its parent's auxiliary vector (the
+    // kernel copies it at fork); an exec'd one gets its own, whose
+    // pointers move with every exec's randomised stack.
+    let auxv = |pid: u32| std::fs::read(format!("/proc/{pid}/auxv")).unwrap_or_default();
+    let (worker_auxv, server_auxv) = (auxv(worker), servers.first().map(|s| auxv(*s)));
+    let server_fds: Vec<String> = servers
+        .first()
+        .map(|server| {
+            std::fs::read_dir(format!("/proc/{server}/fd"))
+                .unwrap()
+                .flatten()
+                .map(|fd| fd.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (code, doc) = finish(doctor);
+
+    assert_eq!(
+        servers.len(),
+        1,
+        "one fork server under doctor: {servers:?}"
+    );
+    assert!(!worker_auxv.is_empty());
+    assert_eq!(
+        Some(worker_auxv),
+        server_auxv,
+        "the worker was forked by the server, not exec'd"
+    );
+    let mut fds = server_fds;
+    fds.sort();
+    assert_eq!(
+        fds,
+        ["0", "1", "2"],
+        "the server holds its control socket and stdio only"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", servers[0])).exists(),
+        "the fork server outlived the run"
+    );
+    assert!(error_of(&doc, "hostile-loop").contains("deadline"), "{doc}");
+    bystander_reports(&doc);
+    assert_eq!(code, 3, "{doc}");
+}
+
 #[test]
 fn a_worker_killed_mid_call_fails_only_its_plugin() {
     let s = scenario("plugin_timeout = \"20s\"", "hostile-loop", "");

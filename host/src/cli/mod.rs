@@ -17,8 +17,16 @@ use clap::{CommandFactory, Parser};
 use std::path::PathBuf;
 
 pub fn main() -> i32 {
-    if std::env::args_os().nth(1).as_deref() == Some(crate::worker::child::WORKER_ARG.as_ref()) {
-        return crate::worker::child::main();
+    match std::env::args_os()
+        .nth(1)
+        .as_deref()
+        .and_then(|a| a.to_str())
+    {
+        Some(crate::worker::child::WORKER_ARG) => return crate::worker::child::main(),
+        Some(crate::worker::forkserver::FORK_SERVER_ARG) => {
+            return crate::worker::forkserver::main()
+        }
+        _ => {}
     }
     let nagios = wants_nagios(std::env::args_os());
     let cli = match Cli::try_parse() {

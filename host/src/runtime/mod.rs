@@ -94,8 +94,9 @@ pub struct Runtime<H: PluginHost> {
     engine: Engine,
     linker: Linker<PluginState<H>>,
     /// Advances the engine's epoch when a call's deadline passes; its
-    /// thread ends with the runtime.
-    alarm: alarm::EpochAlarm,
+    /// thread ends with the runtime. Started by [`Runtime::start_alarm`]
+    /// (a fork server's runtime has none: threads do not survive `fork`).
+    alarm: std::sync::OnceLock<alarm::EpochAlarm>,
 }
 
 /// A compiled plugin ready to instantiate.
@@ -134,6 +135,14 @@ impl<H: Send + 'static> WasiView for PluginState<H> {
 
 impl<H: PluginHost> Runtime<H> {
     pub fn new() -> anyhow::Result<Self> {
+        let runtime = Self::without_alarm()?;
+        runtime.start_alarm();
+        Ok(runtime)
+    }
+
+    /// The engine and linker, with no thread started yet: what a fork
+    /// server prepares once for every worker it forks.
+    pub fn without_alarm() -> anyhow::Result<Self> {
         let engine = new_engine()?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
@@ -145,12 +154,22 @@ impl<H: PluginHost> Runtime<H> {
         H::link(&mut linker)
             .map_err(wasm_err)
             .context("linking the doctor imports")?;
-        let alarm = alarm::EpochAlarm::start(&engine);
         Ok(Runtime {
             engine,
             linker,
-            alarm,
+            alarm: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Start the alarm's thread (once), while the process may still make
+    /// threads: a worker does so before its syscall filter.
+    pub fn start_alarm(&self) {
+        self.alarm();
+    }
+
+    fn alarm(&self) -> &alarm::EpochAlarm {
+        self.alarm
+            .get_or_init(|| alarm::EpochAlarm::start(&self.engine))
     }
 
     fn loaded(&self, component: Component) -> Result<LoadedComponent, PluginFailure> {
@@ -329,7 +348,7 @@ impl<H: PluginHost> Runtime<H> {
         store.set_epoch_deadline(1);
         store.epoch_deadline_trap();
 
-        let armed = self.alarm.arm(deadline);
+        let armed = self.alarm().arm(deadline);
         let outcome = f(&mut store, component, &self.linker);
         drop(armed);
         let state = store.into_data();

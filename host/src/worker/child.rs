@@ -25,7 +25,17 @@ const MAX_CODE_BYTES: u64 = 512 << 20;
 
 /// The worker's whole life; its exit code is only for the parent's log.
 pub fn main() -> i32 {
-    match run() {
+    finish(run(None))
+}
+
+/// A worker forked by the fork server, with the runtime it prepared (and
+/// its descriptors already in place: the socket on 0, stderr on 2).
+pub fn main_forked(prepared: &Runtime<Forwarder>) -> i32 {
+    finish(run(Some(prepared)))
+}
+
+fn finish(done: anyhow::Result<()>) -> i32 {
+    match done {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("doctor plugin worker: {e:#}");
@@ -34,7 +44,7 @@ pub fn main() -> i32 {
     }
 }
 
-fn run() -> anyhow::Result<()> {
+fn run(prepared: Option<&Runtime<Forwarder>>) -> anyhow::Result<()> {
     // `ps -e` and `pgrep` see a worker, not `exe` (it runs /proc/self/exe).
     // SAFETY: prctl with a constant C string.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"doctor-worker".as_ptr(), 0, 0, 0) };
@@ -49,8 +59,16 @@ fn run() -> anyhow::Result<()> {
         Ok(c) => c,
         Err(why) => return refuse(&socket, PluginFailure::Worker(why)),
     };
-    let runtime = Runtime::<Forwarder>::new()?;
-    let loaded = match load(&runtime, &start.code, code)? {
+    let own;
+    let runtime = match prepared {
+        Some(runtime) => runtime,
+        None => {
+            own = Runtime::<Forwarder>::without_alarm()?;
+            &own
+        }
+    };
+    runtime.start_alarm();
+    let loaded = match load(runtime, &start.code, code)? {
         Ok(loaded) => loaded,
         Err(answer) => {
             wire::send(&socket, &answer)?;
@@ -74,7 +92,7 @@ fn run() -> anyhow::Result<()> {
         confinement: confinement.to_string(),
     };
     wire::send(&socket, &ready)?;
-    serve(&runtime, &loaded, Arc::new(socket))
+    serve(runtime, &loaded, Arc::new(socket))
 }
 
 /// The plugin's component, or what to answer the parent instead.

@@ -15,6 +15,7 @@
 mod calls;
 pub mod child;
 mod confine;
+pub mod forkserver;
 pub mod wire;
 
 use crate::capabilities::CapabilityContext;
@@ -26,7 +27,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wire::{FromWorker, Op, Output, Start, Started, ToWorker, MAX_FROM_WORKER};
@@ -375,8 +376,43 @@ enum Broken {
 }
 
 struct Worker {
-    child: Child,
+    child: Process,
     socket: UnixStream,
+}
+
+/// A worker process: doctor's child, whether exec'd or forked by the fork
+/// server, so doctor alone reaps it (its pid stays its own until then).
+struct Process {
+    pid: i32,
+    stderr: Option<File>,
+    status: Option<ExitStatus>,
+}
+
+impl Process {
+    fn kill(&mut self) -> io::Result<()> {
+        if self.status.is_none() {
+            // SAFETY: kill with integer arguments; the pid is our unreaped child.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self) -> io::Result<ExitStatus> {
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
+        let mut raw = 0;
+        // SAFETY: waitpid on our own child, into a local.
+        while unsafe { libc::waitpid(self.pid, &mut raw, 0) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        let status = ExitStatus::from_raw(raw);
+        self.status = Some(status);
+        Ok(status)
+    }
 }
 
 impl Drop for Worker {
@@ -400,11 +436,30 @@ impl Worker {
     /// `command` with its stdin our socket pair's other end.
     fn spawn_command(mut command: Command) -> io::Result<Worker> {
         let (socket, theirs) = UnixStream::pair()?;
-        let child = command
+        let mut child = command
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
+        let stderr = child.stderr.take().map(|e| File::from(OwnedFd::from(e)));
+        let child = Process {
+            pid: child.id() as i32,
+            stderr,
+            status: None,
+        };
+        Ok(Worker { child, socket })
+    }
+
+    /// A worker forked by `server`, with our socket pair's other end.
+    fn fork(server: &mut forkserver::ForkServer, plugin: &str) -> io::Result<Worker> {
+        let (socket, theirs) = UnixStream::pair()?;
+        let (stderr, stderr_theirs) = forkserver::stderr_pipe()?;
+        let pid = server.fork(plugin, OwnedFd::from(theirs), stderr_theirs)?;
+        let child = Process {
+            pid,
+            stderr: Some(stderr),
+            status: None,
+        };
         Ok(Worker { child, socket })
     }
 
@@ -542,26 +597,69 @@ impl Worker {
 
 /// The one thread that starts workers. A worker's parent-death signal is
 /// tied to the thread that forked it, not to doctor's process; plugins are
-/// loaded on short-lived threads, so workers are forked here, on a thread
-/// that lives as long as the sandbox.
+/// loaded on short-lived threads, so workers are started here, on a thread
+/// that lives as long as the sandbox: through the fork server it starts
+/// on the first request, or by `exec` where that server cannot run.
 struct Spawner {
     requests: Option<mpsc::Sender<(String, mpsc::Sender<io::Result<Worker>>)>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How the spawner thread makes workers.
+enum Launch {
+    /// Forked by the fork server, started on first use; `exec` if it fails.
+    ForkServer(Option<forkserver::ForkServer>),
+    /// `exec` of this command (tests put a liar in doctor's place).
+    #[cfg(test)]
+    Command(fn(&str) -> Command),
+}
+
+impl Launch {
+    fn worker(&mut self, plugin: &str) -> io::Result<Worker> {
+        match self {
+            #[cfg(test)]
+            Launch::Command(command) => Worker::spawn_command(command(plugin)),
+            Launch::ForkServer(server) => match Launch::forked(server, plugin) {
+                Ok(worker) => Ok(worker),
+                Err(e) => {
+                    tracing::debug!("the fork server failed ({e}); starting the worker by exec");
+                    // A new server for the next worker.
+                    server.take();
+                    Worker::spawn_command(worker_command(plugin))
+                }
+            },
+        }
+    }
+
+    fn forked(server: &mut Option<forkserver::ForkServer>, plugin: &str) -> io::Result<Worker> {
+        if server.is_none() {
+            *server = Some(forkserver::ForkServer::start()?);
+        }
+        match server.as_mut() {
+            Some(server) => Worker::fork(server, plugin),
+            None => Err(io::Error::other("no fork server")),
+        }
+    }
+}
+
 impl Spawner {
     fn start() -> io::Result<Spawner> {
-        Spawner::start_with(worker_command)
+        Spawner::launching(Launch::ForkServer(None))
     }
 
     /// Workers made by `command` (tests put a liar in doctor's place).
+    #[cfg(test)]
     fn start_with(command: fn(&str) -> Command) -> io::Result<Spawner> {
+        Spawner::launching(Launch::Command(command))
+    }
+
+    fn launching(mut launch: Launch) -> io::Result<Spawner> {
         let (requests, incoming) = mpsc::channel::<(String, mpsc::Sender<io::Result<Worker>>)>();
         let thread = std::thread::Builder::new()
             .name("doctor-spawner".into())
             .spawn(move || {
                 for (plugin, reply) in incoming {
-                    let _ = reply.send(Worker::spawn_command(command(&plugin)));
+                    let _ = reply.send(launch.worker(&plugin));
                 }
             })?;
         Ok(Spawner {
