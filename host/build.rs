@@ -219,7 +219,7 @@ fn embed(wasm_dir: &Path) {
         write(&wasm_copy, &wasm);
         write(&native_copy, &native);
         table.push_str(&format!(
-            "    Builtin {{\n        name: {name:?},\n        wasm: include_bytes!({:?}),\n        sha256: {:?},\n        native: include_bytes!({:?}),\n    }},\n",
+            "    Builtin {{\n        name: {name:?},\n        wasm: include_bytes!({:?}),\n        sha256: {:?},\n        native: {{\n            static CODE: &PageAligned<[u8]> = &PageAligned(*include_bytes!({:?}));\n            &CODE.0\n        }},\n    }},\n",
             wasm_copy.display().to_string(),
             hex::encode(Sha256::digest(&wasm)),
             native_copy.display().to_string(),
@@ -227,7 +227,7 @@ fn embed(wasm_dir: &Path) {
     }
     std::fs::write(
         out_dir.join("builtin_plugins.rs"),
-        format!("pub const BUILTIN: &[Builtin] = &[\n{table}];\n"),
+        format!("pub static BUILTIN: &[Builtin] = &[\n{table}];\n"),
     )
     .expect("writing builtin_plugins.rs");
 }

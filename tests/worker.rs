@@ -222,12 +222,21 @@ fn children_named(parent: u32, name: &str) -> Vec<u32> {
 }
 
 #[test]
-fn workers_are_forked_by_one_fork_server_that_holds_nothing_and_ends_with_the_run() {
+fn workers_are_forked_by_one_fork_server_that_holds_nothing_and_built_ins_run_in_place() {
     let s = scenario("plugin_timeout = \"3s\"", "hostile-loop", "");
     let doctor = start_check(&s);
     let parent = doctor.id();
     let worker = worker_of(parent, "hostile-loop");
+    let builtin = worker_of(parent, "pid-file-stop");
     let servers = children_named(parent, "doctor-forksrv");
+    // A built-in's code runs where it lies in doctor's binary: besides the
+    // binary's own text, pages of its read-only data are executable.
+    let maps = std::fs::read_to_string(format!("/proc/{builtin}/maps")).unwrap_or_default();
+    let executable_from_binary = maps
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("r-xp"))
+        .filter(|l| l.ends_with(env!("CARGO_BIN_EXE_doctor")))
+        .count();
     // A forked process starts with its parent's auxiliary vector (the
     // kernel copies it at fork); an exec'd one gets its own, whose
     // pointers move with every exec's randomised stack.
@@ -250,6 +259,7 @@ fn workers_are_forked_by_one_fork_server_that_holds_nothing_and_ends_with_the_ru
         1,
         "one fork server under doctor: {servers:?}"
     );
+    assert!(executable_from_binary >= 2, "{maps}");
     assert!(!worker_auxv.is_empty());
     assert_eq!(
         Some(worker_auxv),

@@ -17,11 +17,24 @@ mod builtin {
         pub native: &'static [u8],
     }
 
+    /// Native code starts on a page of its own, and its text (at a page
+    /// offset in it) with it: a worker makes those pages executable where
+    /// they lie (`runtime::in_place`).
+    #[repr(C, align(4096))]
+    pub struct PageAligned<T: ?Sized>(pub T);
+
     include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 }
 
 fn builtin(name: &str) -> Option<&'static builtin::Builtin> {
     builtin::BUILTIN.iter().find(|b| b.name == name)
+}
+
+/// Whether `at` lies in a built-in's native code.
+pub fn is_precompiled_code(at: *const u8) -> bool {
+    builtin::BUILTIN
+        .iter()
+        .any(|b| b.native.as_ptr_range().contains(&at))
 }
 
 /// A built-in's native code, compiled when doctor was built (for a worker,

@@ -9,6 +9,7 @@ mod cache;
 mod clock;
 mod convert;
 mod engine_config;
+mod in_place;
 pub mod limits;
 
 pub use cache::{sealed, sha256_hex, CacheOutcome};
@@ -97,6 +98,8 @@ pub struct Runtime<H: PluginHost> {
     /// thread ends with the runtime. Started by [`Runtime::start_alarm`]
     /// (a fork server's runtime has none: threads do not survive `fork`).
     alarm: std::sync::OnceLock<alarm::EpochAlarm>,
+    /// The engine can run a built-in's code where it lies in the binary.
+    runs_in_place: bool,
 }
 
 /// A compiled plugin ready to instantiate.
@@ -143,7 +146,13 @@ impl<H: PluginHost> Runtime<H> {
     /// The engine and linker, with no thread started yet: what a fork
     /// server prepares once for every worker it forks.
     pub fn without_alarm() -> anyhow::Result<Self> {
-        let engine = new_engine()?;
+        let mut config = engine_config::config();
+        let code_memory = in_place::code_memory();
+        let runs_in_place = code_memory.is_some();
+        config.with_custom_code_memory(code_memory);
+        let engine = Engine::new(&config)
+            .map_err(wasm_err)
+            .context("creating the wasmtime engine")?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(wasm_err)
@@ -158,6 +167,7 @@ impl<H: PluginHost> Runtime<H> {
             engine,
             linker,
             alarm: std::sync::OnceLock::new(),
+            runs_in_place,
         })
     }
 
@@ -205,13 +215,41 @@ impl<H: PluginHost> Runtime<H> {
 
     /// In a worker: a built-in's code, precompiled into this binary. An
     /// error says why this engine cannot load it (a CPU feature missing).
-    pub fn load_precompiled(&self, native: &[u8]) -> Result<LoadedComponent, String> {
-        // SAFETY: doctor's own build compiled these bytes with this engine
-        // configuration (`engine_config`), and they are part of the
-        // running binary; wasmtime checks the target and CPU features.
-        let component = unsafe { Component::deserialize(&self.engine, native) }
-            .map_err(|e| format!("{e:#}"))?;
+    /// The first load of each built-in in a process runs the code where it
+    /// lies in the binary (see `in_place`); wasmtime registers code by its
+    /// address, so any later one gets a copy.
+    pub fn load_precompiled(&self, native: &'static [u8]) -> Result<LoadedComponent, String> {
+        let component = match self.first_load_in_place(native) {
+            // SAFETY: doctor's own build compiled these bytes with this
+            // engine configuration (`engine_config`); they are part of the
+            // running binary, read-only, for as long as the process lives;
+            // wasmtime checks the target and CPU features.
+            true => unsafe {
+                Component::deserialize_raw(&self.engine, std::ptr::NonNull::from(native))
+            },
+            // SAFETY: as above, copied first.
+            false => unsafe { Component::deserialize(&self.engine, native) },
+        }
+        .map_err(|e| format!("{e:#}"))?;
         self.loaded(component).map_err(|e| e.to_string())
+    }
+
+    /// Whether `native` may run in place: the engine can, the bytes are
+    /// page-aligned, and this process has not loaded them yet.
+    fn first_load_in_place(&self, native: &'static [u8]) -> bool {
+        static LOADED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+        let at = native.as_ptr() as usize;
+        if !self.runs_in_place || !at.is_multiple_of(in_place::PAGE) {
+            return false;
+        }
+        let Ok(mut loaded) = LOADED.lock() else {
+            return false;
+        };
+        if loaded.contains(&at) {
+            return false;
+        }
+        loaded.push(at);
+        true
     }
 
     /// The WIT packages (with version) whose interfaces the component
