@@ -283,6 +283,47 @@ fn workers_are_forked_by_one_fork_server_that_holds_nothing_and_built_ins_run_in
 }
 
 #[test]
+fn a_stopped_fork_server_is_killed_instead_of_holding_doctor() {
+    use doctor::worker::forkserver::{stderr_pipe, ForkServer};
+    use std::os::fd::OwnedFd;
+    let stop = |server: &ForkServer| {
+        let pid = nix::unistd::Pid::from_raw(server.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    };
+    let doctor = std::path::Path::new(env!("CARGO_BIN_EXE_doctor"));
+
+    // Asked for a worker, a stopped server never answers.
+    let mut server = ForkServer::start_at(doctor).unwrap();
+    let pid = server.pid();
+    stop(&server);
+    let (_ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (_stderr, stderr_theirs) = stderr_pipe().unwrap();
+    let asked = Instant::now();
+    let refused = server.fork("pid-file-stop", OwnedFd::from(theirs), stderr_theirs);
+    assert!(refused.is_err(), "a stopped server forked a worker");
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        asked.elapsed()
+    );
+    drop(server);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+    // Closed while stopped, it is killed rather than waited for.
+    let server = ForkServer::start_at(doctor).unwrap();
+    let pid = server.pid();
+    stop(&server);
+    let closing = Instant::now();
+    drop(server);
+    assert!(
+        closing.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        closing.elapsed()
+    );
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[test]
 fn a_worker_killed_mid_call_fails_only_its_plugin() {
     let s = scenario("plugin_timeout = \"20s\"", "hostile-loop", "");
     let started = Instant::now();

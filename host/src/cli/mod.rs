@@ -17,6 +17,10 @@ use clap::{CommandFactory, Parser};
 use std::path::PathBuf;
 
 pub fn main() -> i32 {
+    // Workers are reaped by pid; a SIGCHLD ignored by whoever started
+    // doctor would make the kernel reap them first, and their pids free.
+    // SAFETY: resetting one signal's disposition to its default.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
     match std::env::args_os()
         .nth(1)
         .as_deref()

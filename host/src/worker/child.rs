@@ -49,8 +49,7 @@ fn run(prepared: Option<&Runtime<Forwarder>>) -> anyhow::Result<()> {
     // SAFETY: prctl with a constant C string.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"doctor-worker".as_ptr(), 0, 0, 0) };
     // Nothing doctor's own parent left open reaches plugin code.
-    // SAFETY: close_range with integer arguments only.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    close_inherited().context("closing inherited descriptors")?;
     // SAFETY: the parent made fd 0 our end of a socket pair; nothing else
     // in this process owns it.
     let socket = unsafe { UnixStream::from_raw_fd(0) };
@@ -118,6 +117,26 @@ fn load(
             Ok(runtime.load_sealed(data).map_err(Started::Failed))
         }
     }
+}
+
+/// Close every descriptor from 3 up: `close_range`, or one by one on a
+/// kernel without it (before 5.9).
+pub(super) fn close_inherited() -> std::io::Result<()> {
+    // SAFETY: close_range with integer arguments only.
+    if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } == 0 {
+        return Ok(());
+    }
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= 3)
+        .collect();
+    for fd in open {
+        // SAFETY: closing a descriptor number; nothing in this process
+        // uses any of them past this point.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
 }
 
 fn refuse(socket: &UnixStream, failure: PluginFailure) -> anyhow::Result<()> {

@@ -20,6 +20,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The first argument that makes `doctor` the fork server (never parsed
 /// as a subcommand).
@@ -33,6 +34,14 @@ const TITLE_ROOM: usize = 80;
 /// The longest plugin name a request carries.
 const MAX_NAME: usize = 255;
 
+/// How long doctor waits for the server to answer a request, or to exit
+/// once its socket is closed: a stopped or wedged server is killed, and
+/// the worker is exec'd instead.
+const SERVER_PATIENCE: Duration = Duration::from_secs(5);
+/// How long doctor waits for a worker cloned by a server that then failed
+/// to say so (it sends its own pid first) before giving up on it.
+const ORPHAN_PATIENCE: Duration = Duration::from_secs(1);
+
 /// doctor's end of a running fork server.
 pub struct ForkServer {
     server: Child,
@@ -43,8 +52,14 @@ impl ForkServer {
     /// `doctor __plugin-forkserver PARENT`, started from the calling
     /// thread (the spawner), which its workers' parent-death signal follows.
     pub fn start() -> io::Result<ForkServer> {
+        ForkServer::start_at(std::path::Path::new("/proc/self/exe"))
+    }
+
+    /// The fork server of the doctor binary at `program` (tests start the
+    /// built one from their own process).
+    pub fn start_at(program: &std::path::Path) -> io::Result<ForkServer> {
         let (control, theirs) = UnixStream::pair()?;
-        let server = Command::new("/proc/self/exe")
+        let server = Command::new(program)
             .arg0("doctor")
             .arg(FORK_SERVER_ARG)
             .arg(std::process::id().to_string())
@@ -55,6 +70,11 @@ impl ForkServer {
             .stderr(Stdio::inherit())
             .spawn()?;
         Ok(ForkServer { server, control })
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.server.id()
     }
 
     /// A worker for `plugin`, its stdin `socket` and its stderr `stderr`:
@@ -76,7 +96,12 @@ impl ForkServer {
         // The server holds its copies until the fork is done; ours close now.
         drop((socket, stderr));
         let mut answer = [0u8; 4];
-        self.control.read_exact(&mut answer)?;
+        self.control.set_read_timeout(Some(SERVER_PATIENCE))?;
+        if let Err(e) = self.control.read_exact(&mut answer) {
+            // Stopped, wedged or dead: it serves no one again.
+            let _ = self.server.kill();
+            return Err(e);
+        }
         match i32::from_le_bytes(answer) {
             pid if pid > 0 => Ok(pid),
             errno => Err(io::Error::from_raw_os_error(-errno)),
@@ -86,10 +111,33 @@ impl ForkServer {
 
 impl Drop for ForkServer {
     fn drop(&mut self) {
-        // Its end of the control socket reads EOF, and it exits.
+        // Its end of the control socket reads EOF, and it exits; one that
+        // does not (stopped, wedged) is killed.
         let _ = self.control.shutdown(std::net::Shutdown::Both);
+        let by = Instant::now() + SERVER_PATIENCE;
+        while matches!(self.server.try_wait(), Ok(None)) && Instant::now() < by {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = self.server.kill();
         let _ = self.server.wait();
     }
+}
+
+/// The pid a freshly cloned worker sends first on its socket, read by
+/// `by` at the latest: how doctor knows its own child when the server
+/// could not tell it.
+pub fn pid_from_worker(socket: &UnixStream, by: Instant) -> io::Result<i32> {
+    let left = by.saturating_duration_since(Instant::now());
+    socket.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+    let mut pid = [0u8; 4];
+    (&*socket).read_exact(&mut pid)?;
+    socket.set_read_timeout(None)?;
+    Ok(i32::from_le_bytes(pid))
+}
+
+/// How long to wait for a worker the server may have cloned before it failed.
+pub fn orphan_patience() -> Instant {
+    Instant::now() + ORPHAN_PATIENCE
 }
 
 /// The fork server's whole life.
@@ -116,8 +164,7 @@ fn serve() -> anyhow::Result<()> {
         nix::unistd::getppid().as_raw() as u32 == parent,
         "doctor, its parent, is gone"
     );
-    // SAFETY: close_range with integer arguments only.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    child::close_inherited().context("closing inherited descriptors")?;
     let title = CommandLine::of_this_process()?;
     // SAFETY: doctor made fd 0 our end of the control socket.
     let mut control = unsafe { UnixStream::from_raw_fd(0) };
@@ -183,19 +230,40 @@ fn fork_worker(
     plugin: &str,
     [socket, stderr]: &[OwnedFd; 2],
 ) -> io::Result<i32> {
+    // The child gets a copy of one thread: with any other, a lock it held
+    // would stay held in the child for ever. Doctor then execs the worker.
+    if !single_threaded() {
+        return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+    }
     // SAFETY: a raw clone without a new stack, as fork(2) is; this process
-    // has one thread, so the child's copy of every lock is free. With
-    // CLONE_PARENT the child's parent is ours (doctor's spawner thread), and
-    // it signals its exit with our exit signal (SIGCHLD).
+    // has one thread (above), so the child's copy of every lock is free.
+    // With CLONE_PARENT the child's parent is ours (doctor's spawner
+    // thread), and it signals its exit with our exit signal (SIGCHLD).
     let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT, 0, 0, 0, 0) };
     match pid {
         -1 => Err(io::Error::last_os_error()),
         0 => {
-            let code = become_worker(runtime, title, plugin, socket, stderr);
-            std::process::exit(code)
+            // Never back into the server's loop, not even by a panic.
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                become_worker(runtime, title, plugin, socket, stderr)
+            }))
+            .unwrap_or(101);
+            // SAFETY: _exit ends this process only; nothing is left to flush
+            // (stderr is unbuffered, results went out on the socket).
+            unsafe { libc::_exit(code) }
         }
         pid => Ok(pid as i32),
     }
+}
+
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|status| {
+            status
+                .lines()
+                .any(|l| l.split_whitespace().eq(["Threads:", "1"]))
+        })
+        .unwrap_or(false)
 }
 
 fn become_worker(
@@ -210,6 +278,13 @@ fn become_worker(
     let placed =
         unsafe { libc::dup2(socket.as_raw_fd(), 0) == 0 && libc::dup2(stderr.as_raw_fd(), 2) == 2 };
     if !placed {
+        return 71;
+    }
+    // Our pid first, so that doctor knows its child even if the server
+    // fails before it answers.
+    let pid = std::process::id().to_le_bytes();
+    // SAFETY: fd 0 is the worker's socket, placed above.
+    if unsafe { libc::write(0, pid.as_ptr().cast(), pid.len()) } != pid.len() as isize {
         return 71;
     }
     title.set(&["doctor", child::WORKER_ARG, plugin]);

@@ -75,6 +75,9 @@ pub struct LoadedPlugin {
     /// The compiled code workers load, and where it came from.
     code: Mutex<(Code, CacheOutcome)>,
     worker: Mutex<Option<Worker>>,
+    /// Its last worker broke (died, hung or lied): the next is exec'd, so
+    /// that it does not share the fork server's memory layout with it.
+    broke: std::sync::atomic::AtomicBool,
     imported: OnceLock<Vec<String>>,
     confinement: OnceLock<String>,
 }
@@ -92,6 +95,7 @@ impl LoadedPlugin {
             bytes,
             code: Mutex::new(code),
             worker: Mutex::new(None),
+            broke: std::sync::atomic::AtomicBool::new(false),
             imported: OnceLock::new(),
             confinement: OnceLock::new(),
         }
@@ -265,6 +269,9 @@ impl Sandbox {
             Err(Broken::Worker(failure)) => {
                 // Dropped: killed and reaped.
                 *slot = None;
+                plugin
+                    .broke
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 Err(failure)
             }
         }
@@ -323,9 +330,10 @@ impl Sandbox {
         limits: Limits,
         by: Instant,
     ) -> Result<(Worker, Started), PluginFailure> {
+        let fresh = plugin.broke.load(std::sync::atomic::Ordering::Relaxed);
         let mut worker = self
             .spawner
-            .spawn(&plugin.name)
+            .spawn(&plugin.name, fresh)
             .map_err(|e| PluginFailure::Worker(format!("could not be started: {e}")))?;
         let code = plugin
             .code
@@ -389,6 +397,29 @@ struct Process {
 }
 
 impl Process {
+    /// `pid`, if it is a child of doctor's not yet reaped.
+    fn of_own_child(pid: i32) -> Option<Process> {
+        let mut raw = 0;
+        // SAFETY: a non-blocking waitpid; it fails (ECHILD) for a pid that is
+        // not our child, and reaps one that already exited.
+        let reaped = unsafe { libc::waitpid(pid, &mut raw, libc::WNOHANG) };
+        let status = match reaped {
+            0 => None,
+            r if r == pid => Some(ExitStatus::from_raw(raw)),
+            _ => return None,
+        };
+        (pid > 0).then_some(Process {
+            pid,
+            stderr: None,
+            status,
+        })
+    }
+
+    fn kill_and_reap(&mut self) {
+        let _ = self.kill();
+        let _ = self.wait();
+    }
+
     fn kill(&mut self) -> io::Result<()> {
         if self.status.is_none() {
             // SAFETY: kill with integer arguments; the pid is our unreaped child.
@@ -450,17 +481,34 @@ impl Worker {
         Ok(Worker { child, socket })
     }
 
-    /// A worker forked by `server`, with our socket pair's other end.
+    /// A worker forked by `server`, with our socket pair's other end. The
+    /// worker sends its pid first: the one the server named, or, when the
+    /// server failed after the clone, the only word of a child to reap.
     fn fork(server: &mut forkserver::ForkServer, plugin: &str) -> io::Result<Worker> {
         let (socket, theirs) = UnixStream::pair()?;
         let (stderr, stderr_theirs) = forkserver::stderr_pipe()?;
-        let pid = server.fork(plugin, OwnedFd::from(theirs), stderr_theirs)?;
-        let child = Process {
+        let pid = match server.fork(plugin, OwnedFd::from(theirs), stderr_theirs) {
+            Ok(pid) => pid,
+            Err(e) => {
+                let said = forkserver::pid_from_worker(&socket, forkserver::orphan_patience());
+                if let Some(mut orphan) = said.ok().and_then(Process::of_own_child) {
+                    orphan.kill_and_reap();
+                }
+                return Err(e);
+            }
+        };
+        let mut child = Process {
             pid,
             stderr: Some(stderr),
             status: None,
         };
-        Ok(Worker { child, socket })
+        match forkserver::pid_from_worker(&socket, Instant::now() + REPORT_GRACE) {
+            Ok(said) if said == pid => Ok(Worker { child, socket }),
+            _ => {
+                child.kill_and_reap();
+                Err(io::Error::other("the forked worker did not start"))
+            }
+        }
     }
 
     /// Hand over the code; the worker is ready, or found it damaged.
@@ -601,9 +649,12 @@ impl Worker {
 /// that lives as long as the sandbox: through the fork server it starts
 /// on the first request, or by `exec` where that server cannot run.
 struct Spawner {
-    requests: Option<mpsc::Sender<(String, mpsc::Sender<io::Result<Worker>>)>>,
+    requests: Option<mpsc::Sender<Request>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// A plugin's name, whether its worker must be exec'd, and where to answer.
+type Request = (String, bool, mpsc::Sender<io::Result<Worker>>);
 
 /// How the spawner thread makes workers.
 enum Launch {
@@ -615,10 +666,11 @@ enum Launch {
 }
 
 impl Launch {
-    fn worker(&mut self, plugin: &str) -> io::Result<Worker> {
+    fn worker(&mut self, plugin: &str, exec: bool) -> io::Result<Worker> {
         match self {
             #[cfg(test)]
             Launch::Command(command) => Worker::spawn_command(command(plugin)),
+            Launch::ForkServer(_) if exec => Worker::spawn_command(worker_command(plugin)),
             Launch::ForkServer(server) => match Launch::forked(server, plugin) {
                 Ok(worker) => Ok(worker),
                 Err(e) => {
@@ -654,12 +706,12 @@ impl Spawner {
     }
 
     fn launching(mut launch: Launch) -> io::Result<Spawner> {
-        let (requests, incoming) = mpsc::channel::<(String, mpsc::Sender<io::Result<Worker>>)>();
+        let (requests, incoming) = mpsc::channel::<Request>();
         let thread = std::thread::Builder::new()
             .name("doctor-spawner".into())
             .spawn(move || {
-                for (plugin, reply) in incoming {
-                    let _ = reply.send(launch.worker(&plugin));
+                for (plugin, exec, reply) in incoming {
+                    let _ = reply.send(launch.worker(&plugin, exec));
                 }
             })?;
         Ok(Spawner {
@@ -668,13 +720,14 @@ impl Spawner {
         })
     }
 
-    fn spawn(&self, plugin: &str) -> io::Result<Worker> {
+    /// A worker for `plugin`; `exec`: started by exec, not forked.
+    fn spawn(&self, plugin: &str, exec: bool) -> io::Result<Worker> {
         let (reply, answer) = mpsc::channel();
         let gone = || io::Error::other("the spawner thread is gone");
         self.requests
             .as_ref()
             .ok_or_else(gone)?
-            .send((plugin.to_string(), reply))
+            .send((plugin.to_string(), exec, reply))
             .map_err(|_| gone())?;
         answer.recv().map_err(|_| gone())?
     }
