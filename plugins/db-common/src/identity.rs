@@ -10,7 +10,7 @@
 //! name only by the declared pattern; anything else is "cannot tell", and
 //! no write follows from it.
 
-use crate::{integer, text, Db, Liveness, OwnerCheck};
+use crate::{integer, text, Db, Liveness, Owner, OwnerCheck};
 use doctor_sdk::prelude::*;
 use doctor_sdk::scope::{command_line, ScopeMatcher};
 use regex_lite::Regex;
@@ -216,31 +216,40 @@ impl RowIdentity<'_> {
 /// reads it. `claimed_ms` is the row's claim time when readable with a
 /// certain zone: a process younger than its claim has a reused pid.
 pub fn row_liveness(row: &RowIdentity, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Liveness {
+    crate::judge_owner(row_owner(row, chk), chk, claimed_ms)
+}
+
+/// Whom the row names as its worker, before any process is looked at (see
+/// [`row_liveness`], which judges it).
+pub fn row_owner(row: &RowIdentity, chk: &OwnerCheck) -> Owner {
     let host = match row.host {
         None => None,
         Some(v) => match text(v).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
             Some(h) => Some(h),
-            None => return Liveness::Unknown("worker_host_sql gives no host for this row, so whether the worker is on this host cannot be told".into()),
+            None => return Owner::Told(Liveness::Unknown("worker_host_sql gives no host for this row, so whether the worker is on this host cannot be told".into())),
         },
     };
     if let Some(h) = &host {
         if !doctor_sdk::owner::same_host(h, chk.hostname) {
-            return Liveness::Remote(h.clone());
+            return Owner::Told(Liveness::Remote(h.clone()));
         }
     }
     if let Some(v) = row.pid {
         return match integer(v).filter(|p| *p > 0 && *p <= u32::MAX as i64) {
-            Some(pid) => crate::pid_alive(pid as u32, None, chk, claimed_ms),
+            Some(pid) => Owner::Pid {
+                pid: pid as u32,
+                start_time: None,
+            },
             // A JSON document without a pid (a task not yet started, a
             // library that writes it later): the name may still tell.
-            None if chk.names.is_some() => crate::liveness(row.worker, chk, claimed_ms),
-            None => Liveness::Unknown(format!(
+            None if chk.names.is_some() => crate::value_owner(row.worker, chk),
+            None => Owner::Told(Liveness::Unknown(format!(
                 "worker_pid_sql gives {} for this row, not a pid",
                 crate::shown(v)
-            )),
+            ))),
         };
     }
-    crate::liveness(row.worker, chk, claimed_ms)
+    crate::value_owner(row.worker, chk)
 }
 
 /// A name-only identity: the live processes in scope whose `name` capture

@@ -22,6 +22,7 @@ mod cas;
 mod claims;
 mod dialect;
 mod identity;
+mod lookups;
 mod owners;
 mod prepare;
 mod set;
@@ -30,9 +31,10 @@ pub use cas::{merge, Merged, Update, MAX_BATCHES, MAX_STATEMENT};
 pub use claims::{distinct, may_stop, Clock, Heartbeat, RowName};
 pub use dialect::{Column, Db, Dialect, Now};
 pub use identity::{
-    find_by_name, name_only, name_pattern, probe_expression, row_liveness, sql_expression,
-    NameFinder, RowIdentity,
+    find_by_name, name_only, name_pattern, probe_expression, row_liveness, row_owner,
+    sql_expression, NameFinder, RowIdentity,
 };
+pub use lookups::{Lookups, MAX_LOOKUPS};
 pub use owners::{
     ids_shown, one_row, Orphan, Orphans, RowEvidence, RowWrite, OWNER_FINDINGS, SHOWN_IDS,
 };
@@ -134,19 +136,54 @@ pub struct OwnerCheck<'a> {
     pub names: Option<&'a NameFinder<'a>>,
 }
 
-/// Is the worker recorded in `value` alive? `claimed_ms`, the time the row
-/// was claimed (its start-time column) when readable, must not be before
-/// the process started: a process younger than its claim has a reused pid.
-pub fn liveness(value: &SqlValue, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Liveness {
+/// Whom a row's worker value names, decided before any process is looked
+/// at: [`liveness`] then checks it against the process table. A plugin
+/// resolves every row's owner first and asks the host for the processes
+/// those owners name only ([`Lookups`]), not for the whole table.
+pub enum Owner {
+    /// A pid on this host, with its start time when the row recorded one.
+    Pid { pid: u32, start_time: Option<u64> },
+    /// A worker name on this host, found (or not) by the declared `name_pattern`.
+    Name(String),
+    /// Told without looking at a process: another host's owner, or nothing to check.
+    Told(Liveness),
+}
+
+/// Whom the worker recorded in `value` names (see [`Owner`]).
+pub fn value_owner(value: &SqlValue, chk: &OwnerCheck) -> Owner {
     let Some(raw) = text(value)
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
     else {
-        return Liveness::Unknown("no worker recorded".into());
+        return Owner::Told(Liveness::Unknown("no worker recorded".into()));
     };
     match chk.kind {
-        WorkerKind::Pid => pid_liveness(&raw, chk, claimed_ms),
-        WorkerKind::Name => name_liveness(&raw, chk),
+        WorkerKind::Pid => pid_owner(&raw, chk),
+        WorkerKind::Name => name_owner(raw, chk),
+    }
+}
+
+/// Is the worker recorded in `value` alive? `claimed_ms`, the time the row
+/// was claimed (its start-time column) when readable, must not be before
+/// the process started: a process younger than its claim has a reused pid.
+pub fn liveness(value: &SqlValue, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Liveness {
+    judge_owner(value_owner(value, chk), chk, claimed_ms)
+}
+
+/// Is `owner` alive, by the processes of `chk.table`?
+pub fn judge_owner(owner: Owner, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Liveness {
+    match owner {
+        Owner::Pid { pid, start_time } => pid_alive(pid, start_time, chk, claimed_ms),
+        // A name the worker's command line may never show (a library derives
+        // it at start-up) proves nothing by its absence; only a declared way
+        // of finding it does.
+        Owner::Name(raw) => match chk.names {
+            Some(finder) => find_by_name(&raw, finder, chk),
+            None => Liveness::Unknown(format!(
+                "worker {raw:?} is a name, and no name_pattern says how to find its process"
+            )),
+        },
+        Owner::Told(liveness) => liveness,
     }
 }
 
@@ -157,15 +194,18 @@ pub fn liveness(value: &SqlValue, chk: &OwnerCheck, claimed_ms: Option<i64>) -> 
 /// the slack is wide; a pid reused within it is only caught once it dies.
 const CLAIM_SLACK_MS: i64 = 5 * 60 * 1000;
 
-fn pid_liveness(raw: &str, chk: &OwnerCheck, claimed_ms: Option<i64>) -> Liveness {
+fn pid_owner(raw: &str, chk: &OwnerCheck) -> Owner {
     let owner = match parse_owner(raw, chk.format) {
         Ok(o) => o,
-        Err(why) => return Liveness::Unknown(why),
+        Err(why) => return Owner::Told(Liveness::Unknown(why)),
     };
     if !owner.is_local(chk.hostname) {
-        return Liveness::Remote(owner.host.unwrap_or_default());
+        return Owner::Told(Liveness::Remote(owner.host.unwrap_or_default()));
     }
-    pid_alive(owner.pid, owner.start_time, chk, claimed_ms)
+    Owner::Pid {
+        pid: owner.pid,
+        start_time: owner.start_time,
+    }
 }
 
 /// A local pid (with its start time when the row recorded one): alive only
@@ -212,23 +252,15 @@ fn pid_alive(
     Liveness::Alive(vec![p.clone()])
 }
 
-fn name_liveness(raw: &str, chk: &OwnerCheck) -> Liveness {
+fn name_owner(raw: String, chk: &OwnerCheck) -> Owner {
     // A name that reads as another host's owner (`node-b:4242`) is not
     // searched here: not finding it locally says nothing about it.
-    if let Ok(owner) = parse_owner(raw, &OwnerFormat::Auto) {
+    if let Ok(owner) = parse_owner(&raw, &OwnerFormat::Auto) {
         if !owner.is_local(chk.hostname) {
-            return Liveness::Remote(owner.host.unwrap_or_default());
+            return Owner::Told(Liveness::Remote(owner.host.unwrap_or_default()));
         }
     }
-    // A name the worker's command line may never show (a library derives
-    // it at start-up) proves nothing by its absence; only a declared way
-    // of finding it does.
-    match chk.names {
-        Some(finder) => find_by_name(raw, finder, chk),
-        None => Liveness::Unknown(format!(
-            "worker {raw:?} is a name, and no name_pattern says how to find its process"
-        )),
-    }
+    Owner::Name(raw)
 }
 
 /// Which time column could not be read, for the finding's key and text.

@@ -420,3 +420,121 @@ fn heartbeat_sql_is_one_expression_and_never_with_heartbeat_column() {
         );
     }
 }
+
+/// What the plugin asked of the process table: the pids of `processes.get`
+/// and the patterns of `processes.query`, in order.
+type Asked = Rc<RefCell<Vec<String>>>;
+
+/// `facts` answering from `table`, refusing the whole table (a test fails
+/// if the plugin reads it) and keeping what was asked in `asked`.
+fn asking(facts: Facts, table: Vec<doctor_sdk::processes::Process>, asked: &Asked) -> Facts {
+    let (gets, queries) = (asked.clone(), asked.clone());
+    facts
+        .processes(table)
+        .on("processes.all", |_| -> Option<()> {
+            panic!("the plugin read the whole process table")
+        })
+        .on("processes.get", move |args| {
+            gets.borrow_mut().push(format!("get {}", args[0]));
+            None::<()>
+        })
+        .on("processes.query", move |args| {
+            let pattern = args[0]["pattern"].as_str().unwrap_or_default();
+            queries.borrow_mut().push(format!("query {pattern}"));
+            None::<()>
+        })
+}
+
+const PLAIN: &[(&str, &str)] = &[
+    ("id", "bigint"),
+    ("status", "text"),
+    ("pid", "text"),
+    ("attempts", "integer"),
+];
+
+/// A job as the default config reads it: id, status, worker, heartbeat,
+/// updated, attempts, claimed, pid and host expressions.
+fn plain_job(id: i64, status: &str, worker: &str) -> Vec<SqlValue> {
+    let mut job = vec![SqlValue::Integer(id), text(status), text(worker)];
+    job.extend([SqlValue::Null, SqlValue::Null, SqlValue::Integer(0)]);
+    job.extend([SqlValue::Null, SqlValue::Null, SqlValue::Null]);
+    job
+}
+
+/// Workers 200 (alive) and 300 (an editor now), and processes no running
+/// job names, which the plugin must not read.
+fn host_processes() -> Vec<doctor_sdk::processes::Process> {
+    use doctor_sdk::processes::Process;
+    use doctor_sdk::testing::process;
+    let mut table = vec![
+        process(200, "python3 worker.py --hostname w1"),
+        Process {
+            cgroup: Some("/system.slice/jobs.service".into()),
+            ..process(201, "python3 worker.py --hostname w2")
+        },
+        process(300, "vim notes"),
+    ];
+    table.extend((1000..1100).map(|pid| process(pid, "sleep 600")));
+    table
+}
+
+#[test]
+fn only_the_running_jobs_workers_are_asked_for_never_the_whole_table() {
+    let jobs = vec![
+        plain_job(1, "running", "200"),
+        plain_job(2, "running", "4242"),
+        plain_job(3, "running", "200"),
+        plain_job(4, "running", "300"),
+        plain_job(5, "pending", "1000"),
+    ];
+    let asked = Asked::default();
+    let facts = Facts::new()
+        .postgres("jobs")
+        .query("jobs", table(PLAIN, jobs, Rc::default()));
+    let out = asking(facts, host_processes(), &asked).run::<JobHealth>(&config(
+        serde_json::json!({ "db": "jobs", "worker_match": "worker\\.py" }),
+    ));
+    assert_eq!(
+        out.keys(),
+        [
+            "worker:4242:orphaned",
+            "worker:300:orphaned",
+            "table:jobs:summary"
+        ]
+    );
+    // The grant's probe (pid 0), then each running job's distinct worker.
+    assert_eq!(*asked.borrow(), ["get 0", "get 200", "get 300", "get 4242"]);
+}
+
+#[test]
+fn a_name_only_worker_is_searched_by_its_pattern_by_the_host() {
+    let jobs = vec![
+        plain_job(1, "running", "w1"),
+        plain_job(2, "running", "w2"),
+        plain_job(3, "running", "w3"),
+    ];
+    let asked = Asked::default();
+    let facts = Facts::new()
+        .postgres("jobs")
+        .query("jobs", table(PLAIN, jobs, Rc::default()));
+    let out =
+        asking(facts, host_processes(), &asked).run::<JobHealth>(&config(serde_json::json!({
+            "db": "jobs", "worker_kind": "name",
+            "name_pattern": "--hostname (?P<name>\\S+)",
+            "scope": { "unit": "jobs.service" }
+        })));
+    // w1 runs outside the scope, w3 nowhere: both dead; w2 is alive.
+    assert_eq!(
+        out.keys(),
+        [
+            "worker:w1:orphaned",
+            "worker:w3:orphaned",
+            "config:weak-identity",
+            "table:jobs:summary"
+        ]
+    );
+    assert_eq!(
+        *asked.borrow(),
+        ["get 0", "query --hostname (?P<name>\\S+)"]
+    );
+}

@@ -142,7 +142,8 @@ impl Facts {
         self
     }
 
-    /// The whole process table (answers `processes.all` and `processes.get`).
+    /// The whole process table (answers `processes.all`, `processes.get` and
+    /// `processes.query` alike).
     pub fn processes(self, table: Vec<Process>) -> Facts {
         let (by_pid, queried) = (table.clone(), table.clone());
         self.on("processes.all", move |_| {

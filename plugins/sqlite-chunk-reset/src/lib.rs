@@ -14,9 +14,9 @@
 //! The table may be SQLite's or PostgreSQL's: db-common's dialect renders the SQL.
 
 use db_common::{
-    ident, ident_or_null, ids_shown, integer, opt_column, regex, row_liveness, shown, Clock,
-    Heartbeat, IdentityConfig, Liveness, OnHost, Orphan, Orphans, RowName, StatusCounts,
-    TimeColumn, Update, WorkerKind, SHOWN_IDS, WITHHELD,
+    ident, ident_or_null, ids_shown, integer, opt_column, regex, row_liveness, row_owner, shown,
+    Clock, Heartbeat, IdentityConfig, Liveness, Lookups, OnHost, Orphan, Orphans, RowName,
+    StatusCounts, TimeColumn, Update, WorkerKind, SHOWN_IDS, WITHHELD,
 };
 use doctor_sdk::prelude::*;
 use doctor_sdk::process::{command_line, ProcessTable};
@@ -89,12 +89,38 @@ impl Plugin for ChunkReset {
             c.identity.worker_kind,
             &wanted,
         )?;
-        let (table, hostname, clock) = (
-            ProcessTable::read()?,
-            host::hostname(),
-            Clock::now(id.unit, c.identity.clock_skew),
-        );
+        // Required whatever the rows name, as when the whole table was read.
+        ProcessTable::require_grant()?;
+        let (hostname, clock) = (host::hostname(), Clock::now(id.unit, c.identity.clock_skew));
         let mut findings: Vec<Finding> = weak.into_iter().collect();
+        let (key, status) = (ident(&c.id_column), ident(&c.status_column));
+        let sql = format!(
+            "SELECT {key}, {}, {}, {}, {} FROM {} WHERE {status} = {} ORDER BY {key}",
+            ident(&c.worker_column),
+            ident_or_null(started_col),
+            id.heartbeat_select(),
+            id.select_list(),
+            db.table_sql(),
+            db.mark(1),
+        );
+        let running = db.query(&sql, &[SqlValue::Text(c.running_status.clone())])?;
+        // Only the processes the verdicts look at: the rows' owners, and the
+        // coordinator inside the scope (read after the rows, so a worker
+        // that claimed a row since is seen).
+        let finder = id.name_finder(&scope);
+        let mut wanted = Lookups::new();
+        let nobody = ProcessTable::new(Vec::new());
+        let named = id.owner_check(c.identity.worker_kind, &nobody, &hostname, finder.as_ref());
+        for row in db_common::distinct(&running.rows) {
+            wanted.owner(
+                &row_owner(&id.row(&row[1], &row[4], &row[5]), &named),
+                &named,
+            );
+        }
+        if let (Some(re), false) = (&coordinator, scope.is_unscoped()) {
+            wanted.search(re);
+        }
+        let table = wanted.read(&c.identity.scope, true)?;
         // The coordinator is searched inside the scope only: another deployment's would count.
         let coordinator_absent = match &coordinator {
             Some(_) if scope.is_unscoped() => {
@@ -109,17 +135,6 @@ impl Plugin for ChunkReset {
             Some(re) => table.in_scope(re, &scope).next().is_none(),
             None => false,
         };
-        let (key, status) = (ident(&c.id_column), ident(&c.status_column));
-        let sql = format!(
-            "SELECT {key}, {}, {}, {}, {} FROM {} WHERE {status} = {} ORDER BY {key}",
-            ident(&c.worker_column),
-            ident_or_null(started_col),
-            id.heartbeat_select(),
-            id.select_list(),
-            db.table_sql(),
-            db.mark(1),
-        );
-        let running = db.query(&sql, &[SqlValue::Text(c.running_status.clone())])?;
         findings.extend(db_common::unwritable_finding(
             &c.db,
             user.unwrap_or_default(),
@@ -127,7 +142,6 @@ impl Plugin for ChunkReset {
         ));
         let withheld = (!problems.is_empty()).then(|| ("reset", WITHHELD.to_string()));
 
-        let finder = id.name_finder(&scope);
         let chk = id.owner_check(c.identity.worker_kind, &table, &hostname, finder.as_ref());
         let (mut live_running, mut leftovers, mut orphans) =
             (0usize, BTreeMap::<u32, Leftover>::new(), Vec::new());

@@ -186,3 +186,165 @@ fn a_heartbeat_in_a_related_table_judges_another_hosts_chunk() {
         matches!(&reset.params[5], SqlValue::Text(t) if t == "2023-11-14T21:13:20.000000+00:00")
     );
 }
+
+/// What the plugin asked of the process table: the pids of `processes.get`
+/// and the patterns of `processes.query`, in order.
+type Asked = Rc<RefCell<Vec<String>>>;
+
+/// `facts` answering from `table`, refusing the whole table (a test fails
+/// if the plugin reads it) and keeping what was asked in `asked`.
+fn asking(facts: Facts, table: Vec<doctor_sdk::processes::Process>, asked: &Asked) -> Facts {
+    let (gets, queries) = (asked.clone(), asked.clone());
+    facts
+        .processes(table)
+        .on("processes.all", |_| -> Option<()> {
+            panic!("the plugin read the whole process table")
+        })
+        .on("processes.get", move |args| {
+            gets.borrow_mut().push(format!("get {}", args[0]));
+            None::<()>
+        })
+        .on("processes.query", move |args| {
+            let pattern = args[0]["pattern"].as_str().unwrap_or_default();
+            queries.borrow_mut().push(format!("query {pattern}"));
+            None::<()>
+        })
+}
+
+/// A supervisor (50) running the coordinator (100) and a worker (200);
+/// another worker (201) outside it; a pid reused by an editor (301); and
+/// processes no row names, which the plugin must not read.
+fn deployment(coordinator: bool) -> Vec<doctor_sdk::processes::Process> {
+    use doctor_sdk::processes::Process;
+    use doctor_sdk::testing::process;
+    let mut table = vec![
+        process(50, "sh /srv/a/supervise.sh"),
+        Process {
+            ppid: 50,
+            ..process(200, "python3 worker.py")
+        },
+        process(201, "python3 worker.py"),
+        process(301, "vim notes"),
+    ];
+    if coordinator {
+        table.push(Process {
+            ppid: 50,
+            ..process(100, "python3 coordinator.py")
+        });
+    }
+    table.extend((1000..1100).map(|pid| process(pid, "sleep 600")));
+    table
+}
+
+/// Running chunks owned by `owners` (`host:pid`), one each.
+fn owned(owners: &[&str]) -> Vec<Vec<SqlValue>> {
+    let chunk = |(id, owner): (usize, &&str)| {
+        vec![
+            SqlValue::Integer(id as i64 + 1),
+            text(owner),
+            SqlValue::Null,
+            SqlValue::Null,
+            SqlValue::Null,
+            SqlValue::Null,
+        ]
+    };
+    owners.iter().enumerate().map(chunk).collect()
+}
+
+fn scoped_check(owners: &[&str], coordinator: bool, asked: &Asked) -> doctor_sdk::testing::Outcome {
+    let facts = Facts::new()
+        .postgres("work")
+        .query("work", table(owned(owners), Rc::default()));
+    asking(facts, deployment(coordinator), asked).run::<ChunkReset>(&config(serde_json::json!({
+        "db": "work", "worker_column": "locked_by", "started_at_column": "",
+        "owner_format": "host:pid", "worker_match": "worker\\.py",
+        "coordinator_match": "coordinator\\.py", "scope": { "under": "supervise\\.sh" }
+    })))
+}
+
+#[test]
+fn only_the_rows_owners_and_the_coordinator_are_asked_for_never_the_whole_table() {
+    let asked = Asked::default();
+    let out = scoped_check(
+        &[
+            "test-host:200",
+            "test-host:4242",
+            "test-host:301",
+            "test-host:200",
+        ],
+        true,
+        &asked,
+    );
+    assert_eq!(
+        out.keys(),
+        [
+            "worker:test-host:4242:orphaned",
+            "worker:test-host:301:orphaned",
+            "table:chunks:state"
+        ]
+    );
+    let dead = out.finding("worker:test-host:301:orphaned").unwrap();
+    assert!(dead.message.contains("not a worker"), "{}", dead.message);
+    // The grant's probe (pid 0), each distinct owner with its parents (the
+    // scope's `under`), then the coordinator by its pattern, whose parent
+    // the table holds by then.
+    assert_eq!(
+        *asked.borrow(),
+        [
+            "get 0",
+            "get 200",
+            "get 50",
+            "get 1",
+            "get 301",
+            "get 4242",
+            "query coordinator\\.py"
+        ]
+    );
+}
+
+#[test]
+fn without_the_coordinator_a_leftover_is_stopped_only_inside_the_scope() {
+    let asked = Asked::default();
+    let out = scoped_check(&["test-host:200", "test-host:201"], false, &asked);
+    let inside = out.finding("worker:200:leftover").expect("worker 200");
+    assert_eq!(inside.actions.len(), 1, "its parent chain puts it in scope");
+    let outside = out.finding("worker:201:leftover").expect("worker 201");
+    assert!(outside.actions.is_empty(), "{:?}", outside.evidence);
+    assert!(!asked.borrow().iter().any(|a| a.starts_with("get 10")));
+}
+
+#[test]
+fn rows_naming_hundreds_of_pids_read_the_whole_table_once() {
+    let owners: Vec<String> = (0..=db_common::MAX_LOOKUPS)
+        .map(|i| format!("test-host:{}", 5000 + i))
+        .collect();
+    let owners: Vec<&str> = owners.iter().map(String::as_str).collect();
+    let (gets, wholes) = (Rc::new(RefCell::new(0)), Rc::new(RefCell::new(0)));
+    let (g, w) = (gets.clone(), wholes.clone());
+    let out = Facts::new()
+        .postgres("work")
+        .query("work", table(owned(&owners), Rc::default()))
+        .processes(deployment(true))
+        .on("processes.get", move |_| {
+            *g.borrow_mut() += 1;
+            None::<()>
+        })
+        .on("processes.all", move |_| {
+            *w.borrow_mut() += 1;
+            None::<()>
+        })
+        .run::<ChunkReset>(&config(serde_json::json!({
+            "db": "work", "worker_column": "locked_by", "started_at_column": "",
+            "owner_format": "host:pid", "max_chunk_findings": 1000
+        })));
+    assert_eq!(
+        out.keys().len(),
+        db_common::MAX_LOOKUPS + 2,
+        "every owner dead, and the state"
+    );
+    assert_eq!(
+        (*gets.borrow(), *wholes.borrow()),
+        (1, 1),
+        "the grant's probe, one whole read"
+    );
+}
