@@ -169,6 +169,8 @@ fn serve() -> anyhow::Result<()> {
     // SAFETY: doctor made fd 0 our end of the control socket.
     let mut control = unsafe { UnixStream::from_raw_fd(0) };
     let runtime = Runtime::<Forwarder>::without_alarm()?;
+    // Doctor execs each worker instead when the server refuses to serve.
+    anyhow::ensure!(single_threaded(), "the fork server is not single-threaded");
     while let Some((plugin, fds)) = next_request(&control)? {
         let answer = match fork_worker(&runtime, &title, &plugin, &fds) {
             Ok(pid) => pid,
@@ -230,13 +232,9 @@ fn fork_worker(
     plugin: &str,
     [socket, stderr]: &[OwnedFd; 2],
 ) -> io::Result<i32> {
-    // The child gets a copy of one thread: with any other, a lock it held
-    // would stay held in the child for ever. Doctor then execs the worker.
-    if !single_threaded() {
-        return Err(io::Error::from_raw_os_error(libc::EAGAIN));
-    }
     // SAFETY: a raw clone without a new stack, as fork(2) is; this process
-    // has one thread (above), so the child's copy of every lock is free.
+    // has one thread (checked in `serve`, and nothing here starts one), so
+    // the child's copy of every lock is free.
     // With CLONE_PARENT the child's parent is ours (doctor's spawner
     // thread), and it signals its exit with our exit signal (SIGCHLD).
     let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT, 0, 0, 0, 0) };
@@ -256,14 +254,10 @@ fn fork_worker(
     }
 }
 
+/// One thread: a fork copies only the calling one, and a lock another
+/// held would stay held in the child for ever.
 fn single_threaded() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|status| {
-            status
-                .lines()
-                .any(|l| l.split_whitespace().eq(["Threads:", "1"]))
-        })
-        .unwrap_or(false)
+    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
 }
 
 fn become_worker(
