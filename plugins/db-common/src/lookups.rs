@@ -19,7 +19,7 @@
 //! Rows naming more than [`MAX_LOOKUPS`] distinct pids read the whole table
 //! once instead, as does a pattern the host's query refuses.
 
-use crate::{Owner, OwnerCheck};
+use crate::{row_owner, Identity, IdentityConfig, NameFinder, Owner, OwnerCheck, RowIdentity};
 use doctor_sdk::prelude::*;
 use doctor_sdk::processes::ProcessFilter;
 use doctor_sdk::scope::{ProcessTable, Scope};
@@ -33,15 +33,47 @@ use std::collections::BTreeSet;
 pub const MAX_LOOKUPS: usize = 256;
 
 /// What the rows' verdicts will look at, gathered before any process is read.
-#[derive(Default)]
 pub struct Lookups {
     pids: BTreeSet<u32>,
     patterns: Vec<String>,
+    /// Where the deployment's processes live: `under` needs parent chains,
+    /// and without a scope no pattern is searched.
+    scope: Scope,
 }
 
 impl Lookups {
-    pub fn new() -> Lookups {
-        Lookups::default()
+    pub fn new(scope: Scope) -> Lookups {
+        Lookups {
+            pids: BTreeSet::new(),
+            patterns: Vec::new(),
+            scope,
+        }
+    }
+
+    /// What judging the owners of `rows` (see [`crate::judge_owner`]) will
+    /// look at, for a table whose owners `id` (parsed from `config`) describes.
+    pub fn of_rows<'r>(
+        id: &Identity,
+        config: &IdentityConfig,
+        hostname: &str,
+        names: Option<&NameFinder>,
+        rows: impl IntoIterator<Item = RowIdentity<'r>>,
+    ) -> Lookups {
+        let nobody = ProcessTable::new(Vec::new());
+        let chk = id.owner_check(config.worker_kind, &nobody, hostname, names);
+        let mut wanted = Lookups::new(config.scope.clone());
+        for row in rows {
+            wanted.owner(&row_owner(&row, &chk), &chk);
+        }
+        wanted
+    }
+
+    /// As [`Lookups::search`], for a pattern there may not be.
+    pub fn searching(mut self, pattern: Option<&Regex>) -> Lookups {
+        if let Some(pattern) = pattern {
+            self.search(pattern);
+        }
+        self
     }
 
     /// What judging `owner` (see [`crate::judge_owner`]) will look at.
@@ -66,11 +98,22 @@ impl Lookups {
         }
     }
 
-    /// The table of what was gathered. `scope` is the config's: its `under`
-    /// needs parent chains, and without it no pattern is searched.
-    /// `doctors`: the table names the doctor's own pids
-    /// ([`ProcessTable::is_doctors`]), which are then not asked for.
-    pub fn read(self, scope: &Scope, doctors: bool) -> Result<ProcessTable, Error> {
+    /// As [`Lookups::read`] when `wanted`; else an empty table, and no
+    /// process grant needed (a table that records no worker).
+    pub fn read_if(self, wanted: bool, doctors: bool) -> Result<ProcessTable, Error> {
+        match wanted {
+            true => self.read(doctors),
+            false => Ok(ProcessTable::new(Vec::new())),
+        }
+    }
+
+    /// The table of what was gathered; the process grant is required
+    /// whatever that is, as when the whole table was read. `doctors`: the
+    /// table names the doctor's own pids ([`ProcessTable::is_doctors`]),
+    /// which are then not asked for.
+    pub fn read(self, doctors: bool) -> Result<ProcessTable, Error> {
+        ProcessTable::require_grant()?;
+        let scope = &self.scope;
         let own = match doctors {
             true => ProcessTable::own_pids(),
             false => Vec::new(),

@@ -18,14 +18,13 @@
 //! alive, and rows in any status not listed as running or waiting, are never touched.
 
 use db_common::{
-    human_ms, ident, integer, opt_column, row_liveness, row_owner, shown, Clock, Db, Heartbeat,
-    Identity, IdentityConfig, Liveness, Lookups, OnHost, Orphan, Orphans, OwnerCheck, Placeholders,
+    human_ms, ident, integer, opt_column, row_liveness, shown, Clock, Db, Heartbeat, Identity,
+    IdentityConfig, Liveness, Lookups, OnHost, Orphan, Orphans, OwnerCheck, Placeholders,
     RowEvidence, RowIdentity, RowName, RowWrite, SetValue, StatusCounts, TimeColumn, TimeUnit,
     Update, WITHHELD,
 };
 use doctor_sdk::prelude::*;
 use doctor_sdk::process::pid_list;
-use doctor_sdk::scope::ProcessTable;
 use doctor_sdk::time::{iso8601_utc, now_value};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -133,10 +132,6 @@ impl Plugin for JobHealth {
         // Does the table record its workers at all? With neither a worker
         // column nor a pid expression it has declared heartbeat-only judgement.
         let records_worker = cols.worker.is_some() || id.pid_sql.is_some();
-        if records_worker {
-            // Required whatever the rows name, as when the whole table was read.
-            ProcessTable::require_grant()?;
-        }
         let (hostname, clock) = (host::hostname(), Clock::now(id.unit, c.identity.clock_skew));
 
         let statuses: Vec<SqlValue> = c
@@ -176,21 +171,11 @@ impl Plugin for JobHealth {
         // Only the processes the running jobs' verdicts look at, read after
         // the rows (so a worker that claimed a job since is seen); none
         // for a table that records no worker.
-        let table = match records_worker {
-            true => {
-                let mut wanted = Lookups::new();
-                let nobody = ProcessTable::new(Vec::new());
-                let kind = c.identity.worker_kind;
-                let named = id.owner_check(kind, &nobody, &hostname, finder.as_ref());
-                for r in db_common::distinct(&rows.rows) {
-                    if c.running_statuses.contains(&shown(&r[1])) {
-                        wanted.owner(&row_owner(&id.row(&r[2], &r[7], &r[8]), &named), &named);
-                    }
-                }
-                wanted.read(&c.identity.scope, false)?
-            }
-            false => ProcessTable::new(Vec::new()),
-        };
+        let owners = db_common::distinct(&rows.rows)
+            .filter(|r| c.running_statuses.contains(&shown(&r[1])))
+            .map(|r| id.row(&r[2], &r[7], &r[8]));
+        let table = Lookups::of_rows(&id, &c.identity, &hostname, finder.as_ref(), owners)
+            .read_if(records_worker, false)?;
         let chk = id.owner_check(c.identity.worker_kind, &table, &hostname, finder.as_ref());
         let mut orphans = Vec::new();
         for r in db_common::distinct(&rows.rows) {
@@ -210,16 +195,10 @@ impl Plugin for JobHealth {
                 claimed: &r[6],
                 name,
             };
-            match c.running_statuses.contains(&job.status) {
-                true => findings.extend(check_running(
-                    &writes,
-                    &job,
-                    &chk,
-                    records_worker,
-                    &mut orphans,
-                )),
-                false => findings.extend(check_waiting(&writes, &job)),
-            }
+            findings.extend(match c.running_statuses.contains(&job.status) {
+                true => check_running(&writes, &job, &chk, records_worker, &mut orphans),
+                false => check_waiting(&writes, &job).into_iter().collect(),
+            });
         }
         // One finding per dead owner, first: its jobs written by set-based compare-and-swaps.
         let owners = Orphans {

@@ -14,12 +14,12 @@
 //! The table may be SQLite's or PostgreSQL's: db-common's dialect renders the SQL.
 
 use db_common::{
-    ident, ident_or_null, ids_shown, integer, opt_column, regex, row_liveness, row_owner, shown,
-    Clock, Heartbeat, IdentityConfig, Liveness, Lookups, OnHost, Orphan, Orphans, RowName,
-    StatusCounts, TimeColumn, Update, WorkerKind, SHOWN_IDS, WITHHELD,
+    ident, ident_or_null, ids_shown, integer, opt_column, regex, row_liveness, shown, Clock,
+    Heartbeat, IdentityConfig, Liveness, Lookups, OnHost, Orphan, Orphans, RowName, StatusCounts,
+    TimeColumn, Update, WorkerKind, SHOWN_IDS, WITHHELD,
 };
 use doctor_sdk::prelude::*;
-use doctor_sdk::process::{command_line, ProcessTable};
+use doctor_sdk::process::command_line;
 use doctor_sdk::processes::Process;
 use doctor_sdk::scope::ScopeMatcher;
 use doctor_sdk::time::human_ms;
@@ -89,8 +89,6 @@ impl Plugin for ChunkReset {
             c.identity.worker_kind,
             &wanted,
         )?;
-        // Required whatever the rows name, as when the whole table was read.
-        ProcessTable::require_grant()?;
         let (hostname, clock) = (host::hostname(), Clock::now(id.unit, c.identity.clock_skew));
         let mut findings: Vec<Finding> = weak.into_iter().collect();
         let (key, status) = (ident(&c.id_column), ident(&c.status_column));
@@ -108,19 +106,10 @@ impl Plugin for ChunkReset {
         // coordinator inside the scope (read after the rows, so a worker
         // that claimed a row since is seen).
         let finder = id.name_finder(&scope);
-        let mut wanted = Lookups::new();
-        let nobody = ProcessTable::new(Vec::new());
-        let named = id.owner_check(c.identity.worker_kind, &nobody, &hostname, finder.as_ref());
-        for row in db_common::distinct(&running.rows) {
-            wanted.owner(
-                &row_owner(&id.row(&row[1], &row[4], &row[5]), &named),
-                &named,
-            );
-        }
-        if let (Some(re), false) = (&coordinator, scope.is_unscoped()) {
-            wanted.search(re);
-        }
-        let table = wanted.read(&c.identity.scope, true)?;
+        let owners = db_common::distinct(&running.rows).map(|r| id.row(&r[1], &r[4], &r[5]));
+        let table = Lookups::of_rows(&id, &c.identity, &hostname, finder.as_ref(), owners)
+            .searching(coordinator.as_ref().filter(|_| !scope.is_unscoped()))
+            .read(true)?;
         // The coordinator is searched inside the scope only: another deployment's would count.
         let coordinator_absent = match &coordinator {
             Some(_) if scope.is_unscoped() => {
