@@ -5,7 +5,7 @@
 use super::{Config, JobHealth};
 use doctor_sdk::config::DeclaredConfig;
 use doctor_sdk::sqlite::Rows;
-use doctor_sdk::testing::{Facts, Outcome};
+use doctor_sdk::testing::{AskedProcesses, Facts, Outcome};
 use doctor_sdk::{Action, Error, SqlValue};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -421,30 +421,6 @@ fn heartbeat_sql_is_one_expression_and_never_with_heartbeat_column() {
     }
 }
 
-/// What the plugin asked of the process table: the pids of `processes.get`
-/// and the patterns of `processes.query`, in order.
-type Asked = Rc<RefCell<Vec<String>>>;
-
-/// `facts` answering from `table`, refusing the whole table (a test fails
-/// if the plugin reads it) and keeping what was asked in `asked`.
-fn asking(facts: Facts, table: Vec<doctor_sdk::processes::Process>, asked: &Asked) -> Facts {
-    let (gets, queries) = (asked.clone(), asked.clone());
-    facts
-        .processes(table)
-        .on("processes.all", |_| -> Option<()> {
-            panic!("the plugin read the whole process table")
-        })
-        .on("processes.get", move |args| {
-            gets.borrow_mut().push(format!("get {}", args[0]));
-            None::<()>
-        })
-        .on("processes.query", move |args| {
-            let pattern = args[0]["pattern"].as_str().unwrap_or_default();
-            queries.borrow_mut().push(format!("query {pattern}"));
-            None::<()>
-        })
-}
-
 const PLAIN: &[(&str, &str)] = &[
     ("id", "bigint"),
     ("status", "text"),
@@ -487,13 +463,15 @@ fn only_the_running_jobs_workers_are_asked_for_never_the_whole_table() {
         plain_job(4, "running", "300"),
         plain_job(5, "pending", "1000"),
     ];
-    let asked = Asked::default();
+    let asked = AskedProcesses::default();
     let facts = Facts::new()
         .postgres("jobs")
         .query("jobs", table(PLAIN, jobs, Rc::default()));
-    let out = asking(facts, host_processes(), &asked).run::<JobHealth>(&config(
-        serde_json::json!({ "db": "jobs", "worker_match": "worker\\.py" }),
-    ));
+    let out = facts
+        .processes_asked(host_processes(), &asked)
+        .run::<JobHealth>(&config(
+            serde_json::json!({ "db": "jobs", "worker_match": "worker\\.py" }),
+        ));
     assert_eq!(
         out.keys(),
         [
@@ -513,12 +491,13 @@ fn a_name_only_worker_is_searched_by_its_pattern_by_the_host() {
         plain_job(2, "running", "w2"),
         plain_job(3, "running", "w3"),
     ];
-    let asked = Asked::default();
+    let asked = AskedProcesses::default();
     let facts = Facts::new()
         .postgres("jobs")
         .query("jobs", table(PLAIN, jobs, Rc::default()));
-    let out =
-        asking(facts, host_processes(), &asked).run::<JobHealth>(&config(serde_json::json!({
+    let out = facts
+        .processes_asked(host_processes(), &asked)
+        .run::<JobHealth>(&config(serde_json::json!({
             "db": "jobs", "worker_kind": "name",
             "name_pattern": "--hostname (?P<name>\\S+)",
             "scope": { "unit": "jobs.service" }

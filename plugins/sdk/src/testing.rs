@@ -77,6 +77,9 @@ thread_local! {
     static CURRENT: RefCell<Option<Facts>> = const { RefCell::new(None) };
 }
 
+/// What a plugin asked of the process table ([`Facts::processes_asked`]).
+pub type AskedProcesses = std::rc::Rc<RefCell<Vec<String>>>;
+
 impl Facts {
     pub fn new() -> Facts {
         Facts::default()
@@ -160,6 +163,26 @@ impl Facts {
                 serde_json::from_value(args[0].clone()).ok()?;
             Some(query_processes(&queried, &filter))
         })
+    }
+
+    /// As [`Facts::processes`], but refusing the whole table (a test fails
+    /// if the plugin reads it) and keeping in `asked` what the plugin asked
+    /// instead, in order: `get PID` and `query PATTERN`.
+    pub fn processes_asked(self, table: Vec<Process>, asked: &AskedProcesses) -> Facts {
+        let (gets, queries) = (asked.clone(), asked.clone());
+        self.processes(table)
+            .on("processes.all", |_| -> Option<()> {
+                panic!("the plugin read the whole process table")
+            })
+            .on("processes.get", move |args| {
+                gets.borrow_mut().push(format!("get {}", args[0]));
+                None::<()>
+            })
+            .on("processes.query", move |args| {
+                let pattern = args[0]["pattern"].as_str().unwrap_or_default();
+                queries.borrow_mut().push(format!("query {pattern}"));
+                None::<()>
+            })
     }
 
     /// A regular file with this content (answers `files.read` and `files.stat`).

@@ -5,7 +5,7 @@
 use super::{ChunkReset, Config};
 use doctor_sdk::config::DeclaredConfig;
 use doctor_sdk::sqlite::Rows;
-use doctor_sdk::testing::Facts;
+use doctor_sdk::testing::{AskedProcesses, Facts};
 use doctor_sdk::{Action, Error, SqlValue};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -187,30 +187,6 @@ fn a_heartbeat_in_a_related_table_judges_another_hosts_chunk() {
     );
 }
 
-/// What the plugin asked of the process table: the pids of `processes.get`
-/// and the patterns of `processes.query`, in order.
-type Asked = Rc<RefCell<Vec<String>>>;
-
-/// `facts` answering from `table`, refusing the whole table (a test fails
-/// if the plugin reads it) and keeping what was asked in `asked`.
-fn asking(facts: Facts, table: Vec<doctor_sdk::processes::Process>, asked: &Asked) -> Facts {
-    let (gets, queries) = (asked.clone(), asked.clone());
-    facts
-        .processes(table)
-        .on("processes.all", |_| -> Option<()> {
-            panic!("the plugin read the whole process table")
-        })
-        .on("processes.get", move |args| {
-            gets.borrow_mut().push(format!("get {}", args[0]));
-            None::<()>
-        })
-        .on("processes.query", move |args| {
-            let pattern = args[0]["pattern"].as_str().unwrap_or_default();
-            queries.borrow_mut().push(format!("query {pattern}"));
-            None::<()>
-        })
-}
-
 /// A supervisor (50) running the coordinator (100) and a worker (200);
 /// another worker (201) outside it; a pid reused by an editor (301); and
 /// processes no row names, which the plugin must not read.
@@ -251,20 +227,26 @@ fn owned(owners: &[&str]) -> Vec<Vec<SqlValue>> {
     owners.iter().enumerate().map(chunk).collect()
 }
 
-fn scoped_check(owners: &[&str], coordinator: bool, asked: &Asked) -> doctor_sdk::testing::Outcome {
+fn scoped_check(
+    owners: &[&str],
+    coordinator: bool,
+    asked: &AskedProcesses,
+) -> doctor_sdk::testing::Outcome {
     let facts = Facts::new()
         .postgres("work")
         .query("work", table(owned(owners), Rc::default()));
-    asking(facts, deployment(coordinator), asked).run::<ChunkReset>(&config(serde_json::json!({
-        "db": "work", "worker_column": "locked_by", "started_at_column": "",
-        "owner_format": "host:pid", "worker_match": "worker\\.py",
-        "coordinator_match": "coordinator\\.py", "scope": { "under": "supervise\\.sh" }
-    })))
+    facts
+        .processes_asked(deployment(coordinator), asked)
+        .run::<ChunkReset>(&config(serde_json::json!({
+            "db": "work", "worker_column": "locked_by", "started_at_column": "",
+            "owner_format": "host:pid", "worker_match": "worker\\.py",
+            "coordinator_match": "coordinator\\.py", "scope": { "under": "supervise\\.sh" }
+        })))
 }
 
 #[test]
 fn only_the_rows_owners_and_the_coordinator_are_asked_for_never_the_whole_table() {
-    let asked = Asked::default();
+    let asked = AskedProcesses::default();
     let out = scoped_check(
         &[
             "test-host:200",
@@ -304,7 +286,7 @@ fn only_the_rows_owners_and_the_coordinator_are_asked_for_never_the_whole_table(
 
 #[test]
 fn without_the_coordinator_a_leftover_is_stopped_only_inside_the_scope() {
-    let asked = Asked::default();
+    let asked = AskedProcesses::default();
     let out = scoped_check(&["test-host:200", "test-host:201"], false, &asked);
     let inside = out.finding("worker:200:leftover").expect("worker 200");
     assert_eq!(inside.actions.len(), 1, "its parent chain puts it in scope");
