@@ -105,7 +105,7 @@ fn sql_error(label: &str, e: SqlError) -> Error {
     match e {
         SqlError::Missing(_) => Error::NotFound(text),
         SqlError::Invalid(_) => Error::Invalid(text),
-        SqlError::Locked(_) | SqlError::Io(_) => Error::Io(text),
+        SqlError::Locked(_) | SqlError::Io(_) | SqlError::LeftByCrashedWriter(_) => Error::Io(text),
         SqlError::TooManyRows(_)
         | SqlError::TooManyBytes(_)
         | SqlError::ValueTooBig

@@ -44,6 +44,10 @@ pub enum SqlError {
     Interrupted,
     #[error("{0}")]
     Refused(String),
+    /// A writer died mid-transaction: a hot journal to roll back, or a WAL
+    /// whose index needs rebuilding, which a read-only connection cannot do.
+    #[error("{0}")]
+    LeftByCrashedWriter(String),
 }
 
 /// How much one query may cost: the caller's deadline and a byte budget.
@@ -134,9 +138,39 @@ pub fn query(
     params: &[Value],
     bounds: QueryBounds,
 ) -> Result<Rows, SqlError> {
-    let conn = open_read_only(path)?;
+    match query_on(&open_read_only(path)?, path, sql, params, bounds) {
+        // What any SQLite client does on opening such a file: roll the
+        // half-written transaction back (or rebuild the WAL's index), which
+        // needs a connection that may write. Committed rows are not changed,
+        // and `query_only` still refuses every statement that would.
+        Err(SqlError::LeftByCrashedWriter(_)) => {
+            query_on(&open_recovering(path)?, path, sql, params, bounds)
+        }
+        done => done,
+    }
+}
+
+/// A read-write connection (never creating the file) that runs queries
+/// only: SQLite's crash recovery may write, SQL may not.
+fn open_recovering(path: &Path) -> Result<Connection, SqlError> {
+    let conn = open_checked(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(|e| sql_error(e, path))?;
+    Ok(conn)
+}
+
+fn query_on(
+    conn: &Connection,
+    path: &Path,
+    sql: &str,
+    params: &[Value],
+    bounds: QueryBounds,
+) -> Result<Rows, SqlError> {
     // One value can be no larger than the whole answer may be.
-    bound(&conn, path, bounds)?;
+    bound(conn, path, bounds)?;
     let mut stmt = conn.prepare(sql).map_err(|e| sql_error(e, path))?;
     let columns: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
     let mut rows = stmt
@@ -208,6 +242,17 @@ pub fn sql_error(e: rusqlite::Error, path: &Path) -> SqlError {
                 SqlError::Invalid(format!("{shown} is not a SQLite database"))
             }
             ErrorCode::CannotOpen => SqlError::Io(format!("cannot open {shown}: {e}")),
+            ErrorCode::ReadOnly
+                if matches!(
+                    f.extended_code,
+                    rusqlite::ffi::SQLITE_READONLY_ROLLBACK
+                        | rusqlite::ffi::SQLITE_READONLY_RECOVERY
+                ) =>
+            {
+                SqlError::LeftByCrashedWriter(format!(
+                    "{shown} was left mid-transaction by a writer that died: {e}"
+                ))
+            }
             ErrorCode::ReadOnly => SqlError::Io(format!("{shown} is read-only: {e}")),
             _ => SqlError::Invalid(format!("{shown}: {e}")),
         },
@@ -228,6 +273,47 @@ mod tests {
 
     fn query(path: &Path, sql: &str, params: &[Value]) -> Result<Rows, SqlError> {
         super::query(path, sql, params, bounds())
+    }
+
+    #[test]
+    fn a_transaction_left_by_a_writer_that_died_is_rolled_back_not_a_read_only_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (x TEXT); INSERT INTO t VALUES ('committed');")
+            .unwrap();
+        drop(conn);
+        // A writer killed mid-transaction, with pages already spilled to
+        // the file: it leaves a hot journal behind.
+        let crashed = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import os, signal, sqlite3, sys\n\
+                 d = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                 d.execute('PRAGMA cache_size = 1'); d.execute('BEGIN IMMEDIATE')\n\
+                 d.execute(\"UPDATE t SET x = 'half-written'\")\n\
+                 d.execute(\"INSERT INTO t SELECT hex(randomblob(3000)) FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) SELECT i FROM n)\")\n\
+                 os.kill(os.getpid(), signal.SIGKILL)\n",
+            )
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&crashed),
+            Some(9)
+        );
+        let journal = dir.path().join("jobs.db-journal");
+        assert!(journal.exists(), "the writer left no journal");
+
+        let rows = query(&path, "SELECT x FROM t", &[]).unwrap();
+        assert_eq!(rows.rows, vec![vec![Value::Text("committed".into())]]);
+        assert!(
+            !journal.exists(),
+            "the half-written transaction was rolled back"
+        );
+        // The rows as committed, and nothing a query writes: still refused.
+        let write = query(&path, "UPDATE t SET x = 'by a query'", &[]);
+        assert!(write.is_err(), "{:?}", write.map(|r| r.rows));
     }
 
     fn db() -> (tempfile::TempDir, std::path::PathBuf) {
