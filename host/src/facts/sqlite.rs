@@ -103,10 +103,12 @@ pub struct Rows {
 }
 
 pub fn open_read_only(path: &Path) -> Result<Connection, SqlError> {
-    let conn = open_checked(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    open_query_only(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+}
+
+/// A connection opened with `access` on which SQL may only read.
+fn open_query_only(path: &Path, access: OpenFlags) -> Result<Connection, SqlError> {
+    let conn = open_checked(path, access | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.pragma_update(None, "query_only", true)
         .map_err(|e| sql_error(e, path))?;
     Ok(conn)
@@ -153,13 +155,7 @@ pub fn query(
 /// A read-write connection (never creating the file) that runs queries
 /// only: SQLite's crash recovery may write, SQL may not.
 fn open_recovering(path: &Path) -> Result<Connection, SqlError> {
-    let conn = open_checked(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.pragma_update(None, "query_only", true)
-        .map_err(|e| sql_error(e, path))?;
-    Ok(conn)
+    open_query_only(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
 }
 
 fn query_on(
