@@ -31,6 +31,20 @@ pub enum JournalError {
 /// and truncates it (see [`Journal::truncate_a_long_wal`]).
 pub const WAL_TRUNCATE_PAGES: u64 = 400;
 
+// The statements every run or tick makes. Each is a seek on an index
+// (schema v5), never a scan of the history (`the_hot_queries_seek_never_scan`).
+const LAST_RUN_SQL: &str = "SELECT MAX(started_at) FROM plugin_runs WHERE plugin = ?1";
+const MARK_INTERRUPTED_SQL: &str =
+    "UPDATE runs SET status = 'interrupted' WHERE status = 'running' RETURNING id";
+// The window's runs first (`runs_by_start`), then their actions: CROSS JOIN
+// is SQLite's way to fix that order, which it would otherwise turn round
+// to walk every action ever journaled. A flap reset can only narrow it.
+const FIX_HISTORY_SQL: &str = "SELECT DISTINCT a.plugin, a.finding_key, r.id, r.started_at
+     FROM runs r CROSS JOIN actions a ON a.run_id = r.id
+     LEFT JOIN flap_resets f ON f.plugin = a.plugin AND f.key = a.finding_key
+     WHERE r.started_at >= ?1 AND a.outcome IN ('applied', 'failed')
+       AND r.started_at >= coalesce(f.reset_at, 0)";
+
 pub struct Journal {
     conn: Connection,
     path: PathBuf,
@@ -179,15 +193,22 @@ impl Journal {
         }
     }
 
-    /// When each plugin last ran (unix ms), whatever its outcome.
-    pub fn last_runs(&self) -> anyhow::Result<HashMap<String, u64>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT plugin, MAX(started_at) FROM plugin_runs GROUP BY plugin")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    /// When each of `plugins` last ran (unix ms), whatever its outcome;
+    /// absent if it never ran. One index seek per plugin: a tick reads the
+    /// same few rows in a year-old journal as in a new one.
+    pub fn last_runs<'a>(
+        &self,
+        plugins: impl IntoIterator<Item = &'a str>,
+    ) -> anyhow::Result<HashMap<String, u64>> {
+        let mut stmt = self.conn.prepare_cached(LAST_RUN_SQL)?;
+        let mut last = HashMap::new();
+        for plugin in plugins {
+            let at: Option<i64> = stmt.query_row([plugin], |r| r.get(0))?;
+            if let Some(at) = at {
+                last.insert(plugin.to_string(), at as u64);
+            }
+        }
+        Ok(last)
     }
 
     pub fn path(&self) -> &Path {
@@ -201,9 +222,7 @@ impl Journal {
     /// Runs left `running` by a process that died: only possible when we hold
     /// the lock and they do not. Marked interrupted and returned.
     pub fn mark_interrupted(&self) -> anyhow::Result<Vec<i64>> {
-        let mut stmt = self.conn.prepare(
-            "UPDATE runs SET status = 'interrupted' WHERE status = 'running' RETURNING id",
-        )?;
+        let mut stmt = self.conn.prepare(MARK_INTERRUPTED_SQL)?;
         let ids = stmt
             .query_map([], |r| r.get(0))?
             .collect::<Result<Vec<i64>, _>>()?;
@@ -289,12 +308,7 @@ impl Journal {
         &self,
         since_ms: u64,
     ) -> anyhow::Result<HashMap<(String, String), FixHistory>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT DISTINCT a.plugin, a.finding_key, r.id, r.started_at
-             FROM actions a JOIN runs r ON r.id = a.run_id
-             LEFT JOIN flap_resets f ON f.plugin = a.plugin AND f.key = a.finding_key
-             WHERE a.outcome IN ('applied', 'failed') AND r.started_at >= max(?1, coalesce(f.reset_at, 0))",
-        )?;
+        let mut stmt = self.conn.prepare(FIX_HISTORY_SQL)?;
         let rows = stmt.query_map([since_ms as i64], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -580,6 +594,56 @@ mod tests {
         assert!(Journal::open_for_tick(&path).unwrap().is_none());
     }
 
+    /// What a tick or a run asks of the journal, as SQLite plans it on a
+    /// journal with a history (and its statistics): a seek, never a walk of
+    /// every run, plugin run, action or finding ever recorded.
+    #[test]
+    fn the_hot_queries_seek_never_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("journal.db")).unwrap();
+        journal
+            .conn
+            .execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+                 INSERT INTO runs (started_at, finished_at, mode, status, pid, hostname, doctor_version, policy)
+                 SELECT i * 1000, i * 1000 + 5, 'run', 'complete', 1, 'h', '0', 'p.toml' FROM n;
+                 INSERT INTO plugin_runs (run_id, plugin, version, sha256, started_at, duration_ms, outcome, cache, log)
+                 SELECT id, 'p' || (id % 5), '1', '', started_at, 1, 'ok', 'hit', '' FROM runs;
+                 INSERT INTO actions (run_id, plugin_run_id, plugin, finding_key, seq, kind, params, description, outcome, detail, duration_ms)
+                 SELECT run_id, id, plugin, 'k' || (id % 7), 0, 'signal', '{}', 'd', 'applied', '', 1 FROM plugin_runs;
+                 INSERT INTO findings (plugin, key, severity, subject, message, evidence, status, first_seen, last_seen, resolved_at)
+                 SELECT 'p0', 'k' || id, 'warning', 's', 'm', '{}', 'resolved', started_at, started_at, started_at FROM runs;
+                 ANALYZE;",
+            )
+            .unwrap();
+        for sql in [
+            LAST_RUN_SQL,
+            MARK_INTERRUPTED_SQL,
+            FIX_HISTORY_SQL,
+            query::OPEN_FINDINGS_SQL,
+        ] {
+            let mut plan = journal
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let zeros = vec![0; plan.parameter_count()];
+            let steps: Vec<String> = plan
+                .query_map(rusqlite::params_from_iter(zeros), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            // `findings_open` holds the open findings only: all of it is
+            // the answer.
+            let walks_history = |step: &String| {
+                step.starts_with("SCAN") && !step.ends_with("USING INDEX findings_open")
+            };
+            assert!(
+                !steps.iter().any(walks_history),
+                "{sql}\nis planned with a scan: {steps:#?}"
+            );
+        }
+    }
+
     #[test]
     fn a_tick_reads_last_runs_and_findings_on_one_connection() {
         let dir = tempfile::tempdir().unwrap();
@@ -610,7 +674,7 @@ mod tests {
             .unwrap();
         }
         let tick = Journal::open_for_tick(&path).unwrap().unwrap();
-        let last = tick.last_runs().unwrap();
+        let last = tick.last_runs(["a", "b", "never-ran"]).unwrap();
         assert_eq!(last.get("a"), Some(&3_000));
         assert_eq!(last.get("b"), Some(&2_000));
         assert_eq!(last.len(), 2);

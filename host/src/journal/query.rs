@@ -56,35 +56,44 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     })
 }
 
+pub(super) const OPEN_FINDINGS_SQL: &str =
+    "SELECT plugin, key, severity, subject, message, status, first_seen, last_seen FROM findings
+     WHERE status != 'resolved' AND last_seen >= ?1
+       AND (?2 IS NULL OR plugin = ?2) AND (?3 IS NULL OR severity = ?3)
+     ORDER BY plugin, key";
+const FINDINGS_WITH_STATUS_SQL: &str =
+    "SELECT plugin, key, severity, subject, message, status, first_seen, last_seen FROM findings
+     WHERE status = ?4 AND last_seen >= ?1
+       AND (?2 IS NULL OR plugin = ?2) AND (?3 IS NULL OR severity = ?3)
+     ORDER BY plugin, key";
+
 pub fn findings(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<FindingRow>> {
-    let mut stmt = conn.prepare(
-        "SELECT plugin, key, severity, subject, message, status, first_seen, last_seen FROM findings
-         WHERE last_seen >= ?1
-           AND (?2 IS NULL OR plugin = ?2)
-           AND (?3 IS NULL OR severity = ?3)
-           AND (CASE WHEN ?4 IS NULL THEN status != 'resolved' ELSE status = ?4 END)
-         ORDER BY plugin, key",
-    )?;
-    let rows = stmt.query_map(
-        params![
-            filter.since_ms.unwrap_or(0) as i64,
-            filter.plugin,
-            filter.severity,
-            filter.status
-        ],
-        |r| {
-            Ok(FindingRow {
-                plugin: r.get(0)?,
-                key: r.get(1)?,
-                severity: r.get(2)?,
-                subject: r.get(3)?,
-                message: r.get(4)?,
-                status: r.get(5)?,
-                first_seen: r.get(6)?,
-                last_seen: r.get(7)?,
-            })
-        },
-    )?;
+    // The open ones (every tick's report) are the partial index
+    // `findings_open`; resolved findings pile up, open ones do not.
+    let since = filter.since_ms.unwrap_or(0) as i64;
+    let (sql, params) = match filter.status {
+        None => (
+            OPEN_FINDINGS_SQL,
+            params![since, filter.plugin, filter.severity],
+        ),
+        Some(_) => (
+            FINDINGS_WITH_STATUS_SQL,
+            params![since, filter.plugin, filter.severity, filter.status],
+        ),
+    };
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map(params, |r| {
+        Ok(FindingRow {
+            plugin: r.get(0)?,
+            key: r.get(1)?,
+            severity: r.get(2)?,
+            subject: r.get(3)?,
+            message: r.get(4)?,
+            status: r.get(5)?,
+            first_seen: r.get(6)?,
+            last_seen: r.get(7)?,
+        })
+    })?;
     rows.collect()
 }
 

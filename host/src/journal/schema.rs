@@ -129,6 +129,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE intents ADD COLUMN resumes INTEGER REFERENCES intents(id);
     CREATE INDEX intents_open_matters ON intents (open) WHERE open IS NOT NULL;
     "#,
+    // v5: what every run and tick asks stays a seek as the journal ages:
+    // the runs a dead process left running, the runs of the flap window,
+    // the open findings (`tests::the_hot_queries_seek_never_scan`).
+    r#"
+    CREATE INDEX runs_running ON runs (status) WHERE status = 'running';
+    CREATE INDEX runs_by_start ON runs (started_at);
+    CREATE INDEX findings_open ON findings (plugin, key) WHERE status != 'resolved';
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -298,7 +298,7 @@ fn due_plugins(
     now_ms: u64,
 ) -> Result<Vec<(Entry, PluginPolicy)>, Fatal> {
     let last = match journal {
-        Some(journal) => journal.last_runs()?,
+        Some(journal) => journal.last_runs(selected.iter().map(|(e, _)| e.name.as_str()))?,
         None => Default::default(),
     };
     Ok(selected
