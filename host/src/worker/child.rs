@@ -80,8 +80,20 @@ fn run(prepared: Option<&Runtime<Forwarder>>) -> anyhow::Result<()> {
         .component
         .initialize_copy_on_write_image()
         .map_err(crate::runtime::wasm_err)?;
-    // wasmtime-wasi's own tokio runtime starts its threads on first use;
-    // start them now, so that the filter below finds every thread there is.
+    // One tokio thread drives a plugin's WASI timers, where wasmtime-wasi's
+    // own runtime would start one per CPU of the host in every worker.
+    // Entered, it is the runtime wasmtime-wasi's `in_tokio` finds; started
+    // now, so that the filter below finds every thread there is; never
+    // dropped, as wasmtime-wasi's is not, so that no shutdown runs under
+    // the filter.
+    let timers: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("starting the worker's tokio thread")?,
+    ));
+    let _timers = timers.enter();
     wasmtime_wasi::runtime::in_tokio(async {});
     if let Err(why) = confine::syscalls(&mut confinement) {
         return refuse(&socket, PluginFailure::Worker(why));
