@@ -36,6 +36,11 @@ pub const WAL_TRUNCATE_PAGES: u64 = 400;
 const LAST_RUN_SQL: &str = "SELECT MAX(started_at) FROM plugin_runs WHERE plugin = ?1";
 const MARK_INTERRUPTED_SQL: &str =
     "UPDATE runs SET status = 'interrupted' WHERE status = 'running' RETURNING id";
+// Every plugin run's: `status != 'resolved'` (the same as new or
+// persisting) is what lets SQLite use `findings_open` and skip the resolved
+// findings, one per chunk ever reset, say.
+const OPEN_FINDINGS_OF_PLUGIN_SQL: &str = "SELECT key, severity, subject, message, evidence
+     FROM findings WHERE plugin = ?1 AND status != 'resolved'";
 // The window's runs first (`runs_by_start`), then their actions: CROSS JOIN
 // is SQLite's way to fix that order, which it would otherwise turn round
 // to walk every action ever journaled. A flap reset can only narrow it.
@@ -412,9 +417,7 @@ fn open_findings(
     tx: &rusqlite::Connection,
     plugin: &str,
 ) -> anyhow::Result<BTreeMap<String, Finding>> {
-    let mut stmt = tx.prepare(
-        "SELECT key, severity, subject, message, evidence FROM findings WHERE plugin = ?1 AND status IN ('new', 'persisting')",
-    )?;
+    let mut stmt = tx.prepare(OPEN_FINDINGS_OF_PLUGIN_SQL)?;
     let rows = stmt.query_map([plugin], |r| {
         let evidence: String = r.get(4)?;
         Ok(Finding {
@@ -616,11 +619,12 @@ mod tests {
                  ANALYZE;",
             )
             .unwrap();
-        for sql in [
-            LAST_RUN_SQL,
-            MARK_INTERRUPTED_SQL,
-            FIX_HISTORY_SQL,
-            query::OPEN_FINDINGS_SQL,
+        for (sql, index) in [
+            (LAST_RUN_SQL, "plugin_runs_by_plugin"),
+            (MARK_INTERRUPTED_SQL, "runs_running"),
+            (FIX_HISTORY_SQL, "runs_by_start"),
+            (OPEN_FINDINGS_OF_PLUGIN_SQL, "findings_open"),
+            (query::OPEN_FINDINGS_SQL, "findings_open"),
         ] {
             let mut plan = journal
                 .conn
@@ -640,6 +644,12 @@ mod tests {
             assert!(
                 !steps.iter().any(walks_history),
                 "{sql}\nis planned with a scan: {steps:#?}"
+            );
+            // A seek on the primary key's prefix walks too: the plugin's
+            // resolved findings with its open ones.
+            assert!(
+                steps.iter().any(|step| step.contains(index)),
+                "{sql}\ndoes not use {index}: {steps:#?}"
             );
         }
     }
