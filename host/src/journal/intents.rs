@@ -312,13 +312,17 @@ pub struct OpenIntent {
     pub found: String,
 }
 
+/// Every writing run's. `open` is NULL or one of these two (its CHECK);
+/// named, they are what lets SQLite seek `intents_open_matters` instead of
+/// walking every intent ever journaled, which it does for `IS NOT NULL`.
+pub(super) const OPEN_INTENTS_SQL: &str =
+    "SELECT id, run_id, plugin, kind, params, description, target, open
+     FROM intents WHERE open IN ('resume', 'unknown') ORDER BY id";
+
 /// The open interrupted intents, each re-observed now: one whose target is
 /// gone (or was replaced) is closed and not returned.
 pub fn open_intents(conn: &Connection, now_ms: u64) -> anyhow::Result<Vec<OpenIntent>> {
-    let mut stmt = conn.prepare(
-        "SELECT id, run_id, plugin, kind, params, description, target, open
-         FROM intents WHERE open IS NOT NULL ORDER BY id",
-    )?;
+    let mut stmt = conn.prepare(OPEN_INTENTS_SQL)?;
     let rows: Vec<(OpenIntent, Option<String>)> = stmt
         .query_map([], |r| {
             Ok((

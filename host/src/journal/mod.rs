@@ -598,8 +598,10 @@ mod tests {
     }
 
     /// What a tick or a run asks of the journal, as SQLite plans it on a
-    /// journal with a history (and its statistics): a seek, never a walk of
-    /// every run, plugin run, action or finding ever recorded.
+    /// journal with a history, as doctor leaves it (no statistics) and once
+    /// someone has run `ANALYZE` on it: a seek on the index named here,
+    /// never a walk of every run, plugin run, action, finding or intent
+    /// ever recorded.
     #[test]
     fn the_hot_queries_seek_never_scan() {
         let dir = tempfile::tempdir().unwrap();
@@ -616,42 +618,49 @@ mod tests {
                  SELECT run_id, id, plugin, 'k' || (id % 7), 0, 'signal', '{}', 'd', 'applied', '', 1 FROM plugin_runs;
                  INSERT INTO findings (plugin, key, severity, subject, message, evidence, status, first_seen, last_seen, resolved_at)
                  SELECT 'p0', 'k' || id, 'warning', 's', 'm', '{}', 'resolved', started_at, started_at, started_at FROM runs;
-                 ANALYZE;",
+                 INSERT INTO intents (run_id, plugin, finding_key, seq, kind, params, description, created_at, outcome)
+                 SELECT run_id, plugin, finding_key, 0, kind, params, description, 1, outcome FROM actions;",
             )
             .unwrap();
-        for (sql, index) in [
-            (LAST_RUN_SQL, "plugin_runs_by_plugin"),
-            (MARK_INTERRUPTED_SQL, "runs_running"),
-            (FIX_HISTORY_SQL, "runs_by_start"),
-            (OPEN_FINDINGS_OF_PLUGIN_SQL, "findings_open"),
-            (query::OPEN_FINDINGS_SQL, "findings_open"),
-        ] {
-            let mut plan = journal
-                .conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap();
-            let zeros = vec![0; plan.parameter_count()];
-            let steps: Vec<String> = plan
-                .query_map(rusqlite::params_from_iter(zeros), |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-            // `findings_open` holds the open findings only: all of it is
-            // the answer.
-            let walks_history = |step: &String| {
-                step.starts_with("SCAN") && !step.ends_with("USING INDEX findings_open")
-            };
-            assert!(
-                !steps.iter().any(walks_history),
-                "{sql}\nis planned with a scan: {steps:#?}"
-            );
-            // A seek on the primary key's prefix walks too: the plugin's
-            // resolved findings with its open ones.
-            assert!(
-                steps.iter().any(|step| step.contains(index)),
-                "{sql}\ndoes not use {index}: {steps:#?}"
-            );
+        for statistics in ["none", "ANALYZE"] {
+            if statistics == "ANALYZE" {
+                journal.conn.execute_batch("ANALYZE").unwrap();
+            }
+            for (sql, index) in [
+                (LAST_RUN_SQL, "plugin_runs_by_plugin"),
+                (MARK_INTERRUPTED_SQL, "runs_running"),
+                (FIX_HISTORY_SQL, "runs_by_start"),
+                (OPEN_FINDINGS_OF_PLUGIN_SQL, "findings_open"),
+                (query::OPEN_FINDINGS_SQL, "findings_open"),
+                (intents::OPEN_INTENTS_SQL, "intents_open_matters"),
+            ] {
+                let steps = query_plan(&journal.conn, sql);
+                // `findings_open` holds the open findings only: all of it
+                // is the answer.
+                let walks_history = |step: &String| {
+                    step.starts_with("SCAN") && !step.ends_with("USING INDEX findings_open")
+                };
+                assert!(
+                    !steps.iter().any(walks_history),
+                    "statistics {statistics}: {sql}\nis planned with a scan: {steps:#?}"
+                );
+                // A seek on the primary key's prefix walks too: the
+                // plugin's resolved findings with its open ones.
+                assert!(
+                    steps.iter().any(|step| step.contains(index)),
+                    "statistics {statistics}: {sql}\ndoes not use {index}: {steps:#?}"
+                );
+            }
         }
+    }
+
+    fn query_plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let zeros = vec![0; plan.parameter_count()];
+        plan.query_map(rusqlite::params_from_iter(zeros), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
     }
 
     #[test]
