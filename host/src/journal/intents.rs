@@ -142,15 +142,17 @@ fn file_identity(path: &str) -> Option<String> {
         .map(|m| format!("{}:{}", m.dev(), m.ino()))
 }
 
+/// Every writing run's: the intents without an outcome (`intents_open`).
+pub(super) const INTERRUPTED_INTENTS_SQL: &str =
+    "SELECT i.id, i.run_id, i.plugin, i.finding_key, i.kind, i.params, i.description, i.target, i.seq
+     FROM intents i JOIN runs r ON r.id = i.run_id
+     WHERE i.outcome IS NULL AND r.status = 'interrupted' ORDER BY i.id";
+
 /// Intents left without outcome by runs that died: re-observe each target,
 /// record what was found and whether it stays open, and return them for the
 /// report.
 pub fn recover(conn: &Connection, now_ms: u64) -> anyhow::Result<Vec<InterruptedAction>> {
-    let mut stmt = conn.prepare(
-        "SELECT i.id, i.run_id, i.plugin, i.finding_key, i.kind, i.params, i.description, i.target, i.seq
-         FROM intents i JOIN runs r ON r.id = i.run_id
-         WHERE i.outcome IS NULL AND r.status = 'interrupted' ORDER BY i.id",
-    )?;
+    let mut stmt = conn.prepare(INTERRUPTED_INTENTS_SQL)?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, i64>(0)?,

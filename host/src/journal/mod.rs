@@ -633,6 +633,7 @@ mod tests {
                 (OPEN_FINDINGS_OF_PLUGIN_SQL, "findings_open"),
                 (query::OPEN_FINDINGS_SQL, "findings_open"),
                 (intents::OPEN_INTENTS_SQL, "intents_open_matters"),
+                (intents::INTERRUPTED_INTENTS_SQL, "intents_open"),
             ] {
                 let steps = query_plan(&journal.conn, sql);
                 // `findings_open` holds the open findings only: all of it
@@ -647,7 +648,9 @@ mod tests {
                 // A seek on the primary key's prefix walks too: the
                 // plugin's resolved findings with its open ones.
                 assert!(
-                    steps.iter().any(|step| step.contains(index)),
+                    steps
+                        .iter()
+                        .any(|step| step.split_whitespace().any(|word| word == index)),
                     "statistics {statistics}: {sql}\ndoes not use {index}: {steps:#?}"
                 );
             }
