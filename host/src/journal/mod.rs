@@ -36,6 +36,9 @@ pub const WAL_TRUNCATE_PAGES: u64 = 400;
 const LAST_RUN_SQL: &str = "SELECT MAX(started_at) FROM plugin_runs WHERE plugin = ?1";
 const MARK_INTERRUPTED_SQL: &str =
     "UPDATE runs SET status = 'interrupted' WHERE status = 'running' RETURNING id";
+// The runs `prune` deletes (`r`; `?1` the cut-off).
+const PRUNED_RUN: &str = "r.started_at < ?1 AND r.status != 'running'
+     AND r.id NOT IN (SELECT run_id FROM intents WHERE open IN ('resume', 'unknown'))";
 // Every plugin run's: `status != 'resolved'` (the same as new or
 // persisting) is what lets SQLite use `findings_open` and skip the resolved
 // findings, one per chunk ever reset, say.
@@ -351,12 +354,22 @@ impl Journal {
         Ok(known)
     }
 
-    /// Delete runs (with their plugin runs, observations and actions) that
-    /// started before `before_ms`, and findings resolved before it.
+    /// Delete runs (with their plugin runs, observations, actions and
+    /// intents) that started before `before_ms`, and findings resolved
+    /// before it. A run still `running`, or holding an interrupted intent
+    /// that is still open (the operator's matter, as an open finding is),
+    /// is kept; a kept intent that resumed a pruned one no longer names it.
     pub fn prune(&mut self, before_ms: u64) -> anyhow::Result<(usize, usize)> {
         let tx = self.conn.transaction()?;
+        tx.execute(
+            &format!(
+                "UPDATE intents SET resumes = NULL WHERE resumes IN
+                 (SELECT i.id FROM runs r CROSS JOIN intents i ON i.run_id = r.id WHERE {PRUNED_RUN})"
+            ),
+            [before_ms as i64],
+        )?;
         let runs = tx.execute(
-            "DELETE FROM runs WHERE started_at < ?1 AND status != 'running'",
+            &format!("DELETE FROM runs AS r WHERE {PRUNED_RUN}"),
             [before_ms as i64],
         )?;
         let findings = tx.execute(
@@ -664,6 +677,71 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()
+    }
+
+    /// A later run that resumed an interrupted intent refers to it
+    /// (`intents.resumes`); pruning the old run keeps the later one whole.
+    #[test]
+    fn prune_keeps_a_later_run_that_resumed_a_pruned_runs_intent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(&dir.path().join("journal.db")).unwrap();
+        journal
+            .conn
+            .execute_batch(
+                "INSERT INTO runs (id, started_at, mode, status, pid, hostname, doctor_version, policy)
+                 VALUES (1, 1000, 'fix', 'interrupted', 1, 'h', '0', 'p.toml'),
+                        (2, 9000, 'fix', 'complete', 1, 'h', '0', 'p.toml');
+                 INSERT INTO intents (id, run_id, plugin, finding_key, seq, kind, params, description, created_at, outcome, open)
+                 VALUES (1, 1, 'p', 'k', 0, 'signal', '{}', 'stop', 1000, 'interrupted', NULL);
+                 INSERT INTO intents (id, run_id, plugin, finding_key, seq, kind, params, description, created_at, outcome, resumes)
+                 VALUES (2, 2, 'p', 'k', 0, 'signal', '{}', 'stop', 9000, 'applied', 1);",
+            )
+            .unwrap();
+        let (runs, _) = journal.prune(5000).unwrap();
+        assert_eq!(runs, 1);
+        let kept: (i64, Option<i64>) = journal
+            .conn
+            .query_row("SELECT id, resumes FROM intents", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        // The intent it resumed is gone with its run; what it did is kept.
+        assert_eq!(kept, (2, None));
+    }
+
+    /// An interrupted intent still open is the operator's matter, as an
+    /// open finding is: its run outlives any prune until it is cleared.
+    #[test]
+    fn prune_keeps_a_run_whose_interrupted_intent_is_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(&dir.path().join("journal.db")).unwrap();
+        journal
+            .conn
+            .execute_batch(
+                "INSERT INTO runs (id, started_at, mode, status, pid, hostname, doctor_version, policy)
+                 VALUES (1, 1000, 'fix', 'interrupted', 1, 'h', '0', 'p.toml'),
+                        (2, 2000, 'fix', 'interrupted', 1, 'h', '0', 'p.toml');
+                 INSERT INTO intents (id, run_id, plugin, finding_key, seq, kind, params, description, created_at, outcome, open)
+                 VALUES (1, 1, 'p', 'k', 0, 'remove-file', '{}', 'remove', 1000, 'interrupted', 'unknown'),
+                        (2, 2, 'p', 'k', 0, 'remove-file', '{}', 'remove', 2000, 'interrupted', NULL);",
+            )
+            .unwrap();
+        let (runs, _) = journal.prune(5000).unwrap();
+        assert_eq!(runs, 1, "only the run whose intent was closed");
+        let left: Vec<i64> = journal
+            .conn
+            .prepare("SELECT id FROM runs")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, vec![1]);
+        let open: String = journal
+            .conn
+            .query_row("SELECT open FROM intents WHERE id = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(open, "unknown");
     }
 
     #[test]

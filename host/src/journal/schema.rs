@@ -131,11 +131,19 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // v5: what every run and tick asks stays a seek as the journal ages:
     // the runs a dead process left running, the runs of the flap window,
-    // the open findings (`tests::the_hot_queries_seek_never_scan`).
+    // the open findings (`journal::tests::the_hot_queries_seek_never_scan`);
+    // and every foreign key's child column, so that deleting a run (`doctor
+    // journal prune`) finds what it cascades to instead of walking each
+    // table once per row it deletes (`tests::every_foreign_key_is_indexed`).
     r#"
     CREATE INDEX runs_running ON runs (status) WHERE status = 'running';
     CREATE INDEX runs_by_start ON runs (started_at);
     CREATE INDEX findings_open ON findings (plugin, key) WHERE status != 'resolved';
+    CREATE INDEX plugin_runs_by_run ON plugin_runs (run_id);
+    CREATE INDEX observations_by_plugin_run ON observations (plugin_run_id);
+    CREATE INDEX actions_by_plugin_run ON actions (plugin_run_id);
+    CREATE INDEX intents_by_run ON intents (run_id);
+    CREATE INDEX intents_resumed ON intents (resumes) WHERE resumes IS NOT NULL;
     "#,
 ];
 
@@ -154,4 +162,52 @@ pub fn migrate(conn: &Connection) -> anyhow::Result<()> {
         .with_context(|| format!("migrating the journal schema to version {next}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deleting a row looks up the rows that refer to it, for each foreign
+    /// key: without an index on the child column that is a walk of the
+    /// child table per deleted row, and pruning a year of runs never ends.
+    #[test]
+    fn every_foreign_key_is_indexed() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut checked = 0;
+        for table in &tables {
+            let children: Vec<String> = conn
+                .prepare("SELECT \"from\" FROM pragma_foreign_key_list(?1)")
+                .unwrap()
+                .query_map([table], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for column in children {
+                let lookup = format!("SELECT 1 FROM {table} WHERE {column} = ?1");
+                let plan: Vec<String> = conn
+                    .prepare(&format!("EXPLAIN QUERY PLAN {lookup}"))
+                    .unwrap()
+                    .query_map([0], |r| r.get(3))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                assert!(
+                    plan.iter().all(|step| step.starts_with("SEARCH")),
+                    "{table}.{column} has no index: {lookup} is {plan:?}"
+                );
+                checked += 1;
+            }
+        }
+        // runs ← plugin_runs, observations (2), actions (2), intents (2).
+        assert_eq!(checked, 7, "the foreign keys of {tables:?}");
+    }
 }
