@@ -977,6 +977,48 @@ fn aged_tick_row(
         "≤ +2 ms",
         d.wall.saturating_sub(e.wall) <= Duration::from_millis(2),
     );
+    prune_row(t, f, policy);
+}
+
+/// `doctor journal prune` of that year, the operator's remedy for a large
+/// journal, each round on a fresh copy of it.
+fn prune_row(t: &mut Table, f: &Incidents, policy: &Path) {
+    let (aged, copy) = (
+        f.dir.join("tick.journal.db"),
+        f.dir.join("prune.journal.db"),
+    );
+    let fresh_copy = || {
+        for suffix in ["", "-wal"] {
+            let from = PathBuf::from(format!("{}{suffix}", aged.display()));
+            let to = PathBuf::from(format!("{}{suffix}", copy.display()));
+            let _ = std::fs::remove_file(&to);
+            if from.exists() {
+                std::fs::copy(&from, &to).expect("copying the year-old journal");
+            }
+        }
+        let _ = std::fs::remove_file(PathBuf::from(format!("{}-shm", copy.display())));
+    };
+    let stats = interleaved(
+        3,
+        &mut [Contender::new(&[0], || {
+            let mut c = Command::new(doctor_bin());
+            c.args(["journal", "prune", "--older-than", "30d", "--journal"])
+                .arg(&copy)
+                .arg("--policy")
+                .arg(policy);
+            c
+        })
+        .before(fresh_copy)],
+    );
+    let p = t.raw(
+        "doctor journal prune --older-than 30d, a year-old journal",
+        stats[0],
+    );
+    t.note(
+        "`doctor journal prune --older-than 30d` of that journal (~105,000 runs)",
+        format!("{} (CPU {})", ms(p.wall), ms(p.cpu)),
+        "none set",
+    );
 }
 
 /// Appends a year of runs every 5 minutes, each with one plugin run per
