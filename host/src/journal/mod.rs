@@ -617,11 +617,7 @@ mod tests {
     /// ever recorded.
     #[test]
     fn the_hot_queries_seek_never_scan() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(&dir.path().join("journal.db")).unwrap();
-        journal
-            .conn
-            .execute_batch(
+        let (_dir, journal) = journal_holding(
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
                  INSERT INTO runs (started_at, finished_at, mode, status, pid, hostname, doctor_version, policy)
                  SELECT i * 1000, i * 1000 + 5, 'run', 'complete', 1, 'h', '0', 'p.toml' FROM n;
@@ -633,8 +629,7 @@ mod tests {
                  SELECT 'p0', 'k' || id, 'warning', 's', 'm', '{}', 'resolved', started_at, started_at, started_at FROM runs;
                  INSERT INTO intents (run_id, plugin, finding_key, seq, kind, params, description, created_at, outcome)
                  SELECT run_id, plugin, finding_key, 0, kind, params, description, 1, outcome FROM actions;",
-            )
-            .unwrap();
+        );
         for statistics in ["none", "ANALYZE"] {
             if statistics == "ANALYZE" {
                 journal.conn.execute_batch("ANALYZE").unwrap();
@@ -670,6 +665,15 @@ mod tests {
         }
     }
 
+    /// A new journal holding what `sql` inserts (and its directory, which
+    /// must outlive it).
+    fn journal_holding(sql: &str) -> (tempfile::TempDir, Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("journal.db")).unwrap();
+        journal.conn.execute_batch(sql).unwrap();
+        (dir, journal)
+    }
+
     fn query_plan(conn: &Connection, sql: &str) -> Vec<String> {
         let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let zeros = vec![0; plan.parameter_count()];
@@ -683,11 +687,7 @@ mod tests {
     /// (`intents.resumes`); pruning the old run keeps the later one whole.
     #[test]
     fn prune_keeps_a_later_run_that_resumed_a_pruned_runs_intent() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut journal = Journal::open(&dir.path().join("journal.db")).unwrap();
-        journal
-            .conn
-            .execute_batch(
+        let (_dir, mut journal) = journal_holding(
                 "INSERT INTO runs (id, started_at, mode, status, pid, hostname, doctor_version, policy)
                  VALUES (1, 1000, 'fix', 'interrupted', 1, 'h', '0', 'p.toml'),
                         (2, 9000, 'fix', 'complete', 1, 'h', '0', 'p.toml');
@@ -695,8 +695,7 @@ mod tests {
                  VALUES (1, 1, 'p', 'k', 0, 'signal', '{}', 'stop', 1000, 'interrupted', NULL);
                  INSERT INTO intents (id, run_id, plugin, finding_key, seq, kind, params, description, created_at, outcome, resumes)
                  VALUES (2, 2, 'p', 'k', 0, 'signal', '{}', 'stop', 9000, 'applied', 1);",
-            )
-            .unwrap();
+        );
         let (runs, _) = journal.prune(5000).unwrap();
         assert_eq!(runs, 1);
         let kept: (i64, Option<i64>) = journal
@@ -713,19 +712,14 @@ mod tests {
     /// open finding is: its run outlives any prune until it is cleared.
     #[test]
     fn prune_keeps_a_run_whose_interrupted_intent_is_still_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut journal = Journal::open(&dir.path().join("journal.db")).unwrap();
-        journal
-            .conn
-            .execute_batch(
+        let (_dir, mut journal) = journal_holding(
                 "INSERT INTO runs (id, started_at, mode, status, pid, hostname, doctor_version, policy)
                  VALUES (1, 1000, 'fix', 'interrupted', 1, 'h', '0', 'p.toml'),
                         (2, 2000, 'fix', 'interrupted', 1, 'h', '0', 'p.toml');
                  INSERT INTO intents (id, run_id, plugin, finding_key, seq, kind, params, description, created_at, outcome, open)
                  VALUES (1, 1, 'p', 'k', 0, 'remove-file', '{}', 'remove', 1000, 'interrupted', 'unknown'),
                         (2, 2, 'p', 'k', 0, 'remove-file', '{}', 'remove', 2000, 'interrupted', NULL);",
-            )
-            .unwrap();
+        );
         let (runs, _) = journal.prune(5000).unwrap();
         assert_eq!(runs, 1, "only the run whose intent was closed");
         let left: Vec<i64> = journal
