@@ -643,7 +643,7 @@ mod tests {
                 (intents::OPEN_INTENTS_SQL, "intents_open_matters"),
                 (intents::INTERRUPTED_INTENTS_SQL, "intents_open"),
             ] {
-                let steps = query_plan(&journal.conn, sql);
+                let steps = schema::query_plan(&journal.conn, sql);
                 // `findings_open` holds the open findings only: all of it
                 // is the answer.
                 let walks_history = |step: &String| {
@@ -672,15 +672,6 @@ mod tests {
         let journal = Journal::open(&dir.path().join("journal.db")).unwrap();
         journal.conn.execute_batch(sql).unwrap();
         (dir, journal)
-    }
-
-    fn query_plan(conn: &Connection, sql: &str) -> Vec<String> {
-        let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let zeros = vec![0; plan.parameter_count()];
-        plan.query_map(rusqlite::params_from_iter(zeros), |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
     }
 
     /// A later run that resumed an interrupted intent refers to it

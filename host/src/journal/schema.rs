@@ -164,6 +164,18 @@ pub fn migrate(conn: &Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How SQLite would run `sql` (its parameters all 0): one line per step,
+/// `SEARCH … USING INDEX …` or `SCAN …`.
+#[cfg(test)]
+pub(super) fn query_plan(conn: &Connection, sql: &str) -> Vec<String> {
+    let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let zeros = vec![0; plan.parameter_count()];
+    plan.query_map(rusqlite::params_from_iter(zeros), |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,13 +205,7 @@ mod tests {
                 .unwrap();
             for column in children {
                 let lookup = format!("SELECT 1 FROM {table} WHERE {column} = ?1");
-                let plan: Vec<String> = conn
-                    .prepare(&format!("EXPLAIN QUERY PLAN {lookup}"))
-                    .unwrap()
-                    .query_map([0], |r| r.get(3))
-                    .unwrap()
-                    .collect::<Result<_, _>>()
-                    .unwrap();
+                let plan = query_plan(&conn, &lookup);
                 assert!(
                     plan.iter().all(|step| step.starts_with("SEARCH")),
                     "{table}.{column} has no index: {lookup} is {plan:?}"
